@@ -1,0 +1,206 @@
+//! The dump pipeline: check, freeze, collect every kind, write the image, then kill or resume.
+//!
+//! A dump that fails at any step leaves the process exactly as it was: crust's scratch mapping
+//! is removed, the blocked mask and registers are put back, and the process is let go.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use crate::image::proto::{Core, Inventory, ProcessEntry};
+use crate::image::{self, ImageDir};
+use crate::kinds::credentials::Credentials;
+use crate::kinds::files::Files;
+use crate::kinds::identity::Identity;
+use crate::kinds::memory::{self, Memory};
+use crate::kinds::registers::ThreadState;
+use crate::kinds::signals::Signals;
+use crate::kinds::timers::Timers;
+use crate::kinds::{DumpCtx, Kind};
+use crate::progress::Progress;
+use crate::sys::pidfd::pidfd_open;
+use crate::sys::ptrace;
+use crate::sys::remote::{RemoteTask, Scratch};
+
+pub struct DumpOptions {
+    pub leave_running: bool,
+}
+
+/// Timings of one dump, for people and for the benchmark.
+#[derive(Debug, Default, Clone)]
+pub struct DumpReport {
+    pub frozen: std::time::Duration,
+    pub total: std::time::Duration,
+    pub pages_bytes: u64,
+}
+
+const SCRATCH_LEN: u64 = 64 * 1024;
+
+pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
+    let started = Instant::now();
+    let progress = Progress::new("dump");
+    let pid = Pid::from_raw(pid);
+    precheck(pid)?;
+    let image = ImageDir::create(dir)?;
+    let frozen_at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
+
+    progress.step(format!("freezing pid {pid}"));
+    ptrace::seize_and_interrupt(pid, false).with_context(|| format!("freezing pid {pid}"))?;
+    let freeze_start = Instant::now();
+    let mut frozen = Frozen::take(pid).inspect_err(|_| {
+        let _ = ptrace::detach(pid);
+    })?;
+    let collected = collect(&mut frozen, &image, &progress);
+    let unfreeze = frozen.release(opts.leave_running && collected.is_ok() || collected.is_err());
+    let frozen_time = freeze_start.elapsed();
+    let (core, pages_bytes) = collected.with_context(|| format!("dumping pid {pid} (it was left running)"))?;
+    unfreeze?;
+    if !opts.leave_running {
+        info!(%pid, "killed after dump");
+    }
+
+    // Everything below runs while the process no longer waits for us.
+    progress.step("checksumming page data".to_string());
+    let pages = image.checksum_data_file(&image::pages_name(core.pid))?;
+    let inventory = Inventory {
+        format_major: image::FORMAT_MAJOR as u32,
+        format_minor: image::FORMAT_MINOR as u32,
+        crust_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_release: crate::sys::kernel_release(),
+        vdso_hash: crate::restore::own_vdso_hash()?,
+        root_pid: core.pid,
+        processes: vec![ProcessEntry { pid: core.pid, ppid: 0, data_files: vec![pages] }],
+        frozen_at_realtime_ns: frozen_at.tv_sec() * 1_000_000_000 + frozen_at.tv_nsec(),
+        hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    // The inventory goes last: an image without one is incomplete.
+    image.write_record(image::INVENTORY, &inventory)?;
+    progress.finish(format!(
+        "dumped pid {pid}: {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
+        pages_bytes >> 20,
+        frozen_time.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
+}
+
+/// Refuses what this version cannot dump, before touching the process.
+fn precheck(pid: Pid) -> Result<()> {
+    let process = procfs::process::Process::new(pid.as_raw()).with_context(|| format!("no process with pid {pid}"))?;
+    let stat = process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
+    match stat.state {
+        'Z' | 'X' => bail!("pid {pid} is a zombie; there is nothing left to dump"),
+        'T' | 't' => bail!("pid {pid} is stopped (state {}); crust cannot dump stopped processes yet", stat.state),
+        _ => {}
+    }
+    if process.status()?.tgid != pid.as_raw() {
+        bail!("pid {pid} is a thread, not a process: dump its process (tgid)");
+    }
+    let tasks: Vec<i32> = process.tasks()?.filter_map(|t| t.ok().map(|t| t.tid)).collect();
+    if tasks.len() > 1 {
+        let others: Vec<String> = tasks.iter().filter(|t| **t != pid.as_raw()).map(|t| t.to_string()).collect();
+        bail!(
+            "pid {pid} has {} threads (other thread ids: {}); crust dumps single-threaded processes only so far",
+            tasks.len(),
+            others.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A seized, stopped process with crust's scratch area mapped and every signal blocked.
+struct Frozen {
+    pid: Pid,
+    remote: RemoteTask,
+}
+
+impl Frozen {
+    fn take(pid: Pid) -> Result<Self> {
+        let syscall_ip = memory::syscall_instruction_in_vdso(pid.as_raw())?;
+        let mut remote = RemoteTask::new(pid, syscall_ip)?;
+        // While crust runs calls in the process no signal may be delivered there: they stay
+        // pending and are dumped as such.
+        ptrace::set_sigmask(pid, !0)?;
+        // Shared anonymous memory never merges with the process's own mappings, so the scratch
+        // area stays one VMA that the memory dump can leave out.
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+        match remote.syscall("mmap(scratch)", libc::SYS_mmap, &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0]) {
+            Ok(address) => remote.set_scratch(Some(Scratch { address, len: SCRATCH_LEN })),
+            Err(e) => {
+                let mut frozen = Frozen { pid, remote };
+                let _ = frozen.release(true);
+                return Err(e.into());
+            }
+        }
+        Ok(Frozen { pid, remote })
+    }
+
+    /// Removes every trace of crust and lets the process go on (`resume`) or kills it.
+    fn release(&mut self, resume: bool) -> Result<()> {
+        let pid = self.pid;
+        if let Some(scratch) = self.remote.scratch() {
+            if let Err(e) = self.remote.syscall("munmap(scratch)", libc::SYS_munmap, &[scratch.address, scratch.len]) {
+                warn!(%pid, "could not remove crust's scratch mapping: {e}");
+            }
+            self.remote.set_scratch(None);
+        }
+        if !resume {
+            kill(pid, Signal::SIGKILL).with_context(|| format!("killing pid {pid} after the dump"))?;
+            // The exit is reported to us as tracer; the real parent reaps it.
+            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::__WALL));
+            return Ok(());
+        }
+        ptrace::set_sigmask(pid, self.remote.original_sigmask())?;
+        let original = self.remote.original_registers();
+        self.remote.park_with_registers(&original)?;
+        ptrace::detach(pid)?;
+        Ok(())
+    }
+}
+
+/// Collects every kind and writes the per-process records. Returns the core record and the
+/// number of page bytes saved.
+fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress) -> Result<(Core, u64)> {
+    let pid = frozen.pid;
+    let pidfd = pidfd_open(pid.as_raw())?;
+    let process = procfs::process::Process::new(pid.as_raw())?;
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd };
+
+    progress.step(format!("pid {pid}: files"));
+    let files = Files::dump(&mut ctx)?;
+    progress.step(format!("pid {pid}: memory"));
+    let mm = Memory::dump(&mut ctx)?;
+    let pages_bytes: u64 = mm.vmas.iter().flat_map(|v| &v.pages).map(|r| r.pages * crate::sys::PAGE_SIZE).sum();
+    progress.step(format!("pid {pid}: signals, timers, identity, registers"));
+    let identity = Identity::dump(&mut ctx)?;
+    let credentials = Credentials::dump(&mut ctx)?;
+    let timers = Timers::dump(&mut ctx)?;
+    let thread = ThreadState::dump(&mut ctx)?;
+    // Pending signals last: a timer may have fired while we were collecting.
+    let signals = Signals::dump(&mut ctx)?;
+
+    let core = Core {
+        pid: pid.as_raw() as u32,
+        comm: identity.comm,
+        credentials: Some(credentials),
+        rlimits: identity.rlimits,
+        personality: identity.personality,
+        umask: identity.umask,
+        signal_handlers: Some(signals.handlers),
+        shared_pending: signals.shared_pending,
+        interval_timers: Some(timers),
+        control: Some(identity.control),
+        threads: vec![thread],
+        stopped: false,
+    };
+    let p = pid.as_raw() as u32;
+    image.write_record(&image::core_name(p), &core)?;
+    image.write_record(&image::mm_name(p), &mm)?;
+    image.write_record(&image::files_name(p), &files)?;
+    Ok((core, pages_bytes))
+}

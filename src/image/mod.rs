@@ -1,0 +1,313 @@
+//! The image directory and its record files.
+//!
+//! An image is a directory:
+//!
+//! ```text
+//! inventory.img        Inventory: format, versions, kernel, processes, data-file checksums
+//! core-PID.img         Core: credentials, limits, signals, timers, threads and registers
+//! mm-PID.img           Mm: mappings, mm fields, where each saved page run lives
+//! files-PID.img        Files: fd table, open file descriptions, cwd, root
+//! pages-PID.img        raw page data, page-aligned, no header (checksummed in the inventory)
+//! ```
+//!
+//! Every `.img` record file except the page files is framed:
+//!
+//! ```text
+//! +----------+-------+-------+--------+-------------+----------------------+-----------+
+//! | CRUSTIMG | major | minor | kind   | payload len | payload (protobuf)   | xxh3-64   |
+//! | 8 bytes  | u16le | u16le | 4 chars| u64le       | payload len bytes    | u64le     |
+//! +----------+-------+-------+--------+-------------+----------------------+-----------+
+//! ```
+//!
+//! The checksum covers everything before it. Version rule: a reader accepts the same major
+//! version and any minor version (new fields are ignored by older readers).
+
+pub mod proto {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/crust.image.v1.rs"));
+}
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+pub const FORMAT_MAJOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 0;
+const MAGIC: &[u8; 8] = b"CRUSTIMG";
+const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8;
+
+/// What went wrong with an image, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("image file {path} is not a crust image record (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error("image file {path} has format version {major}.{minor}; this crust reads {FORMAT_MAJOR}.x")]
+    Version { path: PathBuf, major: u16, minor: u16 },
+    #[error("image file {path} holds a {found:?} record where a {expected:?} record was expected")]
+    WrongKind { path: PathBuf, expected: String, found: String },
+    #[error("image file {path} is truncated: {detail}")]
+    Truncated { path: PathBuf, detail: String },
+    #[error("image file {path} is corrupted: checksum {found:#018x} does not match the recorded {expected:#018x}")]
+    Checksum { path: PathBuf, expected: u64, found: u64 },
+    #[error("image file {path} is corrupted: cannot decode its {kind} record: {source}")]
+    Decode { path: PathBuf, kind: String, source: prost::DecodeError },
+}
+
+/// The four-character tag of each record kind.
+pub trait Record: Message + Default {
+    const KIND: &'static [u8; 4];
+}
+
+impl Record for proto::Inventory {
+    const KIND: &'static [u8; 4] = b"INVT";
+}
+impl Record for proto::Core {
+    const KIND: &'static [u8; 4] = b"CORE";
+}
+impl Record for proto::Mm {
+    const KIND: &'static [u8; 4] = b"MMAP";
+}
+impl Record for proto::Files {
+    const KIND: &'static [u8; 4] = b"FILE";
+}
+
+pub const INVENTORY: &str = "inventory.img";
+
+pub fn core_name(pid: u32) -> String {
+    format!("core-{pid}.img")
+}
+pub fn mm_name(pid: u32) -> String {
+    format!("mm-{pid}.img")
+}
+pub fn files_name(pid: u32) -> String {
+    format!("files-{pid}.img")
+}
+pub fn pages_name(pid: u32) -> String {
+    format!("pages-{pid}.img")
+}
+
+/// An image directory.
+#[derive(Clone, Debug)]
+pub struct ImageDir {
+    root: PathBuf,
+}
+
+impl ImageDir {
+    /// Opens an image directory for writing, creating it if needed.
+    pub fn create(root: &Path) -> Result<Self, ImageError> {
+        fs::create_dir_all(root).map_err(|source| ImageError::Io { path: root.to_owned(), source })?;
+        Ok(ImageDir { root: root.to_owned() })
+    }
+
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        let meta = fs::metadata(root).map_err(|source| ImageError::Io { path: root.to_owned(), source })?;
+        if !meta.is_dir() {
+            return Err(ImageError::Io {
+                path: root.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+            });
+        }
+        Ok(ImageDir { root: root.to_owned() })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes a framed record, atomically (temporary file + rename).
+    pub fn write_record<R: Record>(&self, name: &str, record: &R) -> Result<(), ImageError> {
+        let path = self.path(name);
+        let payload = record.encode_to_vec();
+        let mut buf = Vec::with_capacity(HEADER_LEN + payload.len() + 8);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
+        buf.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
+        buf.extend_from_slice(R::KIND);
+        buf.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&payload);
+        let sum = xxh3_64(&buf);
+        buf.extend_from_slice(&sum.to_le_bytes());
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let io = |source| ImageError::Io { path: path.clone(), source };
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&buf).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Reads and verifies a framed record: magic, version, kind, length and checksum.
+    pub fn read_record<R: Record>(&self, name: &str) -> Result<R, ImageError> {
+        let path = self.path(name);
+        let mut buf = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        decode_record(&path, &buf)
+    }
+
+    /// Creates (truncating) a raw data file.
+    pub fn create_data_file(&self, name: &str) -> Result<File, ImageError> {
+        let path = self.path(name);
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|source| ImageError::Io { path, source })
+    }
+
+    /// Size and xxh3-64 of a raw data file.
+    pub fn checksum_data_file(&self, name: &str) -> Result<proto::DataFile, ImageError> {
+        let path = self.path(name);
+        let io = |source| ImageError::Io { path: path.clone(), source };
+        let mut f = File::open(&path).map_err(io)?;
+        let mut hasher = Xxh3::new();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(proto::DataFile { name: name.to_owned(), size, xxh3: hasher.digest() })
+    }
+
+    /// Verifies a raw data file against what the inventory recorded.
+    pub fn verify_data_file(&self, expected: &proto::DataFile) -> Result<(), ImageError> {
+        let path = self.path(&expected.name);
+        let size = fs::metadata(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?.len();
+        if size != expected.size {
+            return Err(ImageError::Truncated {
+                path,
+                detail: format!("{size} bytes, the inventory recorded {}", expected.size),
+            });
+        }
+        let found = self.checksum_data_file(&expected.name)?;
+        if found.xxh3 != expected.xxh3 {
+            return Err(ImageError::Checksum { path, expected: expected.xxh3, found: found.xxh3 });
+        }
+        Ok(())
+    }
+}
+
+fn decode_record<R: Record>(path: &Path, buf: &[u8]) -> Result<R, ImageError> {
+    let kind_name = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    if buf.len() < HEADER_LEN {
+        if buf.len() >= 8 && &buf[..8] != MAGIC {
+            return Err(ImageError::BadMagic { path: path.to_owned() });
+        }
+        return Err(ImageError::Truncated {
+            path: path.to_owned(),
+            detail: format!("{} bytes, shorter than the {HEADER_LEN}-byte header", buf.len()),
+        });
+    }
+    if &buf[..8] != MAGIC {
+        return Err(ImageError::BadMagic { path: path.to_owned() });
+    }
+    let major = u16::from_le_bytes([buf[8], buf[9]]);
+    let minor = u16::from_le_bytes([buf[10], buf[11]]);
+    if major != FORMAT_MAJOR {
+        return Err(ImageError::Version { path: path.to_owned(), major, minor });
+    }
+    let kind = &buf[12..16];
+    let len = u64::from_le_bytes(buf[16..24].try_into().unwrap()) as usize;
+    let total = HEADER_LEN.checked_add(len).and_then(|n| n.checked_add(8));
+    match total {
+        Some(total) if total == buf.len() => {}
+        Some(total) if total > buf.len() => {
+            return Err(ImageError::Truncated {
+                path: path.to_owned(),
+                detail: format!("{} bytes, the header announces {total}", buf.len()),
+            });
+        }
+        _ => {
+            return Err(ImageError::Truncated {
+                path: path.to_owned(),
+                detail: format!("{} bytes do not match the announced payload of {len} bytes", buf.len()),
+            });
+        }
+    }
+    let body_end = HEADER_LEN + len;
+    let expected = u64::from_le_bytes(buf[body_end..body_end + 8].try_into().unwrap());
+    let found = xxh3_64(&buf[..body_end]);
+    if expected != found {
+        return Err(ImageError::Checksum { path: path.to_owned(), expected, found });
+    }
+    if kind != R::KIND {
+        return Err(ImageError::WrongKind {
+            path: path.to_owned(),
+            expected: kind_name(R::KIND),
+            found: kind_name(kind),
+        });
+    }
+    R::decode(&buf[HEADER_LEN..body_end]).map_err(|source| ImageError::Decode {
+        path: path.to_owned(),
+        kind: kind_name(R::KIND),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> proto::Inventory {
+        proto::Inventory { kernel_release: "6.18".into(), root_pid: 42, ..Default::default() }
+    }
+
+    fn dir() -> (PathBuf, ImageDir) {
+        let p = std::env::temp_dir().join(format!("crust-image-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = fs::remove_dir_all(&p);
+        let d = ImageDir::create(&p).unwrap();
+        (p, d)
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let (p, d) = dir();
+        d.write_record(INVENTORY, &sample()).unwrap();
+        let back: proto::Inventory = d.read_record(INVENTORY).unwrap();
+        assert_eq!(back, sample());
+        fs::remove_dir_all(p).unwrap();
+    }
+
+    #[test]
+    fn every_damage_is_named() {
+        let (p, d) = dir();
+        d.write_record(INVENTORY, &sample()).unwrap();
+        let good = fs::read(d.path(INVENTORY)).unwrap();
+        let check = |bytes: &[u8], want: &str| {
+            let err = decode_record::<proto::Inventory>(Path::new("x.img"), bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should mention {want:?}");
+            assert!(err.contains("x.img"));
+        };
+        check(&good[..good.len() - 3], "truncated");
+        check(&good[..10], "truncated");
+        let mut flipped = good.clone();
+        flipped[HEADER_LEN + 1] ^= 0x40;
+        check(&flipped, "checksum");
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        check(&magic, "bad magic");
+        let mut version = good.clone();
+        version[8] = 9;
+        check(&version, "format version 9");
+        let wrong = decode_record::<proto::Core>(Path::new("x.img"), &good).unwrap_err().to_string();
+        assert!(wrong.contains("INVT") && wrong.contains("CORE"), "{wrong}");
+        fs::remove_dir_all(p).unwrap();
+    }
+}

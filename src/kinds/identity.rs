@@ -1,0 +1,112 @@
+//! Who the process is besides its credentials: name, personality, umask, resource limits and
+//! its prctl() state (parent-death signal, dumpable, no_new_privs, timer slack, THP opt-out,
+//! child subreaper).
+
+use anyhow::{Context, Result, bail};
+
+use super::{DumpCtx, Kind, RestoreCtx, scratch_u64};
+use crate::image::proto::{ProcessControl, Rlimit};
+
+pub struct Identity;
+
+pub struct IdentityRecord {
+    pub comm: String,
+    pub personality: u32,
+    pub umask: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub control: ProcessControl,
+}
+
+const RLIMIT_COUNT: u32 = 16; // RLIMIT_CPU .. RLIMIT_RTTIME
+
+impl Kind for Identity {
+    type Record = IdentityRecord;
+
+    fn dump(ctx: &mut DumpCtx) -> Result<IdentityRecord> {
+        let pid = ctx.pid.as_raw();
+        let read = |name: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{name}")).with_context(|| format!("reading /proc/{pid}/{name}"))
+        };
+        let comm = read("comm")?.trim_end_matches('\n').to_owned();
+        let personality = u32::from_str_radix(read("personality")?.trim(), 16)?;
+        let status = read("status")?;
+        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        let umask = u32::from_str_radix(field("Umask:").context("no Umask in status")?, 8)?;
+        let no_new_privs = field("NoNewPrivs:") == Some("1");
+        let timer_slack_ns = read("timerslack_ns")?.trim().parse()?;
+
+        let r = &mut *ctx.remote;
+        let mut rlimits = Vec::new();
+        for resource in 0..RLIMIT_COUNT {
+            let out = r.put(0, &[0u8; 16])?;
+            r.syscall("prlimit64", libc::SYS_prlimit64, &[0, resource as u64, 0, out])
+                .with_context(|| format!("reading rlimit {resource}"))?;
+            rlimits.push(Rlimit { resource, soft: scratch_u64(r, 0)?, hard: scratch_u64(r, 8)? });
+        }
+        let out = r.put(0, &[0u8; 8])?;
+        r.syscall("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, out])?;
+        let pdeath_signal = scratch_u64(r, 0)? as u32;
+        let dumpable = r.syscall("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])? as u32;
+        let thp_disabled = r.syscall("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_GET_THP_DISABLE as u64])? != 0;
+        let out = r.put(0, &[0u8; 8])?;
+        r.syscall("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, out])?;
+        let child_subreaper = scratch_u64(r, 0)? as u32;
+        Ok(IdentityRecord {
+            comm,
+            personality,
+            umask,
+            rlimits,
+            control: ProcessControl {
+                pdeath_signal,
+                dumpable,
+                no_new_privs,
+                timer_slack_ns,
+                thp_disabled,
+                child_subreaper,
+            },
+        })
+    }
+
+    fn restore(ctx: &mut RestoreCtx, rec: &IdentityRecord) -> Result<()> {
+        let r = &mut *ctx.remote;
+        let mut comm = rec.comm.as_bytes().to_vec();
+        comm.truncate(15);
+        comm.push(0);
+        let addr = r.put(0, &comm)?;
+        r.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
+        r.syscall("personality", libc::SYS_personality, &[rec.personality as u64])?;
+        r.syscall("umask", libc::SYS_umask, &[rec.umask as u64])?;
+        let c = &rec.control;
+        r.syscall("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, c.pdeath_signal as u64])?;
+        if c.dumpable > 1 {
+            bail!("dumpable mode {} (suid_dumpable) cannot be set by a process", c.dumpable);
+        }
+        r.syscall("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, c.dumpable as u64])?;
+        r.syscall("prctl(PR_SET_TIMERSLACK)", libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, c.timer_slack_ns])?;
+        r.syscall("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_SET_THP_DISABLE as u64, c.thp_disabled as u64])?;
+        r.syscall(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_CHILD_SUBREAPER as u64, c.child_subreaper as u64],
+        )?;
+        if c.no_new_privs {
+            r.syscall("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+}
+
+/// Resource limits go back late: a low RLIMIT_NOFILE or RLIMIT_AS would get in the way of
+/// restoring the rest.
+pub fn restore_rlimits(ctx: &mut RestoreCtx, rlimits: &[Rlimit]) -> Result<()> {
+    for l in rlimits {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&l.soft.to_ne_bytes());
+        raw.extend_from_slice(&l.hard.to_ne_bytes());
+        let addr = ctx.remote.put(0, &raw)?;
+        ctx.remote
+            .syscall("prlimit64", libc::SYS_prlimit64, &[0, l.resource as u64, addr, 0])
+            .with_context(|| format!("restoring rlimit {} to soft {} hard {}", l.resource, l.soft, l.hard))?;
+    }
+    Ok(())
+}

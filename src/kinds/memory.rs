@@ -1,0 +1,664 @@
+//! The address space: every mapping with its protection and backing, the pages only the image
+//! can bring back, the vDSO unit, and the mm fields (brk, code/data/stack bounds, args, env,
+//! auxv, executable).
+//!
+//! Dump writes page data straight from the frozen process into the page file (the process
+//! itself runs `pwritev` on runs of present pages), so each byte is copied once. Restore maps
+//! every area at its address and has the new process `preadv` its pages into place, again one
+//! copy per byte and one system call per up to 1024 runs.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result, bail};
+use procfs::process::{MMPermissions, MMapPath, VmFlags};
+
+use super::{DumpCtx, Kind, RestoreCtx};
+use crate::image::proto::{FileIdentity, Mm, MmFields, PageRun, Vma, vma::Kind as VmaKind};
+use crate::image::{self};
+use crate::sys::PAGE_SIZE;
+use crate::sys::pagemap::{PageMap, Wanted};
+use crate::sys::remote::{RemoteTask, Scratch, find_syscall_instruction};
+
+pub struct Memory;
+
+/// How many iovecs one pwritev/preadv gets (the kernel's IOV_MAX).
+const IOV_BATCH: usize = 1024;
+/// Scratch offset where iovec arrays are built (the first KiBs hold paths and small structs).
+const IOV_SCRATCH_OFFSET: u64 = 16 * 1024;
+/// Size of the helper area crust maps into a process it drives: a page with a `syscall`
+/// instruction followed by scratch space for arguments.
+pub const HELPER_LEN: u64 = 64 * 1024;
+const HELPER_CODE_LEN: u64 = PAGE_SIZE;
+
+impl Kind for Memory {
+    type Record = Mm;
+
+    fn dump(ctx: &mut DumpCtx) -> Result<Mm> {
+        let pid = ctx.pid.as_raw();
+        let maps = ctx.process.smaps().with_context(|| format!("reading /proc/{pid}/smaps"))?;
+        let pagemap = PageMap::open(pid)?;
+        let mut vmas = Vec::new();
+        let mut next_offset = 0u64;
+        let scratch = ctx.remote.scratch().map(|s| (s.address, s.address + s.len));
+        for map in maps.iter() {
+            let (start, end) = map.address;
+            if Some((start, end)) == scratch {
+                continue; // crust's own scratch area
+            }
+            let mut vma = describe_vma(pid, map)?;
+            let wanted = match vma.kind() {
+                VmaKind::PrivateAnonymous | VmaKind::SharedAnonymous => Some(Wanted::Resident),
+                VmaKind::PrivateFile => Some(Wanted::PrivateCopies),
+                _ => None,
+            };
+            if let Some(wanted) = wanted {
+                pagemap.for_each_run(start, end, wanted, |address, pages| {
+                    vma.pages.push(PageRun { address, pages, file_offset: next_offset });
+                    next_offset += pages * PAGE_SIZE;
+                })?;
+            }
+            vmas.push(vma);
+        }
+        let pages_file = image::pages_name(pid as u32);
+        write_pages(ctx, &vmas, &pages_file, next_offset)?;
+        let fields = dump_mm_fields(ctx)?;
+        Ok(Mm { fields: Some(fields), vmas, pages_file })
+    }
+
+    fn restore(ctx: &mut RestoreCtx, mm: &Mm) -> Result<()> {
+        let pages_path = ctx.image.path(&mm.pages_file);
+        let pages_path = pages_path.to_str().context("image path is not UTF-8")?.to_owned();
+        // The page file is crust's own: it is opened before the process takes the image's
+        // filesystem credentials.
+        let pages_fd = ctx.open_in_process(&pages_path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+        super::credentials::enter_fs_identity(ctx)?;
+        let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
+        for vma in &mm.vmas {
+            map_vma(ctx, vma, &mut file_fds).with_context(|| {
+                format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
+            })?;
+        }
+        fill_pages(ctx.remote, pages_fd, &mm.vmas)?;
+        for vma in &mm.vmas {
+            finish_vma(ctx.remote, vma).with_context(|| {
+                format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
+            })?;
+        }
+        ctx.close_in_process(pages_fd)?;
+        for (_, fd) in file_fds {
+            ctx.close_in_process(fd)?;
+        }
+        if let Some(fields) = &mm.fields {
+            set_mm_fields(ctx, fields)?;
+        }
+        super::credentials::leave_fs_identity(ctx)?;
+        Ok(())
+    }
+}
+
+fn describe(vma: &Vma) -> String {
+    if vma.name.is_empty() { format!("{:?}", vma.kind()) } else { vma.name.clone() }
+}
+
+fn prot_of(perms: &MMPermissions) -> u32 {
+    let mut prot = 0;
+    if perms.contains(MMPermissions::READ) {
+        prot |= libc::PROT_READ as u32;
+    }
+    if perms.contains(MMPermissions::WRITE) {
+        prot |= libc::PROT_WRITE as u32;
+    }
+    if perms.contains(MMPermissions::EXECUTE) {
+        prot |= libc::PROT_EXEC as u32;
+    }
+    prot
+}
+
+/// Turns one /proc/PID/smaps entry into an image VMA, refusing what crust cannot restore.
+fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
+    let (start, end) = map.address;
+    let shared = map.perms.contains(MMPermissions::SHARED);
+    let flags = map.extension.vm_flags;
+    let mut vma = Vma {
+        start,
+        end,
+        prot: prot_of(&map.perms),
+        file_offset: map.offset,
+        grows_down: flags.contains(VmFlags::GD),
+        huge_page_advised: flags.contains(VmFlags::HG),
+        no_huge_page_advised: flags.contains(VmFlags::NH),
+        dont_dump: flags.contains(VmFlags::DD),
+        dont_fork: flags.contains(VmFlags::DC),
+        wipe_on_fork: flags.contains(VmFlags::WF),
+        locked: flags.contains(VmFlags::LO),
+        mergeable: flags.contains(VmFlags::MG),
+        sequential_read: flags.contains(VmFlags::SR),
+        random_read: flags.contains(VmFlags::RR),
+        may_write: flags.contains(VmFlags::MW),
+        had_huge_pages: map.extension.map.get("AnonHugePages").copied().unwrap_or(0) > 0,
+        ..Default::default()
+    };
+    let anonymous = if shared { VmaKind::SharedAnonymous } else { VmaKind::PrivateAnonymous };
+    let kind = match &map.pathname {
+        MMapPath::Heap => {
+            vma.name = "[heap]".into();
+            anonymous
+        }
+        MMapPath::Stack => {
+            vma.name = "[stack]".into();
+            anonymous
+        }
+        MMapPath::Anonymous => anonymous,
+        MMapPath::Vdso => VmaKind::Vdso,
+        MMapPath::Vvar => VmaKind::Vvar,
+        MMapPath::Vsyscall => VmaKind::Vsyscall,
+        MMapPath::Other(name) if name == "[vvar_vclock]" => VmaKind::VvarVclock,
+        MMapPath::Path(path) => {
+            let path = path.to_string_lossy().into_owned();
+            if let Some(original) = path.strip_suffix(" (deleted)") {
+                if original == "/dev/zero" && shared {
+                    // MAP_SHARED|MAP_ANONYMOUS is backed by an unlinked shmem file of this name.
+                    vma.name = path.clone();
+                    vma.file_offset = 0;
+                    VmaKind::SharedAnonymous
+                } else {
+                    bail!(
+                        "pid {pid}: mapping {start:#x}-{end:#x} maps the deleted file {original}; \
+                         crust cannot restore mappings of deleted files yet"
+                    );
+                }
+            } else {
+                vma.name = path.clone();
+                let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+                vma.file = Some(file_identity(&path, &link)?);
+                if shared { VmaKind::SharedFile } else { VmaKind::PrivateFile }
+            }
+        }
+        other => bail!("pid {pid}: mapping {start:#x}-{end:#x} is a kernel area crust does not know: {other:?}"),
+    };
+    vma.set_kind(kind);
+    Ok(vma)
+}
+
+/// Identity of the file behind `path`, taken through `through` (a /proc link to the very file
+/// the process has, which may differ from what `path` names now).
+pub fn file_identity(path: &str, through: &str) -> Result<FileIdentity> {
+    let meta = std::fs::metadata(through).with_context(|| format!("stat {through} ({path})"))?;
+    Ok(FileIdentity {
+        path: path.to_owned(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        dev: meta.dev(),
+        inode: meta.ino(),
+        mode: meta.mode(),
+        rdev: meta.rdev(),
+    })
+}
+
+/// Checks that the file an image refers to is still the one that was dumped.
+pub fn check_file_unchanged(file: &FileIdentity, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(&file.path)
+        .with_context(|| format!("{what} {} is gone since the dump", file.path))?;
+    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    if meta.mode() & libc::S_IFMT != file.mode & libc::S_IFMT {
+        bail!("{what} {} is no longer the same kind of file as at dump time", file.path);
+    }
+    if meta.size() != file.size {
+        bail!(
+            "{what} {} changed since the dump: its size is {} bytes, the image recorded {}",
+            file.path,
+            meta.size(),
+            file.size
+        );
+    }
+    if mtime_ns != file.mtime_ns {
+        bail!("{what} {} was modified after the dump (its mtime changed)", file.path);
+    }
+    Ok(())
+}
+
+/// Has the frozen process write its wanted pages into the page file.
+fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Result<()> {
+    let pid = ctx.pid.as_raw();
+    let file = ctx.image.create_data_file(name)?;
+    file.set_len(total).with_context(|| format!("sizing page file {name}"))?;
+    let (readable, unreadable): (Vec<&Vma>, Vec<&Vma>) =
+        vmas.iter().partition(|v| v.prot & libc::PROT_READ as u32 != 0);
+    let readable_runs: Vec<&PageRun> = readable.iter().flat_map(|v| v.pages.iter()).collect();
+    if !readable_runs.is_empty() {
+        let path = ctx.image.path(name);
+        let path = path.to_str().context("image path is not UTF-8")?;
+        let addr = ctx.remote.put_path(0, path)?;
+        let fd = ctx.remote.syscall(
+            "openat(page file)",
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, addr, (libc::O_WRONLY | libc::O_CLOEXEC) as u64, 0],
+        )?;
+        let result = transfer_runs(ctx.remote, fd, &readable_runs, libc::SYS_pwritev, "pwritev");
+        ctx.remote.syscall("close", libc::SYS_close, &[fd])?;
+        result.with_context(|| format!("pid {pid}: writing pages to {name}"))?;
+    }
+    // Pages under PROT_NONE or write-only protection: the process cannot read them itself, so
+    // crust copies them through /proc/PID/mem, which reads regardless of protection.
+    use std::os::unix::fs::FileExt;
+    for run in unreadable.iter().flat_map(|v| v.pages.iter()) {
+        let mut buf = vec![0u8; (run.pages * PAGE_SIZE) as usize];
+        ctx.remote.read_memory(run.address, &mut buf)?;
+        file.write_all_at(&buf, run.file_offset).with_context(|| format!("writing {name}"))?;
+    }
+    Ok(())
+}
+
+/// Moves page runs between the process's memory and the page file with pwritev/preadv run in
+/// the process, up to IOV_BATCH runs per call. Runs are consecutive in the file.
+fn transfer_runs(remote: &mut RemoteTask, fd: u64, runs: &[&PageRun], nr: i64, name: &str) -> Result<()> {
+    let mut i = 0;
+    while i < runs.len() {
+        // A batch must be contiguous in the file.
+        let mut j = i + 1;
+        while j < runs.len() && j - i < IOV_BATCH {
+            let prev = runs[j - 1];
+            if prev.file_offset + prev.pages * PAGE_SIZE != runs[j].file_offset {
+                break;
+            }
+            j += 1;
+        }
+        let batch = &runs[i..j];
+        let mut iov = Vec::with_capacity(batch.len() * 16);
+        let mut want = 0u64;
+        for run in batch {
+            iov.extend_from_slice(&run.address.to_ne_bytes());
+            iov.extend_from_slice(&(run.pages * PAGE_SIZE).to_ne_bytes());
+            want += run.pages * PAGE_SIZE;
+        }
+        let iov_addr = remote.put(IOV_SCRATCH_OFFSET, &iov)?;
+        let done = remote.syscall(name, nr, &[fd, iov_addr, batch.len() as u64, batch[0].file_offset])?;
+        if done != want {
+            // Short transfers do not happen on regular files short of an error; finish the batch
+            // run by run so the error (if any) is reported for the exact run.
+            let mut skip = done;
+            for run in batch {
+                let len = run.pages * PAGE_SIZE;
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                let one = [run.address + skip, len - skip];
+                let mut bytes = Vec::new();
+                bytes.extend_from_slice(&one[0].to_ne_bytes());
+                bytes.extend_from_slice(&one[1].to_ne_bytes());
+                let iov_addr = remote.put(IOV_SCRATCH_OFFSET, &bytes)?;
+                let n = remote.syscall(name, nr, &[fd, iov_addr, 1, run.file_offset + skip])?;
+                if n != len - skip {
+                    bail!("{name} moved {n} of {} bytes at {:#x}", len - skip, run.address + skip);
+                }
+                skip = 0;
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+fn dump_mm_fields(ctx: &mut DumpCtx) -> Result<MmFields> {
+    let pid = ctx.pid.as_raw();
+    let stat = ctx.process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let brk = ctx.remote.syscall("brk(0)", libc::SYS_brk, &[0])?;
+    let auxv_raw = std::fs::read(format!("/proc/{pid}/auxv")).with_context(|| format!("reading /proc/{pid}/auxv"))?;
+    let auxv = auxv_raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
+    let exe_link = format!("/proc/{pid}/exe");
+    let exe_path = std::fs::read_link(&exe_link).with_context(|| format!("readlink {exe_link}"))?;
+    let exe_path = exe_path.to_string_lossy().into_owned();
+    if exe_path.ends_with(" (deleted)") {
+        bail!("pid {pid}: its executable {exe_path} was deleted; crust cannot restore it yet");
+    }
+    Ok(MmFields {
+        start_code: stat.startcode,
+        end_code: stat.endcode,
+        start_data: stat.start_data.unwrap_or(0),
+        end_data: stat.end_data.unwrap_or(0),
+        start_brk: stat.start_brk.unwrap_or(0),
+        brk,
+        start_stack: stat.startstack,
+        arg_start: stat.arg_start.unwrap_or(0),
+        arg_end: stat.arg_end.unwrap_or(0),
+        env_start: stat.env_start.unwrap_or(0),
+        env_end: stat.env_end.unwrap_or(0),
+        auxv,
+        exe: Some(file_identity(&exe_path, &exe_link)?),
+    })
+}
+
+/// Bytes of the [vdso] of process `pid`, for the image's vDSO check.
+pub fn vdso_text(pid: i32) -> Result<Vec<u8>> {
+    let maps = procfs::process::Process::new(pid)?.maps()?;
+    let vdso = maps
+        .iter()
+        .find(|m| m.pathname == MMapPath::Vdso)
+        .with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
+    let (start, end) = vdso.address;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut buf = vec![0u8; (end - start) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut buf, start).context("reading the vDSO")?;
+    Ok(buf)
+}
+
+/// Address of a `syscall` instruction inside the [vdso] of `pid`: the first place crust can
+/// run a remote system call from without changing a byte of the process.
+pub fn syscall_instruction_in_vdso(pid: i32) -> Result<u64> {
+    let maps = procfs::process::Process::new(pid)?.maps()?;
+    let vdso = maps
+        .iter()
+        .find(|m| m.pathname == MMapPath::Vdso)
+        .with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
+    let code = vdso_text(pid)?;
+    find_syscall_instruction(&code, vdso.address.0)
+        .with_context(|| format!("no syscall instruction in the vDSO of pid {pid}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore
+
+/// Empties the fresh process's address space (a copy of crust's) and leaves it with only the
+/// helper area and the vDSO unit moved to where the image had it. Returns the helper area.
+pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm) -> Result<Scratch> {
+    let pid = remote.pid().as_raw();
+    let current: Vec<(u64, u64, MMapPath)> = procfs::process::Process::new(pid)?
+        .maps()?
+        .iter()
+        .map(|m| (m.address.0, m.address.1, m.pathname.clone()))
+        .collect();
+    let mut busy: Vec<(u64, u64)> = current.iter().map(|(s, e, _)| (*s, *e)).collect();
+    busy.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
+    let vdso_unit: Vec<&Vma> = mm
+        .vmas
+        .iter()
+        .filter(|v| matches!(v.kind(), VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso))
+        .collect();
+    let unit_len: u64 = vdso_unit.iter().map(|v| v.end - v.start).sum();
+    let helper = find_gap(&busy, HELPER_LEN + unit_len + PAGE_SIZE)
+        .context("no free address range for crust's helper area")?;
+
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let got = remote.syscall("mmap(helper area)", libc::SYS_mmap, &[helper, HELPER_LEN, prot, flags, u64::MAX, 0])?;
+    if got != helper {
+        bail!("mmap of the helper area at {helper:#x} returned {got:#x}");
+    }
+    remote.write_memory(helper, &[0x0f, 0x05])?;
+    remote.set_syscall_ip(helper);
+    let scratch = Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN };
+    remote.set_scratch(Some(scratch));
+
+    // Move our vDSO unit into place: first each piece to a staging spot right after the helper
+    // (free in both layouts), then to the image's addresses, so no move lands on a piece that
+    // has not moved yet.
+    let mut staged = Vec::new();
+    let mut staging = helper + HELPER_LEN + PAGE_SIZE;
+    for vma in &vdso_unit {
+        let ours = current.iter().find(|(_, _, p)| vdso_piece_matches(p, vma.kind())).with_context(|| {
+            format!("crust's own address space has no {:?} to give the restored process", vma.kind())
+        })?;
+        let len = ours.1 - ours.0;
+        if len != vma.end - vma.start {
+            bail!(
+                "the vDSO layout differs from the image: {:?} is {} bytes here, {} in the image",
+                vma.kind(),
+                len,
+                vma.end - vma.start
+            );
+        }
+        mremap_fixed(remote, ours.0, len, staging)?;
+        staged.push((staging, len, vma.start));
+        staging += len;
+    }
+    for (from, len, to) in staged {
+        mremap_fixed(remote, from, len, to)?;
+    }
+
+    // Unmap everything else crust's copy left behind.
+    let keep: Vec<(u64, u64)> = std::iter::once((helper, helper + HELPER_LEN))
+        .chain(vdso_unit.iter().map(|v| (v.start, v.end)))
+        .collect();
+    for (start, end, path) in &current {
+        if *path == MMapPath::Vsyscall {
+            continue;
+        }
+        for (s, e) in subtract((*start, *end), &keep) {
+            remote.syscall("munmap(crust's copy)", libc::SYS_munmap, &[s, e - s])?;
+        }
+    }
+    Ok(Scratch { address: helper, len: HELPER_LEN })
+}
+
+fn vdso_piece_matches(path: &MMapPath, kind: VmaKind) -> bool {
+    match kind {
+        VmaKind::Vdso => *path == MMapPath::Vdso,
+        VmaKind::Vvar => *path == MMapPath::Vvar,
+        VmaKind::VvarVclock => matches!(path, MMapPath::Other(n) if n == "[vvar_vclock]"),
+        _ => false,
+    }
+}
+
+fn mremap_fixed(remote: &mut RemoteTask, from: u64, len: u64, to: u64) -> Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let got = remote.syscall("mremap(vDSO)", libc::SYS_mremap, &[from, len, len, flags, to])?;
+    if got != to {
+        bail!("mremap of the vDSO to {to:#x} returned {got:#x}");
+    }
+    Ok(())
+}
+
+/// The parts of `range` not covered by any of `holes`.
+fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut parts = vec![range];
+    for &(hs, he) in holes {
+        parts = parts
+            .into_iter()
+            .flat_map(|(s, e)| {
+                let mut out = Vec::new();
+                if he <= s || hs >= e {
+                    out.push((s, e));
+                } else {
+                    if s < hs {
+                        out.push((s, hs));
+                    }
+                    if he < e {
+                        out.push((he, e));
+                    }
+                }
+                out
+            })
+            .collect();
+    }
+    parts
+}
+
+/// First free range of `len` bytes above 1 MiB that overlaps none of `busy`.
+fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut sorted = busy.to_vec();
+    sorted.sort();
+    let mut candidate = 0x10_0000u64;
+    for (s, e) in sorted {
+        if e <= candidate {
+            continue;
+        }
+        if s >= candidate + len {
+            return Some(candidate);
+        }
+        candidate = candidate.max(e);
+    }
+    (candidate + len < 0x7fff_ffff_0000).then_some(candidate)
+}
+
+fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool), i32>) -> Result<()> {
+    let kind = vma.kind();
+    let len = vma.end - vma.start;
+    // Areas that receive pages are writable while they are filled; finish_vma sets the real
+    // protection afterwards.
+    let mut prot = vma.prot as u64;
+    if !vma.pages.is_empty() {
+        prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    }
+    let growsdown = if vma.grows_down { libc::MAP_GROWSDOWN } else { 0 };
+    let (flags, fd, offset) = match kind {
+        VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
+        VmaKind::PrivateAnonymous => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown, -1i64, 0),
+        VmaKind::SharedAnonymous => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0),
+        VmaKind::PrivateFile | VmaKind::SharedFile => {
+            let file = vma.file.as_ref().context("file mapping without a file")?;
+            let shared = kind == VmaKind::SharedFile;
+            // A shared mapping that may become writable needs a writable descriptor.
+            let writable = shared && vma_may_write(vma);
+            let key = (file.path.clone(), writable);
+            let fd = match file_fds.get(&key) {
+                Some(fd) => *fd,
+                None => {
+                    let mode = if writable { libc::O_RDWR } else { libc::O_RDONLY };
+                    let fd = ctx.open_in_process(&file.path, mode | libc::O_CLOEXEC)?;
+                    file_fds.insert(key, fd);
+                    fd
+                }
+            };
+            let sharing = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            (sharing | growsdown, fd as i64, vma.file_offset)
+        }
+    };
+    let flags = (flags | libc::MAP_FIXED) as u64;
+    let got = ctx.remote.syscall("mmap", libc::SYS_mmap, &[vma.start, len, prot, flags, fd as u64, offset])?;
+    if got != vma.start {
+        bail!("mmap returned {got:#x}");
+    }
+    // Advice that changes how pages are backed must be in place before they are filled.
+    let advice: [(bool, i32); 4] = [
+        (vma.huge_page_advised, libc::MADV_HUGEPAGE),
+        (vma.no_huge_page_advised, libc::MADV_NOHUGEPAGE),
+        (vma.mergeable, libc::MADV_MERGEABLE),
+        (vma.dont_fork, libc::MADV_DONTFORK),
+    ];
+    for (wanted, advice) in advice {
+        if wanted {
+            madvise(ctx.remote, vma, advice)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a shared file mapping had VM_MAYWRITE (it was mapped through a writable fd).
+fn vma_may_write(vma: &Vma) -> bool {
+    vma.prot & libc::PROT_WRITE as u32 != 0 || vma.may_write
+}
+
+fn madvise(remote: &mut RemoteTask, vma: &Vma, advice: i32) -> Result<()> {
+    remote.syscall("madvise", libc::SYS_madvise, &[vma.start, vma.end - vma.start, advice as u64])?;
+    Ok(())
+}
+
+fn fill_pages(remote: &mut RemoteTask, pages_fd: i32, vmas: &[Vma]) -> Result<()> {
+    let runs: Vec<&PageRun> = vmas.iter().flat_map(|v| v.pages.iter()).collect();
+    transfer_runs(remote, pages_fd as u64, &runs, libc::SYS_preadv, "preadv").context("reading pages into place")
+}
+
+fn finish_vma(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
+    if matches!(vma.kind(), VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall) {
+        return Ok(());
+    }
+    let len = vma.end - vma.start;
+    if !vma.pages.is_empty() && vma.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+        remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, len, vma.prot as u64])?;
+    }
+    let advice: [(bool, i32); 5] = [
+        (vma.dont_dump, libc::MADV_DONTDUMP),
+        (vma.wipe_on_fork, libc::MADV_WIPEONFORK),
+        (vma.sequential_read, libc::MADV_SEQUENTIAL),
+        (vma.random_read, libc::MADV_RANDOM),
+        (false, 0),
+    ];
+    for (wanted, advice) in advice {
+        if wanted {
+            madvise(remote, vma, advice)?;
+        }
+    }
+    if vma.locked {
+        remote.syscall("mlock", libc::SYS_mlock, &[vma.start, len])?;
+    }
+    Ok(())
+}
+
+/// PR_SET_MM_MAP: brk, code/data/stack bounds, args, env, auxv and the executable link.
+fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
+    let exe = f.exe.as_ref().context("image has no executable")?;
+    let exe_fd = ctx.open_in_process(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    let mut auxv_bytes = Vec::new();
+    for v in &f.auxv {
+        auxv_bytes.extend_from_slice(&v.to_ne_bytes());
+    }
+    let auxv_addr = ctx.remote.put(4096, &auxv_bytes)?;
+    let mut map = Vec::new();
+    for v in [
+        f.start_code,
+        f.end_code,
+        f.start_data,
+        f.end_data,
+        f.start_brk,
+        f.brk,
+        f.start_stack,
+        f.arg_start,
+        f.arg_end,
+        f.env_start,
+        f.env_end,
+        auxv_addr,
+    ] {
+        map.extend_from_slice(&v.to_ne_bytes());
+    }
+    map.extend_from_slice(&(auxv_bytes.len() as u32).to_ne_bytes());
+    map.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    let map_addr = ctx.remote.put(2048, &map)?;
+    const PR_SET_MM_MAP: u64 = 14;
+    ctx.remote
+        .syscall(
+            "prctl(PR_SET_MM, PR_SET_MM_MAP)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_MM as u64, PR_SET_MM_MAP, map_addr, map.len() as u64, 0],
+        )
+        .context("setting brk, stack, args, env, auxv and the executable link")?;
+    ctx.close_in_process(exe_fd)?;
+    Ok(())
+}
+
+/// Everything restore checks about memory before creating any process: files still the same,
+/// vDSO layout as the image expects.
+pub fn precheck(mm: &Mm) -> Result<()> {
+    for vma in &mm.vmas {
+        if let Some(file) = &vma.file {
+            check_file_unchanged(file, "mapped file")?;
+        }
+    }
+    if let Some(exe) = mm.fields.as_ref().and_then(|f| f.exe.as_ref()) {
+        check_file_unchanged(exe, "executable")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_cuts_holes() {
+        assert_eq!(subtract((0, 100), &[(10, 20), (50, 200)]), vec![(0, 10), (20, 50)]);
+        assert_eq!(subtract((0, 100), &[(0, 100)]), vec![]);
+        assert_eq!(subtract((0, 100), &[(200, 300)]), vec![(0, 100)]);
+    }
+
+    #[test]
+    fn gap_avoids_every_busy_range() {
+        let busy = [(0x10_0000, 0x20_0000), (0x20_1000, 0x30_0000)];
+        assert_eq!(find_gap(&busy, 0x1000), Some(0x20_0000));
+        assert_eq!(find_gap(&busy, 0x2000), Some(0x30_0000));
+    }
+}

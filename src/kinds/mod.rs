@@ -1,0 +1,90 @@
+//! One module per kind of kernel object. Each holds how its image record is dumped from a frozen
+//! process and how it is restored into the process being rebuilt, behind [`Kind`].
+//!
+//! Restore order (see `crate::restore`): memory, files, identity, signals, timers, credentials,
+//! registers; each kind's `restore` may rely on the kinds before it.
+
+pub mod credentials;
+pub mod files;
+pub mod identity;
+pub mod memory;
+pub mod registers;
+pub mod signals;
+pub mod timers;
+
+use std::os::fd::OwnedFd;
+
+use anyhow::Result;
+use nix::unistd::Pid;
+
+use crate::image::ImageDir;
+use crate::sys::remote::RemoteTask;
+
+/// A kind of kernel object that crust saves and restores.
+pub trait Kind {
+    /// What the image holds for this kind.
+    type Record;
+    /// Collects the record from a frozen process.
+    fn dump(ctx: &mut DumpCtx) -> Result<Self::Record>;
+    /// Recreates the object in the process being restored.
+    fn restore(ctx: &mut RestoreCtx, record: &Self::Record) -> Result<()>;
+}
+
+/// A frozen process being dumped.
+pub struct DumpCtx<'a> {
+    pub pid: Pid,
+    pub remote: &'a mut RemoteTask,
+    pub image: &'a ImageDir,
+    pub process: procfs::process::Process,
+    pub pidfd: OwnedFd,
+}
+
+/// A process being rebuilt: a fresh child of crust with the image's PID, stopped under ptrace.
+pub struct RestoreCtx<'a> {
+    pub pid: Pid,
+    pub remote: &'a mut RemoteTask,
+    pub image: &'a ImageDir,
+    pub pidfd: OwnedFd,
+    /// crust's own descriptors inside the process live at or above this number, out of the way
+    /// of the image's fds; all are closed before the process resumes.
+    pub work_fd_floor: i32,
+    /// The image's filesystem credentials: files are opened with them, never as root.
+    pub fs_identity: Option<(u32, u32, Vec<u32>)>,
+}
+
+impl RestoreCtx<'_> {
+    /// Moves a descriptor that a remote call just created up to the working range and returns
+    /// its new number.
+    pub fn to_work_fd(&mut self, fd: u64) -> Result<i32> {
+        let moved = self.remote.syscall(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            &[fd, libc::F_DUPFD_CLOEXEC as u64, self.work_fd_floor as u64],
+        )?;
+        self.remote.syscall("close", libc::SYS_close, &[fd])?;
+        Ok(moved as i32)
+    }
+
+    /// Opens `path` inside the process (with whatever filesystem credentials it has now) and
+    /// returns the fd, moved to the working range.
+    pub fn open_in_process(&mut self, path: &str, flags: i32) -> Result<i32> {
+        let addr = self.remote.put_path(0, path)?;
+        let fd = self
+            .remote
+            .syscall(&format!("openat({path})"), libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
+            .map_err(anyhow::Error::from)?;
+        self.to_work_fd(fd)
+    }
+
+    pub fn close_in_process(&mut self, fd: i32) -> Result<()> {
+        self.remote.syscall("close", libc::SYS_close, &[fd as u64])?;
+        Ok(())
+    }
+}
+
+/// Reads a value of a remote call's out-parameter from the scratch area.
+pub fn scratch_u64(remote: &RemoteTask, offset: u64) -> Result<u64> {
+    let mut b = [0u8; 8];
+    remote.get(offset, &mut b)?;
+    Ok(u64::from_ne_bytes(b))
+}

@@ -1,0 +1,172 @@
+//! A thread's CPU and kernel-side state: general registers (with fs/gs base), the XSAVE area
+//! (x87, SSE, AVX...), the system call it was in, its blocked mask, its own pending signals,
+//! alternate signal stack, rseq registration, robust futex list and clear_child_tid.
+
+use anyhow::{Context, Result, bail};
+
+use super::{DumpCtx, Kind, RestoreCtx, scratch_u64};
+use crate::image::proto::{GpRegisters, InterruptedSyscall, Rseq, SignalStack, Thread, interrupted_syscall::Action};
+use crate::kinds::signals::siginfo;
+use crate::sys::ptrace::{self, Registers, SignalQueue, peek_pending};
+
+pub struct ThreadState;
+
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+impl Kind for ThreadState {
+    type Record = Thread;
+
+    fn dump(ctx: &mut DumpCtx) -> Result<Thread> {
+        let pid = ctx.pid;
+        let regs = ctx.remote.original_registers();
+        let xsave = ptrace::get_xstate(pid)?;
+        let pending = peek_pending(pid, SignalQueue::Thread)?.iter().map(siginfo).collect();
+        let r = &mut *ctx.remote;
+        let out = r.put(0, &[0u8; 24])?;
+        r.syscall("sigaltstack", libc::SYS_sigaltstack, &[0, out])?;
+        let altstack = SignalStack {
+            sp: scratch_u64(r, 0)?,
+            flags: scratch_u64(r, 8)? as i32,
+            size: scratch_u64(r, 16)?,
+        };
+        let out = r.put(0, &[0u8; 8])?;
+        r.syscall("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, out])?;
+        let clear_child_tid = scratch_u64(r, 0)?;
+        let rseq = ptrace::get_rseq(pid)?;
+        let (robust_list, robust_list_len) = crate::sys::get_robust_list(pid.as_raw())?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/comm"))?.trim_end_matches('\n').to_owned();
+        Ok(Thread {
+            tid: pid.as_raw() as u32,
+            comm,
+            registers: Some(to_proto(&regs)),
+            interrupted_syscall: interrupted_syscall(ctx.remote, &regs)?,
+            xsave,
+            blocked_mask: ctx.remote.original_sigmask(),
+            pending,
+            altstack: Some(altstack),
+            rseq: (rseq.address != 0).then_some(Rseq { address: rseq.address, length: rseq.length, signature: rseq.signature }),
+            robust_list,
+            robust_list_len,
+            clear_child_tid,
+        })
+    }
+
+    fn restore(ctx: &mut RestoreCtx, t: &Thread) -> Result<()> {
+        let pid = ctx.pid;
+        ptrace::set_xstate(pid, &t.xsave).context("restoring the FPU/SSE/AVX state")?;
+        let r = &mut *ctx.remote;
+        if let Some(ss) = &t.altstack {
+            let mut raw = Vec::new();
+            raw.extend_from_slice(&ss.sp.to_ne_bytes());
+            // SS_ONSTACK only reports that the thread was running on it.
+            raw.extend_from_slice(&((ss.flags & !libc::SS_ONSTACK) as u64).to_ne_bytes());
+            raw.extend_from_slice(&ss.size.to_ne_bytes());
+            let addr = r.put(0, &raw)?;
+            r.syscall("sigaltstack", libc::SYS_sigaltstack, &[addr, 0]).context("restoring the alternate signal stack")?;
+        }
+        if let Some(rseq) = &t.rseq {
+            r.syscall("rseq", libc::SYS_rseq, &[rseq.address, rseq.length as u64, 0, rseq.signature as u64])
+                .context("registering rseq")?;
+        }
+        if t.robust_list != 0 {
+            r.syscall("set_robust_list", libc::SYS_set_robust_list, &[t.robust_list, t.robust_list_len])?;
+        }
+        r.syscall("set_tid_address", libc::SYS_set_tid_address, &[t.clear_child_tid])?;
+        for info in &t.pending {
+            let addr = r.put(0, &info.raw)?;
+            r.syscall(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                &[pid.as_raw() as u64, t.tid as u64, info.signo as u64, addr],
+            )
+            .with_context(|| format!("re-queueing pending signal {} of thread {}", info.signo, t.tid))?;
+        }
+        Ok(())
+    }
+}
+
+/// The registers the restored thread resumes with, after deciding how an interrupted system
+/// call goes on (see InterruptedSyscall in the image schema).
+pub fn resume_registers(t: &Thread) -> Result<Registers> {
+    let mut regs = from_proto(t.registers.as_ref().context("thread without registers")?);
+    if let Some(sc) = &t.interrupted_syscall {
+        match sc.action() {
+            Action::KernelRestart => {} // registers as they were; the kernel restarts it
+            Action::Reissue => {
+                regs.rip -= 2;
+                regs.rax = regs.orig_rax;
+                regs.orig_rax = u64::MAX;
+            }
+            Action::ResumeSleep => {
+                // Sleep again for what was left, which the kernel wrote to the caller's `rem`.
+                regs.rip -= 2;
+                regs.rax = regs.orig_rax;
+                match regs.orig_rax as i64 {
+                    libc::SYS_nanosleep => regs.rdi = regs.rsi,
+                    libc::SYS_clock_nanosleep => regs.rdx = regs.r10,
+                    other => bail!("RESUME_SLEEP recorded for system call {other}"),
+                }
+                regs.orig_rax = u64::MAX;
+            }
+            Action::ReturnEintr => {
+                regs.rax = (-libc::EINTR) as u64;
+                regs.orig_rax = u64::MAX;
+            }
+        }
+    }
+    Ok(regs)
+}
+
+fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers) -> Result<Option<InterruptedSyscall>> {
+    let number = regs.orig_rax as i64;
+    let ret = regs.rax as i64;
+    if number < 0 || !matches!(ret, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK) {
+        return Ok(None);
+    }
+    let mut sc = InterruptedSyscall { number, return_value: ret, ..Default::default() };
+    if ret != ERESTART_RESTARTBLOCK {
+        sc.set_action(Action::KernelRestart);
+        return Ok(Some(sc));
+    }
+    // The kernel keeps how to restart this call in the thread's restart_block, which a new
+    // process does not have. Relative sleeps are the common case: the kernel wrote the time
+    // left to `rem`, so the sleep can go on exactly.
+    let rem = match number {
+        libc::SYS_nanosleep => regs.rsi,
+        libc::SYS_clock_nanosleep if regs.rsi & libc::TIMER_ABSTIME as u64 == 0 => regs.r10,
+        libc::SYS_clock_nanosleep => {
+            sc.set_action(Action::Reissue);
+            return Ok(Some(sc));
+        }
+        _ => {
+            sc.set_action(Action::ReturnEintr);
+            return Ok(Some(sc));
+        }
+    };
+    if rem == 0 {
+        sc.set_action(Action::Reissue);
+        return Ok(Some(sc));
+    }
+    let mut ts = [0u8; 16];
+    remote.read_memory(rem, &mut ts)?;
+    let sec = u64::from_ne_bytes(ts[..8].try_into().unwrap());
+    let nsec = u64::from_ne_bytes(ts[8..].try_into().unwrap());
+    sc.remaining_ns = sec * 1_000_000_000 + nsec;
+    sc.set_action(Action::ResumeSleep);
+    Ok(Some(sc))
+}
+
+macro_rules! convert_regs {
+    ($($f:ident),*) => {
+        pub fn to_proto(r: &Registers) -> GpRegisters { GpRegisters { $($f: r.$f),* } }
+        pub fn from_proto(p: &GpRegisters) -> Registers { Registers { $($f: p.$f),* } }
+    };
+}
+convert_regs!(
+    r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss,
+    fs_base, gs_base, ds, es, fs, gs
+);
+

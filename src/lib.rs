@@ -1,0 +1,16 @@
+//! crust: checkpoint/restore of Linux processes.
+//!
+//! - [`sys`]: the system layer (ptrace, remote system calls, clone3, pidfd, pagemap); the only
+//!   module with `unsafe`.
+//! - [`image`]: the image directory, its framed records and the schema.
+//! - [`kinds`]: one module per kind of kernel object, each with its dump and restore.
+//! - [`dump`] and [`restore`]: the two pipelines that orchestrate the kinds.
+
+pub mod check;
+pub mod dump;
+pub mod image;
+pub mod kinds;
+pub mod progress;
+pub mod restore;
+pub mod show;
+pub mod sys;

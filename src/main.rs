@@ -1,0 +1,127 @@
+//! The `crust` command line. Option names follow CRIU where the meaning is the same.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use crust::restore::{RestoreOptions, Restored};
+
+#[derive(Parser)]
+#[command(name = "crust", version, about = "Checkpoint/restore of Linux processes")]
+struct Cli {
+    /// More log output: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Write the log to this file instead of stderr.
+    #[arg(short = 'o', long = "log-file", global = true)]
+    log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Freeze a process, write its image, then kill it (or leave it running with -R).
+    Dump {
+        /// The process to dump.
+        #[arg(short = 't', long = "tree")]
+        pid: i32,
+        /// The image directory.
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Leave the process running after the dump.
+        #[arg(short = 'R', long)]
+        leave_running: bool,
+    },
+    /// Recreate a process from an image, with its PID, and wait for it.
+    Restore {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// Return as soon as the process runs instead of waiting for it to exit.
+        #[arg(short = 'd', long = "restore-detached")]
+        detach: bool,
+    },
+    /// Print the whole image as JSON.
+    Show {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+    },
+    /// Check that this kernel has every feature crust needs.
+    Check,
+}
+
+fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<()> {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("crust={level}")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match log_file {
+        Some(path) => {
+            let file = std::fs::File::create(path)?;
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Dump { pid, dir, leave_running } => {
+            crust::dump::dump(pid, &dir, &crust::dump::DumpOptions { leave_running })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { dir, detach } => match crust::restore::restore(&dir, &RestoreOptions { detach })? {
+            Restored::Running { pid, .. } => {
+                println!("{pid}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Restored::Exited { status, .. } => Ok(ExitCode::from(status.clamp(0, 255) as u8)),
+        },
+        Command::Show { dir } => {
+            println!("{}", serde_json::to_string_pretty(&crust::show::show(&dir)?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let lines = crust::check::run_checks();
+            let mut ok = true;
+            for line in &lines {
+                match &line.result {
+                    Ok(detail) => println!("ok    {:<46} {detail}", line.feature),
+                    Err(e) => {
+                        ok = false;
+                        println!("FAIL  {:<46} {e:#}", line.feature)
+                    }
+                }
+            }
+            if ok {
+                println!("Looks good: this kernel has everything crust needs.");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("Missing features: crust will not work here.");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.verbose, cli.log_file.as_ref()) {
+        eprintln!("crust: cannot set up logging: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("crust: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! pidfd_open(2) and pidfd_getfd(2): taking a copy of another process's file descriptor. crust
+//! inspects open files through such copies and never reopens them while dumping (an open of a
+//! leased file would break the lease).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+use super::SysError;
+
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, SysError> {
+    // SAFETY: plain integer arguments; on success the kernel returns a new fd that we own.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = Errno::result(ret).map_err(|e| SysError::new("pidfd_open", e).pid(pid))?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Duplicates fd `target_fd` of the process behind `pidfd` into crust.
+pub fn pidfd_getfd(pidfd: &OwnedFd, pid: i32, target_fd: RawFd) -> Result<OwnedFd, SysError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integer arguments; on success the kernel returns a new fd that we own.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+    let fd = Errno::result(ret).map_err(|e| SysError::new(format!("pidfd_getfd(fd {target_fd})"), e).pid(pid))?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// kcmp(KCMP_FILE): do fds `a` and `b` of `pid` refer to the same open file description?
+pub fn same_open_file(pid: i32, a: RawFd, b: RawFd) -> Result<bool, SysError> {
+    const KCMP_FILE: libc::c_int = 0;
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    let order = Errno::result(ret).map_err(|e| SysError::new(format!("kcmp(KCMP_FILE, {a}, {b})"), e).pid(pid))?;
+    Ok(order == 0)
+}

@@ -1,0 +1,242 @@
+//! ptrace(2) for crust: attach without disturbing (PTRACE_SEIZE + PTRACE_INTERRUPT), the register
+//! sets crust saves, and the queue and mask of signals.
+//!
+//! A ptrace relationship belongs to the thread that attached: every call here must come from the
+//! thread that seized the tracee. crust's pipelines are single-threaded for that reason.
+
+use std::io::IoSliceMut;
+
+use nix::errno::Errno;
+use nix::sys::ptrace::{self as nix_ptrace, Options};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+pub use libc::user_regs_struct as Registers;
+
+use super::SysError;
+
+/// The stop a seized tracee reports after PTRACE_INTERRUPT: `(SIGTRAP | PTRACE_EVENT_STOP << 8)`.
+const PTRACE_EVENT_STOP: i32 = 128;
+const NT_X86_XSTATE: libc::c_int = 0x202;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// Upper bound of the XSAVE area on any x86_64 CPU we know (AMX makes it ~11 KiB).
+const XSAVE_MAX: usize = 16 * 1024;
+
+fn ptrace_err(op: &'static str, pid: Pid) -> impl FnOnce(Errno) -> SysError {
+    move |errno| SysError::new(op, errno).pid(pid.as_raw())
+}
+
+/// Seizes `pid` (not stopping it) with options suited to crust, then stops it with
+/// PTRACE_INTERRUPT and waits until it reports the PTRACE_EVENT_STOP.
+pub fn seize_and_interrupt(pid: Pid, kill_on_tracer_exit: bool) -> Result<(), SysError> {
+    let mut options = Options::PTRACE_O_TRACESYSGOOD;
+    if kill_on_tracer_exit {
+        options |= Options::PTRACE_O_EXITKILL;
+    }
+    nix_ptrace::seize(pid, options).map_err(ptrace_err("ptrace(PTRACE_SEIZE)", pid))?;
+    interrupt_and_wait(pid)
+}
+
+/// Sends PTRACE_INTERRUPT to a running tracee and waits for its event stop. Signals that arrive
+/// first are left pending: crust never delivers or drops a signal of the tracee.
+pub fn interrupt_and_wait(pid: Pid) -> Result<(), SysError> {
+    nix_ptrace::interrupt(pid).map_err(ptrace_err("ptrace(PTRACE_INTERRUPT)", pid))?;
+    wait_for_event_stop(pid)
+}
+
+/// Waits for the PTRACE_EVENT_STOP of a tracee that was interrupted, re-injecting nothing: a
+/// signal-delivery-stop on the way is resumed with the signal suppressed only after the signal
+/// was put back in the queue by the kernel (it is not: so we resume with it, which re-queues it
+/// as pending when blocked, or lets it be delivered before the stop, as if crust came later).
+pub fn wait_for_event_stop(pid: Pid) -> Result<(), SysError> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => return Ok(()),
+            Ok(WaitStatus::Stopped(_, sig)) => {
+                // A signal-delivery-stop raced the interrupt: let the signal go on as it
+                // would have without crust; the interrupt is still pending and stops it next.
+                nix_ptrace::cont(pid, sig).map_err(ptrace_err("ptrace(PTRACE_CONT)", pid))?;
+            }
+            Ok(WaitStatus::PtraceSyscall(_)) | Ok(WaitStatus::PtraceEvent(..)) => {
+                nix_ptrace::cont(pid, None).map_err(ptrace_err("ptrace(PTRACE_CONT)", pid))?;
+            }
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Err(SysError::gone("waitpid", pid.as_raw(), format!("exited with status {code}")));
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Err(SysError::gone("waitpid", pid.as_raw(), format!("was killed by {sig}")));
+            }
+            Ok(other) => {
+                return Err(SysError::unexpected("waitpid", pid.as_raw(), format!("{other:?}")));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(SysError::new("waitpid", errno).pid(pid.as_raw())),
+        }
+    }
+}
+
+/// Resumes the tracee into its next system call boundary (PTRACE_SYSCALL) and waits for that
+/// syscall-stop. Used to step an injected system call through its entry and exit.
+pub fn step_to_syscall_stop(pid: Pid) -> Result<(), SysError> {
+    nix_ptrace::syscall(pid, None).map_err(ptrace_err("ptrace(PTRACE_SYSCALL)", pid))?;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::PtraceSyscall(_)) => return Ok(()),
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Err(SysError::gone("waitpid", pid.as_raw(), format!("exited with status {code}")));
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Err(SysError::gone("waitpid", pid.as_raw(), format!("was killed by {sig}")));
+            }
+            Ok(other) => {
+                return Err(SysError::unexpected(
+                    "waitpid during an injected system call",
+                    pid.as_raw(),
+                    format!("{other:?}"),
+                ));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(SysError::new("waitpid", errno).pid(pid.as_raw())),
+        }
+    }
+}
+
+pub fn detach(pid: Pid) -> Result<(), SysError> {
+    nix_ptrace::detach(pid, None).map_err(ptrace_err("ptrace(PTRACE_DETACH)", pid))
+}
+
+pub fn get_registers(pid: Pid) -> Result<Registers, SysError> {
+    nix_ptrace::getregs(pid).map_err(ptrace_err("ptrace(PTRACE_GETREGS)", pid))
+}
+
+pub fn set_registers(pid: Pid, regs: &Registers) -> Result<(), SysError> {
+    nix_ptrace::setregs(pid, *regs).map_err(ptrace_err("ptrace(PTRACE_SETREGS)", pid))
+}
+
+/// The XSAVE area (x87, SSE, AVX, AVX-512 ... state) via PTRACE_GETREGSET(NT_X86_XSTATE).
+pub fn get_xstate(pid: Pid) -> Result<Vec<u8>, SysError> {
+    let mut buf = vec![0u8; XSAVE_MAX];
+    let mut iov = IoSliceMut::new(&mut buf);
+    // SAFETY: PTRACE_GETREGSET writes at most iov_len bytes into the buffer the iovec describes
+    // and updates iov_len; both live until the call returns. IoSliceMut is ABI-compatible with
+    // struct iovec.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGSET,
+            pid.as_raw(),
+            NT_X86_XSTATE as usize as *mut libc::c_void,
+            &mut iov as *mut IoSliceMut as *mut libc::c_void,
+        )
+    };
+    Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)", pid))?;
+    let len = iov.len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+pub fn set_xstate(pid: Pid, xstate: &[u8]) -> Result<(), SysError> {
+    let mut buf = xstate.to_vec();
+    let mut iov = IoSliceMut::new(&mut buf);
+    // SAFETY: PTRACE_SETREGSET only reads iov_len bytes from the buffer, which outlives the call.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETREGSET,
+            pid.as_raw(),
+            NT_X86_XSTATE as usize as *mut libc::c_void,
+            &mut iov as *mut IoSliceMut as *mut libc::c_void,
+        )
+    };
+    Errno::result(ret).map(drop).map_err(ptrace_err("ptrace(PTRACE_SETREGSET, NT_X86_XSTATE)", pid))
+}
+
+pub fn get_sigmask(pid: Pid) -> Result<u64, SysError> {
+    let mut mask: u64 = 0;
+    // SAFETY: PTRACE_GETSIGMASK writes exactly `addr` (8) bytes to `data`, a live u64.
+    let ret = unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid.as_raw(), 8usize, &mut mask as *mut u64) };
+    Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_GETSIGMASK)", pid))?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(pid: Pid, mask: u64) -> Result<(), SysError> {
+    // SAFETY: PTRACE_SETSIGMASK reads exactly 8 bytes from `data`, a live u64.
+    let ret = unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, pid.as_raw(), 8usize, &mask as *const u64) };
+    Errno::result(ret).map(drop).map_err(ptrace_err("ptrace(PTRACE_SETSIGMASK)", pid))
+}
+
+/// Which queue PTRACE_PEEKSIGINFO reads.
+#[derive(Clone, Copy, Debug)]
+pub enum SignalQueue {
+    Thread,
+    Process,
+}
+
+/// Reads (without dequeuing) every pending signal of one queue, each as a raw 128-byte siginfo.
+pub fn peek_pending(pid: Pid, queue: SignalQueue) -> Result<Vec<[u8; 128]>, SysError> {
+    #[repr(C)]
+    struct PeekArgs {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+    let mut out = Vec::new();
+    loop {
+        let mut batch = [[0u8; 128]; 32];
+        let args = PeekArgs {
+            off: out.len() as u64,
+            flags: match queue {
+                SignalQueue::Thread => 0,
+                SignalQueue::Process => PTRACE_PEEKSIGINFO_SHARED,
+            },
+            nr: batch.len() as i32,
+        };
+        // SAFETY: the kernel reads `args` and writes at most `nr` siginfos (128 bytes each) into
+        // `batch`, which holds exactly that many.
+        let ret = unsafe {
+            libc::ptrace(libc::PTRACE_PEEKSIGINFO, pid.as_raw(), &args as *const PeekArgs, batch.as_mut_ptr())
+        };
+        let n = Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_PEEKSIGINFO)", pid))? as usize;
+        out.extend_from_slice(&batch[..n]);
+        if n < batch.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// A thread's rseq registration as PTRACE_GET_RSEQ_CONFIGURATION reports it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RseqConfig {
+    pub address: u64,
+    pub length: u32,
+    pub flags: u32,
+    pub signature: u32,
+}
+
+pub fn get_rseq(pid: Pid) -> Result<RseqConfig, SysError> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Raw {
+        rseq_abi_pointer: u64,
+        rseq_abi_size: u32,
+        signature: u32,
+        flags: u32,
+        pad: u32,
+    }
+    let mut raw = Raw::default();
+    // SAFETY: the kernel writes at most `addr` bytes (the size we pass) into `raw`.
+    let ret = unsafe {
+        libc::ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            pid.as_raw(),
+            std::mem::size_of::<Raw>(),
+            &mut raw as *mut Raw,
+        )
+    };
+    Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)", pid))?;
+    Ok(RseqConfig {
+        address: raw.rseq_abi_pointer,
+        length: raw.rseq_abi_size,
+        flags: raw.flags,
+        signature: raw.signature,
+    })
+}

@@ -1,0 +1,171 @@
+//! Remote system calls: making a stopped tracee execute a system call of crust's choosing.
+//!
+//! The tracee's registers are pointed at a `syscall` instruction in its own address space and it
+//! is stepped through exactly one syscall-enter-stop and syscall-exit-stop; the result is read
+//! from rax. While crust drives a tracee this way every signal is blocked in it (set up by the
+//! caller with [`super::ptrace::set_sigmask`]), so no handler can run in between.
+//!
+//! The tracee's memory is read and written through /proc/PID/mem, which (like a debugger) may
+//! write to read-only pages.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use nix::unistd::Pid;
+
+use super::SysError;
+use super::ptrace::{self, Registers};
+
+/// A stopped tracee that crust can run system calls in.
+pub struct RemoteTask {
+    pid: Pid,
+    /// Address of a `syscall` instruction (0f 05) in the tracee.
+    syscall_ip: u64,
+    /// Registers every injected call starts from (segment selectors, flags).
+    base: Registers,
+    /// The registers and blocked mask the tracee had when crust took it over.
+    original: Registers,
+    original_sigmask: u64,
+    mem: File,
+    /// A writable area in the tracee for arguments passed by pointer.
+    scratch: Option<Scratch>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Scratch {
+    pub address: u64,
+    pub len: u64,
+}
+
+impl RemoteTask {
+    pub fn new(pid: Pid, syscall_ip: u64) -> Result<Self, SysError> {
+        let base = ptrace::get_registers(pid)?;
+        let mem = File::options()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| SysError::new(format!("open /proc/{pid}/mem"), io_errno(&e)))?;
+        let original_sigmask = ptrace::get_sigmask(pid)?;
+        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None })
+    }
+
+    pub fn original_registers(&self) -> Registers {
+        self.original
+    }
+
+    pub fn original_sigmask(&self) -> u64 {
+        self.original_sigmask
+    }
+
+    /// Sets the stack pointer injected calls run with (it must not point into an alternate
+    /// signal stack being installed, nor into memory about to be unmapped).
+    pub fn set_stack_pointer(&mut self, sp: u64) {
+        self.base.rsp = sp;
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn set_syscall_ip(&mut self, ip: u64) {
+        self.syscall_ip = ip;
+    }
+
+    pub fn set_scratch(&mut self, scratch: Option<Scratch>) {
+        self.scratch = scratch;
+    }
+
+    pub fn scratch(&self) -> Option<Scratch> {
+        self.scratch
+    }
+
+    /// Runs system call `nr` with `args` in the tracee and returns its raw result (negative
+    /// errno on failure, as the kernel returns it).
+    pub fn syscall_raw(&mut self, nr: i64, args: &[u64]) -> Result<i64, SysError> {
+        let mut regs = self.base;
+        regs.rax = nr as u64;
+        // orig_rax = -1: the kernel must not treat the stop we start from as an interrupted
+        // system call and "restart" it on the way out.
+        regs.orig_rax = u64::MAX;
+        regs.rip = self.syscall_ip;
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        regs.rdi = a[0];
+        regs.rsi = a[1];
+        regs.rdx = a[2];
+        regs.r10 = a[3];
+        regs.r8 = a[4];
+        regs.r9 = a[5];
+        ptrace::set_registers(self.pid, &regs)?;
+        ptrace::step_to_syscall_stop(self.pid)?; // enter
+        ptrace::step_to_syscall_stop(self.pid)?; // exit
+        let out = ptrace::get_registers(self.pid)?;
+        Ok(out.rax as i64)
+    }
+
+    /// Runs a system call and turns a negative result into an error naming it.
+    pub fn syscall(&mut self, name: &str, nr: i64, args: &[u64]) -> Result<u64, SysError> {
+        let ret = self.syscall_raw(nr, args)?;
+        if (-4095..0).contains(&ret) {
+            let errno = nix::errno::Errno::from_raw(-ret as i32);
+            return Err(SysError::new(format!("remote {name}"), errno).pid(self.pid.as_raw()));
+        }
+        Ok(ret as u64)
+    }
+
+    pub fn write_memory(&self, address: u64, data: &[u8]) -> Result<(), SysError> {
+        self.mem
+            .write_all_at(data, address)
+            .map_err(|e| SysError::new(format!("write /proc/{}/mem at {address:#x}", self.pid), io_errno(&e)))
+    }
+
+    pub fn read_memory(&self, address: u64, buf: &mut [u8]) -> Result<(), SysError> {
+        self.mem
+            .read_exact_at(buf, address)
+            .map_err(|e| SysError::new(format!("read /proc/{}/mem at {address:#x}", self.pid), io_errno(&e)))
+    }
+
+    /// Copies `data` into the scratch area at `offset` and returns its address in the tracee.
+    pub fn put(&self, offset: u64, data: &[u8]) -> Result<u64, SysError> {
+        let scratch = self.scratch.expect("remote scratch area set up before use");
+        assert!(offset + data.len() as u64 <= scratch.len, "scratch area overflow");
+        let address = scratch.address + offset;
+        self.write_memory(address, data)?;
+        Ok(address)
+    }
+
+    /// Copies a NUL-terminated path into the scratch area.
+    pub fn put_path(&self, offset: u64, path: &str) -> Result<u64, SysError> {
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        self.put(offset, &bytes)
+    }
+
+    pub fn get(&self, offset: u64, buf: &mut [u8]) -> Result<(), SysError> {
+        let scratch = self.scratch.expect("remote scratch area set up before use");
+        self.read_memory(scratch.address + offset, buf)
+    }
+
+    /// Leaves the tracee with `regs` as its registers, stopped in a way that makes the kernel
+    /// run its usual signal and syscall-restart logic when it is let go: an interrupted system
+    /// call in `regs` restarts (or returns EINTR) exactly as it would have without crust.
+    pub fn park_with_registers(&mut self, regs: &Registers) -> Result<(), SysError> {
+        ptrace::set_registers(self.pid, regs)?;
+        // We are at a syscall-exit-stop (or an event stop). Leaving it through PTRACE_INTERRUPT
+        // makes the tracee stop again inside get_signal(), the place the kernel decides restarts.
+        nix::sys::ptrace::interrupt(self.pid)
+            .map_err(|e| SysError::new("ptrace(PTRACE_INTERRUPT)", e).pid(self.pid.as_raw()))?;
+        nix::sys::ptrace::cont(self.pid, None)
+            .map_err(|e| SysError::new("ptrace(PTRACE_CONT)", e).pid(self.pid.as_raw()))?;
+        ptrace::wait_for_event_stop(self.pid)
+    }
+}
+
+pub fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Finds a `syscall` instruction (0f 05) in the given code bytes mapped at `base`.
+pub fn find_syscall_instruction(code: &[u8], base: u64) -> Option<u64> {
+    code.windows(2).position(|w| w == [0x0f, 0x05]).map(|off| base + off as u64)
+}
