@@ -42,7 +42,7 @@ const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8;
 /// What went wrong with an image, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("image file {path}: {source}")]
+    #[error("image file {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("image file {path} is not a crust image record (bad magic)")]
     BadMagic { path: PathBuf },

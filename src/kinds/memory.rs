@@ -153,7 +153,7 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
         MMapPath::Vdso => VmaKind::Vdso,
         MMapPath::Vvar => VmaKind::Vvar,
         MMapPath::Vsyscall => VmaKind::Vsyscall,
-        MMapPath::Other(name) if name == "[vvar_vclock]" => VmaKind::VvarVclock,
+        MMapPath::Other(name) if name.trim_matches(['[', ']']) == "vvar_vclock" => VmaKind::VvarVclock,
         MMapPath::Path(path) => {
             let path = path.to_string_lossy().into_owned();
             if let Some(original) = path.strip_suffix(" (deleted)") {
@@ -436,7 +436,7 @@ fn vdso_piece_matches(path: &MMapPath, kind: VmaKind) -> bool {
     match kind {
         VmaKind::Vdso => *path == MMapPath::Vdso,
         VmaKind::Vvar => *path == MMapPath::Vvar,
-        VmaKind::VvarVclock => matches!(path, MMapPath::Other(n) if n == "[vvar_vclock]"),
+        VmaKind::VvarVclock => matches!(path, MMapPath::Other(n) if n.trim_matches(['[', ']']) == "vvar_vclock"),
         _ => false,
     }
 }
