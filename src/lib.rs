@@ -6,6 +6,7 @@
 //! - [`kinds`]: one module per kind of kernel object, each with its dump and restore.
 //! - [`dump`] and [`restore`]: the two pipelines that orchestrate the kinds.
 
+pub mod bench;
 pub mod check;
 pub mod dump;
 pub mod image;

@@ -49,6 +49,21 @@ enum Command {
     },
     /// Check that this kernel has every feature crust needs.
     Check,
+    /// Measure dump and restore of a process with N MiB of memory against this machine's floors.
+    Bench {
+        /// Memory of the benchmarked process, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+        /// Where images and floor files go (tmpfs by default).
+        #[arg(long, default_value = "/dev/shm/crust-bench")]
+        dir: PathBuf,
+        /// How many times to repeat the measurement.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The benchmark's own workload (internal).
+    #[command(hide = true)]
+    BenchWorkload { mib: usize, ready_file: PathBuf },
 }
 
 fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<()> {
@@ -86,6 +101,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Show { dir } => {
             println!("{}", serde_json::to_string_pretty(&crust::show::show(&dir)?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { mib, dir, runs } => {
+            crust::bench::run(&crust::bench::BenchOptions { mib, dir, runs })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchWorkload { mib, ready_file } => {
+            crust::bench::workload(mib, &ready_file)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

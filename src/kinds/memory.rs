@@ -592,7 +592,15 @@ fn finish_vma(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
 /// PR_SET_MM_MAP: brk, code/data/stack bounds, args, env, auxv and the executable link.
 fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
     let exe = f.exe.as_ref().context("image has no executable")?;
-    let exe_fd = ctx.open_in_process(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+    // The kernel refuses to replace the exe link while the old file is still mapped; when the
+    // old one (crust's, inherited by the fresh process) is the image's own executable, the
+    // link is already right.
+    let current = std::fs::metadata(format!("/proc/{}/exe", ctx.pid))?;
+    let exe_fd = if (current.dev(), current.ino()) == (exe.dev, exe.inode) {
+        None
+    } else {
+        Some(ctx.open_in_process(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?)
+    };
     let mut auxv_bytes = Vec::new();
     for v in &f.auxv {
         auxv_bytes.extend_from_slice(&v.to_ne_bytes());
@@ -616,7 +624,7 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
         map.extend_from_slice(&v.to_ne_bytes());
     }
     map.extend_from_slice(&(auxv_bytes.len() as u32).to_ne_bytes());
-    map.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    map.extend_from_slice(&(exe_fd.unwrap_or(-1) as u32).to_ne_bytes());
     let map_addr = ctx.remote.put(2048, &map)?;
     const PR_SET_MM_MAP: u64 = 14;
     ctx.remote
@@ -626,7 +634,9 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
             &[libc::PR_SET_MM as u64, PR_SET_MM_MAP, map_addr, map.len() as u64, 0],
         )
         .context("setting brk, stack, args, env, auxv and the executable link")?;
-    ctx.close_in_process(exe_fd)?;
+    if let Some(fd) = exe_fd {
+        ctx.close_in_process(fd)?;
+    }
     Ok(())
 }
 

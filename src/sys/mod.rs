@@ -5,6 +5,7 @@ pub mod clone3;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
+pub mod region;
 pub mod remote;
 
 use nix::errno::Errno;
@@ -12,7 +13,7 @@ use nix::errno::Errno;
 /// A failed system call or ptrace step, with what was being done and to whom.
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {
-    #[error("{op}{} failed: {errno} ({})", pid_suffix(*.pid), errno.desc())]
+    #[error("{op}{} failed: {errno}", pid_suffix(*.pid))]
     Call { op: String, pid: Option<i32>, errno: Errno },
     #[error("{op}: pid {pid} {what}")]
     Gone { op: &'static str, pid: i32, what: String },

@@ -1,0 +1,77 @@
+//! A private anonymous memory region owned by crust, 2 MiB aligned and advised for transparent
+//! huge pages (used by the benchmark and its workload), and vmsplice of such memory.
+
+use std::num::NonZeroUsize;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, munmap};
+
+const HUGE: usize = 2 << 20;
+
+pub struct AnonRegion {
+    ptr: NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl AnonRegion {
+    pub fn new_huge(len: usize) -> nix::Result<Self> {
+        // SAFETY: a new anonymous mapping that nothing else refers to.
+        let raw = unsafe {
+            mmap_anonymous(
+                None,
+                NonZeroUsize::new(len + HUGE).expect("non-empty region"),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )?
+        };
+        let start = raw.as_ptr() as usize;
+        let aligned = (start + HUGE - 1) & !(HUGE - 1);
+        let tail = start + len + HUGE - (aligned + len);
+        // SAFETY: trims the unaligned head and tail of the mapping just made; the kept part
+        // [aligned, aligned + len) is untouched.
+        unsafe {
+            if aligned > start {
+                munmap(raw, aligned - start)?;
+            }
+            if tail > 0 {
+                munmap(NonNull::new((aligned + len) as *mut libc::c_void).unwrap(), tail)?;
+            }
+        }
+        let ptr = NonNull::new(aligned as *mut libc::c_void).unwrap();
+        // SAFETY: advice on our own mapping; it does not change its contents.
+        unsafe { madvise(ptr, len, MmapAdvise::MADV_HUGEPAGE)? };
+        Ok(AnonRegion { ptr, len })
+    }
+
+    pub fn address(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the region is `len` bytes of readable, writable memory owned by self, and the
+        // &mut borrow of self makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr() as *mut u8, self.len) }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as above, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const u8, self.len) }
+    }
+
+    /// Gifts `range` of the region to the write end of a pipe (vmsplice), returning how many
+    /// bytes the pipe took.
+    pub fn vmsplice(&self, pipe: impl AsFd, range: std::ops::Range<usize>) -> nix::Result<usize> {
+        let iov = [std::io::IoSlice::new(&self.as_slice()[range])];
+        // SAFETY: without SPLICE_F_GIFT the kernel only reads the pages; they stay mapped and
+        // unmodified for as long as `self` lives, which outlasts the pipe's use in the caller.
+        unsafe { nix::fcntl::vmsplice(pipe, &iov, nix::fcntl::SpliceFFlags::empty()) }
+    }
+}
+
+impl Drop for AnonRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own region; no borrow of it can outlive self.
+        let _ = unsafe { munmap(self.ptr, self.len) };
+    }
+}
