@@ -197,6 +197,10 @@ fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress) -> Result
         control: Some(identity.control),
         threads: vec![thread],
         stopped: false,
+        sid: identity.sid,
+        pgid: identity.pgid,
+        nice: identity.nice,
+        oom_score_adj: identity.oom_score_adj,
     };
     let p = pid.as_raw() as u32;
     image.write_record(&image::core_name(p), &core)?;

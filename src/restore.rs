@@ -192,6 +192,10 @@ fn build(child: Pid, img: &LoadedImage, progress: &Progress) -> Result<()> {
         umask: img.core.umask,
         rlimits: img.core.rlimits.clone(),
         control: img.core.control.clone().unwrap_or_default(),
+        sid: img.core.sid,
+        pgid: img.core.pgid,
+        nice: img.core.nice,
+        oom_score_adj: img.core.oom_score_adj,
     };
     Identity::restore(&mut ctx, &identity)?;
     let signals = SignalsRecord {

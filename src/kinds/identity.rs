@@ -15,6 +15,10 @@ pub struct IdentityRecord {
     pub umask: u32,
     pub rlimits: Vec<Rlimit>,
     pub control: ProcessControl,
+    pub sid: u32,
+    pub pgid: u32,
+    pub nice: i32,
+    pub oom_score_adj: i32,
 }
 
 const RLIMIT_COUNT: u32 = 16; // RLIMIT_CPU .. RLIMIT_RTTIME
@@ -34,6 +38,8 @@ impl Kind for Identity {
         let umask = u32::from_str_radix(field("Umask:").context("no Umask in status")?, 8)?;
         let no_new_privs = field("NoNewPrivs:") == Some("1");
         let timer_slack_ns = read("timerslack_ns")?.trim().parse()?;
+        let stat = ctx.process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
+        let oom_score_adj = read("oom_score_adj")?.trim().parse()?;
 
         let r = &mut *ctx.remote;
         let mut rlimits = Vec::new();
@@ -64,6 +70,10 @@ impl Kind for Identity {
                 thp_disabled,
                 child_subreaper,
             },
+            sid: stat.session as u32,
+            pgid: stat.pgrp as u32,
+            nice: stat.nice as i32,
+            oom_score_adj,
         })
     }
 
@@ -89,6 +99,18 @@ impl Kind for Identity {
             libc::SYS_prctl,
             &[libc::PR_SET_CHILD_SUBREAPER as u64, c.child_subreaper as u64],
         )?;
+        // A process that led its own session or group leads it again. Membership in a session
+        // or group of a process outside the image is not restored (see --shell-job, to come).
+        let pid = ctx.pid.as_raw() as u32;
+        if rec.sid == pid {
+            r.syscall("setsid", libc::SYS_setsid, &[])?;
+        } else if rec.pgid == pid {
+            r.syscall("setpgid", libc::SYS_setpgid, &[0, 0])?;
+        }
+        r.syscall("setpriority", libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, rec.nice as i64 as u64])
+            .with_context(|| format!("restoring nice value {}", rec.nice))?;
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), rec.oom_score_adj.to_string())
+            .with_context(|| format!("restoring oom_score_adj {}", rec.oom_score_adj))?;
         if c.no_new_privs {
             r.syscall("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0])?;
         }
