@@ -26,15 +26,7 @@ const PATTERN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Runs as the benchmarked process: maps `mib` MiB, asks for huge pages, writes a pattern to
 /// every word, says READY on stdout, then sleeps until killed.
 pub fn workload(mib: usize, ready_file: &Path) -> Result<()> {
-    // Whatever descriptors the benchmark's caller leaked to us (pipes of a shell or CI) are not
-    // part of the benchmarked process.
-    let inherited: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
-    for fd in inherited {
-        let _ = nix::unistd::close(fd);
-    }
+    crate::sys::close_inherited_fds()?;
     let len = mib * MIB;
     let mut region = AnonRegion::new_huge(len)?;
     for (i, w) in region.as_mut_slice().chunks_exact_mut(8).enumerate() {

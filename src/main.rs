@@ -61,6 +61,15 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Watch crust checkpoint and restore a built-in counter program.
+    Demo {
+        /// Where the example's log and image go.
+        #[arg(long, default_value = "/tmp/crust-demo")]
+        dir: PathBuf,
+    },
+    /// The demo's program (internal).
+    #[command(hide = true)]
+    DemoWorkload { log: PathBuf },
     /// The benchmark's own workload (internal).
     #[command(hide = true)]
     BenchWorkload { mib: usize, ready_file: PathBuf },
@@ -109,6 +118,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::BenchWorkload { mib, ready_file } => {
             crust::bench::workload(mib, &ready_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir } => {
+            crust::demo::run(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoWorkload { log } => {
+            crust::demo::workload(&log)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

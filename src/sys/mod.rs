@@ -72,3 +72,17 @@ pub fn get_robust_list(tid: i32) -> Result<(u64, u64), SysError> {
     Errno::result(ret).map_err(|e| SysError::new("get_robust_list", e).pid(tid))?;
     Ok((head, len))
 }
+
+/// Closes every descriptor above stderr. The built-in example programs (demo, bench) call it
+/// first: whatever their caller leaked to them (a shell's or CI's pipes) is not theirs to keep,
+/// and a dump would rightly refuse a pipe whose other end is outside.
+pub fn close_inherited_fds() -> std::io::Result<()> {
+    let inherited: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in inherited {
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
+}
