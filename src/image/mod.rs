@@ -32,7 +32,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::sys::region::MappedFile;
 
 pub const FORMAT_MAJOR: u16 = 1;
 pub const FORMAT_MINOR: u16 = 0;
@@ -52,8 +54,8 @@ pub enum ImageError {
     WrongKind { path: PathBuf, expected: String, found: String },
     #[error("image file {path} is truncated: {detail}")]
     Truncated { path: PathBuf, detail: String },
-    #[error("image file {path} is corrupted: checksum {found:#018x} does not match the recorded {expected:#018x}")]
-    Checksum { path: PathBuf, expected: u64, found: u64 },
+    #[error("image file {path} is corrupted ({detail}): checksum {found:#018x} does not match the recorded {expected:#018x}")]
+    Checksum { path: PathBuf, detail: String, expected: u64, found: u64 },
     #[error("image file {path} is corrupted: cannot decode its {kind} record: {source}")]
     Decode { path: PathBuf, kind: String, source: prost::DecodeError },
 }
@@ -167,23 +169,18 @@ impl ImageDir {
             .map_err(|source| ImageError::Io { path, source })
     }
 
-    /// Size and xxh3-64 of a raw data file.
+    /// Size and chunk checksums of a raw data file.
     pub fn checksum_data_file(&self, name: &str) -> Result<proto::DataFile, ImageError> {
         let path = self.path(name);
-        let io = |source| ImageError::Io { path: path.clone(), source };
-        let mut f = File::open(&path).map_err(io)?;
-        let mut hasher = Xxh3::new();
-        let mut buf = vec![0u8; 4 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = f.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        Ok(proto::DataFile { name: name.to_owned(), size, xxh3: hasher.digest() })
+        let file = File::open(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        let map = MappedFile::open(&file)
+            .map_err(|e| ImageError::Io { path: path.clone(), source: std::io::Error::from(e) })?;
+        Ok(proto::DataFile {
+            name: name.to_owned(),
+            size: map.as_slice().len() as u64,
+            chunk_size: CHUNK as u64,
+            chunk_xxh3: hash_chunks(map.as_slice()),
+        })
     }
 
     /// Verifies a raw data file against what the inventory recorded.
@@ -196,12 +193,46 @@ impl ImageDir {
                 detail: format!("{size} bytes, the inventory recorded {}", expected.size),
             });
         }
+        if expected.chunk_size != CHUNK as u64 {
+            return Err(ImageError::Truncated { path, detail: format!("unexpected chunk size {}", expected.chunk_size) });
+        }
         let found = self.checksum_data_file(&expected.name)?;
-        if found.xxh3 != expected.xxh3 {
-            return Err(ImageError::Checksum { path, expected: expected.xxh3, found: found.xxh3 });
+        for (i, (want, got)) in expected.chunk_xxh3.iter().zip(&found.chunk_xxh3).enumerate() {
+            if want != got {
+                return Err(ImageError::Checksum {
+                    path: path.clone(),
+                    detail: format!("bytes {}..{}", i * CHUNK, ((i + 1) * CHUNK).min(size as usize)),
+                    expected: *want,
+                    found: *got,
+                });
+            }
+        }
+        if expected.chunk_xxh3.len() != found.chunk_xxh3.len() {
+            return Err(ImageError::Truncated { path, detail: "checksum list does not match the size".into() });
         }
         Ok(())
     }
+}
+
+/// Chunk size of page-file checksums.
+const CHUNK: usize = 32 << 20;
+
+/// XXH3-64 of each CHUNK of `data`, computed on all cores.
+fn hash_chunks(data: &[u8]) -> Vec<u64> {
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(chunks.len().max(1));
+    let mut out = vec![0u64; chunks.len()];
+    std::thread::scope(|scope| {
+        let per = chunks.len().div_ceil(workers.max(1)).max(1);
+        for (slots, work) in out.chunks_mut(per).zip(chunks.chunks(per)) {
+            scope.spawn(move || {
+                for (slot, chunk) in slots.iter_mut().zip(work) {
+                    *slot = xxh3_64(chunk);
+                }
+            });
+        }
+    });
+    out
 }
 
 fn decode_record<R: Record>(path: &Path, buf: &[u8]) -> Result<R, ImageError> {
@@ -245,7 +276,7 @@ fn decode_record<R: Record>(path: &Path, buf: &[u8]) -> Result<R, ImageError> {
     let expected = u64::from_le_bytes(buf[body_end..body_end + 8].try_into().unwrap());
     let found = xxh3_64(&buf[..body_end]);
     if expected != found {
-        return Err(ImageError::Checksum { path: path.to_owned(), expected, found });
+        return Err(ImageError::Checksum { path: path.to_owned(), detail: "record".into(), expected, found });
     }
     if kind != R::KIND {
         return Err(ImageError::WrongKind {

@@ -75,3 +75,43 @@ impl Drop for AnonRegion {
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
 }
+
+/// A whole file mapped read-only, for hashing page data without copying it.
+pub struct MappedFile {
+    ptr: Option<NonNull<libc::c_void>>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned; sharing &[u8] views across threads is sound.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    pub fn open(file: &std::fs::File) -> nix::Result<Self> {
+        let len = file.metadata().map_err(|_| nix::errno::Errno::EIO)?.len() as usize;
+        let Some(nonzero) = NonZeroUsize::new(len) else { return Ok(MappedFile { ptr: None, len: 0 }) };
+        // SAFETY: a new shared read-only mapping of the file; crust never writes through it.
+        // If the file shrinks while mapped, reads past its end would fault: crust only maps
+        // image files it does not change concurrently.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(None, nonzero, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, 0)?
+        };
+        Ok(MappedFile { ptr: Some(ptr), len })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self.ptr {
+            // SAFETY: `len` readable bytes mapped by `open`, alive as long as self.
+            Some(ptr) => unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const u8, self.len) },
+            None => &[],
+        }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if let Some(ptr) = self.ptr {
+            // SAFETY: unmapping our own mapping; no slice of it outlives self.
+            let _ = unsafe { munmap(ptr, self.len) };
+        }
+    }
+}
