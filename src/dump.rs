@@ -109,6 +109,51 @@ fn precheck(pid: Pid) -> Result<()> {
             others.join(", ")
         );
     }
+    refuse_unsupported_state(pid)?;
+    Ok(())
+}
+
+/// State this version cannot restore faithfully is refused by name, never dropped.
+fn refuse_unsupported_state(pid: Pid) -> Result<()> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    if !children.trim().is_empty() {
+        bail!(
+            "pid {pid} has child processes ({}); crust dumps single processes only so far",
+            children.split_whitespace().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("");
+    if field("Seccomp:") != "0" && !field("Seccomp:").is_empty() {
+        bail!("pid {pid} runs under a seccomp filter (mode {}); crust cannot restore seccomp filters yet", field("Seccomp:"));
+    }
+    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
+    if let Some(id) = timers.lines().find_map(|l| l.strip_prefix("ID:")) {
+        bail!("pid {pid} has POSIX timer {} (timer_create); crust cannot restore POSIX timers yet", id.trim());
+    }
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let entry = entry?;
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if let Some(lock) = info.lines().find_map(|l| l.strip_prefix("lock:")) {
+            bail!(
+                "pid {pid} fd {}: holds a file lock or lease ({}); crust cannot restore locks yet",
+                entry.file_name().to_string_lossy(),
+                lock.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
+    for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"));
+        if let (Ok(theirs), Ok(ours)) = (theirs, ours) {
+            if theirs != ours {
+                bail!(
+                    "pid {pid} lives in another {ns} namespace ({}) than crust; crust cannot restore namespaces yet",
+                    theirs.display()
+                );
+            }
+        }
+    }
     Ok(())
 }
 
