@@ -136,6 +136,7 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
         sequential_read: flags.contains(VmFlags::SR),
         random_read: flags.contains(VmFlags::RR),
         may_write: flags.contains(VmFlags::MW),
+        no_reserve: flags.contains(VmFlags::NR),
         had_huge_pages: map.extension.map.get("AnonHugePages").copied().unwrap_or(0) > 0,
         ..Default::default()
     };
@@ -528,7 +529,8 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
             (sharing | growsdown, fd as i64, vma.file_offset)
         }
     };
-    let flags = (flags | libc::MAP_FIXED) as u64;
+    let noreserve = if vma.no_reserve { libc::MAP_NORESERVE } else { 0 };
+    let flags = (flags | noreserve | libc::MAP_FIXED) as u64;
     let got = ctx.remote.syscall("mmap", libc::SYS_mmap, &[vma.start, len, prot, flags, fd as u64, offset])?;
     if got != vma.start {
         bail!("mmap returned {got:#x}");

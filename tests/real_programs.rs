@@ -1,0 +1,92 @@
+//! Programs nobody here wrote: coreutils `sleep` and a python3 loop.
+
+mod common;
+use common::*;
+use std::fs;
+use std::time::Duration;
+
+fn spawn_sleep() -> Workload {
+    let w = Workload::spawn_program("sleep", "sleep", &["1000"]);
+    wait_in_syscall(w.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    w
+}
+
+/// `sleep 1000` restored detached: same pid, same cmdline (and the rest of /proc),
+/// still asleep in clock_nanosleep a while later (the interrupted sleep was resumed,
+/// not turned into an exit), and it dies of the SIGTERM we send it.
+#[test]
+fn coreutils_sleep_keeps_sleeping_with_same_pid_after_restore() {
+    let mut w = spawn_sleep();
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    assert_same_proc(&before, &after, &[]);
+    assert_eq!(before.entries.get("cmdline"), after.entries.get("cmdline"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(proc_state(w.pid), Some('S'), "restored sleep is not sleeping\n{}", w.log_text());
+    assert_eq!(blocked_syscall(w.pid), Some(SYS_CLOCK_NANOSLEEP), "restored sleep is not in clock_nanosleep");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.reap(Duration::from_secs(5)), Some(Exit::Signal(libc::SIGTERM)));
+}
+
+/// `sleep 1000` restored attached: crust waits for it and, when the test kills it with
+/// SIGTERM, exits with 128+15.
+#[test]
+fn attached_restore_of_sleep_exits_128_plus_signal_when_it_is_killed() {
+    let mut w = spawn_sleep();
+    w.dump();
+    w.restore_attached();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(proc_state(w.pid), Some('S'), "restored sleep is not sleeping\n{}", w.attached_output());
+    w.signal(libc::SIGTERM);
+    let e = w.wait_attached(Duration::from_secs(10));
+    assert_eq!(e, Exit::Code(128 + libc::SIGTERM), "crust restore should exit 143\n{}", w.attached_output());
+}
+
+const PY_COUNTER: &str = r#"
+import sys, time
+i = 0
+while True:
+    with open(sys.argv[1], 'a') as f:
+        f.write('%d\n' % i)
+    i += 1
+    time.sleep(0.1)
+"#;
+
+fn counter_lines(path: &std::path::Path) -> Vec<u64> {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    // a line being written at this instant may be incomplete: only count full lines
+    let complete = match s.rfind('\n') {
+        Some(i) => &s[..=i],
+        None => "",
+    };
+    complete.lines().map(|l| l.parse().unwrap_or_else(|_| panic!("bad line {l:?} in {}", path.display()))).collect()
+}
+
+/// A python3 loop appending an incrementing counter to a file every 100 ms continues
+/// after restore from where it was: the file holds 0, 1, 2, ... with no gap, no
+/// repeat and no restart from 0.
+#[test]
+fn python_counter_loop_continues_from_where_it_was() {
+    let mut w = Workload::spawn_program("python-counter", "python3", &["-c", PY_COUNTER, "counter.txt"]);
+    let file = w.dir.path.join("counter.txt");
+    wait_until("5 lines from the python loop", Duration::from_secs(15), || counter_lines(&file).len() >= 5);
+    let before = w.snapshot();
+    w.dump();
+    let at_dump = counter_lines(&file);
+    w.restore_detached();
+    let after = w.snapshot();
+    assert_same_proc(&before, &after, &[]);
+    wait_until("5 more lines after the restore", Duration::from_secs(15), || counter_lines(&file).len() >= at_dump.len() + 5);
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+    let all = counter_lines(&file);
+    let expected: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(
+        all, expected,
+        "counter file is not 0,1,2,... ({} lines at the dump, {} now)",
+        at_dump.len(),
+        all.len()
+    );
+}

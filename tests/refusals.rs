@@ -1,0 +1,282 @@
+//! What crust must refuse, and what it must leave intact when it does.
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Asserts that `pid` is alive, not stopped, not traced, and stays so for a while.
+#[track_caller]
+fn assert_running_untouched(pid: i32, what: &str) {
+    for _ in 0..5 {
+        let st = proc_state(pid);
+        assert!(matches!(st, Some('R' | 'S')), "{what}: pid {pid} state {st:?}, expected R or S (running/sleeping, not stopped)");
+        assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "{what}: pid {pid} is still traced");
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let s = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                let state = s.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
+                assert!(
+                    state.starts_with('R') || state.starts_with('S'),
+                    "{what}: thread {} of pid {pid} is '{state}'",
+                    t.file_name().to_string_lossy()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process with a socket: dump exits non-zero naming the pid, the fd number and
+/// "socket"; the process is still running afterwards, not stopped, not traced.
+#[test]
+fn dump_refuses_process_with_socket_and_leaves_it_running() {
+    let w = Workload::spawn_program(
+        "socket",
+        "python3",
+        &["-c", "import socket, time\ns = socket.socket()\ntime.sleep(100)\n"],
+    );
+    let mut sock_fd = None;
+    wait_until("python to open its socket", Duration::from_secs(10), || {
+        sock_fd = fs::read_dir(format!("/proc/{}/fd", w.pid)).ok().and_then(|rd| {
+            rd.flatten().find_map(|d| {
+                let t = fs::read_link(d.path()).ok()?;
+                t.to_string_lossy().starts_with("socket:").then(|| d.file_name().to_string_lossy().into_owned())
+            })
+        });
+        sock_fd.is_some()
+    });
+    let fd = sock_fd.unwrap();
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    eprintln!("{out}");
+    let text = out.text();
+    assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
+    assert!(has_token(&text, &fd), "refusal does not name fd {fd}:\n{out}");
+    assert!(text.to_lowercase().contains("socket"), "refusal does not say 'socket':\n{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+}
+
+/// A process whose stdout is a pipe read by another process (the test): dump is
+/// refused naming the pid, fd 1 and "pipe", and the process keeps running.
+#[test]
+fn dump_refuses_pipe_shared_with_another_process() {
+    let w = Workload::spawn_program_with("pipe", "sleep", &["100"], |cmd| {
+        cmd.stdout(Stdio::piped());
+    });
+    assert!(w.piped_stdout.is_some(), "the test holds the read end");
+    wait_in_syscall(w.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    assert!(
+        fs::read_link(format!("/proc/{}/fd/1", w.pid)).unwrap().to_string_lossy().starts_with("pipe:"),
+        "stdout of the workload is not a pipe"
+    );
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    eprintln!("{out}");
+    let text = out.text();
+    assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
+    assert!(has_token(&text, "1"), "refusal does not name fd 1:\n{out}");
+    assert!(text.to_lowercase().contains("pipe"), "refusal does not say 'pipe':\n{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+}
+
+/// A multi-threaded process: dump is refused naming the extra thread's tid, and the
+/// process keeps running with all its threads (it still answers .go with PASS).
+#[test]
+fn dump_refuses_multithreaded_process_naming_the_thread() {
+    let mut w = Workload::spawn("threaded", &[]);
+    let tid = w.ready_field("tid");
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    eprintln!("{out}");
+    assert!(has_token(&out.text(), &tid), "refusal does not name thread {tid}:\n{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+    w.go().assert_pass();
+}
+
+/// `crust dump -R` writes a complete image and leaves the process running, untraced,
+/// its counter still increasing, and it still PASSes its own checks afterwards.
+#[test]
+fn dump_leave_running_keeps_the_process_working() {
+    let mut w = Workload::spawn("counter", &[]);
+    let addr = parse_hex(&w.ready_field("counter_addr"));
+    let out = w.dump_with(&["-R"]);
+    out.assert_success();
+    assert!(pid_exists(w.pid), "-R: pid {} is gone after the dump:\n{out}", w.pid);
+    assert_running_untouched(w.pid, "after dump -R");
+    let v1 = read_mem_u64(w.pid, addr);
+    std::thread::sleep(Duration::from_millis(300));
+    let v2 = read_mem_u64(w.pid, addr);
+    assert!(v2 > v1, "counter stuck after dump -R: {v1} then {v2}");
+    crust(["show", "-D", &w.image_dir.to_string_lossy()]).assert_success();
+    w.go().assert_pass();
+}
+
+/// Restoring an image while its original process (dumped with -R) still runs is
+/// refused with "PID ... busy", and the original is not disturbed.
+#[test]
+fn restore_is_refused_while_the_original_still_runs() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump_with(&["-R"]).assert_success();
+    let out = w.restore_detached_raw();
+    out.assert_failure();
+    eprintln!("{out}");
+    assert!(out.text().contains("PID") && out.text().contains("busy"), "expected 'PID ... busy':\n{out}");
+    assert_running_untouched(w.pid, "after the refused restore");
+    w.go().assert_pass();
+}
+
+/// Restoring the same image twice: the second restore, while the first restored
+/// process runs, fails with "PID ... busy" and leaves the first one untouched.
+#[test]
+fn second_restore_of_the_same_image_fails_pid_busy_and_leaves_the_first_alone() {
+    let mut w = Workload::spawn("counter", &[]);
+    let addr = parse_hex(&w.ready_field("counter_addr"));
+    w.dump();
+    w.restore_detached();
+    let before = w.snapshot();
+    let out = w.restore_detached_raw();
+    out.assert_failure();
+    eprintln!("{out}");
+    assert!(out.text().contains("PID") && out.text().contains("busy"), "expected 'PID ... busy':\n{out}");
+    assert_running_untouched(w.pid, "first restored process after the second restore");
+    let after = w.snapshot();
+    assert_same_proc(&before, &after, &[]);
+    let v1 = read_mem_u64(w.pid, addr);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(read_mem_u64(w.pid, addr) > v1, "first restored process stopped counting");
+    w.go().assert_pass();
+}
+
+/// Makes sure no process with `pid` exists after a refused restore (kills and reaps
+/// one if a restore wrongly went ahead). Returns a problem description, if any.
+fn ensure_no_process(pid: i32) -> Option<String> {
+    if wait_gone(pid, Duration::from_secs(3)) {
+        return None;
+    }
+    let state = proc_state(pid);
+    if is_our_child(pid) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        waitpid_timeout(pid, Duration::from_secs(5));
+    }
+    Some(format!("pid {pid} exists (state {state:?}) after the refused restore"))
+}
+
+/// Restores a damaged copy of the image once per image file; each must be refused,
+/// naming that file, with no process left behind.
+fn each_damaged_file_is_refused(what: &str, damage: impl Fn(&Path) -> bool) {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump();
+    let files = image_files(&w.image_dir);
+    assert!(!files.is_empty(), "empty image dir");
+    let mut problems = Vec::new();
+    let mut tried = 0;
+    for (i, rel) in files.iter().enumerate() {
+        let copy = w.dir.path.join(format!("img-{what}-{i}"));
+        copy_dir(&w.image_dir, &copy);
+        if !damage(&copy.join(rel)) {
+            continue; // e.g. an empty file cannot be truncated
+        }
+        tried += 1;
+        let out = crust(["restore", "-d", "-D", &copy.to_string_lossy()]);
+        let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+        if out.success() {
+            problems.push(format!("{what} {}: restore succeeded\n{out}", rel.display()));
+        } else if !out.text().contains(&name) {
+            problems.push(format!("{what} {}: refusal does not name the file '{name}'\n{out}", rel.display()));
+        }
+        if let Some(p) = ensure_no_process(w.pid) {
+            problems.push(format!("{what} {}: {p}", rel.display()));
+        }
+    }
+    assert!(tried > 0, "no image file could be {what}");
+    assert!(problems.is_empty(), "{} of {tried} {what} image files not properly refused:\n{}", problems.len(), problems.join("\n\n"));
+}
+
+/// Every image file truncated to half its size (in turn) makes restore fail with a
+/// message naming that file, and no process with the pid exists afterwards.
+#[test]
+fn restore_refuses_truncated_image_files_naming_the_file() {
+    each_damaged_file_is_refused("truncated", |p| {
+        let len = fs::metadata(p).unwrap().len();
+        if len == 0 {
+            return false;
+        }
+        fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len / 2).unwrap();
+        true
+    });
+}
+
+/// Every image file with one byte flipped in its middle (in turn) makes restore fail
+/// with a message naming that file, and no process with the pid exists afterwards.
+#[test]
+fn restore_refuses_corrupted_image_files_naming_the_file() {
+    each_damaged_file_is_refused("corrupted", |p| {
+        let mut b = read_all(p);
+        if b.is_empty() {
+            return false;
+        }
+        let i = b.len() / 2;
+        b[i] ^= 0xff;
+        fs::write(p, b).unwrap();
+        true
+    });
+}
+
+fn changed_mapped_file_is_refused(change: impl Fn(&Path)) {
+    let mut w = Workload::spawn("mappings", &[]);
+    w.dump();
+    let data = w.dir.path.join("status.data");
+    assert!(data.exists());
+    change(&data);
+    let out = w.restore_detached_raw();
+    out.assert_failure();
+    eprintln!("{out}");
+    assert!(out.text().contains("status.data"), "refusal does not name the changed file status.data:\n{out}");
+    if let Some(p) = ensure_no_process(w.pid) {
+        panic!("{p}\n{out}");
+    }
+}
+
+/// The file behind a private file mapping grew after the dump: restore is refused,
+/// naming the file.
+#[test]
+fn restore_refuses_when_a_mapped_file_was_extended() {
+    changed_mapped_file_is_refused(|p| {
+        use std::io::Write;
+        fs::OpenOptions::new().append(true).open(p).unwrap().write_all(&[0x55; 4096]).unwrap();
+    });
+}
+
+/// The file behind a private file mapping was rewritten in place (same size) after the
+/// dump: restore is refused, naming the file.
+#[test]
+fn restore_refuses_when_a_mapped_file_was_modified_in_place() {
+    changed_mapped_file_is_refused(|p| {
+        use std::os::unix::fs::FileExt;
+        std::thread::sleep(Duration::from_millis(20)); // a visibly different mtime too
+        fs::OpenOptions::new().write(true).open(p).unwrap().write_all_at(&[0xAA; 4096], 0).unwrap();
+    });
+}
+
+/// Every image file deleted (in turn) makes restore fail with a message naming that
+/// file, and no process with the pid exists afterwards.
+#[test]
+fn restore_refuses_image_with_a_missing_file_naming_the_file() {
+    each_damaged_file_is_refused("missing", |p| {
+        fs::remove_file(p).unwrap();
+        true
+    });
+}
+
+/// Restoring from a directory that holds no image fails, naming the directory.
+#[test]
+fn restore_from_a_directory_without_an_image_fails_naming_it() {
+    let dir = TempDir::new("no-image");
+    let out = crust(["restore", "-d", "-D", &dir.path.to_string_lossy()]);
+    out.assert_failure();
+    eprintln!("{out}");
+    assert!(out.text().contains(&*dir.path.to_string_lossy()), "message does not name {}:\n{out}", dir.path.display());
+}

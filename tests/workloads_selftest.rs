@@ -1,0 +1,86 @@
+//! The workloads and the harness themselves, without crust: each workload started,
+//! READY, then `.go` without any checkpoint must PASS, and two /proc snapshots of an
+//! idle workload must compare equal. A failure here is a bug in the test suite, not
+//! in crust.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn selftest(name: &str, args: &[&str]) {
+    let mut w = Workload::spawn(name, args);
+    let a = w.snapshot();
+    std::thread::sleep(Duration::from_millis(50));
+    let b = w.snapshot();
+    assert_same_proc(&a, &b, &["fdinfo:1:pos", "fdinfo:2:pos"]);
+    w.go().assert_pass();
+}
+
+#[test]
+fn counter_workload_passes_without_checkpoint() {
+    selftest("counter", &[]);
+}
+
+#[test]
+fn mappings_workload_passes_without_checkpoint() {
+    selftest("mappings", &[]);
+}
+
+#[test]
+fn signals_workload_passes_without_checkpoint() {
+    selftest("signals", &[]);
+}
+
+#[test]
+fn sleeper_workloads_pass_without_checkpoint() {
+    selftest("sleeper", &["rel"]);
+    selftest("sleeper", &["clock"]);
+}
+
+#[test]
+fn reader_workload_passes_without_checkpoint() {
+    selftest("reader", &[]);
+}
+
+#[test]
+fn files_workload_passes_without_checkpoint() {
+    selftest("files", &[]);
+}
+
+#[test]
+fn avx_workload_passes_without_checkpoint() {
+    selftest("avx", &[]);
+}
+
+#[test]
+fn identity_workload_passes_without_checkpoint() {
+    selftest("identity", &[]);
+}
+
+#[test]
+fn threaded_workload_passes_without_checkpoint() {
+    selftest("threaded", &[]);
+}
+
+#[test]
+fn exitcode_workload_exits_with_its_code() {
+    let mut w = Workload::spawn("exitcode", &["7"]);
+    assert_eq!(w.go().exit, Exit::Code(7));
+}
+
+/// The snapshot comparison does catch a difference (here: a changed fd offset).
+#[test]
+fn snapshot_comparison_detects_differences() {
+    let w = Workload::spawn_program("sleep", "sleep", &["100"]);
+    let a = w.snapshot();
+    let mut b = a.clone();
+    b.entries.insert("fdinfo:0:pos".into(), "12345".into());
+    b.entries.remove("maps:00000000-00001000");
+    b.entries.insert("status:SigBlk".into(), "0000000000000001".into());
+    let d = a.diff(&b, &[]);
+    assert_eq!(d.len(), 2, "{d:?}");
+    let r = std::panic::catch_unwind(|| assert_same_proc(&a, &b, &[]));
+    assert!(r.is_err());
+    // and ignores what it is told to
+    assert!(a.diff(&b, &["fdinfo:0:*", "status:SigBlk"]).is_empty());
+}
