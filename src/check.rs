@@ -62,7 +62,7 @@ fn check_pidfd_getfd() -> Result<String> {
 
 fn check_kcmp() -> Result<String> {
     let me = std::process::id() as i32;
-    if !pidfd::same_open_file(me, 0, 0)? {
+    if !pidfd::same_open_file(me, 0, me, 0)? {
         bail!("kcmp says fd 0 differs from itself");
     }
     Ok("KCMP_FILE works".into())

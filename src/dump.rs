@@ -1,7 +1,8 @@
-//! The dump pipeline: check, freeze, collect every kind, write the image, then kill or resume.
+//! The dump pipeline: check, freeze the whole tree, collect every kind of every process, write
+//! the image, then kill or resume.
 //!
-//! A dump that fails at any step leaves the process exactly as it was: crust's scratch mapping
-//! is removed, the blocked mask and registers are put back, and the process is let go.
+//! A dump that fails at any step leaves the processes exactly as they were: crust's scratch
+//! mappings are removed, blocked masks and registers are put back, and every process is let go.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 use crate::image::proto::{Core, Inventory, ProcessEntry};
 use crate::image::{self, ImageDir};
 use crate::kinds::credentials::Credentials;
-use crate::kinds::files::Files;
+use crate::kinds::files::{Files, OpenFileTable};
 use crate::kinds::identity::Identity;
 use crate::kinds::memory::{self, Memory};
 use crate::kinds::registers::ThreadState;
@@ -40,52 +41,138 @@ pub struct DumpReport {
 
 const SCRATCH_LEN: u64 = 64 * 1024;
 
-pub fn dump(pid: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
+/// A process of the tree found while freezing.
+struct Member {
+    pid: Pid,
+    ppid: Pid,
+    /// Some(wait status) for a zombie.
+    zombie: Option<i32>,
+}
+
+pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     let started = Instant::now();
     let progress = Progress::new("dump");
-    let pid = Pid::from_raw(pid);
-    precheck(pid)?;
+    let root = Pid::from_raw(root);
+    precheck(root)?;
     let image = ImageDir::create(dir)?;
     let frozen_at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
 
-    progress.step(format!("freezing pid {pid}"));
-    ptrace::seize_and_interrupt(pid, false).with_context(|| format!("freezing pid {pid}"))?;
+    progress.step(format!("freezing the tree of pid {root}"));
     let freeze_start = Instant::now();
-    let mut frozen = Frozen::take(pid).inspect_err(|_| {
-        let _ = ptrace::detach(pid);
-    })?;
-    let collected = collect(&mut frozen, &image, &progress);
-    let unfreeze = frozen.release(opts.leave_running && collected.is_ok() || collected.is_err());
+    let mut members = Vec::new();
+    let mut frozen: Vec<Frozen> = Vec::new();
+    let froze = freeze_tree(root, &mut members, &mut frozen);
+    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress));
+    // Resume when asked to, and always when the dump failed: a failed dump changes nothing.
+    let resume = opts.leave_running || collected.is_err();
+    let mut released = Ok(());
+    for f in frozen.iter_mut().rev() {
+        let r = f.release(resume);
+        if released.is_ok() {
+            released = r;
+        }
+    }
     let frozen_time = freeze_start.elapsed();
-    let (core, pages_bytes) = collected.with_context(|| format!("dumping pid {pid} (it was left running)"))?;
-    unfreeze?;
-    if !opts.leave_running {
-        info!(%pid, "killed after dump");
+    let (mut entries, pages_bytes) = collected.with_context(|| format!("dumping the tree of pid {root} (it was left running)"))?;
+    released?;
+    if !resume {
+        info!(%root, "killed after dump");
     }
 
-    // Everything below runs while the process no longer waits for us.
+    // Everything below runs while the processes no longer wait for us.
     progress.step("checksumming page data".to_string());
-    let pages = image.checksum_data_file(&image::pages_name(core.pid))?;
+    for entry in entries.iter_mut().filter(|e| !e.zombie) {
+        entry.data_files = vec![image.checksum_data_file(&image::pages_name(entry.pid))?];
+    }
     let inventory = Inventory {
         format_major: image::FORMAT_MAJOR as u32,
         format_minor: image::FORMAT_MINOR as u32,
         crust_version: env!("CARGO_PKG_VERSION").to_string(),
         kernel_release: crate::sys::kernel_release(),
         vdso_hash: crate::restore::own_vdso_hash()?,
-        root_pid: core.pid,
-        processes: vec![ProcessEntry { pid: core.pid, ppid: 0, data_files: vec![pages] }],
+        root_pid: root.as_raw() as u32,
+        processes: entries,
         frozen_at_realtime_ns: frozen_at.tv_sec() * 1_000_000_000 + frozen_at.tv_nsec(),
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
     };
     // The inventory goes last: an image without one is incomplete.
     image.write_record(image::INVENTORY, &inventory)?;
     progress.finish(format!(
-        "dumped pid {pid}: {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
+        "dumped {} process(es) of pid {root}: {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
+        inventory.processes.len(),
         pages_bytes >> 20,
         frozen_time.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3
     ));
     Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
+}
+
+fn children_of(pid: Pid) -> Vec<Pid> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok().map(Pid::from_raw))
+        .collect()
+}
+
+/// Freezes `root` and all its descendants, top down. A frozen process cannot fork any more, so
+/// once every frozen process's children are frozen too, the tree is complete and consistent.
+fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -> Result<()> {
+    let mut queue = std::collections::VecDeque::from([(root, Pid::from_raw(0))]);
+    while let Some((pid, ppid)) = queue.pop_front() {
+        let stat = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat());
+        if let Ok(stat) = &stat {
+            if stat.state == 'Z' {
+                // exit_code holds the wait status the parent will reap.
+                members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)) });
+                continue;
+            }
+        }
+        if pid != root {
+            precheck(pid)?;
+        }
+        ptrace::seize_and_interrupt(pid, false).with_context(|| format!("freezing pid {pid}"))?;
+        match Frozen::take(pid) {
+            Ok(f) => frozen.push(f),
+            Err(e) => {
+                let _ = ptrace::detach(pid);
+                return Err(e);
+            }
+        }
+        members.push(Member { pid, ppid, zombie: None });
+        // Children are listed only now that the parent is frozen: none can appear later.
+        for child in children_of(pid) {
+            queue.push_back((child, pid));
+        }
+    }
+    Ok(())
+}
+
+/// Collects every kind of every frozen process and writes the records. Returns the inventory
+/// entries (data files filled in later) and the number of page bytes saved.
+fn collect_tree(
+    frozen: &mut [Frozen],
+    members: &[Member],
+    image: &ImageDir,
+    progress: &Progress,
+) -> Result<(Vec<ProcessEntry>, u64)> {
+    let mut open_files = OpenFileTable::default();
+    let mut pages_bytes = 0;
+    for f in frozen.iter_mut() {
+        pages_bytes += collect(f, image, progress, &mut open_files)?;
+    }
+    image.write_record(image::OPEN_FILES, &open_files.finish()?)?;
+    let entries = members
+        .iter()
+        .map(|m| ProcessEntry {
+            pid: m.pid.as_raw() as u32,
+            ppid: m.ppid.as_raw() as u32,
+            data_files: Vec::new(),
+            zombie: m.zombie.is_some(),
+            exit_status: m.zombie.unwrap_or(0),
+        })
+        .collect();
+    Ok((entries, pages_bytes))
 }
 
 /// Refuses what this version cannot dump, before touching the process.
@@ -115,13 +202,6 @@ fn precheck(pid: Pid) -> Result<()> {
 
 /// State this version cannot restore faithfully is refused by name, never dropped.
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    if !children.trim().is_empty() {
-        bail!(
-            "pid {pid} has child processes ({}); crust dumps single processes only so far",
-            children.split_whitespace().collect::<Vec<_>>().join(", ")
-        );
-    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("");
     if field("Seccomp:") != "0" && !field("Seccomp:").is_empty() {
@@ -210,11 +290,11 @@ impl Frozen {
 
 /// Collects every kind and writes the per-process records. Returns the core record and the
 /// number of page bytes saved.
-fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress) -> Result<(Core, u64)> {
+fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress, open_files: &mut OpenFileTable) -> Result<u64> {
     let pid = frozen.pid;
     let pidfd = pidfd_open(pid.as_raw())?;
     let process = procfs::process::Process::new(pid.as_raw())?;
-    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd };
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files };
 
     progress.step(format!("pid {pid}: files"));
     let files = Files::dump(&mut ctx)?;
@@ -251,5 +331,5 @@ fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress) -> Result
     image.write_record(&image::core_name(p), &core)?;
     image.write_record(&image::mm_name(p), &mm)?;
     image.write_record(&image::files_name(p), &files)?;
-    Ok((core, pages_bytes))
+    Ok(pages_bytes)
 }

@@ -1,10 +1,23 @@
-//! The restore pipeline: check the image, create the process with its PID, restore every kind
-//! in dependency order, resume.
+//! The restore pipeline: check the image, create the process tree with its PIDs, restore every
+//! kind of every process in dependency order, resume.
 //!
-//! Nothing is created before the whole image has been read and verified (records, page-file
-//! checksums, kernel, vDSO, files unchanged, PID free). A failure after the process exists
-//! kills it: restore either succeeds or leaves nothing behind.
+//! 1. Read and verify the whole image (records, page-file checksums), the machine (kernel,
+//!    vDSO, files unchanged) and that every PID is free. Nothing exists yet.
+//! 2. Create the tree top down. The root is a clone3 child of crust; every other process is
+//!    forked by its restored parent (an injected clone3 with `set_tid`), so it really is that
+//!    process's child. Before forking, a process takes its session or group leadership and opens
+//!    the open file descriptions it is the nearest common ancestor of all holders of, so its
+//!    children inherit them: shared descriptions are shared again.
+//! 3. Zombies exit with their status; processes join their process groups.
+//! 4. Each process restores memory, files, identity, signals, timers, thread state, rlimits and
+//!    credentials, then drops crust's helper area.
+//! 5. Every process is released from a stop in the kernel's signal path, so interrupted system
+//!    calls restart exactly as the kernel would have done it.
+//!
+//! A failure at any point kills every process created so far: restore succeeds or leaves
+//! nothing behind.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,7 +27,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::info;
 
-use crate::image::proto::{Core, Files as FilesRecord, Inventory, Mm};
+use crate::image::proto::{Core, Files as FilesRecord, Inventory, Mm, OpenFile, OpenFiles, ProcessEntry, open_file};
 use crate::image::{self, ImageDir};
 use crate::kinds::credentials::Credentials;
 use crate::kinds::files::{self, Files};
@@ -35,41 +48,66 @@ pub struct RestoreOptions {
 
 /// How a restore ended.
 pub enum Restored {
-    /// Detached: the process runs on its own.
+    /// Detached: the processes run on their own.
     Running { pid: i32, elapsed: Duration },
-    /// crust waited for the process; its exit status as a shell would report it.
+    /// crust waited for the root process; its exit status as a shell would report it.
     Exited { pid: i32, status: i32 },
+}
+
+/// The records of one live process.
+pub struct ProcessImage {
+    pub core: Core,
+    pub mm: Mm,
+    pub files: FilesRecord,
 }
 
 /// Everything read from an image directory, verified.
 pub struct LoadedImage {
     pub dir: ImageDir,
     pub inventory: Inventory,
-    pub core: Core,
-    pub mm: Mm,
-    pub files: FilesRecord,
+    /// Live processes by pid (zombies have only their inventory entry).
+    pub processes: BTreeMap<u32, ProcessImage>,
+    pub open_files: OpenFiles,
 }
 
-/// Reads and verifies a whole image: every record, page-file sizes and checksums, and that
-/// this machine can run it.
+impl LoadedImage {
+    fn entries(&self) -> &[ProcessEntry] {
+        &self.inventory.processes
+    }
+
+    fn children(&self, pid: u32) -> impl Iterator<Item = &ProcessEntry> {
+        self.entries().iter().filter(move |e| e.ppid == pid && e.pid != pid)
+    }
+
+    fn max_fd(&self) -> i32 {
+        self.processes.values().map(|p| files::max_fd(&p.files)).max().unwrap_or(2)
+    }
+}
+
+/// Reads and verifies a whole image: every record, page-file sizes and checksums.
 pub fn load(dir: &Path) -> Result<LoadedImage> {
     let dir = ImageDir::open(dir)?;
     let inventory: Inventory = dir.read_record(image::INVENTORY).context("the image is incomplete or damaged")?;
-    let [entry] = inventory.processes.as_slice() else {
-        bail!("image holds {} processes; this crust restores exactly one", inventory.processes.len());
-    };
-    let pid = entry.pid;
-    let core: Core = dir.read_record(&image::core_name(pid))?;
-    let mm: Mm = dir.read_record(&image::mm_name(pid))?;
-    let files: FilesRecord = dir.read_record(&image::files_name(pid))?;
-    for data in &entry.data_files {
-        dir.verify_data_file(data)?;
+    if !inventory.processes.iter().any(|p| p.pid == inventory.root_pid && !p.zombie) {
+        bail!("image inventory does not list its root process {}", inventory.root_pid);
     }
-    Ok(LoadedImage { dir, inventory, core, mm, files })
+    let mut processes = BTreeMap::new();
+    for entry in inventory.processes.iter().filter(|e| !e.zombie) {
+        let pid = entry.pid;
+        let core: Core = dir.read_record(&image::core_name(pid))?;
+        let mm: Mm = dir.read_record(&image::mm_name(pid))?;
+        let files: FilesRecord = dir.read_record(&image::files_name(pid))?;
+        for data in &entry.data_files {
+            dir.verify_data_file(data)?;
+        }
+        processes.insert(pid, ProcessImage { core, mm, files });
+    }
+    let open_files: OpenFiles = dir.read_record(image::OPEN_FILES)?;
+    Ok(LoadedImage { dir, inventory, processes, open_files })
 }
 
 /// Checks that this machine can run the image: same kernel build (the vDSO is part of the
-/// process), files unchanged, PID free.
+/// process), files unchanged.
 fn check_machine(img: &LoadedImage) -> Result<()> {
     let here = crate::sys::kernel_release();
     if img.inventory.kernel_release != here {
@@ -82,8 +120,10 @@ fn check_machine(img: &LoadedImage) -> Result<()> {
     if img.inventory.vdso_hash != own_vdso_hash()? {
         bail!("the vDSO of this kernel differs from the one in the image (same release, different build)");
     }
-    memory::precheck(&img.mm)?;
-    files::precheck(&img.files)?;
+    for p in img.processes.values() {
+        memory::precheck(&p.mm)?;
+    }
+    files::precheck(&img.open_files)?;
     Ok(())
 }
 
@@ -112,34 +152,30 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
     let img = load(dir)?;
-    let pid = img.core.pid;
-    wait_pid_free(pid)?;
+    let root = img.inventory.root_pid;
+    for entry in img.entries() {
+        wait_pid_free(entry.pid)?;
+    }
     check_machine(&img)?;
     raise_nofile_limit();
 
-    progress.step(format!("creating pid {pid}"));
-    let child = clone3::fork_with_pid(pid as i32).map_err(|e| match e.errno() {
-        Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {pid} is busy: another process took it just now"),
-        _ => anyhow::Error::from(e),
-    })?;
-    // From here on a failure must not leave the half-built process behind.
-    let built = build(child, &img, &progress);
+    let mut tree = Tree::plan(&img)?;
+    let built = tree.build(&img, &progress);
     if let Err(e) = built {
-        let _ = kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, Some(WaitPidFlag::__WALL));
-        return Err(e.context(format!("restoring pid {pid} (the partly restored process was killed)")));
+        tree.kill_all();
+        return Err(e.context(format!("restoring the tree of pid {root} (every process it created was killed)")));
     }
     let elapsed = started.elapsed();
-    progress.finish(format!("restored pid {pid} in {:.1} ms", elapsed.as_secs_f64() * 1e3));
+    progress.finish(format!("restored {} process(es) of pid {root} in {:.1} ms", img.entries().len(), elapsed.as_secs_f64() * 1e3));
     if opts.detach {
-        return Ok(Restored::Running { pid: pid as i32, elapsed });
+        return Ok(Restored::Running { pid: root as i32, elapsed });
     }
-    let status = wait_exit(child)?;
-    Ok(Restored::Exited { pid: pid as i32, status })
+    let status = wait_exit(Pid::from_raw(root as i32))?;
+    Ok(Restored::Exited { pid: root as i32, status })
 }
 
-/// Raises crust's soft RLIMIT_NOFILE to the hard limit, so the new process (which inherits it
-/// until its own limits are restored) can hold the image's fd numbers.
+/// Raises crust's soft RLIMIT_NOFILE to the hard limit, so the new processes (which inherit it
+/// until their own limits are restored) can hold the image's fd numbers.
 fn raise_nofile_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
@@ -159,69 +195,314 @@ fn wait_exit(child: Pid) -> Result<i32> {
     }
 }
 
-/// Turns the fresh child into the image's process, in dependency order.
-fn build(child: Pid, img: &LoadedImage, progress: &Progress) -> Result<()> {
-    let pid = child.as_raw();
-    ptrace::seize_and_interrupt(child, true)?;
-    // The child is a copy of crust: its vDSO is at our vDSO's address.
-    let syscall_ip = memory::syscall_instruction_in_vdso(std::process::id() as i32)?;
-    let mut remote = RemoteTask::new(child, syscall_ip)?;
-    ptrace::set_sigmask(child, !0)?;
-    forget_crust_state(&mut remote)?;
-
-    progress.step(format!("pid {pid}: memory"));
-    let helper = memory::prepare_address_space(&mut remote, &img.mm)?;
-    remote.set_stack_pointer(helper.address + helper.len - 256);
-    let creds = img.core.credentials.clone().context("image has no credentials")?;
-    let thread = img.core.threads.first().context("image has no thread")?;
-    let mut ctx = RestoreCtx {
-        pid: child,
-        remote: &mut remote,
-        image: &img.dir,
-        pidfd: pidfd_open(pid)?,
-        work_fd_floor: files::max_fd(&img.files) + 1,
-        fs_identity: Some((creds.fsuid, creds.fsgid, creds.groups.clone())),
-    };
-    Memory::restore(&mut ctx, &img.mm)?;
-    progress.step(format!("pid {pid}: files"));
-    Files::restore(&mut ctx, &img.files)?;
-    progress.step(format!("pid {pid}: identity, signals, timers, registers"));
-    let identity = IdentityRecord {
-        comm: img.core.comm.clone(),
-        personality: img.core.personality,
-        umask: img.core.umask,
-        rlimits: img.core.rlimits.clone(),
-        control: img.core.control.clone().unwrap_or_default(),
-        sid: img.core.sid,
-        pgid: img.core.pgid,
-        nice: img.core.nice,
-        oom_score_adj: img.core.oom_score_adj,
-    };
-    Identity::restore(&mut ctx, &identity)?;
-    let signals = SignalsRecord {
-        handlers: img.core.signal_handlers.clone().unwrap_or_default(),
-        shared_pending: img.core.shared_pending.clone(),
-    };
-    Signals::restore(&mut ctx, &signals)?;
-    if let Some(timers) = &img.core.interval_timers {
-        Timers::restore(&mut ctx, timers)?;
-    }
-    ThreadState::restore(&mut ctx, thread)?;
-    identity::restore_rlimits(&mut ctx, &img.core.rlimits)?;
-    Credentials::restore(&mut ctx, &creds)?;
-
-    // Last remote call: remove the helper area (the syscall instruction runs from it; the
-    // thread stops at the syscall exit and never returns there).
-    remote.syscall("munmap(helper area)", libc::SYS_munmap, &[helper.address, helper.len])?;
-    remote.set_scratch(None);
-    ptrace::set_sigmask(child, thread.blocked_mask)?;
-    remote.park_with_registers(&registers::resume_registers(thread)?)?;
-    ptrace::detach(child)?;
-    info!(pid, "resumed");
-    Ok(())
+/// A process being rebuilt, stopped under crust's ptrace.
+struct Building {
+    remote: RemoteTask,
 }
 
-/// The child inherited some per-thread state from crust that must go before its memory does.
+/// The restore plan and the processes created so far.
+struct Tree {
+    helper: u64,
+    work_fd_floor: i32,
+    /// Which process opens each description (by id) for all its holders.
+    creators: BTreeMap<u32, Vec<u32>>,
+    /// Every process created, in creation order.
+    created: Vec<Pid>,
+    building: BTreeMap<u32, Building>,
+}
+
+impl Tree {
+    fn plan(img: &LoadedImage) -> Result<Tree> {
+        let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
+        let helper = memory::choose_helper_address(&mms)?;
+        let parent: BTreeMap<u32, u32> = img.entries().iter().map(|e| (e.pid, e.ppid)).collect();
+        let ancestors = |pid: u32| {
+            let mut chain = vec![pid];
+            let mut p = pid;
+            while let Some(&pp) = parent.get(&p) {
+                if pp == 0 || !parent.contains_key(&pp) {
+                    break;
+                }
+                chain.push(pp);
+                p = pp;
+            }
+            chain
+        };
+        // Holders of each description; the two ends of a pipe count as one (pipe2 makes both).
+        let mut holders: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for (pid, p) in &img.processes {
+            for fd in &p.files.fds {
+                holders.entry(fd.open_file_id).or_default().insert(*pid);
+            }
+        }
+        let pipe_of = |f: &OpenFile| match &f.kind {
+            Some(open_file::Kind::Pipe(p)) => Some(p.pipe_id),
+            _ => None,
+        };
+        let mut pipe_holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        for f in &img.open_files.open_files {
+            if let Some(pipe) = pipe_of(f) {
+                pipe_holders.entry(pipe).or_default().extend(holders.get(&f.id).into_iter().flatten());
+            }
+        }
+        let mut creators: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for f in &img.open_files.open_files {
+            let set = match pipe_of(f) {
+                Some(pipe) => pipe_holders[&pipe].clone(),
+                None => holders.get(&f.id).cloned().unwrap_or_default(),
+            };
+            let Some(first) = set.iter().next() else { continue };
+            // Nearest common ancestor: the deepest process on the first holder's chain that is
+            // an ancestor of (or is) every holder.
+            let creator = ancestors(*first)
+                .into_iter()
+                .find(|a| set.iter().all(|h| ancestors(*h).contains(a)))
+                .context("open file holders without a common ancestor")?;
+            creators.entry(creator).or_default().push(f.id);
+        }
+        Ok(Tree {
+            helper,
+            work_fd_floor: img.max_fd() + 1,
+            creators,
+            created: Vec::new(),
+            building: BTreeMap::new(),
+        })
+    }
+
+    fn kill_all(&mut self) {
+        for pid in self.created.iter().rev() {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        if let Some(root) = self.created.first() {
+            let _ = waitpid(*root, Some(WaitPidFlag::__WALL));
+        }
+        // The others are reaped by their (killed) parents' parent, init, or were our tracees.
+        for pid in self.created.iter().skip(1) {
+            let _ = waitpid(*pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG));
+        }
+    }
+
+    fn ctx<'a>(&'a mut self, img: &'a LoadedImage, pid: u32) -> Result<RestoreCtx<'a>> {
+        let p = &img.processes[&pid];
+        let creds = p.core.credentials.clone().context("image has no credentials")?;
+        let work_fd_floor = self.work_fd_floor;
+        let temp_fd_floor = self.work_fd_floor + img.open_files.open_files.iter().map(|f| f.id as i32).max().unwrap_or(0) + 1;
+        let building = self.building.get_mut(&pid).context("process not created")?;
+        Ok(RestoreCtx {
+            pid: Pid::from_raw(pid as i32),
+            remote: &mut building.remote,
+            image: &img.dir,
+            pidfd: pidfd_open(pid as i32)?,
+            work_fd_floor,
+            temp_fd_floor,
+            fs_identity: Some((creds.fsuid, creds.fsgid, creds.groups.clone())),
+        })
+    }
+
+    fn build(&mut self, img: &LoadedImage, progress: &Progress) -> Result<()> {
+        let root = img.inventory.root_pid;
+        progress.step(format!("creating pid {root} and its tree"));
+        let child = clone3::fork_with_pid(root as i32).map_err(|e| match e.errno() {
+            Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {root} is busy: another process took it just now"),
+            _ => anyhow::Error::from(e),
+        })?;
+        self.created.push(child);
+        ptrace::seize_and_interrupt(child, true)?;
+        // The child is a copy of crust: its vDSO is at our vDSO's address.
+        let syscall_ip = memory::syscall_instruction_in_vdso(std::process::id() as i32)?;
+        let mut remote = RemoteTask::new(child, syscall_ip)?;
+        ptrace::set_sigmask(child, !0)?;
+        forget_crust_state(&mut remote)?;
+        memory::map_helper(&mut remote, self.helper)?;
+        self.building.insert(root, Building { remote });
+        self.create_subtree(img, root)?;
+
+        self.join_process_groups(img)?;
+        self.finish_zombies(img)?;
+
+        for pid in img.processes.keys() {
+            progress.step(format!("pid {pid}: restoring its state"));
+            self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
+        }
+        // Release everything at once, so the tree resumes together.
+        for (pid, building) in &mut self.building {
+            let thread = img.processes[pid].core.threads.first().context("image has no thread")?;
+            ptrace::set_sigmask(building.remote.pid(), thread.blocked_mask)?;
+            building.remote.park_with_registers(&registers::resume_registers(thread)?)?;
+        }
+        for building in self.building.values() {
+            ptrace::detach(building.remote.pid())?;
+        }
+        info!(root, "resumed");
+        Ok(())
+    }
+
+    /// Prepares process `pid` (already created and seized), then forks its children from it.
+    fn create_subtree(&mut self, img: &LoadedImage, pid: u32) -> Result<()> {
+        let helper = self.helper;
+        let entry = img.entries().iter().find(|e| e.pid == pid).context("process not in inventory")?;
+        if let Some(p) = img.processes.get(&pid) {
+            let building = self.building.get_mut(&pid).unwrap();
+            memory::prepare_address_space(&mut building.remote, &p.mm, helper)?;
+            // Leadership first: the children forked below inherit the session and group.
+            if p.core.sid == pid {
+                building.remote.syscall("setsid", libc::SYS_setsid, &[])?;
+            } else if p.core.pgid == pid {
+                building.remote.syscall("setpgid", libc::SYS_setpgid, &[0, 0])?;
+            }
+            if let Some(ids) = self.creators.get(&pid).cloned() {
+                let files: Vec<&OpenFile> =
+                    img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
+                let mut ctx = self.ctx(img, pid)?;
+                files::open_descriptions(&mut ctx, &files)?;
+            }
+        } else if entry.zombie {
+            return Ok(());
+        }
+        let children: Vec<u32> = img.children(pid).map(|c| c.pid).collect();
+        for child in children {
+            let remote = &mut self.building.get_mut(&pid).unwrap().remote;
+            let new = fork_child(remote, child).with_context(|| format!("pid {pid} forking pid {child}"))?;
+            self.created.push(new);
+            ptrace::seize_and_interrupt(new, true)?;
+            let mut remote = RemoteTask::new(new, helper)?;
+            memory::use_helper(&mut remote, helper);
+            ptrace::set_sigmask(new, !0)?;
+            self.building.insert(child, Building { remote });
+            self.create_subtree(img, child)?;
+        }
+        Ok(())
+    }
+
+    /// Processes whose group is led by another process of the tree join it.
+    fn join_process_groups(&mut self, img: &LoadedImage) -> Result<()> {
+        for (pid, p) in &img.processes {
+            let pgid = p.core.pgid;
+            if pgid == *pid || !img.processes.contains_key(&pgid) {
+                continue;
+            }
+            let remote = &mut self.building.get_mut(pid).unwrap().remote;
+            remote
+                .syscall("setpgid", libc::SYS_setpgid, &[0, pgid as u64])
+                .with_context(|| format!("pid {pid} joining process group {pgid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Zombies exit again with their recorded status; their parents, still stopped, will reap
+    /// them when they run.
+    fn finish_zombies(&mut self, img: &LoadedImage) -> Result<()> {
+        for entry in img.entries().iter().filter(|e| e.zombie) {
+            let mut building = self.building.remove(&entry.pid).context("zombie not created")?;
+            let r = &mut building.remote;
+            let status = entry.exit_status;
+            let (nr, args) = if status & 0x7f == 0 {
+                (libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0])
+            } else {
+                let sig = (status & 0x7f) as u64;
+                // Die of the signal, without a core file, whatever crust's inherited handlers.
+                let dfl = r.put(0, &[0u8; 32])?;
+                r.syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, dfl, 0, 8])?;
+                let zero = r.put(64, &[0u8; 16])?;
+                r.syscall("prlimit64", libc::SYS_prlimit64, &[0, libc::RLIMIT_CORE as u64, zero, 0])?;
+                ptrace::set_sigmask(r.pid(), 0)?;
+                (libc::SYS_kill, [entry.pid as u64, sig])
+            };
+            r.exit_with(nr, &args)?;
+            wait_zombie(entry.pid)?;
+        }
+        Ok(())
+    }
+
+    fn restore_process(&mut self, img: &LoadedImage, pid: u32) -> Result<()> {
+        let p = &img.processes[&pid];
+        let has_zombie_children = img.children(pid).any(|c| c.zombie);
+        let helper = self.helper;
+        let mut ctx = self.ctx(img, pid)?;
+        Memory::restore(&mut ctx, &p.mm)?;
+        Files::restore(&mut ctx, &p.files)?;
+        let identity = IdentityRecord {
+            comm: p.core.comm.clone(),
+            personality: p.core.personality,
+            umask: p.core.umask,
+            rlimits: p.core.rlimits.clone(),
+            control: p.core.control.clone().unwrap_or_default(),
+            sid: p.core.sid,
+            pgid: p.core.pgid,
+            nice: p.core.nice,
+            oom_score_adj: p.core.oom_score_adj,
+        };
+        Identity::restore(&mut ctx, &identity)?;
+        if has_zombie_children {
+            // Recreating the zombies queued SIGCHLD here; the image says what was pending.
+            drain_sigchld(ctx.remote)?;
+        }
+        let signals = SignalsRecord {
+            handlers: p.core.signal_handlers.clone().unwrap_or_default(),
+            shared_pending: p.core.shared_pending.clone(),
+        };
+        Signals::restore(&mut ctx, &signals)?;
+        if let Some(timers) = &p.core.interval_timers {
+            Timers::restore(&mut ctx, timers)?;
+        }
+        let thread = p.core.threads.first().context("image has no thread")?;
+        ThreadState::restore(&mut ctx, thread)?;
+        identity::restore_rlimits(&mut ctx, &p.core.rlimits)?;
+        let creds = p.core.credentials.clone().context("image has no credentials")?;
+        Credentials::restore(&mut ctx, &creds)?;
+        memory::unmap_helper(ctx.remote, helper)?;
+        Ok(())
+    }
+}
+
+/// Has the process behind `remote` fork a child with PID `pid` (clone3 with set_tid). The child
+/// starts in the helper area's pause loop.
+fn fork_child(remote: &mut RemoteTask, pid: u32) -> Result<Pid> {
+    let tid_addr = remote.put(128, &(pid as i32).to_ne_bytes())?;
+    let mut args = Vec::new();
+    // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+    // tls, set_tid, set_tid_size, cgroup.
+    for v in [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, tid_addr, 1, 0] {
+        args.extend_from_slice(&(v as u64).to_ne_bytes());
+    }
+    let args_addr = remote.put(0, &args)?;
+    let got = remote.syscall("clone3", libc::SYS_clone3, &[args_addr, args.len() as u64]).map_err(|e| {
+        match e.errno() {
+            Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {pid} is busy: another process took it just now"),
+            _ => anyhow::Error::from(e),
+        }
+    })?;
+    Ok(Pid::from_raw(got as i32))
+}
+
+fn wait_zombie(pid: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).map(|s| s.state);
+        if matches!(state, Ok('Z')) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pid {pid} did not become a zombie again (state {state:?})");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Dequeues pending SIGCHLD signals (rt_sigtimedwait with a zero timeout).
+fn drain_sigchld(remote: &mut RemoteTask) -> Result<()> {
+    let set = remote.put(0, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
+    let timeout = remote.put(16, &[0u8; 16])?;
+    loop {
+        let ret = remote.syscall_raw(libc::SYS_rt_sigtimedwait, &[set, 0, timeout, 8])?;
+        if ret < 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The first process inherited some per-thread state from crust that must go before its
+/// memory does.
 fn forget_crust_state(remote: &mut RemoteTask) -> Result<()> {
     let pid = remote.pid();
     // All of crust's descriptors.

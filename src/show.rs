@@ -13,7 +13,7 @@ pub fn show(dir: &Path) -> Result<serde_json::Value> {
     let dir = ImageDir::open(dir)?;
     let inventory: Inventory = dir.read_record(image::INVENTORY)?;
     let mut processes = Vec::new();
-    for p in &inventory.processes {
+    for p in inventory.processes.iter().filter(|p| !p.zombie) {
         let core: Core = dir.read_record(&image::core_name(p.pid))?;
         let mm: Mm = dir.read_record(&image::mm_name(p.pid))?;
         let files: Files = dir.read_record(&image::files_name(p.pid))?;
@@ -35,5 +35,6 @@ pub fn show(dir: &Path) -> Result<serde_json::Value> {
         }
         processes.push(json!({ "pid": p.pid, "core": core_json, "mm": mm_json, "files": files }));
     }
-    Ok(json!({ "inventory": inventory, "processes": processes }))
+    let open_files: crate::image::proto::OpenFiles = dir.read_record(image::OPEN_FILES)?;
+    Ok(json!({ "inventory": inventory, "processes": processes, "open_files": open_files }))
 }

@@ -6,7 +6,8 @@
 //! inventory.img        Inventory: format, versions, kernel, processes, data-file checksums
 //! core-PID.img         Core: credentials, limits, signals, timers, threads and registers
 //! mm-PID.img           Mm: mappings, mm fields, where each saved page run lives
-//! files-PID.img        Files: fd table, open file descriptions, cwd, root
+//! files-PID.img        Files: fd table, cwd, root
+//! open-files.img       OpenFiles: every open file description of the tree, once
 //! pages-PID.img        raw page data, page-aligned, no header (checksummed in the inventory)
 //! ```
 //!
@@ -77,8 +78,12 @@ impl Record for proto::Mm {
 impl Record for proto::Files {
     const KIND: &'static [u8; 4] = b"FILE";
 }
+impl Record for proto::OpenFiles {
+    const KIND: &'static [u8; 4] = b"OFDS";
+}
 
 pub const INVENTORY: &str = "inventory.img";
+pub const OPEN_FILES: &str = "open-files.img";
 
 pub fn core_name(pid: u32) -> String {
     format!("core-{pid}.img")

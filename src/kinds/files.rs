@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use super::memory::{check_file_unchanged, file_identity};
 use super::{DumpCtx, Kind, RestoreCtx};
-use crate::image::proto::{self, CharDevice, Fd, Files as FilesRecord, OpenFile, Pipe, RegularFile, open_file};
+use crate::image::proto::{self, CharDevice, Fd, Files as FilesRecord, OpenFile, OpenFiles, Pipe, RegularFile, open_file};
 use crate::sys::pidfd::{pidfd_getfd, same_open_file};
 
 pub struct Files;
@@ -38,6 +38,45 @@ fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     Ok(FdInfo { pos, flags })
 }
 
+/// Every open file description met while dumping a tree, each recorded once. Descriptions are
+/// identified across processes with kcmp(KCMP_FILE).
+#[derive(Default)]
+pub struct OpenFileTable {
+    files: Vec<OpenFile>,
+    /// (dev, inode) -> (pid, fd, id) of the descriptions seen for that inode.
+    by_inode: BTreeMap<(u64, u64), Vec<(i32, i32, u32)>>,
+    /// pipe id -> (pid, fd, access mode) of every end seen.
+    pipe_ends: BTreeMap<u64, Vec<(i32, i32, u32)>>,
+}
+
+impl OpenFileTable {
+    /// Checks what can only be judged once the whole tree was seen (both ends of every pipe
+    /// inside it) and returns the record.
+    pub fn finish(self) -> Result<OpenFiles> {
+        for (pipe_id, ends) in &self.pipe_ends {
+            let mode = |m: i32| ends.iter().any(|(_, _, f)| f & libc::O_ACCMODE as u32 == m as u32);
+            if !(mode(libc::O_RDONLY) && mode(libc::O_WRONLY)) {
+                let (pid, fd, _) = ends[0];
+                bail!(
+                    "pid {pid} fd {fd}: pipe:[{pipe_id}] has its other end outside the dumped processes; \
+                     crust cannot reconnect it"
+                );
+            }
+        }
+        Ok(OpenFiles { open_files: self.files })
+    }
+
+    /// The description behind `fd` of `pid`, if an earlier fd (of any dumped process) shares it.
+    fn find_shared(&self, key: (u64, u64), pid: i32, fd: i32) -> Result<Option<u32>> {
+        for (other_pid, other_fd, id) in self.by_inode.get(&key).into_iter().flatten() {
+            if same_open_file(pid, fd, *other_pid, *other_fd)? {
+                return Ok(Some(*id));
+            }
+        }
+        Ok(None)
+    }
+}
+
 impl Kind for Files {
     type Record = FilesRecord;
 
@@ -48,9 +87,7 @@ impl Kind for Files {
             .collect();
         fds.sort();
         let mut record = FilesRecord::default();
-        // (dev, inode) -> descriptions already seen, to find shared descriptions with kcmp.
-        let mut seen: BTreeMap<(u64, u64), Vec<(i32, u32)>> = BTreeMap::new();
-        let mut pipes: BTreeMap<u64, Vec<(i32, u32)>> = BTreeMap::new();
+        let table = &mut *ctx.open_files;
         for fd in fds {
             let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
                 .with_context(|| format!("pid {pid} fd {fd}: readlink"))?
@@ -60,42 +97,24 @@ impl Kind for Files {
             let copy = pidfd_getfd(&ctx.pidfd, pid, fd)?;
             let meta = File::from(copy.try_clone()?).metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
             let key = (meta.dev(), meta.ino());
-            let mut shared_with = None;
-            for (other_fd, id) in seen.get(&key).into_iter().flatten() {
-                if same_open_file(pid, fd, *other_fd)? {
-                    shared_with = Some(*id);
-                    break;
-                }
-            }
             let close_on_exec = info.flags & libc::O_CLOEXEC as u32 != 0;
-            if let Some(id) = shared_with {
+            if let Some(id) = table.find_shared(key, pid, fd)? {
                 record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
                 continue;
             }
-            let id = record.open_files.len() as u32 + 1;
+            let id = table.files.len() as u32 + 1;
             let kind = describe_open_file(pid, fd, &link, &meta, &copy)?;
             if let open_file::Kind::Pipe(p) = &kind {
-                pipes.entry(p.pipe_id).or_default().push((fd, info.flags));
+                table.pipe_ends.entry(p.pipe_id).or_default().push((pid, fd, info.flags & libc::O_ACCMODE as u32));
             }
-            record.open_files.push(OpenFile {
+            table.files.push(OpenFile {
                 id,
                 flags: info.flags & !(libc::O_CLOEXEC as u32),
                 position: info.pos,
                 kind: Some(kind),
             });
             record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
-            seen.entry(key).or_default().push((fd, id));
-        }
-        for (pipe_id, ends) in &pipes {
-            let has_read = ends.iter().any(|(_, f)| f & libc::O_ACCMODE as u32 == libc::O_RDONLY as u32);
-            let has_write = ends.iter().any(|(_, f)| f & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32);
-            if !(has_read && has_write) {
-                let (fd, _) = ends[0];
-                bail!(
-                    "pid {pid} fd {fd}: pipe:[{pipe_id}] has its other end outside the dumped process; \
-                     crust cannot reconnect it"
-                );
-            }
+            table.by_inode.entry(key).or_default().push((pid, fd, id));
         }
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
         let root = std::fs::read_link(format!("/proc/{pid}/root"))?;
@@ -109,32 +128,23 @@ impl Kind for Files {
         Ok(record)
     }
 
+    /// Places the process's fds: every description it uses was opened earlier, at
+    /// `work_fd_floor + id`, by the process that created it for all its holders (see
+    /// [`open_descriptions`]) and inherited down the tree.
     fn restore(ctx: &mut RestoreCtx, record: &FilesRecord) -> Result<()> {
-        super::credentials::enter_fs_identity(ctx)?;
-        // Open every description once, at a working fd number.
-        let mut opened: BTreeMap<u32, i32> = BTreeMap::new();
-        let mut pipe_ends: BTreeMap<u64, (i32, i32)> = BTreeMap::new();
-        for file in &record.open_files {
-            let fd = open_description(ctx, file, &mut pipe_ends)
-                .with_context(|| format!("restoring open file #{} ({})", file.id, describe(file)))?;
-            opened.insert(file.id, fd);
-        }
         for fd in &record.fds {
-            let work = opened[&fd.open_file_id];
+            let work = ctx.work_fd_floor as u64 + fd.open_file_id as u64;
             let flags = if fd.close_on_exec { libc::O_CLOEXEC as u64 } else { 0 };
             ctx.remote
-                .syscall("dup3", libc::SYS_dup3, &[work as u64, fd.fd as u64, flags])
-                .with_context(|| format!("placing fd {}", fd.fd))?;
+                .syscall("dup3", libc::SYS_dup3, &[work, fd.fd as u64, flags])
+                .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
-        for work in opened.values() {
-            ctx.close_in_process(*work)?;
-        }
-        for (what, path) in [("chdir", &record.cwd)] {
-            let addr = ctx.remote.put_path(0, path)?;
-            ctx.remote
-                .syscall(what, libc::SYS_chdir, &[addr])
-                .with_context(|| format!("changing to the working directory {path}"))?;
-        }
+        ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
+        super::credentials::enter_fs_identity(ctx)?;
+        let addr = ctx.remote.put_path(0, &record.cwd)?;
+        ctx.remote
+            .syscall("chdir", libc::SYS_chdir, &[addr])
+            .with_context(|| format!("changing to the working directory {}", record.cwd))?;
         super::credentials::leave_fs_identity(ctx)?;
         if record.root != "/" {
             let addr = ctx.remote.put_path(0, &record.root)?;
@@ -144,6 +154,29 @@ impl Kind for Files {
         }
         Ok(())
     }
+}
+
+/// Opens `files` in the process of `ctx`, each at `work_fd_floor + id`, with the process's
+/// filesystem credentials. Its children forked afterwards inherit them.
+pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
+    super::credentials::enter_fs_identity(ctx)?;
+    let mut pipes: BTreeMap<u64, (i32, i32)> = BTreeMap::new();
+    for file in files {
+        let fd = open_description(ctx, file, &mut pipes)
+            .with_context(|| format!("restoring open file #{} ({})", file.id, describe(file)))?;
+        let work = ctx.work_fd_floor as u64 + file.id as u64;
+        ctx.remote.syscall("dup3", libc::SYS_dup3, &[fd as u64, work, libc::O_CLOEXEC as u64])?;
+        if !matches!(file.kind, Some(open_file::Kind::Pipe(_))) {
+            ctx.close_in_process(fd)?;
+        }
+    }
+    // The pipes' temporary ends (the working copies above are what is kept).
+    for (r, w) in pipes.into_values() {
+        ctx.close_in_process(r)?;
+        ctx.close_in_process(w)?;
+    }
+    super::credentials::leave_fs_identity(ctx)?;
+    Ok(())
 }
 
 fn describe(file: &OpenFile) -> String {
@@ -264,8 +297,8 @@ fn create_pipe(ctx: &mut RestoreCtx, p: &Pipe) -> Result<(i32, i32)> {
     ctx.remote.get(0, &mut b)?;
     let r = i32::from_ne_bytes(b[..4].try_into().unwrap());
     let w = i32::from_ne_bytes(b[4..].try_into().unwrap());
-    let r = ctx.to_work_fd(r as u64)?;
-    let w = ctx.to_work_fd(w as u64)?;
+    let r = ctx.to_temp_fd(r as u64)?;
+    let w = ctx.to_temp_fd(w as u64)?;
     ctx.remote
         .syscall("fcntl(F_SETPIPE_SZ)", libc::SYS_fcntl, &[w as u64, libc::F_SETPIPE_SZ as u64, p.buffer_size as u64])
         .with_context(|| format!("giving pipe:[{}] its buffer size of {} bytes", p.pipe_id, p.buffer_size))?;
@@ -285,14 +318,12 @@ fn fill_pipe(ctx: &mut RestoreCtx, write_end: i32, data: &[u8]) -> Result<()> {
 }
 
 /// What restore checks about files before creating any process.
-pub fn precheck(record: &FilesRecord) -> Result<()> {
+pub fn precheck(record: &OpenFiles) -> Result<()> {
     for file in &record.open_files {
         match &file.kind {
             Some(open_file::Kind::Regular(RegularFile { file: Some(f) })) => {
                 if f.mode & libc::S_IFMT == libc::S_IFREG {
-                    check_file_unchanged(f, "open file").map_err(|e| {
-                        e.context(format!("fd(s) {}", fds_of(record, file.id)))
-                    })?;
+                    check_file_unchanged(f, "open file").map_err(|e| e.context(format!("open file #{}", file.id)))?;
                 }
             }
             Some(open_file::Kind::CharDevice(CharDevice { file: Some(f) })) => {
@@ -305,10 +336,6 @@ pub fn precheck(record: &FilesRecord) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn fds_of(record: &FilesRecord, id: u32) -> String {
-    record.fds.iter().filter(|f| f.open_file_id == id).map(|f| f.fd.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// Highest fd number in the record.

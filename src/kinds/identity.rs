@@ -99,14 +99,8 @@ impl Kind for Identity {
             libc::SYS_prctl,
             &[libc::PR_SET_CHILD_SUBREAPER as u64, c.child_subreaper as u64],
         )?;
-        // A process that led its own session or group leads it again. Membership in a session
-        // or group of a process outside the image is not restored (see --shell-job, to come).
+        // Sessions and process groups are rebuilt while the tree is created (restore.rs).
         let pid = ctx.pid.as_raw() as u32;
-        if rec.sid == pid {
-            r.syscall("setsid", libc::SYS_setsid, &[])?;
-        } else if rec.pgid == pid {
-            r.syscall("setpgid", libc::SYS_setpgid, &[0, 0])?;
-        }
         r.syscall("setpriority", libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, rec.nice as i64 as u64])
             .with_context(|| format!("restoring nice value {}", rec.nice))?;
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), rec.oom_score_adj.to_string())

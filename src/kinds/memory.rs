@@ -361,36 +361,60 @@ pub fn syscall_instruction_in_vdso(pid: i32) -> Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // Restore
 
-/// Empties the fresh process's address space (a copy of crust's) and leaves it with only the
-/// helper area and the vDSO unit moved to where the image had it. Returns the helper area.
-pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm) -> Result<Scratch> {
-    let pid = remote.pid().as_raw();
-    let current: Vec<(u64, u64, MMapPath)> = procfs::process::Process::new(pid)?
-        .maps()?
-        .iter()
-        .map(|m| (m.address.0, m.address.1, m.pathname.clone()))
-        .collect();
-    let mut busy: Vec<(u64, u64)> = current.iter().map(|(s, e, _)| (*s, *e)).collect();
-    busy.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
-    let vdso_unit: Vec<&Vma> = mm
-        .vmas
-        .iter()
-        .filter(|v| matches!(v.kind(), VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso))
-        .collect();
-    let unit_len: u64 = vdso_unit.iter().map(|v| v.end - v.start).sum();
-    let helper = find_gap(&busy, HELPER_LEN + unit_len + PAGE_SIZE)
-        .context("no free address range for crust's helper area")?;
+/// Where crust's helper area goes in every process of a restored tree: a range free in crust's
+/// own address space (the first process starts as a copy of it) and in every image, followed by
+/// room to stage the vDSO unit.
+pub fn choose_helper_address(images: &[&Mm]) -> Result<u64> {
+    let mut busy: Vec<(u64, u64)> = procfs::process::Process::myself()?.maps()?.iter().map(|m| m.address).collect();
+    let mut unit_len = 0;
+    for mm in images {
+        busy.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
+        let len: u64 = mm.vmas.iter().filter(|v| is_vdso_unit(v)).map(|v| v.end - v.start).sum();
+        unit_len = unit_len.max(len);
+    }
+    find_gap(&busy, HELPER_LEN + unit_len + PAGE_SIZE).context("no free address range for crust's helper area")
+}
 
+fn is_vdso_unit(v: &Vma) -> bool {
+    matches!(v.kind(), VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso)
+}
+
+/// Machine code of the helper area: a `syscall` for injected calls, then, for a process that
+/// the helper's owner forks with an injected clone3, a loop of pause() to wait in until crust
+/// seizes it: `syscall; 1: mov eax, 34; syscall; jmp 1b`.
+const HELPER_CODE: [u8; 11] = [0x0f, 0x05, 0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7];
+
+/// Maps the helper area at `helper` into the first process of a restore (its children inherit
+/// it) and points remote calls at it.
+pub fn map_helper(remote: &mut RemoteTask, helper: u64) -> Result<()> {
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     let got = remote.syscall("mmap(helper area)", libc::SYS_mmap, &[helper, HELPER_LEN, prot, flags, u64::MAX, 0])?;
     if got != helper {
         bail!("mmap of the helper area at {helper:#x} returned {got:#x}");
     }
-    remote.write_memory(helper, &[0x0f, 0x05])?;
+    remote.write_memory(helper, &HELPER_CODE)?;
+    use_helper(remote, helper);
+    Ok(())
+}
+
+/// Points remote calls of a process that has the helper area at it.
+pub fn use_helper(remote: &mut RemoteTask, helper: u64) {
     remote.set_syscall_ip(helper);
-    let scratch = Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN };
-    remote.set_scratch(Some(scratch));
+    remote.set_scratch(Some(Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN }));
+    remote.set_stack_pointer(helper + HELPER_LEN - 256);
+}
+
+/// Empties a fresh process's address space (a copy of crust's, or of its parent's prepared
+/// one) down to the helper area and the vDSO unit, moved to where the image has it.
+pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm, helper: u64) -> Result<()> {
+    let pid = remote.pid().as_raw();
+    let current: Vec<(u64, u64, MMapPath)> = procfs::process::Process::new(pid)?
+        .maps()?
+        .iter()
+        .map(|m| (m.address.0, m.address.1, m.pathname.clone()))
+        .collect();
+    let vdso_unit: Vec<&Vma> = mm.vmas.iter().filter(|v| is_vdso_unit(v)).collect();
 
     // Move our vDSO unit into place: first each piece to a staging spot right after the helper
     // (free in both layouts), then to the image's addresses, so no move lands on a piece that
@@ -399,7 +423,7 @@ pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm) -> Result<Scratch
     let mut staging = helper + HELPER_LEN + PAGE_SIZE;
     for vma in &vdso_unit {
         let ours = current.iter().find(|(_, _, p)| vdso_piece_matches(p, vma.kind())).with_context(|| {
-            format!("crust's own address space has no {:?} to give the restored process", vma.kind())
+            format!("pid {pid} has no {:?} to move where the image has it", vma.kind())
         })?;
         let len = ours.1 - ours.0;
         if len != vma.end - vma.start {
@@ -427,10 +451,18 @@ pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm) -> Result<Scratch
             continue;
         }
         for (s, e) in subtract((*start, *end), &keep) {
-            remote.syscall("munmap(crust's copy)", libc::SYS_munmap, &[s, e - s])?;
+            remote.syscall("munmap(inherited mapping)", libc::SYS_munmap, &[s, e - s])?;
         }
     }
-    Ok(Scratch { address: helper, len: HELPER_LEN })
+    Ok(())
+}
+
+/// Removes the helper area: the last remote call a process makes (it stops at the call's exit
+/// and never returns into the area).
+pub fn unmap_helper(remote: &mut RemoteTask, helper: u64) -> Result<()> {
+    remote.syscall("munmap(helper area)", libc::SYS_munmap, &[helper, HELPER_LEN])?;
+    remote.set_scratch(None);
+    Ok(())
 }
 
 fn vdso_piece_matches(path: &MMapPath, kind: VmaKind) -> bool {

@@ -37,6 +37,8 @@ pub struct DumpCtx<'a> {
     pub image: &'a ImageDir,
     pub process: procfs::process::Process,
     pub pidfd: OwnedFd,
+    /// Open file descriptions of the whole tree, shared by every process's dump.
+    pub open_files: &'a mut files::OpenFileTable,
 }
 
 /// A process being rebuilt: a fresh child of crust with the image's PID, stopped under ptrace.
@@ -45,35 +47,38 @@ pub struct RestoreCtx<'a> {
     pub remote: &'a mut RemoteTask,
     pub image: &'a ImageDir,
     pub pidfd: OwnedFd,
-    /// crust's own descriptors inside the process live at or above this number, out of the way
-    /// of the image's fds; all are closed before the process resumes.
+    /// Open file descriptions restored for the tree live at `work_fd_floor + id`, above every
+    /// fd number of the image, until each process has placed its fds.
     pub work_fd_floor: i32,
+    /// crust's temporary descriptors inside the process live at or above this number, above the
+    /// working ones; all are closed before the process resumes.
+    pub temp_fd_floor: i32,
     /// The image's filesystem credentials: files are opened with them, never as root.
     pub fs_identity: Option<(u32, u32, Vec<u32>)>,
 }
 
 impl RestoreCtx<'_> {
-    /// Moves a descriptor that a remote call just created up to the working range and returns
-    /// its new number.
-    pub fn to_work_fd(&mut self, fd: u64) -> Result<i32> {
+    /// Moves a descriptor that a remote call just created up to the temporary range and
+    /// returns its new number.
+    pub fn to_temp_fd(&mut self, fd: u64) -> Result<i32> {
         let moved = self.remote.syscall(
             "fcntl(F_DUPFD_CLOEXEC)",
             libc::SYS_fcntl,
-            &[fd, libc::F_DUPFD_CLOEXEC as u64, self.work_fd_floor as u64],
+            &[fd, libc::F_DUPFD_CLOEXEC as u64, self.temp_fd_floor as u64],
         )?;
         self.remote.syscall("close", libc::SYS_close, &[fd])?;
         Ok(moved as i32)
     }
 
     /// Opens `path` inside the process (with whatever filesystem credentials it has now) and
-    /// returns the fd, moved to the working range.
+    /// returns the fd, moved to the temporary range.
     pub fn open_in_process(&mut self, path: &str, flags: i32) -> Result<i32> {
         let addr = self.remote.put_path(0, path)?;
         let fd = self
             .remote
             .syscall(&format!("openat({path})"), libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
             .map_err(anyhow::Error::from)?;
-        self.to_work_fd(fd)
+        self.to_temp_fd(fd)
     }
 
     pub fn close_in_process(&mut self, fd: i32) -> Result<()> {

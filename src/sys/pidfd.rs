@@ -26,11 +26,13 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, pid: i32, target_fd: RawFd) -> Result<OwnedF
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// kcmp(KCMP_FILE): do fds `a` and `b` of `pid` refer to the same open file description?
-pub fn same_open_file(pid: i32, a: RawFd, b: RawFd) -> Result<bool, SysError> {
+/// kcmp(KCMP_FILE): do fd `a` of `pid_a` and fd `b` of `pid_b` refer to the same open file
+/// description?
+pub fn same_open_file(pid_a: i32, a: RawFd, pid_b: i32, b: RawFd) -> Result<bool, SysError> {
     const KCMP_FILE: libc::c_int = 0;
     // SAFETY: plain integer arguments.
-    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
-    let order = Errno::result(ret).map_err(|e| SysError::new(format!("kcmp(KCMP_FILE, {a}, {b})"), e).pid(pid))?;
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, KCMP_FILE, a, b) };
+    let order = Errno::result(ret)
+        .map_err(|e| SysError::new(format!("kcmp(KCMP_FILE, pid {pid_a} fd {a}, pid {pid_b} fd {b})"), e))?;
     Ok(order == 0)
 }

@@ -113,6 +113,19 @@ impl RemoteTask {
         Ok(ret as u64)
     }
 
+    /// Lets the tracee go straight into system call `nr` (exit_group, or kill of itself) that
+    /// ends it; crust detaches first, so the exit is the tracee's own.
+    pub fn exit_with(&mut self, nr: i64, args: &[u64]) -> Result<(), SysError> {
+        let mut regs = self.base;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rip = self.syscall_ip;
+        regs.rdi = args.first().copied().unwrap_or(0);
+        regs.rsi = args.get(1).copied().unwrap_or(0);
+        ptrace::set_registers(self.pid, &regs)?;
+        ptrace::detach(self.pid)
+    }
+
     pub fn write_memory(&self, address: u64, data: &[u8]) -> Result<(), SysError> {
         self.mem
             .write_all_at(data, address)
