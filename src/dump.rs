@@ -47,6 +47,7 @@ struct Member {
     ppid: Pid,
     /// Some(wait status) for a zombie.
     zombie: Option<i32>,
+    comm: String,
 }
 
 pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
@@ -124,7 +125,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
         if let Ok(stat) = &stat {
             if stat.state == 'Z' {
                 // exit_code holds the wait status the parent will reap.
-                members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)) });
+                members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)), comm: stat.comm.clone() });
                 continue;
             }
         }
@@ -139,7 +140,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
                 return Err(e);
             }
         }
-        members.push(Member { pid, ppid, zombie: None });
+        members.push(Member { pid, ppid, zombie: None, comm: String::new() });
         // Children are listed only now that the parent is frozen: none can appear later.
         for child in children_of(pid) {
             queue.push_back((child, pid));
@@ -170,6 +171,7 @@ fn collect_tree(
             data_files: Vec::new(),
             zombie: m.zombie.is_some(),
             exit_status: m.zombie.unwrap_or(0),
+            comm: m.comm.clone(),
         })
         .collect();
     Ok((entries, pages_bytes))

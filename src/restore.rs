@@ -395,6 +395,11 @@ impl Tree {
         for entry in img.entries().iter().filter(|e| e.zombie) {
             let mut building = self.building.remove(&entry.pid).context("zombie not created")?;
             let r = &mut building.remote;
+            let mut comm = entry.comm.as_bytes().to_vec();
+            comm.truncate(15);
+            comm.push(0);
+            let name = r.put(256, &comm)?;
+            r.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])?;
             let status = entry.exit_status;
             let (nr, args) = if status & 0x7f == 0 {
                 (libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0])

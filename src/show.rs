@@ -36,5 +36,17 @@ pub fn show(dir: &Path) -> Result<serde_json::Value> {
         processes.push(json!({ "pid": p.pid, "core": core_json, "mm": mm_json, "files": files }));
     }
     let open_files: crate::image::proto::OpenFiles = dir.read_record(image::OPEN_FILES)?;
-    Ok(json!({ "inventory": inventory, "processes": processes, "open_files": open_files }))
+    let mut open_files_json = serde_json::to_value(&open_files)?;
+    // Pipe buffers as text where they are text, else as a byte count.
+    if let Some(list) = open_files_json.get_mut("open_files").and_then(|l| l.as_array_mut()) {
+        for (json, file) in list.iter_mut().zip(&open_files.open_files) {
+            if let Some(crate::image::proto::open_file::Kind::Pipe(p)) = &file.kind {
+                json["kind"]["Pipe"]["buffered"] = match std::str::from_utf8(&p.buffered) {
+                    Ok(text) => json!(text),
+                    Err(_) => json!(format!("{} bytes", p.buffered.len())),
+                };
+            }
+        }
+    }
+    Ok(json!({ "inventory": inventory, "processes": processes, "open_files": open_files_json }))
 }

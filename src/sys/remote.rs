@@ -108,7 +108,8 @@ impl RemoteTask {
         let ret = self.syscall_raw(nr, args)?;
         if (-4095..0).contains(&ret) {
             let errno = nix::errno::Errno::from_raw(-ret as i32);
-            return Err(SysError::new(format!("remote {name}"), errno).pid(self.pid.as_raw()));
+            let args: Vec<String> = args.iter().map(|a| format!("{a:#x}")).collect();
+            return Err(SysError::new(format!("remote {name}({})", args.join(", ")), errno).pid(self.pid.as_raw()));
         }
         Ok(ret as u64)
     }
