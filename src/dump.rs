@@ -189,15 +189,6 @@ fn precheck(pid: Pid) -> Result<()> {
     if process.status()?.tgid != pid.as_raw() {
         bail!("pid {pid} is a thread, not a process: dump its process (tgid)");
     }
-    let tasks: Vec<i32> = process.tasks()?.filter_map(|t| t.ok().map(|t| t.tid)).collect();
-    if tasks.len() > 1 {
-        let others: Vec<String> = tasks.iter().filter(|t| **t != pid.as_raw()).map(|t| t.to_string()).collect();
-        bail!(
-            "pid {pid} has {} threads (other thread ids: {}); crust dumps single-threaded processes only so far",
-            tasks.len(),
-            others.join(", ")
-        );
-    }
     refuse_unsupported_state(pid)?;
     Ok(())
 }
@@ -242,29 +233,63 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
 /// A seized, stopped process with crust's scratch area mapped and every signal blocked.
 struct Frozen {
     pid: Pid,
+    /// The thread-group leader; crust's scratch area is mapped through it.
     remote: RemoteTask,
+    /// The other threads, each seized on its own.
+    threads: Vec<RemoteTask>,
+}
+
+fn task_ids(pid: Pid) -> Vec<Pid> {
+    let mut tids: Vec<Pid> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok().map(Pid::from_raw)).collect())
+        .unwrap_or_default();
+    tids.sort();
+    tids
 }
 
 impl Frozen {
+    /// Takes over a process whose leader is seized and stopped: seizes its other threads (until
+    /// no new one appears), blocks signals in each, maps the scratch area.
     fn take(pid: Pid) -> Result<Self> {
         let syscall_ip = memory::syscall_instruction_in_vdso(pid.as_raw())?;
-        let mut remote = RemoteTask::new(pid, syscall_ip)?;
+        let remote = RemoteTask::new(pid, syscall_ip)?;
         // While crust runs calls in the process no signal may be delivered there: they stay
         // pending and are dumped as such.
         ptrace::set_sigmask(pid, !0)?;
+        let mut frozen = Frozen { pid, remote, threads: Vec::new() };
+        if let Err(e) = frozen.take_rest(syscall_ip) {
+            let _ = frozen.release(true);
+            return Err(e);
+        }
+        Ok(frozen)
+    }
+
+    fn take_rest(&mut self, syscall_ip: u64) -> Result<()> {
+        let pid = self.pid;
+        loop {
+            let known: Vec<Pid> = std::iter::once(pid).chain(self.threads.iter().map(|t| t.pid())).collect();
+            let new: Vec<Pid> = task_ids(pid).into_iter().filter(|t| !known.contains(t)).collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                ptrace::seize_and_interrupt(tid, false).with_context(|| format!("freezing thread {tid} of pid {pid}"))?;
+                let thread = RemoteTask::new(tid, syscall_ip)?;
+                ptrace::set_sigmask(tid, !0)?;
+                self.threads.push(thread);
+            }
+        }
         // Shared anonymous memory never merges with the process's own mappings, so the scratch
         // area stays one VMA that the memory dump can leave out.
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-        match remote.syscall("mmap(scratch)", libc::SYS_mmap, &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0]) {
-            Ok(address) => remote.set_scratch(Some(Scratch { address, len: SCRATCH_LEN })),
-            Err(e) => {
-                let mut frozen = Frozen { pid, remote };
-                let _ = frozen.release(true);
-                return Err(e.into());
-            }
+        let address = self.remote.syscall("mmap(scratch)", libc::SYS_mmap, &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
+        let scratch = Some(Scratch { address, len: SCRATCH_LEN });
+        self.remote.set_scratch(scratch);
+        for t in &mut self.threads {
+            t.set_scratch(scratch);
         }
-        Ok(Frozen { pid, remote })
+        Ok(())
     }
 
     /// Removes every trace of crust and lets the process go on (`resume`) or kills it.
@@ -278,15 +303,27 @@ impl Frozen {
         }
         if !resume {
             kill(pid, Signal::SIGKILL).with_context(|| format!("killing pid {pid} after the dump"))?;
-            // The exit is reported to us as tracer; the real parent reaps it.
+            // The exits are reported to us as tracer; the real parent reaps the process.
+            for t in &self.threads {
+                let _ = nix::sys::wait::waitpid(t.pid(), Some(nix::sys::wait::WaitPidFlag::__WALL));
+            }
             let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::__WALL));
             return Ok(());
         }
-        ptrace::set_sigmask(pid, self.remote.original_sigmask())?;
-        let original = self.remote.original_registers();
-        self.remote.park_with_registers(&original)?;
-        ptrace::detach(pid)?;
-        Ok(())
+        let mut result = Ok(());
+        for remote in std::iter::once(&mut self.remote).chain(self.threads.iter_mut()) {
+            let tid = remote.pid();
+            let r = ptrace::set_sigmask(tid, remote.original_sigmask())
+                .and_then(|_| {
+                    let original = remote.original_registers();
+                    remote.park_with_registers(&original)
+                })
+                .and_then(|_| ptrace::detach(tid));
+            if result.is_ok() {
+                result = r.with_context(|| format!("releasing thread {tid} of pid {pid}"));
+            }
+        }
+        result
     }
 }
 
@@ -296,7 +333,7 @@ fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress, open_file
     let pid = frozen.pid;
     let pidfd = pidfd_open(pid.as_raw())?;
     let process = procfs::process::Process::new(pid.as_raw())?;
-    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files };
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files: &mut *open_files };
 
     progress.step(format!("pid {pid}: files"));
     let files = Files::dump(&mut ctx)?;
@@ -307,7 +344,20 @@ fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress, open_file
     let identity = Identity::dump(&mut ctx)?;
     let credentials = Credentials::dump(&mut ctx)?;
     let timers = Timers::dump(&mut ctx)?;
-    let thread = ThreadState::dump(&mut ctx)?;
+    let mut threads = vec![ThreadState::dump(&mut ctx)?];
+    let DumpCtx { process, pidfd, .. } = ctx;
+    for t in &mut frozen.threads {
+        let mut tctx = DumpCtx {
+            pid: t.pid(),
+            process: procfs::process::Process::new(t.pid().as_raw())?,
+            remote: t,
+            image,
+            pidfd: pidfd.try_clone()?,
+            open_files: &mut *open_files,
+        };
+        threads.push(ThreadState::dump(&mut tctx)?);
+    }
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files };
     // Pending signals last: a timer may have fired while we were collecting.
     let signals = Signals::dump(&mut ctx)?;
 
@@ -322,7 +372,7 @@ fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress, open_file
         shared_pending: signals.shared_pending,
         interval_timers: Some(timers),
         control: Some(identity.control),
-        threads: vec![thread],
+        threads,
         stopped: false,
         sid: identity.sid,
         pgid: identity.pgid,

@@ -197,7 +197,10 @@ fn wait_exit(child: Pid) -> Result<i32> {
 
 /// A process being rebuilt, stopped under crust's ptrace.
 struct Building {
+    /// The thread-group leader.
     remote: RemoteTask,
+    /// The other threads, created by the leader, in the image's order (core.threads[1..]).
+    threads: Vec<RemoteTask>,
 }
 
 /// The restore plan and the processes created so far.
@@ -314,7 +317,7 @@ impl Tree {
         ptrace::set_sigmask(child, !0)?;
         forget_crust_state(&mut remote)?;
         memory::map_helper(&mut remote, self.helper)?;
-        self.building.insert(root, Building { remote });
+        self.building.insert(root, Building { remote, threads: Vec::new() });
         self.create_subtree(img, root)?;
 
         self.join_process_groups(img)?;
@@ -326,12 +329,17 @@ impl Tree {
         }
         // Release everything at once, so the tree resumes together.
         for (pid, building) in &mut self.building {
-            let thread = img.processes[pid].core.threads.first().context("image has no thread")?;
-            ptrace::set_sigmask(building.remote.pid(), thread.blocked_mask)?;
-            building.remote.park_with_registers(&registers::resume_registers(thread)?)?;
+            let threads = &img.processes[pid].core.threads;
+            let remotes = std::iter::once(&mut building.remote).chain(building.threads.iter_mut());
+            for (remote, thread) in remotes.zip(threads) {
+                ptrace::set_sigmask(remote.pid(), thread.blocked_mask)?;
+                remote.park_with_registers(&registers::resume_registers(thread)?)?;
+            }
         }
         for building in self.building.values() {
-            ptrace::detach(building.remote.pid())?;
+            for remote in std::iter::once(&building.remote).chain(&building.threads) {
+                ptrace::detach(remote.pid())?;
+            }
         }
         info!(root, "resumed");
         Ok(())
@@ -368,7 +376,7 @@ impl Tree {
             let mut remote = RemoteTask::new(new, helper)?;
             memory::use_helper(&mut remote, helper);
             ptrace::set_sigmask(new, !0)?;
-            self.building.insert(child, Building { remote });
+            self.building.insert(child, Building { remote, threads: Vec::new() });
             self.create_subtree(img, child)?;
         }
         Ok(())
@@ -450,14 +458,66 @@ impl Tree {
         if let Some(timers) = &p.core.interval_timers {
             Timers::restore(&mut ctx, timers)?;
         }
-        let thread = p.core.threads.first().context("image has no thread")?;
-        ThreadState::restore(&mut ctx, thread)?;
         identity::restore_rlimits(&mut ctx, &p.core.rlimits)?;
+        let (leader, others) = p.core.threads.split_first().context("image has no thread")?;
+        ThreadState::restore(&mut ctx, leader)?;
         let creds = p.core.credentials.clone().context("image has no credentials")?;
+        // Credentials belong to each thread: the leader's go last, after it created the others.
+        let created = create_threads(ctx.remote, others, helper)?;
+        let pidfd = ctx.pidfd.try_clone()?;
+        let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
+        let building = self.building.get_mut(&pid).unwrap();
+        building.threads = created;
+        for (remote, thread) in building.threads.iter_mut().zip(others) {
+            let mut tctx = RestoreCtx {
+                pid: Pid::from_raw(pid as i32),
+                remote,
+                image: &img.dir,
+                pidfd: pidfd.try_clone()?,
+                work_fd_floor,
+                temp_fd_floor,
+                fs_identity: fs_identity.clone(),
+            };
+            ThreadState::restore(&mut tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))?;
+            Credentials::restore(&mut tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))?;
+        }
+        let mut ctx = self.ctx(img, pid)?;
         Credentials::restore(&mut ctx, &creds)?;
+        identity::restore_dumpable(&mut ctx, &p.core.control.clone().unwrap_or_default())?;
         memory::unmap_helper(ctx.remote, helper)?;
         Ok(())
     }
+}
+
+/// Has the leader behind `remote` create the other threads of its process, with their tids
+/// (clone3 with CLONE_THREAD and set_tid), and seizes them. They start in the helper area's
+/// pause loop with every signal blocked (inherited from the leader).
+fn create_threads(remote: &mut RemoteTask, threads: &[crate::image::proto::Thread], helper: u64) -> Result<Vec<RemoteTask>> {
+    let mut created = Vec::new();
+    for t in threads {
+        let tid_addr = remote.put(128, &(t.tid as i32).to_ne_bytes())?;
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM) as u64;
+        let mut args = Vec::new();
+        for v in [flags, 0, 0, 0, 0, 0, 0, 0, tid_addr, 1, 0] {
+            args.extend_from_slice(&(v as u64).to_ne_bytes());
+        }
+        let args_addr = remote.put(0, &args)?;
+        let got = remote
+            .syscall("clone3(CLONE_THREAD)", libc::SYS_clone3, &[args_addr, args.len() as u64])
+            .with_context(|| format!("creating thread {}", t.tid))?;
+        let tid = Pid::from_raw(got as i32);
+        ptrace::seize_and_interrupt(tid, true)?;
+        let mut thread = RemoteTask::new(tid, helper)?;
+        memory::use_helper(&mut thread, helper);
+        ptrace::set_sigmask(tid, !0)?;
+        created.push(thread);
+    }
+    Ok(created)
 }
 
 /// Has the process behind `remote` fork a child with PID `pid` (clone3 with set_tid). The child

@@ -82,20 +82,6 @@ fn dump_refuses_pipe_shared_with_another_process() {
     assert_running_untouched(w.pid, "after the refused dump");
 }
 
-/// A multi-threaded process: dump is refused naming the extra thread's tid, and the
-/// process keeps running with all its threads (it still answers .go with PASS).
-#[test]
-fn dump_refuses_multithreaded_process_naming_the_thread() {
-    let mut w = Workload::spawn("threaded", &[]);
-    let tid = w.ready_field("tid");
-    let out = w.dump_with(&[]);
-    out.assert_failure();
-    eprintln!("{out}");
-    assert!(has_token(&out.text(), &tid), "refusal does not name thread {tid}:\n{out}");
-    assert_running_untouched(w.pid, "after the refused dump");
-    w.go().assert_pass();
-}
-
 /// `crust dump -R` writes a complete image and leaves the process running, untraced,
 /// its counter still increasing, and it still PASSes its own checks afterwards.
 #[test]

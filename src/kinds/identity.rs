@@ -88,10 +88,6 @@ impl Kind for Identity {
         r.syscall("umask", libc::SYS_umask, &[rec.umask as u64])?;
         let c = &rec.control;
         r.syscall("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, c.pdeath_signal as u64])?;
-        if c.dumpable > 1 {
-            bail!("dumpable mode {} (suid_dumpable) cannot be set by a process", c.dumpable);
-        }
-        r.syscall("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, c.dumpable as u64])?;
         r.syscall("prctl(PR_SET_TIMERSLACK)", libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, c.timer_slack_ns])?;
         r.syscall("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_SET_THP_DISABLE as u64, c.thp_disabled as u64])?;
         r.syscall(
@@ -124,5 +120,18 @@ pub fn restore_rlimits(ctx: &mut RestoreCtx, rlimits: &[Rlimit]) -> Result<()> {
             .syscall("prlimit64", libc::SYS_prlimit64, &[0, l.resource as u64, addr, 0])
             .with_context(|| format!("restoring rlimit {} to soft {} hard {}", l.resource, l.soft, l.hard))?;
     }
+    Ok(())
+}
+
+/// The dumpable flag goes back after the credentials: changing ids resets it.
+pub fn restore_dumpable(ctx: &mut RestoreCtx, control: &ProcessControl) -> Result<()> {
+    if control.dumpable > 1 {
+        bail!("dumpable mode {} (suid_dumpable) cannot be set by a process", control.dumpable);
+    }
+    ctx.remote.syscall(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_DUMPABLE as u64, control.dumpable as u64],
+    )?;
     Ok(())
 }

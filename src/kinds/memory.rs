@@ -227,26 +227,46 @@ fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Resul
     let (readable, unreadable): (Vec<&Vma>, Vec<&Vma>) =
         vmas.iter().partition(|v| v.prot & libc::PROT_READ as u32 != 0);
     let readable_runs: Vec<&PageRun> = readable.iter().flat_map(|v| v.pages.iter()).collect();
+    // Pages under PROT_NONE or write-only protection cannot be written out by the process
+    // itself; crust copies them.
+    let mut by_crust: Vec<&PageRun> = unreadable.iter().flat_map(|v| v.pages.iter()).collect();
     if !readable_runs.is_empty() {
         let path = ctx.image.path(name);
         let path = path.to_str().context("image path is not UTF-8")?;
         let addr = ctx.remote.put_path(0, path)?;
-        let fd = ctx.remote.syscall(
-            "openat(page file)",
-            libc::SYS_openat,
-            &[libc::AT_FDCWD as u64, addr, (libc::O_WRONLY | libc::O_CLOEXEC) as u64, 0],
-        )?;
-        let result = transfer_runs(ctx.remote, fd, &readable_runs, libc::SYS_pwritev, "pwritev");
-        ctx.remote.syscall("close", libc::SYS_close, &[fd])?;
-        result.with_context(|| format!("pid {pid}: writing pages to {name}"))?;
+        let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
+        match ctx.remote.syscall("openat(page file)", libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags, 0]) {
+            Ok(fd) => {
+                let result = transfer_runs(ctx.remote, fd, &readable_runs, libc::SYS_pwritev, "pwritev");
+                ctx.remote.syscall("close", libc::SYS_close, &[fd])?;
+                result.with_context(|| format!("pid {pid}: writing pages to {name}"))?;
+            }
+            // The process may not reach the image (another user, a chroot): crust copies
+            // everything itself, at the cost of a second copy.
+            Err(e) => {
+                tracing::info!(pid, "the process cannot open the page file ({e}); crust copies its pages");
+                by_crust.extend(readable_runs);
+            }
+        }
     }
-    // Pages under PROT_NONE or write-only protection: the process cannot read them itself, so
-    // crust copies them through /proc/PID/mem, which reads regardless of protection.
+    copy_runs_via_crust(ctx.remote, &file, &by_crust).with_context(|| format!("pid {pid}: writing pages to {name}"))
+}
+
+/// Copies page runs into the page file through /proc/PID/mem, which reads regardless of
+/// protection, in bounded chunks.
+fn copy_runs_via_crust(remote: &RemoteTask, file: &std::fs::File, runs: &[&PageRun]) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    for run in unreadable.iter().flat_map(|v| v.pages.iter()) {
-        let mut buf = vec![0u8; (run.pages * PAGE_SIZE) as usize];
-        ctx.remote.read_memory(run.address, &mut buf)?;
-        file.write_all_at(&buf, run.file_offset).with_context(|| format!("writing {name}"))?;
+    const CHUNK: u64 = 4 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    for run in runs {
+        let len = run.pages * PAGE_SIZE;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK) as usize;
+            remote.read_memory(run.address + done, &mut buf[..n])?;
+            file.write_all_at(&buf[..n], run.file_offset + done)?;
+            done += n as u64;
+        }
     }
     Ok(())
 }

@@ -54,10 +54,17 @@ impl Kind for ThreadState {
         })
     }
 
+    /// Runs in the thread itself (`ctx.remote` drives that thread; `ctx.pid` is its process).
     fn restore(ctx: &mut RestoreCtx, t: &Thread) -> Result<()> {
         let pid = ctx.pid;
-        ptrace::set_xstate(pid, &t.xsave).context("restoring the FPU/SSE/AVX state")?;
+        let tid = ctx.remote.pid();
+        ptrace::set_xstate(tid, &t.xsave).with_context(|| format!("restoring the FPU/SSE/AVX state of thread {tid}"))?;
         let r = &mut *ctx.remote;
+        let mut name = t.comm.as_bytes().to_vec();
+        name.truncate(15);
+        name.push(0);
+        let addr = r.put(0, &name)?;
+        r.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
         if let Some(ss) = &t.altstack {
             let mut raw = Vec::new();
             raw.extend_from_slice(&ss.sp.to_ne_bytes());
