@@ -1,0 +1,122 @@
+//! A process that dropped from root to an unprivileged identity comes back with exactly that
+//! identity, and a restore never hands it a file it could not have opened itself.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+const NOBODY: &str = "65534";
+
+/// The /proc/PID/status lines that make up the credentials.
+const CRED_KEYS: &[&str] = &["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
+
+fn cred_lines(s: &ProcSnapshot) -> Vec<(String, String)> {
+    CRED_KEYS
+        .iter()
+        .map(|k| (k.to_string(), s.entries.get(&format!("status:{k}")).cloned().unwrap_or_else(|| "<absent>".into())))
+        .collect()
+}
+
+fn bits(caps: &[u32]) -> String {
+    format!("{:016x}", caps.iter().fold(0u64, |m, c| m | 1 << c))
+}
+
+/// nobody.c: started as root, opened its files, then setgroups([65534]), setresgid and
+/// setresuid to 65534, kept only CAP_NET_BIND_SERVICE (effective, inheritable, ambient) and
+/// CAP_NET_RAW (permitted), dropped SYS_BOOT and MKNOD from the bounding set. After the
+/// restore: the Uid/Gid/Groups/Cap* lines of /proc/PID/status are as before (and as
+/// intended), and the workload finds from inside the same ids, groups, capget sets,
+/// CapBnd/CapAmb, dumpable flag, securebits, cwd and fds (a root-owned world-readable file at
+/// offset 5, a file it created in its own directory), and can use them.
+#[test]
+fn unprivileged_identity_capabilities_and_files_survive_restore() {
+    let mut w = Workload::spawn("nobody", &[]);
+    let before = w.snapshot();
+    let expected: Vec<(String, String)> = [
+        ("Uid", format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")),
+        ("Gid", format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}")),
+        ("Groups", NOBODY.to_string()),
+        ("CapInh", bits(&[10])),
+        ("CapPrm", bits(&[10, 13])),
+        ("CapEff", bits(&[10])),
+        ("CapAmb", bits(&[10])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in &expected {
+        assert_eq!(
+            before.entries.get(&format!("status:{k}")),
+            Some(v),
+            "the workload did not set up {k} as intended before the dump; READY: {}",
+            w.ready_line
+        );
+    }
+    let bnd = u64::from_str_radix(&before.entries["status:CapBnd"], 16).unwrap();
+    assert_eq!(bnd & (1 << 22 | 1 << 27), 0, "CAP_SYS_BOOT / CAP_MKNOD still in the bounding set before the dump");
+    let creds_before = cred_lines(&before);
+    // /proc/PID/* belongs to the process's uid while it is dumpable, to root otherwise
+    let proc_owner = |pid: i32| std::fs::metadata(format!("/proc/{pid}/status")).map(|m| (m.uid(), m.gid())).ok();
+    let owner_before = proc_owner(w.pid);
+    assert_eq!(owner_before, Some((65534, 65534)), "/proc/{}/status owner before the dump (dumpable process of 65534)", w.pid);
+
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    let creds_after = cred_lines(&after);
+    let mut extra = Vec::new();
+    let owner_after = proc_owner(w.pid);
+    if owner_after != owner_before {
+        extra.push(format!(
+            "/proc/{}/status is owned by {owner_after:?} after restore, {owner_before:?} before: the process is no longer dumpable",
+            w.pid
+        ));
+    }
+    for ((k, b), (_, a)) in creds_before.iter().zip(&creds_after) {
+        if a != b {
+            extra.push(format!("/proc/{}/status {k}: before {b:?} | after {a:?}", w.pid));
+        }
+    }
+    // status:* (Uid, Gid, Groups, Cap*), fd targets and fdinfo, cwd... are compared too
+    w.verify_restored(&before, &after, &[], extra);
+}
+
+/// nobody.c secret: the process opened DIR/secret (root, mode 0600) while it was root and
+/// kept it after dropping to 65534. The dump succeeds, but crust opens files with the image's
+/// credentials, so the restore must fail, naming the file and a permission error, and leave
+/// no process with the pid behind.
+#[test]
+fn restore_refuses_a_root_only_file_held_by_an_unprivileged_process() {
+    let mut w = Workload::spawn("nobody", &["secret"]);
+    let secret = w.dir.path.join("secret");
+    let secret_s = secret.to_string_lossy().into_owned();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/fd/12", w.pid)).unwrap().to_string_lossy(),
+        secret_s,
+        "fd 12 of the workload is not the secret file"
+    );
+    assert_eq!(proc_status_field(w.pid, "Uid").as_deref(), Some("65534\t65534\t65534\t65534"));
+    let dump = w.dump();
+    eprintln!("{dump}");
+    let out = w.restore_detached_raw();
+    eprintln!("{out}");
+    let gone = wait_gone(w.pid, Duration::from_secs(3));
+    let state = proc_state(w.pid);
+    let mut problems = Vec::new();
+    if out.success() {
+        problems.push("restore succeeded although the process cannot open the root-only file".to_string());
+    }
+    let text = out.text();
+    if !text.contains(&secret_s) {
+        problems.push(format!("the error does not name the file {secret_s}"));
+    }
+    let lower = text.to_lowercase();
+    if !(lower.contains("permission denied") || text.contains("EACCES")) {
+        problems.push("the error does not say 'Permission denied' / EACCES".to_string());
+    }
+    if !gone {
+        problems.push(format!("pid {} exists (state {state:?}) after the failed restore", w.pid));
+    }
+    assert!(problems.is_empty(), "{}\n{out}", problems.join("\n"));
+}
