@@ -141,7 +141,9 @@ fn wait_pid_free(pid: u32) -> Result<()> {
         }
         if Instant::now() > deadline {
             let comm = std::fs::read_to_string(format!("{path}/comm")).unwrap_or_default();
-            bail!("PID {pid} is busy: it belongs to a running process ({}); restore would need it", comm.trim());
+            let zombie = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'Z');
+            let holder = if zombie { "a zombie its parent has not reaped" } else { "a running process" };
+            bail!("PID {pid} is busy: it belongs to {holder} ({}); restore needs it", comm.trim());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -403,11 +405,7 @@ impl Tree {
         for entry in img.entries().iter().filter(|e| e.zombie) {
             let mut building = self.building.remove(&entry.pid).context("zombie not created")?;
             let r = &mut building.remote;
-            let mut comm = entry.comm.as_bytes().to_vec();
-            comm.truncate(15);
-            comm.push(0);
-            let name = r.put(256, &comm)?;
-            r.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name])?;
+            identity::set_name(r, &entry.comm)?;
             let status = entry.exit_status;
             let (nr, args) = if status & 0x7f == 0 {
                 (libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0])

@@ -77,13 +77,9 @@ impl Kind for Identity {
         })
     }
 
+    /// The process name is the leader thread's name, restored with the thread (`set_name`).
     fn restore(ctx: &mut RestoreCtx, rec: &IdentityRecord) -> Result<()> {
         let r = &mut *ctx.remote;
-        let mut comm = rec.comm.as_bytes().to_vec();
-        comm.truncate(15);
-        comm.push(0);
-        let addr = r.put(0, &comm)?;
-        r.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
         r.syscall("personality", libc::SYS_personality, &[rec.personality as u64])?;
         r.syscall("umask", libc::SYS_umask, &[rec.umask as u64])?;
         let c = &rec.control;
@@ -133,5 +129,15 @@ pub fn restore_dumpable(ctx: &mut RestoreCtx, control: &ProcessControl) -> Resul
         libc::SYS_prctl,
         &[libc::PR_SET_DUMPABLE as u64, control.dumpable as u64],
     )?;
+    Ok(())
+}
+
+/// Names the calling thread of `remote` (prctl PR_SET_NAME; the kernel keeps 15 bytes).
+pub fn set_name(remote: &mut crate::sys::remote::RemoteTask, name: &str) -> Result<()> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.truncate(15);
+    bytes.push(0);
+    let addr = remote.put(256, &bytes)?;
+    remote.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
     Ok(())
 }

@@ -59,12 +59,8 @@ impl Kind for ThreadState {
         let pid = ctx.pid;
         let tid = ctx.remote.pid();
         ptrace::set_xstate(tid, &t.xsave).with_context(|| format!("restoring the FPU/SSE/AVX state of thread {tid}"))?;
+        super::identity::set_name(ctx.remote, &t.comm)?;
         let r = &mut *ctx.remote;
-        let mut name = t.comm.as_bytes().to_vec();
-        name.truncate(15);
-        name.push(0);
-        let addr = r.put(0, &name)?;
-        r.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
         if let Some(ss) = &t.altstack {
             let mut raw = Vec::new();
             raw.extend_from_slice(&ss.sp.to_ne_bytes());
