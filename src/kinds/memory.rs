@@ -69,10 +69,11 @@ impl Kind for Memory {
     fn restore(ctx: &mut RestoreCtx, mm: &Mm) -> Result<()> {
         let pages_path = ctx.image.path(&mm.pages_file);
         let pages_path = pages_path.to_str().context("image path is not UTF-8")?.to_owned();
-        // The page file is crust's own: it is opened before the process takes the image's
-        // filesystem credentials.
+        // The page file is crust's own. Mapped files are opened with crust's credentials: the
+        // process had exactly these files mapped with this protection (unlike fds, which are
+        // reopened with the image's credentials), and it may have mapped them before it gave
+        // up privileges (a daemon's binary under a directory it can no longer search).
         let pages_fd = ctx.open_in_process(&pages_path, libc::O_RDONLY | libc::O_CLOEXEC)?;
-        super::credentials::enter_fs_identity(ctx)?;
         let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
         for vma in &mm.vmas {
             map_vma(ctx, vma, &mut file_fds).with_context(|| {
@@ -92,7 +93,6 @@ impl Kind for Memory {
         if let Some(fields) = &mm.fields {
             set_mm_fields(ctx, fields)?;
         }
-        super::credentials::leave_fs_identity(ctx)?;
         Ok(())
     }
 }
