@@ -43,6 +43,7 @@ pub fn crust_bin() -> &'static str {
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
         let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
     });
@@ -183,10 +184,12 @@ impl fmt::Display for Exit {
 }
 
 pub fn signal_name(sig: i32) -> String {
+    // SAFETY: strsignal returns a pointer to a static or thread-local NUL-terminated string.
     let p = unsafe { libc::strsignal(sig) };
     if p.is_null() {
         return format!("signal {sig}");
     }
+    // SAFETY: `p` is the non-null NUL-terminated string strsignal returned.
     unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
@@ -203,6 +206,7 @@ pub fn waitpid_timeout(pid: i32, timeout: Duration) -> Option<Exit> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut st = 0;
+        // SAFETY: waitpid writes one int into `st`, a live local.
         let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
         if r == pid {
             return Some(decode_wait_status(st));
@@ -604,6 +608,7 @@ impl Workload {
 
     fn try_reap(&mut self, pid: i32) -> Option<Exit> {
         let mut st = 0;
+        // SAFETY: waitpid writes one int into `st`, a live local.
         let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
         if r == pid {
             self.owned.remove(&pid);
