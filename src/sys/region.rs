@@ -89,9 +89,9 @@ impl MappedFile {
     pub fn open(file: &std::fs::File) -> nix::Result<Self> {
         let len = file.metadata().map_err(|_| nix::errno::Errno::EIO)?.len() as usize;
         let Some(nonzero) = NonZeroUsize::new(len) else { return Ok(MappedFile { ptr: None, len: 0 }) };
-        // SAFETY: a new shared read-only mapping of the file; crust never writes through it.
-        // If the file shrinks while mapped, reads past its end would fault: crust only maps
+        // A file that shrank while mapped would fault on reads past its end: crust only maps
         // image files it does not change concurrently.
+        // SAFETY: a new shared read-only mapping of the file; crust never writes through it.
         let ptr = unsafe {
             nix::sys::mman::mmap(None, nonzero, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, 0)?
         };

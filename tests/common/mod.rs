@@ -266,6 +266,7 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
         }
         if is_our_child(pid) {
             let mut st = 0;
+            // SAFETY: waitpid writes one int into `st`, a live local.
             unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG | libc::__WALL) };
         }
         if Instant::now() >= deadline {
@@ -312,6 +313,7 @@ pub fn parse_hex(s: &str) -> u64 {
 /// that workloads get exactly stdin, stdout and stderr (cargo/nextest may leak e.g.
 /// jobserver pipes, which the dumper would rightly refuse).
 fn cloexec_inherited_fds(cmd: &mut Command) {
+    // SAFETY: the pre_exec closure only makes one async-signal-safe raw system call.
     unsafe {
         cmd.pre_exec(|| {
             // close_range(3, ~0U, CLOSE_RANGE_CLOEXEC)
@@ -831,6 +833,7 @@ impl Workload {
     /// Sends `sig` to the workload's pid (which must be ours).
     pub fn signal(&self, sig: i32) {
         assert!(self.owned.contains(&self.pid) || self.attached.is_some(), "pid {} is not ours", self.pid);
+        // SAFETY: kill takes integers only.
         unsafe { libc::kill(self.pid, sig) };
     }
 
@@ -869,6 +872,7 @@ impl Drop for Workload {
             let ours = ppid.as_deref() == Some(me.as_str()) || (crust_pid.is_some() && ppid == crust_pid);
             let same_exe = fs::read_link(format!("/proc/{pid}/exe")).map(|e| e == self.exe).unwrap_or(false);
             if ours || same_exe {
+                // SAFETY: kill takes integers only.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
