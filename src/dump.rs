@@ -74,7 +74,7 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
         }
     }
     let frozen_time = freeze_start.elapsed();
-    let (mut entries, pages_bytes) = collected.with_context(|| format!("dumping the tree of pid {root} (it was left running)"))?;
+    let (mut entries, shared_data, pages_bytes) = collected.with_context(|| format!("dumping the tree of pid {root} (it was left running)"))?;
     released?;
     if !resume {
         info!(%root, "killed after dump");
@@ -85,6 +85,7 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     for entry in entries.iter_mut().filter(|e| !e.zombie) {
         entry.data_files = vec![image.checksum_data_file(&image::pages_name(entry.pid))?];
     }
+    let data_files = shared_data.iter().map(|name| image.checksum_data_file(name)).collect::<Result<Vec<_>, _>>()?;
     let inventory = Inventory {
         format_major: image::FORMAT_MAJOR as u32,
         format_minor: image::FORMAT_MINOR as u32,
@@ -95,6 +96,7 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
         processes: entries,
         frozen_at_realtime_ns: frozen_at.tv_sec() * 1_000_000_000 + frozen_at.tv_nsec(),
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        data_files,
     };
     // The inventory goes last: an image without one is incomplete.
     image.write_record(image::INVENTORY, &inventory)?;
@@ -156,13 +158,14 @@ fn collect_tree(
     members: &[Member],
     image: &ImageDir,
     progress: &Progress,
-) -> Result<(Vec<ProcessEntry>, u64)> {
+) -> Result<(Vec<ProcessEntry>, Vec<String>, u64)> {
     let mut open_files = OpenFileTable::default();
     let mut pages_bytes = 0;
     for f in frozen.iter_mut() {
         pages_bytes += collect(f, image, progress, &mut open_files)?;
     }
-    image.write_record(image::OPEN_FILES, &open_files.finish()?)?;
+    let open_files = open_files.finish()?;
+    image.write_record(image::OPEN_FILES, &open_files)?;
     let entries = members
         .iter()
         .map(|m| ProcessEntry {
@@ -174,7 +177,7 @@ fn collect_tree(
             comm: m.comm.clone(),
         })
         .collect();
-    Ok((entries, pages_bytes))
+    Ok((entries, crate::kinds::files::data_files(&open_files), pages_bytes))
 }
 
 /// Refuses what this version cannot dump, before touching the process.

@@ -27,7 +27,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::info;
 
-use crate::image::proto::{Core, Files as FilesRecord, Inventory, Mm, OpenFile, OpenFiles, ProcessEntry, open_file};
+use crate::image::proto::{Core, Files as FilesRecord, Inventory, Mm, OpenFile, OpenFiles, ProcessEntry};
 use crate::image::{self, ImageDir};
 use crate::kinds::credentials::Credentials;
 use crate::kinds::files::{self, Files};
@@ -103,6 +103,9 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         processes.insert(pid, ProcessImage { core, mm, files });
     }
     let open_files: OpenFiles = dir.read_record(image::OPEN_FILES)?;
+    for data in &inventory.data_files {
+        dir.verify_data_file(data)?;
+    }
     Ok(LoadedImage { dir, inventory, processes, open_files })
 }
 
@@ -240,21 +243,16 @@ impl Tree {
                 holders.entry(fd.open_file_id).or_default().insert(*pid);
             }
         }
-        let pipe_of = |f: &OpenFile| match &f.kind {
-            Some(open_file::Kind::Pipe(p)) => Some(p.pipe_id),
-            _ => None,
-        };
-        let mut pipe_holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-        for f in &img.open_files.open_files {
-            if let Some(pipe) = pipe_of(f) {
-                pipe_holders.entry(pipe).or_default().extend(holders.get(&f.id).into_iter().flatten());
-            }
+        // Descriptions created together (pipe ends, socket pairs) count as one.
+        let mut group_holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        for f in img.open_files.open_files.iter().filter(|f| f.created_with != 0) {
+            group_holders.entry(f.created_with).or_default().extend(holders.get(&f.id).into_iter().flatten());
         }
         let mut creators: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for f in &img.open_files.open_files {
-            let set = match pipe_of(f) {
-                Some(pipe) => pipe_holders[&pipe].clone(),
-                None => holders.get(&f.id).cloned().unwrap_or_default(),
+            let set = match f.created_with {
+                0 => holders.get(&f.id).cloned().unwrap_or_default(),
+                group => group_holders[&group].clone(),
             };
             let Some(first) = set.iter().next() else { continue };
             // Nearest common ancestor: the deepest process on the first holder's chain that is
@@ -301,6 +299,7 @@ impl Tree {
             work_fd_floor,
             temp_fd_floor,
             fs_identity: Some((creds.fsuid, creds.fsgid, creds.groups.clone())),
+            open_files: &img.open_files,
         })
     }
 
@@ -475,6 +474,7 @@ impl Tree {
                 work_fd_floor,
                 temp_fd_floor,
                 fs_identity: fs_identity.clone(),
+                open_files: &img.open_files,
             };
             ThreadState::restore(&mut tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))?;
             Credentials::restore(&mut tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))?;

@@ -8,15 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 
 use super::memory::{check_file_unchanged, file_identity};
 use super::{DumpCtx, Kind, RestoreCtx};
-use crate::image::proto::{self, CharDevice, Fd, Files as FilesRecord, OpenFile, OpenFiles, Pipe, RegularFile, open_file};
+use crate::image::proto::{self, CharDevice, Fd, Files as FilesRecord, OpenFile, OpenFiles, RegularFile, open_file};
 use crate::sys::pidfd::{pidfd_getfd, same_open_file};
 
 pub struct Files;
@@ -103,7 +102,9 @@ impl Kind for Files {
                 continue;
             }
             let id = table.files.len() as u32 + 1;
-            let kind = describe_open_file(pid, fd, &link, &meta, &copy)?;
+            let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+            let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image: ctx.image };
+            let (kind, created_with) = describe_open_file(&src)?;
             if let open_file::Kind::Pipe(p) = &kind {
                 table.pipe_ends.entry(p.pipe_id).or_default().push((pid, fd, info.flags & libc::O_ACCMODE as u32));
             }
@@ -112,6 +113,7 @@ impl Kind for Files {
                 flags: info.flags & !(libc::O_CLOEXEC as u32),
                 position: info.pos,
                 kind: Some(kind),
+                created_with,
             });
             record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
             table.by_inode.entry(key).or_default().push((pid, fd, id));
@@ -140,6 +142,8 @@ impl Kind for Files {
                 .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
+        // Registrations that name other fds of the process by number need them all in place.
+        super::epoll::register_targets(ctx, record)?;
         super::credentials::enter_fs_identity(ctx)?;
         let addr = ctx.remote.put_path(0, &record.cwd)?;
         ctx.remote
@@ -160,104 +164,128 @@ impl Kind for Files {
 /// filesystem credentials. Its children forked afterwards inherit them.
 pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
     super::credentials::enter_fs_identity(ctx)?;
-    let mut pipes: BTreeMap<u64, (i32, i32)> = BTreeMap::new();
+    let mut together = Together::new();
     for file in files {
-        let fd = open_description(ctx, file, &mut pipes)
+        let fd = open_description(ctx, file, &mut together)
             .with_context(|| format!("restoring open file #{} ({})", file.id, describe(file)))?;
         let work = ctx.work_fd_floor as u64 + file.id as u64;
         ctx.remote.syscall("dup3", libc::SYS_dup3, &[fd as u64, work, libc::O_CLOEXEC as u64])?;
-        if !matches!(file.kind, Some(open_file::Kind::Pipe(_))) {
+        if !together.values().flatten().any(|t| *t == fd) {
             ctx.close_in_process(fd)?;
         }
     }
-    // The pipes' temporary ends (the working copies above are what is kept).
-    for (r, w) in pipes.into_values() {
-        ctx.close_in_process(r)?;
-        ctx.close_in_process(w)?;
+    // The groups' temporary fds (the working copies above are what is kept).
+    for fd in together.into_values().flatten() {
+        ctx.close_in_process(fd)?;
     }
     super::credentials::leave_fs_identity(ctx)?;
     Ok(())
 }
 
 fn describe(file: &OpenFile) -> String {
+    use open_file::Kind as K;
     match &file.kind {
-        Some(open_file::Kind::Regular(r)) => r.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
-        Some(open_file::Kind::CharDevice(c)) => c.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
-        Some(open_file::Kind::Pipe(p)) => format!("pipe:[{}]", p.pipe_id),
+        Some(K::Regular(r)) => r.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+        Some(K::CharDevice(c)) => c.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+        Some(K::Pipe(p)) => format!("pipe:[{}]", p.pipe_id),
+        Some(K::Eventfd(_)) => "eventfd".into(),
+        Some(K::Signalfd(_)) => "signalfd".into(),
+        Some(K::Timerfd(_)) => "timerfd".into(),
+        Some(K::Memfd(m)) => format!("memfd:{}", m.name),
+        Some(K::UnixSocket(u)) => format!("socket:[{}]", u.inode),
+        Some(K::Epoll(_)) => "eventpoll".into(),
+        Some(K::Inotify(_)) => "inotify".into(),
+        Some(K::Fifo(f)) => f.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
         None => "unknown".into(),
     }
 }
 
-fn describe_open_file(
-    pid: i32,
-    fd: i32,
-    link: &str,
-    meta: &std::fs::Metadata,
-    copy: &OwnedFd,
-) -> Result<open_file::Kind> {
-    let through = format!("/proc/{pid}/fd/{fd}");
-    let refuse = |kind: &str| -> anyhow::Error {
-        anyhow::anyhow!("pid {pid} fd {fd}: {kind} ({link}) cannot be checkpointed by crust yet")
-    };
-    match meta.mode() & libc::S_IFMT {
+/// What a file kind's dump sees of one fd of a frozen process.
+pub struct FdSource<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// The /proc/PID/fd/N link text: a path, "pipe:[N]", "anon_inode:[eventfd]"...
+    pub link: &'a str,
+    pub meta: &'a std::fs::Metadata,
+    /// crust's pidfd_getfd copy of the fd: inspect through it, never reopen the file.
+    pub copy: &'a OwnedFd,
+    /// The whole /proc/PID/fdinfo/N text.
+    pub fdinfo: &'a str,
+    pub image: &'a crate::image::ImageDir,
+}
+
+impl FdSource<'_> {
+    /// The error for an fd crust cannot restore faithfully, naming pid, fd and kind.
+    pub fn refuse(&self, kind: &str) -> anyhow::Error {
+        anyhow::anyhow!("pid {} fd {}: {kind} ({}) cannot be checkpointed by crust yet", self.pid, self.fd, self.link)
+    }
+
+    /// A `key:` field of fdinfo (first occurrence), trimmed.
+    pub fn fdinfo_field(&self, key: &str) -> Option<&str> {
+        self.fdinfo.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+    }
+}
+
+/// Descriptions created together by one call (see OpenFile.created_with): the temporary fds
+/// made for a group, kept until every description of the group was opened, then closed.
+pub type Together = BTreeMap<u64, Vec<i32>>;
+
+/// Recognises the kind of the description behind one fd and records it. Returns the kind and
+/// its `created_with` group (0 for none).
+fn describe_open_file(src: &FdSource) -> Result<(open_file::Kind, u64)> {
+    use open_file::Kind as K;
+    let through = format!("/proc/{}/fd/{}", src.pid, src.fd);
+    let link = src.link;
+    let kind = match src.meta.mode() & libc::S_IFMT {
+        libc::S_IFREG if link.starts_with("/memfd:") => K::Memfd(super::memfd::dump(src)?),
         libc::S_IFREG => {
             if link.ends_with(" (deleted)") {
-                return Err(refuse("a deleted file"));
+                return Err(src.refuse("a deleted file"));
             }
             if !link.starts_with('/') {
-                return Err(refuse("an anonymous-inode file"));
+                return Err(src.refuse("an anonymous-inode file"));
             }
-            Ok(open_file::Kind::Regular(RegularFile { file: Some(file_identity(link, &through)?) }))
+            K::Regular(RegularFile { file: Some(file_identity(link, &through)?) })
         }
         libc::S_IFCHR => {
             if !STATELESS_DEVICES.contains(&link) {
-                return Err(refuse("a character device with state (terminal or other device)"));
+                return Err(src.refuse("a character device with state (terminal or other device)"));
             }
-            Ok(open_file::Kind::CharDevice(CharDevice { file: Some(file_identity(link, &through)?) }))
+            K::CharDevice(CharDevice { file: Some(file_identity(link, &through)?) })
+        }
+        libc::S_IFIFO if link.starts_with('/') => {
+            let (fifo, group) = super::fifo::dump(src)?;
+            return Ok((K::Fifo(fifo), group));
         }
         libc::S_IFIFO => {
-            if link.starts_with('/') {
-                return Err(refuse("a named FIFO"));
-            }
-            Ok(open_file::Kind::Pipe(dump_pipe(pid, fd, meta.ino(), copy)?))
+            let pipe = super::pipes::dump(src)?;
+            let group = pipe.pipe_id;
+            return Ok((K::Pipe(pipe), group));
         }
-        libc::S_IFSOCK => Err(refuse("a socket")),
-        libc::S_IFDIR => {
-            Ok(open_file::Kind::Regular(RegularFile { file: Some(file_identity(link, &through)?) }))
+        libc::S_IFSOCK => {
+            let (socket, group) = super::unix_socket::dump(src)?;
+            return Ok((K::UnixSocket(socket), group));
         }
-        _ => Err(refuse(if link.starts_with("anon_inode:") { "an anonymous-inode file" } else { "an unknown file kind" })),
-    }
+        libc::S_IFDIR => K::Regular(RegularFile { file: Some(file_identity(link, &through)?) }),
+        _ => match link {
+            "anon_inode:[eventfd]" => K::Eventfd(super::eventfd::dump(src)?),
+            "anon_inode:[signalfd]" => K::Signalfd(super::signalfd::dump(src)?),
+            "anon_inode:[timerfd]" => K::Timerfd(super::timerfd::dump(src)?),
+            "anon_inode:[eventpoll]" => K::Epoll(super::epoll::dump(src)?),
+            "anon_inode:inotify" => K::Inotify(super::inotify::dump(src)?),
+            _ if link.starts_with("anon_inode:") => return Err(src.refuse("an anonymous-inode file")),
+            _ => return Err(src.refuse("an unknown file kind")),
+        },
+    };
+    Ok((kind, 0))
 }
 
-/// Records a pipe end; for the read end, a copy of the bytes in the buffer, taken with tee(2)
-/// so the process's pipe keeps them.
-fn dump_pipe(pid: i32, fd: i32, inode: u64, copy: &OwnedFd) -> Result<Pipe> {
-    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, tee};
-    let size = fcntl(copy, FcntlArg::F_GETPIPE_SZ).with_context(|| format!("pid {pid} fd {fd}: F_GETPIPE_SZ"))?;
-    let flags = OFlag::from_bits_truncate(fcntl(copy, FcntlArg::F_GETFL)?);
-    let mut pipe = Pipe { pipe_id: inode, buffered: Vec::new(), buffer_size: size as u32 };
-    if flags & OFlag::O_ACCMODE != OFlag::O_RDONLY {
-        return Ok(pipe);
-    }
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(size));
-    loop {
-        match tee(copy, &w, size as usize, SpliceFFlags::SPLICE_F_NONBLOCK) {
-            Ok(_) => break,
-            Err(nix::errno::Errno::EAGAIN) => break, // empty pipe
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).with_context(|| format!("pid {pid} fd {fd}: tee of the pipe buffer")),
-        }
-    }
-    drop(w);
-    File::from(r).read_to_end(&mut pipe.buffered)?;
-    Ok(pipe)
-}
-
-fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, pipe_ends: &mut BTreeMap<u64, (i32, i32)>) -> Result<i32> {
+/// Creates one description in the process and returns a temporary fd for it.
+fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32> {
+    use open_file::Kind as K;
     let flags = file.flags as i32;
     match file.kind.as_ref().context("open file without a kind")? {
-        open_file::Kind::Regular(RegularFile { file: Some(f) }) | open_file::Kind::CharDevice(CharDevice { file: Some(f) }) => {
+        K::Regular(RegularFile { file: Some(f) }) | K::CharDevice(CharDevice { file: Some(f) }) => {
             // Creation and truncation flags are not part of an open description; never let them
             // act on the file again.
             let open_flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
@@ -267,54 +295,17 @@ fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, pipe_ends: &mut BTree
             }
             Ok(fd)
         }
-        open_file::Kind::Pipe(p) => {
-            let (r, w) = match pipe_ends.get(&p.pipe_id) {
-                Some(ends) => *ends,
-                None => {
-                    let ends = create_pipe(ctx, p)?;
-                    pipe_ends.insert(p.pipe_id, ends);
-                    ends
-                }
-            };
-            let reading = flags & libc::O_ACCMODE == libc::O_RDONLY;
-            let end = if reading { r } else { w };
-            if reading && !p.buffered.is_empty() {
-                fill_pipe(ctx, w, &p.buffered)?;
-            }
-            // Each end is its own description: give it its status flags (O_NONBLOCK...).
-            let status = flags & !(libc::O_ACCMODE);
-            ctx.remote.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[end as u64, libc::F_SETFL as u64, status as u64])?;
-            Ok(end)
-        }
+        K::Pipe(p) => super::pipes::open(ctx, file, p, together),
+        K::Eventfd(e) => super::eventfd::open(ctx, file, e),
+        K::Signalfd(m) => super::signalfd::open(ctx, file, m),
+        K::Timerfd(t) => super::timerfd::open(ctx, file, t),
+        K::Memfd(m) => super::memfd::open(ctx, file, m),
+        K::UnixSocket(u) => super::unix_socket::open(ctx, file, u, together),
+        K::Epoll(e) => super::epoll::open(ctx, file, e),
+        K::Inotify(i) => super::inotify::open(ctx, file, i),
+        K::Fifo(f) => super::fifo::open(ctx, file, f, together),
         _ => bail!("open file record without a file"),
     }
-}
-
-fn create_pipe(ctx: &mut RestoreCtx, p: &Pipe) -> Result<(i32, i32)> {
-    let addr = ctx.remote.put(0, &[0u8; 8])?;
-    ctx.remote.syscall("pipe2", libc::SYS_pipe2, &[addr, libc::O_CLOEXEC as u64])?;
-    let mut b = [0u8; 8];
-    ctx.remote.get(0, &mut b)?;
-    let r = i32::from_ne_bytes(b[..4].try_into().unwrap());
-    let w = i32::from_ne_bytes(b[4..].try_into().unwrap());
-    let r = ctx.to_temp_fd(r as u64)?;
-    let w = ctx.to_temp_fd(w as u64)?;
-    ctx.remote
-        .syscall("fcntl(F_SETPIPE_SZ)", libc::SYS_fcntl, &[w as u64, libc::F_SETPIPE_SZ as u64, p.buffer_size as u64])
-        .with_context(|| format!("giving pipe:[{}] its buffer size of {} bytes", p.pipe_id, p.buffer_size))?;
-    Ok((r, w))
-}
-
-/// Writes the saved bytes into the restored pipe through crust's own copy of its write end.
-fn fill_pipe(ctx: &mut RestoreCtx, write_end: i32, data: &[u8]) -> Result<()> {
-    let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), write_end)?;
-    let mut written = 0;
-    while written < data.len() {
-        let n = nix::unistd::write(&ours, &data[written..]).context("refilling a pipe buffer")?;
-        written += n;
-    }
-    let _ = ours.as_raw_fd();
-    Ok(())
 }
 
 /// What restore checks about files before creating any process.
@@ -336,6 +327,18 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raw data files the open file descriptions refer to (memfd contents).
+pub fn data_files(record: &OpenFiles) -> Vec<String> {
+    record
+        .open_files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(open_file::Kind::Memfd(m)) if !m.data_file.is_empty() => Some(m.data_file.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Highest fd number in the record.

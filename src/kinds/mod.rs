@@ -5,12 +5,21 @@
 //! registers; each kind's `restore` may rely on the kinds before it.
 
 pub mod credentials;
+pub mod epoll;
+pub mod eventfd;
+pub mod fifo;
 pub mod files;
 pub mod identity;
+pub mod inotify;
+pub mod memfd;
 pub mod memory;
+pub mod pipes;
 pub mod registers;
+pub mod signalfd;
 pub mod signals;
+pub mod timerfd;
 pub mod timers;
+pub mod unix_socket;
 
 use std::os::fd::OwnedFd;
 
@@ -55,6 +64,8 @@ pub struct RestoreCtx<'a> {
     pub temp_fd_floor: i32,
     /// The image's filesystem credentials: files are opened with them, never as root.
     pub fs_identity: Option<(u32, u32, Vec<u32>)>,
+    /// Every open file description of the image.
+    pub open_files: &'a crate::image::proto::OpenFiles,
 }
 
 impl RestoreCtx<'_> {

@@ -1,0 +1,16 @@
+//! unix_socket descriptions. Not supported yet: dump refuses them by pid and fd.
+
+use anyhow::{Result, bail};
+
+use super::RestoreCtx;
+use super::files::{FdSource, Together};
+use crate::image::proto::{UnixSocket, OpenFile};
+
+/// Returns the record and its created_with group.
+pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
+    Err(src.refuse(if "unix_socket" == "fifo" { "a named FIFO" } else { "a socket" }))
+}
+
+pub fn open(_ctx: &mut RestoreCtx, file: &OpenFile, _record: &UnixSocket, _together: &mut Together) -> Result<i32> {
+    bail!("open file #{}: unix_socket descriptions cannot be restored by this crust", file.id)
+}
