@@ -162,7 +162,12 @@ fn collect_tree(
     let mut open_files = OpenFileTable::default();
     let mut pages_bytes = 0;
     for f in frozen.iter_mut() {
-        pages_bytes += collect(f, image, progress, &mut open_files)?;
+        let parent = members
+            .iter()
+            .find(|m| m.pid == f.pid)
+            .map(|m| m.ppid)
+            .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()));
+        pages_bytes += collect(f, image, progress, &mut open_files, parent)?;
     }
     let open_files = open_files.finish()?;
     image.write_record(image::OPEN_FILES, &open_files)?;
@@ -332,11 +337,17 @@ impl Frozen {
 
 /// Collects every kind and writes the per-process records. Returns the core record and the
 /// number of page bytes saved.
-fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress, open_files: &mut OpenFileTable) -> Result<u64> {
+fn collect(
+    frozen: &mut Frozen,
+    image: &ImageDir,
+    progress: &Progress,
+    open_files: &mut OpenFileTable,
+    parent: Option<Pid>,
+) -> Result<u64> {
     let pid = frozen.pid;
     let pidfd = pidfd_open(pid.as_raw())?;
     let process = procfs::process::Process::new(pid.as_raw())?;
-    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files: &mut *open_files };
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files: &mut *open_files, parent };
 
     progress.step(format!("pid {pid}: files"));
     let files = Files::dump(&mut ctx)?;
@@ -357,10 +368,11 @@ fn collect(frozen: &mut Frozen, image: &ImageDir, progress: &Progress, open_file
             image,
             pidfd: pidfd.try_clone()?,
             open_files: &mut *open_files,
+            parent,
         };
         threads.push(ThreadState::dump(&mut tctx)?);
     }
-    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files };
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     // Pending signals last: a timer may have fired while we were collecting.
     let signals = Signals::dump(&mut ctx)?;
 

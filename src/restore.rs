@@ -242,6 +242,10 @@ impl Tree {
             for fd in &p.files.fds {
                 holders.entry(fd.open_file_id).or_default().insert(*pid);
             }
+            // Shared memory objects are held by the mappings of them.
+            for vma in p.mm.vmas.iter().filter(|v| v.shared_memory_id != 0) {
+                holders.entry(vma.shared_memory_id).or_default().insert(*pid);
+            }
         }
         // Descriptions created together (pipe ends, socket pairs) count as one.
         let mut group_holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
@@ -365,6 +369,10 @@ impl Tree {
                 let mut ctx = self.ctx(img, pid)?;
                 files::open_descriptions(&mut ctx, &files)?;
             }
+            // Memory before the children: they inherit it, so pages shared copy-on-write
+            // after fork are shared again and inherited mappings are the same mappings.
+            let mut ctx = self.ctx(img, pid)?;
+            Memory::restore(&mut ctx, &p.mm).with_context(|| format!("restoring the memory of pid {pid}"))?;
         } else if entry.zombie {
             return Ok(());
         }
@@ -429,7 +437,6 @@ impl Tree {
         let has_zombie_children = img.children(pid).any(|c| c.zombie);
         let helper = self.helper;
         let mut ctx = self.ctx(img, pid)?;
-        Memory::restore(&mut ctx, &p.mm)?;
         Files::restore(&mut ctx, &p.files)?;
         let identity = IdentityRecord {
             comm: p.core.comm.clone(),

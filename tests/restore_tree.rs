@@ -643,13 +643,7 @@ mod restore_tree {
     /// brings back the same pids with the same ppids, pgids and sids, identical /proc, memory
     /// patterns and counters; after .go each process checks itself and the parents reap their
     /// children with waitpid(pid): they are still their children and exited 0.
-    ///
-    /// Ignored until private memory shared copy-on-write after fork is restored in the parent
-    /// before it forks (issue 3): today each child restores its memory on its own, so a mapping
-    /// made after the fork merges with the inherited one next to it (one VMA in
-    /// /proc/PID/maps where there were two). Run with `cargo nextest run --run-ignored all`.
     #[test]
-    #[ignore = "known gap: copy-on-write memory shared across fork is not restored as shared yet"]
     fn family_tree_comes_back_with_pids_links_and_parents_reap_their_children() {
         let mut t = Tree::spawn("tree_family", &[]);
         let status = t.w.status_text();
@@ -1196,5 +1190,59 @@ mod restore_tree {
         problems.extend(verdict(&r, &["parent", "child1", "child2", "grandchild"]));
         problems.extend(t.wait_all_reaped(Duration::from_secs(5)));
         assert_no_problems("tree after a refused dump", &problems, &t, &format!("{out}"));
+    }
+
+    /// Frames of `pages` pages at `addr` in `pid` (None for a page not present).
+    fn frames(pid: i32, addr: u64, pages: u64) -> Vec<Option<u64>> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+        let mut buf = vec![0u8; (pages * 8) as usize];
+        f.read_exact_at(&mut buf, addr / 4096 * 8).unwrap();
+        buf.chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .map(|e| (e & (1 << 63) != 0).then_some(e & ((1 << 55) - 1)))
+            .collect()
+    }
+
+    /// Pages of the region that parent and child map from the same frame.
+    fn shared_frames(parent: i32, child: i32, addr: u64, pages: u64) -> usize {
+        frames(parent, addr, pages)
+            .into_iter()
+            .zip(frames(child, addr, pages))
+            .filter(|(a, b)| a.is_some() && a == b)
+            .count()
+    }
+
+    /// tree_sharedmem.c: a MAP_SHARED|MAP_ANONYMOUS region is one object again (the child's
+    /// write after restore is seen by the parent), and private pages parent and child shared
+    /// copy-on-write at dump time are shared again (same frames in both pagemaps, so memory is
+    /// not doubled), while the pages each changed or dropped after fork keep their own values.
+    #[test]
+    fn memory_shared_across_fork_is_shared_again() {
+        let mut t = Tree::spawn("tree_sharedmem", &[]);
+        let status = t.w.status_text();
+        let roles = role_pids(&status);
+        let (parent, child) = (roles["parent"], roles["child"]);
+        let cow = u64::from_str_radix(role_field(&status, "parent", "cow").trim_start_matches("0x"), 16).unwrap();
+        let pages: u64 = role_field(&status, "parent", "pages").parse().unwrap();
+        let shared_before = shared_frames(parent, child, cow, pages);
+        // pages 0 (child wrote), 1 (child dropped), 2 (parent wrote) are not shared
+        assert_eq!(shared_before, pages as usize - 3, "test setup: copy-on-write sharing before the dump");
+        let before = t.snapshot();
+        let dump = t.dump(&before);
+        eprintln!("{dump}");
+        t.restore(&before);
+        let after = t.snapshot();
+        let mut problems = compare(&before, &after, &[]);
+        let shared_after = shared_frames(parent, child, cow, pages);
+        if shared_after != shared_before {
+            problems.push(format!(
+                "{shared_after} of {pages} copy-on-write pages are shared by parent and child after restore, {shared_before} before"
+            ));
+        }
+        let r = t.w.go();
+        problems.extend(verdict(&r, &["parent", "child"]));
+        problems.extend(t.wait_all_reaped(Duration::from_secs(5)));
+        assert_no_problems("shared memory after restore", &problems, &t, &format!("tree before the dump:\n{}", before.describe()));
     }
 }

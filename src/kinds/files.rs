@@ -49,6 +49,29 @@ pub struct OpenFileTable {
 }
 
 impl OpenFileTable {
+    /// The description id of the anonymous shared memory object mapped at [start, end) by
+    /// `pid`, recording the object (and its contents) the first time any process is seen
+    /// mapping it.
+    pub fn shared_memory(&mut self, pid: i32, start: u64, end: u64, image: &crate::image::ImageDir) -> Result<u32> {
+        let (dev, ino, object) = super::shared_memory::open_object(pid, start, end)?;
+        if let Some((_, _, id)) = self.by_inode.get(&(dev, ino)).and_then(|v| v.first()) {
+            return Ok(*id);
+        }
+        let id = self.files.len() as u32 + 1;
+        let shm = super::shared_memory::dump(image, &object)
+            .with_context(|| format!("pid {pid}: saving shared memory mapped at {start:#x}-{end:#x}"))?;
+        self.files.push(OpenFile {
+            id,
+            flags: libc::O_RDWR as u32,
+            position: 0,
+            kind: Some(open_file::Kind::SharedMemory(shm)),
+            created_with: 0,
+        });
+        // Mappings are not fds: fd -1 marks the entry as found through a mapping.
+        self.by_inode.entry((dev, ino)).or_default().push((pid, -1, id));
+        Ok(id)
+    }
+
     /// Checks what can only be judged once the whole tree was seen (both ends of every pipe
     /// inside it) and returns the record.
     pub fn finish(self) -> Result<OpenFiles> {
@@ -67,7 +90,7 @@ impl OpenFileTable {
 
     /// The description behind `fd` of `pid`, if an earlier fd (of any dumped process) shares it.
     fn find_shared(&self, key: (u64, u64), pid: i32, fd: i32) -> Result<Option<u32>> {
-        for (other_pid, other_fd, id) in self.by_inode.get(&key).into_iter().flatten() {
+        for (other_pid, other_fd, id) in self.by_inode.get(&key).into_iter().flatten().filter(|(_, fd, _)| *fd >= 0) {
             if same_open_file(pid, fd, *other_pid, *other_fd)? {
                 return Ok(Some(*id));
             }
@@ -196,6 +219,7 @@ fn describe(file: &OpenFile) -> String {
         Some(K::Epoll(_)) => "eventpoll".into(),
         Some(K::Inotify(_)) => "inotify".into(),
         Some(K::Fifo(f)) => f.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
+        Some(K::SharedMemory(m)) => format!("shared memory (inode {})", m.inode),
         None => "unknown".into(),
     }
 }
@@ -304,6 +328,7 @@ fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Togeth
         K::Epoll(e) => super::epoll::open(ctx, file, e),
         K::Inotify(i) => super::inotify::open(ctx, file, i),
         K::Fifo(f) => super::fifo::open(ctx, file, f, together),
+        K::SharedMemory(m) => super::shared_memory::open(ctx, file, m),
         _ => bail!("open file record without a file"),
     }
 }
@@ -336,6 +361,7 @@ pub fn data_files(record: &OpenFiles) -> Vec<String> {
         .iter()
         .filter_map(|f| match &f.kind {
             Some(open_file::Kind::Memfd(m)) if !m.data_file.is_empty() => Some(m.data_file.clone()),
+            Some(open_file::Kind::SharedMemory(m)) => Some(m.data_file.clone()),
             _ => None,
         })
         .collect()

@@ -17,7 +17,7 @@ use super::{DumpCtx, Kind, RestoreCtx};
 use crate::image::proto::{FileIdentity, Mm, MmFields, PageRun, Vma, vma::Kind as VmaKind};
 use crate::image::{self};
 use crate::sys::PAGE_SIZE;
-use crate::sys::pagemap::{PageMap, Wanted};
+use crate::sys::pagemap::{PageMap, Runs, Wanted, frame};
 use crate::sys::remote::{RemoteTask, Scratch, find_syscall_instruction};
 
 pub struct Memory;
@@ -41,22 +41,64 @@ impl Kind for Memory {
         let mut vmas = Vec::new();
         let mut next_offset = 0u64;
         let scratch = ctx.remote.scratch().map(|s| (s.address, s.address + s.len));
+        // The parent's mappings, to recognise those this process inherited at fork.
+        let parent = match ctx.parent {
+            Some(ppid) => Some((procfs::process::Process::new(ppid.as_raw())?.maps()?, PageMap::open(ppid.as_raw())?)),
+            None => None,
+        };
         for map in maps.iter() {
             let (start, end) = map.address;
             if Some((start, end)) == scratch {
                 continue; // crust's own scratch area
             }
             let mut vma = describe_vma(pid, map)?;
+            if vma.kind() == VmaKind::SharedAnonymous {
+                // Saved once for every process mapping it, as a shared object.
+                vma.shared_memory_id = ctx.open_files.shared_memory(pid, start, end, ctx.image)?;
+            }
             let wanted = match vma.kind() {
-                VmaKind::PrivateAnonymous | VmaKind::SharedAnonymous => Some(Wanted::Resident),
+                VmaKind::PrivateAnonymous => Some(Wanted::Resident),
                 VmaKind::PrivateFile => Some(Wanted::PrivateCopies),
                 _ => None,
             };
-            if let Some(wanted) = wanted {
-                pagemap.for_each_run(start, end, wanted, |address, pages| {
-                    vma.pages.push(PageRun { address, pages, file_offset: next_offset });
-                    next_offset += pages * PAGE_SIZE;
-                })?;
+            let inherited_from = parent.as_ref().and_then(|(maps, pm)| {
+                maps.iter().find(|p| same_mapping(p, map)).map(|_| pm)
+            });
+            match (wanted, inherited_from) {
+                (Some(wanted), Some(parent_pagemap)) => {
+                    vma.inherited = true;
+                    let ours = pagemap.entries(start, end)?;
+                    let theirs = parent_pagemap.entries(start, end)?;
+                    let mut pages = Vec::new();
+                    let mut discard = Vec::new();
+                    {
+                        let mut keep = Runs::new(|address, n| pages.push((address, n)));
+                        let mut drop = Runs::new(|address, n| discard.push(PageRun { address, pages: n, file_offset: 0 }));
+                        for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+                            let address = start + i as u64 * PAGE_SIZE;
+                            let (mine, parents) = (wanted.holds(*o), wanted.holds(*t));
+                            // A page both still map from the same frame is shared copy-on-write:
+                            // the parent's restored copy serves both again.
+                            let shared = mine && parents && frame(*o).is_some() && frame(*o) == frame(*t);
+                            keep.push(address, mine && !shared);
+                            drop.push(address, !mine && parents);
+                        }
+                        keep.finish();
+                        drop.finish();
+                    }
+                    for (address, n) in pages {
+                        vma.pages.push(PageRun { address, pages: n, file_offset: next_offset });
+                        next_offset += n * PAGE_SIZE;
+                    }
+                    vma.discard = discard;
+                }
+                (Some(wanted), None) => {
+                    pagemap.for_each_run(start, end, wanted, |address, pages| {
+                        vma.pages.push(PageRun { address, pages, file_offset: next_offset });
+                        next_offset += pages * PAGE_SIZE;
+                    })?;
+                }
+                (None, _) => {}
             }
             vmas.push(vma);
         }
@@ -95,6 +137,16 @@ impl Kind for Memory {
         }
         Ok(())
     }
+}
+
+/// The same mapping in a parent and its child: same range, protection, backing and offset.
+fn same_mapping(a: &procfs::process::MemoryMap, b: &procfs::process::MemoryMap) -> bool {
+    a.address == b.address
+        && a.perms == b.perms
+        && a.offset == b.offset
+        && a.dev == b.dev
+        && a.inode == b.inode
+        && a.pathname == b.pathname
 }
 
 fn describe(vma: &Vma) -> String {
@@ -161,7 +213,6 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
                 if original == "/dev/zero" && shared {
                     // MAP_SHARED|MAP_ANONYMOUS is backed by an unlinked shmem file of this name.
                     vma.name = path.clone();
-                    vma.file_offset = 0;
                     VmaKind::SharedAnonymous
                 } else {
                     bail!(
@@ -463,8 +514,10 @@ pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm, helper: u64) -> R
     }
 
     // Unmap everything else crust's copy left behind.
+    // Mappings inherited from the parent stay: they are the parent's restored copies.
     let keep: Vec<(u64, u64)> = std::iter::once((helper, helper + HELPER_LEN))
         .chain(vdso_unit.iter().map(|v| (v.start, v.end)))
+        .chain(mm.vmas.iter().filter(|v| v.inherited).map(|v| (v.start, v.end)))
         .collect();
     for (start, end, path) in &current {
         if *path == MMapPath::Vsyscall {
@@ -551,6 +604,22 @@ fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
 fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool), i32>) -> Result<()> {
     let kind = vma.kind();
     let len = vma.end - vma.start;
+    if vma.inherited {
+        // Already there, with the parent's pages and advice: drop what this process had
+        // dropped, and open it for the pages that differ.
+        for run in &vma.discard {
+            ctx.remote.syscall(
+                "madvise(MADV_DONTNEED)",
+                libc::SYS_madvise,
+                &[run.address, run.pages * PAGE_SIZE, libc::MADV_DONTNEED as u64],
+            )?;
+        }
+        if !vma.pages.is_empty() && vma.prot & libc::PROT_WRITE as u32 == 0 {
+            let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            ctx.remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, len, rw])?;
+        }
+        return Ok(());
+    }
     // Areas that receive pages are writable while they are filled; finish_vma sets the real
     // protection afterwards.
     let mut prot = vma.prot as u64;
@@ -561,7 +630,12 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
     let (flags, fd, offset) = match kind {
         VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
         VmaKind::PrivateAnonymous => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown, -1i64, 0),
-        VmaKind::SharedAnonymous => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0),
+        VmaKind::SharedAnonymous => {
+            // The object was created (and filled) by the nearest common ancestor of everyone
+            // mapping it; its descriptor waits at the working fd of its description.
+            let fd = ctx.work_fd_floor as i64 + vma.shared_memory_id as i64;
+            (libc::MAP_SHARED, fd, vma.file_offset)
+        }
         VmaKind::PrivateFile | VmaKind::SharedFile => {
             let file = vma.file.as_ref().context("file mapping without a file")?;
             let shared = kind == VmaKind::SharedFile;

@@ -15,6 +15,7 @@ pub mod memfd;
 pub mod memory;
 pub mod pipes;
 pub mod registers;
+pub mod shared_memory;
 pub mod signalfd;
 pub mod signals;
 pub mod timerfd;
@@ -48,6 +49,8 @@ pub struct DumpCtx<'a> {
     pub pidfd: OwnedFd,
     /// Open file descriptions of the whole tree, shared by every process's dump.
     pub open_files: &'a mut files::OpenFileTable,
+    /// The process's parent, when it is part of the dumped tree (and frozen too).
+    pub parent: Option<Pid>,
 }
 
 /// A process being rebuilt: a fresh child of crust with the image's PID, stopped under ptrace.

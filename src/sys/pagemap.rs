@@ -31,49 +31,80 @@ impl PageMap {
         Ok(PageMap { file, pid })
     }
 
+    /// The raw pagemap entries of [start, end), one per page.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<u64>, SysError> {
+        let pages = ((end - start) / PAGE_SIZE) as usize;
+        let mut bytes = vec![0u8; pages * 8];
+        self.file
+            .read_exact_at(&mut bytes, start / PAGE_SIZE * 8)
+            .map_err(|e| SysError::new(format!("read /proc/{}/pagemap", self.pid), io_errno(&e)))?;
+        Ok(bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
+    }
+
     /// Calls `run(address, pages)` for each maximal run of wanted pages in [start, end).
-    pub fn for_each_run(
-        &self,
-        start: u64,
-        end: u64,
-        wanted: Wanted,
-        mut run: impl FnMut(u64, u64),
-    ) -> Result<(), SysError> {
-        const BATCH: u64 = 64 * 1024; // entries per read: 512 KiB, covers 256 MiB of memory
-        let mut buf = vec![0u8; (BATCH * 8) as usize];
-        let mut current: Option<(u64, u64)> = None;
-        let mut page = start / PAGE_SIZE;
-        let last = end / PAGE_SIZE;
-        while page < last {
-            let n = (last - page).min(BATCH);
-            let bytes = &mut buf[..(n * 8) as usize];
-            self.file
-                .read_exact_at(bytes, page * 8)
-                .map_err(|e| SysError::new(format!("read /proc/{}/pagemap", self.pid), io_errno(&e)))?;
-            for (i, entry) in bytes.chunks_exact(8).enumerate() {
-                let entry = u64::from_ne_bytes(entry.try_into().unwrap());
-                let keep = match wanted {
-                    Wanted::Resident => entry & (PRESENT | SWAPPED) != 0,
-                    Wanted::PrivateCopies => {
-                        entry & SWAPPED != 0 || (entry & PRESENT != 0 && entry & FILE_OR_SHARED == 0)
-                    }
-                };
-                let address = (page + i as u64) * PAGE_SIZE;
-                match (&mut current, keep) {
-                    (Some((_, count)), true) => *count += 1,
-                    (None, true) => current = Some((address, 1)),
-                    (Some((a, count)), false) => {
-                        run(*a, *count);
-                        current = None;
-                    }
-                    (None, false) => {}
-                }
+    pub fn for_each_run(&self, start: u64, end: u64, wanted: Wanted, run: impl FnMut(u64, u64)) -> Result<(), SysError> {
+        const BATCH: u64 = 64 * 1024 * PAGE_SIZE; // 512 KiB of entries per read: 256 MiB of memory
+        let mut runs = Runs::new(run);
+        let mut at = start;
+        while at < end {
+            let stop = end.min(at + BATCH);
+            for (i, entry) in self.entries(at, stop)?.into_iter().enumerate() {
+                runs.push(at + i as u64 * PAGE_SIZE, wanted.holds(entry));
             }
-            page += n;
+            at = stop;
         }
-        if let Some((a, count)) = current {
-            run(a, count);
-        }
+        runs.finish();
         Ok(())
+    }
+}
+
+impl Wanted {
+    /// Whether a page with this pagemap entry holds data only the image can restore.
+    pub fn holds(self, entry: u64) -> bool {
+        match self {
+            Wanted::Resident => entry & (PRESENT | SWAPPED) != 0,
+            Wanted::PrivateCopies => entry & SWAPPED != 0 || (entry & PRESENT != 0 && entry & FILE_OR_SHARED == 0),
+        }
+    }
+}
+
+/// The physical frame of a present page (visible to root), None otherwise.
+pub fn frame(entry: u64) -> Option<u64> {
+    (entry & PRESENT != 0).then_some(entry & ((1 << 55) - 1))
+}
+
+/// Groups consecutive pages into runs: push each page in address order, get `run(address,
+/// pages)` for every maximal run of pages pushed with `wanted = true`.
+pub struct Runs<F: FnMut(u64, u64)> {
+    current: Option<(u64, u64)>,
+    run: F,
+}
+
+impl<F: FnMut(u64, u64)> Runs<F> {
+    pub fn new(run: F) -> Self {
+        Runs { current: None, run }
+    }
+
+    pub fn push(&mut self, address: u64, wanted: bool) {
+        match (&mut self.current, wanted) {
+            (Some((start, count)), true) if *start + *count * PAGE_SIZE == address => *count += 1,
+            (Some(_), true) => {
+                let (start, count) = self.current.take().unwrap();
+                (self.run)(start, count);
+                self.current = Some((address, 1));
+            }
+            (None, true) => self.current = Some((address, 1)),
+            (Some(_), false) => {
+                let (start, count) = self.current.take().unwrap();
+                (self.run)(start, count);
+            }
+            (None, false) => {}
+        }
+    }
+
+    pub fn finish(mut self) {
+        if let Some((start, count)) = self.current.take() {
+            (self.run)(start, count);
+        }
     }
 }
