@@ -217,10 +217,10 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
 
         let image = opts.dir.join("image");
         let _ = std::fs::remove_dir_all(&image);
-        let dump = crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions { leave_running: false })?;
+        let dump = crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
         let _ = w.child.wait();
         let started = Instant::now();
-        let restored = crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true })?;
+        let restored = crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true, ..Default::default() })?;
         let restore_time = started.elapsed();
         // The floor for restore is measured on both sides of it, the better one kept: this VM's
         // memory gets cheaper or dearer from one second to the next.

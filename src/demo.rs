@@ -61,7 +61,7 @@ pub fn run(dir: &Path) -> Result<()> {
     println!("{} it is counting: {}", at(), last_line(&log));
 
     println!("{} crust dump -t {pid} -D {}", at(), image.display());
-    let report = crate::dump::dump(pid, &image, &crate::dump::DumpOptions { leave_running: false })?;
+    let report = crate::dump::dump(pid, &image, &crate::dump::DumpOptions::default())?;
     let _ = child.wait();
     let before = last_line(&log);
     println!(
@@ -74,7 +74,7 @@ pub fn run(dir: &Path) -> Result<()> {
     println!("{} one second later the log still ends with: {}", at(), last_line(&log));
 
     println!("{} crust restore -D {} -d", at(), image.display());
-    let restored = crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true })?;
+    let restored = crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true, ..Default::default() })?;
     let crate::restore::Restored::Running { pid: new_pid, elapsed } = restored else { bail!("restore did not detach") };
     println!("{} restored in {:.1} ms, pid {new_pid} (same PID: {})", at(), elapsed.as_secs_f64() * 1e3, new_pid == pid);
     let lines_then = std::fs::read_to_string(&log)?.lines().count();

@@ -27,8 +27,12 @@ use crate::sys::pidfd::pidfd_open;
 use crate::sys::ptrace;
 use crate::sys::remote::{RemoteTask, Scratch};
 
+#[derive(Default)]
 pub struct DumpOptions {
     pub leave_running: bool,
+    /// Objects shared with processes outside the tree that the user will reconnect at restore
+    /// (`--external pipe:[ID]`).
+    pub externals: Vec<String>,
 }
 
 /// Timings of one dump, for people and for the benchmark.
@@ -63,7 +67,7 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
     let froze = freeze_tree(root, &mut members, &mut frozen);
-    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress));
+    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, &opts.externals));
     // Resume when asked to, and always when the dump failed: a failed dump changes nothing.
     let resume = opts.leave_running || collected.is_err();
     let mut released = Ok(());
@@ -158,8 +162,10 @@ fn collect_tree(
     members: &[Member],
     image: &ImageDir,
     progress: &Progress,
+    externals: &[String],
 ) -> Result<(Vec<ProcessEntry>, Vec<String>, u64)> {
     let mut open_files = OpenFileTable::default();
+    open_files.externals = externals.to_vec();
     let mut pages_bytes = 0;
     for f in frozen.iter_mut() {
         let parent = members

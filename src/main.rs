@@ -33,6 +33,13 @@ enum Command {
         /// Leave the process running after the dump.
         #[arg(short = 'R', long)]
         leave_running: bool,
+        /// An object shared with a process outside the tree that you will reconnect at restore
+        /// with --inherit-fd (for now: pipe:[INODE], as /proc/PID/fd shows it). Repeatable.
+        #[arg(long = "external", value_name = "KEY")]
+        externals: Vec<String>,
+        /// Accepted for CRIU compatibility: crust always dumps file locks.
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
     },
     /// Recreate a process from an image, with its PID, and wait for it.
     Restore {
@@ -41,6 +48,10 @@ enum Command {
         /// Return as soon as the process runs instead of waiting for it to exit.
         #[arg(short = 'd', long = "restore-detached")]
         detach: bool,
+        /// fd[N]:KEY: crust's own fd N takes the place of the external object KEY recorded at
+        /// dump (for example fd[0]:pipe:[1234]). Repeatable.
+        #[arg(long = "inherit-fd", value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
+        inherit_fds: Vec<(i32, String)>,
     },
     /// Print the whole image as JSON.
     Show {
@@ -75,6 +86,14 @@ enum Command {
     BenchWorkload { mib: usize, ready_file: PathBuf },
 }
 
+/// Parses CRIU's `fd[N]:KEY`.
+fn parse_inherit_fd(arg: &str) -> Result<(i32, String), String> {
+    let rest = arg.strip_prefix("fd[").ok_or("expected fd[N]:KEY")?;
+    let (n, key) = rest.split_once("]:").ok_or("expected fd[N]:KEY")?;
+    let n = n.parse::<i32>().map_err(|_| format!("{n:?} is not an fd number"))?;
+    Ok((n, key.to_string()))
+}
+
 fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<()> {
     let level = match verbose {
         0 => "warn",
@@ -97,11 +116,11 @@ fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running } => {
-            crust::dump::dump(pid, &dir, &crust::dump::DumpOptions { leave_running })?;
+        Command::Dump { pid, dir, leave_running, externals, file_locks: _ } => {
+            crust::dump::dump(pid, &dir, &crust::dump::DumpOptions { leave_running, externals })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { dir, detach } => match crust::restore::restore(&dir, &RestoreOptions { detach })? {
+        Command::Restore { dir, detach, inherit_fds } => match crust::restore::restore(&dir, &RestoreOptions { detach, inherit_fds })? {
             Restored::Running { pid, .. } => {
                 println!("{pid}");
                 Ok(ExitCode::SUCCESS)

@@ -42,8 +42,11 @@ use crate::sys::pidfd::pidfd_open;
 use crate::sys::remote::RemoteTask;
 use crate::sys::{clone3, ptrace};
 
+#[derive(Default)]
 pub struct RestoreOptions {
     pub detach: bool,
+    /// `--inherit-fd fd[N]:KEY`: crust's fd N stands for the external object KEY.
+    pub inherit_fds: Vec<(i32, String)>,
 }
 
 /// How a restore ended.
@@ -164,7 +167,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     check_machine(&img)?;
     raise_nofile_limit();
 
-    let mut tree = Tree::plan(&img)?;
+    let mut tree = Tree::plan(&img, &opts.inherit_fds)?;
     let built = tree.build(&img, &progress);
     if let Err(e) = built {
         tree.kill_all();
@@ -210,6 +213,8 @@ struct Building {
 
 /// The restore plan and the processes created so far.
 struct Tree {
+    /// (crust's fd, description id) of the external descriptions.
+    inherited: Vec<(i32, u32)>,
     helper: u64,
     work_fd_floor: i32,
     /// Which process opens each description (by id) for all its holders.
@@ -220,7 +225,7 @@ struct Tree {
 }
 
 impl Tree {
-    fn plan(img: &LoadedImage) -> Result<Tree> {
+    fn plan(img: &LoadedImage, inherit_fds: &[(i32, String)]) -> Result<Tree> {
         let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
         let helper = memory::choose_helper_address(&mms)?;
         let parent: BTreeMap<u32, u32> = img.entries().iter().map(|e| (e.pid, e.ppid)).collect();
@@ -267,7 +272,24 @@ impl Tree {
                 .context("open file holders without a common ancestor")?;
             creators.entry(creator).or_default().push(f.id);
         }
+        // External descriptions come from crust's own fds, through the root.
+        let mut inherited = Vec::new();
+        for f in &img.open_files.open_files {
+            if let Some(key) = external_key(f) {
+                let Some((fd, _)) = inherit_fds.iter().find(|(_, k)| *k == key) else {
+                    bail!("{key} was external at dump time: give it with --inherit-fd fd[N]:{key}");
+                };
+                if !Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+                    bail!("--inherit-fd fd[{fd}]:{key}: crust has no fd {fd}");
+                }
+                inherited.push((*fd, f.id));
+                for ids in creators.values_mut() {
+                    ids.retain(|id| *id != f.id);
+                }
+            }
+        }
         Ok(Tree {
+            inherited,
             helper,
             work_fd_floor: img.max_fd() + 1,
             creators,
@@ -320,7 +342,13 @@ impl Tree {
         let syscall_ip = memory::syscall_instruction_in_vdso(std::process::id() as i32)?;
         let mut remote = RemoteTask::new(child, syscall_ip)?;
         ptrace::set_sigmask(child, !0)?;
-        forget_crust_state(&mut remote)?;
+        // Descriptions given with --inherit-fd go to their working fds before crust's are closed.
+        for (fd, id) in &self.inherited {
+            let work = (self.work_fd_floor + *id as i32) as u64;
+            remote.syscall("dup3(inherited fd)", libc::SYS_dup3, &[*fd as u64, work, libc::O_CLOEXEC as u64])?;
+        }
+        let keep = self.inherited.iter().map(|(_, id)| self.work_fd_floor + *id as i32).collect::<Vec<_>>();
+        forget_crust_state(&mut remote, &keep)?;
         memory::map_helper(&mut remote, self.helper)?;
         self.building.insert(root, Building { remote, threads: Vec::new() });
         self.create_subtree(img, root)?;
@@ -573,10 +601,19 @@ fn drain_sigchld(remote: &mut RemoteTask) -> Result<()> {
 
 /// The first process inherited some per-thread state from crust that must go before its
 /// memory does.
-fn forget_crust_state(remote: &mut RemoteTask) -> Result<()> {
+fn forget_crust_state(remote: &mut RemoteTask, keep_fds: &[i32]) -> Result<()> {
     let pid = remote.pid();
-    // All of crust's descriptors.
-    remote.syscall("close_range", libc::SYS_close_range, &[0, u32::MAX as u64, 0])?;
+    // All of crust's descriptors, but those it hands down.
+    let mut from = 0u64;
+    let mut keep: Vec<u64> = keep_fds.iter().map(|f| *f as u64).collect();
+    keep.sort();
+    for fd in keep {
+        if fd > from {
+            remote.syscall("close_range", libc::SYS_close_range, &[from, fd - 1, 0])?;
+        }
+        from = fd + 1;
+    }
+    remote.syscall("close_range", libc::SYS_close_range, &[from, u32::MAX as u64, 0])?;
     // glibc registered an rseq area in crust's TLS; the kernel would keep writing to it.
     let rseq = ptrace::get_rseq(pid)?;
     if rseq.address != 0 {
@@ -587,4 +624,12 @@ fn forget_crust_state(remote: &mut RemoteTask) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The --inherit-fd key of an external description ("pipe:[ID]").
+fn external_key(f: &OpenFile) -> Option<String> {
+    match &f.kind {
+        Some(crate::image::proto::open_file::Kind::Pipe(p)) if p.external => Some(format!("pipe:[{}]", p.pipe_id)),
+        _ => None,
+    }
 }

@@ -46,6 +46,8 @@ pub struct OpenFileTable {
     by_inode: BTreeMap<(u64, u64), Vec<(i32, i32, u32)>>,
     /// pipe id -> (pid, fd, access mode) of every end seen.
     pipe_ends: BTreeMap<u64, Vec<(i32, i32, u32)>>,
+    /// Objects the user declared external (dump --external KEY, e.g. "pipe:[1234]").
+    pub externals: Vec<String>,
 }
 
 impl OpenFileTable {
@@ -74,15 +76,29 @@ impl OpenFileTable {
 
     /// Checks what can only be judged once the whole tree was seen (both ends of every pipe
     /// inside it) and returns the record.
-    pub fn finish(self) -> Result<OpenFiles> {
+    pub fn finish(mut self) -> Result<OpenFiles> {
         for (pipe_id, ends) in &self.pipe_ends {
             let mode = |m: i32| ends.iter().any(|(_, _, f)| f & libc::O_ACCMODE as u32 == m as u32);
-            if !(mode(libc::O_RDONLY) && mode(libc::O_WRONLY)) {
+            if mode(libc::O_RDONLY) && mode(libc::O_WRONLY) {
+                continue;
+            }
+            let key = format!("pipe:[{pipe_id}]");
+            if !self.externals.contains(&key) {
                 let (pid, fd, _) = ends[0];
                 bail!(
-                    "pid {pid} fd {fd}: pipe:[{pipe_id}] has its other end outside the dumped processes; \
-                     crust cannot reconnect it"
+                    "pid {pid} fd {fd}: {key} has its other end outside the dumped processes; \
+                     to reconnect it at restore, dump with --external {key} and restore with --inherit-fd fd[N]:{key}"
                 );
+            }
+            // Its data belongs to whoever holds the other end: nothing to save.
+            for file in &mut self.files {
+                if let Some(open_file::Kind::Pipe(p)) = &mut file.kind {
+                    if p.pipe_id == *pipe_id {
+                        p.external = true;
+                        p.buffered.clear();
+                        file.created_with = 0;
+                    }
+                }
             }
         }
         Ok(OpenFiles { open_files: self.files })

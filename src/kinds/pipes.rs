@@ -18,7 +18,7 @@ pub fn dump(src: &FdSource) -> Result<Pipe> {
     let (pid, fd, copy) = (src.pid, src.fd, src.copy);
     let size = fcntl(copy, FcntlArg::F_GETPIPE_SZ).with_context(|| format!("pid {pid} fd {fd}: F_GETPIPE_SZ"))?;
     let flags = OFlag::from_bits_truncate(fcntl(copy, FcntlArg::F_GETFL)?);
-    let mut pipe = Pipe { pipe_id: src.meta.ino(), buffered: Vec::new(), buffer_size: size as u32 };
+    let mut pipe = Pipe { pipe_id: src.meta.ino(), buffer_size: size as u32, ..Default::default() };
     if flags & OFlag::O_ACCMODE != OFlag::O_RDONLY {
         return Ok(pipe);
     }
@@ -47,6 +47,9 @@ pub fn peek_buffer(read_end: &std::os::fd::OwnedFd, size: i32) -> Result<Vec<u8>
 
 /// Opens one end; the first end of a pipe creates both (kept in `together` for the other).
 pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, p: &Pipe, together: &mut Together) -> Result<i32> {
+    if p.external {
+        anyhow::bail!("pipe:[{}] is external: it is given by --inherit-fd, not created", p.pipe_id);
+    }
     let flags = file.flags as i32;
     let (r, w) = match together.get(&p.pipe_id) {
         Some(ends) => (ends[0], ends[1]),
