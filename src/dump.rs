@@ -33,6 +33,9 @@ pub struct DumpOptions {
     /// Objects shared with processes outside the tree that the user will reconnect at restore
     /// (`--external pipe:[ID]`).
     pub externals: Vec<String>,
+    /// `--shell-job`: the tree runs on a shell's terminal; its terminal fds are recorded and
+    /// reconnected to crust's terminal at restore.
+    pub shell_job: bool,
 }
 
 /// Timings of one dump, for people and for the benchmark.
@@ -67,7 +70,8 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
     let froze = freeze_tree(root, &mut members, &mut frozen);
-    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, &opts.externals));
+    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, opts));
+    let foreground_pgid = foreground_pgid(root, &members);
     // Resume when asked to, and always when the dump failed: a failed dump changes nothing.
     let resume = opts.leave_running || collected.is_err();
     let mut released = Ok(());
@@ -101,6 +105,8 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
         frozen_at_realtime_ns: frozen_at.tv_sec() * 1_000_000_000 + frozen_at.tv_nsec(),
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         data_files,
+        shell_job: opts.shell_job,
+        foreground_pgid,
     };
     // The inventory goes last: an image without one is incomplete.
     image.write_record(image::INVENTORY, &inventory)?;
@@ -112,6 +118,19 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
         started.elapsed().as_secs_f64() * 1e3
     ));
     Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
+}
+
+/// The tree's process group in the foreground of the root's terminal, if any: tpgid of
+/// /proc/PID/stat, read while the tree is frozen.
+fn foreground_pgid(root: Pid, members: &[Member]) -> u32 {
+    let field = |pid: Pid, n: usize| -> Option<i64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')').next()?.split_whitespace().nth(n)?.parse().ok()
+    };
+    // After the comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5).
+    let Some(tpgid) = field(root, 5).filter(|t| *t > 0) else { return 0 };
+    let in_tree = members.iter().any(|m| field(m.pid, 2) == Some(tpgid));
+    if in_tree { tpgid as u32 } else { 0 }
 }
 
 fn children_of(pid: Pid) -> Vec<Pid> {
@@ -162,10 +181,11 @@ fn collect_tree(
     members: &[Member],
     image: &ImageDir,
     progress: &Progress,
-    externals: &[String],
+    opts: &DumpOptions,
 ) -> Result<(Vec<ProcessEntry>, Vec<String>, u64)> {
     let mut open_files = OpenFileTable::default();
-    open_files.externals = externals.to_vec();
+    open_files.externals = opts.externals.clone();
+    open_files.shell_job = opts.shell_job;
     let mut pages_bytes = 0;
     for f in frozen.iter_mut() {
         let parent = members

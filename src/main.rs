@@ -40,6 +40,10 @@ enum Command {
         /// Accepted for CRIU compatibility: crust always dumps file locks.
         #[arg(short = 'l', long = "file-locks")]
         file_locks: bool,
+        /// The tree was started from an interactive shell: record its terminal, to be
+        /// reconnected to the terminal `crust restore -j` runs on.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Recreate a process from an image, with its PID, and wait for it.
     Restore {
@@ -52,6 +56,10 @@ enum Command {
         /// dump (for example fd[0]:pipe:[1234]). Repeatable.
         #[arg(long = "inherit-fd", value_name = "fd[N]:KEY", value_parser = parse_inherit_fd)]
         inherit_fds: Vec<(i32, String)>,
+        /// Restore a shell job on this terminal (crust's controlling terminal), in the
+        /// foreground if it was in the foreground.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
     },
     /// Print the whole image as JSON.
     Show {
@@ -116,11 +124,14 @@ fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, externals, file_locks: _ } => {
-            crust::dump::dump(pid, &dir, &crust::dump::DumpOptions { leave_running, externals })?;
+        Command::Dump { pid, dir, leave_running, externals, file_locks: _, shell_job } => {
+            crust::dump::dump(pid, &dir, &crust::dump::DumpOptions { leave_running, externals, shell_job })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { dir, detach, inherit_fds } => match crust::restore::restore(&dir, &RestoreOptions { detach, inherit_fds })? {
+        Command::Restore { dir, detach, inherit_fds, shell_job } => match crust::restore::restore(
+            &dir,
+            &RestoreOptions { detach, inherit_fds, shell_job },
+        )? {
             Restored::Running { pid, .. } => {
                 println!("{pid}");
                 Ok(ExitCode::SUCCESS)

@@ -47,6 +47,8 @@ pub struct RestoreOptions {
     pub detach: bool,
     /// `--inherit-fd fd[N]:KEY`: crust's fd N stands for the external object KEY.
     pub inherit_fds: Vec<(i32, String)>,
+    /// `--shell-job`: restore a shell job on crust's terminal.
+    pub shell_job: bool,
 }
 
 /// How a restore ended.
@@ -165,10 +167,19 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         wait_pid_free(entry.pid)?;
     }
     check_machine(&img)?;
+    let terminal = if img.inventory.shell_job || files::has_terminals(&img.open_files) {
+        if !opts.shell_job {
+            bail!("the image is a shell job (dumped with --shell-job): restore it with --shell-job (-j) from the terminal it should run on");
+        }
+        Some(crate::sys::terminal::ControllingTerminal::open().context("--shell-job needs crust to run on a terminal")?)
+    } else {
+        None
+    };
     raise_nofile_limit();
 
     let mut tree = Tree::plan(&img, &opts.inherit_fds)?;
-    let built = tree.build(&img, &progress);
+    let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
+    let built = tree.build(&img, &progress, foreground.map(|t| (t, img.inventory.foreground_pgid)));
     if let Err(e) = built {
         tree.kill_all();
         return Err(e.context(format!("restoring the tree of pid {root} (every process it created was killed)")));
@@ -178,8 +189,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     if opts.detach {
         return Ok(Restored::Running { pid: root as i32, elapsed });
     }
-    let status = wait_exit(Pid::from_raw(root as i32))?;
-    Ok(Restored::Exited { pid: root as i32, status })
+    let status = wait_exit(Pid::from_raw(root as i32));
+    if let Some(t) = foreground {
+        // The job is over: the terminal is crust's (and its shell's) again.
+        t.take_foreground()?;
+    }
+    Ok(Restored::Exited { pid: root as i32, status: status? })
 }
 
 /// Raises crust's soft RLIMIT_NOFILE to the hard limit, so the new processes (which inherit it
@@ -329,7 +344,12 @@ impl Tree {
         })
     }
 
-    fn build(&mut self, img: &LoadedImage, progress: &Progress) -> Result<()> {
+    fn build(
+        &mut self,
+        img: &LoadedImage,
+        progress: &Progress,
+        foreground: Option<(&crate::sys::terminal::ControllingTerminal, u32)>,
+    ) -> Result<()> {
         let root = img.inventory.root_pid;
         progress.step(format!("creating pid {root} and its tree"));
         let child = clone3::fork_with_pid(root as i32).map_err(|e| match e.errno() {
@@ -359,6 +379,10 @@ impl Tree {
         for pid in img.processes.keys() {
             progress.step(format!("pid {pid}: restoring its state"));
             self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
+        }
+        // A foreground job gets the terminal before it runs (else its first read stops it).
+        if let Some((terminal, pgid)) = foreground {
+            terminal.give_foreground(pgid)?;
         }
         // Release everything at once, so the tree resumes together.
         for (pid, building) in &mut self.building {

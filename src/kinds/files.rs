@@ -48,6 +48,8 @@ pub struct OpenFileTable {
     pipe_ends: BTreeMap<u64, Vec<(i32, i32, u32)>>,
     /// Objects the user declared external (dump --external KEY, e.g. "pipe:[1234]").
     pub externals: Vec<String>,
+    /// dump --shell-job: terminals are allowed, and reconnected to crust's at restore.
+    pub shell_job: bool,
 }
 
 impl OpenFileTable {
@@ -142,7 +144,16 @@ impl Kind for Files {
             }
             let id = table.files.len() as u32 + 1;
             let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-            let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image: ctx.image };
+            let src = FdSource {
+                pid,
+                fd,
+                link: &link,
+                meta: &meta,
+                copy: &copy,
+                fdinfo: &fdinfo,
+                image: ctx.image,
+                shell_job: table.shell_job,
+            };
             let (kind, created_with) = describe_open_file(&src)?;
             if let open_file::Kind::Pipe(p) = &kind {
                 table.pipe_ends.entry(p.pipe_id).or_default().push((pid, fd, info.flags & libc::O_ACCMODE as u32));
@@ -236,6 +247,7 @@ fn describe(file: &OpenFile) -> String {
         Some(K::Inotify(_)) => "inotify".into(),
         Some(K::Fifo(f)) => f.file.as_ref().map(|f| f.path.clone()).unwrap_or_default(),
         Some(K::SharedMemory(m)) => format!("shared memory (inode {})", m.inode),
+        Some(K::Tty(t)) => format!("terminal {}", t.path),
         None => "unknown".into(),
     }
 }
@@ -252,6 +264,8 @@ pub struct FdSource<'a> {
     /// The whole /proc/PID/fdinfo/N text.
     pub fdinfo: &'a str,
     pub image: &'a crate::image::ImageDir,
+    /// dump --shell-job was given.
+    pub shell_job: bool,
 }
 
 impl FdSource<'_> {
@@ -286,6 +300,16 @@ fn describe_open_file(src: &FdSource) -> Result<(open_file::Kind, u64)> {
                 return Err(src.refuse("an anonymous-inode file"));
             }
             K::Regular(RegularFile { file: Some(file_identity(link, &through)?) })
+        }
+        libc::S_IFCHR if is_terminal(src.meta.rdev()) => {
+            if !src.shell_job {
+                return Err(anyhow::anyhow!(
+                    "pid {} fd {}: a terminal ({link}): a program started from a shell is dumped with --shell-job (-j)",
+                    src.pid,
+                    src.fd
+                ));
+            }
+            K::Tty(crate::image::proto::Tty { path: link.to_string(), rdev: src.meta.rdev() })
         }
         libc::S_IFCHR => {
             if !STATELESS_DEVICES.contains(&link) {
@@ -345,6 +369,11 @@ fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Togeth
         K::Inotify(i) => super::inotify::open(ctx, file, i),
         K::Fifo(f) => super::fifo::open(ctx, file, f, together),
         K::SharedMemory(m) => super::shared_memory::open(ctx, file, m),
+        K::Tty(_) => {
+            // The restored tree lives in crust's session: /dev/tty is crust's terminal.
+            let open_flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_NOCTTY;
+            ctx.open_in_process("/dev/tty", open_flags | libc::O_CLOEXEC)
+        }
         _ => bail!("open file record without a file"),
     }
 }
@@ -368,6 +397,17 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Terminals: the console (major 4), pseudo-terminal slaves (136-143) and /dev/tty (5:0).
+fn is_terminal(rdev: u64) -> bool {
+    let major = libc::major(rdev);
+    major == 4 || (136..=143).contains(&major) || rdev == libc::makedev(5, 0)
+}
+
+/// Whether the image holds terminals of a shell job.
+pub fn has_terminals(record: &OpenFiles) -> bool {
+    record.open_files.iter().any(|f| matches!(f.kind, Some(open_file::Kind::Tty(_))))
 }
 
 /// Raw data files the open file descriptions refer to (memfd contents).
