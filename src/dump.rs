@@ -195,6 +195,7 @@ fn collect_tree(
             .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()));
         pages_bytes += collect(f, image, progress, &mut open_files, parent)?;
     }
+    let sysv_data: Vec<String> = open_files.sysv_segments.values().map(|s| s.data_file.clone()).collect();
     let open_files = open_files.finish()?;
     image.write_record(image::OPEN_FILES, &open_files)?;
     let entries = members
@@ -208,7 +209,9 @@ fn collect_tree(
             comm: m.comm.clone(),
         })
         .collect();
-    Ok((entries, crate::kinds::files::data_files(&open_files), pages_bytes))
+    let mut data_files = crate::kinds::files::data_files(&open_files);
+    data_files.extend(sysv_data);
+    Ok((entries, data_files, pages_bytes))
 }
 
 /// Refuses what this version cannot dump, before touching the process.

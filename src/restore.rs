@@ -178,12 +178,16 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     raise_nofile_limit();
 
     let mut tree = Tree::plan(&img, &opts.inherit_fds)?;
+    let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
+    let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
     let built = tree.build(&img, &progress, foreground.map(|t| (t, img.inventory.foreground_pgid)));
     if let Err(e) = built {
         tree.kill_all();
+        segments.undo();
         return Err(e.context(format!("restoring the tree of pid {root} (every process it created was killed)")));
     }
+    segments.finish()?;
     let elapsed = started.elapsed();
     progress.finish(format!("restored {} process(es) of pid {root} in {:.1} ms", img.entries().len(), elapsed.as_secs_f64() * 1e3));
     if opts.detach {

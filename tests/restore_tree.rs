@@ -1245,4 +1245,51 @@ mod restore_tree {
         problems.extend(t.wait_all_reaped(Duration::from_secs(5)));
         assert_no_problems("shared memory after restore", &problems, &t, &format!("tree before the dump:\n{}", before.describe()));
     }
+
+    fn sysv_segment(shmid: i32) -> Option<String> {
+        fs::read_to_string("/proc/sysvipc/shm")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .find(|l| l.split_whitespace().nth(1) == Some(&shmid.to_string()))
+            .map(str::to_owned)
+    }
+
+    /// tree_sysvshm.c: a removed SysV segment (dies with the dumped tree) is recreated with
+    /// its id and contents and removed again; a kept one is attached again; both are shared by
+    /// parent and child after restore (the child's writes are seen by the parent).
+    #[test]
+    fn sysv_shared_memory_comes_back_with_its_ids_and_contents() {
+        let mut t = Tree::spawn("tree_sysvshm", &[]);
+        let status = t.w.status_text();
+        let a: i32 = role_field(&status, "parent", "a").parse().unwrap();
+        let b: i32 = role_field(&status, "parent", "b").parse().unwrap();
+        let before = t.snapshot();
+        let dump = t.dump(&before);
+        eprintln!("{dump}");
+        assert!(sysv_segment(a).is_none(), "removed segment {a} should die with the dumped tree");
+        assert!(sysv_segment(b).is_some(), "kept segment {b} should outlive the dumped tree");
+        t.restore(&before);
+        let after = t.snapshot();
+        let mut problems = compare(&before, &after, &[]);
+        for (id, removed) in [(a, true), (b, false)] {
+            match sysv_segment(id) {
+                None => problems.push(format!("SysV segment {id} does not exist after restore")),
+                Some(line) => {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let mode = u32::from_str_radix(f[2], 8).unwrap();
+                    if (mode & 0o1000 != 0) != removed || f[6] != "2" {
+                        problems.push(format!("SysV segment {id} after restore: {line} (removed {removed}, 2 attachments expected)"));
+                    }
+                }
+            }
+        }
+        let r = t.w.go();
+        problems.extend(verdict(&r, &["parent", "child"]));
+        problems.extend(t.wait_all_reaped(Duration::from_secs(5)));
+        if let Some(line) = sysv_segment(a) {
+            problems.push(format!("removed segment {a} outlived its last attachment: {line}"));
+        }
+        assert_no_problems("SysV shared memory after restore", &problems, &t, &format!("tree before the dump:\n{}", before.describe()));
+    }
 }

@@ -50,6 +50,8 @@ pub struct OpenFileTable {
     pub externals: Vec<String>,
     /// dump --shell-job: terminals are allowed, and reconnected to crust's at restore.
     pub shell_job: bool,
+    /// SysV segments met in mappings (each saved once), by id.
+    pub sysv_segments: BTreeMap<i32, crate::image::proto::SysvShm>,
 }
 
 impl OpenFileTable {

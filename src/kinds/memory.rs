@@ -52,6 +52,10 @@ impl Kind for Memory {
                 continue; // crust's own scratch area
             }
             let mut vma = describe_vma(pid, map)?;
+            if vma.kind() == VmaKind::SysvShm {
+                let shmid = map.inode as i32;
+                vma.sysv_shm = Some(super::sysv_shm::dump(pid, &vma, shmid, ctx.image, &mut ctx.open_files.sysv_segments)?);
+            }
             if vma.kind() == VmaKind::SharedAnonymous {
                 // Saved once for every process mapping it, as a shared object.
                 vma.shared_memory_id = ctx.open_files.shared_memory(pid, start, end, ctx.image)?;
@@ -206,11 +210,20 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
         MMapPath::Vdso => VmaKind::Vdso,
         MMapPath::Vvar => VmaKind::Vvar,
         MMapPath::Vsyscall => VmaKind::Vsyscall,
+        // A SysV shared memory attachment ("/SYSV<key> (deleted)"; inode column = shmid).
+        MMapPath::Vsys(key) => {
+            vma.name = format!("/SYSV{key:08x} (deleted)");
+            VmaKind::SysvShm
+        }
         MMapPath::Other(name) if name.trim_matches(['[', ']']) == "vvar_vclock" => VmaKind::VvarVclock,
         MMapPath::Path(path) => {
             let path = path.to_string_lossy().into_owned();
             if let Some(original) = path.strip_suffix(" (deleted)") {
-                if original == "/dev/zero" && shared {
+                if original.starts_with("/SYSV") && shared {
+                    // The maps inode column of a SysV attachment is the segment id.
+                    vma.name = path.clone();
+                    VmaKind::SysvShm
+                } else if original == "/dev/zero" && shared {
                     // MAP_SHARED|MAP_ANONYMOUS is backed by an unlinked shmem file of this name.
                     vma.name = path.clone();
                     VmaKind::SharedAnonymous
@@ -630,6 +643,10 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
     let (flags, fd, offset) = match kind {
         VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
         VmaKind::PrivateAnonymous => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown, -1i64, 0),
+        VmaKind::SysvShm => {
+            let seg = vma.sysv_shm.as_ref().context("SysV mapping without its segment")?;
+            return super::sysv_shm::attach(ctx, vma, seg);
+        }
         VmaKind::SharedAnonymous => {
             // The object was created (and filled) by the nearest common ancestor of everyone
             // mapping it; its descriptor waits at the working fd of its description.

@@ -18,6 +18,7 @@ pub mod registers;
 pub mod shared_memory;
 pub mod signalfd;
 pub mod signals;
+pub mod sysv_shm;
 pub mod timerfd;
 pub mod timers;
 pub mod unix_socket;

@@ -33,9 +33,15 @@ pub fn open_object(pid: i32, start: u64, end: u64) -> Result<(u64, u64, File)> {
 /// Copies the object's data (not its holes) into a sparse data file at the same offsets.
 pub fn dump(image: &ImageDir, object: &File) -> Result<SharedMemory> {
     let meta = object.metadata()?;
-    let size = meta.size();
     let name = data_file_name(meta.ino());
-    let out = image.create_data_file(&name)?;
+    let size = save_contents(image, object, &name)?;
+    Ok(SharedMemory { inode: meta.ino(), size, data_file: name })
+}
+
+/// Writes a sparse copy of a memory object into data file `name`; returns the object's size.
+pub fn save_contents(image: &ImageDir, object: &File, name: &str) -> Result<u64> {
+    let size = object.metadata()?.size();
+    let out = image.create_data_file(name)?;
     out.set_len(size)?;
     let mut buf = vec![0u8; 4 << 20];
     for (start, end) in data_regions(object, size)? {
@@ -47,11 +53,11 @@ pub fn dump(image: &ImageDir, object: &File) -> Result<SharedMemory> {
             at += n as u64;
         }
     }
-    Ok(SharedMemory { inode: meta.ino(), size, data_file: name })
+    Ok(size)
 }
 
 /// The [start, end) ranges of a file that hold data (SEEK_DATA / SEEK_HOLE).
-fn data_regions(file: &File, size: u64) -> Result<Vec<(u64, u64)>> {
+pub fn data_regions(file: &File, size: u64) -> Result<Vec<(u64, u64)>> {
     use nix::unistd::{Whence, lseek};
     let mut regions = Vec::new();
     let mut at: i64 = 0;

@@ -7,6 +7,7 @@ pub mod pidfd;
 pub mod ptrace;
 pub mod region;
 pub mod remote;
+pub mod sysv;
 pub mod terminal;
 
 use nix::errno::Errno;

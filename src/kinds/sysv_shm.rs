@@ -1,0 +1,157 @@
+//! System V shared memory attached by processes of the tree.
+//!
+//! A segment belongs to the IPC namespace, not to a process, so it usually outlives the dumped
+//! processes: restore attaches it again if it still exists with the same id, key and size.
+//! A segment that is gone (it had been removed with IPC_RMID and died with its last
+//! attachment, or the restore runs elsewhere) is recreated with its id, owner, mode and
+//! contents, and removed again if it had been removed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use anyhow::{Context, Result, bail};
+
+use super::RestoreCtx;
+use super::shared_memory::{data_regions, save_contents};
+use crate::image::ImageDir;
+use crate::image::proto::{Mm, SysvShm, Vma};
+use crate::sys::sysv::{self, SHM_DEST};
+
+/// Records the segment behind a SysV mapping, saving its contents the first time it is met.
+pub fn dump(pid: i32, vma: &Vma, shmid: i32, image: &ImageDir, saved: &mut BTreeMap<i32, SysvShm>) -> Result<SysvShm> {
+    if let Some(seg) = saved.get(&shmid) {
+        return Ok(seg.clone());
+    }
+    let info = sysv::segments()?
+        .into_iter()
+        .find(|s| s.shmid == shmid)
+        .with_context(|| format!("pid {pid}: SysV segment {shmid} is not in /proc/sysvipc/shm"))?;
+    if vma.file_offset != 0 || vma.end - vma.start < info.size {
+        bail!(
+            "pid {pid}: mapping {:#x}-{:#x} attaches only part of SysV segment {shmid}; crust cannot restore partial attachments",
+            vma.start,
+            vma.end
+        );
+    }
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end);
+    let object = File::open(&path).with_context(|| format!("opening {path}"))?;
+    let data_file = format!("sysvshm-{shmid}.img");
+    save_contents(image, &object, &data_file)?;
+    let seg = SysvShm {
+        key: info.key,
+        shmid,
+        size: info.size,
+        mode: info.mode,
+        uid: info.uid,
+        gid: info.gid,
+        data_file,
+    };
+    saved.insert(shmid, seg.clone());
+    Ok(seg)
+}
+
+/// Segments made ready for a restore: which ones crust created, which must be removed again.
+#[derive(Default)]
+pub struct Prepared {
+    created: Vec<i32>,
+    to_remove: Vec<i32>,
+}
+
+impl Prepared {
+    /// After a successful restore: segments that had been removed are removed again (they now
+    /// live as long as the restored attachments).
+    pub fn finish(self) -> Result<()> {
+        for shmid in self.to_remove {
+            sysv::remove(shmid)?;
+        }
+        Ok(())
+    }
+
+    /// After a failed restore: nothing crust created stays.
+    pub fn undo(self) {
+        for shmid in self.created {
+            let _ = sysv::remove(shmid);
+        }
+    }
+}
+
+/// Makes every segment of the image exist with its id, before any process is created.
+pub fn prepare(dir: &ImageDir, mms: &[&Mm]) -> Result<Prepared> {
+    let mut wanted: BTreeMap<i32, &SysvShm> = BTreeMap::new();
+    for vma in mms.iter().flat_map(|m| &m.vmas) {
+        if let Some(seg) = &vma.sysv_shm {
+            wanted.insert(seg.shmid, seg);
+        }
+    }
+    let mut prepared = Prepared::default();
+    if wanted.is_empty() {
+        return Ok(prepared);
+    }
+    let existing = sysv::segments()?;
+    for (shmid, seg) in wanted {
+        let removed = seg.mode & SHM_DEST != 0;
+        match existing.iter().find(|e| e.shmid == shmid) {
+            // Still there: its current contents are the live shared state.
+            Some(e) if e.size == seg.size && (removed || e.key == seg.key) => {}
+            Some(e) => {
+                prepared.undo();
+                bail!(
+                    "SysV segment id {shmid} is taken by another segment (key {:#x}, {} bytes; the image has key {:#x}, {} bytes)",
+                    e.key,
+                    e.size,
+                    seg.key,
+                    seg.size
+                );
+            }
+            None => {
+                let key = if removed { libc::IPC_PRIVATE } else { seg.key };
+                let got = match sysv::create_with_id(key, shmid, seg.size, seg.mode) {
+                    Ok(got) => got,
+                    Err(e) => {
+                        prepared.undo();
+                        return Err(e).with_context(|| format!("recreating SysV segment {shmid}"));
+                    }
+                };
+                prepared.created.push(got);
+                if got != shmid {
+                    prepared.undo();
+                    bail!("recreating SysV segment {shmid}: the kernel gave id {got}");
+                }
+                let data = File::open(dir.path(&seg.data_file))?;
+                let regions = data_regions(&data, seg.size)?;
+                let filled = sysv::fill(shmid, seg.size, |bytes| {
+                    for (start, end) in &regions {
+                        data.read_exact_at(&mut bytes[*start as usize..*end as usize], *start)?;
+                    }
+                    Ok(())
+                })
+                .and_then(|_| sysv::set_owner(shmid, seg.uid, seg.gid, seg.mode));
+                if let Err(e) = filled {
+                    prepared.undo();
+                    return Err(e).with_context(|| format!("refilling SysV segment {shmid}"));
+                }
+                if removed {
+                    prepared.to_remove.push(shmid);
+                }
+            }
+        }
+    }
+    Ok(prepared)
+}
+
+/// Attaches the segment at the mapping's address in the process being restored.
+pub fn attach(ctx: &mut RestoreCtx, vma: &Vma, seg: &SysvShm) -> Result<()> {
+    let mut flags = 0u64;
+    if vma.prot & libc::PROT_WRITE as u32 == 0 {
+        flags |= libc::SHM_RDONLY as u64;
+    }
+    if vma.prot & libc::PROT_EXEC as u32 != 0 {
+        flags |= libc::SHM_EXEC as u64;
+    }
+    let got = ctx.remote.syscall("shmat", libc::SYS_shmat, &[seg.shmid as u64, vma.start, flags])?;
+    if got != vma.start {
+        bail!("shmat of segment {} returned {got:#x}", seg.shmid);
+    }
+    Ok(())
+}
