@@ -36,6 +36,9 @@ pub struct DumpOptions {
     /// `--shell-job`: the tree runs on a shell's terminal; its terminal fds are recorded and
     /// reconnected to crust's terminal at restore.
     pub shell_job: bool,
+    /// `--external-locks`: go on although processes outside the tree hold or wait for locks
+    /// on files the tree has locked.
+    pub external_locks: bool,
 }
 
 /// Timings of one dump, for people and for the benchmark.
@@ -195,6 +198,15 @@ fn collect_tree(
             .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()));
         pages_bytes += collect(f, image, progress, &mut open_files, parent)?;
     }
+    let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
+    let outsiders = crate::kinds::locks::outsiders(&open_files.locked_files, &tree)?;
+    if !outsiders.is_empty() && !opts.external_locks {
+        bail!(
+            "files locked by the dumped processes are also locked by processes outside them ({}); \
+             restoring would not bring those back: dump with --external-locks to go on anyway",
+            outsiders.join("; ")
+        );
+    }
     let sysv_data: Vec<String> = open_files.sysv_segments.values().map(|s| s.data_file.clone()).collect();
     let open_files = open_files.finish()?;
     image.write_record(image::OPEN_FILES, &open_files)?;
@@ -240,17 +252,6 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
     if let Some(id) = timers.lines().find_map(|l| l.strip_prefix("ID:")) {
         bail!("pid {pid} has POSIX timer {} (timer_create); crust cannot restore POSIX timers yet", id.trim());
-    }
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
-        let entry = entry?;
-        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        if let Some(lock) = info.lines().find_map(|l| l.strip_prefix("lock:")) {
-            bail!(
-                "pid {pid} fd {}: holds a file lock or lease ({}); crust cannot restore locks yet",
-                entry.file_name().to_string_lossy(),
-                lock.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-            );
-        }
     }
     for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));

@@ -44,6 +44,10 @@ enum Command {
         /// reconnected to the terminal `crust restore -j` runs on.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Go on although processes outside the tree hold or wait for locks on files the tree
+        /// has locked (their locks are theirs; crust only restores the tree's).
+        #[arg(long = "external-locks")]
+        external_locks: bool,
     },
     /// Recreate a process from an image, with its PID, and wait for it.
     Restore {
@@ -124,8 +128,9 @@ fn init_logging(verbose: u8, log_file: Option<&PathBuf>) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Dump { pid, dir, leave_running, externals, file_locks: _, shell_job } => {
-            crust::dump::dump(pid, &dir, &crust::dump::DumpOptions { leave_running, externals, shell_job })?;
+        Command::Dump { pid, dir, leave_running, externals, file_locks: _, shell_job, external_locks } => {
+            let opts = crust::dump::DumpOptions { leave_running, externals, shell_job, external_locks };
+            crust::dump::dump(pid, &dir, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore { dir, detach, inherit_fds, shell_job } => match crust::restore::restore(

@@ -52,6 +52,8 @@ pub struct OpenFileTable {
     pub shell_job: bool,
     /// SysV segments met in mappings (each saved once), by id.
     pub sysv_segments: BTreeMap<i32, crate::image::proto::SysvShm>,
+    /// "dev:inode" (as /proc/locks writes it) of every file the tree holds a lock on.
+    pub locked_files: std::collections::BTreeSet<String>,
 }
 
 impl OpenFileTable {
@@ -72,6 +74,7 @@ impl OpenFileTable {
             position: 0,
             kind: Some(open_file::Kind::SharedMemory(shm)),
             created_with: 0,
+            locks: Vec::new(),
         });
         // Mappings are not fds: fd -1 marks the entry as found through a mapping.
         self.by_inode.entry((dev, ino)).or_default().push((pid, -1, id));
@@ -136,6 +139,21 @@ impl Kind for Files {
                 .to_string_lossy()
                 .into_owned();
             let info = read_fdinfo(pid, fd)?;
+            let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+            let locks = super::locks::fdinfo_locks(&fdinfo);
+            let mut description_locks = Vec::new();
+            for line in &locks {
+                let lock = super::locks::record(line).with_context(|| format!("pid {pid} fd {fd} ({link})"))?;
+                table.locked_files.insert(line.dev_ino.clone());
+                if lock.kind() == crate::image::proto::file_lock::Kind::Posix {
+                    // fdinfo of every fd sharing the description shows it: record it once.
+                    if !record.posix_locks.iter().any(|p| p.lock.as_ref() == Some(&lock)) {
+                        record.posix_locks.push(crate::image::proto::PosixLock { fd, lock: Some(lock) });
+                    }
+                } else {
+                    description_locks.push(lock);
+                }
+            }
             let copy = pidfd_getfd(&ctx.pidfd, pid, fd)?;
             let meta = File::from(copy.try_clone()?).metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
             let key = (meta.dev(), meta.ino());
@@ -145,7 +163,6 @@ impl Kind for Files {
                 continue;
             }
             let id = table.files.len() as u32 + 1;
-            let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
             let src = FdSource {
                 pid,
                 fd,
@@ -166,6 +183,7 @@ impl Kind for Files {
                 position: info.pos,
                 kind: Some(kind),
                 created_with,
+                locks: description_locks,
             });
             record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
             table.by_inode.entry(key).or_default().push((pid, fd, id));
@@ -196,6 +214,19 @@ impl Kind for Files {
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
         // Registrations that name other fds of the process by number need them all in place.
         super::epoll::register_targets(ctx, record)?;
+        // POSIX locks belong to the process and vanish when it closes any fd of the file: they
+        // come last, once no fd will be closed any more.
+        for posix in &record.posix_locks {
+            let lock = posix.lock.as_ref().context("POSIX lock record without its lock")?;
+            let name = record
+                .fds
+                .iter()
+                .find(|f| f.fd == posix.fd)
+                .and_then(|f| ctx.open_files.open_files.iter().find(|o| o.id == f.open_file_id))
+                .map(describe)
+                .unwrap_or_else(|| format!("fd {}", posix.fd));
+            super::locks::take(ctx, posix.fd, lock, &name)?;
+        }
         super::credentials::enter_fs_identity(ctx)?;
         let addr = ctx.remote.put_path(0, &record.cwd)?;
         ctx.remote
@@ -222,6 +253,10 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
             .with_context(|| format!("restoring open file #{} ({})", file.id, describe(file)))?;
         let work = ctx.work_fd_floor as u64 + file.id as u64;
         ctx.remote.syscall("dup3", libc::SYS_dup3, &[fd as u64, work, libc::O_CLOEXEC as u64])?;
+        // flock and OFD locks belong to the description: taken once, here.
+        for lock in &file.locks {
+            super::locks::take(ctx, fd, lock, &describe(file))?;
+        }
         if !together.values().flatten().any(|t| *t == fd) {
             ctx.close_in_process(fd)?;
         }
