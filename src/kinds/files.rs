@@ -133,6 +133,8 @@ impl Kind for Files {
         fds.sort();
         let mut record = FilesRecord::default();
         let table = &mut *ctx.open_files;
+        // (file, lock) of the POSIX locks recorded for this process.
+        let mut seen_posix: Vec<(String, crate::image::proto::FileLock)> = Vec::new();
         for fd in fds {
             let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
                 .with_context(|| format!("pid {pid} fd {fd}: readlink"))?
@@ -146,8 +148,11 @@ impl Kind for Files {
                 let lock = super::locks::record(line).with_context(|| format!("pid {pid} fd {fd} ({link})"))?;
                 table.locked_files.insert(line.dev_ino.clone());
                 if lock.kind() == crate::image::proto::file_lock::Kind::Posix {
-                    // fdinfo of every fd sharing the description shows it: record it once.
-                    if !record.posix_locks.iter().any(|p| p.lock.as_ref() == Some(&lock)) {
+                    // fdinfo of every fd sharing the description shows it: record it once. The
+                    // same range and type locked on another file is another lock: compare the
+                    // file too (a process cannot hold one lock twice on one file).
+                    if !seen_posix.contains(&(line.dev_ino.clone(), lock.clone())) {
+                        seen_posix.push((line.dev_ino.clone(), lock.clone()));
                         record.posix_locks.push(crate::image::proto::PosixLock { fd, lock: Some(lock) });
                     }
                 } else {
