@@ -52,8 +52,9 @@ pub struct OpenFileTable {
     pub shell_job: bool,
     /// SysV segments met in mappings (each saved once), by id.
     pub sysv_segments: BTreeMap<i32, crate::image::proto::SysvShm>,
-    /// "dev:inode" (as /proc/locks writes it) of every file the tree holds a lock on.
-    pub locked_files: std::collections::BTreeSet<String>,
+    /// The files the tree holds locks on, and its flock and OFD locks, for the check of
+    /// processes outside the tree that lock them too.
+    pub locked_files: super::locks::LockedFiles,
 }
 
 impl OpenFileTable {
@@ -144,9 +145,10 @@ impl Kind for Files {
             let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
             let locks = super::locks::fdinfo_locks(&fdinfo);
             let mut description_locks = Vec::new();
+            let mut description_lines = Vec::new();
             for line in &locks {
                 let lock = super::locks::record(line).with_context(|| format!("pid {pid} fd {fd} ({link})"))?;
-                table.locked_files.insert(line.dev_ino.clone());
+                table.locked_files.insert(line, &link);
                 if lock.kind() == crate::image::proto::file_lock::Kind::Posix {
                     // fdinfo of every fd sharing the description shows it: record it once. The
                     // same range and type locked on another file is another lock: compare the
@@ -157,6 +159,7 @@ impl Kind for Files {
                     }
                 } else {
                     description_locks.push(lock);
+                    description_lines.push(line.clone());
                 }
             }
             let copy = pidfd_getfd(&ctx.pidfd, pid, fd)?;
@@ -179,6 +182,8 @@ impl Kind for Files {
                 shell_job: table.shell_job,
             };
             let (kind, created_with) = describe_open_file(&src)?;
+            // Once per description (fds sharing it were skipped above).
+            table.locked_files.description_locks.extend(description_lines);
             if let open_file::Kind::Pipe(p) = &kind {
                 table.pipe_ends.entry(p.pipe_id).or_default().push((pid, fd, info.flags & libc::O_ACCMODE as u32));
             }
