@@ -119,7 +119,15 @@ pub fn build_workload(name: &str) -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    fs::rename(&tmp, &bin).unwrap();
+    // Never replace a binary another test process put there first: it may already run (a
+    // replaced binary shows as a deleted file in the running process's mappings, which
+    // crust refuses). hard_link fails with EEXIST if the name is taken.
+    match fs::hard_link(&tmp, &bin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("link {} to {}: {e}", tmp.display(), bin.display()),
+    }
+    let _ = fs::remove_file(&tmp);
     bin
 }
 
