@@ -103,7 +103,8 @@ impl Kind for Files {
             }
             let id = table.files.len() as u32 + 1;
             let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-            let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image: ctx.image };
+            let inode_seen = table.by_inode.contains_key(&key);
+            let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image: ctx.image, inode_seen };
             let (kind, created_with) = describe_open_file(&src)?;
             if let open_file::Kind::Pipe(p) = &kind {
                 table.pipe_ends.entry(p.pipe_id).or_default().push((pid, fd, info.flags & libc::O_ACCMODE as u32));
@@ -212,6 +213,10 @@ pub struct FdSource<'a> {
     /// The whole /proc/PID/fdinfo/N text.
     pub fdinfo: &'a str,
     pub image: &'a crate::image::ImageDir,
+    /// Another open file description of the same inode (dev, ino) was recorded before this one
+    /// (meaningful for files that cannot be reopened by path, like a memfd; anonymous-inode
+    /// kinds all share one inode).
+    pub inode_seen: bool,
 }
 
 impl FdSource<'_> {
@@ -237,7 +242,7 @@ fn describe_open_file(src: &FdSource) -> Result<(open_file::Kind, u64)> {
     let through = format!("/proc/{}/fd/{}", src.pid, src.fd);
     let link = src.link;
     let kind = match src.meta.mode() & libc::S_IFMT {
-        libc::S_IFREG if link.starts_with("/memfd:") => K::Memfd(super::memfd::dump(src)?),
+        libc::S_IFREG if link.starts_with("/memfd:") && link.ends_with(" (deleted)") => K::Memfd(super::memfd::dump(src)?),
         libc::S_IFREG => {
             if link.ends_with(" (deleted)") {
                 return Err(src.refuse("a deleted file"));
