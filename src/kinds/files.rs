@@ -171,6 +171,7 @@ impl Kind for Files {
                 continue;
             }
             let id = table.files.len() as u32 + 1;
+            let inode_seen = table.by_inode.contains_key(&key);
             let src = FdSource {
                 pid,
                 fd,
@@ -180,6 +181,7 @@ impl Kind for Files {
                 fdinfo: &fdinfo,
                 image: ctx.image,
                 shell_job: table.shell_job,
+                inode_seen,
             };
             let (kind, created_with) = describe_open_file(&src)?;
             // Once per description (fds sharing it were skipped above).
@@ -313,6 +315,10 @@ pub struct FdSource<'a> {
     pub image: &'a crate::image::ImageDir,
     /// dump --shell-job was given.
     pub shell_job: bool,
+    /// Another open file description of the same inode (dev, ino) was recorded before this one
+    /// (meaningful for files that cannot be reopened by path, like a memfd; anonymous-inode
+    /// kinds all share one inode).
+    pub inode_seen: bool,
 }
 
 impl FdSource<'_> {
@@ -338,7 +344,7 @@ fn describe_open_file(src: &FdSource) -> Result<(open_file::Kind, u64)> {
     let through = format!("/proc/{}/fd/{}", src.pid, src.fd);
     let link = src.link;
     let kind = match src.meta.mode() & libc::S_IFMT {
-        libc::S_IFREG if link.starts_with("/memfd:") => K::Memfd(super::memfd::dump(src)?),
+        libc::S_IFREG if link.starts_with("/memfd:") && link.ends_with(" (deleted)") => K::Memfd(super::memfd::dump(src)?),
         libc::S_IFREG => {
             if link.ends_with(" (deleted)") {
                 return Err(src.refuse("a deleted file"));

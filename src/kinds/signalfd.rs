@@ -1,15 +1,30 @@
-//! signalfd descriptions. Not supported yet: dump refuses them by pid and fd.
+//! signalfd descriptions: the mask of signals they accept, from fdinfo; O_NONBLOCK is one of the
+//! description's status flags. The signals a signalfd reads are the pending signals of the
+//! process that reads it, which the signals kind restores. Restore is signalfd4(-1, mask).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 
 use super::RestoreCtx;
 use super::files::FdSource;
-use crate::image::proto::{SignalFd, OpenFile};
+use crate::image::proto::{OpenFile, SignalFd};
 
 pub fn dump(src: &FdSource) -> Result<SignalFd> {
-    Err(src.refuse("signalfd"))
+    let mask = src
+        .fdinfo_field("sigmask:")
+        .with_context(|| format!("pid {} fd {}: signalfd without sigmask in fdinfo", src.pid, src.fd))?;
+    let mask =
+        u64::from_str_radix(mask, 16).with_context(|| format!("pid {} fd {}: signalfd sigmask {mask:?}", src.pid, src.fd))?;
+    Ok(SignalFd { mask })
 }
 
-pub fn open(_ctx: &mut RestoreCtx, file: &OpenFile, _record: &SignalFd) -> Result<i32> {
-    bail!("open file #{}: signalfd descriptions cannot be restored by this crust", file.id)
+pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &SignalFd) -> Result<i32> {
+    let flags = libc::SFD_CLOEXEC as u64 | (file.flags as u64 & libc::O_NONBLOCK as u64);
+    let mask = ctx.remote.put(0, &record.mask.to_ne_bytes())?;
+    let fd = ctx
+        .remote
+        .syscall("signalfd4", libc::SYS_signalfd4, &[u64::MAX, mask, 8, flags])
+        .with_context(|| format!("creating a signalfd for mask {:#x}", record.mask))?;
+    let fd = ctx.to_temp_fd(fd)?;
+    super::eventfd::set_status_flags(ctx, fd, file.flags)?;
+    Ok(fd)
 }

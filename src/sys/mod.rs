@@ -88,3 +88,20 @@ pub fn close_inherited_fds() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// timerfd_gettime(2) on crust's copy of a timerfd: (time to the next expiration, period), in
+/// nanoseconds. Like a read, it brings an expired periodic timer up to date (the periods
+/// missed are added to its unread ticks and the timer is re-armed), which changes nothing the
+/// owner can observe.
+pub fn timerfd_gettime(fd: std::os::fd::BorrowedFd) -> Result<(u64, u64), SysError> {
+    use std::os::fd::AsRawFd;
+    let mut spec = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+    };
+    // SAFETY: the kernel writes one struct itimerspec into `spec`, a live local.
+    let ret = unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut spec) };
+    Errno::result(ret).map_err(|e| SysError::new("timerfd_gettime", e))?;
+    let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
+    Ok((ns(spec.it_value), ns(spec.it_interval)))
+}

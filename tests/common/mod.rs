@@ -77,7 +77,8 @@ fn marker_flags(src: &str, marker: &str) -> Vec<String> {
 /// Binaries live in `target/workloads/<hash>/NAME`, where the hash covers the source,
 /// `common.h` and the flags: a changed source gets a new binary, and a binary that is
 /// in use (or in a checkpoint image) is never replaced. Compilation goes to a temp
-/// name and is renamed into place, so parallel test processes can race safely.
+/// name and is linked into place only if no other test process was first, so parallel
+/// test processes can race safely.
 pub fn build_workload(name: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
