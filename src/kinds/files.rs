@@ -46,7 +46,12 @@ pub struct OpenFileTable {
     by_inode: BTreeMap<(u64, u64), Vec<(i32, i32, u32)>>,
     /// pipe id -> (pid, fd, access mode) of every end seen.
     pipe_ends: BTreeMap<u64, Vec<(i32, i32, u32)>>,
+    /// description id -> every (pid, fd) that refers to it.
+    holders: Holders,
 }
+
+/// Every (pid, fd) of the tree referring to each open file description, by description id.
+pub type Holders = BTreeMap<u32, Vec<(i32, i32)>>;
 
 impl OpenFileTable {
     /// Checks what can only be judged once the whole tree was seen (both ends of every pipe
@@ -62,7 +67,12 @@ impl OpenFileTable {
                 );
             }
         }
-        Ok(OpenFiles { open_files: self.files })
+        let mut files = self.files;
+        // Registrations and FIFO ends that name other fds or processes.
+        super::epoll::finish(&mut files, &self.holders)?;
+        super::fifo::finish(&files, &self.holders)?;
+        super::inotify::finish(&files, &self.holders)?;
+        Ok(OpenFiles { open_files: files })
     }
 
     /// The description behind `fd` of `pid`, if an earlier fd (of any dumped process) shares it.
@@ -99,6 +109,7 @@ impl Kind for Files {
             let close_on_exec = info.flags & libc::O_CLOEXEC as u32 != 0;
             if let Some(id) = table.find_shared(key, pid, fd)? {
                 record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
+                table.holders.entry(id).or_default().push((pid, fd));
                 continue;
             }
             let id = table.files.len() as u32 + 1;
@@ -116,6 +127,7 @@ impl Kind for Files {
                 created_with,
             });
             record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
+            table.holders.entry(id).or_default().push((pid, fd));
             table.by_inode.entry(key).or_default().push((pid, fd, id));
         }
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
@@ -322,6 +334,10 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
                 if meta.rdev() != f.rdev {
                     bail!("device {} is no longer the same device", f.path);
                 }
+            }
+            Some(open_file::Kind::Fifo(f)) => super::fifo::precheck(f).map_err(|e| e.context(format!("open file #{}", file.id)))?,
+            Some(open_file::Kind::Inotify(i)) => {
+                super::inotify::precheck(i).map_err(|e| e.context(format!("open file #{}", file.id)))?
             }
             _ => {}
         }
