@@ -71,7 +71,7 @@ impl OpenFileTable {
         // Registrations and FIFO ends that name other fds or processes.
         super::epoll::finish(&mut files, &self.holders)?;
         super::fifo::finish(&files, &self.holders)?;
-        super::inotify::finish(&files, &self.holders)?;
+        super::inotify::finish(&mut files, &self.holders)?;
         Ok(OpenFiles { open_files: files })
     }
 
@@ -154,8 +154,11 @@ impl Kind for Files {
                 .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
-        // Registrations that name other fds of the process by number need them all in place.
+        // Registrations that name other fds of the process by number need them all in place;
+        // inotify watches come after every open of the tree (and then what restoring queued goes).
+        super::inotify::add_watches(ctx, record)?;
         super::epoll::register_targets(ctx, record)?;
+        super::inotify::drop_restore_events(ctx)?;
         super::credentials::enter_fs_identity(ctx)?;
         let addr = ctx.remote.put_path(0, &record.cwd)?;
         ctx.remote

@@ -8,8 +8,12 @@
 //! event. Events already queued cannot be put back: an inotify with a non-empty queue
 //! (FIONREAD on crust's copy) is refused.
 //!
-//! Restore creates the inotify with inotify_init1 in the process, then adds the watches in
-//! increasing wd order, each by path from the process with its filesystem credentials
+//! Restore creates the inotify with inotify_init1 where the description is opened. Its watches
+//! are added later, once the process that holds it (the first holder at dump) has its fds in
+//! place, so that the opens that recreate the tree's files queue no events in it; and after
+//! every process's files, what restoring still queued (opens of mapped files) is read away.
+//! The watches are added in increasing wd order, each by path from the process with its
+//! filesystem credentials
 //! (IN_DONT_FOLLOW: the path names the inode itself; IN_MASK_CREATE: never merges into another
 //! watch). The kernel hands out wds cyclically, upwards from the last one it gave: before each
 //! watch crust advances the counter to the recorded number by adding and removing a watch on a
@@ -26,7 +30,7 @@ use anyhow::{Context, Result, bail};
 
 use super::RestoreCtx;
 use super::files::FdSource;
-use crate::image::proto::{Inotify, InotifyWatch, OpenFile};
+use crate::image::proto::{Files, Inotify, InotifyWatch, OpenFile, open_file};
 use crate::sys::notify::{bytes_queued, inotify_add_watch, inotify_rm_watch, open_by_handle};
 use crate::sys::pidfd::pidfd_getfd;
 
@@ -64,7 +68,7 @@ pub fn dump(src: &FdSource) -> Result<Inotify> {
         );
     }
     watches.sort_by_key(|w| w.wd);
-    Ok(Inotify { watches })
+    Ok(Inotify { watches, ..Default::default() })
 }
 
 struct Watch {
@@ -173,15 +177,16 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Refuses an inotify also held by a process outside the tree: that process would go on reading
-/// events from the old one, which the restored tree could not share.
-pub fn finish(files: &[OpenFile], holders: &super::files::Holders) -> Result<()> {
+/// Chooses the process that adds the watches at restore (the first holder), and refuses an
+/// inotify also held by a process outside the tree: that process would go on reading events
+/// from the old one, which the restored tree could not share.
+pub fn finish(files: &mut [OpenFile], holders: &super::files::Holders) -> Result<()> {
     let inside: std::collections::BTreeSet<i32> = holders.values().flatten().map(|(p, _)| *p).collect();
-    for file in files {
-        if !matches!(file.kind, Some(crate::image::proto::open_file::Kind::Inotify(_))) {
-            continue;
-        }
+    for file in files.iter_mut() {
+        let Some(open_file::Kind::Inotify(record)) = &mut file.kind else { continue };
         let Some(&(pid, fd)) = holders.get(&file.id).and_then(|h| h.first()) else { continue };
+        record.watched_by = pid as u32;
+        record.watched_by_fd = fd;
         if let Some((other, other_fd)) = super::fifo::description_held_outside(pid, fd, &inside)? {
             bail!(
                 "pid {pid} fd {fd}: this inotify is also held by pid {other} (fd {other_fd}), outside the dumped \
@@ -204,16 +209,41 @@ pub fn precheck(record: &Inotify) -> Result<()> {
     Ok(())
 }
 
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Inotify) -> Result<i32> {
+/// Creates an inotify without watches; [`add_watches`] adds them once every file of the tree
+/// was opened.
+pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Inotify) -> Result<i32> {
     let fd = ctx.remote.syscall("inotify_init1", libc::SYS_inotify_init1, &[libc::IN_CLOEXEC as u64])?;
     let fd = ctx.to_temp_fd(fd)?;
     let status = file.flags as i32 & !libc::O_ACCMODE;
     ctx.remote.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[fd as u64, libc::F_SETFL as u64, status as u64])?;
-    if record.watches.is_empty() {
-        return Ok(fd);
+    Ok(fd)
+}
+
+/// Adds the watches of the inotifies this process adds them for, once its fds are in place:
+/// every description of the tree was opened by then (no open queues an event), only memory
+/// restores of processes after this one still open files (mapped ones).
+pub fn add_watches(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+    let pid = ctx.pid.as_raw() as u32;
+    let open_files = ctx.open_files;
+    for file in &open_files.open_files {
+        let Some(open_file::Kind::Inotify(record)) = &file.kind else { continue };
+        if record.watched_by != pid || record.watches.is_empty() {
+            continue;
+        }
+        if !fds.fds.iter().any(|f| f.fd == record.watched_by_fd && f.open_file_id == file.id) {
+            bail!("inotify #{}: fd {} of pid {pid} is not that inotify", file.id, record.watched_by_fd);
+        }
+        super::credentials::enter_fs_identity(ctx)?;
+        let added = add_watches_to(ctx, record.watched_by_fd, file.id, record);
+        super::credentials::leave_fs_identity(ctx)?;
+        added.with_context(|| format!("watches of inotify fd {}", record.watched_by_fd))?;
     }
+    Ok(())
+}
+
+fn add_watches_to(ctx: &mut RestoreCtx, fd: i32, id: u32, record: &Inotify) -> Result<()> {
     let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
-    let spacer = Spacer::new(ctx.pid.as_raw(), file.id)?;
+    let spacer = Spacer::new(ctx.pid.as_raw(), id)?;
     let mut watches: Vec<&InotifyWatch> = record.watches.iter().collect();
     watches.sort_by_key(|w| w.wd);
     let mut next = 1; // the kernel's next wd for a new inotify
@@ -244,12 +274,30 @@ pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Inotify) -> Result<i
         }
         next = got + 1;
     }
-    drain(&ours)?;
-    let left = bytes_queued(ours.as_fd())?;
-    if left > 0 {
-        bail!("the restored inotify has {left} bytes of events queued after crust numbered its watches");
+    drain(&ours)
+}
+
+/// Reads away what restoring queued in the inotifies whose watches are in place (the spacer
+/// watches' IN_IGNORED, opens of mapped files by memory restores, bytes crust writes into
+/// watched FIFOs): each was empty at dump time. Run after every process's files, so the last
+/// run comes after the last file any restore step opens. Events other processes cause in the
+/// few milliseconds between a watch's return and this are dropped with them.
+pub fn drop_restore_events(ctx: &mut RestoreCtx) -> Result<()> {
+    for file in &ctx.open_files.open_files {
+        let Some(open_file::Kind::Inotify(record)) = &file.kind else { continue };
+        if record.watches.is_empty() {
+            continue;
+        }
+        let (pid, fd) = (record.watched_by as i32, record.watched_by_fd);
+        // Only once that process has its fds in place (its link shows the inotify).
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|l| l.to_string_lossy().into_owned());
+        if link.ok().as_deref() != Some("anon_inode:inotify") {
+            continue;
+        }
+        let ours = pidfd_getfd(&crate::sys::pidfd::pidfd_open(pid)?, pid, fd)?;
+        drain(&ours).with_context(|| format!("emptying inotify fd {fd} of pid {pid}"))?;
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// Reads away the IN_IGNORED events that removing crust's spacer watches queued.

@@ -2,7 +2,9 @@
  * evq_inotify: an inotify watching a directory and a file, with watch descriptor numbers
  * that do not start at 1 and have a gap, inside an epoll.
  *
- *   <status>.d   directory, watched IN_CREATE|IN_DELETE|IN_EXCL_UNLINK   (wd 3)
+ *   <status>.d   directory, watched IN_CREATE|IN_OPEN|IN_DELETE|IN_EXCL_UNLINK   (wd 3)
+ *   <status>.d/held  kept open O_RDWR (an fd after the inotify's): restore opens it again
+ *                after the inotify exists, which must not show up as an event
  *   <status>.f   file, watched IN_MODIFY|IN_ONESHOT                        (wd 5)
  *   wds 1, 2 and 4 were used by watches that were removed again; their IN_IGNORED events
  *   were read. The inotify is O_NONBLOCK and registered in epoll E (EPOLLIN, DI).
@@ -10,7 +12,8 @@
  *   READY pid=N in=FD e=FD wdir=3 wfile=5
  *
  * After <status>.go: nothing queued (FIONREAD 0) and E reports nothing; creating
- * <status>.d/new makes E report DI and the inotify deliver IN_CREATE "new" for wd 3; writing
+ * <status>.d/new makes E report DI and the inotify deliver IN_CREATE and IN_OPEN "new" for
+ * wd 3; writing
  * to <status>.f delivers IN_MODIFY for wd 5 and then IN_IGNORED for wd 5 (one-shot); a new
  * watch gets wd 6, as it would have without the checkpoint.
  */
@@ -73,10 +76,15 @@ int main(int argc, char **argv)
 	int w1 = add(in, dir, IN_ATTRIB), w2 = add(in, file, IN_ATTRIB);
 	inotify_rm_watch(in, w1);
 	inotify_rm_watch(in, w2);
-	int wdir = add(in, dir, IN_CREATE | IN_DELETE | IN_EXCL_UNLINK);
+	int wdir = add(in, dir, IN_CREATE | IN_OPEN | IN_DELETE | IN_EXCL_UNLINK);
 	int w4 = add(in, other, IN_ATTRIB);
 	inotify_rm_watch(in, w4);
 	int wfile = add(in, file, IN_MODIFY | IN_ONESHOT);
+	char held[4300];
+	snprintf(held, sizeof(held), "%s/held", dir);
+	int h = open(held, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (h < 0 || h < in)
+		die("opening %s: fd %d: %s", held, h, strerror(errno));
 	drain(in);
 	if (wdir != 3 || wfile != 5)
 		die("setup: watch descriptors %d and %d, expected 3 and 5", wdir, wfile);
@@ -105,7 +113,7 @@ int main(int argc, char **argv)
 	CHECK(k == 1 && got[0].data.u64 == DI, "epoll: %d events (data %llx) after a create in the directory", k,
 	      k > 0 ? (unsigned long long)got[0].data.u64 : 0ULL);
 	events(in, out, sizeof(out));
-	snprintf(want, sizeof(want), "%d:%x:new", wdir, IN_CREATE);
+	snprintf(want, sizeof(want), "%d:%x:new %d:%x:new", wdir, IN_CREATE, wdir, IN_OPEN);
 	CHECK(strcmp(out, want) == 0, "create in the directory: events [%s], expected [%s]", out, want);
 
 	int w = open(file, O_WRONLY | O_CLOEXEC);
