@@ -39,10 +39,13 @@ pub fn dump(src: &FdSource) -> Result<(Fifo, u64)> {
     if src.link.ends_with(" (deleted)") {
         return Err(src.refuse("a deleted FIFO"));
     }
+    let flags = u32::from_str_radix(src.fdinfo_field("flags:").context("fdinfo without flags")?, 8)?;
+    if flags & libc::O_PATH as u32 != 0 {
+        return Err(src.refuse("an O_PATH descriptor of a FIFO"));
+    }
     let through = format!("/proc/{pid}/fd/{fd}");
     let file = file_identity(src.link, &through)?;
     let size = fcntl(src.copy, FcntlArg::F_GETPIPE_SZ).with_context(|| format!("pid {pid} fd {fd}: F_GETPIPE_SZ"))?;
-    let flags = u32::from_str_radix(src.fdinfo_field("flags:").context("fdinfo without flags")?, 8)?;
     let mode = flags as i32 & libc::O_ACCMODE;
     let mut fifo = Fifo { fifo_id: group_id(file.dev, file.inode), buffer_size: size as u32, ..Default::default() };
     if mode != libc::O_WRONLY {

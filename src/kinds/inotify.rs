@@ -2,8 +2,9 @@
 //!
 //! Dump reads the watches from fdinfo (`inotify wd:N ino:I sdev:D mask:M ignored_mask:0
 //! fhandle-bytes:B fhandle-type:T f_handle:HEX`, numbers in hex) and finds a path to each watched
-//! inode from its file handle: open_by_handle_at with O_PATH on a mount of the inode's
-//! filesystem (found from sdev in /proc/self/mountinfo), then the /proc/self/fd link, checked
+//! inode from its file handle: open_by_handle_at with O_PATH relative to a descriptor on the
+//! inode's filesystem (a copy of one of the process's fds there, crust's working directory, or
+//! a mount point found from sdev in /proc/self/mountinfo), then the /proc/self/fd link, checked
 //! with stat to be that device and inode. O_PATH opens break no lease and make no inotify
 //! event. Events already queued cannot be put back: an inotify with a non-empty queue
 //! (FIONREAD on crust's copy) is refused.
@@ -42,13 +43,17 @@ const IN_ATTRIB: u32 = 0x4;
 
 pub fn dump(src: &FdSource) -> Result<Inotify> {
     let (pid, fd) = (src.pid, src.fd);
-    let mut watches = Vec::new();
+    let mut parsed = Vec::new();
     for line in src.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
         let w = Watch::parse(line).with_context(|| format!("pid {pid} fd {fd}: inotify fdinfo line {line:?}"))?;
         if w.wd > MAX_WD {
             bail!("pid {pid} fd {fd}: inotify watch descriptor {} is too high for crust to recreate (limit {MAX_WD})", w.wd);
         }
-        let path = w.path().map_err(|e| {
+        parsed.push(w);
+    }
+    let mut watches = Vec::new();
+    for w in &parsed {
+        let path = w.path(pid).map_err(|e| {
             anyhow::anyhow!(
                 "pid {pid} fd {fd}: inotify watch {} (inode {} on device {}:{}): crust cannot find a path to it: {e:#}",
                 w.wd,
@@ -112,8 +117,12 @@ impl Watch {
         libc::makedev((self.sdev >> 20) as u32, (self.sdev & 0xfffff) as u32)
     }
 
-    /// A path to the watched inode, from its file handle.
-    fn path(&self) -> Result<String> {
+    /// A path to the watched inode, from its file handle. open_by_handle_at needs a descriptor
+    /// on the inode's filesystem that is not O_PATH (or the working directory), and opening one
+    /// could queue an event in this very inotify, so crust opens nothing: it uses a copy of one
+    /// of the process's own fds on that filesystem, else it changes its own working directory
+    /// to a mount point of it for the call (chdir opens nothing) and back.
+    fn path(&self, pid: i32) -> Result<String> {
         let (major, minor) = (self.sdev >> 20, self.sdev & 0xfffff);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
         // "36 35 98:0 /mnt1 /mnt/parent rw,..." : mounts of that device, whole-filesystem ones first.
@@ -128,22 +137,55 @@ impl Watch {
             })
             .collect();
         mounts.sort();
-        if mounts.is_empty() {
-            bail!("no mount of that device is visible to crust");
+        // A watch on a mount's root directory is that mount point.
+        for (_, mount_point) in &mounts {
+            if std::fs::metadata(mount_point).is_ok_and(|m| m.dev() == self.dev() && m.ino() == self.inode) {
+                return Ok(mount_point.clone());
+            }
         }
         let mut last_error = None;
-        for (_, mount_point) in mounts {
-            match self.path_through(&mount_point) {
+        for (fd, via) in self.process_fds_on_device(pid) {
+            match self.path_through(Some(fd.as_fd())) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_error = Some(e.context(format!("through {via}"))),
+            }
+        }
+        for (_, mount_point) in &mounts {
+            match in_directory(mount_point, || self.path_through(None)) {
                 Ok(p) => return Ok(p),
                 Err(e) => last_error = Some(e.context(format!("through the mount at {mount_point}"))),
             }
         }
-        Err(last_error.unwrap())
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no mount of that device is visible to crust")))
     }
 
-    fn path_through(&self, mount_point: &str) -> Result<String> {
-        let mount: OwnedFd = std::fs::File::open(mount_point)?.into();
-        let found = open_by_handle(mount.as_fd(), self.handle_type, &self.handle, libc::O_PATH | libc::O_CLOEXEC)?;
+    /// Copies of the process's fds on the watched inode's filesystem (not O_PATH ones).
+    fn process_fds_on_device(&self, pid: i32) -> Vec<(OwnedFd, String)> {
+        let mut out = Vec::new();
+        let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return out };
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
+        for e in entries.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if !std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == self.dev()) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            if flags.is_none_or(|f| f & libc::O_PATH as u32 != 0) {
+                continue;
+            }
+            if let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) {
+                out.push((copy, format!("fd {fd} of pid {pid}")));
+            }
+            if out.len() >= 2 {
+                break;
+            }
+        }
+        out
+    }
+
+    fn path_through(&self, mount: Option<std::os::fd::BorrowedFd>) -> Result<String> {
+        let found = open_by_handle(mount, self.handle_type, &self.handle, libc::O_PATH | libc::O_CLOEXEC)?;
         let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))?;
         let path = link.to_string_lossy().into_owned();
         if path.ends_with(" (deleted)") || !path.starts_with('/') {
@@ -155,6 +197,23 @@ impl Watch {
         }
         Ok(path)
     }
+}
+
+/// Runs `f` with crust's working directory changed to `dir`, then changes back (chdir and
+/// fchdir to an O_PATH descriptor open nothing: no inotify sees them). crust's dump is
+/// single-threaded while it collects files.
+fn in_directory<T>(dir: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let here: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(".")
+        .context("keeping crust's working directory")?
+        .into();
+    nix::unistd::chdir(dir).with_context(|| format!("chdir {dir}"))?;
+    let result = f();
+    nix::unistd::fchdir(&here).context("changing back to crust's working directory")?;
+    result
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.

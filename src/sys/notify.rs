@@ -76,10 +76,12 @@ pub fn epoll_target_is(pid: i32, fd: RawFd, epoll_pid: i32, efd: RawFd, tfd: Raw
     }
 }
 
-/// open_by_handle_at(2): opens the file a file handle names, on the filesystem of `mount_fd`.
-/// With O_PATH the file is not opened for I/O: no lease is broken and no fsnotify event is
+/// open_by_handle_at(2): opens the file a file handle names, on the filesystem of `mount_fd`
+/// (any descriptor on that mount but an O_PATH one; None: crust's working directory). With
+/// O_PATH the file is not opened for I/O: no lease is broken and no fsnotify event is
 /// generated.
-pub fn open_by_handle(mount_fd: BorrowedFd, handle_type: i32, handle: &[u8], flags: i32) -> Result<OwnedFd, SysError> {
+pub fn open_by_handle(mount_fd: Option<BorrowedFd>, handle_type: i32, handle: &[u8], flags: i32) -> Result<OwnedFd, SysError> {
+    let mount_fd = mount_fd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
     // struct file_handle { unsigned int handle_bytes; int handle_type; unsigned char f_handle[]; }
     let mut buf = vec![0u8; 8 + handle.len()];
     buf[..4].copy_from_slice(&(handle.len() as u32).to_ne_bytes());
@@ -95,7 +97,7 @@ pub fn open_by_handle(mount_fd: BorrowedFd, handle_type: i32, handle: &[u8], fla
     // SAFETY: the kernel reads a struct file_handle of 8 + handle_bytes bytes from the
     // pointer, which `aligned` holds in full; on success it returns a new fd that we own.
     let ret = unsafe {
-        libc::syscall(libc::SYS_open_by_handle_at, mount_fd.as_raw_fd(), aligned.as_mut_ptr() as *mut libc::c_void, flags)
+        libc::syscall(libc::SYS_open_by_handle_at, mount_fd, aligned.as_mut_ptr() as *mut libc::c_void, flags)
     };
     let fd = Errno::result(ret).map_err(|e| SysError::new("open_by_handle_at", e))?;
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
