@@ -131,9 +131,11 @@ mod restore_epoll_inotify_fifo {
     }
 
     /// evq_epoll_fork: an epoll created by the parent and shared with its child after fork,
-    /// with a registration by each (the child's on fds the parent does not have). After
-    /// restore the two fds are one open file description again (kcmp), both registrations
-    /// are in it, and each process sees the other's writes through it.
+    /// with registrations by both: one from before the fork, and one by each afterwards on its
+    /// own pipe, both under the same fd number (so the epoll has two registrations with one
+    /// target number, each valid only in one process, and the image names both processes as
+    /// registering). After restore the two fds are one open file description again (kcmp),
+    /// every registration is in it, and each process sees the other's writes through it.
     #[test]
     fn epoll_shared_by_parent_and_child_keeps_both_registrations() {
         let mut w = Workload::spawn("evq_epoll_fork", &[]);
@@ -143,12 +145,18 @@ mod restore_epoll_inotify_fifo {
         let e: i32 = role_field(&status, "parent", "e").parse().unwrap();
         assert_eq!(role_field(&status, "child", "e"), e.to_string());
         assert!(same_description(w.pid, e, child, e), "test setup: the epoll is not shared");
+        let (pbr, pcr) = (role_field(&status, "parent", "pbr"), role_field(&status, "child", "pcr"));
+        assert_eq!(pbr, pcr, "test setup: the two pipes should have the same fd numbers");
         let regs_before = epoll_registrations(w.pid, e);
-        assert_eq!(regs_before.len(), 2, "test setup: {regs_before:?}");
+        assert_eq!(regs_before.len(), 3, "test setup: {regs_before:?}");
         let before = w.snapshot();
         let child_before = ProcSnapshot::take(child);
         w.dump();
         reap_dumped_child(child);
+        let image: String = show(&w).chars().filter(|c| !c.is_whitespace()).collect();
+        for pid in [w.pid, child] {
+            assert!(image.contains(&format!("\"registered_by\":{pid}")), "the image does not have pid {pid} register a target:\n{image}");
+        }
         w.restore_detached();
         w.own(child);
         let after = w.snapshot();

@@ -2,17 +2,20 @@
  * evq_epoll_fork: one epoll shared by a parent and its child after fork.
  *
  *   parent: pipe PA, epoll E with PA's read end (EPOLLIN, DP), then fork.
- *   child:  its own pipe PC (fd numbers the parent does not have), registers PC's read end
- *           in the shared E (EPOLLIN, DC). Nothing is ready.
+ *   child:  its own pipe PC, registers PC's read end in the shared E (EPOLLIN, DC).
+ *   parent: its own pipe PB after the fork, registers PB's read end in E (EPOLLIN, DB). PB
+ *           and PC have the same fd numbers in their processes: E has two registrations
+ *           under one target number, each only valid in one of the two processes, so no
+ *           single process can register them all again. Nothing is ready.
  *
  *   READY child pid=N e=FD pcr=FD
- *   READY parent pid=N child=N e=FD par=FD
+ *   READY parent pid=N child=N e=FD par=FD pbr=FD
  *
  * After <status>.go both registrations are in the one epoll both processes hold:
- *   parent: E reports nothing; writes to PA; "WROTE parent"; waits for "WROTE child";
- *           E reports {DP, DC}; "CHECKED parent"; reaps the child.
- *   child:  waits for "WROTE parent"; E reports {DP}; writes to PC; "WROTE child";
- *           E reports {DP, DC}; waits for "CHECKED parent" (its exit closes PC and so
+ *   parent: E reports nothing; writes to PA and PB; "WROTE parent"; waits for "WROTE child";
+ *           E reports {DP, DB, DC}; "CHECKED parent"; reaps the child.
+ *   child:  waits for "WROTE parent"; E reports {DP, DB}; writes to PC; "WROTE child";
+ *           E reports {DP, DB, DC}; waits for "CHECKED parent" (its exit closes PC and so
  *           removes DC from the epoll).
  */
 #include "common.h"
@@ -21,6 +24,7 @@
 
 #define DP 0x5041000000000001ULL
 #define DC 0x4348000000000002ULL
+#define DB 0x4242000000000003ULL
 
 static const char *role = "parent";
 
@@ -98,11 +102,11 @@ int main(int argc, char **argv)
 		while (!go_requested())
 			sleep_ms(10);
 		wait_for_status("WROTE parent");
-		expect(e, "5041000000000001");
+		expect(e, "4242000000000003 5041000000000001");
 		if (write(pc[1], "c", 1) != 1)
 			check_failed("child: write: %s", strerror(errno));
 		status("WROTE child");
-		expect(e, "4348000000000002 5041000000000001");
+		expect(e, "4242000000000003 4348000000000002 5041000000000001");
 		/* PC's read end leaves the epoll when this process exits and closes it. */
 		wait_for_status("CHECKED parent");
 		role_finish();
@@ -112,15 +116,19 @@ int main(int argc, char **argv)
 	wait_for_status(needle);
 	if (wl_fail_count)
 		die("%s", wl_fail_buf);
-	status("READY parent pid=%d child=%d e=%d par=%d", getpid(), child, e, pa[0]);
+	int pb[2];
+	struct epoll_event evb = { .events = EPOLLIN, .data.u64 = DB };
+	if (pipe2(pb, O_CLOEXEC) < 0 || epoll_ctl(e, EPOLL_CTL_ADD, pb[0], &evb) < 0)
+		die("parent: pipe2/epoll_ctl: %s", strerror(errno));
+	status("READY parent pid=%d child=%d e=%d par=%d pbr=%d", getpid(), child, e, pa[0], pb[0]);
 	while (!go_requested())
 		sleep_ms(10);
 	expect(e, "");
-	if (write(pa[1], "p", 1) != 1)
+	if (write(pa[1], "p", 1) != 1 || write(pb[1], "b", 1) != 1)
 		check_failed("parent: write: %s", strerror(errno));
 	status("WROTE parent");
 	wait_for_status("WROTE child");
-	expect(e, "4348000000000002 5041000000000001");
+	expect(e, "4242000000000003 4348000000000002 5041000000000001");
 	status("CHECKED parent");
 	int st;
 	double deadline = mono_now() + 10;
