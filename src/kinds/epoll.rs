@@ -82,11 +82,11 @@ fn parse_target(line: &str) -> Result<EpollTarget> {
 /// recreated.
 pub fn finish(files: &mut [OpenFile], holders: &Holders) -> Result<()> {
     let pipe_readers = pipe_readers(files, holders);
+    let inside: std::collections::BTreeSet<i32> = holders.values().flatten().map(|(p, _)| *p).collect();
     for file in files.iter_mut() {
         let Some(open_file::Kind::Epoll(epoll)) = &mut file.kind else { continue };
         let hs = holders.get(&file.id).map(Vec::as_slice).unwrap_or_default();
         let Some(&(pid, efd)) = hs.first() else { continue };
-        let inside: std::collections::BTreeSet<i32> = holders.values().flatten().map(|(p, _)| *p).collect();
         if let Some((other, other_fd)) = super::fifo::description_held_outside(pid, efd, &inside)? {
             bail!(
                 "pid {pid} fd {efd}: this epoll is also held by pid {other} (fd {other_fd}), outside the dumped \

@@ -14,9 +14,8 @@
 //! place, so that the opens that recreate the tree's files queue no events in it; and after
 //! every process's files, what restoring still queued (opens of mapped files) is read away.
 //! The watches are added in increasing wd order, each by path from the process with its
-//! filesystem credentials
-//! (IN_DONT_FOLLOW: the path names the inode itself; IN_MASK_CREATE: never merges into another
-//! watch). The kernel hands out wds cyclically, upwards from the last one it gave: before each
+//! filesystem credentials (IN_DONT_FOLLOW: the path names the inode itself; IN_MASK_CREATE:
+//! never merges into another watch). The kernel hands out wds cyclically, upwards from the last one it gave: before each
 //! watch crust advances the counter to the recorded number by adding and removing a watch on a
 //! directory of its own through its own copy of the inotify, then drains the IN_IGNORED events
 //! those removals queued. The kernel's counter after restore is the highest wd + 1; before the
