@@ -235,6 +235,24 @@ mod restore_epoll_inotify_fifo {
         assert!(r.status_text.contains("PASS child "), "no PASS from the child:\n{}", r.status_text);
     }
 
+    /// `crust dump -R` of each workload leaves its state exactly as it was: every workload
+    /// still PASSes its own checks afterwards (the epolls report what they reported, no
+    /// inotify event was queued by finding the watched paths, the FIFO bytes are all there).
+    #[test]
+    fn dump_leave_running_changes_nothing_in_epoll_inotify_and_fifos() {
+        for name in ["evq_epoll", "evq_inotify", "evq_fifo"] {
+            let mut w = Workload::spawn(name, &[]);
+            if name == "evq_fifo" {
+                w.wait_status_line("READY parent ", READY_TIMEOUT);
+            }
+            let out = w.dump_with(&["-R"]);
+            assert!(out.success(), "{name}: dump -R failed:\n{out}");
+            assert_running_untouched(w.pid, &format!("{name} after dump -R"));
+            let r = w.go();
+            r.assert_pass();
+        }
+    }
+
     /// An epoll registration whose fd was closed (the pipe kept open by a dup): dump refuses
     /// naming pid, the epoll's fd and the target fd; the registration still works afterwards.
     #[test]
