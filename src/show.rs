@@ -46,6 +46,12 @@ pub fn show(dir: &Path) -> Result<serde_json::Value> {
                     Err(_) => json!(format!("{} bytes", p.buffered.len())),
                 };
             }
+            if let Some(crate::image::proto::open_file::Kind::Fifo(f)) = &file.kind {
+                json["kind"]["Fifo"]["buffered"] = match std::str::from_utf8(&f.buffered) {
+                    Ok(text) => json!(text),
+                    Err(_) => json!(format!("{} bytes", f.buffered.len())),
+                };
+            }
         }
     }
     Ok(json!({ "inventory": inventory, "processes": processes, "open_files": open_files_json }))

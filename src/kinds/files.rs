@@ -55,7 +55,12 @@ pub struct OpenFileTable {
     /// The files the tree holds locks on, and its flock and OFD locks, for the check of
     /// processes outside the tree that lock them too.
     pub locked_files: super::locks::LockedFiles,
+    /// description id -> every (pid, fd) that refers to it.
+    holders: Holders,
 }
+
+/// Every (pid, fd) of the tree referring to each open file description, by description id.
+pub type Holders = BTreeMap<u32, Vec<(i32, i32)>>;
 
 impl OpenFileTable {
     /// The description id of the anonymous shared memory object mapped at [start, end) by
@@ -109,7 +114,12 @@ impl OpenFileTable {
                 }
             }
         }
-        Ok(OpenFiles { open_files: self.files })
+        let mut files = self.files;
+        // Registrations and FIFO ends that name other fds or processes.
+        super::epoll::finish(&mut files, &self.holders)?;
+        super::fifo::finish(&files, &self.holders)?;
+        super::inotify::finish(&mut files, &self.holders)?;
+        Ok(OpenFiles { open_files: files })
     }
 
     /// The description behind `fd` of `pid`, if an earlier fd (of any dumped process) shares it.
@@ -168,6 +178,7 @@ impl Kind for Files {
             let close_on_exec = info.flags & libc::O_CLOEXEC as u32 != 0;
             if let Some(id) = table.find_shared(key, pid, fd)? {
                 record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
+                table.holders.entry(id).or_default().push((pid, fd));
                 continue;
             }
             let id = table.files.len() as u32 + 1;
@@ -198,6 +209,7 @@ impl Kind for Files {
                 locks: description_locks,
             });
             record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
+            table.holders.entry(id).or_default().push((pid, fd));
             table.by_inode.entry(key).or_default().push((pid, fd, id));
         }
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
@@ -224,8 +236,11 @@ impl Kind for Files {
                 .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
-        // Registrations that name other fds of the process by number need them all in place.
+        // Registrations that name other fds of the process by number need them all in place;
+        // inotify watches come after every open of the tree (and then what restoring queued goes).
+        super::inotify::add_watches(ctx, record)?;
         super::epoll::register_targets(ctx, record)?;
+        super::inotify::drop_restore_events(ctx)?;
         // POSIX locks belong to the process and vanish when it closes any fd of the file: they
         // come last, once no fd will be closed any more.
         for posix in &record.posix_locks {
@@ -445,6 +460,10 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
                 if meta.rdev() != f.rdev {
                     bail!("device {} is no longer the same device", f.path);
                 }
+            }
+            Some(open_file::Kind::Fifo(f)) => super::fifo::precheck(f).map_err(|e| e.context(format!("open file #{}", file.id)))?,
+            Some(open_file::Kind::Inotify(i)) => {
+                super::inotify::precheck(i).map_err(|e| e.context(format!("open file #{}", file.id)))?
             }
             _ => {}
         }

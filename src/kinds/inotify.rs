@@ -1,15 +1,393 @@
-//! inotify descriptions. Not supported yet: dump refuses them by pid and fd.
+//! inotify descriptions: their watches, with the same watch descriptor numbers.
+//!
+//! Dump reads the watches from fdinfo (`inotify wd:N ino:I sdev:D mask:M ignored_mask:0
+//! fhandle-bytes:B fhandle-type:T f_handle:HEX`, numbers in hex) and finds a path to each watched
+//! inode from its file handle: open_by_handle_at with O_PATH relative to a descriptor on the
+//! inode's filesystem (a copy of one of the process's fds there, crust's working directory, or
+//! a mount point found from sdev in /proc/self/mountinfo), then the /proc/self/fd link, checked
+//! with stat to be that device and inode. O_PATH opens break no lease and make no inotify
+//! event. Events already queued cannot be put back: an inotify with a non-empty queue
+//! (FIONREAD on crust's copy) is refused.
+//!
+//! Restore creates the inotify with inotify_init1 where the description is opened. Its watches
+//! are added later, once the process that holds it (the first holder at dump) has its fds in
+//! place, so that the opens that recreate the tree's files queue no events in it; and after
+//! every process's files, what restoring still queued (opens of mapped files) is read away.
+//! The watches are added in increasing wd order, each by path from the process with its
+//! filesystem credentials (IN_DONT_FOLLOW: the path names the inode itself; IN_MASK_CREATE:
+//! never merges into another watch). The kernel hands out wds cyclically, upwards from the last one it gave: before each
+//! watch crust advances the counter to the recorded number by adding and removing a watch on a
+//! directory of its own through its own copy of the inotify, then drains the IN_IGNORED events
+//! those removals queued. The kernel's counter after restore is the highest wd + 1; before the
+//! dump it may have been higher (if watches with higher numbers had been removed): a watch added
+//! after restore may get a number the process used before for a watch it removed.
 
-use anyhow::{Result, bail};
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result, bail};
 
 use super::RestoreCtx;
 use super::files::FdSource;
-use crate::image::proto::{Inotify, OpenFile};
+use crate::image::proto::{Files, Inotify, InotifyWatch, OpenFile, open_file};
+use crate::sys::notify::{bytes_queued, inotify_add_watch, inotify_rm_watch, open_by_handle};
+use crate::sys::pidfd::pidfd_getfd;
+
+/// Watch numbers above this would take too long to reach at restore (two system calls each).
+const MAX_WD: i32 = 1 << 20;
+const IN_DONT_FOLLOW: u32 = 0x0200_0000;
+const IN_MASK_CREATE: u32 = 0x1000_0000;
+const IN_ATTRIB: u32 = 0x4;
 
 pub fn dump(src: &FdSource) -> Result<Inotify> {
-    Err(src.refuse("inotify"))
+    let (pid, fd) = (src.pid, src.fd);
+    let mut parsed = Vec::new();
+    for line in src.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
+        let w = Watch::parse(line).with_context(|| format!("pid {pid} fd {fd}: inotify fdinfo line {line:?}"))?;
+        if w.wd > MAX_WD {
+            bail!("pid {pid} fd {fd}: inotify watch descriptor {} is too high for crust to recreate (limit {MAX_WD})", w.wd);
+        }
+        parsed.push(w);
+    }
+    let mut watches = Vec::new();
+    for w in &parsed {
+        let path = w.path(pid).map_err(|e| {
+            anyhow::anyhow!(
+                "pid {pid} fd {fd}: inotify watch {} (inode {} on device {}:{}): crust cannot find a path to it: {e:#}",
+                w.wd,
+                w.inode,
+                w.sdev >> 20,
+                w.sdev & 0xfffff
+            )
+        })?;
+        watches.push(InotifyWatch { wd: w.wd, mask: w.mask, path, dev: w.dev(), inode: w.inode });
+    }
+    // After resolving: had anything made an event, it would show here.
+    let queued = bytes_queued(src.copy.as_fd())?;
+    if queued > 0 {
+        bail!(
+            "pid {pid} fd {fd}: inotify has {queued} bytes of events queued, not read yet; crust cannot put events back \
+             into an inotify queue"
+        );
+    }
+    watches.sort_by_key(|w| w.wd);
+    Ok(Inotify { watches, ..Default::default() })
 }
 
-pub fn open(_ctx: &mut RestoreCtx, file: &OpenFile, _record: &Inotify) -> Result<i32> {
-    bail!("open file #{}: inotify descriptions cannot be restored by this crust", file.id)
+struct Watch {
+    wd: i32,
+    inode: u64,
+    /// The kernel's dev_t: major << 20 | minor.
+    sdev: u64,
+    mask: u32,
+    handle_type: i32,
+    handle: Vec<u8>,
+}
+
+impl Watch {
+    fn parse(line: &str) -> Result<Watch> {
+        let field = |key: &str| -> Result<&str> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+                .with_context(|| format!("no {key}:"))
+        };
+        let hex = |key: &str| -> Result<u64> { Ok(u64::from_str_radix(field(key)?, 16)?) };
+        let text = field("f_handle")?;
+        let handle = (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()?;
+        let bytes = hex("fhandle-bytes")? as usize;
+        if bytes != handle.len() {
+            bail!("file handle of {} bytes, {} shown", bytes, handle.len());
+        }
+        Ok(Watch {
+            wd: hex("wd")? as i32,
+            inode: hex("ino")?,
+            sdev: hex("sdev")?,
+            mask: hex("mask")? as u32,
+            handle_type: hex("fhandle-type")? as i32,
+            handle,
+        })
+    }
+
+    /// st_dev as user space sees it.
+    fn dev(&self) -> u64 {
+        libc::makedev((self.sdev >> 20) as u32, (self.sdev & 0xfffff) as u32)
+    }
+
+    /// A path to the watched inode, from its file handle. open_by_handle_at needs a descriptor
+    /// on the inode's filesystem that is not O_PATH (or the working directory), and opening one
+    /// could queue an event in this very inotify, so crust opens nothing: it uses a copy of one
+    /// of the process's own fds on that filesystem, else it changes its own working directory
+    /// to a mount point of it for the call (chdir opens nothing) and back.
+    fn path(&self, pid: i32) -> Result<String> {
+        let (major, minor) = (self.sdev >> 20, self.sdev & 0xfffff);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        // "36 35 98:0 /mnt1 /mnt/parent rw,..." : mounts of that device, whole-filesystem ones first.
+        let mut mounts: Vec<(bool, String)> = mountinfo
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() < 5 || f[2] != format!("{major}:{minor}") {
+                    return None;
+                }
+                Some((f[3] != "/", unescape(f[4])))
+            })
+            .collect();
+        mounts.sort();
+        // A watch on a mount's root directory is that mount point.
+        for (_, mount_point) in &mounts {
+            if std::fs::metadata(mount_point).is_ok_and(|m| m.dev() == self.dev() && m.ino() == self.inode) {
+                return Ok(mount_point.clone());
+            }
+        }
+        let mut last_error = None;
+        for (fd, via) in self.process_fds_on_device(pid) {
+            match self.path_through(Some(fd.as_fd())) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_error = Some(e.context(format!("through {via}"))),
+            }
+        }
+        for (_, mount_point) in &mounts {
+            match in_directory(mount_point, || self.path_through(None)) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_error = Some(e.context(format!("through the mount at {mount_point}"))),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no mount of that device is visible to crust")))
+    }
+
+    /// Copies of the process's fds on the watched inode's filesystem (not O_PATH ones).
+    fn process_fds_on_device(&self, pid: i32) -> Vec<(OwnedFd, String)> {
+        let mut out = Vec::new();
+        let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return out };
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
+        for e in entries.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if !std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == self.dev()) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            if flags.is_none_or(|f| f & libc::O_PATH as u32 != 0) {
+                continue;
+            }
+            if let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) {
+                out.push((copy, format!("fd {fd} of pid {pid}")));
+            }
+            if out.len() >= 2 {
+                break;
+            }
+        }
+        out
+    }
+
+    fn path_through(&self, mount: Option<std::os::fd::BorrowedFd>) -> Result<String> {
+        let found = open_by_handle(mount, self.handle_type, &self.handle, libc::O_PATH | libc::O_CLOEXEC)?;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))?;
+        let path = link.to_string_lossy().into_owned();
+        if path.ends_with(" (deleted)") || !path.starts_with('/') {
+            bail!("the watched file was deleted ({path})");
+        }
+        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("stat {path}"))?;
+        if meta.dev() != self.dev() || meta.ino() != self.inode {
+            bail!("{path} is another inode");
+        }
+        Ok(path)
+    }
+}
+
+/// Runs `f` with crust's working directory changed to `dir`, then changes back (chdir and
+/// fchdir to an O_PATH descriptor open nothing: no inotify sees them). crust's dump is
+/// single-threaded while it collects files.
+fn in_directory<T>(dir: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let here: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(".")
+        .context("keeping crust's working directory")?
+        .into();
+    nix::unistd::chdir(dir).with_context(|| format!("chdir {dir}"))?;
+    let result = f();
+    nix::unistd::fchdir(&here).context("changing back to crust's working directory")?;
+    result
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Chooses the process that adds the watches at restore (the first holder), and refuses an
+/// inotify also held by a process outside the tree: that process would go on reading events
+/// from the old one, which the restored tree could not share.
+pub fn finish(files: &mut [OpenFile], holders: &super::files::Holders) -> Result<()> {
+    let inside: std::collections::BTreeSet<i32> = holders.values().flatten().map(|(p, _)| *p).collect();
+    for file in files.iter_mut() {
+        let Some(open_file::Kind::Inotify(record)) = &mut file.kind else { continue };
+        let Some(&(pid, fd)) = holders.get(&file.id).and_then(|h| h.first()) else { continue };
+        record.watched_by = pid as u32;
+        record.watched_by_fd = fd;
+        if let Some((other, other_fd)) = super::fifo::description_held_outside(pid, fd, &inside)? {
+            bail!(
+                "pid {pid} fd {fd}: this inotify is also held by pid {other} (fd {other_fd}), outside the dumped \
+                 processes; crust cannot share a restored inotify with it"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What restore checks before creating any process: each watched path still names the inode.
+pub fn precheck(record: &Inotify) -> Result<()> {
+    for w in &record.watches {
+        let meta = std::fs::symlink_metadata(&w.path)
+            .with_context(|| format!("{} (inotify watch {}) is gone since the dump", w.path, w.wd))?;
+        if meta.dev() != w.dev || meta.ino() != w.inode {
+            bail!("{} (inotify watch {}) is another file than at dump time", w.path, w.wd);
+        }
+    }
+    Ok(())
+}
+
+/// Creates an inotify without watches; [`add_watches`] adds them once every file of the tree
+/// was opened.
+pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Inotify) -> Result<i32> {
+    let fd = ctx.remote.syscall("inotify_init1", libc::SYS_inotify_init1, &[libc::IN_CLOEXEC as u64])?;
+    let fd = ctx.to_temp_fd(fd)?;
+    let status = file.flags as i32 & !libc::O_ACCMODE;
+    ctx.remote.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[fd as u64, libc::F_SETFL as u64, status as u64])?;
+    Ok(fd)
+}
+
+/// Adds the watches of the inotifies this process adds them for, once its fds are in place:
+/// every description of the tree was opened by then (no open queues an event), only memory
+/// restores of processes after this one still open files (mapped ones).
+pub fn add_watches(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+    let pid = ctx.pid.as_raw() as u32;
+    let open_files = ctx.open_files;
+    for file in &open_files.open_files {
+        let Some(open_file::Kind::Inotify(record)) = &file.kind else { continue };
+        if record.watched_by != pid || record.watches.is_empty() {
+            continue;
+        }
+        if !fds.fds.iter().any(|f| f.fd == record.watched_by_fd && f.open_file_id == file.id) {
+            bail!("inotify #{}: fd {} of pid {pid} is not that inotify", file.id, record.watched_by_fd);
+        }
+        super::credentials::enter_fs_identity(ctx)?;
+        let added = add_watches_to(ctx, record.watched_by_fd, file.id, record);
+        super::credentials::leave_fs_identity(ctx)?;
+        added.with_context(|| format!("watches of inotify fd {}", record.watched_by_fd))?;
+    }
+    Ok(())
+}
+
+fn add_watches_to(ctx: &mut RestoreCtx, fd: i32, id: u32, record: &Inotify) -> Result<()> {
+    let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
+    let spacer = Spacer::new(ctx.pid.as_raw(), id)?;
+    let mut watches: Vec<&InotifyWatch> = record.watches.iter().collect();
+    watches.sort_by_key(|w| w.wd);
+    let mut next = 1; // the kernel's next wd for a new inotify
+    for w in watches {
+        if w.wd < next {
+            bail!("inotify watch descriptors out of order or repeated at {}", w.wd);
+        }
+        while next < w.wd {
+            let got = inotify_add_watch(ours.as_fd(), &spacer.path, IN_ATTRIB | IN_MASK_CREATE)
+                .context("advancing the watch descriptor counter")?;
+            inotify_rm_watch(ours.as_fd(), got)?;
+            next = got + 1;
+            if next % 1024 == 0 {
+                drain(&ours)?;
+            }
+        }
+        let addr = ctx.remote.put_path(0, &w.path)?;
+        let got = ctx
+            .remote
+            .syscall(
+                &format!("inotify_add_watch({})", w.path),
+                libc::SYS_inotify_add_watch,
+                &[fd as u64, addr, (w.mask | IN_DONT_FOLLOW | IN_MASK_CREATE) as u64],
+            )
+            .with_context(|| format!("watching {} again (wd {})", w.path, w.wd))? as i32;
+        if got != w.wd {
+            bail!("watching {} again gave watch descriptor {got}, the image has {}", w.path, w.wd);
+        }
+        next = got + 1;
+    }
+    drain(&ours)
+}
+
+/// Reads away what restoring queued in the inotifies whose watches are in place (the spacer
+/// watches' IN_IGNORED, opens of mapped files by memory restores, bytes crust writes into
+/// watched FIFOs): each was empty at dump time. Run after every process's files, so the last
+/// run comes after the last file any restore step opens. Events other processes cause in the
+/// few milliseconds between a watch's return and this are dropped with them.
+pub fn drop_restore_events(ctx: &mut RestoreCtx) -> Result<()> {
+    for file in &ctx.open_files.open_files {
+        let Some(open_file::Kind::Inotify(record)) = &file.kind else { continue };
+        if record.watches.is_empty() {
+            continue;
+        }
+        let (pid, fd) = (record.watched_by as i32, record.watched_by_fd);
+        // Only once that process has its fds in place (its link shows the inotify).
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|l| l.to_string_lossy().into_owned());
+        if link.ok().as_deref() != Some("anon_inode:inotify") {
+            continue;
+        }
+        let ours = pidfd_getfd(&crate::sys::pidfd::pidfd_open(pid)?, pid, fd)?;
+        drain(&ours).with_context(|| format!("emptying inotify fd {fd} of pid {pid}"))?;
+    }
+    Ok(())
+}
+
+/// Reads away the IN_IGNORED events that removing crust's spacer watches queued.
+fn drain(ours: &OwnedFd) -> Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = bytes_queued(ours.as_fd())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let want = n.min(buf.len());
+        nix::unistd::read(ours, &mut buf[..want]).context("reading crust's spacer events")?;
+    }
+}
+
+/// A directory of crust's own, watched and unwatched to move an inotify's wd counter.
+struct Spacer {
+    dir: std::path::PathBuf,
+    path: CString,
+}
+
+impl Spacer {
+    fn new(pid: i32, id: u32) -> Result<Spacer> {
+        let dir = std::env::temp_dir().join(format!("crust-inotify-{}-{pid}-{id}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = CString::new(dir.as_os_str().as_encoded_bytes())?;
+        Ok(Spacer { dir, path })
+    }
+}
+
+impl Drop for Spacer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }

@@ -2,6 +2,7 @@
 //! and gets errors that name the system call, the process and the errno.
 
 pub mod clone3;
+pub mod notify;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;
