@@ -403,6 +403,19 @@ impl Tree {
         out
     }
 
+    /// dump, then restore (both printed), then what differs between `before` and the
+    /// restored tree: (the restored tree, the differences).
+    #[track_caller]
+    fn dump_restore_compare(&mut self, before: &TreeSnap) -> (TreeSnap, Vec<String>) {
+        let dump = self.dump(before);
+        eprintln!("{dump}");
+        let restore = self.restore(before);
+        eprintln!("{restore}");
+        let after = self.snapshot();
+        let problems = compare(before, &after, &[]);
+        (after, problems)
+    }
+
     /// Kills every process held (through its pidfd) and reaps those that are our children.
     fn kill_all(&mut self) {
         for fd in self.pidfds.values() {
@@ -671,12 +684,7 @@ mod restore_tree {
         assert_eq!(before.pids().len(), 4, "test setup: expected 4 processes:\n{}", before.describe());
         let counters_before = counters(&roles, addr);
 
-        let dump = t.dump(&before);
-        eprintln!("{dump}");
-        let restore = t.restore(&before);
-        eprintln!("{restore}");
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (_, mut problems) = t.dump_restore_compare(&before);
         let counters_restored = counters(&roles, addr);
         std::thread::sleep(Duration::from_millis(200));
         let counters_later = counters(&roles, addr);
@@ -854,10 +862,7 @@ mod restore_tree {
         let setup = relations("before the dump");
         assert!(setup.is_empty(), "test setup: {setup:?}");
 
-        t.dump(&before);
-        t.restore(&before);
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (_, mut problems) = t.dump_restore_compare(&before);
         problems.extend(relations("after the restore"));
         let r = t.w.go();
         problems.extend(verdict(&r, &["parent", "child"]));
@@ -967,12 +972,7 @@ mod restore_tree {
         assert_eq!(pending(root) & sigchld_bit, 0, "test setup: SIGCHLD pending in the parent");
         assert_ne!(pending(blocker) & sigchld_bit, 0, "test setup: SIGCHLD not pending in the blocker");
 
-        let dump = t.dump(&before);
-        eprintln!("{dump}");
-        let restore = t.restore(&before);
-        eprintln!("{restore}");
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (after, mut problems) = t.dump_restore_compare(&before);
         problems.extend(zombies(&after, "after the restore"));
         if pending(root) & sigchld_bit != 0 {
             problems.push(format!("after the restore SIGCHLD is pending in the parent {root} (it was not before the dump)"));
@@ -1020,11 +1020,7 @@ mod restore_tree {
         let setup = expected(&before, "before the dump");
         assert!(setup.is_empty(), "test setup: {setup:?}");
 
-        let dump = t.dump(&before);
-        eprintln!("{dump}");
-        t.restore(&before);
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (after, mut problems) = t.dump_restore_compare(&before);
         problems.extend(expected(&after, "after the restore"));
         let r = t.w.go();
         problems.extend(verdict(&r, &["parent", "leader", "member", "grpleader", "joiner"]));

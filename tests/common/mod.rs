@@ -72,10 +72,28 @@ fn marker_flags(src: &str, marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every header in tests/workloads (name and contents, sorted by name): a workload may
+/// include any of them, so a change to any header rebuilds every workload.
+fn workload_headers() -> Vec<(String, String)> {
+    let dir = workloads_src_dir();
+    let mut headers: Vec<(String, String)> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension() == Some(OsStr::new("h")))
+        .map(|p| {
+            let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+            (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), text)
+        })
+        .collect();
+    headers.sort();
+    headers
+}
+
 /// Compile `tests/workloads/NAME.c` and return the binary's path.
 ///
 /// Binaries live in `target/workloads/<hash>/NAME`, where the hash covers the source,
-/// `common.h` and the flags: a changed source gets a new binary, and a binary that is
+/// every header of tests/workloads and the flags: a changed source gets a new binary, and a binary that is
 /// in use (or in a checkpoint image) is never replaced. Compilation goes to a temp
 /// name and is renamed into place, so parallel test processes can race safely.
 pub fn build_workload(name: &str) -> PathBuf {
@@ -85,13 +103,13 @@ pub fn build_workload(name: &str) -> PathBuf {
     let src_path = workloads_src_dir().join(format!("{name}.c"));
     let src = fs::read_to_string(&src_path)
         .unwrap_or_else(|e| panic!("cannot read workload source {}: {e}", src_path.display()));
-    let common = fs::read_to_string(workloads_src_dir().join("common.h")).unwrap_or_default();
+    let headers = workload_headers();
     let mut cflags: Vec<String> = ["-O1", "-g", "-Wall", "-Wextra"].iter().map(|s| s.to_string()).collect();
     cflags.extend(marker_flags(&src, "CFLAGS:"));
     let ldflags = marker_flags(&src, "LDFLAGS:");
 
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&src, &common, &cflags, &ldflags).hash(&mut h);
+    (&src, &headers, &cflags, &ldflags).hash(&mut h);
     let dir = workloads_out_dir().join(format!("{:016x}", h.finish()));
     let bin = dir.join(name);
     if bin.exists() {

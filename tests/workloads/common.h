@@ -19,11 +19,13 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -164,6 +166,38 @@ __attribute__((format(printf, 1, 2), noreturn, unused)) static void finish(const
 	va_end(ap);
 	status("PASS %s", buf);
 	exit(0);
+}
+
+/*
+ * A one-shot ITIMER_REAL of `secs` s whose SIGALRM runs `handler` (SA_RESTART, nothing
+ * else blocked). Sets *armed_at to mono_now() when it was armed and returns the time the
+ * timer had left right after arming (what a READY line reports as itimer_remaining).
+ */
+static __attribute__((unused)) double arm_oneshot_alarm(void (*handler)(int), int secs, double *armed_at)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = handler;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGALRM, &sa, NULL);
+
+	struct itimerval it = { .it_interval = { 0, 0 }, .it_value = { secs, 0 } };
+	*armed_at = mono_now();
+	setitimer(ITIMER_REAL, &it, NULL);
+	struct itimerval cur;
+	getitimer(ITIMER_REAL, &cur);
+	return cur.it_value.tv_sec + cur.it_value.tv_usec / 1e6;
+}
+
+/* After the one-shot timer fired: it must be disarmed (a failed check otherwise). */
+static __attribute__((unused)) void check_alarm_disarmed(void)
+{
+	struct itimerval cur;
+	getitimer(ITIMER_REAL, &cur);
+	if (cur.it_value.tv_sec != 0 || cur.it_value.tv_usec != 0)
+		check_failed("one-shot ITIMER_REAL still armed after firing: %ld.%06ld", (long)cur.it_value.tv_sec,
+			     (long)cur.it_value.tv_usec);
 }
 
 /* Read a whole (small, e.g. /proc) file into buf without stdio or malloc. */
