@@ -78,11 +78,7 @@ static int reap_zombie_now(const char *what, pid_t pid)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_chld;
-	sa.sa_flags = SA_RESTART;
-	sigaction(SIGCHLD, &sa, NULL);
+	set_handler(SIGCHLD, on_chld, SA_RESTART);
 	remember("parent");
 
 	pid_t z7 = fork();
