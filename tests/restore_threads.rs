@@ -3,15 +3,6 @@
 mod common;
 use common::*;
 
-fn task_ids(pid: i32) -> Vec<String> {
-    let mut tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    tids.sort();
-    tids
-}
-
 /// threaded.c: a second pthread sleeping in a loop. After restore the process has the same
 /// thread ids (the worker's tid from READY among them), each thread's name is as before, the
 /// worker still runs (the process PASSes its own checks on .go), and /proc matches.

@@ -28,97 +28,10 @@ use std::time::{Duration, Instant};
 // /proc and pidfd helpers
 // ---------------------------------------------------------------------------------
 
-/// Children of every task of `pid` (from /proc/PID/task/TID/children).
-fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in rd.flatten() {
-            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// What /proc/PID/stat says about a process's place in the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ProcInfo {
-    state: char,
-    ppid: i32,
-    pgid: i32,
-    sid: i32,
-    comm: String,
-    /// Field 52: the wait status of a zombie (0 for a live process).
-    exit_code: i64,
-}
-
-fn proc_info(pid: i32) -> Option<ProcInfo> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (open, close) = (s.find('(')?, s.rfind(')')?);
-    let rest: Vec<&str> = s[close + 1..].split_whitespace().collect();
-    // rest[i] is field i + 3
-    Some(ProcInfo {
-        state: rest.first()?.chars().next()?,
-        ppid: rest.get(1)?.parse().ok()?,
-        pgid: rest.get(2)?.parse().ok()?,
-        sid: rest.get(3)?.parse().ok()?,
-        comm: s[open + 1..close].to_string(),
-        exit_code: rest.get(49).and_then(|v| v.parse().ok()).unwrap_or(-1),
-    })
-}
-
-fn is_live_state(c: char) -> bool {
-    matches!(c, 'R' | 'S' | 'D')
-}
-
 /// A wait status as `Exit`.
 fn decode_status(st: i64) -> Exit {
     let st = st as i32;
     if st & 0x7f == 0 { Exit::Code((st >> 8) & 0xff) } else { Exit::Signal(st & 0x7f) }
-}
-
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 { None } else { Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }) }
-}
-
-/// pidfd_send_signal; Err(errno) on failure (ESRCH once the process was reaped).
-fn pidfd_signal(fd: &OwnedFd, sig: i32) -> Result<(), i32> {
-    let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
-    };
-    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(()) }
-}
-
-/// Has the process exited (zombie or reaped)?
-fn pidfd_exited(fd: &OwnedFd) -> bool {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    unsafe { libc::poll(&mut p, 1, 0) == 1 }
-}
-
-/// Has the process been reaped (by anyone)?
-fn pidfd_reaped(fd: &OwnedFd) -> bool {
-    pidfd_signal(fd, 0) == Err(libc::ESRCH)
-}
-
-/// Reaps the process behind `fd` if it is our exited child; its exit.
-fn pidfd_try_reap(fd: &OwnedFd) -> Option<Exit> {
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::waitid(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::__WALL)
-    };
-    if r != 0 {
-        return None;
-    }
-    let pid = unsafe { info.si_pid() };
-    if pid == 0 {
-        return None;
-    }
-    let status = unsafe { info.si_status() };
-    Some(if info.si_code == libc::CLD_EXITED { Exit::Code(status) } else { Exit::Signal(status) })
 }
 
 /// kcmp(KCMP_FILE): do these two fds share one open file description?
@@ -246,33 +159,7 @@ impl Tree {
     /// each: the root is our child; a descendant is held only if, once its pidfd is open, it
     /// is still the child of a process already held.
     fn adopt(&mut self) -> Vec<i32> {
-        let root = self.root();
-        if let std::collections::btree_map::Entry::Vacant(e) = self.pidfds.entry(root)
-            && let Some(fd) = pidfd_open(root)
-        {
-            e.insert(fd);
-        }
-        let mut out = Vec::new();
-        let mut queue = std::collections::VecDeque::from([root]);
-        let mut seen = BTreeSet::new();
-        while let Some(pid) = queue.pop_front() {
-            if !seen.insert(pid) || !pid_exists(pid) {
-                continue;
-            }
-            out.push(pid);
-            for c in children_of(pid) {
-                if let std::collections::btree_map::Entry::Vacant(e) = self.pidfds.entry(c) {
-                    match pidfd_open(c) {
-                        Some(fd) if proc_info(c).map(|i| i.ppid) == Some(pid) => {
-                            e.insert(fd);
-                        }
-                        _ => continue,
-                    }
-                }
-                queue.push_back(c);
-            }
-        }
-        out
+        adopt_tree(self.root(), &mut self.pidfds)
     }
 
     fn snapshot(&mut self) -> TreeSnap {
@@ -403,6 +290,19 @@ impl Tree {
         out
     }
 
+    /// dump, then restore (both printed), then what differs between `before` and the
+    /// restored tree: (the restored tree, the differences).
+    #[track_caller]
+    fn dump_restore_compare(&mut self, before: &TreeSnap) -> (TreeSnap, Vec<String>) {
+        let dump = self.dump(before);
+        eprintln!("{dump}");
+        let restore = self.restore(before);
+        eprintln!("{restore}");
+        let after = self.snapshot();
+        let problems = compare(before, &after, &[]);
+        (after, problems)
+    }
+
     /// Kills every process held (through its pidfd) and reaps those that are our children.
     fn kill_all(&mut self) {
         for fd in self.pidfds.values() {
@@ -451,20 +351,6 @@ impl Tree {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-/// Is the exited process behind `fd` a zombie waiting for us to reap it?
-fn is_zombie_of_ours(fd: &OwnedFd) -> bool {
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            fd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT | libc::__WALL,
-        )
-    };
-    r == 0 && unsafe { info.si_pid() } != 0
 }
 
 impl Drop for Tree {
@@ -665,12 +551,7 @@ mod restore_tree {
         assert_eq!(before.pids().len(), 4, "test setup: expected 4 processes:\n{}", before.describe());
         let counters_before = counters(&roles, addr);
 
-        let dump = t.dump(&before);
-        eprintln!("{dump}");
-        let restore = t.restore(&before);
-        eprintln!("{restore}");
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (_, mut problems) = t.dump_restore_compare(&before);
         let counters_restored = counters(&roles, addr);
         std::thread::sleep(Duration::from_millis(200));
         let counters_later = counters(&roles, addr);
@@ -848,10 +729,7 @@ mod restore_tree {
         let setup = relations("before the dump");
         assert!(setup.is_empty(), "test setup: {setup:?}");
 
-        t.dump(&before);
-        t.restore(&before);
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (_, mut problems) = t.dump_restore_compare(&before);
         problems.extend(relations("after the restore"));
         let r = t.w.go();
         problems.extend(verdict(&r, &["parent", "child"]));
@@ -961,12 +839,7 @@ mod restore_tree {
         assert_eq!(pending(root) & sigchld_bit, 0, "test setup: SIGCHLD pending in the parent");
         assert_ne!(pending(blocker) & sigchld_bit, 0, "test setup: SIGCHLD not pending in the blocker");
 
-        let dump = t.dump(&before);
-        eprintln!("{dump}");
-        let restore = t.restore(&before);
-        eprintln!("{restore}");
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (after, mut problems) = t.dump_restore_compare(&before);
         problems.extend(zombies(&after, "after the restore"));
         if pending(root) & sigchld_bit != 0 {
             problems.push(format!("after the restore SIGCHLD is pending in the parent {root} (it was not before the dump)"));
@@ -1014,11 +887,7 @@ mod restore_tree {
         let setup = expected(&before, "before the dump");
         assert!(setup.is_empty(), "test setup: {setup:?}");
 
-        let dump = t.dump(&before);
-        eprintln!("{dump}");
-        t.restore(&before);
-        let after = t.snapshot();
-        let mut problems = compare(&before, &after, &[]);
+        let (after, mut problems) = t.dump_restore_compare(&before);
         problems.extend(expected(&after, "after the restore"));
         let r = t.w.go();
         problems.extend(verdict(&r, &["parent", "leader", "member", "grpleader", "joiner"]));

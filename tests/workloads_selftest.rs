@@ -84,3 +84,26 @@ fn snapshot_comparison_detects_differences() {
     // and ignores what it is told to
     assert!(a.diff(&b, &["fdinfo:0:*", "status:SigBlk"]).is_empty());
 }
+
+/// A multi-process workload (tests/workloads/tree_*.c) without crust: once its parent is
+/// READY, `.go` makes every role PASS and the root exit 0 (each parent reaps its children).
+fn tree_selftest(name: &str, args: &[&str], roles: &[&str]) {
+    let mut w = Workload::spawn(name, args);
+    w.wait_status_line("READY parent ", READY_TIMEOUT);
+    let r = w.go();
+    r.assert_pass();
+    for role in roles {
+        let prefix = format!("PASS {role} ");
+        assert!(r.status_text.lines().any(|l| l.starts_with(&prefix)), "no PASS line from {role}:\n{}", r.status_text);
+    }
+}
+
+#[test]
+fn tree_workloads_pass_without_checkpoint() {
+    tree_selftest("tree_family", &[], &["parent", "child1", "child2", "grandchild"]);
+    tree_selftest("tree_family", &["socket"], &["parent", "child1", "child2", "grandchild"]);
+    tree_selftest("tree_pipes", &[], &["parent", "child", "grandchild"]);
+    tree_selftest("tree_session", &[], &["parent", "leader", "member", "grpleader", "joiner"]);
+    tree_selftest("tree_sharedfd", &[], &["parent", "child"]);
+    tree_selftest("tree_zombies", &[], &["parent", "blocker"]);
+}

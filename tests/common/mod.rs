@@ -21,6 +21,7 @@ use std::fmt;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -72,13 +73,31 @@ fn marker_flags(src: &str, marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every header in tests/workloads (name and contents, sorted by name): a workload may
+/// include any of them, so a change to any header rebuilds every workload.
+fn workload_headers() -> Vec<(String, String)> {
+    let dir = workloads_src_dir();
+    let mut headers: Vec<(String, String)> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension() == Some(OsStr::new("h")))
+        .map(|p| {
+            let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+            (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), text)
+        })
+        .collect();
+    headers.sort();
+    headers
+}
+
 /// Compile `tests/workloads/NAME.c` and return the binary's path.
 ///
 /// Binaries live in `target/workloads/<hash>/NAME`, where the hash covers the source,
-/// `common.h` and the flags: a changed source gets a new binary, and a binary that is
-/// in use (or in a checkpoint image) is never replaced. Compilation goes to a temp
-/// name and is linked into place only if no other test process was first, so parallel
-/// test processes can race safely.
+/// every header of tests/workloads and the flags: a changed source gets a new binary, and
+/// a binary that is in use (or in a checkpoint image) is never replaced. Compilation goes
+/// to a temp name that is hard-linked into place, so parallel test processes can race
+/// safely.
 pub fn build_workload(name: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,13 +105,13 @@ pub fn build_workload(name: &str) -> PathBuf {
     let src_path = workloads_src_dir().join(format!("{name}.c"));
     let src = fs::read_to_string(&src_path)
         .unwrap_or_else(|e| panic!("cannot read workload source {}: {e}", src_path.display()));
-    let common = fs::read_to_string(workloads_src_dir().join("common.h")).unwrap_or_default();
+    let headers = workload_headers();
     let mut cflags: Vec<String> = ["-O1", "-g", "-Wall", "-Wextra"].iter().map(|s| s.to_string()).collect();
     cflags.extend(marker_flags(&src, "CFLAGS:"));
     let ldflags = marker_flags(&src, "LDFLAGS:");
 
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&src, &common, &cflags, &ldflags).hash(&mut h);
+    (&src, &headers, &cflags, &ldflags).hash(&mut h);
     let dir = workloads_out_dir().join(format!("{:016x}", h.finish()));
     let bin = dir.join(name);
     if bin.exists() {
@@ -120,13 +139,14 @@ pub fn build_workload(name: &str) -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Never replace a binary another test process put there first: it may already run (a
-    // replaced binary shows as a deleted file in the running process's mappings, which
-    // crust refuses). hard_link fails with EEXIST if the name is taken.
+    // Linked, not renamed, into place: a rename would replace a binary that another test
+    // process compiled at the same time and may already run, leaving that process with a
+    // deleted executable (which crust refuses to dump). The first link wins; the others
+    // use its binary.
     match fs::hard_link(&tmp, &bin) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => panic!("link {} to {}: {e}", tmp.display(), bin.display()),
+        Err(e) => panic!("cannot link {} to {}: {e}", tmp.display(), bin.display()),
     }
     let _ = fs::remove_file(&tmp);
     bin
@@ -283,6 +303,155 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Process trees and pidfds
+// ---------------------------------------------------------------------------------
+
+/// Children of every task of `pid` (from /proc/PID/task/TID/children).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What /proc/PID/stat says about a process's place in the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    /// Field 52: the wait status of a zombie (0 for a live process).
+    pub exit_code: i64,
+}
+
+pub fn proc_info(pid: i32) -> Option<ProcInfo> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (s.find('(')?, s.rfind(')')?);
+    let rest: Vec<&str> = s[close + 1..].split_whitespace().collect();
+    // rest[i] is field i + 3
+    Some(ProcInfo {
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgid: rest.get(2)?.parse().ok()?,
+        sid: rest.get(3)?.parse().ok()?,
+        comm: s[open + 1..close].to_string(),
+        exit_code: rest.get(49).and_then(|v| v.parse().ok()).unwrap_or(-1),
+    })
+}
+
+pub fn is_live_state(c: char) -> bool {
+    matches!(c, 'R' | 'S' | 'D')
+}
+
+/// Holds a pidfd for `root` and each of its descendants now, and returns them (root
+/// first, breadth first). A descendant is held only if, once its pidfd is open, it is still
+/// the child of a process already held: no pid reused by someone else is ever taken.
+pub fn adopt_tree(root: i32, pidfds: &mut BTreeMap<i32, OwnedFd>) -> Vec<i32> {
+    if let std::collections::btree_map::Entry::Vacant(e) = pidfds.entry(root)
+        && let Some(fd) = pidfd_open(root)
+    {
+        e.insert(fd);
+    }
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root]);
+    let mut seen = BTreeSet::new();
+    while let Some(pid) = queue.pop_front() {
+        if !seen.insert(pid) || !pid_exists(pid) {
+            continue;
+        }
+        out.push(pid);
+        for c in children_of(pid) {
+            if let std::collections::btree_map::Entry::Vacant(e) = pidfds.entry(c) {
+                match pidfd_open(c) {
+                    Some(fd) if proc_info(c).map(|i| i.ppid) == Some(pid) => {
+                        e.insert(fd);
+                    }
+                    _ => continue,
+                }
+            }
+            queue.push_back(c);
+        }
+    }
+    out
+}
+
+/// A pidfd for `pid` (None if it does not exist). Signals and waits through a pidfd can
+/// never reach another process that reused the pid.
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes integers only.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// pidfd_send_signal; Err(errno) on failure (ESRCH once the process was reaped).
+pub fn pidfd_signal(fd: &OwnedFd, sig: i32) -> Result<(), i32> {
+    // SAFETY: a valid pidfd, a signal number, a null siginfo (allowed) and no flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(()) }
+}
+
+/// Has the process exited (zombie or reaped)?
+pub fn pidfd_exited(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, a live local, and a zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 }
+}
+
+/// Has the process been reaped (by anyone)?
+pub fn pidfd_reaped(fd: &OwnedFd) -> bool {
+    pidfd_signal(fd, 0) == Err(libc::ESRCH)
+}
+
+/// waitid(P_PIDFD, WEXITED|WNOHANG|__WALL|extra): the pid and siginfo of an exited child.
+fn pidfd_waitid(fd: &OwnedFd, extra: i32) -> Option<libc::siginfo_t> {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes one siginfo_t into `info`, a live local.
+    let r = unsafe {
+        libc::waitid(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::__WALL | extra)
+    };
+    // SAFETY: waitid filled `info` for a child (si_pid is 0 if none had exited).
+    (r == 0 && unsafe { info.si_pid() } != 0).then_some(info)
+}
+
+/// Reaps the process behind `fd` if it is our exited child; its exit.
+pub fn pidfd_try_reap(fd: &OwnedFd) -> Option<Exit> {
+    let info = pidfd_waitid(fd, 0)?;
+    // SAFETY: `info` was filled by waitid for an exited child.
+    let status = unsafe { info.si_status() };
+    Some(if info.si_code == libc::CLD_EXITED { Exit::Code(status) } else { Exit::Signal(status) })
+}
+
+/// Is the exited process behind `fd` a zombie waiting for us to reap it?
+pub fn is_zombie_of_ours(fd: &OwnedFd) -> bool {
+    pidfd_waitid(fd, libc::WNOWAIT).is_some()
+}
+
+/// The thread ids of `pid` (/proc/PID/task), sorted as strings.
+pub fn task_ids(pid: i32) -> Vec<String> {
+    let mut tids: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    tids.sort();
+    tids
 }
 
 /// The syscall number a sleeping task is blocked in (first field of /proc/PID/syscall).

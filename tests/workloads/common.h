@@ -19,11 +19,13 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +44,9 @@ static __attribute__((unused)) void wl_write_line(const char *fmt, va_list ap)
 	if ((size_t)n > sizeof(buf) - 2)
 		n = sizeof(buf) - 2;
 	buf[n++] = '\n';
+	/* the log first: once a test sees a line in the status file, the log (whose offset
+	 * is part of the process's state) already has it too */
+	fprintf(stderr, "%.*s", n, buf);
 	int fd = open(wl_status, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		fprintf(stderr, "cannot open status file %s: %s\n", wl_status, strerror(errno));
@@ -57,7 +62,6 @@ static __attribute__((unused)) void wl_write_line(const char *fmt, va_list ap)
 		off += w;
 	}
 	close(fd);
-	fprintf(stderr, "%.*s", n, buf);
 }
 
 __attribute__((format(printf, 1, 2), unused)) static void status(const char *fmt, ...)
@@ -166,6 +170,45 @@ __attribute__((format(printf, 1, 2), noreturn, unused)) static void finish(const
 	exit(0);
 }
 
+/* sigaction(sig): `handler` with `flags`, nothing else blocked while it runs. Fatal on error. */
+static __attribute__((unused)) void set_handler(int sig, void (*handler)(int), int flags)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = handler;
+	sa.sa_flags = flags;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(sig, &sa, NULL))
+		die("sigaction(%d): %s", sig, strerror(errno));
+}
+
+/*
+ * A one-shot ITIMER_REAL of `secs` s whose SIGALRM runs `handler` (SA_RESTART, nothing
+ * else blocked). Sets *armed_at to mono_now() when it was armed and returns the time the
+ * timer had left right after arming (what a READY line reports as itimer_remaining).
+ */
+static __attribute__((unused)) double arm_oneshot_alarm(void (*handler)(int), int secs, double *armed_at)
+{
+	set_handler(SIGALRM, handler, SA_RESTART);
+
+	struct itimerval it = { .it_interval = { 0, 0 }, .it_value = { secs, 0 } };
+	*armed_at = mono_now();
+	setitimer(ITIMER_REAL, &it, NULL);
+	struct itimerval cur;
+	getitimer(ITIMER_REAL, &cur);
+	return cur.it_value.tv_sec + cur.it_value.tv_usec / 1e6;
+}
+
+/* After the one-shot timer fired: it must be disarmed (a failed check otherwise). */
+static __attribute__((unused)) void check_alarm_disarmed(void)
+{
+	struct itimerval cur;
+	getitimer(ITIMER_REAL, &cur);
+	if (cur.it_value.tv_sec != 0 || cur.it_value.tv_usec != 0)
+		check_failed("one-shot ITIMER_REAL still armed after firing: %ld.%06ld", (long)cur.it_value.tv_sec,
+			     (long)cur.it_value.tv_usec);
+}
+
 /* Read a whole (small, e.g. /proc) file into buf without stdio or malloc. */
 static __attribute__((unused)) ssize_t read_file(const char *path, char *buf, size_t size)
 {
@@ -188,12 +231,13 @@ static __attribute__((unused)) ssize_t read_file(const char *path, char *buf, si
 	return (ssize_t)off;
 }
 
-/* Value of "Key:\t..." in /proc/self/status (trimmed), or "" if absent. */
-static __attribute__((unused)) void proc_status_field(const char *key, char *out, size_t outsz)
+/* Value of "Key:\t..." in a /proc status file such as /proc/self/task/TID/status
+ * (trimmed), or "" if absent. */
+static __attribute__((unused)) void proc_file_field(const char *path, const char *key, char *out, size_t outsz)
 {
-	static char buf[16384];
+	static __thread char buf[16384];
 	out[0] = 0;
-	if (read_file("/proc/self/status", buf, sizeof(buf)) < 0)
+	if (read_file(path, buf, sizeof(buf)) < 0)
 		return;
 	size_t klen = strlen(key);
 	for (char *line = buf; line && *line;) {
@@ -211,6 +255,12 @@ static __attribute__((unused)) void proc_status_field(const char *key, char *out
 		}
 		line = nl ? nl + 1 : NULL;
 	}
+}
+
+/* Value of "Key:\t..." in /proc/self/status (trimmed), or "" if absent. */
+static __attribute__((unused)) void proc_status_field(const char *key, char *out, size_t outsz)
+{
+	proc_file_field("/proc/self/status", key, out, outsz);
 }
 
 #endif

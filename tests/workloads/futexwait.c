@@ -48,18 +48,8 @@ static void on_alarm(int sig)
 
 static int alarm_mode(void)
 {
-	struct sigaction sa = { 0 };
-	sa.sa_handler = on_alarm;
-	sa.sa_flags = SA_RESTART;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGALRM, &sa, NULL);
-
-	struct itimerval it = { .it_interval = { 0, 0 }, .it_value = { 3, 0 } };
-	double t0 = mono_now();
-	setitimer(ITIMER_REAL, &it, NULL);
-	struct itimerval cur;
-	getitimer(ITIMER_REAL, &cur);
-	double rem_ready = cur.it_value.tv_sec + cur.it_value.tv_usec / 1e6;
+	double t0;
+	double rem_ready = arm_oneshot_alarm(on_alarm, 3, &t0);
 	status("READY mode=alarm futex_addr=%p itimer_remaining=%.3f", (void *)&futex_word[0], rem_ready);
 
 	int calls = 0, eintr = 0;
@@ -92,10 +82,7 @@ static int alarm_mode(void)
 	      wake_rc);
 	CHECK(elapsed >= rem_ready - 0.01, "SIGALRM came %.3f s after arming, before its %.3f s",
 	      elapsed, rem_ready);
-	getitimer(ITIMER_REAL, &cur);
-	CHECK(cur.it_value.tv_sec == 0 && cur.it_value.tv_usec == 0,
-	      "one-shot ITIMER_REAL still armed after firing: %ld.%06ld", (long)cur.it_value.tv_sec,
-	      (long)cur.it_value.tv_usec);
+	check_alarm_disarmed();
 
 	while (!go_requested())
 		sleep_ms(5);

@@ -46,17 +46,8 @@ int main(int argc, char **argv)
 	int fl_r = fcntl(p2[0], F_GETFL), fl_w = fcntl(p2[1], F_GETFL);
 	int fl1_r = fcntl(p1[0], F_GETFL), fl1_w = fcntl(p1[1], F_GETFL);
 
-	struct sigaction sa = { 0 };
-	sa.sa_handler = on_alarm;
-	sa.sa_flags = SA_RESTART;
-	sigaction(SIGALRM, &sa, NULL);
-
-	struct itimerval it = { .it_interval = { 0, 0 }, .it_value = { 3, 0 } };
-	double t0 = mono_now();
-	setitimer(ITIMER_REAL, &it, NULL);
-	struct itimerval cur;
-	getitimer(ITIMER_REAL, &cur);
-	double rem_ready = cur.it_value.tv_sec + cur.it_value.tv_usec / 1e6;
+	double t0;
+	double rem_ready = arm_oneshot_alarm(on_alarm, 3, &t0);
 	status("READY itimer_remaining=%.3f pipe=%d,%d data_pipe=%d,%d", rem_ready, p1[0], p1[1],
 	       p2[0], p2[1]);
 
@@ -77,10 +68,7 @@ int main(int argc, char **argv)
 	CHECK(alarms == 1, "SIGALRM handler ran %d times, expected 1", (int)alarms);
 	CHECK(elapsed >= rem_ready - 0.01,
 	      "the timer fired %.3f s after being armed, before its %.3f s", elapsed, rem_ready);
-	getitimer(ITIMER_REAL, &cur);
-	CHECK(cur.it_value.tv_sec == 0 && cur.it_value.tv_usec == 0,
-	      "one-shot ITIMER_REAL still armed after firing: %ld.%06ld",
-	      (long)cur.it_value.tv_sec, (long)cur.it_value.tv_usec);
+	check_alarm_disarmed();
 
 	while (!go_requested())
 		sleep_ms(5);

@@ -21,21 +21,18 @@
  * argv[2] == "socket": the grandchild also holds a socket (for the refusal test) and
  * reports sockfd=N in its READY line.
  */
-#include "common.h"
+#include "tree_common.h"
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #define OWN_WORDS (96 * 1024 / 8)
 #define SHARED_WORDS (64 * 1024 / 8)
 
-static const char *role = "parent";
 static volatile uint64_t counter;
 static uint64_t *shared_pat; /* written by the parent before forking */
 static uint64_t *own_pat;    /* written by each process after the fork */
 static uint64_t own_seed;
-static pid_t my_pid, my_ppid, my_pgid, my_sid;
 static int sockfd = -1;
 
 static inline uint64_t pat(uint64_t seed, uint64_t i)
@@ -53,44 +50,20 @@ static uint64_t *map_words(size_t n)
 	return p;
 }
 
-/* What every process does right after it starts being itself. */
-static void become(const char *r, uint64_t seed)
+/* What every process does right after it took its role: a pattern and a counter of its own. */
+static void become(uint64_t seed)
 {
-	role = r;
 	own_seed = seed;
 	own_pat = map_words(OWN_WORDS);
 	for (size_t i = 0; i < OWN_WORDS; i++)
 		own_pat[i] = pat(own_seed, i);
 	counter = 0;
-	my_pid = getpid();
-	my_ppid = getppid();
-	my_pgid = getpgid(0);
-	my_sid = getsid(0);
 }
 
 static void say_ready(const char *extra)
 {
 	status("READY %s pid=%d ppid=%d pgid=%d sid=%d counter=%p %s", role, my_pid, my_ppid, my_pgid, my_sid,
 	       (void *)&counter, extra);
-}
-
-/* Does the status file contain `needle`? */
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
-static void wait_for_status(const char *needle)
-{
-	double deadline = mono_now() + 10;
-	while (!status_has(needle)) {
-		if (mono_now() > deadline)
-			die("%s: timed out waiting for '%s' in the status file", role, needle);
-		sleep_ms(5);
-	}
 }
 
 /* Counts until <status>.go appears. */
@@ -104,11 +77,8 @@ static void run_until_go(void)
 
 static void check_self(void)
 {
-	CHECK(getpid() == my_pid, "%s: getpid() %d, was %d", role, getpid(), my_pid);
-	CHECK(getppid() == my_ppid, "%s: getppid() %d, was %d (no longer the child of its parent)", role, getppid(),
-	      my_ppid);
-	CHECK(getpgid(0) == my_pgid, "%s: getpgid() %d, was %d", role, getpgid(0), my_pgid);
-	CHECK(getsid(0) == my_sid, "%s: getsid() %d, was %d", role, getsid(0), my_sid);
+	check_ids();
+	check_group_ids();
 	size_t bad = 0, first = 0;
 	for (size_t i = 0; i < OWN_WORDS; i++)
 		if (own_pat[i] != pat(own_seed, i) && bad++ == 0)
@@ -126,42 +96,10 @@ static void check_self(void)
 	}
 }
 
-/* Reaps `pid`, which must be our child, within 15 s; it must have exited 0. */
-static void reap_child(const char *what, pid_t pid)
+/* PASS lines of this workload also carry the counter. */
+static __attribute__((noreturn)) void pass_or_fail(void)
 {
-	double deadline = mono_now() + 15;
-	for (;;) {
-		int st;
-		pid_t r = waitpid(pid, &st, WNOHANG);
-		if (r == pid) {
-			if (!WIFEXITED(st))
-				check_failed("%s: %s %d was killed by signal %d", role, what, pid, WTERMSIG(st));
-			else if (WEXITSTATUS(st) != 0)
-				check_failed("%s: %s %d exited %d", role, what, pid, WEXITSTATUS(st));
-			return;
-		}
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			check_failed("%s: waitpid(%s %d): %s", role, what, pid, strerror(errno));
-			return;
-		}
-		if (mono_now() > deadline) {
-			check_failed("%s: %s %d did not exit within 15 s", role, what, pid);
-			return;
-		}
-		sleep_ms(5);
-	}
-}
-
-static __attribute__((noreturn)) void role_finish(void)
-{
-	if (wl_fail_count) {
-		status("FAIL %s pid=%d %s", role, (int)getpid(), wl_fail_buf);
-		_exit(1);
-	}
-	status("PASS %s pid=%d counter=%llu", role, (int)getpid(), (unsigned long long)counter);
-	_exit(0);
+	role_finish_with("counter=%llu", (unsigned long long)counter);
 }
 
 static void leaf(void)
@@ -172,7 +110,7 @@ static void leaf(void)
 	say_ready(extra);
 	run_until_go();
 	check_self();
-	role_finish();
+	pass_or_fail();
 }
 
 int main(int argc, char **argv)
@@ -183,18 +121,15 @@ int main(int argc, char **argv)
 	shared_pat = map_words(SHARED_WORDS);
 	for (size_t i = 0; i < SHARED_WORDS; i++)
 		shared_pat[i] = pat(0x5EED, i);
-	become("parent", 0x9A7E47);
+	remember("parent");
+	become(0x9A7E47);
 
-	pid_t child1 = fork();
-	if (child1 < 0)
-		die("fork child1: %s", strerror(errno));
+	pid_t child1 = fork_as("child1");
 	if (child1 == 0) {
-		become("child1", 0xC1);
-		pid_t gc = fork();
-		if (gc < 0)
-			die("child1: fork grandchild: %s", strerror(errno));
+		become(0xC1);
+		pid_t gc = fork_as("grandchild");
 		if (gc == 0) {
-			become("grandchild", 0x6C);
+			become(0x6C);
 			if (with_socket) {
 				sockfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 				if (sockfd < 0)
@@ -207,35 +142,26 @@ int main(int argc, char **argv)
 		say_ready(extra);
 		run_until_go();
 		check_self();
-		reap_child("grandchild", gc);
-		role_finish();
+		reap("grandchild", gc);
+		pass_or_fail();
 	}
-	pid_t child2 = fork();
-	if (child2 < 0)
-		die("fork child2: %s", strerror(errno));
+	pid_t child2 = fork_as("child2");
 	if (child2 == 0) {
-		become("child2", 0xC2);
+		become(0xC2);
 		leaf();
 	}
 
-	char needle[64];
-	snprintf(needle, sizeof(needle), "READY child1 pid=%d ", child1);
-	wait_for_status(needle);
-	snprintf(needle, sizeof(needle), "READY child2 pid=%d ", child2);
-	wait_for_status(needle);
-	wait_for_status("READY grandchild pid=");
+	await_ready("child1", child1);
+	await_ready("child2", child2);
+	await_ready("grandchild", 0);
 	char extra[128];
 	snprintf(extra, sizeof(extra), "child1=%d child2=%d", child1, child2);
 	say_ready(extra);
 
 	run_until_go();
 	check_self();
-	reap_child("child1", child1);
-	reap_child("child2", child2);
-	/* nothing else may be our child */
-	int st;
-	pid_t r = waitpid(-1, &st, WNOHANG);
-	CHECK(r < 0 && errno == ECHILD, "parent: waitpid(-1) after reaping both children returned %d (%s)", r,
-	      r < 0 ? strerror(errno) : "an unexpected child");
-	role_finish();
+	reap("child1", child1);
+	reap("child2", child2);
+	no_more_children();
+	pass_or_fail();
 }

@@ -24,40 +24,18 @@
  *           the grandchild.
  *   grandchild: has no pipe fd (checked in /proc/self/fd).
  */
-#include "common.h"
+#include "tree_common.h"
 #include <dirent.h>
 #include <poll.h>
 #include <sys/ioctl.h>
-#include <sys/wait.h>
 
 #define P1_LEN 5000
 #define P2_LEN 100000
 #define P2_SIZE (256 * 1024)
 
-static const char *role = "parent";
-static pid_t my_pid, my_ppid;
-
 static unsigned char byte_at(unsigned seed, size_t i)
 {
 	return (unsigned char)((i * 131 + seed + (i >> 8)) & 0xff);
-}
-
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
-static void wait_for_status(const char *needle)
-{
-	double deadline = mono_now() + 10;
-	while (!status_has(needle)) {
-		if (mono_now() > deadline)
-			die("%s: timed out waiting for '%s'", role, needle);
-		sleep_ms(5);
-	}
 }
 
 static void write_all(int fd, unsigned seed, size_t len)
@@ -143,36 +121,6 @@ static int pipe_fds_open(char *list, size_t n)
 	return count;
 }
 
-static void check_ids(void)
-{
-	CHECK(getpid() == my_pid && getppid() == my_ppid, "%s: pid %d ppid %d, was %d %d", role, getpid(), getppid(),
-	      my_pid, my_ppid);
-}
-
-static void reap(const char *what, pid_t pid)
-{
-	int st;
-	double deadline = mono_now() + 15;
-	pid_t r;
-	while ((r = waitpid(pid, &st, WNOHANG)) == 0 && mono_now() < deadline)
-		sleep_ms(5);
-	if (r != pid)
-		check_failed("%s: waitpid(%s %d) returned %d (%s)", role, what, pid, r,
-			     r < 0 ? strerror(errno) : "timeout");
-	else
-		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: %s ended with wait status 0x%x", role, what, st);
-}
-
-static __attribute__((noreturn)) void role_finish(void)
-{
-	if (wl_fail_count) {
-		status("FAIL %s pid=%d %s", role, (int)getpid(), wl_fail_buf);
-		_exit(1);
-	}
-	status("PASS %s pid=%d", role, (int)getpid());
-	_exit(0);
-}
-
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -184,42 +132,29 @@ int main(int argc, char **argv)
 	int p1size = fcntl(p1[0], F_GETPIPE_SZ), p2size = fcntl(p2[0], F_GETPIPE_SZ);
 	if (p2size < P2_LEN || p1size >= P2_LEN)
 		die("pipe sizes %d/%d do not suit the test", p1size, p2size);
-	my_ppid = getppid();
-	my_pid = getpid();
+	remember("parent");
 
-	pid_t child = fork();
-	if (child < 0)
-		die("fork: %s", strerror(errno));
+	pid_t child = fork_as("child");
 	if (child == 0) {
-		role = "child";
-		my_ppid = my_pid;
-		my_pid = getpid();
 		close(p1[1]);
 		close(p2[0]);
 		write_all(p2[1], 2, P2_LEN);
-		pid_t gc = fork();
-		if (gc < 0)
-			die("child: fork: %s", strerror(errno));
+		pid_t gc = fork_as("grandchild");
 		if (gc == 0) {
-			role = "grandchild";
-			my_ppid = my_pid;
-			my_pid = getpid();
 			close(p1[0]);
 			close(p2[1]);
 			status("READY grandchild pid=%d", my_pid);
-			while (!go_requested())
-				sleep_ms(10);
+			wait_for_go();
 			check_ids();
 			char list[1024];
 			int n = pipe_fds_open(list, sizeof(list));
 			CHECK(n == 0, "grandchild: holds %d pipe fds:%s", n, list);
 			role_finish();
 		}
-		wait_for_status("READY grandchild pid=");
+		await_ready("grandchild", 0);
 		status("READY child pid=%d p1r=%d p2w=%d p1size=%d p2size=%d grandchild=%d", my_pid, p1[0], p2[1],
 		       p1size, p2size, gc);
-		while (!go_requested())
-			sleep_ms(10);
+		wait_for_go();
 
 		check_ids();
 		CHECK(fcntl(p1[0], F_GETPIPE_SZ) == p1size, "child: P1 size %d, was %d", fcntl(p1[0], F_GETPIPE_SZ),
@@ -244,17 +179,14 @@ int main(int argc, char **argv)
 	write_all(p1[1], 1, P1_LEN);
 	int fl = fcntl(p2[0], F_GETFL);
 	fcntl(p2[0], F_SETFL, fl | O_NONBLOCK);
-	char needle[64];
-	snprintf(needle, sizeof(needle), "READY child pid=%d ", child);
-	wait_for_status(needle);
+	await_ready("child", child);
 	int avail = -1;
 	ioctl(p2[0], FIONREAD, &avail);
 	if (avail != P2_LEN)
 		die("parent: P2 holds %d bytes before the dump, expected %d", avail, P2_LEN);
 	status("READY parent pid=%d child=%d p1w=%d p2r=%d p1size=%d p2size=%d", my_pid, child, p1[1], p2[0], p1size,
 	       p2size);
-	while (!go_requested())
-		sleep_ms(10);
+	wait_for_go();
 
 	check_ids();
 	CHECK(fcntl(p1[1], F_GETPIPE_SZ) == p1size, "parent: P1 size %d, was %d", fcntl(p1[1], F_GETPIPE_SZ), p1size);

@@ -19,13 +19,10 @@
  *   succeeds again (the group exists in its session); member: setpgid(0, 0) succeeds
  *   (it is not a session leader). Each process with children reaps them (exit 0).
  */
-#include "common.h"
+#include "tree_common.h"
 #include <signal.h>
-#include <sys/wait.h>
 
-static const char *role = "parent";
 static volatile sig_atomic_t usr1, usr2;
-static pid_t my_pid, my_ppid, my_pgid, my_sid;
 
 static void on_usr1(int s)
 {
@@ -39,81 +36,19 @@ static void on_usr2(int s)
 	usr2++;
 }
 
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
-static int wait_for_status(const char *needle, double timeout)
-{
-	double deadline = mono_now() + timeout;
-	while (!status_has(needle)) {
-		if (mono_now() > deadline)
-			return 0;
-		sleep_ms(5);
-	}
-	return 1;
-}
-
-static void remember(const char *r)
-{
-	role = r;
-	my_pid = getpid();
-	my_ppid = getppid();
-	my_pgid = getpgid(0);
-	my_sid = getsid(0);
-}
-
 static void say_ready(void)
 {
 	status("READY %s pid=%d ppid=%d pgid=%d sid=%d", role, my_pid, my_ppid, my_pgid, my_sid);
 }
 
-static void check_ids(void)
-{
-	CHECK(getpid() == my_pid, "%s: getpid() %d, was %d", role, getpid(), my_pid);
-	CHECK(getppid() == my_ppid, "%s: getppid() %d, was %d", role, getppid(), my_ppid);
-	CHECK(getpgid(0) == my_pgid, "%s: getpgid() %d, was %d", role, getpgid(0), my_pgid);
-	CHECK(getsid(0) == my_sid, "%s: getsid() %d, was %d", role, getsid(0), my_sid);
-}
-
-static void reap(const char *what, pid_t pid)
-{
-	int st;
-	double deadline = mono_now() + 15;
-	pid_t r;
-	while ((r = waitpid(pid, &st, WNOHANG)) == 0 && mono_now() < deadline)
-		sleep_ms(5);
-	if (r != pid)
-		check_failed("%s: waitpid(%s %d) returned %d (%s)", role, what, pid, r,
-			     r < 0 ? strerror(errno) : "timeout");
-	else
-		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: %s ended with wait status 0x%x", role, what, st);
-}
-
-static __attribute__((noreturn)) void role_finish(void)
-{
-	if (wl_fail_count) {
-		status("FAIL %s pid=%d %s", role, (int)getpid(), wl_fail_buf);
-		_exit(1);
-	}
-	status("PASS %s pid=%d", role, (int)getpid());
-	_exit(0);
-}
-
 /* After go: the ids, then the signals the parent sent to the groups. */
 static void after_go(int want_usr1, int want_usr2)
 {
-	while (!go_requested())
-		sleep_ms(10);
+	wait_for_go();
 	check_ids();
-	if (!wait_for_status("STEP signals-sent", 10)) {
-		check_failed("%s: no 'STEP signals-sent' within 10 s", role);
+	check_group_ids();
+	if (!wait_for_step("signals-sent"))
 		return;
-	}
 	sleep_ms(100);
 	CHECK(usr1 == want_usr1, "%s: got SIGUSR1 (sent to group %s) %d times, expected %d", role, "grpleader",
 	      (int)usr1, want_usr1);
@@ -135,11 +70,8 @@ int main(int argc, char **argv)
 		if (setsid() < 0)
 			die("leader: setsid: %s", strerror(errno));
 		remember("leader");
-		pid_t member = fork();
-		if (member < 0)
-			die("leader: fork: %s", strerror(errno));
+		pid_t member = fork_as("member");
 		if (member == 0) {
-			remember("member");
 			say_ready();
 			after_go(0, 1);
 			CHECK(setpgid(0, 0) == 0, "member: setpgid(0, 0): %s", strerror(errno));
@@ -167,10 +99,7 @@ int main(int argc, char **argv)
 		CHECK(setsid() < 0 && errno == EPERM, "grpleader: setsid() did not fail with EPERM (%s)", strerror(errno));
 		role_finish();
 	}
-	char needle[64];
-	snprintf(needle, sizeof(needle), "READY grpleader pid=%d ", grpleader);
-	if (!wait_for_status(needle, 10))
-		die("grpleader not READY");
+	await_ready("grpleader", grpleader);
 	pid_t joiner = fork();
 	if (joiner < 0)
 		die("fork: %s", strerror(errno));
@@ -183,20 +112,15 @@ int main(int argc, char **argv)
 		CHECK(setpgid(0, grpleader) == 0, "joiner: setpgid(0, %d) again: %s", grpleader, strerror(errno));
 		role_finish();
 	}
-	snprintf(needle, sizeof(needle), "READY joiner pid=%d ", joiner);
-	if (!wait_for_status(needle, 10))
-		die("joiner not READY");
-	if (!wait_for_status("READY member pid=", 10))
-		die("member not READY");
-	snprintf(needle, sizeof(needle), "READY leader pid=%d ", leader);
-	if (!wait_for_status(needle, 10))
-		die("leader not READY");
+	await_ready("joiner", joiner);
+	await_ready("member", 0);
+	await_ready("leader", leader);
 	status("READY parent pid=%d ppid=%d pgid=%d sid=%d leader=%d grpleader=%d joiner=%d", my_pid, my_ppid, my_pgid,
 	       my_sid, leader, grpleader, joiner);
-	while (!go_requested())
-		sleep_ms(10);
+	wait_for_go();
 
 	check_ids();
+	check_group_ids();
 	CHECK(kill(-leader, SIGUSR2) == 0, "parent: kill(-%d, SIGUSR2): %s", leader, strerror(errno));
 	CHECK(kill(-grpleader, SIGUSR1) == 0, "parent: kill(-%d, SIGUSR1): %s", grpleader, strerror(errno));
 	status("STEP signals-sent");

@@ -21,32 +21,10 @@
  *           PASS child, exit 0
  *   parent: reaps the child (exit 0), PASS parent.
  */
-#include "common.h"
-#include <sys/wait.h>
+#include "tree_common.h"
 
 #define DATA_LEN 4096
 
-static const char *role = "parent";
-static pid_t my_pid, my_ppid;
-
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
-static int wait_for_status(const char *needle, double timeout)
-{
-	double deadline = mono_now() + timeout;
-	while (!status_has(needle)) {
-		if (mono_now() > deadline)
-			return 0;
-		sleep_ms(5);
-	}
-	return 1;
-}
 
 static long off(int fd)
 {
@@ -63,16 +41,6 @@ static void set_fl(int fd, int add)
 	int f = fcntl(fd, F_GETFL);
 	if (f < 0 || fcntl(fd, F_SETFL, f | add) < 0)
 		check_failed("%s: F_SETFL on fd %d: %s", role, fd, strerror(errno));
-}
-
-static __attribute__((noreturn)) void role_finish(void)
-{
-	if (wl_fail_count) {
-		status("FAIL %s pid=%d %s", role, (int)getpid(), wl_fail_buf);
-		_exit(1);
-	}
-	status("PASS %s pid=%d", role, (int)getpid());
-	_exit(0);
 }
 
 int main(int argc, char **argv)
@@ -93,16 +61,10 @@ int main(int argc, char **argv)
 	int a = open(data2, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 	if (a < 0)
 		die("open %s: %s", data2, strerror(errno));
-	my_ppid = getppid();
-	my_pid = getpid();
+	remember("parent");
 
-	pid_t child = fork();
-	if (child < 0)
-		die("fork: %s", strerror(errno));
+	pid_t child = fork_as("child");
 	if (child == 0) {
-		role = "child";
-		my_ppid = my_pid;
-		my_pid = getpid();
 		char got[50];
 		if (read(s, got, 50) != 50 || memcmp(got, buf + 100, 50) != 0)
 			die("child: read of 50 bytes at offset 100 of the shared fd failed");
@@ -111,11 +73,9 @@ int main(int argc, char **argv)
 			die("child: open %s: %s", data, strerror(errno));
 		lseek(ic, 20, SEEK_SET);
 		status("READY child pid=%d s=%d ic=%d a=%d", my_pid, s, ic, a);
-		while (!go_requested())
-			sleep_ms(10);
+		wait_for_go();
 
-		CHECK(getpid() == my_pid && getppid() == my_ppid, "child: pid %d ppid %d, was %d %d", getpid(), getppid(),
-		      my_pid, my_ppid);
+		check_ids();
 		CHECK(off(s) == 150, "child: shared fd %d at offset %ld, expected 150", s, off(s));
 		CHECK(!(fl(s) & (O_APPEND | O_NONBLOCK)), "child: shared fd %d has flags 0%o before anyone set them", s,
 		      fl(s));
@@ -127,10 +87,8 @@ int main(int argc, char **argv)
 		set_fl(s, O_NONBLOCK);
 		lseek(ic, 300, SEEK_SET);
 		status("STEP child-moved");
-		if (!wait_for_status("STEP parent-moved", 10)) {
-			check_failed("child: no 'STEP parent-moved' within 10 s");
+		if (!wait_for_step("parent-moved"))
 			role_finish();
-		}
 		CHECK(off(s) == 999, "child: shared fd %d at offset %ld after the parent's seek to 999", s, off(s));
 		CHECK(fl(s) & O_APPEND, "child: shared fd %d lacks O_APPEND the parent set (flags 0%o)", s, fl(s));
 		CHECK(fl(s) & O_NONBLOCK, "child: shared fd %d lost its O_NONBLOCK (flags 0%o)", s, fl(s));
@@ -139,10 +97,7 @@ int main(int argc, char **argv)
 		role_finish();
 	}
 
-	char needle[64];
-	snprintf(needle, sizeof(needle), "READY child pid=%d ", child);
-	if (!wait_for_status(needle, 10))
-		die("parent: child %d not READY", child);
+	await_ready("child", child);
 	if (off(s) != 150)
 		die("parent: before the dump, the shared fd is at %ld after the child read 50 bytes (expected 150)",
 		    off(s));
@@ -151,14 +106,10 @@ int main(int argc, char **argv)
 		die("open %s: %s", data, strerror(errno));
 	lseek(ip, 10, SEEK_SET);
 	status("READY parent pid=%d child=%d s=%d ip=%d a=%d", my_pid, child, s, ip, a);
-	while (!go_requested())
-		sleep_ms(10);
+	wait_for_go();
 
-	CHECK(getpid() == my_pid && getppid() == my_ppid, "parent: pid %d ppid %d, was %d %d", getpid(), getppid(),
-	      my_pid, my_ppid);
-	if (!wait_for_status("STEP child-moved", 10)) {
-		check_failed("parent: no 'STEP child-moved' within 10 s");
-	} else {
+	check_ids();
+	if (wait_for_step("child-moved")) {
 		CHECK(off(s) == 777, "parent: shared fd %d at offset %ld after the child's seek to 777", s, off(s));
 		CHECK(fl(s) & O_NONBLOCK, "parent: shared fd %d lacks O_NONBLOCK the child set (flags 0%o)", s, fl(s));
 		CHECK(off(ip) == 10, "parent: own fd %d at offset %ld, expected 10", ip, off(ip));
@@ -169,14 +120,6 @@ int main(int argc, char **argv)
 		lseek(s, 999, SEEK_SET);
 	}
 	status("STEP parent-moved");
-	int st;
-	double deadline = mono_now() + 15;
-	pid_t r;
-	while ((r = waitpid(child, &st, WNOHANG)) == 0 && mono_now() < deadline)
-		sleep_ms(5);
-	if (r != child)
-		check_failed("parent: waitpid(child %d) returned %d (%s)", child, r, r < 0 ? strerror(errno) : "timeout");
-	else
-		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "parent: child ended with wait status 0x%x", st);
+	reap("child", child);
 	role_finish();
 }

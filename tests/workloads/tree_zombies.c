@@ -22,38 +22,16 @@
  *            unblocking runs the handler exactly once; waitpid(zb, WNOHANG) returns at once
  *            with exit code 3.
  */
-#include "common.h"
+#include "tree_common.h"
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/wait.h>
 
-static const char *role = "parent";
 static volatile sig_atomic_t chld_count;
-static pid_t my_pid, my_ppid;
 
 static void on_chld(int sig)
 {
 	(void)sig;
 	chld_count++;
-}
-
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
-static int wait_for_status(const char *needle, double timeout)
-{
-	double deadline = mono_now() + timeout;
-	while (!status_has(needle)) {
-		if (mono_now() > deadline)
-			return 0;
-		sleep_ms(5);
-	}
-	return 1;
 }
 
 static int sigchld_pending(void)
@@ -97,34 +75,11 @@ static int reap_zombie_now(const char *what, pid_t pid)
 	return st;
 }
 
-static __attribute__((noreturn)) void role_finish(void)
-{
-	if (wl_fail_count) {
-		status("FAIL %s pid=%d %s", role, (int)getpid(), wl_fail_buf);
-		_exit(1);
-	}
-	status("PASS %s pid=%d", role, (int)getpid());
-	_exit(0);
-}
-
-static void no_more_children(void)
-{
-	int st;
-	pid_t r = waitpid(-1, &st, WNOHANG);
-	CHECK(r < 0 && errno == ECHILD, "%s: waitpid(-1) returned %d (%s), expected no children", role, r,
-	      r < 0 ? strerror(errno) : "an unexpected child");
-}
-
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_chld;
-	sa.sa_flags = SA_RESTART;
-	sigaction(SIGCHLD, &sa, NULL);
-	my_pid = getpid();
-	my_ppid = getppid();
+	set_handler(SIGCHLD, on_chld, SA_RESTART);
+	remember("parent");
 
 	pid_t z7 = fork();
 	if (z7 < 0)
@@ -155,13 +110,8 @@ int main(int argc, char **argv)
 	wait_exited_unreaped(z7);
 	wait_exited_unreaped(zterm);
 
-	pid_t blocker = fork();
-	if (blocker < 0)
-		die("fork: %s", strerror(errno));
+	pid_t blocker = fork_as("blocker");
 	if (blocker == 0) {
-		role = "blocker";
-		my_ppid = my_pid;
-		my_pid = getpid();
 		sigset_t chld;
 		sigemptyset(&chld);
 		sigaddset(&chld, SIGCHLD);
@@ -178,13 +128,10 @@ int main(int argc, char **argv)
 		if (!sigchld_pending())
 			die("blocker: SIGCHLD not pending after its child exited");
 		status("READY blocker pid=%d zb=%d", my_pid, zb);
-		while (!go_requested())
-			sleep_ms(10);
+		wait_for_go();
 
-		CHECK(getpid() == my_pid && getppid() == my_ppid, "blocker: pid %d ppid %d, was %d %d", getpid(),
-		      getppid(), my_pid, my_ppid);
-		if (!wait_for_status("STEP parent-checked", 10))
-			check_failed("blocker: no 'STEP parent-checked' within 10 s");
+		check_ids();
+		wait_for_step("parent-checked");
 		CHECK(chld_count == 0, "blocker: SIGCHLD handler ran %d times while SIGCHLD was blocked", (int)chld_count);
 		CHECK(sigchld_pending(), "blocker: the pending SIGCHLD is gone after the restore");
 		sigprocmask(SIG_UNBLOCK, &chld, NULL);
@@ -199,10 +146,7 @@ int main(int argc, char **argv)
 		role_finish();
 	}
 
-	char needle[64];
-	snprintf(needle, sizeof(needle), "READY blocker pid=%d ", blocker);
-	if (!wait_for_status(needle, 10))
-		die("parent: blocker not READY");
+	await_ready("blocker", blocker);
 	sleep_ms(100);
 	int ready_count = chld_count;
 	if (sigchld_pending())
@@ -210,11 +154,9 @@ int main(int argc, char **argv)
 	if (ready_count < 1 || ready_count > 2)
 		die("parent: SIGCHLD handler ran %d times for two exits", ready_count);
 	status("READY parent pid=%d z7=%d zterm=%d blocker=%d chld=%d", my_pid, z7, zterm, blocker, ready_count);
-	while (!go_requested())
-		sleep_ms(10);
+	wait_for_go();
 
-	CHECK(getpid() == my_pid && getppid() == my_ppid, "parent: pid %d ppid %d, was %d %d", getpid(), getppid(),
-	      my_pid, my_ppid);
+	check_ids();
 	CHECK(chld_count == ready_count, "parent: SIGCHLD handler ran %d times, %d at READY: spurious SIGCHLD",
 	      (int)chld_count, ready_count);
 	CHECK(!sigchld_pending(), "parent: a SIGCHLD is pending that was not before the dump");
@@ -226,14 +168,7 @@ int main(int argc, char **argv)
 	if (st != -1)
 		CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM && !WCOREDUMP(st),
 		      "parent: zterm's wait status 0x%x, expected killed by SIGTERM (15) without core", st);
-	deadline = mono_now() + 15;
-	pid_t r;
-	while ((r = waitpid(blocker, &st, WNOHANG)) == 0 && mono_now() < deadline)
-		sleep_ms(5);
-	if (r != blocker)
-		check_failed("parent: waitpid(blocker %d) returned %d (%s)", blocker, r, r < 0 ? strerror(errno) : "timeout");
-	else
-		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "parent: blocker ended with wait status 0x%x", st);
+	reap("blocker", blocker);
 	sleep_ms(50);
 	CHECK(chld_count == ready_count + 1, "parent: SIGCHLD handler ran %d times, expected %d (+1 for the blocker's exit)",
 	      (int)chld_count, ready_count + 1);
