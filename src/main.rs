@@ -64,6 +64,11 @@ enum Command {
         /// foreground if it was in the foreground.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// What happens to a lease break that was in progress: holder (the whole
+        /// lease-break-time again), breaker (it completes at once), no-break (the holder keeps
+        /// its lease), add:SECS, set:SECS. Default: as recorded in the image.
+        #[arg(long = "lease-policy", value_parser = crust::kinds::leases::Policy::parse)]
+        lease_policy: Option<crust::kinds::leases::Policy>,
     },
     /// Print the whole image as JSON.
     Show {
@@ -133,9 +138,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crust::dump::dump(pid, &dir, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { dir, detach, inherit_fds, shell_job } => match crust::restore::restore(
+        Command::Restore { dir, detach, inherit_fds, shell_job, lease_policy } => match crust::restore::restore(
             &dir,
-            &RestoreOptions { detach, inherit_fds, shell_job },
+            &RestoreOptions { detach, inherit_fds, shell_job, lease_policy },
         )? {
             Restored::Running { pid, .. } => {
                 println!("{pid}");

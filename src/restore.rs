@@ -49,6 +49,8 @@ pub struct RestoreOptions {
     pub inherit_fds: Vec<(i32, String)>,
     /// `--shell-job`: restore a shell job on crust's terminal.
     pub shell_job: bool,
+    /// `--lease-policy`: what happens to lease breaks that were in progress.
+    pub lease_policy: Option<crate::kinds::leases::Policy>,
 }
 
 /// How a restore ended.
@@ -161,7 +163,8 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let started = Instant::now();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
-    let img = load(dir)?;
+    let mut img = load(dir)?;
+    apply_lease_policy(&mut img, opts.lease_policy);
     let root = img.inventory.root_pid;
     for entry in img.entries() {
         wait_pid_free(entry.pid)?;
@@ -384,6 +387,8 @@ impl Tree {
             progress.step(format!("pid {pid}: restoring its state"));
             self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
         }
+        // Breaks that were in progress start again, while everything is still frozen.
+        self.restart_lease_breaks(img)?;
         // A foreground job gets the terminal before it runs (else its first read stops it).
         if let Some((terminal, pgid)) = foreground {
             terminal.give_foreground(pgid)?;
@@ -443,6 +448,24 @@ impl Tree {
             ptrace::set_sigmask(new, !0)?;
             self.building.insert(child, Building { remote, threads: Vec::new() });
             self.create_subtree(img, child)?;
+        }
+        Ok(())
+    }
+
+    /// Starts again every lease break recorded in progress (see kinds/leases.rs), through a
+    /// copy of the restored description taken from a process holding it.
+    fn restart_lease_breaks(&mut self, img: &LoadedImage) -> Result<()> {
+        for file in &img.open_files.open_files {
+            let Some(lease) = file.lease.as_ref().filter(|l| l.breaking && !l.no_break) else { continue };
+            let holder = img
+                .processes
+                .iter()
+                .find_map(|(pid, p)| p.files.fds.iter().find(|f| f.open_file_id == file.id).map(|f| (*pid, f.fd)))
+                .context("a leased description without a holder")?;
+            let pidfd = pidfd_open(holder.0 as i32)?;
+            let copy = crate::sys::pidfd::pidfd_getfd(&pidfd, holder.0 as i32, holder.1)?;
+            crate::kinds::leases::restart_break(lease, copy)
+                .with_context(|| format!("restarting the lease break on {} (holder pid {})", lease.path, holder.0))?;
         }
         Ok(())
     }
@@ -659,5 +682,24 @@ fn external_key(f: &OpenFile) -> Option<String> {
     match &f.kind {
         Some(crate::image::proto::open_file::Kind::Pipe(p)) if p.external => Some(format!("pipe:[{}]", p.pipe_id)),
         _ => None,
+    }
+}
+
+/// Applies the user's lease policy; without one, a break whose breakers were all left out of
+/// the image is not restarted (nobody is waiting: the holder keeps its lease).
+fn apply_lease_policy(img: &mut LoadedImage, policy: Option<crate::kinds::leases::Policy>) {
+    use crate::kinds::leases::Policy;
+    let in_image: Vec<u32> = img.processes.keys().copied().collect();
+    for file in &mut img.open_files.open_files {
+        let Some(lease) = file.lease.as_mut() else { continue };
+        match policy {
+            Some(p) => p.apply(lease),
+            None => {
+                let orphaned = !lease.breakers.is_empty() && !lease.breakers.iter().any(|b| in_image.contains(b));
+                if lease.breaking && orphaned {
+                    Policy::NoBreak.apply(lease);
+                }
+            }
+        }
     }
 }

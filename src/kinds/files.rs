@@ -81,6 +81,7 @@ impl OpenFileTable {
             kind: Some(open_file::Kind::SharedMemory(shm)),
             created_with: 0,
             locks: Vec::new(),
+            lease: None,
         });
         // Mappings are not fds: fd -1 marks the entry as found through a mapping.
         self.by_inode.entry((dev, ino)).or_default().push((pid, -1, id));
@@ -156,7 +157,12 @@ impl Kind for Files {
             let locks = super::locks::fdinfo_locks(&fdinfo);
             let mut description_locks = Vec::new();
             let mut description_lines = Vec::new();
+            let mut lease_line = None;
             for line in &locks {
+                if line.kind == "LEASE" {
+                    lease_line = Some(line.clone());
+                    continue;
+                }
                 let lock = super::locks::record(line).with_context(|| format!("pid {pid} fd {fd} ({link})"))?;
                 table.locked_files.insert(line, &link);
                 if lock.kind() == crate::image::proto::file_lock::Kind::Posix {
@@ -176,7 +182,14 @@ impl Kind for Files {
             let meta = File::from(copy.try_clone()?).metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
             let key = (meta.dev(), meta.ino());
             let close_on_exec = info.flags & libc::O_CLOEXEC as u32 != 0;
-            if let Some(id) = table.find_shared(key, pid, fd)? {
+            let shared_id = table.find_shared(key, pid, fd)?;
+            // A lease belongs to the description: recorded through its first fd.
+            let lease = match (&lease_line, shared_id) {
+                (Some(line), None) => super::leases::dump(pid, fd, &link, &copy, line, ctx.remote)
+                    .with_context(|| format!("pid {pid} fd {fd}: the lease on {link}"))?,
+                _ => None,
+            };
+            if let Some(id) = shared_id {
                 record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
                 table.holders.entry(id).or_default().push((pid, fd));
                 continue;
@@ -207,6 +220,7 @@ impl Kind for Files {
                 kind: Some(kind),
                 created_with,
                 locks: description_locks,
+                lease,
             });
             record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
             table.holders.entry(id).or_default().push((pid, fd));
@@ -283,6 +297,9 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
         // flock and OFD locks belong to the description: taken once, here.
         for lock in &file.locks {
             super::locks::take(ctx, fd, lock, &describe(file))?;
+        }
+        if let Some(lease) = &file.lease {
+            super::leases::take(ctx, fd, lease)?;
         }
         if !together.values().flatten().any(|t| *t == fd) {
             ctx.close_in_process(fd)?;

@@ -21,6 +21,8 @@ use crate::image::proto::{FileLock, file_lock::Kind as LockKind};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockLine {
     pub kind: String,
+    /// ADVISORY, MANDATORY; for leases ACTIVE, BREAKING or BREAKER.
+    pub mode: String,
     pub lock_type: String,
     pub pid: i64,
     pub dev_ino: String,
@@ -39,7 +41,7 @@ pub fn parse_line(line: &str) -> Option<LockLine> {
         f.next();
     }
     let kind = f.next()?.to_string();
-    let _mode = f.next()?; // ADVISORY / MANDATORY / ACTIVE / BREAKING...
+    let mode = f.next()?.to_string();
     let lock_type = f.next()?.to_string();
     let pid = f.next()?.parse().ok()?;
     let dev_ino = f.next()?.to_string();
@@ -48,7 +50,7 @@ pub fn parse_line(line: &str) -> Option<LockLine> {
         "EOF" => None,
         n => Some(n.parse().ok()?),
     };
-    Some(LockLine { kind, lock_type, pid, dev_ino, start, end, waiting })
+    Some(LockLine { kind, mode, lock_type, pid, dev_ino, start, end, waiting })
 }
 
 /// The locks held through one fd, from its fdinfo text.
@@ -235,6 +237,11 @@ pub fn outsiders(locked: &LockedFiles, tree: &[i32]) -> Result<Vec<String>> {
     let mut own = locked.description_locks.clone();
     let mut out = Vec::new();
     for l in text.lines().filter_map(parse_line) {
+        // Lease breakers outside the tree are part of the lease story (leases.rs), not a
+        // conflict of locks.
+        if l.kind == "LEASE" {
+            continue;
+        }
         let Some(path) = locked.paths.get(&l.dev_ino) else { continue };
         let ours = if l.waiting {
             l.pid > 0 && tree.contains(&(l.pid as i32))

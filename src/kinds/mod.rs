@@ -11,6 +11,7 @@ pub mod fifo;
 pub mod files;
 pub mod identity;
 pub mod inotify;
+pub mod leases;
 pub mod locks;
 pub mod memfd;
 pub mod memory;

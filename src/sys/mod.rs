@@ -2,6 +2,7 @@
 //! and gets errors that name the system call, the process and the errno.
 
 pub mod clone3;
+pub mod lease_probe;
 pub mod notify;
 pub mod pagemap;
 pub mod pidfd;
@@ -105,4 +106,62 @@ pub fn timerfd_gettime(fd: std::os::fd::BorrowedFd) -> Result<(u64, u64), SysErr
     Errno::result(ret).map_err(|e| SysError::new("timerfd_gettime", e))?;
     let ns = |t: libc::timespec| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64;
     Ok((ns(spec.it_value), ns(spec.it_interval)))
+}
+
+/// fcntl(fd, cmd, int arg) for the commands nix does not wrap (F_GETLEASE, F_SETLEASE).
+pub fn fcntl_int(fd: i32, cmd: i32, arg: i32) -> Result<i32, Errno> {
+    // SAFETY: an fcntl command whose third argument is an integer, on a caller's fd.
+    Errno::result(unsafe { libc::fcntl(fd, cmd, arg) })
+}
+
+/// struct f_owner_ex (the libc crate lacks it).
+#[repr(C)]
+struct FOwnerEx {
+    kind: i32,
+    pid: i32,
+}
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+pub const F_OWNER_PID: i32 = 1;
+
+/// F_GETOWN_EX: (owner type, id) of the signal owner of a description.
+pub fn get_owner_ex(fd: i32) -> Result<(i32, i32), Errno> {
+    let mut owner = FOwnerEx { kind: 0, pid: 0 };
+    // SAFETY: F_GETOWN_EX writes one struct f_owner_ex into `owner`, a live local.
+    Errno::result(unsafe { libc::fcntl(fd, F_GETOWN_EX, &mut owner as *mut FOwnerEx) })?;
+    Ok((owner.kind, owner.pid))
+}
+
+/// F_SETOWN_EX: sets the signal owner of a description (id 0: nobody).
+pub fn set_owner_ex(fd: i32, kind: i32, id: i32) -> Result<(), Errno> {
+    let owner = FOwnerEx { kind, pid: id };
+    // SAFETY: F_SETOWN_EX reads one struct f_owner_ex from `owner`, a live local.
+    Errno::result(unsafe { libc::fcntl(fd, F_SETOWN_EX, &owner as *const FOwnerEx) }).map(drop)
+}
+
+/// Runs `work` in a new process of its own (a child of init, in a new session), so that it
+/// outlives crust: used for timed work on restored processes (ending a lease break).
+/// crust is single-threaded when it calls this.
+pub fn spawn_detached(work: impl FnOnce()) -> Result<(), Errno> {
+    // SAFETY: crust is single-threaded here, so the child may run ordinary Rust code; it never
+    // returns into crust's code: it ends with _exit.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            // SAFETY: as above; the grandchild is the detached worker.
+            match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => {
+                    work();
+                    // SAFETY: ending the worker without running crust's exit handlers.
+                    unsafe { libc::_exit(0) }
+                }
+                // SAFETY: the intermediate child ends at once, so the worker is init's.
+                _ => unsafe { libc::_exit(0) },
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+            Ok(())
+        }
+    }
 }
