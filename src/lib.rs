@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dump;
 pub mod image;
 pub mod kinds;
+pub mod lease_cmd;
 pub mod progress;
 pub mod restore;
 pub mod show;

@@ -70,6 +70,24 @@ enum Command {
         #[arg(long = "lease-policy", value_parser = crust::kinds::leases::Policy::parse)]
         lease_policy: Option<crust::kinds::leases::Policy>,
     },
+    /// List the image's file leases; with an option, change what restore does with a lease
+    /// break that was in progress (written into the image).
+    Lease {
+        #[arg(short = 'D', long = "images-dir")]
+        dir: PathBuf,
+        /// holder: the whole lease-break-time again; breaker: the break completes at restore.
+        #[arg(long, value_parser = ["holder", "breaker"])]
+        favor: Option<String>,
+        /// Add SECS (may be negative) to the remaining break time.
+        #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+        add: Option<f64>,
+        /// Set the remaining break time to SECS.
+        #[arg(long, value_name = "SECS")]
+        set: Option<f64>,
+        /// The holder keeps its pre-break lease; no break is restarted.
+        #[arg(long)]
+        no_break: bool,
+    },
     /// Print the whole image as JSON.
     Show {
         #[arg(short = 'D', long = "images-dir")]
@@ -148,6 +166,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Restored::Exited { status, .. } => Ok(ExitCode::from(status.clamp(0, 255) as u8)),
         },
+        Command::Lease { dir, favor, add, set, no_break } => {
+            use crust::kinds::leases::Policy;
+            let chosen: Vec<Policy> = [
+                favor.as_deref().map(|f| if f == "holder" { Policy::FavorHolder } else { Policy::FavorBreaker }),
+                add.map(|s| Policy::AddMs((s * 1000.0) as i64)),
+                set.map(|s| Policy::SetMs((s.max(0.0) * 1000.0) as u64)),
+                no_break.then_some(Policy::NoBreak),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if chosen.len() > 1 {
+                anyhow::bail!("choose one of --favor, --add, --set, --no-break");
+            }
+            for line in crust::lease_cmd::run(&dir, chosen.first().copied())? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Show { dir } => {
             println!("{}", serde_json::to_string_pretty(&crust::show::show(&dir)?)?);
             Ok(ExitCode::SUCCESS)
