@@ -91,3 +91,158 @@ pub fn run(dir: &Path) -> Result<()> {
     println!("{} stopped the restored program. Image kept in {}", at(), image.display());
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// `crust demo leases`
+
+const F_SETLEASE: i32 = 1024;
+
+fn log_line(log: &mut std::fs::File, t0: Instant, what: &str) {
+    let _ = writeln!(log, "[{:6.2} s] {what}", t0.elapsed().as_secs_f64());
+}
+
+/// The lease holder of the demo: takes a write lease on `file`, starts the breaker, counts the
+/// lease signals it receives (SIGIO, through a signalfd), and never gives the lease up.
+pub fn lease_holder(file: &Path, log: &Path) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    crate::sys::close_inherited_fds()?;
+    let t0 = Instant::now();
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let leased = std::fs::File::open(file)?;
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGIO);
+    mask.thread_block()?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK)?;
+    use std::os::fd::AsRawFd;
+    crate::sys::fcntl_int(leased.as_raw_fd(), F_SETLEASE, libc::F_WRLCK).context("F_SETLEASE")?;
+    log_line(&mut out, t0, &format!("holder {}: took a write lease on {}", std::process::id(), file.display()));
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("demo-lease-breaker")
+        .arg(file)
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut count = 0;
+    loop {
+        while let Ok(Some(info)) = signals.read_signal() {
+            count += 1;
+            log_line(&mut out, t0, &format!("holder: lease break signal #{count} (si_fd {})", info.ssi_fd));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The breaker of the demo: opens the leased file for writing and waits for the break.
+pub fn lease_breaker(file: &Path, log: &Path) -> Result<()> {
+    crate::sys::close_inherited_fds()?;
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let _ = writeln!(out, "breaker {}: opening the file for writing", std::process::id());
+    let _opened = std::fs::OpenOptions::new().write(true).open(file)?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
+    let _ = writeln!(out, "breaker: open() returned at {}.{:03}", now.tv_sec(), now.tv_nsec() / 1_000_000);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Puts lease-break-time back when dropped.
+struct BreakTime(String);
+
+impl Drop for BreakTime {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/fs/lease-break-time", &self.0);
+    }
+}
+
+fn realtime() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(0.0)
+}
+
+pub fn run_leases(dir: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    let at = || format!("[{:5.2} s]", t0.elapsed().as_secs_f64());
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("leased-file");
+    let log = dir.join("leases.log");
+    let image = dir.join("image");
+    std::fs::write(&file, "data the holder caches\n")?;
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_dir_all(&image);
+    let old = std::fs::read_to_string("/proc/sys/fs/lease-break-time")?;
+    let _restore_break_time = BreakTime(old.clone());
+    std::fs::write("/proc/sys/fs/lease-break-time", "10")?;
+    println!("{} lease-break-time set to 10 s for the demo (it was {})", at(), old.trim());
+
+    let mut holder = Command::new(std::env::current_exe()?)
+        .arg("demo-lease-holder")
+        .arg(&file)
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let hpid = holder.id() as i32;
+    // Wait for the breaker to block (its "->" line in /proc/locks).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")?.contains("BREAKER") {
+        if Instant::now() > deadline {
+            let _ = holder.kill();
+            bail!("the demo breaker did not start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let break_started = Instant::now();
+    println!("{} P1 (pid {hpid}) holds a write lease; P2 opened the file for writing and waits; P1 was signalled", at());
+    std::thread::sleep(Duration::from_secs(5));
+    println!("{} 5 s into the break: crust dump -t {hpid} -D {}", at(), image.display());
+    crate::dump::dump(hpid, &image, &crate::dump::DumpOptions::default())?;
+    let _ = holder.wait();
+    for line in crate::lease_cmd::run(&image, None)? {
+        println!("          {line}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    println!("{} 2 s later: crust restore -D {} -d", at(), image.display());
+    let restored_at = realtime();
+    let restored_instant = Instant::now();
+    crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true, ..Default::default() })?;
+    println!("{} restored; /proc/locks:", at());
+    for line in std::fs::read_to_string("/proc/locks")?.lines().filter(|l| l.contains("LEASE")) {
+        println!("          {line}");
+    }
+    println!("{} P2's open() was retried and waits for the time P1 had left", at());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let opened_at = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(t) = text.lines().find_map(|l| l.strip_prefix("breaker: open() returned at ")) {
+            break t.trim().parse::<f64>().unwrap_or(0.0);
+        }
+        if Instant::now() > deadline {
+            bail!("P2's open did not return");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log)?;
+    let signals = text.lines().filter(|l| l.contains("lease break signal")).count();
+    println!(
+        "{} the break ended: P2's open() returned {:.2} s after the restore ({:.2} s of break in all, lease-break-time 10 s)",
+        at(),
+        opened_at - restored_at,
+        (break_started.elapsed() - restored_instant.elapsed()).as_secs_f64() + (opened_at - restored_at) - 2.0
+    );
+    println!("{} P1 received {signals} lease break signal(s) in all: it was not signalled again", at());
+    println!("--- the programs' own log:\n{text}---");
+    let _ = kill(Pid::from_raw(hpid), Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(hpid), None);
+    if let Some(breaker) = text.lines().find_map(|l| l.strip_prefix("breaker ")).and_then(|l| l.split(':').next()) {
+        if let Ok(p) = breaker.parse::<i32>() {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+    println!("{} stopped both; lease-break-time put back to {}", at(), old.trim());
+    Ok(())
+}

@@ -107,12 +107,22 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Watch crust checkpoint and restore a built-in counter program.
+    /// Watch crust checkpoint and restore a built-in example: `demo` (a counter) or
+    /// `demo leases` (a lease caught in the middle of a break).
     Demo {
-        /// Where the example's log and image go.
+        /// Which story: counter (default) or leases.
+        #[arg(default_value = "counter", value_parser = ["counter", "leases"])]
+        story: String,
+        /// Where the example's files, log and image go.
         #[arg(long, default_value = "/tmp/crust-demo")]
         dir: PathBuf,
     },
+    /// The lease demo's holder (internal).
+    #[command(hide = true)]
+    DemoLeaseHolder { file: PathBuf, log: PathBuf },
+    /// The lease demo's breaker (internal).
+    #[command(hide = true)]
+    DemoLeaseBreaker { file: PathBuf, log: PathBuf },
     /// The demo's program (internal).
     #[command(hide = true)]
     DemoWorkload { log: PathBuf },
@@ -197,8 +207,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crust::bench::workload(mib, &ready_file)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { dir } => {
-            crust::demo::run(&dir)?;
+        Command::Demo { story, dir } => {
+            if story == "leases" {
+                crust::demo::run_leases(&dir)?;
+            } else {
+                crust::demo::run(&dir)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoLeaseHolder { file, log } => {
+            crust::demo::lease_holder(&file, &log)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoLeaseBreaker { file, log } => {
+            crust::demo::lease_breaker(&file, &log)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DemoWorkload { log } => {
