@@ -323,6 +323,7 @@ impl Tree {
 
         self.join_process_groups(img)?;
         self.finish_zombies(img)?;
+        self.finish_descriptions(img)?;
 
         for pid in img.processes.keys() {
             progress.step(format!("pid {pid}: restoring its state"));
@@ -379,6 +380,18 @@ impl Tree {
             ptrace::set_sigmask(new, !0)?;
             self.building.insert(child, Building { remote, threads: Vec::new() });
             self.create_subtree(img, child)?;
+        }
+        Ok(())
+    }
+
+    /// Now that every process exists, each creator finishes the descriptions it created
+    /// (socket queues are refilled with their senders' credentials, which must name live
+    /// processes).
+    fn finish_descriptions(&mut self, img: &LoadedImage) -> Result<()> {
+        for (pid, ids) in self.creators.clone() {
+            let files: Vec<&OpenFile> = img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
+            let mut ctx = self.ctx(img, pid)?;
+            files::finish_descriptions(&mut ctx, &files).with_context(|| format!("pid {pid}: finishing its open files"))?;
         }
         Ok(())
     }

@@ -51,7 +51,7 @@ pub struct OpenFileTable {
 impl OpenFileTable {
     /// Checks what can only be judged once the whole tree was seen (both ends of every pipe
     /// inside it) and returns the record.
-    pub fn finish(self) -> Result<OpenFiles> {
+    pub fn finish(mut self) -> Result<OpenFiles> {
         for (pipe_id, ends) in &self.pipe_ends {
             let mode = |m: i32| ends.iter().any(|(_, _, f)| f & libc::O_ACCMODE as u32 == m as u32);
             if !(mode(libc::O_RDONLY) && mode(libc::O_WRONLY)) {
@@ -62,6 +62,9 @@ impl OpenFileTable {
                 );
             }
         }
+        let by_inode = &self.by_inode;
+        let holder = |id: u32| by_inode.values().flatten().find(|(_, _, i)| *i == id).map(|(pid, fd, _)| (*pid, *fd));
+        super::unix_socket::finish(&mut self.files, &holder)?;
         Ok(OpenFiles { open_files: self.files })
     }
 
@@ -180,6 +183,13 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
     }
     super::credentials::leave_fs_identity(ctx)?;
     Ok(())
+}
+
+/// What must wait until every process of the tree exists, done by the process that created
+/// `files` (it still holds them at their working fds): refilling socket queues, whose messages
+/// carry their senders' credentials.
+pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
+    super::unix_socket::finish_descriptions(ctx, files)
 }
 
 fn describe(file: &OpenFile) -> String {

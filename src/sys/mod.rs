@@ -7,6 +7,8 @@ pub mod pidfd;
 pub mod ptrace;
 pub mod region;
 pub mod remote;
+pub mod socket;
+pub mod unix_diag;
 
 use nix::errno::Errno;
 
