@@ -230,3 +230,50 @@ fn datagram_and_seqpacket_pairs_keep_message_boundaries() {
     let (before, after) = dump_and_restore(&mut w);
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
+
+/// A listener bound to a relative path (mode 0640, backlog 7), a connection accepted from it
+/// with 30 000 and 70 000 bytes in flight, and an accepted connection whose client closed it
+/// with data unread: after restore the listener listens on the same name and file, both
+/// accepted sockets carry its name and the client's peer name is it, each side reads its
+/// bytes, the orphaned connection gives its data, then ECONNRESET, then EOF; and a NEW
+/// connection from this test (outside the tree) is accepted and answered.
+#[test]
+fn listener_on_a_path_and_its_connections_survive_and_accept_a_new_client() {
+    let mut w = spawn_tree("usock_server", &[]);
+    let path = w.dir.path.join("srv.sock");
+    let (before, after) = dump_and_restore(&mut w);
+    let meta = fs::symlink_metadata(&path).expect("socket file after restore");
+    let mut extra = Vec::new();
+    if meta.mode() & 0o170000 != libc::S_IFSOCK || meta.mode() & 0o7777 != 0o640 {
+        extra.push(format!("{} has mode {:o} after restore, expected a socket of 0640", path.display(), meta.mode()));
+    }
+    let mut outside = UnixStream::connect(&path).expect("connecting to the restored listener from outside the tree");
+    outside.write_all(b"hello from outside\n").unwrap();
+    verify(&mut w, &before, &after, extra, &["parent", "child"]);
+    outside.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    outside.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "welcome\n", "the restored server's answer to a new client");
+}
+
+/// Abstract names: a datagram socket with SO_PASSCRED holding five datagrams from an unnamed
+/// sender and from a socket connected to it (autobound: the kernel named it, since it has
+/// SO_PASSCRED), a stream listener and a connection accepted from it whose client is
+/// autobound too. After restore every name is the same (the kernel-chosen ones included),
+/// the datagrams arrive in order with their senders' names and credentials, the connected
+/// datagram socket still reaches its target, the stream bytes arrive, and a NEW client from
+/// outside the tree is accepted on the abstract name.
+#[test]
+fn abstract_names_autobound_names_and_datagram_senders_survive() {
+    let mut w = spawn_tree("usock_abstract", &[]);
+    let name = format!("crust-usock-{}-stream", w.pid);
+    let (before, after) = dump_and_restore(&mut w);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let mut outside = UnixStream::connect_addr(&addr).expect("connecting to the restored abstract listener");
+    outside.write_all(b"hello from outside\n").unwrap();
+    verify(&mut w, &before, &after, vec![], &["parent", "child"]);
+    outside.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    outside.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "welcome\n", "the restored server's answer to a new client");
+}

@@ -257,10 +257,20 @@ fn socket_file(pid: i32, address: &[u8], vfs: Option<(u32, u32)>) -> Result<Unix
             file.uid = meta.uid();
             file.gid = meta.gid();
         }
-        Ok(_) if !file.directory.is_empty() => {
-            bail!("is bound to the relative path {path}, whose socket file is not in the working directory {}", file.directory)
-        }
-        Ok(_) => bail!("is bound to {path}, where another file replaced its socket file"),
+        Ok(meta) if !file.directory.is_empty() => bail!(
+            "is bound to the relative path {path}, but {full} is another file (inode {} on device {:#x}, the socket's is \
+             inode {ino} on device {:#x})",
+            meta.ino(),
+            meta.dev(),
+            unix_diag::decode_dev(dev)
+        ),
+        Ok(meta) => bail!(
+            "is bound to {path}, where another file replaced its socket file (inode {} on device {:#x}, the socket's is \
+             inode {ino} on device {:#x})",
+            meta.ino(),
+            meta.dev(),
+            unix_diag::decode_dev(dev)
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("stat of its socket file {full}")),
     }
@@ -366,6 +376,30 @@ fn peek_messages(fd: BorrowedFd, kind: i32, seqpacket_bytes: usize, credentials:
     Ok(out)
 }
 
+/// Which end of a stream/seqpacket connection was accept()ed (and so has its listener's
+/// name): the named one; of two named ends, the one a listener of the image has the name of,
+/// else the one the kernel did not name itself. None when crust cannot tell.
+enum Side {
+    Neither,
+    First,
+    Second,
+}
+
+fn accepted_side(kind: i32, first: &[u8], second: &[u8], listener: &dyn Fn(i32, &[u8]) -> Option<u64>) -> Option<Side> {
+    match (first.is_empty(), second.is_empty()) {
+        (true, true) => Some(Side::Neither),
+        (false, true) => Some(Side::First),
+        (true, false) => Some(Side::Second),
+        (false, false) => match (listener(kind, first), listener(kind, second)) {
+            (Some(_), None) => Some(Side::First),
+            (None, Some(_)) => Some(Side::Second),
+            _ if autobound(first) && !autobound(second) => Some(Side::Second),
+            _ if autobound(second) && !autobound(first) => Some(Side::First),
+            _ => None,
+        },
+    }
+}
+
 /// An abstract name the kernel gave an unnamed socket (autobind: NUL and five hex digits).
 fn autobound(address: &[u8]) -> bool {
     address.len() == 6 && address[0] == 0 && address[1..].iter().all(|c| c.is_ascii_hexdigit())
@@ -424,27 +458,19 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
                 );
             }
             if s.r#type != libc::SOCK_DGRAM && *inode < s.peer_inode {
-                let accepted = match (s.address.is_empty(), peer.address.is_empty()) {
-                    (true, true) => None,
-                    (false, true) => Some(*inode),
-                    (true, false) => Some(s.peer_inode),
-                    (false, false) => {
-                        let mine = listener(s.r#type, &s.address);
-                        let theirs = listener(peer.r#type, &peer.address);
-                        match (mine, theirs) {
-                            (Some(_), None) => Some(*inode),
-                            (None, Some(_)) => Some(s.peer_inode),
-                            _ if autobound(&s.address) && !autobound(&peer.address) => Some(s.peer_inode),
-                            _ if autobound(&peer.address) && !autobound(&s.address) => Some(*inode),
-                            _ => bail!(
-                                "{} ({name}) and its peer socket:[{}] ({}) are both named, and crust cannot tell which \
-                                 end was accepted",
-                                who(*inode),
-                                s.peer_inode,
-                                show_name(&peer.address)
-                            ),
-                        }
-                    }
+                let side = accepted_side(s.r#type, &s.address, &peer.address, &listener).ok_or_else(|| {
+                    anyhow!(
+                        "{} ({name}) and its peer socket:[{}] ({}) are both named, and crust cannot tell which end \
+                         was accepted",
+                        who(*inode),
+                        s.peer_inode,
+                        show_name(&peer.address)
+                    )
+                })?;
+                let accepted = match side {
+                    Side::Neither => None,
+                    Side::First => Some(*inode),
+                    Side::Second => Some(s.peer_inode),
                 };
                 if let Some(a) = accepted {
                     let u = updates.get_mut(&a).unwrap();
@@ -453,10 +479,28 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
                 }
             }
         }
-        if s.peer_closed && s.r#type != libc::SOCK_DGRAM && !s.peer_address.is_empty() {
+        if s.peer_closed && s.r#type != libc::SOCK_DGRAM {
+            // The same for a connection whose peer was closed: the stand-in takes the peer's
+            // name.
+            let side = accepted_side(s.r#type, &s.address, &s.peer_address, &listener).ok_or_else(|| {
+                anyhow!(
+                    "{} ({name}) and its closed peer ({}) were both named, and crust cannot tell which end was accepted",
+                    who(*inode),
+                    show_name(&s.peer_address)
+                )
+            })?;
             let u = updates.get_mut(inode).unwrap();
-            u.peer_accepted = true;
-            u.peer_listener_inode = listener(s.r#type, &s.peer_address).unwrap_or(0);
+            match side {
+                Side::Neither => {}
+                Side::First => {
+                    u.accepted = true;
+                    u.listener_inode = listener(s.r#type, &s.address).unwrap_or(0);
+                }
+                Side::Second => {
+                    u.peer_accepted = true;
+                    u.peer_listener_inode = listener(s.r#type, &s.peer_address).unwrap_or(0);
+                }
+            }
         }
     }
 

@@ -201,9 +201,8 @@ pub fn dump(states: u32, show: u32) -> Result<Vec<UnixDiag>, SysError> {
     exchange(&request(NLM_F_DUMP, states, 0, show), true)
 }
 
-/// The device number sock_diag reports (the kernel's new_encode_dev) as stat(2) reports it.
-pub fn decode_dev(encoded: u32) -> u64 {
-    let major = (encoded & 0xfff00) >> 8;
-    let minor = (encoded & 0xff) | ((encoded >> 12) & 0xfff00);
-    libc::makedev(major, minor)
+/// The device number sock_diag reports (the kernel's internal dev_t: major << 20 | minor) as
+/// stat(2) reports it.
+pub fn decode_dev(raw: u32) -> u64 {
+    libc::makedev(raw >> 20, raw & 0xfffff)
 }
