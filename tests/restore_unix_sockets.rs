@@ -236,7 +236,7 @@ fn datagram_and_seqpacket_pairs_keep_message_boundaries() {
 /// with data unread: after restore the listener listens on the same name and file, both
 /// accepted sockets carry its name and the client's peer name is it, each side reads its
 /// bytes, the orphaned connection gives its data, then ECONNRESET, then EOF; and a NEW
-/// connection from this test (outside the tree) is accepted and answered.
+/// connection from a fresh process outside the tree (python3) is accepted and answered.
 #[test]
 fn listener_on_a_path_and_its_connections_survive_and_accept_a_new_client() {
     let mut w = spawn_tree("usock_server", &[]);
@@ -247,14 +247,39 @@ fn listener_on_a_path_and_its_connections_survive_and_accept_a_new_client() {
     if meta.mode() & 0o170000 != libc::S_IFSOCK || meta.mode() & 0o7777 != 0o640 {
         extra.push(format!("{} has mode {:o} after restore, expected a socket of 0640", path.display(), meta.mode()));
     }
-    let mut outside = UnixStream::connect(&path).expect("connecting to the restored listener from outside the tree");
-    outside.write_all(b"hello from outside\n").unwrap();
+    // A fresh process outside the tree connects to the restored listener.
+    let client = std::process::Command::new("python3")
+        .args(["-c", FRESH_CLIENT, path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting a python3 client");
     verify(&mut w, &before, &after, extra, &["parent", "child"]);
-    outside.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut answer = String::new();
-    outside.read_to_string(&mut answer).unwrap();
-    assert_eq!(answer, "welcome\n", "the restored server's answer to a new client");
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "welcome\n",
+        "the restored server's answer to a new client (client stderr: {})",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
+
+/// A client in a fresh process: connects to argv[1], says hello, prints the answer.
+const FRESH_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect(sys.argv[1])
+s.sendall(b'hello from outside\n')
+answer = b''
+while True:
+    chunk = s.recv(100)
+    if not chunk:
+        break
+    answer += chunk
+sys.stdout.write(answer.decode())
+"#;
 
 /// Abstract names: a datagram socket with SO_PASSCRED holding five datagrams from an unnamed
 /// sender and from a socket connected to it (autobound: the kernel named it, since it has
@@ -276,4 +301,104 @@ fn abstract_names_autobound_names_and_datagram_senders_survive() {
     let mut answer = String::new();
     outside.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "welcome\n", "the restored server's answer to a new client");
+}
+
+// ---------------------------------------------------------------------------------
+// Refusals
+// ---------------------------------------------------------------------------------
+
+/// Asserts that `pid` is alive, not stopped, not traced, for a while.
+fn assert_running_untouched(pid: i32, what: &str) {
+    for _ in 0..5 {
+        let st = proc_state(pid);
+        assert!(matches!(st, Some('R' | 'S')), "{what}: pid {pid} state {st:?}, expected running or sleeping");
+        assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "{what}: pid {pid} is still traced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Dumps a workload that must be refused: the refusal names its pid, the socket's fd (the
+/// READY line's fd=) and each of `words`; the process keeps running untouched, looks the same
+/// in /proc (its sockets too: nothing was read from their queues), and then PASSes its own
+/// checks of the socket.
+fn assert_refused(w: &mut Workload, words: &[&str]) {
+    let fd = w.ready_field("fd");
+    let before = TreeSnap::take(w.pid);
+    let out = w.dump_with(&[]);
+    eprintln!("{out}");
+    out.assert_failure();
+    let text = out.text();
+    let mut problems = Vec::new();
+    if !has_token(&text, &w.pid.to_string()) {
+        problems.push(format!("the refusal does not name pid {}", w.pid));
+    }
+    if !has_token(&text, &fd) {
+        problems.push(format!("the refusal does not name fd {fd}"));
+    }
+    for word in words {
+        if !text.to_lowercase().contains(&word.to_lowercase()) {
+            problems.push(format!("the refusal does not say {word:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n{out}", problems.join("\n"));
+    assert_running_untouched(w.pid, "after the refused dump");
+    let after = TreeSnap::take(w.pid);
+    verify(w, &before, &after, vec![], &["parent"]);
+}
+
+/// A TCP listener and connection (INET): refused by pid, fd, "socket" and "TCP"; the process
+/// keeps running and its connection still carries its queued and new bytes.
+#[test]
+fn tcp_socket_is_refused_and_the_process_keeps_running() {
+    let mut w = Workload::spawn("usock_refuse", &["tcp"]);
+    assert_refused(&mut w, &["socket", "TCP", "UNIX domain sockets"]);
+}
+
+/// A UNIX socket connected to a listener of this test (outside the dumped tree): refused by
+/// pid, fd and "outside the dumped tree"; the process keeps running; nothing it had queued was consumed ("ping"
+/// still reaches us, "early" still reaches it) and the connection works afterwards.
+#[test]
+fn unix_socket_connected_outside_the_tree_is_refused_and_keeps_working() {
+    let dir = TempDir::new("usock-peer");
+    let path = dir.path.join("peer.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut w = Workload::spawn("usock_refuse", &["outside", path.to_str().unwrap()]);
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.write_all(b"early\n").unwrap();
+    let fd = w.ready_field("fd");
+    let before = TreeSnap::take(w.pid);
+    let out = w.dump_with(&[]);
+    eprintln!("{out}");
+    out.assert_failure();
+    let text = out.text();
+    for word in [w.pid.to_string(), fd, "outside the dumped tree".into(), "socket".into()] {
+        assert!(has_token(&text, &word) || text.contains(&word), "the refusal does not name {word:?}:\n{out}");
+    }
+    assert_running_untouched(w.pid, "after the refused dump");
+    let after = TreeSnap::take(w.pid);
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ping = [0u8; 5];
+    conn.read_exact(&mut ping).unwrap();
+    assert_eq!(&ping, b"ping\n", "what the process had sent before the dump");
+    conn.write_all(b"late\n").unwrap();
+    verify(&mut w, &before, &after, vec![], &["parent"]);
+    let mut pong = [0u8; 5];
+    conn.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"pong\n");
+}
+
+/// A file descriptor in flight (SCM_RIGHTS, sent but not received): refused by pid, fd and
+/// "SCM_RIGHTS"; afterwards the process receives the descriptor and reads its file.
+#[test]
+fn descriptor_in_flight_is_refused_and_stays_in_flight() {
+    let mut w = Workload::spawn("usock_refuse", &["rights"]);
+    assert_refused(&mut w, &["SCM_RIGHTS"]);
+}
+
+/// A listener with a connection not yet accepted: refused by pid, fd and "not yet accepted";
+/// afterwards the process accepts it and it carries data.
+#[test]
+fn connection_not_yet_accepted_is_refused_and_can_still_be_accepted() {
+    let mut w = Workload::spawn("usock_refuse", &["pending"]);
+    assert_refused(&mut w, &["not yet accepted"]);
 }

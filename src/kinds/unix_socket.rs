@@ -45,13 +45,20 @@ const SEND_SHUTDOWN: u32 = 2;
 /// was seen.
 pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     let fd = src.copy.as_fd();
+    // "pid P fd F: socket:[N] <what>; crust cannot checkpoint it"
     let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}; crust cannot checkpoint it", src.pid, src.fd, src.link);
     let opt = |name: i32| socket::get_int(fd, libc::SOL_SOCKET, name);
 
     let domain = opt(libc::SO_DOMAIN).with_context(|| format!("pid {} fd {}: SO_DOMAIN", src.pid, src.fd))?;
     if domain != libc::AF_UNIX {
         let kind = opt(libc::SO_TYPE).unwrap_or(0);
-        return Err(refuse(format!("is {}", family_name(domain, kind))));
+        return Err(anyhow!(
+            "pid {} fd {}: {} is {}: crust checkpoints only UNIX domain sockets",
+            src.pid,
+            src.fd,
+            src.link,
+            family_name(domain, kind)
+        ));
     }
     let inode = src.meta.ino();
     let diag = unix_diag::query(inode as u32, unix_diag::SHOW_ALL)
@@ -158,6 +165,7 @@ pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     Ok((rec, 0))
 }
 
+/// "an IPv4 TCP socket (INET)", "a netlink socket"...
 fn family_name(domain: i32, kind: i32) -> String {
     let proto = match kind {
         libc::SOCK_STREAM => "stream",
@@ -174,11 +182,11 @@ fn family_name(domain: i32, kind: i32) -> String {
                 libc::SOCK_DGRAM => "UDP",
                 _ => proto,
             };
-            format!("an {ip} {what} socket (INET): crust restores only UNIX domain sockets")
+            format!("an {ip} {what} socket (INET)")
         }
-        libc::AF_NETLINK => "a netlink socket: crust restores only UNIX domain sockets".into(),
-        libc::AF_PACKET => "a packet socket: crust restores only UNIX domain sockets".into(),
-        other => format!("a {proto} socket of address family {other}: crust restores only UNIX domain sockets"),
+        libc::AF_NETLINK => "a netlink socket".into(),
+        libc::AF_PACKET => "a packet socket".into(),
+        other => format!("a {proto} socket of address family {other}"),
     }
 }
 
@@ -400,6 +408,11 @@ fn accepted_side(kind: i32, first: &[u8], second: &[u8], listener: &dyn Fn(i32, 
     }
 }
 
+/// " (NAME)" for a named socket, "" for an unnamed one.
+fn named(address: &[u8]) -> String {
+    if address.is_empty() { String::new() } else { format!(" ({})", show_name(address)) }
+}
+
 /// An abstract name the kernel gave an unnamed socket (autobind: NUL and five hex digits).
 fn autobound(address: &[u8]) -> bool {
     address.len() == 6 && address[0] == 0 && address[1..].iter().all(|c| c.is_ascii_hexdigit())
@@ -434,15 +447,15 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
 
     let mut updates: BTreeMap<u64, UnixSocket> = socks.iter().map(|(k, (_, s))| (*k, s.clone())).collect();
     for (inode, (_, s)) in &socks {
-        let name = show_name(&s.address);
+        let name = named(&s.address);
         if s.peer_inode != 0 {
             let Some((_, peer)) = socks.get(&s.peer_inode) else {
                 bail!(
-                    "{} ({name}) is connected to socket:[{}] ({}), which no process of the dumped tree holds; \
-                     crust cannot reconnect it",
+                    "{}{name} is connected to socket:[{}]{}, a socket outside the dumped tree (no process of the tree \
+                     holds it); crust cannot reconnect it",
                     who(*inode),
                     s.peer_inode,
-                    show_name(&s.peer_address)
+                    named(&s.peer_address)
                 );
             };
             let mutual = peer.peer_inode == *inode;
@@ -460,11 +473,11 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
             if s.r#type != libc::SOCK_DGRAM && *inode < s.peer_inode {
                 let side = accepted_side(s.r#type, &s.address, &peer.address, &listener).ok_or_else(|| {
                     anyhow!(
-                        "{} ({name}) and its peer socket:[{}] ({}) are both named, and crust cannot tell which end \
-                         was accepted",
+                        "{}{name} and its peer socket:[{}]{} are both named, and crust cannot tell which end was \
+                         accepted",
                         who(*inode),
                         s.peer_inode,
-                        show_name(&peer.address)
+                        named(&peer.address)
                     )
                 })?;
                 let accepted = match side {
@@ -484,9 +497,9 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
             // name.
             let side = accepted_side(s.r#type, &s.address, &s.peer_address, &listener).ok_or_else(|| {
                 anyhow!(
-                    "{} ({name}) and its closed peer ({}) were both named, and crust cannot tell which end was accepted",
+                    "{}{name} and its closed peer{} were both named, and crust cannot tell which end was accepted",
                     who(*inode),
-                    show_name(&s.peer_address)
+                    named(&s.peer_address)
                 )
             })?;
             let u = updates.get_mut(inode).unwrap();

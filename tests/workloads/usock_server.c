@@ -91,7 +91,7 @@ int main(int argc, char **argv)
 		check_name(c1, 1, NAME, "C1");
 		recv_pattern(c1, 6, RESP_LEN, "the response");
 		char done[8] = "";
-		if (wait_readable(c1, 5))
+		if (wait_readable(c1, 20)) /* the parent first waits for a new client */
 			recv(c1, done, 4, MSG_WAITALL);
 		CHECK(memcmp(done, "done", 4) == 0, "child: expected 'done' on C1, got '%.4s'", done);
 		expect_eof(c1, "C1 after 'done'");
