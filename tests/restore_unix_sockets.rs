@@ -210,11 +210,21 @@ fn verify(w: &mut Workload, before: &TreeSnap, after: &TreeSnap, mut extra: Vec<
 /// flight one way (sent with the sender's credentials to a receiver with SO_PASSCRED) and
 /// 100 000 the other way followed by shutdown(SHUT_WR): after restore each side reads exactly
 /// its bytes (with the parent's credentials), the parent sees EOF after the child's data, the
-/// child's SHUT_WR still holds (EPIPE), buffer sizes and SO_PASSCRED are kept, and 200 more
-/// items flow from producer to consumer.
+/// child's SHUT_WR still holds (EPIPE), buffer sizes, SO_PASSCRED and SO_PEERCRED are kept,
+/// and 200 more items flow from producer to consumer.
 #[test]
 fn stream_socketpair_with_data_both_ways_and_shutdown_survives() {
     let mut w = spawn_tree("usock_stream", &[]);
+    let (before, after) = dump_and_restore(&mut w);
+    verify(&mut w, &before, &after, vec![], &["parent", "child"]);
+}
+
+/// The same as an unprivileged user (65534): the sockets' peer credentials (SO_PEERCRED:
+/// the parent's pid, uid and gid 65534), the credentials of the queued data and everything
+/// else come back.
+#[test]
+fn stream_socketpair_of_an_unprivileged_user_keeps_its_peer_credentials() {
+    let mut w = spawn_tree("usock_stream", &["nobody"]);
     let (before, after) = dump_and_restore(&mut w);
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
@@ -401,4 +411,20 @@ fn descriptor_in_flight_is_refused_and_stays_in_flight() {
 fn connection_not_yet_accepted_is_refused_and_can_still_be_accepted() {
     let mut w = Workload::spawn("usock_refuse", &["pending"]);
     assert_refused(&mut w, &["not yet accepted"]);
+}
+
+/// `dump --leave-running` of a tree with queued stream, datagram and seqpacket data and a
+/// peek offset: the image is written, and the processes go on exactly as they were (same
+/// sockets, queues and peek offset in /proc; every message still there for the workload).
+#[test]
+fn dump_leave_running_leaves_socket_queues_untouched() {
+    let mut w = spawn_tree("usock_dgram", &[]);
+    let before = TreeSnap::take(w.pid);
+    let out = w.dump_with(&["-R"]);
+    assert!(out.success(), "dump -R failed:\n{out}");
+    assert_running_untouched(w.pid, "after dump -R");
+    let after = TreeSnap::take(w.pid);
+    let show = crust(["show", "-D", w.image_dir.to_str().unwrap()]);
+    assert!(show.success() && show.stdout.contains("UnixSocket"), "crust show of the image:\n{show}");
+    verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }

@@ -139,7 +139,7 @@ pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     if events & libc::POLLERR != 0 && !rec.peer_reset {
         return Err(refuse("has a pending error (SO_ERROR)".into()));
     }
-    if rec.state != TCP_LISTEN as i32 && (rec.peer_inode != 0 || rec.peer_closed) {
+    if rec.state == TCP_LISTEN as i32 || rec.peer_inode != 0 || rec.peer_closed {
         rec.peer_credentials = socket::peer_credentials(fd).ok().map(|c| UnixCredentials { pid: c.pid, uid: c.uid, gid: c.gid });
     }
 
@@ -608,4 +608,22 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
         files[*i].kind = Some(open_file::Kind::UnixSocket(updates.remove(inode).unwrap()));
     }
     Ok(())
+}
+
+/// For `crust show`: names as text ("@" for abstract), queued data as text where it is text,
+/// else as a byte count.
+pub fn show(rec: &UnixSocket, json: &mut serde_json::Value) {
+    use serde_json::json;
+    let name = |a: &[u8]| if a.is_empty() { json!("") } else { json!(show_name(a)) };
+    json["address"] = name(&rec.address);
+    json["peer_address"] = name(&rec.peer_address);
+    if let Some(list) = json.get_mut("queued").and_then(|q| q.as_array_mut()) {
+        for (j, m) in list.iter_mut().zip(&rec.queued) {
+            j["data"] = match std::str::from_utf8(&m.data) {
+                Ok(text) => json!(text),
+                Err(_) => json!(format!("{} bytes", m.data.len())),
+            };
+            j["sender"] = name(&m.sender);
+        }
+    }
 }

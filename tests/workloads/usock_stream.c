@@ -12,6 +12,11 @@
  *   READY child pid=N fd=C
  *   READY parent pid=N child=N fd=P
  *
+ * argv[2] = "nobody": before anything else, the process gives its status file and its log to
+ * uid 65534 and becomes uid/gid 65534 (groups [65534]), so the sockets' peer credentials name that user.
+ * Either way each side records SO_PEERCRED of its end (the parent's pid, the uid and gid)
+ * and checks it after the restore.
+ *
  * After <status>.go:
  *   parent: buffer sizes as set; FIONREAD = C2P_LEN; reads the C2P bytes, then EOF (the
  *           child shut its writing side down); then produces ITEMS lines "item N\n", closes P
@@ -21,6 +26,8 @@
  *           sending on C fails with EPIPE (its SHUT_WR is kept).
  */
 #include "usock_common.h"
+#include <grp.h>
+#include <sys/prctl.h>
 
 #define P2C_LEN 40000
 #define C2P_LEN 100000
@@ -102,10 +109,45 @@ static void consume_items(int fd)
 	CHECK(*p == 0, "child: %zu extra bytes after the items", strlen(p));
 }
 
+static struct ucred peer_of(int fd)
+{
+	struct ucred cr = { 0, 0, 0 };
+	socklen_t l = sizeof(cr);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+		check_failed("%s: SO_PEERCRED: %s", role, strerror(errno));
+	return cr;
+}
+
+static void check_peer(int fd, struct ucred was)
+{
+	struct ucred now = peer_of(fd);
+	CHECK(now.pid == was.pid && now.uid == was.uid && now.gid == was.gid,
+	      "%s: SO_PEERCRED is pid %d uid %u gid %u, was %d %u %u", role, now.pid, now.uid, now.gid, was.pid, was.uid,
+	      was.gid);
+}
+
+static void become_nobody(void)
+{
+	int f = open(wl_status, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	gid_t g = 65534;
+	if (f < 0 || fchown(f, 65534, 65534) < 0)
+		die("making the status file nobody's: %s", strerror(errno));
+	close(f);
+	/* The log (stdout and stderr), a file of the test, is reopened at restore with the
+	 * process's own credentials: it must be nobody's too. */
+	if (fchown(1, 65534, 65534) < 0)
+		die("making the log nobody's: %s", strerror(errno));
+	if (setgroups(1, &g) < 0 || setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
+		die("becoming nobody: %s", strerror(errno));
+	prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
 	become("parent");
+	if (argc > 2 && strcmp(argv[2], "nobody") == 0)
+		become_nobody();
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		die("socketpair: %s", strerror(errno));
@@ -125,8 +167,12 @@ int main(int argc, char **argv)
 		send_all(c, out, C2P_LEN, "C2P");
 		if (shutdown(c, SHUT_WR) < 0)
 			die("child: shutdown: %s", strerror(errno));
+		struct ucred peer = peer_of(c);
+		CHECK(peer.pid == parent && peer.uid == getuid() && peer.gid == getgid(),
+		      "child: SO_PEERCRED before the dump is pid %d uid %u gid %u", peer.pid, peer.uid, peer.gid);
 		status("READY child pid=%d fd=%d", my_pid, c);
 		wait_go();
+		check_peer(c, peer);
 
 		CHECK(get_opt(c, SO_PASSCRED) == 1, "child: SO_PASSCRED is off after restore");
 		CHECK(queued_bytes(c) == P2C_LEN, "child: %d bytes queued, expected %d", queued_bytes(c), P2C_LEN);
@@ -152,8 +198,10 @@ int main(int argc, char **argv)
 	wait_for_status(needle);
 	if (queued_bytes(p) != C2P_LEN)
 		die("parent: %d bytes queued before the dump, expected %d", queued_bytes(p), C2P_LEN);
+	struct ucred peer = peer_of(p);
 	status("READY parent pid=%d child=%d fd=%d", my_pid, child, p);
 	wait_go();
+	check_peer(p, peer);
 
 	CHECK(get_opt(p, SO_SNDBUF) == sndbuf, "parent: SO_SNDBUF %d, was %d", get_opt(p, SO_SNDBUF), sndbuf);
 	CHECK(get_opt(p, SO_RCVBUF) == rcvbuf, "parent: SO_RCVBUF %d, was %d", get_opt(p, SO_RCVBUF), rcvbuf);

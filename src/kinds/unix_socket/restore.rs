@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use super::super::RestoreCtx;
 use super::super::files::Together;
 use super::{RCV_SHUTDOWN, SEND_SHUTDOWN, is_path, path_of};
-use crate::image::proto::{OpenFile, UnixSocket, UnixSocketFile, open_file};
+use crate::image::proto::{OpenFile, UnixCredentials, UnixSocket, UnixSocketFile, open_file};
 use crate::sys::pidfd::pidfd_getfd;
 use crate::sys::socket::{self, Ucred, show_name};
 use crate::sys::unix_diag::{self, TCP_ESTABLISHED, TCP_LISTEN};
@@ -84,16 +84,50 @@ struct End<'a> {
     file: Option<&'a UnixSocketFile>,
     accepted: bool,
     listener: u64,
+    /// What SO_PEERCRED reports on this end.
+    peer_credentials: Option<&'a UnixCredentials>,
 }
 
 impl<'a> End<'a> {
     fn of(s: &'a UnixSocket) -> End<'a> {
-        End { address: &s.address, file: s.file.as_ref(), accepted: s.accepted, listener: s.listener_inode }
+        End {
+            address: &s.address,
+            file: s.file.as_ref(),
+            accepted: s.accepted,
+            listener: s.listener_inode,
+            peer_credentials: s.peer_credentials.as_ref(),
+        }
     }
 
     fn stand_in(s: &'a UnixSocket) -> End<'a> {
-        End { address: &s.peer_address, file: s.peer_file.as_ref(), accepted: s.peer_accepted, listener: s.peer_listener_inode }
+        End {
+            address: &s.peer_address,
+            file: s.peer_file.as_ref(),
+            accepted: s.peer_accepted,
+            listener: s.peer_listener_inode,
+            peer_credentials: None,
+        }
     }
+}
+
+/// Runs `f` (a socketpair, listen or connect) with the effective uid and gid the peer
+/// credentials (SO_PEERCRED) it sets must carry. The ids are switched back afterwards; files
+/// are reached meanwhile with root's filesystem ids, as the sockets of the original processes
+/// could be.
+fn as_peer<T>(ctx: &mut RestoreCtx, creds: Option<&UnixCredentials>, f: impl FnOnce(&mut RestoreCtx) -> Result<T>) -> Result<T> {
+    let Some(c) = creds.filter(|c| (c.uid, c.gid) != (0, 0)) else { return f(ctx) };
+    let keep = u32::MAX as u64;
+    let r = &mut *ctx.remote;
+    r.syscall("setresgid", libc::SYS_setresgid, &[keep, c.gid as u64, keep])?;
+    r.syscall("setresuid", libc::SYS_setresuid, &[keep, c.uid as u64, keep])?;
+    r.syscall_raw(libc::SYS_setfsuid, &[0])?;
+    r.syscall_raw(libc::SYS_setfsgid, &[0])?;
+    let result = f(ctx);
+    let r = &mut *ctx.remote;
+    r.syscall("setresuid", libc::SYS_setresuid, &[keep, 0, keep])?;
+    r.syscall("setresgid", libc::SYS_setresgid, &[keep, 0, keep])?;
+    super::super::credentials::enter_fs_identity(ctx)?;
+    result.with_context(|| format!("as uid {} gid {} (the peer credentials it had)", c.uid, c.gid))
 }
 
 fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>> {
@@ -104,9 +138,12 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
     for m in members.iter().filter(|m| m.state == TCP_LISTEN as i32) {
         let fd = new_socket(ctx, m.r#type)?;
         bind(ctx, fd, &m.address, m.file.as_ref()).with_context(|| format!("binding socket:[{}]", m.inode))?;
-        ctx.remote
-            .syscall("listen", libc::SYS_listen, &[fd as u64, m.backlog as u64])
-            .with_context(|| format!("socket:[{}] listening on {}", m.inode, show_name(&m.address)))?;
+        as_peer(ctx, m.peer_credentials.as_ref(), |ctx| {
+            ctx.remote
+                .syscall("listen", libc::SYS_listen, &[fd as u64, m.backlog as u64])
+                .with_context(|| format!("socket:[{}] listening on {}", m.inode, show_name(&m.address)))?;
+            Ok(())
+        })?;
         fds.insert(m.inode, fd);
     }
     for m in members.iter().filter(|m| mutual(m) && m.inode < m.peer_inode) {
@@ -150,11 +187,14 @@ fn connect_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, a: En
         (true, true) => bail!("both ends of one connection marked accepted"),
         (false, false) => {
             let pair = ctx.remote.put(PAIR_AT, &[0u8; 8])?;
-            ctx.remote.syscall(
-                "socketpair(AF_UNIX)",
-                libc::SYS_socketpair,
-                &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0, pair],
-            )?;
+            as_peer(ctx, a.peer_credentials.or(b.peer_credentials), |ctx| {
+                ctx.remote.syscall(
+                    "socketpair(AF_UNIX)",
+                    libc::SYS_socketpair,
+                    &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0, pair],
+                )?;
+                Ok(())
+            })?;
             let mut b8 = [0u8; 8];
             ctx.remote.get(PAIR_AT, &mut b8)?;
             let x = ctx.to_temp_fd(i32::from_ne_bytes(b8[..4].try_into()?) as u64)?;
@@ -174,14 +214,19 @@ fn accept_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, client
         0 => {
             let l = new_socket(ctx, kind)?;
             bind(ctx, l, server.address, server.file)?;
-            ctx.remote.syscall("listen", libc::SYS_listen, &[l as u64, 1])?;
+            // The client's peer credentials are those of whoever listened.
+            as_peer(ctx, client.peer_credentials, |ctx| {
+                ctx.remote.syscall("listen", libc::SYS_listen, &[l as u64, 1])?;
+                Ok(())
+            })?;
             (l, true)
         }
         inode => (*fds.get(&inode).context("the listener of an accepted socket is not created yet")?, false),
     };
     let c = new_socket(ctx, kind)?;
     bind(ctx, c, client.address, client.file)?;
-    remote_connect(ctx, c, server.address, &directory)?;
+    // The accepted end's peer credentials are those of whoever connected.
+    as_peer(ctx, server.peer_credentials, |ctx| remote_connect(ctx, c, server.address, &directory))?;
     let s = ctx.remote.syscall("accept4", libc::SYS_accept4, &[listener as u64, 0, 0, libc::SOCK_CLOEXEC as u64])?;
     let s = ctx.to_temp_fd(s)?;
     if temporary {
