@@ -8,7 +8,9 @@
 //!    process's child. Before forking, a process takes its session or group leadership and opens
 //!    the open file descriptions it is the nearest common ancestor of all holders of, so its
 //!    children inherit them: shared descriptions are shared again.
-//! 3. Zombies exit with their status; processes join their process groups.
+//! 3. Zombies exit with their status; processes join their process groups. Each process that
+//!    created descriptions finishes them, now that every process exists (UNIX socket queues
+//!    are refilled with their senders' credentials, options and shutdowns set).
 //! 4. Each process restores memory, files, identity, signals, timers, thread state, rlimits and
 //!    credentials, then drops crust's helper area.
 //! 5. Every process is released from a stop in the kernel's signal path, so interrupted system

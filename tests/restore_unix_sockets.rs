@@ -428,3 +428,21 @@ fn dump_leave_running_leaves_socket_queues_untouched() {
     assert!(show.success() && show.stdout.contains("UnixSocket"), "crust show of the image:\n{show}");
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
+
+/// Less common arrangements in one process: a datagram socket on a relative path holding
+/// datagrams from a named sender of the tree, from unnamed ones and from a socket connected to
+/// it one way; a listener whose socket file had been unlinked, with an accepted connection; a
+/// seqpacket listener and connection with messages both ways; a datagram socket that a closed
+/// socket had connected to; receive and send timeouts, SO_RCVLOWAT, buffer sizes. After
+/// restore: names, senders, order, boundaries, the missing socket file (still missing),
+/// options and states are all as they were.
+#[test]
+fn named_senders_one_way_datagrams_unlinked_files_and_seqpacket_accept_survive() {
+    let mut w = Workload::spawn("usock_mix", &[]);
+    let (before, after) = dump_and_restore(&mut w);
+    let mut extra = Vec::new();
+    if w.dir.path.join("hidden.sock").exists() {
+        extra.push("hidden.sock, unlinked before the dump, exists after the restore".into());
+    }
+    verify(&mut w, &before, &after, extra, &["parent"]);
+}
