@@ -74,7 +74,7 @@ pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     if in_flight > 0 {
         return Err(refuse(format!("has {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue")));
     }
-    refuse_unsupported_options(fd).map_err(|what| refuse(what))?;
+    refuse_unsupported_options(fd).map_err(&refuse)?;
     let events = socket::poll_now(fd).with_context(|| format!("pid {} fd {}: poll", src.pid, src.fd))?;
     if kind == libc::SOCK_STREAM && events & libc::POLLPRI != 0 {
         return Err(refuse("has out-of-band data (MSG_OOB) waiting".into()));
@@ -147,18 +147,28 @@ pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
         if rec.pass_pidfd && !rec.pass_credentials && diag.rqlen.is_some_and(|(q, _)| q > 0) {
             return Err(refuse("has data queued for a receiver that asked for SO_PASSPIDFD without SO_PASSCRED".into()));
         }
-        let stream_bytes = diag.rqlen.map(|(q, _)| q as usize).unwrap_or(0);
-        rec.queued = read_queue(fd, kind, stream_bytes, rec.pass_credentials, rec.shutdown & RCV_SHUTDOWN != 0)
-            .with_context(|| format!("pid {} fd {}: reading the queue of {}", src.pid, src.fd, src.link))?;
-        for m in &rec.queued {
-            if let Some(c) = &m.credentials {
-                if !std::path::Path::new(&format!("/proc/{}", c.pid)).exists() {
-                    return Err(refuse(format!(
-                        "holds data sent by pid {}, which has exited: the receiver would get the credentials of a \
-                         process that no longer exists (SO_PASSCRED)",
-                        c.pid
-                    )));
-                }
+        let queued_bytes = diag.rqlen.map(|(q, _)| q as usize).unwrap_or(0);
+        // Any receive on a seqpacket socket, a peek too, first reports (and clears) a pending
+        // error: with ECONNRESET pending, its queue cannot be read without changing it.
+        let untouchable = kind == libc::SOCK_SEQPACKET && events & libc::POLLERR != 0;
+        if untouchable && queued_bytes > 0 {
+            return Err(refuse(
+                "was reset by its closed peer (ECONNRESET pending) with messages still queued, which crust cannot read \
+                 without clearing the error"
+                    .into(),
+            ));
+        }
+        if !untouchable {
+            rec.queued = read_queue(fd, kind, queued_bytes, rec.pass_credentials, rec.shutdown & RCV_SHUTDOWN != 0)
+                .with_context(|| format!("pid {} fd {}: reading the queue of {}", src.pid, src.fd, src.link))?;
+        }
+        for c in rec.queued.iter().filter_map(|m| m.credentials.as_ref()) {
+            if !std::path::Path::new(&format!("/proc/{}", c.pid)).exists() {
+                return Err(refuse(format!(
+                    "holds data sent by pid {}, which has exited: the receiver would get the credentials of a \
+                     process that no longer exists (SO_PASSCRED)",
+                    c.pid
+                )));
             }
         }
     }

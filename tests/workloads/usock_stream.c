@@ -22,7 +22,8 @@
  *           child shut its writing side down); then produces ITEMS lines "item N\n", closes P
  *           and reaps the child.
  *   child:  SO_PASSCRED still on; FIONREAD = P2C_LEN; reads the P2C bytes with recvmsg, each
- *           piece with the parent's credentials (pid, uid, gid); consumes the items up to EOF;
+ *           piece with the parent's credentials (pid, uid, gid); then (STAGE line: only now
+ *           does the parent produce) consumes the items up to EOF;
  *           sending on C fails with EPIPE (its SHUT_WR is kept).
  */
 #include "usock_common.h"
@@ -177,6 +178,7 @@ int main(int argc, char **argv)
 		CHECK(get_opt(c, SO_PASSCRED) == 1, "child: SO_PASSCRED is off after restore");
 		CHECK(queued_bytes(c) == P2C_LEN, "child: %d bytes queued, expected %d", queued_bytes(c), P2C_LEN);
 		check_credentials_and_read(c, parent);
+		status("STAGE child read P2C");
 		consume_items(c);
 		ssize_t w = send(c, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		CHECK(w < 0 && errno == EPIPE, "child: send after SHUT_WR returned %zd (%s), expected EPIPE", w,
@@ -209,6 +211,7 @@ int main(int argc, char **argv)
 	CHECK(queued_bytes(p) == C2P_LEN, "parent: %d bytes queued, expected %d", queued_bytes(p), C2P_LEN);
 	recv_pattern(p, 2, C2P_LEN, "C2P");
 	expect_eof(p, "after C2P (the child shut writing down)");
+	wait_for_status("STAGE child read P2C");
 	for (int i = 0; i < ITEMS; i++) {
 		char line[32];
 		int l = snprintf(line, sizeof(line), "item %d\n", i);

@@ -312,7 +312,6 @@ fn in_directory(ctx: &mut RestoreCtx, directory: &str, f: impl FnOnce(&mut Resto
         .remote
         .syscall("chdir", libc::SYS_chdir, &[dir])
         .with_context(|| format!("changing to {directory}"))
-        .map_err(anyhow::Error::from)
         .and_then(|_| f(ctx));
     ctx.remote.syscall("fchdir", libc::SYS_fchdir, &[saved])?;
     ctx.remote.syscall("close", libc::SYS_close, &[saved])?;
