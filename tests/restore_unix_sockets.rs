@@ -446,3 +446,19 @@ fn named_senders_one_way_datagrams_unlinked_files_and_seqpacket_accept_survive()
     }
     verify(&mut w, &before, &after, extra, &["parent"]);
 }
+
+/// A consumer blocked in read(2) on an empty stream socket when dumped: after restore its
+/// read goes on waiting, returns exactly what the producer then writes, and it answers.
+#[test]
+fn reader_blocked_on_an_empty_socket_wakes_up_after_restore() {
+    let mut w = spawn_tree("usock_blocked", &[]);
+    let child: i32 = ready_field(&w.wait_status_line("READY child", READY_TIMEOUT), "pid").unwrap().parse().unwrap();
+    wait_in_syscall(child, SYS_READ, Duration::from_secs(5));
+    let (before, after) = dump_and_restore(&mut w);
+    let mut extra = Vec::new();
+    std::thread::sleep(Duration::from_millis(100));
+    if blocked_syscall(child) != Some(SYS_READ) {
+        extra.push(format!("after restore the child is in syscall {:?}, not read", blocked_syscall(child)));
+    }
+    verify(&mut w, &before, &after, extra, &["parent", "child"]);
+}

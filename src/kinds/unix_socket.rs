@@ -19,6 +19,12 @@
 //! descriptors in flight (SCM_RIGHTS), connections not yet accepted, out-of-band data, a
 //! pending socket error, receive timestamps, socket filters, and datagrams whose sender
 //! crust cannot stand in for.
+//!
+//! Known limits: SO_PEERCRED's pid is the process that recreated the connection (its uid and
+//! gid are kept); peeking at a zero-length datagram marks it "peeked" in the kernel, as any
+//! MSG_PEEK of the process would (it only matters to a process that itself walks its queue
+//! with SO_PEEK_OFF, which then steps over it), and a zero-length datagram the process had
+//! itself peeked at that way is stepped over by crust's walk too.
 
 mod restore;
 
