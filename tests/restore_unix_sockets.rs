@@ -167,10 +167,35 @@ impl TreeSnap {
 }
 
 /// Spawns a workload tree and waits until its root says READY.
-fn spawn_tree(name: &str, args: &[&str]) -> Workload {
+fn spawn_tree(name: &str, args: &[&str]) -> (Workload, KillTree) {
     let w = Workload::spawn(name, args);
+    let guard = KillTree { status: w.status_path.to_string_lossy().into_owned() };
     w.wait_status_line("READY parent", READY_TIMEOUT);
-    w
+    (w, guard)
+}
+
+/// When a test ends (passed or failed), kills the processes of its tree that are still there
+/// (the harness kills only the root): they are found by their status file, the first argument
+/// of every workload process, unique to the test, so no other process is touched.
+struct KillTree {
+    status: String,
+}
+
+impl Drop for KillTree {
+    fn drop(&mut self) {
+        let Ok(procs) = fs::read_dir("/proc") else { return };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = fs::read(p.path().join("cmdline")) else { continue };
+            if cmdline.split(|b| *b == 0).nth(1) == Some(self.status.as_bytes()) {
+                // SAFETY: kill takes integers only.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                if is_our_child(pid) {
+                    waitpid_timeout(pid, Duration::from_secs(5));
+                }
+            }
+        }
+    }
 }
 
 /// Dumps the tree (every process must be gone), restores it, and returns the snapshots.
@@ -214,7 +239,7 @@ fn verify(w: &mut Workload, before: &TreeSnap, after: &TreeSnap, mut extra: Vec<
 /// and 200 more items flow from producer to consumer.
 #[test]
 fn stream_socketpair_with_data_both_ways_and_shutdown_survives() {
-    let mut w = spawn_tree("usock_stream", &[]);
+    let (mut w, _tree) = spawn_tree("usock_stream", &[]);
     let (before, after) = dump_and_restore(&mut w);
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
@@ -224,7 +249,7 @@ fn stream_socketpair_with_data_both_ways_and_shutdown_survives() {
 /// else come back.
 #[test]
 fn stream_socketpair_of_an_unprivileged_user_keeps_its_peer_credentials() {
-    let mut w = spawn_tree("usock_stream", &["nobody"]);
+    let (mut w, _tree) = spawn_tree("usock_stream", &["nobody"]);
     let (before, after) = dump_and_restore(&mut w);
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
@@ -236,7 +261,7 @@ fn stream_socketpair_of_an_unprivileged_user_keeps_its_peer_credentials() {
 /// datagram; live messages flow both ways on both pairs.
 #[test]
 fn datagram_and_seqpacket_pairs_keep_message_boundaries() {
-    let mut w = spawn_tree("usock_dgram", &[]);
+    let (mut w, _tree) = spawn_tree("usock_dgram", &[]);
     let (before, after) = dump_and_restore(&mut w);
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
@@ -249,7 +274,7 @@ fn datagram_and_seqpacket_pairs_keep_message_boundaries() {
 /// connection from a fresh process outside the tree (python3) is accepted and answered.
 #[test]
 fn listener_on_a_path_and_its_connections_survive_and_accept_a_new_client() {
-    let mut w = spawn_tree("usock_server", &[]);
+    let (mut w, _tree) = spawn_tree("usock_server", &[]);
     let path = w.dir.path.join("srv.sock");
     let (before, after) = dump_and_restore(&mut w);
     let meta = fs::symlink_metadata(&path).expect("socket file after restore");
@@ -300,7 +325,7 @@ sys.stdout.write(answer.decode())
 /// outside the tree is accepted on the abstract name.
 #[test]
 fn abstract_names_autobound_names_and_datagram_senders_survive() {
-    let mut w = spawn_tree("usock_abstract", &[]);
+    let (mut w, _tree) = spawn_tree("usock_abstract", &[]);
     let name = format!("crust-usock-{}-stream", w.pid);
     let (before, after) = dump_and_restore(&mut w);
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
@@ -418,7 +443,7 @@ fn connection_not_yet_accepted_is_refused_and_can_still_be_accepted() {
 /// sockets, queues and peek offset in /proc; every message still there for the workload).
 #[test]
 fn dump_leave_running_leaves_socket_queues_untouched() {
-    let mut w = spawn_tree("usock_dgram", &[]);
+    let (mut w, _tree) = spawn_tree("usock_dgram", &[]);
     let before = TreeSnap::take(w.pid);
     let out = w.dump_with(&["-R"]);
     assert!(out.success(), "dump -R failed:\n{out}");
@@ -451,7 +476,7 @@ fn named_senders_one_way_datagrams_unlinked_files_and_seqpacket_accept_survive()
 /// read goes on waiting, returns exactly what the producer then writes, and it answers.
 #[test]
 fn reader_blocked_on_an_empty_socket_wakes_up_after_restore() {
-    let mut w = spawn_tree("usock_blocked", &[]);
+    let (mut w, _tree) = spawn_tree("usock_blocked", &[]);
     let child: i32 = ready_field(&w.wait_status_line("READY child", READY_TIMEOUT), "pid").unwrap().parse().unwrap();
     wait_in_syscall(child, SYS_READ, Duration::from_secs(5));
     let (before, after) = dump_and_restore(&mut w);
