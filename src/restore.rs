@@ -8,7 +8,9 @@
 //!    process's child. Before forking, a process takes its session or group leadership and opens
 //!    the open file descriptions it is the nearest common ancestor of all holders of, so its
 //!    children inherit them: shared descriptions are shared again.
-//! 3. Zombies exit with their status; processes join their process groups.
+//! 3. Zombies exit with their status; processes join their process groups. Each process that
+//!    created descriptions finishes them, now that every process exists (UNIX socket queues
+//!    are refilled with their senders' credentials, options and shutdowns set).
 //! 4. Each process restores memory, files, identity, signals, timers, thread state, rlimits and
 //!    credentials, then drops crust's helper area.
 //! 5. Every process is released from a stop in the kernel's signal path, so interrupted system
@@ -382,6 +384,7 @@ impl Tree {
 
         self.join_process_groups(img)?;
         self.finish_zombies(img)?;
+        self.finish_descriptions(img)?;
 
         for pid in img.processes.keys() {
             progress.step(format!("pid {pid}: restoring its state"));
@@ -466,6 +469,18 @@ impl Tree {
             let copy = crate::sys::pidfd::pidfd_getfd(&pidfd, holder.0 as i32, holder.1)?;
             crate::kinds::leases::restart_break(lease, copy)
                 .with_context(|| format!("restarting the lease break on {} (holder pid {})", lease.path, holder.0))?;
+        }
+        Ok(())
+    }
+
+    /// Now that every process exists, each creator finishes the descriptions it created
+    /// (socket queues are refilled with their senders' credentials, which must name live
+    /// processes).
+    fn finish_descriptions(&mut self, img: &LoadedImage) -> Result<()> {
+        for (pid, ids) in self.creators.clone() {
+            let files: Vec<&OpenFile> = img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
+            let mut ctx = self.ctx(img, pid)?;
+            files::finish_descriptions(&mut ctx, &files).with_context(|| format!("pid {pid}: finishing its open files"))?;
         }
         Ok(())
     }

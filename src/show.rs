@@ -40,6 +40,9 @@ pub fn show(dir: &Path) -> Result<serde_json::Value> {
     // Pipe buffers as text where they are text, else as a byte count.
     if let Some(list) = open_files_json.get_mut("open_files").and_then(|l| l.as_array_mut()) {
         for (json, file) in list.iter_mut().zip(&open_files.open_files) {
+            if let Some(crate::image::proto::open_file::Kind::UnixSocket(u)) = &file.kind {
+                crate::kinds::unix_socket::show(u, &mut json["kind"]["UnixSocket"]);
+            }
             if let Some(crate::image::proto::open_file::Kind::Pipe(p)) = &file.kind {
                 json["kind"]["Pipe"]["buffered"] = match std::str::from_utf8(&p.buffered) {
                     Ok(text) => json!(text),

@@ -115,6 +115,9 @@ impl OpenFileTable {
                 }
             }
         }
+        let by_inode = &self.by_inode;
+        let holder = |id: u32| by_inode.values().flatten().find(|(_, _, i)| *i == id).map(|(pid, fd, _)| (*pid, *fd));
+        super::unix_socket::finish(&mut self.files, &holder)?;
         let mut files = self.files;
         // Registrations and FIFO ends that name other fds or processes.
         super::epoll::finish(&mut files, &self.holders)?;
@@ -311,6 +314,13 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
     }
     super::credentials::leave_fs_identity(ctx)?;
     Ok(())
+}
+
+/// What must wait until every process of the tree exists, done by the process that created
+/// `files` (it still holds them at their working fds): refilling socket queues, whose messages
+/// carry their senders' credentials.
+pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
+    super::unix_socket::finish_descriptions(ctx, files)
 }
 
 fn describe(file: &OpenFile) -> String {

@@ -9,6 +9,8 @@ pub mod pidfd;
 pub mod ptrace;
 pub mod region;
 pub mod remote;
+pub mod socket;
+pub mod unix_diag;
 pub mod sysv;
 pub mod terminal;
 

@@ -1,0 +1,564 @@
+//! Restoring UNIX sockets, in two steps.
+//!
+//! 1. [`open`], while the process that creates a group opens its descriptions (before it
+//!    forks its children): the first socket of a group creates the whole group with system
+//!    calls in that process. Listeners are bound and listen; connected pairs come from
+//!    socketpair, or from connect + accept (through the image's listener, or a temporary one
+//!    bound to the accepted end's name) so that both ends have their names; a peer that had
+//!    been closed gets a stand-in, kept open until step 2; other sockets are bound, and
+//!    datagram sockets connect to their targets.
+//! 2. [`finish_descriptions`], once every process of the tree exists, in the same creating
+//!    process (which still holds every description it created at its working fd): the
+//!    queued data is written back into each socket through crust's copies of the senders
+//!    (the peer, the stand-in, the datagram's sender, or a temporary socket of crust), with
+//!    the credentials it was sent with, message by message; stand-ins are closed (shutting
+//!    their survivor down, with ECONNRESET pending where it was); then options, shutdowns,
+//!    and the socket files' mode and owner (or their removal, when they had been unlinked).
+//!
+//! Binding to a path removes a file already there only when it is a socket file no live
+//! socket is bound to: the dead socket file of the dumped process, which the original
+//! program would also have had to remove before binding again.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use anyhow::{Context, Result, bail};
+
+use super::super::RestoreCtx;
+use super::super::files::Together;
+use super::{RCV_SHUTDOWN, SEND_SHUTDOWN, is_path, path_of};
+use crate::image::proto::{OpenFile, UnixCredentials, UnixSocket, UnixSocketFile, open_file};
+use crate::sys::pidfd::pidfd_getfd;
+use crate::sys::socket::{self, Ucred, show_name};
+use crate::sys::unix_diag::{self, TCP_ESTABLISHED, TCP_LISTEN};
+
+/// Scratch offsets for remote arguments.
+const ADDR_AT: u64 = 0;
+const PATH_AT: u64 = 512;
+const PAIR_AT: u64 = 4096;
+
+/// Opens one socket description in the process and returns a temporary fd for it; the first
+/// socket of a group creates the whole group (kept in `together` for the others).
+pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, rec: &UnixSocket, together: &mut Together) -> Result<i32> {
+    let group = file.created_with;
+    let members = group_members(ctx.open_files, group, rec);
+    let fds = match together.get(&group) {
+        Some(fds) if group != 0 => fds.clone(),
+        _ => {
+            let fds = create_group(ctx, &members)?;
+            if group != 0 {
+                together.insert(group, fds.clone());
+            }
+            fds
+        }
+    };
+    let index = members.iter().position(|m| m.inode == rec.inode).context("socket missing from its group")?;
+    let fd = fds[index];
+    let status = file.flags as i32 & !libc::O_ACCMODE;
+    ctx.remote.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[fd as u64, libc::F_SETFL as u64, status as u64])?;
+    Ok(fd)
+}
+
+/// The sockets of a group, by inode.
+fn group_members(open_files: &crate::image::proto::OpenFiles, group: u64, rec: &UnixSocket) -> Vec<UnixSocket> {
+    if group == 0 {
+        return vec![rec.clone()];
+    }
+    let mut members: Vec<UnixSocket> = open_files
+        .open_files
+        .iter()
+        .filter(|f| f.created_with == group)
+        .filter_map(|f| match &f.kind {
+            Some(open_file::Kind::UnixSocket(u)) => Some(u.clone()),
+            _ => None,
+        })
+        .collect();
+    members.sort_by_key(|m| m.inode);
+    members
+}
+
+/// One end of a connection to make.
+struct End<'a> {
+    address: &'a [u8],
+    file: Option<&'a UnixSocketFile>,
+    accepted: bool,
+    listener: u64,
+    /// What SO_PEERCRED reports on this end.
+    peer_credentials: Option<&'a UnixCredentials>,
+}
+
+impl<'a> End<'a> {
+    fn of(s: &'a UnixSocket) -> End<'a> {
+        End {
+            address: &s.address,
+            file: s.file.as_ref(),
+            accepted: s.accepted,
+            listener: s.listener_inode,
+            peer_credentials: s.peer_credentials.as_ref(),
+        }
+    }
+
+    fn stand_in(s: &'a UnixSocket) -> End<'a> {
+        End {
+            address: &s.peer_address,
+            file: s.peer_file.as_ref(),
+            accepted: s.peer_accepted,
+            listener: s.peer_listener_inode,
+            peer_credentials: None,
+        }
+    }
+}
+
+/// Runs `f` (a socketpair, listen or connect) with the effective uid and gid the peer
+/// credentials (SO_PEERCRED) it sets must carry. The ids are switched back afterwards; files
+/// are reached meanwhile with root's filesystem ids, as the sockets of the original processes
+/// could be.
+fn as_peer<T>(ctx: &mut RestoreCtx, creds: Option<&UnixCredentials>, f: impl FnOnce(&mut RestoreCtx) -> Result<T>) -> Result<T> {
+    let Some(c) = creds.filter(|c| (c.uid, c.gid) != (0, 0)) else { return f(ctx) };
+    let keep = u32::MAX as u64;
+    let r = &mut *ctx.remote;
+    r.syscall("setresgid", libc::SYS_setresgid, &[keep, c.gid as u64, keep])?;
+    r.syscall("setresuid", libc::SYS_setresuid, &[keep, c.uid as u64, keep])?;
+    r.syscall_raw(libc::SYS_setfsuid, &[0])?;
+    r.syscall_raw(libc::SYS_setfsgid, &[0])?;
+    let result = f(ctx);
+    let r = &mut *ctx.remote;
+    r.syscall("setresuid", libc::SYS_setresuid, &[keep, 0, keep])?;
+    r.syscall("setresgid", libc::SYS_setresgid, &[keep, 0, keep])?;
+    super::super::credentials::enter_fs_identity(ctx)?;
+    result.with_context(|| format!("as uid {} gid {} (the peer credentials it had)", c.uid, c.gid))
+}
+
+fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>> {
+    let by_inode: BTreeMap<u64, &UnixSocket> = members.iter().map(|m| (m.inode, m)).collect();
+    let mut fds: BTreeMap<u64, i32> = BTreeMap::new();
+    let mutual = |m: &UnixSocket| by_inode.get(&m.peer_inode).is_some_and(|p| p.peer_inode == m.inode);
+    // Listeners first: accepted connections are made through them.
+    for m in members.iter().filter(|m| m.state == TCP_LISTEN as i32) {
+        let fd = new_socket(ctx, m.r#type)?;
+        bind(ctx, fd, &m.address, m.file.as_ref()).with_context(|| format!("binding socket:[{}]", m.inode))?;
+        as_peer(ctx, m.peer_credentials.as_ref(), |ctx| {
+            ctx.remote
+                .syscall("listen", libc::SYS_listen, &[fd as u64, m.backlog as u64])
+                .with_context(|| format!("socket:[{}] listening on {}", m.inode, show_name(&m.address)))?;
+            Ok(())
+        })?;
+        fds.insert(m.inode, fd);
+    }
+    for m in members.iter().filter(|m| mutual(m) && m.inode < m.peer_inode) {
+        let peer = by_inode[&m.peer_inode];
+        let (a, b) = connect_pair(ctx, &fds, m.r#type, End::of(m), End::of(peer))
+            .with_context(|| format!("connecting socket:[{}] and socket:[{}]", m.inode, peer.inode))?;
+        fds.insert(m.inode, a);
+        fds.insert(peer.inode, b);
+    }
+    for m in members.iter().filter(|m| m.peer_closed) {
+        // The stand-in stays open (in this process, inherited by its children) until the
+        // queues are refilled; `finish_descriptions` finds it as the survivor's peer.
+        let (a, _stand_in) = connect_pair(ctx, &fds, m.r#type, End::of(m), End::stand_in(m))
+            .with_context(|| format!("connecting socket:[{}] to a stand-in for its closed peer", m.inode))?;
+        fds.insert(m.inode, a);
+    }
+    for m in members {
+        if fds.contains_key(&m.inode) {
+            continue;
+        }
+        let fd = new_socket(ctx, m.r#type)?;
+        bind(ctx, fd, &m.address, m.file.as_ref()).with_context(|| format!("binding socket:[{}]", m.inode))?;
+        fds.insert(m.inode, fd);
+    }
+    // Datagram sockets connected to a socket that is not connected back.
+    for m in members.iter().filter(|m| m.peer_inode != 0 && !mutual(m)) {
+        let target = by_inode.get(&m.peer_inode).context("datagram target missing from its group")?;
+        let directory = target.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
+        remote_connect(ctx, fds[&m.inode], &target.address, &directory)
+            .with_context(|| format!("connecting socket:[{}] to {}", m.inode, show_name(&target.address)))?;
+    }
+    Ok(members.iter().map(|m| fds[&m.inode]).collect())
+}
+
+/// Makes a connected pair and gives each end its name: socketpair (names bound
+/// afterwards), or connect + accept when one end was accepted.
+fn connect_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, a: End, b: End) -> Result<(i32, i32)> {
+    match (a.accepted, b.accepted) {
+        (false, true) => accept_pair(ctx, fds, kind, a, b),
+        (true, false) => accept_pair(ctx, fds, kind, b, a).map(|(y, x)| (x, y)),
+        (true, true) => bail!("both ends of one connection marked accepted"),
+        (false, false) => {
+            let pair = ctx.remote.put(PAIR_AT, &[0u8; 8])?;
+            as_peer(ctx, a.peer_credentials.or(b.peer_credentials), |ctx| {
+                ctx.remote.syscall(
+                    "socketpair(AF_UNIX)",
+                    libc::SYS_socketpair,
+                    &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0, pair],
+                )?;
+                Ok(())
+            })?;
+            let mut b8 = [0u8; 8];
+            ctx.remote.get(PAIR_AT, &mut b8)?;
+            let x = ctx.to_temp_fd(i32::from_ne_bytes(b8[..4].try_into()?) as u64)?;
+            let y = ctx.to_temp_fd(i32::from_ne_bytes(b8[4..].try_into()?) as u64)?;
+            bind(ctx, x, a.address, a.file)?;
+            bind(ctx, y, b.address, b.file)?;
+            Ok((x, y))
+        }
+    }
+}
+
+/// `client` connects to the name of `server`, which the listener accepts: through the
+/// image's listener, or a temporary one bound to that name.
+fn accept_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, client: End, server: End) -> Result<(i32, i32)> {
+    let directory = server.file.map(|f| f.directory.clone()).unwrap_or_default();
+    let (listener, temporary) = match server.listener {
+        0 => {
+            let l = new_socket(ctx, kind)?;
+            bind(ctx, l, server.address, server.file)?;
+            // The client's peer credentials are those of whoever listened.
+            as_peer(ctx, client.peer_credentials, |ctx| {
+                ctx.remote.syscall("listen", libc::SYS_listen, &[l as u64, 1])?;
+                Ok(())
+            })?;
+            (l, true)
+        }
+        inode => (*fds.get(&inode).context("the listener of an accepted socket is not created yet")?, false),
+    };
+    let c = new_socket(ctx, kind)?;
+    bind(ctx, c, client.address, client.file)?;
+    // The accepted end's peer credentials are those of whoever connected.
+    as_peer(ctx, server.peer_credentials, |ctx| remote_connect(ctx, c, server.address, &directory))?;
+    let s = ctx.remote.syscall("accept4", libc::SYS_accept4, &[listener as u64, 0, 0, libc::SOCK_CLOEXEC as u64])?;
+    let s = ctx.to_temp_fd(s)?;
+    if temporary {
+        ctx.close_in_process(listener)?;
+    }
+    Ok((c, s))
+}
+
+fn new_socket(ctx: &mut RestoreCtx, kind: i32) -> Result<i32> {
+    let fd = ctx.remote.syscall(
+        "socket(AF_UNIX)",
+        libc::SYS_socket,
+        &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0],
+    )?;
+    ctx.to_temp_fd(fd)
+}
+
+fn sockaddr(address: &[u8]) -> Vec<u8> {
+    let mut b = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    b.extend_from_slice(address);
+    b
+}
+
+/// The name as crust (in its own working directory) reaches it: a relative path joined to
+/// its directory.
+fn reachable_name(address: &[u8], file: Option<&UnixSocketFile>) -> Vec<u8> {
+    match file {
+        Some(f) if is_path(address) && !f.directory.is_empty() => {
+            let mut full = format!("{}/{}", f.directory, path_of(address)).into_bytes();
+            full.push(0);
+            full
+        }
+        _ => address.to_vec(),
+    }
+}
+
+fn full_path(address: &[u8], file: Option<&UnixSocketFile>) -> String {
+    path_of(&reachable_name(address, file))
+}
+
+/// Binds `fd` (in the process) to `address`, exactly as it was named (a relative path from
+/// its directory), after removing a dead socket file in the way.
+fn bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8], file: Option<&UnixSocketFile>) -> Result<()> {
+    if address.is_empty() {
+        return Ok(());
+    }
+    let directory = file.map(|f| f.directory.clone()).unwrap_or_default();
+    if is_path(address) {
+        remove_dead_socket_file(&full_path(address, file))?;
+    }
+    in_directory(ctx, &directory, |ctx| {
+        let addr = sockaddr(address);
+        let at = ctx.remote.put(ADDR_AT, &addr)?;
+        ctx.remote
+            .syscall("bind", libc::SYS_bind, &[fd as u64, at, addr.len() as u64])
+            .with_context(|| format!("binding to {}", show_name(address)))?;
+        Ok(())
+    })
+}
+
+fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str) -> Result<()> {
+    in_directory(ctx, directory, |ctx| {
+        let addr = sockaddr(address);
+        let at = ctx.remote.put(ADDR_AT, &addr)?;
+        ctx.remote
+            .syscall("connect", libc::SYS_connect, &[fd as u64, at, addr.len() as u64])
+            .with_context(|| format!("connecting to {}", show_name(address)))?;
+        Ok(())
+    })
+}
+
+/// Runs `f` with the process's working directory at `directory` (unless empty), and puts
+/// the working directory back afterwards.
+fn in_directory(ctx: &mut RestoreCtx, directory: &str, f: impl FnOnce(&mut RestoreCtx) -> Result<()>) -> Result<()> {
+    if directory.is_empty() {
+        return f(ctx);
+    }
+    let dot = ctx.remote.put_path(PATH_AT, ".")?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let saved = ctx.remote.syscall("openat(.)", libc::SYS_openat, &[libc::AT_FDCWD as u64, dot, flags as u64, 0])?;
+    let dir = ctx.remote.put_path(PATH_AT, directory)?;
+    let result = ctx
+        .remote
+        .syscall("chdir", libc::SYS_chdir, &[dir])
+        .with_context(|| format!("changing to {directory}"))
+        .and_then(|_| f(ctx));
+    ctx.remote.syscall("fchdir", libc::SYS_fchdir, &[saved])?;
+    ctx.remote.syscall("close", libc::SYS_close, &[saved])?;
+    result
+}
+
+/// Live sockets bound to (or accepted through) the socket file with this inode.
+fn sockets_on_file(meta: &std::fs::Metadata) -> Result<Vec<u32>> {
+    let all = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS).context("sock_diag: listing UNIX sockets")?;
+    Ok(all
+        .iter()
+        .filter(|d| d.vfs.is_some_and(|(ino, dev)| ino as u64 == meta.ino() && unix_diag::decode_dev(dev) == meta.dev()))
+        .map(|d| d.inode)
+        .collect())
+}
+
+/// Removes the file at `path` if it is a socket file no live socket uses; refuses anything
+/// else in the way.
+fn remove_dead_socket_file(path: &str) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("stat of {path}")),
+    };
+    if !meta.file_type().is_socket() {
+        bail!("{path} exists and is not a socket file; crust removes only dead socket files before binding");
+    }
+    if let Some(live) = sockets_on_file(&meta)?.first() {
+        bail!("{path} is the socket file of a live socket (socket:[{live}]): the name is in use");
+    }
+    std::fs::remove_file(path).with_context(|| format!("removing the dead socket file {path}"))
+}
+
+/// The second step, once every process exists: queues, stand-ins, options, shutdowns,
+/// socket files. `files` are the descriptions this process created.
+pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
+    let socks: Vec<(u32, &UnixSocket)> = files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(open_file::Kind::UnixSocket(u)) => Some((f.id, u)),
+            _ => None,
+        })
+        .collect();
+    if socks.is_empty() {
+        return Ok(());
+    }
+    let pid = ctx.pid.as_raw();
+    let mut copies: BTreeMap<u64, OwnedFd> = BTreeMap::new();
+    for (id, s) in &socks {
+        copies.insert(s.inode, pidfd_getfd(&ctx.pidfd, pid, ctx.work_fd_floor + *id as i32)?);
+    }
+    let records: BTreeMap<u64, &UnixSocket> = socks.iter().map(|(_, s)| (s.inode, *s)).collect();
+    let mut stand_ins: BTreeMap<u64, (i32, OwnedFd)> = BTreeMap::new();
+    for (_, s) in socks.iter().filter(|(_, s)| s.peer_closed) {
+        let found = find_stand_in(ctx, copies[&s.inode].as_fd())
+            .with_context(|| format!("finding the stand-in peer of socket:[{}]", s.inode))?;
+        stand_ins.insert(s.inode, found);
+    }
+
+    for (_, s) in &socks {
+        refill(s, &records, &copies, &stand_ins).with_context(|| {
+            format!("refilling the queue of socket:[{}] ({}, {} message(s))", s.inode, show_name(&s.address), s.queued.len())
+        })?;
+    }
+    for (inode, (fd, stand_in)) in stand_ins {
+        if records[&inode].peer_reset {
+            // Data left unread in the peer when it closed: the survivor's next read fails
+            // with ECONNRESET.
+            socket::send(copies[&inode].as_fd(), b"!", None, None, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .with_context(|| format!("leaving unread data in the stand-in peer of socket:[{inode}]"))?;
+        }
+        let s = records[&inode];
+        if is_path(&s.peer_address) {
+            settle_file(&s.peer_address, s.peer_file.as_ref(), stand_in.as_fd())?;
+        }
+        drop(stand_in);
+        ctx.close_in_process(fd)?;
+    }
+    for (_, s) in &socks {
+        let fd = copies[&s.inode].as_fd();
+        set_options(fd, s).with_context(|| format!("setting the options of socket:[{}]", s.inode))?;
+        keep_connected_state(s, &records)?;
+        let how = match s.shutdown & (RCV_SHUTDOWN | SEND_SHUTDOWN) {
+            RCV_SHUTDOWN => Some(libc::SHUT_RD),
+            SEND_SHUTDOWN => Some(libc::SHUT_WR),
+            0 => None,
+            _ => Some(libc::SHUT_RDWR),
+        };
+        if let (Some(how), false) = (how, s.peer_closed) {
+            socket::shutdown(fd, how).with_context(|| format!("shutting socket:[{}] down", s.inode))?;
+        }
+        if is_path(&s.address) {
+            settle_file(&s.address, s.file.as_ref(), fd)?;
+        }
+    }
+    Ok(())
+}
+
+/// The stand-in made for a closed peer: the survivor's peer, found among the process's fds.
+fn find_stand_in(ctx: &RestoreCtx, survivor: BorrowedFd) -> Result<(i32, OwnedFd)> {
+    let inode = std::fs::File::from(survivor.try_clone_to_owned()?).metadata()?.ino();
+    let diag = unix_diag::query(inode as u32, unix_diag::SHOW_PEER)?.context("sock_diag does not know the survivor")?;
+    let peer = diag.peer.filter(|p| *p != 0).context("the survivor has no peer")?;
+    let pid = ctx.pid.as_raw();
+    let link = format!("socket:[{peer}]");
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        if std::fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy() == link) {
+            let fd: i32 = entry.file_name().to_string_lossy().parse()?;
+            return Ok((fd, pidfd_getfd(&ctx.pidfd, pid, fd)?));
+        }
+    }
+    bail!("pid {pid} does not hold {link}")
+}
+
+/// Writes the queued messages back into `s`, each through its sender.
+fn refill(
+    s: &UnixSocket,
+    records: &BTreeMap<u64, &UnixSocket>,
+    copies: &BTreeMap<u64, OwnedFd>,
+    stand_ins: &BTreeMap<u64, (i32, OwnedFd)>,
+) -> Result<()> {
+    if s.queued.is_empty() {
+        return Ok(());
+    }
+    let total: usize = s.queued.iter().map(|m| m.data.len()).sum();
+    let my_name = reachable_name(&s.address, s.file.as_ref());
+    let mut temporary: Option<OwnedFd> = None;
+    for m in &s.queued {
+        // (writer, name to send to when the writer is not connected to `s`)
+        let (writer, to): (BorrowedFd, Option<&[u8]>) = if s.peer_closed {
+            (stand_ins[&s.inode].1.as_fd(), None)
+        } else if s.r#type != libc::SOCK_DGRAM {
+            (copies.get(&s.peer_inode).context("the peer is not in this group")?.as_fd(), None)
+        } else if m.writer != 0 {
+            let connected = records.get(&m.writer).is_some_and(|w| w.peer_inode == s.inode);
+            let fd = copies.get(&m.writer).context("the sender is not in this group")?.as_fd();
+            (fd, if connected { None } else { Some(&my_name[..]) })
+        } else {
+            if temporary.is_none() {
+                temporary = Some(socket::unix_socket(libc::SOCK_DGRAM)?);
+            }
+            (temporary.as_ref().unwrap().as_fd(), Some(&my_name[..]))
+        };
+        make_room(writer, total)?;
+        let creds = m.credentials.as_ref().map(|c| Ucred { pid: c.pid, uid: c.uid, gid: c.gid });
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        if s.r#type == libc::SOCK_STREAM {
+            let mut sent = 0;
+            while sent < m.data.len() {
+                sent += socket::send(writer, &m.data[sent..], None, creds, flags)?;
+            }
+        } else {
+            let n = socket::send(writer, &m.data, to, creds, flags).map_err(|e| {
+                let full = e.errno() == Some(nix::errno::Errno::EAGAIN);
+                anyhow::Error::from(e).context(if full {
+                    "the receiving queue is full (more datagrams than net.unix.max_dgram_qlen allows from unconnected senders?)"
+                } else {
+                    "sending a queued message again"
+                })
+            })?;
+            if n != m.data.len() {
+                bail!("sent {n} of the {} bytes of a message", m.data.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Raises the sender's buffer so the whole queue fits (its own size is set afterwards).
+fn make_room(writer: BorrowedFd, total: usize) -> Result<()> {
+    let want = (2 * total + (1 << 20)).min(i32::MAX as usize / 2 - 1) as i32;
+    let now = socket::get_int(writer, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    if now < want {
+        socket::set_int(writer, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)?;
+    }
+    Ok(())
+}
+
+fn set_options(fd: BorrowedFd, s: &UnixSocket) -> Result<()> {
+    let set = |name: i32, value: i32| socket::set_int(fd, libc::SOL_SOCKET, name, value);
+    // setsockopt doubles what it is given (getsockopt reports the doubled value).
+    set(libc::SO_SNDBUFFORCE, s.send_buffer / 2)?;
+    set(libc::SO_RCVBUFFORCE, s.receive_buffer / 2)?;
+    if s.pass_credentials {
+        set(libc::SO_PASSCRED, 1)?;
+    }
+    if s.pass_security {
+        set(libc::SO_PASSSEC, 1)?;
+    }
+    if s.pass_pidfd {
+        set(socket::SO_PASSPIDFD, 1)?;
+    }
+    if s.refuse_rights {
+        set(socket::SO_PASSRIGHTS, 0)?;
+    }
+    if s.peek_offset != -1 {
+        set(libc::SO_PEEK_OFF, s.peek_offset)?;
+    }
+    if s.receive_lowat != 1 {
+        set(libc::SO_RCVLOWAT, s.receive_lowat)?;
+    }
+    for (name, us) in [(libc::SO_RCVTIMEO, s.receive_timeout_us), (libc::SO_SNDTIMEO, s.send_timeout_us)] {
+        if us != 0 {
+            let mut tv = ((us / 1_000_000) as i64).to_ne_bytes().to_vec();
+            tv.extend_from_slice(&((us % 1_000_000) as i64).to_ne_bytes());
+            socket::set_bytes(fd, libc::SOL_SOCKET, name, &tv)?;
+        }
+    }
+    Ok(())
+}
+
+/// A datagram socket that another socket had connected to shows as connected even without
+/// a peer of its own; a connect from a temporary socket of crust does the same.
+fn keep_connected_state(s: &UnixSocket, records: &BTreeMap<u64, &UnixSocket>) -> Result<()> {
+    let targeted = s.r#type == libc::SOCK_DGRAM && s.state == TCP_ESTABLISHED as i32 && s.peer_inode == 0 && !s.peer_closed;
+    let by_image = records.values().any(|r| r.peer_inode == s.inode);
+    if !targeted || by_image || s.address.is_empty() {
+        return Ok(());
+    }
+    let temporary = socket::unix_socket(libc::SOCK_DGRAM)?;
+    socket::connect(temporary.as_fd(), &reachable_name(&s.address, s.file.as_ref()))
+        .with_context(|| format!("marking socket:[{}] connected", s.inode))?;
+    Ok(())
+}
+
+/// Gives the socket file of `owner` its mode and owner, or removes it when it had been
+/// unlinked before the dump.
+fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd) -> Result<()> {
+    let Some(f) = file else { return Ok(()) };
+    let path = full_path(address, file);
+    let Ok(meta) = std::fs::symlink_metadata(&path) else { return Ok(()) };
+    let inode = std::fs::File::from(owner.try_clone_to_owned()?).metadata()?.ino();
+    let vfs = unix_diag::query(inode as u32, unix_diag::SHOW_VFS)?.and_then(|d| d.vfs);
+    let ours = vfs.is_some_and(|(ino, dev)| ino as u64 == meta.ino() && unix_diag::decode_dev(dev) == meta.dev());
+    if !ours {
+        return Ok(());
+    }
+    if !f.present {
+        return std::fs::remove_file(&path).with_context(|| format!("removing {path}, which had been unlinked before the dump"));
+    }
+    if meta.mode() & 0o7777 != f.mode {
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
+            .with_context(|| format!("chmod {:o} {path}", f.mode))?;
+    }
+    if (meta.uid(), meta.gid()) != (f.uid, f.gid) {
+        std::os::unix::fs::lchown(&path, Some(f.uid), Some(f.gid)).with_context(|| format!("chown {}:{} {path}", f.uid, f.gid))?;
+    }
+    Ok(())
+}
