@@ -167,6 +167,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     progress.step("verifying the image".into());
     let mut img = load(dir)?;
     apply_lease_policy(&mut img, opts.lease_policy);
+    forget_absent_lock_takers(&mut img);
     let root = img.inventory.root_pid;
     for entry in img.entries() {
         wait_pid_free(entry.pid)?;
@@ -715,6 +716,27 @@ fn apply_lease_policy(img: &mut LoadedImage, policy: Option<crate::kinds::leases
                     Policy::NoBreak.apply(lease);
                 }
             }
+        }
+    }
+}
+
+/// A flock lock is taken again by the process that took it only if that process is restored
+/// and holds the description; otherwise by the description's creator (taker_pid 0).
+fn forget_absent_lock_takers(img: &mut LoadedImage) {
+    let holds = |pid: u32, id: u32, img: &LoadedImage| {
+        img.processes.get(&pid).is_some_and(|p| p.files.fds.iter().any(|f| f.open_file_id == id))
+    };
+    let mut absent = Vec::new();
+    for f in &img.open_files.open_files {
+        for (i, l) in f.locks.iter().enumerate() {
+            if l.taker_pid != 0 && !holds(l.taker_pid, f.id, img) {
+                absent.push((f.id, i));
+            }
+        }
+    }
+    for (id, i) in absent {
+        if let Some(f) = img.open_files.open_files.iter_mut().find(|f| f.id == id) {
+            f.locks[i].taker_pid = 0;
         }
     }
 }

@@ -586,11 +586,9 @@ fn flock_locks_of_descriptions_shared_across_fork_come_back() {
 
 /// A flock lock taken by a child through a description its parent opened before the fork:
 /// /proc/locks shows the child's pid (the taker) before the dump. After the restore the lock
-/// is held by the description again (the conflicts are the same), but crust takes it again
-/// in the process that recreates the description, the parent, so /proc/locks shows the
-/// parent's pid: the image does not record who took a flock lock.
+/// is held by the description again (the conflicts are the same), and it is the child, the
+/// taker recorded in the image, that takes it again, so /proc/locks shows the child's pid.
 #[test]
-#[ignore = "known gap: /proc/locks shows the pid of the process that recreated the description, not of the child that took the flock lock (the image does not record the taker)"]
 fn flock_lock_taken_by_a_child_through_an_inherited_description_keeps_its_pid() {
     let mut t = LockTree::spawn("lock_flock", &["child"]);
     let fs_ = files(&t, &["w"]);

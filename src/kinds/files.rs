@@ -258,6 +258,20 @@ impl Kind for Files {
         super::inotify::add_watches(ctx, record)?;
         super::epoll::register_targets(ctx, record)?;
         super::inotify::drop_restore_events(ctx)?;
+        // flock locks this process took through a description another process recreated.
+        let mut done = Vec::new();
+        for fd in &record.fds {
+            let Some(file) = ctx.open_files.open_files.iter().find(|o| o.id == fd.open_file_id) else { continue };
+            if done.contains(&file.id) {
+                continue;
+            }
+            done.push(file.id);
+            let mine: Vec<_> = file.locks.iter().filter(|l| l.taker_pid == ctx.pid.as_raw() as u32).cloned().collect();
+            for lock in mine {
+                let name = describe(file);
+                super::locks::take(ctx, fd.fd, &lock, &name)?;
+            }
+        }
         // POSIX locks belong to the process and vanish when it closes any fd of the file: they
         // come last, once no fd will be closed any more.
         for posix in &record.posix_locks {
@@ -299,7 +313,10 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
         ctx.remote.syscall("dup3", libc::SYS_dup3, &[fd as u64, work, libc::O_CLOEXEC as u64])?;
         // flock and OFD locks belong to the description: taken once, here.
         for lock in &file.locks {
-            super::locks::take(ctx, fd, lock, &describe(file))?;
+            // A flock lock whose taker holds the description is taken again by the taker.
+            if lock.taker_pid == 0 || lock.taker_pid == ctx.pid.as_raw() as u32 {
+                super::locks::take(ctx, fd, lock, &describe(file))?;
+            }
         }
         if let Some(lease) = &file.lease {
             super::leases::take(ctx, fd, lease)?;

@@ -100,6 +100,9 @@ pub fn record(line: &LockLine) -> Result<FileLock> {
     };
     let mut lock = FileLock { write, start: line.start, length: line.end.map(|e| e - line.start + 1).unwrap_or(0), ..Default::default() };
     lock.set_kind(kind);
+    if kind == LockKind::Flock && line.pid > 0 {
+        lock.taker_pid = line.pid as u32;
+    }
     Ok(lock)
 }
 
