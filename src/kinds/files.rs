@@ -285,12 +285,12 @@ impl Kind for Files {
                 .unwrap_or_else(|| format!("fd {}", posix.fd));
             super::locks::take(ctx, posix.fd, lock, &name)?;
         }
-        super::credentials::enter_fs_identity(ctx)?;
+        // The working directory is entered with crust's credentials, like mapped files: the
+        // process had it (it may have entered it before giving up privileges).
         let addr = ctx.remote.put_path(0, &record.cwd)?;
         ctx.remote
             .syscall("chdir", libc::SYS_chdir, &[addr])
             .with_context(|| format!("changing to the working directory {}", record.cwd))?;
-        super::credentials::leave_fs_identity(ctx)?;
         if record.root != "/" {
             let addr = ctx.remote.put_path(0, &record.root)?;
             ctx.remote
