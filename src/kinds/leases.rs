@@ -173,7 +173,8 @@ fn probe_is_write(path: &str) -> Result<bool> {
 }
 
 /// Sets the lease again, in its pre-break type, on the description just recreated (`fd` in
-/// the creating process), with its signal and owner.
+/// the creating process), with its signal. Its signal owner is given later, by [`place`]:
+/// it may be a process or group that does not exist yet at this point.
 pub fn take(ctx: &mut RestoreCtx, fd: i32, lease: &Lease) -> Result<()> {
     let r = &mut *ctx.remote;
     let kind = if lease.write { libc::F_WRLCK } else { libc::F_RDLCK };
@@ -182,12 +183,40 @@ pub fn take(ctx: &mut RestoreCtx, fd: i32, lease: &Lease) -> Result<()> {
     if lease.signal != 0 {
         r.syscall("fcntl(F_SETSIG)", libc::SYS_fcntl, &[fd as u64, F_SETSIG as u64, lease.signal as u64])?;
     }
-    let mut owner = Vec::new();
-    owner.extend_from_slice(&lease.owner_type.to_ne_bytes());
-    owner.extend_from_slice(&lease.owner_id.to_ne_bytes());
-    let addr = r.put(0, &owner)?;
-    r.syscall("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, &[fd as u64, crate::sys::F_SETOWN_EX as u64, addr])
-        .with_context(|| format!("giving the lease on {} its signal owner", lease.path))?;
+    Ok(())
+}
+
+/// Called when the fds of a process are in place (every process and process group of the
+/// tree exists by then; the tree is frozen and no break has been restarted yet): for each
+/// lease whose recorded holder fd is one of this process's fds,
+/// - takes the lease again, in the same type, through that fd: the kernel signals the break
+///   with si_fd = the fd number given to F_SETLEASE (kept in the lease's fasync entry, which
+///   F_SETLEASE on the same description updates), and `take` used crust's working fd number;
+/// - gives the lease its recorded signal owner (F_SETOWN_EX): it may be another process of
+///   the tree (a child of the holder), which did not exist yet when `take` ran.
+///
+/// (Fix: `take` set the owner, before the children were forked: an F_SETOWN to a child failed
+/// the restore with ESRCH; and restored leases signalled crust's working fd number as si_fd.)
+/// An owner that is a thread other than a main thread (F_OWNER_TID) is not created yet here
+/// either: that restore still fails with ESRCH.
+pub fn place(ctx: &mut RestoreCtx, fds: &[crate::image::proto::Fd]) -> Result<()> {
+    for fd in fds {
+        let Some(file) = ctx.open_files.open_files.iter().find(|f| f.id == fd.open_file_id) else { continue };
+        let Some(lease) = file.lease.as_ref() else { continue };
+        if lease.holder_pid as i32 != ctx.pid.as_raw() || lease.holder_fd != fd.fd {
+            continue;
+        }
+        let r = &mut *ctx.remote;
+        let kind = if lease.write { libc::F_WRLCK } else { libc::F_RDLCK };
+        r.syscall("fcntl(F_SETLEASE)", libc::SYS_fcntl, &[fd.fd as u64, F_SETLEASE as u64, kind as u64])
+            .with_context(|| format!("taking the lease on {} again through fd {}", lease.path, fd.fd))?;
+        let mut owner = Vec::new();
+        owner.extend_from_slice(&lease.owner_type.to_ne_bytes());
+        owner.extend_from_slice(&lease.owner_id.to_ne_bytes());
+        let addr = r.put(0, &owner)?;
+        r.syscall("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, &[fd.fd as u64, crate::sys::F_SETOWN_EX as u64, addr])
+            .with_context(|| format!("giving the lease on {} its signal owner ({} {})", lease.path, lease.owner_type, lease.owner_id))?;
+    }
     Ok(())
 }
 
