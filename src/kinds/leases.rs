@@ -384,6 +384,15 @@ fn end_break(copy: &OwnedFd, target: i32) -> Result<()> {
 fn spawn_timer(copy: OwnedFd, remaining: Duration, target: i32) -> Result<()> {
     let deadline = Instant::now() + remaining;
     crate::sys::spawn_detached(move || {
+        // The timer outlives crust: it must not keep crust's stdout and stderr open (a caller
+        // reading crust's output to its end, `$(crust restore -d ...)`, would wait for the
+        // break to end).
+        // (Fix: it kept them, and such a restore returned only when the break was over.)
+        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdin(&null);
+            let _ = nix::unistd::dup2_stdout(&null);
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         std::thread::sleep(left);
         let _ = end_break(&copy, target);
