@@ -253,6 +253,8 @@ impl Kind for Files {
                 .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
+        // Leases: their signal owner, and si_fd naming the holder's fd (see leases.rs).
+        super::leases::place(ctx, &record.fds)?;
         // Registrations that name other fds of the process by number need them all in place;
         // inotify watches come after every open of the tree (and then what restoring queued goes).
         super::inotify::add_watches(ctx, record)?;

@@ -173,7 +173,8 @@ fn probe_is_write(path: &str) -> Result<bool> {
 }
 
 /// Sets the lease again, in its pre-break type, on the description just recreated (`fd` in
-/// the creating process), with its signal and owner.
+/// the creating process), with its signal. Its signal owner is given later, by [`place`]:
+/// it may be a process or group that does not exist yet at this point.
 pub fn take(ctx: &mut RestoreCtx, fd: i32, lease: &Lease) -> Result<()> {
     let r = &mut *ctx.remote;
     let kind = if lease.write { libc::F_WRLCK } else { libc::F_RDLCK };
@@ -182,12 +183,40 @@ pub fn take(ctx: &mut RestoreCtx, fd: i32, lease: &Lease) -> Result<()> {
     if lease.signal != 0 {
         r.syscall("fcntl(F_SETSIG)", libc::SYS_fcntl, &[fd as u64, F_SETSIG as u64, lease.signal as u64])?;
     }
-    let mut owner = Vec::new();
-    owner.extend_from_slice(&lease.owner_type.to_ne_bytes());
-    owner.extend_from_slice(&lease.owner_id.to_ne_bytes());
-    let addr = r.put(0, &owner)?;
-    r.syscall("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, &[fd as u64, crate::sys::F_SETOWN_EX as u64, addr])
-        .with_context(|| format!("giving the lease on {} its signal owner", lease.path))?;
+    Ok(())
+}
+
+/// Called when the fds of a process are in place (every process and process group of the
+/// tree exists by then; the tree is frozen and no break has been restarted yet): for each
+/// lease whose recorded holder fd is one of this process's fds,
+/// - takes the lease again, in the same type, through that fd: the kernel signals the break
+///   with si_fd = the fd number given to F_SETLEASE (kept in the lease's fasync entry, which
+///   F_SETLEASE on the same description updates), and `take` used crust's working fd number;
+/// - gives the lease its recorded signal owner (F_SETOWN_EX): it may be another process of
+///   the tree (a child of the holder), which did not exist yet when `take` ran.
+///
+/// (Fix: `take` set the owner, before the children were forked: an F_SETOWN to a child failed
+/// the restore with ESRCH; and restored leases signalled crust's working fd number as si_fd.)
+/// An owner that is a thread other than a main thread (F_OWNER_TID) is not created yet here
+/// either: that restore still fails with ESRCH.
+pub fn place(ctx: &mut RestoreCtx, fds: &[crate::image::proto::Fd]) -> Result<()> {
+    for fd in fds {
+        let Some(file) = ctx.open_files.open_files.iter().find(|f| f.id == fd.open_file_id) else { continue };
+        let Some(lease) = file.lease.as_ref() else { continue };
+        if lease.holder_pid as i32 != ctx.pid.as_raw() || lease.holder_fd != fd.fd {
+            continue;
+        }
+        let r = &mut *ctx.remote;
+        let kind = if lease.write { libc::F_WRLCK } else { libc::F_RDLCK };
+        r.syscall("fcntl(F_SETLEASE)", libc::SYS_fcntl, &[fd.fd as u64, F_SETLEASE as u64, kind as u64])
+            .with_context(|| format!("taking the lease on {} again through fd {}", lease.path, fd.fd))?;
+        let mut owner = Vec::new();
+        owner.extend_from_slice(&lease.owner_type.to_ne_bytes());
+        owner.extend_from_slice(&lease.owner_id.to_ne_bytes());
+        let addr = r.put(0, &owner)?;
+        r.syscall("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, &[fd.fd as u64, crate::sys::F_SETOWN_EX as u64, addr])
+            .with_context(|| format!("giving the lease on {} its signal owner ({} {})", lease.path, lease.owner_type, lease.owner_id))?;
+    }
     Ok(())
 }
 
@@ -248,17 +277,37 @@ impl Policy {
 /// `copy` is crust's copy of the description (taken from a restored process).
 pub fn restart_break(lease: &Lease, copy: OwnedFd) -> Result<()> {
     let remaining = Duration::from_millis(lease.remaining_ms);
+    // A downgrade break of a lease held through a description open for writing can only be
+    // ended by the kernel itself: F_SETLEASE F_RDLCK is refused (EAGAIN) while the file is open
+    // for writing, the description's own write access included, so crust's timer cannot
+    // downgrade it. The kernel's own deadline must then be the recorded one: crust waits the
+    // fraction of a second first (the tree is still frozen) and starts the break with
+    // lease-break-time set, for that instant, to the whole seconds left (at least 1: with 0 the
+    // kernel sets no deadline at all; a remaining time under a second thus lasts one second).
+    // (Fix: the timer's F_SETLEASE F_RDLCK failed with EAGAIN, taken for "the holder ended the
+    // break first", and the break went on until the kernel's deadline: whole seconds, and the
+    // full lease-break-time when that was longer than the remaining time.)
+    let writable = crate::sys::fcntl_int(copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_ACCMODE != libc::O_RDONLY;
+    let kernel_ends = !lease.break_to_unlock && writable;
+    let (delay, kernel_secs) = if kernel_ends {
+        let whole = remaining.as_secs().max(1);
+        (remaining.saturating_sub(Duration::from_secs(whole)), whole as u32)
+    } else {
+        (Duration::ZERO, remaining.as_secs() as u32 + u32::from(remaining.subsec_nanos() > 0))
+    };
+    std::thread::sleep(delay);
     // 1. Nobody is signalled by the new break: the holder was already signalled before the
     //    checkpoint (or the signal is pending in the image and is delivered once).
     let owner = get_owner(&copy)?;
     set_owner(&copy, (crate::sys::F_OWNER_PID, 0))?;
     // 2. Start the break with an open by crust, after making the kernel's deadline at least as
-    //    far as the remaining time (lease-break-time is global and whole seconds: it is raised
-    //    only for the instant of the open and always put back).
+    //    far as the remaining time (exactly it, for a break only the kernel can end).
+    //    lease-break-time is global and whole seconds: it is changed only for the instant of the
+    //    open and always put back.
     let started = (|| -> Result<()> {
         let current = lease_break_time()?;
-        let needed = remaining.as_secs() as u32 + u32::from(remaining.subsec_nanos() > 0);
-        let _restore = if needed > current { Some(TempBreakTime::set(needed, current)?) } else { None };
+        let change = if kernel_ends { kernel_secs != current } else { kernel_secs > current };
+        let _restore = if change { Some(TempBreakTime::set(kernel_secs, current)?) } else { None };
         let mut options = File::options();
         if lease.break_to_unlock {
             options.write(true);
@@ -274,8 +323,12 @@ pub fn restart_break(lease: &Lease, copy: OwnedFd) -> Result<()> {
     let back = set_owner(&copy, owner);
     started?;
     back?;
-    // 3. End the break when the remaining time is over.
+    // 3. End the break when the remaining time is over. (Where the kernel ends it, the timer
+    //    only makes the kernel look a moment after its deadline: expiry is lazy.)
     let target = if lease.break_to_unlock { libc::F_UNLCK } else { libc::F_RDLCK };
+    if kernel_ends {
+        return spawn_timer(copy, Duration::from_secs(kernel_secs as u64) + Duration::from_millis(20), target);
+    }
     if remaining.is_zero() {
         return end_break(&copy, target);
     }
@@ -314,8 +367,14 @@ fn set_owner(copy: &OwnedFd, owner: (i32, i32)) -> Result<()> {
 /// complete, the breakers' opens go on.
 fn end_break(copy: &OwnedFd, target: i32) -> Result<()> {
     match crate::sys::fcntl_int(copy.as_raw_fd(), F_SETLEASE, target) {
-        // The holder gave the lease up (or it was removed) first: nothing to end.
-        Ok(_) | Err(Errno::EAGAIN) | Err(Errno::ENOENT) => Ok(()),
+        Ok(_) => Ok(()),
+        // The holder gave the lease up (or it was removed) first, or only the kernel can end
+        // this break (see restart_break): make the kernel look, which ends a break whose
+        // deadline is over.
+        Err(Errno::EAGAIN) | Err(Errno::ENOENT) => {
+            let _ = get_lease(copy);
+            Ok(())
+        }
         Err(e) => Err(e).context("ending the lease break"),
     }
 }
@@ -325,6 +384,15 @@ fn end_break(copy: &OwnedFd, target: i32) -> Result<()> {
 fn spawn_timer(copy: OwnedFd, remaining: Duration, target: i32) -> Result<()> {
     let deadline = Instant::now() + remaining;
     crate::sys::spawn_detached(move || {
+        // The timer outlives crust: it must not keep crust's stdout and stderr open (a caller
+        // reading crust's output to its end, `$(crust restore -d ...)`, would wait for the
+        // break to end).
+        // (Fix: it kept them, and such a restore returned only when the break was over.)
+        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdin(&null);
+            let _ = nix::unistd::dup2_stdout(&null);
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         std::thread::sleep(left);
         let _ = end_break(&copy, target);

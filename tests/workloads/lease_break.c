@@ -1,0 +1,221 @@
+/*
+ * lease_break: a lease caught in the middle of a break, by breakers of the same tree.
+ *
+ * argv: STATUS LEASE ACCESS BREAKERS FLAGS WATCH
+ *   LEASE     r | w: the holder's lease type
+ *   ACCESS    ro | rw: the holder's description is O_RDONLY or O_RDWR
+ *   BREAKERS  comma list (or "-"), started in this order, each blocked (or done) before the next:
+ *               w   a child that open()s the file O_WRONLY and blocks (an unlock break)
+ *               r   a child that open()s it O_RDONLY and blocks (a downgrade break)
+ *               nw  a child whose open(O_WRONLY|O_NONBLOCK) fails with EAGAIN (the break runs
+ *                   with nobody waiting); after .go it open()s O_WRONLY again, blocking
+ *   FLAGS     comma list (or "-"):
+ *               block    the holder blocks its lease signal before the break: at the dump the
+ *                        signal is pending; it is unblocked after .go
+ *               release  the holder gives the lease up (F_SETLEASE F_UNLCK) right after .go
+ *   WATCH     seconds the holder watches its lease after .go, at most: it stops 1 s after
+ *             every breaker's open has returned
+ *
+ * The data file is STATUS.data. The holder's lease signal is SIGRTMIN+1 (F_SETSIG), handled.
+ *
+ * Lines (times are CLOCK_MONOTONIC seconds):
+ *   START bI pid=P kind=K t=T        breaker I is about to open()
+ *   NBOPEN bI pid=P rc=R errno=E t=T (nw) the non-blocking open returned
+ *   OPENED bI pid=P rc=R errno=E t=T the (blocking) open returned
+ *   READY holder pid=P fd=F sig=S breakers=P1,P2...
+ *   SIGNAL holder n=N signo=S si_fd=F code=C t=T   every lease signal, when received
+ *   GO t=T / UNBLOCK t=T / RELEASE rc=R t=T
+ *   GETLEASE v=READ|WRITE|UNLCK t=T  F_GETLEASE, when it changes after .go
+ *   FDINFO v=MODE TYPE|none t=T      the fdinfo lease line, when it changes after .go
+ *   DONE sigs=N getlease=V fdinfo=V  at the end of WATCH; then PASS / FAIL
+ * The holder checks itself that every signal is its lease signal with si_fd = its fd, and that
+ * every breaker exits 0 (a breaker checks that its blocking open succeeded).
+ */
+#include "lease_common.h"
+#include <sys/wait.h>
+
+#define MAX_BREAKERS 8
+
+static char data[4300];
+
+static int status_has(const char *needle)
+{
+	static char buf[65536];
+	if (read_file(wl_status, buf, sizeof(buf)) < 0)
+		return 0;
+	return strstr(buf, needle) != NULL;
+}
+
+static __attribute__((noreturn)) void breaker(int i, const char *kind)
+{
+	int nb = kind[0] == 'n';
+	int flags = (strchr(kind, 'w') ? O_WRONLY : O_RDONLY) | O_CLOEXEC;
+	status("START b%d pid=%d kind=%s t=%.6f", i, (int)getpid(), kind, mono_now());
+	if (nb) {
+		int r = open(data, flags | O_NONBLOCK);
+		int e = r < 0 ? errno : 0;
+		status("NBOPEN b%d pid=%d rc=%d errno=%d t=%.6f", i, (int)getpid(), r, e, mono_now());
+		if (r >= 0)
+			close(r);
+		while (!go_requested())
+			sleep_ms(10);
+	}
+	int r = open(data, flags);
+	int e = r < 0 ? errno : 0;
+	status("OPENED b%d pid=%d rc=%d errno=%d t=%.6f", i, (int)getpid(), r, e, mono_now());
+	while (!go_requested())
+		sleep_ms(10);
+	_exit(r >= 0 ? 0 : 1);
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	if (argc < 7)
+		die("usage: lease_break STATUS r|w ro|rw BREAKERS FLAGS WATCH");
+	int want_write = strcmp(argv[2], "w") == 0;
+	int rw = strcmp(argv[3], "rw") == 0;
+	int block = strstr(argv[5], "block") != NULL;
+	int release = strstr(argv[5], "release") != NULL;
+	double watch = atof(argv[6]);
+	int sig = SIGRTMIN + 1;
+	snprintf(data, sizeof(data), "%s.data", wl_status);
+
+	int c = open(data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (c < 0 || write(c, "leased data\n", 12) != 12)
+		die("creating %s: %s", data, strerror(errno));
+	close(c);
+	int fd = open(data, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0)
+		die("open %s: %s", data, strerror(errno));
+	lease_catch(sig);
+	if (fcntl(fd, F_SETSIG, sig))
+		die("F_SETSIG: %s", strerror(errno));
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	if (block)
+		sigprocmask(SIG_BLOCK, &set, NULL);
+	if (fcntl(fd, F_SETLEASE, want_write ? F_WRLCK : F_RDLCK))
+		die("F_SETLEASE %s: %s", argv[2], strerror(errno));
+
+	pid_t kids[MAX_BREAKERS];
+	int nkids = 0;
+	char pids[256] = "";
+	char list[256];
+	snprintf(list, sizeof(list), "%s", argv[4]);
+	for (char *k = strtok(list, ","); k && strcmp(k, "-") != 0; k = strtok(NULL, ",")) {
+		if (nkids == MAX_BREAKERS)
+			die("too many breakers");
+		int i = nkids + 1;
+		pid_t p = fork();
+		if (p < 0)
+			die("fork: %s", strerror(errno));
+		if (p == 0) {
+			close(fd);
+			breaker(i, k);
+		}
+		kids[nkids++] = p;
+		snprintf(pids + strlen(pids), sizeof(pids) - strlen(pids), "%s%d", nkids > 1 ? "," : "", (int)p);
+		/* wait until this breaker is in its place before starting the next one */
+		char needle[64];
+		double deadline = mono_now() + 10;
+		for (;;) {
+			if (k[0] == 'n') {
+				snprintf(needle, sizeof(needle), "NBOPEN b%d ", i);
+				if (status_has(needle))
+					break;
+			} else if (lease_is_breaker(p)) {
+				break;
+			}
+			snprintf(needle, sizeof(needle), "OPENED b%d ", i);
+			if (status_has(needle))
+				die("breaker b%d (%s) was not blocked by the lease", i, k);
+			if (mono_now() > deadline)
+				die("breaker b%d (%s) not in place within 10 s", i, k);
+			sleep_ms(2);
+		}
+	}
+
+	/* The break signal: received (or, blocked, pending) before READY. */
+	int reported = 0;
+	if (nkids) {
+		double deadline = mono_now() + 5;
+		for (;;) {
+			sigset_t pending;
+			sigpending(&pending);
+			if (block ? sigismember(&pending, sig) : lease_sig_count > 0)
+				break;
+			if (mono_now() > deadline)
+				die("no lease signal %s within 5 s of the break", block ? "pending" : "received");
+			sleep_ms(2);
+		}
+	}
+	lease_report_signals("holder", &reported);
+	status("READY holder pid=%d fd=%d sig=%d breakers=%s", (int)getpid(), fd, sig, nkids ? pids : "-");
+	while (!go_requested()) {
+		lease_report_signals("holder", &reported);
+		sleep_ms(5);
+	}
+	status("GO t=%.6f", mono_now());
+	if (block) {
+		status("UNBLOCK t=%.6f", mono_now());
+		sigprocmask(SIG_UNBLOCK, &set, NULL);
+	}
+	if (release) {
+		double t = mono_now();
+		int r = fcntl(fd, F_SETLEASE, F_UNLCK);
+		status("RELEASE rc=%d t=%.6f", r, t);
+		CHECK(r == 0, "F_SETLEASE F_UNLCK: %s", strerror(errno));
+	}
+	char last_get[16] = "", last_info[64] = "";
+	double end = mono_now() + watch;
+	int all_opened = 0;
+	while (mono_now() < end) {
+		if (!all_opened) {
+			all_opened = 1;
+			for (int i = 1; i <= nkids && all_opened; i++) {
+				char needle[32];
+				snprintf(needle, sizeof(needle), "OPENED b%d ", i);
+				all_opened = status_has(needle);
+			}
+			if (all_opened && mono_now() + 1 < end)
+				end = mono_now() + 1;
+		}
+		lease_report_signals("holder", &reported);
+		const char *g = lease_get(fd);
+		if (strcmp(g, last_get) != 0) {
+			snprintf(last_get, sizeof(last_get), "%s", g);
+			status("GETLEASE v=%s t=%.6f", g, mono_now());
+		}
+		char info[64];
+		lease_fdinfo(fd, info, sizeof(info));
+		if (strcmp(info, last_info) != 0) {
+			snprintf(last_info, sizeof(last_info), "%s", info);
+			status("FDINFO v=%s t=%.6f", info, mono_now());
+		}
+		sleep_ms(5);
+	}
+	lease_report_signals("holder", &reported);
+	for (int i = 0; i < reported && i < LEASE_SIG_MAX; i++) {
+		CHECK(lease_sigs[i].signo == sig, "signal %d is %d, not the lease signal %d", i + 1, lease_sigs[i].signo,
+		      sig);
+		CHECK(lease_sigs[i].fd == fd, "signal %d has si_fd %d, not the leased fd %d", i + 1, lease_sigs[i].fd, fd);
+	}
+	status("DONE sigs=%d getlease=%s fdinfo=%s", (int)lease_sig_count, last_get, last_info);
+	for (int i = 0; i < nkids; i++) {
+		int st = 0;
+		double deadline = mono_now() + 15;
+		pid_t r;
+		while ((r = waitpid(kids[i], &st, WNOHANG)) == 0 && mono_now() < deadline)
+			sleep_ms(5);
+		if (r != kids[i]) {
+			check_failed("breaker b%d (pid %d) did not end", i + 1, (int)kids[i]);
+			kill(kids[i], SIGKILL);
+			waitpid(kids[i], &st, 0);
+		} else {
+			CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "breaker b%d ended with wait status 0x%x", i + 1, st);
+		}
+	}
+	finish("holder sigs=%d", (int)lease_sig_count);
+}
