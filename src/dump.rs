@@ -64,12 +64,14 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     let started = Instant::now();
     let progress = Progress::new("dump");
     let root = Pid::from_raw(root);
+    crate::kinds::leases::break_time::repair_left_behind();
     precheck(root)?;
     let image = ImageDir::create(dir)?;
     let frozen_at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
 
     progress.step(format!("freezing the tree of pid {root}"));
-    crate::kinds::leases::remember_breakers();
+    // Lease breakers are sampled while they still wait; remaining times count from here.
+    crate::kinds::leases::before_freeze();
     let freeze_start = Instant::now();
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();

@@ -23,14 +23,21 @@ pub fn list(files: &OpenFiles) -> Vec<String> {
                 TimeMethod::BreakerWait => "estimated from the breaker's wait",
                 TimeMethod::AssumedFull => "unknown: the full lease-break-time is assumed",
                 TimeMethod::Edited => "set by crust lease",
+                TimeMethod::RestoredDeadline => "the deadline crust gave the kernel at an earlier restore",
                 TimeMethod::Unknown => "unknown",
             };
             let breakers: Vec<String> = l.breakers.iter().map(|b| b.to_string()).collect();
             line += &format!(
-                ", being broken to {target} (pre-break type found by {}); breakers: {}; {:.3} s left ({method}){}",
+                ", being broken to {target} (pre-break type found by {}); breakers: {}; {:.3} s left ({method}, \u{b1}{} ms){}{}",
                 l.type_method,
                 if breakers.is_empty() { "none waiting".to_string() } else { breakers.join(", ") },
                 l.remaining_ms as f64 / 1000.0,
+                l.remaining_precision_ms,
+                if l.downgrade_remaining_ms != 0 {
+                    format!("; downgraded to read in {:.3} s", l.downgrade_remaining_ms as f64 / 1000.0)
+                } else {
+                    String::new()
+                },
                 if l.no_break { "; restore will NOT restart the break" } else { "" }
             );
         }

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod dump;
+pub mod fault;
 pub mod image;
 pub mod kinds;
 pub mod lease_cmd;

@@ -163,6 +163,7 @@ fn wait_pid_free(pid: u32) -> Result<()> {
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let started = Instant::now();
+    crate::kinds::leases::break_time::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
     let mut img = load(dir)?;
@@ -391,13 +392,16 @@ impl Tree {
             progress.step(format!("pid {pid}: restoring its state"));
             self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
         }
-        // Breaks that were in progress start again, while everything is still frozen.
-        self.restart_lease_breaks(img)?;
+        self.take_leases_again(img)?;
+        for pid in img.processes.keys() {
+            self.finish_process(img, *pid).with_context(|| format!("restoring pid {pid}: credentials"))?;
+        }
+        let lease_breaks = self.plan_lease_breaks(img)?;
         // A foreground job gets the terminal before it runs (else its first read stops it).
         if let Some((terminal, pgid)) = foreground {
             terminal.give_foreground(pgid)?;
         }
-        // Release everything at once, so the tree resumes together.
+        // Every thread gets its registers and mask; none runs before the detach below.
         for (pid, building) in &mut self.building {
             let threads = &img.processes[pid].core.threads;
             let remotes = std::iter::once(&mut building.remote).chain(building.threads.iter_mut());
@@ -406,6 +410,13 @@ impl Tree {
                 remote.park_with_registers(&registers::resume_registers(thread)?)?;
             }
         }
+        // Breaks that were in progress start again, each at its moment before the resume, so
+        // the kernel ends each one at its recorded time after it.
+        if !lease_breaks.is_empty() {
+            progress.step("starting the lease breaks again".into());
+        }
+        crate::kinds::leases::restart::run(lease_breaks)?;
+        // Release everything at once, so the tree resumes together.
         for building in self.building.values() {
             for remote in std::iter::once(&building.remote).chain(&building.threads) {
                 ptrace::detach(remote.pid())?;
@@ -456,9 +467,10 @@ impl Tree {
         Ok(())
     }
 
-    /// Starts again every lease break recorded in progress (see kinds/leases.rs), through a
-    /// copy of the restored description taken from a process holding it.
-    fn restart_lease_breaks(&mut self, img: &LoadedImage) -> Result<()> {
+    /// Plans the restart of every lease break recorded in progress (see kinds/leases/restart.rs),
+    /// through a copy of the restored description taken from a process holding it.
+    fn plan_lease_breaks(&mut self, img: &LoadedImage) -> Result<Vec<crate::kinds::leases::restart::BreakRestart>> {
+        let mut plans = Vec::new();
         for file in &img.open_files.open_files {
             let Some(lease) = file.lease.as_ref().filter(|l| l.breaking && !l.no_break) else { continue };
             let holder = img
@@ -468,10 +480,9 @@ impl Tree {
                 .context("a leased description without a holder")?;
             let pidfd = pidfd_open(holder.0 as i32)?;
             let copy = crate::sys::pidfd::pidfd_getfd(&pidfd, holder.0 as i32, holder.1)?;
-            crate::kinds::leases::restart_break(lease, copy)
-                .with_context(|| format!("restarting the lease break on {} (holder pid {})", lease.path, holder.0))?;
+            plans.push(crate::kinds::leases::restart::plan(lease, holder.0, copy)?);
         }
-        Ok(())
+        Ok(plans)
     }
 
     /// Now that every process exists, each creator finishes the descriptions it created
@@ -560,8 +571,7 @@ impl Tree {
         identity::restore_rlimits(&mut ctx, &p.core.rlimits)?;
         let (leader, others) = p.core.threads.split_first().context("image has no thread")?;
         ThreadState::restore(&mut ctx, leader)?;
-        let creds = p.core.credentials.clone().context("image has no credentials")?;
-        // Credentials belong to each thread: the leader's go last, after it created the others.
+        // Credentials belong to each thread: they are restored by finish_process.
         let created = create_threads(ctx.remote, others, helper)?;
         let pidfd = ctx.pidfd.try_clone()?;
         let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
@@ -579,12 +589,50 @@ impl Tree {
                 open_files: &img.open_files,
             };
             ThreadState::restore(&mut tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))?;
+        }
+        Ok(())
+    }
+
+    /// The last step of each process, once every process and thread of the tree exists and
+    /// the leases are taken: credentials (each thread's, the leader's last), dumpable, and
+    /// crust's helper area goes.
+    fn finish_process(&mut self, img: &LoadedImage, pid: u32) -> Result<()> {
+        let p = &img.processes[&pid];
+        let helper = self.helper;
+        let creds = p.core.credentials.clone().context("image has no credentials")?;
+        let others = &p.core.threads[1..];
+        let ctx = self.ctx(img, pid)?;
+        let pidfd = ctx.pidfd.try_clone()?;
+        let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
+        let building = self.building.get_mut(&pid).unwrap();
+        for (remote, thread) in building.threads.iter_mut().zip(others) {
+            let mut tctx = RestoreCtx {
+                pid: Pid::from_raw(pid as i32),
+                remote,
+                image: &img.dir,
+                pidfd: pidfd.try_clone()?,
+                work_fd_floor,
+                temp_fd_floor,
+                fs_identity: fs_identity.clone(),
+                open_files: &img.open_files,
+            };
             Credentials::restore(&mut tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))?;
         }
         let mut ctx = self.ctx(img, pid)?;
         Credentials::restore(&mut ctx, &creds)?;
         identity::restore_dumpable(&mut ctx, &p.core.control.clone().unwrap_or_default())?;
         memory::unmap_helper(ctx.remote, helper)?;
+        Ok(())
+    }
+
+    /// Leases are taken again by their holders once every process and thread exists (the
+    /// signal owner may be any of them) and memory is in place (a leased file the holder has
+    /// mapped is mapped through the restored description), before credentials are restored.
+    fn take_leases_again(&mut self, img: &LoadedImage) -> Result<()> {
+        for (pid, p) in &img.processes {
+            let mut ctx = self.ctx(img, *pid)?;
+            crate::kinds::leases::take_again(&mut ctx, &p.files.fds).with_context(|| format!("pid {pid}: its leases"))?;
+        }
         Ok(())
     }
 }

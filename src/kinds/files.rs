@@ -162,7 +162,7 @@ impl Kind for Files {
             let mut description_lines = Vec::new();
             let mut lease_line = None;
             for line in &locks {
-                if line.kind == "LEASE" {
+                if line.kind == "LEASE" || line.kind == "DELEG" {
                     lease_line = Some(line.clone());
                     continue;
                 }
@@ -188,7 +188,7 @@ impl Kind for Files {
             let shared_id = table.find_shared(key, pid, fd)?;
             // A lease belongs to the description: recorded through its first fd.
             let lease = match (&lease_line, shared_id) {
-                (Some(line), None) => super::leases::dump(pid, fd, &link, &copy, line, ctx.remote)
+                (Some(_), None) => super::leases::dump(pid, fd, &link, &copy, ctx.remote)
                     .with_context(|| format!("pid {pid} fd {fd}: the lease on {link}"))?,
                 _ => None,
             };
@@ -253,8 +253,6 @@ impl Kind for Files {
                 .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
-        // Leases: their signal owner, and si_fd naming the holder's fd (see leases.rs).
-        super::leases::place(ctx, &record.fds)?;
         // Registrations that name other fds of the process by number need them all in place;
         // inotify watches come after every open of the tree (and then what restoring queued goes).
         super::inotify::add_watches(ctx, record)?;
@@ -319,9 +317,6 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
             if lock.taker_pid == 0 || lock.taker_pid == ctx.pid.as_raw() as u32 {
                 super::locks::take(ctx, fd, lock, &describe(file))?;
             }
-        }
-        if let Some(lease) = &file.lease {
-            super::leases::take(ctx, fd, lease)?;
         }
         if !together.values().flatten().any(|t| *t == fd) {
             ctx.close_in_process(fd)?;

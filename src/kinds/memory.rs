@@ -661,6 +661,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
             let key = (file.path.clone(), writable);
             let fd = match file_fds.get(&key) {
                 Some(fd) => *fd,
+                None if let Some(fd) = leased_description(ctx, file)? => fd,
                 None => {
                     let mode = if writable { libc::O_RDWR } else { libc::O_RDONLY };
                     let fd = ctx.open_in_process(&file.path, mode | libc::O_CLOEXEC)?;
@@ -691,6 +692,17 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
         }
     }
     Ok(())
+}
+
+/// The working fd of the restored description through which a write-leased file must be
+/// mapped again (see leases::write_leased_description), if this process has it.
+fn leased_description(ctx: &mut RestoreCtx, file: &crate::image::proto::FileIdentity) -> Result<Option<i32>> {
+    let Some(id) = super::leases::write_leased_description(ctx.open_files, file.dev, file.inode) else {
+        return Ok(None);
+    };
+    let work = ctx.work_fd_floor + id as i32;
+    let held = ctx.remote.syscall_raw(libc::SYS_fcntl, &[work as u64, libc::F_GETFD as u64])? >= 0;
+    Ok(held.then_some(work))
 }
 
 /// Whether a shared file mapping had VM_MAYWRITE (it was mapped through a writable fd).

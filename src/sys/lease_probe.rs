@@ -1,7 +1,7 @@
 //! How much time is left of a lease break, and what type the lease had before it.
 //!
 //! Neither /proc nor fcntl shows the deadline of a lease break or the type the lease had before
-//! the break started (see /work/shared/KERNEL-NOTES.md, "Leases"). This module offers two ways
+//! the break started (see docs/kernel-leases.md). This module offers two ways
 //! to learn them from outside, without changing the lease:
 //!
 //! 1. [`break_deadline_via_tracefs`], exact: the kernel's `filelock:time_out_leases` tracepoint
@@ -58,6 +58,8 @@ pub struct TracedLease {
     pub downgrade_time: u64,
     /// The kernel's jiffies, read from /proc/timer_list right after `trigger` returned.
     pub now_jiffies: u64,
+    /// CLOCK_MONOTONIC at that same reading (nanoseconds): `remaining` is counted from it.
+    pub now_mono_ns: u64,
     /// CONFIG_HZ used to convert jiffies to time (see [`kernel_hz`]).
     pub hz: u32,
     /// How many distinct leases of the inode (distinct `fl=` pointers) the trace showed. Only
@@ -144,7 +146,22 @@ pub fn break_deadline_via_tracefs(
     session.enabled = None;
     let trace = read_text(&instance.join("trace"))?;
     drop(session);
-    Ok(pick_lease(&trace, inode, kdev, now.jiffies, hz))
+    Ok(pick_lease(&trace, inode, kdev, now.jiffies, hz).map(|t| TracedLease { now_mono_ns: now.mono_ns, ..t }))
+}
+
+impl TracedLease {
+    /// Time left until the downgrade deadline (zero if none or past), as of `now_jiffies`.
+    pub fn downgrade_remaining(&self) -> Duration {
+        if self.downgrade_time == 0 {
+            return Duration::ZERO;
+        }
+        jiffies_to_duration(self.downgrade_time.wrapping_sub(self.now_jiffies) as i64, self.hz)
+    }
+
+    /// One kernel tick: the precision of the deadlines.
+    pub fn tick(&self) -> Duration {
+        jiffies_to_duration(1, self.hz)
+    }
 }
 
 /// Estimates the time left of an UNLOCK break from a breaker blocked in `open()` (or
@@ -401,6 +418,7 @@ fn pick_lease(trace: &str, inode: u64, kdev: u64, now: u64, hz: u32) -> Option<T
         break_time: last.break_time,
         downgrade_time: last.downgrade_time,
         now_jiffies: now,
+        now_mono_ns: 0,
         hz,
         leases_seen: distinct.len(),
         raw_line: last.raw.clone(),

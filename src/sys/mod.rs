@@ -15,6 +15,7 @@ pub mod sysv;
 pub mod terminal;
 
 use nix::errno::Errno;
+use std::os::fd::RawFd;
 
 /// A failed system call or ptrace step, with what was being done and to whom.
 #[derive(Debug, thiserror::Error)]
@@ -141,10 +142,13 @@ pub fn set_owner_ex(fd: i32, kind: i32, id: i32) -> Result<(), Errno> {
     Errno::result(unsafe { libc::fcntl(fd, F_SETOWN_EX, &owner as *const FOwnerEx) }).map(drop)
 }
 
-/// Runs `work` in a new process of its own (a child of init, in a new session), so that it
-/// outlives crust: used for timed work on restored processes (ending a lease break).
-/// crust is single-threaded when it calls this.
-pub fn spawn_detached(work: impl FnOnce()) -> Result<(), Errno> {
+/// Runs `work` in a new process of its own, named `name` (a child of init, in a new session,
+/// with SIGINT, SIGTERM, SIGHUP and SIGPIPE ignored), so that it outlives crust and no job
+/// control signal meant for crust reaches it. It holds none of crust's descriptors but `keep`
+/// (stdin, stdout and stderr are /dev/null): nothing of crust, of the restored processes or of
+/// crust's caller stays open because of it. crust is single-threaded when it calls this.
+pub fn spawn_detached(name: &str, keep: RawFd, work: impl FnOnce()) -> Result<(), Errno> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
     // SAFETY: crust is single-threaded here, so the child may run ordinary Rust code; it never
     // returns into crust's code: it ends with _exit.
     match unsafe { nix::unistd::fork() }? {
@@ -153,6 +157,7 @@ pub fn spawn_detached(work: impl FnOnce()) -> Result<(), Errno> {
             // SAFETY: as above; the grandchild is the detached worker.
             match unsafe { nix::unistd::fork() } {
                 Ok(nix::unistd::ForkResult::Child) => {
+                    detach_from_crust(&name, keep);
                     work();
                     // SAFETY: ending the worker without running crust's exit handlers.
                     unsafe { libc::_exit(0) }
@@ -165,5 +170,29 @@ pub fn spawn_detached(work: impl FnOnce()) -> Result<(), Errno> {
             let _ = nix::sys::wait::waitpid(child, None);
             Ok(())
         }
+    }
+}
+
+/// In a detached worker: its name, /dev/null for 0-2, every other fd but `keep` closed,
+/// job-control and termination signals ignored.
+fn detach_from_crust(name: &std::ffi::CStr, keep: RawFd) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer is cut).
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    if let Ok(null) = std::fs::File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    let keep = keep as libc::c_uint;
+    // SAFETY: close_range only closes descriptors; `keep` (>= 3) is left open.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE, libc::SIGQUIT] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
 }

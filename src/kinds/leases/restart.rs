@@ -1,0 +1,234 @@
+//! Starting again, at restore, the lease breaks that were in progress at the dump, so that the
+//! kernel itself ends each one at its recorded time.
+//!
+//! The kernel fixes a break's deadline when the break starts: the instant of the conflicting
+//! open() + lease-break-time, a whole number of seconds N. A break with `r` seconds left is
+//! therefore started, while the tree is still frozen, `N - r` before the tree resumes, with
+//! lease-break-time = N = r rounded up (at least 1: 0 would mean no deadline): its deadline is
+//! then exactly `resume + r`, to one kernel tick. All breaks of a restore share one schedule:
+//! each starts at its own moment before the common resume, so the tree waits frozen at most
+//! once, less than a second (two for a downgrade later joined by a writer).
+//!
+//! From then on the kernel owns every break: the holder may release, downgrade, close, exit
+//! or exec, a new conflicting open joins the break, a second checkpoint reads the kernel's
+//! deadline; crust keeps no copy of any description of the restored processes (its copies
+//! are closed before they resume) and starts no timer.
+//!
+//! A break with no time left is ended by crust before the tree resumes (F_SETLEASE to the
+//! target type through its copy, as the kernel's timer would have), except a downgrade of a
+//! lease held through a description open for writing: F_SETLEASE F_RDLCK is refused while the
+//! file is open for writing (the description's own write access included), so only the
+//! kernel can downgrade it, one second (the smallest deadline) after the restart.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+
+use super::break_time::BreakTimeChanger;
+use super::restored::{self, RestoredBreak, mono_now};
+use super::{F_GETLEASE, F_SETLEASE};
+use crate::image::proto::Lease;
+
+/// One step of a break: a downgrade (to a read lease) or an unlock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// crust ends it before the tree resumes (no time left).
+    Now { to_unlock: bool },
+    /// The kernel ends it: started `lead` before the resume with lease-break-time `secs`.
+    Kernel { to_unlock: bool, secs: u32, lead: Duration },
+}
+
+/// A recorded break to start again, on the restored description behind `copy`.
+pub struct BreakRestart {
+    path: String,
+    holder_pid: u32,
+    copy: OwnedFd,
+    dev: u64,
+    inode: u64,
+    /// In the order the kernel must see them: a downgrade before the unlock that joined it.
+    steps: Vec<Step>,
+}
+
+/// Plans the restart of `lease` (breaking, to be restarted) through `copy`, crust's copy of the
+/// restored description taken from a process holding it.
+pub fn plan(lease: &Lease, holder_pid: u32, copy: OwnedFd) -> Result<BreakRestart> {
+    let writable = crate::sys::fcntl_int(copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_ACCMODE != libc::O_RDONLY;
+    let meta = File::from(copy.try_clone()?).metadata().context("fstat of the leased file")?;
+    let mut wanted = Vec::new();
+    if lease.break_to_unlock && lease.downgrade_remaining_ms > 0 {
+        wanted.push((false, Duration::from_millis(lease.downgrade_remaining_ms)));
+    }
+    wanted.push((lease.break_to_unlock, Duration::from_millis(lease.remaining_ms)));
+    Ok(BreakRestart {
+        path: lease.path.clone(),
+        holder_pid,
+        copy,
+        dev: meta.dev(),
+        inode: meta.ino(),
+        steps: schedule_steps(&wanted, writable),
+    })
+}
+
+/// The steps for (to_unlock, time left) in kernel order.
+fn schedule_steps(wanted: &[(bool, Duration)], writable: bool) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for &(to_unlock, left) in wanted {
+        let crust_can_end = to_unlock || !writable;
+        if left.is_zero() && crust_can_end {
+            if to_unlock {
+                steps.clear(); // the lease goes away now: an earlier downgrade does not matter
+            }
+            steps.push(Step::Now { to_unlock });
+            continue;
+        }
+        let secs = left.as_secs_f64().ceil().max(1.0) as u32;
+        let lead = Duration::from_secs(secs.into()).saturating_sub(left);
+        // A downgrade must start before the unlock that joined it (a writer's open on a lease
+        // breaking to unlock would not record a downgrade): start it whole seconds earlier.
+        if to_unlock && let Some(Step::Kernel { secs: s, lead: l, .. }) = steps.last_mut() {
+            while *l < lead {
+                *s += 1;
+                *l += Duration::from_secs(1);
+            }
+        }
+        steps.push(Step::Kernel { to_unlock, secs, lead });
+    }
+    steps
+}
+
+/// Runs every planned restart and returns when the tree may resume: each break is started at
+/// its moment before that common instant, so the kernel's deadlines fall at `resume + time
+/// left`. crust's copies of the descriptions are closed on return.
+pub fn run(restarts: Vec<BreakRestart>) -> Result<()> {
+    if restarts.is_empty() {
+        return Ok(());
+    }
+    for r in &restarts {
+        for step in &r.steps {
+            if let Step::Now { to_unlock } = *step {
+                end_now(r, to_unlock).with_context(|| r.describe())?;
+            }
+        }
+    }
+    let mut timed: Vec<(Duration, usize, usize)> = Vec::new();
+    for (i, r) in restarts.iter().enumerate() {
+        for (j, step) in r.steps.iter().enumerate() {
+            if let Step::Kernel { lead, .. } = step {
+                timed.push((*lead, i, j));
+            }
+        }
+    }
+    // Longest lead first; for one lease, its steps in their order.
+    timed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let resume = mono_now() + timed.first().map_or(Duration::ZERO, |t| t.0) + Duration::from_millis(2);
+    let mut changer = BreakTimeChanger::new();
+    for (lead, i, j) in timed {
+        let r = &restarts[i];
+        let Step::Kernel { to_unlock, secs, .. } = r.steps[j] else { unreachable!() };
+        sleep_until(resume - lead);
+        start(r, to_unlock, secs, &mut changer).with_context(|| r.describe())?;
+        tracing::info!(path = %r.path, to_unlock, secs, lead_ms = lead.as_millis() as u64, "lease break started again");
+    }
+    sleep_until(resume);
+    Ok(())
+}
+
+fn sleep_until(t: Duration) {
+    let now = mono_now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+impl BreakRestart {
+    fn describe(&self) -> String {
+        format!("restarting the lease break on {} (holder pid {})", self.path, self.holder_pid)
+    }
+}
+
+/// Starts the break with an open by crust, with lease-break-time = `secs` for that instant,
+/// without signalling anyone: the holder was signalled before the checkpoint (a signal it had
+/// not received yet is pending in the image and is delivered once).
+fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeChanger) -> Result<()> {
+    let owner = crate::sys::get_owner_ex(r.copy.as_raw_fd()).context("F_GETOWN_EX")?;
+    crate::sys::set_owner_ex(r.copy.as_raw_fd(), crate::sys::F_OWNER_PID, 0).context("F_SETOWN_EX (none)")?;
+    let started = mono_now();
+    let opened = changer.with(secs, || {
+        let mut options = File::options();
+        if to_unlock {
+            options.write(true);
+        } else {
+            options.read(true);
+        }
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(&r.path)
+    });
+    let back = crate::sys::set_owner_ex(r.copy.as_raw_fd(), owner.0, owner.1).context("F_SETOWN_EX (the recorded owner)");
+    match opened? {
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {} // the break runs
+        Err(e) => return Err(e).context(format!("open(O_NONBLOCK) of {} to start the break", r.path)),
+        Ok(_) => bail!("opening {} did not start a lease break: the lease is not there", r.path),
+    }
+    back?;
+    let deadline = started + Duration::from_secs(secs.into());
+    restored::record(r.dev, r.inode, to_unlock, RestoredBreak { started, deadline });
+    Ok(())
+}
+
+/// Downgrades or removes the lease through crust's copy of the description, as the kernel's
+/// timer would have at the deadline.
+fn end_now(r: &BreakRestart, to_unlock: bool) -> Result<()> {
+    let target = if to_unlock { libc::F_UNLCK } else { libc::F_RDLCK };
+    match crate::sys::fcntl_int(r.copy.as_raw_fd(), F_SETLEASE, target) {
+        Ok(_) => Ok(()),
+        Err(Errno::ENOENT) if to_unlock => Ok(()),
+        Err(e) => {
+            let now = crate::sys::fcntl_int(r.copy.as_raw_fd(), F_GETLEASE, 0);
+            Err(e).with_context(|| format!("ending the break at once (F_SETLEASE {target}; F_GETLEASE says {now:?})"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn deadline_is_resume_plus_time_left() {
+        let s = schedule_steps(&[(true, ms(5_300))], false);
+        assert_eq!(s, [Step::Kernel { to_unlock: true, secs: 6, lead: ms(700) }]);
+        let s = schedule_steps(&[(true, ms(4_000))], false);
+        assert_eq!(s, [Step::Kernel { to_unlock: true, secs: 4, lead: ms(0) }]);
+        let s = schedule_steps(&[(false, ms(200))], true);
+        assert_eq!(s, [Step::Kernel { to_unlock: false, secs: 1, lead: ms(800) }]);
+    }
+
+    #[test]
+    fn no_time_left_is_ended_by_crust_unless_only_the_kernel_can() {
+        assert_eq!(schedule_steps(&[(true, ms(0))], true), [Step::Now { to_unlock: true }]);
+        assert_eq!(schedule_steps(&[(false, ms(0))], false), [Step::Now { to_unlock: false }]);
+        assert_eq!(schedule_steps(&[(false, ms(0))], true), [Step::Kernel { to_unlock: false, secs: 1, lead: ms(1000) }]);
+    }
+
+    #[test]
+    fn a_downgrade_starts_before_the_unlock_that_joined_it() {
+        let s = schedule_steps(&[(false, ms(2_900)), (true, ms(4_500))], false);
+        // The unlock's lead is 0.5 s; the downgrade's 0.1 s must grow to 1.1 s (secs 4).
+        assert_eq!(
+            s,
+            [
+                Step::Kernel { to_unlock: false, secs: 4, lead: ms(1_100) },
+                Step::Kernel { to_unlock: true, secs: 5, lead: ms(500) }
+            ]
+        );
+        // An unlock with no time left removes the lease: the downgrade does not matter.
+        assert_eq!(schedule_steps(&[(false, ms(2_900)), (true, ms(0))], false), [Step::Now { to_unlock: true }]);
+    }
+}

@@ -1,0 +1,92 @@
+//! crust's record of the lease breaks it started again at restore.
+//!
+//! Without tracefs, a dump learns how long a break has left from a blocked breaker's wait,
+//! which is right only when that breaker started the break. After a restore, the breakers
+//! joined a break crust started, with a deadline crust chose: a later dump without tracefs
+//! reads that deadline back from here. One small file per restarted break, under
+//! /run/crust/lease-breaks (tmpfs: gone at reboot, like the breaks), removed once its deadline
+//! is over.
+//!
+//! A record names the inode and the kind of break. A dump uses it only for a break of that kind
+//! on that inode that is in progress at the freeze, started no later than the record and not
+//! yet past its deadline. (If the holder ended that break early and a new one of the same kind
+//! began before the recorded deadline, the record is wrong: only tracefs can tell. This is
+//! documented in docs/file-leases.md.)
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::break_time::RUN_DIR;
+
+/// CLOCK_MONOTONIC, the clock of the kernel's jiffies and of /proc/timer_list's "now".
+pub fn mono_now() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// One restarted break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredBreak {
+    /// When crust started it (CLOCK_MONOTONIC).
+    pub started: Duration,
+    /// The deadline crust gave the kernel (CLOCK_MONOTONIC).
+    pub deadline: Duration,
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(RUN_DIR).join("lease-breaks")
+}
+
+fn file(dev: u64, ino: u64, to_unlock: bool) -> PathBuf {
+    dir().join(format!("{dev}-{ino}-{}", if to_unlock { "unlock" } else { "downgrade" }))
+}
+
+/// Writes the record of a break just started (best effort: a failure only costs a later dump
+/// without tracefs its precision, and is logged).
+pub fn record(dev: u64, ino: u64, to_unlock: bool, b: RestoredBreak) {
+    forget_expired();
+    let text = format!("started_ns={} deadline_ns={}\n", b.started.as_nanos(), b.deadline.as_nanos());
+    let path = file(dev, ino, to_unlock);
+    if let Err(e) = std::fs::create_dir_all(dir()).and_then(|()| std::fs::write(&path, text)) {
+        tracing::warn!("cannot record the restarted lease break in {}: {e}", path.display());
+    }
+}
+
+/// The record of a break of this kind on this inode that was running at `at`.
+pub fn find(dev: u64, ino: u64, to_unlock: bool, at: Duration) -> Option<RestoredBreak> {
+    let text = std::fs::read_to_string(file(dev, ino, to_unlock)).ok()?;
+    let b = parse(&text)?;
+    (b.started <= at && at <= b.deadline).then_some(b)
+}
+
+fn parse(text: &str) -> Option<RestoredBreak> {
+    let field = |key: &str| -> Option<Duration> {
+        let v = text.split_whitespace().find_map(|t| t.strip_prefix(key)?.strip_prefix('='))?;
+        Some(Duration::from_nanos(v.parse().ok()?))
+    };
+    Some(RestoredBreak { started: field("started_ns")?, deadline: field("deadline_ns")? })
+}
+
+fn forget_expired() {
+    let Ok(entries) = std::fs::read_dir(dir()) else { return };
+    let now = mono_now();
+    for e in entries.flatten() {
+        let stale = std::fs::read_to_string(e.path()).ok().and_then(|t| parse(&t)).is_none_or(|b| b.deadline < now);
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_its_own_records() {
+        let b = parse("started_ns=5 deadline_ns=2000000005\n").unwrap();
+        assert_eq!(b, RestoredBreak { started: Duration::from_nanos(5), deadline: Duration::from_nanos(2_000_000_005) });
+        assert!(parse("started_ns=5\n").is_none());
+        assert!(parse("garbage").is_none());
+    }
+}
