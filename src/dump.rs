@@ -71,7 +71,7 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
 
     progress.step(format!("freezing the tree of pid {root}"));
     // Lease breakers are sampled while they still wait; remaining times count from here.
-    crate::kinds::leases::before_freeze();
+    crate::kinds::leases::before_freeze(root.as_raw());
     let freeze_start = Instant::now();
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();

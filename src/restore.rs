@@ -473,14 +473,15 @@ impl Tree {
         let mut plans = Vec::new();
         for file in &img.open_files.open_files {
             let Some(lease) = file.lease.as_ref().filter(|l| l.breaking && !l.no_break) else { continue };
-            let holder = img
+            let holders: Vec<(u32, i32)> = img
                 .processes
                 .iter()
-                .find_map(|(pid, p)| p.files.fds.iter().find(|f| f.open_file_id == file.id).map(|f| (*pid, f.fd)))
-                .context("a leased description without a holder")?;
+                .flat_map(|(pid, p)| p.files.fds.iter().filter(|f| f.open_file_id == file.id).map(|f| (*pid, f.fd)))
+                .collect();
+            let holder = *holders.first().context("a leased description without a holder")?;
             let pidfd = pidfd_open(holder.0 as i32)?;
             let copy = crate::sys::pidfd::pidfd_getfd(&pidfd, holder.0 as i32, holder.1)?;
-            plans.push(crate::kinds::leases::restart::plan(lease, holder.0, copy)?);
+            plans.push(crate::kinds::leases::restart::plan(lease, holders, copy)?);
         }
         Ok(plans)
     }

@@ -144,10 +144,10 @@ pub fn set_owner_ex(fd: i32, kind: i32, id: i32) -> Result<(), Errno> {
 
 /// Runs `work` in a new process of its own, named `name` (a child of init, in a new session,
 /// with SIGINT, SIGTERM, SIGHUP and SIGPIPE ignored), so that it outlives crust and no job
-/// control signal meant for crust reaches it. It holds none of crust's descriptors but `keep`
-/// (stdin, stdout and stderr are /dev/null): nothing of crust, of the restored processes or of
+/// control signal meant for crust reaches it. It holds none of crust's descriptors but those in
+/// `keep` (stdin, stdout and stderr are /dev/null): nothing of crust, of the restored processes or of
 /// crust's caller stays open because of it. crust is single-threaded when it calls this.
-pub fn spawn_detached(name: &str, keep: RawFd, work: impl FnOnce()) -> Result<(), Errno> {
+pub fn spawn_detached(name: &str, keep: &[RawFd], work: impl FnOnce()) -> Result<(), Errno> {
     let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
     // SAFETY: crust is single-threaded here, so the child may run ordinary Rust code; it never
     // returns into crust's code: it ends with _exit.
@@ -175,7 +175,7 @@ pub fn spawn_detached(name: &str, keep: RawFd, work: impl FnOnce()) -> Result<()
 
 /// In a detached worker: its name, /dev/null for 0-2, every other fd but `keep` closed,
 /// job-control and termination signals ignored.
-fn detach_from_crust(name: &std::ffi::CStr, keep: RawFd) {
+fn detach_from_crust(name: &std::ffi::CStr, keep: &[RawFd]) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer is cut).
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     if let Ok(null) = std::fs::File::options().read(true).write(true).open("/dev/null") {
@@ -183,13 +183,15 @@ fn detach_from_crust(name: &std::ffi::CStr, keep: RawFd) {
         let _ = nix::unistd::dup2_stdout(&null);
         let _ = nix::unistd::dup2_stderr(&null);
     }
-    let keep = keep as libc::c_uint;
-    // SAFETY: close_range only closes descriptors; `keep` (>= 3) is left open.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+    let mut keep: Vec<u32> = keep.iter().filter(|fd| **fd >= 3).map(|fd| *fd as u32).collect();
+    keep.sort_unstable();
+    let mut from = 3u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd > from {
+            // SAFETY: close_range only closes descriptors; the ones kept are outside the range.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        from = fd.saturating_add(1);
     }
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE, libc::SIGQUIT] {
         // SAFETY: SIG_IGN installs no handler code.

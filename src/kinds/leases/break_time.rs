@@ -139,7 +139,7 @@ impl Default for BreakTimeChanger {
 fn start_guardian() -> Result<OwnedFd> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2 for the guardian")?;
     let keep = read_end.as_raw_fd();
-    crate::sys::spawn_detached("crust-guard", keep, move || {
+    crate::sys::spawn_detached("crust-guard", &[keep], move || {
         let mut pipe = File::from(read_end);
         let mut byte = [0u8; 1];
         // crust never writes: this returns when crust closed its end or died.

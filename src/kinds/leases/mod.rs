@@ -44,9 +44,10 @@ const F_GETSIG: i32 = 11;
 /// and the remaining time are found by the other methods. For tests of those methods.
 const NO_TRACEFS_ENV: &str = "CRUST_LEASE_NO_TRACEFS";
 
-/// How precise a blocked breaker's wait is (measured within 0.3 ms; the scheduler clock of a CPU
-/// misses its IRQ and steal time, a fraction of a percent of the wait).
-const BREAKER_WAIT_PRECISION_MS: u64 = 5;
+/// How precise a blocked breaker's wait is: measured within 20 ms here, up to 55 ms with both
+/// CPUs busy (the scheduler clock of a CPU misses its IRQ and steal time, and a busy CPU updates
+/// it late).
+const BREAKER_WAIT_PRECISION_MS: u64 = 60;
 
 pub fn lease_break_time() -> Result<u32> {
     break_time::current()
@@ -76,25 +77,62 @@ struct BeforeFreeze {
 
 static BEFORE_FREEZE: Mutex<Option<BeforeFreeze>> = Mutex::new(None);
 
-/// Called by the dump right before it freezes the tree: samples /proc/locks and the waits of
-/// the breakers while they still wait, then notes the instant of the freeze.
-pub fn before_freeze() {
+/// Called by the dump right before it freezes the tree of `root`: samples /proc/locks and the
+/// waits of the breakers of the tree's leases while they still wait, then notes the instant of
+/// the freeze.
+pub fn before_freeze(root: i32) {
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
     let mut breaker_deadlines = BTreeMap::new();
-    if let Ok(setting) = break_time::current() {
+    let breaking: Vec<_> = waiting_breakers(&locks)
+        .into_iter()
+        // A reader blocked on a downgrade polls: its wait tells nothing.
+        .filter(|(lease, waiters)| lease.mode == "BREAKING" && lease.lock_type == "UNLCK" && !waiters.is_empty())
+        .collect();
+    if !breaking.is_empty()
+        && let Ok(setting) = break_time::current()
+    {
+        let tree = tree_pids(root);
         let full = Duration::from_secs(setting.into());
-        for (lease, waiters) in waiting_breakers(&locks) {
-            if lease.mode != "BREAKING" || lease.lock_type != "UNLCK" {
-                continue; // a reader blocked on a downgrade polls: its wait tells nothing
-            }
-            for pid in waiters {
+        // Each sample takes about 20 ms: only the breakers of the tree's own leases.
+        for (_, waiters) in breaking.iter().filter(|(lease, _)| tree.contains(&lease.pid)) {
+            for &pid in waiters {
                 if let Some(left) = lease_probe::break_deadline_via_sched(pid as i32, full) {
                     breaker_deadlines.insert(pid, mono_now() + left);
                 }
             }
         }
     }
-    *BEFORE_FREEZE.lock().unwrap() = Some(BeforeFreeze { locks, breaker_deadlines, freeze: mono_now() });
+    let freeze = mono_now();
+    tracing::info!(freeze_monotonic_s = freeze.as_secs_f64(), "lease breaks are measured at this instant");
+    *BEFORE_FREEZE.lock().unwrap() = Some(BeforeFreeze { locks, breaker_deadlines, freeze });
+}
+
+/// `root` and its descendants, as /proc shows them now (the tree is not frozen yet: a process
+/// forked meanwhile is missed, which only costs its lease the breaker-wait measure).
+fn tree_pids(root: i32) -> std::collections::BTreeSet<i64> {
+    let mut parent_of = BTreeMap::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for p in all.flatten() {
+            if let Ok(stat) = p.stat() {
+                parent_of.insert(i64::from(stat.pid), i64::from(stat.ppid));
+            }
+        }
+    }
+    let mut tree = std::collections::BTreeSet::from([i64::from(root)]);
+    for &pid in parent_of.keys() {
+        let mut p = pid;
+        for _ in 0..parent_of.len() {
+            if tree.contains(&p) {
+                tree.insert(pid);
+                break;
+            }
+            match parent_of.get(&p) {
+                Some(&pp) if pp > 0 => p = pp,
+                _ => break,
+            }
+        }
+    }
+    tree
 }
 
 /// The instant of the freeze (now, if `before_freeze` was not called).

@@ -12,7 +12,8 @@
 //! From then on the kernel owns every break: the holder may release, downgrade, close, exit
 //! or exec, a new conflicting open joins the break, a second checkpoint reads the kernel's
 //! deadline; crust keeps no copy of any description of the restored processes (its copies
-//! are closed before they resume) and starts no timer.
+//! are closed before they resume). Only the kernel's lazy expiry is helped: see
+//! [`spawn_waker`].
 //!
 //! A break with no time left is ended by crust before the tree resumes (F_SETLEASE to the
 //! target type through its copy, as the kernel's timer would have), except a downgrade of a
@@ -46,6 +47,8 @@ enum Step {
 pub struct BreakRestart {
     path: String,
     holder_pid: u32,
+    /// Every (pid, fd) of the tree holding the description, for the waker.
+    holders: Vec<(u32, i32)>,
     copy: OwnedFd,
     dev: u64,
     inode: u64,
@@ -55,7 +58,8 @@ pub struct BreakRestart {
 
 /// Plans the restart of `lease` (breaking, to be restarted) through `copy`, crust's copy of the
 /// restored description taken from a process holding it.
-pub fn plan(lease: &Lease, holder_pid: u32, copy: OwnedFd) -> Result<BreakRestart> {
+pub fn plan(lease: &Lease, holders: Vec<(u32, i32)>, copy: OwnedFd) -> Result<BreakRestart> {
+    let holder_pid = holders.first().map_or(0, |h| h.0);
     let writable = crate::sys::fcntl_int(copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_ACCMODE != libc::O_RDONLY;
     let meta = File::from(copy.try_clone()?).metadata().context("fstat of the leased file")?;
     let mut wanted = Vec::new();
@@ -66,6 +70,7 @@ pub fn plan(lease: &Lease, holder_pid: u32, copy: OwnedFd) -> Result<BreakRestar
     Ok(BreakRestart {
         path: lease.path.clone(),
         holder_pid,
+        holders,
         copy,
         dev: meta.dev(),
         inode: meta.ino(),
@@ -126,15 +131,85 @@ pub fn run(restarts: Vec<BreakRestart>) -> Result<()> {
     timed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let resume = mono_now() + timed.first().map_or(Duration::ZERO, |t| t.0) + Duration::from_millis(2);
     let mut changer = BreakTimeChanger::new();
+    let mut wakes = Vec::new();
     for (lead, i, j) in timed {
         let r = &restarts[i];
         let Step::Kernel { to_unlock, secs, .. } = r.steps[j] else { unreachable!() };
         sleep_until(resume - lead);
-        start(r, to_unlock, secs, &mut changer).with_context(|| r.describe())?;
+        let deadline = start(r, to_unlock, secs, &mut changer).with_context(|| r.describe())?;
         tracing::info!(path = %r.path, to_unlock, secs, lead_ms = lead.as_millis() as u64, "lease break started again");
+        wakes.push(Wake { deadline, holders: r.holders.clone(), dev: r.dev, inode: r.inode });
     }
+    drop(changer);
+    spawn_waker(wakes)?;
     sleep_until(resume);
     Ok(())
+}
+
+/// A deadline at which the kernel must look at an inode's leases.
+struct Wake {
+    deadline: Duration,
+    holders: Vec<(u32, i32)>,
+    dev: u64,
+    inode: u64,
+}
+
+/// Expiry is lazy (docs/kernel-leases.md): at its deadline the kernel ends a break only when
+/// something looks at the inode's leases. A blocked breaker looks when its sleep times out, and
+/// that sleep is a timer-wheel timeout, which may fire up to an eighth of its length late (up to
+/// 256 ms for 2 to 16 s at HZ=250, 2 s beyond); a break nobody waits for stays until someone
+/// looks. So that each restarted break ends at its recorded time, `crust-leasewake` makes the
+/// kernel look at each deadline: `F_GETLEASE` on the holder's fd, which ends a break only if its
+/// deadline has passed, exactly as any look would (and does nothing otherwise).
+///
+/// It holds no descriptor but pidfds of the holders: nothing of their files. At a deadline it
+/// takes a copy of a holder's fd (pidfd_getfd) for the duration of that one call, and only if
+/// that fd is still the leased file; if the holder exited, closed it or exec'd, there is
+/// nothing to do. Killing it (`pkill -x crust-leasewake`) is harmless: the kernel ends the
+/// breaks itself, a little later. It exits after the last deadline.
+fn spawn_waker(wakes: Vec<Wake>) -> Result<()> {
+    if wakes.is_empty() {
+        return Ok(());
+    }
+    let mut pidfds = std::collections::BTreeMap::new();
+    for w in &wakes {
+        for (pid, _) in &w.holders {
+            if !pidfds.contains_key(pid) {
+                pidfds.insert(*pid, crate::sys::pidfd::pidfd_open(*pid as i32)?);
+            }
+        }
+    }
+    let keep: Vec<i32> = pidfds.values().map(|fd| fd.as_raw_fd()).collect();
+    // The kernel counts a deadline as past one tick after it (the deadline is reckoned from the
+    // last tick before crust's open, so one tick after `deadline` is always enough).
+    let tick = lease_probe_tick();
+    crate::sys::spawn_detached("crust-leasewake", &keep, move || {
+        let mut wakes = wakes;
+        wakes.sort_by_key(|w| w.deadline);
+        for w in &wakes {
+            sleep_until(w.deadline + tick + Duration::from_millis(1));
+            look_at_leases(w, &pidfds);
+        }
+    })
+    .context("starting crust-leasewake")
+}
+
+fn lease_probe_tick() -> Duration {
+    let hz = crate::sys::lease_probe::kernel_hz().unwrap_or(100).max(1);
+    Duration::from_nanos(1_000_000_000 / u64::from(hz))
+}
+
+/// F_GETLEASE through the first holder fd that is still the leased file.
+fn look_at_leases(w: &Wake, pidfds: &std::collections::BTreeMap<u32, OwnedFd>) {
+    for (pid, fd) in &w.holders {
+        let Some(pidfd) = pidfds.get(pid) else { continue };
+        let Ok(copy) = crate::sys::pidfd::pidfd_getfd(pidfd, *pid as i32, *fd) else { continue };
+        let same = nix::sys::stat::fstat(&copy).is_ok_and(|st| st.st_dev == w.dev && st.st_ino == w.inode);
+        if same {
+            let _ = crate::sys::fcntl_int(copy.as_raw_fd(), F_GETLEASE, 0);
+            return;
+        }
+    }
 }
 
 fn sleep_until(t: Duration) {
@@ -153,7 +228,8 @@ impl BreakRestart {
 /// Starts the break with an open by crust, with lease-break-time = `secs` for that instant,
 /// without signalling anyone: the holder was signalled before the checkpoint (a signal it had
 /// not received yet is pending in the image and is delivered once).
-fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeChanger) -> Result<()> {
+/// Returns the break's deadline (CLOCK_MONOTONIC).
+fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeChanger) -> Result<Duration> {
     let owner = crate::sys::get_owner_ex(r.copy.as_raw_fd()).context("F_GETOWN_EX")?;
     crate::sys::set_owner_ex(r.copy.as_raw_fd(), crate::sys::F_OWNER_PID, 0).context("F_SETOWN_EX (none)")?;
     let started = mono_now();
@@ -175,7 +251,7 @@ fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeCh
     back?;
     let deadline = started + Duration::from_secs(secs.into());
     restored::record(r.dev, r.inode, to_unlock, RestoredBreak { started, deadline });
-    Ok(())
+    Ok(deadline)
 }
 
 /// Downgrades or removes the lease through crust's copy of the description, as the kernel's
