@@ -415,7 +415,7 @@ impl Tree {
         if !lease_breaks.is_empty() {
             progress.step("starting the lease breaks again".into());
         }
-        crate::kinds::leases::restart::run(lease_breaks)?;
+        let lease_waker = crate::kinds::leases::restart::run(lease_breaks)?;
         // Release everything at once, so the tree resumes together.
         for building in self.building.values() {
             for remote in std::iter::once(&building.remote).chain(&building.threads) {
@@ -423,6 +423,7 @@ impl Tree {
             }
         }
         info!(root, "resumed");
+        lease_waker.start();
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 //! or exec, a new conflicting open joins the break, a second checkpoint reads the kernel's
 //! deadline; crust keeps no copy of any description of the restored processes (its copies
 //! are closed before they resume). Only the kernel's lazy expiry is helped: see
-//! [`spawn_waker`].
+//! [`Waker::start`].
 //!
 //! A break with no time left is ended by crust before the tree resumes (F_SETLEASE to the
 //! target type through its copy, as the kernel's timer would have), except a downgrade of a
@@ -107,11 +107,9 @@ fn schedule_steps(wanted: &[(bool, Duration)], writable: bool) -> Vec<Step> {
 
 /// Runs every planned restart and returns when the tree may resume: each break is started at
 /// its moment before that common instant, so the kernel's deadlines fall at `resume + time
-/// left`. crust's copies of the descriptions are closed on return.
-pub fn run(restarts: Vec<BreakRestart>) -> Result<()> {
-    if restarts.is_empty() {
-        return Ok(());
-    }
+/// left`. crust's copies of the descriptions are closed on return. The returned waker is to be
+/// started once the tree runs ([`Waker::start`]).
+pub fn run(restarts: Vec<BreakRestart>) -> Result<Waker> {
     for r in &restarts {
         for step in &r.steps {
             if let Step::Now { to_unlock } = *step {
@@ -119,16 +117,7 @@ pub fn run(restarts: Vec<BreakRestart>) -> Result<()> {
             }
         }
     }
-    let mut timed: Vec<(Duration, usize, usize)> = Vec::new();
-    for (i, r) in restarts.iter().enumerate() {
-        for (j, step) in r.steps.iter().enumerate() {
-            if let Step::Kernel { lead, .. } = step {
-                timed.push((*lead, i, j));
-            }
-        }
-    }
-    // Longest lead first; for one lease, its steps in their order.
-    timed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let timed = kernel_steps_by_lead(&restarts);
     let resume = mono_now() + timed.first().map_or(Duration::ZERO, |t| t.0) + Duration::from_millis(2);
     let mut changer = BreakTimeChanger::new();
     let mut wakes = Vec::new();
@@ -140,10 +129,31 @@ pub fn run(restarts: Vec<BreakRestart>) -> Result<()> {
         tracing::info!(path = %r.path, to_unlock, secs, lead_ms = lead.as_millis() as u64, "lease break started again");
         wakes.push(Wake { deadline, holders: r.holders.clone(), dev: r.dev, inode: r.inode });
     }
-    drop(changer);
-    spawn_waker(wakes)?;
+    let waker = Waker::new(wakes)?;
     sleep_until(resume);
-    Ok(())
+    Ok(waker)
+}
+
+/// (lead, restart index, step index) of every step the kernel ends: the longest lead first,
+/// and for one lease its steps in their order.
+fn kernel_steps_by_lead(restarts: &[BreakRestart]) -> Vec<(Duration, usize, usize)> {
+    let mut timed = Vec::new();
+    for (i, r) in restarts.iter().enumerate() {
+        for (j, step) in r.steps.iter().enumerate() {
+            if let Step::Kernel { lead, .. } = step {
+                timed.push((*lead, i, j));
+            }
+        }
+    }
+    timed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    timed
+}
+
+/// The deadlines of the restarted breaks and pidfds of their holders, opened while the tree is
+/// still frozen (a holder may exit as soon as it runs), for `crust-leasewake`.
+pub struct Waker {
+    wakes: Vec<Wake>,
+    pidfds: std::collections::BTreeMap<u32, OwnedFd>,
 }
 
 /// A deadline at which the kernel must look at an inode's leases.
@@ -154,44 +164,54 @@ struct Wake {
     inode: u64,
 }
 
-/// Expiry is lazy (docs/kernel-leases.md): at its deadline the kernel ends a break only when
-/// something looks at the inode's leases. A blocked breaker looks when its sleep times out, and
-/// that sleep is a timer-wheel timeout, which may fire up to an eighth of its length late (up to
-/// 256 ms for 2 to 16 s at HZ=250, 2 s beyond); a break nobody waits for stays until someone
-/// looks. So that each restarted break ends at its recorded time, `crust-leasewake` makes the
-/// kernel look at each deadline: `F_GETLEASE` on the holder's fd, which ends a break only if its
-/// deadline has passed, exactly as any look would (and does nothing otherwise).
-///
-/// It holds no descriptor but pidfds of the holders: nothing of their files. At a deadline it
-/// takes a copy of a holder's fd (pidfd_getfd) for the duration of that one call, and only if
-/// that fd is still the leased file; if the holder exited, closed it or exec'd, there is
-/// nothing to do. Killing it (`pkill -x crust-leasewake`) is harmless: the kernel ends the
-/// breaks itself, a little later. It exits after the last deadline.
-fn spawn_waker(wakes: Vec<Wake>) -> Result<()> {
-    if wakes.is_empty() {
-        return Ok(());
-    }
-    let mut pidfds = std::collections::BTreeMap::new();
-    for w in &wakes {
-        for (pid, _) in &w.holders {
+impl Waker {
+    fn new(wakes: Vec<Wake>) -> Result<Waker> {
+        let mut pidfds = std::collections::BTreeMap::new();
+        for (pid, _) in wakes.iter().flat_map(|w| &w.holders) {
             if !pidfds.contains_key(pid) {
                 pidfds.insert(*pid, crate::sys::pidfd::pidfd_open(*pid as i32)?);
             }
         }
+        Ok(Waker { wakes, pidfds })
     }
-    let keep: Vec<i32> = pidfds.values().map(|fd| fd.as_raw_fd()).collect();
-    // The kernel counts a deadline as past one tick after it (the deadline is reckoned from the
-    // last tick before crust's open, so one tick after `deadline` is always enough).
-    let tick = lease_probe_tick();
-    crate::sys::spawn_detached("crust-leasewake", &keep, move || {
-        let mut wakes = wakes;
-        wakes.sort_by_key(|w| w.deadline);
-        for w in &wakes {
-            sleep_until(w.deadline + tick + Duration::from_millis(1));
-            look_at_leases(w, &pidfds);
+
+    /// Starts `crust-leasewake`, once the tree runs; nothing if no break was restarted.
+    ///
+    /// Expiry is lazy (docs/kernel-leases.md): at its deadline the kernel ends a break only
+    /// when something looks at the inode's leases. A blocked breaker looks when its sleep times
+    /// out, and that sleep is a timer-wheel timeout, which may fire up to an eighth of its
+    /// length late (up to 256 ms for 2 to 16 s at HZ=250, 2 s beyond); a break nobody waits for
+    /// stays until someone looks. So that each restarted break ends at its recorded time,
+    /// `crust-leasewake` makes the kernel look at each deadline: `F_GETLEASE` on the holder's
+    /// fd, which ends a break only if its deadline has passed, exactly as any look would (and
+    /// does nothing otherwise).
+    ///
+    /// It holds no descriptor but pidfds of the holders: nothing of their files. At a deadline
+    /// it takes a copy of a holder's fd (pidfd_getfd) for the duration of that one call, and
+    /// only if that fd is still the leased file; if the holder exited, closed it or exec'd,
+    /// there is nothing to do. Killing it (`pkill -x crust-leasewake`) is harmless: the kernel
+    /// ends the breaks itself, a little later. It exits after the last deadline. If it cannot
+    /// be started, the restore goes on (the same holds), with a warning.
+    pub fn start(self) {
+        if self.wakes.is_empty() {
+            return;
         }
-    })
-    .context("starting crust-leasewake")
+        let keep: Vec<i32> = self.pidfds.values().map(|fd| fd.as_raw_fd()).collect();
+        // The kernel counts a deadline as past one tick after it (the deadline is reckoned from
+        // the last tick before crust's open, so one tick after `deadline` is always enough).
+        let tick = lease_probe_tick();
+        let Waker { mut wakes, pidfds } = self;
+        let started = crate::sys::spawn_detached("crust-leasewake", &keep, move || {
+            wakes.sort_by_key(|w| w.deadline);
+            for w in &wakes {
+                sleep_until(w.deadline + tick + Duration::from_millis(1));
+                look_at_leases(w, &pidfds);
+            }
+        });
+        if let Err(e) = started {
+            tracing::warn!("cannot start crust-leasewake ({e}): restored lease breaks end when the kernel looks");
+        }
+    }
 }
 
 fn lease_probe_tick() -> Duration {
