@@ -120,16 +120,18 @@ pub fn run(restarts: Vec<BreakRestart>) -> Result<Waker> {
     let timed = kernel_steps_by_lead(&restarts);
     let resume = mono_now() + timed.first().map_or(Duration::ZERO, |t| t.0) + Duration::from_millis(2);
     let mut changer = BreakTimeChanger::new();
-    let mut wakes = Vec::new();
+    // Dropped on an error below: crust's records of the breaks started so far go with it.
+    let mut waker = Waker { wakes: Vec::new(), pidfds: Default::default(), records: Vec::new() };
     for (lead, i, j) in timed {
         let r = &restarts[i];
         let Step::Kernel { to_unlock, secs, .. } = r.steps[j] else { unreachable!() };
         sleep_until(resume - lead);
-        let deadline = start(r, to_unlock, secs, &mut changer).with_context(|| r.describe())?;
+        let (deadline, record) = start(r, to_unlock, secs, &mut changer).with_context(|| r.describe())?;
         tracing::info!(path = %r.path, to_unlock, secs, lead_ms = lead.as_millis() as u64, "lease break started again");
-        wakes.push(Wake { deadline, holders: r.holders.clone(), dev: r.dev, inode: r.inode });
+        waker.wakes.push(Wake { deadline, holders: r.holders.clone(), dev: r.dev, inode: r.inode });
+        waker.records.extend(record);
     }
-    let waker = Waker::new(wakes)?;
+    waker.open_pidfds()?;
     sleep_until(resume);
     Ok(waker)
 }
@@ -154,6 +156,9 @@ fn kernel_steps_by_lead(restarts: &[BreakRestart]) -> Vec<(Duration, usize, usiz
 pub struct Waker {
     wakes: Vec<Wake>,
     pidfds: std::collections::BTreeMap<u32, OwnedFd>,
+    /// crust's records of the restarted breaks: removed if the restore fails (dropped
+    /// without `start`).
+    records: Vec<std::path::PathBuf>,
 }
 
 /// A deadline at which the kernel must look at an inode's leases.
@@ -165,14 +170,13 @@ struct Wake {
 }
 
 impl Waker {
-    fn new(wakes: Vec<Wake>) -> Result<Waker> {
-        let mut pidfds = std::collections::BTreeMap::new();
-        for (pid, _) in wakes.iter().flat_map(|w| &w.holders) {
-            if !pidfds.contains_key(pid) {
-                pidfds.insert(*pid, crate::sys::pidfd::pidfd_open(*pid as i32)?);
+    fn open_pidfds(&mut self) -> Result<()> {
+        for (pid, _) in self.wakes.iter().flat_map(|w| &w.holders) {
+            if !self.pidfds.contains_key(pid) {
+                self.pidfds.insert(*pid, crate::sys::pidfd::pidfd_open(*pid as i32)?);
             }
         }
-        Ok(Waker { wakes, pidfds })
+        Ok(())
     }
 
     /// Starts `crust-leasewake`, once the tree runs; nothing if no break was restarted.
@@ -192,7 +196,8 @@ impl Waker {
     /// there is nothing to do. Killing it (`pkill -x crust-leasewake`) is harmless: the kernel
     /// ends the breaks itself, a little later. It exits after the last deadline. If it cannot
     /// be started, the restore goes on (the same holds), with a warning.
-    pub fn start(self) {
+    pub fn start(mut self) {
+        self.records.clear(); // the tree runs: they stay until their deadlines
         if self.wakes.is_empty() {
             return;
         }
@@ -200,7 +205,8 @@ impl Waker {
         // The kernel counts a deadline as past one tick after it (the deadline is reckoned from
         // the last tick before crust's open, so one tick after `deadline` is always enough).
         let tick = lease_probe_tick();
-        let Waker { mut wakes, pidfds } = self;
+        let mut wakes = std::mem::take(&mut self.wakes);
+        let pidfds = std::mem::take(&mut self.pidfds);
         let started = crate::sys::spawn_detached("crust-leasewake", &keep, move || {
             wakes.sort_by_key(|w| w.deadline);
             for w in &wakes {
@@ -210,6 +216,14 @@ impl Waker {
         });
         if let Err(e) = started {
             tracing::warn!("cannot start crust-leasewake ({e}): restored lease breaks end when the kernel looks");
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        for path in &self.records {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -248,8 +262,13 @@ impl BreakRestart {
 /// Starts the break with an open by crust, with lease-break-time = `secs` for that instant,
 /// without signalling anyone: the holder was signalled before the checkpoint (a signal it had
 /// not received yet is pending in the image and is delivered once).
-/// Returns the break's deadline (CLOCK_MONOTONIC).
-fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeChanger) -> Result<Duration> {
+/// Returns the break's deadline (CLOCK_MONOTONIC) and crust's record of it.
+fn start(
+    r: &BreakRestart,
+    to_unlock: bool,
+    secs: u32,
+    changer: &mut BreakTimeChanger,
+) -> Result<(Duration, Option<std::path::PathBuf>)> {
     let owner = crate::sys::get_owner_ex(r.copy.as_raw_fd()).context("F_GETOWN_EX")?;
     crate::sys::set_owner_ex(r.copy.as_raw_fd(), crate::sys::F_OWNER_PID, 0).context("F_SETOWN_EX (none)")?;
     let started = mono_now();
@@ -270,8 +289,8 @@ fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeCh
     }
     back?;
     let deadline = started + Duration::from_secs(secs.into());
-    restored::record(r.dev, r.inode, to_unlock, RestoredBreak { started, deadline });
-    Ok(deadline)
+    let record = restored::record(r.dev, r.inode, to_unlock, RestoredBreak { started, deadline });
+    Ok((deadline, record))
 }
 
 /// Downgrades or removes the lease through crust's copy of the description, as the kernel's

@@ -42,13 +42,18 @@ fn file(dev: u64, ino: u64, to_unlock: bool) -> PathBuf {
 }
 
 /// Writes the record of a break just started (best effort: a failure only costs a later dump
-/// without tracefs its precision, and is logged).
-pub fn record(dev: u64, ino: u64, to_unlock: bool, b: RestoredBreak) {
+/// without tracefs its precision, and is logged). Returns its path, to be removed if the
+/// restore fails.
+pub fn record(dev: u64, ino: u64, to_unlock: bool, b: RestoredBreak) -> Option<PathBuf> {
     forget_expired();
     let text = format!("started_ns={} deadline_ns={}\n", b.started.as_nanos(), b.deadline.as_nanos());
     let path = file(dev, ino, to_unlock);
-    if let Err(e) = std::fs::create_dir_all(dir()).and_then(|()| std::fs::write(&path, text)) {
-        tracing::warn!("cannot record the restarted lease break in {}: {e}", path.display());
+    match std::fs::create_dir_all(dir()).and_then(|()| std::fs::write(&path, text)) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!("cannot record the restarted lease break in {}: {e}", path.display());
+            None
+        }
     }
 }
 
