@@ -180,14 +180,7 @@ pub fn dump(
     get_lease(copy).with_context(|| format!("pid {pid} fd {fd}: F_GETLEASE"))?;
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
     let lines = super::locks::fdinfo_locks(&fdinfo);
-    if let Some(deleg) = lines.iter().find(|l| l.kind == "DELEG") {
-        bail!(
-            "pid {pid} fd {fd}: {path} holds a file delegation ({} {}, F_SETDELEG): crust cannot \
-             checkpoint delegations yet",
-            deleg.mode,
-            deleg.lock_type
-        );
-    }
+    refuse_delegations(pid, fd, path, &lines)?;
     let Some(current) = lines.into_iter().find(|l| l.kind == "LEASE") else {
         return Ok(None); // the break completed meanwhile: there is no lease any more
     };
@@ -209,6 +202,20 @@ pub fn dump(
     }
     read_owner(&mut lease, fd, remote).with_context(|| format!("pid {pid} fd {fd}: the lease's signal owner"))?;
     Ok(Some(lease))
+}
+
+/// A delegation (NFS, or F_SETDELEG from Linux 6.19) is a lease-like lock crust does not restore
+/// yet: refused by name rather than dropped.
+fn refuse_delegations(pid: i32, fd: i32, path: &str, lines: &[super::locks::LockLine]) -> Result<()> {
+    if let Some(deleg) = lines.iter().find(|l| l.kind == "DELEG") {
+        bail!(
+            "pid {pid} fd {fd}: {path} holds a file delegation ({} {}, F_SETDELEG): crust cannot \
+             checkpoint delegations yet",
+            deleg.mode,
+            deleg.lock_type
+        );
+    }
+    Ok(())
 }
 
 /// A break in progress: the lease's own type and the time left at the freeze, each with the
@@ -427,3 +434,29 @@ impl Policy {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delegations_are_refused_by_name() {
+        let fdinfo = "pos:\t0\nflags:\t0100000\nlock:\t1: DELEG  ACTIVE    READ 4242 fd:01:1234 0 EOF\n";
+        let lines = super::super::locks::fdinfo_locks(fdinfo);
+        let e = refuse_delegations(4242, 5, "/srv/f", &lines).unwrap_err().to_string();
+        assert!(e.contains("pid 4242 fd 5: /srv/f holds a file delegation"), "{e}");
+        let lease = "lock:\t1: LEASE  ACTIVE    READ 4242 fd:01:1234 0 EOF\n";
+        assert!(refuse_delegations(4242, 5, "/srv/f", &super::super::locks::fdinfo_locks(lease)).is_ok());
+    }
+
+    #[test]
+    fn breakers_are_the_waiters_right_below_their_lease() {
+        let locks = "1: LEASE  BREAKING  UNLCK 100 fd:01:7 0 EOF\n1: -> LEASE  BREAKER  WRITE 101 0:0:0 0 EOF\n\
+                     1: -> LEASE  BREAKER  WRITE 102 0:0:0 0 EOF\n2: POSIX  ADVISORY  WRITE 103 fd:01:8 0 EOF\n\
+                     2: -> POSIX  ADVISORY  WRITE 104 fd:01:8 0 EOF\n3: LEASE  ACTIVE  READ 105 fd:01:9 0 EOF\n";
+        let found = waiting_breakers(locks);
+        assert_eq!(found.len(), 2);
+        assert_eq!((found[0].0.dev_ino.as_str(), found[0].1.clone()), ("fd:01:7", vec![101, 102]));
+        assert_eq!((found[1].0.dev_ino.as_str(), found[1].1.clone()), ("fd:01:9", vec![]));
+    }
+}
