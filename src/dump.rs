@@ -61,12 +61,17 @@ struct Member {
 }
 
 pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
-    let started = Instant::now();
-    let progress = Progress::new("dump");
+    crate::interrupt::install()?;
     let root = Pid::from_raw(root);
     crate::kinds::leases::break_time::repair_left_behind();
     precheck(root)?;
     let image = ImageDir::create(dir)?;
+    dump_into(root, &image, opts).inspect_err(|e| image.discard_failed_dump(&format!("{e:#}")))
+}
+
+fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpReport> {
+    let started = Instant::now();
+    let progress = Progress::new("dump");
     let frozen_at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
 
     progress.step(format!("freezing the tree of pid {root}"));
@@ -75,11 +80,51 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     let freeze_start = Instant::now();
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
-    let froze = freeze_tree(root, &mut members, &mut frozen);
+    let froze = freeze_tree(root, &mut members, &mut frozen).and_then(|()| crate::fault::point("dump-frozen"));
     let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, opts));
+    let frozen_time = freeze_start.elapsed();
     let foreground_pgid = foreground_pgid(root, &members);
-    // Resume when asked to, and always when the dump failed: a failed dump changes nothing.
-    let resume = opts.leave_running || collected.is_err();
+    // A failed dump changes nothing: the tree goes on exactly as it was.
+    let (entries, shared_data, pages_bytes) = match collected {
+        Ok(c) => c,
+        Err(e) => {
+            resume_after_failure(&mut frozen);
+            return Err(e.context(format!("dumping the tree of pid {root} (it was left running)")));
+        }
+    };
+    if opts.leave_running {
+        release_all(&mut frozen, true)?;
+    }
+    // Without -R the tree stays frozen until the image is complete: a dump that fails or is
+    // interrupted from here on still leaves it running. With -R it already runs on.
+    progress.step("checksumming page data".to_string());
+    let inventory = finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts);
+    let inventory = match (inventory, opts.leave_running) {
+        (Ok(inventory), false) => {
+            release_all(&mut frozen, false)?;
+            info!(%root, "killed after dump");
+            inventory
+        }
+        (Ok(inventory), true) => inventory,
+        (Err(e), false) => {
+            resume_after_failure(&mut frozen);
+            return Err(e.context(format!("dumping the tree of pid {root} (it was left running)")));
+        }
+        (Err(e), true) => return Err(e.context(format!("dumping the tree of pid {root} (it runs on, untouched)"))),
+    };
+    progress.finish(format!(
+        "dumped {} process(es) of pid {root}: {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
+        inventory.processes.len(),
+        pages_bytes >> 20,
+        frozen_time.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
+}
+
+/// Releases every frozen process, bottom up: resumed as it was, or killed. Tries them all; the
+/// first error is returned.
+fn release_all(frozen: &mut [Frozen], resume: bool) -> Result<()> {
     let mut released = Ok(());
     for f in frozen.iter_mut().rev() {
         let r = f.release(resume);
@@ -87,16 +132,30 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
             released = r;
         }
     }
-    let frozen_time = freeze_start.elapsed();
-    let (mut entries, shared_data, pages_bytes) = collected.with_context(|| format!("dumping the tree of pid {root} (it was left running)"))?;
-    released?;
-    if !resume {
-        info!(%root, "killed after dump");
-    }
+    released
+}
 
-    // Everything below runs while the processes no longer wait for us.
-    progress.step("checksumming page data".to_string());
+/// After a failure: every process goes on as it was. A process that cannot be put back is
+/// reported (the dump's own error is the one returned).
+fn resume_after_failure(frozen: &mut [Frozen]) {
+    if let Err(e) = release_all(frozen, true) {
+        tracing::error!("after the failed dump: {e:#}");
+    }
+}
+
+/// Checksums the data files and writes the inventory, last: an image without one is
+/// incomplete.
+fn finish_image(
+    image: &ImageDir,
+    root: Pid,
+    mut entries: Vec<ProcessEntry>,
+    shared_data: &[String],
+    frozen_at: nix::sys::time::TimeSpec,
+    foreground_pgid: u32,
+    opts: &DumpOptions,
+) -> Result<Inventory> {
     for entry in entries.iter_mut().filter(|e| !e.zombie) {
+        crate::interrupt::check()?;
         entry.data_files = vec![image.checksum_data_file(&image::pages_name(entry.pid))?];
     }
     let data_files = shared_data.iter().map(|name| image.checksum_data_file(name)).collect::<Result<Vec<_>, _>>()?;
@@ -114,16 +173,10 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
         shell_job: opts.shell_job,
         foreground_pgid,
     };
-    // The inventory goes last: an image without one is incomplete.
+    crate::fault::point("dump-checksums")?;
+    crate::interrupt::check()?;
     image.write_record(image::INVENTORY, &inventory)?;
-    progress.finish(format!(
-        "dumped {} process(es) of pid {root}: {} MiB of pages, frozen {:.1} ms, total {:.1} ms",
-        inventory.processes.len(),
-        pages_bytes >> 20,
-        frozen_time.as_secs_f64() * 1e3,
-        started.elapsed().as_secs_f64() * 1e3
-    ));
-    Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
+    Ok(inventory)
 }
 
 /// The tree's process group in the foreground of the root's terminal, if any: tpgid of
@@ -160,6 +213,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
                 continue;
             }
         }
+        crate::interrupt::check()?;
         if pid != root {
             precheck(pid)?;
         }
@@ -199,6 +253,7 @@ fn collect_tree(
             .find(|m| m.pid == f.pid)
             .map(|m| m.ppid)
             .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()));
+        crate::interrupt::check()?;
         pages_bytes += collect(f, image, progress, &mut open_files, parent)?;
     }
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
@@ -226,6 +281,7 @@ fn collect_tree(
         .collect();
     let mut data_files = crate::kinds::files::data_files(&open_files);
     data_files.extend(sysv_data);
+    crate::fault::point("dump-collected")?;
     Ok((entries, data_files, pages_bytes))
 }
 
@@ -384,8 +440,12 @@ fn collect(
 
     progress.step(format!("pid {pid}: files"));
     let files = Files::dump(&mut ctx)?;
+    crate::fault::point("dump-files")?;
+    crate::interrupt::check()?;
     progress.step(format!("pid {pid}: memory"));
     let mm = Memory::dump(&mut ctx)?;
+    crate::fault::point("dump-memory")?;
+    crate::interrupt::check()?;
     let pages_bytes: u64 = mm.vmas.iter().flat_map(|v| &v.pages).map(|r| r.pages * crate::sys::PAGE_SIZE).sum();
     progress.step(format!("pid {pid}: signals, timers, identity, registers"));
     let identity = Identity::dump(&mut ctx)?;

@@ -1,26 +1,49 @@
-//! Fault injection, for tests only: `CRUST_FAULT=STEP` (or `STEP:N`) makes crust kill itself
-//! with SIGKILL the first (or Nth) time it reaches the point named STEP, so a test can check what
-//! a crust killed at that very moment leaves behind.
+//! Fault injection, for tests only: `CRUST_FAULT=STEP[:N[:ACTION]]` makes crust misbehave the
+//! Nth time (default: the first) it reaches the point named STEP, so that a test can check what
+//! a crust failing, interrupted or killed at that very moment leaves behind.
 //!
-//! Points: `lease-break-time-set` (restore, right after lease-break-time was changed to start a
-//! lease break again).
+//! ACTION is `kill` (SIGKILL of crust itself, the default), `fail` (the step fails with an
+//! error), or a signal crust stops for: `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGPIPE` (raised in crust,
+//! as if a user or a closed terminal sent it).
+//!
+//! Points: dump: `dump-frozen` (every process frozen), `dump-files`, `dump-memory` (after each
+//! process's files, memory), `dump-collected` (every record written), `dump-checksums` (before
+//! the inventory); restore: `lease-break-time-set` (right after lease-break-time was changed to
+//! start a lease break again).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use anyhow::{Result, bail};
+
 static REACHED: AtomicU32 = AtomicU32::new(0);
 
-/// Kills crust here if CRUST_FAULT names this point (and this is its Nth visit).
-pub fn point(step: &str) {
-    let Ok(spec) = std::env::var("CRUST_FAULT") else { return };
-    let (name, nth) = match spec.split_once(':') {
-        Some((name, n)) => (name, n.parse().unwrap_or(1)),
-        None => (spec.as_str(), 1),
-    };
-    if name != step {
-        return;
+/// Every point a test can name.
+pub const POINTS: &[&str] =
+    &["dump-frozen", "dump-files", "dump-memory", "dump-collected", "dump-checksums", "lease-break-time-set"];
+
+/// Misbehaves here if CRUST_FAULT names this point (and this is its Nth visit).
+pub fn point(step: &str) -> Result<()> {
+    let Ok(spec) = std::env::var("CRUST_FAULT") else { return Ok(()) };
+    let mut parts = spec.split(':');
+    if parts.next() != Some(step) {
+        return Ok(());
     }
-    if REACHED.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-        tracing::warn!("CRUST_FAULT={spec}: killing crust at {step}");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+    let nth: u32 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let action = parts.next().unwrap_or("kill");
+    if REACHED.fetch_add(1, Ordering::SeqCst) + 1 != nth {
+        return Ok(());
+    }
+    tracing::warn!("CRUST_FAULT={spec}: {action} at {step}");
+    match action {
+        "fail" => bail!("CRUST_FAULT: failing at {step}"),
+        "kill" => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            Ok(())
+        }
+        name => {
+            let sig: nix::sys::signal::Signal = name.parse().map_err(|_| anyhow::anyhow!("CRUST_FAULT: unknown action {name}"))?;
+            nix::sys::signal::raise(sig)?;
+            Ok(crate::interrupt::check()?)
+        }
     }
 }

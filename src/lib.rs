@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dump;
 pub mod fault;
 pub mod image;
+pub mod interrupt;
 pub mod kinds;
 pub mod lease_cmd;
 pub mod progress;

@@ -256,11 +256,19 @@ fn main() -> ExitCode {
         eprintln!("crust: cannot set up logging: {e:#}");
         return ExitCode::FAILURE;
     }
+    let logging_to_file = cli.log_file.is_some();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("crust: error: {e:#}");
-            ExitCode::FAILURE
+            if logging_to_file {
+                tracing::error!("{e:#}");
+            }
+            // Interrupted by a signal: the shell's convention, 128 + its number.
+            match e.downcast_ref::<crust::interrupt::Interrupted>() {
+                Some(crust::interrupt::Interrupted(sig)) => ExitCode::from((128 + *sig).clamp(0, 255) as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

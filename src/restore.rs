@@ -96,7 +96,8 @@ impl LoadedImage {
 /// Reads and verifies a whole image: every record, page-file sizes and checksums.
 pub fn load(dir: &Path) -> Result<LoadedImage> {
     let dir = ImageDir::open(dir)?;
-    let inventory: Inventory = dir.read_record(image::INVENTORY).context("the image is incomplete or damaged")?;
+    check_is_image(&dir)?;
+    let inventory: Inventory = dir.read_record(image::INVENTORY).context("the image is damaged")?;
     if !inventory.processes.iter().any(|p| p.pid == inventory.root_pid && !p.zombie) {
         bail!("image inventory does not list its root process {}", inventory.root_pid);
     }
@@ -116,6 +117,24 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         dir.verify_data_file(data)?;
     }
     Ok(LoadedImage { dir, inventory, processes, open_files })
+}
+
+/// A directory without an inventory is no image: say what it is instead.
+fn check_is_image(dir: &ImageDir) -> Result<()> {
+    let path = dir.root().display();
+    if let Some(reason) = dir.failed_dump() {
+        bail!("{path} holds a failed dump, not an image (the dump failed: {reason})");
+    }
+    if dir.path(image::INVENTORY).exists() {
+        return Ok(());
+    }
+    let records = std::fs::read_dir(dir.root())
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".img")).count())
+        .unwrap_or(0);
+    if records == 0 {
+        bail!("no crust image in {path}");
+    }
+    bail!("{path} holds an incomplete image: no {} (the dump did not finish)", image::INVENTORY)
 }
 
 /// Checks that this machine can run the image: same kernel build (the vDSO is part of the
@@ -163,6 +182,7 @@ fn wait_pid_free(pid: u32) -> Result<()> {
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let started = Instant::now();
+    crate::interrupt::install()?;
     crate::kinds::leases::break_time::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
@@ -217,15 +237,23 @@ fn raise_nofile_limit() {
     }
 }
 
+/// Waits for the restored root to exit. SIGINT, SIGTERM and SIGHUP sent to crust meanwhile are
+/// passed on to the root, as a shell passes them to its job (crust only waits for it).
 fn wait_exit(child: Pid) -> Result<i32> {
     loop {
-        match waitpid(child, None) {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("waiting for the restored process"),
         }
+        if let Some(sig) = crate::interrupt::take().filter(|s| *s != libc::SIGPIPE) {
+            if let Ok(sig) = Signal::try_from(sig) {
+                info!(%child, ?sig, "passing the signal on to the restored process");
+                let _ = kill(child, sig);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -389,9 +417,11 @@ impl Tree {
         self.finish_descriptions(img)?;
 
         for pid in img.processes.keys() {
+            crate::interrupt::check()?;
             progress.step(format!("pid {pid}: restoring its state"));
             self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
         }
+        crate::interrupt::check()?;
         self.take_leases_again(img)?;
         for pid in img.processes.keys() {
             self.finish_process(img, *pid).with_context(|| format!("restoring pid {pid}: credentials"))?;
@@ -455,6 +485,7 @@ impl Tree {
         }
         let children: Vec<u32> = img.children(pid).map(|c| c.pid).collect();
         for child in children {
+            crate::interrupt::check()?;
             let remote = &mut self.building.get_mut(&pid).unwrap().remote;
             let new = fork_child(remote, child).with_context(|| format!("pid {pid} forking pid {child}"))?;
             self.created.push(new);

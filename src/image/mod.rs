@@ -38,7 +38,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::sys::region::MappedFile;
 
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 const MAGIC: &[u8; 8] = b"CRUSTIMG";
 const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8;
 
@@ -84,6 +84,8 @@ impl Record for proto::OpenFiles {
 
 pub const INVENTORY: &str = "inventory.img";
 pub const OPEN_FILES: &str = "open-files.img";
+/// Left by a dump that failed or was interrupted, in place of what it had written: says why.
+pub const FAILED_DUMP: &str = "FAILED-DUMP.txt";
 
 pub fn core_name(pid: u32) -> String {
     format!("core-{pid}.img")
@@ -102,13 +104,55 @@ pub fn pages_name(pid: u32) -> String {
 #[derive(Clone, Debug)]
 pub struct ImageDir {
     root: PathBuf,
+    /// Every file this process wrote into the directory (removed if the dump fails).
+    written: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl ImageDir {
     /// Opens an image directory for writing, creating it if needed.
+    /// An image already there stops being one (its inventory goes first), and the mark of an
+    /// earlier failed dump goes too.
     pub fn create(root: &Path) -> Result<Self, ImageError> {
         fs::create_dir_all(root).map_err(|source| ImageError::Io { path: root.to_owned(), source })?;
-        Ok(ImageDir { root: root.to_owned() })
+        let dir = ImageDir { root: root.to_owned(), written: Default::default() };
+        for stale in [INVENTORY, FAILED_DUMP] {
+            let path = dir.path(stale);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(ImageError::Io { path, source }),
+            }
+        }
+        Ok(dir)
+    }
+
+    fn note_written(&self, path: &Path) {
+        let mut written = self.written.lock().unwrap();
+        if !written.iter().any(|p| p == path) {
+            written.push(path.to_owned());
+        }
+    }
+
+    /// After a failed dump: removes every file the dump wrote and leaves [`FAILED_DUMP`] with
+    /// the reason, so that nobody takes the directory for an image.
+    pub fn discard_failed_dump(&self, reason: &str) {
+        for path in self.written.lock().unwrap().drain(..) {
+            if let Err(e) = fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot remove {} of the failed dump: {e}", path.display());
+            }
+        }
+        let text = format!("crust dump failed; this directory holds no image.\n{reason}\n");
+        if let Err(e) = fs::write(self.path(FAILED_DUMP), text) {
+            tracing::warn!("cannot mark {} as a failed dump: {e}", self.root.display());
+        }
+    }
+
+    /// The reason of a failed dump left in this directory, if any.
+    pub fn failed_dump(&self) -> Option<String> {
+        let text = fs::read_to_string(self.path(FAILED_DUMP)).ok()?;
+        Some(text.lines().skip(1).collect::<Vec<_>>().join(" ").trim().to_owned())
     }
 
     pub fn open(root: &Path) -> Result<Self, ImageError> {
@@ -119,7 +163,7 @@ impl ImageDir {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        Ok(ImageDir { root: root.to_owned() })
+        Ok(ImageDir { root: root.to_owned(), written: Default::default() })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -145,6 +189,8 @@ impl ImageDir {
         buf.extend_from_slice(&sum.to_le_bytes());
         let tmp = self.path(&format!(".{name}.tmp"));
         let io = |source| ImageError::Io { path: path.clone(), source };
+        self.note_written(&tmp);
+        self.note_written(&path);
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(&buf).map_err(io)?;
         f.sync_data().map_err(io)?;
@@ -165,6 +211,7 @@ impl ImageDir {
     /// Creates (truncating) a raw data file.
     pub fn create_data_file(&self, name: &str) -> Result<File, ImageError> {
         let path = self.path(name);
+        self.note_written(&path);
         File::options()
             .read(true)
             .write(true)

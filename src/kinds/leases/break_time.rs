@@ -112,10 +112,7 @@ impl BreakTimeChanger {
         let _locked = lock()?;
         let old = current()?;
         std::fs::write(SAVED_PATH, format!("{old}\n")).with_context(|| format!("writing {SAVED_PATH}"))?;
-        let changed = write(secs);
-        if changed.is_ok() {
-            crate::fault::point("lease-break-time-set");
-        }
+        let changed = write(secs).and_then(|()| crate::fault::point("lease-break-time-set"));
         let out = changed.map(|()| f());
         let back = write(old);
         if back.is_ok() {
