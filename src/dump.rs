@@ -334,6 +334,21 @@ struct Frozen {
     remote: RemoteTask,
     /// The other threads, each seized on its own.
     threads: Vec<RemoteTask>,
+    /// Where its parked threads return through their signal frames (None: not parked).
+    sigreturn: Option<u64>,
+}
+
+/// Parks a thread just seized on a signal frame holding its state, so that it goes back to
+/// that state by itself if crust disappears (see RemoteTask::arm_self_return and
+/// docs/injection.md). A thread whose frame cannot be placed (no room below its stack pointer)
+/// is worked on without one, with a warning.
+fn park_on_frame(remote: &mut RemoteTask, sigreturn: Option<u64>) -> Result<()> {
+    let Some(ip) = sigreturn else { return Ok(()) };
+    let resolved = crate::kinds::registers::self_return_registers(remote, &remote.original_registers())?;
+    if let Err(e) = remote.arm_self_return(ip, &resolved) {
+        warn!(tid = %remote.pid(), "cannot park the thread on a signal frame ({e}): a crust killed during this dump could harm it");
+    }
+    Ok(())
 }
 
 fn task_ids(pid: Pid) -> Vec<Pid> {
@@ -349,11 +364,16 @@ impl Frozen {
     /// no new one appears), blocks signals in each, maps the scratch area.
     fn take(pid: Pid) -> Result<Self> {
         let syscall_ip = memory::syscall_instruction_in_vdso(pid.as_raw())?;
-        let remote = RemoteTask::new(pid, syscall_ip)?;
+        let mut remote = RemoteTask::new(pid, syscall_ip)?;
+        let sigreturn = memory::sigreturn_instruction(&remote);
+        if sigreturn.is_none() {
+            warn!(%pid, "no rt_sigreturn instructions in the process: a crust killed during this dump could harm it");
+        }
+        park_on_frame(&mut remote, sigreturn)?;
         // While crust runs calls in the process no signal may be delivered there: they stay
-        // pending and are dumped as such.
+        // pending and are dumped as such. (Parked first: its frame holds the original mask.)
         ptrace::set_sigmask(pid, !0)?;
-        let mut frozen = Frozen { pid, remote, threads: Vec::new() };
+        let mut frozen = Frozen { pid, remote, threads: Vec::new(), sigreturn };
         if let Err(e) = frozen.take_rest(syscall_ip) {
             let _ = frozen.release(true);
             return Err(e);
@@ -371,7 +391,8 @@ impl Frozen {
             }
             for tid in new {
                 ptrace::seize_and_interrupt(tid, false).with_context(|| format!("freezing thread {tid} of pid {pid}"))?;
-                let thread = RemoteTask::new(tid, syscall_ip)?;
+                let mut thread = RemoteTask::new(tid, syscall_ip)?;
+                park_on_frame(&mut thread, self.sigreturn)?;
                 ptrace::set_sigmask(tid, !0)?;
                 self.threads.push(thread);
             }

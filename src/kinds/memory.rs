@@ -431,6 +431,30 @@ pub fn vdso_text(pid: i32) -> Result<Vec<u8>> {
 
 /// Address of a `syscall` instruction inside the [vdso] of `pid`: the first place crust can
 /// run a remote system call from without changing a byte of the process.
+/// Where a thread of `pid` parked by crust returns through its signal frame: the
+/// `mov $15, %rax; syscall` of its C library's `__restore_rt` (or the like), found in its
+/// executable file mappings, the C library's first. None if there is none, or if the process
+/// uses a shadow stack (rt_sigreturn would then need a token crust does not place).
+pub fn sigreturn_instruction(remote: &RemoteTask) -> Option<u64> {
+    let pid = remote.pid().as_raw();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk")) {
+        return None;
+    }
+    let maps = procfs::process::Process::new(pid).ok()?.maps().ok()?;
+    let mut code: Vec<_> = maps
+        .iter()
+        .filter(|m| m.perms.contains(MMPermissions::EXECUTE) && matches!(m.pathname, MMapPath::Path(_)))
+        .filter(|m| m.address.1 - m.address.0 <= 16 << 20)
+        .collect();
+    code.sort_by_key(|m| !matches!(&m.pathname, MMapPath::Path(p) if p.to_string_lossy().contains("libc")));
+    code.into_iter().find_map(|m| {
+        let mut bytes = vec![0u8; (m.address.1 - m.address.0) as usize];
+        remote.read_memory(m.address.0, &mut bytes).ok()?;
+        crate::sys::sigframe::find_sigreturn(&bytes, m.address.0)
+    })
+}
+
 pub fn syscall_instruction_in_vdso(pid: i32) -> Result<u64> {
     let maps = procfs::process::Process::new(pid)?.maps()?;
     let vdso = maps

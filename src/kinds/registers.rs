@@ -123,6 +123,22 @@ pub fn resume_registers(t: &Thread) -> Result<Registers> {
     Ok(regs)
 }
 
+/// The registers a thread comes back to through `rt_sigreturn` if crust disappears while it
+/// works in it (see RemoteTask::arm_self_return): its own, with an interrupted system call
+/// resolved the way restore resolves it, since rt_sigreturn restarts nothing: restarted,
+/// a relative sleep resumed for the time it had left, or EINTR where the kernel's restart
+/// block is needed (rt_sigreturn resets it).
+pub fn self_return_registers(remote: &crate::sys::remote::RemoteTask, regs: &Registers) -> Result<Registers> {
+    let mut t = Thread { registers: Some(to_proto(regs)), ..Default::default() };
+    t.interrupted_syscall = interrupted_syscall(remote, regs)?;
+    if let Some(sc) = t.interrupted_syscall.as_mut()
+        && sc.action() == Action::KernelRestart
+    {
+        sc.set_action(Action::Reissue);
+    }
+    resume_registers(&t)
+}
+
 fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers) -> Result<Option<InterruptedSyscall>> {
     let number = regs.orig_rax as i64;
     let ret = regs.rax as i64;

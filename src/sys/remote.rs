@@ -29,6 +29,9 @@ pub struct RemoteTask {
     mem: File,
     /// A writable area in the tracee for arguments passed by pointer.
     scratch: Option<Scratch>,
+    /// Set by [`RemoteTask::arm_self_return`]: the address of `mov $15, %rax; syscall` the
+    /// parked tracee runs to return through its signal frame.
+    self_return: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +49,7 @@ impl RemoteTask {
             .open(format!("/proc/{pid}/mem"))
             .map_err(|e| SysError::new(format!("open /proc/{pid}/mem"), io_errno(&e)))?;
         let original_sigmask = ptrace::get_sigmask(pid)?;
-        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None })
+        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None })
     }
 
     pub fn original_registers(&self) -> Registers {
@@ -79,9 +82,45 @@ impl RemoteTask {
         self.scratch
     }
 
+    /// Parks the tracee so that, let go at any instant from now on, it returns by itself to
+    /// `resolved` (its original registers, an interrupted system call already resolved), its
+    /// original signal mask and its FPU state: a signal frame is written below its stack
+    /// pointer, and the tracee waits at `sigreturn_ip` (`mov $15, %rax; syscall`) with its
+    /// stack pointer on the frame. Every injected call then runs from that state and comes back
+    /// to it (see [`Self::syscall_raw`]). Nothing is changed if this fails.
+    pub fn arm_self_return(&mut self, sigreturn_ip: u64, resolved: &Registers) -> Result<(), SysError> {
+        let xstate = ptrace::get_xstate(self.pid)?;
+        let frame = super::sigframe::build(resolved, self.original_sigmask, &xstate)
+            .map_err(|e| SysError::unexpected("building a signal frame", self.pid.as_raw(), format!("{e:?}")))?;
+        self.write_memory(frame.address, &frame.bytes)?;
+        let mut parked = self.base;
+        parked.rip = sigreturn_ip;
+        parked.rsp = frame.parked_rsp();
+        // No system call to restart on the way out of the stop we are in.
+        parked.orig_rax = u64::MAX;
+        ptrace::set_registers(self.pid, &parked)?;
+        self.base = parked;
+        self.self_return = Some(sigreturn_ip);
+        Ok(())
+    }
+
+    /// Whether the tracee is parked on its signal frame.
+    pub fn self_returning(&self) -> bool {
+        self.self_return.is_some()
+    }
+
     /// Runs system call `nr` with `args` in the tracee and returns its raw result (negative
     /// errno on failure, as the kernel returns it).
+    ///
+    /// A parked tracee (see [`Self::arm_self_return`]) is let run into its `rt_sigreturn`; at
+    /// that system call's entry stop crust turns it into `nr` (orig_rax and the argument
+    /// registers) and points the return address back at the sigreturn instructions. At every
+    /// instant the tracee is either about to return through its frame or inside a call that
+    /// will return to where it does so: crust may disappear at any moment.
     pub fn syscall_raw(&mut self, nr: i64, args: &[u64]) -> Result<i64, SysError> {
+        if let Some(sigreturn_ip) = self.self_return {
+            return self.syscall_from_parked(sigreturn_ip, nr, args);
+        }
         let mut regs = self.base;
         regs.rax = nr as u64;
         // orig_rax = -1: the kernel must not treat the stop we start from as an interrupted
@@ -99,6 +138,20 @@ impl RemoteTask {
         ptrace::set_registers(self.pid, &regs)?;
         ptrace::step_to_syscall_stop(self.pid)?; // enter
         ptrace::step_to_syscall_stop(self.pid)?; // exit
+        let out = ptrace::get_registers(self.pid)?;
+        Ok(out.rax as i64)
+    }
+
+    fn syscall_from_parked(&mut self, sigreturn_ip: u64, nr: i64, args: &[u64]) -> Result<i64, SysError> {
+        ptrace::step_to_syscall_stop(self.pid)?; // the entry of rt_sigreturn
+        let mut regs = ptrace::get_registers(self.pid)?;
+        regs.orig_rax = nr as u64;
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+        regs.rip = sigreturn_ip;
+        ptrace::set_registers(self.pid, &regs)?;
+        ptrace::step_to_syscall_stop(self.pid)?; // the exit of `nr`, back at sigreturn_ip
         let out = ptrace::get_registers(self.pid)?;
         Ok(out.rax as i64)
     }
