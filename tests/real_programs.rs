@@ -44,6 +44,26 @@ fn attached_restore_of_sleep_exits_128_plus_signal_when_it_is_killed() {
     assert_eq!(e, Exit::Code(128 + libc::SIGTERM), "crust restore should exit 143\n{}", w.attached_output());
 }
 
+/// `sleep 1000` restored attached: Ctrl-C (SIGINT) or SIGTERM sent to the waiting crust is
+/// passed on to the restored process, as a shell passes it to its job: sleep dies of it and
+/// crust exits with 128 + its number.
+#[test]
+fn attached_restore_passes_sigint_and_sigterm_on_to_the_restored_process() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut w = spawn_sleep();
+        w.dump();
+        w.restore_attached();
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(proc_state(w.pid), Some('S'), "restored sleep is not sleeping\n{}", w.attached_output());
+        let crust_pid = w.attached.as_ref().unwrap().child.id() as i32;
+        let crust_fd = pidfd_open(crust_pid).expect("pidfd of the attached crust");
+        pidfd_signal(&crust_fd, sig).expect("signalling the attached crust");
+        let e = w.wait_attached(Duration::from_secs(10));
+        assert_eq!(e, Exit::Code(128 + sig), "crust restore should exit with the signal it passed on\n{}", w.attached_output());
+        assert!(wait_gone(w.pid, Duration::from_secs(5)), "the restored sleep outlived the signal");
+    }
+}
+
 const PY_COUNTER: &str = r#"
 import sys, time
 i = 0

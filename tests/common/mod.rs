@@ -565,6 +565,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    crust_env(args, &[])
+}
+
+/// `crust`, with these variables added to crust's environment (test-only switches such as
+/// `CRUST_LEASE_NO_TRACEFS=1` or `CRUST_FAULT=...`).
+pub fn crust_env<I, S>(args: I, env: &[(String, String)]) -> CrustOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     let tmp = TempDir::new("crust-out");
     let (out_path, err_path) = (tmp.path.join("stdout"), tmp.path.join("stderr"));
@@ -573,7 +583,8 @@ where
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(fs::File::create(&err_path).unwrap())
-        .env("RUST_BACKTRACE", "1");
+        .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     cloexec_inherited_fds(&mut cmd);
     let start = Instant::now();
     let mut child = cmd.spawn().expect("spawn crust");
@@ -663,6 +674,8 @@ pub struct Workload {
     /// our end of the workload's stdout, when a test asked for Stdio::piped()
     pub piped_stdout: Option<std::process::ChildStdout>,
     pub attached: Option<AttachedRestore>,
+    /// Added to the environment of every `crust` this workload runs (dump and restore).
+    pub crust_env: Vec<(String, String)>,
 }
 
 impl Workload {
@@ -729,6 +742,7 @@ impl Workload {
             owned,
             binary,
             attached: None,
+            crust_env: Vec::new(),
         }
     }
 
@@ -814,7 +828,7 @@ impl Workload {
         let img = self.image_dir.to_string_lossy().into_owned();
         let mut args = vec!["dump", "-t", &pid, "-D", &img];
         args.extend_from_slice(extra);
-        crust(args)
+        crust_env(args, &self.crust_env)
     }
 
     /// Dumps (must succeed), then reaps the killed original and checks it is gone.
@@ -853,7 +867,7 @@ impl Workload {
 
     /// `crust restore -d -D IMG`, no assertions (but a process that appears is owned).
     pub fn restore_detached_raw(&mut self) -> CrustOutput {
-        let out = crust(self.restore_args(true));
+        let out = crust_env(self.restore_args(true), &self.crust_env);
         self.adopt_if_restored();
         out
     }
@@ -861,7 +875,7 @@ impl Workload {
     /// `crust restore -d -D IMG`: must succeed, and the process must run with the old pid.
     #[track_caller]
     pub fn restore_detached(&mut self) -> CrustOutput {
-        let out = crust(self.restore_args(true));
+        let out = crust_env(self.restore_args(true), &self.crust_env);
         self.adopt_if_restored();
         assert!(out.success(), "restore -d of {} failed:\n{out}", self.name);
         let pid = self.pid;
@@ -892,7 +906,8 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .envs(self.crust_env.iter().map(|(k, v)| (k, v)));
         cloexec_inherited_fds(&mut cmd);
         let mut child = cmd.spawn().expect("spawn crust restore");
         let started = Instant::now();

@@ -267,7 +267,7 @@ fn from_kernel_deadline(lease: &mut Lease, t: &TracedLease, freeze: Duration) {
 /// Without tracefs: crust's own record of a break it restarted, else a blocked breaker's wait
 /// (sampled before the freeze), else the whole lease-break-time is assumed.
 fn without_tracefs(lease: &mut Lease, dev: u64, ino: u64, freeze: Duration) {
-    if let Some(b) = restored::find(dev, ino, lease.break_to_unlock, freeze) {
+    if let Some(b) = restored::find(dev, ino, lease.break_to_unlock, freeze, lease.holder_pid) {
         lease.remaining_ms = b.deadline.saturating_sub(freeze).as_millis() as u64;
         lease.set_remaining_method(TimeMethod::RestoredDeadline);
         let tick = lease_probe::kernel_hz().map_or(10, |hz| 1000u64.div_ceil(hz.into()));

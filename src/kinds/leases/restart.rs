@@ -289,7 +289,8 @@ fn start(
     }
     back?;
     let deadline = started + Duration::from_secs(secs.into());
-    let record = restored::record(r.dev, r.inode, to_unlock, RestoredBreak { started, deadline });
+    let holders: Vec<restored::ProcessId> = r.holders.iter().filter_map(|(pid, _)| restored::process_id(*pid)).collect();
+    let record = restored::record(r.dev, r.inode, to_unlock, RestoredBreak { started, deadline }, &holders);
     Ok((deadline, record))
 }
 
