@@ -246,15 +246,19 @@ fn collect_tree(
     let mut open_files = OpenFileTable::default();
     open_files.externals = opts.externals.clone();
     open_files.shell_job = opts.shell_job;
-    let mut pages_bytes = 0;
-    for f in frozen.iter_mut() {
-        let parent = members
+    let parent_of = |pid: Pid| {
+        members
             .iter()
-            .find(|m| m.pid == f.pid)
+            .find(|m| m.pid == pid)
             .map(|m| m.ppid)
-            .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()));
+            .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()))
+    };
+    // Files first, for every process: most refusals come from them, and they come before any
+    // memory is written.
+    let mut files = Vec::new();
+    for f in frozen.iter_mut() {
         crate::interrupt::check()?;
-        pages_bytes += collect(f, image, progress, &mut open_files, parent)?;
+        files.push(collect_files(f, image, progress, &mut open_files, parent_of(f.pid))?);
     }
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
     let outsiders = crate::kinds::locks::outsiders(&open_files.locked_files, &tree)?;
@@ -264,6 +268,12 @@ fn collect_tree(
              restoring would not bring those back: dump with --external-locks to go on anyway",
             outsiders.join("; ")
         );
+    }
+    let mut pages_bytes = 0;
+    for (f, files) in frozen.iter_mut().zip(files) {
+        crate::interrupt::check()?;
+        let parent = parent_of(f.pid);
+        pages_bytes += collect(f, files, image, progress, &mut open_files, parent)?;
     }
     let sysv_data: Vec<String> = open_files.sysv_segments.values().map(|s| s.data_file.clone()).collect();
     let open_files = open_files.finish()?;
@@ -447,8 +457,28 @@ impl Frozen {
 
 /// Collects every kind and writes the per-process records. Returns the core record and the
 /// number of page bytes saved.
+/// The fd table and open file descriptions of one process.
+fn collect_files(
+    frozen: &mut Frozen,
+    image: &ImageDir,
+    progress: &Progress,
+    open_files: &mut OpenFileTable,
+    parent: Option<Pid>,
+) -> Result<crate::image::proto::Files> {
+    let pid = frozen.pid;
+    let pidfd = pidfd_open(pid.as_raw())?;
+    let process = procfs::process::Process::new(pid.as_raw())?;
+    let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
+    progress.step(format!("pid {pid}: files"));
+    let files = Files::dump(&mut ctx)?;
+    crate::fault::point("dump-files")?;
+    Ok(files)
+}
+
+/// Every other kind of one process (its files were collected first), and its records.
 fn collect(
     frozen: &mut Frozen,
+    files: crate::image::proto::Files,
     image: &ImageDir,
     progress: &Progress,
     open_files: &mut OpenFileTable,
@@ -459,10 +489,6 @@ fn collect(
     let process = procfs::process::Process::new(pid.as_raw())?;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files: &mut *open_files, parent };
 
-    progress.step(format!("pid {pid}: files"));
-    let files = Files::dump(&mut ctx)?;
-    crate::fault::point("dump-files")?;
-    crate::interrupt::check()?;
     progress.step(format!("pid {pid}: memory"));
     let mm = Memory::dump(&mut ctx)?;
     crate::fault::point("dump-memory")?;

@@ -61,14 +61,6 @@
 
 static char data[4300];
 
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
 /* Is `name` one of the comma-separated words of `list`? */
 static int has_flag(const char *list, const char *name)
 {
@@ -92,24 +84,6 @@ static int map_ok(const char *map)
 }
 
 /* Waits (15 s at most each) for the breakers and checks they exit 0. */
-static void reap_breakers(const pid_t *kids, int nkids)
-{
-	for (int i = 0; i < nkids; i++) {
-		int st = 0;
-		double deadline = mono_now() + 15;
-		pid_t r;
-		while ((r = waitpid(kids[i], &st, WNOHANG)) == 0 && mono_now() < deadline)
-			sleep_ms(5);
-		if (r != kids[i]) {
-			check_failed("breaker b%d (pid %d) did not end", i + 1, (int)kids[i]);
-			kill(kids[i], SIGKILL);
-			waitpid(kids[i], &st, 0);
-		} else {
-			CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "breaker b%d ended with wait status 0x%x", i + 1, st);
-		}
-	}
-}
-
 /* The exec'd holder: lease_break STATUS execd FD PIDS WATCH. */
 static __attribute__((noreturn)) void execd(char **argv)
 {
@@ -314,12 +288,7 @@ int main(int argc, char **argv)
 	int all_opened = 0;
 	while (mono_now() < end) {
 		if (!all_opened) {
-			all_opened = 1;
-			for (int i = 1; i <= nkids && all_opened; i++) {
-				char needle[32];
-				snprintf(needle, sizeof(needle), "OPENED b%d ", i);
-				all_opened = status_has(needle);
-			}
+			all_opened = all_breakers_opened(nkids);
 			if (all_opened && mono_now() + 1 < end)
 				end = mono_now() + 1;
 		}

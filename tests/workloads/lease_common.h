@@ -8,6 +8,7 @@
 #define CRUST_LEASE_COMMON_H
 
 #include "common.h"
+#include <sys/wait.h>
 
 /* One received lease signal. */
 struct lease_sig {
@@ -110,6 +111,46 @@ static __attribute__((unused)) int lease_is_breaker(int pid)
 		line = nl ? nl + 1 : NULL;
 	}
 	return 0;
+}
+
+/* Does the status file hold `needle` (a line another process of the tree wrote)? */
+static __attribute__((unused)) int status_has(const char *needle)
+{
+	static char buf[65536];
+	if (read_file(wl_status, buf, sizeof(buf)) < 0)
+		return 0;
+	return strstr(buf, needle) != NULL;
+}
+
+/* Have breakers b1..bN all logged their OPENED line? */
+static __attribute__((unused)) int all_breakers_opened(int n)
+{
+	for (int i = 1; i <= n; i++) {
+		char needle[32];
+		snprintf(needle, sizeof(needle), "OPENED b%d ", i);
+		if (!status_has(needle))
+			return 0;
+	}
+	return 1;
+}
+
+/* Waits (15 s at most each) for the breakers, which must exit 0; kills one that does not end. */
+static __attribute__((unused)) void reap_breakers(const pid_t *kids, int nkids)
+{
+	for (int i = 0; i < nkids; i++) {
+		int st = 0;
+		double deadline = mono_now() + 15;
+		pid_t r;
+		while ((r = waitpid(kids[i], &st, WNOHANG)) == 0 && mono_now() < deadline)
+			sleep_ms(5);
+		if (r != kids[i]) {
+			check_failed("breaker b%d (pid %d) did not end", i + 1, (int)kids[i]);
+			kill(kids[i], SIGKILL);
+			waitpid(kids[i], &st, 0);
+		} else {
+			CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "breaker b%d ended with wait status 0x%x", i + 1, st);
+		}
+	}
 }
 
 #endif

@@ -33,14 +33,6 @@
 
 static char paths[MAX_FILES][4300];
 
-static int status_has(const char *needle)
-{
-	static char buf[65536];
-	if (read_file(wl_status, buf, sizeof(buf)) < 0)
-		return 0;
-	return strstr(buf, needle) != NULL;
-}
-
 static __attribute__((noreturn)) void breaker(int i, const int *fds, int n)
 {
 	for (int k = 0; k < n; k++)
@@ -136,12 +128,7 @@ int main(int argc, char **argv)
 	int all_opened = 0;
 	while (mono_now() < end) {
 		if (!all_opened) {
-			all_opened = 1;
-			for (int i = 1; i <= n && all_opened; i++) {
-				char needle[32];
-				snprintf(needle, sizeof(needle), "OPENED b%d ", i);
-				all_opened = status_has(needle);
-			}
+			all_opened = all_breakers_opened(n);
 			if (all_opened && mono_now() + 1 < end)
 				end = mono_now() + 1;
 		}
@@ -172,19 +159,6 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++)
 		CHECK(per_fd[i] == 1, "lease %d (fd %d): %d signals, expected 1", i + 1, fds[i], per_fd[i]);
 	status("DONE sigs=%d", (int)lease_sig_count);
-	for (int i = 0; i < n; i++) {
-		int st = 0;
-		double deadline = mono_now() + 15;
-		pid_t r;
-		while ((r = waitpid(kids[i], &st, WNOHANG)) == 0 && mono_now() < deadline)
-			sleep_ms(5);
-		if (r != kids[i]) {
-			check_failed("breaker b%d (pid %d) did not end", i + 1, (int)kids[i]);
-			kill(kids[i], SIGKILL);
-			waitpid(kids[i], &st, 0);
-		} else {
-			CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "breaker b%d ended with wait status 0x%x", i + 1, st);
-		}
-	}
+	reap_breakers(kids, n);
 	finish("holder sigs=%d", (int)lease_sig_count);
 }
