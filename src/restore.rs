@@ -116,7 +116,41 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     for data in &inventory.data_files {
         dir.verify_data_file(data)?;
     }
-    Ok(LoadedImage { dir, inventory, processes, open_files })
+    let img = LoadedImage { dir, inventory, processes, open_files };
+    check_data_file_names(&img)?;
+    Ok(img)
+}
+
+/// Every data file a record names is one the inventory lists (and whose checksum was just
+/// verified), by a plain name: restore reads nothing outside the image directory.
+fn check_data_file_names(img: &LoadedImage) -> Result<()> {
+    let listed: BTreeSet<&str> = img
+        .inventory
+        .data_files
+        .iter()
+        .chain(img.inventory.processes.iter().flat_map(|e| &e.data_files))
+        .map(|d| d.name.as_str())
+        .collect();
+    let plain = |n: &str| !n.is_empty() && n != "." && n != ".." && !n.contains('/');
+    let mut named: Vec<(String, String)> = Vec::new();
+    for (pid, p) in &img.processes {
+        named.push((image::mm_name(*pid), p.mm.pages_file.clone()));
+        for seg in p.mm.vmas.iter().filter_map(|v| v.sysv_shm.as_ref()) {
+            named.push((image::mm_name(*pid), seg.data_file.clone()));
+        }
+    }
+    named.extend(files::data_files(&img.open_files).into_iter().map(|n| (image::OPEN_FILES.to_string(), n)));
+    for name in &listed {
+        if !plain(name) {
+            bail!("image file {}: it lists a data file {name:?}, which is not a plain file name of the image directory", image::INVENTORY);
+        }
+    }
+    for (record, name) in named {
+        if !plain(&name) || !listed.contains(name.as_str()) {
+            bail!("image file {record}: it names the data file {name:?}, which is not a data file the inventory lists");
+        }
+    }
+    Ok(())
 }
 
 /// A directory without an inventory is no image: say what it is instead.
@@ -819,5 +853,35 @@ fn forget_absent_lock_takers(img: &mut LoadedImage) {
         if let Some(f) = img.open_files.open_files.iter_mut().find(|f| f.id == id) {
             f.locks[i].taker_pid = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::proto::DataFile;
+
+    fn image_naming(pages_file: &str, listed: &str) -> LoadedImage {
+        let dir = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let entry = ProcessEntry {
+            pid: 7,
+            data_files: vec![DataFile { name: listed.into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let inventory = Inventory { processes: vec![entry], ..Default::default() };
+        let mm = Mm { pages_file: pages_file.into(), ..Default::default() };
+        let process = ProcessImage { core: Core::default(), mm, files: FilesRecord::default() };
+        LoadedImage { dir, inventory, processes: BTreeMap::from([(7, process)]), open_files: OpenFiles::default() }
+    }
+
+    #[test]
+    fn records_may_only_name_listed_data_files_inside_the_image() {
+        assert!(check_data_file_names(&image_naming("pages-7.img", "pages-7.img")).is_ok());
+        let e = check_data_file_names(&image_naming("../../etc/shadow", "pages-7.img")).unwrap_err().to_string();
+        assert!(e.contains("mm-7.img") && e.contains("../../etc/shadow"), "{e}");
+        let e = check_data_file_names(&image_naming("pages-8.img", "pages-7.img")).unwrap_err().to_string();
+        assert!(e.contains("not a data file the inventory lists"), "{e}");
+        let e = check_data_file_names(&image_naming("/etc/shadow", "/etc/shadow")).unwrap_err().to_string();
+        assert!(e.contains("not a plain file name"), "{e}");
     }
 }

@@ -57,6 +57,8 @@ pub enum ImageError {
     Truncated { path: PathBuf, detail: String },
     #[error("image file {path} is corrupted ({detail}): checksum {found:#018x} does not match the recorded {expected:#018x}")]
     Checksum { path: PathBuf, detail: String, expected: u64, found: u64 },
+    #[error("image file {path} lists the data file {name:?}, which is not a plain file name of the image directory")]
+    BadName { path: PathBuf, name: String },
     #[error("image file {path} is corrupted: cannot decode its {kind} record: {source}")]
     Decode { path: PathBuf, kind: String, source: prost::DecodeError },
 }
@@ -237,6 +239,10 @@ impl ImageDir {
 
     /// Verifies a raw data file against what the inventory recorded.
     pub fn verify_data_file(&self, expected: &proto::DataFile) -> Result<(), ImageError> {
+        let name = expected.name.as_str();
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(ImageError::BadName { path: self.path(INVENTORY), name: name.to_owned() });
+        }
         let path = self.path(&expected.name);
         let size = fs::metadata(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?.len();
         if size != expected.size {

@@ -688,7 +688,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
                 None if let Some(fd) = leased_description(ctx, file)? => fd,
                 None => {
                     let mode = if writable { libc::O_RDWR } else { libc::O_RDONLY };
-                    let fd = ctx.open_in_process(&file.path, mode | libc::O_CLOEXEC)?;
+                    let fd = ctx.open_identified(file, mode | libc::O_CLOEXEC, "mapped file")?;
                     file_fds.insert(key, fd);
                     fd
                 }
@@ -780,7 +780,7 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
     let exe_fd = if (current.dev(), current.ino()) == (exe.dev, exe.inode) {
         None
     } else {
-        Some(ctx.open_in_process(&exe.path, libc::O_RDONLY | libc::O_CLOEXEC)?)
+        Some(ctx.open_identified(exe, libc::O_RDONLY | libc::O_CLOEXEC, "executable")?)
     };
     let mut auxv_bytes = Vec::new();
     for v in &f.auxv {

@@ -98,6 +98,37 @@ impl RestoreCtx<'_> {
         self.to_temp_fd(fd)
     }
 
+    /// Opens `file` in the process (with whatever credentials the process has at this point)
+    /// and checks that what was opened is the very file the image names, device and inode:
+    /// a path may now lead elsewhere (a symlink or a rename put in its place), and restore must
+    /// never give a process a file it did not have. Refused, naming the file, otherwise.
+    pub fn open_identified(&mut self, file: &crate::image::proto::FileIdentity, flags: i32, what: &str) -> Result<i32> {
+        let fd = self.open_in_process(&file.path, flags)?;
+        let opened = std::fs::metadata(format!("/proc/{}/fd/{fd}", self.pid));
+        let same = opened.as_ref().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.dev() == file.dev && m.ino() == file.inode
+        });
+        if !same {
+            self.close_in_process(fd)?;
+            let found = match opened {
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    format!("device {:#x} inode {}", m.dev(), m.ino())
+                }
+                Err(e) => format!("nothing that can be checked ({e})"),
+            };
+            anyhow::bail!(
+                "{what} {}: the path now leads to {found}, not to the file the process had (device {:#x} inode {}); \
+                 crust refuses to give the process another file",
+                file.path,
+                file.dev,
+                file.inode
+            );
+        }
+        Ok(fd)
+    }
+
     pub fn close_in_process(&mut self, fd: i32) -> Result<()> {
         self.remote.syscall("close", libc::SYS_close, &[fd as u64])?;
         Ok(())
