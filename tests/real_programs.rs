@@ -110,3 +110,40 @@ fn python_counter_loop_continues_from_where_it_was() {
         all.len()
     );
 }
+
+/// python3 appending a line to its log (kept open) every 50 ms.
+const PY_LOGGER: &str = r#"
+import sys, time
+log = open(sys.argv[1], 'a', buffering=1)
+i = 0
+while True:
+    log.write('line %d\n' % i)
+    i += 1
+    time.sleep(0.05)
+"#;
+
+/// `dump -R` of a program writing a log, which goes on writing; later (after a crash, here a
+/// SIGKILL) the checkpoint is restored: the log grew meanwhile, which the restored program
+/// lives with, so the restore goes on with one warning naming the log, and the program appends
+/// again from its restored state (its counter starts over from where the checkpoint was).
+#[test]
+fn checkpoint_of_a_program_writing_a_log_restores_after_it_went_on() {
+    let mut w = Workload::spawn_program("py-logger", "python3", &["-c", PY_LOGGER, "app.log"]);
+    let log = w.dir.path.join("app.log");
+    let lines = |p: &std::path::Path| fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>();
+    wait_until("a few log lines", Duration::from_secs(15), || lines(&log).len() >= 5);
+    w.dump_with(&["-R"]).assert_success();
+    let at_dump = lines(&log).len();
+    wait_until("the log to grow after the checkpoint", Duration::from_secs(15), || lines(&log).len() >= at_dump + 5);
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+    let at_crash = lines(&log).len();
+    let out = w.restore_detached();
+    assert!(out.text().contains("app.log changed since the dump"), "no warning naming the log:\n{out}");
+    wait_until("the restored program to append again", Duration::from_secs(15), || lines(&log).len() >= at_crash + 3);
+    let after: Vec<String> = lines(&log)[at_crash..].to_vec();
+    let first: usize = after[0].trim_start_matches("line ").parse().unwrap();
+    assert!(first + 4 >= at_dump && first <= at_dump, "the restored program went on from line {first}, the checkpoint was at {at_dump}");
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+}

@@ -211,7 +211,7 @@ fn restore_refuses_corrupted_image_files_naming_the_file() {
     });
 }
 
-fn changed_mapped_file_is_refused(change: impl Fn(&Path)) {
+fn changed_mapped_file_is_refused(change: &dyn Fn(&Path), why: &str) {
     let mut w = Workload::spawn("mappings", &[]);
     w.dump();
     let data = w.dir.path.join("status.data");
@@ -221,30 +221,60 @@ fn changed_mapped_file_is_refused(change: impl Fn(&Path)) {
     out.assert_failure();
     eprintln!("{out}");
     assert!(out.text().contains("status.data"), "refusal does not name the changed file status.data:\n{out}");
+    assert!(out.text().contains(why), "refusal does not say {why:?}:\n{out}");
     if let Some(p) = ensure_no_process(w.pid) {
         panic!("{p}\n{out}");
     }
 }
 
-/// The file behind a private file mapping grew after the dump: restore is refused,
-/// naming the file.
+/// A program that went on after `dump -R` may change its data files; restore goes on with them
+/// as they are now (as the process would have seen them), with one warning line naming the
+/// file: here the file behind a private file mapping grew.
+fn changed_mapped_data_file_is_accepted(change: impl Fn(&Path)) {
+    let mut w = Workload::spawn("mappings", &[]);
+    w.dump();
+    let data = w.dir.path.join("status.data");
+    change(&data);
+    let out = w.restore_detached();
+    assert!(
+        out.text().contains("status.data changed since the dump"),
+        "no warning naming the changed file status.data:\n{out}"
+    );
+    assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "the restored process does not run");
+}
+
 #[test]
-fn restore_refuses_when_a_mapped_file_was_extended() {
-    changed_mapped_file_is_refused(|p| {
+fn restore_goes_on_with_a_warning_when_a_mapped_data_file_grew() {
+    changed_mapped_data_file_is_accepted(|p| {
         use std::io::Write;
         fs::OpenOptions::new().append(true).open(p).unwrap().write_all(&[0x55; 4096]).unwrap();
     });
 }
 
-/// The file behind a private file mapping was rewritten in place (same size) after the
-/// dump: restore is refused, naming the file.
+/// The same, the file behind a private file mapping written in place (same size).
 #[test]
-fn restore_refuses_when_a_mapped_file_was_modified_in_place() {
-    changed_mapped_file_is_refused(|p| {
+fn restore_goes_on_with_a_warning_when_a_mapped_data_file_was_written_in_place() {
+    changed_mapped_data_file_is_accepted(|p| {
         use std::os::unix::fs::FileExt;
         std::thread::sleep(Duration::from_millis(20)); // a visibly different mtime too
         fs::OpenOptions::new().write(true).open(p).unwrap().write_all_at(&[0xAA; 4096], 0).unwrap();
     });
+}
+
+/// What the restored process could not live with is refused, naming the file: a mapped file
+/// now shorter than what was mapped (its pages would fault with SIGBUS), or another file at
+/// the path (replaced by a rename).
+#[test]
+fn restore_refuses_a_mapped_file_shorter_than_its_mapping_or_replaced_by_another() {
+    let truncate = |p: &Path| fs::OpenOptions::new().write(true).open(p).unwrap().set_len(4096).unwrap();
+    let replace = |p: &Path| {
+        let new = p.with_extension("new");
+        fs::write(&new, read_all(p)).unwrap();
+        fs::rename(&new, p).unwrap();
+    };
+    for (change, why) in [(&truncate as &dyn Fn(&Path), "shorter than"), (&replace, "is another file now")] {
+        changed_mapped_file_is_refused(change, why);
+    }
 }
 
 /// Every image file deleted (in turn) makes restore fail with a message naming that

@@ -85,3 +85,18 @@ fn restored_process_can_be_checkpointed_and_restored_again() {
     let after = w.snapshot();
     w.verify_restored(&first, &after, &[], extra);
 }
+
+/// Two adjacent private anonymous areas the process has as two (one was made elsewhere and
+/// moved next to the other with mremap, as allocators do with realloc) come back as two, with
+/// their contents: a plain mmap would merge them into one.
+#[test]
+fn adjacent_anonymous_areas_that_never_merged_come_back_apart() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/adjacent_areas.py");
+    let mut w = Workload::spawn_program("adjacent-areas", "python3", &[script]);
+    wait_until("python3 to place its areas", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    assert_same_proc(&before, &after, &[]);
+}

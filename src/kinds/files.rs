@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 
-use super::memory::{check_file_unchanged, file_identity};
+use super::memory::{FileUse, check_file, file_identity};
 use super::{DumpCtx, Kind, RestoreCtx};
 use crate::image::proto::{self, CharDevice, Fd, Files as FilesRecord, OpenFile, OpenFiles, RegularFile, open_file};
 use crate::sys::pidfd::{pidfd_getfd, same_open_file};
@@ -493,7 +493,11 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
         match &file.kind {
             Some(open_file::Kind::Regular(RegularFile { file: Some(f) })) => {
                 if f.mode & libc::S_IFMT == libc::S_IFREG {
-                    check_file_unchanged(f, "open file").map_err(|e| e.context(format!("open file #{}", file.id)))?;
+                    // An O_APPEND description writes at the end whatever its offset (a log
+                    // truncated by its rotation is fine); any other must still reach its offset.
+                    let append = file.flags & libc::O_APPEND as u32 != 0;
+                    let usage = FileUse::Data { needed: if append { 0 } else { file.position } };
+                    check_file(f, "open file", usage).map_err(|e| e.context(format!("open file #{}", file.id)))?;
                 }
             }
             Some(open_file::Kind::CharDevice(CharDevice { file: Some(f) })) => {

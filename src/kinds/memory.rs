@@ -121,10 +121,13 @@ impl Kind for Memory {
         // up privileges (a daemon's binary under a directory it can no longer search).
         let pages_fd = ctx.open_in_process(&pages_path, libc::O_RDONLY | libc::O_CLOEXEC)?;
         let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
+        let mut previous: Option<&Vma> = None;
         for vma in &mm.vmas {
-            map_vma(ctx, vma, &mut file_fds).with_context(|| {
+            let apart = previous.is_some_and(|p| p.end == vma.start);
+            map_vma(ctx, vma, &mut file_fds, apart).with_context(|| {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
             })?;
+            previous = Some(vma);
         }
         fill_pages(ctx.remote, pages_fd, &mm.vmas)?;
         for vma in &mm.vmas {
@@ -261,24 +264,57 @@ pub fn file_identity(path: &str, through: &str) -> Result<FileIdentity> {
     })
 }
 
-/// Checks that the file an image refers to is still the one that was dumped.
-pub fn check_file_unchanged(file: &FileIdentity, what: &str) -> Result<()> {
-    let meta = std::fs::metadata(&file.path)
-        .with_context(|| format!("{what} {} is gone since the dump", file.path))?;
-    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+/// How a process used a file the image names, for [`check_file`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FileUse {
+    /// Its code: the executable, or an executable mapping of a library. Any change is refused.
+    Code,
+    /// Its data: it may have changed since the dump (a log that grew, a file written in place)
+    /// as long as it still holds the first `needed` bytes (what was mapped, or up to an fd's
+    /// offset, as far as the file went at the dump).
+    Data { needed: u64 },
+}
+
+/// Checks a file the image names before anything is created. Refused, naming the file: gone,
+/// another kind of file, another file (device or inode changed: a path now leading elsewhere),
+/// changed code, or data shorter than what the process used. A data file that only changed
+/// gives one warning line and the restore goes on: the process sees it as it is now, as it
+/// would have had it gone on running.
+pub fn check_file(file: &FileIdentity, what: &str, usage: FileUse) -> Result<()> {
+    let meta = std::fs::metadata(&file.path).with_context(|| format!("{what} {} is gone since the dump", file.path))?;
     if meta.mode() & libc::S_IFMT != file.mode & libc::S_IFMT {
         bail!("{what} {} is no longer the same kind of file as at dump time", file.path);
     }
-    if meta.size() != file.size {
+    if (meta.dev(), meta.ino()) != (file.dev, file.inode) {
         bail!(
-            "{what} {} changed since the dump: its size is {} bytes, the image recorded {}",
+            "{what} {} is another file now (device {:#x} inode {}; the process had device {:#x} inode {})",
             file.path,
-            meta.size(),
-            file.size
+            meta.dev(),
+            meta.ino(),
+            file.dev,
+            file.inode
         );
     }
-    if mtime_ns != file.mtime_ns {
-        bail!("{what} {} was modified after the dump (its mtime changed)", file.path);
+    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    let changed = meta.size() != file.size || mtime_ns != file.mtime_ns;
+    match usage {
+        FileUse::Code if changed => {
+            bail!("{what} {} was modified after the dump: the process's code would not be what it ran", file.path)
+        }
+        FileUse::Data { needed } if meta.size() < needed.min(file.size) => bail!(
+            "{what} {} is {} bytes now, shorter than the {} bytes the process used",
+            file.path,
+            meta.size(),
+            needed.min(file.size)
+        ),
+        _ if changed => tracing::warn!(
+            "{what} {} changed since the dump ({} bytes then, {} now{}): the restored process sees it as it is now",
+            file.path,
+            file.size,
+            meta.size(),
+            if mtime_ns != file.mtime_ns { ", modified" } else { "" }
+        ),
+        _ => {}
     }
     Ok(())
 }
@@ -638,7 +674,9 @@ fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
     (candidate + len < 0x7fff_ffff_0000).then_some(candidate)
 }
 
-fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool), i32>) -> Result<()> {
+/// Maps one area of the image. `apart`: the area right before it is a separate area in the
+/// image, so this one must not merge with it (see [`map_anonymous_apart`]).
+fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool), i32>, apart: bool) -> Result<()> {
     let kind = vma.kind();
     let len = vma.end - vma.start;
     if vma.inherited {
@@ -698,10 +736,14 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
         }
     };
     let noreserve = if vma.no_reserve { libc::MAP_NORESERVE } else { 0 };
-    let flags = (flags | noreserve | libc::MAP_FIXED) as u64;
-    let got = ctx.remote.syscall("mmap", libc::SYS_mmap, &[vma.start, len, prot, flags, fd as u64, offset])?;
-    if got != vma.start {
-        bail!("mmap returned {got:#x}");
+    if apart && kind == VmaKind::PrivateAnonymous && !vma.grows_down {
+        map_anonymous_apart(ctx.remote, vma, prot, (flags | noreserve) as u64)?;
+    } else {
+        let flags = (flags | noreserve | libc::MAP_FIXED) as u64;
+        let got = ctx.remote.syscall("mmap", libc::SYS_mmap, &[vma.start, len, prot, flags, fd as u64, offset])?;
+        if got != vma.start {
+            bail!("mmap returned {got:#x}");
+        }
     }
     // Advice that changes how pages are backed must be in place before they are filled.
     let advice: [(bool, i32); 4] = [
@@ -714,6 +756,30 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
         if wanted {
             madvise(ctx.remote, vma, advice)?;
         }
+    }
+    Ok(())
+}
+
+/// Two adjacent private anonymous areas that the process had as two (one was moved by mremap,
+/// say, so their page offsets do not follow each other) would be merged into one by a plain
+/// mmap next to the other. Mapped elsewhere and moved into place, the area keeps the page
+/// offset of where it was made, as the original did, and stays an area of its own.
+fn map_anonymous_apart(remote: &mut RemoteTask, vma: &Vma, prot: u64, flags: u64) -> Result<()> {
+    let len = vma.end - vma.start;
+    // A placeholder holds the place (PROT_NONE: it merges with nothing that matters), so that
+    // the area made elsewhere cannot be made right there.
+    let placeholder = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE) as u64;
+    remote.syscall("mmap(placeholder)", libc::SYS_mmap, &[vma.start, len, libc::PROT_NONE as u64, placeholder, u64::MAX, 0])?;
+    let made = remote.syscall("mmap", libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0])?;
+    // mremap gives an area never faulted the page offset of its new place (to let it merge):
+    // one page touched, then dropped, keeps the offset of where it was made.
+    // (Best effort: an area that cannot be touched may merge, as before.)
+    let _ = remote.write_memory(made, &[0]);
+    remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[made, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
+    let moved = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let got = remote.syscall("mremap", libc::SYS_mremap, &[made, len, len, moved, vma.start])?;
+    if got != vma.start {
+        bail!("mremap to {:#x} returned {got:#x}", vma.start);
     }
     Ok(())
 }
@@ -826,11 +892,16 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
 pub fn precheck(mm: &Mm) -> Result<()> {
     for vma in &mm.vmas {
         if let Some(file) = &vma.file {
-            check_file_unchanged(file, "mapped file")?;
+            let usage = if vma.prot & libc::PROT_EXEC as u32 != 0 {
+                FileUse::Code
+            } else {
+                FileUse::Data { needed: vma.file_offset.saturating_add(vma.end - vma.start) }
+            };
+            check_file(file, "mapped file", usage)?;
         }
     }
     if let Some(exe) = mm.fields.as_ref().and_then(|f| f.exe.as_ref()) {
-        check_file_unchanged(exe, "executable")?;
+        check_file(exe, "executable", FileUse::Code)?;
     }
     Ok(())
 }
