@@ -69,6 +69,10 @@ enum Command {
         /// its lease), add:SECS, set:SECS. Default: as recorded in the image.
         #[arg(long = "lease-policy", value_parser = crust::kinds::leases::Policy::parse)]
         lease_policy: Option<crust::kinds::leases::Policy>,
+        /// How the executable and libraries are compared with what the process ran: by size and
+        /// mtime (default), or `filesize` (size only). `buildid` is not supported yet.
+        #[arg(long = "file-validation", value_name = "MODE", value_parser = parse_file_validation)]
+        file_validation: Option<crust::kinds::memory::CodeValidation>,
     },
     /// List the image's file leases; with an option, change what restore does with a lease
     /// break that was in progress (written into the image).
@@ -131,6 +135,15 @@ enum Command {
     BenchWorkload { mib: usize, ready_file: PathBuf },
 }
 
+/// CRIU's `--file-validation` modes.
+fn parse_file_validation(mode: &str) -> Result<crust::kinds::memory::CodeValidation, String> {
+    match mode {
+        "filesize" => Ok(crust::kinds::memory::CodeValidation::FileSize),
+        "buildid" => Err("--file-validation buildid is not supported yet (use filesize, or nothing for size and mtime)".into()),
+        other => Err(format!("unknown mode {other:?} (filesize)")),
+    }
+}
+
 /// Parses CRIU's `fd[N]:KEY`.
 fn parse_inherit_fd(arg: &str) -> Result<(i32, String), String> {
     let rest = arg.strip_prefix("fd[").ok_or("expected fd[N]:KEY")?;
@@ -166,9 +179,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crust::dump::dump(pid, &dir, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { dir, detach, inherit_fds, shell_job, lease_policy } => match crust::restore::restore(
+        Command::Restore { dir, detach, inherit_fds, shell_job, lease_policy, file_validation } => match crust::restore::restore(
             &dir,
-            &RestoreOptions { detach, inherit_fds, shell_job, lease_policy },
+            &RestoreOptions { detach, inherit_fds, shell_job, lease_policy, file_validation: file_validation.unwrap_or_default() },
         )? {
             Restored::Running { pid, .. } => {
                 println!("{pid}");

@@ -53,6 +53,8 @@ pub struct RestoreOptions {
     pub shell_job: bool,
     /// `--lease-policy`: what happens to lease breaks that were in progress.
     pub lease_policy: Option<crate::kinds::leases::Policy>,
+    /// `--file-validation`: how the code a process ran is compared with the files now.
+    pub file_validation: memory::CodeValidation,
 }
 
 /// How a restore ended.
@@ -173,7 +175,7 @@ fn check_is_image(dir: &ImageDir) -> Result<()> {
 
 /// Checks that this machine can run the image: same kernel build (the vDSO is part of the
 /// process), files unchanged.
-fn check_machine(img: &LoadedImage) -> Result<()> {
+fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> {
     let here = crate::sys::kernel_release();
     if img.inventory.kernel_release != here {
         bail!(
@@ -186,7 +188,7 @@ fn check_machine(img: &LoadedImage) -> Result<()> {
         bail!("the vDSO of this kernel differs from the one in the image (same release, different build)");
     }
     for p in img.processes.values() {
-        memory::precheck(&p.mm)?;
+        memory::precheck(&p.mm, code)?;
     }
     files::precheck(&img.open_files)?;
     Ok(())
@@ -227,7 +229,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     for entry in img.entries() {
         wait_pid_free(entry.pid)?;
     }
-    check_machine(&img)?;
+    check_machine(&img, opts.file_validation)?;
     let terminal = if img.inventory.shell_job || files::has_terminals(&img.open_files) {
         if !opts.shell_job {
             bail!("the image is a shell job (dumped with --shell-job): restore it with --shell-job (-j) from the terminal it should run on");

@@ -264,11 +264,22 @@ pub fn file_identity(path: &str, through: &str) -> Result<FileIdentity> {
     })
 }
 
+/// How strictly a restore compares the code a process ran (`--file-validation`, as in the
+/// reference tool).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum CodeValidation {
+    /// Size and modification time, as recorded at the dump.
+    #[default]
+    SizeAndMtime,
+    /// Size only (`--file-validation filesize`): a binary whose mtime alone changed is accepted.
+    FileSize,
+}
+
 /// How a process used a file the image names, for [`check_file`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FileUse {
-    /// Its code: the executable, or an executable mapping of a library. Any change is refused.
-    Code,
+    /// Its code: the executable, or an executable mapping of a library. A change is refused.
+    Code(CodeValidation),
     /// Its data: it may have changed since the dump (a log that grew, a file written in place)
     /// as long as it still holds the first `needed` bytes (what was mapped, or up to an fd's
     /// offset, as far as the file went at the dump).
@@ -298,7 +309,10 @@ pub fn check_file(file: &FileIdentity, what: &str, usage: FileUse) -> Result<()>
     let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
     let changed = meta.size() != file.size || mtime_ns != file.mtime_ns;
     match usage {
-        FileUse::Code if changed => {
+        FileUse::Code(CodeValidation::FileSize) if meta.size() != file.size => {
+            bail!("{what} {} changed size after the dump: the process's code would not be what it ran", file.path)
+        }
+        FileUse::Code(CodeValidation::SizeAndMtime) if changed => {
             bail!("{what} {} was modified after the dump: the process's code would not be what it ran", file.path)
         }
         FileUse::Data { needed } if meta.size() < needed.min(file.size) => bail!(
@@ -889,11 +903,11 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
 
 /// Everything restore checks about memory before creating any process: files still the same,
 /// vDSO layout as the image expects.
-pub fn precheck(mm: &Mm) -> Result<()> {
+pub fn precheck(mm: &Mm, code: CodeValidation) -> Result<()> {
     for vma in &mm.vmas {
         if let Some(file) = &vma.file {
             let usage = if vma.prot & libc::PROT_EXEC as u32 != 0 {
-                FileUse::Code
+                FileUse::Code(code)
             } else {
                 FileUse::Data { needed: vma.file_offset.saturating_add(vma.end - vma.start) }
             };
@@ -901,7 +915,7 @@ pub fn precheck(mm: &Mm) -> Result<()> {
         }
     }
     if let Some(exe) = mm.fields.as_ref().and_then(|f| f.exe.as_ref()) {
-        check_file(exe, "executable", FileUse::Code)?;
+        check_file(exe, "executable", FileUse::Code(code))?;
     }
     Ok(())
 }
