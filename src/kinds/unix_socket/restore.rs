@@ -543,7 +543,15 @@ fn keep_connected_state(s: &UnixSocket, records: &BTreeMap<u64, &UnixSocket>) ->
 fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd) -> Result<()> {
     let Some(f) = file else { return Ok(()) };
     let path = full_path(address, file);
-    let Ok(meta) = std::fs::symlink_metadata(&path) else { return Ok(()) };
+    // Everything below goes through one O_PATH descriptor of the very file checked, never the
+    // path again: a symlink or another file swapped in meanwhile is not touched.
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
+    let Ok(handle) = nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()) else { return Ok(()) };
+    let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+    let Ok(meta) = std::fs::metadata(&through) else { return Ok(()) };
+    if !meta.file_type().is_socket() {
+        return Ok(());
+    }
     let inode = std::fs::File::from(owner.try_clone_to_owned()?).metadata()?.ino();
     let vfs = unix_diag::query(inode as u32, unix_diag::SHOW_VFS)?.and_then(|d| d.vfs);
     let ours = vfs.is_some_and(|(ino, dev)| ino as u64 == meta.ino() && unix_diag::decode_dev(dev) == meta.dev());
@@ -554,11 +562,14 @@ fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd)
         return std::fs::remove_file(&path).with_context(|| format!("removing {path}, which had been unlinked before the dump"));
     }
     if meta.mode() & 0o7777 != f.mode {
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
+        // chmod of /proc/self/fd/N changes the inode the descriptor holds.
+        std::fs::set_permissions(&through, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
             .with_context(|| format!("chmod {:o} {path}", f.mode))?;
     }
     if (meta.uid(), meta.gid()) != (f.uid, f.gid) {
-        std::os::unix::fs::lchown(&path, Some(f.uid), Some(f.gid)).with_context(|| format!("chown {}:{} {path}", f.uid, f.gid))?;
+        let (uid, gid) = (nix::unistd::Uid::from_raw(f.uid), nix::unistd::Gid::from_raw(f.gid));
+        nix::unistd::fchownat(&handle, "", Some(uid), Some(gid), nix::fcntl::AtFlags::AT_EMPTY_PATH)
+            .with_context(|| format!("chown {}:{} {path}", f.uid, f.gid))?;
     }
     Ok(())
 }
