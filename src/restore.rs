@@ -642,10 +642,24 @@ impl Tree {
         ThreadState::restore(&mut ctx, leader)?;
         // Credentials belong to each thread: they are restored by finish_process.
         let created = create_threads(ctx.remote, others, helper)?;
+        self.building.get_mut(&pid).unwrap().threads = created;
+        self.each_other_thread(img, pid, |tctx, thread| {
+            ThreadState::restore(tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))
+        })
+    }
+
+    /// Runs `step` for each thread of `pid` but its leader, with a context driving that thread.
+    fn each_other_thread(
+        &mut self,
+        img: &LoadedImage,
+        pid: u32,
+        mut step: impl FnMut(&mut RestoreCtx, &crate::image::proto::Thread) -> Result<()>,
+    ) -> Result<()> {
+        let ctx = self.ctx(img, pid)?;
         let pidfd = ctx.pidfd.try_clone()?;
         let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
+        let others = &img.processes[&pid].core.threads[1..];
         let building = self.building.get_mut(&pid).unwrap();
-        building.threads = created;
         for (remote, thread) in building.threads.iter_mut().zip(others) {
             let mut tctx = RestoreCtx {
                 pid: Pid::from_raw(pid as i32),
@@ -657,7 +671,7 @@ impl Tree {
                 fs_identity: fs_identity.clone(),
                 open_files: &img.open_files,
             };
-            ThreadState::restore(&mut tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))?;
+            step(&mut tctx, thread)?;
         }
         Ok(())
     }
@@ -669,24 +683,9 @@ impl Tree {
         let p = &img.processes[&pid];
         let helper = self.helper;
         let creds = p.core.credentials.clone().context("image has no credentials")?;
-        let others = &p.core.threads[1..];
-        let ctx = self.ctx(img, pid)?;
-        let pidfd = ctx.pidfd.try_clone()?;
-        let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
-        let building = self.building.get_mut(&pid).unwrap();
-        for (remote, thread) in building.threads.iter_mut().zip(others) {
-            let mut tctx = RestoreCtx {
-                pid: Pid::from_raw(pid as i32),
-                remote,
-                image: &img.dir,
-                pidfd: pidfd.try_clone()?,
-                work_fd_floor,
-                temp_fd_floor,
-                fs_identity: fs_identity.clone(),
-                open_files: &img.open_files,
-            };
-            Credentials::restore(&mut tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))?;
-        }
+        self.each_other_thread(img, pid, |tctx, thread| {
+            Credentials::restore(tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))
+        })?;
         let mut ctx = self.ctx(img, pid)?;
         Credentials::restore(&mut ctx, &creds)?;
         identity::restore_dumpable(&mut ctx, &p.core.control.clone().unwrap_or_default())?;
