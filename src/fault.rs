@@ -8,8 +8,10 @@
 //!
 //! Points: dump: `dump-frozen` (every process frozen), `dump-files`, `dump-memory` (after each
 //! process's files, memory), `dump-collected` (every record written), `dump-checksums` (before
-//! the inventory); restore: `lease-break-time-set` (right after lease-break-time was changed to
-//! start a lease break again).
+//! the inventory); restore: `restore-tree` (every process created), `restore-descriptions`,
+//! `restore-process` (after each process's state), `restore-before-resume` (everything
+//! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
+//! changed to start a lease break again).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -18,8 +20,18 @@ use anyhow::{Result, bail};
 static REACHED: AtomicU32 = AtomicU32::new(0);
 
 /// Every point a test can name.
-pub const POINTS: &[&str] =
-    &["dump-frozen", "dump-files", "dump-memory", "dump-collected", "dump-checksums", "lease-break-time-set"];
+pub const POINTS: &[&str] = &[
+    "dump-frozen",
+    "dump-files",
+    "dump-memory",
+    "dump-collected",
+    "dump-checksums",
+    "restore-tree",
+    "restore-descriptions",
+    "restore-process",
+    "restore-before-resume",
+    "lease-break-time-set",
+];
 
 /// Misbehaves here if CRUST_FAULT names this point (and this is its Nth visit).
 pub fn point(step: &str) -> Result<()> {

@@ -447,15 +447,18 @@ impl Tree {
         memory::map_helper(&mut remote, self.helper)?;
         self.building.insert(root, Building { remote, threads: Vec::new() });
         self.create_subtree(img, root)?;
+        crate::fault::point("restore-tree")?;
 
         self.join_process_groups(img)?;
         self.finish_zombies(img)?;
         self.finish_descriptions(img)?;
+        crate::fault::point("restore-descriptions")?;
 
         for pid in img.processes.keys() {
             crate::interrupt::check()?;
             progress.step(format!("pid {pid}: restoring its state"));
             self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
+            crate::fault::point("restore-process")?;
         }
         crate::interrupt::check()?;
         self.take_leases_again(img)?;
@@ -463,6 +466,8 @@ impl Tree {
             self.finish_process(img, *pid).with_context(|| format!("restoring pid {pid}: credentials"))?;
         }
         let lease_breaks = self.plan_lease_breaks(img)?;
+        crate::fault::point("restore-before-resume")?;
+        crate::interrupt::check()?;
         // A foreground job gets the terminal before it runs (else its first read stops it).
         if let Some((terminal, pgid)) = foreground {
             terminal.give_foreground(pgid)?;

@@ -157,3 +157,45 @@ fn dump_killed_at_any_step_leaves_vector_and_fpu_registers_as_they_were() {
         check_killed_dump("avx", step, true);
     }
 }
+
+/// A restore that fails, is interrupted or is killed at any step leaves nothing behind: no
+/// process with the image's pid (every process it created is killed; with SIGKILL of crust, by
+/// the kernel, since they are traced with PTRACE_O_EXITKILL), nothing in the way of the next
+/// restore, which succeeds and whose process passes its own checks.
+fn check_failed_restore(workload: &str, step: &str, action: &str) {
+    let mut w = Workload::spawn(workload, &[]);
+    w.dump();
+    w.crust_env = vec![("CRUST_FAULT".into(), format!("{step}:1:{action}"))];
+    let out = w.restore_detached_raw();
+    let what = format!("{workload}: restore {action} at {step}");
+    let want = match action {
+        "kill" => Exit::Signal(libc::SIGKILL),
+        "fail" => Exit::Code(1),
+        "SIGINT" => Exit::Code(128 + libc::SIGINT),
+        "SIGTERM" => Exit::Code(128 + libc::SIGTERM),
+        other => panic!("unknown action {other}"),
+    };
+    assert_eq!(out.exit(), want, "{what}: crust's end:\n{out}");
+    assert!(wait_gone(w.pid, Duration::from_secs(5)), "{what}: pid {} is left", w.pid);
+    w.crust_env.clear();
+    w.restore_detached();
+    w.go().assert_pass();
+}
+
+const RESTORE_STEPS: &[&str] = &["restore-tree", "restore-descriptions", "restore-process", "restore-before-resume"];
+
+#[test]
+fn restore_failing_interrupted_or_killed_at_any_step_leaves_nothing_behind() {
+    for step in RESTORE_STEPS {
+        for action in ["fail", "SIGINT", "SIGTERM", "kill"] {
+            check_failed_restore("counter", step, action);
+        }
+    }
+}
+
+#[test]
+fn restore_of_a_threaded_process_killed_at_any_step_leaves_nothing_behind() {
+    for step in RESTORE_STEPS {
+        check_failed_restore("threaded", step, "kill");
+    }
+}
