@@ -83,10 +83,10 @@ enum Command {
         #[arg(long, value_parser = ["holder", "breaker"])]
         favor: Option<String>,
         /// Add SECS (may be negative) to the remaining break time.
-        #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+        #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_lease_secs)]
         add: Option<f64>,
         /// Set the remaining break time to SECS.
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", value_parser = parse_lease_secs)]
         set: Option<f64>,
         /// The holder keeps its pre-break lease; no break is restarted.
         #[arg(long)]
@@ -133,6 +133,12 @@ enum Command {
     /// The benchmark's own workload (internal).
     #[command(hide = true)]
     BenchWorkload { mib: usize, ready_file: PathBuf },
+}
+
+/// A number of seconds for `crust lease --add/--set`, within range.
+fn parse_lease_secs(v: &str) -> Result<f64, String> {
+    let secs = v.parse::<f64>().map_err(|_| format!("{v:?} is not a number of seconds"))?;
+    crust::kinds::leases::Policy::check_secs(secs)
 }
 
 /// CRIU's `--file-validation` modes.

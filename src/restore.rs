@@ -119,8 +119,76 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         dir.verify_data_file(data)?;
     }
     let img = LoadedImage { dir, inventory, processes, open_files };
+    check_structure(&img)?;
     check_data_file_names(&img)?;
     Ok(img)
+}
+
+/// Highest fd number a restore accepts (the kernel's own ceiling, fs.nr_open, is 2^20 by default).
+const MAX_FD: i32 = 1 << 20;
+/// Longest remaining lease break time a restore accepts (a day; lease-break-time is seconds).
+const MAX_LEASE_MS: u64 = 86_400_000;
+
+/// The image's structure, checked before anything is created: a damaged or hostile image is
+/// refused with a message naming the file and the field, never by a panic, a hang or an
+/// allocation it sizes itself.
+fn check_structure(img: &LoadedImage) -> Result<()> {
+    let inv = image::INVENTORY;
+    let mut seen = BTreeSet::new();
+    for e in img.entries() {
+        if e.pid == 0 || e.pid > i32::MAX as u32 || !seen.insert(e.pid) {
+            bail!("image file {inv}: field processes: pid {} is invalid or listed twice", e.pid);
+        }
+    }
+    // Every process but the root is forked by its parent: the parent is in the image, and
+    // following parents from any process reaches the root, in at most as many steps as there
+    // are processes (a cycle never does).
+    let parent: BTreeMap<u32, u32> = img.entries().iter().map(|e| (e.pid, e.ppid)).collect();
+    let root = img.inventory.root_pid;
+    for e in img.entries() {
+        let mut p = e.pid;
+        let mut steps = 0;
+        while p != root {
+            p = match parent.get(&p) {
+                Some(pp) if steps < parent.len() => *pp,
+                _ => bail!("image file {inv}: field processes: pid {} is not a descendant of the root pid {root} (ppid chain broken or looping)", e.pid),
+            };
+            steps += 1;
+        }
+    }
+    let files: BTreeSet<u32> = img.open_files.open_files.iter().map(|f| f.id).collect();
+    for (pid, p) in &img.processes {
+        let name = image::files_name(*pid);
+        for fd in &p.files.fds {
+            if !(0..MAX_FD).contains(&fd.fd) {
+                bail!("image file {name}: field fds: fd {} is out of range (0..{MAX_FD})", fd.fd);
+            }
+            if !files.contains(&fd.open_file_id) {
+                bail!("image file {name}: field fds: fd {} names open file #{}, which {} does not hold", fd.fd, fd.open_file_id, image::OPEN_FILES);
+            }
+        }
+        for (field, path) in [("cwd", &p.files.cwd), ("root", &p.files.root)] {
+            if path.len() >= libc::PATH_MAX as usize {
+                bail!("image file {name}: field {field}: a path of {} bytes (longer than PATH_MAX)", path.len());
+            }
+        }
+        if p.core.threads.is_empty() {
+            bail!("image file {}: field threads: the process has no thread", image::core_name(*pid));
+        }
+    }
+    for f in &img.open_files.open_files {
+        if let Some(l) = &f.lease
+            && (l.remaining_ms > MAX_LEASE_MS || l.downgrade_remaining_ms > MAX_LEASE_MS)
+        {
+            bail!(
+                "image file {}: field lease.remaining_ms of open file #{}: {} ms is out of range (at most a day)",
+                image::OPEN_FILES,
+                f.id,
+                l.remaining_ms.max(l.downgrade_remaining_ms)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Every data file a record names is one the inventory lists (and whose checksum was just
@@ -878,6 +946,48 @@ mod tests {
         let mm = Mm { pages_file: pages_file.into(), ..Default::default() };
         let process = ProcessImage { core: Core::default(), mm, files: FilesRecord::default() };
         LoadedImage { dir, inventory, processes: BTreeMap::from([(7, process)]), open_files: OpenFiles::default() }
+    }
+
+    fn family(parents: &[(u32, u32)]) -> LoadedImage {
+        let dir = ImageDir::open(&std::env::temp_dir()).unwrap();
+        let processes = parents.iter().map(|(pid, ppid)| ProcessEntry { pid: *pid, ppid: *ppid, ..Default::default() }).collect();
+        let inventory = Inventory { processes, root_pid: parents[0].0, ..Default::default() };
+        let core = || Core { threads: vec![Default::default()], ..Default::default() };
+        let procs = parents
+            .iter()
+            .map(|(pid, _)| (*pid, ProcessImage { core: core(), mm: Mm::default(), files: FilesRecord::default() }))
+            .collect();
+        LoadedImage { dir, inventory, processes: procs, open_files: OpenFiles::default() }
+    }
+
+    #[test]
+    fn hostile_structures_are_refused_naming_file_and_field() {
+        assert!(check_structure(&family(&[(10, 1), (11, 10), (12, 11)])).is_ok());
+        let err = |img: &LoadedImage| check_structure(img).unwrap_err().to_string();
+        // A cycle of parents, and a process the root does not reach.
+        let e = err(&family(&[(10, 1), (11, 12), (12, 11)]));
+        assert!(e.contains("inventory.img") && e.contains("not a descendant"), "{e}");
+        let e = err(&family(&[(10, 1), (11, 99)]));
+        assert!(e.contains("pid 11 is not a descendant"), "{e}");
+        let e = err(&family(&[(10, 1), (10, 1)]));
+        assert!(e.contains("listed twice"), "{e}");
+        // An fd number at the top of the range, and one naming nothing.
+        let mut img = family(&[(10, 1)]);
+        img.processes.get_mut(&10).unwrap().files.fds.push(crate::image::proto::Fd { fd: i32::MAX, ..Default::default() });
+        assert!(err(&img).contains("files-10.img: field fds: fd 2147483647 is out of range"));
+        img.processes.get_mut(&10).unwrap().files.fds[0].fd = 3;
+        assert!(err(&img).contains("names open file #0"));
+        // A 70 KB working directory, a thread-less process, a lease break of 10^15 s.
+        let mut img = family(&[(10, 1)]);
+        img.processes.get_mut(&10).unwrap().files.cwd = "/a".repeat(35_000);
+        assert!(err(&img).contains("field cwd"));
+        let mut img = family(&[(10, 1)]);
+        img.processes.get_mut(&10).unwrap().core.threads.clear();
+        assert!(err(&img).contains("core-10.img: field threads"));
+        let mut img = family(&[(10, 1)]);
+        let lease = crate::image::proto::Lease { remaining_ms: 1_000_000_000_000_000_000, ..Default::default() };
+        img.open_files.open_files.push(OpenFile { id: 1, lease: Some(lease), ..Default::default() });
+        assert!(err(&img).contains("lease.remaining_ms"));
     }
 
     #[test]

@@ -194,8 +194,16 @@ impl RemoteTask {
 
     /// Copies `data` into the scratch area at `offset` and returns its address in the tracee.
     pub fn put(&self, offset: u64, data: &[u8]) -> Result<u64, SysError> {
-        let scratch = self.scratch.expect("remote scratch area set up before use");
-        assert!(offset + data.len() as u64 <= scratch.len, "scratch area overflow");
+        let Some(scratch) = self.scratch else {
+            return Err(SysError::unexpected("placing data in the process", self.pid.as_raw(), "has no scratch area yet".into()));
+        };
+        if offset.checked_add(data.len() as u64).is_none_or(|end| end > scratch.len) {
+            return Err(SysError::unexpected(
+                "placing data in the process",
+                self.pid.as_raw(),
+                format!("{} bytes do not fit in crust's {} byte scratch area", data.len(), scratch.len),
+            ));
+        }
         let address = scratch.address + offset;
         self.write_memory(address, data)?;
         Ok(address)
@@ -209,7 +217,9 @@ impl RemoteTask {
     }
 
     pub fn get(&self, offset: u64, buf: &mut [u8]) -> Result<(), SysError> {
-        let scratch = self.scratch.expect("remote scratch area set up before use");
+        let Some(scratch) = self.scratch else {
+            return Err(SysError::unexpected("reading from the process", self.pid.as_raw(), "has no scratch area yet".into()));
+        };
         self.read_memory(scratch.address + offset, buf)
     }
 

@@ -391,7 +391,7 @@ pub enum Policy {
 impl Policy {
     /// Parses `holder`, `breaker`, `no-break`, `add:SECS`, `set:SECS`.
     pub fn parse(s: &str) -> Result<Policy, String> {
-        let secs = |v: &str| v.parse::<f64>().map_err(|_| format!("{v:?} is not a number of seconds"));
+        let secs = |v: &str| v.parse::<f64>().map_err(|_| format!("{v:?} is not a number of seconds")).and_then(Policy::check_secs);
         Ok(match s {
             "holder" => Policy::FavorHolder,
             "breaker" => Policy::FavorBreaker,
@@ -400,6 +400,15 @@ impl Policy {
             _ if s.starts_with("set:") => Policy::SetMs((secs(&s[4..])?.max(0.0) * 1000.0) as u64),
             _ => return Err(format!("unknown lease policy {s:?} (holder, breaker, no-break, add:SECS, set:SECS)")),
         })
+    }
+
+    /// A number of seconds a policy may name: finite, at most a day either way.
+    pub fn check_secs(secs: f64) -> Result<f64, String> {
+        if secs.is_finite() && secs.abs() <= 86_400.0 {
+            Ok(secs)
+        } else {
+            Err(format!("{secs} s is out of range (a lease break lasts at most a day here)"))
+        }
     }
 
     /// Applies the policy to a recorded lease.
