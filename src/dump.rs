@@ -159,7 +159,7 @@ fn finish_image(
         entry.data_files = vec![image.checksum_data_file(&image::pages_name(entry.pid))?];
     }
     let data_files = shared_data.iter().map(|name| image.checksum_data_file(name)).collect::<Result<Vec<_>, _>>()?;
-    let inventory = Inventory {
+    let mut inventory = Inventory {
         format_major: image::FORMAT_MAJOR as u32,
         format_minor: image::FORMAT_MINOR as u32,
         crust_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -172,7 +172,10 @@ fn finish_image(
         data_files,
         shell_job: opts.shell_job,
         foreground_pgid,
+        ..Default::default()
     };
+    crate::interrupt::check()?;
+    image::seal::seal(image, &mut inventory)?;
     crate::fault::point("dump-checksums")?;
     crate::interrupt::check()?;
     image.write_record(image::INVENTORY, &inventory)?;

@@ -61,6 +61,8 @@ pub fn run(dir: &Path, policy: Option<Policy>) -> Result<Vec<String>> {
             }
         }
         dir.write_record(image::OPEN_FILES, &files)?;
+        // The image changed on purpose, by this host's crust: sealed again.
+        image::seal::reseal(&dir)?;
     }
     Ok(list(&files))
 }

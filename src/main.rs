@@ -73,6 +73,10 @@ enum Command {
         /// mtime (default), or `filesize` (size only). `buildid` is not supported yet.
         #[arg(long = "file-validation", value_name = "MODE", value_parser = parse_file_validation)]
         file_validation: Option<crust::kinds::memory::CodeValidation>,
+        /// Restore an image that is not sealed by this host's crust, or was changed since its
+        /// dump (its seal and file hashes are then not checked): only for images you trust.
+        #[arg(long = "trust-image")]
+        trust_image: bool,
     },
     /// List the image's file leases; with an option, change what restore does with a lease
     /// break that was in progress (written into the image).
@@ -185,9 +189,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crust::dump::dump(pid, &dir, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { dir, detach, inherit_fds, shell_job, lease_policy, file_validation } => match crust::restore::restore(
+        Command::Restore { dir, detach, inherit_fds, shell_job, lease_policy, file_validation, trust_image } => match crust::restore::restore(
             &dir,
-            &RestoreOptions { detach, inherit_fds, shell_job, lease_policy, file_validation: file_validation.unwrap_or_default() },
+            &RestoreOptions {
+                detach,
+                inherit_fds,
+                shell_job,
+                lease_policy,
+                file_validation: file_validation.unwrap_or_default(),
+                trust_image,
+            },
         )? {
             Restored::Running { pid, .. } => {
                 println!("{pid}");

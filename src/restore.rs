@@ -55,6 +55,8 @@ pub struct RestoreOptions {
     pub lease_policy: Option<crate::kinds::leases::Policy>,
     /// `--file-validation`: how the code a process ran is compared with the files now.
     pub file_validation: memory::CodeValidation,
+    /// `--trust-image`: restore an image whose seal is missing, foreign or wrong.
+    pub trust_image: bool,
 }
 
 /// How a restore ended.
@@ -96,10 +98,15 @@ impl LoadedImage {
 }
 
 /// Reads and verifies a whole image: every record, page-file sizes and checksums.
-pub fn load(dir: &Path) -> Result<LoadedImage> {
+pub fn load(dir: &Path, trust_image: bool) -> Result<LoadedImage> {
     let dir = ImageDir::open(dir)?;
     check_is_image(&dir)?;
     let inventory: Inventory = dir.read_record(image::INVENTORY).context("the image is damaged")?;
+    if trust_image {
+        tracing::warn!("--trust-image: the image's seal and hashes are not checked");
+    } else {
+        image::seal::verify(&dir, &inventory)?;
+    }
     if !inventory.processes.iter().any(|p| p.pid == inventory.root_pid && !p.zombie) {
         bail!("image inventory does not list its root process {}", inventory.root_pid);
     }
@@ -290,7 +297,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     crate::kinds::leases::break_time::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
-    let mut img = load(dir)?;
+    let mut img = load(dir, opts.trust_image)?;
     apply_lease_policy(&mut img, opts.lease_policy);
     forget_absent_lock_takers(&mut img);
     let root = img.inventory.root_pid;

@@ -54,3 +54,94 @@ fn mapped_file_replaced_by_a_symlink_to_a_root_only_file_is_refused() {
     w.restore_detached();
     assert_eq!(proc_state(w.pid).map(is_live_state), Some(true));
 }
+
+/// Replaces every `from` in the payload of the framed record at `path` with `to` (same
+/// length) and recomputes its XXH3, as someone who knows the format would: the record is
+/// well formed and its checksum right. Returns how many were replaced.
+fn edit_record(path: &std::path::Path, from: &[u8], to: &[u8]) -> usize {
+    const HEADER: usize = 24;
+    let mut b = fs::read(path).unwrap();
+    let end = b.len() - 8;
+    let mut n = 0;
+    let mut i = HEADER;
+    while i + from.len() <= end {
+        if &b[i..i + from.len()] == from {
+            b[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(&b[..end]);
+    b[end..].copy_from_slice(&sum.to_le_bytes());
+    fs::write(path, b).unwrap();
+    n
+}
+
+/// The image of a process running as nobody (65534), its core record edited to name another
+/// uid (65533) with its XXH3 recomputed: the record is well formed, but the image's seal (a
+/// BLAKE3 MAC under this host's key over the hashes of every file) no longer matches, and
+/// restore refuses it, naming the file and the field, creating nothing. With --trust-image the
+/// same image is taken as it is and acts as the edited uid: the seal is what stopped it.
+#[test]
+fn edited_image_is_refused_unless_trusted() {
+    let mut w = Workload::spawn("nobody", &[]);
+    w.dump();
+    let core = w.image_dir.join(format!("core-{}.img", w.pid));
+    // 65534 and 65533 as protobuf varints (3 bytes each).
+    let edited = edit_record(&core, &[0xfe, 0xff, 0x03], &[0xfd, 0xff, 0x03]);
+    assert!(edited > 0, "no uid 65534 in {}", core.display());
+
+    let out = w.restore_detached_raw();
+    assert!(!out.success(), "an edited image was restored:\n{out}");
+    let text = out.text();
+    assert!(
+        text.contains(&format!("core-{}.img", w.pid)) && text.contains("file_hashes"),
+        "the refusal must name the edited file and the field:\n{out}"
+    );
+    assert!(wait_gone(w.pid, Duration::from_secs(5)), "the refused restore created a process");
+
+    // Trusted, the image is taken as it is: the restore gets past the seal and acts as the
+    // edited uid (which here cannot even open the log 65534 owns: refused by the kernel).
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let out = crust(["restore", "-d", "-D", &img, "--trust-image"]);
+    if pid_exists(w.pid) {
+        w.own(w.pid);
+    }
+    let text = out.text();
+    assert!(text.contains("--trust-image") && !text.contains("file_hashes"), "--trust-image still checked the seal:\n{out}");
+    if out.success() {
+        let uid = proc_status_field(w.pid, "Uid").unwrap_or_default();
+        assert!(uid.split_whitespace().all(|u| u == "65533"), "the trusted edited image runs with uids {uid:?}");
+    } else {
+        assert!(text.contains("EACCES"), "the trusted restore failed for another reason:\n{out}");
+        assert!(wait_gone(w.pid, Duration::from_secs(5)), "the failed restore left a process");
+    }
+}
+
+/// The inventory itself edited (its XXH3 recomputed): the seal does not match.
+#[test]
+fn edited_inventory_is_refused() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump();
+    let inventory = w.image_dir.join("inventory.img");
+    // The root pid (a varint) names another pid.
+    let pid = w.pid as u32;
+    let mut varint = Vec::new();
+    let mut v = pid;
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            varint.push(byte);
+            break;
+        }
+        varint.push(byte | 0x80);
+    }
+    let mut other = varint.clone();
+    other[0] ^= 1;
+    assert!(edit_record(&inventory, &varint, &other) > 0);
+    let out = w.restore_detached_raw();
+    assert!(!out.success() && out.text().contains("field seal does not match"), "{out}");
+}

@@ -23,6 +23,8 @@
 //! The checksum covers everything before it. Version rule: a reader accepts the same major
 //! version and any minor version (new fields are ignored by older readers).
 
+pub mod seal;
+
 pub mod proto {
     #![allow(clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/crust.image.v1.rs"));
