@@ -240,7 +240,9 @@ impl ImageDir {
     }
 
     /// Verifies a raw data file against what the inventory recorded.
-    pub fn verify_data_file(&self, expected: &proto::DataFile) -> Result<(), ImageError> {
+    /// A data file's name and size, as the inventory lists them (its content is checked by
+    /// [`Self::verify_data_file`], or by the seal).
+    pub fn verify_data_file_size(&self, expected: &proto::DataFile) -> Result<u64, ImageError> {
         let name = expected.name.as_str();
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
             return Err(ImageError::BadName { path: self.path(INVENTORY), name: name.to_owned() });
@@ -253,6 +255,12 @@ impl ImageDir {
                 detail: format!("{size} bytes, the inventory recorded {}", expected.size),
             });
         }
+        Ok(size)
+    }
+
+    pub fn verify_data_file(&self, expected: &proto::DataFile) -> Result<(), ImageError> {
+        let size = self.verify_data_file_size(expected)?;
+        let path = self.path(&expected.name);
         if expected.chunk_size != CHUNK as u64 {
             return Err(ImageError::Truncated { path, detail: format!("unexpected chunk size {}", expected.chunk_size) });
         }
