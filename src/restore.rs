@@ -1004,6 +1004,38 @@ mod tests {
         assert!(err(&img).contains("lease.remaining_ms"));
     }
 
+    /// Random parent links (cycles, strangers, self-parents) between up to 40 processes: the
+    /// structure check always ends, and accepts exactly the trees rooted at the root.
+    #[test]
+    fn random_parent_links_always_end_in_a_verdict() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..500 {
+            let n = 1 + (next() % 40) as u32;
+            let links: Vec<(u32, u32)> = (0..n).map(|i| (100 + i, 99 + (next() % (u64::from(n) + 2)) as u32)).collect();
+            let img = family(&links);
+            let is_tree = links.iter().all(|(pid, _)| {
+                let mut p = *pid;
+                for _ in 0..=n {
+                    if p == links[0].0 {
+                        return true;
+                    }
+                    match links.iter().find(|(c, _)| *c == p) {
+                        Some((_, pp)) => p = *pp,
+                        None => return false,
+                    }
+                }
+                false
+            });
+            assert_eq!(check_structure(&img).is_ok(), is_tree, "{links:?}");
+        }
+    }
+
     #[test]
     fn records_may_only_name_listed_data_files_inside_the_image() {
         assert!(check_data_file_names(&image_naming("pages-7.img", "pages-7.img")).is_ok());
