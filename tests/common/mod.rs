@@ -760,12 +760,28 @@ impl Workload {
         PathBuf::from(p)
     }
 
+    /// Workloads append each status line with open/write/close, and a line is visible before
+    /// the close: snapshots taken right after READY could catch the status file open. Waits
+    /// (1 s at most; a workload may keep it open on purpose) until the process closed it.
+    fn wait_status_closed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let open = || {
+            fs::read_dir(format!("/proc/{}/fd", self.pid))
+                .map(|d| d.flatten().any(|e| fs::read_link(e.path()).is_ok_and(|l| l == self.status_path)))
+                .unwrap_or(false)
+        };
+        while open() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let text = self.status_text();
             if let Some(l) = text.lines().find(|l| l.starts_with("READY")) {
                 self.ready_line = l.to_string();
+                self.wait_status_closed();
                 return;
             }
             if let Some(l) = text.lines().find(|l| l.starts_with("FAIL")) {
