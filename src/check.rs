@@ -69,13 +69,7 @@ fn check_kcmp() -> Result<String> {
 }
 
 fn check_mm_map() -> Result<String> {
-    let mut size: u32 = 0;
-    const PR_SET_MM_MAP_SIZE: libc::c_ulong = 15;
-    // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to the address given, a live local.
-    let ret = unsafe { libc::prctl(libc::PR_SET_MM, PR_SET_MM_MAP_SIZE, &mut size as *mut u32, 0, 0) };
-    if ret != 0 {
-        bail!("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE): {}", std::io::Error::last_os_error());
-    }
+    let size = crate::sys::prctl_mm_map_size().map_err(|e| anyhow::anyhow!("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE): {e}"))?;
     Ok(format!("struct prctl_mm_map is {size} bytes"))
 }
 

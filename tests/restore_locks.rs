@@ -383,20 +383,7 @@ impl LockTree {
         let root = self.root();
         let e = self.w.reap(GONE_TIMEOUT);
         assert_eq!(e, Some(Exit::Signal(libc::SIGKILL)), "root {root} not killed by the dump:\n{out}");
-        let deadline = Instant::now() + GONE_TIMEOUT;
-        for (&pid, fd) in &self.pidfds {
-            if pid == root {
-                continue;
-            }
-            while !pidfd_reaped(fd) {
-                if let Some(e) = pidfd_try_reap(fd) {
-                    assert_eq!(e, Exit::Signal(libc::SIGKILL), "pid {pid} ended with {e} after the dump");
-                    break;
-                }
-                assert!(Instant::now() < deadline, "pid {pid} still exists after the dump:\n{out}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        assert_killed_by_dump(&self.pidfds, root, &out);
         self.pidfds.clear();
         for pid in before.keys() {
             assert!(wait_gone(*pid, GONE_TIMEOUT), "pid {pid} exists after the dump");

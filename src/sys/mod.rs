@@ -143,6 +143,15 @@ pub fn set_owner_ex(fd: i32, kind: i32, id: i32) -> Result<(), Errno> {
     Errno::result(unsafe { libc::fcntl(fd, F_SETOWN_EX, &owner as *const FOwnerEx) }).map(drop)
 }
 
+/// The size of `struct prctl_mm_map` this kernel expects (prctl PR_SET_MM_MAP_SIZE).
+pub fn prctl_mm_map_size() -> Result<u32, Errno> {
+    const PR_SET_MM_MAP_SIZE: libc::c_ulong = 15;
+    let mut size: u32 = 0;
+    // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to the address given, a live local.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_MM, PR_SET_MM_MAP_SIZE, &mut size as *mut u32, 0, 0) })?;
+    Ok(size)
+}
+
 /// Runs `work` in a new process of its own, named `name` (a child of init, in a new session,
 /// with SIGINT, SIGTERM, SIGHUP and SIGPIPE ignored), so that it outlives crust and no job
 /// control signal meant for crust reaches it. It holds none of crust's descriptors but those in

@@ -294,18 +294,7 @@ impl LeaseTree {
         let out = self.w.dump();
         let t1 = mono();
         let root = self.w.pid;
-        let deadline = Instant::now() + GONE_TIMEOUT;
-        for pid in pids.iter().filter(|p| **p != root) {
-            let fd = &self.pidfds[pid];
-            while !pidfd_reaped(fd) {
-                if let Some(e) = pidfd_try_reap(fd) {
-                    assert_eq!(e, Exit::Signal(libc::SIGKILL), "pid {pid} ended with {e} after the dump");
-                    break;
-                }
-                assert!(Instant::now() < deadline, "pid {pid} still exists after the dump:\n{out}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        assert_killed_by_dump(&self.pidfds, root, &out);
         self.pidfds.clear();
         for pid in &pids {
             assert!(wait_gone(*pid, GONE_TIMEOUT), "pid {pid} exists after the dump");

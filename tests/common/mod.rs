@@ -309,6 +309,24 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
 // Process trees and pidfds
 // ---------------------------------------------------------------------------------
 
+/// After a dump that kills the tree: every process of `pidfds` but `root` (reaped by its
+/// Workload) died of SIGKILL and is reaped (they are the test's, as child subreaper), within
+/// GONE_TIMEOUT. `out` is shown on failure.
+#[track_caller]
+pub fn assert_killed_by_dump(pidfds: &BTreeMap<i32, OwnedFd>, root: i32, out: &dyn fmt::Display) {
+    let deadline = Instant::now() + GONE_TIMEOUT;
+    for (&pid, fd) in pidfds.iter().filter(|(p, _)| **p != root) {
+        while !pidfd_reaped(fd) {
+            if let Some(e) = pidfd_try_reap(fd) {
+                assert_eq!(e, Exit::Signal(libc::SIGKILL), "pid {pid} ended with {e} after the dump");
+                break;
+            }
+            assert!(Instant::now() < deadline, "pid {pid} still exists after the dump:\n{out}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Children of every task of `pid` (from /proc/PID/task/TID/children).
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
