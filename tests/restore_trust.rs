@@ -58,6 +58,49 @@ fn mapped_file_replaced_by_a_symlink_to_a_root_only_file_is_refused() {
 /// Replaces every `from` in the payload of the framed record at `path` with `to` (same
 /// length) and recomputes its XXH3, as someone who knows the format would: the record is
 /// well formed and its checksum right. Returns how many were replaced.
+/// python3 keeps `data` open (fd, not mapped) and waits.
+const PY_HOLDER: &str = r#"
+import os, sys, time
+with open(sys.argv[1], 'wb') as f:
+    f.write(b'B' * 4096)
+keep = open(sys.argv[1], 'rb')
+keep.read(100)
+open('ready', 'w').write('ready\n')
+while True:
+    time.sleep(0.1)
+"#;
+
+/// The paths an image names are the kernel's names of the files, never through a symlink: a
+/// symlink found on the way at restore was put there since, and is not followed, even when it
+/// leads to the very same file (that passes the device and inode check, so only the open's
+/// own resolution can refuse it). Both for a mapped file and for an fd.
+#[test]
+fn a_path_that_became_a_symlink_is_not_followed_even_to_the_same_file() {
+    for (label, program) in [("mapped", PY_MAPPER), ("fd", PY_HOLDER)] {
+        let mut w = Workload::spawn_program(&format!("py-{label}"), "python3", &["-c", program, "data"]);
+        let data = w.dir.path.join("data");
+        wait_until("python3 to open its file", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+        w.dump();
+        // The same inode, now reached through a symlink: data -> real/data.
+        let real = w.dir.path.join("real");
+        fs::create_dir(&real).unwrap();
+        fs::rename(&data, real.join("data")).unwrap();
+        std::os::unix::fs::symlink(real.join("data"), &data).unwrap();
+        let out = w.restore_detached_raw();
+        assert!(!out.success(), "{label}: restore followed a symlink put on the path:\n{out}");
+        assert!(
+            out.text().contains(&*data.to_string_lossy()) && out.text().contains("symlink"),
+            "{label}: the refusal must name the file and the symlink:\n{out}"
+        );
+        assert!(wait_gone(w.pid, Duration::from_secs(5)), "{label}: a process of the failed restore is left");
+        // The file back at its own path, the same image restores.
+        fs::remove_file(&data).unwrap();
+        fs::rename(real.join("data"), &data).unwrap();
+        w.restore_detached();
+        assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "{label}: not running after the second restore");
+    }
+}
+
 fn edit_record(path: &std::path::Path, from: &[u8], to: &[u8]) -> usize {
     const HEADER: usize = 24;
     let mut b = fs::read(path).unwrap();

@@ -462,7 +462,13 @@ fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Togeth
             // Creation and truncation flags are not part of an open description; never let them
             // act on the file again.
             let open_flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
-            let fd = ctx.open_in_process(&f.path, open_flags | libc::O_CLOEXEC)?;
+            let fd = if matches!(file.kind, Some(K::Regular(_))) {
+                // The very file the process had, or nothing (a path swapped since the check).
+                ctx.open_identified(f, open_flags | libc::O_CLOEXEC, "open file")?
+            } else {
+                // A stateless device: any node of the same device number will do.
+                ctx.open_in_process_no_symlinks(&f.path, open_flags | libc::O_CLOEXEC)?
+            };
             if f.mode & libc::S_IFMT == libc::S_IFREG || f.mode & libc::S_IFMT == libc::S_IFDIR {
                 ctx.remote.syscall("lseek", libc::SYS_lseek, &[fd as u64, file.position, libc::SEEK_SET as u64])?;
             }

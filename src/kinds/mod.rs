@@ -27,7 +27,7 @@ pub mod unix_socket;
 
 use std::os::fd::OwnedFd;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::unistd::Pid;
 
 use crate::image::ImageDir;
@@ -98,12 +98,57 @@ impl RestoreCtx<'_> {
         self.to_temp_fd(fd)
     }
 
-    /// Opens `file` in the process (with whatever credentials the process has at this point)
-    /// and checks that what was opened is the very file the image names, device and inode:
-    /// a path may now lead elsewhere (a symlink or a rename put in its place), and restore must
-    /// never give a process a file it did not have. Refused, naming the file, otherwise.
+    /// Opens `path` inside the process like [`Self::open_in_process`], but refuses to follow
+    /// any symlink on the way (openat2 with RESOLVE_NO_SYMLINKS): the paths an image names are
+    /// the kernel's own names of the files (from /proc), which never go through a symlink, so a
+    /// symlink found on the way now was put there since the dump.
+    pub fn open_in_process_no_symlinks(&mut self, path: &str, flags: i32) -> Result<i32> {
+        const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+        const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+        // struct open_how { u64 flags; u64 mode; u64 resolve; }, then the path.
+        // openat2 refuses bits open(2) ignores; a recorded f_flags may carry the kernel's own.
+        let valid = libc::O_ACCMODE
+            | libc::O_CREAT
+            | libc::O_EXCL
+            | libc::O_NOCTTY
+            | libc::O_TRUNC
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_DSYNC
+            | libc::O_SYNC
+            | libc::O_DIRECT
+            | libc::O_LARGEFILE
+            | libc::O_DIRECTORY
+            | libc::O_NOFOLLOW
+            | libc::O_NOATIME
+            | libc::O_CLOEXEC
+            | libc::O_PATH;
+        let mut how = Vec::with_capacity(24);
+        for field in [(flags & valid) as u32 as u64, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS] {
+            how.extend_from_slice(&field.to_ne_bytes());
+        }
+        let how_addr = self.remote.put(0, &how)?;
+        let path_addr = self.remote.put_path(how.len() as u64, path)?;
+        let fd = self
+            .remote
+            .syscall(
+                &format!("openat2({path}, RESOLVE_NO_SYMLINKS)"),
+                libc::SYS_openat2,
+                &[libc::AT_FDCWD as u64, path_addr, how_addr, how.len() as u64],
+            )
+            .map_err(anyhow::Error::from)?;
+        self.to_temp_fd(fd)
+    }
+
+    /// Opens `file` in the process (with whatever credentials the process has at this point),
+    /// following no symlink, and checks that what was opened is the very file the image names,
+    /// device and inode: a path may now lead elsewhere (a symlink or a rename put in its
+    /// place), and restore must never give a process a file it did not have. Refused, naming
+    /// the file, otherwise.
     pub fn open_identified(&mut self, file: &crate::image::proto::FileIdentity, flags: i32, what: &str) -> Result<i32> {
-        let fd = self.open_in_process(&file.path, flags)?;
+        let fd = self
+            .open_in_process_no_symlinks(&file.path, flags)
+            .with_context(|| format!("{what} {}: opening it again (a symlink on its path is refused)", file.path))?;
         let opened = std::fs::metadata(format!("/proc/{}/fd/{fd}", self.pid));
         let same = opened.as_ref().is_ok_and(|m| {
             use std::os::unix::fs::MetadataExt;
