@@ -263,6 +263,7 @@ fn collect_tree(
         crate::interrupt::check()?;
         files.push(collect_files(f, image, progress, &mut open_files, parent_of(f.pid))?);
     }
+    open_files.check_tree()?;
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
     let outsiders = crate::kinds::locks::outsiders(&open_files.locked_files, &tree)?;
     if !outsiders.is_empty() && !opts.external_locks {
@@ -279,7 +280,7 @@ fn collect_tree(
         pages_bytes += collect(f, files, image, progress, &mut open_files, parent)?;
     }
     let sysv_data: Vec<String> = open_files.sysv_segments.values().map(|s| s.data_file.clone()).collect();
-    let open_files = open_files.finish()?;
+    let open_files = open_files.into_record();
     image.write_record(image::OPEN_FILES, &open_files)?;
     let entries = members
         .iter()

@@ -41,8 +41,12 @@ fn pipe_to_outside_is_refused_unless_declared_external_and_reconnected_with_inhe
     writeln!(writer, "one").unwrap();
     assert!(wait_for(&out, "got one"), "the loop did not start");
 
+    // The refusal comes before any memory is saved (logged at debug level when it starts).
+    w.crust_env = vec![("CRUST_LOG".into(), "crust=debug".into())];
     let refused = w.dump_with(&[]);
+    w.crust_env.clear();
     refused.assert_failure();
+    assert!(!refused.text().contains("saving the memory"), "the refusal came only after memory was saved:\n{refused}");
     assert!(
         refused.text().contains(&key) && refused.text().contains("--external") && refused.text().contains(&w.pid.to_string()),
         "refusal should name the pid, {key} and --external:\n{refused}"

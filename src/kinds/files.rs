@@ -88,9 +88,11 @@ impl OpenFileTable {
         Ok(id)
     }
 
-    /// Checks what can only be judged once the whole tree was seen (both ends of every pipe
-    /// inside it) and returns the record.
-    pub fn finish(mut self) -> Result<OpenFiles> {
+    /// Checks what can only be judged once every fd of the tree was seen (both ends of every
+    /// pipe inside it, socket peers, epoll and inotify targets, FIFO ends) and completes the
+    /// records that depend on it. Runs right after the fds, before any memory is saved: a
+    /// refusal must come before the long part of a dump.
+    pub fn check_tree(&mut self) -> Result<()> {
         for (pipe_id, ends) in &self.pipe_ends {
             let mode = |m: i32| ends.iter().any(|(_, _, f)| f & libc::O_ACCMODE as u32 == m as u32);
             if mode(libc::O_RDONLY) && mode(libc::O_WRONLY) {
@@ -118,12 +120,16 @@ impl OpenFileTable {
         let by_inode = &self.by_inode;
         let holder = |id: u32| by_inode.values().flatten().find(|(_, _, i)| *i == id).map(|(pid, fd, _)| (*pid, *fd));
         super::unix_socket::finish(&mut self.files, &holder)?;
-        let mut files = self.files;
         // Registrations and FIFO ends that name other fds or processes.
-        super::epoll::finish(&mut files, &self.holders)?;
-        super::fifo::finish(&files, &self.holders)?;
-        super::inotify::finish(&mut files, &self.holders)?;
-        Ok(OpenFiles { open_files: files })
+        super::epoll::finish(&mut self.files, &self.holders)?;
+        super::fifo::finish(&self.files, &self.holders)?;
+        super::inotify::finish(&mut self.files, &self.holders)?;
+        Ok(())
+    }
+
+    /// The record of every description, once the tree's mappings added theirs.
+    pub fn into_record(self) -> OpenFiles {
+        OpenFiles { open_files: self.files }
     }
 
     /// The description behind `fd` of `pid`, if an earlier fd (of any dumped process) shares it.

@@ -36,6 +36,7 @@ impl Kind for Memory {
 
     fn dump(ctx: &mut DumpCtx) -> Result<Mm> {
         let pid = ctx.pid.as_raw();
+        tracing::debug!(pid, "saving the memory");
         let maps = ctx.process.smaps().with_context(|| format!("reading /proc/{pid}/smaps"))?;
         let pagemap = PageMap::open(pid)?;
         let mut vmas = Vec::new();
