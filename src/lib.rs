@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod created_files;
 pub mod demo;
 pub mod dump;
 pub mod fault;

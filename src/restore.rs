@@ -302,6 +302,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let started = Instant::now();
     crate::interrupt::install()?;
     crate::kinds::leases::break_time::repair_left_behind();
+    crate::created_files::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
     let mut img = load(dir, opts.trust_image)?;
@@ -329,10 +330,12 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let built = tree.build(&img, &progress, foreground.map(|t| (t, img.inventory.foreground_pgid)));
     if let Err(e) = built {
         tree.kill_all();
+        tree.created_files.remove_all();
         segments.undo();
         return Err(e.context(format!("restoring the tree of pid {root} (every process it created was killed)")));
     }
     segments.finish()?;
+    tree.created_files.keep_all();
     let elapsed = started.elapsed();
     progress.finish(format!("restored {} process(es) of pid {root} in {:.1} ms", img.entries().len(), elapsed.as_secs_f64() * 1e3));
     if opts.detach {
@@ -394,6 +397,8 @@ struct Tree {
     /// Every process created, in creation order.
     created: Vec<Pid>,
     building: BTreeMap<u32, Building>,
+    /// Files the restore created in the file system (removed if it fails).
+    created_files: crate::created_files::CreatedFiles,
 }
 
 impl Tree {
@@ -467,6 +472,7 @@ impl Tree {
             creators,
             created: Vec::new(),
             building: BTreeMap::new(),
+            created_files: Default::default(),
         })
     }
 
@@ -498,6 +504,7 @@ impl Tree {
             temp_fd_floor,
             fs_identity: Some((creds.fsuid, creds.fsgid, creds.groups.clone())),
             open_files: &img.open_files,
+            created_files: &mut self.created_files,
         })
     }
 
@@ -757,6 +764,7 @@ impl Tree {
                 temp_fd_floor,
                 fs_identity: fs_identity.clone(),
                 open_files: &img.open_files,
+                created_files: &mut self.created_files,
             };
             step(&mut tctx, thread)?;
         }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::Duration;
 
@@ -486,4 +486,43 @@ fn reader_blocked_on_an_empty_socket_wakes_up_after_restore() {
         extra.push(format!("after restore the child is in syscall {:?}, not read", blocked_syscall(child)));
     }
     verify(&mut w, &before, &after, extra, &["parent", "child"]);
+}
+
+/// A restore that fails after binding a socket to its path leaves no socket file behind: the
+/// file it created is removed by the failing crust; a crust killed there leaves it listed in
+/// its journal, and the next crust run removes it. Either way the same image then restores.
+#[test]
+fn failed_restore_removes_the_socket_file_it_bound() {
+    for action in ["fail", "kill"] {
+        let (mut w, _tree) = spawn_tree("usock_server", &[]);
+        let path = w.dir.path.join("srv.sock");
+        let pids = TreeSnap::take(w.pid).pids;
+        w.dump();
+        for pid in &pids {
+            assert!(wait_gone(*pid, GONE_TIMEOUT), "pid {pid} of the tree still exists after the dump");
+        }
+        w.crust_env = vec![
+            ("CRUST_FAULT".into(), format!("restore-before-resume:1:{action}")),
+            ("CRUST_LOG".into(), "crust=info".into()),
+        ];
+        let out = w.restore_detached_raw();
+        w.crust_env.clear();
+        assert!(!out.success(), "{action}: the restore should have failed:\n{out}");
+        for pid in &pids {
+            assert!(wait_gone(*pid, GONE_TIMEOUT), "{action}: pid {pid} of the failed restore is left");
+        }
+        if action == "kill" {
+            // The next crust run repairs what the killed one left; any command that starts
+            // a dump or restore does, even one that fails at once.
+            let empty = TempDir::new("no-image");
+            crust(["restore", "-D", empty.path.to_str().unwrap()]).assert_failure();
+        }
+        assert!(
+            fs::symlink_metadata(&path).is_err(),
+            "{action}: the failed restore left {} behind:\n{out}",
+            path.display()
+        );
+        w.restore_detached();
+        assert!(fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()), "{action}: no socket file after the good restore");
+    }
 }

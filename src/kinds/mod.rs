@@ -72,6 +72,8 @@ pub struct RestoreCtx<'a> {
     pub fs_identity: Option<(u32, u32, Vec<u32>)>,
     /// Every open file description of the image.
     pub open_files: &'a crate::image::proto::OpenFiles,
+    /// Files the restore creates in the file system, removed again if it fails.
+    pub created_files: &'a mut crate::created_files::CreatedFiles,
 }
 
 impl RestoreCtx<'_> {

@@ -284,7 +284,13 @@ fn bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8], file: Option<&UnixSocketF
             .syscall("bind", libc::SYS_bind, &[fd as u64, at, addr.len() as u64])
             .with_context(|| format!("binding to {}", show_name(address)))?;
         Ok(())
-    })
+    })?;
+    if is_path(address) {
+        // Created by this restore: removed again if the restore fails.
+        let socket = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("stat of fd {fd}"))?;
+        ctx.created_files.record_socket_file(&full_path(address, file), socket.ino())?;
+    }
+    Ok(())
 }
 
 fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str) -> Result<()> {

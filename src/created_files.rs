@@ -1,0 +1,202 @@
+//! Files a restore creates in the file system (today: the path a restored UNIX socket is bound
+//! to), removed again when the restore fails, so that a failed restore leaves nothing behind.
+//!
+//! Each file is recorded right after it appears, as the directory it is in (held open, so
+//! renames of the path above it change nothing) plus its name, device and inode; it is removed
+//! only while that name still holds that very socket file and no live socket is bound to it.
+//! The records are also written to a journal in [`JOURNAL_DIR`], named after the crust run:
+//! if crust is killed in the middle of a restore (its processes die with it, being traced with
+//! PTRACE_O_EXITKILL), the next crust run removes what the journal lists
+//! ([`repair_left_behind`]).
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::unix_diag;
+
+/// Where each crust run journals the files its restore created (root only).
+pub const JOURNAL_DIR: &str = "/run/crust/created-files";
+
+/// One created file, as written to the journal.
+#[derive(Serialize, Deserialize)]
+struct Journaled {
+    path: String,
+    dev: u64,
+    inode: u64,
+}
+
+struct Created {
+    directory: OwnedFd,
+    name: OsString,
+    journaled: Journaled,
+}
+
+/// The files one restore created so far.
+#[derive(Default)]
+pub struct CreatedFiles {
+    files: Vec<Created>,
+    journal: Option<PathBuf>,
+}
+
+impl CreatedFiles {
+    /// Records the socket file at `path` that the socket with inode `socket_inode` was just
+    /// bound to. A name that does not hold that socket's own file (something swapped in) is
+    /// not recorded, so it is never removed.
+    pub fn record_socket_file(&mut self, path: &str, socket_inode: u64) -> Result<()> {
+        let Some((dev, inode)) = bound_file(socket_inode)? else { return Ok(()) };
+        let path_ref = Path::new(path);
+        let parent = path_ref.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path_ref.file_name().with_context(|| format!("socket path {path} has no file name"))?.to_owned();
+        let directory = nix::fcntl::open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .with_context(|| format!("opening the directory of {path}"))?;
+        if !holds(&directory, &name, dev, inode) {
+            tracing::warn!(path, "the socket file is not where the socket was bound; it will not be removed on failure");
+            return Ok(());
+        }
+        let journaled = Journaled { path: path.to_owned(), dev, inode };
+        self.append_to_journal(&journaled)?;
+        self.files.push(Created { directory, name, journaled });
+        Ok(())
+    }
+
+    /// The restore failed: removes every file recorded that is still the dead socket file
+    /// it created. Best effort, each failure logged.
+    pub fn remove_all(&mut self) {
+        // The processes were killed: their sockets close as they are reaped, which may take a
+        // moment (a process killed while traced is reaped by its own parent).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut left: Vec<Created> = self.files.drain(..).collect();
+        while !left.is_empty() {
+            left.retain(|f| !remove_if_dead(&f.directory, &f.name, &f.journaled));
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if left.is_empty() {
+            self.forget_journal();
+        } // else the journal stays, for the next crust run
+    }
+
+    /// The restore succeeded: the files belong to the restored processes now.
+    pub fn keep_all(&mut self) {
+        self.files.clear();
+        self.forget_journal();
+    }
+
+    fn append_to_journal(&mut self, entry: &Journaled) -> Result<()> {
+        use std::io::Write;
+        let journal = match &self.journal {
+            Some(j) => j.clone(),
+            None => {
+                std::fs::create_dir_all(JOURNAL_DIR).with_context(|| format!("creating {JOURNAL_DIR}"))?;
+                let j = Path::new(JOURNAL_DIR).join(run_name(std::process::id() as i32).context("naming this crust run")?);
+                self.journal = Some(j.clone());
+                j
+            }
+        };
+        let mut file = std::fs::File::options().create(true).append(true).open(&journal)
+            .with_context(|| format!("opening {}", journal.display()))?;
+        writeln!(file, "{}", serde_json::to_string(entry)?).with_context(|| format!("writing {}", journal.display()))
+    }
+
+    fn forget_journal(&mut self) {
+        if let Some(j) = self.journal.take() {
+            let _ = std::fs::remove_file(j);
+        }
+    }
+}
+
+impl Drop for CreatedFiles {
+    /// Neither kept nor removed explicitly (an error path that forgot): removed, as a failure.
+    fn drop(&mut self) {
+        if !self.files.is_empty() {
+            self.remove_all();
+        }
+    }
+}
+
+/// `pid-starttime` of a live process, so that a journal is never mistaken for a live run's
+/// after its pid was reused.
+fn run_name(pid: i32) -> Option<String> {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some(format!("{pid}-{}", stat.starttime))
+}
+
+/// (device, inode) of the file the socket with this inode is bound to, if any.
+fn bound_file(socket_inode: u64) -> Result<Option<(u64, u64)>> {
+    let diag = unix_diag::query(socket_inode as u32, unix_diag::SHOW_VFS)
+        .with_context(|| format!("sock_diag of socket:[{socket_inode}]"))?;
+    Ok(diag.and_then(|d| d.vfs).map(|(ino, dev)| (unix_diag::decode_dev(dev), ino as u64)))
+}
+
+/// Whether `name` in `directory` is the socket file (dev, inode), not following a symlink.
+fn holds(directory: &OwnedFd, name: &OsString, dev: u64, inode: u64) -> bool {
+    let Ok(st) = fstatat(directory.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { return false };
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK && (st.st_dev, st.st_ino) == (dev, inode)
+}
+
+/// Removes `name` from `directory` if it still is the socket file recorded and no live socket
+/// is bound to it. Returns false when it must be tried again later (a socket of the failed
+/// restore's processes still lives: they are being killed).
+fn remove_if_dead(directory: &OwnedFd, name: &OsString, f: &Journaled) -> bool {
+    if !holds(directory, name, f.dev, f.inode) {
+        return true; // gone, or no longer the file crust created
+    }
+    let live = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS).map(|all| {
+        all.iter().any(|d| d.vfs.is_some_and(|(ino, dev)| ino as u64 == f.inode && unix_diag::decode_dev(dev) == f.dev))
+    });
+    match live {
+        Ok(false) => match unlinkat(directory.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => {
+                tracing::info!(path = f.path, "removed the socket file the failed restore created");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = f.path, "cannot remove the socket file the failed restore created: {e}");
+                true
+            }
+        },
+        Ok(true) => {
+            tracing::warn!(path = f.path, "a socket of the failed restore is still bound to its file; left for now");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(path = f.path, "sock_diag: {e}; the socket file the failed restore created is left for now");
+            false
+        }
+    }
+}
+
+/// Removes what the restores of crust runs that died (SIGKILL, a crash) left behind.
+pub fn repair_left_behind() {
+    let Ok(entries) = std::fs::read_dir(JOURNAL_DIR) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|pid| run_name(pid).as_deref().map(OsStr::new) == Some(name.as_os_str())) {
+            continue; // that run is alive
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut settled = true;
+        for line in text.lines() {
+            let Ok(f) = serde_json::from_str::<Journaled>(line) else { continue };
+            let path = Path::new(&f.path);
+            let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else { continue };
+            let Ok(directory) = nix::fcntl::open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()) else {
+                continue;
+            };
+            settled &= remove_if_dead(&directory, &file_name.to_owned(), &f);
+        }
+        if settled {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
