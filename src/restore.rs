@@ -186,6 +186,7 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
                 bail!("image file {name}: field {field}: a path of {} bytes (longer than PATH_MAX)", path.len());
             }
         }
+        memory::check_structure(&p.mm, &image::mm_name(*pid))?;
         if p.core.threads.is_empty() {
             bail!("image file {}: field threads: the process has no thread", image::core_name(*pid));
         }
@@ -280,9 +281,10 @@ pub fn own_vdso_hash() -> Result<u64> {
     Ok(xxhash_rust::xxh3::xxh3_64(&memory::vdso_text(std::process::id() as i32)?))
 }
 
-/// Waits for a PID to be free (a just-killed process may still be a zombie for a moment).
-fn wait_pid_free(pid: u32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+/// Waits at most `wait` for a PID to be free (a just-killed process may still be a zombie for
+/// a moment).
+fn wait_pid_free(pid: u32, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
     loop {
         let path = format!("/proc/{pid}");
         if !Path::new(&path).exists() {
@@ -298,6 +300,35 @@ fn wait_pid_free(pid: u32) -> Result<()> {
     }
 }
 
+/// Everything a restore checks before it creates anything, without creating anything (the
+/// reference tool's `restore --check-only`): the image, its seal and structure, the PIDs, the
+/// kernel, the files, the options it needs.
+pub fn check_only(dir: &Path, opts: &RestoreOptions) -> Result<()> {
+    let img = checked_image(dir, opts, Duration::ZERO)?;
+    Tree::plan(&img, &opts.inherit_fds)?;
+    Ok(())
+}
+
+/// Loads the image and checks it against this machine and the options; PIDs in use are waited
+/// for at most `pid_wait` (a just-killed process may be a zombie for a moment).
+fn checked_image(dir: &Path, opts: &RestoreOptions, pid_wait: Duration) -> Result<LoadedImage> {
+    let mut img = load(dir, opts.trust_image)?;
+    apply_lease_policy(&mut img, opts.lease_policy);
+    forget_absent_lock_takers(&mut img);
+    for entry in img.entries() {
+        wait_pid_free(entry.pid, pid_wait)?;
+    }
+    check_machine(&img, opts.file_validation)?;
+    if is_shell_job(&img) && !opts.shell_job {
+        bail!("the image is a shell job (dumped with --shell-job): restore it with --shell-job (-j) from the terminal it should run on");
+    }
+    Ok(img)
+}
+
+fn is_shell_job(img: &LoadedImage) -> bool {
+    img.inventory.shell_job || files::has_terminals(&img.open_files)
+}
+
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let started = Instant::now();
     crate::interrupt::install()?;
@@ -305,18 +336,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     crate::created_files::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
-    let mut img = load(dir, opts.trust_image)?;
-    apply_lease_policy(&mut img, opts.lease_policy);
-    forget_absent_lock_takers(&mut img);
+    let img = checked_image(dir, opts, Duration::from_secs(3))?;
     let root = img.inventory.root_pid;
-    for entry in img.entries() {
-        wait_pid_free(entry.pid)?;
-    }
-    check_machine(&img, opts.file_validation)?;
-    let terminal = if img.inventory.shell_job || files::has_terminals(&img.open_files) {
-        if !opts.shell_job {
-            bail!("the image is a shell job (dumped with --shell-job): restore it with --shell-job (-j) from the terminal it should run on");
-        }
+    let terminal = if is_shell_job(&img) {
         Some(crate::sys::terminal::ControllingTerminal::open().context("--shell-job needs crust to run on a terminal")?)
     } else {
         None

@@ -61,8 +61,9 @@ pub enum ImageError {
     Checksum { path: PathBuf, detail: String, expected: u64, found: u64 },
     #[error("image file {path} lists the data file {name:?}, which is not a plain file name of the image directory")]
     BadName { path: PathBuf, name: String },
-    #[error("image file {path} is corrupted: cannot decode its {kind} record: {source}")]
-    Decode { path: PathBuf, kind: String, source: prost::DecodeError },
+    /// `detail` names the field, as the decoder reports it ("Core.threads: buffer underflow").
+    #[error("image file {path} is corrupted: cannot decode its {kind} record: field {detail}")]
+    Decode { path: PathBuf, kind: String, detail: String },
 }
 
 /// The four-character tag of each record kind.
@@ -353,10 +354,10 @@ fn decode_record<R: Record>(path: &Path, buf: &[u8]) -> Result<R, ImageError> {
             found: kind_name(kind),
         });
     }
-    R::decode(&buf[HEADER_LEN..body_end]).map_err(|source| ImageError::Decode {
+    R::decode(&buf[HEADER_LEN..body_end]).map_err(|e| ImageError::Decode {
         path: path.to_owned(),
         kind: kind_name(R::KIND),
-        source,
+        detail: e.to_string().trim_start_matches("failed to decode Protobuf message: ").to_owned(),
     })
 }
 

@@ -902,6 +902,47 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
     Ok(())
 }
 
+/// The highest user address plus one on x86-64 with 4-level page tables ([vsyscall] above it
+/// is the kernel's own and is never created by restore).
+const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+const VSYSCALL_START: u64 = 0xffff_ffff_ff60_0000;
+
+/// Checks that a memory record describes an address space at all, before anything uses its
+/// numbers: areas page-aligned, ordered, apart, inside user space; page runs inside their area
+/// and the page file offsets aligned. Errors name the record file (`name`) and the field.
+pub fn check_structure(mm: &Mm, name: &str) -> Result<()> {
+    let mut previous_end = 0u64;
+    for (i, vma) in mm.vmas.iter().enumerate() {
+        let where_ = format!("image file {name}: field vmas[{i}] ({:#x}-{:#x})", vma.start, vma.end);
+        let aligned = |v: u64| v % PAGE_SIZE == 0;
+        if !aligned(vma.start) || !aligned(vma.end) || vma.start >= vma.end {
+            bail!("{where_}: not a page-aligned, non-empty range");
+        }
+        let vsyscall = vma.kind() == VmaKind::Vsyscall && vma.start >= VSYSCALL_START;
+        if vma.end > USER_SPACE_END && !vsyscall {
+            bail!("{where_}: outside user space");
+        }
+        if vma.start < previous_end {
+            bail!("{where_}: overlaps or precedes the area before it");
+        }
+        previous_end = vma.end;
+        if !aligned(vma.file_offset) || vma.file_offset.checked_add(vma.end - vma.start).is_none() {
+            bail!("{where_}: field file_offset {:#x} is not page-aligned or overflows", vma.file_offset);
+        }
+        for (field, runs) in [("pages", &vma.pages), ("discard", &vma.discard)] {
+            for run in runs {
+                let len = run.pages.checked_mul(PAGE_SIZE);
+                let end = len.and_then(|l| run.address.checked_add(l));
+                let inside = end.is_some_and(|e| run.address >= vma.start && e <= vma.end && run.pages > 0);
+                if !inside || !aligned(run.address) || !aligned(run.file_offset) {
+                    bail!("{where_}: field {field}: a run of {} pages at {:#x} is not inside the area", run.pages, run.address);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Everything restore checks about memory before creating any process: files still the same,
 /// vDSO layout as the image expects.
 pub fn precheck(mm: &Mm, code: CodeValidation) -> Result<()> {
@@ -910,7 +951,7 @@ pub fn precheck(mm: &Mm, code: CodeValidation) -> Result<()> {
             let usage = if vma.prot & libc::PROT_EXEC as u32 != 0 {
                 FileUse::Code(code)
             } else {
-                FileUse::Data { needed: vma.file_offset.saturating_add(vma.end - vma.start) }
+                FileUse::Data { needed: vma.file_offset.saturating_add(vma.end.saturating_sub(vma.start)) }
             };
             check_file(file, "mapped file", usage)?;
         }
