@@ -148,19 +148,35 @@ pub fn lease_breaker(file: &Path, log: &Path) -> Result<()> {
     }
 }
 
-/// Puts lease-break-time back when dropped.
-struct BreakTime(String);
-
-impl Drop for BreakTime {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/fs/lease-break-time", &self.0);
-    }
-}
-
 fn realtime() -> f64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
         .unwrap_or(0.0)
+}
+
+/// Starts the lease holder (which starts the breaker) and waits until the breaker blocks on
+/// the lease (its "BREAKER" line in /proc/locks): the break has started.
+fn start_lease_story<'a>(file: &'a Path, log: &'a Path) -> impl FnOnce() -> Result<std::process::Child> + 'a {
+    move || {
+        let mut holder = Command::new(std::env::current_exe()?)
+            .arg("demo-lease-holder")
+            .arg(file)
+            .arg(log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string("/proc/locks")?.contains("BREAKER") {
+            if Instant::now() > deadline {
+                let _ = holder.kill();
+                let _ = holder.wait();
+                bail!("the demo breaker did not start");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(holder)
+    }
 }
 
 pub fn run_leases(dir: &Path) -> Result<()> {
@@ -173,29 +189,14 @@ pub fn run_leases(dir: &Path) -> Result<()> {
     std::fs::write(&file, "data the holder caches\n")?;
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_dir_all(&image);
-    let old = std::fs::read_to_string("/proc/sys/fs/lease-break-time")?;
-    let _restore_break_time = BreakTime(old.clone());
-    std::fs::write("/proc/sys/fs/lease-break-time", "10")?;
-    println!("{} lease-break-time set to 10 s for the demo (it was {})", at(), old.trim());
-
-    let mut holder = Command::new(std::env::current_exe()?)
-        .arg("demo-lease-holder")
-        .arg(&file)
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    // The kernel fixes a break's length when it starts: lease-break-time is 10 s only until
+    // the demo's break has started (milliseconds), under crust's lock and guardian, as a
+    // restore does (src/kinds/leases/break_time.rs).
+    let old = crate::kinds::leases::break_time::current()?;
+    let mut changer = crate::kinds::leases::break_time::BreakTimeChanger::new();
+    let mut holder = changer.with(10, start_lease_story(&file, &log))??;
+    println!("{} the break started with lease-break-time 10 s; the setting is back to {old} s", at());
     let hpid = holder.id() as i32;
-    // Wait for the breaker to block (its "->" line in /proc/locks).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string("/proc/locks")?.contains("BREAKER") {
-        if Instant::now() > deadline {
-            let _ = holder.kill();
-            bail!("the demo breaker did not start");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let break_started = Instant::now();
     println!("{} P1 (pid {hpid}) holds a write lease; P2 opened the file for writing and waits; P1 was signalled", at());
     std::thread::sleep(Duration::from_secs(5));
@@ -243,6 +244,6 @@ pub fn run_leases(dir: &Path) -> Result<()> {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
     }
-    println!("{} stopped both; lease-break-time put back to {}", at(), old.trim());
+    println!("{} stopped both", at());
     Ok(())
 }
