@@ -1161,4 +1161,32 @@ mod restore_tree {
         }
         assert_no_problems("SysV shared memory after restore", &problems, &t, &format!("tree before the dump:\n{}", before.describe()));
     }
+
+    /// A kept SysV segment that, between dump and restore, came to belong to another user (or
+    /// was replaced by another user's segment under the same id) is not attached: restore
+    /// attaches as root, and would hand the process a segment it never had. Refused by id and
+    /// owner, nothing left; with the owner back, the same image restores.
+    #[test]
+    fn sysv_segment_of_another_owner_under_the_same_id_is_refused() {
+        let mut t = Tree::spawn("tree_sysvshm", &[]);
+        let status = t.w.status_text();
+        let b: i32 = role_field(&status, "parent", "b").parse().unwrap();
+        let before = t.snapshot();
+        t.dump(&before);
+        let seg = crust::sys::sysv::segments().unwrap().into_iter().find(|s| s.shmid == b).expect("kept segment after the dump");
+        crust::sys::sysv::set_owner(b, 65534, 65534, seg.mode & 0o777).unwrap();
+        let img = t.w.image_dir.to_string_lossy().into_owned();
+        let out = crust(["restore", "-d", "-D", &img]);
+        assert!(!out.success(), "restore attached another owner's segment:\n{out}");
+        assert!(out.text().contains(&format!("segment id {b}")) && out.text().contains("another owner"), "{out}");
+        for pid in before.pids() {
+            assert!(wait_gone(pid, Duration::from_secs(5)), "pid {pid} of the refused restore is left");
+        }
+        crust::sys::sysv::set_owner(b, seg.uid, seg.gid, seg.mode & 0o777).unwrap();
+        t.restore(&before);
+        let r = t.w.go();
+        let mut problems = verdict(&r, &["parent", "child"]);
+        problems.extend(t.wait_all_reaped(Duration::from_secs(5)));
+        assert_no_problems("SysV shared memory after the owner came back", &problems, &t, "");
+    }
 }

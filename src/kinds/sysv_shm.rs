@@ -1,7 +1,8 @@
 //! System V shared memory attached by processes of the tree.
 //!
 //! A segment belongs to the IPC namespace, not to a process, so it usually outlives the dumped
-//! processes: restore attaches it again if it still exists with the same id, key and size.
+//! processes: restore attaches it again if it still exists with the same id, key, size, owner
+//! and permissions (another owner's segment under the same id is refused).
 //! A segment that is gone (it had been removed with IPC_RMID and died with its last
 //! attachment, or the restore runs elsewhere) is recreated with its id, owner, mode and
 //! contents, and removed again if it had been removed.
@@ -92,8 +93,25 @@ pub fn prepare(dir: &ImageDir, mms: &[&Mm]) -> Result<Prepared> {
     for (shmid, seg) in wanted {
         let removed = seg.mode & SHM_DEST != 0;
         match existing.iter().find(|e| e.shmid == shmid) {
-            // Still there: its current contents are the live shared state.
-            Some(e) if e.size == seg.size && (removed || e.key == seg.key) => {}
+            // Still there: its current contents are the live shared state, if it still is the
+            // same owner's segment with the same permissions (restore attaches it as root:
+            // another user's segment under a recycled id must not be handed over).
+            Some(e) if e.size == seg.size && (removed || e.key == seg.key) => {
+                let perms = |mode: u32| mode & 0o777;
+                if (e.uid, e.gid, perms(e.mode)) != (seg.uid, seg.gid, perms(seg.mode)) {
+                    prepared.undo();
+                    bail!(
+                        "SysV segment id {shmid} now belongs to uid {} gid {} with mode {:o}; the process had one of uid {} gid {} \
+                         with mode {:o}: crust refuses to attach another owner's segment",
+                        e.uid,
+                        e.gid,
+                        perms(e.mode),
+                        seg.uid,
+                        seg.gid,
+                        perms(seg.mode)
+                    );
+                }
+            }
             Some(e) => {
                 prepared.undo();
                 bail!(
