@@ -323,10 +323,6 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     if field("Seccomp:") != "0" && !field("Seccomp:").is_empty() {
         bail!("pid {pid} runs under a seccomp filter (mode {}); crust cannot restore seccomp filters yet", field("Seccomp:"));
     }
-    let timers = std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap_or_default();
-    if let Some(id) = timers.lines().find_map(|l| l.strip_prefix("ID:")) {
-        bail!("pid {pid} has POSIX timer {} (timer_create); crust cannot restore POSIX timers yet", id.trim());
-    }
     for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"));
@@ -503,6 +499,7 @@ fn collect(
     let identity = Identity::dump(&mut ctx)?;
     let credentials = Credentials::dump(&mut ctx)?;
     let timers = Timers::dump(&mut ctx)?;
+    let posix_timers = crate::kinds::posix_timers::dump(&mut ctx)?;
     let mut threads = vec![ThreadState::dump(&mut ctx)?];
     let DumpCtx { process, pidfd, .. } = ctx;
     for t in &mut frozen.threads {
@@ -538,6 +535,7 @@ fn collect(
         pgid: identity.pgid,
         nice: identity.nice,
         oom_score_adj: identity.oom_score_adj,
+        posix_timers,
     };
     let p = pid.as_raw() as u32;
     image.write_record(&image::core_name(p), &core)?;

@@ -761,7 +761,10 @@ impl Tree {
         self.building.get_mut(&pid).unwrap().threads = created;
         self.each_other_thread(img, pid, |tctx, thread| {
             ThreadState::restore(tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))
-        })
+        })?;
+        // Last: a timer may signal any thread, and runs from the moment it is armed.
+        let mut ctx = self.ctx(img, pid)?;
+        crate::kinds::posix_timers::restore(&mut ctx, &p.core.posix_timers)
     }
 
     /// Runs `step` for each thread of `pid` but its leader, with a context driving that thread.

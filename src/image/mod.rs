@@ -40,7 +40,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::sys::region::MappedFile;
 
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 const MAGIC: &[u8; 8] = b"CRUSTIMG";
 const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8;
 

@@ -16,6 +16,7 @@ pub mod locks;
 pub mod memfd;
 pub mod memory;
 pub mod pipes;
+pub mod posix_timers;
 pub mod registers;
 pub mod shared_memory;
 pub mod signalfd;
