@@ -514,6 +514,10 @@ fn collect(
         };
         threads.push(ThreadState::dump(&mut tctx)?);
     }
+    for thread in &mut threads {
+        thread.scheduling = Some(crate::kinds::scheduling::dump_thread(pid.as_raw(), thread.tid as i32)?);
+    }
+    let loginuid = crate::kinds::scheduling::dump_loginuid(pid.as_raw())?;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     // Pending signals last: a timer may have fired while we were collecting.
     let signals = Signals::dump(&mut ctx)?;
@@ -536,6 +540,7 @@ fn collect(
         nice: identity.nice,
         oom_score_adj: identity.oom_score_adj,
         posix_timers,
+        loginuid,
     };
     let p = pid.as_raw() as u32;
     image.write_record(&image::core_name(p), &core)?;

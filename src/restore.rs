@@ -807,6 +807,15 @@ impl Tree {
             Credentials::restore(tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))
         })?;
         let mut ctx = self.ctx(img, pid)?;
+        if let Some(l) = &p.core.loginuid {
+            crate::kinds::scheduling::restore_loginuid(&mut ctx, l)?;
+        }
+        for thread in &p.core.threads {
+            if let Some(s) = &thread.scheduling {
+                crate::kinds::scheduling::restore_thread(thread.tid as i32, s)
+                    .with_context(|| format!("restoring the scheduling of pid {pid} thread {}", thread.tid))?;
+            }
+        }
         Credentials::restore(&mut ctx, &creds)?;
         identity::restore_dumpable(&mut ctx, &p.core.control.clone().unwrap_or_default())?;
         memory::unmap_helper(ctx.remote, helper)?;

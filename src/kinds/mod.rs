@@ -18,6 +18,7 @@ pub mod memory;
 pub mod pipes;
 pub mod posix_timers;
 pub mod registers;
+pub mod scheduling;
 pub mod shared_memory;
 pub mod signalfd;
 pub mod signals;

@@ -51,6 +51,8 @@ impl Kind for ThreadState {
             robust_list,
             robust_list_len,
             clear_child_tid,
+            // Filled by the dump pipeline from outside the thread (kinds::scheduling).
+            scheduling: None,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod pidfd;
 pub mod ptrace;
 pub mod region;
 pub mod remote;
+pub mod sched;
 pub mod sigframe;
 pub mod socket;
 pub mod unix_diag;
