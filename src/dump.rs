@@ -196,12 +196,22 @@ fn foreground_pgid(root: Pid, members: &[Member]) -> u32 {
     if in_tree { tpgid as u32 } else { 0 }
 }
 
+/// Every child of the process: /proc lists children per thread (a child forked by a thread
+/// other than the leader is that thread's), so every thread's list is read.
 fn children_of(pid: Pid) -> Vec<Pid> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok().map(Pid::from_raw))
-        .collect()
+    let mut children: Vec<Pid> = task_ids(pid)
+        .into_iter()
+        .flat_map(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok().map(Pid::from_raw))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    children.sort();
+    children.dedup();
+    children
 }
 
 /// Freezes `root` and all its descendants, top down. A frozen process cannot fork any more, so

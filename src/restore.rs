@@ -817,7 +817,9 @@ impl Tree {
             }
         }
         Credentials::restore(&mut ctx, &creds)?;
-        identity::restore_dumpable(&mut ctx, &p.core.control.clone().unwrap_or_default())?;
+        let control = p.core.control.clone().unwrap_or_default();
+        identity::restore_dumpable(&mut ctx, &control)?;
+        identity::restore_pdeath_signal(&mut ctx, &control)?;
         memory::unmap_helper(ctx.remote, helper)?;
         Ok(())
     }

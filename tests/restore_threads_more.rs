@@ -538,3 +538,38 @@ fn python_multiprocessing_queue_delivers_every_result_across_a_dump() {
         assert!(r.contains("deleted") && r.contains("/dev/shm/"), "the queue was refused for another reason than its semaphore: {r}");
     }
 }
+
+/// A child forked by a thread other than the main thread is the process's child too: /proc
+/// lists it under that thread only. The dump takes it (it was missed, silently, and kept
+/// running), kills it with the tree, and the restore brings it back under its parent.
+#[test]
+fn a_child_forked_by_a_second_thread_is_part_of_the_tree() {
+    const PY: &str = r#"
+import subprocess, threading, time
+holder = {}
+started = threading.Event()
+def start():
+    holder['child'] = subprocess.Popen(['sleep', '1000'])
+    started.set()
+    while True:  # the child stays this thread's while the thread lives
+        time.sleep(0.1)
+threading.Thread(target=start, daemon=True).start()
+started.wait()
+open('ready', 'w').write('%d\n' % holder['child'].pid)
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-thread-fork", "python3", &["-c", PY]);
+    wait_until("python3 to start its child", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    let child: i32 = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().parse().unwrap();
+    let leader_children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid)).unwrap();
+    assert!(!leader_children.split_whitespace().any(|c| c == child.to_string()), "test setup: the leader lists the child");
+    w.dump();
+    assert!(wait_gone(child, Duration::from_secs(5)), "the child forked by a thread was left out of the dump (still running)");
+    w.restore_detached();
+    let ppid = proc_status_field(child, "PPid");
+    assert_eq!(ppid.as_deref(), Some(w.pid.to_string().as_str()), "the child is not back under its parent");
+    assert_eq!(proc_status_field(child, "Name").as_deref(), Some("sleep"));
+    // The tree's own cleanup kills only the root: the child is ours to end, by pid.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+}

@@ -83,7 +83,6 @@ impl Kind for Identity {
         r.syscall("personality", libc::SYS_personality, &[rec.personality as u64])?;
         r.syscall("umask", libc::SYS_umask, &[rec.umask as u64])?;
         let c = &rec.control;
-        r.syscall("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, c.pdeath_signal as u64])?;
         r.syscall("prctl(PR_SET_TIMERSLACK)", libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, c.timer_slack_ns])?;
         r.syscall("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_SET_THP_DISABLE as u64, c.thp_disabled as u64])?;
         r.syscall(
@@ -116,6 +115,17 @@ pub fn restore_rlimits(ctx: &mut RestoreCtx, rlimits: &[Rlimit]) -> Result<()> {
             .syscall("prlimit64", libc::SYS_prlimit64, &[0, l.resource as u64, addr, 0])
             .with_context(|| format!("restoring rlimit {} to soft {} hard {}", l.resource, l.soft, l.hard))?;
     }
+    Ok(())
+}
+
+/// The parent-death signal goes back after the credentials: the kernel clears it when a
+/// process's ids change (a process running as anyone but root would lose it).
+pub fn restore_pdeath_signal(ctx: &mut RestoreCtx, control: &ProcessControl) -> Result<()> {
+    ctx.remote.syscall(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_PDEATHSIG as u64, control.pdeath_signal as u64],
+    )?;
     Ok(())
 }
 

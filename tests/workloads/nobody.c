@@ -17,7 +17,8 @@
  *   O_RDWR as fd 12. The image then holds a file the process could not open itself: a
  *   restore (which opens files with the image's credentials) must fail.
  *
- * After the restore it checks from inside: getresuid, getresgid, getgroups, capget
+ * As 65534 it also sets its parent-death signal (SIGWINCH).
+ * After the restore it checks from inside: getresuid, the parent-death signal, getresgid, getgroups, capget
  * (effective, permitted, inheritable, both words), CapBnd/CapAmb/CapEff/CapPrm/CapInh of
  * /proc/self/status, dumpable, securebits, cwd, and for each fd its target, inode, access
  * mode and flags, offset; then uses them: reads world.txt from offset 5, appends to
@@ -199,6 +200,10 @@ int main(int argc, char **argv)
 		die("PR_SET_DUMPABLE: %s", strerror(errno));
 
 	/* --- as 65534 ------------------------------------------------------------------ */
+	/* A parent-death signal set as 65534 (changing ids clears it: a restore that sets it
+	 * before the credentials loses it). SIGWINCH: harmless if the parent does go away. */
+	if (prctl(PR_SET_PDEATHSIG, SIGWINCH, 0, 0, 0))
+		die("PR_SET_PDEATHSIG: %s", strerror(errno));
 	if (chdir(home))
 		die("chdir %s as %d: %s", home, NOBODY, strerror(errno));
 	fd = open("created", O_RDWR | O_CREAT | O_EXCL, 0640);
@@ -289,6 +294,9 @@ int main(int argc, char **argv)
 	proc_status_field("CapInh", now, sizeof(now));
 	CHECK_EQ_S("CapInh", capinh, now);
 	CHECK_EQ_U("PR_GET_DUMPABLE", dumpable, prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+	int pdeath = 0;
+	prctl(PR_GET_PDEATHSIG, &pdeath, 0, 0, 0);
+	CHECK_EQ_U("PR_GET_PDEATHSIG (set as 65534)", SIGWINCH, pdeath);
 	CHECK_EQ_U("PR_GET_SECUREBITS", securebits, prctl(PR_GET_SECUREBITS, 0, 0, 0, 0));
 	CHECK_EQ_U("PR_GET_KEEPCAPS", keepcaps, prctl(PR_GET_KEEPCAPS, 0, 0, 0, 0));
 	char cwd2[4096];
