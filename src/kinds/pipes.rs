@@ -56,18 +56,52 @@ pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, p: &Pipe, together: &mut Toge
         None => {
             let (r, w) = create(ctx, p.buffer_size, p.pipe_id)?;
             together.insert(p.pipe_id, vec![r, w]);
+            // The bytes go in once per pipe, whichever end (and however many descriptions of
+            // each end) the image has: every read description recorded the same bytes.
+            if let Some(data) = buffered_bytes(ctx.open_files, p.pipe_id) {
+                fill(ctx, w, data).with_context(|| format!("putting {} bytes back into pipe:[{}]", data.len(), p.pipe_id))?;
+            }
             (r, w)
         }
     };
     let reading = flags & libc::O_ACCMODE == libc::O_RDONLY;
-    let end = if reading { r } else { w };
-    if reading && !p.buffered.is_empty() {
-        fill(ctx, w, &p.buffered)?;
+    let mut end = if reading { r } else { w };
+    if !first_description_of_end(ctx.open_files, file, p.pipe_id) {
+        // Another description of the same end (reopened through /proc/PID/fd by the program):
+        // its own description, so that its status flags and offset-free state are its own.
+        let path = format!("/proc/self/fd/{end}");
+        end = ctx
+            .open_in_process(&path, (flags & libc::O_ACCMODE) | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .with_context(|| format!("opening another description of pipe:[{}]", p.pipe_id))?;
     }
     // Each end is its own description: give it its status flags (O_NONBLOCK...).
     let status = flags & !(libc::O_ACCMODE);
     ctx.remote.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[end as u64, libc::F_SETFL as u64, status as u64])?;
     Ok(end)
+}
+
+/// Whether `file` is the first (lowest id) description of its end of the pipe, the one that
+/// gets the end pipe2 created.
+fn first_description_of_end(files: &crate::image::proto::OpenFiles, file: &OpenFile, pipe_id: u64) -> bool {
+    let mode = file.flags & libc::O_ACCMODE as u32;
+    let first = files
+        .open_files
+        .iter()
+        .filter(|f| f.flags & libc::O_ACCMODE as u32 == mode)
+        .filter(|f| matches!(&f.kind, Some(crate::image::proto::open_file::Kind::Pipe(p)) if p.pipe_id == pipe_id))
+        .map(|f| f.id)
+        .min();
+    first == Some(file.id)
+}
+
+/// The bytes the image holds for a pipe (recorded by its read descriptions), if any.
+fn buffered_bytes(files: &crate::image::proto::OpenFiles, pipe_id: u64) -> Option<&[u8]> {
+    files.open_files.iter().find_map(|f| match &f.kind {
+        Some(crate::image::proto::open_file::Kind::Pipe(p)) if p.pipe_id == pipe_id && !p.buffered.is_empty() => {
+            Some(p.buffered.as_slice())
+        }
+        _ => None,
+    })
 }
 
 fn create(ctx: &mut RestoreCtx, buffer_size: u32, id: u64) -> Result<(i32, i32)> {
@@ -85,13 +119,39 @@ fn create(ctx: &mut RestoreCtx, buffer_size: u32, id: u64) -> Result<(i32, i32)>
     Ok((r, w))
 }
 
-/// Writes saved bytes into a restored pipe (or FIFO) through crust's own copy of a write end.
+/// Writes saved bytes into a restored pipe (or FIFO) through crust's own copy of a write end,
+/// before the end gets its own status flags. Never blocks: the description is non-blocking
+/// while crust fills it, and a pipe without room for the bytes (within 5 s) is an error, as is
+/// an interruption of crust meanwhile.
 pub fn fill(ctx: &mut RestoreCtx, write_end: i32, data: &[u8]) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
     let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), write_end)?;
+    let was = OFlag::from_bits_truncate(fcntl(&ours, FcntlArg::F_GETFL)?);
+    fcntl(&ours, FcntlArg::F_SETFL(was | OFlag::O_NONBLOCK))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut written = 0;
-    while written < data.len() {
-        let n = nix::unistd::write(&ours, &data[written..]).context("refilling a pipe buffer")?;
-        written += n;
-    }
-    Ok(())
+    let result: Result<()> = loop {
+        if written == data.len() {
+            break Ok(());
+        }
+        match nix::unistd::write(&ours, &data[written..]) {
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                if let Err(e) = crate::interrupt::check() {
+                    break Err(e.into());
+                }
+                let mut fds = [PollFd::new(ours.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(100u16));
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                break Err(anyhow::anyhow!("no room for the last {} of {} bytes after 5 s", data.len() - written, data.len()));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => break Err(anyhow::Error::from(e).context("refilling a pipe buffer")),
+        }
+    };
+    fcntl(&ours, FcntlArg::F_SETFL(was))?;
+    result
 }
