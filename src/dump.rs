@@ -231,9 +231,15 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
         if pid != root {
             precheck(pid)?;
         }
+        // A job-control stop shows as state T only until the seize; its signal is the exit
+        // code /proc reports for a stopped task.
+        let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
         ptrace::seize_and_interrupt(pid, false).with_context(|| format!("freezing pid {pid}"))?;
         match Frozen::take(pid) {
-            Ok(f) => frozen.push(f),
+            Ok(mut f) => {
+                f.job_stop = job_stop;
+                frozen.push(f)
+            }
             Err(e) => {
                 let _ = ptrace::detach(pid);
                 return Err(e);
@@ -316,7 +322,7 @@ fn precheck(pid: Pid) -> Result<()> {
     let stat = process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
     match stat.state {
         'Z' | 'X' => bail!("pid {pid} is a zombie; there is nothing left to dump"),
-        'T' | 't' => bail!("pid {pid} is stopped (state {}); crust cannot dump stopped processes yet", stat.state),
+        't' => bail!("pid {pid} is stopped by another tracer (state t: a debugger?); crust cannot dump a traced process"),
         _ => {}
     }
     if process.status()?.tgid != pid.as_raw() {
@@ -357,6 +363,9 @@ struct Frozen {
     threads: Vec<RemoteTask>,
     /// Where its parked threads return through their signal frames (None: not parked).
     sigreturn: Option<u64>,
+    /// In a job-control stop when seized: the signal that stopped it. (Let go, it stops again:
+    /// the kernel keeps a group stop in effect across a ptrace attach and detach.)
+    job_stop: Option<i32>,
 }
 
 /// Parks a thread just seized on a signal frame holding its state, so that it goes back to
@@ -394,7 +403,7 @@ impl Frozen {
         // While crust runs calls in the process no signal may be delivered there: they stay
         // pending and are dumped as such. (Parked first: its frame holds the original mask.)
         ptrace::set_sigmask(pid, !0)?;
-        let mut frozen = Frozen { pid, remote, threads: Vec::new(), sigreturn };
+        let mut frozen = Frozen { pid, remote, threads: Vec::new(), sigreturn, job_stop: None };
         if let Err(e) = frozen.take_rest(syscall_ip) {
             let _ = frozen.release(true);
             return Err(e);
@@ -528,6 +537,7 @@ fn collect(
         thread.scheduling = Some(crate::kinds::scheduling::dump_thread(pid.as_raw(), thread.tid as i32)?);
     }
     let loginuid = crate::kinds::scheduling::dump_loginuid(pid.as_raw())?;
+    let job_stop = frozen.job_stop;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     // Pending signals last: a timer may have fired while we were collecting.
     let signals = Signals::dump(&mut ctx)?;
@@ -544,7 +554,8 @@ fn collect(
         interval_timers: Some(timers),
         control: Some(identity.control),
         threads,
-        stopped: false,
+        stopped: job_stop.is_some(),
+        stop_signal: job_stop.unwrap_or(0),
         sid: identity.sid,
         pgid: identity.pgid,
         nice: identity.nice,

@@ -598,6 +598,15 @@ impl Tree {
             progress.step("starting the lease breaks again".into());
         }
         let lease_waker = crate::kinds::leases::restart::run(lease_breaks)?;
+        // A process that was in a job-control stop gets its stop signal now, while traced: it
+        // stays pending, and on the detach every thread takes the stop before it runs any
+        // instruction. (Its parent is told of the stop again, as after a new Ctrl-Z.)
+        for (pid, p) in &img.processes {
+            if p.core.stopped {
+                let sig = Signal::try_from(p.core.stop_signal).unwrap_or(Signal::SIGSTOP);
+                kill(Pid::from_raw(*pid as i32), sig).with_context(|| format!("stopping pid {pid} again with {sig}"))?;
+            }
+        }
         // Release everything at once, so the tree resumes together.
         for building in self.building.values() {
             for remote in std::iter::once(&building.remote).chain(&building.threads) {

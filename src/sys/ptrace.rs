@@ -79,9 +79,16 @@ pub fn wait_for_event_stop(pid: Pid) -> Result<(), SysError> {
 /// syscall-stop. Used to step an injected system call through its entry and exit.
 pub fn step_to_syscall_stop(pid: Pid) -> Result<(), SysError> {
     nix_ptrace::syscall(pid, None).map_err(ptrace_err("ptrace(PTRACE_SYSCALL)", pid))?;
+    let mut event_stops = 0;
     loop {
         match waitpid(pid, Some(WaitPidFlag::__WALL)) {
             Ok(WaitStatus::PtraceSyscall(_)) => return Ok(()),
+            // A trap that was already due (a group stop of a process in a job-control stop
+            // reports one more when seized and interrupted): it changes nothing, go on.
+            Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) if event_stops < 8 => {
+                event_stops += 1;
+                nix_ptrace::syscall(pid, None).map_err(ptrace_err("ptrace(PTRACE_SYSCALL)", pid))?;
+            }
             Ok(WaitStatus::Exited(_, code)) => {
                 return Err(SysError::gone("waitpid", pid.as_raw(), format!("exited with status {code}")));
             }
