@@ -57,6 +57,8 @@ struct Member {
     ppid: Pid,
     /// Some(wait status) for a zombie.
     zombie: Option<i32>,
+    /// The signal its parent gets when it ends (/proc/PID/stat exit_signal; 0: none).
+    exit_signal: i32,
     comm: String,
 }
 
@@ -223,7 +225,8 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
         if let Ok(stat) = &stat {
             if stat.state == 'Z' {
                 // exit_code holds the wait status the parent will reap.
-                members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)), comm: stat.comm.clone() });
+                let exit_signal = stat.exit_signal.unwrap_or(libc::SIGCHLD);
+                members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)), comm: stat.comm.clone(), exit_signal });
                 continue;
             }
         }
@@ -245,7 +248,8 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
                 return Err(e);
             }
         }
-        members.push(Member { pid, ppid, zombie: None, comm: String::new() });
+        let exit_signal = stat.as_ref().ok().and_then(|s| s.exit_signal).unwrap_or(libc::SIGCHLD);
+        members.push(Member { pid, ppid, zombie: None, comm: String::new(), exit_signal });
         // Children are listed only now that the parent is frozen: none can appear later.
         for child in children_of(pid) {
             queue.push_back((child, pid));
@@ -308,6 +312,7 @@ fn collect_tree(
             zombie: m.zombie.is_some(),
             exit_status: m.zombie.unwrap_or(0),
             comm: m.comm.clone(),
+            exit_signal: if m.exit_signal == 0 { -1 } else { m.exit_signal },
         })
         .collect();
     let mut data_files = crate::kinds::files::data_files(&open_files);

@@ -644,11 +644,11 @@ impl Tree {
         } else if entry.zombie {
             return Ok(());
         }
-        let children: Vec<u32> = img.children(pid).map(|c| c.pid).collect();
-        for child in children {
+        let children: Vec<(u32, i32)> = img.children(pid).map(|c| (c.pid, c.exit_signal)).collect();
+        for (child, exit_signal) in children {
             crate::interrupt::check()?;
             let remote = &mut self.building.get_mut(&pid).unwrap().remote;
-            let new = fork_child(remote, child).with_context(|| format!("pid {pid} forking pid {child}"))?;
+            let new = fork_child(remote, child, exit_signal).with_context(|| format!("pid {pid} forking pid {child}"))?;
             self.created.push(new);
             ptrace::seize_and_interrupt(new, true)?;
             let mut remote = RemoteTask::new(new, helper)?;
@@ -751,8 +751,10 @@ impl Tree {
         };
         Identity::restore(&mut ctx, &identity)?;
         if has_zombie_children {
-            // Recreating the zombies queued SIGCHLD here; the image says what was pending.
-            drain_sigchld(ctx.remote)?;
+            // Recreating the zombies queued their exit signals here; the image says what was
+            // pending.
+            let signals = img.children(pid).filter(|c| c.zombie).map(|c| clone_exit_signal(c.exit_signal)).filter(|s| *s != 0);
+            drain_exit_signals(ctx.remote, signals.fold(0u64, |set, s| set | 1 << (s - 1)))?;
         }
         let signals = SignalsRecord {
             handlers: p.core.signal_handlers.clone().unwrap_or_default(),
@@ -878,12 +880,22 @@ fn create_threads(remote: &mut RemoteTask, threads: &[crate::image::proto::Threa
 
 /// Has the process behind `remote` fork a child with PID `pid` (clone3 with set_tid). The child
 /// starts in the helper area's pause loop.
-fn fork_child(remote: &mut RemoteTask, pid: u32) -> Result<Pid> {
+/// The clone exit_signal a recorded one stands for (0: SIGCHLD, from images before it was
+/// recorded; -1: none).
+fn clone_exit_signal(recorded: i32) -> u64 {
+    match recorded {
+        0 => libc::SIGCHLD as u64,
+        -1 => 0,
+        sig => sig as u64,
+    }
+}
+
+fn fork_child(remote: &mut RemoteTask, pid: u32, exit_signal: i32) -> Result<Pid> {
     let tid_addr = remote.put(128, &(pid as i32).to_ne_bytes())?;
     let mut args = Vec::new();
     // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
     // tls, set_tid, set_tid_size, cgroup.
-    for v in [0, 0, 0, 0, libc::SIGCHLD as u64, 0, 0, 0, tid_addr, 1, 0] {
+    for v in [0, 0, 0, 0, clone_exit_signal(exit_signal), 0, 0, 0, tid_addr, 1, 0] {
         args.extend_from_slice(&(v as u64).to_ne_bytes());
     }
     let args_addr = remote.put(0, &args)?;
@@ -910,9 +922,12 @@ fn wait_zombie(pid: u32) -> Result<()> {
     }
 }
 
-/// Dequeues pending SIGCHLD signals (rt_sigtimedwait with a zero timeout).
-fn drain_sigchld(remote: &mut RemoteTask) -> Result<()> {
-    let set = remote.put(0, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
+/// Dequeues the pending signals of `set` (rt_sigtimedwait with a zero timeout).
+fn drain_exit_signals(remote: &mut RemoteTask, set: u64) -> Result<()> {
+    if set == 0 {
+        return Ok(());
+    }
+    let set = remote.put(0, &set.to_ne_bytes())?;
     let timeout = remote.put(16, &[0u8; 16])?;
     loop {
         let ret = remote.syscall_raw(libc::SYS_rt_sigtimedwait, &[set, 0, timeout, 8])?;

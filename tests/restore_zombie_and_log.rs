@@ -134,3 +134,26 @@ fn log_file_option_receives_the_log_and_dump_still_works() {
     let after = w.snapshot();
     w.verify_restored(&before, &after, &[], vec![]);
 }
+
+/// exitsig.c: children cloned with exit signals other than SIGCHLD (SIGUSR1 alive, SIGUSR2 a
+/// zombie whose signal is pending in the parent, none at all for another zombie) keep them:
+/// /proc shows them, the parent reaps the zombies with their statuses and gets SIGUSR1 when
+/// the live one exits.
+#[test]
+fn children_keep_their_exit_signals_alive_and_as_zombies() {
+    let mut w = Workload::spawn("exitsig", &[]);
+    let before = w.snapshot();
+    let status = w.status_text();
+    let kids: Vec<i32> = ["a", "b", "c"].iter().map(|k| ready_field(&status, k).unwrap().parse().unwrap()).collect();
+    w.dump();
+    // The dumped tree's zombies were handed to this test (its subreaper): reaped here, by pid.
+    for pid in &kids {
+        if is_our_child(*pid) {
+            waitpid_timeout(*pid, std::time::Duration::from_secs(5));
+        }
+        assert!(wait_gone(*pid, std::time::Duration::from_secs(5)), "child {pid} of the dumped tree is left");
+    }
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}
