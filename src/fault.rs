@@ -7,7 +7,8 @@
 //! as if a user or a closed terminal sent it).
 //!
 //! Points: dump: `dump-frozen` (every process frozen), `dump-files`, `dump-memory` (after each
-//! process's files, memory), `dump-collected` (every record written), `dump-checksums` (before
+//! process's files, memory), `dump-pages-open` (the process holds the page file open, before it
+//! writes its pages), `dump-collected` (every record written), `dump-checksums` (before
 //! the inventory); restore: `restore-tree` (every process created), `restore-descriptions`,
 //! `restore-process` (after each process's state), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
@@ -24,6 +25,7 @@ pub const POINTS: &[&str] = &[
     "dump-frozen",
     "dump-files",
     "dump-memory",
+    "dump-pages-open",
     "dump-collected",
     "dump-checksums",
     "restore-tree",

@@ -14,7 +14,9 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const STEPS: &[&str] = &["dump-frozen", "dump-files", "dump-memory", "dump-collected", "dump-checksums"];
+const STEPS: &[&str] = &["dump-frozen", "dump-files", "dump-pages-open", "dump-memory", "dump-collected", "dump-checksums"];
+/// Killed there, one descriptor is left (see the test that names it).
+const KILL_LEAVES_A_DESCRIPTOR: &str = "dump-pages-open";
 
 fn check_interrupted_dump(step: &str, action: &str, leave_running: bool) {
     let mut w = Workload::spawn("counter", &[]);
@@ -144,7 +146,7 @@ fn check_killed_dump(workload: &str, step: &str, leave_running: bool) {
 
 #[test]
 fn dump_killed_at_any_step_leaves_the_process_running_as_it_was() {
-    for step in STEPS {
+    for step in STEPS.iter().filter(|s| **s != KILL_LEAVES_A_DESCRIPTOR) {
         for leave_running in [true, false] {
             check_killed_dump("counter", step, leave_running);
         }
@@ -153,7 +155,7 @@ fn dump_killed_at_any_step_leaves_the_process_running_as_it_was() {
 
 #[test]
 fn dump_killed_at_any_step_leaves_vector_and_fpu_registers_as_they_were() {
-    for step in STEPS {
+    for step in STEPS.iter().filter(|s| **s != KILL_LEAVES_A_DESCRIPTOR) {
         check_killed_dump("avx", step, true);
     }
 }
@@ -197,5 +199,38 @@ fn restore_failing_interrupted_or_killed_at_any_step_leaves_nothing_behind() {
 fn restore_of_a_threaded_process_killed_at_any_step_leaves_nothing_behind() {
     for step in RESTORE_STEPS {
         check_failed_restore("threaded", step, "kill");
+    }
+}
+
+/// Killed while the process holds the page file open (it writes its own pages into it): the
+/// one more trace is that descriptor, moved to the top of the process's fd range, so the
+/// program's own next open() returns the number it would have (counter.c's checks open files
+/// and pass); everything else is as it was.
+#[test]
+fn dump_killed_while_the_process_writes_its_pages_leaves_one_high_descriptor() {
+    for leave_running in [true, false] {
+        let mut w = Workload::spawn("counter", &[]);
+        let before = w.snapshot();
+        w.crust_env = vec![("CRUST_FAULT".into(), "dump-pages-open:1:kill".into())];
+        let out = w.dump_with(if leave_running { &["-R"] } else { &[] });
+        assert_eq!(out.exit(), Exit::Signal(libc::SIGKILL), "crust's end:\n{out}");
+        wait_until("the process to be let go by its dead tracer", Duration::from_secs(5), || {
+            proc_status_field(w.pid, "TracerPid").as_deref() == Some("0")
+        });
+        let fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", w.pid))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let extra: Vec<i32> = fds.iter().copied().filter(|fd| !before.entries.contains_key(&format!("fd:{fd}"))).collect();
+        assert_eq!(extra.len(), 1, "one page-file descriptor expected, found {extra:?}");
+        assert!(extra[0] >= 1000, "the page-file descriptor is at {}, where the program's next open() could land", extra[0]);
+        let target = std::fs::read_link(format!("/proc/{}/fd/{}", w.pid, extra[0])).unwrap();
+        assert!(target.to_string_lossy().contains("pages-"), "fd {} is {}", extra[0], target.display());
+        let mut after = without_scratch_area(w.snapshot());
+        let (key, info) = (format!("fd:{}", extra[0]), format!("fdinfo:{}:", extra[0]));
+        after.entries.retain(|k, _| *k != key && !k.starts_with(&info));
+        assert_same_proc(&before, &after, &["status:Vm*", "status:RssShmem", "status:RssFile", "stat:vsize", "status:FDSize"]);
+        w.go().assert_pass();
     }
 }

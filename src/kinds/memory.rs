@@ -352,7 +352,9 @@ fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Resul
         let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
         match ctx.remote.syscall("openat(page file)", libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags, 0]) {
             Ok(fd) => {
-                let result = transfer_runs(ctx.remote, fd, &readable_runs, libc::SYS_pwritev, "pwritev");
+                let fd = move_out_of_the_way(ctx.remote, pid, fd);
+                let result = crate::fault::point("dump-pages-open")
+                    .and_then(|()| transfer_runs(ctx.remote, fd, &readable_runs, libc::SYS_pwritev, "pwritev"));
                 ctx.remote.syscall("close", libc::SYS_close, &[fd])?;
                 result.with_context(|| format!("pid {pid}: writing pages to {name}"))?;
             }
@@ -365,6 +367,29 @@ fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Resul
         }
     }
     copy_runs_via_crust(ctx.remote, &file, &by_crust).with_context(|| format!("pid {pid}: writing pages to {name}"))
+}
+
+/// Moves crust's descriptor in the process to the top of its fd range: were crust killed while
+/// the process writes its pages, the descriptor would stay, and at a low number it would make
+/// the program's next open() return another number than it would have. Best effort: the fd
+/// as it is when there is no room up there.
+fn move_out_of_the_way(remote: &mut RemoteTask, pid: i32, fd: u64) -> u64 {
+    let soft_nofile = procfs::process::Process::new(pid)
+        .and_then(|p| p.limits())
+        .ok()
+        .and_then(|l| match l.max_open_files.soft_limit {
+            procfs::process::LimitValue::Value(v) => Some(v),
+            procfs::process::LimitValue::Unlimited => None,
+        })
+        .unwrap_or(1024);
+    let floor = soft_nofile.saturating_sub(16).max(fd + 1);
+    match remote.syscall("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, floor]) {
+        Ok(high) => {
+            let _ = remote.syscall("close", libc::SYS_close, &[fd]);
+            high
+        }
+        Err(_) => fd,
+    }
 }
 
 /// Copies page runs into the page file through /proc/PID/mem, which reads regardless of
