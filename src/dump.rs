@@ -238,6 +238,10 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
         // code /proc reports for a stopped task.
         let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
         ptrace::seize_and_interrupt(pid, false).with_context(|| format!("freezing pid {pid}"))?;
+        if let Err(e) = crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), pid.as_raw(), false) {
+            let _ = ptrace::detach(pid);
+            return Err(e.context(format!("freezing pid {pid}")));
+        }
         match Frozen::take(pid) {
             Ok(mut f) => {
                 f.job_stop = job_stop;
@@ -339,11 +343,7 @@ fn precheck(pid: Pid) -> Result<()> {
 
 /// State this version cannot restore faithfully is refused by name, never dropped.
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("");
-    if field("Seccomp:") != "0" && !field("Seccomp:").is_empty() {
-        bail!("pid {pid} runs under a seccomp filter (mode {}); crust cannot restore seccomp filters yet", field("Seccomp:"));
-    }
+    crate::kinds::seccomp::precheck(pid.as_raw())?;
     for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"));
@@ -427,6 +427,7 @@ impl Frozen {
             for tid in new {
                 ptrace::seize_and_interrupt(tid, false).with_context(|| format!("freezing thread {tid} of pid {pid}"))?;
                 let mut thread = RemoteTask::new(tid, syscall_ip)?;
+                crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), tid.as_raw(), false)?;
                 park_on_frame(&mut thread, self.sigreturn)?;
                 ptrace::set_sigmask(tid, !0)?;
                 self.threads.push(thread);
@@ -542,6 +543,8 @@ fn collect(
         thread.scheduling = Some(crate::kinds::scheduling::dump_thread(pid.as_raw(), thread.tid as i32)?);
     }
     let loginuid = crate::kinds::scheduling::dump_loginuid(pid.as_raw())?;
+    let tids: Vec<i32> = threads.iter().map(|t| t.tid as i32).collect();
+    let seccomp = crate::kinds::seccomp::dump(pid.as_raw(), &tids)?;
     let job_stop = frozen.job_stop;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     // Pending signals last: a timer may have fired while we were collecting.
@@ -561,6 +564,7 @@ fn collect(
         threads,
         stopped: job_stop.is_some(),
         stop_signal: job_stop.unwrap_or(0),
+        seccomp,
         sid: identity.sid,
         pgid: identity.pgid,
         nice: identity.nice,

@@ -814,6 +814,13 @@ impl Tree {
         let p = &img.processes[&pid];
         let helper = self.helper;
         let creds = p.core.credentials.clone().context("image has no credentials")?;
+        if let Some(seccomp) = &p.core.seccomp {
+            // Installed while the process is still root (no CAP_SYS_ADMIN is needed later),
+            // suspended for crust's remaining calls, in force from the detach.
+            let tids: Vec<i32> = p.core.threads.iter().map(|t| t.tid as i32).collect();
+            let mut ctx = self.ctx(img, pid)?;
+            crate::kinds::seccomp::restore(&mut ctx, seccomp, &tids).context("restoring seccomp filters")?;
+        }
         self.each_other_thread(img, pid, |tctx, thread| {
             Credentials::restore(tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))
         })?;

@@ -19,6 +19,7 @@ pub mod pipes;
 pub mod posix_timers;
 pub mod registers;
 pub mod scheduling;
+pub mod seccomp;
 pub mod shared_memory;
 pub mod signalfd;
 pub mod signals;

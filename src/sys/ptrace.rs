@@ -247,3 +247,49 @@ pub fn get_rseq(pid: Pid) -> Result<RseqConfig, SysError> {
         signature: raw.signature,
     })
 }
+
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+
+/// Makes the tracee's seccomp filters stand aside while crust runs system calls in it
+/// (PTRACE_O_SUSPEND_SECCOMP, with crust's usual options): a filter may forbid or kill on the
+/// very calls crust injects. It takes effect again when crust detaches.
+pub fn suspend_seccomp(pid: Pid, kill_on_tracer_exit: bool) -> Result<(), SysError> {
+    let mut options = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_SUSPEND_SECCOMP;
+    if kill_on_tracer_exit {
+        options |= libc::PTRACE_O_EXITKILL;
+    }
+    // SAFETY: PTRACE_SETOPTIONS takes the options in `data` by value; no memory is touched.
+    let ret = unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid.as_raw(), 0usize, options as usize) };
+    Errno::result(ret).map(drop).map_err(ptrace_err("ptrace(PTRACE_SETOPTIONS, PTRACE_O_SUSPEND_SECCOMP)", pid))
+}
+
+/// The BPF program of seccomp filter `index` of the tracee (0: the newest), as the kernel
+/// holds it (struct sock_filter, 8 bytes each); None past the oldest.
+pub fn seccomp_filter(pid: Pid, index: usize) -> Result<Option<Vec<u8>>, SysError> {
+    // SAFETY: with a null buffer PTRACE_SECCOMP_GET_FILTER only returns the count.
+    let count = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid.as_raw(), index, std::ptr::null_mut::<u8>()) };
+    match Errno::result(count) {
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(ptrace_err("ptrace(PTRACE_SECCOMP_GET_FILTER)", pid)(e)),
+        Ok(_) => {}
+    }
+    let mut program = vec![0u8; count as usize * 8];
+    // SAFETY: the kernel writes `count` struct sock_filter (8 bytes each) into `program`, which
+    // holds exactly that many.
+    let ret = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid.as_raw(), index, program.as_mut_ptr()) };
+    Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_SECCOMP_GET_FILTER)", pid))?;
+    Ok(Some(program))
+}
+
+/// The flags seccomp filter `index` was installed with that the kernel reports
+/// (SECCOMP_FILTER_FLAG_LOG).
+pub fn seccomp_filter_flags(pid: Pid, index: usize) -> Result<u64, SysError> {
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut meta = [index as u64, 0u64];
+    // SAFETY: the kernel reads filter_off and writes flags of the 16-byte struct `meta`, whose
+    // size is passed in `addr`.
+    let ret = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_METADATA, pid.as_raw(), 16usize, meta.as_mut_ptr()) };
+    Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_SECCOMP_GET_METADATA)", pid))?;
+    Ok(meta[1])
+}
