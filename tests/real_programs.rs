@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use std::fs;
+use std::io::Write;
 use std::time::Duration;
 
 fn spawn_sleep() -> Workload {
@@ -146,4 +147,25 @@ fn checkpoint_of_a_program_writing_a_log_restores_after_it_went_on() {
     assert!(first + 4 >= at_dump && first <= at_dump, "the restored program went on from line {first}, the checkpoint was at {at_dump}");
     w.signal(libc::SIGKILL);
     w.reap(Duration::from_secs(5));
+}
+
+/// coreutils `tail -f`, blocked in poll (no timeout) on its inotify descriptor: restored, the
+/// poll goes on as the kernel would have restarted it (it died with "Interrupted system call"
+/// when crust turned the call into EINTR), and lines appended after the restore come out.
+#[test]
+fn tail_follow_blocked_in_poll_goes_on_after_restore() {
+    let mut w = Workload::spawn_program_with("tail-f", "sh", &["-c", "echo one > log; echo READY > status; exec tail -f log > out 2>&1"], |_| {});
+    let out = w.dir.path.join("out");
+    wait_until("tail to print the first line", Duration::from_secs(10), || fs::read_to_string(&out).is_ok_and(|t| t.contains("one")));
+    wait_in_syscall(w.pid, libc::SYS_poll, Duration::from_secs(5));
+    w.dump();
+    w.restore_detached();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "tail is gone after restore:\n{}", fs::read_to_string(&out).unwrap_or_default());
+    fs::OpenOptions::new().append(true).open(w.dir.path.join("log")).unwrap().write_all(b"two\n").unwrap();
+    wait_until("tail to print the line appended after restore", Duration::from_secs(10), || {
+        fs::read_to_string(&out).is_ok_and(|t| t.contains("two"))
+    });
+    let text = fs::read_to_string(&out).unwrap();
+    assert_eq!(text, "one\ntwo\n", "tail's output");
 }

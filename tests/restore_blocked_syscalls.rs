@@ -200,3 +200,19 @@ fn futex_wait_with_timeout_returns_eintr_after_restore_and_then_times_out() {
     }
     w.verify_restored(&before, &after, &["fdinfo:1:pos", "fdinfo:2:pos"], extra);
 }
+
+/// futexwait.c absolute: FUTEX_WAIT_BITSET with an absolute deadline 4 s after the start (as
+/// glibc's timed waits), interrupted by the checkpoint: after restore the same call goes on
+/// to the same deadline (never EINTR): exactly one call, -1/ETIMEDOUT, not before 4 s.
+#[test]
+fn futex_wait_with_an_absolute_deadline_goes_on_to_it_after_restore() {
+    let mut w = Workload::spawn("futexwait", &["absolute"]);
+    wait_in_syscall(w.pid, SYS_FUTEX, Duration::from_secs(3));
+    let before = w.snapshot();
+    w.dump();
+    assert!(!w.status_text().contains("CALL"), "the futex call returned before the dump finished; the test proves nothing");
+    w.restore_detached();
+    let after = w.snapshot();
+    w.wait_status_line("CALL", Duration::from_secs(10));
+    w.verify_restored(&before, &after, &[], vec![]);
+}

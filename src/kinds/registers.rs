@@ -141,6 +141,27 @@ pub fn self_return_registers(remote: &crate::sys::remote::RemoteTask, regs: &Reg
     resume_registers(&t)
 }
 
+/// Calls the kernel would restart through its restart block that can be issued again with
+/// their own arguments instead (which is what the restart does, with the deadline it kept):
+/// - futex waits with an absolute deadline (FUTEX_WAIT_BITSET, the PI locks): the same
+///   deadline, exactly;
+/// - poll: with no timeout, exactly; with one, it waits at most its whole timeout again (a
+///   late timeout, where EINTR would end programs that never expect it, such as `tail -f`).
+///
+/// A relative FUTEX_WAIT returns EINTR, which every caller takes as the spurious wake-up
+/// futex(2) allows.
+fn reissue_is_exact_enough(number: i64, regs: &Registers) -> bool {
+    const FUTEX_CMD_MASK: u64 = !(128 | 256); // FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME
+    match number {
+        libc::SYS_poll => true,
+        libc::SYS_futex => matches!(
+            regs.rsi & FUTEX_CMD_MASK,
+            9 /* FUTEX_WAIT_BITSET */ | 6 /* FUTEX_LOCK_PI */ | 11 /* FUTEX_WAIT_REQUEUE_PI */ | 13 /* FUTEX_LOCK_PI2 */
+        ),
+        _ => false,
+    }
+}
+
 fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers) -> Result<Option<InterruptedSyscall>> {
     let number = regs.orig_rax as i64;
     let ret = regs.rax as i64;
@@ -159,6 +180,10 @@ fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers
         libc::SYS_nanosleep => regs.rsi,
         libc::SYS_clock_nanosleep if regs.rsi & libc::TIMER_ABSTIME as u64 == 0 => regs.r10,
         libc::SYS_clock_nanosleep => {
+            sc.set_action(Action::Reissue);
+            return Ok(Some(sc));
+        }
+        _ if reissue_is_exact_enough(number, regs) => {
             sc.set_action(Action::Reissue);
             return Ok(Some(sc));
         }

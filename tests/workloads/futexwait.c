@@ -158,11 +158,36 @@ static int timeout_mode(void)
 	       results);
 }
 
+/* FUTEX_WAIT_BITSET with an absolute CLOCK_MONOTONIC deadline (what glibc's timed waits use):
+ * interrupted by the checkpoint (-ERESTART_RESTARTBLOCK), the call goes on after restore with
+ * the same deadline, so exactly one call returns, -1/ETIMEDOUT, not before the deadline. */
+static int absolute_mode(void)
+{
+	struct timespec start, deadline;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	deadline = start;
+	deadline.tv_sec += TIMEOUT_S;
+	status("READY mode=absolute futex_addr=%p timeout=%d", (void *)&futex_word[0], TIMEOUT_S);
+	long rc = syscall(SYS_futex, &futex_word[0], FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, 0, &deadline, NULL,
+			  FUTEX_BITSET_MATCH_ANY);
+	int err = rc < 0 ? errno : 0;
+	double t = mono_now() - (start.tv_sec + start.tv_nsec / 1e9);
+	status("CALL n=1 rc=%ld errno=%d t=%.3f", rc, err, t);
+	CHECK(rc == -1 && err == ETIMEDOUT, "the absolute futex wait returned %ld (%s), expected -1/ETIMEDOUT", rc,
+	      rc < 0 ? strerror(err) : "ok");
+	CHECK(t >= TIMEOUT_S - 0.001, "the absolute futex wait ended after %.3f s, before its %d s deadline", t, TIMEOUT_S);
+	while (!go_requested())
+		sleep_ms(5);
+	finish("one absolute futex wait, ended by its deadline after %.3f s", t);
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
 	if (argc > 2 && strcmp(argv[2], "timeout") == 0)
 		return timeout_mode();
+	if (argc > 2 && strcmp(argv[2], "absolute") == 0)
+		return absolute_mode();
 	if (argc > 2 && strcmp(argv[2], "alarm") != 0)
 		die("unknown mode %s", argv[2]);
 	return alarm_mode();
