@@ -541,6 +541,8 @@ fn collect(
     }
     for thread in &mut threads {
         thread.scheduling = Some(crate::kinds::scheduling::dump_thread(pid.as_raw(), thread.tid as i32)?);
+        let own = crate::kinds::credentials::of_thread(pid.as_raw(), thread.tid as i32)?;
+        thread.credentials = (own != credentials).then_some(own);
     }
     let loginuid = crate::kinds::scheduling::dump_loginuid(pid.as_raw())?;
     let tids: Vec<i32> = threads.iter().map(|t| t.tid as i32).collect();

@@ -822,7 +822,8 @@ impl Tree {
             crate::kinds::seccomp::restore(&mut ctx, seccomp, &tids).context("restoring seccomp filters")?;
         }
         self.each_other_thread(img, pid, |tctx, thread| {
-            Credentials::restore(tctx, &creds).with_context(|| format!("credentials of thread {}", thread.tid))
+            let own = thread.credentials.as_ref().unwrap_or(&creds);
+            Credentials::restore(tctx, own).with_context(|| format!("credentials of thread {}", thread.tid))
         })?;
         let mut ctx = self.ctx(img, pid)?;
         if let Some(l) = &p.core.loginuid {

@@ -120,3 +120,32 @@ fn restore_refuses_a_root_only_file_held_by_an_unprivileged_process() {
     }
     assert!(problems.is_empty(), "{}\n{out}", problems.join("\n"));
 }
+
+/// threadcreds.c: a thread that dropped to 65534 with raw system calls beside a root main
+/// thread comes back with its own ids and no capabilities (restoring the process's
+/// credentials in every thread would hand it root), checked from inside each thread and in
+/// /proc/PID/task/TID/status.
+#[test]
+fn a_thread_with_its_own_credentials_keeps_them() {
+    let mut w = Workload::spawn("threadcreds", &[]);
+    let before = w.snapshot();
+    let worker: i32 = w.ready_field("worker").parse().unwrap();
+    let uid_line = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{worker}/status"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:") || l.starts_with("CapEff:"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let worker_before = uid_line(w.pid);
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    let worker_after = uid_line(w.pid);
+    let mut extra = Vec::new();
+    if worker_after != worker_before {
+        extra.push(format!("thread {worker}: before {worker_before}, after {worker_after}"));
+    }
+    w.verify_restored(&before, &after, &[], extra);
+}

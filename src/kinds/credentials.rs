@@ -27,30 +27,36 @@ fn parse_hex(status: &str, key: &str) -> Result<u64> {
     u64::from_str_radix(line.trim(), 16).context("bad capability mask")
 }
 
+/// The credentials of one thread (/proc/PID/task/TID/status): each thread has its own.
+pub fn of_thread(pid: i32, tid: i32) -> Result<Creds> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/task/{tid}/status"))?;
+    let uids = parse_ids(&status, "Uid:")?;
+    let gids = parse_ids(&status, "Gid:")?;
+    Ok(Creds {
+        uid: uids[0],
+        euid: uids[1],
+        suid: uids[2],
+        fsuid: uids[3],
+        gid: gids[0],
+        egid: gids[1],
+        sgid: gids[2],
+        fsgid: gids[3],
+        groups: parse_ids(&status, "Groups:")?,
+        cap_inheritable: parse_hex(&status, "CapInh:")?,
+        cap_permitted: parse_hex(&status, "CapPrm:")?,
+        cap_effective: parse_hex(&status, "CapEff:")?,
+        cap_bounding: parse_hex(&status, "CapBnd:")?,
+        cap_ambient: parse_hex(&status, "CapAmb:")?,
+    })
+}
+
 impl Kind for Credentials {
     type Record = Creds;
 
     fn dump(ctx: &mut DumpCtx) -> Result<Creds> {
         let pid = ctx.pid.as_raw();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let uids = parse_ids(&status, "Uid:")?;
-        let gids = parse_ids(&status, "Gid:")?;
-        Ok(Creds {
-            uid: uids[0],
-            euid: uids[1],
-            suid: uids[2],
-            fsuid: uids[3],
-            gid: gids[0],
-            egid: gids[1],
-            sgid: gids[2],
-            fsgid: gids[3],
-            groups: parse_ids(&status, "Groups:")?,
-            cap_inheritable: parse_hex(&status, "CapInh:")?,
-            cap_permitted: parse_hex(&status, "CapPrm:")?,
-            cap_effective: parse_hex(&status, "CapEff:")?,
-            cap_bounding: parse_hex(&status, "CapBnd:")?,
-            cap_ambient: parse_hex(&status, "CapAmb:")?,
-        })
+        of_thread(pid, pid)
     }
 
     fn restore(ctx: &mut RestoreCtx, c: &Creds) -> Result<()> {

@@ -51,8 +51,10 @@ impl Kind for ThreadState {
             robust_list,
             robust_list_len,
             clear_child_tid,
-            // Filled by the dump pipeline from outside the thread (kinds::scheduling).
+            // Filled by the dump pipeline from outside the thread (kinds::scheduling,
+            // kinds::credentials).
             scheduling: None,
+            credentials: None,
         })
     }
 
