@@ -525,6 +525,7 @@ fn collect(
     let credentials = Credentials::dump(&mut ctx)?;
     let timers = Timers::dump(&mut ctx)?;
     let posix_timers = crate::kinds::posix_timers::dump(&mut ctx)?;
+    let membarrier_registrations = crate::kinds::membarrier::dump(&mut ctx)?;
     let mut threads = vec![ThreadState::dump(&mut ctx)?];
     let DumpCtx { process, pidfd, .. } = ctx;
     for t in &mut frozen.threads {
@@ -573,6 +574,7 @@ fn collect(
         oom_score_adj: identity.oom_score_adj,
         posix_timers,
         loginuid,
+        membarrier_registrations,
     };
     let p = pid.as_raw() as u32;
     image.write_record(&image::core_name(p), &core)?;

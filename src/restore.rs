@@ -764,6 +764,7 @@ impl Tree {
         if let Some(timers) = &p.core.interval_timers {
             Timers::restore(&mut ctx, timers)?;
         }
+        crate::kinds::membarrier::restore(&mut ctx, p.core.membarrier_registrations)?;
         identity::restore_rlimits(&mut ctx, &p.core.rlimits)?;
         let (leader, others) = p.core.threads.split_first().context("image has no thread")?;
         ThreadState::restore(&mut ctx, leader)?;

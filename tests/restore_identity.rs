@@ -19,3 +19,15 @@ fn pid_and_process_attributes_survive_restore() {
     // exe, stat:nice/pgrp/session/arg_start... and status:NoNewPrivs are compared
     w.verify_restored(&before, &after, &[], vec![]);
 }
+
+/// membarrier.c: registrations for private and global expedited membarriers come back (the
+/// program's expedited barriers would fail with EPERM otherwise), checked from inside.
+#[test]
+fn membarrier_registrations_survive_restore() {
+    let mut w = Workload::spawn("membarrier", &[]);
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}

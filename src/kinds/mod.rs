@@ -13,6 +13,7 @@ pub mod identity;
 pub mod inotify;
 pub mod leases;
 pub mod locks;
+pub mod membarrier;
 pub mod memfd;
 pub mod memory;
 pub mod pipes;
