@@ -59,6 +59,8 @@ struct Member {
     zombie: Option<i32>,
     /// The signal its parent gets when it ends (/proc/PID/stat exit_signal; 0: none).
     exit_signal: i32,
+    /// A zombie's (process group, session).
+    zombie_groups: (u32, u32),
     comm: String,
 }
 
@@ -226,7 +228,15 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
             if stat.state == 'Z' {
                 // exit_code holds the wait status the parent will reap.
                 let exit_signal = stat.exit_signal.unwrap_or(libc::SIGCHLD);
-                members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)), comm: stat.comm.clone(), exit_signal });
+                let zombie_groups = (stat.pgrp as u32, stat.session as u32);
+                members.push(Member {
+                    pid,
+                    ppid,
+                    zombie: Some(stat.exit_code.unwrap_or(0)),
+                    comm: stat.comm.clone(),
+                    exit_signal,
+                    zombie_groups,
+                });
                 continue;
             }
         }
@@ -253,7 +263,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
             }
         }
         let exit_signal = stat.as_ref().ok().and_then(|s| s.exit_signal).unwrap_or(libc::SIGCHLD);
-        members.push(Member { pid, ppid, zombie: None, comm: String::new(), exit_signal });
+        members.push(Member { pid, ppid, zombie: None, comm: String::new(), exit_signal, zombie_groups: (0, 0) });
         // Children are listed only now that the parent is frozen: none can appear later.
         for child in children_of(pid) {
             queue.push_back((child, pid));
@@ -317,6 +327,8 @@ fn collect_tree(
             exit_status: m.zombie.unwrap_or(0),
             comm: m.comm.clone(),
             exit_signal: if m.exit_signal == 0 { -1 } else { m.exit_signal },
+            pgid: m.zombie_groups.0,
+            sid: m.zombie_groups.1,
         })
         .collect();
     let mut data_files = crate::kinds::files::data_files(&open_files);

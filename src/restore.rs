@@ -560,6 +560,7 @@ impl Tree {
         self.create_subtree(img, root)?;
         crate::fault::point("restore-tree")?;
 
+        self.lead_zombie_groups(img)?;
         self.join_process_groups(img)?;
         self.finish_zombies(img)?;
         self.finish_descriptions(img)?;
@@ -691,11 +692,27 @@ impl Tree {
         Ok(())
     }
 
-    /// Processes whose group is led by another process of the tree join it.
+    /// Zombies that led a session or a process group lead it again (before anyone joins it).
+    fn lead_zombie_groups(&mut self, img: &LoadedImage) -> Result<()> {
+        for entry in img.entries().iter().filter(|e| e.zombie) {
+            let remote = &mut self.building.get_mut(&entry.pid).context("zombie not created")?.remote;
+            if entry.sid == entry.pid {
+                remote.syscall("setsid", libc::SYS_setsid, &[]).with_context(|| format!("zombie {} leading its session", entry.pid))?;
+            } else if entry.pgid == entry.pid {
+                remote
+                    .syscall("setpgid", libc::SYS_setpgid, &[0, 0])
+                    .with_context(|| format!("zombie {} leading its process group", entry.pid))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes whose group is led by another process of the tree (live or a zombie) join it.
     fn join_process_groups(&mut self, img: &LoadedImage) -> Result<()> {
+        let in_tree = |pid: u32| img.entries().iter().any(|e| e.pid == pid);
         for (pid, p) in &img.processes {
             let pgid = p.core.pgid;
-            if pgid == *pid || !img.processes.contains_key(&pgid) {
+            if pgid == *pid || !in_tree(pgid) {
                 continue;
             }
             let remote = &mut self.building.get_mut(pid).unwrap().remote;
@@ -713,6 +730,12 @@ impl Tree {
             let mut building = self.building.remove(&entry.pid).context("zombie not created")?;
             let r = &mut building.remote;
             identity::set_name(r, &entry.comm)?;
+            // A zombie in a group another process of the tree leads joins it before it exits.
+            let leads = entry.pgid == entry.pid || entry.sid == entry.pid;
+            if entry.pgid != 0 && !leads && img.entries().iter().any(|e| e.pid == entry.pgid) {
+                r.syscall("setpgid", libc::SYS_setpgid, &[0, entry.pgid as u64])
+                    .with_context(|| format!("zombie {} joining process group {}", entry.pid, entry.pgid))?;
+            }
             let status = entry.exit_status;
             let (nr, args) = if status & 0x7f == 0 {
                 (libc::SYS_exit_group, [((status >> 8) & 0xff) as u64, 0])

@@ -157,3 +157,47 @@ fn children_keep_their_exit_signals_alive_and_as_zombies() {
     let after = w.snapshot();
     w.verify_restored(&before, &after, &[], vec![]);
 }
+
+/// Zombies keep their process group and session: one led its own group (setpgid), one its
+/// own session (setsid) before exiting. After restore /proc shows each a zombie again with
+/// its group and session (they were the parent's before).
+#[test]
+fn zombies_keep_their_process_group_and_session() {
+    const PY: &str = r#"
+import os, time
+a = os.fork()
+if a == 0:
+    os.setpgid(0, 0)
+    os._exit(3)
+b = os.fork()
+if b == 0:
+    os.setsid()
+    os._exit(4)
+time.sleep(0.5)
+open('ready', 'w').write('%d %d\n' % (a, b))
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-zombie-groups", "python3", &["-c", PY]);
+    wait_until("python3 to leave two zombies", std::time::Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    let kids: Vec<i32> =
+        std::fs::read_to_string(w.dir.path.join("ready")).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let groups = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<String> = stat.rsplit(')').next().unwrap_or("").split_whitespace().map(String::from).collect();
+        (f.first().cloned().unwrap_or_default(), f.get(2).cloned().unwrap_or_default(), f.get(3).cloned().unwrap_or_default())
+    };
+    let before: Vec<_> = kids.iter().map(|k| groups(*k)).collect();
+    assert_eq!(before[0], ("Z".into(), kids[0].to_string(), before[0].2.clone()), "test setup: A is not a zombie group leader");
+    assert_eq!(before[1], ("Z".into(), kids[1].to_string(), kids[1].to_string()), "test setup: B is not a zombie session leader");
+    w.dump();
+    for pid in &kids {
+        if is_our_child(*pid) {
+            waitpid_timeout(*pid, std::time::Duration::from_secs(5));
+        }
+        assert!(wait_gone(*pid, std::time::Duration::from_secs(5)), "zombie {pid} of the dumped tree is left");
+    }
+    w.restore_detached();
+    let after: Vec<_> = kids.iter().map(|k| groups(*k)).collect();
+    assert_eq!(after, before, "zombies (state, pgrp, session) after restore");
+}
