@@ -346,6 +346,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     raise_nofile_limit();
 
     let mut tree = Tree::plan(&img, &opts.inherit_fds)?;
+    tree.image_sealed = !opts.trust_image;
     let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
     let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
@@ -421,6 +422,8 @@ struct Tree {
     building: BTreeMap<u32, Building>,
     /// Files the restore created in the file system (removed if it fails).
     created_files: crate::created_files::CreatedFiles,
+    /// The image's seal was verified (not --trust-image).
+    image_sealed: bool,
 }
 
 impl Tree {
@@ -495,6 +498,7 @@ impl Tree {
             created: Vec::new(),
             building: BTreeMap::new(),
             created_files: Default::default(),
+            image_sealed: false,
         })
     }
 
@@ -527,6 +531,7 @@ impl Tree {
             fs_identity: Some((creds.fsuid, creds.fsgid, creds.groups.clone())),
             open_files: &img.open_files,
             created_files: &mut self.created_files,
+            image_sealed: self.image_sealed,
         })
     }
 
@@ -812,6 +817,7 @@ impl Tree {
         let ctx = self.ctx(img, pid)?;
         let pidfd = ctx.pidfd.try_clone()?;
         let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
+        let image_sealed = ctx.image_sealed;
         let others = &img.processes[&pid].core.threads[1..];
         let building = self.building.get_mut(&pid).unwrap();
         for (remote, thread) in building.threads.iter_mut().zip(others) {
@@ -825,6 +831,7 @@ impl Tree {
                 fs_identity: fs_identity.clone(),
                 open_files: &img.open_files,
                 created_files: &mut self.created_files,
+                image_sealed,
             };
             step(&mut tctx, thread)?;
         }

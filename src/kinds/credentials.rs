@@ -1,8 +1,9 @@
 //! Credentials: user and group ids, supplementary groups, capability sets.
 //!
 //! Restore gives them back last, after everything that needs crust's privileges; before that,
-//! files are opened under the image's filesystem ids ([`enter_fs_identity`]) so a restored
-//! process never gets a file it could not have opened itself.
+//! files are opened under the image's filesystem ids ([`enter_fs_identity`]), except the
+//! regular files of a sealed image's fds, which are opened as root but only if they are the
+//! very files the image names (see `kinds::files`).
 
 use anyhow::{Context, Result};
 

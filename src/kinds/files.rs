@@ -470,7 +470,17 @@ fn open_description(ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Togeth
             let open_flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
             let fd = if matches!(file.kind, Some(K::Regular(_))) {
                 // The very file the process had, or nothing (a path swapped since the check).
-                ctx.open_identified(f, open_flags | libc::O_CLOEXEC, "open file")?
+                // From a sealed image, as root: the process held it (it may have opened it
+                // before it gave up privileges, as daemons do with their logs); from an image
+                // taken on trust (--trust-image), only with the image's credentials.
+                if ctx.image_sealed {
+                    super::credentials::leave_fs_identity(ctx)?;
+                }
+                let opened = ctx.open_identified(f, open_flags | libc::O_CLOEXEC, "open file");
+                if ctx.image_sealed {
+                    super::credentials::enter_fs_identity(ctx)?;
+                }
+                opened?
             } else {
                 // A stateless device: any node of the same device number will do.
                 ctx.open_in_process_no_symlinks(&f.path, open_flags | libc::O_CLOEXEC)?

@@ -78,6 +78,8 @@ pub struct RestoreCtx<'a> {
     pub open_files: &'a crate::image::proto::OpenFiles,
     /// Files the restore creates in the file system, removed again if it fails.
     pub created_files: &'a mut crate::created_files::CreatedFiles,
+    /// The image's seal was verified: what it names is what this host's crust dumped.
+    pub image_sealed: bool,
 }
 
 impl RestoreCtx<'_> {
