@@ -100,3 +100,38 @@ fn adjacent_anonymous_areas_that_never_merged_come_back_apart() {
     let after = w.snapshot();
     assert_same_proc(&before, &after, &[]);
 }
+
+/// A process that locked memory (mlock) and then gave up root: the locked area comes back
+/// locked (VmLck and the area's lock flag), with its contents, under its unprivileged ids.
+#[test]
+fn mlocked_memory_of_a_process_that_dropped_root_comes_back_locked() {
+    const PY: &str = r#"
+import ctypes, mmap, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+m = mmap.mmap(-1, 1 << 20)
+m.write(bytes(range(256)) * 4096)
+buf = (ctypes.c_char * (1 << 20)).from_buffer(m)
+assert libc.mlock(buf, 1 << 20) == 0, ctypes.get_errno()
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+open('ready', 'w').write('ok')
+while not os.path.exists('go'):
+    time.sleep(0.05)
+m.seek(0)
+ok = m.read(1 << 20) == bytes(range(256)) * 4096
+open('result', 'w').write('contents %s uid %d' % (ok, os.getuid()))
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-mlock", "python3", &["-c", PY]);
+    std::fs::set_permissions(&w.dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    wait_until("python3 to lock its memory", std::time::Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    let locked_before = proc_status_field(w.pid, "VmLck");
+    assert_eq!(locked_before.as_deref(), Some("1024 kB"), "test setup");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(proc_status_field(w.pid, "VmLck"), locked_before, "locked memory after restore");
+    assert_eq!(proc_status_field(w.pid, "Uid").as_deref(), Some("65534\t65534\t65534\t65534"));
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to check its memory", std::time::Duration::from_secs(15), || w.dir.path.join("result").exists());
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True uid 65534");
+}
