@@ -135,3 +135,42 @@ while True:
     wait_until("python3 to check its memory", std::time::Duration::from_secs(15), || w.dir.path.join("result").exists());
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True uid 65534");
 }
+
+/// A MAP_DROPPABLE area (its pages may be dropped under memory pressure) comes back droppable
+/// (`dp` in its VmFlags), at its address, with its contents.
+#[test]
+fn droppable_mapping_comes_back_droppable_with_its_contents() {
+    const PY: &str = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+size = 1 << 20
+addr = libc.mmap(None, size, 3, 0x08 | 0x20, -1, 0)   # PROT_READ|WRITE, MAP_DROPPABLE|MAP_ANONYMOUS
+assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+ctypes.memmove(addr, bytes(range(256)) * 4096, size)
+open('ready', 'w').write('%x\n' % addr)
+while not os.path.exists('go'):
+    time.sleep(0.05)
+ok = ctypes.string_at(addr, size) == bytes(range(256)) * 4096
+open('result', 'w').write('contents %s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-droppable", "python3", &["-c", PY]);
+    wait_until("python3 to map its droppable area", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    let addr = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
+    let flags = |pid: i32| {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
+        lines.find(|l| l.starts_with("VmFlags:")).unwrap_or("no such area").to_string()
+    };
+    let before = flags(w.pid);
+    assert!(before.split_whitespace().any(|f| f == "dp"), "test setup: {before}");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(flags(w.pid), before, "VmFlags of the droppable area after restore");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to check its memory", Duration::from_secs(15), || w.dir.path.join("result").exists());
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+}

@@ -29,6 +29,8 @@ const IOV_SCRATCH_OFFSET: u64 = 16 * 1024;
 /// Size of the helper area crust maps into a process it drives: a page with a `syscall`
 /// instruction followed by scratch space for arguments.
 pub const HELPER_LEN: u64 = 64 * 1024;
+/// mmap's MAP_DROPPABLE mapping type (Linux 6.11+).
+const MAP_DROPPABLE: i32 = 0x08;
 const HELPER_CODE_LEN: u64 = PAGE_SIZE;
 
 impl Kind for Memory {
@@ -38,6 +40,7 @@ impl Kind for Memory {
         let pid = ctx.pid.as_raw();
         tracing::debug!(pid, "saving the memory");
         let maps = ctx.process.smaps().with_context(|| format!("reading /proc/{pid}/smaps"))?;
+        let flag_words = vm_flag_words(pid)?;
         let pagemap = PageMap::open(pid)?;
         let mut vmas = Vec::new();
         let mut next_offset = 0u64;
@@ -53,6 +56,9 @@ impl Kind for Memory {
                 continue; // crust's own scratch area
             }
             let mut vma = describe_vma(pid, map)?;
+            let words = flag_words.get(&start).map(Vec::as_slice).unwrap_or_default();
+            refuse_unsupported_flags(pid, &vma, words)?;
+            vma.droppable = words.iter().any(|w| w == "dp");
             if vma.kind() == VmaKind::SysvShm {
                 let shmid = map.inode as i32;
                 vma.sysv_shm = Some(super::sysv_shm::dump(pid, &vma, shmid, ctx.image, &mut ctx.open_files.sysv_segments)?);
@@ -173,6 +179,49 @@ fn prot_of(perms: &MMPermissions) -> u32 {
         prot |= libc::PROT_EXEC as u32;
     }
     prot
+}
+
+/// The VmFlags words of every area of /proc/PID/smaps, by start address: procfs parses only
+/// those it knows, and newer ones (`dp`, `sl`, `ss`) decide what crust can restore.
+fn vm_flag_words(pid: i32) -> Result<std::collections::HashMap<u64, Vec<String>>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut out = std::collections::HashMap::new();
+    let mut current = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(start) = current.take() {
+                out.insert(start, flags.split_whitespace().map(String::from).collect());
+            }
+        } else if let Some((range, _)) = line.split_once(' ')
+            && let Some((start, _)) = range.split_once('-')
+            && let Ok(start) = u64::from_str_radix(start, 16)
+        {
+            current = Some(start);
+        }
+    }
+    Ok(out)
+}
+
+/// Areas whose kernel state crust cannot give back are refused by name, never dropped.
+fn refuse_unsupported_flags(pid: i32, vma: &Vma, words: &[String]) -> Result<()> {
+    let what = |w: &str| match w {
+        "sl" => Some("sealed (mseal)"),
+        "ss" => Some("a shadow stack"),
+        _ => None,
+    };
+    if let Some(kind) = words.iter().find_map(|w| what(w)) {
+        bail!(
+            "pid {pid}: mapping {:#x}-{:#x} ({}) is {kind}; crust cannot restore it yet",
+            vma.start,
+            vma.end,
+            describe(vma)
+        );
+    }
+    if words.iter().any(|w| w == "dp") && vma.kind() != VmaKind::PrivateAnonymous {
+        bail!("pid {pid}: mapping {:#x}-{:#x} is droppable but not private anonymous memory", vma.start, vma.end);
+    }
+    Ok(())
 }
 
 /// Turns one /proc/PID/smaps entry into an image VMA, refusing what crust cannot restore.
@@ -744,6 +793,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
     let growsdown = if vma.grows_down { libc::MAP_GROWSDOWN } else { 0 };
     let (flags, fd, offset) = match kind {
         VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => return Ok(()),
+        VmaKind::PrivateAnonymous if vma.droppable => (MAP_DROPPABLE | libc::MAP_ANONYMOUS, -1i64, 0),
         VmaKind::PrivateAnonymous => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | growsdown, -1i64, 0),
         VmaKind::SysvShm => {
             let seg = vma.sysv_shm.as_ref().context("SysV mapping without its segment")?;
