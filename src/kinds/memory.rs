@@ -455,58 +455,82 @@ fn copy_runs_via_crust(remote: &RemoteTask, file: &std::fs::File, runs: &[&PageR
             remote.read_memory(run.address + done, &mut buf[..n])?;
             file.write_all_at(&buf[..n], run.file_offset + done)?;
             done += n as u64;
+            crate::progress::copied(n as u64);
         }
     }
     Ok(())
 }
 
+/// At most this many bytes per pwritev/preadv, so that the progress shown on a terminal moves
+/// during a large memory step (a call costs tens of microseconds; this is 16 calls per GiB).
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// A piece of a page run: (address, length, offset in the page file).
+type Segment = (u64, u64, u64);
+
+/// The runs cut into segments of at most BATCH_BYTES.
+fn segments(runs: &[&PageRun]) -> Vec<Segment> {
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let len = run.pages * PAGE_SIZE;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(BATCH_BYTES);
+            out.push((run.address + done, n, run.file_offset + done));
+            done += n;
+        }
+    }
+    out
+}
+
 /// Moves page runs between the process's memory and the page file with pwritev/preadv run in
-/// the process, up to IOV_BATCH runs per call. Runs are consecutive in the file.
+/// the process, up to IOV_BATCH pieces and BATCH_BYTES per call. Runs are consecutive in the
+/// file.
 fn transfer_runs(remote: &mut RemoteTask, fd: u64, runs: &[&PageRun], nr: i64, name: &str) -> Result<()> {
+    let segs = segments(runs);
     let mut i = 0;
-    while i < runs.len() {
+    while i < segs.len() {
         // A batch must be contiguous in the file.
-        let mut j = i + 1;
-        while j < runs.len() && j - i < IOV_BATCH {
-            let prev = runs[j - 1];
-            if prev.file_offset + prev.pages * PAGE_SIZE != runs[j].file_offset {
+        let (mut j, mut want) = (i + 1, segs[i].1);
+        while j < segs.len() && j - i < IOV_BATCH && want + segs[j].1 <= BATCH_BYTES {
+            let prev = segs[j - 1];
+            if prev.2 + prev.1 != segs[j].2 {
                 break;
             }
+            want += segs[j].1;
             j += 1;
         }
-        let batch = &runs[i..j];
-        let mut iov = Vec::with_capacity(batch.len() * 16);
-        let mut want = 0u64;
-        for run in batch {
-            iov.extend_from_slice(&run.address.to_ne_bytes());
-            iov.extend_from_slice(&(run.pages * PAGE_SIZE).to_ne_bytes());
-            want += run.pages * PAGE_SIZE;
-        }
+        let batch = &segs[i..j];
+        let iov: Vec<u8> = batch.iter().flat_map(|(addr, len, _)| [addr.to_ne_bytes(), len.to_ne_bytes()]).flatten().collect();
         let iov_addr = remote.put(IOV_SCRATCH_OFFSET, &iov)?;
-        let done = remote.syscall(name, nr, &[fd, iov_addr, batch.len() as u64, batch[0].file_offset])?;
+        let done = remote.syscall(name, nr, &[fd, iov_addr, batch.len() as u64, batch[0].2])?;
+        crate::progress::copied(done);
         if done != want {
-            // Short transfers do not happen on regular files short of an error; finish the batch
-            // run by run so the error (if any) is reported for the exact run.
-            let mut skip = done;
-            for run in batch {
-                let len = run.pages * PAGE_SIZE;
-                if skip >= len {
-                    skip -= len;
-                    continue;
-                }
-                let one = [run.address + skip, len - skip];
-                let mut bytes = Vec::new();
-                bytes.extend_from_slice(&one[0].to_ne_bytes());
-                bytes.extend_from_slice(&one[1].to_ne_bytes());
-                let iov_addr = remote.put(IOV_SCRATCH_OFFSET, &bytes)?;
-                let n = remote.syscall(name, nr, &[fd, iov_addr, 1, run.file_offset + skip])?;
-                if n != len - skip {
-                    bail!("{name} moved {n} of {} bytes at {:#x}", len - skip, run.address + skip);
-                }
-                skip = 0;
-            }
+            finish_short_batch(remote, fd, batch, done, nr, name)?;
         }
         i = j;
+    }
+    Ok(())
+}
+
+/// Short transfers do not happen on regular files short of an error; the batch is finished
+/// piece by piece so the error (if any) is reported for the exact piece.
+fn finish_short_batch(remote: &mut RemoteTask, fd: u64, batch: &[Segment], done: u64, nr: i64, name: &str) -> Result<()> {
+    let mut skip = done;
+    for &(addr, len, offset) in batch {
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let one = [addr + skip, len - skip];
+        let bytes: Vec<u8> = one.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let iov_addr = remote.put(IOV_SCRATCH_OFFSET, &bytes)?;
+        let n = remote.syscall(name, nr, &[fd, iov_addr, 1, offset + skip])?;
+        if n != len - skip {
+            bail!("{name} moved {n} of {} bytes at {:#x}", len - skip, addr + skip);
+        }
+        crate::progress::copied(n);
+        skip = 0;
     }
     Ok(())
 }
