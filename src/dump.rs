@@ -30,6 +30,11 @@ use crate::sys::remote::{RemoteTask, Scratch};
 #[derive(Default)]
 pub struct DumpOptions {
     pub leave_running: bool,
+    /// `--leave-stopped`: after the dump the tree is left stopped by SIGSTOP instead of killed.
+    pub leave_stopped: bool,
+    /// `--timeout`: the dump fails, leaving every process as it was, if the tree is not frozen
+    /// by then (None: as long as it takes).
+    pub freeze_timeout: Option<std::time::Duration>,
     /// Objects shared with processes outside the tree that the user will reconnect at restore
     /// (`--external pipe:[ID]`).
     pub externals: Vec<String>,
@@ -39,6 +44,26 @@ pub struct DumpOptions {
     /// `--external-locks`: go on although processes outside the tree hold or wait for locks
     /// on files the tree has locked.
     pub external_locks: bool,
+    /// What the reference tool's permission options allow (recorded; see [`Permits`]).
+    pub permits: crate::permits::Permits,
+}
+
+/// How the dumped processes end up once their image is complete.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum End {
+    Resume,
+    Stop,
+    Kill,
+}
+
+impl DumpOptions {
+    fn end(&self) -> End {
+        match (self.leave_running, self.leave_stopped) {
+            (true, _) => End::Resume,
+            (false, true) => End::Stop,
+            (false, false) => End::Kill,
+        }
+    }
 }
 
 /// Timings of one dump, for people and for the benchmark.
@@ -85,7 +110,8 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let freeze_start = Instant::now();
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
-    let froze = freeze_tree(root, &mut members, &mut frozen).and_then(|()| crate::fault::point("dump-frozen"));
+    let deadline = opts.freeze_timeout.map(|t| freeze_start + t);
+    let froze = freeze_tree(root, &mut members, &mut frozen, deadline).and_then(|()| crate::fault::point("dump-frozen"));
     let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, opts));
     let frozen_time = freeze_start.elapsed();
     let foreground_pgid = foreground_pgid(root, &members);
@@ -98,7 +124,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
         }
     };
     if opts.leave_running {
-        release_all(&mut frozen, true)?;
+        release_all(&mut frozen, End::Resume)?;
     }
     // Without -R the tree stays frozen until the image is complete: a dump that fails or is
     // interrupted from here on still leaves it running. With -R it already runs on.
@@ -106,8 +132,8 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let inventory = finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts);
     let inventory = match (inventory, opts.leave_running) {
         (Ok(inventory), false) => {
-            release_all(&mut frozen, false)?;
-            info!(%root, "killed after dump");
+            release_all(&mut frozen, opts.end())?;
+            info!(%root, end = ?opts.end(), "released after the dump");
             inventory
         }
         (Ok(inventory), true) => inventory,
@@ -127,12 +153,12 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
 }
 
-/// Releases every frozen process, bottom up: resumed as it was, or killed. Tries them all; the
-/// first error is returned.
-fn release_all(frozen: &mut [Frozen], resume: bool) -> Result<()> {
+/// Releases every frozen process, bottom up: resumed as it was, stopped, or killed. Tries them
+/// all; the first error is returned.
+fn release_all(frozen: &mut [Frozen], end: End) -> Result<()> {
     let mut released = Ok(());
     for f in frozen.iter_mut().rev() {
-        let r = f.release(resume);
+        let r = f.release(end);
         if released.is_ok() {
             released = r;
         }
@@ -143,7 +169,7 @@ fn release_all(frozen: &mut [Frozen], resume: bool) -> Result<()> {
 /// After a failure: every process goes on as it was. A process that cannot be put back is
 /// reported (the dump's own error is the one returned).
 fn resume_after_failure(frozen: &mut [Frozen]) {
-    if let Err(e) = release_all(frozen, true) {
+    if let Err(e) = release_all(frozen, End::Resume) {
         tracing::error!("after the failed dump: {e:#}");
     }
 }
@@ -220,7 +246,7 @@ fn children_of(pid: Pid) -> Vec<Pid> {
 
 /// Freezes `root` and all its descendants, top down. A frozen process cannot fork any more, so
 /// once every frozen process's children are frozen too, the tree is complete and consistent.
-fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -> Result<()> {
+fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, deadline: Option<Instant>) -> Result<()> {
     let mut queue = std::collections::VecDeque::from([(root, Pid::from_raw(0))]);
     while let Some((pid, ppid)) = queue.pop_front() {
         let stat = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat());
@@ -247,12 +273,12 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>) -
         // A job-control stop shows as state T only until the seize; its signal is the exit
         // code /proc reports for a stopped task.
         let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
-        ptrace::seize_and_interrupt(pid, false).with_context(|| format!("freezing pid {pid}"))?;
+        ptrace::seize_and_interrupt_until(pid, false, deadline).map_err(|e| seize_error(pid, pid, e))?;
         if let Err(e) = crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), pid.as_raw(), false) {
             let _ = ptrace::detach(pid);
             return Err(e.context(format!("freezing pid {pid}")));
         }
-        match Frozen::take(pid) {
+        match Frozen::take(pid, deadline) {
             Ok(mut f) => {
                 f.job_stop = job_stop;
                 frozen.push(f)
@@ -337,9 +363,29 @@ fn collect_tree(
     Ok((entries, data_files, pages_bytes))
 }
 
+/// A failed PTRACE_SEIZE of thread `tid` of `pid`, with why when crust can tell.
+fn seize_error(pid: Pid, tid: Pid, e: crate::sys::SysError) -> anyhow::Error {
+    let what = if tid == pid { format!("freezing pid {pid}") } else { format!("freezing thread {tid} of pid {pid}") };
+    match e {
+        crate::sys::SysError::NotStopped { .. } => {
+            let stat = procfs::process::Process::new(tid.as_raw()).and_then(|p| p.stat());
+            let state = stat.map(|s| format!("state {}", s.state)).unwrap_or_else(|_| "gone".into());
+            let wchan = std::fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default();
+            anyhow::anyhow!("{what}: it did not stop within the --timeout ({state}, waiting in {wchan:?}); every process was left as it was")
+        }
+        e if e.errno() == Some(nix::errno::Errno::EPERM) => {
+            anyhow::anyhow!("{what}: {e}: {}", ptrace::why_seize_denied(tid.as_raw()))
+        }
+        e => anyhow::Error::from(e).context(what),
+    }
+}
+
 /// Refuses what this version cannot dump, before touching the process.
 fn precheck(pid: Pid) -> Result<()> {
     let process = procfs::process::Process::new(pid.as_raw()).with_context(|| format!("no process with pid {pid}"))?;
+    if let Some(why) = ptrace::why_untraceable(pid.as_raw()) {
+        bail!("cannot dump pid {pid}: {why}");
+    }
     let stat = process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
     match stat.state {
         'Z' | 'X' => bail!("pid {pid} is a zombie; there is nothing left to dump"),
@@ -409,7 +455,7 @@ fn task_ids(pid: Pid) -> Vec<Pid> {
 impl Frozen {
     /// Takes over a process whose leader is seized and stopped: seizes its other threads (until
     /// no new one appears), blocks signals in each, maps the scratch area.
-    fn take(pid: Pid) -> Result<Self> {
+    fn take(pid: Pid, deadline: Option<Instant>) -> Result<Self> {
         let syscall_ip = memory::syscall_instruction_in_vdso(pid.as_raw())?;
         let mut remote = RemoteTask::new(pid, syscall_ip)?;
         let sigreturn = memory::sigreturn_instruction(&remote);
@@ -421,14 +467,14 @@ impl Frozen {
         // pending and are dumped as such. (Parked first: its frame holds the original mask.)
         ptrace::set_sigmask(pid, !0)?;
         let mut frozen = Frozen { pid, remote, threads: Vec::new(), sigreturn, job_stop: None };
-        if let Err(e) = frozen.take_rest(syscall_ip) {
-            let _ = frozen.release(true);
+        if let Err(e) = frozen.take_rest(syscall_ip, deadline) {
+            let _ = frozen.release(End::Resume);
             return Err(e);
         }
         Ok(frozen)
     }
 
-    fn take_rest(&mut self, syscall_ip: u64) -> Result<()> {
+    fn take_rest(&mut self, syscall_ip: u64, deadline: Option<Instant>) -> Result<()> {
         let pid = self.pid;
         loop {
             let known: Vec<Pid> = std::iter::once(pid).chain(self.threads.iter().map(|t| t.pid())).collect();
@@ -437,7 +483,7 @@ impl Frozen {
                 break;
             }
             for tid in new {
-                ptrace::seize_and_interrupt(tid, false).with_context(|| format!("freezing thread {tid} of pid {pid}"))?;
+                ptrace::seize_and_interrupt_until(tid, false, deadline).map_err(|e| seize_error(pid, tid, e))?;
                 let mut thread = RemoteTask::new(tid, syscall_ip)?;
                 crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), tid.as_raw(), false)?;
                 park_on_frame(&mut thread, self.sigreturn)?;
@@ -458,8 +504,9 @@ impl Frozen {
         Ok(())
     }
 
-    /// Removes every trace of crust and lets the process go on (`resume`) or kills it.
-    fn release(&mut self, resume: bool) -> Result<()> {
+    /// Removes every trace of crust and lets the process go on (resumed, or stopped by a
+    /// SIGSTOP queued before it is let go), or kills it.
+    fn release(&mut self, end: End) -> Result<()> {
         let pid = self.pid;
         if let Some(scratch) = self.remote.scratch() {
             if let Err(e) = self.remote.syscall("munmap(scratch)", libc::SYS_munmap, &[scratch.address, scratch.len]) {
@@ -467,7 +514,7 @@ impl Frozen {
             }
             self.remote.set_scratch(None);
         }
-        if !resume {
+        if end == End::Kill {
             kill(pid, Signal::SIGKILL).with_context(|| format!("killing pid {pid} after the dump"))?;
             // The exits are reported to us as tracer; the real parent reaps the process.
             for t in &self.threads {
@@ -477,16 +524,25 @@ impl Frozen {
             return Ok(());
         }
         let mut result = Ok(());
+        let mut parked = Vec::new();
         for remote in std::iter::once(&mut self.remote).chain(self.threads.iter_mut()) {
             let tid = remote.pid();
-            let r = ptrace::set_sigmask(tid, remote.original_sigmask())
-                .and_then(|_| {
-                    let original = remote.original_registers();
-                    remote.park_with_registers(&original)
-                })
-                .and_then(|_| ptrace::detach(tid));
-            if result.is_ok() {
-                result = r.with_context(|| format!("releasing thread {tid} of pid {pid}"));
+            let original = remote.original_registers();
+            match ptrace::set_sigmask(tid, remote.original_sigmask()).and_then(|_| remote.park_with_registers(&original)) {
+                Ok(()) => parked.push(tid),
+                Err(e) if result.is_ok() => result = Err(anyhow::Error::from(e).context(format!("releasing thread {tid} of pid {pid}"))),
+                Err(_) => {}
+            }
+        }
+        // Every thread is back in its own state: the stop is taken once they are let go.
+        if end == End::Stop && result.is_ok() {
+            result = kill(pid, Signal::SIGSTOP).with_context(|| format!("stopping pid {pid} after the dump"));
+        }
+        for tid in parked {
+            if let Err(e) = ptrace::detach(tid)
+                && result.is_ok()
+            {
+                result = Err(anyhow::Error::from(e).context(format!("releasing thread {tid} of pid {pid}")));
             }
         }
         result

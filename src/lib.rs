@@ -5,9 +5,11 @@
 //! - [`image`]: the image directory, its framed records and the schema.
 //! - [`kinds`]: one module per kind of kernel object, each with its dump and restore.
 //! - [`dump`] and [`restore`]: the two pipelines that orchestrate the kinds.
+//! - [`cli`]: the command line, with the reference tool's options.
 
 pub mod bench;
 pub mod check;
+pub mod cli;
 pub mod created_files;
 pub mod demo;
 pub mod dump;
@@ -16,6 +18,7 @@ pub mod image;
 pub mod interrupt;
 pub mod kinds;
 pub mod lease_cmd;
+pub mod permits;
 pub mod progress;
 pub mod restore;
 pub mod show;

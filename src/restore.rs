@@ -57,14 +57,21 @@ pub struct RestoreOptions {
     pub file_validation: memory::CodeValidation,
     /// `--trust-image`: restore an image whose seal is missing, foreign or wrong.
     pub trust_image: bool,
+    /// `--leave-stopped`: the tree is let go stopped by SIGSTOP (SIGCONT starts it).
+    pub leave_stopped: bool,
+    /// `--pidfile`: where the root's pid is written once the tree runs.
+    pub pidfile: Option<std::path::PathBuf>,
+    /// What the reference tool's permission options allow (recorded; see [`Permits`]).
+    pub permits: crate::permits::Permits,
 }
 
 /// How a restore ended.
 pub enum Restored {
     /// Detached: the processes run on their own.
     Running { pid: i32, elapsed: Duration },
-    /// crust waited for the root process; its exit status as a shell would report it.
-    Exited { pid: i32, status: i32 },
+    /// crust waited for the root process; its exit status as a shell would report it, and how
+    /// long the restore took before it ran.
+    Exited { pid: i32, status: i32, elapsed: Duration },
 }
 
 /// The records of one live process.
@@ -344,9 +351,11 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         None
     };
     raise_nofile_limit();
+    let pidfile = opts.pidfile.as_deref().map(PidFile::create).transpose()?;
 
     let mut tree = Tree::plan(&img, &opts.inherit_fds)?;
     tree.image_sealed = !opts.trust_image;
+    tree.leave_stopped = opts.leave_stopped;
     let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
     let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
@@ -355,10 +364,16 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         tree.kill_all();
         tree.created_files.remove_all();
         segments.undo();
+        if let Some(p) = pidfile {
+            p.remove();
+        }
         return Err(e.context(format!("restoring the tree of pid {root} (every process it created was killed)")));
     }
     segments.finish()?;
     tree.created_files.keep_all();
+    if let Some(p) = pidfile {
+        p.write(root)?;
+    }
     let elapsed = started.elapsed();
     progress.finish(format!("restored {} process(es) of pid {root} in {:.1} ms", img.entries().len(), elapsed.as_secs_f64() * 1e3));
     if opts.detach {
@@ -369,7 +384,33 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         // The job is over: the terminal is crust's (and its shell's) again.
         t.take_foreground()?;
     }
-    Ok(Restored::Exited { pid: root as i32, status: status? })
+    Ok(Restored::Exited { pid: root as i32, status: status?, elapsed })
+}
+
+/// `--pidfile FILE`: created (empty) before anything is restored, so that a file that cannot be
+/// written fails the restore before it starts; the root's pid is written into it once the tree
+/// runs, as the reference tool writes it (the number alone).
+struct PidFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl PidFile {
+    fn create(path: &Path) -> Result<PidFile> {
+        let file = std::fs::File::create(path).with_context(|| format!("--pidfile {}: cannot create it", path.display()))?;
+        Ok(PidFile { path: path.to_owned(), file })
+    }
+
+    fn write(mut self, pid: u32) -> Result<()> {
+        use std::io::Write;
+        write!(self.file, "{pid}")
+            .with_context(|| format!("--pidfile {}: cannot write pid {pid} into it (the restored tree runs)", self.path.display()))
+    }
+
+    /// After a failed restore: no pidfile names a process that does not exist.
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Raises crust's soft RLIMIT_NOFILE to the hard limit, so the new processes (which inherit it
@@ -424,6 +465,8 @@ struct Tree {
     created_files: crate::created_files::CreatedFiles,
     /// The image's seal was verified (not --trust-image).
     image_sealed: bool,
+    /// `--leave-stopped`: each process is let go with a SIGSTOP waiting.
+    leave_stopped: bool,
 }
 
 impl Tree {
@@ -499,6 +542,7 @@ impl Tree {
             building: BTreeMap::new(),
             created_files: Default::default(),
             image_sealed: false,
+            leave_stopped: false,
         })
     }
 
@@ -611,6 +655,12 @@ impl Tree {
             if p.core.stopped {
                 let sig = Signal::try_from(p.core.stop_signal).unwrap_or(Signal::SIGSTOP);
                 kill(Pid::from_raw(*pid as i32), sig).with_context(|| format!("stopping pid {pid} again with {sig}"))?;
+            }
+        }
+        // With --leave-stopped a SIGSTOP waits in each process: it stops once let go.
+        if self.leave_stopped {
+            for pid in self.building.keys() {
+                kill(Pid::from_raw(*pid as i32), Signal::SIGSTOP).with_context(|| format!("stopping pid {pid} (--leave-stopped)"))?;
             }
         }
         // Release everything at once, so the tree resumes together.

@@ -28,6 +28,8 @@ pub enum SysError {
     Gone { op: &'static str, pid: i32, what: String },
     #[error("{op}: pid {pid} reported an unexpected state: {what}")]
     Unexpected { op: &'static str, pid: i32, what: String },
+    #[error("{op}: pid {pid} did not stop in the time allowed")]
+    NotStopped { op: &'static str, pid: i32 },
 }
 
 fn pid_suffix(pid: Option<i32>) -> String {

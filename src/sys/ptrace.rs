@@ -5,6 +5,7 @@
 //! thread that seized the tracee. crust's pipelines are single-threaded for that reason.
 
 use std::io::IoSliceMut;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::ptrace::{self as nix_ptrace, Options};
@@ -29,12 +30,21 @@ fn ptrace_err(op: &'static str, pid: Pid) -> impl FnOnce(Errno) -> SysError {
 /// Seizes `pid` (not stopping it) with options suited to crust, then stops it with
 /// PTRACE_INTERRUPT and waits until it reports the PTRACE_EVENT_STOP.
 pub fn seize_and_interrupt(pid: Pid, kill_on_tracer_exit: bool) -> Result<(), SysError> {
+    seize_and_interrupt_until(pid, kill_on_tracer_exit, None)
+}
+
+/// [`seize_and_interrupt`], giving up at `deadline` with [`SysError::NotStopped`] if the tracee
+/// has not stopped by then (it sleeps uninterruptibly, in a vfork for instance). Such a tracee
+/// cannot be detached before it stops: the kernel lets it go, its interrupt forgotten, when
+/// crust exits.
+pub fn seize_and_interrupt_until(pid: Pid, kill_on_tracer_exit: bool, deadline: Option<Instant>) -> Result<(), SysError> {
     let mut options = Options::PTRACE_O_TRACESYSGOOD;
     if kill_on_tracer_exit {
         options |= Options::PTRACE_O_EXITKILL;
     }
     nix_ptrace::seize(pid, options).map_err(ptrace_err("ptrace(PTRACE_SEIZE)", pid))?;
-    interrupt_and_wait(pid)
+    nix_ptrace::interrupt(pid).map_err(ptrace_err("ptrace(PTRACE_INTERRUPT)", pid))?;
+    wait_for_event_stop_until(pid, deadline)
 }
 
 /// Sends PTRACE_INTERRUPT to a running tracee and waits for its event stop. Signals that arrive
@@ -49,8 +59,23 @@ pub fn interrupt_and_wait(pid: Pid) -> Result<(), SysError> {
 /// was put back in the queue by the kernel (it is not: so we resume with it, which re-queues it
 /// as pending when blocked, or lets it be delivered before the stop, as if crust came later).
 pub fn wait_for_event_stop(pid: Pid) -> Result<(), SysError> {
+    wait_for_event_stop_until(pid, None)
+}
+
+/// [`wait_for_event_stop`] until `deadline` (None: as long as it takes). With a deadline the
+/// wait polls, sleeping at most a millisecond between looks.
+fn wait_for_event_stop_until(pid: Pid, deadline: Option<Instant>) -> Result<(), SysError> {
+    let flags = if deadline.is_some() { WaitPidFlag::__WALL | WaitPidFlag::WNOHANG } else { WaitPidFlag::__WALL };
+    let mut nap = Duration::from_micros(20);
     loop {
-        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+        match waitpid(pid, Some(flags)) {
+            Ok(WaitStatus::StillAlive) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(SysError::NotStopped { op: "PTRACE_INTERRUPT", pid: pid.as_raw() });
+                }
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
             Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => return Ok(()),
             Ok(WaitStatus::Stopped(_, sig)) => {
                 // A signal-delivery-stop raced the interrupt: let the signal go on as it
@@ -73,6 +98,70 @@ pub fn wait_for_event_stop(pid: Pid) -> Result<(), SysError> {
             Err(errno) => return Err(SysError::new("waitpid", errno).pid(pid.as_raw())),
         }
     }
+}
+
+/// Why PTRACE_SEIZE of `pid` cannot work, when /proc tells: it is crust itself or one of its
+/// ancestors (its tree would hold crust), a kernel thread, or it already has a tracer.
+pub fn why_untraceable(pid: i32) -> Option<String> {
+    let me = std::process::id() as i32;
+    if pid == me {
+        return Some(format!("pid {pid} is crust itself"));
+    }
+    if crust_ancestors().contains(&pid) {
+        let who = if pid == 1 { "pid 1 is init".to_string() } else { format!("pid {pid} is an ancestor of crust (pid {me})") };
+        return Some(format!("{who}: its tree holds crust itself, which cannot freeze itself"));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("").to_string();
+    let comm = field("Name:");
+    let tracer: i32 = field("TracerPid:").parse().unwrap_or(0);
+    if tracer != 0 {
+        let tracer_comm = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+        return Some(format!(
+            "pid {pid} ({comm}) is already traced by pid {tracer} ({}): a process has one tracer at a time (a debugger, strace, another checkpoint); detach it first",
+            tracer_comm.trim()
+        ));
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5) flags(6).
+    let flags: u64 = stat.rsplit(')').next()?.split_whitespace().nth(6)?.parse().ok()?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    (flags & PF_KTHREAD != 0).then(|| format!("pid {pid} ({comm}) is a kernel thread: there is no user process to checkpoint"))
+}
+
+/// Why PTRACE_SEIZE of `pid` failed with EPERM: [`why_untraceable`], else this machine's
+/// ptrace policy, else crust's own privileges.
+pub fn why_seize_denied(pid: i32) -> String {
+    if let Some(why) = why_untraceable(pid) {
+        return why;
+    }
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
+    match scope.trim() {
+        "3" => "kernel.yama.ptrace_scope is 3: this kernel lets no process attach to another".into(),
+        "2" => "kernel.yama.ptrace_scope is 2: only a process with CAP_SYS_PTRACE may attach; run crust as root".into(),
+        _ => "crust needs root, with CAP_SYS_PTRACE".into(),
+    }
+}
+
+/// crust's parent, its parent, and so on up to pid 1.
+fn crust_ancestors() -> Vec<i32> {
+    let ppid = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut out = Vec::new();
+    let mut pid = std::process::id() as i32;
+    // Bounded: a pid chain is never longer than the number of processes.
+    for _ in 0..(1 << 22) {
+        match ppid(pid) {
+            Some(p) if p > 0 => {
+                out.push(p);
+                pid = p;
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Resumes the tracee into its next system call boundary (PTRACE_SYSCALL) and waits for that
