@@ -7,6 +7,8 @@
 //!   leading dashes, then its value(s); words separated by blanks, `"..."` quotes a word with
 //!   blanks, and a word starting with `#` starts a comment. Its options go right after the
 //!   command name, so that options written on the command line override them.
+//! - Options written before the command name (`crust -D DIR -v4 restore`, which the reference
+//!   tool takes) are moved after it, where clap reads them.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -16,14 +18,19 @@ use anyhow::{Context, Result};
 /// The default level of the reference tool (warnings), and crust's.
 pub const DEFAULT_LEVEL: u32 = 2;
 
-/// Rewrites the verbosity forms and expands `--config` files. `commands` are the names of the
-/// subcommands, `valued` the global options that take a value in the next word.
+/// Rewrites the verbosity forms, moves options given before the command after it and expands
+/// `--config` files. `commands` are the names of the subcommands, `valued` the options that
+/// take a value in the next word.
 pub fn expand(args: Vec<OsString>, commands: &[&str], valued: &[&str]) -> Result<Vec<OsString>> {
     let mut args: Vec<OsString> = args.into_iter().flat_map(rewrite_verbosity).collect();
+    let command = command_index(&args, commands, valued);
+    if let Some(i) = command {
+        args[1..=i].rotate_right(1);
+    }
     let Some(file) = config_file(&args) else { return Ok(args) };
     let text = std::fs::read_to_string(&file).with_context(|| format!("--config {}: cannot read it", file.display()))?;
     let options = parse_config(&text).with_context(|| format!("--config {}", file.display()))?;
-    let at = command_index(&args, commands, valued).map_or(args.len(), |i| i + 1);
+    let at = if command.is_some() { 2 } else { args.len() };
     args.splice(at..at, options.into_iter().flat_map(rewrite_verbosity));
     Ok(args)
 }
@@ -168,6 +175,14 @@ mod tests {
     }
 
     #[test]
+    fn options_before_the_command_move_after_it() {
+        let out = expand(words(&["crust", "-D", "restore", "-v4", "restore", "-d"]), &["dump", "restore"], &["-D"]).unwrap();
+        assert_eq!(out, words(&["crust", "restore", "-D", "restore", "--verbosity=4", "-d"]));
+        let out = expand(words(&["crust", "--version"]), &["dump"], &[]).unwrap();
+        assert_eq!(out, words(&["crust", "--version"]));
+    }
+
+    #[test]
     fn config_lines_become_options() {
         let text = "# a comment\ntcp-established\n  log-file \"my log\" # trailing\n\nghost-limit 1M\nverbosity 4\n";
         let out = parse_config(text).unwrap();
@@ -183,7 +198,7 @@ mod tests {
         std::fs::write(&file, "file-locks\n").unwrap();
         let args = words(&["crust", "-o", "dump", "dump", "--config", file.to_str().unwrap(), "-t", "1"]);
         let out = expand(args, &["dump", "restore"], &["-o"]).unwrap();
-        assert_eq!(out[..5], words(&["crust", "-o", "dump", "dump", "--file-locks"])[..]);
+        assert_eq!(out[..5], words(&["crust", "dump", "--file-locks", "-o", "dump"])[..]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -278,10 +278,21 @@ fn parse_command_line() -> Result<(Cli, ArgMatches)> {
     let cmd = command();
     let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let args = argv::expand(std::env::args_os().collect(), &names, &["-o", "--log-file", "--config", "--close"])?;
+    let valued = valued_options(&cmd);
+    let valued: Vec<&str> = valued.iter().map(String::as_str).collect();
+    let args = argv::expand(std::env::args_os().collect(), &names, &valued)?;
     let matches = cmd.try_get_matches_from(args).unwrap_or_else(|e| e.exit());
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     Ok((cli, matches))
+}
+
+/// The options (`--long` and `-s`) of the command and its subcommands that take their value in
+/// the next word.
+fn valued_options(cmd: &clap::Command) -> Vec<String> {
+    let args = cmd.get_arguments().chain(cmd.get_subcommands().flat_map(|c| c.get_arguments()));
+    // Before the command is built, an option without an explicit count takes one value.
+    let valued = args.filter(|a| a.get_action().takes_values() && !a.get_num_args().is_some_and(|n| n.min_values() == 0));
+    valued.flat_map(|a| a.get_long().map(|l| format!("--{l}")).into_iter().chain(a.get_short().map(|c| format!("-{c}")))).collect()
 }
 
 /// The reference tool's options given to dump or restore: refused ones end the command here.

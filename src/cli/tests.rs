@@ -7,7 +7,9 @@ use super::*;
 fn parse(args: &[&str]) -> Result<(Cli, ArgMatches), clap::Error> {
     let names = ["dump", "restore", "lease", "show", "check"];
     let words: Vec<std::ffi::OsString> = std::iter::once("crust").chain(args.iter().copied()).map(Into::into).collect();
-    let words = argv::expand(words, &names, &["-o"]).expect("expand");
+    let valued = valued_options(&command());
+    let valued: Vec<&str> = valued.iter().map(String::as_str).collect();
+    let words = argv::expand(words, &names, &valued).expect("expand");
     let matches = command().try_get_matches_from(words)?;
     Ok((Cli::from_arg_matches(&matches)?, matches))
 }
@@ -130,6 +132,16 @@ fn lease_options_are_the_same_on_restore_and_lease() {
         }
         assert!(parse(&[cmd, "-D", "x", "--favor", "holder", "--no-break"]).is_err(), "{cmd}: two policies");
     }
+}
+
+#[test]
+fn options_before_the_command_are_read_as_after_it() {
+    let (cli, m) = parse(&["-D", "restore", "-v4", "--tcp-close", "restore", "-d"]).unwrap();
+    let Command::Restore(a) = &cli.command else { panic!("not restore") };
+    assert_eq!(a.dir, PathBuf::from("restore"));
+    assert!(a.detach);
+    assert_eq!(argv::verbosity_level(&cli.verbosity).unwrap(), 4);
+    assert!(permits(&m).is_err(), "--tcp-close before the command is refused too");
 }
 
 #[test]
