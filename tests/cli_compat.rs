@@ -36,10 +36,11 @@ fn ticks(log: &str) -> Vec<u64> {
     log.lines().filter_map(|l| l.strip_prefix("tick ")).filter_map(|n| n.parse().ok()).collect()
 }
 
-/// The /proc/locks lines of `pid`.
+/// The /proc/locks lines of `pid`, without their first column (a position in the list).
 fn locks_of(pid: i32) -> Vec<String> {
     let text = fs::read_to_string("/proc/locks").unwrap_or_default();
-    text.lines().filter(|l| l.split_whitespace().nth(4) == Some(&pid.to_string())).map(String::from).collect()
+    let fields = text.lines().map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>());
+    fields.filter(|f| f.get(3) == Some(&pid.to_string().as_str())).map(|f| f.join(" ")).collect()
 }
 
 fn no_ansi(path: &Path) -> String {
