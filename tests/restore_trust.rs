@@ -188,3 +188,27 @@ fn edited_inventory_is_refused() {
     let out = w.restore_detached_raw();
     assert!(!out.success() && out.text().contains("field seal does not match"), "{out}");
 }
+
+/// `restore --check-only` runs every check of a restore and creates nothing: on a good image
+/// (its process gone) it says the restore can go ahead; on an edited image it fails naming the
+/// file; while the process still runs it fails on the busy PID; no process is ever created.
+#[test]
+fn restore_check_only_checks_everything_and_creates_nothing() {
+    let mut w = Workload::spawn("counter", &[]);
+    let img = w.image_dir.to_string_lossy().into_owned();
+    w.dump_with(&["-R"]).assert_success();
+    let busy = crust(["restore", "--check-only", "-D", &img]);
+    assert!(!busy.success() && busy.text().contains("busy"), "{busy}");
+    // SAFETY: kill takes integers only; the pid is this test's own child.
+    unsafe { libc::kill(w.pid, libc::SIGKILL) };
+    w.reap(Duration::from_secs(10));
+    let ok = crust(["restore", "--check-only", "-D", &img]);
+    ok.assert_success();
+    assert!(ok.text().contains("can go ahead"), "{ok}");
+    assert!(!pid_exists(w.pid), "--check-only created pid {}", w.pid);
+    let edited = edit_record(&w.image_dir.join(format!("core-{}.img", w.pid)), b"counter", b"countex");
+    assert!(edited > 0, "test setup: nothing edited");
+    let refused = crust(["restore", "--check-only", "-D", &img]);
+    assert!(!refused.success() && refused.text().contains(&format!("core-{}.img", w.pid)), "{refused}");
+    assert!(!pid_exists(w.pid), "--check-only created pid {}", w.pid);
+}

@@ -194,6 +194,10 @@ struct RestoreArgs {
     /// Print how long the restore took.
     #[arg(long)]
     display_stats: bool,
+    /// Check everything a restore checks (image, seal, structure, PIDs, kernel, files,
+    /// options) and create nothing; exits 0 if the restore could go ahead.
+    #[arg(long)]
+    check_only: bool,
 }
 
 #[derive(Args)]
@@ -461,6 +465,11 @@ fn restore(a: RestoreArgs, work: Option<&Path>, permits: Permits) -> Result<Exit
         trust_image: a.trust_image,
         permits,
     };
+    if a.check_only {
+        crate::restore::check_only(&a.dir, &opts)?;
+        emit(&format!("{}: the restore can go ahead", a.dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let restored = crate::restore::restore(&a.dir, &opts)?;
     let (pid, elapsed) = match &restored {
         Restored::Running { pid, elapsed } | Restored::Exited { pid, elapsed, .. } => (*pid, *elapsed),
