@@ -326,7 +326,7 @@ fn collect_tree(
     }
     open_files.check_tree()?;
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
-    let outsiders = crate::kinds::locks::outsiders(&open_files.locked_files, &tree)?;
+    let outsiders = crate::kinds::locks::outsiders(open_files.state.get::<crate::kinds::locks::LockedFiles>(), &tree)?;
     if !outsiders.is_empty() && !opts.external_locks {
         bail!(
             "files locked by the dumped processes are also locked by processes outside them ({}); \
@@ -340,7 +340,7 @@ fn collect_tree(
         let parent = parent_of(f.pid);
         pages_bytes += collect(f, files, image, progress, &mut open_files, parent)?;
     }
-    let sysv_data: Vec<String> = open_files.sysv_segments.values().map(|s| s.data_file.clone()).collect();
+    let sysv_data = open_files.state.get::<crate::kinds::sysv_shm::SysvSegments>().data_files();
     let open_files = open_files.into_record();
     image.write_record(image::OPEN_FILES, &open_files)?;
     let entries = members

@@ -333,7 +333,7 @@ fn checked_image(dir: &Path, opts: &RestoreOptions, pid_wait: Duration) -> Resul
 }
 
 fn is_shell_job(img: &LoadedImage) -> bool {
-    img.inventory.shell_job || files::has_terminals(&img.open_files)
+    img.inventory.shell_job || crate::kinds::fd::tty::has_terminals(&img.open_files)
 }
 
 pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
@@ -520,7 +520,7 @@ impl Tree {
         // External descriptions come from crust's own fds, through the root.
         let mut inherited = Vec::new();
         for f in &img.open_files.open_files {
-            if let Some(key) = external_key(f) {
+            if let Some(key) = files::external_key(f) {
                 let Some((fd, _)) = inherit_fds.iter().find(|(_, k)| *k == key) else {
                     bail!("{key} was external at dump time: give it with --inherit-fd fd[N]:{key}");
                 };
@@ -1054,13 +1054,6 @@ fn forget_crust_state(remote: &mut RemoteTask, keep_fds: &[i32]) -> Result<()> {
 }
 
 /// The --inherit-fd key of an external description ("pipe:[ID]").
-fn external_key(f: &OpenFile) -> Option<String> {
-    match &f.kind {
-        Some(crate::image::proto::open_file::Kind::Pipe(p)) if p.external => Some(format!("pipe:[{}]", p.pipe_id)),
-        _ => None,
-    }
-}
-
 /// Applies the user's lease policy; without one, a break whose breakers were all left out of
 /// the image is not restarted (nobody is waiting: the holder keeps its lease).
 fn apply_lease_policy(img: &mut LoadedImage, policy: Option<crate::kinds::leases::Policy>) {

@@ -37,24 +37,10 @@ pub fn show(dir: &Path) -> Result<serde_json::Value> {
     }
     let open_files: crate::image::proto::OpenFiles = dir.read_record(image::OPEN_FILES)?;
     let mut open_files_json = serde_json::to_value(&open_files)?;
-    // Pipe buffers as text where they are text, else as a byte count.
+    // Each kind makes its records readable (buffered bytes as text where they are text...).
     if let Some(list) = open_files_json.get_mut("open_files").and_then(|l| l.as_array_mut()) {
         for (json, file) in list.iter_mut().zip(&open_files.open_files) {
-            if let Some(crate::image::proto::open_file::Kind::UnixSocket(u)) = &file.kind {
-                crate::kinds::unix_socket::show(u, &mut json["kind"]["UnixSocket"]);
-            }
-            if let Some(crate::image::proto::open_file::Kind::Pipe(p)) = &file.kind {
-                json["kind"]["Pipe"]["buffered"] = match std::str::from_utf8(&p.buffered) {
-                    Ok(text) => json!(text),
-                    Err(_) => json!(format!("{} bytes", p.buffered.len())),
-                };
-            }
-            if let Some(crate::image::proto::open_file::Kind::Fifo(f)) = &file.kind {
-                json["kind"]["Fifo"]["buffered"] = match std::str::from_utf8(&f.buffered) {
-                    Ok(text) => json!(text),
-                    Err(_) => json!(format!("{} bytes", f.buffered.len())),
-                };
-            }
+            crate::kinds::files::show(file, json);
         }
     }
     Ok(json!({ "inventory": inventory, "processes": processes, "open_files": open_files_json }))

@@ -24,6 +24,7 @@
 //! version and any minor version (new fields are ignored by older readers).
 
 pub mod seal;
+pub mod sparse;
 
 pub mod proto {
     #![allow(clippy::all)]

@@ -3,7 +3,7 @@
 //! Restore gives them back last, after everything that needs crust's privileges; before that,
 //! files are opened under the image's filesystem ids ([`enter_fs_identity`]), except the
 //! regular files of a sealed image's fds, which are opened as root but only if they are the
-//! very files the image names (see `kinds::files`).
+//! very files the image names (see `kinds::fd::regular`).
 
 use anyhow::{Context, Result};
 

@@ -61,11 +61,16 @@ impl Kind for Memory {
             vma.droppable = words.iter().any(|w| w == "dp");
             if vma.kind() == VmaKind::SysvShm {
                 let shmid = map.inode as i32;
-                vma.sysv_shm = Some(super::sysv_shm::dump(pid, &vma, shmid, ctx.image, &mut ctx.open_files.sysv_segments)?);
+                let saved = ctx.open_files.state.get::<super::sysv_shm::SysvSegments>();
+                vma.sysv_shm = Some(super::sysv_shm::dump(pid, &vma, shmid, ctx.image, saved)?);
             }
             if vma.kind() == VmaKind::SharedAnonymous {
                 // Saved once for every process mapping it, as a shared object.
-                vma.shared_memory_id = ctx.open_files.shared_memory(pid, start, end, ctx.image)?;
+                let (key, object) = super::fd::shared_memory::open_object(pid, start, end)?;
+                let image = ctx.image;
+                vma.shared_memory_id = ctx.open_files.mapped_description(pid, key, || {
+                    super::fd::shared_memory::record_mapping(image, &object, pid, start, end)
+                })?;
             }
             let wanted = match vma.kind() {
                 VmaKind::PrivateAnonymous => Some(Wanted::Resident),

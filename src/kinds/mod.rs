@@ -3,31 +3,28 @@
 //!
 //! Restore order (see `crate::restore`): memory, files, identity, signals, timers, credentials,
 //! registers; each kind's `restore` may rely on the kinds before it.
+//!
+//! Files are two layers: [`files`] is the fd table of each process and the open file
+//! descriptions of the tree (sharing, locks, leases), and [`fd`] holds one module per kind of
+//! open file description (regular file, pipe, UNIX socket, eventfd...) behind
+//! [`fd::FdKind`], listed once in [`fd::KINDS`]. The table calls the kinds only through that
+//! registry, and no fd kind imports another.
 
 pub mod credentials;
-pub mod epoll;
-pub mod eventfd;
-pub mod fifo;
+pub mod fd;
 pub mod files;
 pub mod identity;
-pub mod inotify;
 pub mod leases;
 pub mod locks;
 pub mod membarrier;
-pub mod memfd;
 pub mod memory;
-pub mod pipes;
 pub mod posix_timers;
 pub mod registers;
 pub mod scheduling;
 pub mod seccomp;
-pub mod shared_memory;
-pub mod signalfd;
 pub mod signals;
 pub mod sysv_shm;
-pub mod timerfd;
 pub mod timers;
-pub mod unix_socket;
 
 use std::os::fd::OwnedFd;
 

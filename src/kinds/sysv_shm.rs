@@ -14,14 +14,25 @@ use std::os::unix::fs::FileExt;
 use anyhow::{Context, Result, bail};
 
 use super::RestoreCtx;
-use super::shared_memory::{data_regions, save_contents};
 use crate::image::ImageDir;
+use crate::image::sparse::{data_regions, save_contents};
 use crate::image::proto::{Mm, SysvShm, Vma};
 use crate::sys::sysv::{self, SHM_DEST};
 
+/// The segments met in the tree's mappings while it is dumped (each saved once), by id.
+#[derive(Default)]
+pub struct SysvSegments(BTreeMap<i32, SysvShm>);
+
+impl SysvSegments {
+    /// The data files of the segments saved.
+    pub fn data_files(&self) -> Vec<String> {
+        self.0.values().map(|s| s.data_file.clone()).collect()
+    }
+}
+
 /// Records the segment behind a SysV mapping, saving its contents the first time it is met.
-pub fn dump(pid: i32, vma: &Vma, shmid: i32, image: &ImageDir, saved: &mut BTreeMap<i32, SysvShm>) -> Result<SysvShm> {
-    if let Some(seg) = saved.get(&shmid) {
+pub fn dump(pid: i32, vma: &Vma, shmid: i32, image: &ImageDir, saved: &mut SysvSegments) -> Result<SysvShm> {
+    if let Some(seg) = saved.0.get(&shmid) {
         return Ok(seg.clone());
     }
     let info = sysv::segments()?
@@ -48,7 +59,7 @@ pub fn dump(pid: i32, vma: &Vma, shmid: i32, image: &ImageDir, saved: &mut BTree
         gid: info.gid,
         data_file,
     };
-    saved.insert(shmid, seg.clone());
+    saved.0.insert(shmid, seg.clone());
     Ok(seg)
 }
 

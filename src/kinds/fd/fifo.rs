@@ -25,15 +25,67 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{Context, Result, bail};
 
-use super::RestoreCtx;
-use super::files::{FdSource, Holders, Together};
-use super::memory::file_identity;
+use super::common::{fill_pipe, outside_holders, peek_buffer};
+use super::{Dumped, FdKind, FdSource, Holders, KindState, Together, WholeTree};
 use crate::image::proto::{Fifo, OpenFile, open_file};
+use crate::kinds::RestoreCtx;
+use crate::kinds::memory::file_identity;
 use crate::sys::notify::{bytes_queued, poll_now};
 use crate::sys::pidfd::{pidfd_getfd, pidfd_open};
 
+pub struct Fifos;
+
+impl FdKind for Fifos {
+    type Record = Fifo;
+    const NAME: &'static str = "FIFO";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&Fifo> {
+        match kind {
+            open_file::Kind::Fifo(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: Fifo) -> open_file::Kind {
+        open_file::Kind::Fifo(record)
+    }
+
+    /// A FIFO's link is its path (a pipe's is "pipe:[N]").
+    fn recognises(src: &FdSource) -> bool {
+        src.file_type() == libc::S_IFIFO && src.link.starts_with('/')
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Fifo>> {
+        let (record, created_with) = dump(src)?;
+        Ok(Dumped { record, created_with })
+    }
+
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
+        finish(files, tree.holders)
+    }
+
+    fn precheck(file: &OpenFile, record: &Fifo) -> Result<()> {
+        precheck(record).map_err(|e| e.context(format!("open file #{}", file.id)))
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Fifo, together: &mut Together) -> Result<i32> {
+        open(ctx, file, record, together)
+    }
+
+    fn describe(record: &Fifo) -> String {
+        record.file.as_ref().map(|f| f.path.clone()).unwrap_or_default()
+    }
+
+    fn show(record: &Fifo, json: &mut serde_json::Value) {
+        json["buffered"] = match std::str::from_utf8(&record.buffered) {
+            Ok(text) => serde_json::json!(text),
+            Err(_) => serde_json::json!(format!("{} bytes", record.buffered.len())),
+        };
+    }
+}
+
 /// Returns the record and its created_with group.
-pub fn dump(src: &FdSource) -> Result<(Fifo, u64)> {
+fn dump(src: &FdSource) -> Result<(Fifo, u64)> {
     use nix::fcntl::{FcntlArg, fcntl};
     let (pid, fd) = (src.pid, src.fd);
     if src.link.ends_with(" (deleted)") {
@@ -49,7 +101,7 @@ pub fn dump(src: &FdSource) -> Result<(Fifo, u64)> {
     let mode = flags as i32 & libc::O_ACCMODE;
     let mut fifo = Fifo { fifo_id: group_id(file.dev, file.inode), buffer_size: size as u32, ..Default::default() };
     if mode != libc::O_WRONLY {
-        fifo.buffered = super::pipes::peek_buffer(src.copy, size)
+        fifo.buffered = peek_buffer(src.copy, size)
             .with_context(|| format!("pid {pid} fd {fd}: tee of the FIFO buffer"))?;
     }
     if mode == libc::O_RDONLY {
@@ -76,7 +128,7 @@ fn mode_of(file: &OpenFile) -> i32 {
 
 /// Checks every FIFO group once the whole tree was seen: no end outside the tree, and bytes
 /// in the buffer only if the tree can read them and restore can put them back.
-pub fn finish(files: &[OpenFile], holders: &Holders) -> Result<()> {
+fn finish(files: &[OpenFile], holders: &Holders) -> Result<()> {
     let mut groups: BTreeMap<u64, Vec<(&OpenFile, &Fifo)>> = BTreeMap::new();
     for file in files {
         if let Some(open_file::Kind::Fifo(f)) = &file.kind {
@@ -126,48 +178,8 @@ fn outside_holder(dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Option<(i32, 
     outside_holders(dev, inode, inside).into_iter().next()
 }
 
-/// Every (pid, fd) on the inode in processes outside `inside` (other than crust), from
-/// /proc/*/fd: a stat of each entry, which follows the link to the inode and opens nothing.
-/// Also used for epoll and inotify descriptions (all of which share one anonymous inode: the
-/// caller tells descriptions apart with kcmp).
-pub fn outside_holders(dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Vec<(i32, i32)> {
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if pid == me || inside.contains(&pid) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        for fd in fds.flatten() {
-            if let Ok(meta) = std::fs::metadata(fd.path())
-                && meta.dev() == dev
-                && meta.ino() == inode
-                && let Some(n) = fd.file_name().to_str().and_then(|s| s.parse().ok())
-            {
-                found.push((pid, n));
-            }
-        }
-    }
-    found
-}
-
-/// The first process outside the tree that holds the open file description behind fd `fd` of
-/// `pid` (kcmp), with its fd.
-pub fn description_held_outside(pid: i32, fd: i32, inside: &BTreeSet<i32>) -> Result<Option<(i32, i32)>> {
-    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
-    for (other, other_fd) in outside_holders(meta.dev(), meta.ino(), inside) {
-        // A process may exit or close the fd meanwhile: only a positive answer counts.
-        if crate::sys::pidfd::same_open_file(pid, fd, other, other_fd).unwrap_or(false) {
-            return Ok(Some((other, other_fd)));
-        }
-    }
-    Ok(None)
-}
-
 /// What restore checks before creating any process: the FIFO is still there, the same inode.
-pub fn precheck(f: &Fifo) -> Result<()> {
+fn precheck(f: &Fifo) -> Result<()> {
     let file = f.file.as_ref().context("FIFO without a file")?;
     let meta = std::fs::symlink_metadata(&file.path).with_context(|| format!("FIFO {} is gone since the dump", file.path))?;
     if !meta.file_type().is_fifo() || meta.dev() != file.dev || meta.ino() != file.inode {
@@ -178,7 +190,7 @@ pub fn precheck(f: &Fifo) -> Result<()> {
 
 /// Opens one description; the first description of a FIFO opens every description of its group
 /// (kept in `together` for the others).
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, f: &Fifo, together: &mut Together) -> Result<i32> {
+fn open(ctx: &mut RestoreCtx, file: &OpenFile, f: &Fifo, together: &mut Together) -> Result<i32> {
     let open_files = ctx.open_files;
     let members: Vec<(&OpenFile, &Fifo)> = open_files
         .open_files
@@ -266,7 +278,7 @@ fn prepare_buffer(ctx: &mut RestoreCtx, fd: i32, size: u32, data: &[u8], path: &
     }
     drop(ours);
     if !data.is_empty() {
-        super::pipes::fill(ctx, fd, data).with_context(|| format!("putting {} bytes back into FIFO {path}", data.len()))?;
+        fill_pipe(ctx, fd, data).with_context(|| format!("putting {} bytes back into FIFO {path}", data.len()))?;
     }
     Ok(())
 }

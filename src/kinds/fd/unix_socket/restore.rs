@@ -25,8 +25,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{Context, Result, bail};
 
-use super::super::RestoreCtx;
-use super::super::files::Together;
+use crate::kinds::RestoreCtx;
+use crate::kinds::fd::Together;
 use super::{RCV_SHUTDOWN, SEND_SHUTDOWN, is_path, path_of};
 use crate::image::proto::{OpenFile, UnixCredentials, UnixSocket, UnixSocketFile, open_file};
 use crate::sys::pidfd::pidfd_getfd;
@@ -126,7 +126,7 @@ fn as_peer<T>(ctx: &mut RestoreCtx, creds: Option<&UnixCredentials>, f: impl FnO
     let r = &mut *ctx.remote;
     r.syscall("setresuid", libc::SYS_setresuid, &[keep, 0, keep])?;
     r.syscall("setresgid", libc::SYS_setresgid, &[keep, 0, keep])?;
-    super::super::credentials::enter_fs_identity(ctx)?;
+    crate::kinds::credentials::enter_fs_identity(ctx)?;
     result.with_context(|| format!("as uid {} gid {} (the peer credentials it had)", c.uid, c.gid))
 }
 

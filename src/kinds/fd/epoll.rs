@@ -33,9 +33,10 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::RestoreCtx;
-use super::files::{FdSource, Holders};
+use super::common::description_held_outside;
+use super::{Dumped, FdKind, FdSource, Holders, KindState, Together, WholeTree};
 use crate::image::proto::{Epoll, EpollTarget, Files, OpenFile, open_file};
+use crate::kinds::RestoreCtx;
 use crate::sys::notify::{EpollTargetMatch, epoll_target_is, poll_now};
 use crate::sys::pidfd::{pidfd_getfd, pidfd_open};
 
@@ -48,7 +49,49 @@ const FLAG_BITS: u32 = EPOLLET | EPOLLONESHOT | EPOLLWAKEUP | EPOLLEXCLUSIVE;
 /// Events poll(2) can report (EPOLLIN .. EPOLLRDHUP share their values with POLL*).
 const POLL_EVENTS: u32 = 0x3fff;
 
-pub fn dump(src: &FdSource) -> Result<Epoll> {
+pub struct Epolls;
+
+impl FdKind for Epolls {
+    type Record = Epoll;
+    const NAME: &'static str = "epoll";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&Epoll> {
+        match kind {
+            open_file::Kind::Epoll(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: Epoll) -> open_file::Kind {
+        open_file::Kind::Epoll(record)
+    }
+
+    fn recognises(src: &FdSource) -> bool {
+        src.link == "anon_inode:[eventpoll]"
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Epoll>> {
+        dump(src).map(Dumped::alone)
+    }
+
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
+        finish(files, tree.holders)
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Epoll, _together: &mut Together) -> Result<i32> {
+        open(ctx, file)
+    }
+
+    fn fds_in_place(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        register_targets(ctx, fds)
+    }
+
+    fn describe(_record: &Epoll) -> String {
+        "eventpoll".into()
+    }
+}
+
+fn dump(src: &FdSource) -> Result<Epoll> {
     let mut targets = Vec::new();
     for line in src.fdinfo.lines().filter(|l| l.starts_with("tfd:")) {
         targets.push(parse_target(line).with_context(|| format!("pid {} fd {}: epoll fdinfo line {line:?}", src.pid, src.fd))?);
@@ -80,14 +123,14 @@ fn parse_target(line: &str) -> Result<EpollTarget> {
 /// Decides, with the whole tree seen and still frozen, who registers each target at restore
 /// and what epoll will report next (see the module documentation); refuses what cannot be
 /// recreated.
-pub fn finish(files: &mut [OpenFile], holders: &Holders) -> Result<()> {
+fn finish(files: &mut [OpenFile], holders: &Holders) -> Result<()> {
     let pipe_readers = pipe_readers(files, holders);
     let inside: std::collections::BTreeSet<i32> = holders.values().flatten().map(|(p, _)| *p).collect();
     for file in files.iter_mut() {
         let Some(open_file::Kind::Epoll(epoll)) = &mut file.kind else { continue };
         let hs = holders.get(&file.id).map(Vec::as_slice).unwrap_or_default();
         let Some(&(pid, efd)) = hs.first() else { continue };
-        if let Some((other, other_fd)) = super::fifo::description_held_outside(pid, efd, &inside)? {
+        if let Some((other, other_fd)) = description_held_outside(pid, efd, &inside)? {
             bail!(
                 "pid {pid} fd {efd}: this epoll is also held by pid {other} (fd {other_fd}), outside the dumped \
                  processes; crust cannot share a restored epoll with it"
@@ -234,7 +277,7 @@ fn settle(epoll: &mut Epoll, holders: &[(i32, i32)], pipe_readers: &std::collect
 }
 
 /// Creates an empty epoll in the process; its targets are registered by [`register_targets`].
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Epoll) -> Result<i32> {
+fn open(ctx: &mut RestoreCtx, file: &OpenFile) -> Result<i32> {
     let fd = ctx.remote.syscall("epoll_create1", libc::SYS_epoll_create1, &[libc::EPOLL_CLOEXEC as u64])?;
     let fd = ctx.to_temp_fd(fd)?;
     let status = file.flags as i32 & !libc::O_ACCMODE;
@@ -246,7 +289,7 @@ pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Epoll) -> Result<i3
 /// process is in place: first the registrations whose event was already consumed, which are
 /// then consumed again with one epoll_wait, then the others. An epoll that is itself the target
 /// of another is done before that other, so that it is as ready as it was when registered.
-pub fn register_targets(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+fn register_targets(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
     let pid = ctx.pid.as_raw() as u32;
     let open_files = ctx.open_files;
     let epoll_of = |id: u32| -> Option<&Epoll> {

@@ -17,9 +17,44 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::RestoreCtx;
-use super::files::FdSource;
-use crate::image::proto::{OpenFile, TimerFd};
+use super::common::set_status_flags;
+use super::{Dumped, FdKind, FdSource, KindState, Together};
+use crate::image::proto::{OpenFile, TimerFd, open_file};
+use crate::kinds::RestoreCtx;
+
+pub struct Timerfds;
+
+impl FdKind for Timerfds {
+    type Record = TimerFd;
+    const NAME: &'static str = "timerfd";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&TimerFd> {
+        match kind {
+            open_file::Kind::Timerfd(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: TimerFd) -> open_file::Kind {
+        open_file::Kind::Timerfd(record)
+    }
+
+    fn recognises(src: &FdSource) -> bool {
+        src.link == "anon_inode:[timerfd]"
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<TimerFd>> {
+        dump(src).map(Dumped::alone)
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &TimerFd, _together: &mut Together) -> Result<i32> {
+        open(ctx, file, record)
+    }
+
+    fn describe(_record: &TimerFd) -> String {
+        "timerfd".into()
+    }
+}
 
 /// _IOW('T', 0, u64)
 const TFD_IOC_SET_TICKS: u64 = (1 << 30) | (8 << 16) | ((b'T' as u64) << 8);
@@ -65,7 +100,7 @@ fn clock_now_ns(clock_id: i32) -> Result<u64> {
     Ok(now.tv_sec() as u64 * NS + now.tv_nsec() as u64)
 }
 
-pub fn dump(src: &FdSource) -> Result<TimerFd> {
+fn dump(src: &FdSource) -> Result<TimerFd> {
     let what = || format!("pid {} fd {}: timerfd", src.pid, src.fd);
     let own_fdinfo = format!("/proc/self/fdinfo/{}", src.copy.as_raw_fd());
     for _ in 0..1000 {
@@ -89,14 +124,14 @@ pub fn dump(src: &FdSource) -> Result<TimerFd> {
     bail!("{}: its period is too short to read a consistent state", what())
 }
 
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, t: &TimerFd) -> Result<i32> {
+fn open(ctx: &mut RestoreCtx, file: &OpenFile, t: &TimerFd) -> Result<i32> {
     let create_flags = libc::TFD_CLOEXEC as u64 | (file.flags as u64 & libc::O_NONBLOCK as u64);
     let fd = ctx
         .remote
         .syscall("timerfd_create", libc::SYS_timerfd_create, &[t.clock_id as u64, create_flags])
         .with_context(|| format!("creating a timerfd on clock {}", t.clock_id))?;
     let fd = ctx.to_temp_fd(fd)?;
-    super::eventfd::set_status_flags(ctx, fd, file.flags)?;
+    set_status_flags(ctx, fd, file.flags)?;
     let armed = t.value_ns != 0;
     if armed || t.interval_ns != 0 || t.settime_flags != 0 {
         let value = match (armed, t.settime_flags & libc::TFD_TIMER_ABSTIME != 0) {

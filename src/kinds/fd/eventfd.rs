@@ -6,11 +6,46 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::RestoreCtx;
-use super::files::FdSource;
-use crate::image::proto::{EventFd, OpenFile};
+use super::common::set_status_flags;
+use super::{Dumped, FdKind, FdSource, KindState, Together};
+use crate::image::proto::{EventFd, OpenFile, open_file};
+use crate::kinds::RestoreCtx;
 
-pub fn dump(src: &FdSource) -> Result<EventFd> {
+pub struct Eventfds;
+
+impl FdKind for Eventfds {
+    type Record = EventFd;
+    const NAME: &'static str = "eventfd";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&EventFd> {
+        match kind {
+            open_file::Kind::Eventfd(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: EventFd) -> open_file::Kind {
+        open_file::Kind::Eventfd(record)
+    }
+
+    fn recognises(src: &FdSource) -> bool {
+        src.link == "anon_inode:[eventfd]"
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<EventFd>> {
+        dump(src).map(Dumped::alone)
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &EventFd, _together: &mut Together) -> Result<i32> {
+        open(ctx, file, record)
+    }
+
+    fn describe(_record: &EventFd) -> String {
+        "eventfd".into()
+    }
+}
+
+fn dump(src: &FdSource) -> Result<EventFd> {
     let count = src
         .fdinfo_field("eventfd-count:")
         .with_context(|| format!("pid {} fd {}: eventfd without eventfd-count in fdinfo", src.pid, src.fd))?;
@@ -25,7 +60,7 @@ pub fn dump(src: &FdSource) -> Result<EventFd> {
     Ok(EventFd { count, semaphore })
 }
 
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &EventFd) -> Result<i32> {
+fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &EventFd) -> Result<i32> {
     if record.count == u64::MAX {
         bail!("eventfd counter {:#x} is beyond the largest value an eventfd holds", record.count);
     }
@@ -48,15 +83,4 @@ pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &EventFd) -> Result<i
     }
     set_status_flags(ctx, fd, file.flags)?;
     Ok(fd)
-}
-
-/// Gives a freshly created description the status flags of the image (O_NONBLOCK, O_APPEND...;
-/// F_SETFL ignores the access mode and creation flags). Shared by the fd kinds created by their
-/// own system call (eventfd, signalfd, timerfd, memfd).
-pub(super) fn set_status_flags(ctx: &mut RestoreCtx, fd: i32, flags: u32) -> Result<()> {
-    let status = flags & !(libc::O_ACCMODE as u32);
-    ctx.remote
-        .syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[fd as u64, libc::F_SETFL as u64, status as u64])
-        .with_context(|| format!("setting the status flags {status:#o}"))?;
-    Ok(())
 }

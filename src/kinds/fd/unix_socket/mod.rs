@@ -34,10 +34,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-pub use restore::{finish_descriptions, open};
-
-use super::files::FdSource;
+use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
 use crate::image::proto::{OpenFile, UnixCredentials, UnixMessage, UnixSocket, UnixSocketFile, open_file};
+use crate::kinds::RestoreCtx;
 use crate::sys::socket::{self, Ucred, show_name};
 use crate::sys::unix_diag::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, UnixDiag};
 
@@ -47,9 +46,59 @@ const GROUP_TAG: u64 = 1 << 62;
 const RCV_SHUTDOWN: u32 = 1;
 const SEND_SHUTDOWN: u32 = 2;
 
+pub struct UnixSockets;
+
+impl FdKind for UnixSockets {
+    type Record = UnixSocket;
+    const NAME: &'static str = "UNIX socket";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&UnixSocket> {
+        match kind {
+            open_file::Kind::UnixSocket(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: UnixSocket) -> open_file::Kind {
+        open_file::Kind::UnixSocket(record)
+    }
+
+    /// Every socket: those of other families are refused by name in `dump`.
+    fn recognises(src: &FdSource) -> bool {
+        src.file_type() == libc::S_IFSOCK
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<UnixSocket>> {
+        let (record, created_with) = dump(src)?;
+        Ok(Dumped { record, created_with })
+    }
+
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
+        let holder = |id: u32| tree.holders.get(&id).and_then(|h| h.first().copied());
+        finish(files, &holder)
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &UnixSocket, together: &mut Together) -> Result<i32> {
+        restore::open(ctx, file, record, together)
+    }
+
+    fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &UnixSocket)]) -> Result<()> {
+        let files: Vec<&OpenFile> = files.iter().map(|(f, _)| *f).collect();
+        restore::finish_descriptions(ctx, &files)
+    }
+
+    fn describe(record: &UnixSocket) -> String {
+        format!("socket:[{}]", record.inode)
+    }
+
+    fn show(record: &UnixSocket, json: &mut serde_json::Value) {
+        show(record, json)
+    }
+}
+
 /// Returns the record; its created_with group is decided by [`finish`] once the whole tree
 /// was seen.
-pub fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
+fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     let fd = src.copy.as_fd();
     // "pid P fd F: socket:[N] <what>; crust cannot checkpoint it"
     let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}; crust cannot checkpoint it", src.pid, src.fd, src.link);
@@ -437,7 +486,7 @@ fn autobound(address: &[u8]) -> bool {
 /// Checks what needs the whole tree (every peer inside it), decides how each connection is
 /// made again, and gives the sockets that must be created together one created_with group.
 /// `holder` names a pid and fd holding a description (for messages).
-pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>) -> Result<()> {
+fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>) -> Result<()> {
     let mut socks: BTreeMap<u64, (usize, UnixSocket)> = BTreeMap::new();
     for (i, f) in files.iter().enumerate() {
         if let Some(open_file::Kind::UnixSocket(u)) = &f.kind {
@@ -628,7 +677,7 @@ pub fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>
 
 /// For `crust show`: names as text ("@" for abstract), queued data as text where it is text,
 /// else as a byte count.
-pub fn show(rec: &UnixSocket, json: &mut serde_json::Value) {
+fn show(rec: &UnixSocket, json: &mut serde_json::Value) {
     use serde_json::json;
     let name = |a: &[u8]| if a.is_empty() { json!("") } else { json!(show_name(a)) };
     json["address"] = name(&rec.address);

@@ -21,10 +21,51 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 
-use super::RestoreCtx;
-use super::files::FdSource;
-use crate::image::proto::{Memfd, OpenFile};
+use super::common::set_status_flags;
+use super::{Dumped, FdKind, FdSource, KindState, Together};
+use crate::image::proto::{Memfd, OpenFile, open_file};
+use crate::kinds::RestoreCtx;
 use crate::sys::pidfd::pidfd_getfd;
+
+pub struct Memfds;
+
+impl FdKind for Memfds {
+    type Record = Memfd;
+    const NAME: &'static str = "memfd";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&Memfd> {
+        match kind {
+            open_file::Kind::Memfd(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: Memfd) -> open_file::Kind {
+        open_file::Kind::Memfd(record)
+    }
+
+    /// A regular file whose link looks like a memfd's ("/memfd:NAME (deleted)"): `dump` makes
+    /// sure it is one (a deleted file can have that name).
+    fn recognises(src: &FdSource) -> bool {
+        src.file_type() == libc::S_IFREG && src.link.starts_with("/memfd:") && src.link.ends_with(" (deleted)")
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Memfd>> {
+        dump(src).map(Dumped::alone)
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Memfd, _together: &mut Together) -> Result<i32> {
+        open(ctx, file, record)
+    }
+
+    fn describe(record: &Memfd) -> String {
+        format!("memfd:{}", record.name)
+    }
+
+    fn data_files(record: &Memfd) -> Vec<String> {
+        if record.data_file.is_empty() { Vec::new() } else { vec![record.data_file.clone()] }
+    }
+}
 
 /// Contents are copied in blocks of this size; all-zero pages are skipped (holes).
 const BLOCK: usize = 1 << 20;
@@ -51,7 +92,7 @@ pub fn data_file_name(inode: u64) -> String {
     format!("memfd-{inode}.img")
 }
 
-pub fn dump(src: &FdSource) -> Result<Memfd> {
+fn dump(src: &FdSource) -> Result<Memfd> {
     let (pid, fd) = (src.pid, src.fd);
     let name = src.link.strip_prefix("/memfd:").and_then(|n| n.strip_suffix(" (deleted)"));
     let Some(name) = name.filter(|_| src.meta.nlink() == 0) else {
@@ -124,7 +165,7 @@ fn read_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize> {
     Ok(done)
 }
 
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd) -> Result<i32> {
+fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd) -> Result<i32> {
     // Without MFD_ALLOW_SEALING a memfd is born with F_SEAL_SEAL only; any other seal means
     // sealing was allowed when it was added.
     let born_sealed = m.seals == libc::F_SEAL_SEAL as u32;
@@ -158,7 +199,7 @@ pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd) -> Result<i32> {
     ctx.remote
         .syscall("lseek", libc::SYS_lseek, &[fd as u64, file.position, libc::SEEK_SET as u64])
         .with_context(|| format!("moving memfd:{} to offset {}", m.name, file.position))?;
-    super::eventfd::set_status_flags(ctx, fd, file.flags)?;
+    set_status_flags(ctx, fd, file.flags)?;
     if m.seals != 0 && !born_sealed {
         fcntl(ours.as_fd(), FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(m.seals as i32)))
             .with_context(|| format!("adding the seals {:#x} to memfd:{}", m.seals, m.name))?;

@@ -28,11 +28,65 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 
-use super::RestoreCtx;
-use super::files::FdSource;
+use super::common::description_held_outside;
+use super::{Dumped, FdKind, FdSource, Holders, KindState, Together, WholeTree};
 use crate::image::proto::{Files, Inotify, InotifyWatch, OpenFile, open_file};
+use crate::kinds::RestoreCtx;
+use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
 use crate::sys::notify::{bytes_queued, inotify_add_watch, inotify_rm_watch, open_by_handle};
 use crate::sys::pidfd::pidfd_getfd;
+
+pub struct Inotifies;
+
+impl FdKind for Inotifies {
+    type Record = Inotify;
+    const NAME: &'static str = "inotify";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&Inotify> {
+        match kind {
+            open_file::Kind::Inotify(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: Inotify) -> open_file::Kind {
+        open_file::Kind::Inotify(record)
+    }
+
+    fn recognises(src: &FdSource) -> bool {
+        src.link == "anon_inode:inotify"
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Inotify>> {
+        dump(src).map(Dumped::alone)
+    }
+
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
+        finish(files, tree.holders)
+    }
+
+    fn precheck(file: &OpenFile, record: &Inotify) -> Result<()> {
+        precheck(record).map_err(|e| e.context(format!("open file #{}", file.id)))
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Inotify, _together: &mut Together) -> Result<i32> {
+        open(ctx, file)
+    }
+
+    /// Watches come once the holder's fds are in place, after every open of the tree, and
+    /// before epoll registrations (which may write into watched pipes for a moment).
+    fn fds_in_place(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        add_watches(ctx, fds)
+    }
+
+    fn after_files(ctx: &mut RestoreCtx) -> Result<()> {
+        drop_restore_events(ctx)
+    }
+
+    fn describe(_record: &Inotify) -> String {
+        "inotify".into()
+    }
+}
 
 /// Watch numbers above this would take too long to reach at restore (two system calls each).
 const MAX_WD: i32 = 1 << 20;
@@ -40,7 +94,7 @@ const IN_DONT_FOLLOW: u32 = 0x0200_0000;
 const IN_MASK_CREATE: u32 = 0x1000_0000;
 const IN_ATTRIB: u32 = 0x4;
 
-pub fn dump(src: &FdSource) -> Result<Inotify> {
+fn dump(src: &FdSource) -> Result<Inotify> {
     let (pid, fd) = (src.pid, src.fd);
     let mut parsed = Vec::new();
     for line in src.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
@@ -238,14 +292,14 @@ fn unescape(s: &str) -> String {
 /// Chooses the process that adds the watches at restore (the first holder), and refuses an
 /// inotify also held by a process outside the tree: that process would go on reading events
 /// from the old one, which the restored tree could not share.
-pub fn finish(files: &mut [OpenFile], holders: &super::files::Holders) -> Result<()> {
+fn finish(files: &mut [OpenFile], holders: &Holders) -> Result<()> {
     let inside: std::collections::BTreeSet<i32> = holders.values().flatten().map(|(p, _)| *p).collect();
     for file in files.iter_mut() {
         let Some(open_file::Kind::Inotify(record)) = &mut file.kind else { continue };
         let Some(&(pid, fd)) = holders.get(&file.id).and_then(|h| h.first()) else { continue };
         record.watched_by = pid as u32;
         record.watched_by_fd = fd;
-        if let Some((other, other_fd)) = super::fifo::description_held_outside(pid, fd, &inside)? {
+        if let Some((other, other_fd)) = description_held_outside(pid, fd, &inside)? {
             bail!(
                 "pid {pid} fd {fd}: this inotify is also held by pid {other} (fd {other_fd}), outside the dumped \
                  processes; crust cannot share a restored inotify with it"
@@ -256,7 +310,7 @@ pub fn finish(files: &mut [OpenFile], holders: &super::files::Holders) -> Result
 }
 
 /// What restore checks before creating any process: each watched path still names the inode.
-pub fn precheck(record: &Inotify) -> Result<()> {
+fn precheck(record: &Inotify) -> Result<()> {
     for w in &record.watches {
         let meta = std::fs::symlink_metadata(&w.path)
             .with_context(|| format!("{} (inotify watch {}) is gone since the dump", w.path, w.wd))?;
@@ -269,7 +323,7 @@ pub fn precheck(record: &Inotify) -> Result<()> {
 
 /// Creates an inotify without watches; [`add_watches`] adds them once every file of the tree
 /// was opened.
-pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Inotify) -> Result<i32> {
+fn open(ctx: &mut RestoreCtx, file: &OpenFile) -> Result<i32> {
     let fd = ctx.remote.syscall("inotify_init1", libc::SYS_inotify_init1, &[libc::IN_CLOEXEC as u64])?;
     let fd = ctx.to_temp_fd(fd)?;
     let status = file.flags as i32 & !libc::O_ACCMODE;
@@ -280,7 +334,7 @@ pub fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Inotify) -> Result<
 /// Adds the watches of the inotifies this process adds them for, once its fds are in place:
 /// every description of the tree was opened by then (no open queues an event), only memory
 /// restores of processes after this one still open files (mapped ones).
-pub fn add_watches(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+fn add_watches(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
     let pid = ctx.pid.as_raw() as u32;
     let open_files = ctx.open_files;
     for file in &open_files.open_files {
@@ -291,9 +345,9 @@ pub fn add_watches(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
         if !fds.fds.iter().any(|f| f.fd == record.watched_by_fd && f.open_file_id == file.id) {
             bail!("inotify #{}: fd {} of pid {pid} is not that inotify", file.id, record.watched_by_fd);
         }
-        super::credentials::enter_fs_identity(ctx)?;
+        enter_fs_identity(ctx)?;
         let added = add_watches_to(ctx, record.watched_by_fd, file.id, record);
-        super::credentials::leave_fs_identity(ctx)?;
+        leave_fs_identity(ctx)?;
         added.with_context(|| format!("watches of inotify fd {}", record.watched_by_fd))?;
     }
     Ok(())
@@ -340,7 +394,7 @@ fn add_watches_to(ctx: &mut RestoreCtx, fd: i32, id: u32, record: &Inotify) -> R
 /// watched FIFOs): each was empty at dump time. Run after every process's files, so the last
 /// run comes after the last file any restore step opens. Events other processes cause in the
 /// few milliseconds between a watch's return and this are dropped with them.
-pub fn drop_restore_events(ctx: &mut RestoreCtx) -> Result<()> {
+fn drop_restore_events(ctx: &mut RestoreCtx) -> Result<()> {
     for file in &ctx.open_files.open_files {
         let Some(open_file::Kind::Inotify(record)) = &file.kind else { continue };
         if record.watches.is_empty() {

@@ -1,0 +1,136 @@
+//! Helpers more than one fd kind uses, so that kinds never import each other.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result};
+
+use crate::image::proto::{FileIdentity, OpenFile};
+use crate::kinds::RestoreCtx;
+use crate::sys::pidfd::pidfd_getfd;
+
+/// Gives a freshly created description the status flags of the image (O_NONBLOCK, O_APPEND...;
+/// F_SETFL ignores the access mode and creation flags). For the fd kinds created by their own
+/// system call (eventfd, signalfd, timerfd, memfd).
+pub fn set_status_flags(ctx: &mut RestoreCtx, fd: i32, flags: u32) -> Result<()> {
+    let status = flags & !(libc::O_ACCMODE as u32);
+    ctx.remote
+        .syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[fd as u64, libc::F_SETFL as u64, status as u64])
+        .with_context(|| format!("setting the status flags {status:#o}"))?;
+    Ok(())
+}
+
+/// The bytes waiting in a pipe (or FIFO) read end, left in place (copied with tee(2)).
+pub fn peek_buffer(read_end: &OwnedFd, size: i32) -> Result<Vec<u8>> {
+    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, tee};
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(size));
+    loop {
+        match tee(read_end, &w, size as usize, SpliceFFlags::SPLICE_F_NONBLOCK) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EAGAIN) => break, // empty
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(w);
+    let mut out = Vec::new();
+    File::from(r).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Writes saved bytes into a restored pipe (or FIFO) through crust's own copy of a write end,
+/// before the end gets its own status flags. Never blocks: the description is non-blocking
+/// while crust fills it, and a pipe without room for the bytes (within 5 s) is an error, as is
+/// an interruption of crust meanwhile.
+pub fn fill_pipe(ctx: &mut RestoreCtx, write_end: i32, data: &[u8]) -> Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), write_end)?;
+    let was = OFlag::from_bits_truncate(fcntl(&ours, FcntlArg::F_GETFL)?);
+    fcntl(&ours, FcntlArg::F_SETFL(was | OFlag::O_NONBLOCK))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut written = 0;
+    let result: Result<()> = loop {
+        if written == data.len() {
+            break Ok(());
+        }
+        match nix::unistd::write(&ours, &data[written..]) {
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                if let Err(e) = crate::interrupt::check() {
+                    break Err(e.into());
+                }
+                let mut fds = [PollFd::new(ours.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(100u16));
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                break Err(anyhow::anyhow!("no room for the last {} of {} bytes after 5 s", data.len() - written, data.len()));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => break Err(anyhow::Error::from(e).context("refilling a pipe buffer")),
+        }
+    };
+    fcntl(&ours, FcntlArg::F_SETFL(was))?;
+    result
+}
+
+/// Every (pid, fd) on the inode in processes outside `inside` (other than crust), from
+/// /proc/*/fd: a stat of each entry, which follows the link to the inode and opens nothing.
+/// Epoll and inotify descriptions all share one anonymous inode: see
+/// [`description_held_outside`] to tell descriptions apart.
+pub fn outside_holders(dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Vec<(i32, i32)> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid == me || inside.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            if let Ok(meta) = std::fs::metadata(fd.path())
+                && meta.dev() == dev
+                && meta.ino() == inode
+                && let Some(n) = fd.file_name().to_str().and_then(|s| s.parse().ok())
+            {
+                found.push((pid, n));
+            }
+        }
+    }
+    found
+}
+
+/// The first process outside the tree that holds the open file description behind fd `fd` of
+/// `pid` (kcmp), with its fd.
+pub fn description_held_outside(pid: i32, fd: i32, inside: &BTreeSet<i32>) -> Result<Option<(i32, i32)>> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))?;
+    for (other, other_fd) in outside_holders(meta.dev(), meta.ino(), inside) {
+        // A process may exit or close the fd meanwhile: only a positive answer counts.
+        if crate::sys::pidfd::same_open_file(pid, fd, other, other_fd).unwrap_or(false) {
+            return Ok(Some((other, other_fd)));
+        }
+    }
+    Ok(None)
+}
+
+/// The flags a file is opened again with by path (regular files, stateless devices): the
+/// description's, without creation and truncation flags, which are not part of an open
+/// description and must never act on the file again.
+pub fn reopen_flags(file: &OpenFile) -> i32 {
+    file.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) | libc::O_CLOEXEC
+}
+
+/// Moves a file opened again by path to the description's offset (regular files and
+/// directories have one).
+pub fn seek_to_position(ctx: &mut RestoreCtx, fd: i32, file: &OpenFile, identity: &FileIdentity) -> Result<()> {
+    if identity.mode & libc::S_IFMT == libc::S_IFREG || identity.mode & libc::S_IFMT == libc::S_IFDIR {
+        ctx.remote.syscall("lseek", libc::SYS_lseek, &[fd as u64, file.position, libc::SEEK_SET as u64])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! Kinds of open file descriptions: one module per kind, each behind [`FdKind`], all listed once
+//! in [`KINDS`].
+//!
+//! The fd table ([`crate::kinds::files`]) finds the descriptions of the tree, shares them
+//! between fds and processes, takes locks and leases, and knows no kind by name: for everything
+//! that depends on what a description is, it asks the kinds through the registry. A kind owns
+//! its record (one variant of `OpenFile.kind` in proto/crust_image.proto), how it recognises its
+//! files at dump and records them, the checks that need the whole tree, how restore opens a
+//! description again, and what it does once everything else exists.
+//!
+//! ```text
+//!            dump (every fd of every frozen process)              restore
+//! files.rs   new description? --> KINDS: first `recognises` -->   precheck (before any process)
+//!                                  `dump` -> record, group        open (by the creating process)
+//!            every fd seen    --> every kind's `check_tree`       finish_descriptions (tree exists)
+//!                                                                 fds_in_place, after_files (per process)
+//! ```
+//!
+//! Adding a kind:
+//! 1. its record: a message and one line in `oneof kind` of `OpenFile` (a new field number);
+//! 2. its module here, `impl FdKind` for a unit struct (only `recognises`, `dump`, `open` and
+//!    `describe` have no default);
+//! 3. one line in [`KINDS`] (and its `mod` line below).
+//!
+//! The test at the end of this file fails when a record variant has no kind, or two.
+//!
+//! A kind needs nothing but this module, [`common`], `crate::sys`, `crate::image` and the
+//! restore context; kinds never import each other. The state a kind keeps while a tree is
+//! dumped lives in [`KindState`], keyed by its own type.
+
+pub mod chardev;
+pub mod common;
+pub mod epoll;
+pub mod eventfd;
+pub mod fifo;
+pub mod inotify;
+pub mod memfd;
+pub mod pipe;
+pub mod regular;
+pub mod shared_memory;
+pub mod signalfd;
+pub mod timerfd;
+pub mod tty;
+pub mod unix_socket;
+
+use std::any::{Any, TypeId};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result, bail};
+
+use super::RestoreCtx;
+use crate::image::proto::{Files, OpenFile, open_file};
+
+/// Every fd kind. Dump asks them in this order and the first that recognises an fd records it:
+/// a kind that takes a part of another's files (memfds among regular files, terminals among
+/// character devices) comes before it. The other steps run in this order too: inotify adds its
+/// watches before epoll registers (and may write into a watched pipe for a moment).
+pub static KINDS: &[&dyn DynFdKind] = &[
+    &Registered::<memfd::Memfds>::KIND,
+    &Registered::<regular::RegularFiles>::KIND,
+    &Registered::<tty::Terminals>::KIND,
+    &Registered::<chardev::CharDevices>::KIND,
+    &Registered::<pipe::Pipes>::KIND,
+    &Registered::<unix_socket::UnixSockets>::KIND,
+    &Registered::<eventfd::Eventfds>::KIND,
+    &Registered::<signalfd::Signalfds>::KIND,
+    &Registered::<timerfd::Timerfds>::KIND,
+    &Registered::<inotify::Inotifies>::KIND,
+    &Registered::<epoll::Epolls>::KIND,
+    &Registered::<fifo::Fifos>::KIND,
+    &Registered::<shared_memory::SharedMemoryObjects>::KIND,
+];
+
+/// One kind of open file description.
+pub trait FdKind: 'static {
+    /// The image record of one description (its variant of `OpenFile.kind`).
+    type Record: 'static;
+    /// For people: "pipe", "eventfd"...
+    const NAME: &'static str;
+    /// This kind's record in the variant, if the variant is this kind's.
+    fn record_of(kind: &open_file::Kind) -> Option<&Self::Record>;
+    /// The variant holding a record of this kind.
+    fn into_kind(record: Self::Record) -> open_file::Kind;
+
+    /// Dump: whether the fd is one of this kind's (from its type and link alone; cheap, no
+    /// side effect).
+    fn recognises(src: &FdSource) -> bool;
+    /// Dump: records the description behind an fd this kind recognised (never reopening it),
+    /// or refuses it by pid, fd and what it is.
+    fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Self::Record>>;
+    /// Dump, once every fd of the tree was seen (still frozen, before any memory is saved):
+    /// checks that need the whole tree (the other end of a pipe, a peer socket, holders outside
+    /// it) and completes the records. Descriptions found through mappings come later.
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
+        let _ = (files, tree, state);
+        Ok(())
+    }
+
+    /// Restore, before any process exists: what must still be true of the machine.
+    fn precheck(file: &OpenFile, record: &Self::Record) -> Result<()> {
+        let _ = (file, record);
+        Ok(())
+    }
+    /// Restore: creates the description in the process of `ctx` and returns a temporary fd for
+    /// it. Descriptions created by one call (`created_with`) keep their fds in `together`.
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Self::Record, together: &mut Together) -> Result<i32>;
+    /// Restore, once every process exists, in the process that opened `files` (still at their
+    /// working fds): what needed the others (socket queues refilled with senders' credentials).
+    fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &Self::Record)]) -> Result<()> {
+        let _ = (ctx, files);
+        Ok(())
+    }
+    /// Restore, in each process once its fds are at their numbers: what names fds of the
+    /// process by number (epoll registrations, inotify watches).
+    fn fds_in_place(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        let _ = (ctx, fds);
+        Ok(())
+    }
+    /// Restore, in each process after every kind's [`FdKind::fds_in_place`]: undoing what
+    /// restoring left behind (events the restore itself queued).
+    fn after_files(ctx: &mut RestoreCtx) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// How errors name a description: a path, "pipe:[N]", "eventfd"...
+    fn describe(record: &Self::Record) -> String;
+    /// Raw data files of the image the record names.
+    fn data_files(record: &Self::Record) -> Vec<String> {
+        let _ = record;
+        Vec::new()
+    }
+    /// The key (`--inherit-fd fd[N]:KEY`) of an object outside the tree that restore is given
+    /// instead of creating this description.
+    fn external_key(record: &Self::Record) -> Option<String> {
+        let _ = record;
+        None
+    }
+    /// `crust show`: makes the record's JSON readable (bytes as text...).
+    fn show(record: &Self::Record, json: &mut serde_json::Value) {
+        let _ = (record, json);
+    }
+}
+
+/// What a kind's dump records for one description.
+pub struct Dumped<R> {
+    pub record: R,
+    /// Descriptions with the same non-zero value are created together at restore, by one
+    /// system call (see `OpenFile.created_with`); kinds tag their values so they never meet.
+    pub created_with: u64,
+}
+
+impl<R> Dumped<R> {
+    /// A description created on its own.
+    pub fn alone(record: R) -> Self {
+        Dumped { record, created_with: 0 }
+    }
+}
+
+/// What a kind's dump sees of one fd of a frozen process.
+pub struct FdSource<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// The /proc/PID/fd/N link text: a path, "pipe:[N]", "anon_inode:[eventfd]"...
+    pub link: &'a str,
+    pub meta: &'a std::fs::Metadata,
+    /// crust's pidfd_getfd copy of the fd: inspect through it, never reopen the file.
+    pub copy: &'a OwnedFd,
+    /// The whole /proc/PID/fdinfo/N text.
+    pub fdinfo: &'a str,
+    pub image: &'a crate::image::ImageDir,
+    /// dump --shell-job was given.
+    pub shell_job: bool,
+    /// Another open file description of the same inode (dev, ino) was recorded before this one
+    /// (meaningful for files that cannot be reopened by path, like a memfd; anonymous-inode
+    /// kinds all share one inode).
+    pub inode_seen: bool,
+}
+
+impl FdSource<'_> {
+    /// The error for an fd crust cannot restore faithfully, naming pid, fd and kind.
+    pub fn refuse(&self, kind: &str) -> anyhow::Error {
+        anyhow::anyhow!("pid {} fd {}: {kind} ({}) cannot be checkpointed by crust yet", self.pid, self.fd, self.link)
+    }
+
+    /// A `key:` field of fdinfo (first occurrence), trimmed.
+    pub fn fdinfo_field(&self, key: &str) -> Option<&str> {
+        self.fdinfo.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+    }
+
+    /// The file type bits of the fd's inode (`S_IFREG`, `S_IFIFO`...).
+    pub fn file_type(&self) -> u32 {
+        self.meta.mode() & libc::S_IFMT
+    }
+}
+
+/// Every (pid, fd) of the tree referring to each open file description, by description id; the
+/// first is the fd it was recorded through.
+pub type Holders = BTreeMap<u32, Vec<(i32, i32)>>;
+
+/// What a kind's whole-tree check ([`FdKind::check_tree`]) sees besides the records.
+pub struct WholeTree<'a> {
+    pub holders: &'a Holders,
+    /// Objects the user declared external (dump --external KEY, e.g. "pipe:[1234]").
+    pub externals: &'a [String],
+}
+
+/// Descriptions created together by one call (see OpenFile.created_with): the temporary fds
+/// made for a group, kept until every description of the group was opened, then closed.
+pub type Together = BTreeMap<u64, Vec<i32>>;
+
+/// The state kinds keep while one tree is dumped, one value per type (a kind's own type, so
+/// no kind sees another's), created empty on first use.
+#[derive(Default)]
+pub struct KindState(BTreeMap<TypeId, Box<dyn Any>>);
+
+impl KindState {
+    pub fn get<T: Any + Default>(&mut self) -> &mut T {
+        self.0
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()))
+            .downcast_mut()
+            .expect("KindState holds each value under its own type")
+    }
+}
+
+/// [`FdKind`] with its record type erased: what [`KINDS`] holds and the fd table calls. The
+/// methods taking a description are only called on the kind that [`DynFdKind::owns`] it.
+pub trait DynFdKind: Sync {
+    fn name(&self) -> &'static str;
+    fn owns(&self, kind: &open_file::Kind) -> bool;
+    fn recognises(&self, src: &FdSource) -> bool;
+    /// The record as its `OpenFile.kind` variant, and its `created_with` group.
+    fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)>;
+    fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()>;
+    fn precheck(&self, file: &OpenFile) -> Result<()>;
+    fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32>;
+    /// Called with every description the process created; the kind takes its own.
+    fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()>;
+    fn fds_in_place(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()>;
+    fn after_files(&self, ctx: &mut RestoreCtx) -> Result<()>;
+    fn describe(&self, file: &OpenFile) -> String;
+    fn data_files(&self, file: &OpenFile) -> Vec<String>;
+    fn external_key(&self, file: &OpenFile) -> Option<String>;
+    fn show(&self, file: &OpenFile, json: &mut serde_json::Value);
+}
+
+/// The registry entry of kind `K`.
+pub struct Registered<K>(PhantomData<fn() -> K>);
+
+impl<K: FdKind> Registered<K> {
+    pub const KIND: Self = Registered(PhantomData);
+
+    fn record(file: &OpenFile) -> Result<&K::Record> {
+        match file.kind.as_ref().and_then(K::record_of) {
+            Some(record) => Ok(record),
+            None => bail!("open file #{} is not a {} (asked of the wrong kind)", file.id, K::NAME),
+        }
+    }
+}
+
+impl<K: FdKind> DynFdKind for Registered<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn owns(&self, kind: &open_file::Kind) -> bool {
+        K::record_of(kind).is_some()
+    }
+    fn recognises(&self, src: &FdSource) -> bool {
+        K::recognises(src)
+    }
+    fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)> {
+        let dumped = K::dump(src, state)?;
+        Ok((K::into_kind(dumped.record), dumped.created_with))
+    }
+    fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
+        K::check_tree(files, tree, state)
+    }
+    fn precheck(&self, file: &OpenFile) -> Result<()> {
+        K::precheck(file, Self::record(file)?)
+    }
+    fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32> {
+        K::open(ctx, file, Self::record(file)?, together)
+    }
+    fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
+        let mine: Vec<(&OpenFile, &K::Record)> =
+            files.iter().filter_map(|f| Some((*f, f.kind.as_ref().and_then(K::record_of)?))).collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        K::finish_descriptions(ctx, &mine)
+    }
+    fn fds_in_place(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        K::fds_in_place(ctx, fds)
+    }
+    fn after_files(&self, ctx: &mut RestoreCtx) -> Result<()> {
+        K::after_files(ctx)
+    }
+    fn describe(&self, file: &OpenFile) -> String {
+        Self::record(file).map(K::describe).unwrap_or_else(|_| K::NAME.to_string())
+    }
+    fn data_files(&self, file: &OpenFile) -> Vec<String> {
+        Self::record(file).map(K::data_files).unwrap_or_default()
+    }
+    fn external_key(&self, file: &OpenFile) -> Option<String> {
+        K::external_key(Self::record(file).ok()?)
+    }
+    fn show(&self, file: &OpenFile, json: &mut serde_json::Value) {
+        if let Ok(record) = Self::record(file) {
+            K::show(record, json);
+        }
+    }
+}
+
+/// The registered kind whose record `kind` is.
+pub fn kind_of(kind: &open_file::Kind) -> Option<&'static dyn DynFdKind> {
+    KINDS.iter().copied().find(|k| k.owns(kind))
+}
+
+/// The registered kind of a description, or an error naming it.
+pub fn kind_of_file(file: &OpenFile) -> Result<&'static dyn DynFdKind> {
+    let kind = file.kind.as_ref().context("open file without a kind")?;
+    kind_of(kind).with_context(|| format!("open file #{}: no registered fd kind records it", file.id))
+}
+
+#[cfg(test)]
+mod tests;
