@@ -19,9 +19,9 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{Context, Result, bail};
 
 use super::fd::{self, FdSource, Holders, KindState, Together, WholeTree};
-use super::locks::LockedFiles;
+use super::locks::{LockLine, LockedFiles};
 use super::{DumpCtx, Kind, RestoreCtx};
-use crate::image::proto::{self, Fd, Files as FilesRecord, OpenFile, OpenFiles, open_file};
+use crate::image::proto::{self, Fd, FileLock, Files as FilesRecord, OpenFile, OpenFiles, open_file};
 use crate::sys::pidfd::{pidfd_getfd, same_open_file};
 
 pub struct Files;
@@ -116,84 +116,9 @@ impl Kind for Files {
             .collect();
         fds.sort();
         let mut record = FilesRecord::default();
-        let table = &mut *ctx.open_files;
-        // (file, lock) of the POSIX locks recorded for this process.
-        let mut seen_posix: Vec<(String, crate::image::proto::FileLock)> = Vec::new();
+        let mut seen_posix = Vec::new();
         for fd in fds {
-            let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .with_context(|| format!("pid {pid} fd {fd}: readlink"))?
-                .to_string_lossy()
-                .into_owned();
-            let info = read_fdinfo(pid, fd)?;
-            let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-            let locks = super::locks::fdinfo_locks(&fdinfo);
-            let mut description_locks = Vec::new();
-            let mut description_lines = Vec::new();
-            let mut lease_line = None;
-            for line in &locks {
-                if line.kind == "LEASE" || line.kind == "DELEG" {
-                    lease_line = Some(line.clone());
-                    continue;
-                }
-                let lock = super::locks::record(line).with_context(|| format!("pid {pid} fd {fd} ({link})"))?;
-                table.state.get::<LockedFiles>().insert(line, &link);
-                if lock.kind() == crate::image::proto::file_lock::Kind::Posix {
-                    // fdinfo of every fd sharing the description shows it: record it once. The
-                    // same range and type locked on another file is another lock: compare the
-                    // file too (a process cannot hold one lock twice on one file).
-                    if !seen_posix.contains(&(line.dev_ino.clone(), lock.clone())) {
-                        seen_posix.push((line.dev_ino.clone(), lock.clone()));
-                        record.posix_locks.push(crate::image::proto::PosixLock { fd, lock: Some(lock) });
-                    }
-                } else {
-                    description_locks.push(lock);
-                    description_lines.push(line.clone());
-                }
-            }
-            let copy = pidfd_getfd(&ctx.pidfd, pid, fd)?;
-            let meta = File::from(copy.try_clone()?).metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
-            let key = (meta.dev(), meta.ino());
-            let close_on_exec = info.flags & libc::O_CLOEXEC as u32 != 0;
-            let shared_id = table.find_shared(key, pid, fd)?;
-            // A lease belongs to the description: recorded through its first fd.
-            let lease = match (&lease_line, shared_id) {
-                (Some(_), None) => super::leases::dump(pid, fd, &link, &copy, ctx.remote)
-                    .with_context(|| format!("pid {pid} fd {fd}: the lease on {link}"))?,
-                _ => None,
-            };
-            if let Some(id) = shared_id {
-                record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
-                table.holders.entry(id).or_default().push((pid, fd));
-                continue;
-            }
-            let id = table.files.len() as u32 + 1;
-            let inode_seen = table.by_inode.contains_key(&key);
-            let src = FdSource {
-                pid,
-                fd,
-                link: &link,
-                meta: &meta,
-                copy: &copy,
-                fdinfo: &fdinfo,
-                image: ctx.image,
-                shell_job: table.shell_job,
-                inode_seen,
-            };
-            let (kind, created_with) = record_description(&src, &mut table.state)?;
-            // Once per description (fds sharing it were skipped above).
-            table.state.get::<LockedFiles>().description_locks.extend(description_lines);
-            table.files.push(OpenFile {
-                id,
-                flags: info.flags & !(libc::O_CLOEXEC as u32),
-                position: info.pos,
-                kind: Some(kind),
-                created_with,
-                locks: description_locks,
-                lease,
-            });
-            record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
-            table.holders.entry(id).or_default().push((pid, fd));
-            table.by_inode.entry(key).or_default().push((pid, fd, id));
+            dump_fd(ctx, fd, &mut record, &mut seen_posix)?;
         }
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
         let root = std::fs::read_link(format!("/proc/{pid}/root"))?;
@@ -268,6 +193,109 @@ impl Kind for Files {
         }
         Ok(())
     }
+}
+
+/// One fd of a process: its description is recorded (by its kind) unless an earlier fd of the
+/// tree shares it. `seen_posix` holds the (file, lock) of the POSIX locks recorded for the
+/// process so far.
+fn dump_fd(ctx: &mut DumpCtx, fd: i32, record: &mut FilesRecord, seen_posix: &mut Vec<(String, FileLock)>) -> Result<()> {
+    let pid = ctx.pid.as_raw();
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .with_context(|| format!("pid {pid} fd {fd}: readlink"))?
+        .to_string_lossy()
+        .into_owned();
+    let info = read_fdinfo(pid, fd)?;
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+    let table = &mut *ctx.open_files;
+    let locks = sort_locks(table, (pid, fd), &link, &fdinfo, record, seen_posix)?;
+    let copy = pidfd_getfd(&ctx.pidfd, pid, fd)?;
+    let meta = File::from(copy.try_clone()?).metadata().with_context(|| format!("pid {pid} fd {fd}: fstat"))?;
+    let key = (meta.dev(), meta.ino());
+    let close_on_exec = info.flags & libc::O_CLOEXEC as u32 != 0;
+    let shared_id = table.find_shared(key, pid, fd)?;
+    // A lease belongs to the description: recorded through its first fd.
+    let lease = match (&locks.lease_line, shared_id) {
+        (Some(_), None) => super::leases::dump(pid, fd, &link, &copy, ctx.remote)
+            .with_context(|| format!("pid {pid} fd {fd}: the lease on {link}"))?,
+        _ => None,
+    };
+    if let Some(id) = shared_id {
+        record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
+        table.holders.entry(id).or_default().push((pid, fd));
+        return Ok(());
+    }
+    let id = table.files.len() as u32 + 1;
+    let inode_seen = table.by_inode.contains_key(&key);
+    let src = FdSource {
+        pid,
+        fd,
+        link: &link,
+        meta: &meta,
+        copy: &copy,
+        fdinfo: &fdinfo,
+        image: ctx.image,
+        shell_job: table.shell_job,
+        inode_seen,
+    };
+    let (kind, created_with) = record_description(&src, &mut table.state)?;
+    // Once per description (fds sharing it were skipped above).
+    table.state.get::<LockedFiles>().description_locks.extend(locks.description_lines);
+    table.files.push(OpenFile {
+        id,
+        flags: info.flags & !(libc::O_CLOEXEC as u32),
+        position: info.pos,
+        kind: Some(kind),
+        created_with,
+        locks: locks.description,
+        lease,
+    });
+    record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
+    table.holders.entry(id).or_default().push((pid, fd));
+    table.by_inode.entry(key).or_default().push((pid, fd, id));
+    Ok(())
+}
+
+/// The lock lines of one fd's fdinfo, sorted out.
+struct FdLocks {
+    /// A lease (or delegation) held through the description.
+    lease_line: Option<LockLine>,
+    /// The description's flock and OFD locks, and their fdinfo lines.
+    description: Vec<FileLock>,
+    description_lines: Vec<LockLine>,
+}
+
+/// Sorts the locks fdinfo shows for fd `at` (pid, fd) whose link is `link`: the process's
+/// POSIX locks go straight into `record`, once each (every fd of the file shows them), and
+/// every locked file is noted for the check of lockers outside the tree.
+fn sort_locks(
+    table: &mut OpenFileTable,
+    (pid, fd): (i32, i32),
+    link: &str,
+    fdinfo: &str,
+    record: &mut FilesRecord,
+    seen_posix: &mut Vec<(String, FileLock)>,
+) -> Result<FdLocks> {
+    let mut sorted = FdLocks { lease_line: None, description: Vec::new(), description_lines: Vec::new() };
+    for line in &super::locks::fdinfo_locks(fdinfo) {
+        if line.kind == "LEASE" || line.kind == "DELEG" {
+            sorted.lease_line = Some(line.clone());
+            continue;
+        }
+        let lock = super::locks::record(line).with_context(|| format!("pid {pid} fd {fd} ({link})"))?;
+        table.state.get::<LockedFiles>().insert(line, link);
+        if lock.kind() == proto::file_lock::Kind::Posix {
+            // The same range and type locked on another file is another lock: compare the file
+            // too (a process cannot hold one lock twice on one file).
+            if !seen_posix.contains(&(line.dev_ino.clone(), lock)) {
+                seen_posix.push((line.dev_ino.clone(), lock));
+                record.posix_locks.push(proto::PosixLock { fd, lock: Some(lock) });
+            }
+        } else {
+            sorted.description.push(lock);
+            sorted.description_lines.push(line.clone());
+        }
+    }
+    Ok(sorted)
 }
 
 /// Opens `files` in the process of `ctx`, each at `work_fd_floor + id`, with the process's

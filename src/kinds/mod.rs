@@ -8,10 +8,12 @@
 //! descriptions of the tree (sharing, locks, leases), and [`fd`] holds one module per kind of
 //! open file description (regular file, pipe, UNIX socket, eventfd...) behind
 //! [`fd::FdKind`], listed once in [`fd::KINDS`]. The table calls the kinds only through that
-//! registry, and no fd kind imports another.
+//! registry, and no fd kind imports another. [`file_check`] is the identity of the files an
+//! image names by path and their check at restore, for memory and fd kinds alike.
 
 pub mod credentials;
 pub mod fd;
+pub mod file_check;
 pub mod files;
 pub mod identity;
 pub mod leases;

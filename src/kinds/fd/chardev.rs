@@ -10,7 +10,7 @@ use super::common::{reopen_flags, seek_to_position};
 use super::{Dumped, FdKind, FdSource, KindState, Together};
 use crate::image::proto::{CharDevice, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
-use crate::kinds::memory::file_identity;
+use crate::kinds::file_check::file_identity;
 
 /// Character devices that hold no state.
 const STATELESS_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];

@@ -29,7 +29,7 @@ use super::common::{fill_pipe, outside_holders, peek_buffer};
 use super::{Dumped, FdKind, FdSource, Holders, KindState, Together, WholeTree};
 use crate::image::proto::{Fifo, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
-use crate::kinds::memory::file_identity;
+use crate::kinds::file_check::file_identity;
 use crate::sys::notify::{bytes_queued, poll_now};
 use crate::sys::pidfd::{pidfd_getfd, pidfd_open};
 

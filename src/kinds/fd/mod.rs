@@ -17,16 +17,20 @@
 //! ```
 //!
 //! Adding a kind:
-//! 1. its record: a message and one line in `oneof kind` of `OpenFile` (a new field number);
-//! 2. its module here, `impl FdKind` for a unit struct (only `recognises`, `dump`, `open` and
-//!    `describe` have no default);
-//! 3. one line in [`KINDS`] (and its `mod` line below).
+//! 1. its record: a message and one line in `oneof kind` of `OpenFile` (a new field number;
+//!    the others never change);
+//! 2. its module here (and its `mod` line below): `impl FdKind` for a unit struct; only
+//!    `record_of`, `into_kind`, `recognises`, `dump`, `open` and `describe` have no default;
+//! 3. one line in [`KINDS`].
 //!
-//! The test at the end of this file fails when a record variant has no kind, or two.
+//! The tests (`tests.rs`) fail when a record variant has no registered kind or two (their list
+//! of variants does not compile until the new one is added to it), and check which kind dump
+//! hands real fds of each type to.
 //!
 //! A kind needs nothing but this module, [`common`], `crate::sys`, `crate::image` and the
-//! restore context; kinds never import each other. The state a kind keeps while a tree is
-//! dumped lives in [`KindState`], keyed by its own type.
+//! helpers of `crate::kinds` (the restore context, `file_check`, the filesystem identity of
+//! `credentials`); fd kinds never import each other, nor the fd table. The state a kind keeps
+//! while a tree is dumped lives in [`KindState`], keyed by its own type.
 
 pub mod chardev;
 pub mod common;
@@ -249,10 +253,10 @@ pub trait DynFdKind: Sync {
 }
 
 /// The registry entry of kind `K`.
-pub struct Registered<K>(PhantomData<fn() -> K>);
+struct Registered<K>(PhantomData<fn() -> K>);
 
 impl<K: FdKind> Registered<K> {
-    pub const KIND: Self = Registered(PhantomData);
+    const KIND: Self = Registered(PhantomData);
 
     fn record(file: &OpenFile) -> Result<&K::Record> {
         match file.kind.as_ref().and_then(K::record_of) {

@@ -1,6 +1,6 @@
 //! Regular files and directories, opened again by path: the description's flags and offset
 //! are restored, and restore checks first that the file is still the one the image names
-//! (see `memory::check_file`). Deleted files and anonymous-inode files that look like regular
+//! (see `file_check::check_file`). Deleted files and anonymous-inode files that look like regular
 //! files are refused.
 
 use anyhow::{Result, bail};
@@ -10,7 +10,7 @@ use super::{Dumped, FdKind, FdSource, KindState, Together};
 use crate::image::proto::{OpenFile, RegularFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
-use crate::kinds::memory::{FileUse, check_file, file_identity};
+use crate::kinds::file_check::{FileUse, check_file, file_identity};
 
 pub struct RegularFiles;
 
