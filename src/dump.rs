@@ -104,6 +104,8 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let progress = Progress::new("dump");
     let frozen_at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
 
+    progress.step(format!("checking the tree of pid {root}"));
+    refuse_before_freezing(root, image, opts)?;
     progress.step(format!("freezing the tree of pid {root}"));
     // Lease breakers are sampled while they still wait; remaining times count from here.
     crate::kinds::leases::before_freeze(root.as_raw());
@@ -378,6 +380,30 @@ fn seize_error(pid: Pid, tid: Pid, e: crate::sys::SysError) -> anyhow::Error {
         }
         e => anyhow::Error::from(e).context(what),
     }
+}
+
+/// Every refusal that can be made from outside is made before anything is frozen: the
+/// processes' own state and what each kind of fd can tell from the fd alone. The tree is read
+/// unfrozen (a process forked meanwhile is checked when frozen, as is everything again).
+fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<()> {
+    let mut queue = std::collections::VecDeque::from([root]);
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(pid) = queue.pop_front() {
+        if !seen.insert(pid) || seen.len() > 100_000 {
+            continue;
+        }
+        let zombie = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat()).is_ok_and(|s| s.state == 'Z');
+        if zombie {
+            continue;
+        }
+        crate::interrupt::check()?;
+        if pid != root {
+            precheck(pid)?;
+        }
+        crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job)?;
+        queue.extend(children_of(pid));
+    }
+    Ok(())
 }
 
 /// Refuses what this version cannot dump, before touching the process.

@@ -386,6 +386,13 @@ fn assert_refused(w: &mut Workload, words: &[&str]) {
 #[test]
 fn tcp_socket_is_refused_and_the_process_keeps_running() {
     let mut w = Workload::spawn("usock_refuse", &["tcp"]);
+    // The refusal comes before the tree is frozen: crust's log never reaches that step.
+    w.crust_env = vec![("CRUST_LOG".into(), "crust=info".into())];
+    let out = w.dump_with(&[]);
+    w.crust_env.clear();
+    out.assert_failure();
+    assert!(out.text().contains("checking the tree"), "test setup: no progress log:\n{out}");
+    assert!(!out.text().contains("freezing the tree"), "the TCP socket was refused only after freezing:\n{out}");
     assert_refused(&mut w, &["socket", "TCP", "UNIX domain sockets"]);
 }
 

@@ -351,6 +351,29 @@ pub fn external_key(file: &OpenFile) -> Option<String> {
     file.kind.as_ref().and_then(fd::kind_of)?.external_key(file)
 }
 
+/// Refuses, before the tree is frozen, what the kinds can tell from the fds of `pid` alone
+/// (a deleted file, a TCP socket, a terminal without --shell-job, an unknown kind...): a tree
+/// that will be refused is never stopped. Nothing of the process is touched (crust inspects
+/// its own copies of the fds). The dump makes the same checks again once frozen.
+pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool) -> Result<()> {
+    let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return Ok(()) }; // gone: the freeze says so
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Ok(()) };
+    for fd in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        // An fd closed meanwhile is simply not there any more.
+        let Ok(link) = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) else { continue };
+        let link = link.to_string_lossy().into_owned();
+        let Ok(fdinfo) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else { continue };
+        let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) else { continue };
+        let Ok(meta) = File::from(copy.try_clone()?).metadata() else { continue };
+        let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image, shell_job, inode_seen: false };
+        match fd::KINDS.iter().find(|kind| kind.recognises(&src)) {
+            Some(kind) => kind.refuse_early(&src)?,
+            None => return record_description(&src, &mut KindState::default()).map(drop),
+        }
+    }
+    Ok(())
+}
+
 /// Recognises the kind of the description behind one fd and records it. Returns the record
 /// and its `created_with` group (0 for none).
 fn record_description(src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)> {

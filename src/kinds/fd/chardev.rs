@@ -36,10 +36,15 @@ impl FdKind for CharDevices {
         src.file_type() == libc::S_IFCHR
     }
 
-    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<CharDevice>> {
+    fn refuse_early(src: &FdSource) -> Result<()> {
         if !STATELESS_DEVICES.contains(&src.link) {
             return Err(src.refuse("a character device with state (terminal or other device)"));
         }
+        Ok(())
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<CharDevice>> {
+        Self::refuse_early(src)?;
         let through = format!("/proc/{}/fd/{}", src.pid, src.fd);
         Ok(Dumped::alone(CharDevice { file: Some(file_identity(src.link, &through)?) }))
     }

@@ -92,6 +92,13 @@ pub trait FdKind: 'static {
     /// Dump: whether the fd is one of this kind's (from its type and link alone; cheap, no
     /// side effect).
     fn recognises(src: &FdSource) -> bool;
+    /// Dump, before anything is frozen: the refusals this kind can make from the fd alone,
+    /// touching nothing (so a tree that will be refused is never stopped). `dump` makes them
+    /// again, and authoritatively, once the tree is frozen.
+    fn refuse_early(src: &FdSource) -> Result<()> {
+        let _ = src;
+        Ok(())
+    }
     /// Dump: records the description behind an fd this kind recognised (never reopening it),
     /// or refuses it by pid, fd and what it is.
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Self::Record>>;
@@ -238,6 +245,7 @@ pub trait DynFdKind: Sync {
     fn owns(&self, kind: &open_file::Kind) -> bool;
     fn recognises(&self, src: &FdSource) -> bool;
     /// The record as its `OpenFile.kind` variant, and its `created_with` group.
+    fn refuse_early(&self, src: &FdSource) -> Result<()>;
     fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)>;
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()>;
     fn precheck(&self, file: &OpenFile) -> Result<()>;
@@ -275,6 +283,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     }
     fn recognises(&self, src: &FdSource) -> bool {
         K::recognises(src)
+    }
+    fn refuse_early(&self, src: &FdSource) -> Result<()> {
+        K::refuse_early(src)
     }
     fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)> {
         let dumped = K::dump(src, state)?;

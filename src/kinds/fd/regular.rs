@@ -33,16 +33,21 @@ impl FdKind for RegularFiles {
         matches!(src.file_type(), libc::S_IFREG | libc::S_IFDIR)
     }
 
-    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<RegularFile>> {
-        let link = src.link;
+    fn refuse_early(src: &FdSource) -> Result<()> {
         if src.file_type() == libc::S_IFREG {
-            if link.ends_with(" (deleted)") {
+            if src.link.ends_with(" (deleted)") {
                 return Err(src.refuse("a deleted file"));
             }
-            if !link.starts_with('/') {
+            if !src.link.starts_with('/') {
                 return Err(src.refuse("an anonymous-inode file"));
             }
         }
+        Ok(())
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<RegularFile>> {
+        Self::refuse_early(src)?;
+        let link = src.link;
         let through = format!("/proc/{}/fd/{}", src.pid, src.fd);
         Ok(Dumped::alone(RegularFile { file: Some(file_identity(link, &through)?) }))
     }

@@ -30,8 +30,7 @@ impl FdKind for Terminals {
         src.file_type() == libc::S_IFCHR && is_terminal(src.meta.rdev())
     }
 
-    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Tty>> {
-        use std::os::unix::fs::MetadataExt;
+    fn refuse_early(src: &FdSource) -> Result<()> {
         if !src.shell_job {
             return Err(anyhow::anyhow!(
                 "pid {} fd {}: a terminal ({}): a program started from a shell is dumped with --shell-job (-j)",
@@ -40,6 +39,12 @@ impl FdKind for Terminals {
                 src.link
             ));
         }
+        Ok(())
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Tty>> {
+        use std::os::unix::fs::MetadataExt;
+        Self::refuse_early(src)?;
         Ok(Dumped::alone(Tty { path: src.link.to_string(), rdev: src.meta.rdev() }))
     }
 

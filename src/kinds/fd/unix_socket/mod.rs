@@ -68,6 +68,10 @@ impl FdKind for UnixSockets {
         src.file_type() == libc::S_IFSOCK
     }
 
+    fn refuse_early(src: &FdSource) -> Result<()> {
+        refuse_other_families(src)
+    }
+
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<UnixSocket>> {
         let (record, created_with) = dump(src)?;
         Ok(Dumped { record, created_with })
@@ -96,14 +100,10 @@ impl FdKind for UnixSockets {
     }
 }
 
-/// Returns the record; its created_with group is decided by [`finish`] once the whole tree
-/// was seen.
-fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
-    let fd = src.copy.as_fd();
-    // "pid P fd F: socket:[N] <what>; crust cannot checkpoint it"
-    let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}; crust cannot checkpoint it", src.pid, src.fd, src.link);
-    let opt = |name: i32| socket::get_int(fd, libc::SOL_SOCKET, name);
-
+/// Sockets of other families than AF_UNIX, refused by pid, fd and family (also before the
+/// tree is frozen).
+fn refuse_other_families(src: &FdSource) -> Result<()> {
+    let opt = |name: i32| socket::get_int(src.copy.as_fd(), libc::SOL_SOCKET, name);
     let domain = opt(libc::SO_DOMAIN).with_context(|| format!("pid {} fd {}: SO_DOMAIN", src.pid, src.fd))?;
     if domain != libc::AF_UNIX {
         let kind = opt(libc::SO_TYPE).unwrap_or(0);
@@ -115,6 +115,17 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
             family_name(domain, kind)
         ));
     }
+    Ok(())
+}
+
+/// Returns the record; its created_with group is decided by [`finish`] once the whole tree
+/// was seen.
+fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
+    let fd = src.copy.as_fd();
+    // "pid P fd F: socket:[N] <what>; crust cannot checkpoint it"
+    let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}; crust cannot checkpoint it", src.pid, src.fd, src.link);
+
+    refuse_other_families(src)?;
     let inode = src.meta.ino();
     let diag = unix_diag::query(inode as u32, unix_diag::SHOW_ALL)
         .with_context(|| format!("pid {} fd {}: sock_diag of {}", src.pid, src.fd, src.link))?
