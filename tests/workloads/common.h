@@ -263,4 +263,10 @@ static __attribute__((unused)) void proc_status_field(const char *key, char *out
 	proc_file_field("/proc/self/status", key, out, outsz);
 }
 
+/* The same for the calling thread's own status (ids, capabilities, seccomp are per thread). */
+static __attribute__((unused)) void thread_status_field(const char *key, char *out, size_t outsz)
+{
+	proc_file_field("/proc/thread-self/status", key, out, outsz);
+}
+
 #endif

@@ -45,37 +45,11 @@ static int errno_of(long nr, long arg)
 	return r == -1 ? errno : 0;
 }
 
-static void status_field(const char *key, char *out, size_t n)
-{
-	char path[64], buf[8192];
-	snprintf(path, sizeof(path), "/proc/self/task/%ld/status", (long)syscall(SYS_gettid));
-	int fd = open(path, O_RDONLY);
-	ssize_t len = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
-	if (fd >= 0)
-		close(fd);
-	out[0] = 0;
-	if (len <= 0)
-		return;
-	buf[len] = 0;
-	char *p = strstr(buf, key);
-	if (!p)
-		return;
-	p += strlen(key);
-	while (*p == ' ' || *p == '\t')
-		p++;
-	size_t i = 0;
-	while (p[i] && p[i] != '\n' && i + 1 < n) {
-		out[i] = p[i];
-		i++;
-	}
-	out[i] = 0;
-}
-
 static int check_thread(const char *who, char *why, size_t n)
 {
 	char mode[16], count[16];
-	status_field("Seccomp:", mode, sizeof(mode));
-	status_field("Seccomp_filters:", count, sizeof(count));
+	thread_status_field("Seccomp", mode, sizeof(mode));
+	thread_status_field("Seccomp_filters", count, sizeof(count));
 	int a = errno_of(SYS_getppid, 0), b = errno_of(SYS_getpgid, 0), c = errno_of(SYS_getpid, 0);
 	if (strcmp(mode, "2") || strcmp(count, "3") || a != 77 || b != 78 || c != 0) {
 		snprintf(why, n, "%s: Seccomp %s filters %s, getppid errno %d, getpgid errno %d, getpid errno %d", who,

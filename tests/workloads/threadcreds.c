@@ -20,24 +20,6 @@ static void ids(unsigned *r, unsigned *e, unsigned *s, unsigned *gr, unsigned *g
 	syscall(SYS_getresgid, gr, ge, gs);
 }
 
-static void cap_eff(char *out, size_t n)
-{
-	char path[64], buf[8192];
-	snprintf(path, sizeof(path), "/proc/self/task/%ld/status", (long)syscall(SYS_gettid));
-	int fd = open(path, O_RDONLY);
-	ssize_t len = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
-	if (fd >= 0)
-		close(fd);
-	out[0] = 0;
-	if (len <= 0)
-		return;
-	buf[len] = 0;
-	char *p = strstr(buf, "CapEff:");
-	if (p)
-		sscanf(p + 7, "%63s", out);
-	(void)n;
-}
-
 static void *worker(void *arg)
 {
 	(void)arg;
@@ -49,7 +31,7 @@ static void *worker(void *arg)
 	unsigned r, e, s, gr, ge, gs;
 	ids(&r, &e, &s, &gr, &ge, &gs);
 	char caps[64];
-	cap_eff(caps, sizeof(caps));
+	thread_status_field("CapEff", caps, sizeof(caps));
 	if (r != 65534 || e != 65534 || s != 65534 || gr != 65534 || ge != 65534 || gs != 65534 ||
 	    strcmp(caps, "0000000000000000"))
 		snprintf(worker_fail, sizeof(worker_fail), "worker: uids %u/%u/%u gids %u/%u/%u CapEff %s", r, e, s, gr, ge,
