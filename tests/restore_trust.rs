@@ -212,3 +212,25 @@ fn restore_check_only_checks_everything_and_creates_nothing() {
     assert!(!refused.success() && refused.text().contains(&format!("core-{}.img", w.pid)), "{refused}");
     assert!(!pid_exists(w.pid), "--check-only created pid {}", w.pid);
 }
+
+/// crust writes the image as root: symlinks planted in the image directory (for the page file,
+/// a record, its temporary name) are never followed; the files they point to stay as they were
+/// and the image is made of regular files that restore.
+#[test]
+fn symlinks_planted_in_the_image_directory_are_not_followed() {
+    let mut w = Workload::spawn("counter", &[]);
+    let victim = w.dir.path.join("victim");
+    fs::write(&victim, "untouched").unwrap();
+    fs::create_dir_all(&w.image_dir).unwrap();
+    for name in [format!("pages-{}.img", w.pid), format!("core-{}.img", w.pid), format!(".mm-{}.img.tmp", w.pid)] {
+        std::os::unix::fs::symlink(&victim, w.image_dir.join(&name)).unwrap();
+    }
+    w.dump();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched", "crust wrote through a planted symlink");
+    for name in [format!("pages-{}.img", w.pid), format!("core-{}.img", w.pid)] {
+        let meta = fs::symlink_metadata(w.image_dir.join(&name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is not a regular file after the dump");
+    }
+    w.restore_detached();
+    assert_eq!(proc_state(w.pid).map(is_live_state), Some(true));
+}

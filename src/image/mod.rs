@@ -114,6 +114,20 @@ pub struct ImageDir {
     written: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
+/// Creates (truncating) a file crust writes into the image directory, never through a symlink
+/// (crust runs as root: a symlink put in the directory must not make it write elsewhere). A
+/// symlink in the way is removed first; one put back meanwhile makes the open fail.
+fn create_no_follow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        File::options().read(true).write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(path)
+    };
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(path)?;
+    }
+    open()
+}
+
 impl ImageDir {
     /// Opens an image directory for writing, creating it if needed.
     /// An image already there stops being one (its inventory goes first), and the mark of an
@@ -150,7 +164,8 @@ impl ImageDir {
             }
         }
         let text = format!("crust dump failed; this directory holds no image.\n{reason}\n");
-        if let Err(e) = fs::write(self.path(FAILED_DUMP), text) {
+        let written = create_no_follow(&self.path(FAILED_DUMP)).and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = written {
             tracing::warn!("cannot mark {} as a failed dump: {e}", self.root.display());
         }
     }
@@ -197,7 +212,7 @@ impl ImageDir {
         let io = |source| ImageError::Io { path: path.clone(), source };
         self.note_written(&tmp);
         self.note_written(&path);
-        let mut f = File::create(&tmp).map_err(io)?;
+        let mut f = create_no_follow(&tmp).map_err(io)?;
         f.write_all(&buf).map_err(io)?;
         f.sync_data().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)?;
@@ -218,13 +233,7 @@ impl ImageDir {
     pub fn create_data_file(&self, name: &str) -> Result<File, ImageError> {
         let path = self.path(name);
         self.note_written(&path);
-        File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|source| ImageError::Io { path, source })
+        create_no_follow(&path).map_err(|source| ImageError::Io { path, source })
     }
 
     /// Size and chunk checksums of a raw data file.

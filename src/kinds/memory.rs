@@ -320,7 +320,7 @@ fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Resul
         let path = ctx.image.path(name);
         let path = path.to_str().context("image path is not UTF-8")?;
         let addr = ctx.remote.put_path(0, path)?;
-        let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as u64;
+        let flags = (libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
         match ctx.remote.syscall("openat(page file)", libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags, 0]) {
             Ok(fd) => {
                 let fd = move_out_of_the_way(ctx.remote, pid, fd);
