@@ -70,3 +70,45 @@ open('result', 'w').write('flags %s read %d ok %s\n' % (flags, len(got), got == 
     let result = fs::read_to_string(w.dir.path.join("result")).unwrap();
     assert_eq!(result.trim(), format!("flags [False, True, False] read {n} ok True"), "after restore");
 }
+
+/// O_PATH descriptions of a file, a directory and a symlink itself (O_PATH | O_NOFOLLOW) come
+/// back as they were: same targets (the link, not what it points to), same flags, and usable
+/// as O_PATH fds (fstat through them, openat relative to the directory one).
+#[test]
+fn o_path_descriptions_of_a_file_a_directory_and_a_symlink_survive_restore() {
+    const PY: &str = r#"
+import os, stat, time
+os.mkdir('d'); open('d/f', 'w').write('hi'); os.symlink('f', 'd/l')
+a = os.open('d/f', os.O_PATH)
+b = os.open('d', os.O_PATH | os.O_DIRECTORY)
+c = os.open('d/l', os.O_PATH | os.O_NOFOLLOW)
+open('ready', 'w').write('%d %d %d\n' % (a, b, c))
+while not os.path.exists('go'):
+    time.sleep(0.05)
+ok = [stat.S_ISREG(os.fstat(a).st_mode), stat.S_ISDIR(os.fstat(b).st_mode), stat.S_ISLNK(os.fstat(c).st_mode)]
+ok.append(open(os.open('f', os.O_RDONLY, dir_fd=b)).read() == 'hi')
+ok.append(os.readlink('', dir_fd=c) == 'f')
+open('result', 'w').write('%s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-opath", "python3", &["-c", PY]);
+    wait_until("python3 to open its O_PATH fds", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    let fds: Vec<String> = fs::read_to_string(w.dir.path.join("ready")).unwrap().split_whitespace().map(String::from).collect();
+    let view = |pid: i32| {
+        fds.iter()
+            .map(|fd| {
+                let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+                let flags = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap().lines().nth(1).unwrap_or("").to_string();
+                format!("{fd} -> {} {flags}", target.display())
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = view(w.pid);
+    w.dump();
+    w.restore_detached();
+    assert_eq!(view(w.pid), before, "O_PATH fds after restore");
+    fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to use its fds", Duration::from_secs(15), || w.dir.path.join("result").exists());
+    assert_eq!(fs::read_to_string(w.dir.path.join("result")).unwrap(), "[True, True, True, True, True]");
+}

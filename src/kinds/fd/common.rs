@@ -129,7 +129,9 @@ pub fn reopen_flags(file: &OpenFile) -> i32 {
 /// Moves a file opened again by path to the description's offset (regular files and
 /// directories have one).
 pub fn seek_to_position(ctx: &mut RestoreCtx, fd: i32, file: &OpenFile, identity: &FileIdentity) -> Result<()> {
-    if identity.mode & libc::S_IFMT == libc::S_IFREG || identity.mode & libc::S_IFMT == libc::S_IFDIR {
+    // An O_PATH description has no offset (lseek fails with EBADF).
+    let o_path = file.flags & libc::O_PATH as u32 != 0;
+    if !o_path && (identity.mode & libc::S_IFMT == libc::S_IFREG || identity.mode & libc::S_IFMT == libc::S_IFDIR) {
         ctx.remote.syscall("lseek", libc::SYS_lseek, &[fd as u64, file.position, libc::SEEK_SET as u64])?;
     }
     Ok(())

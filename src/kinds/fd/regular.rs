@@ -1,7 +1,7 @@
-//! Regular files and directories, opened again by path: the description's flags and offset
-//! are restored, and restore checks first that the file is still the one the image names
-//! (see `file_check::check_file`). Deleted files and anonymous-inode files that look like regular
-//! files are refused.
+//! Regular files and directories, and O_PATH descriptions of symlinks, opened again by path:
+//! the description's flags and offset are restored, and restore checks first that the file is
+//! still the one the image names (see `file_check::check_file`). Deleted files and
+//! anonymous-inode files that look like regular files are refused.
 
 use anyhow::{Result, bail};
 
@@ -13,6 +13,21 @@ use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
 use crate::kinds::file_check::{FileUse, check_file, file_identity};
 
 pub struct RegularFiles;
+
+fn is_o_path(src: &FdSource) -> bool {
+    let flags = src.fdinfo_field("flags:").and_then(|f| u32::from_str_radix(f, 8).ok()).unwrap_or(0);
+    flags & libc::O_PATH as u32 != 0
+}
+
+/// A symlink an O_PATH description held must still be that very link (not followed).
+fn check_symlink(f: &crate::image::proto::FileIdentity) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(&f.path).map_err(|e| anyhow::anyhow!("symlink {} is gone since the dump ({e})", f.path))?;
+    if !meta.file_type().is_symlink() || (meta.dev(), meta.ino()) != (f.dev, f.inode) {
+        bail!("symlink {} is another file now (the process held the link itself, device {:#x} inode {})", f.path, f.dev, f.inode);
+    }
+    Ok(())
+}
 
 impl FdKind for RegularFiles {
     type Record = RegularFile;
@@ -30,7 +45,12 @@ impl FdKind for RegularFiles {
     }
 
     fn recognises(src: &FdSource) -> bool {
-        matches!(src.file_type(), libc::S_IFREG | libc::S_IFDIR)
+        match src.file_type() {
+            libc::S_IFREG | libc::S_IFDIR => true,
+            // open(O_PATH | O_NOFOLLOW) of a symlink: a description of the link itself.
+            libc::S_IFLNK => is_o_path(src),
+            _ => false,
+        }
     }
 
     fn refuse_early(src: &FdSource) -> Result<()> {
@@ -54,6 +74,9 @@ impl FdKind for RegularFiles {
 
     fn precheck(file: &OpenFile, record: &RegularFile) -> Result<()> {
         let Some(f) = &record.file else { return Ok(()) };
+        if f.mode & libc::S_IFMT == libc::S_IFLNK {
+            return check_symlink(f).map_err(|e| e.context(format!("open file #{}", file.id)));
+        }
         if f.mode & libc::S_IFMT == libc::S_IFREG {
             // An O_APPEND description writes at the end whatever its offset (a log truncated by
             // its rotation is fine); any other must still reach its offset.
