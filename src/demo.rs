@@ -117,14 +117,7 @@ pub fn lease_holder(file: &Path, log: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     crate::sys::fcntl_int(leased.as_raw_fd(), F_SETLEASE, libc::F_WRLCK).context("F_SETLEASE")?;
     log_line(&mut out, t0, &format!("holder {}: took a write lease on {}", std::process::id(), file.display()));
-    std::process::Command::new(std::env::current_exe()?)
-        .arg("demo-lease-breaker")
-        .arg(file)
-        .arg(log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    spawn_quiet_role("demo-lease-breaker", file, log)?;
     let mut count = 0;
     loop {
         while let Ok(Some(info)) = signals.read_signal() {
@@ -148,6 +141,18 @@ pub fn lease_breaker(file: &Path, log: &Path) -> Result<()> {
     }
 }
 
+/// Starts crust again as one of the lease demo's programs (`role`), with no terminal.
+fn spawn_quiet_role(role: &str, file: &Path, log: &Path) -> Result<std::process::Child> {
+    Ok(Command::new(std::env::current_exe()?)
+        .arg(role)
+        .arg(file)
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
 fn realtime() -> f64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
         .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
@@ -158,14 +163,7 @@ fn realtime() -> f64 {
 /// the lease (its "BREAKER" line in /proc/locks): the break has started.
 fn start_lease_story<'a>(file: &'a Path, log: &'a Path) -> impl FnOnce() -> Result<std::process::Child> + 'a {
     move || {
-        let mut holder = Command::new(std::env::current_exe()?)
-            .arg("demo-lease-holder")
-            .arg(file)
-            .arg(log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut holder = spawn_quiet_role("demo-lease-holder", file, log)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string("/proc/locks")?.contains("BREAKER") {
             if Instant::now() > deadline {

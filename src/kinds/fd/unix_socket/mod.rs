@@ -320,17 +320,23 @@ pub(crate) fn path_of(address: &[u8]) -> String {
     String::from_utf8_lossy(&address[..end]).into_owned()
 }
 
+/// The full path of a socket name as the process sees it: a relative name is taken from its
+/// working directory, which `file` records.
+fn full_name(pid: i32, path: &str, file: &mut UnixSocketFile) -> Result<String> {
+    if path.starts_with('/') {
+        return Ok(path.to_owned());
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?.to_string_lossy().into_owned();
+    let full = format!("{cwd}/{path}");
+    file.directory = cwd;
+    Ok(full)
+}
+
 /// Where the socket file of a path address is, and whether it is still there.
 fn socket_file(pid: i32, address: &[u8], vfs: Option<(u32, u32)>) -> Result<UnixSocketFile> {
     let path = path_of(address);
     let mut file = UnixSocketFile::default();
-    let full = if path.starts_with('/') {
-        path.clone()
-    } else {
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?.to_string_lossy().into_owned();
-        file.directory = cwd.clone();
-        format!("{cwd}/{path}")
-    };
+    let full = full_name(pid, &path, &mut file)?;
     let Some((ino, dev)) = vfs else {
         bail!("is named {path} but sock_diag shows no socket file");
     };
@@ -365,13 +371,7 @@ fn socket_file(pid: i32, address: &[u8], vfs: Option<(u32, u32)>) -> Result<Unix
 fn peer_file(pid: i32, address: &[u8]) -> Result<UnixSocketFile> {
     let path = path_of(address);
     let mut file = UnixSocketFile::default();
-    let full = if path.starts_with('/') {
-        path.clone()
-    } else {
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?.to_string_lossy().into_owned();
-        file.directory = cwd.clone();
-        format!("{cwd}/{path}")
-    };
+    let full = full_name(pid, &path, &mut file)?;
     match std::fs::symlink_metadata(&full) {
         Ok(meta) if meta.file_type().is_socket() => {
             file.present = true;
