@@ -65,7 +65,7 @@ fn corpus() -> Vec<(Workload, PathBuf)> {
     let dir = timerfd.image_dir.clone();
     images.push((timerfd, dir));
     let mut py = Workload::spawn_program("py-tree", "python3", &["-c", PY_TREE]);
-    wait_until("python3 to be ready", Duration::from_secs(15), || py.dir.path.join("ready").exists());
+    wait_until("python3 to be ready", Duration::from_secs(15), || file_written(&py.dir.path.join("ready")));
     let tree = children_of(py.pid);
     py.dump();
     for pid in tree {

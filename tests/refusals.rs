@@ -342,7 +342,7 @@ while True:
     time.sleep(0.1)
 "#;
     let w = Workload::spawn_program("py-mseal", "python3", &["-c", PY]);
-    wait_until("python3 to seal its mapping", std::time::Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to seal its mapping", std::time::Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let addr = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
     let out = w.dump_with(&[]);
     assert!(!out.success(), "a sealed mapping was dumped:\n{out}");

@@ -57,7 +57,7 @@ want = b''.join(bytes([i % 251]) * 4096 for i in range(n // 4096))
 open('result', 'w').write('flags %s read %d ok %s\n' % (flags, len(got), got == want))
 "#;
     let mut w = Workload::spawn_program("py-fullpipe", "python3", &["-c", PY]);
-    wait_until("python3 to fill its pipe", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to fill its pipe", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let ready = fs::read_to_string(w.dir.path.join("ready")).unwrap();
     let n: usize = ready.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(n >= 65536, "test setup: the pipe holds only {n} bytes");
@@ -66,7 +66,7 @@ open('result', 'w').write('flags %s read %d ok %s\n' % (flags, len(got), got == 
     w.restore_detached();
     assert!(started.elapsed() < Duration::from_secs(10), "the restore took {:?}", started.elapsed());
     fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to read its pipe", Duration::from_secs(15), || w.dir.path.join("result").exists());
+    wait_until("python3 to read its pipe", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     let result = fs::read_to_string(w.dir.path.join("result")).unwrap();
     assert_eq!(result.trim(), format!("flags [False, True, False] read {n} ok True"), "after restore");
 }
@@ -93,7 +93,7 @@ while True:
     time.sleep(0.1)
 "#;
     let mut w = Workload::spawn_program("py-opath", "python3", &["-c", PY]);
-    wait_until("python3 to open its O_PATH fds", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to open its O_PATH fds", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let fds: Vec<String> = fs::read_to_string(w.dir.path.join("ready")).unwrap().split_whitespace().map(String::from).collect();
     let view = |pid: i32| {
         fds.iter()
@@ -109,6 +109,6 @@ while True:
     w.restore_detached();
     assert_eq!(view(w.pid), before, "O_PATH fds after restore");
     fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to use its fds", Duration::from_secs(15), || w.dir.path.join("result").exists());
+    wait_until("python3 to use its fds", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(fs::read_to_string(w.dir.path.join("result")).unwrap(), "[True, True, True, True, True]");
 }

@@ -93,7 +93,7 @@ fn restored_process_can_be_checkpointed_and_restored_again() {
 fn adjacent_anonymous_areas_that_never_merged_come_back_apart() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/adjacent_areas.py");
     let mut w = Workload::spawn_program("adjacent-areas", "python3", &[script]);
-    wait_until("python3 to place its areas", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to place its areas", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let before = w.snapshot();
     w.dump();
     w.restore_detached();
@@ -124,7 +124,7 @@ while True:
 "#;
     let mut w = Workload::spawn_program("py-mlock", "python3", &["-c", PY]);
     std::fs::set_permissions(&w.dir.path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    wait_until("python3 to lock its memory", std::time::Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to lock its memory", std::time::Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let locked_before = proc_status_field(w.pid, "VmLck");
     assert_eq!(locked_before.as_deref(), Some("1024 kB"), "test setup");
     w.dump();
@@ -132,7 +132,7 @@ while True:
     assert_eq!(proc_status_field(w.pid, "VmLck"), locked_before, "locked memory after restore");
     assert_eq!(proc_status_field(w.pid, "Uid").as_deref(), Some("65534\t65534\t65534\t65534"));
     std::fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to check its memory", std::time::Duration::from_secs(15), || w.dir.path.join("result").exists());
+    wait_until("python3 to check its memory", std::time::Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True uid 65534");
 }
 
@@ -158,7 +158,7 @@ while True:
     time.sleep(0.1)
 "#;
     let mut w = Workload::spawn_program("py-droppable", "python3", &["-c", PY]);
-    wait_until("python3 to map its droppable area", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to map its droppable area", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let addr = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
     let flags = |pid: i32| {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
@@ -171,6 +171,6 @@ while True:
     w.restore_detached();
     assert_eq!(flags(w.pid), before, "VmFlags of the droppable area after restore");
     std::fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to check its memory", Duration::from_secs(15), || w.dir.path.join("result").exists());
+    wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
 }

@@ -52,7 +52,7 @@ while True:
     time.sleep(0.1)
 "#;
     let mut w = Workload::spawn_program("py-overrun", "python3", &["-c", PY]);
-    wait_until("python3 to be ready", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to be ready", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let id = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
     let out = w.dump_with(&[]);
     assert!(!out.success(), "a timer with an overrun was dumped:\n{out}");

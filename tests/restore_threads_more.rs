@@ -560,7 +560,7 @@ while True:
     time.sleep(0.1)
 "#;
     let mut w = Workload::spawn_program("py-thread-fork", "python3", &["-c", PY]);
-    wait_until("python3 to start its child", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to start its child", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let child: i32 = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().parse().unwrap();
     let leader_children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", w.pid, w.pid)).unwrap();
     assert!(!leader_children.split_whitespace().any(|c| c == child.to_string()), "test setup: the leader lists the child");

@@ -27,7 +27,7 @@ while True:
 fn mapped_file_replaced_by_a_symlink_to_a_root_only_file_is_refused() {
     let mut w = Workload::spawn_program("py-mapper", "python3", &["-c", PY_MAPPER, "data"]);
     let data = w.dir.path.join("data");
-    wait_until("python3 to map its file", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to map its file", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     w.dump();
 
     // A root-only file with the same size and mtime, put in place of the mapped file.
@@ -79,7 +79,7 @@ fn a_path_that_became_a_symlink_is_not_followed_even_to_the_same_file() {
     for (label, program) in [("mapped", PY_MAPPER), ("fd", PY_HOLDER)] {
         let mut w = Workload::spawn_program(&format!("py-{label}"), "python3", &["-c", program, "data"]);
         let data = w.dir.path.join("data");
-        wait_until("python3 to open its file", Duration::from_secs(15), || w.dir.path.join("ready").exists());
+        wait_until("python3 to open its file", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
         w.dump();
         // The same inode, now reached through a symlink: data -> real/data.
         let real = w.dir.path.join("real");

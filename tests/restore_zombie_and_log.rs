@@ -179,7 +179,7 @@ while True:
     time.sleep(0.1)
 "#;
     let mut w = Workload::spawn_program("py-zombie-groups", "python3", &["-c", PY]);
-    wait_until("python3 to leave two zombies", std::time::Duration::from_secs(15), || w.dir.path.join("ready").exists());
+    wait_until("python3 to leave two zombies", std::time::Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let kids: Vec<i32> =
         std::fs::read_to_string(w.dir.path.join("ready")).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect();
     let groups = |pid: i32| {

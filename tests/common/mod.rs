@@ -1447,3 +1447,9 @@ pub fn read_all(p: &Path) -> Vec<u8> {
     fs::File::open(p).unwrap().read_to_end(&mut v).unwrap();
     v
 }
+
+/// True once `path` exists and holds something: a workload that writes its answer with one
+/// write() after creating the file is seen only when the answer is complete, not in between.
+pub fn file_written(path: &Path) -> bool {
+    std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false)
+}
