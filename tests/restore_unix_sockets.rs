@@ -381,10 +381,11 @@ fn assert_refused(w: &mut Workload, words: &[&str]) {
     verify(w, &before, &after, vec![], &["parent"]);
 }
 
-/// A TCP listener and connection (INET): refused by pid, fd, "socket" and "TCP"; the process
-/// keeps running and its connection still carries its queued and new bytes.
+/// A TCP connection (both ends in the process) without --tcp-established: refused by pid, fd,
+/// state and address before the tree is frozen; the process keeps running and its connection
+/// still carries its queued and new bytes.
 #[test]
-fn tcp_socket_is_refused_and_the_process_keeps_running() {
+fn established_tcp_connection_is_refused_before_the_freeze_and_the_process_keeps_running() {
     let mut w = Workload::spawn("usock_refuse", &["tcp"]);
     // The refusal comes before the tree is frozen: crust's log never reaches that step.
     w.crust_env = vec![("CRUST_LOG".into(), "crust=info".into())];
@@ -392,8 +393,8 @@ fn tcp_socket_is_refused_and_the_process_keeps_running() {
     w.crust_env.clear();
     out.assert_failure();
     assert!(out.text().contains("checking the tree"), "test setup: no progress log:\n{out}");
-    assert!(!out.text().contains("freezing the tree"), "the TCP socket was refused only after freezing:\n{out}");
-    assert_refused(&mut w, &["socket", "TCP", "UNIX domain sockets"]);
+    assert!(!out.text().contains("freezing the tree"), "the TCP connection was refused only after freezing:\n{out}");
+    assert_refused(&mut w, &["TCP connection", "ESTABLISHED", "127.0.0.1"]);
 }
 
 /// A UNIX socket connected to a listener of this test (outside the dumped tree): refused by

@@ -5,17 +5,11 @@
 //! Requests and answers are built and parsed here as plain bytes; only the netlink socket
 //! calls need `unsafe`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
 use nix::errno::Errno;
 
 use super::SysError;
+use super::sock_diag::{self, NLM_F_DUMP, NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY};
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 
 pub const SHOW_NAME: u32 = 0x01;
 pub const SHOW_VFS: u32 = 0x02;
@@ -88,70 +82,6 @@ fn request(flags: u16, states: u32, inode: u32, show: u32) -> Vec<u8> {
     req
 }
 
-fn netlink_socket() -> Result<OwnedFd, SysError> {
-    // SAFETY: integer arguments; a new fd is returned on success.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    let fd = Errno::result(fd).map_err(|e| SysError::new("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", e))?;
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Sends one request and collects the sockets of the answer (until NLMSG_DONE, or the single
-/// answer of an exact query). Err(errno) for an NLMSG_ERROR answer.
-fn exchange(req: &[u8], dump: bool) -> Result<Vec<UnixDiag>, SysError> {
-    let sock = netlink_socket()?;
-    // SAFETY: `req` is a live buffer of req.len() bytes; a zeroed sockaddr_nl addresses the
-    // kernel.
-    let ret = unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    Errno::result(ret).map_err(|e| SysError::new("sendto(sock_diag request)", e))?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: the kernel writes at most buf.len() bytes into `buf`.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let n = Errno::result(n).map_err(|e| SysError::new("recv(sock_diag answer)", e))? as usize;
-        if n == 0 {
-            return Ok(out);
-        }
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            if len < 16 || off + len > n {
-                return Err(SysError::new("sock_diag: malformed answer", Errno::EPROTO));
-            }
-            let body = &buf[off + 16..off + len];
-            match kind {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let err = i32::from_ne_bytes(body[..4].try_into().unwrap());
-                    if err == 0 {
-                        return Ok(out);
-                    }
-                    return Err(SysError::new("sock_diag", Errno::from_raw(-err)));
-                }
-                SOCK_DIAG_BY_FAMILY => out.push(parse(body)?),
-                _ => {}
-            }
-            off += (len + 3) & !3;
-        }
-        if !dump {
-            return Ok(out);
-        }
-    }
-}
-
 fn parse(body: &[u8]) -> Result<UnixDiag, SysError> {
     if body.len() < 16 {
         return Err(SysError::new("sock_diag: short unix_diag_msg", Errno::EPROTO));
@@ -189,7 +119,7 @@ fn parse(body: &[u8]) -> Result<UnixDiag, SysError> {
 
 /// The socket with this inode (in crust's network namespace), or None if there is none.
 pub fn query(inode: u32, show: u32) -> Result<Option<UnixDiag>, SysError> {
-    match exchange(&request(0, u32::MAX, inode, show), false) {
+    match sock_diag::exchange(&request(0, u32::MAX, inode, show), false, parse) {
         Ok(mut v) => Ok(v.pop()),
         Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(None),
         Err(e) => Err(e),
@@ -198,7 +128,7 @@ pub fn query(inode: u32, show: u32) -> Result<Option<UnixDiag>, SysError> {
 
 /// Every UNIX socket in one of `states` (a mask of 1 << state).
 pub fn dump(states: u32, show: u32) -> Result<Vec<UnixDiag>, SysError> {
-    exchange(&request(NLM_F_DUMP, states, 0, show), true)
+    sock_diag::exchange(&request(NLM_F_DUMP, states, 0, show), true, parse)
 }
 
 /// The device number sock_diag reports (the kernel's internal dev_t: major << 20 | minor) as

@@ -39,7 +39,7 @@ static void mode_tcp(void)
 	if (s < 0)
 		die("TCP accept: %s", strerror(errno));
 	send_all(c, "tcp-early", 9, "tcp-early");
-	status("READY parent pid=%d fd=%d", my_pid, l);
+	status("READY parent pid=%d fd=%d", my_pid, c);
 	wait_go();
 	char buf[16] = "";
 	CHECK(wait_readable(s, 5) && recv(s, buf, 9, MSG_WAITALL) == 9 && memcmp(buf, "tcp-early", 9) == 0,

@@ -37,6 +37,7 @@ pub mod common;
 pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
+pub mod inet_socket;
 pub mod inotify;
 pub mod memfd;
 pub mod pipe;
@@ -68,6 +69,7 @@ pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<tty::Terminals>::KIND,
     &Registered::<chardev::CharDevices>::KIND,
     &Registered::<pipe::Pipes>::KIND,
+    &Registered::<inet_socket::InetSockets>::KIND,
     &Registered::<unix_socket::UnixSockets>::KIND,
     &Registered::<eventfd::Eventfds>::KIND,
     &Registered::<signalfd::Signalfds>::KIND,

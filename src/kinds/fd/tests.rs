@@ -23,6 +23,7 @@ fn every_variant() -> Vec<K> {
         K::Fifo(Default::default()),
         K::SharedMemory(Default::default()),
         K::Tty(Default::default()),
+        K::InetSocket(Default::default()),
     ];
     // A variant added to the schema does not compile here until it is listed above as well.
     for kind in &all {
@@ -39,7 +40,8 @@ fn every_variant() -> Vec<K> {
             | K::Inotify(_)
             | K::Fifo(_)
             | K::SharedMemory(_)
-            | K::Tty(_) => {}
+            | K::Tty(_)
+            | K::InetSocket(_) => {}
         }
     }
     all

@@ -108,7 +108,7 @@ fn refuse_other_families(src: &FdSource) -> Result<()> {
     if domain != libc::AF_UNIX {
         let kind = opt(libc::SO_TYPE).unwrap_or(0);
         return Err(anyhow!(
-            "pid {} fd {}: {} is {}: crust checkpoints only UNIX domain sockets",
+            "pid {} fd {}: {} is {}: crust checkpoints UNIX, TCP and UDP sockets only",
             src.pid,
             src.fd,
             src.link,

@@ -1,0 +1,292 @@
+//! IPv4 and IPv6 sockets: TCP sockets listening or not connected (unbound or only bound), UDP
+//! sockets unbound, bound or connected; with their owner, addresses, backlog, shutdown state
+//! and the options the program changed (see `options`).
+//!
+//! Dump reads everything through crust's `pidfd_getfd` copy (getsockname, getpeername,
+//! getsockopt) and inet_diag, which change nothing: a dump -R leaves the sockets exactly as
+//! they were. Restore creates the socket in the process (as its owner, so the kernel's uid of
+//! the socket is the same), then sets its options, binds, listens and connects through
+//! crust's copy of it. A port that is still held by connections in TIME_WAIT of the
+//! checkpointed process is bound again as the kernel allows with SO_REUSEADDR, set for the
+//! bind only.
+//!
+//! Refused by pid and fd: TCP connections (established or on their way: SYN_SENT, FIN_WAIT...)
+//! and listeners with connections not yet accepted, until crust restores TCP connections;
+//! UDP sockets with datagrams queued; other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
+//! filters and upper-layer protocols (kTLS).
+//!
+//! Known limits: multicast group memberships (IP_ADD_MEMBERSHIP) cannot be read back from the
+//! kernel per socket and are not restored.
+
+mod options;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{Dumped, FdKind, FdSource, KindState, Together};
+use crate::image::proto::{InetAddress, InetSocket, OpenFile, open_file};
+use crate::kinds::RestoreCtx;
+use crate::sys::inet::{self, InetAddr};
+use crate::sys::inet_diag::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, state_name};
+use crate::sys::pidfd::pidfd_getfd;
+use crate::sys::socket;
+
+pub struct InetSockets;
+
+impl FdKind for InetSockets {
+    type Record = InetSocket;
+    const NAME: &'static str = "IP socket";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&InetSocket> {
+        match kind {
+            open_file::Kind::InetSocket(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: InetSocket) -> open_file::Kind {
+        open_file::Kind::InetSocket(record)
+    }
+
+    fn recognises(src: &FdSource) -> bool {
+        src.file_type() == libc::S_IFSOCK
+            && matches!(socket::get_int(src.copy.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6))
+    }
+
+    /// Reading a socket changes nothing, so every refusal can be made before the freeze.
+    fn refuse_early(src: &FdSource) -> Result<()> {
+        dump(src).map(drop)
+    }
+
+    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<InetSocket>> {
+        dump(src).map(Dumped::alone)
+    }
+
+    /// A damaged record is refused before any process exists.
+    fn precheck(_file: &OpenFile, r: &InetSocket) -> Result<()> {
+        for address in [&r.local, &r.peer].into_iter().flatten() {
+            from_record(address).with_context(|| format!("InetSocket {}", r.inode))?;
+        }
+        if !matches!(r.family, libc::AF_INET | libc::AF_INET6) {
+            bail!("InetSocket {}: family {} is neither AF_INET nor AF_INET6", r.inode, r.family);
+        }
+        Ok(())
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &InetSocket, _together: &mut Together) -> Result<i32> {
+        open(ctx, file, record).with_context(|| format!("restoring {}", describe(record)))
+    }
+
+    fn describe(record: &InetSocket) -> String {
+        describe(record)
+    }
+
+    fn show(record: &InetSocket, json: &mut serde_json::Value) {
+        for (key, address) in [("local", &record.local), ("peer", &record.peer)] {
+            if let Some(a) = address.as_ref().and_then(|a| from_record(a).ok()) {
+                json[key] = serde_json::json!(a.to_string());
+            }
+        }
+        json["state"] = serde_json::json!(state_name(record.state as u8));
+    }
+}
+
+/// "TCP socket 127.0.0.1:8000 (LISTEN)", "UDP socket [::1]:53 -> [::1]:5353".
+fn describe(r: &InetSocket) -> String {
+    let address = |a: &Option<InetAddress>| a.as_ref().and_then(|a| from_record(a).ok()).map(|a| a.to_string());
+    let mut text = format!("{} socket", protocol_name(r.protocol));
+    match (address(&r.local), address(&r.peer)) {
+        (Some(l), Some(p)) => text += &format!(" {l} -> {p}"),
+        (Some(l), None) => text += &format!(" {l}"),
+        (None, Some(p)) => text += &format!(" -> {p}"),
+        (None, None) => text += if r.family == libc::AF_INET6 { " (IPv6, unbound)" } else { " (IPv4, unbound)" },
+    }
+    if r.protocol == libc::IPPROTO_TCP {
+        text += &format!(" ({})", state_name(r.state as u8));
+    }
+    text
+}
+
+fn protocol_name(protocol: i32) -> String {
+    match protocol {
+        libc::IPPROTO_TCP => "TCP".into(),
+        libc::IPPROTO_UDP => "UDP".into(),
+        libc::IPPROTO_UDPLITE => "UDP-Lite".into(),
+        libc::IPPROTO_SCTP => "SCTP".into(),
+        libc::IPPROTO_MPTCP => "MPTCP".into(),
+        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "ICMP".into(),
+        libc::IPPROTO_RAW => "raw IP".into(),
+        p => format!("IP protocol {p}"),
+    }
+}
+
+fn dump(src: &FdSource) -> Result<InetSocket> {
+    let fd = src.copy.as_fd();
+    let opt = |name: i32| {
+        socket::get_int(fd, libc::SOL_SOCKET, name).with_context(|| format!("pid {} fd {}: getsockopt({name})", src.pid, src.fd))
+    };
+    let (family, kind, protocol) = (opt(libc::SO_DOMAIN)?, opt(libc::SO_TYPE)?, opt(libc::SO_PROTOCOL)?);
+    let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}", src.pid, src.fd, src.link);
+    if !matches!((kind, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
+        return Err(refuse(format!("is a {} socket, which crust cannot checkpoint", protocol_name(protocol))));
+    }
+    let local = inet::local_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?;
+    let diag = inet_diag::find(family, protocol, src.meta.ino())
+        .with_context(|| format!("pid {} fd {}: inet_diag of {}", src.pid, src.fd, src.link))?;
+    let diag = match diag {
+        Some(d) => d,
+        // The kernel lists only sockets in its lookup tables: one never bound is in none.
+        None if local.as_ref().is_none_or(InetAddr::is_unspecified) => unbound(fd, protocol)
+            .map_err(|what| refuse(what))?,
+        None => return Err(refuse("is not listed by inet_diag (a socket of another network namespace?): crust cannot checkpoint it".into())),
+    };
+    let mut record = InetSocket {
+        inode: src.meta.ino(),
+        family,
+        r#type: kind,
+        protocol,
+        state: diag.state as u32,
+        // The socket's inode belongs to its creator, like the socket (sk_uid).
+        uid: src.meta.uid(),
+        shutdown: diag.shutdown.unwrap_or(0) as u32,
+        ..Default::default()
+    };
+    let name_of = |a: Option<InetAddr>| a.filter(|a| !a.is_unspecified()).map(|a| to_record(&a));
+    record.local = name_of(local);
+    record.peer = name_of(inet::peer_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?);
+    refuse_state(&record, &diag).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
+    if diag.state == TCP_LISTEN {
+        record.backlog = diag.wqueue;
+    }
+    refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
+    let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
+    record.options = options::differing(fd, fresh.as_fd(), family, protocol);
+    Ok(record)
+}
+
+/// What inet_diag would say of a socket never bound: its TCP state (a TCP socket connecting
+/// without a bind is bound by then), nothing queued.
+fn unbound(fd: BorrowedFd, protocol: i32) -> Result<inet_diag::InetDiag, String> {
+    let mut diag = inet_diag::InetDiag { state: TCP_CLOSE, ..Default::default() };
+    if protocol == libc::IPPROTO_TCP {
+        let info = socket::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 8).map_err(|e| format!("TCP_INFO: {e}"))?;
+        diag.state = info.first().copied().unwrap_or(TCP_CLOSE);
+    }
+    Ok(diag)
+}
+
+/// What crust cannot bring back of the socket's state.
+fn refuse_state(r: &InetSocket, diag: &inet_diag::InetDiag) -> Result<(), String> {
+    let state = diag.state;
+    if r.protocol == libc::IPPROTO_TCP {
+        match state {
+            TCP_LISTEN if diag.rqueue > 0 => {
+                return Err(format!("has {} connection(s) not yet accepted, which crust cannot checkpoint yet", diag.rqueue));
+            }
+            TCP_LISTEN | TCP_CLOSE => {}
+            _ => {
+                return Err(format!("is a TCP connection (state {}), which crust cannot checkpoint yet", state_name(state)));
+            }
+        }
+    } else if state != TCP_CLOSE && state != TCP_ESTABLISHED {
+        return Err(format!("is in state {}, which crust cannot checkpoint", state_name(state)));
+    } else if diag.rqueue > 0 {
+        return Err(format!("has {} bytes of datagrams queued to be read, which crust cannot checkpoint yet", diag.rqueue));
+    } else if diag.wqueue > 0 {
+        return Err(format!("has {} bytes of datagrams still being sent, which crust cannot checkpoint", diag.wqueue));
+    }
+    Ok(())
+}
+
+/// Socket filters and upper-layer protocols, which crust does not record.
+fn refuse_attachments(fd: BorrowedFd, protocol: i32) -> Result<(), String> {
+    if socket::option_len(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER).unwrap_or(0) > 0 {
+        return Err("has a socket filter (SO_ATTACH_FILTER), which crust cannot checkpoint".into());
+    }
+    if protocol == libc::IPPROTO_TCP {
+        const TCP_ULP: i32 = 31;
+        let ulp = socket::get_bytes(fd, libc::IPPROTO_TCP, TCP_ULP, 16).unwrap_or_default();
+        let ulp = String::from_utf8_lossy(&ulp).trim_end_matches('\0').to_string();
+        if !ulp.is_empty() {
+            return Err(format!("runs the upper-layer protocol {ulp} (TCP_ULP), which crust cannot checkpoint"));
+        }
+    }
+    Ok(())
+}
+
+fn to_record(a: &InetAddr) -> InetAddress {
+    let ip = match a.ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    InetAddress { ip, port: a.port as u32, flowinfo: a.flowinfo, scope_id: a.scope_id }
+}
+
+fn from_record(a: &InetAddress) -> Result<InetAddr> {
+    let ip = match a.ip.len() {
+        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&a.ip[..])?)),
+        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&a.ip[..])?)),
+        n => bail!("InetAddress.ip of {n} bytes (4 or 16 expected)"),
+    };
+    let port = u16::try_from(a.port).map_err(|_| anyhow!("InetAddress.port {} out of range", a.port))?;
+    Ok(InetAddr { ip, port, flowinfo: a.flowinfo, scope_id: a.scope_id })
+}
+
+/// Creates the socket in the process, as its owner, and brings it to its recorded state
+/// through crust's copy.
+fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &InetSocket) -> Result<i32> {
+    let local = r.local.as_ref().map(from_record).transpose()?;
+    let peer = r.peer.as_ref().map(from_record).transpose()?;
+    let fd = create_as(ctx, r)?;
+    let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
+    let copy = copy.as_fd();
+    for o in r.options.iter().filter(|o| !options::is_reuse_address(o)) {
+        options::apply(copy, o)?;
+    }
+    if let Some(local) = &local {
+        socket::set_int(copy, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("setting SO_REUSEADDR for the bind")?;
+        inet::bind(copy, local)?;
+    }
+    if r.state == TCP_LISTEN as u32 {
+        inet::listen(copy, r.backlog)?;
+    }
+    if let Some(peer) = &peer {
+        inet::connect(copy, peer)?;
+    }
+    shut_down(copy, r.shutdown)?;
+    let reuse = r.options.iter().find(|o| options::is_reuse_address(o));
+    match reuse {
+        Some(o) => options::apply(copy, o)?,
+        None => socket::set_int(copy, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).context("clearing SO_REUSEADDR after the bind")?,
+    }
+    super::common::set_status_flags(ctx, fd, file.flags)?;
+    Ok(fd)
+}
+
+/// socket(2) in the process with its filesystem uid set to the socket's owner: the kernel
+/// gives a socket the uid of its creator.
+fn create_as(ctx: &mut RestoreCtx, r: &InetSocket) -> Result<i32> {
+    ctx.remote.syscall_raw(libc::SYS_setfsuid, &[r.uid as u64])?;
+    let created = ctx.remote.syscall(
+        "socket",
+        libc::SYS_socket,
+        &[r.family as u64, (r.r#type | libc::SOCK_CLOEXEC) as u64, r.protocol as u64],
+    );
+    ctx.remote.syscall_raw(libc::SYS_setfsuid, &[0])?;
+    crate::kinds::credentials::enter_fs_identity(ctx)?;
+    ctx.to_temp_fd(created?)
+}
+
+fn shut_down(socket: BorrowedFd, mask: u32) -> Result<()> {
+    let how = match mask & 3 {
+        0 => return Ok(()),
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    inet::shutdown(socket, how)?;
+    Ok(())
+}

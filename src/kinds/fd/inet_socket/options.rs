@@ -1,0 +1,138 @@
+//! Socket options of IPv4 and IPv6 sockets: which ones crust carries over, read at dump through
+//! crust's copy of the socket and set again at restore on crust's copy of the new one.
+//!
+//! An option is recorded when its value differs from a fresh socket's of the same family,
+//! type and protocol on this host: that is exactly what the program (or its libraries)
+//! changed, and defaults the kernel derives from sysctls stay derived. Options that cannot be
+//! set again as they are read (SO_RCVBUF, SO_SNDBUF: the kernel doubles what it is given) are
+//! translated when applied.
+
+use std::os::fd::BorrowedFd;
+
+use anyhow::{Context, Result};
+
+use crate::image::proto::SocketOption;
+use crate::sys::socket;
+
+/// One option crust carries over: level, name, the most bytes its value takes, a name for people.
+struct Known(i32, i32, usize, &'static str);
+
+const IFNAMSIZ: usize = 16;
+const TCP_CONGESTION_NAME: usize = 16;
+
+/// The options of every IPv4 and IPv6 socket.
+const SOCKET_LEVEL: &[Known] = &[
+    Known(libc::SOL_SOCKET, libc::SO_REUSEADDR, 4, "SO_REUSEADDR"),
+    Known(libc::SOL_SOCKET, libc::SO_REUSEPORT, 4, "SO_REUSEPORT"),
+    Known(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 4, "SO_KEEPALIVE"),
+    Known(libc::SOL_SOCKET, libc::SO_BROADCAST, 4, "SO_BROADCAST"),
+    Known(libc::SOL_SOCKET, libc::SO_OOBINLINE, 4, "SO_OOBINLINE"),
+    Known(libc::SOL_SOCKET, libc::SO_LINGER, 8, "SO_LINGER"),
+    Known(libc::SOL_SOCKET, libc::SO_RCVBUF, 4, "SO_RCVBUF"),
+    Known(libc::SOL_SOCKET, libc::SO_SNDBUF, 4, "SO_SNDBUF"),
+    Known(libc::SOL_SOCKET, libc::SO_RCVLOWAT, 4, "SO_RCVLOWAT"),
+    Known(libc::SOL_SOCKET, libc::SO_RCVTIMEO, 16, "SO_RCVTIMEO"),
+    Known(libc::SOL_SOCKET, libc::SO_SNDTIMEO, 16, "SO_SNDTIMEO"),
+    Known(libc::SOL_SOCKET, libc::SO_PRIORITY, 4, "SO_PRIORITY"),
+    Known(libc::SOL_SOCKET, libc::SO_MARK, 4, "SO_MARK"),
+    Known(libc::SOL_SOCKET, libc::SO_BINDTODEVICE, IFNAMSIZ, "SO_BINDTODEVICE"),
+    Known(libc::SOL_SOCKET, libc::SO_TIMESTAMP, 4, "SO_TIMESTAMP"),
+    Known(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 4, "SO_TIMESTAMPNS"),
+    Known(libc::SOL_SOCKET, libc::SO_PASSCRED, 4, "SO_PASSCRED"),
+];
+
+const TCP_LEVEL: &[Known] = &[
+    Known(libc::IPPROTO_TCP, libc::TCP_NODELAY, 4, "TCP_NODELAY"),
+    Known(libc::IPPROTO_TCP, libc::TCP_CORK, 4, "TCP_CORK"),
+    Known(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 4, "TCP_KEEPIDLE"),
+    Known(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 4, "TCP_KEEPINTVL"),
+    Known(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4, "TCP_KEEPCNT"),
+    Known(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4, "TCP_USER_TIMEOUT"),
+    Known(libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 4, "TCP_DEFER_ACCEPT"),
+    Known(libc::IPPROTO_TCP, libc::TCP_FASTOPEN, 4, "TCP_FASTOPEN"),
+    Known(libc::IPPROTO_TCP, libc::TCP_MAXSEG, 4, "TCP_MAXSEG"),
+    Known(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, 4, "TCP_NOTSENT_LOWAT"),
+    Known(libc::IPPROTO_TCP, libc::TCP_SYNCNT, 4, "TCP_SYNCNT"),
+    Known(libc::IPPROTO_TCP, libc::TCP_LINGER2, 4, "TCP_LINGER2"),
+    Known(libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, 4, "TCP_WINDOW_CLAMP"),
+    Known(libc::IPPROTO_TCP, libc::TCP_CONGESTION, TCP_CONGESTION_NAME, "TCP_CONGESTION"),
+];
+
+const IPV4_LEVEL: &[Known] = &[
+    Known(libc::IPPROTO_IP, libc::IP_TOS, 4, "IP_TOS"),
+    Known(libc::IPPROTO_IP, libc::IP_TTL, 4, "IP_TTL"),
+    Known(libc::IPPROTO_IP, libc::IP_FREEBIND, 4, "IP_FREEBIND"),
+    Known(libc::IPPROTO_IP, libc::IP_TRANSPARENT, 4, "IP_TRANSPARENT"),
+    Known(libc::IPPROTO_IP, libc::IP_RECVERR, 4, "IP_RECVERR"),
+    Known(libc::IPPROTO_IP, libc::IP_PKTINFO, 4, "IP_PKTINFO"),
+    Known(libc::IPPROTO_IP, libc::IP_RECVTOS, 4, "IP_RECVTOS"),
+    Known(libc::IPPROTO_IP, libc::IP_RECVTTL, 4, "IP_RECVTTL"),
+    Known(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, 4, "IP_MTU_DISCOVER"),
+    Known(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4, "IP_MULTICAST_TTL"),
+    Known(libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4, "IP_MULTICAST_LOOP"),
+    Known(libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 4, "IP_BIND_ADDRESS_NO_PORT"),
+];
+
+const IPV6_LEVEL: &[Known] = &[
+    Known(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 4, "IPV6_V6ONLY"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 4, "IPV6_TCLASS"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 4, "IPV6_UNICAST_HOPS"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4, "IPV6_MULTICAST_HOPS"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4, "IPV6_MULTICAST_LOOP"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 4, "IPV6_RECVPKTINFO"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 4, "IPV6_RECVERR"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, 4, "IPV6_MTU_DISCOVER"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 4, "IPV6_FREEBIND"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, 4, "IPV6_TRANSPARENT"),
+];
+
+/// The options that apply to a socket of this family and protocol.
+fn applicable(family: i32, protocol: i32) -> impl Iterator<Item = &'static Known> {
+    let ip = if family == libc::AF_INET6 { IPV6_LEVEL } else { IPV4_LEVEL };
+    let tcp: &[Known] = if protocol == libc::IPPROTO_TCP { TCP_LEVEL } else { &[] };
+    SOCKET_LEVEL.iter().chain(ip).chain(tcp)
+}
+
+/// The name of an option, for messages.
+pub fn name(level: i32, option: i32) -> String {
+    let known = SOCKET_LEVEL.iter().chain(TCP_LEVEL).chain(IPV4_LEVEL).chain(IPV6_LEVEL);
+    known
+        .into_iter()
+        .find(|k| k.0 == level && k.1 == option)
+        .map(|k| k.3.to_string())
+        .unwrap_or_else(|| format!("option {option} of level {level}"))
+}
+
+/// The options of `socket` whose values differ from those of `fresh`, a new socket of the same
+/// family, type and protocol. An option the kernel does not report for this socket is skipped.
+pub fn differing(socket: BorrowedFd, fresh: BorrowedFd, family: i32, protocol: i32) -> Vec<SocketOption> {
+    applicable(family, protocol)
+        .filter_map(|k| {
+            let value = socket::get_bytes(socket, k.0, k.1, k.2).ok()?;
+            let default = socket::get_bytes(fresh, k.0, k.1, k.2).ok();
+            (default.as_ref() != Some(&value)).then(|| SocketOption { level: k.0, name: k.1, value })
+        })
+        .collect()
+}
+
+/// Whether the option is SO_REUSEADDR, which restore sets only after binding.
+pub fn is_reuse_address(o: &SocketOption) -> bool {
+    (o.level, o.name) == (libc::SOL_SOCKET, libc::SO_REUSEADDR)
+}
+
+/// Sets one recorded option on crust's copy of a restored socket.
+pub fn apply(socket: BorrowedFd, o: &SocketOption) -> Result<()> {
+    let int = |v: &[u8]| v.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0);
+    let what = || format!("setting {} to {:?}", name(o.level, o.name), o.value);
+    match (o.level, o.name) {
+        // getsockopt reports twice what was set (the kernel's bookkeeping overhead); the
+        // FORCE variants take the value as root may set it, past net.core.[rw]mem_max.
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => {
+            socket::set_int(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, int(&o.value) / 2).with_context(what)
+        }
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => {
+            socket::set_int(socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, int(&o.value) / 2).with_context(what)
+        }
+        _ => socket::set_bytes(socket, o.level, o.name, &o.value).with_context(what),
+    }
+}

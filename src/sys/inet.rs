@@ -1,0 +1,159 @@
+//! IPv4 and IPv6 socket calls crust makes on its own descriptors (the `pidfd_getfd` copies of a
+//! process's sockets, which share the process's open file description): names, bind, listen,
+//! connect. Addresses are [`InetAddr`], the family's sockaddr in plain fields.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::errno::Errno;
+
+use super::SysError;
+
+/// An IPv4 or IPv6 socket address as the kernel holds it (IPv6 with its flow label and scope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InetAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub flowinfo: u32,
+    pub scope_id: u32,
+}
+
+impl InetAddr {
+    /// The wildcard address with port 0: what an unbound socket reports.
+    pub fn is_unspecified(&self) -> bool {
+        self.ip.is_unspecified() && self.port == 0
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    fn to_storage(&self) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match self.ip {
+            IpAddr::V4(ip) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: self.port.to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            IpAddr::V6(ip) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: self.port.to_be(),
+                    sin6_flowinfo: self.flowinfo.to_be(),
+                    sin6_addr: libc::in6_addr { s6_addr: ip.octets() },
+                    sin6_scope_id: self.scope_id,
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    }
+
+    fn from_storage(ss: &libc::sockaddr_storage) -> Option<InetAddr> {
+        match ss.ss_family as i32 {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin: libc::sockaddr_in = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+                Some(InetAddr {
+                    ip: IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                    port: u16::from_be(sin.sin_port),
+                    flowinfo: 0,
+                    scope_id: 0,
+                })
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+                Some(InetAddr {
+                    ip: IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)),
+                    port: u16::from_be(sin6.sin6_port),
+                    flowinfo: u32::from_be(sin6.sin6_flowinfo),
+                    scope_id: sin6.sin6_scope_id,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for InetAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}", self.socket_addr())
+    }
+}
+
+type NameCall = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn name(fd: BorrowedFd, call: NameCall, what: &str) -> Result<Option<InetAddr>, SysError> {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `ss`, which is that large.
+    let ret = unsafe { call(fd.as_raw_fd(), (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    match Errno::result(ret) {
+        Ok(_) => Ok(InetAddr::from_storage(&ss)),
+        Err(Errno::ENOTCONN) => Ok(None),
+        Err(e) => Err(SysError::new(what, e)),
+    }
+}
+
+/// getsockname(2): the local address (the wildcard with port 0 when unbound).
+pub fn local_address(fd: BorrowedFd) -> Result<Option<InetAddr>, SysError> {
+    name(fd, libc::getsockname, "getsockname")
+}
+
+/// getpeername(2): the address it is connected to, None when it is not connected.
+pub fn peer_address(fd: BorrowedFd) -> Result<Option<InetAddr>, SysError> {
+    name(fd, libc::getpeername, "getpeername")
+}
+
+pub fn bind(fd: BorrowedFd, addr: &InetAddr) -> Result<(), SysError> {
+    let (ss, len) = addr.to_storage();
+    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
+    let ret = unsafe { libc::bind(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) };
+    Errno::result(ret).map_err(|e| SysError::new(format!("bind({addr})"), e))?;
+    Ok(())
+}
+
+pub fn connect(fd: BorrowedFd, addr: &InetAddr) -> Result<(), SysError> {
+    let (ss, len) = addr.to_storage();
+    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
+    let ret = unsafe { libc::connect(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) };
+    Errno::result(ret).map_err(|e| SysError::new(format!("connect({addr})"), e))?;
+    Ok(())
+}
+
+pub fn listen(fd: BorrowedFd, backlog: u32) -> Result<(), SysError> {
+    // SAFETY: integer arguments.
+    let ret = unsafe { libc::listen(fd.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) };
+    Errno::result(ret).map_err(|e| SysError::new(format!("listen(backlog {backlog})"), e))?;
+    Ok(())
+}
+
+/// A socket of crust's own (closed when dropped), to learn a fresh socket's option values.
+pub fn fresh_socket(family: i32, kind: i32, protocol: i32) -> Result<std::os::fd::OwnedFd, SysError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments; a new fd is returned on success.
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
+    let fd = Errno::result(fd).map_err(|e| SysError::new(format!("socket({family}, {kind}, {protocol})"), e))?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// shutdown(2) with SHUT_RD, SHUT_WR or SHUT_RDWR.
+pub fn shutdown(fd: BorrowedFd, how: i32) -> Result<(), SysError> {
+    // SAFETY: integer arguments.
+    let ret = unsafe { libc::shutdown(fd.as_raw_fd(), how) };
+    Errno::result(ret).map_err(|e| SysError::new(format!("shutdown({how})"), e))?;
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! IPv4 and IPv6 sockets that are not connections: listeners (IPv4, IPv6 only, dual stack),
+//! bound and unbound TCP sockets, UDP sockets bound and connected, with their options; and a
+//! real server nobody here wrote (`python3 -m http.server`), which serves again after restore.
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Every IP socket of `pid` as `ss` shows it (state, queues or backlog, addresses, owner,
+/// v6only), by fd; the inode and kernel address, which a restore changes, left out.
+fn sockets_view(pid: i32) -> Vec<String> {
+    let out = std::process::Command::new("ss").args(["-tuanHe"]).output().expect("running ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut view = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let link = std::fs::read_link(entry.path()).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(inode) = link.strip_prefix("socket:[").and_then(|l| l.strip_suffix(']')) else { continue };
+        let needle = format!("ino:{inode}");
+        let line = text.lines().find(|l| l.split_whitespace().any(|w| w == needle)).unwrap_or("(not listed by ss)");
+        let kept: Vec<&str> = line.split_whitespace().filter(|w| !w.starts_with("ino:") && !w.starts_with("sk:")).collect();
+        view.push(format!("fd {}: {}", entry.file_name().to_string_lossy(), kept.join(" ")));
+    }
+    view.sort();
+    view
+}
+
+/// inet_sockets.c: eight sockets (see the workload) come back with the same names, peers,
+/// backlogs, owners and options, checked from inside (getsockname, getpeername, getsockopt,
+/// new connections and datagrams) and from `ss`; the IPv6-only listener's port was held by a
+/// connection in TIME_WAIT and is bound again all the same.
+#[test]
+fn listeners_bound_unbound_and_udp_sockets_come_back_with_names_and_options() {
+    let mut w = Workload::spawn("inet_sockets", &[]);
+    let before = w.snapshot();
+    let view = sockets_view(w.pid);
+    assert_eq!(view.len(), 8, "test setup: {view:#?}");
+    assert!(view.iter().any(|l| l.contains("LISTEN 0 9 [::1]:")), "test setup: {view:#?}");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(sockets_view(w.pid), view, "sockets after restore (ss)");
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// The port a process listens on (its only listening TCP socket), from `ss`.
+fn listening_port(pid: i32) -> u16 {
+    let view = sockets_view(pid);
+    let line = view.iter().find(|l| l.contains(" LISTEN ")).unwrap_or_else(|| panic!("no listener: {view:#?}"));
+    let local = line.split_whitespace().nth(6).unwrap();
+    local.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// `python3 -m http.server` on 127.0.0.1 (a port of its own choosing), which has served a
+/// request (its port is held by a connection in TIME_WAIT): after the dump it is gone, after
+/// the restore it serves the same file on the same port, its listener as it was.
+#[test]
+fn python_http_server_serves_again_after_restore() {
+    let mut w = Workload::spawn_program("http-server", "python3", &["-m", "http.server", "0", "--bind", "127.0.0.1"]);
+    std::fs::write(w.dir.path.join("hello.txt"), "hello from before the checkpoint\n").unwrap();
+    let mut port = 0;
+    wait_until("http.server to listen", Duration::from_secs(15), || {
+        port = sockets_view(w.pid).iter().any(|l| l.contains(" LISTEN ")).then(|| listening_port(w.pid)).unwrap_or(0);
+        port != 0
+    });
+    let answer = http_get(port, "/hello.txt").expect("GET before the dump");
+    assert!(answer.contains("hello from before the checkpoint"), "test setup: {answer}");
+    let view = sockets_view(w.pid);
+    w.dump();
+    assert!(http_get(port, "/hello.txt").is_err(), "the server still answers after the dump killed it");
+    w.restore_detached();
+    assert_eq!(sockets_view(w.pid), view, "the listener after restore (ss)");
+    let answer = http_get(port, "/hello.txt").expect("GET after the restore");
+    assert!(answer.starts_with("HTTP/1.0 200") && answer.contains("hello from before the checkpoint"), "after restore: {answer}");
+}
+
+/// dump -R reads the sockets without touching them: `ss` shows them as before and the
+/// program finds every name, option and listener as it left it.
+#[test]
+fn dump_leave_running_leaves_ip_sockets_untouched() {
+    let mut w = Workload::spawn("inet_sockets", &[]);
+    let view = sockets_view(w.pid);
+    let out = w.dump_with(&["-R"]);
+    assert!(out.success(), "dump -R failed:\n{out}");
+    assert_eq!(sockets_view(w.pid), view, "sockets after dump -R (ss)");
+    let result = w.go();
+    result.assert_pass();
+}
