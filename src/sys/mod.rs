@@ -3,6 +3,7 @@
 
 pub mod clone3;
 pub mod lease_probe;
+pub mod netlink;
 pub mod notify;
 pub mod pagemap;
 pub mod pidfd;

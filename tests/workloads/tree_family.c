@@ -18,13 +18,12 @@
  * children) and passes only if each exited 0. The parent's PASS is therefore the last
  * line.
  *
- * argv[2] == "socket": the grandchild also holds a netlink socket, which crust refuses (for the
+ * argv[2] == "socket": the grandchild also holds a packet socket, which crust refuses (for the
  * refusal test), and reports sockfd=N in its READY line.
  */
 #include "tree_common.h"
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <linux/netlink.h>
 #include <sys/stat.h>
 
 #define OWN_WORDS (96 * 1024 / 8)
@@ -132,7 +131,7 @@ int main(int argc, char **argv)
 		if (gc == 0) {
 			become(0x6C);
 			if (with_socket) {
-				sockfd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+				sockfd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
 				if (sockfd < 0)
 					die("grandchild: socket: %s", strerror(errno));
 			}

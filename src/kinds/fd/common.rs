@@ -136,3 +136,36 @@ pub fn seek_to_position(ctx: &mut RestoreCtx, fd: i32, file: &OpenFile, identity
     }
     Ok(())
 }
+
+/// Socket options (level, name, largest value size) whose values on `socket` differ from
+/// those on `fresh`, a new socket of the same kind: what the program changed. An option the
+/// kernel does not report for `socket` is skipped.
+pub fn options_differing(
+    socket: std::os::fd::BorrowedFd,
+    fresh: std::os::fd::BorrowedFd,
+    options: impl Iterator<Item = (i32, i32, usize)>,
+) -> Vec<crate::image::proto::SocketOption> {
+    use crate::sys::socket::get_bytes;
+    options
+        .filter_map(|(level, name, len)| {
+            let value = get_bytes(socket, level, name, len).ok()?;
+            let default = get_bytes(fresh, level, name, len).ok();
+            (default.as_ref() != Some(&value)).then_some(crate::image::proto::SocketOption { level, name, value })
+        })
+        .collect()
+}
+
+/// Sets one recorded socket option (see [`options_differing`]) on crust's copy of a restored
+/// socket; `what` names it in errors.
+pub fn apply_socket_option(socket: std::os::fd::BorrowedFd, o: &crate::image::proto::SocketOption, what: &str) -> Result<()> {
+    use crate::sys::socket::{set_bytes, set_int};
+    let int = o.value.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0);
+    let context = || format!("setting {what} to {:?}", o.value);
+    match (o.level, o.name) {
+        // getsockopt reports twice what was set (the kernel's bookkeeping overhead); the
+        // FORCE variants take the value as root may set it, past net.core.[rw]mem_max.
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => set_int(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, int / 2).with_context(context),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => set_int(socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, int / 2).with_context(context),
+        _ => set_bytes(socket, o.level, o.name, &o.value).with_context(context),
+    }
+}

@@ -40,6 +40,7 @@ pub mod fifo;
 pub mod inet_socket;
 pub mod inotify;
 pub mod memfd;
+pub mod netlink_socket;
 pub mod pipe;
 pub mod regular;
 pub mod shared_memory;
@@ -70,6 +71,7 @@ pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<chardev::CharDevices>::KIND,
     &Registered::<pipe::Pipes>::KIND,
     &Registered::<inet_socket::InetSockets>::KIND,
+    &Registered::<netlink_socket::NetlinkSockets>::KIND,
     &Registered::<unix_socket::UnixSockets>::KIND,
     &Registered::<eventfd::Eventfds>::KIND,
     &Registered::<signalfd::Signalfds>::KIND,

@@ -24,6 +24,7 @@ fn every_variant() -> Vec<K> {
         K::SharedMemory(Default::default()),
         K::Tty(Default::default()),
         K::InetSocket(Default::default()),
+        K::NetlinkSocket(Default::default()),
     ];
     // A variant added to the schema does not compile here until it is listed above as well.
     for kind in &all {
@@ -41,7 +42,8 @@ fn every_variant() -> Vec<K> {
             | K::Fifo(_)
             | K::SharedMemory(_)
             | K::Tty(_)
-            | K::InetSocket(_) => {}
+            | K::InetSocket(_)
+            | K::NetlinkSocket(_) => {}
         }
     }
     all

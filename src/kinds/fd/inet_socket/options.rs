@@ -5,14 +5,14 @@
 //! type and protocol on this host: that is exactly what the program (or its libraries)
 //! changed, and defaults the kernel derives from sysctls stay derived. Options that cannot be
 //! set again as they are read (SO_RCVBUF, SO_SNDBUF: the kernel doubles what it is given) are
-//! translated when applied.
+//! translated when applied (`common::apply_socket_option`).
 
 use std::os::fd::BorrowedFd;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
+use super::super::common;
 use crate::image::proto::SocketOption;
-use crate::sys::socket;
 
 /// One option crust carries over: level, name, the most bytes its value takes, a name for people.
 struct Known(i32, i32, usize, &'static str);
@@ -104,15 +104,9 @@ pub fn name(level: i32, option: i32) -> String {
 }
 
 /// The options of `socket` whose values differ from those of `fresh`, a new socket of the same
-/// family, type and protocol. An option the kernel does not report for this socket is skipped.
+/// family, type and protocol.
 pub fn differing(socket: BorrowedFd, fresh: BorrowedFd, family: i32, protocol: i32) -> Vec<SocketOption> {
-    applicable(family, protocol)
-        .filter_map(|k| {
-            let value = socket::get_bytes(socket, k.0, k.1, k.2).ok()?;
-            let default = socket::get_bytes(fresh, k.0, k.1, k.2).ok();
-            (default.as_ref() != Some(&value)).then(|| SocketOption { level: k.0, name: k.1, value })
-        })
-        .collect()
+    common::options_differing(socket, fresh, applicable(family, protocol).map(|k| (k.0, k.1, k.2)))
 }
 
 /// Whether the option is SO_REUSEADDR, which restore sets only after binding.
@@ -122,17 +116,5 @@ pub fn is_reuse_address(o: &SocketOption) -> bool {
 
 /// Sets one recorded option on crust's copy of a restored socket.
 pub fn apply(socket: BorrowedFd, o: &SocketOption) -> Result<()> {
-    let int = |v: &[u8]| v.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0);
-    let what = || format!("setting {} to {:?}", name(o.level, o.name), o.value);
-    match (o.level, o.name) {
-        // getsockopt reports twice what was set (the kernel's bookkeeping overhead); the
-        // FORCE variants take the value as root may set it, past net.core.[rw]mem_max.
-        (libc::SOL_SOCKET, libc::SO_RCVBUF) => {
-            socket::set_int(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, int(&o.value) / 2).with_context(what)
-        }
-        (libc::SOL_SOCKET, libc::SO_SNDBUF) => {
-            socket::set_int(socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, int(&o.value) / 2).with_context(what)
-        }
-        _ => socket::set_bytes(socket, o.level, o.name, &o.value).with_context(what),
-    }
+    common::apply_socket_option(socket, o, &name(o.level, o.name))
 }
