@@ -118,7 +118,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let frozen_time = freeze_start.elapsed();
     let foreground_pgid = foreground_pgid(root, &members);
     // A failed dump changes nothing: the tree goes on exactly as it was.
-    let (entries, shared_data, pages_bytes) = match collected {
+    let Collected { entries, data_files: shared_data, pages_bytes, mut kinds } = match collected {
         Ok(c) => c,
         Err(e) => {
             resume_after_failure(&mut frozen);
@@ -136,6 +136,9 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
         (Ok(inventory), false) => {
             release_all(&mut frozen, opts.end())?;
             info!(%root, end = ?opts.end(), "released after the dump");
+            if opts.end() == End::Kill {
+                crate::kinds::fd::after_kill(&mut kinds)?;
+            }
             inventory
         }
         (Ok(inventory), true) => inventory,
@@ -308,10 +311,11 @@ fn collect_tree(
     image: &ImageDir,
     progress: &Progress,
     opts: &DumpOptions,
-) -> Result<(Vec<ProcessEntry>, Vec<String>, u64)> {
+) -> Result<Collected> {
     let mut open_files = OpenFileTable::default();
     open_files.externals = opts.externals.clone();
     open_files.shell_job = opts.shell_job;
+    open_files.permits = opts.permits.clone();
     let parent_of = |pid: Pid| {
         members
             .iter()
@@ -343,6 +347,7 @@ fn collect_tree(
         pages_bytes += collect(f, files, image, progress, &mut open_files, parent)?;
     }
     let sysv_data = open_files.state.get::<crate::kinds::sysv_shm::SysvSegments>().data_files();
+    let kinds = std::mem::take(&mut open_files.state);
     let open_files = open_files.into_record();
     image.write_record(image::OPEN_FILES, &open_files)?;
     let entries = members
@@ -362,7 +367,18 @@ fn collect_tree(
     let mut data_files = crate::kinds::files::data_files(&open_files);
     data_files.extend(sysv_data);
     crate::fault::point("dump-collected")?;
-    Ok((entries, data_files, pages_bytes))
+    Ok(Collected { entries, data_files, pages_bytes, kinds })
+}
+
+/// What collecting the tree gives the rest of the dump.
+struct Collected {
+    /// The inventory entries (data files filled in later).
+    entries: Vec<ProcessEntry>,
+    /// Data files that belong to no single process.
+    data_files: Vec<String>,
+    pages_bytes: u64,
+    /// What the fd kinds kept (their copies of files they act on after the kill).
+    kinds: crate::kinds::fd::KindState,
 }
 
 /// A failed PTRACE_SEIZE of thread `tid` of `pid`, with why when crust can tell.
@@ -400,7 +416,7 @@ fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Re
         if pid != root {
             precheck(pid)?;
         }
-        crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job)?;
+        crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job, &opts.permits)?;
         queue.extend(children_of(pid));
     }
     Ok(())

@@ -1,9 +1,10 @@
 //! What the reference tool's permission options allow that crust does not checkpoint yet.
 //!
-//! Options such as `--tcp-established` or `--link-remap` only *permit* a kind of object (a TCP
-//! connection, a deleted file linked back): crust refuses every such object at dump by pid, fd
-//! and kind whatever the options say, so accepting them changes nothing wrong. Their values are
-//! recorded here, in the dump and restore options, for the work that will honour them.
+//! Options such as `--tcp-established` or `--link-remap` *permit* a kind of object (a TCP
+//! connection, a deleted file linked back): without them crust refuses such an object at dump by
+//! pid, fd and kind. Their values are recorded here, in the dump and restore options; the kinds
+//! that honour them read them here (`--tcp-established` and `--skip-in-flight` so far), and any
+//! object crust cannot restore exactly is refused whatever the options say.
 
 /// The permission options given to `crust dump` or `crust restore`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -51,6 +51,8 @@ pub struct OpenFileTable {
     pub externals: Vec<String>,
     /// dump --shell-job: terminals are allowed, and reconnected to crust's at restore.
     pub shell_job: bool,
+    /// What the reference tool's permission options allow (--tcp-established...).
+    pub permits: crate::permits::Permits,
     /// What the kinds keep while the tree is dumped (pipe ends, SysV segments, the locked
     /// files...), each under its own type.
     pub state: KindState,
@@ -235,6 +237,7 @@ fn dump_fd(ctx: &mut DumpCtx, fd: i32, record: &mut FilesRecord, seen_posix: &mu
         fdinfo: &fdinfo,
         image: ctx.image,
         shell_job: table.shell_job,
+        permits: &table.permits,
         inode_seen,
     };
     let (kind, created_with) = record_description(&src, &mut table.state)?;
@@ -355,7 +358,7 @@ pub fn external_key(file: &OpenFile) -> Option<String> {
 /// (a deleted file, a TCP socket, a terminal without --shell-job, an unknown kind...): a tree
 /// that will be refused is never stopped. Nothing of the process is touched (crust inspects
 /// its own copies of the fds). The dump makes the same checks again once frozen.
-pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool) -> Result<()> {
+pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool, permits: &crate::permits::Permits) -> Result<()> {
     let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return Ok(()) }; // gone: the freeze says so
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Ok(()) };
     for fd in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
@@ -365,7 +368,7 @@ pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool) -
         let Ok(fdinfo) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else { continue };
         let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) else { continue };
         let Ok(meta) = File::from(copy.try_clone()?).metadata() else { continue };
-        let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image, shell_job, inode_seen: false };
+        let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image, shell_job, permits, inode_seen: false };
         match fd::KINDS.iter().find(|kind| kind.recognises(&src)) {
             Some(kind) => kind.refuse_early(&src)?,
             None => return record_description(&src, &mut KindState::default()).map(drop),

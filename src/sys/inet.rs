@@ -157,3 +157,38 @@ pub fn shutdown(fd: BorrowedFd, how: i32) -> Result<(), SysError> {
     Errno::result(ret).map_err(|e| SysError::new(format!("shutdown({how})"), e))?;
     Ok(())
 }
+
+/// SIOCINQ, SIOCOUTQ, SIOCOUTQNSD: bytes waiting to be read, written and not yet acknowledged,
+/// written and not yet sent.
+pub const SIOCINQ: u64 = 0x541B;
+pub const SIOCOUTQ: u64 = 0x5411;
+pub const SIOCOUTQNSD: u64 = 0x894B;
+
+pub fn queued_bytes(fd: BorrowedFd, request: u64) -> Result<u32, SysError> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: these ioctls write one int into `n`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, &mut n) };
+    Errno::result(ret).map_err(|e| SysError::new(format!("ioctl({request:#x})"), e))?;
+    Ok(n as u32)
+}
+
+/// recv(2) with MSG_PEEK | MSG_DONTWAIT of up to `len` bytes: what is queued, left in place.
+pub fn peek(fd: BorrowedFd, len: usize) -> Result<Vec<u8>, SysError> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    // SAFETY: the kernel writes at most `len` bytes into `buf`, which is that long.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    let n = Errno::result(n).map_err(|e| SysError::new(format!("recv(MSG_PEEK, {len} bytes)"), e))?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// send(2) with MSG_DONTWAIT | MSG_NOSIGNAL: how many bytes of `data` the kernel took.
+pub fn send_some(fd: BorrowedFd, data: &[u8]) -> Result<usize, SysError> {
+    // SAFETY: the kernel reads at most `data.len()` bytes from `data`.
+    let n = unsafe { libc::send(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let n = Errno::result(n).map_err(|e| SysError::new(format!("send({} bytes)", data.len()), e))?;
+    Ok(n as usize)
+}

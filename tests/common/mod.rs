@@ -868,7 +868,12 @@ impl Workload {
     /// Dumps (must succeed), then reaps the killed original and checks it is gone.
     #[track_caller]
     pub fn dump(&mut self) -> CrustOutput {
-        let out = self.dump_with(&[]);
+        self.dump_killing(&[])
+    }
+
+    /// `crust dump` with `extra` options, which must succeed and kill the process (reaped).
+    pub fn dump_killing(&mut self, extra: &[&str]) -> CrustOutput {
+        let out = self.dump_with(extra);
         assert!(out.success(), "dump of {} (pid {}) failed:\n{out}\n--- workload log ---\n{}", self.name, self.pid, self.log_text());
         let pid = self.pid;
         if self.owned.contains(&pid) {
@@ -897,6 +902,18 @@ impl Workload {
         a.push("-D".into());
         a.push(self.image_dir.to_string_lossy().into_owned());
         a
+    }
+
+    /// `crust restore -d -s -D IMG`: the tree is restored and left stopped (SIGCONT resumes it),
+    /// so that its state can be compared before it runs.
+    pub fn restore_stopped(&mut self) -> CrustOutput {
+        let mut args = self.restore_args(true);
+        args.insert(1, "--leave-stopped".into());
+        let out = crust_env(args, &self.crust_env);
+        self.adopt_if_restored();
+        assert!(out.success(), "restore -d -s of {} failed:\n{out}", self.name);
+        assert_eq!(proc_state(self.pid), Some('T'), "restored pid {} is not stopped:\n{out}", self.pid);
+        out
     }
 
     /// `crust restore -d -D IMG`, no assertions (but a process that appears is owned).

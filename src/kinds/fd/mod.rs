@@ -114,6 +114,14 @@ pub trait FdKind: 'static {
         Ok(())
     }
 
+    /// Dump without -R, once the tree was killed: what must happen before crust lets go of the
+    /// copies of the tree's files it kept in `state` (TCP connections are closed silently, in
+    /// repair mode, so that their peers see nothing).
+    fn after_kill(state: &mut KindState) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Restore, before any process exists: what must still be true of the machine.
     fn precheck(file: &OpenFile, record: &Self::Record) -> Result<()> {
         let _ = (file, record);
@@ -189,6 +197,8 @@ pub struct FdSource<'a> {
     pub image: &'a crate::image::ImageDir,
     /// dump --shell-job was given.
     pub shell_job: bool,
+    /// What the reference tool's permission options given to dump allow (--tcp-established...).
+    pub permits: &'a crate::permits::Permits,
     /// Another open file description of the same inode (dev, ino) was recorded before this one
     /// (meaningful for files that cannot be reopened by path, like a memfd; anonymous-inode
     /// kinds all share one inode).
@@ -252,6 +262,7 @@ pub trait DynFdKind: Sync {
     fn refuse_early(&self, src: &FdSource) -> Result<()>;
     fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)>;
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()>;
+    fn after_kill(&self, state: &mut KindState) -> Result<()>;
     fn precheck(&self, file: &OpenFile) -> Result<()>;
     fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32>;
     /// Called with every description the process created; the kind takes its own.
@@ -298,6 +309,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
         K::check_tree(files, tree, state)
     }
+    fn after_kill(&self, state: &mut KindState) -> Result<()> {
+        K::after_kill(state)
+    }
     fn precheck(&self, file: &OpenFile) -> Result<()> {
         K::precheck(file, Self::record(file)?)
     }
@@ -335,6 +349,19 @@ impl<K: FdKind> DynFdKind for Registered<K> {
 }
 
 /// The registered kind whose record `kind` is.
+/// Dump without -R, once the tree was killed: every kind's [`FdKind::after_kill`]. All run; the
+/// first error is returned.
+pub fn after_kill(state: &mut KindState) -> Result<()> {
+    let mut result = Ok(());
+    for kind in KINDS {
+        let r = kind.after_kill(state).with_context(|| format!("after the kill: {}", kind.name()));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
+}
+
 pub fn kind_of(kind: &open_file::Kind) -> Option<&'static dyn DynFdKind> {
     KINDS.iter().copied().find(|k| k.owns(kind))
 }

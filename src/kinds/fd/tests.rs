@@ -79,6 +79,7 @@ fn recognised_as(fd: &OwnedFd, link: &str) -> Option<&'static str> {
         fdinfo: "",
         image: &image,
         shell_job: false,
+        permits: &Default::default(),
         inode_seen: false,
     };
     KINDS.iter().find(|k| k.recognises(&src)).map(|k| k.name())

@@ -10,15 +10,20 @@
 //! checkpointed process is bound again as the kernel allows with SO_REUSEADDR, set for the
 //! bind only.
 //!
-//! Refused by pid and fd: TCP connections (established or on their way: SYN_SENT, FIN_WAIT...)
-//! and listeners with connections not yet accepted, until crust restores TCP connections;
-//! UDP sockets with datagrams queued; other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
+//! Established TCP connections come back with `--tcp-established` when both their ends are in
+//! the tree (see `tcp`).
+//!
+//! Refused by pid and fd: established connections without `--tcp-established` or with a peer
+//! outside the tree, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
+//! listeners with connections not yet accepted (left out with `--skip-in-flight`), UDP
+//! sockets with datagrams queued; other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
 //! filters and upper-layer protocols (kTLS).
 //!
 //! Known limits: multicast group memberships (IP_ADD_MEMBERSHIP) cannot be read back from the
 //! kernel per socket and are not restored.
 
 mod options;
+mod tcp;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -26,7 +31,7 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Dumped, FdKind, FdSource, KindState, Together};
+use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
 use crate::image::proto::{InetAddress, InetSocket, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::sys::inet::{self, InetAddr};
@@ -56,13 +61,33 @@ impl FdKind for InetSockets {
             && matches!(socket::get_int(src.copy.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6))
     }
 
-    /// Reading a socket changes nothing, so every refusal can be made before the freeze.
+    /// Reading a socket changes nothing, so every refusal can be made before the freeze (TCP
+    /// connections are only read in repair mode once it is frozen).
     fn refuse_early(src: &FdSource) -> Result<()> {
-        dump(src).map(drop)
+        dump(src, None).map(drop)
     }
 
-    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<InetSocket>> {
-        dump(src).map(Dumped::alone)
+    fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<InetSocket>> {
+        dump(src, Some(state)).map(Dumped::alone)
+    }
+
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
+        refuse_peers_outside(files, tree)
+    }
+
+    fn after_kill(state: &mut KindState) -> Result<()> {
+        tcp::close_silently(std::mem::take(&mut state.get::<ConnectionCopies>().0));
+        Ok(())
+    }
+
+    /// Every process exists now, and with it the peer of every connection: out of repair mode.
+    fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &InetSocket)]) -> Result<()> {
+        for (file, record) in files.iter().filter(|(_, r)| r.tcp.is_some()) {
+            let fd = ctx.work_fd_floor + file.id as i32;
+            let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
+            tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
+        }
+        Ok(())
     }
 
     /// A damaged record is refused before any process exists.
@@ -123,7 +148,13 @@ fn protocol_name(protocol: i32) -> String {
     }
 }
 
-fn dump(src: &FdSource) -> Result<InetSocket> {
+/// crust's copies of the tree's TCP connections, closed silently once the tree was killed.
+#[derive(Default)]
+struct ConnectionCopies(Vec<std::os::fd::OwnedFd>);
+
+/// Records the socket; `state` is None before the freeze (refusals only: a connection is read
+/// once the tree is frozen).
+fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     let fd = src.copy.as_fd();
     let opt = |name: i32| {
         socket::get_int(fd, libc::SOL_SOCKET, name).with_context(|| format!("pid {} fd {}: getsockopt({name})", src.pid, src.fd))
@@ -157,14 +188,42 @@ fn dump(src: &FdSource) -> Result<InetSocket> {
     let name_of = |a: Option<InetAddr>| a.filter(|a| !a.is_unspecified()).map(|a| to_record(&a));
     record.local = name_of(local);
     record.peer = name_of(inet::peer_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?);
-    refuse_state(&record, &diag).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
+    refuse_state(&record, &diag, src.permits).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     if diag.state == TCP_LISTEN {
         record.backlog = diag.wqueue;
     }
     refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
-    record.options = options::differing(fd, fresh.as_fd(), family, protocol);
+    record.options = options::differing(fd, fresh.as_fd(), family, protocol, diag.state == TCP_ESTABLISHED);
+    if let (Some(state), TCP_ESTABLISHED, libc::IPPROTO_TCP) = (state, diag.state, protocol) {
+        let connection = tcp::read(fd).with_context(|| format!("pid {} fd {}: reading {}", src.pid, src.fd, describe(&record)))?;
+        record.tcp = Some(connection);
+        state.get::<ConnectionCopies>().0.push(src.copy.try_clone()?);
+    }
     Ok(record)
+}
+
+/// A connection is restored with its peer: both ends must be in the tree (a peer elsewhere
+/// would need the network locked while the tree is away, which crust does not do yet).
+fn refuse_peers_outside(files: &[OpenFile], tree: &WholeTree) -> Result<()> {
+    let connections: Vec<(u32, &InetSocket)> = files
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Some(open_file::Kind::InetSocket(r)) if r.tcp.is_some() => Some((f.id, r)),
+            _ => None,
+        })
+        .collect();
+    for (id, r) in &connections {
+        if !connections.iter().any(|(_, other)| other.local == r.peer && other.peer == r.local) {
+            let (pid, fd) = tree.holders.get(id).and_then(|h| h.first().copied()).unwrap_or((0, -1));
+            bail!(
+                "pid {pid} fd {fd}: {} has its peer outside the dumped tree; crust restores a TCP connection only \
+                 with its peer (a peer elsewhere needs the network lock, not supported yet)",
+                describe(r)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What inet_diag would say of a socket never bound: its TCP state (a TCP socket connecting
@@ -179,12 +238,19 @@ fn unbound(fd: BorrowedFd, protocol: i32) -> Result<inet_diag::InetDiag, String>
 }
 
 /// What crust cannot bring back of the socket's state.
-fn refuse_state(r: &InetSocket, diag: &inet_diag::InetDiag) -> Result<(), String> {
+fn refuse_state(r: &InetSocket, diag: &inet_diag::InetDiag, permits: &crate::permits::Permits) -> Result<(), String> {
     let state = diag.state;
     if r.protocol == libc::IPPROTO_TCP {
         match state {
-            TCP_LISTEN if diag.rqueue > 0 => {
-                return Err(format!("has {} connection(s) not yet accepted, which crust cannot checkpoint yet", diag.rqueue));
+            TCP_ESTABLISHED if !permits.tcp_established => {
+                return Err("is an established TCP connection: dump with --tcp-established to checkpoint it".into());
+            }
+            TCP_ESTABLISHED => {}
+            TCP_LISTEN if diag.rqueue > 0 && !permits.skip_in_flight => {
+                return Err(format!(
+                    "has {} connection(s) not yet accepted, which crust cannot checkpoint yet (--skip-in-flight leaves them out)",
+                    diag.rqueue
+                ));
             }
             TCP_LISTEN | TCP_CLOSE => {}
             _ => {
@@ -246,15 +312,10 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &InetSocket) -> Result<i32> {
     for o in r.options.iter().filter(|o| !options::is_reuse_address(o)) {
         options::apply(copy, o)?;
     }
-    if let Some(local) = &local {
-        socket::set_int(copy, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("setting SO_REUSEADDR for the bind")?;
-        inet::bind(copy, local)?;
-    }
-    if r.state == TCP_LISTEN as u32 {
-        inet::listen(copy, r.backlog)?;
-    }
-    if let Some(peer) = &peer {
-        inet::connect(copy, peer)?;
+    match (&r.tcp, &local, &peer) {
+        (Some(connection), Some(local), Some(peer)) => tcp::restore(copy, connection, local, peer)?,
+        (Some(_), _, _) => bail!("a TCP connection without both addresses"),
+        (None, _, _) => bind_listen_connect(copy, r, local.as_ref(), peer.as_ref())?,
     }
     shut_down(copy, r.shutdown)?;
     let reuse = r.options.iter().find(|o| options::is_reuse_address(o));
@@ -264,6 +325,22 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &InetSocket) -> Result<i32> {
     }
     super::common::set_status_flags(ctx, fd, file.flags)?;
     Ok(fd)
+}
+
+/// A socket that is not a TCP connection: bound (SO_REUSEADDR for the bind: a port of the
+/// program's own connections in TIME_WAIT is its to take), listening, connected (UDP).
+fn bind_listen_connect(copy: BorrowedFd, r: &InetSocket, local: Option<&InetAddr>, peer: Option<&InetAddr>) -> Result<()> {
+    if let Some(local) = local {
+        socket::set_int(copy, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("setting SO_REUSEADDR for the bind")?;
+        inet::bind(copy, local)?;
+    }
+    if r.state == TCP_LISTEN as u32 {
+        inet::listen(copy, r.backlog)?;
+    }
+    if let Some(peer) = peer {
+        inet::connect(copy, peer)?;
+    }
+    Ok(())
 }
 
 /// socket(2) in the process with its filesystem uid set to the socket's owner: the kernel

@@ -68,8 +68,6 @@ const IPV4_LEVEL: &[Known] = &[
     Known(libc::IPPROTO_IP, libc::IP_RECVTOS, 4, "IP_RECVTOS"),
     Known(libc::IPPROTO_IP, libc::IP_RECVTTL, 4, "IP_RECVTTL"),
     Known(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, 4, "IP_MTU_DISCOVER"),
-    Known(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4, "IP_MULTICAST_TTL"),
-    Known(libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4, "IP_MULTICAST_LOOP"),
     Known(libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 4, "IP_BIND_ADDRESS_NO_PORT"),
 ];
 
@@ -77,8 +75,6 @@ const IPV6_LEVEL: &[Known] = &[
     Known(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 4, "IPV6_V6ONLY"),
     Known(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, 4, "IPV6_TCLASS"),
     Known(libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 4, "IPV6_UNICAST_HOPS"),
-    Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4, "IPV6_MULTICAST_HOPS"),
-    Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4, "IPV6_MULTICAST_LOOP"),
     Known(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 4, "IPV6_RECVPKTINFO"),
     Known(libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 4, "IPV6_RECVERR"),
     Known(libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, 4, "IPV6_MTU_DISCOVER"),
@@ -86,16 +82,32 @@ const IPV6_LEVEL: &[Known] = &[
     Known(libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, 4, "IPV6_TRANSPARENT"),
 ];
 
+/// Multicast options, which the kernel takes on datagram sockets only.
+const IPV4_MULTICAST: &[Known] = &[
+    Known(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, 4, "IP_MULTICAST_TTL"),
+    Known(libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, 4, "IP_MULTICAST_LOOP"),
+];
+
+const IPV6_MULTICAST: &[Known] = &[
+    Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 4, "IPV6_MULTICAST_HOPS"),
+    Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4, "IPV6_MULTICAST_LOOP"),
+];
+
 /// The options that apply to a socket of this family and protocol.
 fn applicable(family: i32, protocol: i32) -> impl Iterator<Item = &'static Known> {
-    let ip = if family == libc::AF_INET6 { IPV6_LEVEL } else { IPV4_LEVEL };
-    let tcp: &[Known] = if protocol == libc::IPPROTO_TCP { TCP_LEVEL } else { &[] };
-    SOCKET_LEVEL.iter().chain(ip).chain(tcp)
+    let v6 = family == libc::AF_INET6;
+    let ip = if v6 { IPV6_LEVEL } else { IPV4_LEVEL };
+    let by_protocol: &[Known] = match (protocol, v6) {
+        (libc::IPPROTO_TCP, _) => TCP_LEVEL,
+        (_, false) => IPV4_MULTICAST,
+        (_, true) => IPV6_MULTICAST,
+    };
+    SOCKET_LEVEL.iter().chain(ip).chain(by_protocol)
 }
 
 /// The name of an option, for messages.
 pub fn name(level: i32, option: i32) -> String {
-    let known = SOCKET_LEVEL.iter().chain(TCP_LEVEL).chain(IPV4_LEVEL).chain(IPV6_LEVEL);
+    let known = [SOCKET_LEVEL, TCP_LEVEL, IPV4_LEVEL, IPV6_LEVEL, IPV4_MULTICAST, IPV6_MULTICAST].into_iter().flatten();
     known
         .into_iter()
         .find(|k| k.0 == level && k.1 == option)
@@ -104,9 +116,11 @@ pub fn name(level: i32, option: i32) -> String {
 }
 
 /// The options of `socket` whose values differ from those of `fresh`, a new socket of the same
-/// family, type and protocol.
-pub fn differing(socket: BorrowedFd, fresh: BorrowedFd, family: i32, protocol: i32) -> Vec<SocketOption> {
-    common::options_differing(socket, fresh, applicable(family, protocol).map(|k| (k.0, k.1, k.2)))
+/// family, type and protocol. Of a TCP connection, the segment size and window clamp are
+/// what the handshake and the kernel made them (repair mode sets the MSS again), not options.
+pub fn differing(socket: BorrowedFd, fresh: BorrowedFd, family: i32, protocol: i32, connection: bool) -> Vec<SocketOption> {
+    let derived = |k: &&Known| connection && (k.1 == libc::TCP_MAXSEG || k.1 == libc::TCP_WINDOW_CLAMP) && k.0 == libc::IPPROTO_TCP;
+    common::options_differing(socket, fresh, applicable(family, protocol).filter(|k| !derived(k)).map(|k| (k.0, k.1, k.2)))
 }
 
 /// Whether the option is SO_REUSEADDR, which restore sets only after binding.

@@ -1,0 +1,191 @@
+//! Established TCP connections (dump --tcp-established) with both ends in the tree, on
+//! loopback: numbered messages going back and forth across the checkpoint arrive once each
+//! and in order; a writer blocked on a full window and a reader that had not read come back
+//! with every byte queued in both directions; without --tcp-established the dump is refused;
+//! a connection to a peer outside the tree is refused by name and keeps working.
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+/// Two processes (server child, client parent) on one connection, in one of two modes:
+/// `pingpong` (the client sends numbered lines, the server answers each; both check order)
+/// and `blocked` (the client writes 4 MiB the server does not read until `go`: the client
+/// blocks in send with both queues full; the server also sent 1000 bytes the client has not
+/// read). Each writes `result` (the client once the server passed).
+const PROGRAM: &str = r#"
+import os, socket, sys, time
+mode = sys.argv[1]
+l = socket.socket(socket.AF_INET6 if mode == 'blocked' else socket.AF_INET)
+l.bind(('::1' if mode == 'blocked' else '127.0.0.1', 0))
+l.listen(1)
+address = l.getsockname()[:2]
+pid = os.fork()
+if pid == 0:
+    s, _ = l.accept()
+    l.close()
+    if mode == 'pingpong':
+        f = s.makefile('rb')
+        n = 0
+        for line in f:
+            if int(line) != n:
+                open('server-result', 'w').write('line %s, expected %d' % (line, n)); os._exit(1)
+            s.sendall(line)
+            n += 1
+        open('server-result', 'w').write('ok %d' % n); os._exit(0)
+    s.sendall(b'x' * 1000)
+    while not os.path.exists('go'):
+        time.sleep(0.05)
+    got = 0
+    ok = True
+    while got < 4 << 20:
+        chunk = s.recv(1 << 16)
+        if not chunk: break
+        ok = ok and all(b == (got + i) % 251 for i, b in enumerate(chunk))
+        got += len(chunk)
+    open('server-result', 'w').write('read %d pattern %s' % (got, ok)); os._exit(0)
+l.close()
+c = socket.create_connection(address)
+if mode == 'pingpong':
+    f = c.makefile('rb')
+    n = 0
+    done_at = None
+    open('ready', 'w').write('%d\n' % pid)
+    while done_at is None or n < done_at:
+        c.sendall(b'%d\n' % n)
+        if int(f.readline()) != n:
+            open('result', 'w').write('answer out of order at %d' % n); sys.exit(1)
+        n += 1
+        if done_at is None and os.path.exists('go'):
+            done_at = n + 200
+    c.shutdown(socket.SHUT_WR)
+    os.waitpid(pid, 0)
+    open('result', 'w').write('client %d server %s' % (n, open('server-result').read()))
+    sys.exit(0)
+data = bytes((i % 251) for i in range(4 << 20))
+open('ready', 'w').write('%d\n' % pid)
+c.sendall(data)
+got = c.recv(1000, socket.MSG_WAITALL)
+os.waitpid(pid, 0)
+open('result', 'w').write('client sent all, got %d, server %s' % (len(got), open('server-result').read()))
+"#;
+
+/// Established TCP connections of `pids` as `ss` shows them (state, queues, addresses).
+fn connections(pids: &[i32]) -> Vec<String> {
+    let out = std::process::Command::new("ss").args(["-tanHp"]).output().expect("running ss (iproute2)");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("ESTAB") && pids.iter().any(|p| l.contains(&format!("pid={p},"))))
+        .map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn start(mode: &str) -> (Workload, i32) {
+    let mut w = Workload::spawn_program(&format!("tcp-{mode}"), "python3", &["-c", PROGRAM, mode]);
+    wait_until("python3 to connect", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let child: i32 = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().parse().unwrap();
+    // The server child is killed with the workload whatever happens.
+    w.own(child);
+    (w, child)
+}
+
+fn finish(w: &Workload) -> String {
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to finish its exchange", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
+    std::fs::read_to_string(w.dir.path.join("result")).unwrap()
+}
+
+#[test]
+fn numbered_messages_across_the_checkpoint_arrive_once_and_in_order() {
+    let (mut w, child) = start("pingpong");
+    std::thread::sleep(Duration::from_millis(200));
+    w.dump_killing(&["--tcp-established"]);
+    assert!(wait_gone(child, Duration::from_secs(10)), "the server child outlived the dump");
+    assert!(connections(&[w.pid, child]).is_empty(), "connections left after the dump");
+    w.restore_detached();
+    assert_eq!(connections(&[w.pid, child]).len(), 2, "both ends after restore");
+    let result = finish(&w);
+    assert!(result.starts_with("client ") && result.contains(" server ok "), "{result}");
+    let n: Vec<&str> = result.split_whitespace().collect();
+    assert_eq!(n[1], n[4], "client and server counts: {result}");
+}
+
+#[test]
+fn a_writer_blocked_on_a_full_window_and_unread_bytes_come_back_with_every_byte() {
+    let (mut w, child) = start("blocked");
+    let mut before = Vec::new();
+    wait_until("the client to block on a full window", Duration::from_secs(15), || {
+        before = connections(&[w.pid, child]);
+        blocked_in_send(w.pid) && before.len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    before = connections(&[w.pid, child]);
+    w.dump_killing(&["--tcp-established"]);
+    assert!(wait_gone(child, Duration::from_secs(10)), "the server child outlived the dump");
+    // Compared while the tree is still stopped: once it runs, the writer goes on writing.
+    w.restore_stopped();
+    assert_eq!(connections(&[w.pid, child]), before, "queues and addresses after restore (ss)");
+    for pid in [w.pid, child] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+    assert_eq!(finish(&w), format!("client sent all, got 1000, server read {} pattern True", 4 << 20));
+}
+
+/// Whether the main thread of `pid` waits in a write-like call (sendto, write).
+fn blocked_in_send(pid: i32) -> bool {
+    matches!(blocked_syscall(pid), Some(n) if n == libc::SYS_sendto || n == libc::SYS_write)
+}
+
+/// dump -R reads the connections in repair mode and leaves it without a window probe: the
+/// exchange goes on as if nothing happened, none lost or repeated.
+#[test]
+fn dump_leave_running_leaves_connections_exchanging() {
+    let (w, child) = start("pingpong");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = w.dump_with(&["-R", "--tcp-established"]);
+    assert!(out.success(), "dump -R failed:\n{out}");
+    assert_eq!(connections(&[w.pid, child]).len(), 2, "both ends after dump -R");
+    let result = finish(&w);
+    assert!(result.contains(" server ok "), "{result}");
+}
+
+#[test]
+fn without_tcp_established_a_connection_is_refused_and_keeps_working() {
+    let (w, child) = start("pingpong");
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    assert!(out.text().contains("--tcp-established"), "the refusal does not say how to go on:\n{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+    let result = finish(&w);
+    assert!(result.contains(" server ok "), "{result}");
+    let _ = child;
+}
+
+#[test]
+fn a_connection_to_a_peer_outside_the_tree_is_refused_and_keeps_working() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let program = format!(
+        "import socket, time, os\nc = socket.create_connection(('127.0.0.1', {port}))\nopen('ready', 'w').write('1')\n\
+         while not os.path.exists('go'): time.sleep(0.05)\nc.sendall(b'after')\nopen('result', 'w').write(c.recv(5).decode())\n"
+    );
+    let w = Workload::spawn_program("tcp-outside", "python3", &["-c", &program]);
+    let (mut peer, _) = listener.accept().unwrap();
+    wait_until("python3 to connect", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let out = w.dump_with(&["--tcp-established"]);
+    out.assert_failure();
+    assert!(out.text().contains("outside the dumped tree") && out.text().contains(&port.to_string()), "{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 5];
+    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after");
+    peer.write_all(b"reply").unwrap();
+    wait_until("python3 to get the reply", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "reply");
+}
