@@ -94,6 +94,7 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     let root = Pid::from_raw(root);
     crate::kinds::leases::break_time::repair_left_behind();
     crate::created_files::repair_left_behind();
+    crate::network_lock::repair_left_behind();
     precheck(root)?;
     let image = ImageDir::create(dir)?;
     dump_into(root, &image, opts).inspect_err(|e| image.discard_failed_dump(&format!("{e:#}")))

@@ -18,6 +18,7 @@ pub mod image;
 pub mod interrupt;
 pub mod kinds;
 pub mod lease_cmd;
+pub mod network_lock;
 pub mod permits;
 pub mod progress;
 pub mod restore;

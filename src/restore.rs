@@ -341,6 +341,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     crate::interrupt::install()?;
     crate::kinds::leases::break_time::repair_left_behind();
     crate::created_files::repair_left_behind();
+    crate::network_lock::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
     let img = checked_image(dir, opts, Duration::from_secs(3))?;
@@ -363,6 +364,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     if let Err(e) = built {
         tree.kill_all();
         tree.created_files.remove_all();
+        crate::kinds::fd::restore_failed(&img.open_files);
         segments.undo();
         if let Some(p) = pidfile {
             p.remove();

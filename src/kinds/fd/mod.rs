@@ -122,6 +122,12 @@ pub trait FdKind: 'static {
         Ok(())
     }
 
+    /// Restore, when it failed (every process it created was killed): what the image's
+    /// descriptions hold outside the processes that must go too (network locks).
+    fn restore_failed(files: &[(&OpenFile, &Self::Record)]) {
+        let _ = files;
+    }
+
     /// Restore, before any process exists: what must still be true of the machine.
     fn precheck(file: &OpenFile, record: &Self::Record) -> Result<()> {
         let _ = (file, record);
@@ -263,6 +269,7 @@ pub trait DynFdKind: Sync {
     fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)>;
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()>;
     fn after_kill(&self, state: &mut KindState) -> Result<()>;
+    fn restore_failed(&self, files: &[OpenFile]);
     fn precheck(&self, file: &OpenFile) -> Result<()>;
     fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32>;
     /// Called with every description the process created; the kind takes its own.
@@ -312,6 +319,12 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     fn after_kill(&self, state: &mut KindState) -> Result<()> {
         K::after_kill(state)
     }
+    fn restore_failed(&self, files: &[OpenFile]) {
+        let mine: Vec<(&OpenFile, &K::Record)> = files.iter().filter_map(|f| Some((f, f.kind.as_ref().and_then(K::record_of)?))).collect();
+        if !mine.is_empty() {
+            K::restore_failed(&mine);
+        }
+    }
     fn precheck(&self, file: &OpenFile) -> Result<()> {
         K::precheck(file, Self::record(file)?)
     }
@@ -360,6 +373,13 @@ pub fn after_kill(state: &mut KindState) -> Result<()> {
         }
     }
     result
+}
+
+/// Restore failed: every kind's [`FdKind::restore_failed`].
+pub fn restore_failed(files: &crate::image::proto::OpenFiles) {
+    for kind in KINDS {
+        kind.restore_failed(&files.open_files);
+    }
 }
 
 pub fn kind_of(kind: &open_file::Kind) -> Option<&'static dyn DynFdKind> {

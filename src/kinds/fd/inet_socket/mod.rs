@@ -10,11 +10,11 @@
 //! checkpointed process is bound again as the kernel allows with SO_REUSEADDR, set for the
 //! bind only.
 //!
-//! Established TCP connections come back with `--tcp-established` when both their ends are in
-//! the tree (see `tcp`).
+//! Established TCP connections come back with `--tcp-established` (see `tcp`), their peers
+//! inside the tree or anywhere else: from the moment a connection is read until it is
+//! restored, the network lock (`crate::network_lock`) drops what its peer sends it.
 //!
-//! Refused by pid and fd: established connections without `--tcp-established` or with a peer
-//! outside the tree, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
+//! Refused by pid and fd: established connections without `--tcp-established`, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
 //! listeners with connections not yet accepted (left out with `--skip-in-flight`), UDP
 //! sockets with datagrams queued; other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
 //! filters and upper-layer protocols (kTLS).
@@ -31,9 +31,10 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
+use super::{Dumped, FdKind, FdSource, KindState, Together};
 use crate::image::proto::{InetAddress, InetSocket, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
+use crate::network_lock::{self, Connection, DumpLock};
 use crate::sys::inet::{self, InetAddr};
 use crate::sys::inet_diag::{self, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, state_name};
 use crate::sys::pidfd::pidfd_getfd;
@@ -71,23 +72,31 @@ impl FdKind for InetSockets {
         dump(src, Some(state)).map(Dumped::alone)
     }
 
-    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
-        refuse_peers_outside(files, tree)
-    }
-
+    /// The tree is gone: its connections' locks stay until the restore, and they close
+    /// without a word to their peers.
     fn after_kill(state: &mut KindState) -> Result<()> {
+        std::mem::take(state.get::<DumpLock>()).keep();
         tcp::close_silently(std::mem::take(&mut state.get::<ConnectionCopies>().0));
         Ok(())
     }
 
-    /// Every process exists now, and with it the peer of every connection: out of repair mode.
+    /// Every process exists now, and with it the peer of every connection inside the tree:
+    /// each connection lets its peer's packets through again and leaves repair mode.
     fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &InetSocket)]) -> Result<()> {
         for (file, record) in files.iter().filter(|(_, r)| r.tcp.is_some()) {
             let fd = ctx.work_fd_floor + file.id as i32;
             let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
+            network_lock::unlock(&locked_connection(record).into_iter().collect::<Vec<_>>())?;
             tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
         }
         Ok(())
+    }
+
+    fn restore_failed(files: &[(&OpenFile, &InetSocket)]) {
+        let locked: Vec<Connection> = files.iter().filter_map(|(_, r)| locked_connection(r)).collect();
+        if let Err(e) = network_lock::unlock(&locked) {
+            tracing::error!("lifting the network lock of the connections of the failed restore: {e:#}");
+        }
     }
 
     /// A damaged record is refused before any process exists.
@@ -148,6 +157,13 @@ fn protocol_name(protocol: i32) -> String {
     }
 }
 
+/// The connection's lock as the network lock names it, if it was locked.
+fn locked_connection(r: &InetSocket) -> Option<Connection> {
+    let local = from_record(r.local.as_ref()?).ok()?;
+    let peer = from_record(r.peer.as_ref()?).ok()?;
+    r.network_locked.then_some(Connection { local, peer })
+}
+
 /// crust's copies of the tree's TCP connections, closed silently once the tree was killed.
 #[derive(Default)]
 struct ConnectionCopies(Vec<std::os::fd::OwnedFd>);
@@ -196,34 +212,20 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
     record.options = options::differing(fd, fresh.as_fd(), family, protocol, diag.state == TCP_ESTABLISHED);
     if let (Some(state), TCP_ESTABLISHED, libc::IPPROTO_TCP) = (state, diag.state, protocol) {
+        // Locked before it is read: a byte its peer sends later must not be acknowledged by a
+        // socket that is about to go away.
+        if src.permits.network_lock.as_deref() != Some("skip") {
+            let (local, peer) = (record.local.as_ref().map(from_record), record.peer.as_ref().map(from_record));
+            if let (Some(Ok(local)), Some(Ok(peer))) = (local, peer) {
+                state.get::<DumpLock>().add(Connection { local, peer })?;
+                record.network_locked = true;
+            }
+        }
         let connection = tcp::read(fd).with_context(|| format!("pid {} fd {}: reading {}", src.pid, src.fd, describe(&record)))?;
         record.tcp = Some(connection);
         state.get::<ConnectionCopies>().0.push(src.copy.try_clone()?);
     }
     Ok(record)
-}
-
-/// A connection is restored with its peer: both ends must be in the tree (a peer elsewhere
-/// would need the network locked while the tree is away, which crust does not do yet).
-fn refuse_peers_outside(files: &[OpenFile], tree: &WholeTree) -> Result<()> {
-    let connections: Vec<(u32, &InetSocket)> = files
-        .iter()
-        .filter_map(|f| match &f.kind {
-            Some(open_file::Kind::InetSocket(r)) if r.tcp.is_some() => Some((f.id, r)),
-            _ => None,
-        })
-        .collect();
-    for (id, r) in &connections {
-        if !connections.iter().any(|(_, other)| other.local == r.peer && other.peer == r.local) {
-            let (pid, fd) = tree.holders.get(id).and_then(|h| h.first().copied()).unwrap_or((0, -1));
-            bail!(
-                "pid {pid} fd {fd}: {} has its peer outside the dumped tree; crust restores a TCP connection only \
-                 with its peer (a peer elsewhere needs the network lock, not supported yet)",
-                describe(r)
-            );
-        }
-    }
-    Ok(())
 }
 
 /// What inet_diag would say of a socket never bound: its TCP state (a TCP socket connecting
