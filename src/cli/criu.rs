@@ -108,7 +108,7 @@ use Class::{Ignored, Native, Only, Permits as Permit, Refused};
 
 const ONLY_RESTORE: Class = Ignored("used by restore only; the reference tool ignores it on dump too");
 const ONLY_DUMP: Class = Ignored("used by dump only; the reference tool ignores it on restore too");
-const TCP: &str = "established TCP connections whose two ends are in the tree are checkpointed (TCP repair); one with a peer outside is refused at dump by pid and fd";
+const TCP: &str = "established TCP connections are checkpointed (TCP repair), their peers kept waiting by the network lock";
 const IN_FLIGHT: &str = "a listener's connections not yet accepted are left out (their clients see a reset); without it such a listener is refused at dump";
 const GHOSTS: &str = "permits deleted files; crust refuses deleted files at dump by pid and fd";
 const MOUNTS: &str = "permits mount points; crust refuses processes in another mount namespace at dump";
@@ -143,7 +143,7 @@ pub const CRIU_OPTIONS: &[CriuOption] = &[
     )),
     CriuOption::flag("stream", Refused("images are read and written as files in the image directory")).bool(),
     CriuOption::flag("mntns-compat-mode", Ignored("crust restores no mount namespace")).bool(),
-    CriuOption::value("network-lock", "METHOD", Permit("crust dumps TCP connections only with both ends in the tree, which it keeps silent itself, so there is nothing to lock")),
+    CriuOption::value("network-lock", "METHOD", Permit("how TCP connections are locked while the tree is away: nftables (also for iptables: the same kernel tables) or skip")),
     CriuOption::flag("unprivileged", Refused("crust needs root (ptrace of any process, clone3 with set_tid)")).bool(),
     CriuOption::flag("allow-uprobes", Permit("permits [uprobes] mappings; crust refuses them at dump by pid and address")).bool(),
     // External resources.
