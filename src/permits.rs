@@ -11,6 +11,8 @@
 pub struct Permits {
     /// `--tcp-established`: established TCP connections may be checkpointed.
     pub tcp_established: bool,
+    /// `--tcp-close`: TCP connections are dumped without their state / restored closed.
+    pub tcp_close: bool,
     /// `--skip-in-flight`: TCP connections not yet accepted may be left out.
     pub skip_in_flight: bool,
     /// `--link-remap`: deleted files may be linked back into the file system.

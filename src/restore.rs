@@ -356,6 +356,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
 
     let mut tree = Tree::plan(&img, &opts.inherit_fds)?;
     tree.image_sealed = !opts.trust_image;
+    tree.tcp_close = opts.permits.tcp_close;
     tree.leave_stopped = opts.leave_stopped;
     let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
     let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
@@ -467,6 +468,8 @@ struct Tree {
     created_files: crate::created_files::CreatedFiles,
     /// The image's seal was verified (not --trust-image).
     image_sealed: bool,
+    /// restore --tcp-close: TCP connections come back closed.
+    tcp_close: bool,
     /// `--leave-stopped`: each process is let go with a SIGSTOP waiting.
     leave_stopped: bool,
 }
@@ -544,6 +547,7 @@ impl Tree {
             building: BTreeMap::new(),
             created_files: Default::default(),
             image_sealed: false,
+            tcp_close: false,
             leave_stopped: false,
         })
     }
@@ -578,6 +582,7 @@ impl Tree {
             open_files: &img.open_files,
             created_files: &mut self.created_files,
             image_sealed: self.image_sealed,
+            tcp_close: self.tcp_close,
         })
     }
 
@@ -870,6 +875,7 @@ impl Tree {
         let pidfd = ctx.pidfd.try_clone()?;
         let (work_fd_floor, temp_fd_floor, fs_identity) = (ctx.work_fd_floor, ctx.temp_fd_floor, ctx.fs_identity.clone());
         let image_sealed = ctx.image_sealed;
+        let tcp_close = ctx.tcp_close;
         let others = &img.processes[&pid].core.threads[1..];
         let building = self.building.get_mut(&pid).unwrap();
         for (remote, thread) in building.threads.iter_mut().zip(others) {
@@ -884,6 +890,7 @@ impl Tree {
                 open_files: &img.open_files,
                 created_files: &mut self.created_files,
                 image_sealed,
+                tcp_close,
             };
             step(&mut tctx, thread)?;
         }

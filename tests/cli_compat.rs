@@ -173,7 +173,6 @@ refused_on_dump! {
     dump_refuses_root: "--root", "/";
     dump_refuses_ext_mount_map: "--ext-mount-map", "/mnt:mnt";
     dump_refuses_evasive_devices: "--evasive-devices";
-    dump_refuses_tcp_close: "--tcp-close";
     dump_refuses_freeze_cgroup: "--freeze-cgroup", "/sys/fs/cgroup/x";
     dump_refuses_action_script: "--action-script", "/bin/true";
     dump_refuses_auto_dedup: "--auto-dedup";

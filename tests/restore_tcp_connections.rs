@@ -281,3 +281,45 @@ fn redis_server_keeps_its_data_and_its_outside_client_connection() {
     fresh.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(redis(&mut fresh, "GET counter"), "$1 2");
 }
+
+/// A program connected to this test, dumped with `dump_options` and restored with
+/// `restore_options`: its connection must come back closed (a send fails with EPIPE, its
+/// local name is kept) and leave no network lock.
+fn connection_comes_back_closed(dump_options: &[&str], restore_options: &[&str]) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let program = format!(
+        "import errno, os, socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\nname = c.getsockname()\n\
+         open('ready', 'w').write('1')\nwhile not os.path.exists('go'): time.sleep(0.05)\n\
+         try:\n    c.send(b'x'); r = 'sent'\nexcept OSError as e:\n    r = errno.errorcode[e.errno]\n\
+         open('result', 'w').write('%s %s' % (r, c.getsockname() == name))\ntime.sleep(100)\n"
+    );
+    let mut w = Workload::spawn_program("tcp-close", "python3", &["-c", &program]);
+    let (peer, _) = listener.accept().unwrap();
+    wait_until("python3 to connect", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    w.dump_killing(dump_options);
+    let mut args = vec!["restore", "-d", "-D"];
+    let image = w.image_dir.to_string_lossy().into_owned();
+    args.push(&image);
+    args.extend_from_slice(restore_options);
+    let out = crust(&args);
+    w.own(w.pid);
+    out.assert_success();
+    assert!(!locked(peer.local_addr().unwrap()), "a network lock is left for a connection restored closed");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to try its connection", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "EPIPE True");
+}
+
+/// dump --tcp-close records the connection without its state; it comes back closed.
+#[test]
+fn dump_tcp_close_brings_connections_back_closed() {
+    connection_comes_back_closed(&["--tcp-close"], &[]);
+}
+
+/// restore --tcp-close brings back closed a connection dumped with its state, and lifts its
+/// network lock.
+#[test]
+fn restore_tcp_close_brings_back_closed_a_connection_dumped_with_its_state() {
+    connection_comes_back_closed(&["--tcp-established"], &["--tcp-close"]);
+}

@@ -109,6 +109,7 @@ use Class::{Ignored, Native, Only, Permits as Permit, Refused};
 const ONLY_RESTORE: Class = Ignored("used by restore only; the reference tool ignores it on dump too");
 const ONLY_DUMP: Class = Ignored("used by dump only; the reference tool ignores it on restore too");
 const TCP: &str = "established TCP connections are checkpointed (TCP repair), their peers kept waiting by the network lock";
+const TCP_CLOSE: &str = "TCP connections are checkpointed without their state and restored closed (dump), or restored closed whatever the image holds (restore)";
 const IN_FLIGHT: &str = "a listener's connections not yet accepted are left out (their clients see a reset); without it such a listener is refused at dump";
 const GHOSTS: &str = "permits deleted files; crust refuses deleted files at dump by pid and fd";
 const MOUNTS: &str = "permits mount points; crust refuses processes in another mount namespace at dump";
@@ -152,7 +153,7 @@ pub const CRIU_OPTIONS: &[CriuOption] = &[
     // Special resources.
     CriuOption::flag("tcp-established", Permit(TCP)).bool(),
     CriuOption::flag("skip-in-flight", Permit(IN_FLIGHT)).bool(),
-    CriuOption::flag("tcp-close", Refused("crust cannot restore TCP connections in the closed state")).bool(),
+    CriuOption::flag("tcp-close", Permit(TCP_CLOSE)).bool(),
     CriuOption::value("root", "PATH", Refused("crust restores in its own root file system only")).short('r'),
     CriuOption::flag("evasive-devices", Refused("device files are reopened at their recorded path only")).bool(),
     CriuOption::flag("link-remap", Permit(GHOSTS)).bool(),
@@ -310,6 +311,7 @@ fn record(p: &mut Permits, long: &str, values: Vec<String>) -> Result<(), Refusa
     let list = |values: Vec<String>| values.iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(String::from).collect();
     match long {
         "tcp-established" => p.tcp_established = true,
+        "tcp-close" => p.tcp_close = true,
         "skip-in-flight" => p.skip_in_flight = true,
         "link-remap" => p.link_remap = true,
         "ghost-fiemap" => p.ghost_fiemap = true,

@@ -60,10 +60,12 @@ fn every_criu_option_parses_on_dump_and_restore() {
 
 #[test]
 fn negations_are_accepted_and_the_last_one_wins() {
+    let (_, m) = parse(&["restore", "-D", "x", "--evasive-devices", "--no-evasive-devices"]).unwrap();
+    assert!(permits(&m).is_ok(), "--no-evasive-devices after --evasive-devices");
+    let (_, m) = parse(&["restore", "-D", "x", "--no-evasive-devices", "--evasive-devices"]).unwrap();
+    assert!(permits(&m).is_err(), "--evasive-devices after --no-evasive-devices");
     let (_, m) = parse(&["restore", "-D", "x", "--tcp-close", "--no-tcp-close"]).unwrap();
-    assert!(permits(&m).is_ok(), "--no-tcp-close after --tcp-close");
-    let (_, m) = parse(&["restore", "-D", "x", "--no-tcp-close", "--tcp-close"]).unwrap();
-    assert!(permits(&m).is_err(), "--tcp-close after --no-tcp-close");
+    assert!(!permits(&m).unwrap().tcp_close, "--no-tcp-close after --tcp-close");
     let (cli, _) = parse(&["restore", "-D", "x", "-d", "--no-restore-detached"]).unwrap();
     let Command::Restore(a) = cli.command else { panic!("not restore") };
     assert!(!a.detach);
@@ -136,12 +138,12 @@ fn lease_options_are_the_same_on_restore_and_lease() {
 
 #[test]
 fn options_before_the_command_are_read_as_after_it() {
-    let (cli, m) = parse(&["-D", "restore", "-v4", "--tcp-close", "restore", "-d"]).unwrap();
+    let (cli, m) = parse(&["-D", "restore", "-v4", "--evasive-devices", "restore", "-d"]).unwrap();
     let Command::Restore(a) = &cli.command else { panic!("not restore") };
     assert_eq!(a.dir, PathBuf::from("restore"));
     assert!(a.detach);
     assert_eq!(argv::verbosity_level(&cli.verbosity).unwrap(), 4);
-    assert!(permits(&m).is_err(), "--tcp-close before the command is refused too");
+    assert!(permits(&m).is_err(), "--evasive-devices before the command is refused too");
 }
 
 #[test]

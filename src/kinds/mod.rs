@@ -79,6 +79,8 @@ pub struct RestoreCtx<'a> {
     pub created_files: &'a mut crate::created_files::CreatedFiles,
     /// The image's seal was verified: what it names is what this host's crust dumped.
     pub image_sealed: bool,
+    /// restore --tcp-close: TCP connections come back closed, whatever the image holds.
+    pub tcp_close: bool,
 }
 
 impl RestoreCtx<'_> {

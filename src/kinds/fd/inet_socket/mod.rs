@@ -14,6 +14,10 @@
 //! inside the tree or anywhere else: from the moment a connection is read until it is
 //! restored, the network lock (`crate::network_lock`) drops what its peer sends it.
 //!
+//! With `--tcp-close` (the reference tool's option), connections in any state are recorded
+//! without their state and come back closed; restore --tcp-close brings back closed the
+//! connections an image holds with their state.
+//!
 //! Refused by pid and fd: established connections without `--tcp-established`, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
 //! listeners with connections not yet accepted (left out with `--skip-in-flight`), UDP
 //! sockets with datagrams queued; other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
@@ -87,7 +91,9 @@ impl FdKind for InetSockets {
             let fd = ctx.work_fd_floor + file.id as i32;
             let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
             network_lock::unlock(&locked_connection(record).into_iter().collect::<Vec<_>>())?;
-            tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
+            if !ctx.tcp_close {
+                tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
+            }
         }
         Ok(())
     }
@@ -205,13 +211,15 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     record.local = name_of(local);
     record.peer = name_of(inet::peer_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?);
     refuse_state(&record, &diag, src.permits).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
+    let connected = protocol == libc::IPPROTO_TCP && ![TCP_LISTEN, TCP_CLOSE].contains(&diag.state);
+    record.closed = connected && src.permits.tcp_close;
     if diag.state == TCP_LISTEN {
         record.backlog = diag.wqueue;
     }
     refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
-    record.options = options::differing(fd, fresh.as_fd(), family, protocol, diag.state == TCP_ESTABLISHED);
-    if let (Some(state), TCP_ESTABLISHED, libc::IPPROTO_TCP) = (state, diag.state, protocol) {
+    record.options = options::differing(fd, fresh.as_fd(), family, protocol, connected);
+    if let (Some(state), TCP_ESTABLISHED, libc::IPPROTO_TCP, false) = (state, diag.state, protocol, record.closed) {
         // Locked before it is read: a byte its peer sends later must not be acknowledged by a
         // socket that is about to go away.
         if src.permits.network_lock.as_deref() != Some("skip") {
@@ -244,6 +252,7 @@ fn refuse_state(r: &InetSocket, diag: &inet_diag::InetDiag, permits: &crate::per
     let state = diag.state;
     if r.protocol == libc::IPPROTO_TCP {
         match state {
+            _ if permits.tcp_close && state != TCP_LISTEN && state != TCP_CLOSE => {}
             TCP_ESTABLISHED if !permits.tcp_established => {
                 return Err("is an established TCP connection: dump with --tcp-established to checkpoint it".into());
             }
@@ -315,6 +324,7 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &InetSocket) -> Result<i32> {
         options::apply(copy, o)?;
     }
     match (&r.tcp, &local, &peer) {
+        _ if r.closed || (ctx.tcp_close && r.tcp.is_some()) => bind_closed(copy, local.as_ref())?,
         (Some(connection), Some(local), Some(peer)) => tcp::restore(copy, connection, local, peer)?,
         (Some(_), _, _) => bail!("a TCP connection without both addresses"),
         (None, _, _) => bind_listen_connect(copy, r, local.as_ref(), peer.as_ref())?,
@@ -343,6 +353,16 @@ fn bind_listen_connect(copy: BorrowedFd, r: &InetSocket, local: Option<&InetAddr
         inet::connect(copy, peer)?;
     }
     Ok(())
+}
+
+/// A connection restored closed (--tcp-close): bound to its local address (in repair mode,
+/// where the kernel lets a socket share the address of the connection's end still in
+/// TIME_WAIT), connected to nothing.
+fn bind_closed(copy: BorrowedFd, local: Option<&InetAddr>) -> Result<()> {
+    match local {
+        Some(local) => tcp::bind_forced(copy, local),
+        None => Ok(()),
+    }
 }
 
 /// socket(2) in the process with its filesystem uid set to the socket's owner: the kernel

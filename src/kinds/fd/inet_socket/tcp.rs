@@ -155,6 +155,16 @@ pub fn restore(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, peer: &InetA
     Ok(())
 }
 
+/// Binds a socket that will stay unconnected to `local`, even if a connection of the same
+/// address is still in TIME_WAIT (repair mode binds with forced reuse).
+pub fn bind_forced(fd: BorrowedFd, local: &InetAddr) -> Result<()> {
+    set_repair(fd, REPAIR_ON).context("entering TCP repair mode")?;
+    let bound = inet::bind(fd, local);
+    set_repair(fd, REPAIR_OFF_NO_WINDOW_PROBE)?;
+    bound?;
+    Ok(())
+}
+
 /// Out of repair mode: the connection sends a window probe and goes on.
 pub fn leave_repair(fd: BorrowedFd) -> Result<()> {
     set_repair(fd, REPAIR_OFF)
