@@ -323,3 +323,40 @@ fn dump_tcp_close_brings_connections_back_closed() {
 fn restore_tcp_close_brings_back_closed_a_connection_dumped_with_its_state() {
     connection_comes_back_closed(&["--tcp-established"], &["--tcp-close"]);
 }
+
+/// A dump with a connection to this test that fails (`fail`) or whose crust is killed (`kill`)
+/// after the connection was locked and read: the lock is lifted (by crust, or by its
+/// guardian) and the connection carries bytes both ways as before.
+fn failed_dump_lifts_the_lock(action: &str) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let program = format!(
+        "import os, socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\nopen('ready', 'w').write('1')\n\
+         while not os.path.exists('go'): time.sleep(0.05)\nc.sendall(c.recv(4, socket.MSG_WAITALL))\ntime.sleep(100)\n"
+    );
+    let mut w = Workload::spawn_program("tcp-failed-dump", "python3", &["-c", &program]);
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    wait_until("python3 to connect", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    w.crust_env = vec![("CRUST_FAULT".into(), format!("dump-collected:1:{action}"))];
+    let out = w.dump_with(&["--tcp-established"]);
+    assert!(!out.success(), "the dump did not fail:\n{out}");
+    wait_until("the network lock to be lifted", Duration::from_secs(10), || !locked(peer.local_addr().unwrap()));
+    assert_running_untouched(w.pid, "after the failed dump");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    peer.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    peer.read_exact(&mut echo).expect("the echo through the connection after the failed dump");
+    assert_eq!(&echo, b"ping");
+}
+
+#[test]
+fn a_failed_dump_lifts_the_network_lock_and_the_connection_goes_on() {
+    failed_dump_lifts_the_lock("fail");
+}
+
+#[test]
+fn a_killed_dump_leaves_the_guardian_to_lift_the_network_lock() {
+    failed_dump_lifts_the_lock("kill");
+}
