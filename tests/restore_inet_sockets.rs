@@ -97,3 +97,94 @@ fn dump_leave_running_leaves_ip_sockets_untouched() {
     let result = w.go();
     result.assert_pass();
 }
+
+/// The python3 program of the datagram test: UDP sockets holding datagrams not read yet (from
+/// a named sender, from an autobound one with an empty and a 60000-byte datagram, an IPv6 one
+/// to itself, an IPv4 one to a dual-stack socket, one to a socket connected to itself).
+const DATAGRAMS: &str = r#"
+import os, socket, sys, time
+A = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); A.bind(('127.0.0.1', 0))
+B = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); B.bind(('127.0.0.1', 0))
+C = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+S6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); S6.bind(('::1', 0))
+DS = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); DS.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); DS.bind(('::', 0))
+SELF = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); SELF.bind(('127.0.0.1', 0)); SELF.connect(SELF.getsockname())
+sent = []
+def send(frm, to, data):
+    frm.sendto(data, to.getsockname()[:2] if to is not DS else ('127.0.0.1', DS.getsockname()[1])); sent.append(data)
+zero = sys.argv[1:] != ['nozero']
+send(B, A, b'from B')
+if zero: send(C, A, b'')
+send(C, A, b'x' * 60000); send(B, A, b'again B')
+send(S6, S6, b'six to self')
+send(A, DS, b'v4 to dual stack')
+SELF.send(b'self')
+expect = {'A': [(b'from B', B.getsockname())] + [(b'', ('127.0.0.1', C.getsockname()[1]))] * zero + [(b'x' * 60000, ('127.0.0.1', C.getsockname()[1])), (b'again B', B.getsockname())],
+          'S6': [(b'six to self', S6.getsockname())], 'DS': [(b'v4 to dual stack', ('::ffff:127.0.0.1', A.getsockname()[1]))],
+          'SELF': [(b'self', SELF.getsockname())]}
+time.sleep(0.2)
+open('ready', 'w').write(str(os.getpid()))
+while not os.path.exists('go'): time.sleep(0.05)
+res = []
+for name, sock in [('A', A), ('S6', S6), ('DS', DS), ('SELF', SELF)]:
+    sock.setblocking(False)
+    got = []
+    try:
+        while True:
+            d, f = sock.recvfrom(70000); got.append((d, f[:2]))
+    except BlockingIOError: pass
+    want = [(d, tuple(f[:2])) for d, f in expect[name]]
+    res.append('%s %s' % (name, got == want))
+open('result', 'w').write(' '.join(res))
+while True:
+    time.sleep(0.1)
+"#;
+
+/// `ss`'s view of a process's sockets, a UDP socket's Recv-Q reduced to "empty" or "queued": it
+/// is the memory its datagrams take in the kernel, which depends on how they were received;
+/// their number, sizes and senders are checked from inside.
+fn datagram_view(pid: i32) -> Vec<String> {
+    sockets_view(pid)
+        .iter()
+        .map(|l| {
+            let mut f: Vec<String> = l.split_whitespace().map(String::from).collect();
+            f[4] = if f[4] == "0" { "empty".into() } else { "queued".into() };
+            f.join(" ")
+        })
+        .collect()
+}
+
+/// Runs the datagram program with `args`; `before_dump` runs once its datagrams are queued.
+fn datagrams_come_back(args: &[&str], before_dump: impl FnOnce(&mut Workload, &[String])) {
+    let mut argv = vec!["-c", DATAGRAMS];
+    argv.extend_from_slice(args);
+    let mut w = Workload::spawn_program("udp-queued", "python3", &argv);
+    wait_until("python3 to queue its datagrams", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let before = datagram_view(w.pid);
+    before_dump(&mut w, &before);
+    w.dump();
+    w.restore_detached();
+    assert_eq!(datagram_view(w.pid), before, "sockets after restore (ss)");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to read its datagrams", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "A True S6 True DS True SELF True");
+}
+
+/// UDP sockets with datagrams queued come back with every datagram, in order, with its size
+/// (an empty one and one of 60000 bytes among them) and its sender (an IPv4 sender of a
+/// dual-stack socket as ::ffff:127.0.0.1), read from inside after restore.
+#[test]
+fn udp_datagrams_not_read_yet_come_back_in_order_with_their_senders() {
+    datagrams_come_back(&[], |_, _| {});
+}
+
+/// A dump -R before the dump takes none of the datagrams (an empty datagram, once peeked at,
+/// is not seen by a later walk of the queue: see README, so none here).
+#[test]
+fn dump_leave_running_leaves_udp_datagrams_in_place() {
+    datagrams_come_back(&["nozero"], |w, before| {
+        let out = w.dump_with(&["-R"]);
+        assert!(out.success(), "dump -R failed:\n{out}");
+        assert_eq!(datagram_view(w.pid), before, "sockets after dump -R (ss)");
+    });
+}

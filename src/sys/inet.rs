@@ -192,3 +192,115 @@ pub fn send_some(fd: BorrowedFd, data: &[u8]) -> Result<usize, SysError> {
     let n = Errno::result(n).map_err(|e| SysError::new(format!("send({} bytes)", data.len()), e))?;
     Ok(n as usize)
 }
+
+/// recvmsg(2) with MSG_PEEK | MSG_DONTWAIT: the next datagram (at the socket's peek offset)
+/// and its sender, left in the queue; None when there is no more.
+pub fn peek_datagram(fd: BorrowedFd) -> Result<Option<(Option<InetAddr>, Vec<u8>)>, SysError> {
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain old data; all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: `msg` points at live buffers of the lengths it gives.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match Errno::result(n) {
+        Ok(n) => {
+            buf.truncate(n as usize);
+            Ok(Some((InetAddr::from_storage(&from), buf)))
+        }
+        Err(Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(SysError::new("recvmsg(MSG_PEEK)", e)),
+    }
+}
+
+/// One's-complement sum of 16-bit words (the Internet checksum before its final inversion).
+fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
+    for chunk in bytes.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    sum
+}
+
+fn checksum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The UDP datagram `payload` from `source` to `destination`, with its IP header: what the
+/// kernel receives as if `source` had sent it.
+fn udp_packet(source: &InetAddr, destination: &InetAddr, payload: &[u8]) -> Result<Vec<u8>, SysError> {
+    let udp_len = 8 + payload.len();
+    let too_long = || SysError::new(format!("a datagram of {} bytes", payload.len()), Errno::EMSGSIZE);
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&source.port.to_be_bytes());
+    udp.extend_from_slice(&destination.port.to_be_bytes());
+    udp.extend_from_slice(&u16::try_from(udp_len).map_err(|_| too_long())?.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    match (source.ip, destination.ip) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            // The kernel fills in the total length, the id and the header checksum; a zero
+            // UDP checksum means none (IPv4 allows it).
+            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0];
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            if 20 + udp_len > 65535 {
+                return Err(too_long());
+            }
+            p.extend_from_slice(&udp);
+            Ok(p)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            // IPv6 requires the UDP checksum, over a pseudo-header.
+            let mut sum = checksum_add(0, &s.octets());
+            sum = checksum_add(sum, &d.octets());
+            sum = checksum_add(sum, &(udp_len as u32).to_be_bytes());
+            sum = checksum_add(sum, &[0, 0, 0, libc::IPPROTO_UDP as u8]);
+            sum = checksum_add(sum, &udp);
+            let check = match checksum_fold(sum) {
+                0 => 0xffff,
+                c => c,
+            };
+            udp[6..8].copy_from_slice(&check.to_be_bytes());
+            let mut p = vec![0x60, 0, 0, 0];
+            p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+            p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&udp);
+            Ok(p)
+        }
+        _ => Err(SysError::new("a datagram between an IPv4 and an IPv6 address", Errno::EAFNOSUPPORT)),
+    }
+}
+
+/// Gives `destination` (a local socket's address) the UDP datagram `payload` as sent from
+/// `source`, through a raw socket of crust's: nothing else can send from an address a socket
+/// of the tree or of another host holds.
+pub fn inject_datagram(source: &InetAddr, destination: &InetAddr, payload: &[u8]) -> Result<(), SysError> {
+    use std::os::fd::FromRawFd;
+    let packet = udp_packet(source, destination, payload)?;
+    let family = if destination.ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: integer arguments; a new fd is returned on success.
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    let fd = Errno::result(fd).map_err(|e| SysError::new("socket(SOCK_RAW, IPPROTO_RAW)", e))?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let raw = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // The raw socket sends to the address itself; the port is in the packet.
+    let to = InetAddr { port: 0, ..destination.clone() };
+    let (ss, len) = to.to_storage();
+    // SAFETY: `packet` is a live buffer and `ss` a valid sockaddr of `len` bytes.
+    let n = unsafe {
+        libc::sendto(raw.as_raw_fd(), packet.as_ptr().cast(), packet.len(), 0, (&ss as *const libc::sockaddr_storage).cast(), len)
+    };
+    Errno::result(n).map_err(|e| SysError::new(format!("sendto(raw UDP datagram of {} bytes to {destination})", payload.len()), e))?;
+    Ok(())
+}

@@ -18,14 +18,17 @@
 //! without their state and come back closed; restore --tcp-close brings back closed the
 //! connections an image holds with their state.
 //!
+//! UDP sockets come back with their datagrams not read yet (see `datagrams`).
+//!
 //! Refused by pid and fd: established connections without `--tcp-established`, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
 //! listeners with connections not yet accepted (left out with `--skip-in-flight`), UDP
-//! sockets with datagrams queued; other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
+//! sockets with datagrams still being sent (corked); other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
 //! filters and upper-layer protocols (kTLS).
 //!
 //! Known limits: multicast group memberships (IP_ADD_MEMBERSHIP) cannot be read back from the
 //! kernel per socket and are not restored.
 
+mod datagrams;
 mod options;
 mod tcp;
 
@@ -219,6 +222,9 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
     record.options = options::differing(fd, fresh.as_fd(), family, protocol, connected);
+    if let (Some(_), libc::IPPROTO_UDP, true) = (&state, protocol, diag.rqueue > 0) {
+        record.queued = datagrams::read(fd).with_context(|| format!("pid {} fd {}: reading the datagrams queued on {}", src.pid, src.fd, describe(&record)))?;
+    }
     if let (Some(state), TCP_ESTABLISHED, libc::IPPROTO_TCP, false) = (state, diag.state, protocol, record.closed) {
         // Locked before it is read: a byte its peer sends later must not be acknowledged by a
         // socket that is about to go away.
@@ -270,8 +276,6 @@ fn refuse_state(r: &InetSocket, diag: &inet_diag::InetDiag, permits: &crate::per
         }
     } else if state != TCP_CLOSE && state != TCP_ESTABLISHED {
         return Err(format!("is in state {}, which crust cannot checkpoint", state_name(state)));
-    } else if diag.rqueue > 0 {
-        return Err(format!("has {} bytes of datagrams queued to be read, which crust cannot checkpoint yet", diag.rqueue));
     } else if diag.wqueue > 0 {
         return Err(format!("has {} bytes of datagrams still being sent, which crust cannot checkpoint", diag.wqueue));
     }
@@ -345,6 +349,8 @@ fn bind_listen_connect(copy: BorrowedFd, r: &InetSocket, local: Option<&InetAddr
     if let Some(local) = local {
         socket::set_int(copy, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("setting SO_REUSEADDR for the bind")?;
         inet::bind(copy, local)?;
+        // Before connect(2), which would filter out the datagrams of other senders.
+        datagrams::give_back(copy, local, &r.queued)?;
     }
     if r.state == TCP_LISTEN as u32 {
         inet::listen(copy, r.backlog)?;

@@ -39,6 +39,7 @@ const SOCKET_LEVEL: &[Known] = &[
     Known(libc::SOL_SOCKET, libc::SO_TIMESTAMP, 4, "SO_TIMESTAMP"),
     Known(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 4, "SO_TIMESTAMPNS"),
     Known(libc::SOL_SOCKET, libc::SO_PASSCRED, 4, "SO_PASSCRED"),
+    Known(libc::SOL_SOCKET, libc::SO_PEEK_OFF, 4, "SO_PEEK_OFF"),
 ];
 
 const TCP_LEVEL: &[Known] = &[
