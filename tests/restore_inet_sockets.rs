@@ -188,3 +188,66 @@ fn dump_leave_running_leaves_udp_datagrams_in_place() {
         assert_eq!(datagram_view(w.pid), before, "sockets after dump -R (ss)");
     });
 }
+
+/// The python3 program of the multicast test: a UDP socket that joined 239.1.2.3 on lo and
+/// 239.5.5.5 from source 127.0.0.1 only, an IPv6 one that joined ff01::4242 on lo; it checks
+/// which groups' datagrams it receives (239.7.7.7, not joined, must not arrive).
+const MULTICAST: &str = r#"
+import os, socket, struct, sys, time
+def v4(a): return socket.inet_aton(a)
+R = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); R.bind(('0.0.0.0', 0)); port = R.getsockname()[1]
+R.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack('4s4si', v4('239.1.2.3'), v4('0.0.0.0'), 1))
+R.setsockopt(socket.IPPROTO_IP, 39, struct.pack('4s4s4s', v4('239.5.5.5'), v4('127.0.0.1'), v4('127.0.0.1')))  # IP_ADD_SOURCE_MEMBERSHIP: group, interface, source
+R6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); R6.bind(('::', 0)); port6 = R6.getsockname()[1]
+R6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, socket.inet_pton(socket.AF_INET6, 'ff01::4242') + struct.pack('I', 1))
+S = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); S.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, v4('127.0.0.1')); S.bind(('127.0.0.1', 0))
+def check():
+    R.settimeout(2); R6.settimeout(2)
+    out = []
+    for g in ['239.1.2.3', '239.5.5.5', '239.7.7.7']:
+        S.sendto(g.encode(), (g, port))
+    got = set()
+    try:
+        while True: got.add(R.recv(100).decode())
+    except socket.timeout: pass
+    return ' '.join(sorted(got))
+before = check()
+open('ready', 'w').write(before)
+while not os.path.exists('go'): time.sleep(0.05)
+open('result', 'w').write(check())
+while True: time.sleep(0.1)
+"#;
+
+/// The lines of /proc/net/igmp and igmp6 for the test's groups (with their users count).
+fn multicast_groups() -> Vec<String> {
+    let igmp = std::fs::read_to_string("/proc/net/igmp").unwrap();
+    let igmp6 = std::fs::read_to_string("/proc/net/igmp6").unwrap();
+    let mut lines: Vec<String> = igmp
+        .lines()
+        .chain(igmp6.lines())
+        .filter(|l| ["030201EF", "050505EF", "ff010000000000000000000000004242"].iter().any(|g| l.contains(g)))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Multicast memberships (IPv4 any-source and source-specific, IPv6) come back with their
+/// filters: /proc/net/igmp and igmp6 list the same groups, and from inside the socket receives
+/// the datagrams of its groups only.
+#[test]
+fn multicast_memberships_come_back_with_their_source_filters() {
+    let mut w = Workload::spawn_program("multicast", "python3", &["-c", MULTICAST]);
+    wait_until("python3 to join its groups", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let received = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    assert_eq!(received, "239.1.2.3 239.5.5.5", "test setup");
+    let groups = multicast_groups();
+    assert_eq!(groups.len(), 3, "test setup: {groups:?}");
+    w.dump();
+    assert!(multicast_groups().is_empty(), "groups left after the dump: {:?}", multicast_groups());
+    w.restore_detached();
+    assert_eq!(multicast_groups(), groups, "/proc/net/igmp and igmp6 after restore");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to receive again", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), received);
+}

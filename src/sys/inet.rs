@@ -304,3 +304,104 @@ pub fn inject_datagram(source: &InetAddr, destination: &InetAddr, payload: &[u8]
     Errno::result(n).map_err(|e| SysError::new(format!("sendto(raw UDP datagram of {} bytes to {destination})", payload.len()), e))?;
     Ok(())
 }
+
+/// A multicast group a socket joined, with its source filter: MCAST_EXCLUDE (0) of `sources`
+/// (none: every source) or MCAST_INCLUDE (1) of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub ifindex: u32,
+    pub group: IpAddr,
+    pub mode: u32,
+    pub sources: Vec<IpAddr>,
+}
+
+/// Most sources of one group's filter crust reads.
+const MOST_SOURCES: usize = 64;
+const STORAGE: usize = std::mem::size_of::<libc::sockaddr_storage>();
+/// struct group_filter: gf_interface, padding, gf_group, gf_fmode, gf_numsrc, gf_slist[].
+const FILTER_HEADER: usize = 8 + STORAGE + 8;
+
+fn storage_bytes(ip: IpAddr) -> Vec<u8> {
+    let (ss, _) = InetAddr { ip, port: 0, flowinfo: 0, scope_id: 0 }.to_storage();
+    // SAFETY: sockaddr_storage is plain old data of STORAGE bytes.
+    unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), STORAGE) }.to_vec()
+}
+
+fn ip_of_storage(bytes: &[u8]) -> Option<IpAddr> {
+    // SAFETY: sockaddr_storage is plain old data; `bytes` holds at least STORAGE bytes.
+    let ss: libc::sockaddr_storage = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    InetAddr::from_storage(&ss).map(|a| a.ip)
+}
+
+fn level_of(group: IpAddr) -> i32 {
+    if group.is_ipv4() { libc::IPPROTO_IP } else { libc::IPPROTO_IPV6 }
+}
+
+/// The socket's membership of `group` on interface `ifindex` (MCAST_MSFILTER), None if it did
+/// not join it there.
+pub fn membership(fd: BorrowedFd, ifindex: u32, group: IpAddr) -> Result<Option<Membership>, SysError> {
+    let mut buf = vec![0u8; FILTER_HEADER + STORAGE * MOST_SOURCES];
+    buf[..4].copy_from_slice(&ifindex.to_ne_bytes());
+    buf[8..8 + STORAGE].copy_from_slice(&storage_bytes(group));
+    buf[8 + STORAGE + 4..FILTER_HEADER].copy_from_slice(&(MOST_SOURCES as u32).to_ne_bytes());
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel reads the filter header from `buf` and writes at most `len` bytes.
+    let ret = unsafe { libc::getsockopt(fd.as_raw_fd(), level_of(group), libc::MCAST_MSFILTER, buf.as_mut_ptr().cast(), &mut len) };
+    match Errno::result(ret) {
+        Ok(_) => {}
+        Err(Errno::EADDRNOTAVAIL) => return Ok(None),
+        Err(e) => return Err(SysError::new(format!("getsockopt(MCAST_MSFILTER, {group} on interface {ifindex})"), e)),
+    }
+    let word = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());
+    let (mode, count) = (word(8 + STORAGE), word(8 + STORAGE + 4) as usize);
+    if count > MOST_SOURCES {
+        return Err(SysError::new(format!("{group}: a source filter of {count} sources"), Errno::E2BIG));
+    }
+    let sources = (0..count).filter_map(|i| ip_of_storage(&buf[FILTER_HEADER + i * STORAGE..])).collect();
+    Ok(Some(Membership { ifindex, group, mode, sources }))
+}
+
+/// Joins the group on its interface and sets its source filter.
+pub fn join(fd: BorrowedFd, m: &Membership) -> Result<(), SysError> {
+    let what = |call: &str| format!("setsockopt({call}, {} on interface {})", m.group, m.ifindex);
+    let mut req = vec![0u8; 8 + STORAGE];
+    req[..4].copy_from_slice(&m.ifindex.to_ne_bytes());
+    req[8..].copy_from_slice(&storage_bytes(m.group));
+    super::socket::set_bytes(fd, level_of(m.group), libc::MCAST_JOIN_GROUP, &req).map_err(|e| SysError::new(what("MCAST_JOIN_GROUP"), e.errno().unwrap_or(Errno::EINVAL)))?;
+    if m.mode == 0 && m.sources.is_empty() {
+        return Ok(());
+    }
+    let mut filter = vec![0u8; FILTER_HEADER + STORAGE * m.sources.len().max(1)];
+    filter[..8 + STORAGE].copy_from_slice(&req);
+    filter[8 + STORAGE..8 + STORAGE + 4].copy_from_slice(&m.mode.to_ne_bytes());
+    filter[8 + STORAGE + 4..FILTER_HEADER].copy_from_slice(&(m.sources.len() as u32).to_ne_bytes());
+    for (i, source) in m.sources.iter().enumerate() {
+        filter[FILTER_HEADER + i * STORAGE..FILTER_HEADER + (i + 1) * STORAGE].copy_from_slice(&storage_bytes(*source));
+    }
+    super::socket::set_bytes(fd, level_of(m.group), libc::MCAST_MSFILTER, &filter).map_err(|e| SysError::new(what("MCAST_MSFILTER"), e.errno().unwrap_or(Errno::EINVAL)))?;
+    Ok(())
+}
+
+/// Every multicast group some socket of this host joined, by interface, as /proc/net/igmp
+/// and /proc/net/igmp6 list them: the candidates to ask a socket about.
+pub fn joined_groups() -> Vec<(u32, IpAddr)> {
+    let mut groups = Vec::new();
+    let mut ifindex = 0;
+    for line in std::fs::read_to_string("/proc/net/igmp").unwrap_or_default().lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) {
+            ifindex = fields.first().and_then(|f| f.parse().ok()).unwrap_or(0);
+        } else if let Some(raw) = fields.first().and_then(|f| u32::from_str_radix(f, 16).ok()) {
+            // The group as the kernel keeps it (network order), printed as a host integer.
+            groups.push((ifindex, IpAddr::V4(Ipv4Addr::from(raw.to_le_bytes()))));
+        }
+    }
+    for line in std::fs::read_to_string("/proc/net/igmp6").unwrap_or_default().lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(index), Some(hex)) = (fields.first().and_then(|f| f.parse().ok()), fields.get(2)) else { continue };
+        if let Ok(raw) = u128::from_str_radix(hex, 16) {
+            groups.push((index, IpAddr::V6(Ipv6Addr::from(raw))));
+        }
+    }
+    groups
+}

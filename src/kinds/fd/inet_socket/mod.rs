@@ -25,8 +25,10 @@
 //! sockets with datagrams still being sent (corked); other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
 //! filters and upper-layer protocols (kTLS).
 //!
-//! Known limits: multicast group memberships (IP_ADD_MEMBERSHIP) cannot be read back from the
-//! kernel per socket and are not restored.
+//! Multicast memberships: the kernel lists no socket's groups, but it answers, for one group
+//! and interface, whether a socket joined it and with which source filter (MCAST_MSFILTER).
+//! Dump asks each socket about every group some socket of the host joined (/proc/net/igmp,
+//! igmp6); restore joins them again with their filters.
 
 mod datagrams;
 mod options;
@@ -39,7 +41,7 @@ use std::os::unix::fs::MetadataExt;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::{Dumped, FdKind, FdSource, KindState, Together};
-use crate::image::proto::{InetAddress, InetSocket, OpenFile, open_file};
+use crate::image::proto::{InetAddress, InetSocket, MulticastMembership, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::network_lock::{self, Connection, DumpLock};
 use crate::sys::inet::{self, InetAddr};
@@ -112,6 +114,9 @@ impl FdKind for InetSockets {
     fn precheck(_file: &OpenFile, r: &InetSocket) -> Result<()> {
         for address in [&r.local, &r.peer].into_iter().flatten() {
             from_record(address).with_context(|| format!("InetSocket {}", r.inode))?;
+        }
+        for m in &r.memberships {
+            membership_of(m).with_context(|| format!("InetSocket {}", r.inode))?;
         }
         if !matches!(r.family, libc::AF_INET | libc::AF_INET6) {
             bail!("InetSocket {}: family {} is neither AF_INET nor AF_INET6", r.inode, r.family);
@@ -222,6 +227,9 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
     record.options = options::differing(fd, fresh.as_fd(), family, protocol, connected);
+    if protocol == libc::IPPROTO_UDP {
+        record.memberships = memberships(fd, family).with_context(|| format!("pid {} fd {}: multicast groups of {}", src.pid, src.fd, describe(&record)))?;
+    }
     if let (Some(_), libc::IPPROTO_UDP, true) = (&state, protocol, diag.rqueue > 0) {
         record.queued = datagrams::read(fd).with_context(|| format!("pid {} fd {}: reading the datagrams queued on {}", src.pid, src.fd, describe(&record)))?;
     }
@@ -298,6 +306,50 @@ fn refuse_attachments(fd: BorrowedFd, protocol: i32) -> Result<(), String> {
     Ok(())
 }
 
+/// The groups the socket joined: every group of the host (a socket's own list is not
+/// reported), asked of the socket one by one; an IPv6 socket may have joined IPv4 groups too.
+fn memberships(fd: BorrowedFd, family: i32) -> Result<Vec<MulticastMembership>> {
+    let mut found = Vec::new();
+    for (ifindex, group) in inet::joined_groups() {
+        if family == libc::AF_INET && group.is_ipv6() {
+            continue;
+        }
+        if let Some(m) = inet::membership(fd, ifindex, group)? {
+            found.push(MulticastMembership {
+                ifindex: m.ifindex,
+                group: ip_bytes(m.group),
+                mode: m.mode,
+                sources: m.sources.iter().map(|s| ip_bytes(*s)).collect(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+fn ip_of(bytes: &[u8], field: &str) -> Result<IpAddr> {
+    match bytes.len() {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes)?))),
+        16 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes)?))),
+        n => bail!("{field} of {n} bytes (4 or 16 expected)"),
+    }
+}
+
+fn membership_of(m: &MulticastMembership) -> Result<inet::Membership> {
+    Ok(inet::Membership {
+        ifindex: m.ifindex,
+        group: ip_of(&m.group, "MulticastMembership.group")?,
+        mode: m.mode,
+        sources: m.sources.iter().map(|s| ip_of(s, "MulticastMembership.sources")).collect::<Result<_>>()?,
+    })
+}
+
 fn to_record(a: &InetAddr) -> InetAddress {
     let ip = match a.ip {
         IpAddr::V4(ip) => ip.octets().to_vec(),
@@ -351,6 +403,9 @@ fn bind_listen_connect(copy: BorrowedFd, r: &InetSocket, local: Option<&InetAddr
         inet::bind(copy, local)?;
         // Before connect(2), which would filter out the datagrams of other senders.
         datagrams::give_back(copy, local, &r.queued)?;
+    }
+    for m in &r.memberships {
+        inet::join(copy, &membership_of(m)?)?;
     }
     if r.state == TCP_LISTEN as u32 {
         inet::listen(copy, r.backlog)?;
