@@ -360,3 +360,67 @@ fn a_failed_dump_lifts_the_network_lock_and_the_connection_goes_on() {
 fn a_killed_dump_leaves_the_guardian_to_lift_the_network_lock() {
     failed_dump_lifts_the_lock("kill");
 }
+
+/// Half-closed connections: one the peer closed (CLOSE_WAIT here, with bytes not read yet) and
+/// one this end closed (FIN_WAIT2, the peer's bytes not read yet), each with the other end in
+/// the tree (a pair inside the program) and outside it (this test): after restore the program
+/// reads the bytes then end of file where its peer had closed, and the bytes the still-open
+/// direction carries; the outside peer keeps its half-open connections.
+#[test]
+fn half_closed_connections_come_back_half_closed_both_ways() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let program = format!(
+        r#"
+import os, socket, time
+def drain(s):
+    s.settimeout(10)
+    got = b''
+    while True:
+        d = s.recv(100)
+        if not d: return got
+        got += d
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+a = socket.create_connection(l.getsockname()); b, _ = l.accept()
+a.sendall(b'a to b'); a.shutdown(socket.SHUT_WR); b.sendall(b'b to a')
+they_closed = socket.create_connection(('127.0.0.1', {port}))
+we_closed = socket.create_connection(('127.0.0.1', {port}))
+we_closed.sendall(b'we closed'); we_closed.shutdown(socket.SHUT_WR)
+while not os.path.exists('closed'): time.sleep(0.05)
+time.sleep(0.2)
+open('ready', 'w').write('1')
+while not os.path.exists('go'): time.sleep(0.05)
+got_b = drain(b); b.sendall(b' bye'); b.close()
+got_a = drain(a)
+got_they = drain(they_closed); they_closed.sendall(b'answer')
+we_closed.settimeout(10); got_we = we_closed.recv(100)
+open('result', 'w').write(repr((got_b, got_a, got_they, got_we)))
+time.sleep(100)
+"#
+    );
+    let mut w = Workload::spawn_program("tcp-half-closed", "python3", &["-c", &program]);
+    let (mut they_closed, _) = listener.accept().unwrap();
+    let (mut we_closed, _) = listener.accept().unwrap();
+    they_closed.write_all(b"they closed").unwrap();
+    they_closed.shutdown(std::net::Shutdown::Write).unwrap();
+    we_closed.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut first = Vec::new();
+    we_closed.read_to_end(&mut first).unwrap();
+    assert_eq!(first, b"we closed", "test setup");
+    std::fs::write(w.dir.path.join("closed"), "").unwrap();
+    wait_until("python3 to see the closes", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    w.dump_killing(&["--tcp-established"]);
+    w.restore_detached();
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    we_closed.write_all(b"still open").unwrap();
+    they_closed.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 6];
+    they_closed.read_exact(&mut answer).expect("the program's answer on the connection this test half closed");
+    assert_eq!(&answer, b"answer");
+    wait_until("python3 to read everything", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(
+        std::fs::read_to_string(w.dir.path.join("result")).unwrap(),
+        "(b'a to b', b'b to a bye', b'they closed', b'still open')"
+    );
+}

@@ -234,60 +234,99 @@ fn checksum_fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-/// The UDP datagram `payload` from `source` to `destination`, with its IP header: what the
-/// kernel receives as if `source` had sent it.
-fn udp_packet(source: &InetAddr, destination: &InetAddr, payload: &[u8]) -> Result<Vec<u8>, SysError> {
-    let udp_len = 8 + payload.len();
-    let too_long = || SysError::new(format!("a datagram of {} bytes", payload.len()), Errno::EMSGSIZE);
-    let mut udp = Vec::with_capacity(udp_len);
-    udp.extend_from_slice(&source.port.to_be_bytes());
-    udp.extend_from_slice(&destination.port.to_be_bytes());
-    udp.extend_from_slice(&u16::try_from(udp_len).map_err(|_| too_long())?.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    match (source.ip, destination.ip) {
+/// The transport checksum of `segment` (its checksum field zero) between two addresses, over
+/// the IPv4 or IPv6 pseudo-header.
+fn transport_checksum(source: IpAddr, destination: IpAddr, protocol: u8, segment: &[u8]) -> u16 {
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let mut sum = checksum_add(0, &octets(source));
+    sum = checksum_add(sum, &octets(destination));
+    sum = checksum_add(sum, &(segment.len() as u32).to_be_bytes());
+    sum = checksum_add(sum, &[0, 0, 0, protocol]);
+    checksum_fold(checksum_add(sum, segment))
+}
+
+/// `segment` (a UDP datagram or a TCP segment with its header) from `source` to
+/// `destination`, checksummed (`checksum_at`: where its checksum goes), with the IP header a
+/// raw socket sends: what the kernel receives as if `source` had sent it.
+fn ip_packet(source: IpAddr, destination: IpAddr, protocol: u8, mut segment: Vec<u8>, checksum_at: usize) -> Result<Vec<u8>, SysError> {
+    let check = match transport_checksum(source, destination, protocol, &segment) {
+        0 if protocol == libc::IPPROTO_UDP as u8 => 0xffff,
+        c => c,
+    };
+    segment[checksum_at..checksum_at + 2].copy_from_slice(&check.to_be_bytes());
+    let too_long = || SysError::new(format!("a packet of {} bytes", segment.len()), Errno::EMSGSIZE);
+    match (source, destination) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            // The kernel fills in the total length, the id and the header checksum; a zero
-            // UDP checksum means none (IPv4 allows it).
-            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0];
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            if 20 + udp_len > 65535 {
+            // The kernel fills in the total length, the id and the header checksum.
+            if 20 + segment.len() > 65535 {
                 return Err(too_long());
             }
-            p.extend_from_slice(&udp);
+            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, protocol, 0, 0];
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&segment);
             Ok(p)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            // IPv6 requires the UDP checksum, over a pseudo-header.
-            let mut sum = checksum_add(0, &s.octets());
-            sum = checksum_add(sum, &d.octets());
-            sum = checksum_add(sum, &(udp_len as u32).to_be_bytes());
-            sum = checksum_add(sum, &[0, 0, 0, libc::IPPROTO_UDP as u8]);
-            sum = checksum_add(sum, &udp);
-            let check = match checksum_fold(sum) {
-                0 => 0xffff,
-                c => c,
-            };
-            udp[6..8].copy_from_slice(&check.to_be_bytes());
             let mut p = vec![0x60, 0, 0, 0];
-            p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-            p.extend_from_slice(&[libc::IPPROTO_UDP as u8, 64]);
+            p.extend_from_slice(&u16::try_from(segment.len()).map_err(|_| too_long())?.to_be_bytes());
+            p.extend_from_slice(&[protocol, 64]);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&udp);
+            p.extend_from_slice(&segment);
             Ok(p)
         }
-        _ => Err(SysError::new("a datagram between an IPv4 and an IPv6 address", Errno::EAFNOSUPPORT)),
+        _ => Err(SysError::new("a packet between an IPv4 and an IPv6 address", Errno::EAFNOSUPPORT)),
     }
+}
+
+fn udp_packet(source: &InetAddr, destination: &InetAddr, payload: &[u8]) -> Result<Vec<u8>, SysError> {
+    let len = u16::try_from(8 + payload.len()).map_err(|_| SysError::new(format!("a datagram of {} bytes", payload.len()), Errno::EMSGSIZE))?;
+    let mut udp = Vec::with_capacity(len as usize);
+    udp.extend_from_slice(&source.port.to_be_bytes());
+    udp.extend_from_slice(&destination.port.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    ip_packet(source.ip, destination.ip, libc::IPPROTO_UDP as u8, udp, 6)
+}
+
+/// A bare TCP segment (no options, no data) from `source` to `destination`.
+pub struct TcpSegment {
+    pub seq: u32,
+    pub ack: u32,
+    /// FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10.
+    pub flags: u8,
+    pub window: u16,
+}
+
+/// Sends `segment` to `destination` (a local socket) as if `source` had sent it.
+pub fn inject_tcp_segment(source: &InetAddr, destination: &InetAddr, segment: &TcpSegment) -> Result<(), SysError> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&source.port.to_be_bytes());
+    tcp.extend_from_slice(&destination.port.to_be_bytes());
+    tcp.extend_from_slice(&segment.seq.to_be_bytes());
+    tcp.extend_from_slice(&segment.ack.to_be_bytes());
+    tcp.extend_from_slice(&[5 << 4, segment.flags]);
+    tcp.extend_from_slice(&segment.window.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0]);
+    let packet = ip_packet(source.ip, destination.ip, libc::IPPROTO_TCP as u8, tcp, 16)?;
+    send_raw(destination, &packet)
 }
 
 /// Gives `destination` (a local socket's address) the UDP datagram `payload` as sent from
 /// `source`, through a raw socket of crust's: nothing else can send from an address a socket
 /// of the tree or of another host holds.
 pub fn inject_datagram(source: &InetAddr, destination: &InetAddr, payload: &[u8]) -> Result<(), SysError> {
+    send_raw(destination, &udp_packet(source, destination, payload)?)
+}
+
+/// Sends a whole IP packet to `destination`'s address through a raw socket of crust's.
+fn send_raw(destination: &InetAddr, packet: &[u8]) -> Result<(), SysError> {
     use std::os::fd::FromRawFd;
-    let packet = udp_packet(source, destination, payload)?;
     let family = if destination.ip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: integer arguments; a new fd is returned on success.
     let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
@@ -301,7 +340,7 @@ pub fn inject_datagram(source: &InetAddr, destination: &InetAddr, payload: &[u8]
     let n = unsafe {
         libc::sendto(raw.as_raw_fd(), packet.as_ptr().cast(), packet.len(), 0, (&ss as *const libc::sockaddr_storage).cast(), len)
     };
-    Errno::result(n).map_err(|e| SysError::new(format!("sendto(raw UDP datagram of {} bytes to {destination})", payload.len()), e))?;
+    Errno::result(n).map_err(|e| SysError::new(format!("sendto(raw packet of {} bytes to {destination})", packet.len()), e))?;
     Ok(())
 }
 

@@ -98,6 +98,10 @@ impl FdKind for InetSockets {
             network_lock::unlock(&locked_connection(record).into_iter().collect::<Vec<_>>())?;
             if !ctx.tcp_close {
                 tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
+                if let (Some(c), Some(local), Some(peer)) = (&record.tcp, &record.local, &record.peer) {
+                    tcp::receive_peer_fin(copy.as_fd(), c, &from_record(local)?, &from_record(peer)?)
+                        .with_context(|| format!("resuming {}", describe(record)))?;
+                }
             }
         }
         Ok(())
@@ -233,7 +237,7 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     if let (Some(_), libc::IPPROTO_UDP, true) = (&state, protocol, diag.rqueue > 0) {
         record.queued = datagrams::read(fd).with_context(|| format!("pid {} fd {}: reading the datagrams queued on {}", src.pid, src.fd, describe(&record)))?;
     }
-    if let (Some(state), TCP_ESTABLISHED, libc::IPPROTO_TCP, false) = (state, diag.state, protocol, record.closed) {
+    if let (Some(state), true, libc::IPPROTO_TCP, false) = (state, tcp::restorable(diag.state), protocol, record.closed) {
         // Locked before it is read: a byte its peer sends later must not be acknowledged by a
         // socket that is about to go away.
         if src.permits.network_lock.as_deref() != Some("skip") {
@@ -267,10 +271,10 @@ fn refuse_state(r: &InetSocket, diag: &inet_diag::InetDiag, permits: &crate::per
     if r.protocol == libc::IPPROTO_TCP {
         match state {
             _ if permits.tcp_close && state != TCP_LISTEN && state != TCP_CLOSE => {}
-            TCP_ESTABLISHED if !permits.tcp_established => {
+            s if tcp::restorable(s) && !permits.tcp_established => {
                 return Err("is an established TCP connection: dump with --tcp-established to checkpoint it".into());
             }
-            TCP_ESTABLISHED => {}
+            s if tcp::restorable(s) => {}
             TCP_LISTEN if diag.rqueue > 0 && !permits.skip_in_flight => {
                 return Err(format!(
                     "has {} connection(s) not yet accepted, which crust cannot checkpoint yet (--skip-in-flight leaves them out)",

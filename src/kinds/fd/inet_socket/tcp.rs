@@ -41,6 +41,19 @@ const NO_QUEUE: i32 = 0;
 const RECV_QUEUE: i32 = 1;
 const SEND_QUEUE: i32 = 2;
 
+/// TCP states (include/net/tcp_states.h) of a connection crust restores.
+pub const ESTABLISHED: u8 = 1;
+const FIN_WAIT1: u8 = 4;
+const FIN_WAIT2: u8 = 5;
+const CLOSE_WAIT: u8 = 8;
+const LAST_ACK: u8 = 9;
+const CLOSING: u8 = 11;
+
+/// Whether crust restores a connection in this state (open, or half closed either way).
+pub fn restorable(state: u8) -> bool {
+    [ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING].contains(&state)
+}
+
 const TCPOPT_MSS: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
@@ -106,13 +119,18 @@ fn peek_queue(fd: BorrowedFd, queue: i32, len: u32) -> Result<Vec<u8>> {
 fn read_once(fd: BorrowedFd, (send_seq, recv_seq, outq, inq): (u32, u32, u32, u32)) -> Result<TcpConnection> {
     let info = socket::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 8).context("TCP_INFO")?;
     ensure!(info.len() >= 7, "TCP_INFO of {} bytes", info.len());
+    let state = info[0];
+    let fin_sent = [FIN_WAIT1, FIN_WAIT2, CLOSING, LAST_ACK].contains(&state);
+    let fin_received = [CLOSE_WAIT, CLOSING, LAST_ACK].contains(&state);
+    // SIOCOUTQ counts a FIN not yet acknowledged; the queue holds only the bytes before it.
+    let fin_unacked = [FIN_WAIT1, CLOSING, LAST_ACK].contains(&state) && outq > 0;
     let window = socket::get_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, 20).context("TCP_REPAIR_WINDOW")?;
     ensure!(window.len() == 20, "TCP_REPAIR_WINDOW of {} bytes", window.len());
     let w = |i: usize| u32::from_ne_bytes(window[i * 4..i * 4 + 4].try_into().unwrap());
     Ok(TcpConnection {
         send_seq,
         recv_seq,
-        send_queue: peek_queue(fd, SEND_QUEUE, outq)?,
+        send_queue: peek_queue(fd, SEND_QUEUE, outq - u32::from(fin_unacked))?,
         recv_queue: peek_queue(fd, RECV_QUEUE, inq)?,
         unsent: inet::queued_bytes(fd, SIOCOUTQNSD)?,
         options: info[5] as u32,
@@ -125,6 +143,9 @@ fn read_once(fd: BorrowedFd, (send_seq, recv_seq, outq, inq): (u32, u32, u32, u3
         max_window: w(2),
         rcv_wnd: w(3),
         rcv_wup: w(4),
+        fin_sent,
+        fin_received,
+        unacked: outq,
     })
 }
 
@@ -141,18 +162,67 @@ pub fn close_silently(copies: Vec<OwnedFd>) {
 /// (left by [`leave_repair`] once the whole tree exists).
 pub fn restore(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, peer: &InetAddr) -> Result<()> {
     set_repair(fd, REPAIR_ON).context("entering TCP repair mode")?;
-    set_queue_seq(fd, SEND_QUEUE, c.send_seq.wrapping_sub(c.send_queue.len() as u32))?;
-    set_queue_seq(fd, RECV_QUEUE, c.recv_seq.wrapping_sub(c.recv_queue.len() as u32))?;
+    // The queues end where the bytes end: a FIN's sequence number comes back with the FIN.
+    let (send_end, recv_end) = (c.send_seq.wrapping_sub(c.fin_sent as u32), c.recv_seq.wrapping_sub(c.fin_received as u32));
+    set_queue_seq(fd, SEND_QUEUE, send_end.wrapping_sub(c.send_queue.len() as u32))?;
+    set_queue_seq(fd, RECV_QUEUE, recv_end.wrapping_sub(c.recv_queue.len() as u32))?;
     inet::bind(fd, local)?;
     inet::connect(fd, peer)?;
     set_negotiated_options(fd, c)?;
     set(fd, TCP_TIMESTAMP, c.timestamp as i32, "TCP_TIMESTAMP")?;
     fill_queue(fd, RECV_QUEUE, &c.recv_queue).context("refilling the receive queue")?;
     fill_queue(fd, SEND_QUEUE, &c.send_queue).context("refilling the send queue")?;
+    // The kernel refuses a window last updated past what was received: the peer's FIN is not
+    // received yet.
+    let rcv_wup = if after(c.rcv_wup, recv_end) { recv_end } else { c.rcv_wup };
     let window: Vec<u8> =
-        [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, c.rcv_wup].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, rcv_wup].iter().flat_map(|v| v.to_ne_bytes()).collect();
     socket::set_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &window).context("TCP_REPAIR_WINDOW")?;
+    if c.fin_sent {
+        // Queued as already sent (repair mode with the send queue chosen transmits nothing);
+        // sent again once out of repair mode, if the peer had not acknowledged it.
+        set(fd, TCP_REPAIR_QUEUE, SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+        let shut = inet::shutdown(fd, libc::SHUT_WR).context("shutdown(SHUT_WR): this end's FIN");
+        set(fd, TCP_REPAIR_QUEUE, NO_QUEUE, "TCP_REPAIR_QUEUE")?;
+        shut?;
+    }
     Ok(())
+}
+
+/// Once out of repair mode: a connection whose peer had sent its FIN gets it again, as the
+/// peer sent it (a peer outside the tree does not send it twice), and crust waits until the
+/// kernel took it.
+pub fn receive_peer_fin(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, peer: &InetAddr) -> Result<()> {
+    if !c.fin_received {
+        return Ok(());
+    }
+    let segment = inet::TcpSegment {
+        seq: c.recv_seq.wrapping_sub(1),
+        ack: c.send_seq.wrapping_sub(c.unacked),
+        flags: 0x11, // FIN | ACK
+        window: (c.snd_wnd >> c.send_wscale).min(u32::from(u16::MAX)) as u16,
+    };
+    inet::inject_tcp_segment(&unmapped(peer), &unmapped(local), &segment).context("giving the connection its peer's FIN")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let info = socket::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 1).context("TCP_INFO")?;
+        if info.first().is_some_and(|s| [CLOSE_WAIT, CLOSING, LAST_ACK, 6 /* TIME_WAIT */, 7 /* CLOSE */].contains(s)) {
+            return Ok(());
+        }
+        ensure!(std::time::Instant::now() < deadline, "the connection did not take its peer's FIN within 5 s (state {:?})", info.first());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// An IPv4 address seen by an IPv6 socket (::ffff:a.b.c.d) travels as IPv4.
+fn unmapped(a: &InetAddr) -> InetAddr {
+    match a.ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => InetAddr { ip: std::net::IpAddr::V4(v4), ..a.clone() },
+            None => a.clone(),
+        },
+        _ => a.clone(),
+    }
 }
 
 /// Binds a socket that will stay unconnected to `local`, even if a connection of the same
@@ -163,6 +233,11 @@ pub fn bind_forced(fd: BorrowedFd, local: &InetAddr) -> Result<()> {
     set_repair(fd, REPAIR_OFF_NO_WINDOW_PROBE)?;
     bound?;
     Ok(())
+}
+
+/// Whether sequence number `a` comes after `b` (modulo 2^32).
+fn after(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) < 0
 }
 
 /// Out of repair mode: the connection sends a window probe and goes on.
