@@ -251,3 +251,23 @@ fn multicast_memberships_come_back_with_their_source_filters() {
     wait_until("python3 to receive again", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), received);
 }
+
+/// A node http server (nobody here wrote it: node's own http module, libuv's epoll, eventfds,
+/// pipes and worker threads), on a port of its own choosing: it serves before the dump, is
+/// gone after it, and serves again on the same port after the restore.
+#[test]
+fn node_http_server_serves_again_after_restore() {
+    const SERVER: &str = "require('http').createServer((q, r) => r.end('hello from node')).listen(0, '127.0.0.1', function () { require('fs').writeFileSync('port', String(this.address().port)) })";
+    let mut w = Workload::spawn_program("node-http", "node", &["-e", SERVER]);
+    wait_until("node to listen", Duration::from_secs(30), || file_written(&w.dir.path.join("port")));
+    let port: u16 = std::fs::read_to_string(w.dir.path.join("port")).unwrap().trim().parse().unwrap();
+    let answer = http_get(port, "/").expect("GET before the dump");
+    assert!(answer.ends_with("hello from node"), "test setup: {answer}");
+    let view = sockets_view(w.pid);
+    w.dump();
+    assert!(http_get(port, "/").is_err(), "node still answers after the dump killed it");
+    w.restore_detached();
+    assert_eq!(sockets_view(w.pid), view, "the listener after restore (ss)");
+    let answer = http_get(port, "/").expect("GET after the restore");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from node"), "after restore: {answer}");
+}
