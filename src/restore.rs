@@ -497,9 +497,11 @@ impl Tree {
             for fd in &p.files.fds {
                 holders.entry(fd.open_file_id).or_default().insert(*pid);
             }
-            // Shared memory objects are held by the mappings of them.
-            for vma in p.mm.vmas.iter().filter(|v| v.shared_memory_id != 0) {
-                holders.entry(vma.shared_memory_id).or_default().insert(*pid);
+            // Shared memory objects, and inodes without a path, are held by the mappings of them.
+            for vma in &p.mm.vmas {
+                for id in [vma.shared_memory_id, vma.inode_object_id].into_iter().filter(|id| *id != 0) {
+                    holders.entry(id).or_default().insert(*pid);
+                }
             }
         }
         // Descriptions created together (pipe ends, socket pairs) count as one.

@@ -1,5 +1,6 @@
 //! eventfd, signalfd, timerfd and memfd descriptions survive checkpoint/restore (workload
-//! tests/workloads/fdkinds.c, one mode per kind), and what is still refused is refused by name.
+//! tests/workloads/fdkinds.c, one mode per kind). Mapped memfds and memfds open through several
+//! descriptions: tests/restore_shared_kinds.rs.
 
 mod common;
 use common::*;
@@ -202,37 +203,4 @@ fn restore_refuses_a_corrupted_memfd_data_file() {
     eprintln!("{out}");
     assert!(out.text().contains(&name), "refusal does not name {name}:\n{out}");
     assert!(wait_gone(w.pid, Duration::from_secs(3)), "pid {} exists after the refused restore", w.pid);
-}
-
-/// The dump of `mode` is refused naming the pid, `fd` and `what`; the process keeps running,
-/// untraced, and passes its own checks afterwards.
-fn refused(mode: &str, fd: Option<&str>, what: &str) {
-    let mut w = spawn_settled(mode);
-    let out = w.dump_with(&[]);
-    out.assert_failure();
-    eprintln!("{out}");
-    let text = out.text();
-    assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
-    if let Some(fd) = fd {
-        assert!(has_token(&text, fd), "refusal does not name fd {fd}:\n{out}");
-    }
-    assert!(text.contains(what), "refusal does not say {what:?}:\n{out}");
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "pid {} is {:?} after the refused dump", w.pid, proc_state(w.pid));
-    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "pid {} still traced", w.pid);
-    w.go().assert_pass();
-}
-
-/// A memfd that is also mapped is still refused (by the memory kind: a mapping of a deleted
-/// file), and the process is left running.
-#[test]
-fn dump_refuses_a_mapped_memfd() {
-    refused("memfd-mapped", None, "/memfd:mapped");
-}
-
-/// A memfd reached through two open file descriptions (reopened through /proc/self/fd) is
-/// refused: restore would make two memfds of it.
-#[test]
-fn dump_refuses_a_memfd_open_through_two_descriptions() {
-    refused("memfd-reopened", Some("41"), "memfd");
 }

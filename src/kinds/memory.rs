@@ -73,6 +73,10 @@ impl Kind for Memory {
                     super::fd::shared_memory::record_mapping(image, &object, pid, start, end)
                 })?;
             }
+            if vma.file.is_none() && matches!(vma.kind(), VmaKind::PrivateFile | VmaKind::SharedFile) {
+                // An inode without a path (a memfd): mapped through a description of it.
+                vma.inode_object_id = super::pathless::dump_mapping(ctx, &vma)?;
+            }
             let wanted = match vma.kind() {
                 VmaKind::PrivateAnonymous => Some(Wanted::Resident),
                 VmaKind::PrivateFile => Some(Wanted::PrivateCopies),
@@ -286,6 +290,10 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
                     // MAP_SHARED|MAP_ANONYMOUS is backed by an unlinked shmem file of this name.
                     vma.name = path.clone();
                     VmaKind::SharedAnonymous
+                } else if super::pathless::recognises(original) {
+                    // Mapped through a description of the inode (see `pathless`), no path.
+                    vma.name = path.clone();
+                    if shared { VmaKind::SharedFile } else { VmaKind::PrivateFile }
                 } else {
                     bail!(
                         "pid {pid}: mapping {start:#x}-{end:#x} maps the deleted file {original}; \
@@ -750,6 +758,21 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
             // mapping it; its descriptor waits at the working fd of its description.
             let fd = ctx.work_fd_floor as i64 + vma.shared_memory_id as i64;
             (libc::MAP_SHARED, fd, vma.file_offset)
+        }
+        VmaKind::PrivateFile | VmaKind::SharedFile if vma.inode_object_id != 0 => {
+            let shared = kind == VmaKind::SharedFile;
+            let writable = shared && vma_may_write(vma);
+            let key = (format!("open file #{}", vma.inode_object_id), writable);
+            let fd = match file_fds.get(&key) {
+                Some(fd) => *fd,
+                None => {
+                    let fd = super::pathless::open_for_mapping(ctx, vma, writable)?;
+                    file_fds.insert(key, fd);
+                    fd
+                }
+            };
+            let sharing = if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            (sharing | growsdown, fd as i64, vma.file_offset)
         }
         VmaKind::PrivateFile | VmaKind::SharedFile => {
             let file = vma.file.as_ref().context("file mapping without a file")?;

@@ -20,6 +20,7 @@ pub mod leases;
 pub mod locks;
 pub mod membarrier;
 pub mod memory;
+pub mod pathless;
 pub mod posix_timers;
 pub mod registers;
 pub mod scheduling;

@@ -2,7 +2,6 @@
  * eventfd, signalfd, timerfd and memfd state across checkpoint/restore.
  *
  *   fdkinds STATUS MODE     MODE: eventfd | signalfd | timerfd | memfd | shared (with a child)
- *                                 | memfd-mapped | memfd-reopened   (dumps must refuse these)
  *
  * Each mode sets up its objects at fixed fd numbers (listed in the READY line), waits for
  * <status>.go without touching them, then checks from inside that everything is as it was
@@ -514,27 +513,6 @@ static void shared_verify(void)
 	CHECK(read(35, &v, 8) < 0 && errno == EAGAIN, "the timer's expiration, read by the child, is still there");
 }
 
-/* ---------------------------------------------------------------- refused */
-
-static void memfd_mapped_setup(void)
-{
-	place(memfd_create("mapped", 0), 40);
-	if (ftruncate(40, 4096))
-		die("ftruncate: %s", strerror(errno));
-	char *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, 40, 0);
-	if (m == MAP_FAILED)
-		die("mmap: %s", strerror(errno));
-	strcpy(m, "mapped");
-	status("READY memfd-mapped fd=40 map=%p", (void *)m);
-}
-
-static void memfd_reopened_setup(void)
-{
-	place(memfd_create("reopened", 0), 40);
-	place(open("/proc/self/fd/40", O_RDONLY), 41);
-	status("READY memfd-reopened fds=40,41");
-}
-
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -555,10 +533,6 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "shared")) {
 		shared_setup();
 		verify = shared_verify;
-	} else if (!strcmp(mode, "memfd-mapped")) {
-		memfd_mapped_setup();
-	} else if (!strcmp(mode, "memfd-reopened")) {
-		memfd_reopened_setup();
 	} else {
 		die("unknown mode '%s'", mode);
 	}

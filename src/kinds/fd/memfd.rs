@@ -10,12 +10,17 @@
 //! skipped), gives it its size, owner and mode, and adds the seals last (they may forbid the
 //! writes before them).
 //!
-//! Refused: a memfd that is also mapped (by the memory kind: mappings of deleted files), a
-//! memfd reached through more than one open file description (reopened through /proc), and
-//! hugetlbfs memfds (MFD_HUGETLB).
+//! One memfd inode may be reached through several open file descriptions (reopened through
+//! /proc/PID/fd/N, each with its own offset and flags) and through mappings, also once every fd
+//! of it was closed (see `kinds::pathless`). All descriptions of one inode are one group
+//! (`created_with`): the first one (its contents saved once, with it) creates the memfd in the
+//! nearest common ancestor of every holder and mapper, and every other description of the
+//! group is opened again from it through /proc/self/fd, so they share one inode again.
+//!
+//! Refused: hugetlbfs memfds (MFD_HUGETLB).
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use anyhow::{Context, Result, bail};
@@ -51,11 +56,12 @@ impl FdKind for Memfds {
     }
 
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Memfd>> {
-        dump(src).map(Dumped::alone)
+        let record = dump(src)?;
+        Ok(Dumped { created_with: group_id(src.meta.dev(), src.meta.ino()), record })
     }
 
-    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Memfd, _together: &mut Together) -> Result<i32> {
-        open(ctx, file, record)
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Memfd, together: &mut Together) -> Result<i32> {
+        open(ctx, file, record, together)
     }
 
     fn describe(record: &Memfd) -> String {
@@ -92,26 +98,61 @@ pub fn data_file_name(inode: u64) -> String {
     format!("memfd-{inode}.img")
 }
 
+/// The group of every description of the memfd inode (dev, inode): tagged so that it never
+/// meets another kind's group.
+fn group_id(dev: u64, inode: u64) -> u64 {
+    let mut bytes = b"memfd".to_vec();
+    bytes.extend_from_slice(&dev.to_le_bytes());
+    bytes.extend_from_slice(&inode.to_le_bytes());
+    (1 << 63) | (xxhash_rust::xxh3::xxh3_64(&bytes) >> 1)
+}
+
+/// The memfd name in a link or maps path ("/memfd:NAME (deleted)").
+pub fn name_in(path: &str) -> Option<&str> {
+    path.strip_prefix("/memfd:").and_then(|n| n.strip_suffix(" (deleted)"))
+}
+
 fn dump(src: &FdSource) -> Result<Memfd> {
     let (pid, fd) = (src.pid, src.fd);
-    let name = src.link.strip_prefix("/memfd:").and_then(|n| n.strip_suffix(" (deleted)"));
-    let Some(name) = name.filter(|_| src.meta.nlink() == 0) else {
+    let Some(name) = name_in(src.link).filter(|_| src.meta.nlink() == 0) else {
         return Err(src.refuse("a deleted file"));
     };
-    if src.inode_seen {
-        return Err(src.refuse("a memfd open through several open file descriptions (reopened through /proc)"));
+    let what = format!("pid {pid} fd {fd}");
+    match inode_record(src.copy.as_fd(), src.meta, name, src.image, !src.inode_seen, &what)? {
+        Some(record) => Ok(record),
+        None => Err(src.refuse(&refusal_of(src.copy.as_fd(), &what)?)),
     }
-    let fs = nix::sys::statfs::fstatfs(src.copy).with_context(|| format!("pid {pid} fd {fd}: fstatfs"))?;
-    if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
-        return Err(src.refuse("a hugetlbfs memfd (MFD_HUGETLB)"));
+}
+
+/// Why a file with a memfd's name is not one crust restores.
+fn refusal_of(fd: BorrowedFd, what: &str) -> Result<String> {
+    let fs = nix::sys::statfs::fstatfs(fd).with_context(|| format!("{what}: fstatfs"))?;
+    Ok(if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC {
+        "a hugetlbfs memfd (MFD_HUGETLB)".into()
+    } else {
+        "a deleted file".into()
+    })
+}
+
+/// The record of the memfd inode behind `fd` (a description of it: crust's copy of an fd, or
+/// the mapping's file from /proc/PID/map_files), its contents saved unless `save` is false (a
+/// further description of an inode whose contents are saved already). None if it is not a
+/// memfd crust restores (a hugetlbfs memfd, or a deleted file that happens to be called so).
+fn inode_record(
+    fd: BorrowedFd,
+    meta: &std::fs::Metadata,
+    name: &str,
+    image: &crate::image::ImageDir,
+    save: bool,
+    what: &str,
+) -> Result<Option<Memfd>> {
+    let fs = nix::sys::statfs::fstatfs(fd).with_context(|| format!("{what}: fstatfs"))?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC || meta.nlink() != 0 {
+        return Ok(None);
     }
-    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
-        // A deleted file that happened to be called /memfd:...
-        return Err(src.refuse("a deleted file"));
-    }
-    let seals = fcntl(src.copy, FcntlArg::F_GET_SEALS).with_context(|| format!("pid {pid} fd {fd}: F_GET_SEALS"))? as u32;
-    let size = src.meta.size();
-    let inode = src.meta.ino();
+    let seals = fcntl(fd, FcntlArg::F_GET_SEALS).with_context(|| format!("{what}: F_GET_SEALS"))? as u32;
+    let size = meta.size();
+    let inode = meta.ino();
     let mut record = Memfd {
         name: name.to_owned(),
         data_file: String::new(),
@@ -119,19 +160,36 @@ fn dump(src: &FdSource) -> Result<Memfd> {
         seals,
         allow_sealing: seals & libc::F_SEAL_SEAL as u32 == 0,
         inode,
-        mode: src.meta.mode() & 0o7777,
-        uid: src.meta.uid(),
-        gid: src.meta.gid(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
     };
-    if size > 0 {
+    if size > 0 && save {
         record.data_file = data_file_name(inode);
-        save_contents(src.copy, size, src.image, &record.data_file)
-            .with_context(|| format!("pid {pid} fd {fd}: saving the contents of memfd:{name}"))?;
+        save_contents(fd, size, image, &record.data_file)
+            .with_context(|| format!("{what}: saving the contents of memfd:{name}"))?;
     }
-    Ok(record)
+    Ok(Some(record))
 }
 
-fn save_contents(copy: &OwnedFd, size: u64, image: &crate::image::ImageDir, name: &str) -> Result<()> {
+/// The description recorded for a memfd found through a mapping of `pid` at [start, end) when
+/// no fd of the tree refers to it any more: its file from /proc/PID/map_files (`object`), named
+/// `name`. Opened read-write at restore, for the mappings alone.
+pub fn record_mapping(image: &crate::image::ImageDir, object: &File, name: &str, pid: i32, start: u64, end: u64) -> Result<OpenFile> {
+    let meta = object.metadata()?;
+    let what = format!("pid {pid}: memfd:{name} mapped at {start:#x}-{end:#x}");
+    let Some(record) = inode_record(object.as_fd(), &meta, name, image, true, &what)? else {
+        bail!("{what}: {} cannot be checkpointed by crust yet", refusal_of(object.as_fd(), &what)?);
+    };
+    Ok(OpenFile {
+        flags: libc::O_RDWR as u32,
+        created_with: group_id(meta.dev(), meta.ino()),
+        kind: Some(open_file::Kind::Memfd(record)),
+        ..Default::default()
+    })
+}
+
+fn save_contents(copy: BorrowedFd, size: u64, image: &crate::image::ImageDir, name: &str) -> Result<()> {
     let out = image.create_data_file(name)?;
     let mut buf = vec![0u8; BLOCK];
     let mut offset = 0u64;
@@ -152,7 +210,7 @@ fn save_contents(copy: &OwnedFd, size: u64, image: &crate::image::ImageDir, name
 }
 
 /// pread until `buf` is full or the file ends.
-fn read_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize> {
+fn read_full(fd: BorrowedFd, buf: &mut [u8], offset: u64) -> Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match nix::sys::uio::pread(fd, &mut buf[done..], (offset + done as u64) as i64) {
@@ -165,7 +223,59 @@ fn read_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize> {
     Ok(done)
 }
 
-fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd) -> Result<i32> {
+/// Opens one description of a memfd: the first of its group creates the memfd (from the
+/// group's first record, which holds the contents), the others open it again from there.
+fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd, together: &mut Together) -> Result<i32> {
+    let group = file.created_with;
+    let (inode_fd, created) = match together.get(&group).and_then(|fds| fds.first()) {
+        Some(fd) if group != 0 => (*fd, false),
+        _ => {
+            let first = group_records(ctx, group).into_iter().next().unwrap_or(m);
+            let fd = create(ctx, first)?;
+            if group != 0 {
+                together.entry(group).or_default().push(fd);
+            }
+            (fd, true)
+        }
+    };
+    // memfd_create opens it read-write; any other description of it is another open of it.
+    let access = file.flags & libc::O_ACCMODE as u32;
+    let fd = if created && access == libc::O_RDWR as u32 {
+        inode_fd
+    } else {
+        let path = format!("/proc/self/fd/{inode_fd}");
+        let reopened = ctx.open_in_process(&path, access as i32 | libc::O_CLOEXEC)?;
+        if group == 0 {
+            ctx.close_in_process(inode_fd)?;
+        }
+        reopened
+    };
+    ctx.remote
+        .syscall("lseek", libc::SYS_lseek, &[fd as u64, file.position, libc::SEEK_SET as u64])
+        .with_context(|| format!("moving memfd:{} to offset {}", m.name, file.position))?;
+    set_status_flags(ctx, fd, file.flags)?;
+    Ok(fd)
+}
+
+/// The memfd records of the descriptions of group `group` (one inode), in id order.
+fn group_records<'a>(ctx: &RestoreCtx<'a>, group: u64) -> Vec<&'a Memfd> {
+    if group == 0 {
+        return Vec::new();
+    }
+    let files: &'a [OpenFile] = &ctx.open_files.open_files;
+    files
+        .iter()
+        .filter(|f| f.created_with == group)
+        .filter_map(|f| match &f.kind {
+            Some(open_file::Kind::Memfd(m)) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Creates the memfd in the process with its contents, size, owner, mode and seals, and
+/// returns its (read-write) temporary fd.
+fn create(ctx: &mut RestoreCtx, m: &Memfd) -> Result<i32> {
     // Without MFD_ALLOW_SEALING a memfd is born with F_SEAL_SEAL only; any other seal means
     // sealing was allowed when it was added.
     let born_sealed = m.seals == libc::F_SEAL_SEAL as u32;
@@ -178,7 +288,7 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd) -> Result<i32> {
         .remote
         .syscall("memfd_create", libc::SYS_memfd_create, &[addr, flags])
         .with_context(|| format!("creating memfd:{}", m.name))?;
-    let mut fd = ctx.to_temp_fd(fd)?;
+    let fd = ctx.to_temp_fd(fd)?;
     let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
     nix::unistd::ftruncate(&ours, m.size as i64).with_context(|| format!("giving memfd:{} its size {}", m.name, m.size))?;
     if !m.data_file.is_empty() {
@@ -188,18 +298,6 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, m: &Memfd) -> Result<i32> {
         .with_context(|| format!("giving memfd:{} its owner {}:{}", m.name, m.uid, m.gid))?;
     nix::sys::stat::fchmod(&ours, nix::sys::stat::Mode::from_bits_truncate(m.mode))
         .with_context(|| format!("giving memfd:{} its mode {:o}", m.name, m.mode))?;
-    // memfd_create opens it read-write; another access mode is another description of it.
-    let access = file.flags & libc::O_ACCMODE as u32;
-    if access != libc::O_RDWR as u32 {
-        let path = format!("/proc/self/fd/{fd}");
-        let reopened = ctx.open_in_process(&path, access as i32 | libc::O_CLOEXEC)?;
-        ctx.close_in_process(fd)?;
-        fd = reopened;
-    }
-    ctx.remote
-        .syscall("lseek", libc::SYS_lseek, &[fd as u64, file.position, libc::SEEK_SET as u64])
-        .with_context(|| format!("moving memfd:{} to offset {}", m.name, file.position))?;
-    set_status_flags(ctx, fd, file.flags)?;
     if m.seals != 0 && !born_sealed {
         fcntl(ours.as_fd(), FcntlArg::F_ADD_SEALS(SealFlag::from_bits_retain(m.seals as i32)))
             .with_context(|| format!("adding the seals {:#x} to memfd:{}", m.seals, m.name))?;

@@ -1,0 +1,151 @@
+//! Kernel objects without a path, shared through mappings and several descriptions, survive
+//! checkpoint/restore (workload tests/workloads/shared_kinds.c, one mode per case): mapped
+//! memfds (shared and private, with and without an fd left), a memfd open through several
+//! descriptions, /dev/zero mapped shared across fork. Each is one object again after restore,
+//! seen from inside (bytes written one way are read another) and from /proc (maps, fdinfo,
+//! inodes of fds and mappings).
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+/// Starts the workload in `mode` and waits until it sleeps in its wait-for-.go loop.
+fn spawn_settled(mode: &str) -> Workload {
+    let w = Workload::spawn("shared_kinds", &[mode]);
+    wait_in_syscall(w.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    w
+}
+
+/// kcmp(KCMP_FILE): one open file description?
+fn same_description(p1: i32, f1: i32, p2: i32, f2: i32) -> bool {
+    // SAFETY: kcmp takes integers only.
+    unsafe { libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0 }
+}
+
+/// The inode of /proc/PID/fd/FD or of a /proc/PID/map_files entry.
+fn inode(path: &str) -> u64 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}")).ino()
+}
+
+/// The /proc/PID/map_files entry of the mapping starting at `start` (hex, from the READY line).
+fn map_file(pid: i32, start: &str) -> String {
+    let start = parse_hex(start);
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let range = maps
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .find(|r| u64::from_str_radix(r.split('-').next().unwrap(), 16).unwrap() == start)
+        .unwrap_or_else(|| panic!("pid {pid} has no mapping at {start:#x}:\n{maps}"));
+    format!("/proc/{pid}/map_files/{range}")
+}
+
+/// fdinfo inode lines of memfds differ (a new inode); everything else must not.
+fn ino_keys(fds: &[i32]) -> Vec<String> {
+    fds.iter().map(|fd| format!("fdinfo:{fd}:ino")).collect()
+}
+
+/// A memfd mapped shared and private, open through three descriptions (fds 40, 41 reopened
+/// read-only, 42 reopened read-write non-blocking, each with its own offset), and two memfds
+/// whose fds were closed, one mapped shared twice and one mapped private: after restore the
+/// three fds and both mappings are one inode (the workload writes through one fd and reads
+/// through the others and the mapping; the private mapping keeps its own page and shows the
+/// memfd's other pages), the two mappings of the orphan are one memfd, and /proc shows the same
+/// maps and fd flags and offsets; the three fds are three descriptions (kcmp).
+#[test]
+fn mapped_memfds_and_memfds_open_through_several_descriptions_are_one_inode_again() {
+    let mut w = spawn_settled("memfd");
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    let pid = w.pid;
+    let mut extra = Vec::new();
+    let fd40 = inode(&format!("/proc/{pid}/fd/40"));
+    for fd in [41, 42] {
+        if inode(&format!("/proc/{pid}/fd/{fd}")) != fd40 {
+            extra.push(format!("fd {fd} is not the inode of fd 40"));
+        }
+        if same_description(pid, 40, pid, fd) {
+            extra.push(format!("fd {fd} and fd 40 are one description; they were two"));
+        }
+    }
+    for key in ["a", "b"] {
+        if inode(&map_file(pid, &w.ready_field(key))) != fd40 {
+            extra.push(format!("mapping {key} is not the inode of fd 40"));
+        }
+    }
+    if inode(&map_file(pid, &w.ready_field("c"))) != inode(&map_file(pid, &w.ready_field("d"))) {
+        extra.push("mappings c and d of the orphan memfd are two inodes".into());
+    }
+    let ignore = ino_keys(&[40, 41, 42]);
+    let ignore: Vec<&str> = ignore.iter().map(String::as_str).collect();
+    w.verify_restored(&before, &after, &ignore, extra);
+}
+
+/// A memfd mapped shared by a parent and the child it forked, the child holding its own
+/// description of it (reopened through /proc/self/fd): after restore the parent's fd, the
+/// child's fd and both mappings are one inode; the parent writes into its mapping and the child
+/// sees it, the child writes through its fd and the parent sees it in its mapping and fd.
+#[test]
+fn memfd_mapped_by_a_parent_and_reopened_by_its_child_is_one_inode_again() {
+    let mut w = spawn_settled("memfd-fork");
+    let child: i32 = w.ready_field("child").parse().unwrap();
+    w.own(child);
+    wait_in_syscall(child, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let before = w.snapshot();
+    let child_before = ProcSnapshot::take(child);
+    w.dump();
+    assert!(wait_gone(child, Duration::from_secs(5)), "child {child} still exists after the dump");
+    w.restore_detached();
+    let child_after = ProcSnapshot::take(child);
+    let after = w.snapshot();
+    let mut extra: Vec<String> = child_before
+        .diff(&child_after, &["fdinfo:40:ino", "fdinfo:41:ino", "status:PPid", "status:State"])
+        .into_iter()
+        .map(|d| format!("child: {d}"))
+        .collect();
+    let pid = w.pid;
+    if inode(&format!("/proc/{pid}/fd/40")) != inode(&format!("/proc/{child}/fd/41")) {
+        extra.push("the child's fd 41 is not the inode of the parent's fd 40".into());
+    }
+    if !same_description(pid, 40, child, 40) {
+        extra.push("fd 40 of the parent and of the child are not one description".into());
+    }
+    if same_description(child, 40, child, 41) {
+        extra.push("the child's fds 40 and 41 are one description; they were two".into());
+    }
+    w.verify_restored(&before, &after, &["fdinfo:40:ino"], extra);
+}
+
+/// /dev/zero mapped MAP_SHARED ("/dev/zero (deleted)", shmem) by a parent before it forked:
+/// after restore both map one object again with its contents (untouched pages still zero);
+/// each writes and the other sees it; /proc/PID/maps is the same in both.
+#[test]
+fn dev_zero_mapped_shared_across_fork_stays_shared() {
+    let mut w = spawn_settled("devzero");
+    let child: i32 = w.ready_field("child").parse().unwrap();
+    w.own(child);
+    wait_in_syscall(child, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let before = w.snapshot();
+    let child_before = ProcSnapshot::take(child);
+    let start = w.ready_field("map");
+    assert!(
+        before.entries.values().any(|v| v.starts_with("rw-s") && v.contains("/dev/zero (deleted)")),
+        "the workload's /dev/zero mapping is not shown as shared /dev/zero (deleted)"
+    );
+    w.dump();
+    assert!(wait_gone(child, Duration::from_secs(5)), "child {child} still exists after the dump");
+    w.restore_detached();
+    let child_after = ProcSnapshot::take(child);
+    let after = w.snapshot();
+    let mut extra: Vec<String> = child_before
+        .diff(&child_after, &["status:PPid", "status:State"])
+        .into_iter()
+        .map(|d| format!("child: {d}"))
+        .collect();
+    if inode(&map_file(w.pid, &start)) != inode(&map_file(child, &start)) {
+        extra.push("parent and child map two objects; they mapped one".into());
+    }
+    w.verify_restored(&before, &after, &[], extra);
+}

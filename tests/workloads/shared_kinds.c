@@ -1,0 +1,269 @@
+/*
+ * Shared kernel objects that have no path: mapped memfds, memfds open through several
+ * descriptions, /dev/zero mapped shared across fork.
+ *
+ * usage: shared_kinds STATUS MODE
+ *   memfd       one process: memfd "shm" at fd 40 (offset 7), reopened through /proc/self/fd
+ *               at 41 (O_RDONLY, offset 3) and 42 (O_RDWR|O_NONBLOCK, offset 100), mapped
+ *               shared (A) and private (B, its first page changed privately); memfd "orphan"
+ *               mapped shared twice (C, D) and memfd "orphanpriv" mapped private (E, changed),
+ *               their fds closed.
+ *   memfd-fork  memfd "forked" at fd 40, mapped shared, then fork: the child reopens it at 41
+ *               through /proc/self/fd; after .go each writes through one way and reads what the
+ *               other wrote through another.
+ *   devzero     /dev/zero mapped shared (fd closed), filled, then fork; after .go the two write
+ *               and see each other's bytes.
+ *
+ * After .go the workload checks from inside that everything is one object again and reports
+ * PASS or FAIL (common.h protocol).
+ */
+#include "common.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define PAGE 4096
+
+static void wait_go(void)
+{
+	while (!go_requested())
+		sleep_ms(5);
+}
+
+static void place(int fd, int at)
+{
+	if (fd < 0)
+		die("creating the object for fd %d: %s", at, strerror(errno));
+	if (fd == at)
+		return;
+	if (dup2(fd, at) != at)
+		die("dup2 to %d: %s", at, strerror(errno));
+	close(fd);
+}
+
+static char *map(int fd, int flags, size_t len)
+{
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, fd, 0);
+	if (m == MAP_FAILED)
+		die("mmap fd %d: %s", fd, strerror(errno));
+	return m;
+}
+
+static unsigned char pattern(size_t i, int seed)
+{
+	return (unsigned char)(i * 7 + seed);
+}
+
+static void fill(char *m, size_t len, int seed)
+{
+	for (size_t i = 0; i < len; i++)
+		m[i] = pattern(i, seed);
+}
+
+static int holds(const char *m, size_t from, size_t len, int seed)
+{
+	for (size_t i = from; i < from + len; i++)
+		if ((unsigned char)m[i] != pattern(i, seed))
+			return 0;
+	return 1;
+}
+
+static ino_t inode_of(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) ? 0 : st.st_ino;
+}
+
+/* The inode behind the mapping at m, from /proc/self/map_files. */
+static ino_t mapped_inode(void *m, size_t len)
+{
+	char path[128];
+	struct stat st;
+	snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx", (unsigned long)m, (unsigned long)m + len);
+	return stat(path, &st) ? 0 : st.st_ino;
+}
+
+/* Waits (bounded: 5 s) until *p holds v. */
+static int wait_byte(volatile char *p, char v)
+{
+	for (int i = 0; i < 1000; i++) {
+		if (*p == v)
+			return 1;
+		sleep_ms(5);
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- memfd */
+
+static char *ma, *mb, *mc, *md, *me;
+
+static void memfd_setup(void)
+{
+	place(memfd_create("shm", 0), 40);
+	if (ftruncate(40, 3 * PAGE))
+		die("ftruncate: %s", strerror(errno));
+	ma = map(40, MAP_SHARED, 3 * PAGE);
+	fill(ma, 3 * PAGE, 1);
+	mb = map(40, MAP_PRIVATE, 3 * PAGE);
+	memset(mb, 'p', 100); /* page 0 becomes the process's own copy */
+	place(open("/proc/self/fd/40", O_RDONLY), 41);
+	place(open("/proc/self/fd/40", O_RDWR | O_NONBLOCK), 42);
+	lseek(40, 7, SEEK_SET);
+	lseek(41, 3, SEEK_SET);
+	lseek(42, 100, SEEK_SET);
+
+	int fd = memfd_create("orphan", MFD_CLOEXEC);
+	if (fd < 0 || ftruncate(fd, 2 * PAGE))
+		die("memfd orphan: %s", strerror(errno));
+	mc = map(fd, MAP_SHARED, 2 * PAGE);
+	md = map(fd, MAP_SHARED, 2 * PAGE);
+	fill(mc, 2 * PAGE, 2);
+	close(fd);
+
+	fd = memfd_create("orphanpriv", MFD_CLOEXEC);
+	if (fd < 0 || write(fd, "underneath", 10) != 10 || ftruncate(fd, PAGE))
+		die("memfd orphanpriv: %s", strerror(errno));
+	me = map(fd, MAP_PRIVATE, PAGE);
+	memcpy(me + 2000, "private", 7);
+	close(fd);
+	status("READY memfd fds=40,41,42 a=%p b=%p c=%p d=%p e=%p", (void *)ma, (void *)mb, (void *)mc, (void *)md,
+	       (void *)me);
+}
+
+static void memfd_verify(void)
+{
+	CHECK(holds(ma, 0, 3 * PAGE, 1), "shared mapping A lost the memfd's contents");
+	CHECK(inode_of(40) != 0 && inode_of(40) == inode_of(41) && inode_of(41) == inode_of(42),
+	      "fds 40, 41, 42 are not one inode (%lu %lu %lu)", (unsigned long)inode_of(40), (unsigned long)inode_of(41),
+	      (unsigned long)inode_of(42));
+	CHECK(mapped_inode(ma, 3 * PAGE) == inode_of(40), "mapping A is not the inode of fd 40");
+	CHECK(mapped_inode(mb, 3 * PAGE) == inode_of(40), "mapping B is not the inode of fd 40");
+	CHECK_EQ_U("fd 40 offset", 7, lseek(40, 0, SEEK_CUR));
+	CHECK_EQ_U("fd 41 offset", 3, lseek(41, 0, SEEK_CUR));
+	CHECK_EQ_U("fd 42 offset", 100, lseek(42, 0, SEEK_CUR));
+	CHECK_EQ_U("fd 41 access mode", O_RDONLY, fcntl(41, F_GETFL) & O_ACCMODE);
+	CHECK_EQ_U("fd 42 flags", O_RDWR | O_NONBLOCK, fcntl(42, F_GETFL) & (O_ACCMODE | O_NONBLOCK));
+	/* A write through fd 42 shows in mapping A and through fd 41; one through A in fd 40. */
+	CHECK(pwrite(42, "XYZ", 3, PAGE + 5) == 3, "pwrite fd 42: %s", strerror(errno));
+	CHECK(memcmp(ma + PAGE + 5, "XYZ", 3) == 0, "a write through fd 42 is not seen in mapping A");
+	char buf[4] = { 0 };
+	CHECK(pread(41, buf, 3, PAGE + 5) == 3 && memcmp(buf, "XYZ", 3) == 0, "fd 41 does not see fd 42's write");
+	ma[2 * PAGE] = 'Q';
+	CHECK(pread(40, buf, 1, 2 * PAGE) == 1 && buf[0] == 'Q', "fd 40 does not see a write into mapping A");
+	/* Private mapping B: its own first page, the memfd's pages elsewhere (also later writes). */
+	char want[100];
+	memset(want, 'p', 100);
+	CHECK(memcmp(mb, want, 100) == 0 && holds(mb, 100, PAGE - 100, 1), "private mapping B lost its own page");
+	CHECK(mb[PAGE + 5] == 'X' && mb[2 * PAGE] == 'Q', "private mapping B does not show the memfd's untouched pages");
+	mb[10] = 'z';
+	CHECK(ma[10] == (char)pattern(10, 1), "a write into private mapping B reached the memfd");
+	/* Orphans: C and D one memfd, E private with its change. */
+	CHECK(holds(mc, 0, 2 * PAGE, 2) && holds(md, 0, 2 * PAGE, 2), "shared mappings C, D lost their contents");
+	CHECK(mapped_inode(mc, 2 * PAGE) != 0 && mapped_inode(mc, 2 * PAGE) == mapped_inode(md, 2 * PAGE),
+	      "mappings C and D are not one memfd");
+	mc[PAGE + 1] = 'w';
+	CHECK(md[PAGE + 1] == 'w', "a write into mapping C is not seen in mapping D");
+	CHECK(memcmp(me, "underneath", 10) == 0 && memcmp(me + 2000, "private", 7) == 0,
+	      "private mapping E lost its contents");
+}
+
+/* ---------------------------------------------------------------- memfd-fork */
+
+static pid_t child;
+static char *mf;
+
+static void memfd_fork_setup(void)
+{
+	place(memfd_create("forked", 0), 40);
+	if (ftruncate(40, PAGE))
+		die("ftruncate: %s", strerror(errno));
+	mf = map(40, MAP_SHARED, PAGE);
+	fill(mf, PAGE, 3);
+	child = fork();
+	if (child < 0)
+		die("fork: %s", strerror(errno));
+	if (child == 0) {
+		place(open("/proc/self/fd/40", O_RDWR), 41);
+		lseek(41, 9, SEEK_SET);
+		wait_go();
+		int ok = holds(mf, 1, PAGE - 1, 3);
+		ok &= inode_of(41) == inode_of(40) && mapped_inode(mf, PAGE) == inode_of(41);
+		ok &= lseek(41, 0, SEEK_CUR) == 9;
+		ok &= wait_byte(&mf[0], 'P'); /* the parent's write into its mapping */
+		ok &= pwrite(41, "C", 1, 1) == 1; /* through the child's own description */
+		_exit(ok ? 0 : 1);
+	}
+	status("READY memfd-fork pid=%d child=%d", getpid(), child);
+}
+
+static void memfd_fork_verify(void)
+{
+	CHECK(holds(mf, 0, PAGE, 3), "the shared mapping lost its contents");
+	mf[0] = 'P';
+	CHECK(wait_byte(&mf[1], 'C'), "the child's write through its fd 41 is not seen in the parent's mapping");
+	int st = 0;
+	CHECK(waitpid(child, &st, 0) == child, "waitpid child %d: %s", child, strerror(errno));
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed its part (status %#x)", st);
+	char c = 0;
+	CHECK(pread(40, &c, 1, 1) == 1 && c == 'C', "fd 40 does not see the child's write");
+}
+
+/* ---------------------------------------------------------------- devzero */
+
+static char *mz;
+
+static void devzero_setup(void)
+{
+	int fd = open("/dev/zero", O_RDWR);
+	if (fd < 0)
+		die("open /dev/zero: %s", strerror(errno));
+	mz = map(fd, MAP_SHARED, 4 * PAGE);
+	close(fd);
+	fill(mz, 2 * PAGE, 4); /* the last two pages stay untouched */
+	child = fork();
+	if (child < 0)
+		die("fork: %s", strerror(errno));
+	if (child == 0) {
+		wait_go();
+		int ok = holds(mz, 1, 2 * PAGE - 1, 4);
+		ok &= wait_byte(&mz[0], 'P');
+		mz[3 * PAGE] = 'C';
+		_exit(ok ? 0 : 1);
+	}
+	status("READY devzero pid=%d child=%d map=%p", getpid(), child, (void *)mz);
+}
+
+static void devzero_verify(void)
+{
+	CHECK(holds(mz, 0, 2 * PAGE, 4), "the shared /dev/zero mapping lost its contents");
+	CHECK(mz[2 * PAGE] == 0 && mz[4 * PAGE - 1] == 0, "untouched pages are not zero");
+	mz[0] = 'P';
+	CHECK(wait_byte(&mz[3 * PAGE], 'C'), "the child's write is not seen by the parent");
+	int st = 0;
+	CHECK(waitpid(child, &st, 0) == child, "waitpid child %d: %s", child, strerror(errno));
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed its part (status %#x)", st);
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	const char *mode = argc > 2 ? argv[2] : "";
+	void (*verify)(void) = NULL;
+	if (!strcmp(mode, "memfd")) {
+		memfd_setup();
+		verify = memfd_verify;
+	} else if (!strcmp(mode, "memfd-fork")) {
+		memfd_fork_setup();
+		verify = memfd_fork_verify;
+	} else if (!strcmp(mode, "devzero")) {
+		devzero_setup();
+		verify = devzero_verify;
+	} else {
+		die("unknown mode '%s'", mode);
+	}
+	wait_go();
+	verify();
+	finish("%s", mode);
+}
