@@ -317,6 +317,7 @@ fn collect_tree(
     open_files.externals = opts.externals.clone();
     open_files.shell_job = opts.shell_job;
     open_files.permits = opts.permits.clone();
+    open_files.tree_pids = members.iter().map(|m| m.pid.as_raw()).collect();
     let parent_of = |pid: Pid| {
         members
             .iter()

@@ -687,6 +687,7 @@ impl Tree {
     fn create_subtree(&mut self, img: &LoadedImage, pid: u32) -> Result<()> {
         let helper = self.helper;
         let entry = img.entries().iter().find(|e| e.pid == pid).context("process not in inventory")?;
+        let mut waiting: Vec<&OpenFile> = Vec::new();
         if let Some(p) = img.processes.get(&pid) {
             let building = self.building.get_mut(&pid).unwrap();
             memory::prepare_address_space(&mut building.remote, &p.mm, helper)?;
@@ -699,8 +700,10 @@ impl Tree {
             if let Some(ids) = self.creators.get(&pid).cloned() {
                 let files: Vec<&OpenFile> =
                     img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
+                let now: Vec<&OpenFile>;
+                (now, waiting) = files.into_iter().partition(|f| files::can_open_now(f));
                 let mut ctx = self.ctx(img, pid)?;
-                files::open_descriptions(&mut ctx, &files)?;
+                files::open_descriptions(&mut ctx, &now)?;
             }
             // Memory before the children: they inherit it, so pages shared copy-on-write
             // after fork are shared again and inherited mappings are the same mappings.
@@ -712,6 +715,9 @@ impl Tree {
         let children: Vec<(u32, i32)> = img.children(pid).map(|c| (c.pid, c.exit_signal)).collect();
         for (child, exit_signal) in children {
             crate::interrupt::check()?;
+            // Descriptions that had to wait (a pidfd of a process created since) before the
+            // child that may inherit them.
+            self.open_waiting(img, pid, &mut waiting, false)?;
             let remote = &mut self.building.get_mut(&pid).unwrap().remote;
             let new = fork_child(remote, child, exit_signal).with_context(|| format!("pid {pid} forking pid {child}"))?;
             self.created.push(new);
@@ -722,7 +728,19 @@ impl Tree {
             self.building.insert(child, Building { remote, threads: Vec::new() });
             self.create_subtree(img, child)?;
         }
-        Ok(())
+        self.open_waiting(img, pid, &mut waiting, true)
+    }
+
+    /// Opens, in `pid`, the descriptions of `waiting` that can be opened now, or all of them
+    /// (`all`: after its last child; see FdKind::can_open_now).
+    fn open_waiting(&mut self, img: &LoadedImage, pid: u32, waiting: &mut Vec<&OpenFile>, all: bool) -> Result<()> {
+        let ready: Vec<&OpenFile>;
+        (ready, *waiting) = waiting.drain(..).partition(|f| all || files::can_open_now(f));
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut ctx = self.ctx(img, pid)?;
+        files::open_descriptions(&mut ctx, &ready)
     }
 
     /// Plans the restart of every lease break recorded in progress (see kinds/leases/restart.rs),

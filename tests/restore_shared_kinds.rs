@@ -149,3 +149,97 @@ fn dev_zero_mapped_shared_across_fork_stays_shared() {
     }
     w.verify_restored(&before, &after, &[], extra);
 }
+
+/// pidfds of children of the tree: one from CLONE_PIDFD, one from pidfd_open with O_NONBLOCK,
+/// one of a zombie child, and one of the process itself with PIDFD_THREAD; the first is also
+/// held by the second child, forked after it (one description again, opened after the first
+/// child exists and before the second is forked). After restore fdinfo (Pid, NSpid, flags) is
+/// the same, and from inside: the non-blocking one says EAGAIN to waitid
+/// of a live child, pidfd_send_signal kills each live child and waitid(P_PIDFD) reaps it with
+/// SIGTERM, the zombie is reaped through its pidfd with its exit status 7.
+#[test]
+fn pidfds_of_children_a_zombie_and_itself_survive_restore() {
+    let mut w = spawn_settled("pidfd");
+    let kids: Vec<i32> = w.ready_field("kids").split(',').map(|k| k.parse().unwrap()).collect();
+    for kid in &kids[..2] {
+        w.own(*kid);
+    }
+    let before = w.snapshot();
+    for fd in [50, 51, 52, 53] {
+        assert!(before.entries.get(&format!("fd:{fd}")).is_some_and(|l| l.starts_with("anon_inode:")), "fd {fd} is no pidfd");
+    }
+    w.dump();
+    for kid in &kids {
+        assert!(wait_gone(*kid, Duration::from_secs(5)), "child {kid} still exists after the dump");
+    }
+    w.restore_detached();
+    let after = w.snapshot();
+    let mut extra = Vec::new();
+    for (fd, kid) in [(50, kids[0]), (51, kids[1]), (52, kids[2]), (53, w.pid)] {
+        let pid = after.entries.get(&format!("fdinfo:{fd}:Pid")).cloned().unwrap_or_default();
+        if pid != kid.to_string() {
+            extra.push(format!("fd {fd}: fdinfo Pid {pid}, expected {kid}"));
+        }
+    }
+    // The second child inherited fd 50 (the first child's pidfd) at its fork: one description.
+    if !same_description(w.pid, 50, kids[1], 50) {
+        extra.push(format!("fd 50 of pid {} and of its child {} are not one description", w.pid, kids[1]));
+    }
+    if proc_state(kids[2]) != Some('Z') {
+        extra.push(format!("the zombie child {} is {:?} after restore", kids[2], proc_state(kids[2])));
+    }
+    w.verify_restored(&before, &after, &[], extra);
+}
+
+/// Open namespace files of the tree's own namespaces (net, uts, ipc, mnt, user) come back as
+/// the restored process's own namespaces: fdinfo and links are the same (net:[N]...), fstat of
+/// each fd is /proc/self/ns/X, setns works on them, close-on-exec as it was.
+#[test]
+fn namespace_files_of_the_tree_s_namespaces_survive_restore() {
+    let mut w = spawn_settled("nsfd");
+    let before = w.snapshot();
+    let links = |pid: i32| -> Vec<String> {
+        (60..=64).map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap().to_string_lossy().into_owned()).collect()
+    };
+    let links_before = links(w.pid);
+    for (fd, name) in (60..=64).zip(["net:[", "uts:[", "ipc:[", "mnt:[", "user:["]) {
+        assert!(links_before[fd as usize - 60].starts_with(name), "fd {fd} is no {name}...] namespace file");
+    }
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    let mut extra = Vec::new();
+    if links(w.pid) != links_before {
+        extra.push(format!("namespace files before {links_before:?}, after {:?}", links(w.pid)));
+    }
+    w.verify_restored(&before, &after, &[], extra);
+}
+
+/// The dump of `mode` is refused naming the pid, `fd` and `what`; the process keeps running,
+/// untraced, and reports PASS afterwards.
+fn refused(mode: &str, fd: &str, what: &str) {
+    let mut w = spawn_settled(mode);
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    eprintln!("{out}");
+    let text = out.text();
+    assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
+    assert!(has_token(&text, fd), "refusal does not name fd {fd}:\n{out}");
+    assert!(text.contains(what), "refusal does not say {what:?}:\n{out}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "pid {} is {:?} after the refused dump", w.pid, proc_state(w.pid));
+    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "pid {} still traced", w.pid);
+    w.go().assert_pass();
+}
+
+/// A pidfd of a process outside the tree (the workload's parent) is refused by name.
+#[test]
+fn dump_refuses_a_pidfd_of_a_process_outside_the_tree() {
+    refused("pidfd-outside", "50", "outside the dumped tree");
+}
+
+/// A namespace file of another network namespace than the process's own is refused by name.
+#[test]
+fn dump_refuses_a_namespace_file_of_another_namespace() {
+    refused("nsfd-other", "60", "another net namespace");
+}

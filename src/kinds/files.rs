@@ -58,6 +58,8 @@ pub struct OpenFileTable {
     pub state: KindState,
     /// description id -> every (pid, fd) that refers to it.
     holders: Holders,
+    /// Every process of the dumped tree, zombies included.
+    pub tree_pids: std::collections::BTreeSet<i32>,
 }
 
 impl OpenFileTable {
@@ -85,7 +87,7 @@ impl OpenFileTable {
     /// complete the records that depend on it. Runs right after the fds, before any memory is
     /// saved: a refusal must come before the long part of a dump.
     pub fn check_tree(&mut self) -> Result<()> {
-        let tree = WholeTree { holders: &self.holders, externals: &self.externals };
+        let tree = WholeTree { holders: &self.holders, externals: &self.externals, pids: &self.tree_pids };
         for kind in fd::KINDS {
             kind.check_tree(&mut self.files, &tree, &mut self.state)?;
         }
@@ -328,6 +330,12 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
     }
     super::credentials::leave_fs_identity(ctx)?;
     Ok(())
+}
+
+/// Whether `file` can be created now, while the tree is being created (see
+/// [`fd::FdKind::can_open_now`]); descriptions created together always can.
+pub fn can_open_now(file: &OpenFile) -> bool {
+    file.created_with != 0 || fd::kind_of_file(file).map(|k| k.can_open_now(file)).unwrap_or(true)
 }
 
 /// What must wait until every process of the tree exists, done by the process that created

@@ -13,15 +13,33 @@
  *               other wrote through another.
  *   devzero     /dev/zero mapped shared (fd closed), filled, then fork; after .go the two write
  *               and see each other's bytes.
+ *   pidfd       pidfds: fd 50 of a child from CLONE_PIDFD (clone3), fd 51 of a second child
+ *               from pidfd_open with O_NONBLOCK, fd 52 of a zombie child (exit 7), fd 53 of the
+ *               process itself with PIDFD_THREAD; after .go the live children are signalled
+ *               through their pidfds and every child is reaped with waitid(P_PIDFD).
+ *   pidfd-outside   a pidfd of the workload's parent, outside the tree (dump must refuse it).
+ *   nsfd        /proc/self/ns/{net,uts,ipc,mnt,user} open at fds 60..64 (64 close-on-exec);
+ *               after .go each is the process's own namespace (fstat) and setns works on them.
+ *   nsfd-other  an open namespace file of a new network namespace (dump must refuse it).
  *
  * After .go the workload checks from inside that everything is one object again and reports
  * PASS or FAIL (common.h protocol).
  */
 #include "common.h"
 
+#include <linux/sched.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
 
 #define PAGE 4096
 
@@ -37,8 +55,10 @@ static void place(int fd, int at)
 		die("creating the object for fd %d: %s", at, strerror(errno));
 	if (fd == at)
 		return;
-	if (dup2(fd, at) != at)
-		die("dup2 to %d: %s", at, strerror(errno));
+	/* keeps the close-on-exec flag the object was created with */
+	int cloexec = fcntl(fd, F_GETFD) & FD_CLOEXEC ? O_CLOEXEC : 0;
+	if (dup3(fd, at, cloexec) != at)
+		die("dup3 to %d: %s", at, strerror(errno));
 	close(fd);
 }
 
@@ -246,6 +266,136 @@ static void devzero_verify(void)
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed its part (status %#x)", st);
 }
 
+/* ---------------------------------------------------------------- pidfd */
+
+static pid_t kids[3];
+
+/* A child that waits for SIGTERM (it dies of it). */
+static void sleeper_child(void)
+{
+	for (;;)
+		pause();
+}
+
+static int pidfd_open(pid_t pid, unsigned flags)
+{
+	return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+static void pidfd_setup(void)
+{
+	int pidfd = -1;
+	struct clone_args args = { 0 };
+	args.flags = CLONE_PIDFD;
+	args.pidfd = (uint64_t)(uintptr_t)&pidfd;
+	args.exit_signal = SIGCHLD;
+	long r = syscall(SYS_clone3, &args, sizeof(args));
+	if (r < 0)
+		die("clone3(CLONE_PIDFD): %s", strerror(errno));
+	if (r == 0)
+		sleeper_child();
+	kids[0] = (pid_t)r;
+	place(pidfd, 50);
+	if ((kids[1] = fork()) == 0)
+		sleeper_child();
+	place(pidfd_open(kids[1], O_NONBLOCK), 51);
+	if ((kids[2] = fork()) == 0)
+		_exit(7);
+	place(pidfd_open(kids[2], 0), 52);
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	/* a zombie: its exit is seen, not reaped */
+	if (waitid(P_PIDFD, 52, &si, WEXITED | WNOWAIT) || si.si_pid != kids[2])
+		die("waitid(P_PIDFD, WNOWAIT) of the zombie: %s", strerror(errno));
+	place(pidfd_open(getpid(), PIDFD_THREAD), 53);
+	status("READY pidfd pid=%d kids=%d,%d,%d fds=50,51,52,53", getpid(), kids[0], kids[1], kids[2]);
+}
+
+static void pidfd_verify(void)
+{
+	CHECK_EQ_U("fd 51 O_NONBLOCK", O_NONBLOCK, fcntl(51, F_GETFL) & O_NONBLOCK);
+	CHECK_EQ_U("fd 53 PIDFD_THREAD", PIDFD_THREAD, fcntl(53, F_GETFL) & PIDFD_THREAD);
+	CHECK_EQ_U("fd 50 O_NONBLOCK", 0, fcntl(50, F_GETFL) & O_NONBLOCK);
+	/* A non-blocking pidfd of a live child: WNOHANG-like EAGAIN. */
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	errno = 0;
+	int r = waitid(P_PIDFD, 51, &si, WEXITED);
+	CHECK(r < 0 && errno == EAGAIN, "waitid on the non-blocking pidfd of a live child: %d (%s)", r, strerror(errno));
+	for (int i = 0; i < 2; i++) {
+		int fd = 50 + i;
+		CHECK(syscall(SYS_pidfd_send_signal, fd, SIGTERM, NULL, 0) == 0, "pidfd_send_signal on fd %d: %s", fd,
+		      strerror(errno));
+		memset(&si, 0, sizeof(si));
+		int ok = 0;
+		for (int tries = 0; tries < 500 && !ok; tries++) {
+			if (waitid(P_PIDFD, fd, &si, WEXITED) == 0)
+				ok = 1;
+			else if (errno == EAGAIN)
+				sleep_ms(10);
+			else
+				break;
+		}
+		CHECK(ok && si.si_pid == kids[i] && si.si_code == CLD_KILLED && si.si_status == SIGTERM,
+		      "child %d through fd %d: waitid gave pid %d code %d status %d (%s)", kids[i], fd, si.si_pid,
+		      si.si_code, si.si_status, strerror(errno));
+	}
+	memset(&si, 0, sizeof(si));
+	CHECK(waitid(P_PIDFD, 52, &si, WEXITED) == 0 && si.si_pid == kids[2] && si.si_code == CLD_EXITED &&
+		      si.si_status == 7,
+	      "the zombie through fd 52: pid %d code %d status %d (%s)", si.si_pid, si.si_code, si.si_status,
+	      strerror(errno));
+	CHECK(syscall(SYS_pidfd_send_signal, 53, 0, NULL, 0) == 0, "pidfd_send_signal(0) to itself through fd 53: %s",
+	      strerror(errno));
+}
+
+static void pidfd_outside_setup(void)
+{
+	place(pidfd_open(getppid(), 0), 50);
+	status("READY pidfd-outside pid=%d parent=%d fd=50", getpid(), getppid());
+}
+
+/* ---------------------------------------------------------------- nsfd */
+
+static const char *ns_names[] = { "net", "uts", "ipc", "mnt", "user" };
+
+static void nsfd_setup(void)
+{
+	for (int i = 0; i < 5; i++) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/ns/%s", ns_names[i]);
+		place(open(path, i == 4 ? O_RDONLY | O_CLOEXEC : O_RDONLY), 60 + i);
+	}
+	status("READY nsfd pid=%d fds=60,61,62,63,64", getpid());
+}
+
+static void nsfd_verify(void)
+{
+	for (int i = 0; i < 5; i++) {
+		char path[64];
+		struct stat own, fd;
+		snprintf(path, sizeof(path), "/proc/self/ns/%s", ns_names[i]);
+		CHECK(stat(path, &own) == 0 && fstat(60 + i, &fd) == 0 && own.st_ino == fd.st_ino && own.st_dev == fd.st_dev,
+		      "fd %d is not the process's own %s namespace", 60 + i, ns_names[i]);
+	}
+	CHECK(setns(60, CLONE_NEWNET) == 0, "setns(fd 60, CLONE_NEWNET): %s", strerror(errno));
+	CHECK(setns(61, CLONE_NEWUTS) == 0, "setns(fd 61, CLONE_NEWUTS): %s", strerror(errno));
+	CHECK(setns(62, 0) == 0, "setns(fd 62, 0): %s", strerror(errno));
+	CHECK((fcntl(64, F_GETFD) & FD_CLOEXEC) && !(fcntl(60, F_GETFD) & FD_CLOEXEC), "close-on-exec flags changed");
+}
+
+static void nsfd_other_setup(void)
+{
+	int own = open("/proc/self/ns/net", O_RDONLY);
+	if (unshare(CLONE_NEWNET))
+		die("unshare(CLONE_NEWNET): %s", strerror(errno));
+	place(open("/proc/self/ns/net", O_RDONLY), 60);
+	if (setns(own, CLONE_NEWNET))
+		die("setns back: %s", strerror(errno));
+	close(own);
+	status("READY nsfd-other pid=%d fd=60", getpid());
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -260,10 +410,21 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "devzero")) {
 		devzero_setup();
 		verify = devzero_verify;
+	} else if (!strcmp(mode, "pidfd")) {
+		pidfd_setup();
+		verify = pidfd_verify;
+	} else if (!strcmp(mode, "pidfd-outside")) {
+		pidfd_outside_setup();
+	} else if (!strcmp(mode, "nsfd")) {
+		nsfd_setup();
+		verify = nsfd_verify;
+	} else if (!strcmp(mode, "nsfd-other")) {
+		nsfd_other_setup();
 	} else {
 		die("unknown mode '%s'", mode);
 	}
 	wait_go();
-	verify();
+	if (verify)
+		verify();
 	finish("%s", mode);
 }

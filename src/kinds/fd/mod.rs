@@ -40,7 +40,9 @@ pub mod fifo;
 pub mod inet_socket;
 pub mod inotify;
 pub mod memfd;
+pub mod namespace;
 pub mod netlink_socket;
+pub mod pidfd;
 pub mod pipe;
 pub mod regular;
 pub mod shared_memory;
@@ -61,11 +63,14 @@ use super::RestoreCtx;
 use crate::image::proto::{Files, OpenFile, open_file};
 
 /// Every fd kind. Dump asks them in this order and the first that recognises an fd records it:
-/// a kind that takes a part of another's files (memfds among regular files, terminals among
-/// character devices) comes before it. The other steps run in this order too: inotify adds its
-/// watches before epoll registers (and may write into a watched pipe for a moment).
+/// a kind that takes a part of another's files (memfds, pidfds and namespace files among
+/// regular files, terminals among character devices) comes before it. The other steps run in
+/// this order too: inotify adds its watches before epoll registers (and may write into a
+/// watched pipe for a moment).
 pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<memfd::Memfds>::KIND,
+    &Registered::<pidfd::Pidfds>::KIND,
+    &Registered::<namespace::NamespaceFiles>::KIND,
     &Registered::<regular::RegularFiles>::KIND,
     &Registered::<tty::Terminals>::KIND,
     &Registered::<chardev::CharDevices>::KIND,
@@ -132,6 +137,13 @@ pub trait FdKind: 'static {
     fn precheck(file: &OpenFile, record: &Self::Record) -> Result<()> {
         let _ = (file, record);
         Ok(())
+    }
+    /// Restore: whether the description can be created now, while the tree is being created
+    /// (a pidfd needs its process). One that cannot waits: its creator opens it before forking
+    /// the next child once it can, and at the latest after forking all of them.
+    fn can_open_now(record: &Self::Record) -> bool {
+        let _ = record;
+        true
     }
     /// Restore: creates the description in the process of `ctx` and returns a temporary fd for
     /// it. Descriptions created by one call (`created_with`) keep their fds in `together`.
@@ -237,6 +249,8 @@ pub struct WholeTree<'a> {
     pub holders: &'a Holders,
     /// Objects the user declared external (dump --external KEY, e.g. "pipe:[1234]").
     pub externals: &'a [String],
+    /// Every process of the dumped tree, zombies included.
+    pub pids: &'a std::collections::BTreeSet<i32>,
 }
 
 /// Descriptions created together by one call (see OpenFile.created_with): the temporary fds
@@ -271,6 +285,7 @@ pub trait DynFdKind: Sync {
     fn after_kill(&self, state: &mut KindState) -> Result<()>;
     fn restore_failed(&self, files: &[OpenFile]);
     fn precheck(&self, file: &OpenFile) -> Result<()>;
+    fn can_open_now(&self, file: &OpenFile) -> bool;
     fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32>;
     /// Called with every description the process created; the kind takes its own.
     fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()>;
@@ -327,6 +342,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     }
     fn precheck(&self, file: &OpenFile) -> Result<()> {
         K::precheck(file, Self::record(file)?)
+    }
+    fn can_open_now(&self, file: &OpenFile) -> bool {
+        Self::record(file).map(K::can_open_now).unwrap_or(true)
     }
     fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32> {
         K::open(ctx, file, Self::record(file)?, together)

@@ -25,6 +25,8 @@ fn every_variant() -> Vec<K> {
         K::Tty(Default::default()),
         K::InetSocket(Default::default()),
         K::NetlinkSocket(Default::default()),
+        K::Pidfd(Default::default()),
+        K::NamespaceFile(Default::default()),
     ];
     // A variant added to the schema does not compile here until it is listed above as well.
     for kind in &all {
@@ -43,7 +45,9 @@ fn every_variant() -> Vec<K> {
             | K::SharedMemory(_)
             | K::Tty(_)
             | K::InetSocket(_)
-            | K::NetlinkSocket(_) => {}
+            | K::NetlinkSocket(_)
+            | K::Pidfd(_)
+            | K::NamespaceFile(_) => {}
         }
     }
     all
@@ -122,6 +126,10 @@ fn dump_hands_each_fd_to_the_kind_that_records_it() {
 
     let memfd = nix::sys::memfd::memfd_create(c"kinds", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
     assert_eq!(recognised(&memfd), Some("memfd"));
+    let pidfd = crate::sys::pidfd::pidfd_open(std::process::id() as i32).unwrap();
+    assert_eq!(recognised(&pidfd), Some("pidfd"));
+    let ns = open("/proc/self/ns/net".as_ref(), OFlag::O_RDONLY);
+    assert_eq!(recognised(&ns), Some("namespace file"));
 
     let clock = nix::sys::timerfd::ClockId::CLOCK_MONOTONIC;
     let timer = nix::sys::timerfd::TimerFd::new(clock, nix::sys::timerfd::TimerFlags::empty()).unwrap();
@@ -133,6 +141,7 @@ fn dump_hands_each_fd_to_the_kind_that_records_it() {
     assert_eq!(recognised_as(&timer, "anon_inode:[eventfd]"), Some("eventfd"));
     assert_eq!(recognised_as(&timer, "anon_inode:[eventpoll]"), Some("epoll"));
     assert_eq!(recognised_as(&timer, "anon_inode:inotify"), Some("inotify"));
-    assert_eq!(recognised_as(&timer, "anon_inode:[pidfd]"), None);
+    assert_eq!(recognised_as(&timer, "anon_inode:[pidfd]"), Some("pidfd"));
+    assert_eq!(recognised_as(&timer, "anon_inode:[io_uring]"), None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
