@@ -191,6 +191,35 @@ fn pidfds_of_children_a_zombie_and_itself_survive_restore() {
     w.verify_restored(&before, &after, &[], extra);
 }
 
+/// A child's pidfd of its later sibling (which restore creates after it): the child gets a
+/// pidfd of the sibling once every process exists; fdinfo shows the sibling's pid again, and the
+/// child kills the sibling through it and sees it exit (poll).
+#[test]
+fn pidfd_of_a_later_sibling_survives_restore() {
+    let mut w = spawn_settled("pidfd-sibling");
+    let kids: Vec<i32> = w.ready_field("kids").split(',').map(|k| k.parse().unwrap()).collect();
+    for kid in &kids {
+        w.own(*kid);
+    }
+    wait_in_syscall(kids[0], SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let before = w.snapshot();
+    let holder_before = ProcSnapshot::take(kids[0]);
+    assert_eq!(holder_before.entries.get("fdinfo:50:Pid"), Some(&kids[1].to_string()));
+    w.dump();
+    for kid in &kids {
+        assert!(wait_gone(*kid, Duration::from_secs(5)), "child {kid} still exists after the dump");
+    }
+    w.restore_detached();
+    let holder_after = ProcSnapshot::take(kids[0]);
+    let after = w.snapshot();
+    let extra: Vec<String> = holder_before
+        .diff(&holder_after, &["status:PPid", "status:State"])
+        .into_iter()
+        .map(|d| format!("first child: {d}"))
+        .collect();
+    w.verify_restored(&before, &after, &[], extra);
+}
+
 /// Open namespace files of the tree's own namespaces (net, uts, ipc, mnt, user) come back as
 /// the restored process's own namespaces: fdinfo and links are the same (net:[N]...), fstat of
 /// each fd is /proc/self/ns/X, setns works on them, close-on-exec as it was.
@@ -242,4 +271,25 @@ fn dump_refuses_a_pidfd_of_a_process_outside_the_tree() {
 #[test]
 fn dump_refuses_a_namespace_file_of_another_namespace() {
     refused("nsfd-other", "60", "another net namespace");
+}
+
+/// A pidfd of a child that exited and was reaped ("Pid: -1") is refused by name.
+#[test]
+fn dump_refuses_a_pidfd_of_a_reaped_process() {
+    refused("pidfd-reaped", "50", "exited and was reaped");
+}
+
+/// A PIDFD_THREAD pidfd of a thread other than the main thread is refused by name (threads are
+/// created after the fds are placed).
+#[test]
+fn dump_refuses_a_pidfd_of_a_thread_other_than_the_main_thread() {
+    refused("pidfd-thread", "50", "not a main thread");
+}
+
+/// A pidfd the first child received (SCM_RIGHTS) of its later sibling, shared with the parent:
+/// restore creates the holder before the pidfd's process and could not hand it down; refused
+/// by name.
+#[test]
+fn dump_refuses_a_pidfd_shared_with_a_process_created_before_its_target() {
+    refused("pidfd-passed", "50", "which restore creates before");
 }

@@ -17,17 +17,29 @@
  *               from pidfd_open with O_NONBLOCK, fd 52 of a zombie child (exit 7), fd 53 of the
  *               process itself with PIDFD_THREAD; after .go the live children are signalled
  *               through their pidfds and every child is reaped with waitid(P_PIDFD).
+ *   pidfd-sibling   the first child holds a pidfd (fd 50) of the second, its later sibling;
+ *               after .go it kills the sibling through it and sees it exit (poll); the parent
+ *               reaps both.
  *   pidfd-outside   a pidfd of the workload's parent, outside the tree (dump must refuse it).
+ *   pidfd-reaped    a pidfd of a child that was reaped (refused).
+ *   pidfd-thread    a PIDFD_THREAD pidfd of a second thread (refused).
+ *   pidfd-passed    the first child receives (SCM_RIGHTS) the parent's pidfd of the second
+ *               child, which restore would create after it (refused).
  *   nsfd        /proc/self/ns/{net,uts,ipc,mnt,user} open at fds 60..64 (64 close-on-exec);
  *               after .go each is the process's own namespace (fstat) and setns works on them.
  *   nsfd-other  an open namespace file of a new network namespace (dump must refuse it).
  *
  * After .go the workload checks from inside that everything is one object again and reports
  * PASS or FAIL (common.h protocol).
+ *
+ * LDFLAGS: -pthread
  */
 #include "common.h"
 
 #include <linux/sched.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -349,10 +361,140 @@ static void pidfd_verify(void)
 	      strerror(errno));
 }
 
+static void pidfd_sibling_setup(void)
+{
+	volatile int *slot = (volatile int *)map(-1, MAP_SHARED | MAP_ANONYMOUS, PAGE);
+	if ((kids[0] = fork()) == 0) {
+		for (int i = 0; i < 1000 && !slot[0]; i++)
+			sleep_ms(5);
+		place(pidfd_open(slot[0], 0), 50);
+		slot[1] = 1;
+		wait_go();
+		int ok = syscall(SYS_pidfd_send_signal, 50, SIGTERM, NULL, 0) == 0;
+		struct pollfd p = { .fd = 50, .events = POLLIN };
+		ok &= poll(&p, 1, 5000) == 1 && (p.revents & POLLIN);
+		_exit(ok ? 0 : 1);
+	}
+	if ((kids[1] = fork()) == 0)
+		sleeper_child();
+	slot[0] = kids[1];
+	for (int i = 0; i < 1000 && !slot[1]; i++)
+		sleep_ms(5);
+	if (!slot[1])
+		die("the first child did not open its pidfd");
+	munmap((void *)slot, PAGE);
+	status("READY pidfd-sibling pid=%d kids=%d,%d", getpid(), kids[0], kids[1]);
+}
+
+static void pidfd_sibling_verify(void)
+{
+	int st = 0;
+	CHECK(waitpid(kids[0], &st, 0) == kids[0] && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "the first child failed to kill its sibling through its pidfd (status %#x)", st);
+	CHECK(waitpid(kids[1], &st, 0) == kids[1] && WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM,
+	      "the second child did not die of SIGTERM (status %#x)", st);
+}
+
 static void pidfd_outside_setup(void)
 {
 	place(pidfd_open(getppid(), 0), 50);
 	status("READY pidfd-outside pid=%d parent=%d fd=50", getpid(), getppid());
+}
+
+static void pidfd_reaped_setup(void)
+{
+	pid_t kid = fork();
+	if (kid == 0)
+		_exit(0);
+	place(pidfd_open(kid, 0), 50);
+	waitpid(kid, NULL, 0);
+	status("READY pidfd-reaped pid=%d fd=50", getpid());
+}
+
+static volatile pid_t thread_tid;
+
+static void *thread_main(void *arg)
+{
+	(void)arg;
+	thread_tid = gettid();
+	for (;;)
+		sleep_ms(50);
+	return NULL;
+}
+
+static void pidfd_thread_setup(void)
+{
+	pthread_t t;
+	if (pthread_create(&t, NULL, thread_main, NULL))
+		die("pthread_create");
+	for (int i = 0; i < 1000 && !thread_tid; i++)
+		sleep_ms(5);
+	place(pidfd_open(thread_tid, PIDFD_THREAD), 50);
+	status("READY pidfd-thread pid=%d tid=%d fd=50", getpid(), thread_tid);
+}
+
+/* Sends fd over the socket (SCM_RIGHTS). */
+static void send_fd(int sock, int fd)
+{
+	char byte = 'x';
+	struct iovec iov = { &byte, 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	if (sendmsg(sock, &msg, 0) != 1)
+		die("sendmsg: %s", strerror(errno));
+}
+
+static int recv_fd(int sock)
+{
+	char byte;
+	struct iovec iov = { &byte, 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	if (recvmsg(sock, &msg, 0) != 1)
+		return -1;
+	int fd;
+	memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+	return fd;
+}
+
+static void pidfd_passed_setup(void)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		die("socketpair: %s", strerror(errno));
+	if ((kids[0] = fork()) == 0) {
+		close(sv[0]);
+		place(recv_fd(sv[1]), 50);
+		close(sv[1]);
+		wait_go();
+		_exit(0);
+	}
+	close(sv[1]);
+	if ((kids[1] = fork()) == 0)
+		sleeper_child();
+	place(pidfd_open(kids[1], 0), 50);
+	send_fd(sv[0], 50);
+	close(sv[0]);
+	sleep_ms(100); /* the first child places it */
+	status("READY pidfd-passed pid=%d kids=%d,%d fd=50", getpid(), kids[0], kids[1]);
+}
+
+static void pidfd_passed_verify(void)
+{
+	kill(kids[1], SIGTERM);
+	waitpid(kids[0], NULL, 0);
+	waitpid(kids[1], NULL, 0);
 }
 
 /* ---------------------------------------------------------------- nsfd */
@@ -413,6 +555,16 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "pidfd")) {
 		pidfd_setup();
 		verify = pidfd_verify;
+	} else if (!strcmp(mode, "pidfd-sibling")) {
+		pidfd_sibling_setup();
+		verify = pidfd_sibling_verify;
+	} else if (!strcmp(mode, "pidfd-reaped")) {
+		pidfd_reaped_setup();
+	} else if (!strcmp(mode, "pidfd-thread")) {
+		pidfd_thread_setup();
+	} else if (!strcmp(mode, "pidfd-passed")) {
+		pidfd_passed_setup();
+		verify = pidfd_passed_verify;
 	} else if (!strcmp(mode, "pidfd-outside")) {
 		pidfd_outside_setup();
 	} else if (!strcmp(mode, "nsfd")) {

@@ -65,18 +65,18 @@ impl FdKind for Pidfds {
             let Some(open_file::Kind::Pidfd(p)) = &file.kind else { continue };
             let holders = tree.holders.get(&file.id).map(Vec::as_slice).unwrap_or_default();
             let Some(&(pid, fd)) = holders.first() else { continue };
+            if thread_of_another(p.pid) {
+                bail!(
+                    "pid {pid} fd {fd}: a pidfd of thread {} (PIDFD_THREAD), not a main thread, cannot be checkpointed by crust yet",
+                    p.pid
+                );
+            }
             if !tree.pids.contains(&p.pid) {
                 bail!(
                     "pid {pid} fd {fd}: a pidfd of pid {} ({}), a process outside the dumped tree, cannot be \
                      checkpointed by crust",
                     p.pid,
                     comm(p.pid)
-                );
-            }
-            if thread_of_another(p.pid) {
-                bail!(
-                    "pid {pid} fd {fd}: a pidfd of thread {} (PIDFD_THREAD), not a main thread, cannot be checkpointed by crust yet",
-                    p.pid
                 );
             }
             let processes: BTreeSet<i32> = holders.iter().map(|(pid, _)| *pid).collect();
