@@ -74,8 +74,8 @@ impl Kind for Memory {
                 })?;
             }
             if vma.file.is_none() && matches!(vma.kind(), VmaKind::PrivateFile | VmaKind::SharedFile) {
-                // An inode without a path (a memfd): mapped through a description of it.
-                vma.inode_object_id = super::pathless::dump_mapping(ctx, &vma)?;
+                // An inode without a path (a memfd, an AIO ring): see `pathless`.
+                super::pathless::dump_mapping(ctx, &mut vma)?;
             }
             let wanted = match vma.kind() {
                 VmaKind::PrivateAnonymous => Some(Wanted::Resident),
@@ -152,6 +152,7 @@ impl Kind for Memory {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
             })?;
         }
+        super::pathless::after_mappings(ctx, &mm.vmas)?;
         ctx.close_in_process(pages_fd)?;
         for (_, fd) in file_fds {
             ctx.close_in_process(fd)?;
@@ -743,6 +744,9 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
     let mut prot = vma.prot as u64;
     if !vma.pages.is_empty() {
         prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    }
+    if super::pathless::made_later(vma) {
+        return Ok(());
     }
     let growsdown = if vma.grows_down { libc::MAP_GROWSDOWN } else { 0 };
     let (flags, fd, offset) = match kind {

@@ -11,6 +11,7 @@
 //! registry, and no fd kind imports another. [`file_check`] is the identity of the files an
 //! image names by path and their check at restore, for memory and fd kinds alike.
 
+pub mod aio;
 pub mod credentials;
 pub mod fd;
 pub mod file_check;

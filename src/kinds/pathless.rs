@@ -1,5 +1,6 @@
 //! Mappings backed by an inode that has no path: a memfd ("/memfd:NAME (deleted)" in
-//! /proc/PID/maps), mapped shared or private, with or without an fd of it still open.
+//! /proc/PID/maps), mapped shared or private, with or without an fd of it still open, and the
+//! ring of an AIO context ("/[aio] (deleted)", see `kinds::aio`).
 //!
 //! Such an inode cannot be opened again by name, so the mapping refers to an open file
 //! description of it instead (`Vma.inode_object_id`): one the fd table recorded already (the
@@ -28,12 +29,40 @@ const F_SEAL_FUTURE_WRITE: i32 = 0x0010;
 
 /// Whether a deleted mapping's path (without " (deleted)") is an inode this module restores.
 pub fn recognises(original: &str) -> bool {
-    original.starts_with("/memfd:")
+    original.starts_with("/memfd:") || super::aio::recognises(original)
 }
 
-/// Dump: the description id the mapping [vma.start, vma.end) of `pid` refers to, recording one
-/// for it if no fd of the tree refers to its inode. Refuses what could not be mapped again.
-pub fn dump_mapping(ctx: &mut DumpCtx, vma: &Vma) -> Result<u32> {
+/// Dump: what the mapping `vma` (a PRIVATE_FILE or SHARED_FILE without a file) is mapped
+/// from: an AIO context, or a description of its memfd. Refuses what could not be mapped again.
+pub fn dump_mapping(ctx: &mut DumpCtx, vma: &mut Vma) -> Result<()> {
+    let original = vma.name.strip_suffix(" (deleted)").unwrap_or(&vma.name);
+    if super::aio::recognises(original) && vma.kind() == VmaKind::SharedFile {
+        return super::aio::dump(ctx, vma);
+    }
+    vma.inode_object_id = memfd_mapping(ctx, vma)?;
+    Ok(())
+}
+
+/// Restore, once every mapping of the process is in place and filled: the AIO contexts, whose
+/// rings are moved into their places.
+pub fn after_mappings(ctx: &mut RestoreCtx, vmas: &[Vma]) -> Result<()> {
+    for vma in vmas.iter().filter(|v| !v.inherited) {
+        if let Some(ring) = &vma.aio_ring {
+            super::aio::restore(ctx, vma, ring)
+                .with_context(|| format!("restoring the AIO context at {:#x} ({})", vma.start, vma.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `vma` is made by [`after_mappings`] rather than mapped like the others.
+pub fn made_later(vma: &Vma) -> bool {
+    vma.aio_ring.is_some()
+}
+
+/// The description id the memfd mapping [vma.start, vma.end) of `pid` refers to, recording one
+/// for it if no fd of the tree refers to its inode.
+fn memfd_mapping(ctx: &mut DumpCtx, vma: &Vma) -> Result<u32> {
     let pid = ctx.pid.as_raw();
     let (start, end) = (vma.start, vma.end);
     let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");

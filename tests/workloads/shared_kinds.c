@@ -25,6 +25,13 @@
  *   pidfd-thread    a PIDFD_THREAD pidfd of a second thread (refused).
  *   pidfd-passed    the first child receives (SCM_RIGHTS) the parent's pidfd of the second
  *               child, which restore would create after it (refused).
+ *   aio         two AIO contexts (io_setup 32 and 500), each used once (a read of memfd fd 70,
+ *               reaped), then fork: the child has the rings mapped but no context. After .go
+ *               both contexts read fd 70 again at their old ids, the rings are where they were
+ *               with their sizes, and the child's io_submit still fails with EINVAL.
+ *   aio-inflight    an IOCB_CMD_POLL on an empty pipe in flight (refused); after .go the
+ *               request completes when the pipe gets a byte.
+ *   aio-unreaped    a completed read not reaped yet (refused); after .go it is reaped.
  *   nsfd        /proc/self/ns/{net,uts,ipc,mnt,user} open at fds 60..64 (64 close-on-exec);
  *               after .go each is the process's own namespace (fstat) and setns works on them.
  *   nsfd-other  an open namespace file of a new network namespace (dump must refuse it).
@@ -36,6 +43,7 @@
  */
 #include "common.h"
 
+#include <linux/aio_abi.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <pthread.h>
@@ -497,6 +505,135 @@ static void pidfd_passed_verify(void)
 	waitpid(kids[1], NULL, 0);
 }
 
+/* ---------------------------------------------------------------- aio */
+
+struct aio_ring_header {
+	unsigned id, nr, head, tail, magic, compat, incompat, header_length;
+};
+
+static aio_context_t actx[2];
+static unsigned ring_nr[2];
+static char aio_buf[64];
+
+static long submit_read(aio_context_t ctx, int fd, uint64_t data)
+{
+	struct iocb cb;
+	memset(&cb, 0, sizeof(cb));
+	cb.aio_data = data;
+	cb.aio_fildes = fd;
+	cb.aio_lio_opcode = IOCB_CMD_PREAD;
+	cb.aio_buf = (uint64_t)(uintptr_t)aio_buf;
+	cb.aio_nbytes = 9;
+	struct iocb *cbs[1] = { &cb };
+	return syscall(SYS_io_submit, ctx, 1, cbs);
+}
+
+/* Reaps one event (waits up to 5 s): its data, or 0. */
+static uint64_t reap_one(aio_context_t ctx, int64_t *res)
+{
+	struct io_event ev;
+	struct timespec t = { 5, 0 };
+	if (syscall(SYS_io_getevents, ctx, 1, 1, &ev, &t) != 1)
+		return 0;
+	*res = ev.res;
+	return ev.data;
+}
+
+static void aio_setup(void)
+{
+	int fd = memfd_create("aiodata", 0);
+	if (fd < 0 || write(fd, "hello aio", 9) != 9)
+		die("memfd: %s", strerror(errno));
+	place(fd, 70);
+	unsigned sizes[2] = { 32, 500 };
+	for (int i = 0; i < 2; i++) {
+		if (syscall(SYS_io_setup, sizes[i], &actx[i]))
+			die("io_setup(%u): %s", sizes[i], strerror(errno));
+		ring_nr[i] = ((struct aio_ring_header *)actx[i])->nr;
+		int64_t res = 0;
+		if (submit_read(actx[i], 70, 100 + i) != 1 || reap_one(actx[i], &res) != 100u + i || res != 9)
+			die("first read through context %d: %s", i, strerror(errno));
+	}
+	if ((child = fork()) == 0) {
+		wait_go();
+		errno = 0;
+		int ok = submit_read(actx[0], 70, 1) < 0 && errno == EINVAL;
+		_exit(ok ? 0 : 1);
+	}
+	status("READY aio pid=%d child=%d ctx=%#llx,%#llx nr=%u,%u", getpid(), child, (unsigned long long)actx[0],
+	       (unsigned long long)actx[1], ring_nr[0], ring_nr[1]);
+}
+
+static void aio_verify(void)
+{
+	for (int i = 0; i < 2; i++) {
+		struct aio_ring_header *h = (struct aio_ring_header *)actx[i];
+		CHECK(h->magic == 0xa10a10a1 && h->nr == ring_nr[i] && h->head == h->tail,
+		      "context %d: ring magic %#x nr %u (was %u) head %u tail %u", i, h->magic, h->nr, ring_nr[i], h->head,
+		      h->tail);
+		memset(aio_buf, 0, sizeof(aio_buf));
+		int64_t res = 0;
+		long r = submit_read(actx[i], 70, 200 + i);
+		CHECK(r == 1, "io_submit on context %d (%#llx): %s", i, (unsigned long long)actx[i], strerror(errno));
+		uint64_t data = r == 1 ? reap_one(actx[i], &res) : 0;
+		CHECK(data == 200u + i && res == 9 && !memcmp(aio_buf, "hello aio", 9),
+		      "context %d: event data %llu res %lld buffer '%s'", i, (unsigned long long)data, (long long)res, aio_buf);
+	}
+	int st = 0;
+	CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "the child's io_submit on its parent's context did not fail with EINVAL (status %#x)", st);
+	CHECK(syscall(SYS_io_destroy, actx[0]) == 0 && syscall(SYS_io_destroy, actx[1]) == 0, "io_destroy: %s",
+	      strerror(errno));
+}
+
+static void aio_inflight_setup(void)
+{
+	int p[2];
+	if (pipe(p))
+		die("pipe: %s", strerror(errno));
+	place(p[0], 71);
+	place(p[1], 72);
+	if (syscall(SYS_io_setup, 8, &actx[0]))
+		die("io_setup: %s", strerror(errno));
+	struct iocb cb;
+	memset(&cb, 0, sizeof(cb));
+	cb.aio_data = 77;
+	cb.aio_fildes = 71;
+	cb.aio_lio_opcode = IOCB_CMD_POLL;
+	cb.aio_buf = POLLIN;
+	struct iocb *cbs[1] = { &cb };
+	if (syscall(SYS_io_submit, actx[0], 1, cbs) != 1)
+		die("io_submit(IOCB_CMD_POLL): %s", strerror(errno));
+	status("READY aio-inflight pid=%d ctx=%#llx", getpid(), (unsigned long long)actx[0]);
+}
+
+static void aio_inflight_verify(void)
+{
+	CHECK(write(72, "x", 1) == 1, "write pipe: %s", strerror(errno));
+	int64_t res = 0;
+	uint64_t data = reap_one(actx[0], &res);
+	CHECK(data == 77 && (res & POLLIN), "the poll request in flight completed with data %llu res %#llx",
+	      (unsigned long long)data, (long long)res);
+}
+
+static void aio_unreaped_setup(void)
+{
+	int fd = memfd_create("aiodata", 0);
+	if (fd < 0 || write(fd, "hello aio", 9) != 9)
+		die("memfd: %s", strerror(errno));
+	place(fd, 70);
+	if (syscall(SYS_io_setup, 8, &actx[0]) || submit_read(actx[0], 70, 88) != 1)
+		die("io_setup/io_submit: %s", strerror(errno));
+	status("READY aio-unreaped pid=%d ctx=%#llx", getpid(), (unsigned long long)actx[0]);
+}
+
+static void aio_unreaped_verify(void)
+{
+	int64_t res = 0;
+	uint64_t data = reap_one(actx[0], &res);
+	CHECK(data == 88 && res == 9, "the completed read: data %llu res %lld", (unsigned long long)data, (long long)res);
+}
+
 /* ---------------------------------------------------------------- nsfd */
 
 static const char *ns_names[] = { "net", "uts", "ipc", "mnt", "user" };
@@ -567,6 +704,15 @@ int main(int argc, char **argv)
 		verify = pidfd_passed_verify;
 	} else if (!strcmp(mode, "pidfd-outside")) {
 		pidfd_outside_setup();
+	} else if (!strcmp(mode, "aio")) {
+		aio_setup();
+		verify = aio_verify;
+	} else if (!strcmp(mode, "aio-inflight")) {
+		aio_inflight_setup();
+		verify = aio_inflight_verify;
+	} else if (!strcmp(mode, "aio-unreaped")) {
+		aio_unreaped_setup();
+		verify = aio_unreaped_verify;
 	} else if (!strcmp(mode, "nsfd")) {
 		nsfd_setup();
 		verify = nsfd_verify;
