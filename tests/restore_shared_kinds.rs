@@ -51,7 +51,9 @@ fn ino_keys(fds: &[i32]) -> Vec<String> {
 /// three fds and both mappings are one inode (the workload writes through one fd and reads
 /// through the others and the mapping; the private mapping keeps its own page and shows the
 /// memfd's other pages), the two mappings of the orphan are one memfd, and /proc shows the same
-/// maps and fd flags and offsets; the three fds are three descriptions (kcmp).
+/// maps, VmFlags, fd flags and offsets; the three fds are three descriptions (kcmp). A sealed
+/// memfd (write, grow, shrink) open read-only and mapped shared read-only keeps its seals and
+/// stays impossible to make writable.
 #[test]
 fn mapped_memfds_and_memfds_open_through_several_descriptions_are_one_inode_again() {
     let mut w = spawn_settled("memfd");
@@ -78,7 +80,10 @@ fn mapped_memfds_and_memfds_open_through_several_descriptions_are_one_inode_agai
     if inode(&map_file(pid, &w.ready_field("c"))) != inode(&map_file(pid, &w.ready_field("d"))) {
         extra.push("mappings c and d of the orphan memfd are two inodes".into());
     }
-    let ignore = ino_keys(&[40, 41, 42]);
+    if inode(&map_file(pid, &w.ready_field("f"))) != inode(&format!("/proc/{pid}/fd/43")) {
+        extra.push("mapping f of the sealed memfd is not the inode of fd 43".into());
+    }
+    let ignore = ino_keys(&[40, 41, 42, 43]);
     let ignore: Vec<&str> = ignore.iter().map(String::as_str).collect();
     w.verify_restored(&before, &after, &ignore, extra);
 }

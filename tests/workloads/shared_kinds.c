@@ -7,7 +7,8 @@
  *               at 41 (O_RDONLY, offset 3) and 42 (O_RDWR|O_NONBLOCK, offset 100), mapped
  *               shared (A) and private (B, its first page changed privately); memfd "orphan"
  *               mapped shared twice (C, D) and memfd "orphanpriv" mapped private (E, changed),
- *               their fds closed.
+ *               their fds closed; memfd "sealed" (write, grow and shrink seals) mapped shared
+ *               read-only (F) and open read-only at fd 43 only.
  *   memfd-fork  memfd "forked" at fd 40, mapped shared, then fork: the child reopens it at 41
  *               through /proc/self/fd; after .go each writes through one way and reads what the
  *               other wrote through another.
@@ -137,7 +138,7 @@ static int wait_byte(volatile char *p, char v)
 
 /* ---------------------------------------------------------------- memfd */
 
-static char *ma, *mb, *mc, *md, *me;
+static char *ma, *mb, *mc, *md, *me, *mf;
 
 static void memfd_setup(void)
 {
@@ -168,8 +169,20 @@ static void memfd_setup(void)
 	me = map(fd, MAP_PRIVATE, PAGE);
 	memcpy(me + 2000, "private", 7);
 	close(fd);
-	status("READY memfd fds=40,41,42 a=%p b=%p c=%p d=%p e=%p", (void *)ma, (void *)mb, (void *)mc, (void *)md,
-	       (void *)me);
+	fd = memfd_create("sealed", MFD_ALLOW_SEALING);
+	if (fd < 0 || write(fd, "sealed contents", 15) != 15 || ftruncate(fd, PAGE))
+		die("memfd sealed: %s", strerror(errno));
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK))
+		die("F_ADD_SEALS: %s", strerror(errno));
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	place(open(path, O_RDONLY), 43);
+	close(fd);
+	mf = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, 43, 0);
+	if (mf == MAP_FAILED)
+		die("mmap sealed: %s", strerror(errno));
+	status("READY memfd fds=40,41,42,43 a=%p b=%p c=%p d=%p e=%p f=%p", (void *)ma, (void *)mb, (void *)mc,
+	       (void *)md, (void *)me, (void *)mf);
 }
 
 static void memfd_verify(void)
@@ -207,12 +220,16 @@ static void memfd_verify(void)
 	CHECK(md[PAGE + 1] == 'w', "a write into mapping C is not seen in mapping D");
 	CHECK(memcmp(me, "underneath", 10) == 0 && memcmp(me + 2000, "private", 7) == 0,
 	      "private mapping E lost its contents");
+	CHECK_EQ_U("seals of fd 43", F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK, fcntl(43, F_GET_SEALS));
+	CHECK(memcmp(mf, "sealed contents", 15) == 0, "mapping F lost the sealed memfd's contents");
+	CHECK(mapped_inode(mf, PAGE) == inode_of(43), "mapping F is not the inode of fd 43");
+	errno = 0;
+	CHECK(mprotect(mf, PAGE, PROT_READ | PROT_WRITE) < 0, "the sealed read-only shared mapping became writable");
 }
 
 /* ---------------------------------------------------------------- memfd-fork */
 
 static pid_t child;
-static char *mf;
 
 static void memfd_fork_setup(void)
 {
