@@ -158,10 +158,11 @@ fn dev_zero_mapped_shared_across_fork_stays_shared() {
 /// pidfds of children of the tree: one from CLONE_PIDFD, one from pidfd_open with O_NONBLOCK,
 /// one of a zombie child, and one of the process itself with PIDFD_THREAD; the first is also
 /// held by the second child, forked after it (one description again, opened after the first
-/// child exists and before the second is forked). After restore fdinfo (Pid, NSpid, flags) is
-/// the same, and from inside: the non-blocking one says EAGAIN to waitid
-/// of a live child, pidfd_send_signal kills each live child and waitid(P_PIDFD) reaps it with
-/// SIGTERM, the zombie is reaped through its pidfd with its exit status 7.
+/// child exists and before the second is forked), and an epoll watches the second. After
+/// restore fdinfo (Pid, NSpid, flags, the epoll's registration) is the same, and from inside:
+/// the non-blocking one says EAGAIN to waitid of a live child, pidfd_send_signal kills each live
+/// child, the epoll reports the exit, waitid(P_PIDFD) reaps each with SIGTERM, and the zombie is
+/// reaped through its pidfd with its exit status 7.
 #[test]
 fn pidfds_of_children_a_zombie_and_itself_survive_restore() {
     let mut w = spawn_settled("pidfd");
@@ -190,10 +191,18 @@ fn pidfds_of_children_a_zombie_and_itself_survive_restore() {
     if !same_description(w.pid, 50, kids[1], 50) {
         extra.push(format!("fd 50 of pid {} and of its child {} are not one description", w.pid, kids[1]));
     }
+    // The epoll's registration of fd 51: the same but for the pidfd's inode (a new process's).
+    let registration = |snap: &ProcSnapshot| -> String {
+        let line = snap.entries.get("fdinfo:55:tfd").cloned().unwrap_or_default();
+        line.split_whitespace().filter(|w| !w.starts_with("ino:")).collect::<Vec<_>>().join(" ")
+    };
+    if registration(&before) != registration(&after) || registration(&after).is_empty() {
+        extra.push(format!("epoll registration of the pidfd: before {:?}, after {:?}", registration(&before), registration(&after)));
+    }
     if proc_state(kids[2]) != Some('Z') {
         extra.push(format!("the zombie child {} is {:?} after restore", kids[2], proc_state(kids[2])));
     }
-    w.verify_restored(&before, &after, &[], extra);
+    w.verify_restored(&before, &after, &["fdinfo:55:tfd"], extra);
 }
 
 /// A child's pidfd of its later sibling (which restore creates after it): the child gets a

@@ -16,8 +16,9 @@
  *               and see each other's bytes.
  *   pidfd       pidfds: fd 50 of a child from CLONE_PIDFD (clone3), fd 51 of a second child
  *               from pidfd_open with O_NONBLOCK, fd 52 of a zombie child (exit 7), fd 53 of the
- *               process itself with PIDFD_THREAD; after .go the live children are signalled
- *               through their pidfds and every child is reaped with waitid(P_PIDFD).
+ *               process itself with PIDFD_THREAD, and an epoll (fd 55) watching fd 51; after .go
+ *               the live children are signalled through their pidfds, the epoll reports the
+ *               second one's exit, and every child is reaped with waitid(P_PIDFD).
  *   pidfd-sibling   the first child holds a pidfd (fd 50) of the second, its later sibling;
  *               after .go it kills the sibling through it and sees it exit (poll); the parent
  *               reaps both.
@@ -50,6 +51,7 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sched.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -345,7 +347,11 @@ static void pidfd_setup(void)
 	if (waitid(P_PIDFD, 52, &si, WEXITED | WNOWAIT) || si.si_pid != kids[2])
 		die("waitid(P_PIDFD, WNOWAIT) of the zombie: %s", strerror(errno));
 	place(pidfd_open(getpid(), PIDFD_THREAD), 53);
-	status("READY pidfd pid=%d kids=%d,%d,%d fds=50,51,52,53", getpid(), kids[0], kids[1], kids[2]);
+	place(epoll_create1(0), 55);
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 51 };
+	if (epoll_ctl(55, EPOLL_CTL_ADD, 51, &ev))
+		die("epoll_ctl(pidfd): %s", strerror(errno));
+	status("READY pidfd pid=%d kids=%d,%d,%d fds=50,51,52,53,55", getpid(), kids[0], kids[1], kids[2]);
 }
 
 static void pidfd_verify(void)
@@ -354,6 +360,8 @@ static void pidfd_verify(void)
 	CHECK_EQ_U("fd 53 PIDFD_THREAD", PIDFD_THREAD, fcntl(53, F_GETFL) & PIDFD_THREAD);
 	CHECK_EQ_U("fd 50 O_NONBLOCK", 0, fcntl(50, F_GETFL) & O_NONBLOCK);
 	/* A non-blocking pidfd of a live child: WNOHANG-like EAGAIN. */
+	struct epoll_event ev;
+	CHECK(epoll_wait(55, &ev, 1, 0) == 0, "the epoll reports the pidfd of a live child ready");
 	siginfo_t si;
 	memset(&si, 0, sizeof(si));
 	errno = 0;
@@ -363,6 +371,9 @@ static void pidfd_verify(void)
 		int fd = 50 + i;
 		CHECK(syscall(SYS_pidfd_send_signal, fd, SIGTERM, NULL, 0) == 0, "pidfd_send_signal on fd %d: %s", fd,
 		      strerror(errno));
+		if (fd == 51)
+			CHECK(epoll_wait(55, &ev, 1, 5000) == 1 && ev.data.u64 == 51,
+			      "the epoll did not report the exit of the child of fd 51");
 		memset(&si, 0, sizeof(si));
 		int ok = 0;
 		for (int tries = 0; tries < 500 && !ok; tries++) {
