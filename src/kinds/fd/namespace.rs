@@ -48,6 +48,9 @@ impl FdKind for NamespaceFiles {
     }
 
     fn precheck(_file: &OpenFile, record: &NamespaceFile) -> Result<()> {
+        if !TYPES.contains(&record.kind.as_str()) {
+            bail!("a namespace file of the unknown type {:?}", record.kind);
+        }
         let ours = own_namespace("self", &record.kind)?;
         if ours != record.inode {
             bail!(
