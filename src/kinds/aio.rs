@@ -178,7 +178,11 @@ fn take_free_slots(remote: &mut RemoteTask, id: u64, null: u64, cpus: &[usize], 
         }
         mask[cpu / 8] |= 1 << (cpu % 8);
         let mask_at = remote.put(MASK_AT, &mask)?;
-        remote.syscall("sched_setaffinity", libc::SYS_sched_setaffinity, &[0, MASK_LEN, mask_at])?;
+        // A CPU the process may not run on (its cpuset) is skipped: slots cached there look
+        // busy, and the context is refused rather than restored wrong.
+        if remote.syscall_raw(libc::SYS_sched_setaffinity, &[0, MASK_LEN, mask_at])? != 0 {
+            continue;
+        }
         // Bounded: a context never has more slots than its ring has events.
         while taken < ring_events as u64 {
             match remote.syscall_raw(libc::SYS_io_submit, &[id, CHUNK, pointers_at])? {
