@@ -138,12 +138,13 @@ fn requests_in_flight(remote: &mut RemoteTask, id: u64, ring_events: u32) -> Res
     let null = remote.syscall("openat(/dev/null)", libc::SYS_openat, &[libc::AT_FDCWD as u64, path, flags, 0])?;
     let saved = remote.put(SAVED_MASK_AT, &[0u8; MASK_LEN as usize])?;
     let saved_len = remote.syscall("sched_getaffinity", libc::SYS_sched_getaffinity, &[0, MASK_LEN, saved])?;
-    let taken = take_free_slots(remote, id, null, &online, ring_events);
+    let mut taken = 0u64;
+    let took = take_free_slots(remote, id, null, &online, ring_events, &mut taken);
     let restored = remote.syscall("sched_setaffinity", libc::SYS_sched_setaffinity, &[0, saved_len, saved]);
     // Whatever was taken is reaped, even after an error.
-    let reaped = reap(remote, id, *taken.as_ref().unwrap_or(&0));
+    let reaped = reap(remote, id, taken);
     remote.syscall("close", libc::SYS_close, &[null])?;
-    let taken = taken?;
+    took?;
     restored?;
     reaped?;
     let free = ring_events as i64 - 1;
@@ -152,8 +153,9 @@ fn requests_in_flight(remote: &mut RemoteTask, id: u64, ring_events: u32) -> Res
 }
 
 /// Submits zero-byte reads of `null` on each CPU of `cpus` in turn until the kernel has no
-/// slot left for them; returns how many were submitted (all completed, waiting in the ring).
-fn take_free_slots(remote: &mut RemoteTask, id: u64, null: u64, cpus: &[usize], ring_events: u32) -> Result<u64> {
+/// slot left for them; counts in `taken` how many were submitted (all completed, waiting in
+/// the ring), also when it fails half way.
+fn take_free_slots(remote: &mut RemoteTask, id: u64, null: u64, cpus: &[usize], ring_events: u32, taken: &mut u64) -> Result<()> {
     let buffer = remote.put(EVENTS_AT, &[0u8; 8])?;
     let mut iocbs = Vec::with_capacity((CHUNK * 64) as usize);
     let mut pointers = Vec::with_capacity((CHUNK * 8) as usize);
@@ -170,7 +172,6 @@ fn take_free_slots(remote: &mut RemoteTask, id: u64, null: u64, cpus: &[usize], 
     }
     remote.put(IOCBS_AT, &iocbs)?;
     let pointers_at = remote.put(POINTERS_AT, &pointers)?;
-    let mut taken = 0u64;
     for &cpu in cpus {
         let mut mask = [0u8; MASK_LEN as usize];
         if cpu / 8 >= mask.len() {
@@ -184,10 +185,10 @@ fn take_free_slots(remote: &mut RemoteTask, id: u64, null: u64, cpus: &[usize], 
             continue;
         }
         // Bounded: a context never has more slots than its ring has events.
-        while taken < ring_events as u64 {
+        while *taken < ring_events as u64 {
             match remote.syscall_raw(libc::SYS_io_submit, &[id, CHUNK, pointers_at])? {
                 n if n > 0 => {
-                    taken += n as u64;
+                    *taken += n as u64;
                     if (n as u64) < CHUNK {
                         break;
                     }
@@ -197,7 +198,7 @@ fn take_free_slots(remote: &mut RemoteTask, id: u64, null: u64, cpus: &[usize], 
             }
         }
     }
-    Ok(taken)
+    Ok(())
 }
 
 /// Reaps `count` events of crust's probe from the context.
