@@ -133,11 +133,11 @@ fn parent_maps_it(ctx: &DumpCtx, start: u64, end: u64) -> Result<bool> {
 /// module's comment). Leaves the ring empty and the thread's CPU affinity as it was.
 fn requests_in_flight(remote: &mut RemoteTask, id: u64, ring_events: u32) -> Result<i64> {
     let (possible, online) = (cpu_list("possible")?, cpu_list("online")?);
+    let saved = remote.put(SAVED_MASK_AT, &[0u8; MASK_LEN as usize])?;
+    let saved_len = remote.syscall("sched_getaffinity", libc::SYS_sched_getaffinity, &[0, MASK_LEN, saved])?;
     let path = remote.put_path(PATH_AT, "/dev/null")?;
     let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
     let null = remote.syscall("openat(/dev/null)", libc::SYS_openat, &[libc::AT_FDCWD as u64, path, flags, 0])?;
-    let saved = remote.put(SAVED_MASK_AT, &[0u8; MASK_LEN as usize])?;
-    let saved_len = remote.syscall("sched_getaffinity", libc::SYS_sched_getaffinity, &[0, MASK_LEN, saved])?;
     let mut taken = 0u64;
     let took = take_free_slots(remote, id, null, &online, ring_events, &mut taken);
     let restored = remote.syscall("sched_setaffinity", libc::SYS_sched_setaffinity, &[0, saved_len, saved]);
