@@ -276,11 +276,27 @@ fn dump_refuses_an_aio_context_with_a_request_in_flight() {
     refused_without_fd("aio-inflight", "1 requests in flight");
 }
 
-/// An AIO context holding a completed event not reaped yet is refused by name; the event is
-/// reaped afterwards.
+/// An AIO context with two completed reads not reaped yet (after three reaped ones): after
+/// restore the ring holds them (same ring in maps), io_getevents reaps both in order with their
+/// results and filled buffers, and the context takes new requests.
 #[test]
-fn dump_refuses_an_aio_context_with_completions_not_reaped() {
-    refused_without_fd("aio-unreaped", "1 completed events not reaped");
+fn aio_completions_not_reaped_yet_come_back_in_order() {
+    let mut w = spawn_settled("aio-unreaped");
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &["fdinfo:70:ino"], vec![]);
+}
+
+/// `dump -R` of a process whose AIO context holds completions not reaped: crust's probe of the
+/// context leaves them there, and the program reaps them as if nothing happened.
+#[test]
+fn dump_leaves_an_aio_context_s_waiting_completions_in_place() {
+    let mut w = spawn_settled("aio-unreaped");
+    let out = w.dump_with(&["-R"]);
+    assert!(out.success(), "dump -R failed:\n{out}");
+    w.go().assert_pass();
 }
 
 /// Open namespace files of the tree's own namespaces (net, uts, ipc, mnt, user) come back as

@@ -33,7 +33,8 @@
  *               with their sizes, and the child's io_submit still fails with EINVAL.
  *   aio-inflight    an IOCB_CMD_POLL on an empty pipe in flight (refused); after .go the
  *               request completes when the pipe gets a byte.
- *   aio-unreaped    a completed read not reaped yet (refused); after .go it is reaped.
+ *   aio-unreaped    an AIO context used three times (reaped), then two reads completed and not
+ *               reaped yet; after .go both are reaped, in order, with their results.
  *   nsfd        /proc/self/ns/{net,uts,ipc,mnt,user} open at fds 60..64 (64 close-on-exec);
  *               after .go each is the process's own namespace (fstat) and setns works on them.
  *   nsfd-other  an open namespace file of a new network namespace (dump must refuse it).
@@ -644,22 +645,58 @@ static void aio_inflight_verify(void)
 	      (unsigned long long)data, (long long)res);
 }
 
+static char unreaped_buf[2][16];
+
 static void aio_unreaped_setup(void)
 {
 	int fd = memfd_create("aiodata", 0);
-	if (fd < 0 || write(fd, "hello aio", 9) != 9)
+	if (fd < 0 || write(fd, "hello aio and more", 18) != 18)
 		die("memfd: %s", strerror(errno));
 	place(fd, 70);
-	if (syscall(SYS_io_setup, 8, &actx[0]) || submit_read(actx[0], 70, 88) != 1)
-		die("io_setup/io_submit: %s", strerror(errno));
+	if (syscall(SYS_io_setup, 8, &actx[0]))
+		die("io_setup: %s", strerror(errno));
+	for (int i = 0; i < 3; i++) {
+		int64_t res = 0;
+		if (submit_read(actx[0], 70, 10 + i) != 1 || reap_one(actx[0], &res) != 10u + i)
+			die("read %d: %s", i, strerror(errno));
+	}
+	struct iocb cb[2];
+	struct iocb *cbs[2] = { &cb[0], &cb[1] };
+	for (int i = 0; i < 2; i++) {
+		memset(&cb[i], 0, sizeof(cb[i]));
+		cb[i].aio_data = 88 + i;
+		cb[i].aio_fildes = 70;
+		cb[i].aio_lio_opcode = IOCB_CMD_PREAD;
+		cb[i].aio_buf = (uint64_t)(uintptr_t)unreaped_buf[i];
+		cb[i].aio_nbytes = 9;
+		cb[i].aio_offset = 9 * i;
+	}
+	if (syscall(SYS_io_submit, actx[0], 2, cbs) != 2)
+		die("io_submit: %s", strerror(errno));
+	struct aio_ring_header *h = (struct aio_ring_header *)actx[0];
+	if (h->tail - h->head != 2)
+		die("the two reads are not waiting in the ring (head %u tail %u)", h->head, h->tail);
 	status("READY aio-unreaped pid=%d ctx=%#llx", getpid(), (unsigned long long)actx[0]);
 }
 
 static void aio_unreaped_verify(void)
 {
+	struct aio_ring_header *h = (struct aio_ring_header *)actx[0];
+	CHECK((h->tail + h->nr - h->head) % h->nr == 2, "the ring holds %u events, not 2 (head %u tail %u)",
+	      (h->tail + h->nr - h->head) % h->nr, h->head, h->tail);
+	struct io_event ev[3];
+	struct timespec t = { 0, 0 };
+	long n = syscall(SYS_io_getevents, actx[0], 0, 3, ev, &t);
+	CHECK(n == 2, "io_getevents reaped %ld events, not 2", n);
+	for (int i = 0; i < 2 && i < n; i++)
+		CHECK(ev[i].data == 88u + i && ev[i].res == 9 && ev[i].obj != 0, "event %d: data %llu res %lld", i,
+		      (unsigned long long)ev[i].data, (long long)ev[i].res);
+	CHECK(!memcmp(unreaped_buf[0], "hello aio", 9) && !memcmp(unreaped_buf[1], " and more", 9),
+	      "the reads' buffers hold '%.9s' and '%.9s'", unreaped_buf[0], unreaped_buf[1]);
+	/* and the context goes on */
 	int64_t res = 0;
-	uint64_t data = reap_one(actx[0], &res);
-	CHECK(data == 88 && res == 9, "the completed read: data %llu res %lld", (unsigned long long)data, (long long)res);
+	CHECK(submit_read(actx[0], 70, 99) == 1 && reap_one(actx[0], &res) == 99 && res == 9, "a new read: %s",
+	      strerror(errno));
 }
 
 /* ---------------------------------------------------------------- nsfd */
