@@ -383,3 +383,29 @@ fn dump_refuses_a_pidfd_of_a_thread_other_than_the_main_thread() {
 fn dump_refuses_a_pidfd_shared_with_a_process_created_before_its_target() {
     refused("pidfd-passed", "50", "which restore creates before");
 }
+
+/// A memfd mapped writable and shared, then sealed with F_SEAL_FUTURE_WRITE (the kernel would
+/// refuse that mapping now) is refused by name; the mapping stays writable for the process.
+#[test]
+fn dump_refuses_a_writable_shared_mapping_of_a_memfd_sealed_since() {
+    refused_without_fd("memfd-futurewrite", "F_SEAL_FUTURE_WRITE");
+}
+
+/// A hugetlbfs memfd (MFD_HUGETLB) is refused by name (skipped where the kernel has none).
+#[test]
+fn dump_refuses_a_hugetlbfs_memfd() {
+    let probe = Workload::spawn("shared_kinds", &["memfd-hugetlb"]);
+    if probe.ready_line.contains("skip") {
+        eprintln!("skipped: {}", probe.ready_line);
+        return;
+    }
+    drop(probe);
+    refused("memfd-hugetlb", "40", "hugetlbfs memfd");
+}
+
+/// A child keeping the ring's mapping of an AIO context its parent destroyed (no context
+/// behind it, nothing to inherit it from at restore) is refused by name.
+#[test]
+fn dump_refuses_an_aio_ring_without_its_context() {
+    refused_without_fd("aio-lost-ring", "without its AIO context");
+}

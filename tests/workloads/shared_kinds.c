@@ -35,6 +35,11 @@
  *               request completes when the pipe gets a byte.
  *   aio-unreaped    an AIO context used three times (reaped), then two reads completed and not
  *               reaped yet; after .go both are reaped, in order, with their results.
+ *   memfd-futurewrite  a memfd mapped writable shared, then sealed F_SEAL_FUTURE_WRITE (refused).
+ *   memfd-hugetlb   a hugetlbfs memfd (MFD_HUGETLB) at fd 40 (refused); "READY skip" where
+ *               this kernel has no hugetlbfs.
+ *   aio-lost-ring   a child forked after io_setup keeps the ring's mapping after its parent
+ *               destroyed the context (refused).
  *   nsfd        /proc/self/ns/{net,uts,ipc,mnt,user} open at fds 60..64 (64 close-on-exec);
  *               after .go each is the process's own namespace (fstat) and setns works on them.
  *   nsfd-other  an open namespace file of a new network namespace (dump must refuse it).
@@ -699,6 +704,60 @@ static void aio_unreaped_verify(void)
 	      strerror(errno));
 }
 
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+
+static void memfd_futurewrite_setup(void)
+{
+	place(memfd_create("future", MFD_ALLOW_SEALING), 40);
+	if (ftruncate(40, PAGE))
+		die("ftruncate: %s", strerror(errno));
+	ma = map(40, MAP_SHARED, PAGE);
+	strcpy(ma, "written before the seal");
+	if (fcntl(40, F_ADD_SEALS, F_SEAL_FUTURE_WRITE))
+		die("F_ADD_SEALS(F_SEAL_FUTURE_WRITE): %s", strerror(errno));
+	status("READY memfd-futurewrite pid=%d fd=40 map=%p", getpid(), (void *)ma);
+}
+
+static void memfd_futurewrite_verify(void)
+{
+	strcpy(ma, "and after it");
+	CHECK(!strcmp(ma, "and after it"), "the mapping made before the seal is no longer writable");
+}
+
+static void memfd_hugetlb_setup(void)
+{
+	int fd = memfd_create("huge", MFD_HUGETLB);
+	if (fd < 0) {
+		status("READY skip memfd-hugetlb: %s", strerror(errno));
+		return;
+	}
+	place(fd, 40);
+	status("READY memfd-hugetlb pid=%d fd=40", getpid());
+}
+
+static void aio_lost_ring_setup(void)
+{
+	if (syscall(SYS_io_setup, 8, &actx[0]))
+		die("io_setup: %s", strerror(errno));
+	if ((child = fork()) == 0) {
+		/* the mapping stays, its pages are gone with the context (a read would fault) */
+		wait_go();
+		_exit(0);
+	}
+	if (syscall(SYS_io_destroy, actx[0]))
+		die("io_destroy: %s", strerror(errno));
+	status("READY aio-lost-ring pid=%d child=%d ctx=%#llx", getpid(), child, (unsigned long long)actx[0]);
+}
+
+static void aio_lost_ring_verify(void)
+{
+	int st = 0;
+	CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "the child did not exit cleanly (status %#x)", st);
+}
+
 /* ---------------------------------------------------------------- nsfd */
 
 static const char *ns_names[] = { "net", "uts", "ipc", "mnt", "user" };
@@ -778,6 +837,14 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "aio-unreaped")) {
 		aio_unreaped_setup();
 		verify = aio_unreaped_verify;
+	} else if (!strcmp(mode, "memfd-futurewrite")) {
+		memfd_futurewrite_setup();
+		verify = memfd_futurewrite_verify;
+	} else if (!strcmp(mode, "memfd-hugetlb")) {
+		memfd_hugetlb_setup();
+	} else if (!strcmp(mode, "aio-lost-ring")) {
+		aio_lost_ring_setup();
+		verify = aio_lost_ring_verify;
 	} else if (!strcmp(mode, "nsfd")) {
 		nsfd_setup();
 		verify = nsfd_verify;
