@@ -409,3 +409,72 @@ fn dump_refuses_a_hugetlbfs_memfd() {
 fn dump_refuses_an_aio_ring_without_its_context() {
     refused_without_fd("aio-lost-ring", "without its AIO context");
 }
+
+/// python3: a memfd mapped shared (mmap) and shared with a child across fork, a pidfd of the
+/// child, an open /proc/self/ns/uts. After .go the parent marks the memfd, the child answers
+/// through it and exits; the parent sees the answer, waits for the child through its pidfd
+/// (poll, then waitid(P_PIDFD)) and checks the namespace file is its own uts namespace.
+const PY_SHARED: &str = r#"
+import mmap, os, select, sys, time
+fd = os.memfd_create('py-shared')
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+m[0:5] = b'hello'
+child = os.fork()
+if child == 0:
+    for _ in range(2000):
+        if m[0:1] == b'P':
+            m[1:2] = b'C'
+            os._exit(0)
+        time.sleep(0.01)
+    os._exit(1)
+pidfd = os.pidfd_open(child)
+ns = os.open('/proc/self/ns/uts', os.O_RDONLY)
+def status(line):
+    with open('status', 'a') as f:
+        f.write(line + '\n')
+status('READY py child=%d' % child)
+while not os.path.exists('status.go'):
+    time.sleep(0.01)
+fails = []
+if m[0:5] != b'hello':
+    fails.append('the mapping holds %r' % m[0:5])
+m[0:1] = b'P'
+p = select.poll()
+p.register(pidfd, select.POLLIN)
+if not p.poll(5000):
+    fails.append('the pidfd did not report the child exit')
+info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+if info is None or info.si_pid != child or info.si_status != 0:
+    fails.append('waitid(P_PIDFD): %r' % (info,))
+if m[1:2] != b'C':
+    fails.append('the child answer is not in the mapping: %r' % m[0:2])
+if os.pread(fd, 2, 0) != b'PC':
+    fails.append('the memfd holds %r' % os.pread(fd, 2, 0))
+if os.fstat(ns).st_ino != os.stat('/proc/self/ns/uts').st_ino:
+    fails.append('the namespace file is not the process uts namespace')
+status('FAIL ' + '; '.join(fails) if fails else 'PASS py')
+sys.exit(1 if fails else 0)
+"#;
+
+/// A python3 program holding a mapped memfd shared with its child, a pidfd of the child and a
+/// namespace file: restored, it goes on and everything works from inside (see PY_SHARED), and
+/// /proc shows the same maps and fds.
+#[test]
+fn python_with_a_mapped_memfd_a_pidfd_and_a_namespace_file_goes_on_after_restore() {
+    let mut w = Workload::spawn_program("py-shared", "python3", &["-c", PY_SHARED]);
+    wait_until("python3 to be ready", Duration::from_secs(15), || file_written(&w.status_path));
+    let child: i32 = ready_field(&w.status_text(), "child").expect("child= in the READY line").trim().parse().unwrap();
+    w.own(child);
+    // Both sleep in their loops (the status file is closed by then).
+    wait_in_syscall(w.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    wait_in_syscall(child, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let before = w.snapshot();
+    w.dump();
+    assert!(wait_gone(child, Duration::from_secs(5)), "child {child} still exists after the dump");
+    w.restore_detached();
+    let after = w.snapshot();
+    let memfd_ino: Vec<String> = before.entries.keys().filter(|k| k.starts_with("fdinfo:") && k.ends_with(":ino")).cloned().collect();
+    let ignore: Vec<&str> = memfd_ino.iter().map(String::as_str).collect();
+    w.verify_restored(&before, &after, &ignore, vec![]);
+}
