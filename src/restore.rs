@@ -631,6 +631,10 @@ impl Tree {
             crate::fault::point("restore-process")?;
         }
         crate::interrupt::check()?;
+        for (pid, p) in &img.processes {
+            let mut ctx = self.ctx(img, *pid)?;
+            files::after_threads(&mut ctx, &p.files).with_context(|| format!("restoring pid {pid}: files that need threads"))?;
+        }
         self.take_leases_again(img)?;
         for pid in img.processes.keys() {
             self.finish_process(img, *pid).with_context(|| format!("restoring pid {pid}: credentials"))?;

@@ -369,11 +369,26 @@ fn dump_refuses_a_pidfd_of_a_reaped_process() {
     refused("pidfd-reaped", "50", "exited and was reaped");
 }
 
-/// A PIDFD_THREAD pidfd of a thread other than the main thread is refused by name (threads are
-/// created after the fds are placed).
+/// A PIDFD_THREAD pidfd of a second thread (given its thread once every thread exists): fdinfo
+/// shows the thread's id and the flag again, and a signal sent through it is handled by that
+/// thread.
 #[test]
-fn dump_refuses_a_pidfd_of_a_thread_other_than_the_main_thread() {
-    refused("pidfd-thread", "50", "not a main thread");
+fn pidfd_of_a_second_thread_survives_restore() {
+    let mut w = spawn_settled("pidfd-thread");
+    let tid = w.ready_field("tid");
+    let before = w.snapshot();
+    assert_eq!(before.entries.get("fdinfo:50:Pid"), Some(&tid));
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}
+
+/// A PIDFD_THREAD pidfd of a second thread also held by a child is refused by name (the thread
+/// exists only once every fd is placed; the description could not be shared again).
+#[test]
+fn dump_refuses_a_pidfd_of_a_thread_shared_by_two_processes() {
+    refused("pidfd-thread-shared", "50", "shared by pids");
 }
 
 /// A pidfd the first child received (SCM_RIGHTS) of its later sibling, shared with the parent:

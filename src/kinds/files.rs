@@ -338,6 +338,15 @@ pub fn can_open_now(file: &OpenFile) -> bool {
     file.created_with != 0 || fd::kind_of_file(file).map(|k| k.can_open_now(file)).unwrap_or(true)
 }
 
+/// What the kinds do in a process once every thread of the tree exists (see
+/// [`fd::FdKind::after_threads`]).
+pub fn after_threads(ctx: &mut RestoreCtx, record: &FilesRecord) -> Result<()> {
+    for kind in fd::KINDS {
+        kind.after_threads(ctx, record)?;
+    }
+    Ok(())
+}
+
 /// What must wait until every process of the tree exists, done by the process that created
 /// `files` (it still holds them at their working fds): refilling socket queues, whose messages
 /// carry their senders' credentials.

@@ -24,7 +24,9 @@
  *               reaps both.
  *   pidfd-outside   a pidfd of the workload's parent, outside the tree (dump must refuse it).
  *   pidfd-reaped    a pidfd of a child that was reaped (refused).
- *   pidfd-thread    a PIDFD_THREAD pidfd of a second thread (refused).
+ *   pidfd-thread    a PIDFD_THREAD pidfd (fd 50) of a second thread; after .go a signal sent
+ *               through it is handled by that thread.
+ *   pidfd-thread-shared   the same, inherited by a child (refused).
  *   pidfd-passed    the first child receives (SCM_RIGHTS) the parent's pidfd of the second
  *               child, which restore would create after it (refused).
  *   aio         two AIO contexts (io_setup 32 and 500), each used once (a read of memfd fd 70,
@@ -464,15 +466,45 @@ static void *thread_main(void *arg)
 	return NULL;
 }
 
+static volatile pid_t handled_by;
+
+static void note_handler(int sig)
+{
+	(void)sig;
+	handled_by = gettid();
+}
+
 static void pidfd_thread_setup(void)
 {
 	pthread_t t;
+	set_handler(SIGUSR1, note_handler, 0);
 	if (pthread_create(&t, NULL, thread_main, NULL))
 		die("pthread_create");
 	for (int i = 0; i < 1000 && !thread_tid; i++)
 		sleep_ms(5);
 	place(pidfd_open(thread_tid, PIDFD_THREAD), 50);
 	status("READY pidfd-thread pid=%d tid=%d fd=50", getpid(), thread_tid);
+}
+
+static void pidfd_thread_verify(void)
+{
+	CHECK_EQ_U("fd 50 PIDFD_THREAD", PIDFD_THREAD, fcntl(50, F_GETFL) & PIDFD_THREAD);
+	/* a thread-directed signal: that thread takes it, although the main thread could too */
+	CHECK(syscall(SYS_pidfd_send_signal, 50, SIGUSR1, NULL, 0) == 0, "pidfd_send_signal(fd 50): %s", strerror(errno));
+	for (int i = 0; i < 500 && !handled_by; i++)
+		sleep_ms(10);
+	CHECK(handled_by == thread_tid, "SIGUSR1 sent through fd 50 was handled by %d, not thread %d", handled_by,
+	      thread_tid);
+}
+
+static void pidfd_thread_shared_setup(void)
+{
+	pidfd_thread_setup();
+	if ((child = fork()) == 0) {
+		wait_go();
+		_exit(0);
+	}
+	status("READY pidfd-thread-shared pid=%d child=%d fd=50", getpid(), child);
 }
 
 /* Sends fd over the socket (SCM_RIGHTS). */
@@ -823,6 +855,9 @@ int main(int argc, char **argv)
 		pidfd_reaped_setup();
 	} else if (!strcmp(mode, "pidfd-thread")) {
 		pidfd_thread_setup();
+		verify = pidfd_thread_verify;
+	} else if (!strcmp(mode, "pidfd-thread-shared")) {
+		pidfd_thread_shared_setup();
 	} else if (!strcmp(mode, "pidfd-passed")) {
 		pidfd_passed_setup();
 		verify = pidfd_passed_verify;

@@ -166,6 +166,12 @@ pub trait FdKind: 'static {
         let _ = ctx;
         Ok(())
     }
+    /// Restore, in each process once every thread of the tree exists (its fds are in place):
+    /// what needed the threads (a pidfd of a thread).
+    fn after_threads(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        let _ = (ctx, fds);
+        Ok(())
+    }
 
     /// How errors name a description: a path, "pipe:[N]", "eventfd"...
     fn describe(record: &Self::Record) -> String;
@@ -291,6 +297,7 @@ pub trait DynFdKind: Sync {
     fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()>;
     fn fds_in_place(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()>;
     fn after_files(&self, ctx: &mut RestoreCtx) -> Result<()>;
+    fn after_threads(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()>;
     fn describe(&self, file: &OpenFile) -> String;
     fn data_files(&self, file: &OpenFile) -> Vec<String>;
     fn external_key(&self, file: &OpenFile) -> Option<String>;
@@ -362,6 +369,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     }
     fn after_files(&self, ctx: &mut RestoreCtx) -> Result<()> {
         K::after_files(ctx)
+    }
+    fn after_threads(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        K::after_threads(ctx, fds)
     }
     fn describe(&self, file: &OpenFile) -> String {
         Self::record(file).map(K::describe).unwrap_or_else(|_| K::NAME.to_string())

@@ -12,11 +12,14 @@
 //! the holder's fds of it get a pidfd of the target once every process exists
 //! (`fds_in_place`).
 //!
+//! A PIDFD_THREAD pidfd of a thread other than a main thread is given its thread once every
+//! thread of the tree exists (`after_threads`; threads are created after the fds are placed),
+//! so it may be held by one process only.
+//!
 //! A pidfd of a zombie of the tree comes back: the zombie is recreated, and stays a zombie until
 //! its parent reaps it (through the pidfd too). Refused by name: a pidfd of a process outside
 //! the tree, of a process that was reaped (fdinfo "Pid: -1"), of one in another pid namespace
-//! ("Pid: 0"), and a PIDFD_THREAD pidfd of a thread other than a main thread (threads are
-//! created after the fds are placed).
+//! ("Pid: 0"), and a pidfd of a thread held by several processes.
 
 use std::collections::BTreeSet;
 
@@ -65,11 +68,26 @@ impl FdKind for Pidfds {
             let Some(open_file::Kind::Pidfd(p)) = &file.kind else { continue };
             let holders = tree.holders.get(&file.id).map(Vec::as_slice).unwrap_or_default();
             let Some(&(pid, fd)) = holders.first() else { continue };
-            if thread_of_another(p.pid) {
-                bail!(
-                    "pid {pid} fd {fd}: a pidfd of thread {} (PIDFD_THREAD), not a main thread, cannot be checkpointed by crust yet",
-                    p.pid
-                );
+            let processes: BTreeSet<i32> = holders.iter().map(|(pid, _)| *pid).collect();
+            if let Some(tgid) = thread_group_of_another(p.pid) {
+                // Threads are created once every fd is placed: the holder's fds get their pidfd
+                // then, which a description shared by several processes would not survive.
+                if !tree.pids.contains(&tgid) {
+                    bail!(
+                        "pid {pid} fd {fd}: a pidfd of thread {} of pid {tgid} ({}), a process outside the dumped tree, \
+                         cannot be checkpointed by crust",
+                        p.pid,
+                        comm(tgid)
+                    );
+                }
+                if processes.len() > 1 {
+                    bail!(
+                        "pid {pid} fd {fd}: a pidfd of thread {} (PIDFD_THREAD) shared by pids {processes:?} cannot be \
+                         checkpointed by crust yet",
+                        p.pid
+                    );
+                }
+                continue;
             }
             if !tree.pids.contains(&p.pid) {
                 bail!(
@@ -79,7 +97,6 @@ impl FdKind for Pidfds {
                     comm(p.pid)
                 );
             }
-            let processes: BTreeSet<i32> = holders.iter().map(|(pid, _)| *pid).collect();
             if let Some(early) = inherited_before_target(p.pid, &processes, tree.pids) {
                 bail!(
                     "pid {pid} fd {fd}: a pidfd of pid {} shared with pid {early}, which restore creates before pid {}, \
@@ -111,35 +128,53 @@ impl FdKind for Pidfds {
     }
 
     /// Every process exists now: fds whose pidfd stood in for a target then missing get a
-    /// pidfd of their target (one description per description of the image).
+    /// pidfd of their target (one description per description of the image). A thread's
+    /// waits for [`FdKind::after_threads`].
     fn fds_in_place(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
-        let mut done: Vec<(u32, i32)> = Vec::new();
-        for fd in &fds.fds {
-            let Some(file) = ctx.open_files.open_files.iter().find(|f| f.id == fd.open_file_id) else { continue };
-            let Some(open_file::Kind::Pidfd(p)) = &file.kind else { continue };
-            if fdinfo_pid(ctx.pid.as_raw(), fd.fd)? == p.pid {
-                continue;
-            }
-            let source = match done.iter().find(|(id, _)| *id == file.id) {
-                Some((_, source)) => *source,
-                None => {
-                    let opened = pidfd_open(ctx, p.pid, file.flags).with_context(|| format!("fd {}: pidfd of pid {}", fd.fd, p.pid))?;
-                    done.push((file.id, opened));
-                    opened
-                }
-            };
-            let cloexec = if fd.close_on_exec { libc::O_CLOEXEC as u64 } else { 0 };
-            ctx.remote.syscall("dup3(pidfd)", libc::SYS_dup3, &[source as u64, fd.fd as u64, cloexec])?;
-        }
-        for (_, fd) in done {
-            ctx.close_in_process(fd)?;
-        }
-        Ok(())
+        replace_stand_ins(ctx, fds, false)
+    }
+
+    /// Every thread exists now: the pidfds of threads.
+    fn after_threads(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
+        replace_stand_ins(ctx, fds, true)
     }
 
     fn describe(record: &Pidfd) -> String {
         format!("pidfd of pid {}", record.pid)
     }
+}
+
+/// Gives every fd of the process whose pidfd stands in for a target that did not exist when
+/// its description was opened a pidfd of that target, if it exists now (`last`: it must).
+fn replace_stand_ins(ctx: &mut RestoreCtx, fds: &Files, last: bool) -> Result<()> {
+    let mut done: Vec<(u32, i32)> = Vec::new();
+    for fd in &fds.fds {
+        let Some(file) = ctx.open_files.open_files.iter().find(|f| f.id == fd.open_file_id) else { continue };
+        let Some(open_file::Kind::Pidfd(p)) = &file.kind else { continue };
+        if fdinfo_pid(ctx.pid.as_raw(), fd.fd)? == p.pid {
+            continue;
+        }
+        if !Pidfds::can_open_now(p) {
+            if last {
+                bail!("fd {}: the pidfd's process or thread {} does not exist once the tree is restored", fd.fd, p.pid);
+            }
+            continue;
+        }
+        let source = match done.iter().find(|(id, _)| *id == file.id) {
+            Some((_, source)) => *source,
+            None => {
+                let opened = pidfd_open(ctx, p.pid, file.flags).with_context(|| format!("fd {}: pidfd of pid {}", fd.fd, p.pid))?;
+                done.push((file.id, opened));
+                opened
+            }
+        };
+        let cloexec = if fd.close_on_exec { libc::O_CLOEXEC as u64 } else { 0 };
+        ctx.remote.syscall("dup3(pidfd)", libc::SYS_dup3, &[source as u64, fd.fd as u64, cloexec])?;
+    }
+    for (_, fd) in done {
+        ctx.close_in_process(fd)?;
+    }
+    Ok(())
 }
 
 /// The pid a pidfd refers to, or the refusal of a pidfd that refers to no process of this
@@ -170,9 +205,9 @@ fn fdinfo_pid(pid: i32, fd: i32) -> Result<i32> {
         .with_context(|| format!("{path} shows no Pid"))
 }
 
-/// Whether `tid` is a thread that is not its process's main thread.
-fn thread_of_another(tid: i32) -> bool {
-    procfs::process::Process::new(tid).and_then(|p| p.status()).is_ok_and(|s| s.tgid != tid)
+/// The process of `tid` when it is a thread other than its process's main thread.
+fn thread_group_of_another(tid: i32) -> Option<i32> {
+    procfs::process::Process::new(tid).and_then(|p| p.status()).ok().map(|s| s.tgid).filter(|tgid| *tgid != tid)
 }
 
 /// The holder, if any, that inherits the description from its creator (the nearest common
