@@ -406,6 +406,40 @@ fn dump_refuses_a_writable_shared_mapping_of_a_memfd_sealed_since() {
     refused_without_fd("memfd-futurewrite", "F_SEAL_FUTURE_WRITE");
 }
 
+/// A memfd also held by a process outside the tree (the restored memfd would be another) is
+/// refused by name.
+#[test]
+fn dump_refuses_a_memfd_also_open_outside_the_tree() {
+    refused_with_outsider("memfd-outside-fd", Some("40"), "also open in pid");
+}
+
+/// A memfd no fd of the tree holds, mapped by the tree and by a process outside it, is refused
+/// by name.
+#[test]
+fn dump_refuses_a_memfd_also_mapped_outside_the_tree() {
+    refused_with_outsider("memfd-outside-map", None, "also mapped by pid");
+}
+
+/// [`refused_naming`] for a mode whose process left a process outside the tree ("outsider=",
+/// adopted by the test as subreaper), which also ends at .go.
+fn refused_with_outsider(mode: &str, fd: Option<&str>, what: &str) {
+    let mut w = spawn_settled(mode);
+    let outsider: i32 = w.ready_field("outsider").parse().unwrap();
+    w.own(outsider);
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    eprintln!("{out}");
+    let text = out.text();
+    assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
+    if let Some(fd) = fd {
+        assert!(has_token(&text, fd), "refusal does not name fd {fd}:\n{out}");
+    }
+    assert!(text.contains(what) && has_token(&text, &outsider.to_string()), "refusal does not say {what:?} {outsider}:\n{out}");
+    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "pid {} still traced", w.pid);
+    w.go().assert_pass();
+    assert!(wait_gone(outsider, Duration::from_secs(5)), "outsider {outsider} did not end at .go");
+}
+
 /// A hugetlbfs memfd (MFD_HUGETLB) is refused by name (skipped where the kernel has none).
 #[test]
 fn dump_refuses_a_hugetlbfs_memfd() {

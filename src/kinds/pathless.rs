@@ -80,7 +80,12 @@ fn memfd_mapping(ctx: &mut DumpCtx, vma: &Vma) -> Result<u32> {
         );
     }
     let image = ctx.image;
-    ctx.open_files.mapped_description(pid, (meta.dev(), meta.ino()), || {
+    let inside = ctx.open_files.tree_pids.clone();
+    let key = (meta.dev(), meta.ino());
+    ctx.open_files.mapped_description(pid, key, || {
+        // A memfd no fd of the tree holds: checked here, once (those with fds were already).
+        let what = format!("pid {pid}: mapping {start:#x}-{end:#x}");
+        super::fd::memfd::refuse_if_shared_outside(&what, &name, key.0, key.1, &inside)?;
         super::fd::memfd::record_mapping(image, &object, &name, pid, start, end)
     })
 }

@@ -38,6 +38,10 @@
  *   aio-unreaped    an AIO context used three times (reaped), then two reads completed and not
  *               reaped yet; after .go both are reaped, in order, with their results.
  *   memfd-futurewrite  a memfd mapped writable shared, then sealed F_SEAL_FUTURE_WRITE (refused).
+ *   memfd-outside-fd    a memfd at fd 40 also held by a process outside the tree (a grandchild
+ *               whose parent exited: the test's subreaper adopted it) (refused).
+ *   memfd-outside-map   a memfd mapped shared, its fds closed, also mapped by such a process
+ *               (refused).
  *   memfd-hugetlb   a hugetlbfs memfd (MFD_HUGETLB) at fd 40 (refused); "READY skip" where
  *               this kernel has no hugetlbfs.
  *   aio-lost-ring   a child forked after io_setup keeps the ring's mapping after its parent
@@ -758,6 +762,54 @@ static void memfd_futurewrite_verify(void)
 	CHECK(!strcmp(ma, "and after it"), "the mapping made before the seal is no longer writable");
 }
 
+/* Forks a process that leaves the tree (its parent exits at once) and waits for .go. */
+static pid_t fork_outsider(int close_fd)
+{
+	int p[2];
+	if (pipe(p))
+		die("pipe: %s", strerror(errno));
+	pid_t middle = fork();
+	if (middle == 0) {
+		pid_t outsider = fork();
+		if (outsider == 0) {
+			close(p[0]);
+			close(p[1]);
+			if (close_fd >= 0)
+				close(close_fd);
+			wait_go();
+			_exit(0);
+		}
+		if (write(p[1], &outsider, sizeof(outsider)) != sizeof(outsider))
+			_exit(1);
+		_exit(0);
+	}
+	pid_t outsider = 0;
+	close(p[1]);
+	if (read(p[0], &outsider, sizeof(outsider)) != sizeof(outsider))
+		die("the outsider's pid did not come");
+	close(p[0]);
+	waitpid(middle, NULL, 0);
+	return outsider;
+}
+
+static void memfd_outside_fd_setup(void)
+{
+	place(memfd_create("outside", 0), 40);
+	pid_t outsider = fork_outsider(-1);
+	status("READY memfd-outside-fd pid=%d outsider=%d fd=40", getpid(), outsider);
+}
+
+static void memfd_outside_map_setup(void)
+{
+	int fd = memfd_create("outside", 0);
+	if (fd < 0 || ftruncate(fd, PAGE))
+		die("memfd: %s", strerror(errno));
+	ma = map(fd, MAP_SHARED, PAGE);
+	close(fd);
+	pid_t outsider = fork_outsider(-1);
+	status("READY memfd-outside-map pid=%d outsider=%d map=%p", getpid(), outsider, (void *)ma);
+}
+
 static void memfd_hugetlb_setup(void)
 {
 	int fd = memfd_create("huge", MFD_HUGETLB);
@@ -875,6 +927,10 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "memfd-futurewrite")) {
 		memfd_futurewrite_setup();
 		verify = memfd_futurewrite_verify;
+	} else if (!strcmp(mode, "memfd-outside-fd")) {
+		memfd_outside_fd_setup();
+	} else if (!strcmp(mode, "memfd-outside-map")) {
+		memfd_outside_map_setup();
 	} else if (!strcmp(mode, "memfd-hugetlb")) {
 		memfd_hugetlb_setup();
 	} else if (!strcmp(mode, "aio-lost-ring")) {

@@ -106,6 +106,30 @@ pub fn outside_holders(dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Vec<(i32
     found
 }
 
+/// The first process outside `inside` (other than crust) that maps the inode (dev, inode), with
+/// the mapping's range, from /proc/*/maps (text only: nothing is opened).
+pub fn outside_mapper(dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Option<(i32, String)> {
+    let me = std::process::id() as i32;
+    let device = format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev));
+    let inode = inode.to_string();
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if pid == me || inside.contains(&pid) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (range, dev_field, ino_field) = (fields.next(), fields.nth(2), fields.next());
+            if dev_field == Some(device.as_str()) && ino_field == Some(inode.as_str()) {
+                return Some((pid, range.unwrap_or_default().to_owned()));
+            }
+        }
+    }
+    None
+}
+
 /// The first process outside the tree that holds the open file description behind fd `fd` of
 /// `pid` (kcmp), with its fd.
 pub fn description_held_outside(pid: i32, fd: i32, inside: &BTreeSet<i32>) -> Result<Option<(i32, i32)>> {

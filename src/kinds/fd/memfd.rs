@@ -17,8 +17,10 @@
 //! nearest common ancestor of every holder and mapper, and every other description of the
 //! group is opened again from it through /proc/self/fd, so they share one inode again.
 //!
-//! Refused: hugetlbfs memfds (MFD_HUGETLB).
+//! Refused: hugetlbfs memfds (MFD_HUGETLB), and memfds a process outside the tree also holds or
+//! maps (the restored memfd would be another).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -26,8 +28,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 
-use super::common::set_status_flags;
-use super::{Dumped, FdKind, FdSource, KindState, Together};
+use super::common::{outside_holders, outside_mapper, set_status_flags};
+use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
 use crate::image::proto::{Memfd, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::sys::pidfd::pidfd_getfd;
@@ -62,6 +64,22 @@ impl FdKind for Memfds {
 
     fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Memfd, together: &mut Together) -> Result<i32> {
         open(ctx, file, record, together)
+    }
+
+    /// A memfd also open or mapped by a process outside the tree would not be shared with it
+    /// any more after restore: refused.
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
+        let mut seen = BTreeSet::new();
+        for file in files.iter() {
+            let Some(open_file::Kind::Memfd(m)) = &file.kind else { continue };
+            let Some(&(pid, fd)) = tree.holders.get(&file.id).and_then(|h| h.first()) else { continue };
+            if !seen.insert(file.created_with) {
+                continue;
+            }
+            let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).with_context(|| format!("pid {pid} fd {fd}: stat"))?;
+            refuse_if_shared_outside(&format!("pid {pid} fd {fd}"), &m.name, meta.dev(), meta.ino(), tree.pids)?;
+        }
+        Ok(())
     }
 
     fn describe(record: &Memfd) -> String {
@@ -170,6 +188,24 @@ fn inode_record(
             .with_context(|| format!("{what}: saving the contents of memfd:{name}"))?;
     }
     Ok(Some(record))
+}
+
+/// Refuses the memfd (dev, inode) named `name` if a process outside `inside` holds or maps it
+/// (`what`: the pid and fd or mapping it was found through).
+pub fn refuse_if_shared_outside(what: &str, name: &str, dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Result<()> {
+    if let Some((other, other_fd)) = outside_holders(dev, inode, inside).into_iter().next() {
+        bail!(
+            "{what}: memfd:{name} is also open in pid {other} (fd {other_fd}), outside the dumped processes; \
+             crust cannot share a restored memfd with it"
+        );
+    }
+    if let Some((other, range)) = outside_mapper(dev, inode, inside) {
+        bail!(
+            "{what}: memfd:{name} is also mapped by pid {other} ({range}), outside the dumped processes; \
+             crust cannot share a restored memfd with it"
+        );
+    }
+    Ok(())
 }
 
 /// The description recorded for a memfd found through a mapping of `pid` at [start, end) when
