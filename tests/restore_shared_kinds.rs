@@ -420,6 +420,12 @@ fn dump_refuses_a_memfd_also_mapped_outside_the_tree() {
     refused_with_outsider("memfd-outside-map", None, "also mapped by pid");
 }
 
+/// /dev/zero mapped shared by the tree and by a process outside it is refused by name.
+#[test]
+fn dump_refuses_shared_memory_also_mapped_outside_the_tree() {
+    refused_with_outsider("devzero-outside", None, "also mapped by pid");
+}
+
 /// [`refused_naming`] for a mode whose process left a process outside the tree ("outsider=",
 /// adopted by the test as subreaper), which also ends at .go.
 fn refused_with_outsider(mode: &str, fd: Option<&str>, what: &str) {

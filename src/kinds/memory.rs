@@ -69,8 +69,9 @@ impl Kind for Memory {
                 // Saved once for every process mapping it, as a shared object.
                 let (key, object) = super::fd::shared_memory::open_object(pid, start, end)?;
                 let image = ctx.image;
+                let inside = ctx.open_files.tree_pids.clone();
                 vma.shared_memory_id = ctx.open_files.mapped_description(pid, key, || {
-                    super::fd::shared_memory::record_mapping(image, &object, pid, start, end)
+                    super::fd::shared_memory::record_mapping(image, &object, pid, start, end, &inside)
                 })?;
             }
             if vma.file.is_none() && matches!(vma.kind(), VmaKind::PrivateFile | VmaKind::SharedFile) {

@@ -42,6 +42,8 @@
  *               whose parent exited: the test's subreaper adopted it) (refused).
  *   memfd-outside-map   a memfd mapped shared, its fds closed, also mapped by such a process
  *               (refused).
+ *   devzero-outside /dev/zero mapped shared, also mapped by a process outside the tree
+ *               (refused).
  *   memfd-hugetlb   a hugetlbfs memfd (MFD_HUGETLB) at fd 40 (refused); "READY skip" where
  *               this kernel has no hugetlbfs.
  *   aio-lost-ring   a child forked after io_setup keeps the ring's mapping after its parent
@@ -152,7 +154,7 @@ static int wait_byte(volatile char *p, char v)
 
 /* ---------------------------------------------------------------- memfd */
 
-static char *ma, *mb, *mc, *md, *me, *mf;
+static char *ma, *mb, *mc, *md, *me, *mf, *mz;
 
 static void memfd_setup(void)
 {
@@ -283,7 +285,6 @@ static void memfd_fork_verify(void)
 
 /* ---------------------------------------------------------------- devzero */
 
-static char *mz;
 
 static void devzero_setup(void)
 {
@@ -810,6 +811,17 @@ static void memfd_outside_map_setup(void)
 	status("READY memfd-outside-map pid=%d outsider=%d map=%p", getpid(), outsider, (void *)ma);
 }
 
+static void devzero_outside_setup(void)
+{
+	int fd = open("/dev/zero", O_RDWR);
+	if (fd < 0)
+		die("open /dev/zero: %s", strerror(errno));
+	mz = map(fd, MAP_SHARED, PAGE);
+	close(fd);
+	pid_t outsider = fork_outsider(-1);
+	status("READY devzero-outside pid=%d outsider=%d map=%p", getpid(), outsider, (void *)mz);
+}
+
 static void memfd_hugetlb_setup(void)
 {
 	int fd = memfd_create("huge", MFD_HUGETLB);
@@ -931,6 +943,8 @@ int main(int argc, char **argv)
 		memfd_outside_fd_setup();
 	} else if (!strcmp(mode, "memfd-outside-map")) {
 		memfd_outside_map_setup();
+	} else if (!strcmp(mode, "devzero-outside")) {
+		devzero_outside_setup();
 	} else if (!strcmp(mode, "memfd-hugetlb")) {
 		memfd_hugetlb_setup();
 	} else if (!strcmp(mode, "aio-lost-ring")) {

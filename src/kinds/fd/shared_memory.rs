@@ -7,11 +7,13 @@
 //! data file, skipping holes (pages never touched). Restore creates the object with an anonymous
 //! shared mapping, takes a descriptor to it from /proc/self/map_files, and refills it.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 use anyhow::{Context, Result, bail};
 
+use super::common::outside_mapper;
 use super::{FdKind, FdSource, KindState, Together};
 use crate::image::ImageDir;
 use crate::image::proto::{OpenFile, SharedMemory, open_file};
@@ -60,8 +62,16 @@ impl FdKind for SharedMemoryObjects {
 
 /// The record of the object behind a shared anonymous mapping of `pid` at [start, end) (see
 /// [`open_object`]), its contents saved in a data file. Recorded once, however many processes
-/// map it: the fd table asks for it the first time it meets the object.
-pub fn record_mapping(image: &ImageDir, object: &File, pid: i32, start: u64, end: u64) -> Result<OpenFile> {
+/// map it: the fd table asks for it the first time it meets the object. Refused if a process
+/// outside `inside` (the tree) maps it too: restored, the object would be another than theirs.
+pub fn record_mapping(image: &ImageDir, object: &File, pid: i32, start: u64, end: u64, inside: &BTreeSet<i32>) -> Result<OpenFile> {
+    let meta = object.metadata()?;
+    if let Some((other, range)) = outside_mapper(meta.dev(), meta.ino(), inside) {
+        bail!(
+            "pid {pid}: shared memory mapped at {start:#x}-{end:#x} is also mapped by pid {other} ({range}), outside \
+             the dumped processes; crust cannot share restored memory with it"
+        );
+    }
     let shm = dump(image, object).with_context(|| format!("pid {pid}: saving shared memory mapped at {start:#x}-{end:#x}"))?;
     Ok(OpenFile { flags: libc::O_RDWR as u32, kind: Some(open_file::Kind::SharedMemory(shm)), ..Default::default() })
 }
