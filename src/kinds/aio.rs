@@ -155,7 +155,7 @@ fn refill_completed(remote: &mut RemoteTask, id: u64, saved: &AioRing) -> Result
     if count == 0 {
         return Ok(());
     }
-    if saved.completed.len() as u64 % EVENT != 0 || count >= saved.ring_events {
+    if !(saved.completed.len() as u64).is_multiple_of(EVENT) || count >= saved.ring_events {
         bail!("{} bytes of completed events do not fit a ring of {} events", saved.completed.len(), saved.ring_events);
     }
     let null = open_null(remote)?;
