@@ -271,3 +271,84 @@ fn node_http_server_serves_again_after_restore() {
     let answer = http_get(port, "/").expect("GET after the restore");
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from node"), "after restore: {answer}");
 }
+
+/// Raw sockets: an ICMP one bound to 127.0.0.1 with an ICMP_FILTER, one of protocol 253
+/// connected to 127.0.0.2 with IP_HDRINCL, an IPv6 ICMPv6 one with an ICMPV6_FILTER, an IPv6
+/// one of protocol 253 with IPV6_CHECKSUM: after restore the same names, peers and options
+/// from inside, the same /proc/net/raw{,6} lines, and the protocol-253 socket bound to
+/// 127.0.0.1 receives a packet of its protocol.
+#[test]
+fn raw_sockets_come_back_with_their_protocol_address_peer_and_filters() {
+    const PROGRAM: &str = r#"
+import os, socket, time
+ICMP_FILTER, ICMPV6_FILTER, IPV6_CHECKSUM = 1, 1, 7
+r1 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); r1.bind(('127.0.0.1', 0))
+r1.setsockopt(255, ICMP_FILTER, ((~(1 << 8)) & 0xffffffff).to_bytes(4, 'little'))
+r2 = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); r2.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1); r2.connect(('127.0.0.2', 0))
+r3 = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); r3.bind(('127.0.0.1', 0))
+r6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6); r6.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, b'\xff' * 16 + b'\0' * 16)
+r7 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 253); r7.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 2)
+def state():
+    return (r1.getsockname(), r1.getsockopt(255, ICMP_FILTER, 4), r2.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL), r3.getsockname(),
+            r6.getsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, 32), r7.getsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM))
+before = state()
+open('ready', 'w').write(' '.join(str(s.fileno()) for s in (r1, r2, r3, r6, r7)))
+while not os.path.exists('go'): time.sleep(0.05)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); s.sendto(b'raw payload', ('127.0.0.1', 0))
+r3.settimeout(5); got = r3.recv(100)
+open('result', 'w').write('same %s got %s' % (state() == before, got[20:] == b'raw payload'))
+while True: time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("raw-sockets", "python3", &["-c", PROGRAM]);
+    wait_until("python3 to open its raw sockets", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let fds: Vec<String> = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().split_whitespace().map(String::from).collect();
+    // The /proc/net/raw{,6} line of each socket: addresses, state, queues, uid (not the inode
+    // and the kernel's address, which a restore changes).
+    let view = |pid: i32| -> Vec<String> {
+        let tables = std::fs::read_to_string("/proc/net/raw").unwrap() + &std::fs::read_to_string("/proc/net/raw6").unwrap();
+        fds.iter()
+            .map(|fd| {
+                let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap().to_string_lossy().into_owned();
+                let inode = link.trim_start_matches("socket:[").trim_end_matches(']').to_string();
+                let line = tables.lines().find(|l| l.split_whitespace().nth(9) == Some(inode.as_str())).unwrap_or("");
+                let f: Vec<&str> = line.split_whitespace().collect();
+                format!("fd {fd}: {}", f.get(1..8).map(|f| f.join(" ")).unwrap_or_default())
+            })
+            .collect()
+    };
+    let before = view(w.pid);
+    w.dump();
+    w.restore_detached();
+    assert_eq!(view(w.pid), before, "/proc/net/raw{{,6}} after restore");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to check its sockets", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "same True got True");
+}
+
+/// A raw socket holding a packet not read yet is refused by pid, fd and what it holds (the
+/// packet was a copy every matching raw socket got: it cannot be given back to it alone); the
+/// process keeps running and still reads its packet.
+#[test]
+fn raw_socket_holding_a_packet_is_refused_and_keeps_it() {
+    const PROGRAM: &str = r#"
+import os, socket, time
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); r.bind(('127.0.0.1', 0))
+socket.socket(socket.AF_INET, socket.SOCK_RAW, 253).sendto(b'held', ('127.0.0.1', 0))
+time.sleep(0.2)
+open('ready', 'w').write(str(r.fileno()))
+while not os.path.exists('go'): time.sleep(0.05)
+open('result', 'w').write(str(r.recv(100)[20:] == b'held'))
+"#;
+    let w = Workload::spawn_program("raw-held", "python3", &["-c", PROGRAM]);
+    wait_until("python3 to receive its packet", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let fd = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    for word in [w.pid.to_string(), fd, "packets not read yet".into()] {
+        assert!(has_token(&out.text(), &word) || out.text().contains(&word), "the refusal does not name {word:?}:\n{out}");
+    }
+    assert_running_untouched(w.pid, "after the refused dump");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to read its packet", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "True");
+}

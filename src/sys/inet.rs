@@ -388,7 +388,9 @@ pub fn membership(fd: BorrowedFd, ifindex: u32, group: IpAddr) -> Result<Option<
     let ret = unsafe { libc::getsockopt(fd.as_raw_fd(), level_of(group), libc::MCAST_MSFILTER, buf.as_mut_ptr().cast(), &mut len) };
     match Errno::result(ret) {
         Ok(_) => {}
-        Err(Errno::EADDRNOTAVAIL) => return Ok(None),
+        // Not a member; or groups of that family do not apply to this socket (an IPv6 raw socket
+        // asked about an IPv4 group).
+        Err(Errno::EADDRNOTAVAIL | Errno::ENOPROTOOPT) => return Ok(None),
         Err(e) => return Err(SysError::new(format!("getsockopt(MCAST_MSFILTER, {group} on interface {ifindex})"), e)),
     }
     let word = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());

@@ -18,11 +18,13 @@
 //! without their state and come back closed; restore --tcp-close brings back closed the
 //! connections an image holds with their state.
 //!
-//! UDP sockets come back with their datagrams not read yet (see `datagrams`).
+//! UDP sockets come back with their datagrams not read yet (see `datagrams`); raw sockets of
+//! any protocol with their address, peer and filters, when they hold no packet (see `raw`).
 //!
 //! Refused by pid and fd: established connections without `--tcp-established`, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
 //! listeners with connections not yet accepted (left out with `--skip-in-flight`), UDP
-//! sockets with datagrams still being sent (corked); other protocols (raw, UDP-Lite, SCTP, MPTCP); socket
+//! sockets with datagrams still being sent (corked); raw sockets holding packets; other
+//! protocols (ICMP datagram "ping" sockets, UDP-Lite, SCTP, MPTCP); socket
 //! filters and upper-layer protocols (kTLS).
 //!
 //! Multicast memberships: the kernel lists no socket's groups, but it answers, for one group
@@ -32,6 +34,7 @@
 
 mod datagrams;
 mod options;
+mod raw;
 mod tcp;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -149,7 +152,8 @@ impl FdKind for InetSockets {
 /// "TCP socket 127.0.0.1:8000 (LISTEN)", "UDP socket [::1]:53 -> [::1]:5353".
 fn describe(r: &InetSocket) -> String {
     let address = |a: &Option<InetAddress>| a.as_ref().and_then(|a| from_record(a).ok()).map(|a| a.to_string());
-    let mut text = format!("{} socket", protocol_name(r.protocol));
+    let raw = if r.r#type == libc::SOCK_RAW { "raw " } else { "" };
+    let mut text = format!("{raw}{} socket", protocol_name(r.protocol));
     match (address(&r.local), address(&r.peer)) {
         (Some(l), Some(p)) => text += &format!(" {l} -> {p}"),
         (Some(l), None) => text += &format!(" {l}"),
@@ -170,7 +174,7 @@ fn protocol_name(protocol: i32) -> String {
         libc::IPPROTO_SCTP => "SCTP".into(),
         libc::IPPROTO_MPTCP => "MPTCP".into(),
         libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "ICMP".into(),
-        libc::IPPROTO_RAW => "raw IP".into(),
+        libc::IPPROTO_RAW => "IP".into(),
         p => format!("IP protocol {p}"),
     }
 }
@@ -195,6 +199,9 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     };
     let (family, kind, protocol) = (opt(libc::SO_DOMAIN)?, opt(libc::SO_TYPE)?, opt(libc::SO_PROTOCOL)?);
     let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}", src.pid, src.fd, src.link);
+    if kind == libc::SOCK_RAW {
+        return raw::dump(src, family, protocol);
+    }
     if !matches!((kind, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
         return Err(refuse(format!("is a {} socket, which crust cannot checkpoint", protocol_name(protocol))));
     }
@@ -230,7 +237,7 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     }
     refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
-    record.options = options::differing(fd, fresh.as_fd(), family, protocol, connected);
+    record.options = options::differing(fd, fresh.as_fd(), family, kind, protocol, connected);
     if protocol == libc::IPPROTO_UDP {
         record.memberships = memberships(fd, family).with_context(|| format!("pid {} fd {}: multicast groups of {}", src.pid, src.fd, describe(&record)))?;
     }

@@ -94,21 +94,36 @@ const IPV6_MULTICAST: &[Known] = &[
     Known(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, 4, "IPV6_MULTICAST_LOOP"),
 ];
 
-/// The options that apply to a socket of this family and protocol.
-fn applicable(family: i32, protocol: i32) -> impl Iterator<Item = &'static Known> {
+/// Raw sockets' own options.
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+const ICMPV6_FILTER: i32 = 1;
+const IPV4_RAW: &[Known] = &[Known(libc::IPPROTO_IP, libc::IP_HDRINCL, 4, "IP_HDRINCL")];
+const ICMP_RAW: &[Known] = &[Known(SOL_RAW, ICMP_FILTER, 4, "ICMP_FILTER")];
+const IPV6_RAW: &[Known] = &[Known(libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 4, "IPV6_CHECKSUM")];
+const ICMPV6_RAW: &[Known] = &[Known(libc::IPPROTO_ICMPV6, ICMPV6_FILTER, 32, "ICMPV6_FILTER")];
+
+/// The options that apply to a socket of this family, type and protocol.
+fn applicable(family: i32, kind: i32, protocol: i32) -> impl Iterator<Item = &'static Known> {
     let v6 = family == libc::AF_INET6;
     let ip = if v6 { IPV6_LEVEL } else { IPV4_LEVEL };
-    let by_protocol: &[Known] = match (protocol, v6) {
-        (libc::IPPROTO_TCP, _) => TCP_LEVEL,
-        (_, false) => IPV4_MULTICAST,
-        (_, true) => IPV6_MULTICAST,
+    let by_protocol: Vec<&[Known]> = match (kind, protocol, v6) {
+        (libc::SOCK_STREAM, _, _) => vec![TCP_LEVEL],
+        (libc::SOCK_RAW, libc::IPPROTO_ICMP, false) => vec![IPV4_MULTICAST, IPV4_RAW, ICMP_RAW],
+        (libc::SOCK_RAW, _, false) => vec![IPV4_MULTICAST, IPV4_RAW],
+        (libc::SOCK_RAW, libc::IPPROTO_ICMPV6, true) => vec![IPV6_MULTICAST, IPV6_RAW, ICMPV6_RAW],
+        (libc::SOCK_RAW, _, true) => vec![IPV6_MULTICAST, IPV6_RAW],
+        (_, _, false) => vec![IPV4_MULTICAST],
+        (_, _, true) => vec![IPV6_MULTICAST],
     };
-    SOCKET_LEVEL.iter().chain(ip).chain(by_protocol)
+    SOCKET_LEVEL.iter().chain(ip).chain(by_protocol.into_iter().flatten())
 }
 
 /// The name of an option, for messages.
 pub fn name(level: i32, option: i32) -> String {
-    let known = [SOCKET_LEVEL, TCP_LEVEL, IPV4_LEVEL, IPV6_LEVEL, IPV4_MULTICAST, IPV6_MULTICAST].into_iter().flatten();
+    let known = [SOCKET_LEVEL, TCP_LEVEL, IPV4_LEVEL, IPV6_LEVEL, IPV4_MULTICAST, IPV6_MULTICAST, IPV4_RAW, ICMP_RAW, IPV6_RAW, ICMPV6_RAW]
+        .into_iter()
+        .flatten();
     known
         .into_iter()
         .find(|k| k.0 == level && k.1 == option)
@@ -119,9 +134,10 @@ pub fn name(level: i32, option: i32) -> String {
 /// The options of `socket` whose values differ from those of `fresh`, a new socket of the same
 /// family, type and protocol. Of a TCP connection, the segment size and window clamp are
 /// what the handshake and the kernel made them (repair mode sets the MSS again), not options.
-pub fn differing(socket: BorrowedFd, fresh: BorrowedFd, family: i32, protocol: i32, connection: bool) -> Vec<SocketOption> {
+pub fn differing(socket: BorrowedFd, fresh: BorrowedFd, family: i32, kind: i32, protocol: i32, connection: bool) -> Vec<SocketOption> {
     let derived = |k: &&Known| connection && (k.1 == libc::TCP_MAXSEG || k.1 == libc::TCP_WINDOW_CLAMP) && k.0 == libc::IPPROTO_TCP;
-    common::options_differing(socket, fresh, applicable(family, protocol).filter(|k| !derived(k)).map(|k| (k.0, k.1, k.2)))
+    let options = applicable(family, kind, protocol).filter(|k| !derived(k)).map(|k| (k.0, k.1, k.2));
+    common::options_differing(socket, fresh, options)
 }
 
 /// Whether the option is SO_REUSEADDR, which restore sets only after binding.
