@@ -29,15 +29,15 @@ fn assert_running_untouched(pid: i32, what: &str) {
     }
 }
 
-/// A process with a packet socket (a family crust does not checkpoint yet): dump exits
-/// non-zero naming the pid, the fd number and "packet socket"; the process is still running
+/// A process with an MPTCP socket (a protocol crust does not checkpoint yet): dump exits
+/// non-zero naming the pid, the fd number and "protocol MPTCP"; the process is still running
 /// afterwards, not stopped, not traced.
 #[test]
-fn dump_refuses_process_with_a_packet_socket_and_leaves_it_running() {
+fn dump_refuses_process_with_an_mptcp_socket_and_leaves_it_running() {
     let w = Workload::spawn_program(
         "socket",
         "python3",
-        &["-c", "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\ntime.sleep(100)\n"],
+        &["-c", "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)\ntime.sleep(100)\n"],
     );
     let mut sock_fd = None;
     wait_until("python to open its socket", Duration::from_secs(10), || {
@@ -56,7 +56,7 @@ fn dump_refuses_process_with_a_packet_socket_and_leaves_it_running() {
     let text = out.text();
     assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
     assert!(has_token(&text, &fd), "refusal does not name fd {fd}:\n{out}");
-    assert!(text.to_lowercase().contains("packet socket"), "refusal does not say 'packet socket':\n{out}");
+    assert!(text.contains("protocol MPTCP"), "refusal does not say 'protocol MPTCP':\n{out}");
     assert_running_untouched(w.pid, "after the refused dump");
 }
 

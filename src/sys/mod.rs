@@ -5,6 +5,7 @@ pub mod clone3;
 pub mod lease_probe;
 pub mod netlink;
 pub mod notify;
+pub mod packet;
 pub mod pagemap;
 pub mod pidfd;
 pub mod ptrace;

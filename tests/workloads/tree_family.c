@@ -18,7 +18,7 @@
  * children) and passes only if each exited 0. The parent's PASS is therefore the last
  * line.
  *
- * argv[2] == "socket": the grandchild also holds a packet socket, which crust refuses (for the
+ * argv[2] == "socket": the grandchild also holds an MPTCP socket, which crust refuses (for the
  * refusal test), and reports sockfd=N in its READY line.
  */
 #include "tree_common.h"
@@ -131,7 +131,7 @@ int main(int argc, char **argv)
 		if (gc == 0) {
 			become(0x6C);
 			if (with_socket) {
-				sockfd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+				sockfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 262 /* IPPROTO_MPTCP */);
 				if (sockfd < 0)
 					die("grandchild: socket: %s", strerror(errno));
 			}

@@ -42,6 +42,7 @@ pub mod inotify;
 pub mod memfd;
 pub mod namespace;
 pub mod netlink_socket;
+pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
 pub mod regular;
@@ -77,6 +78,7 @@ pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<pipe::Pipes>::KIND,
     &Registered::<inet_socket::InetSockets>::KIND,
     &Registered::<netlink_socket::NetlinkSockets>::KIND,
+    &Registered::<packet_socket::PacketSockets>::KIND,
     &Registered::<unix_socket::UnixSockets>::KIND,
     &Registered::<eventfd::Eventfds>::KIND,
     &Registered::<signalfd::Signalfds>::KIND,

@@ -25,6 +25,7 @@ fn every_variant() -> Vec<K> {
         K::Tty(Default::default()),
         K::InetSocket(Default::default()),
         K::NetlinkSocket(Default::default()),
+        K::PacketSocket(Default::default()),
         K::Pidfd(Default::default()),
         K::NamespaceFile(Default::default()),
     ];
@@ -46,6 +47,7 @@ fn every_variant() -> Vec<K> {
             | K::Tty(_)
             | K::InetSocket(_)
             | K::NetlinkSocket(_)
+            | K::PacketSocket(_)
             | K::Pidfd(_)
             | K::NamespaceFile(_) => {}
         }

@@ -203,7 +203,7 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
         return raw::dump(src, family, protocol);
     }
     if !matches!((kind, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
-        return Err(refuse(format!("is a {} socket, which crust cannot checkpoint", protocol_name(protocol))));
+        return Err(refuse(format!("is a socket of protocol {}, which crust cannot checkpoint", protocol_name(protocol))));
     }
     let local = inet::local_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?;
     let diag = inet_diag::find(family, protocol, src.meta.ino())
