@@ -424,3 +424,35 @@ time.sleep(100)
         "(b'a to b', b'b to a bye', b'they closed', b'still open')"
     );
 }
+
+/// A connection holding urgent data not read yet (MSG_OOB) is refused by pid, fd and what it
+/// holds, before the tree is frozen; the program still reads its urgent byte afterwards.
+#[test]
+fn urgent_data_is_refused_and_left_in_place() {
+    let program = r#"
+import os, socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+a = socket.create_connection(l.getsockname()); b, _ = l.accept()
+a.send(b'!', socket.MSG_OOB)
+time.sleep(0.2)
+open('ready', 'w').write(str(b.fileno()))
+while not os.path.exists('go'): time.sleep(0.05)
+open('result', 'w').write(b.recv(1, socket.MSG_OOB).decode())
+"#;
+    let mut w = Workload::spawn_program("tcp-urgent", "python3", &["-c", program]);
+    wait_until("python3 to receive urgent data", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let fd = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    // The refusal comes before the tree is frozen: crust's log never reaches that step.
+    w.crust_env = vec![("CRUST_LOG".into(), "crust=info".into())];
+    let out = w.dump_with(&["--tcp-established"]);
+    out.assert_failure();
+    assert!(out.text().contains("checking the tree"), "test setup: no progress log:\n{out}");
+    for word in [w.pid.to_string(), fd, "urgent byte 0x21".into()] {
+        assert!(has_token(&out.text(), &word) || out.text().contains(&word), "the refusal does not name {word:?}:\n{out}");
+    }
+    assert!(!out.text().contains("freezing the tree"), "refused only after freezing:\n{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to read its urgent byte", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "!");
+}

@@ -446,3 +446,18 @@ pub fn joined_groups() -> Vec<(u32, IpAddr)> {
     }
     groups
 }
+
+/// Whether TCP urgent data is pending (recv with MSG_OOB | MSG_PEEK, which leaves it): Some(byte)
+/// when it arrived, Some(None) when announced but not arrived yet, None when there is none (or
+/// the socket reads it inline, SO_OOBINLINE).
+pub fn urgent_data(fd: BorrowedFd) -> Result<Option<Option<u8>>, SysError> {
+    let mut byte = 0u8;
+    // SAFETY: the kernel writes at most one byte into `byte`.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_OOB | libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match Errno::result(n) {
+        Ok(1) => Ok(Some(Some(byte))),
+        Ok(_) | Err(Errno::EINVAL) => Ok(None),
+        Err(Errno::EAGAIN) => Ok(Some(None)),
+        Err(e) => Err(SysError::new("recv(MSG_OOB | MSG_PEEK)", e)),
+    }
+}

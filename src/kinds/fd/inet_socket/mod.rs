@@ -232,6 +232,9 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
     refuse_state(&record, &diag, src.permits).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
     let connected = protocol == libc::IPPROTO_TCP && ![TCP_LISTEN, TCP_CLOSE].contains(&diag.state);
     record.closed = connected && src.permits.tcp_close;
+    if connected && !record.closed {
+        tcp::refuse_urgent(fd).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
+    }
     if diag.state == TCP_LISTEN {
         record.backlog = diag.wqueue;
     }

@@ -74,6 +74,19 @@ fn set_repair(fd: BorrowedFd, mode: i32) -> Result<()> {
     set(fd, TCP_REPAIR, mode, &format!("TCP_REPAIR {mode}"))
 }
 
+/// Urgent data waiting to be read, which repair mode has no way to set again (checked with a
+/// peek, which leaves it).
+pub fn refuse_urgent(fd: BorrowedFd) -> Result<(), String> {
+    match inet::urgent_data(fd) {
+        Ok(None) => Ok(()),
+        Ok(Some(byte)) => {
+            let what = byte.map(|b| format!("the urgent byte {b:#04x}")).unwrap_or("urgent data announced".into());
+            Err(format!("has {what} waiting to be read (MSG_OOB), which crust cannot restore"))
+        }
+        Err(e) => Err(format!("urgent data: {e}")),
+    }
+}
+
 /// Reads an established connection (its process frozen).
 pub fn read(fd: BorrowedFd) -> Result<TcpConnection> {
     set_repair(fd, REPAIR_ON).context("entering TCP repair mode (it needs CAP_NET_ADMIN)")?;
