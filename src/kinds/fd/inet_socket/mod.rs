@@ -198,24 +198,55 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
         socket::get_int(fd, libc::SOL_SOCKET, name).with_context(|| format!("pid {} fd {}: getsockopt({name})", src.pid, src.fd))
     };
     let (family, kind, protocol) = (opt(libc::SO_DOMAIN)?, opt(libc::SO_TYPE)?, opt(libc::SO_PROTOCOL)?);
-    let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}", src.pid, src.fd, src.link);
     if kind == libc::SOCK_RAW {
         return raw::dump(src, family, protocol);
     }
     if !matches!((kind, protocol), (libc::SOCK_STREAM, libc::IPPROTO_TCP) | (libc::SOCK_DGRAM, libc::IPPROTO_UDP)) {
-        return Err(refuse(format!("is a socket of protocol {}, which crust cannot checkpoint", protocol_name(protocol))));
+        return Err(refusal(src, format!("is a socket of protocol {}, which crust cannot checkpoint", protocol_name(protocol))));
     }
-    let local = inet::local_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?;
-    let diag = inet_diag::find(family, protocol, src.meta.ino())
-        .with_context(|| format!("pid {} fd {}: inet_diag of {}", src.pid, src.fd, src.link))?;
+    let (mut record, diag) = describe_socket(src, family, kind, protocol)?;
+    let refuse = |r: &InetSocket, what: String| refusal(src, format!("({}) {what}", describe(r)));
+    refuse_state(&record, &diag, src.permits).map_err(|what| refuse(&record, what))?;
+    let connected = protocol == libc::IPPROTO_TCP && ![TCP_LISTEN, TCP_CLOSE].contains(&diag.state);
+    record.closed = connected && src.permits.tcp_close;
+    if connected && !record.closed {
+        tcp::refuse_urgent(fd).map_err(|what| refuse(&record, what))?;
+    }
+    refuse_attachments(fd, protocol).map_err(|what| refuse(&record, what))?;
+    let at = || format!("pid {} fd {}: {}", src.pid, src.fd, src.link);
+    let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("{}: a fresh socket to compare options with", at()))?;
+    record.options = options::differing(fd, fresh.as_fd(), family, kind, protocol, connected);
+    if protocol == libc::IPPROTO_UDP {
+        record.memberships = memberships(fd, family).with_context(|| format!("{}: multicast groups", at()))?;
+    }
+    if let Some(state) = state {
+        read_queues(src, &mut record, &diag, state).with_context(at)?;
+    }
+    Ok(record)
+}
+
+/// "pid P fd F: socket:[N] <what>".
+fn refusal(src: &FdSource, what: String) -> anyhow::Error {
+    anyhow!("pid {} fd {}: {} {what}", src.pid, src.fd, src.link)
+}
+
+/// The socket's identity, addresses and state (from inet_diag, or for a socket never bound,
+/// from the socket itself).
+fn describe_socket(src: &FdSource, family: i32, kind: i32, protocol: i32) -> Result<(InetSocket, inet_diag::InetDiag)> {
+    let fd = src.copy.as_fd();
+    let at = || format!("pid {} fd {}", src.pid, src.fd);
+    let local = inet::local_address(fd).with_context(at)?;
+    let diag = inet_diag::find(family, protocol, src.meta.ino()).with_context(|| format!("{}: inet_diag of {}", at(), src.link))?;
     let diag = match diag {
         Some(d) => d,
         // The kernel lists only sockets in its lookup tables: one never bound is in none.
-        None if local.as_ref().is_none_or(InetAddr::is_unspecified) => unbound(fd, protocol)
-            .map_err(|what| refuse(what))?,
-        None => return Err(refuse("is not listed by inet_diag (a socket of another network namespace?): crust cannot checkpoint it".into())),
+        None if local.as_ref().is_none_or(InetAddr::is_unspecified) => unbound(fd, protocol).map_err(|what| refusal(src, what))?,
+        None => {
+            return Err(refusal(src, "is not listed by inet_diag (a socket of another network namespace?): crust cannot checkpoint it".into()));
+        }
     };
-    let mut record = InetSocket {
+    let name_of = |a: Option<InetAddr>| a.filter(|a| !a.is_unspecified()).map(|a| to_record(&a));
+    let record = InetSocket {
         inode: src.meta.ino(),
         family,
         r#type: kind,
@@ -224,44 +255,35 @@ fn dump(src: &FdSource, state: Option<&mut KindState>) -> Result<InetSocket> {
         // The socket's inode belongs to its creator, like the socket (sk_uid).
         uid: src.meta.uid(),
         shutdown: diag.shutdown.unwrap_or(0) as u32,
+        local: name_of(local),
+        peer: name_of(inet::peer_address(fd).with_context(at)?),
+        backlog: if diag.state == TCP_LISTEN { diag.wqueue } else { 0 },
         ..Default::default()
     };
-    let name_of = |a: Option<InetAddr>| a.filter(|a| !a.is_unspecified()).map(|a| to_record(&a));
-    record.local = name_of(local);
-    record.peer = name_of(inet::peer_address(fd).with_context(|| format!("pid {} fd {}", src.pid, src.fd))?);
-    refuse_state(&record, &diag, src.permits).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
-    let connected = protocol == libc::IPPROTO_TCP && ![TCP_LISTEN, TCP_CLOSE].contains(&diag.state);
-    record.closed = connected && src.permits.tcp_close;
-    if connected && !record.closed {
-        tcp::refuse_urgent(fd).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
+    Ok((record, diag))
+}
+
+/// Once the tree is frozen: a UDP socket's datagrams, a TCP connection's state and queues (the
+/// connection locked first: a byte its peer sends later must not be acknowledged by a socket
+/// that is about to go away).
+fn read_queues(src: &FdSource, record: &mut InetSocket, diag: &inet_diag::InetDiag, state: &mut KindState) -> Result<()> {
+    let fd = src.copy.as_fd();
+    if record.protocol == libc::IPPROTO_UDP && diag.rqueue > 0 {
+        record.queued = datagrams::read(fd).context("reading the datagrams queued")?;
     }
-    if diag.state == TCP_LISTEN {
-        record.backlog = diag.wqueue;
+    if record.protocol != libc::IPPROTO_TCP || !tcp::restorable(diag.state) || record.closed {
+        return Ok(());
     }
-    refuse_attachments(fd, protocol).map_err(|what| refuse(format!("({}) {what}", describe(&record))))?;
-    let fresh = inet::fresh_socket(family, kind, protocol).with_context(|| format!("pid {} fd {}: a fresh socket to compare options with", src.pid, src.fd))?;
-    record.options = options::differing(fd, fresh.as_fd(), family, kind, protocol, connected);
-    if protocol == libc::IPPROTO_UDP {
-        record.memberships = memberships(fd, family).with_context(|| format!("pid {} fd {}: multicast groups of {}", src.pid, src.fd, describe(&record)))?;
-    }
-    if let (Some(_), libc::IPPROTO_UDP, true) = (&state, protocol, diag.rqueue > 0) {
-        record.queued = datagrams::read(fd).with_context(|| format!("pid {} fd {}: reading the datagrams queued on {}", src.pid, src.fd, describe(&record)))?;
-    }
-    if let (Some(state), true, libc::IPPROTO_TCP, false) = (state, tcp::restorable(diag.state), protocol, record.closed) {
-        // Locked before it is read: a byte its peer sends later must not be acknowledged by a
-        // socket that is about to go away.
-        if src.permits.network_lock.as_deref() != Some("skip") {
-            let (local, peer) = (record.local.as_ref().map(from_record), record.peer.as_ref().map(from_record));
-            if let (Some(Ok(local)), Some(Ok(peer))) = (local, peer) {
-                state.get::<DumpLock>().add(Connection { local, peer })?;
-                record.network_locked = true;
-            }
+    if src.permits.network_lock.as_deref() != Some("skip") {
+        let (local, peer) = (record.local.as_ref().map(from_record), record.peer.as_ref().map(from_record));
+        if let (Some(Ok(local)), Some(Ok(peer))) = (local, peer) {
+            state.get::<DumpLock>().add(Connection { local, peer })?;
+            record.network_locked = true;
         }
-        let connection = tcp::read(fd).with_context(|| format!("pid {} fd {}: reading {}", src.pid, src.fd, describe(&record)))?;
-        record.tcp = Some(connection);
-        state.get::<ConnectionCopies>().0.push(src.copy.try_clone()?);
     }
-    Ok(record)
+    record.tcp = Some(tcp::read(fd).with_context(|| format!("reading {}", describe(record)))?);
+    state.get::<ConnectionCopies>().0.push(src.copy.try_clone()?);
+    Ok(())
 }
 
 /// What inet_diag would say of a socket never bound: its TCP state (a TCP socket connecting
