@@ -1,9 +1,12 @@
-//! Files a restore creates in the file system (today: the path a restored UNIX socket is bound
-//! to), removed again when the restore fails, so that a failed restore leaves nothing behind.
+//! Files a restore creates in the file system (the path a restored UNIX socket is bound to, the
+//! names deleted files are recreated under and the directories made for them: see
+//! `kinds::ghost`), removed again when the restore fails, so that a failed restore leaves
+//! nothing behind. A dump uses it too, for the names `--link-remap` links deleted files to.
 //!
 //! Each file is recorded right after it appears, as the directory it is in (held open, so
 //! renames of the path above it change nothing) plus its name, device and inode; it is removed
-//! only while that name still holds that very socket file and no live socket is bound to it.
+//! only while that name still holds that very file (and, for a socket file, no live socket is
+//! bound to it). Later files go first (a directory made for a file goes after the file).
 //! The records are also written to a journal in [`JOURNAL_DIR`], named after the crust run:
 //! if crust is killed in the middle of a restore (its processes die with it, being traced with
 //! PTRACE_O_EXITKILL), the next crust run removes what the journal lists
@@ -30,9 +33,25 @@ struct Journaled {
     path: String,
     dev: u64,
     inode: u64,
+    /// What the name holds (journals written before this field: socket files).
+    #[serde(default)]
+    what: Created,
 }
 
-struct Created {
+/// What kind of file a created name holds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Created {
+    /// A socket file: removed only once no socket is bound to it.
+    #[default]
+    Socket,
+    /// A regular file or a FIFO.
+    File,
+    /// A directory: removed if it is empty.
+    Directory,
+}
+
+struct CreatedName {
     directory: OwnedFd,
     name: OsString,
     journaled: Journaled,
@@ -41,7 +60,7 @@ struct Created {
 /// The files one restore created so far.
 #[derive(Default)]
 pub struct CreatedFiles {
-    files: Vec<Created>,
+    files: Vec<CreatedName>,
     journal: Option<PathBuf>,
 }
 
@@ -56,23 +75,39 @@ impl CreatedFiles {
         let name = path_ref.file_name().with_context(|| format!("socket path {path} has no file name"))?.to_owned();
         let directory = nix::fcntl::open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .with_context(|| format!("opening the directory of {path}"))?;
-        if !holds(&directory, &name, dev, inode) {
+        let journaled = Journaled { path: path.to_owned(), dev, inode, what: Created::Socket };
+        if !holds(&directory, &name, &journaled) {
             tracing::warn!(path, "the socket file is not where the socket was bound; it will not be removed on failure");
             return Ok(());
         }
-        let journaled = Journaled { path: path.to_owned(), dev, inode };
         self.append_to_journal(&journaled)?;
-        self.files.push(Created { directory, name, journaled });
+        self.files.push(CreatedName { directory, name, journaled });
         Ok(())
     }
 
-    /// The restore failed: removes every file recorded that is still the dead socket file
-    /// it created. Best effort, each failure logged.
+    /// Records the file or directory `name` of `directory` (whose path is `path`) that crust
+    /// just created, so that it goes again if the restore (or dump) fails. Not recorded when
+    /// the name does not hold (dev, inode) of that kind.
+    pub fn record_file(&mut self, directory: &OwnedFd, name: &OsStr, path: &str, (dev, inode): (u64, u64), what: Created) -> Result<()> {
+        let directory = directory.try_clone().with_context(|| format!("keeping the directory of {path}"))?;
+        let name = name.to_owned();
+        let journaled = Journaled { path: path.to_owned(), dev, inode, what };
+        if !holds(&directory, &name, &journaled) {
+            tracing::warn!(path, "the created file is not where it was created; it will not be removed on failure");
+            return Ok(());
+        }
+        self.append_to_journal(&journaled)?;
+        self.files.push(CreatedName { directory, name, journaled });
+        Ok(())
+    }
+
+    /// The restore (or dump) failed: removes every file recorded that is still the file it
+    /// created (a socket file: once dead), the latest first. Best effort, each failure logged.
     pub fn remove_all(&mut self) {
         // The processes were killed: their sockets close as they are reaped, which may take a
         // moment (a process killed while traced is reaped by its own parent).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut left: Vec<Created> = self.files.drain(..).collect();
+        let mut left: Vec<CreatedName> = self.files.drain(..).rev().collect();
         while !left.is_empty() {
             left.retain(|f| !remove_if_dead(&f.directory, &f.name, &f.journaled));
             if std::time::Instant::now() >= deadline {
@@ -137,18 +172,33 @@ fn bound_file(socket_inode: u64) -> Result<Option<(u64, u64)>> {
     Ok(diag.and_then(|d| d.vfs).map(|(ino, dev)| (unix_diag::decode_dev(dev), ino as u64)))
 }
 
-/// Whether `name` in `directory` is the socket file (dev, inode), not following a symlink.
-fn holds(directory: &OwnedFd, name: &OsString, dev: u64, inode: u64) -> bool {
+/// Whether `name` in `directory` is the file recorded (its kind, dev and inode), not following
+/// a symlink.
+fn holds(directory: &OwnedFd, name: &OsString, f: &Journaled) -> bool {
     let Ok(st) = fstatat(directory.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { return false };
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFSOCK && (st.st_dev, st.st_ino) == (dev, inode)
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    let kind_ok = match f.what {
+        Created::Socket => kind == SFlag::S_IFSOCK,
+        Created::File => kind == SFlag::S_IFREG || kind == SFlag::S_IFIFO,
+        Created::Directory => kind == SFlag::S_IFDIR,
+    };
+    kind_ok && (st.st_dev, st.st_ino) == (f.dev, f.inode)
 }
 
-/// Removes `name` from `directory` if it still is the socket file recorded and no live socket
-/// is bound to it. Returns false when it must be tried again later (a socket of the failed
-/// restore's processes still lives: they are being killed).
+/// Removes `name` from `directory` if it still is the file recorded (a socket file: and no
+/// live socket is bound to it). Returns false when it must be tried again later (a socket of
+/// the failed restore's processes still lives: they are being killed).
 fn remove_if_dead(directory: &OwnedFd, name: &OsString, f: &Journaled) -> bool {
-    if !holds(directory, name, f.dev, f.inode) {
+    if !holds(directory, name, f) {
         return true; // gone, or no longer the file crust created
+    }
+    if f.what != Created::Socket {
+        let flag = if f.what == Created::Directory { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+        match unlinkat(directory.as_fd(), name.as_os_str(), flag) {
+            Ok(()) => tracing::info!(path = f.path, "removed what the failed run created"),
+            Err(e) => tracing::warn!(path = f.path, "cannot remove what the failed run created: {e}"),
+        }
+        return true;
     }
     let live = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS).map(|all| {
         all.iter().any(|d| d.vfs.is_some_and(|(ino, dev)| ino as u64 == f.inode && unix_diag::decode_dev(dev) == f.dev))
@@ -186,7 +236,7 @@ pub fn repair_left_behind() {
         }
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         let mut settled = true;
-        for line in text.lines() {
+        for line in text.lines().rev() {
             let Ok(f) = serde_json::from_str::<Journaled>(line) else { continue };
             let path = Path::new(&f.path);
             let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else { continue };

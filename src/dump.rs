@@ -119,7 +119,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let frozen_time = freeze_start.elapsed();
     let foreground_pgid = foreground_pgid(root, &members);
     // A failed dump changes nothing: the tree goes on exactly as it was.
-    let Collected { entries, data_files: shared_data, pages_bytes, mut kinds } = match collected {
+    let Collected { entries, data_files: shared_data, pages_bytes, mut kinds, mut links } = match collected {
         Ok(c) => c,
         Err(e) => {
             resume_after_failure(&mut frozen);
@@ -133,6 +133,10 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     // interrupted from here on still leaves it running. With -R it already runs on.
     progress.step("checksumming page data".to_string());
     let inventory = finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts);
+    if inventory.is_ok() {
+        // The image needs them until its restore, which removes them (as the reference tool).
+        links.keep_all();
+    }
     let inventory = match (inventory, opts.leave_running) {
         (Ok(inventory), false) => {
             release_all(&mut frozen, opts.end())?;
@@ -318,6 +322,7 @@ fn collect_tree(
     open_files.shell_job = opts.shell_job;
     open_files.permits = opts.permits.clone();
     open_files.tree_pids = members.iter().map(|m| m.pid.as_raw()).collect();
+    open_files.state.get::<crate::kinds::ghost::GhostTable>().configure(opts.permits.ghost_limit, opts.permits.link_remap);
     let parent_of = |pid: Pid| {
         members
             .iter()
@@ -349,8 +354,12 @@ fn collect_tree(
         pages_bytes += collect(f, files, image, progress, &mut open_files, parent)?;
     }
     let sysv_data = open_files.state.get::<crate::kinds::sysv_shm::SysvSegments>().data_files();
+    // Deleted files, recorded once each; the names --link-remap made are removed (when
+    // dropped) unless the image is completed.
+    let (ghosts, links) = open_files.state.get::<crate::kinds::ghost::GhostTable>().finish();
     let kinds = std::mem::take(&mut open_files.state);
-    let open_files = open_files.into_record();
+    let mut open_files = open_files.into_record();
+    open_files.ghosts = ghosts;
     image.write_record(image::OPEN_FILES, &open_files)?;
     let entries = members
         .iter()
@@ -369,7 +378,7 @@ fn collect_tree(
     let mut data_files = crate::kinds::files::data_files(&open_files);
     data_files.extend(sysv_data);
     crate::fault::point("dump-collected")?;
-    Ok(Collected { entries, data_files, pages_bytes, kinds })
+    Ok(Collected { entries, data_files, pages_bytes, kinds, links })
 }
 
 /// What collecting the tree gives the rest of the dump.
@@ -381,6 +390,8 @@ struct Collected {
     pages_bytes: u64,
     /// What the fd kinds kept (their copies of files they act on after the kill).
     kinds: crate::kinds::fd::KindState,
+    /// Names `--link-remap` linked deleted files to: kept once the image is complete.
+    links: crate::created_files::CreatedFiles,
 }
 
 /// A failed PTRACE_SEIZE of thread `tid` of `pid`, with why when crust can tell.

@@ -1,10 +1,11 @@
-//! What the reference tool's permission options allow that crust does not checkpoint yet.
+//! The reference tool's permission options, as given to dump and restore.
 //!
-//! Options such as `--tcp-established` or `--link-remap` *permit* a kind of object (a TCP
-//! connection, a deleted file linked back): without them crust refuses such an object at dump by
-//! pid, fd and kind. Their values are recorded here, in the dump and restore options; the kinds
-//! that honour them read them here (`--tcp-established` and `--skip-in-flight` so far), and any
-//! object crust cannot restore exactly is refused whatever the options say.
+//! Options such as `--tcp-established` *permit* a kind of object (a TCP connection): without
+//! them crust refuses such an object at dump by pid, fd and kind. Their values are recorded
+//! here, in the dump and restore options; the kinds that honour them read them here
+//! (`--tcp-established`, `--skip-in-flight`, `--ghost-limit` and `--link-remap` so far: see
+//! `kinds::ghost` for the last two), and any object crust cannot restore exactly is refused
+//! whatever the options say.
 
 /// The permission options given to `crust dump` or `crust restore`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -15,11 +16,14 @@ pub struct Permits {
     pub tcp_close: bool,
     /// `--skip-in-flight`: TCP connections not yet accepted may be left out.
     pub skip_in_flight: bool,
-    /// `--link-remap`: deleted files may be linked back into the file system.
+    /// `--link-remap`: a file unlinked by its open name but linked elsewhere is linked back to
+    /// a hidden name at dump (otherwise refused).
     pub link_remap: bool,
-    /// `--ghost-limit SIZE`: largest deleted file whose contents go into the image, in bytes.
+    /// `--ghost-limit SIZE`: largest deleted file whose contents go into the image, in bytes
+    /// (None: 1 MiB, as the reference tool).
     pub ghost_limit: Option<u64>,
-    /// `--ghost-fiemap`: deleted files may be saved through their extent map.
+    /// `--ghost-fiemap`: deleted files may be saved through their extent map (crust always
+    /// skips their holes).
     pub ghost_fiemap: bool,
     /// `-x/--ext-unix-sk[=IDS]`: UNIX sockets connected outside the tree (these inodes only,
     /// when IDS are given).

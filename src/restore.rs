@@ -281,6 +281,7 @@ fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> 
         memory::precheck(&p.mm, code)?;
     }
     files::precheck(&img.open_files)?;
+    crate::kinds::ghost::precheck(&img.dir, &img.open_files.ghosts)?;
     Ok(())
 }
 
@@ -472,6 +473,8 @@ struct Tree {
     tcp_close: bool,
     /// `--leave-stopped`: each process is let go with a SIGSTOP waiting.
     leave_stopped: bool,
+    /// The deleted files of the image, made again until every process opened them.
+    ghosts: crate::kinds::ghost::Placed,
 }
 
 impl Tree {
@@ -551,6 +554,7 @@ impl Tree {
             image_sealed: false,
             tcp_close: false,
             leave_stopped: false,
+            ghosts: Default::default(),
         })
     }
 
@@ -585,6 +589,7 @@ impl Tree {
             created_files: &mut self.created_files,
             image_sealed: self.image_sealed,
             tcp_close: self.tcp_close,
+            ghosts: &self.ghosts,
         })
     }
 
@@ -595,6 +600,8 @@ impl Tree {
         foreground: Option<(&crate::sys::terminal::ControllingTerminal, u32)>,
     ) -> Result<()> {
         let root = img.inventory.root_pid;
+        // Deleted files are made again first (journaled): descriptions and mappings open them.
+        self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files)?;
         progress.step(format!("creating pid {root} and its tree"));
         let child = clone3::fork_with_pid(root as i32).map_err(|e| match e.errno() {
             Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {root} is busy: another process took it just now"),
@@ -640,6 +647,8 @@ impl Tree {
             self.finish_process(img, *pid).with_context(|| format!("restoring pid {pid}: credentials"))?;
         }
         let lease_breaks = self.plan_lease_breaks(img)?;
+        // Every description and mapping of a deleted file is open: its name goes again.
+        self.ghosts.unlink_all()?;
         crate::fault::point("restore-before-resume")?;
         crate::interrupt::check()?;
         // A foreground job gets the terminal before it runs (else its first read stops it).
@@ -915,6 +924,7 @@ impl Tree {
                 created_files: &mut self.created_files,
                 image_sealed,
                 tcp_close,
+                ghosts: &self.ghosts,
             };
             step(&mut tctx, thread)?;
         }

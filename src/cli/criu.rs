@@ -111,7 +111,9 @@ const ONLY_DUMP: Class = Ignored("used by dump only; the reference tool ignores 
 const TCP: &str = "established TCP connections are checkpointed (TCP repair), their peers kept waiting by the network lock";
 const TCP_CLOSE: &str = "TCP connections are checkpointed without their state and restored closed (dump), or restored closed whatever the image holds (restore)";
 const IN_FLIGHT: &str = "a listener's connections not yet accepted are left out (their clients see a reset); without it such a listener is refused at dump";
-const GHOSTS: &str = "permits deleted files; crust refuses deleted files at dump by pid and fd";
+const LINK_REMAP: &str = "dump: a file unlinked by the name it was opened by but linked elsewhere is linked back to a hidden name in its directory, kept until a restore opens and removes it (without it, refused)";
+const GHOST_LIMIT: &str = "dump: the largest deleted file (bytes, or K, M, G) whose contents go into the image, 1M by default; a larger one is refused by pid, fd, path and size";
+const GHOST_FIEMAP: &str = "crust always saves a deleted file's data without its holes (SEEK_DATA/SEEK_HOLE)";
 const MOUNTS: &str = "permits mount points; crust refuses processes in another mount namespace at dump";
 const IRMAP: &str = "permits finding inotify watches by path; crust finds them by file handle and refuses a watch it cannot reach that way";
 const CGROUPS: &str = "crust does not checkpoint cgroups: restored processes join crust's own";
@@ -156,9 +158,9 @@ pub const CRIU_OPTIONS: &[CriuOption] = &[
     CriuOption::flag("tcp-close", Permit(TCP_CLOSE)).bool(),
     CriuOption::value("root", "PATH", Refused("crust restores in its own root file system only")).short('r'),
     CriuOption::flag("evasive-devices", Refused("device files are reopened at their recorded path only")).bool(),
-    CriuOption::flag("link-remap", Permit(GHOSTS)).bool(),
-    CriuOption::value("ghost-limit", "SIZE", Permit(GHOSTS)),
-    CriuOption::flag("ghost-fiemap", Permit(GHOSTS)).bool(),
+    CriuOption::flag("link-remap", Permit(LINK_REMAP)).bool(),
+    CriuOption::value("ghost-limit", "SIZE", Permit(GHOST_LIMIT)),
+    CriuOption::flag("ghost-fiemap", Permit(GHOST_FIEMAP)).bool(),
     CriuOption::value("action-script", "FILE", Refused("crust runs no action scripts")),
     CriuOption::flag("shell-job", Native).short('j').bool(),
     CriuOption::flag("file-locks", Native).short('l').bool(),

@@ -21,6 +21,7 @@ pub fn file_identity(path: &str, through: &str) -> Result<FileIdentity> {
         inode: meta.ino(),
         mode: meta.mode(),
         rdev: meta.rdev(),
+        ghost_id: 0,
     })
 }
 
@@ -52,6 +53,9 @@ pub enum FileUse {
 /// gives one warning line and the restore goes on: the process sees it as it is now, as it
 /// would have had it gone on running.
 pub fn check_file(file: &FileIdentity, what: &str, usage: FileUse) -> Result<()> {
+    if file.ghost_id != 0 {
+        return Ok(()); // a deleted file: made again from the image (kinds::ghost)
+    }
     let meta = std::fs::metadata(&file.path).with_context(|| format!("{what} {} is gone since the dump", file.path))?;
     if meta.mode() & libc::S_IFMT != file.mode & libc::S_IFMT {
         bail!("{what} {} is no longer the same kind of file as at dump time", file.path);

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::fd::{self, FdSource, Holders, KindState, Together, WholeTree};
 use super::locks::{LockLine, LockedFiles};
@@ -94,9 +94,10 @@ impl OpenFileTable {
         Ok(())
     }
 
-    /// The record of every description, once the tree's mappings added theirs.
+    /// The record of every description, once the tree's mappings added theirs (the deleted
+    /// files are added from the ghost table of `state`).
     pub fn into_record(self) -> OpenFiles {
-        OpenFiles { open_files: self.files }
+        OpenFiles { open_files: self.files, ghosts: Vec::new() }
     }
 
     /// The description behind `fd` of `pid`, if an earlier fd (of any dumped process) shares it.
@@ -124,15 +125,9 @@ impl Kind for Files {
         for fd in fds {
             dump_fd(ctx, fd, &mut record, &mut seen_posix)?;
         }
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
-        let root = std::fs::read_link(format!("/proc/{pid}/root"))?;
-        record.cwd = cwd.to_string_lossy().into_owned();
-        record.root = root.to_string_lossy().into_owned();
-        for (what, path) in [("working directory", &record.cwd), ("root directory", &record.root)] {
-            if path.ends_with(" (deleted)") {
-                bail!("pid {pid}: its {what} {path} was deleted; crust cannot restore it");
-            }
-        }
+        // A removed working or root directory is a ghost (made again at restore).
+        (record.cwd, record.cwd_ghost_id) = super::ghost::directory(ctx, "cwd")?;
+        (record.root, record.root_ghost_id) = super::ghost::directory(ctx, "root")?;
         Ok(record)
     }
 
@@ -185,12 +180,14 @@ impl Kind for Files {
         }
         // The working directory is entered with crust's credentials, like mapped files: the
         // process had it (it may have entered it before giving up privileges).
-        let addr = ctx.remote.put_path(0, &record.cwd)?;
+        let cwd = super::ghost::entered(ctx, &record.cwd, record.cwd_ghost_id)?;
+        let addr = ctx.remote.put_path(0, &cwd)?;
         ctx.remote
             .syscall("chdir", libc::SYS_chdir, &[addr])
-            .with_context(|| format!("changing to the working directory {}", record.cwd))?;
-        if record.root != "/" {
-            let addr = ctx.remote.put_path(0, &record.root)?;
+            .with_context(|| format!("changing to the working directory {cwd}"))?;
+        if record.root != "/" || record.root_ghost_id != 0 {
+            let root = super::ghost::entered(ctx, &record.root, record.root_ghost_id)?;
+            let addr = ctx.remote.put_path(0, &root)?;
             ctx.remote
                 .syscall("chroot", libc::SYS_chroot, &[addr])
                 .with_context(|| format!("changing root to {}", record.root))?;
@@ -422,7 +419,9 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
 /// Raw data files the open file descriptions refer to (memfd contents...).
 pub fn data_files(record: &OpenFiles) -> Vec<String> {
     let named = |f: &OpenFile| f.kind.as_ref().and_then(fd::kind_of).map(|k| k.data_files(f)).unwrap_or_default();
-    record.open_files.iter().flat_map(named).collect()
+    let mut names: Vec<String> = record.open_files.iter().flat_map(named).collect();
+    names.extend(super::ghost::data_files(&record.ghosts));
+    names
 }
 
 /// `crust show`: each kind makes its records readable; `json` is the description's JSON.

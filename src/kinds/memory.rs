@@ -57,6 +57,7 @@ impl Kind for Memory {
                 continue; // crust's own scratch area
             }
             let mut vma = describe_vma(pid, map)?;
+            super::ghost::mapping(ctx, &mut vma)?;
             let words = flag_words.get(&start).map(Vec::as_slice).unwrap_or_default();
             refuse_unsupported_flags(pid, &vma, words)?;
             vma.droppable = words.iter().any(|w| w == "dp");
@@ -297,10 +298,11 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
                     vma.name = path.clone();
                     if shared { VmaKind::SharedFile } else { VmaKind::PrivateFile }
                 } else {
-                    bail!(
-                        "pid {pid}: mapping {start:#x}-{end:#x} maps the deleted file {original}; \
-                         crust cannot restore mappings of deleted files yet"
-                    );
+                    // A deleted file: recorded as a ghost by the caller (see ghost.rs).
+                    vma.name = path.clone();
+                    let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+                    vma.file = Some(file_identity(original, &link)?);
+                    if shared { VmaKind::SharedFile } else { VmaKind::PrivateFile }
                 }
             } else {
                 vma.name = path.clone();
@@ -784,7 +786,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
             let shared = kind == VmaKind::SharedFile;
             // A shared mapping that may become writable needs a writable descriptor.
             let writable = shared && vma_may_write(vma);
-            let key = (file.path.clone(), writable);
+            let key = (super::ghost::mapped_key(file), writable);
             let fd = match file_fds.get(&key) {
                 Some(fd) => *fd,
                 None if let Some(fd) = leased_description(ctx, file)? => fd,

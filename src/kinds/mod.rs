@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod fd;
 pub mod file_check;
 pub mod files;
+pub mod ghost;
 pub mod identity;
 pub mod leases;
 pub mod locks;
@@ -83,6 +84,8 @@ pub struct RestoreCtx<'a> {
     pub image_sealed: bool,
     /// restore --tcp-close: TCP connections come back closed, whatever the image holds.
     pub tcp_close: bool,
+    /// The deleted files of the image, made again for the restore (see [`ghost`]).
+    pub ghosts: &'a ghost::Placed,
 }
 
 impl RestoreCtx<'_> {
@@ -156,7 +159,15 @@ impl RestoreCtx<'_> {
     /// device and inode: a path may now lead elsewhere (a symlink or a rename put in its
     /// place), and restore must never give a process a file it did not have. Refused, naming
     /// the file, otherwise.
+    /// A deleted file (`ghost_id`) is opened where it was made again, and must be that file.
     pub fn open_identified(&mut self, file: &crate::image::proto::FileIdentity, flags: i32, what: &str) -> Result<i32> {
+        let ghost;
+        let file = if file.ghost_id != 0 {
+            ghost = self.ghosts.identity(file)?;
+            &ghost
+        } else {
+            file
+        };
         let fd = self
             .open_in_process_no_symlinks(&file.path, flags)
             .with_context(|| format!("{what} {}: opening it again (a symlink on its path is refused)", file.path))?;

@@ -55,8 +55,8 @@ impl FdKind for Fifos {
         src.file_type() == libc::S_IFIFO && src.link.starts_with('/')
     }
 
-    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Fifo>> {
-        let (record, created_with) = dump(src)?;
+    fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Fifo>> {
+        let (record, created_with) = dump(src, state)?;
         Ok(Dumped { record, created_with })
     }
 
@@ -85,18 +85,23 @@ impl FdKind for Fifos {
 }
 
 /// Returns the record and its created_with group.
-fn dump(src: &FdSource) -> Result<(Fifo, u64)> {
+fn dump(src: &FdSource, state: &mut KindState) -> Result<(Fifo, u64)> {
     use nix::fcntl::{FcntlArg, fcntl};
     let (pid, fd) = (src.pid, src.fd);
-    if src.link.ends_with(" (deleted)") {
-        return Err(src.refuse("a deleted FIFO"));
-    }
     let flags = u32::from_str_radix(src.fdinfo_field("flags:").context("fdinfo without flags")?, 8)?;
     if flags & libc::O_PATH as u32 != 0 {
         return Err(src.refuse("an O_PATH descriptor of a FIFO"));
     }
     let through = format!("/proc/{pid}/fd/{fd}");
-    let file = file_identity(src.link, &through)?;
+    // A FIFO unlinked while open: a ghost (kinds::ghost), made again at restore.
+    let file = match crate::kinds::ghost::deleted_path(src.link) {
+        Some(path) => {
+            let table = state.get::<crate::kinds::ghost::GhostTable>();
+            let ghost_id = table.record(src.image, &format!("pid {pid} fd {fd}"), path, &through)?;
+            crate::image::proto::FileIdentity { ghost_id, ..file_identity(path, &through)? }
+        }
+        None => file_identity(src.link, &through)?,
+    };
     let size = fcntl(src.copy, FcntlArg::F_GETPIPE_SZ).with_context(|| format!("pid {pid} fd {fd}: F_GETPIPE_SZ"))?;
     let mode = flags as i32 & libc::O_ACCMODE;
     let mut fifo = Fifo { fifo_id: group_id(file.dev, file.inode), buffer_size: size as u32, ..Default::default() };
@@ -181,6 +186,9 @@ fn outside_holder(dev: u64, inode: u64, inside: &BTreeSet<i32>) -> Option<(i32, 
 /// What restore checks before creating any process: the FIFO is still there, the same inode.
 fn precheck(f: &Fifo) -> Result<()> {
     let file = f.file.as_ref().context("FIFO without a file")?;
+    if file.ghost_id != 0 {
+        return Ok(()); // deleted: made again from the image
+    }
     let meta = std::fs::symlink_metadata(&file.path).with_context(|| format!("FIFO {} is gone since the dump", file.path))?;
     if !meta.file_type().is_fifo() || meta.dev() != file.dev || meta.ino() != file.inode {
         bail!("FIFO {} was replaced since the dump (another file or another inode)", file.path);
@@ -211,6 +219,8 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, f: &Fifo, together: &mut Together
 /// the anchor's if there is one (closed with the others when the group is done).
 fn open_group(ctx: &mut RestoreCtx, members: &[(&OpenFile, &Fifo)]) -> Result<Vec<i32>> {
     let ident = members[0].1.file.clone().context("FIFO without a file")?;
+    // A deleted FIFO is opened where it was made again.
+    let ident = if ident.ghost_id != 0 { ctx.ghosts.identity(&ident)? } else { ident };
     let path = ident.path.clone();
     let size = members[0].1.buffer_size;
     let data: Vec<u8> = members.iter().map(|(_, f)| &f.buffered).find(|b| !b.is_empty()).cloned().unwrap_or_default();

@@ -1,15 +1,20 @@
 //! Regular files and directories, and O_PATH descriptions of symlinks, opened again by path:
 //! the description's flags and offset are restored, and restore checks first that the file is
-//! still the one the image names (see `file_check::check_file`). Deleted files and
-//! anonymous-inode files that look like regular files are refused.
+//! still the one the image names (see `file_check::check_file`). A deleted file or removed
+//! directory is recorded as a ghost (`kinds::ghost`: its contents in the image, made again at
+//! restore); one of a kernel-internal mount, and anonymous-inode files that look like regular
+//! files, are refused.
+
+use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Result, bail};
 
 use super::common::{reopen_flags, seek_to_position};
 use super::{Dumped, FdKind, FdSource, KindState, Together};
-use crate::image::proto::{OpenFile, RegularFile, open_file};
+use crate::image::proto::{FileIdentity, OpenFile, RegularFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
+use crate::kinds::ghost;
 use crate::kinds::file_check::{FileUse, check_file, file_identity};
 
 pub struct RegularFiles;
@@ -54,10 +59,10 @@ impl FdKind for RegularFiles {
     }
 
     fn refuse_early(src: &FdSource) -> Result<()> {
+        if ghost::deleted_path(src.link).is_some() && !ghost::on_visible_mount(src.pid, src.meta.dev()) {
+            return Err(src.refuse("a deleted file of a kernel-internal mount"));
+        }
         if src.file_type() == libc::S_IFREG {
-            if src.link.ends_with(" (deleted)") {
-                return Err(src.refuse("a deleted file"));
-            }
             if !src.link.starts_with('/') {
                 return Err(src.refuse("an anonymous-inode file"));
             }
@@ -65,16 +70,21 @@ impl FdKind for RegularFiles {
         Ok(())
     }
 
-    fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<RegularFile>> {
+    fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<RegularFile>> {
         Self::refuse_early(src)?;
-        let link = src.link;
         let through = format!("/proc/{}/fd/{}", src.pid, src.fd);
-        Ok(Dumped::alone(RegularFile { file: Some(file_identity(link, &through)?) }))
+        if let Some(path) = ghost::deleted_path(src.link) {
+            let who = format!("pid {} fd {}", src.pid, src.fd);
+            let ghost_id = state.get::<ghost::GhostTable>().record(src.image, &who, path, &through)?;
+            let file = FileIdentity { ghost_id, ..file_identity(path, &through)? };
+            return Ok(Dumped::alone(RegularFile { file: Some(file) }));
+        }
+        Ok(Dumped::alone(RegularFile { file: Some(file_identity(src.link, &through)?) }))
     }
 
     fn precheck(file: &OpenFile, record: &RegularFile) -> Result<()> {
         let Some(f) = &record.file else { return Ok(()) };
-        if f.mode & libc::S_IFMT == libc::S_IFLNK {
+        if f.mode & libc::S_IFMT == libc::S_IFLNK && f.ghost_id == 0 {
             return check_symlink(f).map_err(|e| e.context(format!("open file #{}", file.id)));
         }
         if f.mode & libc::S_IFMT == libc::S_IFREG {
@@ -106,6 +116,10 @@ impl FdKind for RegularFiles {
     }
 
     fn describe(record: &RegularFile) -> String {
-        record.file.as_ref().map(|f| f.path.clone()).unwrap_or_default()
+        match &record.file {
+            Some(f) if f.ghost_id != 0 => format!("{} (deleted)", f.path),
+            Some(f) => f.path.clone(),
+            None => String::new(),
+        }
     }
 }

@@ -1,0 +1,348 @@
+//! Deleted files across a checkpoint (kinds/ghost.rs): a regular file open after it was
+//! unlinked (shared by several fds, descriptions and processes), a large sparse one, one whose
+//! directory was removed too, a mapped one (MAP_SHARED and MAP_PRIVATE), a removed working and
+//! root directory, an open directory that was removed, a deleted FIFO; `--ghost-limit` and
+//! `--link-remap`; a failed restore leaves no file behind; Python multiprocessing (its
+//! semaphores and shared Values are mapped, unlinked files in /dev/shm) end to end.
+//!
+//! Each program is python3: it sets up its state, writes `ready` (JSON), waits for `go`, then
+//! checks from inside (contents, offsets, fstat: st_nlink 0, size, owner, mode, the same inode
+//! everywhere) and writes `result` ("PASS ..." or "FAIL ..."). The test checks from /proc
+//! before and after (fd links "PATH (deleted)", fdinfo, maps, cwd, root) and that no name the
+//! restore created is left in the directory.
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+/// Helpers every program starts with: files in the test directory go through a directory fd
+/// (the program may change its working and root directories).
+const PRELUDE: &str = r#"
+import os, sys, time, json, stat, mmap
+BASE = os.getcwd()
+BASEFD = os.open(BASE, os.O_RDONLY | os.O_DIRECTORY)
+def put(name, text):
+    fd = os.open(name + '.tmp', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=BASEFD)
+    os.write(fd, text.encode())
+    os.close(fd)
+    os.rename(name + '.tmp', name, src_dir_fd=BASEFD, dst_dir_fd=BASEFD)
+def ready(**kw):
+    put('ready', json.dumps(kw))
+def exists(name):
+    try:
+        os.stat(name, dir_fd=BASEFD)
+        return True
+    except FileNotFoundError:
+        return False
+def wait_for(name):
+    for _ in range(6000):
+        if exists(name):
+            return
+        time.sleep(0.01)
+    put('result', 'FAIL no ' + name + ' within 60 s')
+    sys.exit(3)
+problems = []
+def check(ok, what):
+    if not ok:
+        problems.append(what)
+def finish():
+    put('result', ('FAIL ' + '; '.join(problems)) if problems else 'PASS')
+    while True:
+        time.sleep(1)
+"#;
+
+fn start(label: &str, script: &str) -> Workload {
+    let program = format!("{PRELUDE}{script}");
+    let w = Workload::spawn_program(label, "python3", &["-c", &program]);
+    let ready = w.dir.path.join("ready");
+    wait_until(&format!("{label}: ready"), Duration::from_secs(20), || file_written(&ready) || !pid_exists(w.pid));
+    assert!(file_written(&ready), "{label} never got ready:\n{}", w.log_text());
+    w
+}
+
+fn ready_json(w: &Workload) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(w.dir.path.join("ready")).unwrap()).unwrap()
+}
+
+fn num(v: &serde_json::Value, key: &str) -> i64 {
+    v[key].as_i64().unwrap_or_else(|| panic!("ready lacks {key}: {v}"))
+}
+
+/// Lets the program check itself; returns its verdict line.
+fn go_and_result(w: &Workload) -> String {
+    fs::write(w.dir.path.join("go"), "go").unwrap();
+    let result = w.dir.path.join("result");
+    wait_until("the program's verdict", Duration::from_secs(60), || file_written(&result));
+    fs::read_to_string(result).unwrap()
+}
+
+/// The fdinfo `ino` keys of the fds of `pid` on deleted files: a restored deleted file is a
+/// new inode (everything else about the fd must be equal).
+fn ghost_inos(pid: i32) -> Vec<String> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().ends_with(" (deleted)")))
+        .map(|e| format!("fdinfo:{}:ino", e.file_name().to_string_lossy()))
+        .collect()
+}
+
+/// Checks /proc of `pid` against `before` but for the inode numbers of deleted files.
+fn assert_same_but_ghost_inodes(before: &ProcSnapshot, pid: i32) {
+    let inos = ghost_inos(pid);
+    let ignore: Vec<&str> = inos.iter().map(String::as_str).collect();
+    assert_same_proc(before, &ProcSnapshot::take(pid), &ignore);
+}
+
+fn fd_link(pid: i32, fd: i64) -> String {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Names a restore made in `dir` and left there (ghosts under a hidden name, link remaps).
+fn crust_leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".crust-")).collect())
+        .unwrap_or_default()
+}
+
+fn finish(mut w: Workload, pids: &[i32]) {
+    for pid in pids.iter().rev() {
+        let _ = nix_kill(*pid);
+    }
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+}
+
+fn nix_kill(pid: i32) -> i32 {
+    // SAFETY: a plain kill(2) of a pid this test started (a child of its workload).
+    unsafe { libc::kill(pid, libc::SIGKILL) }
+}
+
+const REGULAR: &str = r#"
+p = os.path.join(BASE, 'data.bin')
+fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+content = bytes((i * 7 + 3) % 251 for i in range(10000))
+os.write(fd, content)
+os.fchown(fd, 1234, 5678)
+os.fchmod(fd, 0o640)
+ro = os.open(p, os.O_RDONLY)
+os.lseek(ro, 5, 0)
+ap = os.open(p, os.O_WRONLY | os.O_APPEND)
+dup = os.dup(fd)
+os.unlink(p)
+child = os.fork()
+if child == 0:
+    own = os.open('/proc/self/fd/%d' % ro, os.O_RDWR)
+    put('child-ready', json.dumps({'own': own}))
+    wait_for('go')
+    os.pwrite(own, b'CHILD', 200)
+    put('child-done', json.dumps({'ino': os.fstat(own).st_ino, 'nlink': os.fstat(own).st_nlink, 'inherited': os.fstat(fd).st_ino}))
+    while True:
+        time.sleep(1)
+wait_for('child-ready')
+ready(fd=fd, ro=ro, ap=ap, dup=dup, child=child, own=json.loads(open(os.path.join(BASE, 'child-ready')).read())['own'])
+wait_for('go')
+wait_for('child-done')
+c = json.loads(open(os.path.join(BASE, 'child-done')).read())
+st = os.fstat(fd)
+check(st.st_nlink == 0, 'nlink %d' % st.st_nlink)
+check(st.st_size == 10000, 'size %d' % st.st_size)
+check(stat.S_IMODE(st.st_mode) == 0o640 and stat.S_ISREG(st.st_mode), 'mode %o' % st.st_mode)
+check((st.st_uid, st.st_gid) == (1234, 5678), 'owner %d:%d' % (st.st_uid, st.st_gid))
+check(all(os.fstat(x).st_ino == st.st_ino for x in (ro, ap, dup)), 'fds on different inodes')
+check(c['ino'] == st.st_ino and c['inherited'] == st.st_ino and c['nlink'] == 0, 'the child is on another inode: %r' % c)
+check(os.lseek(fd, 0, 1) == 10000 and os.lseek(ro, 0, 1) == 5, 'offsets %d %d' % (os.lseek(fd, 0, 1), os.lseek(ro, 0, 1)))
+check(os.read(ro, 10) == content[5:15], 'read through the second description')
+expected = content[:200] + b'CHILD' + content[205:]
+check(os.pread(fd, 20000, 0) == expected, 'contents (with the child write at 200)')
+os.write(ap, b'END')
+check(os.fstat(fd).st_size == 10003 and os.pread(dup, 3, 10000) == b'END', 'O_APPEND write')
+check(os.readlink('/proc/self/fd/%d' % fd) == p + ' (deleted)', 'link ' + os.readlink('/proc/self/fd/%d' % fd))
+check(not os.path.exists(p), 'the name came back')
+finish()
+"#;
+
+/// A regular file open after it was unlinked, through four fds of two descriptions in the
+/// parent (one dup'ed, one O_APPEND) and, in a forked child, the inherited fd plus a third
+/// description opened through /proc/self/fd: after the restore every fd of both processes is
+/// on one new inode with st_nlink 0, the contents, size, owner, mode, offsets and flags, and
+/// a write by the child is read by the parent; /proc shows "PATH (deleted)" for every fd, and
+/// the directory holds no name of it.
+#[test]
+fn an_unlinked_file_shared_by_fds_and_processes_comes_back_as_one_deleted_inode() {
+    let mut w = start("ghost-regular", REGULAR);
+    let r = ready_json(&w);
+    let child = num(&r, "child") as i32;
+    let path = format!("{}/data.bin (deleted)", w.dir.path.display());
+    for fd in ["fd", "ro", "ap", "dup"] {
+        assert_eq!(fd_link(w.pid, num(&r, fd)), path);
+    }
+    let (before, child_before) = (w.snapshot(), ProcSnapshot::take(child));
+    w.dump();
+    assert!(!pid_exists(child) || wait_gone(child, GONE_TIMEOUT));
+    w.restore_detached();
+    assert_same_but_ghost_inodes(&before, w.pid);
+    assert_same_but_ghost_inodes(&child_before, child);
+    assert_eq!(fd_link(child, num(&r, "own")), path);
+    assert!(!w.dir.path.join("data.bin").exists() && crust_leftovers(&w.dir.path).is_empty(), "a name of the file is left");
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}\n{}", w.log_text());
+    finish(w, &[child]);
+}
+
+const SPARSE: &str = r#"
+p = os.path.join(BASE, 'sparse.bin')
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+os.pwrite(fd, b'head', 0)
+os.pwrite(fd, b'middle', 32 << 20)
+os.pwrite(fd, b'tail', (64 << 20) - 4)
+os.unlink(p)
+ready(fd=fd)
+wait_for('go')
+st = os.fstat(fd)
+check(st.st_size == 64 << 20 and st.st_nlink == 0, 'size %d nlink %d' % (st.st_size, st.st_nlink))
+check(st.st_blocks * 512 < (1 << 20), 'the holes were filled: %d bytes allocated' % (st.st_blocks * 512))
+check(os.pread(fd, 4, 0) == b'head' and os.pread(fd, 6, 32 << 20) == b'middle' and os.pread(fd, 4, (64 << 20) - 4) == b'tail', 'data')
+check(os.pread(fd, 4096, 1 << 20) == bytes(4096), 'a hole reads as zeros')
+finish()
+"#;
+
+/// A 64 MiB sparse file holding 14 bytes, unlinked: with `--ghost-limit 100M` it is saved
+/// without its holes (the image stays under 1 MiB) and comes back sparse with its data.
+#[test]
+fn a_large_sparse_deleted_file_stays_sparse_in_the_image_and_after_restore() {
+    let mut w = start("ghost-sparse", SPARSE);
+    let before = w.snapshot();
+    let out = w.dump_with(&["--ghost-limit", "100M"]);
+    assert!(out.success(), "{out}");
+    w.reap(GONE_TIMEOUT);
+    let ghosts: Vec<_> = image_files(&w.image_dir).into_iter().filter(|f| f.to_string_lossy().starts_with("ghost-")).collect();
+    assert_eq!(ghosts.len(), 1, "{:?}", image_files(&w.image_dir));
+    let allocated: u64 = ghosts
+        .iter()
+        .map(|f| std::os::unix::fs::MetadataExt::blocks(&fs::metadata(w.image_dir.join(f)).unwrap()) * 512)
+        .sum();
+    assert!(allocated < 1 << 20, "the deleted file takes {allocated} bytes on disk in the image for 14 bytes of data");
+    assert!(wait_gone(w.pid, GONE_TIMEOUT));
+    w.restore_detached();
+    assert_same_but_ghost_inodes(&before, w.pid);
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
+
+const TOO_BIG: &str = r#"
+p = os.path.join(BASE, 'big.bin')
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b'x' * (2 << 20))
+os.unlink(p)
+ready(fd=fd)
+wait_for('go')
+check(os.pread(fd, 1, (2 << 20) - 1) == b'x' and os.fstat(fd).st_nlink == 0, 'the file changed')
+finish()
+"#;
+
+/// A deleted file of 2 MiB is above the default --ghost-limit (1 MiB): the dump refuses it by
+/// pid, fd, path and size, and the program runs on untouched.
+#[test]
+fn a_deleted_file_above_the_ghost_limit_is_refused_and_the_tree_runs_on() {
+    let w = start("ghost-too-big", TOO_BIG);
+    let fd = num(&ready_json(&w), "fd");
+    let out = w.dump_with(&[]);
+    assert!(!out.success(), "a 2 MiB deleted file was dumped with the default --ghost-limit:\n{out}");
+    let text = out.text();
+    for needed in [format!("pid {}", w.pid), format!("fd {fd}"), "big.bin".into(), "2097152 bytes".into(), "--ghost-limit".into()] {
+        assert!(text.contains(&needed), "the refusal does not say {needed:?}:\n{out}");
+    }
+    assert!(matches!(proc_state(w.pid), Some('R' | 'S')) && proc_status_field(w.pid, "TracerPid").as_deref() == Some("0"));
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
+
+const REMOVED_DIR: &str = r#"
+d = os.path.join(BASE, 'gone', 'deeper')
+os.makedirs(d)
+p = os.path.join(d, 'f.txt')
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b'in a removed directory')
+os.unlink(p)
+os.rmdir(d)
+os.rmdir(os.path.join(BASE, 'gone'))
+ready(fd=fd)
+wait_for('go')
+st = os.fstat(fd)
+check(st.st_nlink == 0 and os.pread(fd, 100, 0) == b'in a removed directory', 'contents or nlink')
+check(not os.path.exists(os.path.join(BASE, 'gone')), 'the directory came back')
+finish()
+"#;
+
+/// A deleted file whose directory (and that directory's parent) was removed too: the
+/// directories are made again for the restore and removed afterwards; the fd shows the old
+/// path "(deleted)".
+#[test]
+fn a_deleted_file_whose_directories_were_removed_comes_back() {
+    let mut w = start("ghost-removed-dir", REMOVED_DIR);
+    let fd = num(&ready_json(&w), "fd");
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_eq!(fd_link(w.pid, fd), format!("{}/gone/deeper/f.txt (deleted)", w.dir.path.display()));
+    assert_same_but_ghost_inodes(&before, w.pid);
+    assert!(!w.dir.path.join("gone").exists(), "the directories made for the restore are left");
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
+
+const MAPPED: &str = r#"
+p = os.path.join(BASE, 'mapped.bin')
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b'A' * 8192 + b'B' * 8192)
+shared = mmap.mmap(fd, 16384, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+private = mmap.mmap(fd, 16384, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+shared[0:6] = b'shared'
+private[8192:8199] = b'private'
+os.unlink(p)
+import ctypes
+addr = lambda m: ctypes.addressof(ctypes.c_char.from_buffer(m))
+ready(fd=fd, shared=addr(shared), private=addr(private))
+wait_for('go')
+check(os.fstat(fd).st_nlink == 0, 'nlink')
+check(shared[0:6] == b'shared' and os.pread(fd, 6, 0) == b'shared', 'shared mapping before the write')
+shared[100:105] = b'after'
+check(os.pread(fd, 5, 100) == b'after', 'a write to the shared mapping does not reach the fd')
+os.pwrite(fd, b'fdwrite', 200)
+check(shared[200:207] == b'fdwrite', 'a write to the fd does not reach the shared mapping')
+check(private[8192:8199] == b'private' and os.pread(fd, 7, 8192) == b'BBBBBBB', 'the private copy')
+check(private[0:6] == b'shared', 'private mapping lost the file page it had not copied')
+finish()
+"#;
+
+/// A deleted file mapped MAP_SHARED and MAP_PRIVATE (each with pages written) and open: after
+/// the restore the shared mapping and the fd are the same new inode (writes through either are
+/// seen through the other), the private mapping keeps its own copy; /proc maps shows both as
+/// "PATH (deleted)" at their addresses with their protections.
+#[test]
+fn a_deleted_file_mapped_shared_and_private_is_mapped_through_the_same_new_inode() {
+    let mut w = start("ghost-mapped", MAPPED);
+    let r = ready_json(&w);
+    let fd = num(&r, "fd");
+    let maps = fs::read_to_string(format!("/proc/{}/maps", w.pid)).unwrap();
+    let deleted: Vec<&str> = maps.lines().filter(|l| l.ends_with("mapped.bin (deleted)")).collect();
+    assert_eq!(deleted.len(), 2, "{maps}");
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_same_but_ghost_inodes(&before, w.pid);
+    let after = fs::read_to_string(format!("/proc/{}/maps", w.pid)).unwrap();
+    let inode_of = |l: &str| l.split_whitespace().nth(4).unwrap().to_string();
+    let fd_inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(format!("/proc/{}/fd/{fd}", w.pid)).unwrap()).to_string();
+    for l in after.lines().filter(|l| l.ends_with("mapped.bin (deleted)")) {
+        assert_eq!(inode_of(l), fd_inode, "a mapping is not on the fd's inode: {l}");
+    }
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
