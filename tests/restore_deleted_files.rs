@@ -346,3 +346,189 @@ fn a_deleted_file_mapped_shared_and_private_is_mapped_through_the_same_new_inode
     assert!(verdict.starts_with("PASS"), "{verdict}");
     finish(w, &[]);
 }
+
+const DIRECTORIES: &str = r#"
+cwd, root, opened = (os.path.join(BASE, n) for n in ('cwd-dir', 'root-dir', 'open-dir'))
+for d in (cwd, root, opened):
+    os.mkdir(d, 0o751)
+os.chown(opened, 1234, 5678)
+dfd = os.open(opened, os.O_RDONLY | os.O_DIRECTORY)
+os.chdir(cwd)
+os.chroot(root)
+for d in ('cwd-dir', 'root-dir', 'open-dir'):
+    os.rmdir(d, dir_fd=BASEFD)
+ready(dfd=dfd)
+wait_for('go')
+for what, st in (('cwd', os.stat('.')), ('root', os.stat('/')), ('open', os.fstat(dfd))):
+    check(stat.S_ISDIR(st.st_mode) and st.st_nlink == 0, '%s: mode %o nlink %d' % (what, st.st_mode, st.st_nlink))
+    check(stat.S_IMODE(st.st_mode) == 0o751, '%s: mode %o' % (what, st.st_mode))
+check((os.fstat(dfd).st_uid, os.fstat(dfd).st_gid) == (1234, 5678), 'owner of the open directory')
+check(os.listdir(dfd) == [], 'the removed directory lists entries')
+try:
+    os.open('x', os.O_CREAT | os.O_WRONLY, dir_fd=dfd)
+    check(False, 'a file was created in a removed directory')
+except FileNotFoundError:
+    pass
+finish()
+"#;
+
+/// A removed working directory, a removed root directory (chroot) and an open O_DIRECTORY fd
+/// on a removed directory: all three come back removed (st_nlink 0, their mode and owner;
+/// nothing can be created in them); /proc shows cwd, root and the fd as "PATH (deleted)".
+#[test]
+fn removed_working_root_and_open_directories_come_back_removed() {
+    let mut w = start("ghost-directories", DIRECTORIES);
+    let fd = num(&ready_json(&w), "dfd");
+    let base = w.dir.path.display().to_string();
+    let before = w.snapshot();
+    assert_eq!(before.entries["cwd"], format!("{base}/cwd-dir (deleted)"));
+    assert_eq!(before.entries["root"], format!("{base}/root-dir (deleted)"));
+    assert_eq!(fd_link(w.pid, fd), format!("{base}/open-dir (deleted)"));
+    w.dump();
+    w.restore_detached();
+    assert_same_but_ghost_inodes(&before, w.pid);
+    for d in ["cwd-dir", "root-dir", "open-dir"] {
+        assert!(!w.dir.path.join(d).exists(), "{d} is left after the restore");
+    }
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
+
+const FIFO: &str = r#"
+p = os.path.join(BASE, 'fifo')
+os.mkfifo(p)
+os.chmod(p, 0o620)
+r = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+wr = os.open(p, os.O_WRONLY)
+os.write(wr, b'queued bytes')
+os.unlink(p)
+ready(r=r, w=wr)
+wait_for('go')
+st = os.fstat(r)
+check(stat.S_ISFIFO(st.st_mode) and st.st_nlink == 0 and stat.S_IMODE(st.st_mode) == 0o620, 'mode %o nlink %d' % (st.st_mode, st.st_nlink))
+check(os.fstat(wr).st_ino == st.st_ino, 'the two ends are on different inodes')
+check(os.read(r, 100) == b'queued bytes', 'the queued bytes')
+os.write(wr, b'more')
+check(os.read(r, 100) == b'more', 'a new write')
+check(not os.path.exists(p), 'the FIFO name came back')
+finish()
+"#;
+
+/// A FIFO unlinked while open at both ends, with bytes queued: it comes back unlinked (one
+/// inode for both ends, st_nlink 0, its mode) with its bytes; /proc shows "PATH (deleted)".
+#[test]
+fn a_deleted_fifo_comes_back_with_its_bytes() {
+    let mut w = start("ghost-fifo", FIFO);
+    let r = ready_json(&w);
+    let before = w.snapshot();
+    assert_eq!(fd_link(w.pid, num(&r, "r")), format!("{}/fifo (deleted)", w.dir.path.display()));
+    w.dump();
+    w.restore_detached();
+    assert_same_but_ghost_inodes(&before, w.pid);
+    assert!(!w.dir.path.join("fifo").exists() && crust_leftovers(&w.dir.path).is_empty());
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
+
+/// A restore that fails after the deleted file was made again (here: by fault injection once
+/// the process is restored) removes it: neither its name nor a hidden one is left, nor a
+/// journal; a second restore then succeeds.
+#[test]
+fn a_failed_restore_leaves_no_deleted_file_behind() {
+    let mut w = start("ghost-failed-restore", REGULAR);
+    let child = num(&ready_json(&w), "child") as i32;
+    w.dump();
+    assert!(wait_gone(child, GONE_TIMEOUT));
+    w.crust_env = vec![("CRUST_FAULT".into(), "restore-process:1:fail".into())];
+    let out = w.restore_detached_raw();
+    assert!(!out.success() && out.text().contains("CRUST_FAULT"), "the restore did not fail where asked:\n{out}");
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the failed restore left its process");
+    // The killed child was handed to this test (a subreaper): reaped here, its pid is free.
+    waitpid_timeout(child, GONE_TIMEOUT);
+    assert!(!w.dir.path.join("data.bin").exists(), "the failed restore left the deleted file's name");
+    assert!(crust_leftovers(&w.dir.path).is_empty(), "the failed restore left {:?}", crust_leftovers(&w.dir.path));
+    w.crust_env.clear();
+    w.restore_detached();
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[child]);
+}
+
+const MULTIPROCESSING: &str = r#"
+import multiprocessing as mp
+N = 300
+def init(c, l, q):
+    global C, L, Q
+    C, L, Q = c, l, q
+def f(x):
+    time.sleep(0.01)
+    with L:
+        C.value += 1
+    Q.put((x, x * x))
+    return 3 * x
+if __name__ == '__main__':
+    ctx = mp.get_context('fork')
+    counter, lock, q = ctx.Value('i', 0), ctx.Lock(), ctx.Queue()
+    pool = ctx.Pool(2, initializer=init, initargs=(counter, lock, q))
+    res = pool.map_async(f, range(N), chunksize=1)
+    for _ in range(6000):
+        if counter.value >= 20:
+            break
+        time.sleep(0.005)
+    ready(workers=[p.pid for p in pool._pool], at=counter.value)
+    r = res.get(timeout=120)
+    got = sorted(q.get(timeout=60) for _ in range(N))
+    check(r == [3 * x for x in range(N)], 'pool results')
+    check(got == [(x, x * x) for x in range(N)], 'queue items: %d, first missing %r' % (len(got), sorted(set(range(N)) - {g[0] for g in got})[:3]))
+    check(counter.value == N, 'Value counted %d of %d under the Lock' % (counter.value, N))
+    with lock:
+        counter.value += 1
+    check(counter.value == N + 1, 'the Lock after the work')
+    pool.close()
+    pool.join()
+    finish()
+"#;
+
+/// The mappings of deleted /dev/shm files a process has (semaphores, shared Values), as
+/// "range perms path" lines.
+fn deleted_shm_mappings(pid: i32) -> Vec<String> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("/dev/shm/") && l.ends_with(" (deleted)"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {}", f[0], f[1], f[5..].join(" "))
+        })
+        .collect()
+}
+
+/// Python multiprocessing, unchanged: a Pool of 2 workers (fork) mapping over 300 items, each
+/// worker adding to a shared Value under a Lock and putting its item on a Queue; the Lock,
+/// the Value's own lock and the queue's are POSIX semaphores, and the Value lives in a shared
+/// arena: mapped, unlinked files in /dev/shm. Dumped in the middle of the work, restored:
+/// every result, every queue item once, the count exact, the Lock working; every process
+/// maps its deleted /dev/shm files at the same addresses again.
+#[test]
+fn python_multiprocessing_pool_queue_value_and_lock_work_across_a_restore() {
+    let mut w = start("ghost-multiprocessing", MULTIPROCESSING);
+    let r = ready_json(&w);
+    let workers: Vec<i32> = r["workers"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap() as i32).collect();
+    let tree: Vec<i32> = std::iter::once(w.pid).chain(workers.iter().copied()).collect();
+    let before: Vec<Vec<String>> = tree.iter().map(|p| deleted_shm_mappings(*p)).collect();
+    assert!(before.iter().all(|m| m.len() >= 3), "fewer shared /dev/shm mappings than expected: {before:?}");
+    let result = w.dir.path.join("result");
+    let out = w.dump();
+    assert!(!file_written(&result), "the work was over before the dump: the test proves nothing\n{out}");
+    for p in &workers {
+        assert!(wait_gone(*p, GONE_TIMEOUT), "worker {p} survived the dump");
+    }
+    w.restore_detached();
+    let after: Vec<Vec<String>> = tree.iter().map(|p| deleted_shm_mappings(*p)).collect();
+    assert_eq!(before, after, "the deleted /dev/shm mappings differ after the restore");
+    wait_until("the pool's verdict", Duration::from_secs(120), || file_written(&result));
+    let verdict = fs::read_to_string(&result).unwrap();
+    assert!(verdict.starts_with("PASS"), "{verdict}\n{}", w.log_text());
+    finish(w, &workers);
+}

@@ -131,11 +131,13 @@ impl GhostTable {
     }
 }
 
-/// Whether the device `dev` is a mount the process sees: a deleted file of a kernel-internal
-/// mount (a memfd, a shared hugetlb area, a driver's object) has no directory to come back to.
-pub fn on_visible_mount(pid: i32, dev: u64) -> bool {
+/// Whether the device `dev` is a mount of the mount namespace (crust's, which dumped processes
+/// share; read from crust's view, as a chroot hides mounts from the process's own): a deleted
+/// file of a kernel-internal mount (a memfd, a shared hugetlb area, a driver's object) has no
+/// directory to come back to.
+pub fn on_visible_mount(dev: u64) -> bool {
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
-    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+    std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|text| text.lines().any(|l| l.split_whitespace().nth(2) == Some(wanted.as_str())))
 }
 
@@ -385,7 +387,7 @@ pub fn directory(ctx: &mut super::DumpCtx, which: &str) -> Result<(String, u32)>
     let Some(path) = deleted_path(&link) else { return Ok((link, 0)) };
     let what = if which == "cwd" { "working directory" } else { "root directory" };
     let dev = std::fs::metadata(&through).with_context(|| format!("pid {pid}: stat {through}"))?.dev();
-    if !on_visible_mount(pid, dev) {
+    if !on_visible_mount(dev) {
         bail!("pid {pid}: its {what} {link} was removed from a mount it cannot see; crust cannot make it again");
     }
     let id = ctx.open_files.state.get::<GhostTable>().record(ctx.image, &format!("pid {pid} ({what})"), path, &through)?;
@@ -410,7 +412,7 @@ pub fn mapping(ctx: &mut super::DumpCtx, vma: &mut crate::image::proto::Vma) -> 
     }
     let pid = ctx.pid.as_raw();
     let who = format!("pid {pid} mapping {:#x}-{:#x}", vma.start, vma.end);
-    if !on_visible_mount(pid, file.dev) {
+    if !on_visible_mount(file.dev) {
         bail!("{who}: it maps the deleted file {} of a kernel-internal mount; crust cannot make it again", file.path);
     }
     let through = format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end);

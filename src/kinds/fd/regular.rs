@@ -59,7 +59,7 @@ impl FdKind for RegularFiles {
     }
 
     fn refuse_early(src: &FdSource) -> Result<()> {
-        if ghost::deleted_path(src.link).is_some() && !ghost::on_visible_mount(src.pid, src.meta.dev()) {
+        if ghost::deleted_path(src.link).is_some() && !ghost::on_visible_mount(src.meta.dev()) {
             return Err(src.refuse("a deleted file of a kernel-internal mount"));
         }
         if src.file_type() == libc::S_IFREG {
