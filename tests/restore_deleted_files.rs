@@ -532,3 +532,54 @@ fn python_multiprocessing_pool_queue_value_and_lock_work_across_a_restore() {
     assert!(verdict.starts_with("PASS"), "{verdict}\n{}", w.log_text());
     finish(w, &workers);
 }
+
+const LINKED_ELSEWHERE: &str = r#"
+a, b = os.path.join(BASE, 'a.txt'), os.path.join(BASE, 'b.txt')
+fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b'one inode, two names')
+os.link(a, b)
+os.unlink(a)
+ready(fd=fd)
+wait_for('go')
+st = os.fstat(fd)
+check(st.st_ino == os.stat(b).st_ino and st.st_nlink == 1, 'not the inode of b.txt any more: nlink %d' % st.st_nlink)
+os.pwrite(fd, b'ONE', 0)
+check(open(b, 'rb').read() == b'ONE inode, two names', 'a write through the fd does not reach b.txt')
+check(os.lseek(fd, 0, 1) == 20, 'offset')
+finish()
+"#;
+
+/// A file unlinked by the name it was opened by but still linked as another name (nlink 1)
+/// cannot be copied (it would become another file): without `--link-remap` the dump refuses
+/// it, naming the option, and the program runs on; a dump with `--link-remap` that fails
+/// removes the name it linked; one that succeeds leaves a hidden name for the restore, which
+/// opens the very inode again (the fd shows its old name "(deleted)") and removes it.
+#[test]
+fn a_file_unlinked_but_linked_elsewhere_needs_link_remap_and_comes_back_as_the_same_inode() {
+    let mut w = start("ghost-link-remap", LINKED_ELSEWHERE);
+    let fd = num(&ready_json(&w), "fd");
+    let out = w.dump_with(&[]);
+    assert!(!out.success() && out.text().contains("--link-remap") && out.text().contains(&format!("pid {} fd {fd}", w.pid)), "{out}");
+    w.crust_env = vec![("CRUST_FAULT".into(), "dump-collected:1:fail".into())];
+    let out = w.dump_with(&["--link-remap"]);
+    assert!(!out.success() && out.text().contains("CRUST_FAULT"), "{out}");
+    assert!(crust_leftovers(&w.dir.path).is_empty(), "the failed dump left {:?}", crust_leftovers(&w.dir.path));
+    w.crust_env.clear();
+    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "the refused dumps stopped the program");
+    let before = w.snapshot();
+    let out = w.dump_with(&["--link-remap"]);
+    assert!(out.success(), "{out}");
+    w.reap(GONE_TIMEOUT);
+    assert!(wait_gone(w.pid, GONE_TIMEOUT));
+    let links = crust_leftovers(&w.dir.path);
+    assert_eq!(links.len(), 1, "--link-remap left {links:?}");
+    let b_inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(w.dir.path.join("b.txt")).unwrap());
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(w.dir.path.join(&links[0])).unwrap()), b_inode);
+    w.restore_detached();
+    // The very inode: fdinfo is equal, ino included.
+    assert_same_proc(&before, &w.snapshot(), &[]);
+    assert!(crust_leftovers(&w.dir.path).is_empty() && !w.dir.path.join("a.txt").exists(), "{:?}", crust_leftovers(&w.dir.path));
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}

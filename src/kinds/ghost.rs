@@ -221,6 +221,8 @@ struct Ghost {
     dev: u64,
     inode: u64,
     is_dir: bool,
+    /// The `--link-remap` name, to remove too (when the ghost was opened by its old name).
+    link_remap: Option<OsString>,
 }
 
 /// The ghosts of one restore, made again ([`prepare`]).
@@ -238,7 +240,7 @@ pub fn prepare(image: &ImageDir, ghosts: &[GhostFile], created: &mut CreatedFile
         let ghost = if g.link_remap.is_empty() {
             make(image, g, created, &mut placed.directories)
         } else {
-            reuse_link(g)
+            reuse_link(g, created)
         };
         let ghost = ghost.with_context(|| format!("making the deleted file {} again", g.path))?;
         tracing::info!(path = g.path, at = ghost.path, "made the deleted file again");
@@ -247,17 +249,22 @@ pub fn prepare(image: &ImageDir, ghosts: &[GhostFile], created: &mut CreatedFile
     Ok(placed)
 }
 
-fn reuse_link(g: &GhostFile) -> Result<Ghost> {
-    let path = link_remap_path(g)?;
-    let (dir_path, name) = split(path.to_str().context("not UTF-8")?)?;
-    Ok(Ghost {
-        path: path.to_string_lossy().into_owned(),
-        directory: open_dir(&dir_path)?,
-        name,
-        dev: g.dev,
-        inode: g.inode,
-        is_dir: false,
-    })
+/// A `--link-remap` name: linked to the file's old name too when nothing is there now (the
+/// fds opened by it show it, as the process's did; journaled), else opened by itself. Both
+/// names go once every process opened it; a failed restore removes only the old name, and
+/// the link-remap name stays for the next restore.
+fn reuse_link(g: &GhostFile, created: &mut CreatedFiles) -> Result<Ghost> {
+    let remap = link_remap_path(g)?;
+    let (dir_path, old_name) = split(&g.path)?;
+    let directory = open_dir(&dir_path)?;
+    let remap_name = OsString::from(&g.link_remap);
+    let linked = nix::unistd::linkat(directory.as_fd(), remap_name.as_os_str(), directory.as_fd(), old_name.as_os_str(), AtFlags::empty());
+    if linked.is_ok() {
+        created.record_file(&directory, old_name.as_os_str(), &g.path, (g.dev, g.inode), Created::File)?;
+        return Ok(Ghost { path: g.path.clone(), directory, name: old_name, dev: g.dev, inode: g.inode, is_dir: false, link_remap: Some(remap_name) });
+    }
+    let path = remap.to_string_lossy().into_owned();
+    Ok(Ghost { path, directory, name: remap_name, dev: g.dev, inode: g.inode, is_dir: false, link_remap: None })
 }
 
 fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut Vec<(OwnedFd, OsString, String)>) -> Result<Ghost> {
@@ -288,7 +295,7 @@ fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut 
         fill(image, g, &file)?;
     }
     give_attributes(&through, g).with_context(|| format!("giving {path} its owner, mode and times"))?;
-    Ok(Ghost { path, directory, name, dev: meta.dev(), inode: meta.ino(), is_dir: kind == libc::S_IFDIR })
+    Ok(Ghost { path, directory, name, dev: meta.dev(), inode: meta.ino(), is_dir: kind == libc::S_IFDIR, link_remap: None })
 }
 
 /// The directory `path`, made (with any missing parent) when it was removed too; each
@@ -366,6 +373,10 @@ impl Placed {
             }
             let flag = if g.is_dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
             unlinkat(g.directory.as_fd(), g.name.as_os_str(), flag).with_context(|| format!("unlinking {} again", g.path))?;
+            if let Some(remap) = &g.link_remap {
+                unlinkat(g.directory.as_fd(), remap.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                    .with_context(|| format!("removing the --link-remap name of {}", g.path))?;
+            }
         }
         for (parent, name, path) in self.directories.drain(..).rev() {
             if let Err(e) = unlinkat(parent.as_fd(), name.as_os_str(), UnlinkatFlags::RemoveDir) {
