@@ -327,6 +327,7 @@ fn checked_image(dir: &Path, opts: &RestoreOptions, pid_wait: Duration) -> Resul
         wait_pid_free(entry.pid, pid_wait)?;
     }
     check_machine(&img, opts.file_validation)?;
+    crate::kinds::ghost::refuse_on_trust(&img.open_files.ghosts, opts.trust_image)?;
     if is_shell_job(&img) && !opts.shell_job {
         bail!("the image is a shell job (dumped with --shell-job): restore it with --shell-job (-j) from the terminal it should run on");
     }
@@ -601,7 +602,7 @@ impl Tree {
     ) -> Result<()> {
         let root = img.inventory.root_pid;
         // Deleted files are made again first (journaled): descriptions and mappings open them.
-        self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files)?;
+        self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files, self.image_sealed)?;
         progress.step(format!("creating pid {root} and its tree"));
         let child = clone3::fork_with_pid(root as i32).map_err(|e| match e.errno() {
             Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {root} is busy: another process took it just now"),

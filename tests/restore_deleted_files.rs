@@ -583,3 +583,21 @@ fn a_file_unlinked_but_linked_elsewhere_needs_link_remap_and_comes_back_as_the_s
     assert!(verdict.starts_with("PASS"), "{verdict}");
     finish(w, &[]);
 }
+
+/// crust makes deleted files again as root, where and as what the image says: only from an
+/// image this host sealed. A restore with --trust-image refuses, creating nothing (not the
+/// removed directories either); the sealed image then restores.
+#[test]
+fn deleted_files_are_not_made_from_an_image_taken_on_trust() {
+    let mut w = start("ghost-trust", REMOVED_DIR);
+    w.dump();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let out = crust(["restore", "-d", "--trust-image", "-D", &img]);
+    assert!(!out.success() && out.text().contains("--trust-image") && out.text().contains("deleted files"), "{out}");
+    assert!(!pid_exists(w.pid) || wait_gone(w.pid, GONE_TIMEOUT), "the refused restore left its process");
+    assert!(!w.dir.path.join("gone").exists(), "the refused restore made the removed directories");
+    w.restore_detached();
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}

@@ -119,6 +119,10 @@ impl GhostTable {
                     self.limit
                 );
             }
+            if leased(&meta) {
+                // Opening it to read it would break the lease (and wait for the break).
+                bail!("{who}: the deleted file {path} holds a lease; crust cannot read it without breaking the lease");
+            }
             if meta.size() > 0 {
                 ghost.data_file = format!("ghost-{id}.img");
                 save_contents(image, through, &ghost.data_file).with_context(|| format!("{who}: saving the deleted file {path}"))?;
@@ -139,6 +143,13 @@ pub fn on_visible_mount(dev: u64) -> bool {
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
     std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|text| text.lines().any(|l| l.split_whitespace().nth(2) == Some(wanted.as_str())))
+}
+
+/// Whether a lease (or delegation) is held on the inode (/proc/locks).
+fn leased(meta: &std::fs::Metadata) -> bool {
+    let key = super::locks::dev_ino(meta);
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    text.lines().any(|l| (l.contains(" LEASE ") || l.contains(" DELEG ")) && l.split_whitespace().any(|w| w == key))
 }
 
 /// Copies the regular file behind `through` into a sparse data file, through a read-only
@@ -233,8 +244,23 @@ pub struct Placed {
     directories: Vec<(OwnedFd, OsString, String)>,
 }
 
-/// Makes every ghost of the image again (see the module's documentation).
-pub fn prepare(image: &ImageDir, ghosts: &[GhostFile], created: &mut CreatedFiles) -> Result<Placed> {
+/// Refuses deleted files in an image taken on trust (`--trust-image`): crust would make them
+/// as root, where and as what the image says.
+pub fn refuse_on_trust(ghosts: &[GhostFile], trusted: bool) -> Result<()> {
+    if let Some(g) = ghosts.first().filter(|_| trusted) {
+        bail!(
+            "the image holds deleted files ({} ...) and was taken on trust (--trust-image): crust makes them again as root, \
+             where and as what the image says, so only from an image this host sealed",
+            g.path
+        );
+    }
+    Ok(())
+}
+
+/// Makes every ghost of the image again (see the module's documentation). Only from a sealed
+/// image: crust makes them as root, where and as what the image says.
+pub fn prepare(image: &ImageDir, ghosts: &[GhostFile], created: &mut CreatedFiles, sealed: bool) -> Result<Placed> {
+    refuse_on_trust(ghosts, !sealed)?;
     let mut placed = Placed::default();
     for g in ghosts {
         let ghost = if g.link_remap.is_empty() {
