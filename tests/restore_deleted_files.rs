@@ -601,3 +601,63 @@ fn deleted_files_are_not_made_from_an_image_taken_on_trust() {
     assert!(verdict.starts_with("PASS"), "{verdict}");
     finish(w, &[]);
 }
+
+const NAME_TAKEN: &str = r#"
+p = os.path.join(BASE, 'app.log')
+fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.write(fd, b'old log\n')
+os.unlink(p)
+with open(p, 'w') as new:
+    new.write('new log\n')
+ready(fd=fd)
+wait_for('go')
+os.write(fd, b'still the old one\n')
+check(os.fstat(fd).st_nlink == 0 and os.fstat(fd).st_size == 26, 'the old log: nlink %d size %d' % (os.fstat(fd).st_nlink, os.fstat(fd).st_size))
+check(open(p).read() == 'new log\n', 'the new log changed')
+check(os.fstat(fd).st_ino != os.stat(p).st_ino, 'the fd is on the new log')
+finish()
+"#;
+
+/// A deleted file whose name was taken since by another file (a rotated log): the restore
+/// makes it again under a hidden name next to it, never touching the new file, and unlinks
+/// it; the fd shows that name "(deleted)".
+#[test]
+fn a_deleted_file_whose_name_is_taken_comes_back_under_a_hidden_name() {
+    let mut w = start("ghost-name-taken", NAME_TAKEN);
+    let fd = num(&ready_json(&w), "fd");
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    let link = fd_link(w.pid, fd);
+    let hidden = format!("{}/.crust-ghost-", w.dir.path.display());
+    assert!(link.starts_with(&hidden) && link.ends_with(" (deleted)"), "the fd shows {link}");
+    let mut ignore = ghost_inos(w.pid);
+    ignore.push(format!("fd:{fd}"));
+    let ignore: Vec<&str> = ignore.iter().map(String::as_str).collect();
+    assert_same_proc(&before, &w.snapshot(), &ignore);
+    assert!(crust_leftovers(&w.dir.path).is_empty());
+    assert_eq!(fs::read_to_string(w.dir.path.join("app.log")).unwrap(), "new log\n");
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
+
+/// crust killed (SIGKILL) in the middle of a restore, once the deleted file was made again:
+/// its restored processes die with it, the file stays listed in the journal, and the next
+/// crust run removes it before anything else, then restores.
+#[test]
+fn a_killed_restore_leaves_its_deleted_files_to_the_next_run_which_removes_them() {
+    let mut w = start("ghost-killed-restore", REMOVED_DIR);
+    w.dump();
+    w.crust_env = vec![("CRUST_FAULT".into(), "restore-process:1:kill".into())];
+    let out = w.restore_detached_raw();
+    assert_eq!(out.exit(), Exit::Signal(libc::SIGKILL), "{out}");
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the killed restore's process lives on");
+    assert!(w.dir.path.join("gone/deeper/f.txt").exists(), "nothing was left to clean: the test proves nothing");
+    w.crust_env.clear();
+    w.restore_detached();
+    assert!(!w.dir.path.join("gone").exists(), "the next run did not remove what the killed restore made");
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}
