@@ -430,6 +430,7 @@ fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Re
             precheck(pid)?;
         }
         crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job, &opts.permits)?;
+        crate::kinds::ghost::refuse_early(pid.as_raw(), opts.permits.ghost_limit, opts.permits.link_remap)?;
         queue.extend(children_of(pid));
     }
     Ok(())

@@ -107,17 +107,12 @@ impl GhostTable {
         if meta.nlink() > 0 && kind != libc::S_IFDIR {
             // Unlinked by this name, alive by another: a copy would be another file.
             if !self.link_remap {
-                bail!("{who}: {path} was unlinked but the file still has other links: dump with --link-remap to link it back to a hidden name until the restore");
+                return Err(linked_elsewhere(who, path));
             }
             ghost.link_remap = link_back(&mut self.links, who, path, through, (meta.dev(), meta.ino()))?;
         } else if kind == libc::S_IFREG {
             if meta.size() > self.limit {
-                bail!(
-                    "{who}: the deleted file {path} holds {} bytes, more than the --ghost-limit of {} bytes \
-                     its contents may take in the image: dump with a larger --ghost-limit",
-                    meta.size(),
-                    self.limit
-                );
+                return Err(too_big(who, path, meta.size(), self.limit));
             }
             if leased(&meta) {
                 // Opening it to read it would break the lease (and wait for the break).
@@ -143,6 +138,53 @@ pub fn on_visible_mount(dev: u64) -> bool {
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
     std::fs::read_to_string("/proc/self/mountinfo")
         .is_ok_and(|text| text.lines().any(|l| l.split_whitespace().nth(2) == Some(wanted.as_str())))
+}
+
+/// Dump, before anything is frozen: the deleted files of `pid` (through its fds and
+/// mappings) that [`GhostTable::record`] will refuse by their size or links, so that a tree
+/// that will be refused is never stopped. Touches nothing (stat through /proc only).
+pub fn refuse_early(pid: i32, limit: Option<u64>, link_remap: bool) -> Result<()> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    for (dir, what) in [("fd", "fd"), ("map_files", "mapping")] {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/{dir}")) else { continue };
+        for e in entries.flatten() {
+            let who = format!("pid {pid} {what} {}", e.file_name().to_string_lossy());
+            refuse_one_early(&who, &e.path(), limit, link_remap)?;
+        }
+    }
+    Ok(())
+}
+
+fn refuse_one_early(who: &str, through: &Path, limit: u64, link_remap: bool) -> Result<()> {
+    // A link gone meanwhile is simply not there any more.
+    let Ok(link) = std::fs::read_link(through) else { return Ok(()) };
+    let link = link.to_string_lossy();
+    let Some(path) = deleted_path(&link) else { return Ok(()) };
+    let Ok(meta) = std::fs::metadata(through) else { return Ok(()) };
+    if !meta.is_file() || !on_visible_mount(meta.dev()) {
+        return Ok(()); // memfds, shared anonymous memory... are their kinds' business
+    }
+    if meta.nlink() > 0 && !link_remap {
+        return Err(linked_elsewhere(who, path));
+    }
+    if meta.nlink() == 0 && meta.size() > limit {
+        return Err(too_big(who, path, meta.size(), limit));
+    }
+    Ok(())
+}
+
+fn linked_elsewhere(who: &str, path: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{who}: {path} was unlinked but the file still has other links (a copy would be another file): \
+         dump with --link-remap to link it to a hidden name until the restore"
+    )
+}
+
+fn too_big(who: &str, path: &str, size: u64, limit: u64) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{who}: the deleted file {path} holds {size} bytes, more than the --ghost-limit of {limit} bytes its \
+         contents may take in the image: dump with a larger --ghost-limit"
+    )
 }
 
 /// Whether a lease (or delegation) is held on the inode (/proc/locks).

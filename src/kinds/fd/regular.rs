@@ -62,10 +62,8 @@ impl FdKind for RegularFiles {
         if ghost::deleted_path(src.link).is_some() && !ghost::on_visible_mount(src.meta.dev()) {
             return Err(src.refuse("a deleted file of a kernel-internal mount"));
         }
-        if src.file_type() == libc::S_IFREG {
-            if !src.link.starts_with('/') {
-                return Err(src.refuse("an anonymous-inode file"));
-            }
+        if src.file_type() == libc::S_IFREG && !src.link.starts_with('/') {
+            return Err(src.refuse("an anonymous-inode file"));
         }
         Ok(())
     }
