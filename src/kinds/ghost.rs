@@ -10,9 +10,12 @@
 //! `--ghost-limit` (1 MiB by default, as in the reference tool) is refused by pid, fd, path and
 //! size. A file that was unlinked but still has other links (nlink > 0) is not copied: with
 //! `--link-remap` the dump links it to a hidden name in its directory (`.crust-link-remap-*`,
-//! journaled so a failed dump removes it) that stays until a restore opens it and removes it
-//! (the reference tool's meaning: after `dump -R` the name stays for the restore); without it
-//! such a file is refused.
+//! journaled so a failed dump removes it) that stays until a restore opens it (linked to its
+//! old name for the open when that name is free, so the fds show it) and removes it (the
+//! reference tool's meaning: after `dump -R` too the name stays for the restore); without it
+//! such a file is refused. Both refusals are made before the tree is frozen too
+//! ([`refuse_early`]). A deleted file of a kernel-internal mount, or holding a lease, is
+//! refused; restore makes ghosts only from a sealed image (not with `--trust-image`).
 //!
 //! Restore, before the first process exists ([`prepare`]), creates each ghost again: at its
 //! old path when nothing is there now, else under a hidden name in the same directory
@@ -232,7 +235,6 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
 pub fn data_files(ghosts: &[GhostFile]) -> Vec<String> {
     ghosts.iter().filter(|g| !g.data_file.is_empty()).map(|g| g.data_file.clone()).collect()
 }
-
 
 /// What restore checks before anything exists: each ghost can be made again (its data file
 /// holds its size), a link-remap name still is the inode.
