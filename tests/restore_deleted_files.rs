@@ -661,3 +661,36 @@ fn a_killed_restore_leaves_its_deleted_files_to_the_next_run_which_removes_them(
     assert!(verdict.starts_with("PASS"), "{verdict}");
     finish(w, &[]);
 }
+
+/// A program whose executable was deleted while it runs (an upgrade replaced it): its text is
+/// a mapping of the deleted file, and /proc/PID/exe shows it "(deleted)". Restored from the
+/// copy in the image: the exe link and every mapping of it are one new inode shown
+/// "PATH (deleted)"; the program (sleeper.c, dumped in its nanosleep) finishes its sleep and
+/// passes its own checks.
+#[test]
+fn a_deleted_executable_comes_back_deleted_and_runs_on() {
+    let bins = TempDir::new("ghost-exe-bin");
+    let copy = bins.path.join("sleeper-copy");
+    fs::copy(build_workload("sleeper"), &copy).unwrap();
+    let mut w = Workload::spawn_program("ghost-exe", &copy.to_string_lossy(), &["status"]);
+    w.wait_status_line("READY", READY_TIMEOUT);
+    fs::remove_file(&copy).unwrap();
+    let shown = format!("{} (deleted)", copy.display());
+    let text_mappings = |pid: i32| -> Vec<String> {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        maps.lines().filter(|l| l.ends_with(&shown)).map(String::from).collect()
+    };
+    assert_eq!(fs::read_link(format!("/proc/{}/exe", w.pid)).unwrap().to_string_lossy(), shown);
+    let mapped_before = text_mappings(w.pid).len();
+    assert!(mapped_before >= 2, "{:?}", text_mappings(w.pid));
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_same_but_ghost_inodes(&before, w.pid);
+    let exe_inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(format!("/proc/{}/exe", w.pid)).unwrap()).to_string();
+    let after = text_mappings(w.pid);
+    assert_eq!(after.len(), mapped_before);
+    assert!(after.iter().all(|l| l.split_whitespace().nth(4) == Some(exe_inode.as_str())), "{after:?} (exe inode {exe_inode})");
+    assert!(!copy.exists() && crust_leftovers(&bins.path).is_empty());
+    w.go().assert_pass();
+}

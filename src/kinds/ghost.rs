@@ -1,6 +1,7 @@
 //! Deleted files the tree still uses ("ghost files", as the reference tool calls them): a
-//! regular file open or mapped after it was unlinked, a directory removed while a process had
-//! it open or as its working directory, a FIFO unlinked while open.
+//! regular file open or mapped after it was unlinked (a deleted executable too), a directory
+//! removed while a process had it open or as its working or root directory, a FIFO unlinked
+//! while open.
 //!
 //! Dump records each such inode once (however many fds, processes and mappings refer to it) in
 //! `OpenFiles.ghosts`, and the [`FileIdentity`] of each fd or mapping names it by `ghost_id`.
@@ -504,4 +505,17 @@ pub fn mapping(ctx: &mut super::DumpCtx, vma: &mut crate::image::proto::Vma) -> 
 /// Restore: what a mapped file's descriptor is kept under (a ghost is not its old path).
 pub fn mapped_key(file: &FileIdentity) -> String {
     if file.ghost_id != 0 { format!("ghost #{}", file.ghost_id) } else { file.path.clone() }
+}
+
+/// Dump: the identity of the process's executable (`link` is /proc/PID/exe); a deleted one
+/// is the ghost its mappings recorded (the same inode).
+pub fn executable(ctx: &mut super::DumpCtx, exe_path: &str, link: &str) -> Result<FileIdentity> {
+    let Some(path) = deleted_path(exe_path) else { return super::file_check::file_identity(exe_path, link) };
+    let pid = ctx.pid.as_raw();
+    let dev = std::fs::metadata(link).with_context(|| format!("pid {pid}: stat {link}"))?.dev();
+    if !on_visible_mount(dev) {
+        bail!("pid {pid}: its executable {exe_path} was deleted from a kernel-internal mount (a memfd?); crust cannot make it again");
+    }
+    let ghost_id = ctx.open_files.state.get::<GhostTable>().record(ctx.image, &format!("pid {pid} (executable)"), path, link)?;
+    Ok(FileIdentity { ghost_id, ..super::file_check::file_identity(path, link)? })
 }

@@ -478,9 +478,6 @@ fn dump_mm_fields(ctx: &mut DumpCtx) -> Result<MmFields> {
     let exe_link = format!("/proc/{pid}/exe");
     let exe_path = std::fs::read_link(&exe_link).with_context(|| format!("readlink {exe_link}"))?;
     let exe_path = exe_path.to_string_lossy().into_owned();
-    if exe_path.ends_with(" (deleted)") {
-        bail!("pid {pid}: its executable {exe_path} was deleted; crust cannot restore it yet");
-    }
     Ok(MmFields {
         start_code: stat.startcode,
         end_code: stat.endcode,
@@ -494,7 +491,8 @@ fn dump_mm_fields(ctx: &mut DumpCtx) -> Result<MmFields> {
         env_start: stat.env_start.unwrap_or(0),
         env_end: stat.env_end.unwrap_or(0),
         auxv,
-        exe: Some(file_identity(&exe_path, &exe_link)?),
+        // A deleted executable is a ghost (see ghost.rs), like its mappings.
+        exe: Some(super::ghost::executable(ctx, &exe_path, &exe_link)?),
     })
 }
 
