@@ -9,7 +9,9 @@
 //! open file description (regular file, pipe, UNIX socket, eventfd...) behind
 //! [`fd::FdKind`], listed once in [`fd::KINDS`]. The table calls the kinds only through that
 //! registry, and no fd kind imports another. [`file_check`] is the identity of the files an
-//! image names by path and their check at restore, for memory and fd kinds alike.
+//! image names by path and their check at restore, for memory and fd kinds alike; [`ghost`]
+//! the deleted files such an identity may name instead (`ghost_id`), saved in the image and
+//! made again for the restore.
 
 pub mod aio;
 pub mod credentials;
