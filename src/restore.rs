@@ -363,8 +363,15 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
     let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
-    let built = tree.build(&img, &progress, foreground.map(|t| (t, img.inventory.foreground_pgid)));
+    let job_terminal = match &terminal {
+        Some(t) => Some(JobTerminal::new(t, &img)?),
+        None => None,
+    };
+    let built = tree.build(&img, &progress, job_terminal.as_ref());
     if let Err(e) = built {
+        if let Some(t) = &job_terminal {
+            t.put_back();
+        }
         tree.kill_all();
         tree.created_files.remove_all();
         crate::kinds::fd::restore_failed(&img.open_files);
@@ -390,6 +397,41 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         t.take_foreground()?;
     }
     Ok(Restored::Exited { pid: root as i32, status: status?, elapsed })
+}
+
+/// crust's terminal while a shell job is restored on it: the job's settings are given to it
+/// just before the job resumes, and crust's own put back if the restore fails after that.
+struct JobTerminal<'a> {
+    terminal: &'a crate::sys::terminal::ControllingTerminal,
+    job: Option<crate::sys::terminal::Settings>,
+    crusts: crate::sys::terminal::Settings,
+}
+
+impl<'a> JobTerminal<'a> {
+    fn new(terminal: &'a crate::sys::terminal::ControllingTerminal, img: &LoadedImage) -> Result<Self> {
+        let job = crate::kinds::fd::tty::job_settings(&img.open_files)?;
+        let crusts = terminal.settings().context("reading the settings of crust's terminal")?;
+        Ok(JobTerminal { terminal, job, crusts })
+    }
+
+    /// The job's settings, then the foreground to its group `pgid` (0: it was in the background).
+    fn hand_over(&self, pgid: u32) -> Result<()> {
+        if let Some(s) = &self.job {
+            info!(settings = ?s, "giving crust's terminal the job's settings");
+            self.terminal.apply(s).context("giving crust's terminal the settings the job's terminal had")?;
+        }
+        if pgid != 0 {
+            self.terminal.give_foreground(pgid)?;
+        }
+        Ok(())
+    }
+
+    /// After a failed restore: crust's terminal as it was.
+    fn put_back(&self) {
+        if let Err(e) = self.terminal.apply(&self.crusts) {
+            tracing::warn!("putting back the settings of crust's terminal: {e}");
+        }
+    }
 }
 
 /// `--pidfile FILE`: created (empty) before anything is restored, so that a file that cannot be
@@ -594,12 +636,7 @@ impl Tree {
         })
     }
 
-    fn build(
-        &mut self,
-        img: &LoadedImage,
-        progress: &Progress,
-        foreground: Option<(&crate::sys::terminal::ControllingTerminal, u32)>,
-    ) -> Result<()> {
+    fn build(&mut self, img: &LoadedImage, progress: &Progress, job_terminal: Option<&JobTerminal>) -> Result<()> {
         let root = img.inventory.root_pid;
         // Deleted files are made again first (journaled): descriptions and mappings open them.
         self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files, self.image_sealed)?;
@@ -652,9 +689,10 @@ impl Tree {
         self.ghosts.unlink_all()?;
         crate::fault::point("restore-before-resume")?;
         crate::interrupt::check()?;
-        // A foreground job gets the terminal before it runs (else its first read stops it).
-        if let Some((terminal, pgid)) = foreground {
-            terminal.give_foreground(pgid)?;
+        // A shell job's terminal gets the job's settings, and a foreground job the terminal,
+        // before it runs (else its first read stops it).
+        if let Some(t) = job_terminal {
+            t.hand_over(img.inventory.foreground_pgid)?;
         }
         // Every thread gets its registers and mask; none runs before the detach below.
         for (pid, building) in &mut self.building {

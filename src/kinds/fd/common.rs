@@ -193,3 +193,47 @@ pub fn apply_socket_option(socket: std::os::fd::BorrowedFd, o: &crate::image::pr
         _ => set_bytes(socket, o.level, o.name, &o.value).with_context(context),
     }
 }
+
+/// A terminal's settings as the image records them.
+pub fn settings_record(s: &crate::sys::terminal::Settings) -> crate::image::proto::TerminalSettings {
+    let t = &s.termios;
+    crate::image::proto::TerminalSettings {
+        iflag: t.c_iflag,
+        oflag: t.c_oflag,
+        cflag: t.c_cflag,
+        lflag: t.c_lflag,
+        line: t.c_line as u32,
+        cc: t.c_cc.to_vec(),
+        ispeed: t.c_ispeed,
+        ospeed: t.c_ospeed,
+        rows: s.winsize.ws_row as u32,
+        cols: s.winsize.ws_col as u32,
+        xpixel: s.winsize.ws_xpixel as u32,
+        ypixel: s.winsize.ws_ypixel as u32,
+    }
+}
+
+/// The settings an image's record holds; a damaged record is refused, naming the field.
+pub fn settings_from_record(r: &crate::image::proto::TerminalSettings) -> Result<crate::sys::terminal::Settings> {
+    let mut s = crate::sys::terminal::Settings::zeroed();
+    let t = &mut s.termios;
+    if r.cc.len() != t.c_cc.len() {
+        anyhow::bail!("terminal settings: field cc holds {} control characters, termios2 has {}", r.cc.len(), t.c_cc.len());
+    }
+    let narrow = |v: u32, field: &str| -> Result<u16> {
+        u16::try_from(v).map_err(|_| anyhow::anyhow!("terminal settings: field {field} is {v}, out of range"))
+    };
+    t.c_iflag = r.iflag;
+    t.c_oflag = r.oflag;
+    t.c_cflag = r.cflag;
+    t.c_lflag = r.lflag;
+    t.c_line = u8::try_from(r.line).map_err(|_| anyhow::anyhow!("terminal settings: field line is {}, out of range", r.line))?;
+    t.c_cc.copy_from_slice(&r.cc);
+    t.c_ispeed = r.ispeed;
+    t.c_ospeed = r.ospeed;
+    s.winsize.ws_row = narrow(r.rows, "rows")?;
+    s.winsize.ws_col = narrow(r.cols, "cols")?;
+    s.winsize.ws_xpixel = narrow(r.xpixel, "xpixel")?;
+    s.winsize.ws_ypixel = narrow(r.ypixel, "ypixel")?;
+    Ok(s)
+}

@@ -1,12 +1,19 @@
 //! Terminals of a shell job (dump --shell-job): the console, pseudo-terminal slaves and
 //! /dev/tty. Restore connects each to crust's own controlling terminal, the terminal of the
 //! shell that runs `crust restore --shell-job`: the restored tree lives in crust's session.
+//! The terminal's settings (termios with its control characters, window size) are recorded
+//! and given to crust's terminal before the job resumes: a job that had set it raw (less, top,
+//! an editor) gets it raw again.
 
-use anyhow::Result;
+use std::os::fd::AsFd;
 
+use anyhow::{Context, Result};
+
+use super::common::{settings_from_record, settings_record};
 use super::{Dumped, FdKind, FdSource, KindState, Together};
 use crate::image::proto::{OpenFile, OpenFiles, Tty, open_file};
 use crate::kinds::RestoreCtx;
+use crate::sys::terminal;
 
 pub struct Terminals;
 
@@ -45,7 +52,9 @@ impl FdKind for Terminals {
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Tty>> {
         use std::os::unix::fs::MetadataExt;
         Self::refuse_early(src)?;
-        Ok(Dumped::alone(Tty { path: src.link.to_string(), rdev: src.meta.rdev() }))
+        let settings = terminal::settings(src.copy.as_fd())
+            .with_context(|| format!("pid {} fd {}: the settings of the terminal {}", src.pid, src.fd, src.link))?;
+        Ok(Dumped::alone(Tty { path: src.link.to_string(), rdev: src.meta.rdev(), settings: Some(settings_record(&settings)) }))
     }
 
     fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Tty, _together: &mut Together) -> Result<i32> {
@@ -68,4 +77,16 @@ fn is_terminal(rdev: u64) -> bool {
 /// Whether the image holds terminals of a shell job.
 pub fn has_terminals(record: &OpenFiles) -> bool {
     record.open_files.iter().any(|f| f.kind.as_ref().is_some_and(|k| Terminals::record_of(k).is_some()))
+}
+
+/// The settings the job's terminal had (those of its first terminal description that has
+/// them; images from before they were recorded have none).
+pub fn job_settings(record: &OpenFiles) -> Result<Option<terminal::Settings>> {
+    let first = record.open_files.iter().find_map(|f| {
+        let tty = f.kind.as_ref().and_then(Terminals::record_of)?;
+        Some((f.id, tty.settings.as_ref()?))
+    });
+    first
+        .map(|(id, s)| settings_from_record(s).with_context(|| format!("open file #{id} (a terminal) in {}", crate::image::OPEN_FILES)))
+        .transpose()
 }

@@ -1,0 +1,201 @@
+//! Terminals: the settings of a shell job's terminal (--shell-job), and pseudo-terminal pairs
+//! whose master and slave are both held inside the dumped tree.
+
+mod common;
+use common::*;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A pseudo-terminal pair: (master, slave).
+fn openpty() -> (File, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two fds into the two live locals; the other pointers may be null.
+    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned by nobody else.
+    unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// Reads the terminal's output until it contains `needle` (10 s at most).
+fn read_until(master: &mut File, seen: &mut String, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fd = master.as_raw_fd();
+    while Instant::now() < deadline && !seen.contains(needle) {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes one pollfd, a live local.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n > 0 {
+            let mut buf = [0u8; 1024];
+            match master.read(&mut buf) {
+                Ok(k) => seen.push_str(&String::from_utf8_lossy(&buf[..k])),
+                Err(_) => break,
+            }
+        }
+    }
+    seen.contains(needle)
+}
+
+fn on_terminal(cmd: &mut Command, slave: &OwnedFd) {
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+}
+
+/// (termios, window size) of a terminal, read through any fd of it (a master answers for its
+/// slave).
+fn terminal_state(fd: i32) -> (libc::termios2, libc::winsize) {
+    // SAFETY: plain C structs of integers; each ioctl writes one of them, a live local.
+    unsafe {
+        let mut t: libc::termios2 = std::mem::zeroed();
+        let mut w: libc::winsize = std::mem::zeroed();
+        assert_eq!(libc::ioctl(fd, libc::TCGETS2, &mut t), 0, "TCGETS2: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::ioctl(fd, libc::TIOCGWINSZ, &mut w), 0, "TIOCGWINSZ: {}", std::io::Error::last_os_error());
+        (t, w)
+    }
+}
+
+fn same_state(a: &(libc::termios2, libc::winsize), b: &(libc::termios2, libc::winsize)) -> bool {
+    let (t, u) = (&a.0, &b.0);
+    t.c_iflag == u.c_iflag
+        && t.c_oflag == u.c_oflag
+        && t.c_cflag == u.c_cflag
+        && t.c_lflag == u.c_lflag
+        && t.c_cc == u.c_cc
+        && t.c_ispeed == u.c_ispeed
+        && t.c_ospeed == u.c_ospeed
+        && (a.1.ws_row, a.1.ws_col, a.1.ws_xpixel, a.1.ws_ypixel) == (b.1.ws_row, b.1.ws_col, b.1.ws_xpixel, b.1.ws_ypixel)
+}
+
+fn describe(s: &(libc::termios2, libc::winsize)) -> String {
+    let t = &s.0;
+    format!(
+        "iflag {:#o} oflag {:#o} cflag {:#o} lflag {:#o} cc {:?} {}x{}",
+        t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc, s.1.ws_col, s.1.ws_row
+    )
+}
+
+/// Puts the terminal in the cooked mode a shell leaves it in, 80x24 (as the shell would after
+/// its job died).
+fn make_cooked(fd: i32) {
+    // SAFETY: termios and winsize are plain C structs; each call reads or writes one, a live local.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+        t.c_iflag |= libc::ICRNL | libc::IXON;
+        t.c_oflag |= libc::OPOST | libc::ONLCR;
+        t.c_lflag |= libc::ICANON | libc::ECHO | libc::ECHOE | libc::ISIG | libc::IEXTEN;
+        t.c_cc[libc::VMIN] = 1;
+        t.c_cc[libc::VTIME] = 0;
+        assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &t), 0);
+        let w = libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+        assert_eq!(libc::ioctl(fd, libc::TIOCSWINSZ, &w), 0);
+    }
+}
+
+/// The job of a shell: puts its terminal in raw mode and sets its window size to 111x37 (as
+/// less, top or an editor do), then answers each byte typed at once with `<got N>`; `q`
+/// checks, from inside, that termios and window size are still what it set.
+const RAW_JOB: &str = r#"
+import fcntl, os, signal, struct, sys, termios, time, tty
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+job = os.fork()
+if job == 0:
+    os.setpgid(0, 0)
+    for _ in range(5000):
+        if os.tcgetpgrp(0) == os.getpgrp():
+            break
+        time.sleep(0.001)
+    tty.setraw(0)
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 37, 111, 3, 4))
+    want = termios.tcgetattr(0)
+    st("READY shell=%d job=%d" % (os.getppid(), os.getpid()))
+    while True:
+        b = os.read(0, 1)
+        if not b:
+            st("FAIL job: end of file")
+            os._exit(1)
+        if b == b"q":
+            now = termios.tcgetattr(0)
+            ws = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+            ok = now == want and ws == (37, 111, 3, 4)
+            st(("PASS job" if ok else "FAIL job") + " termios %r (set %r) winsize %r" % (now, want, ws))
+            os._exit(0 if ok else 1)
+        os.write(1, b"<got %d>" % b[0])
+os.setpgid(job, job)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+os.tcsetpgrp(0, job)
+os.waitpid(job, 0)
+while True:
+    signal.pause()
+"#;
+
+/// A shell job that set its terminal raw and resized it is dumped with -j and restored with
+/// -j by a crust running on the same terminal, left cooked and 80x24 meanwhile (as the shell
+/// leaves it): the terminal is raw and 111x37 again before the job runs. From outside: the
+/// master reads the very termios (flags, control characters, speeds) and window size of the
+/// dump; a byte typed reaches the job at once without Enter and is not echoed. From inside:
+/// tcgetattr and TIOCGWINSZ give what the job had set.
+#[test]
+fn shell_job_gets_its_raw_mode_and_window_size_back() {
+    let (mut master, slave) = openpty();
+    let slave_for_shell = slave.try_clone().unwrap();
+    let mut w = Workload::spawn_program_with("rawjob", "setsid", &["-c", "python3", "-c", RAW_JOB, "status"], move |cmd| {
+        on_terminal(cmd, &slave_for_shell);
+    });
+    let shell = w.pid;
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let job: i32 = ready_field(&line, "job").unwrap().parse().unwrap();
+    w.own(job);
+    let mut seen = String::new();
+    master.write_all(b"a").unwrap();
+    assert!(read_until(&mut master, &mut seen, "<got 97>"), "the job does not answer before the dump: {seen:?}");
+    assert_eq!(seen, "<got 97>", "raw mode: the byte is not echoed");
+    let before = terminal_state(master.as_raw_fd());
+    assert_eq!((before.1.ws_col, before.1.ws_row), (111, 37));
+    assert_eq!(before.0.c_lflag & (libc::ICANON | libc::ECHO) as u32, 0, "the job set its terminal raw");
+
+    let img = w.image_dir.to_string_lossy().into_owned();
+    crust(["dump", "-t", &job.to_string(), "-D", &img, "-j"]).assert_success();
+    assert!(wait_gone(job, Duration::from_secs(5)) || proc_state(job) == Some('Z'), "the job survived its dump");
+    // SAFETY: kill takes integers only; the shell is our child.
+    unsafe { libc::kill(shell, libc::SIGKILL) };
+    let _ = w.reap(Duration::from_secs(5));
+    assert!(wait_gone(job, Duration::from_secs(5)), "pid {job} still taken");
+    make_cooked(master.as_raw_fd());
+    assert!(!same_state(&before, &terminal_state(master.as_raw_fd())), "the terminal was made cooked again");
+
+    let mut restore = Command::new("setsid");
+    restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
+    on_terminal(&mut restore, &slave);
+    let mut crust_proc = restore.spawn().unwrap();
+    wait_until("the job restored and let go", Duration::from_secs(20), || {
+        pid_exists(job) && proc_status_field(job, "TracerPid").as_deref() == Some("0")
+    });
+    let after = terminal_state(master.as_raw_fd());
+    assert!(same_state(&before, &after), "the terminal's settings after restore:\n{}\nat dump:\n{}", describe(&after), describe(&before));
+
+    seen.clear();
+    master.write_all(b"b").unwrap();
+    assert!(read_until(&mut master, &mut seen, "<got 98>"), "the restored job does not get a byte typed without Enter: {seen:?}");
+    // crust's own progress line on its terminal ends with an erase-line sequence.
+    let job_output = seen.rsplit("\u{1b}[2K").next().unwrap();
+    assert_eq!(job_output, "<got 98>", "the byte was echoed: the terminal is not raw ({seen:?})");
+    master.write_all(b"q").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = crust_proc.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "crust restore did not end with the job: {}", w.status_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(w.status_text().contains("PASS job"), "{}", w.status_text());
+    assert!(status.success(), "crust restore -j exited with {status}");
+}
