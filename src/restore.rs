@@ -665,6 +665,7 @@ impl Tree {
 
         self.lead_zombie_groups(img)?;
         self.join_process_groups(img)?;
+        self.set_terminal_foregrounds(img)?;
         self.finish_zombies(img)?;
         self.finish_descriptions(img)?;
         crate::fault::point("restore-descriptions")?;
@@ -761,6 +762,8 @@ impl Tree {
             // after fork are shared again and inherited mappings are the same mappings.
             let mut ctx = self.ctx(img, pid)?;
             Memory::restore(&mut ctx, &p.mm).with_context(|| format!("restoring the memory of pid {pid}"))?;
+            // A session leader takes its terminal before it forks: its children inherit it.
+            crate::kinds::fd::pty::take_controlling_terminal(&mut ctx)?;
         } else if entry.zombie {
             return Ok(());
         }
@@ -853,6 +856,16 @@ impl Tree {
             remote
                 .syscall("setpgid", libc::SYS_setpgid, &[0, pgid as u64])
                 .with_context(|| format!("pid {pid} joining process group {pgid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Session leaders whose terminal is a pseudo-terminal of the tree give its foreground to
+    /// the group that had it, now that every group exists.
+    fn set_terminal_foregrounds(&mut self, img: &LoadedImage) -> Result<()> {
+        for pid in img.processes.keys() {
+            let mut ctx = self.ctx(img, *pid)?;
+            crate::kinds::fd::pty::set_foreground_group(&mut ctx)?;
         }
         Ok(())
     }

@@ -199,3 +199,152 @@ fn shell_job_gets_its_raw_mode_and_window_size_back() {
     assert!(w.status_text().contains("PASS job"), "{}", w.status_text());
     assert!(status.success(), "crust restore -j exited with {status}");
 }
+
+/// A parent holding the master of a pseudo-terminal (pty.fork: the child is a session leader
+/// whose controlling terminal is the slave, on its fds 0-2) and a child answering each line
+/// read from its terminal. The child turns echo off, sets ^H as erase and a 132x50 window;
+/// before READY the child has written a line the parent has not read yet, and the parent has
+/// typed an unfinished line the child has not read yet. After `.go` the parent checks, from
+/// inside: the unread line is there first, finishing the typed line gets it answered whole,
+/// the pair's termios and window size (through the master) and its index are the same, and
+/// the child finds its own (termios, window size, controlling terminal, foreground, session).
+const FORKPTY: &str = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+def winsize(fd):
+    return struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+TIOCGPTN = 0x80045430
+child, master = pty.fork()
+if child == 0:
+    t = termios.tcgetattr(0)
+    t[3] &= ~termios.ECHO
+    t[6][termios.VERASE] = b"\x08"
+    termios.tcsetattr(0, termios.TCSANOW, t)
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 7, 9))
+    want = (termios.tcgetattr(0), winsize(0), os.ttyname(0))
+    os.write(1, b"child-ready\n")
+    while True:
+        line = os.read(0, 1024).decode()
+        if not line:
+            os._exit(3)
+        line = line.rstrip("\n")
+        if line == "prep":
+            os.write(1, b"queued-output\n")
+        elif line == "check":
+            now = (termios.tcgetattr(0), winsize(0), os.ttyname(0))
+            fg = os.tcgetpgrp(0) == os.getpgrp() and os.getsid(0) == os.getpid()
+            os.write(1, b"check:%s\n" % (b"ok" if now == want and fg else repr((now, want, fg)).encode()))
+        elif line == "quit":
+            os._exit(0)
+        else:
+            os.write(1, ("echo:" + line.upper() + "\n").encode())
+seen = b""
+def read_until(needle, timeout=10):
+    global seen
+    deadline = time.time() + timeout
+    while needle not in seen and time.time() < deadline:
+        r, _, _ = select.select([master], [], [], 0.1)
+        if r:
+            seen += os.read(master, 4096)
+    found = needle in seen
+    seen = seen[seen.index(needle) + len(needle):] if found else seen
+    return found
+def fail(why):
+    st("FAIL " + why + " (seen %r)" % seen)
+    sys.exit(1)
+if not read_until(b"child-ready"):
+    fail("child not ready")
+os.write(master, b"hello\n")
+if not read_until(b"echo:HELLO"):
+    fail("no echo before the dump")
+os.write(master, b"prep\n")
+time.sleep(0.3)
+os.write(master, b"typed-ahead")
+time.sleep(0.2)
+index = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+state = (termios.tcgetattr(master), winsize(master))
+st("READY parent=%d child=%d index=%d" % (os.getpid(), child, index))
+for _ in range(6000):
+    if os.path.exists(status + ".go"):
+        break
+    time.sleep(0.01)
+r, _, _ = select.select([master], [], [], 2)
+first = os.read(master, 4096) if r else b""
+if not first.startswith(b"queued-output\r\n"):
+    fail("the line written before the dump is not the first thing read: %r" % first)
+seen = first[len(b"queued-output\r\n"):]
+os.write(master, b" more\n")
+if not read_until(b"echo:TYPED-AHEAD MORE\r\n"):
+    fail("the line typed before the dump did not come back whole")
+os.write(master, b"check\n")
+if not read_until(b"check:ok"):
+    fail("the child's terminal is not as it set it")
+now_index = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+now_state = (termios.tcgetattr(master), winsize(master))
+if now_index != index or now_state != state:
+    fail("pair changed: index %d -> %d, %r -> %r" % (index, now_index, state, now_state))
+os.write(master, b"quit\n")
+_, code = os.waitpid(child, 0)
+if code != 0:
+    fail("child ended with %d" % code)
+st("PASS pair index %d" % index)
+"#;
+
+/// fdinfo's tty-index of the master fd, the slave's link in the child, and the child's
+/// controlling terminal and its foreground group (/proc/PID/stat tty_nr, tpgid), session.
+fn pty_proc_state(parent: i32, child: i32) -> (String, String, String) {
+    let master_fd = std::fs::read_dir(format!("/proc/{parent}/fd"))
+        .unwrap()
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "/dev/ptmx"))
+        .expect("the parent holds /dev/ptmx")
+        .file_name();
+    let fdinfo = std::fs::read_to_string(format!("/proc/{parent}/fdinfo/{}", master_fd.to_string_lossy())).unwrap();
+    let index = fdinfo.lines().find(|l| l.starts_with("tty-index:")).unwrap_or("").split_whitespace().last().unwrap_or("").to_string();
+    let links: Vec<String> =
+        (0..3).map(|fd| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).unwrap().to_string_lossy().into_owned()).collect();
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    // After the comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5).
+    (index, links.join(" "), format!("pgrp {} session {} tty_nr {} tpgid {}", f[2], f[3], f[4], f[5]))
+}
+
+fn spawn_forkpty() -> (Workload, i32, String) {
+    let mut w = Workload::spawn_program("forkpty", "python3", &["-c", FORKPTY, "status"]);
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let child: i32 = ready_field(&line, "child").unwrap().parse().unwrap();
+    w.own(child);
+    let index = ready_field(&line, "index").unwrap();
+    (w, child, index)
+}
+
+/// The pair comes back with its index, settings, both queues, and the child's controlling
+/// terminal: see FORKPTY for what is checked from inside; from /proc, the master's tty-index,
+/// the child's fds 0-2 on /dev/pts/N, its terminal (tty_nr) and foreground group (tpgid).
+#[test]
+fn pty_pair_comes_back_with_index_settings_queues_and_controlling_terminal() {
+    let (mut w, child, index) = spawn_forkpty();
+    let before = pty_proc_state(w.pid, child);
+    assert_eq!(before.0, index, "fdinfo tty-index");
+    assert_eq!(before.1, format!("/dev/pts/{index} /dev/pts/{index} /dev/pts/{index}"));
+    w.dump();
+    assert!(wait_gone(child, GONE_TIMEOUT), "the child survived the dump");
+    w.restore_detached();
+    w.own(child);
+    let after = pty_proc_state(w.pid, child);
+    assert_eq!(before, after, "/proc before the dump and after the restore");
+    w.go().assert_pass();
+}
+
+/// dump -R reads the queues and puts them back: the tree goes on as if nothing happened.
+#[test]
+fn pty_pair_dump_leave_running_leaves_queues_as_they_were() {
+    let (mut w, child, _) = spawn_forkpty();
+    let before = pty_proc_state(w.pid, child);
+    w.dump_with(&["-R"]).assert_success();
+    assert_eq!(before, pty_proc_state(w.pid, child));
+    w.go().assert_pass();
+}

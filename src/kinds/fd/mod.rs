@@ -45,6 +45,7 @@ pub mod netlink_socket;
 pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
+pub mod pty;
 pub mod regular;
 pub mod shared_memory;
 pub mod signalfd;
@@ -65,14 +66,17 @@ use crate::image::proto::{Files, OpenFile, open_file};
 
 /// Every fd kind. Dump asks them in this order and the first that recognises an fd records it:
 /// a kind that takes a part of another's files (memfds, pidfds and namespace files among
-/// regular files, terminals among character devices) comes before it. The other steps run in
-/// this order too: inotify adds its watches before epoll registers (and may write into a
-/// watched pipe for a moment).
+/// regular files, pseudo-terminals among terminals, terminals among character devices) comes
+/// before it. The other steps run in this order too: inotify and fanotify add their watches
+/// and marks before epoll registers (and may write into a watched pipe for a moment);
+/// pseudo-terminals sort out the terminals of the tree's own sessions before the terminal
+/// kind refuses the others.
 pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<memfd::Memfds>::KIND,
     &Registered::<pidfd::Pidfds>::KIND,
     &Registered::<namespace::NamespaceFiles>::KIND,
     &Registered::<regular::RegularFiles>::KIND,
+    &Registered::<pty::Ptys>::KIND,
     &Registered::<tty::Terminals>::KIND,
     &Registered::<chardev::CharDevices>::KIND,
     &Registered::<pipe::Pipes>::KIND,

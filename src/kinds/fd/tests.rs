@@ -28,6 +28,7 @@ fn every_variant() -> Vec<K> {
         K::PacketSocket(Default::default()),
         K::Pidfd(Default::default()),
         K::NamespaceFile(Default::default()),
+        K::Pty(Default::default()),
     ];
     // A variant added to the schema does not compile here until it is listed above as well.
     for kind in &all {
@@ -49,7 +50,8 @@ fn every_variant() -> Vec<K> {
             | K::NetlinkSocket(_)
             | K::PacketSocket(_)
             | K::Pidfd(_)
-            | K::NamespaceFile(_) => {}
+            | K::NamespaceFile(_)
+            | K::Pty(_) => {}
         }
     }
     all

@@ -1,0 +1,530 @@
+//! Pseudo-terminal pairs whose master (/dev/ptmx) is held inside the tree, with their slaves
+//! (/dev/pts/N). A slave whose master is outside the tree is the terminal of a shell job: it
+//! becomes a `tty` record (with --shell-job) or is refused.
+//!
+//! Dump (tree frozen) reads the pair's state through crust's copy of the master: the slave's
+//! termios and window size (a master's ioctls answer for its slave), packet mode, the lock,
+//! exclusive mode, the session it is the controlling terminal of and its foreground group. The
+//! queues are read and written back at once, so a dump -R leaves them as they were:
+//! - output (written on the slave, not read from the master): the master's raw input buffer,
+//!   read through the copy (FIONREAD bytes), written back through a slave description of
+//!   crust's own (TIOCGPTPEER) with OPOST off for the moment;
+//! - input (typed into the master, not read from the slave): in non-canonical mode the
+//!   slave's buffer, read through crust's slave; in canonical mode only an unfinished line can
+//!   be kept (crust switches ICANON off for a moment to read it, which makes the kernel forget
+//!   line boundaries: finished lines waiting are refused). Written back through the master
+//!   with echo, signals and input translation off for the moment.
+//!
+//! Restore: the pair is created by the nearest common ancestor of its holders. The kernel gives
+//! a new master the lowest free index; the program may know its slave's name (ptsname), so
+//! crust opens ptmx until it gets the recorded index (the lower ones it got meanwhile are
+//! closed again) and refuses if that index is taken. Slaves are opened with TIOCGPTPEER.
+//! Settings come at once (before any process has the slave as its terminal: no SIGWINCH);
+//! a session leader takes the slave as its controlling terminal before it forks, and sets the
+//! foreground group once every group exists; queues, exclusive mode and the lock come last.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::common::{description_held_outside, outside_holders, set_status_flags, settings_from_record, settings_record};
+use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
+use crate::image::proto::{OpenFile, Pty, Tty, open_file};
+use crate::kinds::RestoreCtx;
+use crate::sys::notify::{bytes_queued, poll_now};
+use crate::sys::pidfd::{pidfd_getfd, pidfd_open};
+use crate::sys::terminal::{self, Settings};
+
+pub struct Ptys;
+
+/// created_with values of pairs carry this bit, so they never meet another kind's.
+const GROUP_TAG: u64 = 1 << 61;
+/// The kernel's N_TTY_BUF_SIZE: a line discipline buffer this full may have more waiting in
+/// the kernel's flip buffers, which crust cannot see.
+const LDISC_BUFFER: usize = 4096;
+/// Indexes above this would take too many opens to reach at restore.
+const MAX_INDEX: u32 = 4096;
+
+/// dump --shell-job was given (a slave whose master is outside is then the job's terminal).
+#[derive(Default)]
+struct ShellJob(bool);
+
+impl FdKind for Ptys {
+    type Record = Pty;
+    const NAME: &'static str = "pseudo-terminal";
+
+    fn record_of(kind: &open_file::Kind) -> Option<&Pty> {
+        match kind {
+            open_file::Kind::Pty(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn into_kind(record: Pty) -> open_file::Kind {
+        open_file::Kind::Pty(record)
+    }
+
+    fn recognises(src: &FdSource) -> bool {
+        src.file_type() == libc::S_IFCHR && (is_ptmx(src.meta.rdev()) || slave_index(src).is_some())
+    }
+
+    fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Pty>> {
+        state.get::<ShellJob>().0 = src.shell_job;
+        let record = dump(src).with_context(|| format!("pid {} fd {} ({})", src.pid, src.fd, src.link))?;
+        let group = GROUP_TAG | record.index as u64;
+        Ok(Dumped { record, created_with: group })
+    }
+
+    fn check_tree(files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
+        let shell_job = state.get::<ShellJob>().0;
+        check_tree(files, tree, shell_job)
+    }
+
+    fn precheck(file: &OpenFile, record: &Pty) -> Result<()> {
+        if !record.master {
+            return Ok(());
+        }
+        if record.index > MAX_INDEX {
+            bail!("open file #{}: pseudo-terminal index {} is out of range (at most {MAX_INDEX})", file.id, record.index);
+        }
+        let path = format!("/dev/pts/{}", record.index);
+        if std::path::Path::new(&path).exists() {
+            bail!(
+                "{path} is taken by another pseudo-terminal: crust restores a pseudo-terminal pair with the index it had \
+                 (the program may know its slave's name), close that terminal first"
+            );
+        }
+        if let Some(s) = &record.settings {
+            settings_from_record(s).with_context(|| format!("open file #{} in {}", file.id, crate::image::OPEN_FILES))?;
+        }
+        Ok(())
+    }
+
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Pty, together: &mut Together) -> Result<i32> {
+        let master = match together.get(&file.created_with).and_then(|fds| fds.first()) {
+            Some(fd) => *fd,
+            None => {
+                let fd = create_pair(ctx, record.index)?;
+                together.insert(file.created_with, vec![fd]);
+                fd
+            }
+        };
+        if record.master {
+            return Ok(master);
+        }
+        let flags = (file.flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC;
+        let fd = ctx
+            .remote
+            .syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[master as u64, libc::TIOCGPTPEER as u64, flags as u64])
+            .with_context(|| format!("opening /dev/pts/{} through its master", record.index))?;
+        let fd = ctx.to_temp_fd(fd)?;
+        set_status_flags(ctx, fd, file.flags)?;
+        Ok(fd)
+    }
+
+    fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &Pty)]) -> Result<()> {
+        for (file, record) in files.iter().filter(|(_, r)| r.master) {
+            finish_pair(ctx, file, record).with_context(|| format!("finishing the pseudo-terminal pair /dev/pts/{}", record.index))?;
+        }
+        Ok(())
+    }
+
+    fn describe(record: &Pty) -> String {
+        match record.master {
+            true => format!("pseudo-terminal master {} of /dev/pts/{}", record.ptmx_path, record.index),
+            false => format!("/dev/pts/{}", record.index),
+        }
+    }
+
+    fn show(record: &Pty, json: &mut serde_json::Value) {
+        for (field, bytes) in [("output_queued", &record.output_queued), ("input_queued", &record.input_queued)] {
+            json[field] = serde_json::json!(String::from_utf8_lossy(bytes));
+        }
+    }
+}
+
+/// /dev/ptmx and /dev/pts/ptmx: 5:2.
+fn is_ptmx(rdev: u64) -> bool {
+    rdev == libc::makedev(5, 2)
+}
+
+/// N of a slave /dev/pts/N (majors 136-143).
+fn slave_index(src: &FdSource) -> Option<u32> {
+    let major = libc::major(src.meta.rdev());
+    if !(136..=143).contains(&major) {
+        return None;
+    }
+    src.link.strip_prefix("/dev/pts/")?.parse().ok()
+}
+
+fn dump(src: &FdSource) -> Result<Pty> {
+    if let Some(index) = slave_index(src) {
+        // The slave's own settings, kept if it turns out to be a shell job's terminal.
+        let settings = terminal::settings(src.copy.as_fd())?;
+        return Ok(Pty { index, master: false, settings: Some(settings_record(&settings)), ..Default::default() });
+    }
+    let m = src.copy.as_fd();
+    let index = terminal::pty_index(m)?;
+    if index > MAX_INDEX {
+        bail!("pseudo-terminal index {index} is too high for crust to recreate (limit {MAX_INDEX})");
+    }
+    Ok(Pty {
+        index,
+        master: true,
+        ptmx_path: src.link.to_string(),
+        settings: Some(settings_record(&terminal::settings(m)?)),
+        locked: terminal::pty_locked(m)?,
+        packet_mode: terminal::packet_mode(m)?,
+        master_exclusive: terminal::exclusive(m)?,
+        ..Default::default()
+    })
+}
+
+/// Sorts the slaves (a pair's, or a shell job's terminal) and completes every master's record
+/// with what needs the whole frozen tree: its session, the slave's state, the queues.
+fn check_tree(files: &mut [OpenFile], tree: &WholeTree, shell_job: bool) -> Result<()> {
+    let masters: BTreeSet<u32> = files
+        .iter()
+        .filter_map(|f| Ptys::record_of(f.kind.as_ref()?))
+        .filter(|p| p.master)
+        .map(|p| p.index)
+        .collect();
+    let inside: BTreeSet<i32> = tree.holders.values().flatten().map(|(p, _)| *p).collect();
+    for file in files.iter_mut() {
+        let Some(open_file::Kind::Pty(record)) = &file.kind else { continue };
+        let Some(&(pid, fd)) = tree.holders.get(&file.id).and_then(|h| h.first()) else { continue };
+        if !record.master && !masters.contains(&record.index) {
+            file.kind = Some(shell_job_terminal(pid, fd, record, shell_job)?);
+            file.created_with = 0;
+        }
+    }
+    let slaves_inside: BTreeSet<u32> = files
+        .iter()
+        .filter_map(|f| Ptys::record_of(f.kind.as_ref()?))
+        .filter(|p| !p.master)
+        .map(|p| p.index)
+        .collect();
+    for file in files.iter_mut() {
+        let Some(open_file::Kind::Pty(record)) = &mut file.kind else { continue };
+        let Some(&(pid, fd)) = tree.holders.get(&file.id).and_then(|h| h.first()) else { continue };
+        if record.master {
+            let slave_inside = slaves_inside.contains(&record.index);
+            complete_master(pid, fd, record, slave_inside, &inside)
+                .with_context(|| format!("pid {pid} fd {fd}: pseudo-terminal master of /dev/pts/{}", record.index))?;
+        }
+    }
+    Ok(())
+}
+
+/// A slave whose master is outside the tree: the terminal of a shell job (its settings are
+/// given to crust's terminal at restore), or refused without --shell-job.
+fn shell_job_terminal(pid: i32, fd: i32, record: &Pty, shell_job: bool) -> Result<open_file::Kind> {
+    let path = format!("/dev/pts/{}", record.index);
+    if !shell_job {
+        bail!(
+            "pid {pid} fd {fd}: a terminal ({path}) whose master is outside the dumped processes: a program started from \
+             a shell is dumped with --shell-job (-j)"
+        );
+    }
+    let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).with_context(|| format!("pid {pid} fd {fd}: stat"))?.rdev();
+    Ok(open_file::Kind::Tty(Tty { path, rdev, settings: record.settings.clone() }))
+}
+
+/// The master's record, completed from a copy of it (tree frozen): refusals first, touching
+/// nothing; then the queues are read and written back.
+fn complete_master(pid: i32, fd: i32, record: &mut Pty, slave_inside: bool, inside: &BTreeSet<i32>) -> Result<()> {
+    if let Some((other, other_fd)) = description_held_outside(pid, fd, inside)? {
+        bail!("it is also held by pid {other} (fd {other_fd}), outside the dumped processes");
+    }
+    let slave_path = format!("/dev/pts/{}", record.index);
+    let slave = std::fs::metadata(&slave_path).with_context(|| format!("stat {slave_path}"))?;
+    if let Some((other, other_fd)) = outside_holders(slave.dev(), slave.ino(), inside).first() {
+        bail!("its slave {slave_path} is also open in pid {other} (fd {other_fd}), outside the dumped processes");
+    }
+    let copy = pidfd_getfd(&pidfd_open(pid)?, pid, fd)?;
+    if let Some((sid, pgrp)) = terminal::session_of_slave(copy.as_fd())? {
+        if !inside.contains(&sid) {
+            bail!("{slave_path} is the controlling terminal of session {sid}, whose leader is not dumped");
+        }
+        record.session = sid as u32;
+        record.foreground_pgrp = pgrp as u32;
+    }
+    let hung_up = poll_now(copy.as_fd(), libc::POLLIN)? & libc::POLLHUP != 0;
+    record.slave_closed = hung_up && !slave_inside;
+    if slave_inside || record.slave_closed {
+        // Only then may crust open the slave itself: the first opening of a slave never
+        // opened would mark it closed when crust closes it.
+        let settings = settings_from_record(record.settings.as_ref().context("no settings")?)?;
+        let (output, input) = take_queues(&copy, record, &settings)?;
+        record.output_queued = output;
+        record.input_queued = input;
+    }
+    Ok(())
+}
+
+/// Reads both queues of a frozen pair and puts them back at once.
+fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Result<(Vec<u8>, Vec<u8>)> {
+    let m = master.as_fd();
+    if record.packet_mode && poll_now(m, libc::POLLPRI)? & libc::POLLPRI != 0 {
+        bail!("it is in packet mode with a status byte not read yet; crust cannot put a status back");
+    }
+    let output_len = bytes_queued(m)?;
+    if output_len >= LDISC_BUFFER - 1 {
+        bail!("{output_len} bytes written on its slave wait unread; crust keeps at most {} (more may wait unseen in the kernel)", LDISC_BUFFER - 2);
+    }
+    let slave = with_unlocked(m, record.locked, || terminal::open_peer(m, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC))?;
+    let s = slave.as_fd();
+    record.slave_exclusive = terminal::exclusive(s)?;
+    let canonical = settings.termios.c_lflag & libc::ICANON != 0;
+    let input_len = bytes_queued(s)?;
+    if canonical && input_len > 0 {
+        bail!(
+            "{input_len} bytes of finished lines typed into it wait unread by its slave (canonical mode); crust cannot put \
+             them back with their line boundaries"
+        );
+    }
+    if input_len >= LDISC_BUFFER - 1 {
+        bail!("{input_len} bytes typed into it wait unread; crust keeps at most {}", LDISC_BUFFER - 2);
+    }
+    let output = read_queued(m, output_len, record.packet_mode).context("reading the bytes its slave wrote")?;
+    let input = if canonical { unfinished_line(m, s, settings)? } else { read_queued(s, input_len, false)? };
+    refill(m, s, settings, &output, &input).context("putting the queued bytes back")?;
+    Ok((output, input))
+}
+
+/// The unfinished line of a canonical slave: visible only with ICANON off (the kernel then
+/// treats every byte as readable), read, then ICANON back on an empty buffer.
+fn unfinished_line(m: BorrowedFd, s: BorrowedFd, settings: &Settings) -> Result<Vec<u8>> {
+    let mut plain = settings.termios;
+    plain.c_lflag &= !libc::ICANON;
+    plain.c_cc[libc::VMIN] = 0;
+    plain.c_cc[libc::VTIME] = 0;
+    terminal::set_termios(m, &plain)?;
+    let read = bytes_queued(s).map_err(anyhow::Error::from).and_then(|n| read_queued(s, n, false));
+    terminal::set_termios(m, &settings.termios)?;
+    read.context("reading the unfinished line typed into it")
+}
+
+/// Reads the `len` bytes waiting in a terminal (without blocking: they are there). In packet
+/// mode every read starts with a status byte, TIOCPKT_DATA (0) before data.
+fn read_queued(fd: BorrowedFd, len: usize, packet: bool) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    let mut buf = vec![0u8; len + 1];
+    for _ in 0..64 {
+        if out.len() == len {
+            return Ok(out);
+        }
+        if poll_now(fd, libc::POLLIN)? & libc::POLLIN == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let want = len - out.len() + packet as usize;
+        let n = nix::unistd::read(fd, &mut buf[..want]).context("read")?;
+        let data = match (packet, buf.first()) {
+            (false, _) => &buf[..n],
+            (true, Some(0)) if n > 0 => &buf[1..n],
+            (true, _) => bail!("a packet-mode read gave status {:#x} instead of data", buf[0]),
+        };
+        out.extend_from_slice(data);
+    }
+    bail!("only {} of the {len} bytes queued could be read", out.len())
+}
+
+/// Puts queued bytes into a pair: `output` through the slave `s` (into the master's buffer,
+/// with OPOST off), `input` through the master `m` (into the slave's buffer, with echo, signal
+/// characters and input translation off), then the settings back.
+fn refill(m: BorrowedFd, s: BorrowedFd, settings: &Settings, output: &[u8], input: &[u8]) -> Result<()> {
+    if output.is_empty() && input.is_empty() {
+        return Ok(());
+    }
+    let mut quiet = settings.termios;
+    quiet.c_oflag &= !libc::OPOST;
+    quiet.c_iflag = 0;
+    quiet.c_lflag &= !(libc::ISIG | libc::IEXTEN | libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ECHOCTL | libc::ECHOKE);
+    terminal::set_termios(m, &quiet)?;
+    let written = write_and_settle(s, m, output, bytes_queued(m)? + output.len())
+        .context("into the master's buffer")
+        .and_then(|()| {
+            let canonical = settings.termios.c_lflag & libc::ICANON != 0;
+            // An unfinished line is not counted by FIONREAD: a poll of the slave waits for the
+            // kernel to hand it over.
+            let expect = if canonical { 0 } else { bytes_queued(s)? + input.len() };
+            write_and_settle(m, s, input, expect).context("into the slave's buffer")
+        });
+    terminal::set_termios(m, &settings.termios)?;
+    written
+}
+
+/// Writes `data` to `to` and waits (2 s at most) until `from` counts `expect` bytes queued
+/// (the kernel moves written bytes to the other side a moment later).
+fn write_and_settle(to: BorrowedFd, from: BorrowedFd, data: &[u8], expect: usize) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut done = 0;
+    while done < data.len() {
+        match nix::unistd::write(to, &data[done..]) {
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("write ({done} of {} bytes written)", data.len()))),
+        }
+    }
+    loop {
+        let _ = poll_now(from, libc::POLLIN)?;
+        let queued = bytes_queued(from)?;
+        if queued >= expect {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{queued} bytes arrived of {expect}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Runs `f` with the slave unlocked (if it was locked), then locks it again.
+fn with_unlocked<T>(m: BorrowedFd, locked: bool, f: impl FnOnce() -> Result<T, crate::sys::SysError>) -> Result<T> {
+    if locked {
+        terminal::set_pty_locked(m, false)?;
+    }
+    let result = f();
+    if locked {
+        terminal::set_pty_locked(m, true)?;
+    }
+    Ok(result?)
+}
+
+/// Opens ptmx in the process until the kernel hands out `index` (it gives the lowest free
+/// one; those below it that were free are taken meanwhile, then given back). Returns the
+/// master's temporary fd; the pair gets its settings and stays unlocked until
+/// [`finish_pair`].
+fn create_pair(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
+    let master_file = ctx
+        .open_files
+        .open_files
+        .iter()
+        .find(|f| f.kind.as_ref().and_then(Ptys::record_of).is_some_and(|p| p.master && p.index == index))
+        .with_context(|| format!("the image has no master for /dev/pts/{index}"))?;
+    let record = Ptys::record_of(master_file.kind.as_ref().unwrap()).unwrap();
+    let flags = master_file.flags;
+    let mut spares = Vec::new();
+    let found = loop {
+        let fd = ctx.open_in_process(&record.ptmx_path, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+        let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
+        let got = terminal::pty_index(copy.as_fd())?;
+        if got == index {
+            break Ok((fd, copy));
+        }
+        spares.push(fd);
+        if got > index || spares.len() > MAX_INDEX as usize {
+            break Err(anyhow::anyhow!(
+                "/dev/pts/{index} was taken since the restore began (the kernel handed out {got}); crust restores a \
+                 pseudo-terminal pair with the index it had"
+            ));
+        }
+    };
+    for fd in spares {
+        ctx.close_in_process(fd)?;
+    }
+    let (fd, copy) = found?;
+    let meta = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid))?;
+    if !is_ptmx(meta.rdev()) {
+        bail!("{} is not the pseudo-terminal multiplexer (device {:#x})", record.ptmx_path, meta.rdev());
+    }
+    set_status_flags(ctx, fd, flags)?;
+    let m = copy.as_fd();
+    let settings = settings_from_record(record.settings.as_ref().context("a master record without settings")?)?;
+    // Before any process has the slave as its terminal: no SIGWINCH for anyone.
+    terminal::set_termios(m, &settings.termios)?;
+    terminal::set_winsize(m, &settings.winsize)?;
+    terminal::set_packet_mode(m, record.packet_mode)?;
+    terminal::set_pty_locked(m, false)?;
+    Ok(fd)
+}
+
+/// Once every process exists, in the creator (the master still at its working fd): the
+/// queues, a closed slave, exclusive modes, the lock.
+fn finish_pair(ctx: &mut RestoreCtx, file: &OpenFile, record: &Pty) -> Result<()> {
+    let work = ctx.work_fd_floor + file.id as i32;
+    let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), work)?;
+    let m = copy.as_fd();
+    let needs_slave = record.slave_closed || record.slave_exclusive || !record.output_queued.is_empty() || !record.input_queued.is_empty();
+    if needs_slave {
+        let settings = settings_from_record(record.settings.as_ref().context("a master record without settings")?)?;
+        let slave = terminal::open_peer(m, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)?;
+        refill(m, slave.as_fd(), &settings, &record.output_queued, &record.input_queued)?;
+        if record.slave_exclusive {
+            terminal::set_exclusive(slave.as_fd())?;
+        }
+        // Closing crust's slave, the only one if every other was closed at dump time, leaves
+        // the master reading EIO as it did.
+    }
+    if record.master_exclusive {
+        terminal::set_exclusive(m)?;
+    }
+    if record.locked {
+        terminal::set_pty_locked(m, true)?;
+    }
+    Ok(())
+}
+
+/// The masters of pairs whose slave is the controlling terminal of session `pid`: (record, id).
+fn led_by(ctx: &RestoreCtx) -> Vec<(Pty, u32)> {
+    let pid = ctx.pid.as_raw() as u32;
+    ctx.open_files
+        .open_files
+        .iter()
+        .filter_map(|f| Some((Ptys::record_of(f.kind.as_ref()?)?.clone(), f.id)))
+        .filter(|(r, _)| r.master && r.session == pid)
+        .collect()
+}
+
+/// Restore, in a session leader before it forks its children (they inherit its controlling
+/// terminal): takes the slave of its pair as controlling terminal (TIOCSCTTY), through a slave
+/// description opened from the master it holds or inherited at its working fd.
+pub fn take_controlling_terminal(ctx: &mut RestoreCtx) -> Result<()> {
+    for (record, id) in led_by(ctx) {
+        let slave = open_slave_for_session(ctx, &record, id)?;
+        let done = ctx.remote.syscall("ioctl(TIOCSCTTY)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSCTTY as u64, 0]);
+        ctx.close_in_process(slave)?;
+        done.with_context(|| format!("pid {} taking /dev/pts/{} as its controlling terminal", ctx.pid, record.index))?;
+    }
+    Ok(())
+}
+
+/// Restore, in a session leader once every process group of the tree exists: the terminal's
+/// foreground process group (TIOCSPGRP; crust's calls run with every signal blocked, so no
+/// SIGTTOU stops it).
+pub fn set_foreground_group(ctx: &mut RestoreCtx) -> Result<()> {
+    for (record, id) in led_by(ctx) {
+        let slave = open_slave_for_session(ctx, &record, id)?;
+        let pgrp = ctx.remote.put(0, &(record.foreground_pgrp as i32).to_ne_bytes())?;
+        let done = ctx.remote.syscall("ioctl(TIOCSPGRP)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSPGRP as u64, pgrp]);
+        ctx.close_in_process(slave)?;
+        done.with_context(|| format!("making process group {} the foreground of /dev/pts/{}", record.foreground_pgrp, record.index))?;
+    }
+    Ok(())
+}
+
+/// A temporary slave description in the leader, from the pair's master at its working fd.
+fn open_slave_for_session(ctx: &mut RestoreCtx, record: &Pty, master_id: u32) -> Result<i32> {
+    let work = ctx.work_fd_floor + master_id as i32;
+    let link = std::fs::read_link(format!("/proc/{}/fd/{work}", ctx.pid)).map(|l| l.to_string_lossy().into_owned());
+    if link.as_deref().ok() != Some(record.ptmx_path.as_str()) {
+        bail!(
+            "pid {}: /dev/pts/{} is its controlling terminal, but the pair is not created yet when it forks its children \
+             (its master is held only by processes it forked later); crust cannot restore that",
+            ctx.pid,
+            record.index
+        );
+    }
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let fd = ctx.remote.syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[work as u64, libc::TIOCGPTPEER as u64, flags as u64])?;
+    ctx.to_temp_fd(fd)
+}
