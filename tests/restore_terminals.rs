@@ -348,3 +348,137 @@ fn pty_pair_dump_leave_running_leaves_queues_as_they_were() {
     assert_eq!(before, pty_proc_state(w.pid, child));
     w.go().assert_pass();
 }
+
+/// Tick numbers a program printed, in order.
+fn ticks(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok()).collect()
+}
+
+/// A real program: `script` runs a shell loop on a pseudo-terminal it made (it holds the
+/// master and copies the output to its own stdout; the shell is a session leader with the
+/// slave as its terminal). Dumped, restored: the ticks go on where they stopped, none lost or
+/// repeated (those written on the terminal but not yet copied came back in its queue), and
+/// the shell has the same terminal, session and foreground group.
+#[test]
+fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
+    let cmd = "i=0; while [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done";
+    let mut w = Workload::spawn_program("script", "script", &["-q", "-c", cmd, "/dev/null"]);
+    wait_until("script's shell ticking", Duration::from_secs(10), || ticks(&w.log_text()).len() >= 5);
+    let shell = children_of(w.pid).into_iter().find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() != "sleep"));
+    let shell = shell.expect("script's shell");
+    w.own(shell);
+    let state = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<String> = stat.rsplit(')').next().unwrap().split_whitespace().map(String::from).collect();
+        (f[3].clone(), f[4].clone(), f[5].clone(), std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap())
+    };
+    let before = state(shell);
+    let tree: Vec<i32> = children_of(shell).into_iter().chain([shell]).collect();
+    w.dump();
+    // The killed shell and its sleep were orphans reparented to the test (a subreaper).
+    for pid in tree {
+        let _ = waitpid_timeout(pid, Duration::from_secs(5));
+    }
+    let at_dump = ticks(&w.log_text()).len();
+    w.restore_detached();
+    wait_until("the ticks going on", Duration::from_secs(10), || ticks(&w.log_text()).len() >= at_dump + 10);
+    assert_eq!(state(shell), before, "the shell's session, terminal (tty_nr), foreground group and fd 1");
+    let all = ticks(&w.log_text());
+    let expected: Vec<u32> = (0..all.len() as u32).collect();
+    assert_eq!(all, expected, "every tick once, in order");
+}
+
+/// Holds a pseudo-terminal in a way crust refuses, in a child `crust dump -t` is pointed at:
+/// `outside` (the master is shared with the parent, outside the dump), `lines` (a finished
+/// line typed in canonical mode waits unread). The child then reads its terminal: it must get
+/// the line, untouched by the refused dump.
+const REFUSED_PTY: &str = r#"
+import os, sys, time
+status, mode = sys.argv[1], sys.argv[2]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+def wait_go():
+    for _ in range(6000):
+        if os.path.exists(status + ".go"):
+            break
+        time.sleep(0.01)
+master, slave = os.openpty()
+child = os.fork()
+if child == 0:
+    if mode == "lines":
+        os.write(master, b"line one\n")
+        time.sleep(0.2)
+        st("READY parent=%d child=%d" % (os.getppid(), os.getpid()))
+    wait_go()
+    got = os.read(slave, 100)
+    st(("PASS" if got == b"line one\n" else "FAIL") + " child read %r" % got)
+    os._exit(0)
+if mode == "outside":
+    st("READY parent=%d child=%d" % (os.getpid(), child))
+    wait_go()
+    os.write(master, b"line one\n")
+else:
+    os.close(master)
+    os.close(slave)
+os.waitpid(child, 0)
+"#;
+
+fn refused_pty(mode: &str, expect: &[&str]) {
+    let mut w = Workload::spawn_program("refusedpty", "python3", &["-c", REFUSED_PTY, "status", mode]);
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let child: i32 = ready_field(&line, "child").unwrap().parse().unwrap();
+    w.own(child);
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let out = crust(["dump", "-t", &child.to_string(), "-D", &img]);
+    out.assert_failure();
+    for e in expect {
+        assert!(out.text().contains(e), "{e:?} not in:\n{out}");
+    }
+    assert!(out.text().contains(&format!("pid {child} fd ")), "the refusal names pid and fd:\n{out}");
+    assert!(pid_exists(child) && proc_state(child) != Some('Z'), "the refused dump harmed the child");
+    std::fs::write(w.go_path(), "go").unwrap();
+    w.wait_status_line("PASS", Duration::from_secs(10));
+}
+
+/// A master shared with a process outside the dumped tree is refused by name; the tree runs on.
+#[test]
+fn pty_master_held_outside_the_tree_is_refused() {
+    refused_pty("outside", &["pseudo-terminal master", "outside the dumped processes"]);
+}
+
+/// A finished line typed in canonical mode and not read yet is refused (crust could not keep
+/// its line boundary); the dump left it in place: the child reads it afterwards.
+#[test]
+fn pty_finished_lines_waiting_in_canonical_mode_are_refused_and_left_in_place() {
+    refused_pty("lines", &["finished lines", "canonical mode"]);
+}
+
+/// The index of a pair is part of what the program knows (its slave's name): a restore while
+/// another terminal has that index is refused by name, and succeeds once it is free.
+#[test]
+fn pty_pair_restore_is_refused_while_its_index_is_taken() {
+    let (mut w, child, index) = spawn_forkpty();
+    w.dump();
+    assert!(wait_gone(child, GONE_TIMEOUT));
+    // Take /dev/pts/INDEX (and the free ones below it meanwhile).
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let (m, s) = openpty();
+        let name = std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap();
+        held.push((m, s));
+        if name.to_string_lossy() == format!("/dev/pts/{index}") {
+            break;
+        }
+    }
+    let taken = held.last().map(|(_, s)| std::fs::read_link(format!("/proc/self/fd/{}", s.as_raw_fd())).unwrap());
+    assert_eq!(taken.unwrap().to_string_lossy(), format!("/dev/pts/{index}"), "the test could not take the index");
+    let out = w.restore_detached_raw();
+    out.assert_failure();
+    assert!(out.text().contains(&format!("/dev/pts/{index} is taken")), "{out}");
+    assert!(!pid_exists(child), "a refused restore left a process");
+    held.clear();
+    w.restore_detached();
+    w.own(child);
+    w.go().assert_pass();
+}
