@@ -750,6 +750,9 @@ impl Tree {
             } else if p.core.pgid == pid {
                 building.remote.syscall("setpgid", libc::SYS_setpgid, &[0, 0])?;
             }
+            // A session leader whose terminal an ancestor recreated takes it before it opens
+            // its own files (/dev/tty among them).
+            crate::kinds::fd::pty::take_controlling_terminal(&mut self.ctx(img, pid)?, false)?;
             if let Some(ids) = self.creators.get(&pid).cloned() {
                 let files: Vec<&OpenFile> =
                     img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
@@ -763,7 +766,7 @@ impl Tree {
             let mut ctx = self.ctx(img, pid)?;
             Memory::restore(&mut ctx, &p.mm).with_context(|| format!("restoring the memory of pid {pid}"))?;
             // A session leader takes its terminal before it forks: its children inherit it.
-            crate::kinds::fd::pty::take_controlling_terminal(&mut ctx)?;
+            crate::kinds::fd::pty::take_controlling_terminal(&mut ctx, true)?;
         } else if entry.zombie {
             return Ok(());
         }

@@ -202,7 +202,8 @@ fn shell_job_gets_its_raw_mode_and_window_size_back() {
 
 /// A parent holding the master of a pseudo-terminal (pty.fork: the child is a session leader
 /// whose controlling terminal is the slave, on its fds 0-2) and a child answering each line
-/// read from its terminal. The child turns echo off, sets ^H as erase and a 132x50 window;
+/// read from its terminal (and holds /dev/tty at fd 10, through which it answers `check`).
+/// The child turns echo off, sets ^H as erase and a 132x50 window;
 /// before READY the child has written a line the parent has not read yet, and the parent has
 /// typed an unfinished line the child has not read yet. After `.go` the parent checks, from
 /// inside: the unread line is there first, finishing the typed line gets it answered whole,
@@ -225,6 +226,7 @@ if child == 0:
     termios.tcsetattr(0, termios.TCSANOW, t)
     fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 7, 9))
     want = (termios.tcgetattr(0), winsize(0), os.ttyname(0))
+    os.dup2(os.open("/dev/tty", os.O_RDWR), 10)
     os.write(1, b"child-ready\n")
     while True:
         line = os.read(0, 1024).decode()
@@ -236,7 +238,9 @@ if child == 0:
         elif line == "check":
             now = (termios.tcgetattr(0), winsize(0), os.ttyname(0))
             fg = os.tcgetpgrp(0) == os.getpgrp() and os.getsid(0) == os.getpid()
-            os.write(1, b"check:%s\n" % (b"ok" if now == want and fg else repr((now, want, fg)).encode()))
+            devtty = winsize(10) == want[1] and os.tcgetpgrp(10) == os.getpgrp()
+            answer = b"ok" if now == want and fg and devtty else repr((now, want, fg, devtty)).encode()
+            os.write(10, b"check:%s\n" % answer)
         elif line == "quit":
             os._exit(0)
         else:
@@ -305,7 +309,7 @@ fn pty_proc_state(parent: i32, child: i32) -> (String, String, String) {
     let fdinfo = std::fs::read_to_string(format!("/proc/{parent}/fdinfo/{}", master_fd.to_string_lossy())).unwrap();
     let index = fdinfo.lines().find(|l| l.starts_with("tty-index:")).unwrap_or("").split_whitespace().last().unwrap_or("").to_string();
     let links: Vec<String> =
-        (0..3).map(|fd| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).unwrap().to_string_lossy().into_owned()).collect();
+        [0, 1, 2, 10].iter().map(|fd| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).unwrap().to_string_lossy().into_owned()).collect();
     let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
     let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
     // After the comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5).
@@ -323,13 +327,13 @@ fn spawn_forkpty() -> (Workload, i32, String) {
 
 /// The pair comes back with its index, settings, both queues, and the child's controlling
 /// terminal: see FORKPTY for what is checked from inside; from /proc, the master's tty-index,
-/// the child's fds 0-2 on /dev/pts/N, its terminal (tty_nr) and foreground group (tpgid).
+/// the child's fds 0-2 on /dev/pts/N and fd 10 on /dev/tty, its terminal (tty_nr) and foreground group (tpgid).
 #[test]
 fn pty_pair_comes_back_with_index_settings_queues_and_controlling_terminal() {
     let (mut w, child, index) = spawn_forkpty();
     let before = pty_proc_state(w.pid, child);
     assert_eq!(before.0, index, "fdinfo tty-index");
-    assert_eq!(before.1, format!("/dev/pts/{index} /dev/pts/{index} /dev/pts/{index}"));
+    assert_eq!(before.1, format!("/dev/pts/{index} /dev/pts/{index} /dev/pts/{index} /dev/tty"));
     w.dump();
     assert!(wait_gone(child, GONE_TIMEOUT), "the child survived the dump");
     w.restore_detached();

@@ -237,3 +237,7 @@ pub fn settings_from_record(r: &crate::image::proto::TerminalSettings) -> Result
     s.winsize.ws_ypixel = narrow(r.ypixel, "ypixel")?;
     Ok(s)
 }
+
+/// dump --shell-job was given (the terminal kinds' shared state while a tree is dumped).
+#[derive(Default)]
+pub struct ShellJob(pub bool);

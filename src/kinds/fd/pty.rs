@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::common::{description_held_outside, outside_holders, set_status_flags, settings_from_record, settings_record};
+use super::common::{ShellJob, description_held_outside, outside_holders, set_status_flags, settings_from_record, settings_record};
 use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
 use crate::image::proto::{OpenFile, Pty, Tty, open_file};
 use crate::kinds::RestoreCtx;
@@ -47,10 +47,6 @@ const GROUP_TAG: u64 = 1 << 61;
 const LDISC_BUFFER: usize = 4096;
 /// Indexes above this would take too many opens to reach at restore.
 const MAX_INDEX: u32 = 4096;
-
-/// dump --shell-job was given (a slave whose master is outside is then the job's terminal).
-#[derive(Default)]
-struct ShellJob(bool);
 
 impl FdKind for Ptys {
     type Record = Pty;
@@ -230,7 +226,7 @@ fn shell_job_terminal(pid: i32, fd: i32, record: &Pty, shell_job: bool) -> Resul
         );
     }
     let rdev = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).with_context(|| format!("pid {pid} fd {fd}: stat"))?.rdev();
-    Ok(open_file::Kind::Tty(Tty { path, rdev, settings: record.settings.clone() }))
+    Ok(open_file::Kind::Tty(Tty { path, rdev, settings: record.settings.clone(), session: 0 }))
 }
 
 /// The master's record, completed from a copy of it (tree frozen): refusals first, touching
@@ -485,17 +481,30 @@ fn led_by(ctx: &RestoreCtx) -> Vec<(Pty, u32)> {
         .collect()
 }
 
-/// Restore, in a session leader before it forks its children (they inherit its controlling
-/// terminal): takes the slave of its pair as controlling terminal (TIOCSCTTY), through a slave
-/// description opened from the master it holds or inherited at its working fd.
-pub fn take_controlling_terminal(ctx: &mut RestoreCtx) -> Result<()> {
+/// Restore, in a session leader: takes the slave of its pair as controlling terminal
+/// (TIOCSCTTY), through a slave description opened from the master it holds or inherited at
+/// its working fd. Called before it opens its own descriptions (its /dev/tty needs the
+/// terminal), when the pair exists by then, and again before it forks its children (they
+/// inherit the terminal), when the pair must exist.
+pub fn take_controlling_terminal(ctx: &mut RestoreCtx, required: bool) -> Result<()> {
     for (record, id) in led_by(ctx) {
+        if has_controlling_terminal(ctx.pid.as_raw())? || (!required && master_at_work_fd(ctx, &record, id).is_err()) {
+            continue;
+        }
         let slave = open_slave_for_session(ctx, &record, id)?;
         let done = ctx.remote.syscall("ioctl(TIOCSCTTY)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSCTTY as u64, 0]);
         ctx.close_in_process(slave)?;
         done.with_context(|| format!("pid {} taking /dev/pts/{} as its controlling terminal", ctx.pid, record.index))?;
     }
     Ok(())
+}
+
+/// tty_nr of /proc/PID/stat is not 0.
+fn has_controlling_terminal(pid: i32) -> Result<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4).
+    let tty_nr = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(4)).context("/proc/PID/stat without tty_nr")?;
+    Ok(tty_nr != "0")
 }
 
 /// Restore, in a session leader once every process group of the tree exists: the terminal's
@@ -514,6 +523,14 @@ pub fn set_foreground_group(ctx: &mut RestoreCtx) -> Result<()> {
 
 /// A temporary slave description in the leader, from the pair's master at its working fd.
 fn open_slave_for_session(ctx: &mut RestoreCtx, record: &Pty, master_id: u32) -> Result<i32> {
+    let work = master_at_work_fd(ctx, record, master_id)?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let fd = ctx.remote.syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[work as u64, libc::TIOCGPTPEER as u64, flags as u64])?;
+    ctx.to_temp_fd(fd)
+}
+
+/// The working fd of the pair's master in the process, if the pair exists there yet.
+fn master_at_work_fd(ctx: &RestoreCtx, record: &Pty, master_id: u32) -> Result<i32> {
     let work = ctx.work_fd_floor + master_id as i32;
     let link = std::fs::read_link(format!("/proc/{}/fd/{work}", ctx.pid)).map(|l| l.to_string_lossy().into_owned());
     if link.as_deref().ok() != Some(record.ptmx_path.as_str()) {
@@ -524,7 +541,5 @@ fn open_slave_for_session(ctx: &mut RestoreCtx, record: &Pty, master_id: u32) ->
             record.index
         );
     }
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    let fd = ctx.remote.syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[work as u64, libc::TIOCGPTPEER as u64, flags as u64])?;
-    ctx.to_temp_fd(fd)
+    Ok(work)
 }
