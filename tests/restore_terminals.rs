@@ -486,3 +486,93 @@ fn pty_pair_restore_is_refused_while_its_index_is_taken() {
     w.own(child);
     w.go().assert_pass();
 }
+
+/// Three pairs in one process, each in a state a restore must keep: A in packet mode with
+/// its slave raw, exclusive, bytes waiting each way (a packet-mode read of the master gets
+/// the slave's bytes after TIOCPKT_DATA; the raw slave reads what was typed); B never
+/// unlocked (unlockpt not called: still locked, its slave cannot be opened); C whose slave
+/// wrote a last line and was closed (the master reads the line, then EIO).
+const PTY_STATES: &str = r#"
+import errno, fcntl, os, struct, sys, termios, time, tty
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+def get(fd, req):
+    return struct.unpack("i", fcntl.ioctl(fd, req, b"\0" * 4))[0]
+TIOCGPTN, TIOCGPTLCK, TIOCGPKT, TIOCGEXCL, TIOCPKT = 0x80045430, 0x80045439, 0x80045438, 0x80045440, 0x5420
+ma, sa = os.openpty()
+tty.setraw(sa)
+fcntl.ioctl(ma, TIOCPKT, struct.pack("i", 1))
+fcntl.ioctl(sa, termios.TIOCEXCL)
+os.write(ma, b"raw-input")
+os.write(sa, b"pkt-out")
+mb = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
+mc, sc = os.openpty()
+os.write(sc, b"last words\n")
+os.close(sc)
+time.sleep(0.2)
+index = (get(ma, TIOCGPTN), get(mb, TIOCGPTN), get(mc, TIOCGPTN))
+st("READY pid=%d a=%d b=%d c=%d" % ((os.getpid(),) + index))
+for _ in range(6000):
+    if os.path.exists(status + ".go"):
+        break
+    time.sleep(0.01)
+problems = []
+def check(what, ok):
+    if not ok:
+        problems.append(what)
+check("indexes", (get(ma, TIOCGPTN), get(mb, TIOCGPTN), get(mc, TIOCGPTN)) == index)
+check("A packet mode", get(ma, TIOCGPKT) == 1)
+check("A slave exclusive", get(sa, TIOCGEXCL) == 1)
+check("A slave raw", termios.tcgetattr(sa)[3] & termios.ICANON == 0)
+got = os.read(ma, 100)
+check("A output %r" % got, got == b"\0pkt-out")
+got = os.read(sa, 100)
+check("A input %r" % got, got == b"raw-input")
+check("B locked", get(mb, TIOCGPTLCK) == 1)
+try:
+    os.open("/dev/pts/%d" % index[1], os.O_RDWR | os.O_NOCTTY)
+    check("B slave opened although locked", False)
+except OSError as e:
+    check("B slave open: %s" % e, e.errno == errno.EIO)
+got = os.read(mc, 100)
+check("C last line %r" % got, got == b"last words\r\n")
+try:
+    got = os.read(mc, 100)
+    check("C read after the close gave %r" % got, False)
+except OSError as e:
+    check("C read after the close: %s" % e, e.errno == errno.EIO)
+st("PASS" if not problems else "FAIL " + "; ".join(problems))
+"#;
+
+#[test]
+fn pty_pairs_keep_packet_mode_lock_exclusive_raw_queues_and_a_closed_slave() {
+    let mut w = Workload::spawn_program("ptystates", "python3", &["-c", PTY_STATES, "status"]);
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let indexes = |pid: i32| -> Vec<String> {
+        let mut found: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.lines().find(|l| l.starts_with("tty-index:")).map(String::from))
+            .collect();
+        found.sort();
+        found
+    };
+    let before = indexes(w.pid);
+    assert_eq!(before.len(), 3, "three masters: {before:?} ({line})");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(indexes(w.pid), before, "fdinfo tty-index of the three masters");
+    w.go().assert_pass();
+}
+
+/// The same states after a dump -R: crust read the queues (in packet mode too) and put them
+/// back, and left lock, modes and the closed slave as they were.
+#[test]
+fn pty_pairs_dump_leave_running_leaves_their_states() {
+    let mut w = Workload::spawn_program("ptystates", "python3", &["-c", PTY_STATES, "status"]);
+    w.wait_status_line("READY", READY_TIMEOUT);
+    w.dump_with(&["-R"]).assert_success();
+    w.go().assert_pass();
+}
