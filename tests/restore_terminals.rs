@@ -393,11 +393,13 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 }
 
 /// Holds a pseudo-terminal in a way crust refuses, in a child `crust dump -t` is pointed at:
-/// `outside` (the master is shared with the parent, outside the dump), `lines` (a finished
-/// line typed in canonical mode waits unread). The child then reads its terminal: it must get
-/// the line, untouched by the refused dump.
+/// `outside` (the master is shared with the parent, outside the dump), `slave_outside` (the
+/// child holds the master, the parent its slave), `lines` (a finished line typed in canonical
+/// mode waits unread), `status` (packet mode with a status byte unread), `full` (5000 bytes
+/// written on the slave, more than the master's buffer holds). After `.go` the child checks
+/// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
-import os, sys, time
+import fcntl, os, struct, sys, termios, time
 status, mode = sys.argv[1], sys.argv[2]
 def st(line):
     with open(status, "a") as f:
@@ -407,21 +409,60 @@ def wait_go():
         if os.path.exists(status + ".go"):
             break
         time.sleep(0.01)
+def read_all(fd, want):
+    got = b""
+    os.set_blocking(fd, False)
+    deadline = time.time() + 5
+    while len(got) < want and time.time() < deadline:
+        try:
+            got += os.read(fd, 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+    return got
 master, slave = os.openpty()
 child = os.fork()
 if child == 0:
+    if mode == "slave_outside":
+        os.close(slave)
     if mode == "lines":
         os.write(master, b"line one\n")
+    if mode == "status":
+        fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
+        termios.tcflush(slave, termios.TCOFLUSH)
+    if mode == "full":
+        os.set_blocking(slave, False)
+        os.write(slave, b"x" * 5000)
+    if mode != "outside":
         time.sleep(0.2)
         st("READY parent=%d child=%d" % (os.getppid(), os.getpid()))
     wait_go()
-    got = os.read(slave, 100)
-    st(("PASS" if got == b"line one\n" else "FAIL") + " child read %r" % got)
+    if mode in ("outside", "lines"):
+        got = os.read(slave, 100)
+        ok = got == b"line one\n"
+    elif mode == "slave_outside":
+        os.write(master, b"line one\n")
+        for _ in range(500):
+            if "parent read" in open(status).read():
+                break
+            time.sleep(0.01)
+        got, ok = b"", True
+    elif mode == "status":
+        got = os.read(master, 100)
+        ok = len(got) == 1 and got != b"\0"
+    else:
+        got = read_all(master, 5000)
+        ok = got == b"x" * 5000
+    st(("PASS" if ok else "FAIL") + " child read %r" % got[:40])
     os._exit(0)
 if mode == "outside":
     st("READY parent=%d child=%d" % (os.getpid(), child))
     wait_go()
     os.write(master, b"line one\n")
+elif mode == "slave_outside":
+    os.close(master)
+    wait_go()
+    got = os.read(slave, 100)
+    st(("PASS" if got == b"line one\n" else "FAIL") + " parent read %r" % got)
 else:
     os.close(master)
     os.close(slave)
@@ -443,6 +484,26 @@ fn refused_pty(mode: &str, expect: &[&str]) {
     assert!(pid_exists(child) && proc_state(child) != Some('Z'), "the refused dump harmed the child");
     std::fs::write(w.go_path(), "go").unwrap();
     w.wait_status_line("PASS", Duration::from_secs(10));
+    assert!(!w.status_text().contains("FAIL"), "{}", w.status_text());
+}
+
+/// A slave held by a process outside the tree (the pair would be split) is refused.
+#[test]
+fn pty_slave_held_outside_the_tree_is_refused() {
+    refused_pty("slave_outside", &["pseudo-terminal master", "also open in pid"]);
+}
+
+/// A packet-mode status byte not read yet cannot be put back: refused, and still there.
+#[test]
+fn pty_packet_status_waiting_is_refused_and_left_in_place() {
+    refused_pty("status", &["packet mode with a status byte"]);
+}
+
+/// More output than the master's buffer holds (the rest waits where crust cannot see it) is
+/// refused; every byte is still read afterwards.
+#[test]
+fn pty_output_beyond_the_masters_buffer_is_refused_and_left_in_place() {
+    refused_pty("full", &["written on its slave wait unread"]);
 }
 
 /// A master shared with a process outside the dumped tree is refused by name; the tree runs on.
