@@ -3,13 +3,14 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::image::proto::{FileIdentity, OpenFile};
 use crate::kinds::RestoreCtx;
+use crate::sys::notify::open_by_handle;
 use crate::sys::pidfd::pidfd_getfd;
 
 /// Gives a freshly created description the status flags of the image (O_NONBLOCK, O_APPEND...;
@@ -241,3 +242,169 @@ pub fn settings_from_record(r: &crate::image::proto::TerminalSettings) -> Result
 /// dump --shell-job was given (the terminal kinds' shared state while a tree is dumped).
 #[derive(Default)]
 pub struct ShellJob(pub bool);
+
+/// A `key:HEX` field of an fdinfo line (inotify and fanotify marks).
+pub fn fdinfo_hex(line: &str, key: &str) -> Result<u64> {
+    Ok(u64::from_str_radix(fdinfo_word(line, key)?, 16)?)
+}
+
+fn fdinfo_word<'a>(line: &'a str, key: &str) -> Result<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .with_context(|| format!("no {key}:"))
+}
+
+/// The inode an inotify watch or a fanotify mark is on, as fdinfo shows it: its number, its
+/// filesystem and its file handle (`ino:I sdev:D fhandle-bytes:B fhandle-type:T f_handle:HEX`).
+pub struct FileHandle {
+    pub inode: u64,
+    /// The kernel's dev_t: major << 20 | minor.
+    pub sdev: u64,
+    handle_type: i32,
+    handle: Vec<u8>,
+}
+
+impl FileHandle {
+    pub fn parse(line: &str) -> Result<FileHandle> {
+        let hex = |key: &str| fdinfo_hex(line, key);
+        let text = fdinfo_word(line, "f_handle")?;
+        let handle = (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()?;
+        let bytes = hex("fhandle-bytes")? as usize;
+        if bytes != handle.len() {
+            bail!("file handle of {} bytes, {} shown", bytes, handle.len());
+        }
+        Ok(FileHandle { inode: hex("ino")?, sdev: hex("sdev")?, handle_type: hex("fhandle-type")? as i32, handle })
+    }
+
+    /// st_dev as user space sees it.
+    pub fn dev(&self) -> u64 {
+        libc::makedev((self.sdev >> 20) as u32, (self.sdev & 0xfffff) as u32)
+    }
+
+    /// A path to the inode, from its file handle (O_PATH opens break no lease and make no
+    /// inotify or fanotify event). open_by_handle_at needs a descriptor on the inode's
+    /// filesystem that is not O_PATH (or the working directory), and opening one could queue
+    /// an event in the very notification group being dumped, so crust opens nothing: it uses a
+    /// copy of one of the process's own fds on that filesystem, else it changes its own
+    /// working directory to a mount point of it for the call (chdir opens nothing) and back.
+    pub fn path(&self, pid: i32) -> Result<String> {
+        self.find_path(pid).with_context(|| {
+            format!("inode {} on device {}:{}: crust cannot find a path to it", self.inode, self.sdev >> 20, self.sdev & 0xfffff)
+        })
+    }
+
+    fn find_path(&self, pid: i32) -> Result<String> {
+        let (major, minor) = (self.sdev >> 20, self.sdev & 0xfffff);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        // "36 35 98:0 /mnt1 /mnt/parent rw,..." : mounts of that device, whole-filesystem ones first.
+        let mut mounts: Vec<(bool, String)> = mountinfo
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() < 5 || f[2] != format!("{major}:{minor}") {
+                    return None;
+                }
+                Some((f[3] != "/", unescape(f[4])))
+            })
+            .collect();
+        mounts.sort();
+        // A watch on a mount's root directory is that mount point.
+        for (_, mount_point) in &mounts {
+            if std::fs::metadata(mount_point).is_ok_and(|m| m.dev() == self.dev() && m.ino() == self.inode) {
+                return Ok(mount_point.clone());
+            }
+        }
+        let mut last_error = None;
+        for (fd, via) in self.process_fds_on_device(pid) {
+            match self.path_through(Some(fd.as_fd())) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_error = Some(e.context(format!("through {via}"))),
+            }
+        }
+        for (_, mount_point) in &mounts {
+            match in_directory(mount_point, || self.path_through(None)) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_error = Some(e.context(format!("through the mount at {mount_point}"))),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no mount of that device is visible to crust")))
+    }
+
+    /// Copies of the process's fds on the watched inode's filesystem (not O_PATH ones).
+    fn process_fds_on_device(&self, pid: i32) -> Vec<(OwnedFd, String)> {
+        let mut out = Vec::new();
+        let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return out };
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
+        for e in entries.flatten() {
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if !std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == self.dev()) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+            if flags.is_none_or(|f| f & libc::O_PATH as u32 != 0) {
+                continue;
+            }
+            if let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) {
+                out.push((copy, format!("fd {fd} of pid {pid}")));
+            }
+            if out.len() >= 2 {
+                break;
+            }
+        }
+        out
+    }
+
+    fn path_through(&self, mount: Option<std::os::fd::BorrowedFd>) -> Result<String> {
+        let found = open_by_handle(mount, self.handle_type, &self.handle, libc::O_PATH | libc::O_CLOEXEC)?;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))?;
+        let path = link.to_string_lossy().into_owned();
+        if path.ends_with(" (deleted)") || !path.starts_with('/') {
+            bail!("the file was deleted ({path})");
+        }
+        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("stat {path}"))?;
+        if meta.dev() != self.dev() || meta.ino() != self.inode {
+            bail!("{path} is another inode");
+        }
+        Ok(path)
+    }
+}
+
+/// Runs `f` with crust's working directory changed to `dir`, then changes back (chdir and
+/// fchdir to an O_PATH descriptor open nothing: no inotify or fanotify sees them). crust's dump is
+/// single-threaded while it collects files.
+fn in_directory<T>(dir: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let here: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(".")
+        .context("keeping crust's working directory")?
+        .into();
+    nix::unistd::chdir(dir).with_context(|| format!("chdir {dir}"))?;
+    let result = f();
+    nix::unistd::fchdir(&here).context("changing back to crust's working directory")?;
+    result
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

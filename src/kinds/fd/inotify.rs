@@ -28,12 +28,12 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 
-use super::common::description_held_outside;
+use super::common::{FileHandle, description_held_outside, fdinfo_hex};
 use super::{Dumped, FdKind, FdSource, Holders, KindState, Together, WholeTree};
 use crate::image::proto::{Files, Inotify, InotifyWatch, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
-use crate::sys::notify::{bytes_queued, inotify_add_watch, inotify_rm_watch, open_by_handle};
+use crate::sys::notify::{bytes_queued, inotify_add_watch, inotify_rm_watch};
 use crate::sys::pidfd::pidfd_getfd;
 
 pub struct Inotifies;
@@ -106,16 +106,8 @@ fn dump(src: &FdSource) -> Result<Inotify> {
     }
     let mut watches = Vec::new();
     for w in &parsed {
-        let path = w.path(pid).map_err(|e| {
-            anyhow::anyhow!(
-                "pid {pid} fd {fd}: inotify watch {} (inode {} on device {}:{}): crust cannot find a path to it: {e:#}",
-                w.wd,
-                w.inode,
-                w.sdev >> 20,
-                w.sdev & 0xfffff
-            )
-        })?;
-        watches.push(InotifyWatch { wd: w.wd, mask: w.mask, path, dev: w.dev(), inode: w.inode });
+        let path = w.handle.path(pid).map_err(|e| anyhow::anyhow!("pid {pid} fd {fd}: inotify watch {}: {e:#}", w.wd))?;
+        watches.push(InotifyWatch { wd: w.wd, mask: w.mask, path, dev: w.handle.dev(), inode: w.handle.inode });
     }
     // After resolving: had anything made an event, it would show here.
     let queued = bytes_queued(src.copy.as_fd())?;
@@ -131,162 +123,18 @@ fn dump(src: &FdSource) -> Result<Inotify> {
 
 struct Watch {
     wd: i32,
-    inode: u64,
-    /// The kernel's dev_t: major << 20 | minor.
-    sdev: u64,
     mask: u32,
-    handle_type: i32,
-    handle: Vec<u8>,
+    handle: FileHandle,
 }
 
 impl Watch {
     fn parse(line: &str) -> Result<Watch> {
-        let field = |key: &str| -> Result<&str> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-                .with_context(|| format!("no {key}:"))
-        };
-        let hex = |key: &str| -> Result<u64> { Ok(u64::from_str_radix(field(key)?, 16)?) };
-        let text = field("f_handle")?;
-        let handle = (0..text.len() / 2)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()?;
-        let bytes = hex("fhandle-bytes")? as usize;
-        if bytes != handle.len() {
-            bail!("file handle of {} bytes, {} shown", bytes, handle.len());
-        }
         Ok(Watch {
-            wd: hex("wd")? as i32,
-            inode: hex("ino")?,
-            sdev: hex("sdev")?,
-            mask: hex("mask")? as u32,
-            handle_type: hex("fhandle-type")? as i32,
-            handle,
+            wd: fdinfo_hex(line, "wd")? as i32,
+            mask: fdinfo_hex(line, "mask")? as u32,
+            handle: FileHandle::parse(line)?,
         })
     }
-
-    /// st_dev as user space sees it.
-    fn dev(&self) -> u64 {
-        libc::makedev((self.sdev >> 20) as u32, (self.sdev & 0xfffff) as u32)
-    }
-
-    /// A path to the watched inode, from its file handle. open_by_handle_at needs a descriptor
-    /// on the inode's filesystem that is not O_PATH (or the working directory), and opening one
-    /// could queue an event in this very inotify, so crust opens nothing: it uses a copy of one
-    /// of the process's own fds on that filesystem, else it changes its own working directory
-    /// to a mount point of it for the call (chdir opens nothing) and back.
-    fn path(&self, pid: i32) -> Result<String> {
-        let (major, minor) = (self.sdev >> 20, self.sdev & 0xfffff);
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        // "36 35 98:0 /mnt1 /mnt/parent rw,..." : mounts of that device, whole-filesystem ones first.
-        let mut mounts: Vec<(bool, String)> = mountinfo
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                if f.len() < 5 || f[2] != format!("{major}:{minor}") {
-                    return None;
-                }
-                Some((f[3] != "/", unescape(f[4])))
-            })
-            .collect();
-        mounts.sort();
-        // A watch on a mount's root directory is that mount point.
-        for (_, mount_point) in &mounts {
-            if std::fs::metadata(mount_point).is_ok_and(|m| m.dev() == self.dev() && m.ino() == self.inode) {
-                return Ok(mount_point.clone());
-            }
-        }
-        let mut last_error = None;
-        for (fd, via) in self.process_fds_on_device(pid) {
-            match self.path_through(Some(fd.as_fd())) {
-                Ok(p) => return Ok(p),
-                Err(e) => last_error = Some(e.context(format!("through {via}"))),
-            }
-        }
-        for (_, mount_point) in &mounts {
-            match in_directory(mount_point, || self.path_through(None)) {
-                Ok(p) => return Ok(p),
-                Err(e) => last_error = Some(e.context(format!("through the mount at {mount_point}"))),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no mount of that device is visible to crust")))
-    }
-
-    /// Copies of the process's fds on the watched inode's filesystem (not O_PATH ones).
-    fn process_fds_on_device(&self, pid: i32) -> Vec<(OwnedFd, String)> {
-        let mut out = Vec::new();
-        let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return out };
-        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
-        for e in entries.flatten() {
-            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if !std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == self.dev()) {
-                continue;
-            }
-            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
-            if flags.is_none_or(|f| f & libc::O_PATH as u32 != 0) {
-                continue;
-            }
-            if let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) {
-                out.push((copy, format!("fd {fd} of pid {pid}")));
-            }
-            if out.len() >= 2 {
-                break;
-            }
-        }
-        out
-    }
-
-    fn path_through(&self, mount: Option<std::os::fd::BorrowedFd>) -> Result<String> {
-        let found = open_by_handle(mount, self.handle_type, &self.handle, libc::O_PATH | libc::O_CLOEXEC)?;
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)))?;
-        let path = link.to_string_lossy().into_owned();
-        if path.ends_with(" (deleted)") || !path.starts_with('/') {
-            bail!("the watched file was deleted ({path})");
-        }
-        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("stat {path}"))?;
-        if meta.dev() != self.dev() || meta.ino() != self.inode {
-            bail!("{path} is another inode");
-        }
-        Ok(path)
-    }
-}
-
-/// Runs `f` with crust's working directory changed to `dir`, then changes back (chdir and
-/// fchdir to an O_PATH descriptor open nothing: no inotify sees them). crust's dump is
-/// single-threaded while it collects files.
-fn in_directory<T>(dir: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let here: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(".")
-        .context("keeping crust's working directory")?
-        .into();
-    nix::unistd::chdir(dir).with_context(|| format!("chdir {dir}"))?;
-    let result = f();
-    nix::unistd::fchdir(&here).context("changing back to crust's working directory")?;
-    result
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Chooses the process that adds the watches at restore (the first holder), and refuses an
