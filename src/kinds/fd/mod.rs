@@ -36,6 +36,7 @@ pub mod chardev;
 pub mod common;
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod inet_socket;
 pub mod inotify;
@@ -88,6 +89,7 @@ pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<signalfd::Signalfds>::KIND,
     &Registered::<timerfd::Timerfds>::KIND,
     &Registered::<inotify::Inotifies>::KIND,
+    &Registered::<fanotify::Fanotifies>::KIND,
     &Registered::<epoll::Epolls>::KIND,
     &Registered::<fifo::Fifos>::KIND,
     &Registered::<shared_memory::SharedMemoryObjects>::KIND,

@@ -29,6 +29,7 @@ fn every_variant() -> Vec<K> {
         K::Pidfd(Default::default()),
         K::NamespaceFile(Default::default()),
         K::Pty(Default::default()),
+        K::Fanotify(Default::default()),
     ];
     // A variant added to the schema does not compile here until it is listed above as well.
     for kind in &all {
@@ -51,7 +52,8 @@ fn every_variant() -> Vec<K> {
             | K::PacketSocket(_)
             | K::Pidfd(_)
             | K::NamespaceFile(_)
-            | K::Pty(_) => {}
+            | K::Pty(_)
+            | K::Fanotify(_) => {}
         }
     }
     all
@@ -151,5 +153,6 @@ fn dump_hands_each_fd_to_the_kind_that_records_it() {
     assert_eq!(recognised_as(&timer, "anon_inode:inotify"), Some("inotify"));
     assert_eq!(recognised_as(&timer, "anon_inode:[pidfd]"), Some("pidfd"));
     assert_eq!(recognised_as(&timer, "anon_inode:[io_uring]"), None);
+    assert_eq!(recognised_as(&timer, "anon_inode:[fanotify]"), Some("fanotify"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

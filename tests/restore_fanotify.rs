@@ -1,0 +1,77 @@
+//! fanotify groups with their inode marks survive checkpoint/restore; what crust cannot
+//! recreate is refused by name, leaving the process as it was.
+
+mod common;
+use common::*;
+
+/// The group's flags line and its marks as fdinfo shows them (inode, device, mark flags,
+/// masks, file handle).
+fn fanotify_fdinfo(pid: i32, fd: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let mut lines: Vec<String> = text.lines().filter(|l| l.starts_with("fanotify")).map(String::from).collect();
+    lines.sort();
+    lines
+}
+
+/// A notification group with a mark on a file, one on a directory with FAN_EVENT_ON_CHILD and
+/// an ignore-only mark surviving modification on a file in it: restored with the same flags
+/// and marks (fdinfo, from /proc), nothing queued by the restore, and from inside the events
+/// a write and the opens give are exactly those the marks ask for.
+#[test]
+fn fanotify_group_comes_back_with_its_inode_marks() {
+    let mut w = Workload::spawn("fanotify", &[]);
+    let fan = w.ready_field("fan");
+    let before = fanotify_fdinfo(w.pid, &fan);
+    assert_eq!(before.len(), 4, "flags and three marks: {before:?}");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(fanotify_fdinfo(w.pid, &fan), before, "fdinfo of the group after restore");
+    w.go().assert_pass();
+}
+
+/// dump -R leaves the group as it was (its queue empty, its marks in place).
+#[test]
+fn fanotify_dump_leave_running_leaves_the_group() {
+    let mut w = Workload::spawn("fanotify", &[]);
+    let fan = w.ready_field("fan");
+    let before = fanotify_fdinfo(w.pid, &fan);
+    w.dump_with(&["-R"]).assert_success();
+    assert_eq!(fanotify_fdinfo(w.pid, &fan), before);
+    w.go().assert_pass();
+}
+
+/// Refused by pid and fd, the process left as it was (its group's fdinfo unchanged).
+fn refused(mode: &str, expect: &str) {
+    let w = Workload::spawn("fanotify", &[mode]);
+    let fan = w.ready_field("fan");
+    let before = fanotify_fdinfo(w.pid, &fan);
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    assert!(out.text().contains(&format!("pid {} fd {fan}: {expect}", w.pid)), "{out}");
+    assert!(pid_exists(w.pid) && proc_state(w.pid) != Some('Z'), "the refused dump harmed the process");
+    assert_eq!(fanotify_fdinfo(w.pid, &fan), before);
+}
+
+/// A mount mark (crust restores inode marks only).
+#[test]
+fn fanotify_mount_mark_is_refused() {
+    refused("mount", "a fanotify mount mark");
+}
+
+/// A filesystem mark.
+#[test]
+fn fanotify_filesystem_mark_is_refused() {
+    refused("fs", "a fanotify filesystem mark");
+}
+
+/// A group of permission events: the restore's own opens would wait for its answers.
+#[test]
+fn fanotify_permission_group_is_refused() {
+    refused("perm", "a fanotify group of permission events");
+}
+
+/// Events queued and not read: they cannot be put back.
+#[test]
+fn fanotify_with_events_queued_is_refused() {
+    refused("queued", "fanotify has");
+}

@@ -1,0 +1,133 @@
+/*
+ * fanotify: a notification group (FAN_CLASS_NOTIF, non-blocking, event fds opened
+ * O_RDONLY|O_LARGEFILE) with three inode marks:
+ *
+ *   <status>.f        FAN_MODIFY|FAN_CLOSE_WRITE
+ *   <status>.d        FAN_OPEN|FAN_EVENT_ON_CHILD (opens of the files in it)
+ *   <status>.d/quiet  only an ignore mask, FAN_OPEN, surviving modification: opening it
+ *                     makes no event
+ *
+ * With argv[2] "mount", a mount mark on the directory's mount instead; "fs", a filesystem
+ * mark; "perm", a group of
+ * permission events (FAN_CLASS_CONTENT); "queued", an event left unread (crust refuses each).
+ *
+ *   READY pid=N fan=FD
+ *
+ * After <status>.go: nothing queued; writing to .f and closing it gives FAN_MODIFY and
+ * FAN_CLOSE_WRITE (merged into one event) for .f from this pid (the event's fd is .f); opening .d/quiet gives
+ * nothing, then opening .d/other gives FAN_OPEN for it; nothing else.
+ */
+#include "common.h"
+#include <sys/fanotify.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+static char file[4200], dir[4200], quiet[4300], other[4300];
+
+static void mark(int fan, unsigned flags, uint64_t mask, const char *path)
+{
+	if (fanotify_mark(fan, FAN_MARK_ADD | flags, mask, AT_FDCWD, path) < 0)
+		die("fanotify_mark(%s): %s", path, strerror(errno));
+}
+
+static void touch(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		die("creating %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+static void drain(int fan)
+{
+	char buf[4096] __attribute__((aligned(8)));
+	ssize_t k;
+	while ((k = read(fan, buf, sizeof(buf))) > 0)
+		for (struct fanotify_event_metadata *ev = (void *)buf; FAN_EVENT_OK(ev, k); ev = FAN_EVENT_NEXT(ev, k))
+			if (ev->fd >= 0)
+				close(ev->fd);
+}
+
+/* The events queued now, as "mask:path ..." (waits up to 1 s for the first one) */
+static void events(int fan, char *out, size_t n)
+{
+	char buf[4096] __attribute__((aligned(8)));
+	out[0] = 0;
+	ssize_t k = -1;
+	for (int i = 0; i < 100 && k < 0; i++) {
+		k = read(fan, buf, sizeof(buf));
+		if (k < 0)
+			sleep_ms(10);
+	}
+	for (struct fanotify_event_metadata *ev = (void *)buf; k > 0 && FAN_EVENT_OK(ev, k); ev = FAN_EVENT_NEXT(ev, k)) {
+		char link[64], path[4300] = "";
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", ev->fd);
+		ssize_t l = readlink(link, path, sizeof(path) - 1);
+		path[l > 0 ? l : 0] = 0;
+		size_t used = strlen(out);
+		snprintf(out + used, n - used, "%s%llx:%s%s", used ? " " : "", (unsigned long long)ev->mask, path,
+			 ev->pid == getpid() ? "" : "(another pid)");
+		close(ev->fd);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	const char *mode = argc > 2 ? argv[2] : "";
+	int mount_mark = !strcmp(mode, "mount");
+	unsigned class = !strcmp(mode, "perm") ? FAN_CLASS_CONTENT : FAN_CLASS_NOTIF;
+	snprintf(file, sizeof(file), "%s.f", argv[1]);
+	snprintf(dir, sizeof(dir), "%s.d", argv[1]);
+	snprintf(quiet, sizeof(quiet), "%s/quiet", dir);
+	snprintf(other, sizeof(other), "%s/other", dir);
+	if (mkdir(dir, 0755) < 0)
+		die("mkdir %s: %s", dir, strerror(errno));
+	touch(file);
+	touch(quiet);
+	touch(other);
+	int fan = fanotify_init(class | FAN_NONBLOCK | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
+	if (fan < 0)
+		die("fanotify_init: %s", strerror(errno));
+	if (mount_mark) {
+		mark(fan, FAN_MARK_MOUNT, FAN_CLOSE_WRITE, dir);
+	} else if (!strcmp(mode, "fs")) {
+		mark(fan, FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, dir);
+	} else {
+		mark(fan, 0, FAN_MODIFY | FAN_CLOSE_WRITE, file);
+		mark(fan, 0, FAN_OPEN | FAN_EVENT_ON_CHILD, dir);
+		mark(fan, FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_OPEN, quiet);
+	}
+	drain(fan);
+	if (!strcmp(mode, "queued"))
+		touch(other);
+	status("READY pid=%d fan=%d", getpid(), fan);
+	while (!go_requested())
+		sleep_ms(10);
+
+	int queued = -1;
+	ioctl(fan, FIONREAD, &queued);
+	CHECK(queued == 0, "%d bytes of events queued after restore", queued);
+	CHECK((fcntl(fan, F_GETFL) & O_NONBLOCK) != 0, "the group lost O_NONBLOCK");
+	char out[2048], want[9000];
+	int w = open(file, O_WRONLY | O_CLOEXEC);
+	if (w < 0 || write(w, "x", 1) != 1)
+		check_failed("writing %s: %s", file, strerror(errno));
+	if (w >= 0)
+		close(w);
+	sleep_ms(50);
+	events(fan, out, sizeof(out));
+	snprintf(want, sizeof(want), "%x:%s", FAN_MODIFY | FAN_CLOSE_WRITE, file);
+	CHECK(strcmp(out, want) == 0, "write to the file: events [%s], expected [%s]", out, want);
+	int q = open(quiet, O_RDONLY | O_CLOEXEC);
+	if (q >= 0)
+		close(q);
+	int o = open(other, O_RDONLY | O_CLOEXEC);
+	if (o >= 0)
+		close(o);
+	sleep_ms(50);
+	events(fan, out, sizeof(out));
+	snprintf(want, sizeof(want), "%x:%s", FAN_OPEN, other);
+	CHECK(strcmp(out, want) == 0, "opens in the directory: events [%s], expected [%s]", out, want);
+	finish("fanotify");
+}
