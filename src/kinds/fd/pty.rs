@@ -114,7 +114,7 @@ impl FdKind for Ptys {
         let flags = (file.flags as i32 & libc::O_ACCMODE) | libc::O_NOCTTY | libc::O_CLOEXEC;
         let fd = ctx
             .remote
-            .syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[master as u64, libc::TIOCGPTPEER as u64, flags as u64])
+            .syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[master as u64, libc::TIOCGPTPEER, flags as u64])
             .with_context(|| format!("opening /dev/pts/{} through its master", record.index))?;
         let fd = ctx.to_temp_fd(fd)?;
         set_status_flags(ctx, fd, file.flags)?;
@@ -492,7 +492,7 @@ pub fn take_controlling_terminal(ctx: &mut RestoreCtx, required: bool) -> Result
             continue;
         }
         let slave = open_slave_for_session(ctx, &record, id)?;
-        let done = ctx.remote.syscall("ioctl(TIOCSCTTY)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSCTTY as u64, 0]);
+        let done = ctx.remote.syscall("ioctl(TIOCSCTTY)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSCTTY, 0]);
         ctx.close_in_process(slave)?;
         done.with_context(|| format!("pid {} taking /dev/pts/{} as its controlling terminal", ctx.pid, record.index))?;
     }
@@ -514,7 +514,7 @@ pub fn set_foreground_group(ctx: &mut RestoreCtx) -> Result<()> {
     for (record, id) in led_by(ctx) {
         let slave = open_slave_for_session(ctx, &record, id)?;
         let pgrp = ctx.remote.put(0, &(record.foreground_pgrp as i32).to_ne_bytes())?;
-        let done = ctx.remote.syscall("ioctl(TIOCSPGRP)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSPGRP as u64, pgrp]);
+        let done = ctx.remote.syscall("ioctl(TIOCSPGRP)", libc::SYS_ioctl, &[slave as u64, libc::TIOCSPGRP, pgrp]);
         ctx.close_in_process(slave)?;
         done.with_context(|| format!("making process group {} the foreground of /dev/pts/{}", record.foreground_pgrp, record.index))?;
     }
@@ -525,7 +525,7 @@ pub fn set_foreground_group(ctx: &mut RestoreCtx) -> Result<()> {
 fn open_slave_for_session(ctx: &mut RestoreCtx, record: &Pty, master_id: u32) -> Result<i32> {
     let work = master_at_work_fd(ctx, record, master_id)?;
     let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    let fd = ctx.remote.syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[work as u64, libc::TIOCGPTPEER as u64, flags as u64])?;
+    let fd = ctx.remote.syscall("ioctl(TIOCGPTPEER)", libc::SYS_ioctl, &[work as u64, libc::TIOCGPTPEER, flags as u64])?;
     ctx.to_temp_fd(fd)
 }
 
