@@ -550,6 +550,11 @@ impl Tree {
                 }
             }
         }
+        // A session leader needs its terminal's pair before it forks, fds or not.
+        for f in &img.open_files.open_files {
+            let needing = files::needed_by(f).into_iter().filter(|p| img.processes.contains_key(p));
+            holders.entry(f.id).or_default().extend(needing);
+        }
         // Descriptions created together (pipe ends, socket pairs) count as one.
         let mut group_holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
         for f in img.open_files.open_files.iter().filter(|f| f.created_with != 0) {

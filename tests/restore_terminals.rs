@@ -637,3 +637,80 @@ fn pty_pairs_dump_leave_running_leaves_their_states() {
     w.dump_with(&["-R"]).assert_success();
     w.go().assert_pass();
 }
+
+/// A session leader L whose controlling terminal is a pair it no longer holds: it opened the
+/// pair, took the slave as its terminal, forked C, which keeps master and slave, and closed
+/// both. The restore must still give L its terminal before it forks C (C inherits it): after
+/// restore L opens /dev/tty, C talks to itself through the pair, both have the terminal and
+/// its foreground (tty_nr, tpgid in /proc, and from inside).
+const LEADER_WITHOUT_FDS: &str = r#"
+import fcntl, os, signal, struct, sys, termios, time
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+def wait_for(what):
+    for _ in range(6000):
+        if what():
+            return
+        time.sleep(0.01)
+go = lambda: os.path.exists(status + ".go")
+leader = os.fork()
+if leader == 0:
+    os.setsid()
+    m, s = os.openpty()
+    fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+    c = os.fork()
+    if c == 0:
+        index = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"\0" * 4))[0]
+        st("READY leader=%d c=%d index=%d" % (os.getppid(), os.getpid(), index))
+        wait_for(lambda: "LEADER" in open(status).read())
+        os.write(m, b"ping\n")
+        got = os.read(s, 100)
+        ok = got == b"ping\n" and os.tcgetpgrp(s) == os.getppid() and os.getsid(0) == os.getppid()
+        st(("C ok" if ok else "FAIL") + " c read %r fg %d sid %d" % (got, os.tcgetpgrp(s), os.getsid(0)))
+        os._exit(0 if ok else 1)
+    os.close(m)
+    os.close(s)
+    # C's exit closes the master: the terminal hangs up, its session leader gets SIGHUP.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    wait_for(go)
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+        st("LEADER has its terminal")
+        ok = True
+    except OSError as e:
+        st("LEADER FAIL: /dev/tty: %s" % e)
+        ok = False
+    _, code = os.waitpid(c, 0)
+    os._exit(0 if code == 0 and ok else 1)
+_, code = os.waitpid(leader, 0)
+st(("PASS" if code == 0 else "FAIL") + " leader ended with %d" % code)
+sys.exit(0 if code == 0 else 1)
+"#;
+
+#[test]
+fn session_leader_gets_its_terminal_back_although_only_its_child_holds_the_pair() {
+    let mut w = Workload::spawn_program("leaderpty", "python3", &["-c", LEADER_WITHOUT_FDS, "status"]);
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let leader: i32 = ready_field(&line, "leader").unwrap().parse().unwrap();
+    let c: i32 = ready_field(&line, "c").unwrap().parse().unwrap();
+    w.own(leader);
+    w.own(c);
+    let stat = |pid: i32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<String> = text.rsplit(')').next().unwrap().split_whitespace().map(String::from).collect();
+        format!("pgrp {} session {} tty_nr {} tpgid {}", f[2], f[3], f[4], f[5])
+    };
+    let before = (stat(leader), stat(c));
+    assert!(!before.0.contains("tty_nr 0 "), "the leader has a terminal: {}", before.0);
+    w.dump();
+    for pid in [leader, c] {
+        let _ = waitpid_timeout(pid, Duration::from_secs(5));
+    }
+    w.restore_detached();
+    w.own(leader);
+    w.own(c);
+    assert_eq!((stat(leader), stat(c)), before, "sessions, terminals and foreground groups");
+    w.go().assert_pass();
+}

@@ -416,6 +416,12 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
     Ok(())
 }
 
+/// Processes that need a description created before they fork although they hold no fd of
+/// it (see [`fd::FdKind::needed_by`]).
+pub fn needed_by(file: &OpenFile) -> Vec<u32> {
+    file.kind.as_ref().and_then(fd::kind_of).map(|k| k.needed_by(file)).unwrap_or_default()
+}
+
 /// Raw data files the open file descriptions refer to (memfd contents...).
 pub fn data_files(record: &OpenFiles) -> Vec<String> {
     let named = |f: &OpenFile| f.kind.as_ref().and_then(fd::kind_of).map(|k| k.data_files(f)).unwrap_or_default();

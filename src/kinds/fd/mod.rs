@@ -194,6 +194,13 @@ pub trait FdKind: 'static {
         let _ = record;
         None
     }
+    /// Restore: processes that need the description to exist before they fork although they
+    /// hold no fd of it (a session leader whose controlling terminal a pair is): the
+    /// description is created by an ancestor of them too.
+    fn needed_by(record: &Self::Record) -> Vec<u32> {
+        let _ = record;
+        Vec::new()
+    }
     /// `crust show`: makes the record's JSON readable (bytes as text...).
     fn show(record: &Self::Record, json: &mut serde_json::Value) {
         let _ = (record, json);
@@ -309,6 +316,7 @@ pub trait DynFdKind: Sync {
     fn describe(&self, file: &OpenFile) -> String;
     fn data_files(&self, file: &OpenFile) -> Vec<String>;
     fn external_key(&self, file: &OpenFile) -> Option<String>;
+    fn needed_by(&self, file: &OpenFile) -> Vec<u32>;
     fn show(&self, file: &OpenFile, json: &mut serde_json::Value);
 }
 
@@ -389,6 +397,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     }
     fn external_key(&self, file: &OpenFile) -> Option<String> {
         K::external_key(Self::record(file).ok()?)
+    }
+    fn needed_by(&self, file: &OpenFile) -> Vec<u32> {
+        Self::record(file).map(K::needed_by).unwrap_or_default()
     }
     fn show(&self, file: &OpenFile, json: &mut serde_json::Value) {
         if let Ok(record) = Self::record(file) {

@@ -128,6 +128,14 @@ impl FdKind for Ptys {
         Ok(())
     }
 
+    /// The session leader takes the slave as its terminal before it forks.
+    fn needed_by(record: &Pty) -> Vec<u32> {
+        match record.master && record.session != 0 {
+            true => vec![record.session],
+            false => Vec::new(),
+        }
+    }
+
     fn describe(record: &Pty) -> String {
         match record.master {
             true => format!("pseudo-terminal master {} of /dev/pts/{}", record.ptmx_path, record.index),
@@ -245,6 +253,9 @@ fn complete_master(pid: i32, fd: i32, record: &mut Pty, slave_inside: bool, insi
         if !inside.contains(&sid) {
             bail!("{slave_path} is the controlling terminal of session {sid}, whose leader is not dumped");
         }
+        if !inside.iter().any(|p| process_group(*p).is_ok_and(|g| g == pgrp)) {
+            bail!("{slave_path} has process group {pgrp} in its foreground, in which no dumped process is");
+        }
         record.session = sid as u32;
         record.foreground_pgrp = pgrp as u32;
     }
@@ -259,6 +270,13 @@ fn complete_master(pid: i32, fd: i32, record: &mut Pty, slave_inside: bool, insi
         record.input_queued = input;
     }
     Ok(())
+}
+
+/// The process group of `pid` (/proc/PID/stat).
+fn process_group(pid: i32) -> Result<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the comm: state(0) ppid(1) pgrp(2).
+    Ok(stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(2)).context("no pgrp")?.parse()?)
 }
 
 /// Reads both queues of a frozen pair and puts them back at once.
