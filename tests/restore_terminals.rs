@@ -396,10 +396,11 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 /// `outside` (the master is shared with the parent, outside the dump), `slave_outside` (the
 /// child holds the master, the parent its slave), `lines` (a finished line typed in canonical
 /// mode waits unread), `status` (packet mode with a status byte unread), `full` (5000 bytes
-/// written on the slave, more than the master's buffer holds). After `.go` the child checks
+/// written on the slave, more than the master's buffer holds), `session` (the slave is the
+/// controlling terminal of the parent's session). After `.go` the child checks
 /// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
-import fcntl, os, struct, sys, termios, time
+import fcntl, os, signal, struct, sys, termios, time
 status, mode = sys.argv[1], sys.argv[2]
 def st(line):
     with open(status, "a") as f:
@@ -420,6 +421,10 @@ def read_all(fd, want):
             time.sleep(0.01)
     return got
 master, slave = os.openpty()
+if mode == "session":
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 child = os.fork()
 if child == 0:
     if mode == "slave_outside":
@@ -436,7 +441,9 @@ if child == 0:
         time.sleep(0.2)
         st("READY parent=%d child=%d" % (os.getppid(), os.getpid()))
     wait_go()
-    if mode in ("outside", "lines"):
+    if mode == "session":
+        os.write(master, b"line one\n")
+    if mode in ("outside", "lines", "session"):
         got = os.read(slave, 100)
         ok = got == b"line one\n"
     elif mode == "slave_outside":
@@ -491,6 +498,13 @@ fn refused_pty(mode: &str, expect: &[&str]) {
 #[test]
 fn pty_slave_held_outside_the_tree_is_refused() {
     refused_pty("slave_outside", &["pseudo-terminal master", "also open in pid"]);
+}
+
+/// A pair that is the controlling terminal of a session led outside the tree is refused (the
+/// restored pair could not be that session's terminal).
+#[test]
+fn pty_terminal_of_a_session_led_outside_the_tree_is_refused() {
+    refused_pty("session", &["controlling terminal of session", "whose leader is not dumped"]);
 }
 
 /// A packet-mode status byte not read yet cannot be put back: refused, and still there.
