@@ -728,3 +728,89 @@ fn session_leader_gets_its_terminal_back_although_only_its_child_holds_the_pair(
     assert_eq!((stat(leader), stat(c)), before, "sessions, terminals and foreground groups");
     w.go().assert_pass();
 }
+
+/// A shell (a session leader on the terminal) that runs `less FILE` as its foreground job.
+const LESS_SHELL: &str = r#"
+import os, signal, sys, time
+status, path = sys.argv[1], sys.argv[2]
+job = os.fork()
+if job == 0:
+    os.setpgid(0, 0)
+    for _ in range(5000):
+        if os.tcgetpgrp(0) == os.getpgrp():
+            break
+        time.sleep(0.001)
+    env = dict(os.environ, TERM="vt100", LESS="", LESSOPEN="", LESSHISTFILE="-")
+    os.execvpe("less", ["less", "-X", path], env)
+os.setpgid(job, job)
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+os.tcsetpgrp(0, job)
+with open(status, "a") as f:
+    f.write("READY shell=%d job=%d\n" % (os.getpid(), job))
+os.waitpid(job, 0)
+while True:
+    signal.pause()
+"#;
+
+/// The program the issue names: `less`, a shell's job, puts the terminal in raw mode. Dumped
+/// with -j and restored with -j on the same terminal (left cooked meanwhile, as the shell
+/// leaves it), it has its raw terminal back: a key typed reaches it at once, without Enter
+/// and without echo (`G` shows the file's last line), and `q` ends it, and crust with it.
+#[test]
+fn less_comes_back_raw_and_takes_single_keys() {
+    let (mut master, slave) = openpty();
+    let w_size = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize, a live local.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &w_size) }, 0);
+    let dir = TempDir::new("less-file");
+    let file = dir.path.join("text");
+    let text: String = (1..=500).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let slave_for_shell = slave.try_clone().unwrap();
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut w = Workload::spawn_program_with("less", "setsid", &["-c", "python3", "-c", LESS_SHELL, "status", &file_arg], move |cmd| {
+        on_terminal(cmd, &slave_for_shell);
+    });
+    let shell = w.pid;
+    let job: i32 = ready_field(&w.wait_status_line("READY", READY_TIMEOUT), "job").unwrap().parse().unwrap();
+    w.own(job);
+    let mut seen = String::new();
+    assert!(read_until(&mut master, &mut seen, "line 29"), "less shows its first page: {seen:?}");
+    wait_until("less has made the terminal raw", Duration::from_secs(10), || {
+        terminal_state(master.as_raw_fd()).0.c_lflag & libc::ICANON as u32 == 0
+    });
+    let before = terminal_state(master.as_raw_fd());
+
+    let img = w.image_dir.to_string_lossy().into_owned();
+    crust(["dump", "-t", &job.to_string(), "-D", &img, "-j"]).assert_success();
+    // SAFETY: kill takes integers only; the shell is our child.
+    unsafe { libc::kill(shell, libc::SIGKILL) };
+    let _ = w.reap(Duration::from_secs(5));
+    assert!(wait_gone(job, Duration::from_secs(5)), "pid {job} still taken");
+    make_cooked(master.as_raw_fd());
+    let w_size = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &w_size) }, 0);
+
+    let mut restore = Command::new("setsid");
+    restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
+    on_terminal(&mut restore, &slave);
+    let mut crust_proc = restore.spawn().unwrap();
+    wait_until("less restored and let go", Duration::from_secs(20), || {
+        pid_exists(job) && proc_status_field(job, "TracerPid").as_deref() == Some("0")
+    });
+    assert!(same_state(&before, &terminal_state(master.as_raw_fd())), "less's raw terminal after restore");
+    seen.clear();
+    master.write_all(b"G").unwrap();
+    assert!(read_until(&mut master, &mut seen, "line 500"), "less did not get G without Enter: {seen:?}");
+    master.write_all(b"q").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = crust_proc.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "q did not end less: {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "crust restore -j exited with {status}");
+}
