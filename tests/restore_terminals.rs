@@ -394,8 +394,7 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 
 /// Holds a pseudo-terminal in a way crust refuses, in a child `crust dump -t` is pointed at:
 /// `outside` (the master is shared with the parent, outside the dump), `slave_outside` (the
-/// child holds the master, the parent its slave), `lines` (a finished line typed in canonical
-/// mode waits unread), `status` (packet mode with a status byte unread), `full` (5000 bytes
+/// child holds the master, the parent its slave), `status` (packet mode with a status byte unread), `full` (5000 bytes
 /// written on the slave, more than the master's buffer holds), `session` (the slave is the
 /// controlling terminal of the parent's session). After `.go` the child checks
 /// that the refused dump left the pair as it was.
@@ -429,8 +428,6 @@ child = os.fork()
 if child == 0:
     if mode == "slave_outside":
         os.close(slave)
-    if mode == "lines":
-        os.write(master, b"line one\n")
     if mode == "status":
         fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
         termios.tcflush(slave, termios.TCOFLUSH)
@@ -443,7 +440,7 @@ if child == 0:
     wait_go()
     if mode == "session":
         os.write(master, b"line one\n")
-    if mode in ("outside", "lines", "session"):
+    if mode in ("outside", "session"):
         got = os.read(slave, 100)
         ok = got == b"line one\n"
     elif mode == "slave_outside":
@@ -524,13 +521,6 @@ fn pty_output_beyond_the_masters_buffer_is_refused_and_left_in_place() {
 #[test]
 fn pty_master_held_outside_the_tree_is_refused() {
     refused_pty("outside", &["pseudo-terminal master", "outside the dumped processes"]);
-}
-
-/// A finished line typed in canonical mode and not read yet is refused (crust could not keep
-/// its line boundary); the dump left it in place: the child reads it afterwards.
-#[test]
-fn pty_finished_lines_waiting_in_canonical_mode_are_refused_and_left_in_place() {
-    refused_pty("lines", &["finished lines", "canonical mode"]);
 }
 
 /// The index of a pair is part of what the program knows (its slave's name): a restore while
@@ -813,4 +803,85 @@ fn less_comes_back_raw_and_takes_single_keys() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "crust restore -j exited with {status}");
+}
+
+/// Typed ahead into a canonical terminal while its reader is busy: two finished lines, a line
+/// ended by end of file (^D), an end of file alone, and an unfinished line; the echo of all of
+/// it was read by the parent. After restore (or dump -R) the reader gets each line by itself,
+/// as it would have: "first\n", "second\n", "abc", "" (end of file), then the unfinished line
+/// completed after the restore; nothing is echoed again.
+const TYPEAHEAD: &str = r#"
+import os, pty, select, sys, time
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+def wait_go():
+    for _ in range(6000):
+        if os.path.exists(status + ".go"):
+            return
+        time.sleep(0.01)
+child, master = pty.fork()
+if child == 0:
+    wait_go()
+    got = [os.read(0, 100) for _ in range(4)]
+    os.write(1, repr(got).encode() + b"\n")
+    os.write(1, b"fifth:%r\n" % os.read(0, 100))
+    os._exit(0)
+def drain(timeout):
+    out = b""
+    while True:
+        r, _, _ = select.select([master], [], [], timeout)
+        if not r:
+            return out
+        out += os.read(master, 4096)
+def read_until(needle):
+    out = b""
+    deadline = time.time() + 10
+    while needle not in out and time.time() < deadline:
+        r, _, _ = select.select([master], [], [], 0.1)
+        if r:
+            out += os.read(master, 4096)
+    return out
+os.write(master, b"first\nsecond\nabc\x04\x04typed")
+echo = drain(0.3)
+st("READY parent=%d child=%d echo=%r" % (os.getpid(), child, echo))
+wait_go()
+got = read_until(b"]\r\n")
+want = repr([b"first\n", b"second\n", b"abc", b""]).encode() + b"\r\n"
+if got != want:
+    st("FAIL the lines read: %r, expected %r" % (got, want))
+    sys.exit(1)
+os.write(master, b" more\n")
+got = read_until(b"'\r\n")
+if got != b" more\r\nfifth:b'typed more\\n'\r\n":
+    st("FAIL the unfinished line: %r" % got)
+    sys.exit(1)
+_, code = os.waitpid(child, 0)
+st("PASS typeahead" if code == 0 else "FAIL child %d" % code)
+"#;
+
+fn spawn_typeahead() -> (Workload, i32) {
+    let mut w = Workload::spawn_program("typeahead", "python3", &["-c", TYPEAHEAD, "status"]);
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let child: i32 = ready_field(&line, "child").unwrap().parse().unwrap();
+    w.own(child);
+    (w, child)
+}
+
+#[test]
+fn pty_typeahead_in_canonical_mode_comes_back_line_by_line() {
+    let (mut w, child) = spawn_typeahead();
+    w.dump();
+    let _ = waitpid_timeout(child, Duration::from_secs(5));
+    w.restore_detached();
+    w.own(child);
+    w.go().assert_pass();
+}
+
+#[test]
+fn pty_typeahead_dump_leave_running_leaves_the_lines() {
+    let (mut w, _) = spawn_typeahead();
+    w.dump_with(&["-R"]).assert_success();
+    w.go().assert_pass();
 }

@@ -9,11 +9,13 @@
 //! - output (written on the slave, not read from the master): the master's raw input buffer,
 //!   read through the copy (FIONREAD bytes), written back through a slave description of
 //!   crust's own (TIOCGPTPEER) with OPOST off for the moment;
-//! - input (typed into the master, not read from the slave): in non-canonical mode the
-//!   slave's buffer, read through crust's slave; in canonical mode only an unfinished line can
-//!   be kept (crust switches ICANON off for a moment to read it, which makes the kernel forget
-//!   line boundaries: finished lines waiting are refused). Written back through the master
-//!   with echo, signals and input translation off for the moment.
+//! - input (typed into the master, not read from the slave): the slave's buffer, read through
+//!   crust's slave: in non-canonical mode as it is; in canonical mode line by line (one read
+//!   returns one line), then the unfinished line, which crust reads with ICANON off for a
+//!   moment (switching it back on an empty buffer leaves nothing changed). Typed back through
+//!   the master with echo, signals and input translation off for the moment, in canonical
+//!   mode every special character after VLNEXT but each line's own end (VEOF for a line ended
+//!   by end of file), so every line comes back with its boundary.
 //!
 //! Restore: the pair is created by the nearest common ancestor of its holders. The kernel gives
 //! a new master the lowest free index; the program may know its slave's name (ptsname), so
@@ -147,6 +149,7 @@ impl FdKind for Ptys {
         for (field, bytes) in [("output_queued", &record.output_queued), ("input_queued", &record.input_queued)] {
             json[field] = serde_json::json!(String::from_utf8_lossy(bytes));
         }
+        json["input_lines"] = record.input_lines.iter().map(|l| String::from_utf8_lossy(l)).collect();
     }
 }
 
@@ -265,9 +268,10 @@ fn complete_master(pid: i32, fd: i32, record: &mut Pty, slave_inside: bool, insi
         // Only then may crust open the slave itself: the first opening of a slave never
         // opened would mark it closed when crust closes it.
         let settings = settings_from_record(record.settings.as_ref().context("no settings")?)?;
-        let (output, input) = take_queues(&copy, record, &settings)?;
-        record.output_queued = output;
-        record.input_queued = input;
+        let queues = take_queues(&copy, record, &settings)?;
+        record.output_queued = queues.output;
+        record.input_lines = queues.lines;
+        record.input_queued = queues.input;
     }
     Ok(())
 }
@@ -279,8 +283,28 @@ fn process_group(pid: i32) -> Result<i32> {
     Ok(stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(2)).context("no pgrp")?.parse()?)
 }
 
+/// What waits in a pair: written on the slave (`output`, as the master reads it), and typed
+/// into the master: the finished lines of a canonical slave (each as one read returns it) and
+/// the rest (`input`: an unfinished line, or everything in non-canonical mode).
+#[derive(Default)]
+struct Queues {
+    output: Vec<u8>,
+    lines: Vec<Vec<u8>>,
+    input: Vec<u8>,
+}
+
+impl Queues {
+    fn of(record: &Pty) -> Queues {
+        Queues { output: record.output_queued.clone(), lines: record.input_lines.clone(), input: record.input_queued.clone() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.output.is_empty() && self.lines.is_empty() && self.input.is_empty()
+    }
+}
+
 /// Reads both queues of a frozen pair and puts them back at once.
-fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Result<(Vec<u8>, Vec<u8>)> {
+fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Result<Queues> {
     let m = master.as_fd();
     if record.packet_mode && poll_now(m, libc::POLLPRI)? & libc::POLLPRI != 0 {
         bail!("it is in packet mode with a status byte not read yet; crust cannot put a status back");
@@ -292,21 +316,39 @@ fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Resul
     let slave = with_unlocked(m, record.locked, || terminal::open_peer(m, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC))?;
     let s = slave.as_fd();
     record.slave_exclusive = terminal::exclusive(s)?;
-    let canonical = settings.termios.c_lflag & libc::ICANON != 0;
+    let lflag = settings.termios.c_lflag;
+    let canonical = lflag & libc::ICANON != 0;
     let input_len = bytes_queued(s)?;
-    if canonical && input_len > 0 {
-        bail!(
-            "{input_len} bytes of finished lines typed into it wait unread by its slave (canonical mode); crust cannot put \
-             them back with their line boundaries"
-        );
+    if canonical && lflag & libc::EXTPROC != 0 && input_len > 0 {
+        bail!("{input_len} bytes typed into it wait unread in canonical mode with EXTPROC: crust cannot tell their lines apart");
     }
     if input_len >= LDISC_BUFFER - 1 {
         bail!("{input_len} bytes typed into it wait unread; crust keeps at most {}", LDISC_BUFFER - 2);
     }
-    let output = read_queued(m, output_len, record.packet_mode).context("reading the bytes its slave wrote")?;
-    let input = if canonical { unfinished_line(m, s, settings)? } else { read_queued(s, input_len, false)? };
-    refill(m, s, settings, &output, &input).context("putting the queued bytes back")?;
-    Ok((output, input))
+    let mut queues = Queues { output: read_queued(m, output_len, record.packet_mode).context("reading the bytes its slave wrote")?, ..Default::default() };
+    if canonical {
+        queues.lines = finished_lines(s).context("reading the lines typed into it")?;
+        queues.input = unfinished_line(m, s, settings)?;
+    } else {
+        queues.input = read_queued(s, input_len, false)?;
+    }
+    refill(m, s, settings, &queues).context("putting the queued bytes back")?;
+    Ok(queues)
+}
+
+/// The finished lines waiting in a canonical slave: one read returns one line (an end of file
+/// typed at the start of a line: an empty one), and a poll tells whether one waits.
+fn finished_lines(s: BorrowedFd) -> Result<Vec<Vec<u8>>> {
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; LDISC_BUFFER];
+    while poll_now(s, libc::POLLIN)? & libc::POLLIN != 0 {
+        if lines.len() >= LDISC_BUFFER {
+            bail!("lines keep coming");
+        }
+        let n = nix::unistd::read(s, &mut buf).context("read")?;
+        lines.push(buf[..n].to_vec());
+    }
+    Ok(lines)
 }
 
 /// The unfinished line of a canonical slave: visible only with ICANON off (the kernel then
@@ -347,29 +389,86 @@ fn read_queued(fd: BorrowedFd, len: usize, packet: bool) -> Result<Vec<u8>> {
     bail!("only {} of the {len} bytes queued could be read", out.len())
 }
 
-/// Puts queued bytes into a pair: `output` through the slave `s` (into the master's buffer,
-/// with OPOST off), `input` through the master `m` (into the slave's buffer, with echo, signal
-/// characters and input translation off), then the settings back.
-fn refill(m: BorrowedFd, s: BorrowedFd, settings: &Settings, output: &[u8], input: &[u8]) -> Result<()> {
-    if output.is_empty() && input.is_empty() {
+/// Puts queued bytes into a pair: the output through the slave `s` (into the master's buffer,
+/// with OPOST off), the input through the master `m` (into the slave's buffer, with echo,
+/// signal characters and input translation off), then the settings back.
+fn refill(m: BorrowedFd, s: BorrowedFd, settings: &Settings, q: &Queues) -> Result<()> {
+    if q.is_empty() {
         return Ok(());
     }
-    let mut quiet = settings.termios;
-    quiet.c_oflag &= !libc::OPOST;
-    quiet.c_iflag = 0;
-    quiet.c_lflag &= !(libc::ISIG | libc::IEXTEN | libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ECHOCTL | libc::ECHOKE);
+    let quiet = quiet_settings(&settings.termios);
     terminal::set_termios(m, &quiet)?;
-    let written = write_and_settle(s, m, output, bytes_queued(m)? + output.len())
+    let written = write_and_settle(s, m, &q.output, bytes_queued(m)? + q.output.len())
         .context("into the master's buffer")
         .and_then(|()| {
-            let canonical = settings.termios.c_lflag & libc::ICANON != 0;
-            // An unfinished line is not counted by FIONREAD: a poll of the slave waits for the
-            // kernel to hand it over.
-            let expect = if canonical { 0 } else { bytes_queued(s)? + input.len() };
-            write_and_settle(m, s, input, expect).context("into the slave's buffer")
+            // FIONREAD counts the bytes of finished lines (an unfinished line only in
+            // non-canonical mode, where all are lines).
+            let counted: usize = q.lines.iter().map(Vec::len).sum::<usize>() + if quiet.c_lflag & libc::ICANON == 0 { q.input.len() } else { 0 };
+            write_and_settle(m, s, &typed_stream(q, &quiet), bytes_queued(s)? + counted).context("into the slave's buffer")?;
+            if !q.lines.is_empty() && !q.input.is_empty() && quiet.c_lflag & libc::ICANON != 0 {
+                // The unfinished line came in the same write, after the lines counted: the
+                // kernel hands it over in the same pass, give it a moment all the same.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
         });
     terminal::set_termios(m, &settings.termios)?;
     written
+}
+
+/// The settings bytes are put back with: no output processing, no input translation, no
+/// echo, no signal characters; in canonical mode IEXTEN with a VLNEXT character (to type
+/// special characters literally), the line discipline's buffer untouched (ICANON unchanged).
+fn quiet_settings(termios: &libc::termios2) -> libc::termios2 {
+    let mut quiet = *termios;
+    quiet.c_oflag &= !libc::OPOST;
+    quiet.c_iflag = 0;
+    quiet.c_lflag &= !(libc::ISIG | libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ECHOCTL | libc::ECHOKE);
+    if quiet.c_lflag & libc::ICANON != 0 {
+        quiet.c_lflag |= libc::IEXTEN;
+        let cc = quiet.c_cc;
+        let others = [cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT]];
+        // ^V if free, else the first control character no other special one uses.
+        let lnext = std::iter::once(0x16u8).chain(1..0x20).find(|c| *c != b'\n' && !others.contains(c)).unwrap_or(0x16);
+        quiet.c_cc[libc::VLNEXT] = lnext;
+    }
+    quiet
+}
+
+/// The bytes to type into the master, under `quiet`, that queue `q`'s input again. Canonical:
+/// every character the line discipline would act on is typed after VLNEXT (so it is stored
+/// as it is), but a line's own end; a line ended by end of file gets VEOF.
+fn typed_stream(q: &Queues, quiet: &libc::termios2) -> Vec<u8> {
+    if quiet.c_lflag & libc::ICANON == 0 {
+        return q.input.clone();
+    }
+    let cc = &quiet.c_cc;
+    let lnext = cc[libc::VLNEXT];
+    let special = [b'\n', cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT], lnext];
+    let ends = [b'\n', cc[libc::VEOL], cc[libc::VEOL2]];
+    let mut out = Vec::new();
+    let literally = |out: &mut Vec<u8>, bytes: &[u8]| {
+        for &c in bytes {
+            if special.contains(&c) {
+                out.push(lnext);
+            }
+            out.push(c);
+        }
+    };
+    for line in &q.lines {
+        match line.split_last() {
+            Some((end, body)) if ends.contains(end) => {
+                literally(&mut out, body);
+                out.push(*end);
+            }
+            _ => {
+                literally(&mut out, line);
+                out.push(cc[libc::VEOF]);
+            }
+        }
+    }
+    literally(&mut out, &q.input);
+    out
 }
 
 /// Writes `data` to `to` and waits (2 s at most) until `from` counts `expect` bytes queued
@@ -468,11 +567,11 @@ fn finish_pair(ctx: &mut RestoreCtx, file: &OpenFile, record: &Pty) -> Result<()
     let work = ctx.work_fd_floor + file.id as i32;
     let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), work)?;
     let m = copy.as_fd();
-    let needs_slave = record.slave_closed || record.slave_exclusive || !record.output_queued.is_empty() || !record.input_queued.is_empty();
-    if needs_slave {
+    let queues = Queues::of(record);
+    if record.slave_closed || record.slave_exclusive || !queues.is_empty() {
         let settings = settings_from_record(record.settings.as_ref().context("a master record without settings")?)?;
         let slave = terminal::open_peer(m, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)?;
-        refill(m, slave.as_fd(), &settings, &record.output_queued, &record.input_queued)?;
+        refill(m, slave.as_fd(), &settings, &queues)?;
         if record.slave_exclusive {
             terminal::set_exclusive(slave.as_fd())?;
         }
