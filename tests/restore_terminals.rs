@@ -396,7 +396,8 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 /// `outside` (the master is shared with the parent, outside the dump), `slave_outside` (the
 /// child holds the master, the parent its slave), `status` (packet mode with a status byte unread), `full` (5000 bytes
 /// written on the slave, more than the master's buffer holds), `session` (the slave is the
-/// controlling terminal of the parent's session). After `.go` the child checks
+/// controlling terminal of the parent's session), `extproc` (a line waiting in canonical mode
+/// with EXTPROC). After `.go` the child checks
 /// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
 import fcntl, os, signal, struct, sys, termios, time
@@ -428,6 +429,11 @@ child = os.fork()
 if child == 0:
     if mode == "slave_outside":
         os.close(slave)
+    if mode == "extproc":
+        t = termios.tcgetattr(slave)
+        t[3] |= 0x10000
+        termios.tcsetattr(slave, termios.TCSANOW, t)
+        os.write(master, b"line one\n")
     if mode == "status":
         fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
         termios.tcflush(slave, termios.TCOFLUSH)
@@ -440,7 +446,7 @@ if child == 0:
     wait_go()
     if mode == "session":
         os.write(master, b"line one\n")
-    if mode in ("outside", "session"):
+    if mode in ("outside", "session", "extproc"):
         got = os.read(slave, 100)
         ok = got == b"line one\n"
     elif mode == "slave_outside":
@@ -502,6 +508,13 @@ fn pty_slave_held_outside_the_tree_is_refused() {
 #[test]
 fn pty_terminal_of_a_session_led_outside_the_tree_is_refused() {
     refused_pty("session", &["controlling terminal of session", "whose leader is not dumped"]);
+}
+
+/// Input waiting in canonical mode with EXTPROC (the kernel then shows no line boundaries) is
+/// refused and left in place.
+#[test]
+fn pty_input_waiting_with_extproc_is_refused_and_left_in_place() {
+    refused_pty("extproc", &["EXTPROC"]);
 }
 
 /// A packet-mode status byte not read yet cannot be put back: refused, and still there.
