@@ -395,12 +395,13 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 /// Holds a pseudo-terminal in a way crust refuses, in a child `crust dump -t` is pointed at:
 /// `outside` (the master is shared with the parent, outside the dump), `slave_outside` (the
 /// child holds the master, the parent its slave), `status` (packet mode with a status byte unread), `full` (5000 bytes
-/// written on the slave, more than the master's buffer holds), `session` (the slave is the
+/// written on the slave, more than the master's buffer holds), `full_input` (5000 bytes typed
+/// into a raw slave), `session` (the slave is the
 /// controlling terminal of the parent's session), `extproc` (a line waiting in canonical mode
 /// with EXTPROC). After `.go` the child checks
 /// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
-import fcntl, os, signal, struct, sys, termios, time
+import fcntl, os, signal, struct, sys, termios, time, tty
 status, mode = sys.argv[1], sys.argv[2]
 def st(line):
     with open(status, "a") as f:
@@ -440,6 +441,10 @@ if child == 0:
     if mode == "full":
         os.set_blocking(slave, False)
         os.write(slave, b"x" * 5000)
+    if mode == "full_input":
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        os.write(master, b"x" * 5000)
     if mode != "outside":
         time.sleep(0.2)
         st("READY parent=%d child=%d" % (os.getppid(), os.getpid()))
@@ -459,6 +464,9 @@ if child == 0:
     elif mode == "status":
         got = os.read(master, 100)
         ok = len(got) == 1 and got != b"\0"
+    elif mode == "full_input":
+        got = read_all(slave, 5000)
+        ok = got == b"x" * 5000
     else:
         got = read_all(master, 5000)
         ok = got == b"x" * 5000
@@ -501,6 +509,12 @@ fn refused_pty(mode: &str, expect: &[&str]) {
 #[test]
 fn pty_slave_held_outside_the_tree_is_refused() {
     refused_pty("slave_outside", &["pseudo-terminal master", "also open in pid"]);
+}
+
+/// More input than the slave's buffer holds is refused; every byte is still read afterwards.
+#[test]
+fn pty_input_beyond_the_slaves_buffer_is_refused_and_left_in_place() {
+    refused_pty("full_input", &["typed into it wait unread"]);
 }
 
 /// A pair that is the controlling terminal of a session led outside the tree is refused (the
