@@ -13,8 +13,9 @@ fn fanotify_fdinfo(pid: i32, fd: &str) -> Vec<String> {
     lines
 }
 
-/// A notification group with a mark on a file, one on a directory with FAN_EVENT_ON_CHILD and
-/// an ignore-only mark surviving modification on a file in it: restored with the same flags
+/// A notification group with a mark on a file, one on a directory with FAN_EVENT_ON_CHILD,
+/// ignore-only marks surviving modification on two files in it (the older ignored mask and
+/// FAN_MARK_IGNORE) and an evictable mark: restored with the same flags
 /// and marks (fdinfo, from /proc), nothing queued by the restore, and from inside the events
 /// a write and the opens give are exactly those the marks ask for.
 #[test]
@@ -22,10 +23,23 @@ fn fanotify_group_comes_back_with_its_inode_marks() {
     let mut w = Workload::spawn("fanotify", &[]);
     let fan = w.ready_field("fan");
     let before = fanotify_fdinfo(w.pid, &fan);
-    assert_eq!(before.len(), 4, "flags and three marks: {before:?}");
+    assert_eq!(before.len(), 6, "flags and five marks: {before:?}");
     w.dump();
     w.restore_detached();
     assert_eq!(fanotify_fdinfo(w.pid, &fan), before, "fdinfo of the group after restore");
+    w.go().assert_pass();
+}
+
+/// A group reporting directory file handles and names (FAN_REPORT_DFID_NAME, events without
+/// fds) comes back with those flags: a create in the marked directory is reported by name.
+#[test]
+fn fanotify_group_reporting_names_comes_back() {
+    let mut w = Workload::spawn("fanotify", &["fid"]);
+    let fan = w.ready_field("fan");
+    let before = fanotify_fdinfo(w.pid, &fan);
+    w.dump();
+    w.restore_detached();
+    assert_eq!(fanotify_fdinfo(w.pid, &fan), before);
     w.go().assert_pass();
 }
 

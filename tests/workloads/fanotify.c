@@ -6,6 +6,12 @@
  *   <status>.d        FAN_OPEN|FAN_EVENT_ON_CHILD (opens of the files in it)
  *   <status>.d/quiet  only an ignore mask, FAN_OPEN, surviving modification: opening it
  *                     makes no event
+ *   <status>.d/quiet2 the same with FAN_MARK_IGNORE (the newer kind of ignore mask)
+ *   <status>.e        FAN_MODIFY, FAN_MARK_EVICTABLE
+ *
+ * With argv[2] "fid": a group reporting directory file handles and names
+ * (FAN_REPORT_DFID_NAME) with a mark on <status>.d for FAN_CREATE: after the restore,
+ * creating <status>.d/new gives one FAN_CREATE event without an fd, naming "new".
  *
  * With argv[2] "mount", a mount mark on the directory's mount instead; "fs", a filesystem
  * mark; "perm", a group of
@@ -19,10 +25,13 @@
  */
 #include "common.h"
 #include <sys/fanotify.h>
+#ifndef FAN_MARK_IGNORE
+#define FAN_MARK_IGNORE 0x00000400
+#endif
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
-static char file[4200], dir[4200], quiet[4300], other[4300];
+static char file[4200], dir[4200], quiet[4300], other[4300], quiet2[4300], evict[4200];
 
 static void mark(int fan, unsigned flags, uint64_t mask, const char *path)
 {
@@ -71,6 +80,43 @@ static void events(int fan, char *out, size_t n)
 	}
 }
 
+/* A group reporting directory handles and names: one FAN_CREATE for "new" after the restore. */
+static int fid_group(void)
+{
+	int fan = fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_DFID_NAME | FAN_NONBLOCK | FAN_CLOEXEC, O_RDONLY);
+	if (fan < 0)
+		die("fanotify_init(FAN_REPORT_DFID_NAME): %s", strerror(errno));
+	mark(fan, 0, FAN_CREATE | FAN_ONDIR, dir);
+	status("READY pid=%d fan=%d", getpid(), fan);
+	while (!go_requested())
+		sleep_ms(10);
+	int queued = -1;
+	ioctl(fan, FIONREAD, &queued);
+	CHECK(queued == 0, "%d bytes of events queued after restore", queued);
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/new", dir);
+	touch(path);
+	char buf[4096] __attribute__((aligned(8)));
+	ssize_t k = -1;
+	for (int i = 0; i < 100 && k < 0; i++) {
+		k = read(fan, buf, sizeof(buf));
+		if (k < 0)
+			sleep_ms(10);
+	}
+	struct fanotify_event_metadata *ev = (void *)buf;
+	CHECK(k > 0 && FAN_EVENT_OK(ev, k), "no event after a create (%zd)", k);
+	if (k > 0 && FAN_EVENT_OK(ev, k)) {
+		CHECK(ev->mask == FAN_CREATE && ev->fd == FAN_NOFD, "event mask %llx fd %d", (unsigned long long)ev->mask, ev->fd);
+		struct fanotify_event_info_fid *fid = (void *)(ev + 1);
+		struct file_handle *fh = (void *)fid->handle;
+		const char *name = (const char *)fh->f_handle + fh->handle_bytes;
+		CHECK(fid->hdr.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && !strcmp(name, "new"), "event info type %d name %s",
+		      fid->hdr.info_type, name);
+		CHECK(k == (ssize_t)ev->event_len, "%zd bytes of events, the first is %u: more than one event", k, ev->event_len);
+	}
+	finish("fanotify fid");
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -81,11 +127,17 @@ int main(int argc, char **argv)
 	snprintf(dir, sizeof(dir), "%s.d", argv[1]);
 	snprintf(quiet, sizeof(quiet), "%s/quiet", dir);
 	snprintf(other, sizeof(other), "%s/other", dir);
+	snprintf(quiet2, sizeof(quiet2), "%s/quiet2", dir);
+	snprintf(evict, sizeof(evict), "%s.e", argv[1]);
 	if (mkdir(dir, 0755) < 0)
 		die("mkdir %s: %s", dir, strerror(errno));
 	touch(file);
 	touch(quiet);
 	touch(other);
+	touch(quiet2);
+	touch(evict);
+	if (!strcmp(mode, "fid"))
+		return fid_group();
 	int fan = fanotify_init(class | FAN_NONBLOCK | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
 	if (fan < 0)
 		die("fanotify_init: %s", strerror(errno));
@@ -97,6 +149,8 @@ int main(int argc, char **argv)
 		mark(fan, 0, FAN_MODIFY | FAN_CLOSE_WRITE, file);
 		mark(fan, 0, FAN_OPEN | FAN_EVENT_ON_CHILD, dir);
 		mark(fan, FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY, FAN_OPEN, quiet);
+		mark(fan, FAN_MARK_IGNORE | FAN_MARK_IGNORED_SURV_MODIFY, FAN_OPEN, quiet2);
+		mark(fan, FAN_MARK_EVICTABLE, FAN_MODIFY, evict);
 	}
 	drain(fan);
 	if (!strcmp(mode, "queued"))
@@ -119,9 +173,11 @@ int main(int argc, char **argv)
 	events(fan, out, sizeof(out));
 	snprintf(want, sizeof(want), "%x:%s", FAN_MODIFY | FAN_CLOSE_WRITE, file);
 	CHECK(strcmp(out, want) == 0, "write to the file: events [%s], expected [%s]", out, want);
-	int q = open(quiet, O_RDONLY | O_CLOEXEC);
-	if (q >= 0)
-		close(q);
+	for (int i = 0; i < 2; i++) {
+		int q = open(i ? quiet2 : quiet, O_RDONLY | O_CLOEXEC);
+		if (q >= 0)
+			close(q);
+	}
 	int o = open(other, O_RDONLY | O_CLOEXEC);
 	if (o >= 0)
 		close(o);
