@@ -66,16 +66,54 @@ fn refused(mode: &str, expect: &str) {
     assert_eq!(fanotify_fdinfo(w.pid, &fan), before);
 }
 
-/// A mount mark (crust restores inode marks only).
-#[test]
-fn fanotify_mount_mark_is_refused() {
-    refused("mount", "a fanotify mount mark");
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct PrivateMount(std::path::PathBuf);
+
+impl PrivateMount {
+    fn new(dir: &std::path::Path) -> PrivateMount {
+        let path = dir.join("mnt");
+        std::fs::create_dir_all(&path).unwrap();
+        let c = std::ffi::CString::new(path.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: mount reads three NUL-terminated strings, live locals; no data argument.
+        let r = unsafe { libc::mount(c"tmpfs".as_ptr(), c.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(r, 0, "mount tmpfs on {}: {}", path.display(), std::io::Error::last_os_error());
+        PrivateMount(path)
+    }
 }
 
-/// A filesystem mark.
+impl Drop for PrivateMount {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: umount2 reads one NUL-terminated string, a live local.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A mount mark (FAN_MARK_MOUNT) or a filesystem mark (FAN_MARK_FILESYSTEM), on a tmpfs of the
+/// test's own (nobody else makes events there): restored on the same mount (same mount id in
+/// fdinfo) or filesystem, reporting what happens on it.
+fn mount_or_filesystem_mark(mode: &str) {
+    let dir = TempDir::new("fanotify-mount");
+    let mount = PrivateMount::new(&dir.path);
+    let mut w = Workload::spawn("fanotify", &[mode, &mount.0.to_string_lossy()]);
+    let fan = w.ready_field("fan");
+    let before = fanotify_fdinfo(w.pid, &fan);
+    assert_eq!(before.len(), 2, "flags and one mark: {before:?}");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(fanotify_fdinfo(w.pid, &fan), before, "fdinfo of the group after restore");
+    w.go().assert_pass();
+    drop(w);
+}
+
 #[test]
-fn fanotify_filesystem_mark_is_refused() {
-    refused("fs", "a fanotify filesystem mark");
+fn fanotify_mount_mark_comes_back() {
+    mount_or_filesystem_mark("mount");
+}
+
+#[test]
+fn fanotify_filesystem_mark_comes_back() {
+    mount_or_filesystem_mark("fs");
 }
 
 /// A group of permission events: the restore's own opens would wait for its answers.

@@ -13,9 +13,10 @@
  * (FAN_REPORT_DFID_NAME) with a mark on <status>.d for FAN_CREATE: after the restore,
  * creating <status>.d/new gives one FAN_CREATE event without an fd, naming "new".
  *
- * With argv[2] "mount", a mount mark on the directory's mount instead; "fs", a filesystem
- * mark; "perm", a group of
- * permission events (FAN_CLASS_CONTENT); "queued", an event left unread (crust refuses each).
+ * With argv[2] "mount" or "fs" and argv[3] a directory on a file system of its own, only a
+ * mount mark (FAN_CLOSE_WRITE) or a filesystem mark (FAN_OPEN) on it: after the restore,
+ * writing ARGV3/w (or opening ARGV3/o) gives that one event for it. "perm": a group of
+ * permission events (FAN_CLASS_CONTENT); "queued": an event left unread (refused by crust).
  *
  *   READY pid=N fan=FD
  *
@@ -31,7 +32,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
-static char file[4200], dir[4200], quiet[4300], other[4300], quiet2[4300], evict[4200];
+static char file[4200], dir[4200], quiet[4300], other[4300], quiet2[4300], evict[4200], on_fs[4300];
 
 static void mark(int fan, unsigned flags, uint64_t mask, const char *path)
 {
@@ -141,10 +142,12 @@ int main(int argc, char **argv)
 	int fan = fanotify_init(class | FAN_NONBLOCK | FAN_CLOEXEC, O_RDONLY | O_LARGEFILE);
 	if (fan < 0)
 		die("fanotify_init: %s", strerror(errno));
-	if (mount_mark) {
-		mark(fan, FAN_MARK_MOUNT, FAN_CLOSE_WRITE, dir);
-	} else if (!strcmp(mode, "fs")) {
-		mark(fan, FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, dir);
+	if (mount_mark || !strcmp(mode, "fs")) {
+		if (argc < 4)
+			die("mode %s needs a directory", mode);
+		snprintf(on_fs, sizeof(on_fs), "%s/%s", argv[3], mount_mark ? "w" : "o");
+		touch(on_fs);
+		mark(fan, mount_mark ? FAN_MARK_MOUNT : FAN_MARK_FILESYSTEM, mount_mark ? FAN_CLOSE_WRITE : FAN_OPEN, argv[3]);
 	} else {
 		mark(fan, 0, FAN_MODIFY | FAN_CLOSE_WRITE, file);
 		mark(fan, 0, FAN_OPEN | FAN_EVENT_ON_CHILD, dir);
@@ -164,6 +167,18 @@ int main(int argc, char **argv)
 	CHECK(queued == 0, "%d bytes of events queued after restore", queued);
 	CHECK((fcntl(fan, F_GETFL) & O_NONBLOCK) != 0, "the group lost O_NONBLOCK");
 	char out[2048], want[9000];
+	if (*on_fs) {
+		int t = open(on_fs, (mount_mark ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
+		if (t < 0 || (mount_mark && write(t, "x", 1) != 1))
+			check_failed("using %s: %s", on_fs, strerror(errno));
+		if (t >= 0)
+			close(t);
+		sleep_ms(50);
+		events(fan, out, sizeof(out));
+		snprintf(want, sizeof(want), "%x:%s", mount_mark ? FAN_CLOSE_WRITE : FAN_OPEN, on_fs);
+		CHECK(strcmp(out, want) == 0, "%s mark: events [%s], expected [%s]", mode, out, want);
+		finish("fanotify %s mark", mode);
+	}
 	int w = open(file, O_WRONLY | O_CLOEXEC);
 	if (w < 0 || write(w, "x", 1) != 1)
 		check_failed("writing %s: %s", file, strerror(errno));

@@ -389,6 +389,28 @@ fn in_directory<T>(dir: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
+/// One line of /proc/self/mountinfo: "36 35 98:0 /mnt1 /mnt/parent rw,...".
+pub struct Mount {
+    pub id: u64,
+    /// The kernel's dev_t of the filesystem: major << 20 | minor.
+    pub sdev: u64,
+    /// The directory of the filesystem mounted there ("/": all of it).
+    pub root: String,
+    pub mount_point: String,
+}
+
+/// crust's mounts (the dumped processes' are the same: other mount namespaces are refused).
+pub fn mounts() -> Result<Vec<Mount>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let parse = |l: &str| -> Option<Mount> {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        let sdev = major.parse::<u64>().ok()? << 20 | minor.parse::<u64>().ok()?;
+        Some(Mount { id: f[0].parse().ok()?, sdev, root: unescape(f.get(3)?), mount_point: unescape(f.get(4)?) })
+    };
+    Ok(text.lines().filter_map(parse).collect())
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();

@@ -1,28 +1,31 @@
-//! fanotify groups with their inode marks.
+//! fanotify groups with their marks on inodes, mounts and filesystems.
 //!
-//! Dump reads fdinfo: `fanotify flags:F event-flags:E`, then one line per mark; an inode mark
-//! is `fanotify ino:I sdev:D mflags:M mask:K ignored_mask:G fhandle-bytes:B fhandle-type:T
-//! f_handle:HEX` (numbers in hex), and its inode is found from the file handle as an inotify
-//! watch's is (opening nothing the group could notice). Refused by name: groups of permission
-//! events (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT: a restore's own opens would wait for the
-//! stopped listener's answer), mount and filesystem marks, events queued and not read yet, and
-//! a group also held outside the tree.
+//! Dump reads fdinfo: `fanotify flags:F event-flags:E`, then one line per mark (numbers in
+//! hex): `fanotify ino:I sdev:D mflags:M mask:K ignored_mask:G fhandle-bytes:B fhandle-type:T
+//! f_handle:HEX` for an inode, whose path is found from the file handle as an inotify watch's
+//! is (opening nothing the group could notice); `fanotify mnt_id:N mflags:...` for a mount,
+//! found by its id in mountinfo; `fanotify sdev:D mflags:...` for a filesystem, marked again
+//! through one of its mounts. Refused by name: groups of permission events
+//! (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT: a restore's own opens would wait for the stopped
+//! listener's answer), events queued and not read yet, and a group also held outside the tree.
 //!
 //! Restore creates the group with fanotify_init where the description is opened, and marks
-//! the inodes again once the first holder has its fds in place (after every open of the tree,
-//! so the restore's opens make no events in it): the mask with FAN_MARK_ADD (and
-//! FAN_MARK_EVICTABLE if it was), then the ignore mask with FAN_MARK_IGNORE or the older
-//! FAN_MARK_IGNORED_MASK as the mark had it (and FAN_MARK_IGNORED_SURV_MODIFY). The marks
-//! fdinfo shows then are checked to be the recorded ones. Events the restore still caused
-//! (opens of mapped files) are read away after every process's files.
+//! again once the first holder has its fds in place (after every open of the tree, so the
+//! restore's opens make no events in it): the mask with FAN_MARK_ADD (and FAN_MARK_EVICTABLE
+//! if it was), then the ignore mask with FAN_MARK_IGNORE or the older FAN_MARK_IGNORED_MASK as
+//! the mark had it (and FAN_MARK_IGNORED_SURV_MODIFY). The marks fdinfo shows then are checked
+//! to be the recorded ones. Events the restore still caused (opens of mapped files; on a
+//! mount or filesystem mark, anything on it meanwhile) are read away after every process's
+//! files.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 
-use super::common::{FileHandle, description_held_outside, fdinfo_hex, set_status_flags};
+use super::common::{FileHandle, Mount, description_held_outside, fdinfo_hex, mounts, set_status_flags};
 use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
+use crate::image::proto::fanotify_mark::Target;
 use crate::image::proto::{Fanotify, FanotifyMark, Files, OpenFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
@@ -35,6 +38,8 @@ pub struct Fanotifies;
 const FAN_PERMISSION_CLASSES: u32 = 0xc;
 const FAN_MARK_ADD: u32 = 0x1;
 const FAN_MARK_DONT_FOLLOW: u32 = 0x4;
+const FAN_MARK_MOUNT: u32 = 0x10;
+const FAN_MARK_FILESYSTEM: u32 = 0x100;
 const FAN_MARK_IGNORED_MASK: u32 = 0x20;
 const FAN_MARK_IGNORED_SURV_MODIFY: u32 = 0x40;
 const FAN_MARK_EVICTABLE: u32 = 0x200;
@@ -85,14 +90,7 @@ impl FdKind for Fanotifies {
     }
 
     fn precheck(file: &OpenFile, record: &Fanotify) -> Result<()> {
-        for m in &record.marks {
-            let meta = std::fs::symlink_metadata(&m.path)
-                .with_context(|| format!("open file #{}: {} (a fanotify mark) is gone since the dump", file.id, m.path))?;
-            if meta.dev() != m.dev || meta.ino() != m.inode {
-                bail!("open file #{}: {} (a fanotify mark) is another file than at dump time", file.id, m.path);
-            }
-        }
-        Ok(())
+        record.marks.iter().try_for_each(precheck_mark).with_context(|| format!("open file #{} (fanotify)", file.id))
     }
 
     fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Fanotify, _together: &mut Together) -> Result<i32> {
@@ -122,8 +120,32 @@ impl FdKind for Fanotifies {
     }
 }
 
-/// The group's (flags, event flags), refusing permission classes and marks crust cannot
-/// recreate, from fdinfo alone.
+/// What each mark is on is still there: the inode at its path, the mount at its mount point,
+/// the filesystem at the path recorded.
+fn precheck_mark(m: &FanotifyMark) -> Result<()> {
+    match m.target() {
+        Target::Inode => {
+            let meta = std::fs::symlink_metadata(&m.path).with_context(|| format!("{} (a mark) is gone since the dump", m.path))?;
+            if meta.dev() != m.dev || meta.ino() != m.inode {
+                bail!("{} (a mark) is another file than at dump time", m.path);
+            }
+        }
+        Target::Mount => {
+            if !mounts()?.iter().any(|mount| mount.id == m.mount_id && mount.mount_point == m.path) {
+                bail!("mount {} at {} (a mount mark) is not mounted there any more", m.mount_id, m.path);
+            }
+        }
+        Target::Filesystem => {
+            let meta = std::fs::metadata(&m.path).with_context(|| format!("{} (a filesystem mark) is gone", m.path))?;
+            if meta.dev() != m.dev {
+                bail!("{} (a filesystem mark) is on another filesystem than at dump time", m.path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The group's (flags, event flags), refusing permission classes, from fdinfo alone.
 fn parse_group(src: &FdSource) -> Result<(u32, u32)> {
     let (pid, fd) = (src.pid, src.fd);
     let head = src.fdinfo.lines().find(|l| l.starts_with("fanotify flags:")).with_context(|| format!("pid {pid} fd {fd}: fanotify fdinfo without its flags"))?;
@@ -136,14 +158,6 @@ fn parse_group(src: &FdSource) -> Result<(u32, u32)> {
              wait for its answers; crust checkpoints only notification groups (FAN_CLASS_NOTIF)"
         );
     }
-    for line in src.fdinfo.lines().filter(|l| l.starts_with("fanotify ") && !l.starts_with("fanotify flags:")) {
-        if line.starts_with("fanotify mnt_id:") {
-            bail!("pid {pid} fd {fd}: a fanotify mount mark ({line}): crust restores only inode marks");
-        }
-        if !line.starts_with("fanotify ino:") {
-            bail!("pid {pid} fd {fd}: a fanotify filesystem mark ({line}): crust restores only inode marks");
-        }
-    }
     Ok((flags, event_flags))
 }
 
@@ -151,7 +165,7 @@ fn dump(src: &FdSource) -> Result<Fanotify> {
     let (pid, fd) = (src.pid, src.fd);
     let (flags, event_flags) = parse_group(src)?;
     let mut marks = Vec::new();
-    for line in src.fdinfo.lines().filter(|l| l.starts_with("fanotify ino:")) {
+    for line in mark_lines(src.fdinfo) {
         let mark = dump_mark(line, pid).with_context(|| format!("pid {pid} fd {fd}: fanotify mark {line:?}"))?;
         marks.push(mark);
     }
@@ -163,16 +177,66 @@ fn dump(src: &FdSource) -> Result<Fanotify> {
     Ok(Fanotify { flags, event_flags, marks, ..Default::default() })
 }
 
+/// The fdinfo lines of a group's marks.
+fn mark_lines(fdinfo: &str) -> impl Iterator<Item = &str> {
+    fdinfo.lines().filter(|l| l.starts_with("fanotify ") && !l.starts_with("fanotify flags:"))
+}
+
 fn dump_mark(line: &str, pid: i32) -> Result<FanotifyMark> {
-    let handle = FileHandle::parse(line)?;
-    Ok(FanotifyMark {
-        path: handle.path(pid)?,
-        dev: handle.dev(),
-        inode: handle.inode,
+    let mut mark = FanotifyMark {
         mflags: fdinfo_hex(line, "mflags")? as u32,
         mask: fdinfo_hex(line, "mask")?,
         ignored_mask: fdinfo_hex(line, "ignored_mask")?,
-    })
+        ..Default::default()
+    };
+    if line.starts_with("fanotify ino:") {
+        let handle = FileHandle::parse(line)?;
+        (mark.path, mark.dev, mark.inode) = (handle.path(pid)?, handle.dev(), handle.inode);
+    } else if line.starts_with("fanotify mnt_id:") {
+        let id = fdinfo_hex(line, "mnt_id")?;
+        let mount = mounts()?.into_iter().find(|m| m.id == id);
+        let mount = mount.with_context(|| format!("mount {id} is not one crust sees (another mount namespace?)"))?;
+        (mark.target, mark.mount_id, mark.path) = (Target::Mount as i32, id, mount.mount_point);
+    } else {
+        let sdev = fdinfo_hex(line, "sdev")?;
+        let mut of_fs: Vec<Mount> = mounts()?.into_iter().filter(|m| m.sdev == sdev).collect();
+        // A mount of the whole filesystem, if there is one.
+        of_fs.sort_by_key(|m| m.root != "/");
+        let mount = of_fs.into_iter().next().with_context(|| format!("no mount of device {sdev:#x} is visible to crust"))?;
+        (mark.target, mark.dev, mark.path) = (Target::Filesystem as i32, user_dev(sdev), mount.mount_point);
+    }
+    Ok(mark)
+}
+
+/// st_dev as user space sees it, from the kernel's dev_t (major << 20 | minor).
+fn user_dev(sdev: u64) -> u64 {
+    libc::makedev((sdev >> 20) as u32, (sdev & 0xfffff) as u32)
+}
+
+/// What identifies a mark and what it asks, the same from the record and from fdinfo:
+/// (target, object, mark flags, mask, ignore mask); the object is (device, inode) of an inode,
+/// (mount id, 0) of a mount, (device, 0) of a filesystem.
+type MarkKey = (i32, (u64, u64), u32, u64, u64);
+
+fn key_of_line(line: &str) -> Result<MarkKey> {
+    let (target, object) = if line.starts_with("fanotify ino:") {
+        let h = FileHandle::parse(line)?;
+        (Target::Inode, (h.dev(), h.inode))
+    } else if line.starts_with("fanotify mnt_id:") {
+        (Target::Mount, (fdinfo_hex(line, "mnt_id")?, 0))
+    } else {
+        (Target::Filesystem, (user_dev(fdinfo_hex(line, "sdev")?), 0))
+    };
+    Ok((target as i32, object, fdinfo_hex(line, "mflags")? as u32, fdinfo_hex(line, "mask")?, fdinfo_hex(line, "ignored_mask")?))
+}
+
+fn key_of_mark(m: &FanotifyMark) -> MarkKey {
+    let object = match m.target() {
+        Target::Inode => (m.dev, m.inode),
+        Target::Mount => (m.mount_id, 0),
+        Target::Filesystem => (m.dev, 0),
+    };
+    (m.target, object, m.mflags, m.mask, m.ignored_mask)
 }
 
 /// Marks the inodes of the groups this process marks again, once its fds are in place, with
@@ -198,15 +262,21 @@ fn mark_again(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
 }
 
 fn add_mark(ctx: &mut RestoreCtx, fd: i32, m: &FanotifyMark) -> Result<()> {
-    let evictable = m.mflags & FAN_MARK_EVICTABLE;
+    let object = match m.target() {
+        Target::Inode => FAN_MARK_DONT_FOLLOW,
+        Target::Mount => FAN_MARK_MOUNT,
+        Target::Filesystem => FAN_MARK_FILESYSTEM,
+    };
+    // The object marked, and FAN_MARK_EVICTABLE (given when the mark is created).
+    let evictable = m.mflags & FAN_MARK_EVICTABLE | object;
     let survives = m.mflags & FAN_MARK_IGNORED_SURV_MODIFY;
     let ignore_style = if m.mflags & FAN_MARK_IGNORE != 0 { FAN_MARK_IGNORE } else { FAN_MARK_IGNORED_MASK };
     let mut calls = Vec::new();
     if m.mask != 0 {
-        calls.push((FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW | evictable, m.mask));
+        calls.push((FAN_MARK_ADD | evictable, m.mask));
     }
     if m.ignored_mask != 0 || survives != 0 {
-        calls.push((FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW | evictable | ignore_style | survives, m.ignored_mask));
+        calls.push((FAN_MARK_ADD | evictable | ignore_style | survives, m.ignored_mask));
     }
     for (flags, mask) in calls {
         let addr = ctx.remote.put_path(0, &m.path)?;
@@ -221,16 +291,12 @@ fn add_mark(ctx: &mut RestoreCtx, fd: i32, m: &FanotifyMark) -> Result<()> {
     Ok(())
 }
 
-/// The marks the restored group shows are the recorded ones (same inodes, flags and masks).
+/// The marks the restored group shows are the recorded ones (same objects, flags and masks).
 fn check_marks(pid: i32, record: &Fanotify) -> Result<()> {
     let fd = record.marked_by_fd;
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-    let mut now = Vec::new();
-    for line in fdinfo.lines().filter(|l| l.starts_with("fanotify ino:")) {
-        let h = FileHandle::parse(line)?;
-        now.push((h.dev(), h.inode, fdinfo_hex(line, "mflags")? as u32, fdinfo_hex(line, "mask")?, fdinfo_hex(line, "ignored_mask")?));
-    }
-    let mut recorded: Vec<_> = record.marks.iter().map(|m| (m.dev, m.inode, m.mflags, m.mask, m.ignored_mask)).collect();
+    let mut now = mark_lines(&fdinfo).map(key_of_line).collect::<Result<Vec<_>>>()?;
+    let mut recorded: Vec<_> = record.marks.iter().map(key_of_mark).collect();
     now.sort();
     recorded.sort();
     if now != recorded {
