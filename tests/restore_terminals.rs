@@ -912,3 +912,64 @@ fn pty_typeahead_dump_leave_running_leaves_the_lines() {
     w.dump_with(&["-R"]).assert_success();
     w.go().assert_pass();
 }
+
+/// A session leader L whose terminal (a pair of its own) has in its foreground the group of
+/// G, a process of L's session that is not L's descendant (its parent exited; it was adopted
+/// by the test): dumping L is refused (the restored terminal could not give its foreground to
+/// a group that does not come back), and L goes on.
+const FOREGROUND_OUTSIDE: &str = r#"
+import fcntl, os, signal, sys, termios, time
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+leader = os.fork()
+if leader == 0:
+    os.setsid()
+    m, s = os.openpty()
+    fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+    r, w = os.pipe()
+    c = os.fork()
+    if c == 0:
+        g = os.fork()
+        if g == 0:
+            os.close(m)
+            os.close(s)
+            os.close(r)
+            os.setpgid(0, 0)
+            os.write(w, b"%d\n" % os.getpid())
+            os.close(w)
+            while True:
+                signal.pause()
+        os._exit(0)
+    os.close(w)
+    g = int(os.read(r, 100))
+    os.close(r)
+    os.waitpid(c, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.tcsetpgrp(s, g)
+    st("READY leader=%d g=%d" % (os.getpid(), g))
+    while not os.path.exists(status + ".go"):
+        time.sleep(0.01)
+    st("PASS leader went on")
+    os._exit(0)
+os.waitpid(leader, 0)
+"#;
+
+#[test]
+fn pty_foreground_group_outside_the_tree_is_refused() {
+    let mut w = Workload::spawn_program("fgoutside", "python3", &["-c", FOREGROUND_OUTSIDE, "status"]);
+    let line = w.wait_status_line("READY", READY_TIMEOUT);
+    let leader: i32 = ready_field(&line, "leader").unwrap().parse().unwrap();
+    let g: i32 = ready_field(&line, "g").unwrap().parse().unwrap();
+    w.own(leader);
+    w.own(g);
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let out = crust(["dump", "-t", &leader.to_string(), "-D", &img]);
+    out.assert_failure();
+    assert!(out.text().contains(&format!("has process group {g} in its foreground, in which no dumped process is")), "{out}");
+    assert!(out.text().contains(&format!("pid {leader} fd ")), "the refusal names pid and fd: {out}");
+    assert!(pid_exists(leader) && proc_state(leader) != Some('Z'), "the refused dump harmed the leader");
+    std::fs::write(w.go_path(), "go").unwrap();
+    w.wait_status_line("PASS", Duration::from_secs(10));
+}
