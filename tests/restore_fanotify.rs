@@ -55,15 +55,19 @@ fn fanotify_dump_leave_running_leaves_the_group() {
 }
 
 /// Refused by pid and fd, the process left as it was (its group's fdinfo unchanged).
+/// The process dumped is the one READY names (the workload, or its child in mode `shared`).
 fn refused(mode: &str, expect: &str) {
-    let w = Workload::spawn("fanotify", &[mode]);
+    let mut w = Workload::spawn("fanotify", &[mode]);
     let fan = w.ready_field("fan");
-    let before = fanotify_fdinfo(w.pid, &fan);
-    let out = w.dump_with(&[]);
+    let pid: i32 = w.ready_field("pid").parse().unwrap();
+    w.own(pid);
+    let before = fanotify_fdinfo(pid, &fan);
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let out = crust(["dump", "-t", &pid.to_string(), "-D", &img]);
     out.assert_failure();
-    assert!(out.text().contains(&format!("pid {} fd {fan}: {expect}", w.pid)), "{out}");
-    assert!(pid_exists(w.pid) && proc_state(w.pid) != Some('Z'), "the refused dump harmed the process");
-    assert_eq!(fanotify_fdinfo(w.pid, &fan), before);
+    assert!(out.text().contains(&format!("pid {pid} fd {fan}: {expect}")), "{out}");
+    assert!(pid_exists(pid) && proc_state(pid) != Some('Z'), "the refused dump harmed the process");
+    assert_eq!(fanotify_fdinfo(pid, &fan), before);
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -126,4 +130,10 @@ fn fanotify_permission_group_is_refused() {
 #[test]
 fn fanotify_with_events_queued_is_refused() {
     refused("queued", "fanotify has");
+}
+
+/// A group shared with a process outside the dump (the parent of the dumped child).
+#[test]
+fn fanotify_group_held_outside_the_tree_is_refused() {
+    refused("shared", "this fanotify group is also held by pid");
 }

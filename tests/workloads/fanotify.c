@@ -16,7 +16,8 @@
  * With argv[2] "mount" or "fs" and argv[3] a directory on a file system of its own, only a
  * mount mark (FAN_CLOSE_WRITE) or a filesystem mark (FAN_OPEN) on it: after the restore,
  * writing ARGV3/w (or opening ARGV3/o) gives that one event for it. "perm": a group of
- * permission events (FAN_CLASS_CONTENT); "queued": an event left unread (refused by crust).
+ * permission events (FAN_CLASS_CONTENT); "queued": an event left unread; "shared": the group
+ * shared with a child, whose pid READY gives (crust refuses each, dumping the child).
  *
  *   READY pid=N fan=FD
  *
@@ -31,6 +32,7 @@
 #endif
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 static char file[4200], dir[4200], quiet[4300], other[4300], quiet2[4300], evict[4200], on_fs[4300];
 
@@ -158,6 +160,18 @@ int main(int argc, char **argv)
 	drain(fan);
 	if (!strcmp(mode, "queued"))
 		touch(other);
+	if (!strcmp(mode, "shared")) {
+		pid_t child = fork();
+		if (child == 0) {
+			status("READY pid=%d fan=%d", getpid(), fan);
+			while (!go_requested())
+				sleep_ms(10);
+			_exit(0);
+		}
+		int st;
+		waitpid(child, &st, 0);
+		finish("shared group");
+	}
 	status("READY pid=%d fan=%d", getpid(), fan);
 	while (!go_requested())
 		sleep_ms(10);
