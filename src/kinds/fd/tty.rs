@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::common::{ShellJob, settings_from_record, settings_record};
 use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
@@ -87,9 +87,18 @@ impl FdKind for Terminals {
         Ok(())
     }
 
-    fn open(ctx: &mut RestoreCtx, file: &OpenFile, _record: &Tty, _together: &mut Together) -> Result<i32> {
+    fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Tty, _together: &mut Together) -> Result<i32> {
         // A shell job lives in crust's session: /dev/tty is crust's terminal. /dev/tty of a
-        // session of the tree is that session's terminal, taken again by its leader already.
+        // session of the tree is that session's terminal, taken again by its leader already:
+        // opened by a process of that session, never another terminal.
+        let pid = ctx.pid.as_raw();
+        if record.session != 0 && holder_session(pid)? != record.session {
+            bail!(
+                "/dev/tty of session {} would be opened by pid {pid}, of another session (the processes sharing it are in \
+                 different sessions); crust cannot give it that terminal",
+                record.session
+            );
+        }
         let open_flags = file.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_NOCTTY;
         ctx.open_in_process("/dev/tty", open_flags | libc::O_CLOEXEC)
     }
