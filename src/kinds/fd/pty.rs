@@ -528,7 +528,8 @@ fn create_pair(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
     let flags = master_file.flags;
     let mut spares = Vec::new();
     let found = loop {
-        let fd = ctx.open_in_process(&record.ptmx_path, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+        let access = flags as i32 & libc::O_ACCMODE;
+        let fd = ctx.open_in_process(&record.ptmx_path, access | libc::O_NOCTTY | libc::O_CLOEXEC)?;
         let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
         let got = terminal::pty_index(copy.as_fd())?;
         if got == index {
