@@ -397,7 +397,8 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 /// child holds the master, the parent its slave), `status` (packet mode with a status byte unread), `full` (5000 bytes
 /// written on the slave, more than the master's buffer holds), `full_input` (5000 bytes typed
 /// into a raw slave), `session` (the slave is the
-/// controlling terminal of the parent's session), `extproc` (a line waiting in canonical mode
+/// controlling terminal of the parent's session), `hungup` (the child holds only the slave, its
+/// master closed), `extproc` (a line waiting in canonical mode
 /// with EXTPROC). After `.go` the child checks
 /// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
@@ -435,6 +436,8 @@ if child == 0:
         t[3] |= 0x10000
         termios.tcsetattr(slave, termios.TCSANOW, t)
         os.write(master, b"line one\n")
+    if mode == "hungup":
+        os.close(master)
     if mode == "status":
         fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
         termios.tcflush(slave, termios.TCOFLUSH)
@@ -464,6 +467,12 @@ if child == 0:
     elif mode == "status":
         got = os.read(master, 100)
         ok = len(got) == 1 and got != b"\0"
+    elif mode == "hungup":
+        try:
+            got = os.read(slave, 100)
+        except OSError as e:
+            got = str(e).encode()
+        ok = got in (b"", b"[Errno 5] Input/output error")
     elif mode == "full_input":
         got = read_all(slave, 5000)
         ok = got == b"x" * 5000
@@ -522,6 +531,12 @@ fn pty_input_beyond_the_slaves_buffer_is_refused_and_left_in_place() {
 #[test]
 fn pty_terminal_of_a_session_led_outside_the_tree_is_refused() {
     refused_pty("session", &["controlling terminal of session", "whose leader is not dumped"]);
+}
+
+/// A slave whose master was closed (hung up) is refused, from the fd alone.
+#[test]
+fn pty_hung_up_slave_is_refused() {
+    refused_pty("hungup", &["whose master was closed"]);
 }
 
 /// Input waiting in canonical mode with EXTPROC (the kernel then shows no line boundaries) is

@@ -69,7 +69,12 @@ impl FdKind for Ptys {
         src.file_type() == libc::S_IFCHR && (is_ptmx(src.meta.rdev()) || slave_index(src).is_some())
     }
 
+    fn refuse_early(src: &FdSource) -> Result<()> {
+        refuse_hung_up(src)
+    }
+
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Pty>> {
+        refuse_hung_up(src)?;
         state.get::<ShellJob>().0 = src.shell_job;
         let record = dump(src).with_context(|| format!("pid {} fd {} ({})", src.pid, src.fd, src.link))?;
         let group = GROUP_TAG | record.index as u64;
@@ -158,13 +163,28 @@ fn is_ptmx(rdev: u64) -> bool {
     rdev == libc::makedev(5, 2)
 }
 
-/// N of a slave /dev/pts/N (majors 136-143).
+/// N of a slave /dev/pts/N (majors 136-143); a slave whose master was closed has its node
+/// removed ("/dev/pts/N (deleted)").
 fn slave_index(src: &FdSource) -> Option<u32> {
     let major = libc::major(src.meta.rdev());
     if !(136..=143).contains(&major) {
         return None;
     }
-    src.link.strip_prefix("/dev/pts/")?.parse().ok()
+    let name = src.link.strip_prefix("/dev/pts/")?;
+    name.strip_suffix(" (deleted)").unwrap_or(name).parse().ok()
+}
+
+/// A slave hung up by its master's close: refused (the refusal can be made from the fd alone).
+fn refuse_hung_up(src: &FdSource) -> Result<()> {
+    if slave_index(src).is_some() && src.link.ends_with(" (deleted)") {
+        bail!(
+            "pid {} fd {}: a terminal ({}) whose master was closed (hung up); crust cannot checkpoint it yet",
+            src.pid,
+            src.fd,
+            src.link
+        );
+    }
+    Ok(())
 }
 
 fn dump(src: &FdSource) -> Result<Pty> {
