@@ -761,10 +761,10 @@ fn session_leader_gets_its_terminal_back_although_only_its_child_holds_the_pair(
     w.go().assert_pass();
 }
 
-/// A shell (a session leader on the terminal) that runs `less FILE` as its foreground job.
-const LESS_SHELL: &str = r#"
+/// A shell (a session leader on the terminal) that runs ARGV[2:] as its foreground job.
+const JOB_SHELL: &str = r#"
 import os, signal, sys, time
-status, path = sys.argv[1], sys.argv[2]
+status, command = sys.argv[1], sys.argv[2:]
 job = os.fork()
 if job == 0:
     os.setpgid(0, 0)
@@ -773,7 +773,7 @@ if job == 0:
             break
         time.sleep(0.001)
     env = dict(os.environ, TERM="vt100", LESS="", LESSOPEN="", LESSHISTFILE="-")
-    os.execvpe("less", ["less", "-X", path], env)
+    os.execvpe(command[0], command, env)
 os.setpgid(job, job)
 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 os.tcsetpgrp(0, job)
@@ -800,7 +800,7 @@ fn less_comes_back_raw_and_takes_single_keys() {
     std::fs::write(&file, text).unwrap();
     let slave_for_shell = slave.try_clone().unwrap();
     let file_arg = file.to_string_lossy().into_owned();
-    let mut w = Workload::spawn_program_with("less", "setsid", &["-c", "python3", "-c", LESS_SHELL, "status", &file_arg], move |cmd| {
+    let mut w = Workload::spawn_program_with("less", "setsid", &["-c", "python3", "-c", JOB_SHELL, "status", "less", "-X", &file_arg], move |cmd| {
         on_terminal(cmd, &slave_for_shell);
     });
     let shell = w.pid;
@@ -987,4 +987,62 @@ fn pty_foreground_group_outside_the_tree_is_refused() {
     assert!(pid_exists(leader) && proc_state(leader) != Some('Z'), "the refused dump harmed the leader");
     std::fs::write(w.go_path(), "go").unwrap();
     w.wait_status_line("PASS", Duration::from_secs(10));
+}
+
+/// `script` run from a shell as its job: it puts the shell's terminal raw and runs `cat` on a
+/// pseudo-terminal pair of its own (cat a session leader with the pair's slave as its
+/// terminal, canonical with echo). Dumped and restored with -j: the outer terminal is raw
+/// again, and a line typed on it goes through script to the inner terminal (echoed there) and
+/// to cat, whose answer comes back out; ^D ends cat, script and crust.
+#[test]
+fn script_as_a_shell_job_comes_back_with_both_terminals() {
+    let (mut master, slave) = openpty();
+    let slave_for_shell = slave.try_clone().unwrap();
+    let args = ["-c", "python3", "-c", JOB_SHELL, "status", "script", "-q", "-c", "cat", "/dev/null"];
+    let mut w = Workload::spawn_program_with("scriptjob", "setsid", &args, move |cmd| on_terminal(cmd, &slave_for_shell));
+    let shell = w.pid;
+    let job: i32 = ready_field(&w.wait_status_line("READY", READY_TIMEOUT), "job").unwrap().parse().unwrap();
+    w.own(job);
+    wait_until("script has made the terminal raw and started cat", Duration::from_secs(10), || {
+        terminal_state(master.as_raw_fd()).0.c_lflag & libc::ICANON as u32 == 0
+            && children_of(job).iter().any(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "cat"))
+    });
+    let cat = *children_of(job).first().unwrap();
+    w.own(cat);
+    let mut seen = String::new();
+    master.write_all(b"before\r").unwrap();
+    assert!(read_until(&mut master, &mut seen, "before\r\nbefore\r\n"), "script and cat answer before the dump: {seen:?}");
+    let before = terminal_state(master.as_raw_fd());
+
+    let img = w.image_dir.to_string_lossy().into_owned();
+    crust(["dump", "-t", &job.to_string(), "-D", &img, "-j"]).assert_success();
+    // SAFETY: kill takes integers only; the shell is our child.
+    unsafe { libc::kill(shell, libc::SIGKILL) };
+    let _ = w.reap(Duration::from_secs(5));
+    let _ = waitpid_timeout(cat, Duration::from_secs(5));
+    assert!(wait_gone(job, Duration::from_secs(5)) && wait_gone(cat, Duration::from_secs(5)), "the job's pids still taken");
+    make_cooked(master.as_raw_fd());
+
+    let mut restore = Command::new("setsid");
+    restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
+    on_terminal(&mut restore, &slave);
+    let mut crust_proc = restore.spawn().unwrap();
+    wait_until("script restored and let go", Duration::from_secs(20), || {
+        pid_exists(cat) && proc_status_field(job, "TracerPid").as_deref() == Some("0")
+    });
+    let after = terminal_state(master.as_raw_fd());
+    assert!(same_state(&before, &after), "the outer terminal after restore:\n{}\nat dump:\n{}", describe(&after), describe(&before));
+    seen.clear();
+    master.write_all(b"after\r").unwrap();
+    assert!(read_until(&mut master, &mut seen, "after\r\nafter\r\n"), "script and cat answer after the restore: {seen:?}");
+    master.write_all(b"\x04").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = crust_proc.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "^D did not end cat and script: {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "crust restore -j exited with {status}");
 }
