@@ -670,7 +670,7 @@ impl Tree {
 
         self.lead_zombie_groups(img)?;
         self.join_process_groups(img)?;
-        self.set_terminal_foregrounds(img)?;
+        self.groups_exist(img)?;
         self.finish_zombies(img)?;
         self.finish_descriptions(img)?;
         crate::fault::point("restore-descriptions")?;
@@ -755,9 +755,9 @@ impl Tree {
             } else if p.core.pgid == pid {
                 building.remote.syscall("setpgid", libc::SYS_setpgid, &[0, 0])?;
             }
-            // A session leader whose terminal an ancestor recreated takes it before it opens
-            // its own files (/dev/tty among them).
-            crate::kinds::fd::pty::take_controlling_terminal(&mut self.ctx(img, pid)?, false)?;
+            // (A session leader whose terminal an ancestor recreated takes it now, before it
+            // opens /dev/tty among its files.)
+            files::session_set(&mut self.ctx(img, pid)?, false)?;
             if let Some(ids) = self.creators.get(&pid).cloned() {
                 let files: Vec<&OpenFile> =
                     img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
@@ -770,8 +770,8 @@ impl Tree {
             // after fork are shared again and inherited mappings are the same mappings.
             let mut ctx = self.ctx(img, pid)?;
             Memory::restore(&mut ctx, &p.mm).with_context(|| format!("restoring the memory of pid {pid}"))?;
-            // A session leader takes its terminal before it forks: its children inherit it.
-            crate::kinds::fd::pty::take_controlling_terminal(&mut ctx, true)?;
+            // What the children inherit (a session leader's terminal).
+            files::session_set(&mut ctx, true)?;
         } else if entry.zombie {
             return Ok(());
         }
@@ -868,12 +868,12 @@ impl Tree {
         Ok(())
     }
 
-    /// Session leaders whose terminal is a pseudo-terminal of the tree give its foreground to
-    /// the group that had it, now that every group exists.
-    fn set_terminal_foregrounds(&mut self, img: &LoadedImage) -> Result<()> {
+    /// What needs every process group (a terminal's foreground group, given by the session
+    /// leader).
+    fn groups_exist(&mut self, img: &LoadedImage) -> Result<()> {
         for pid in img.processes.keys() {
             let mut ctx = self.ctx(img, *pid)?;
-            crate::kinds::fd::pty::set_foreground_group(&mut ctx)?;
+            files::groups_exist(&mut ctx).with_context(|| format!("pid {pid}"))?;
         }
         Ok(())
     }

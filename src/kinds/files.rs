@@ -416,6 +416,23 @@ pub fn precheck(record: &OpenFiles) -> Result<()> {
     Ok(())
 }
 
+/// What the kinds do in a process once its session and group are set (see
+/// [`fd::FdKind::session_set`]).
+pub fn session_set(ctx: &mut RestoreCtx, before_forks: bool) -> Result<()> {
+    for kind in fd::KINDS {
+        kind.session_set(ctx, before_forks)?;
+    }
+    Ok(())
+}
+
+/// What the kinds do in a process once every process group exists.
+pub fn groups_exist(ctx: &mut RestoreCtx) -> Result<()> {
+    for kind in fd::KINDS {
+        kind.groups_exist(ctx)?;
+    }
+    Ok(())
+}
+
 /// Processes that need a description created before they fork although they hold no fd of
 /// it (see [`fd::FdKind::needed_by`]).
 pub fn needed_by(file: &OpenFile) -> Vec<u32> {

@@ -11,8 +11,11 @@
 //! ```text
 //!            dump (every fd of every frozen process)              restore
 //! files.rs   new description? --> KINDS: first `recognises` -->   precheck (before any process)
-//!                                  `dump` -> record, group        open (by the creating process)
-//!            every fd seen    --> every kind's `check_tree`       finish_descriptions (tree exists)
+//!                                  `dump` -> record, group        session_set (process created)
+//!            every fd seen    --> every kind's `check_tree`       open (by the creating process)
+//!                                                                 session_set (before its forks)
+//!                                                                 groups_exist (every group)
+//!                                                                 finish_descriptions (tree exists)
 //!                                                                 fds_in_place, after_files (per process)
 //! ```
 //!
@@ -160,6 +163,20 @@ pub trait FdKind: 'static {
     /// working fds): what needed the others (socket queues refilled with senders' credentials).
     fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &Self::Record)]) -> Result<()> {
         let _ = (ctx, files);
+        Ok(())
+    }
+    /// Restore, in each process once its session and group are set: with `before_forks`
+    /// false before it opens its descriptions, then with it true once they are open and its
+    /// memory restored, right before it forks its children (what they must inherit, like a
+    /// controlling terminal).
+    fn session_set(ctx: &mut RestoreCtx, before_forks: bool) -> Result<()> {
+        let _ = (ctx, before_forks);
+        Ok(())
+    }
+    /// Restore, in each process once every process group of the tree exists (a terminal's
+    /// foreground group).
+    fn groups_exist(ctx: &mut RestoreCtx) -> Result<()> {
+        let _ = ctx;
         Ok(())
     }
     /// Restore, in each process once its fds are at their numbers: what names fds of the
@@ -310,6 +327,8 @@ pub trait DynFdKind: Sync {
     fn open(&self, ctx: &mut RestoreCtx, file: &OpenFile, together: &mut Together) -> Result<i32>;
     /// Called with every description the process created; the kind takes its own.
     fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()>;
+    fn session_set(&self, ctx: &mut RestoreCtx, before_forks: bool) -> Result<()>;
+    fn groups_exist(&self, ctx: &mut RestoreCtx) -> Result<()>;
     fn fds_in_place(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()>;
     fn after_files(&self, ctx: &mut RestoreCtx) -> Result<()>;
     fn after_threads(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()>;
@@ -379,6 +398,12 @@ impl<K: FdKind> DynFdKind for Registered<K> {
             return Ok(());
         }
         K::finish_descriptions(ctx, &mine)
+    }
+    fn session_set(&self, ctx: &mut RestoreCtx, before_forks: bool) -> Result<()> {
+        K::session_set(ctx, before_forks)
+    }
+    fn groups_exist(&self, ctx: &mut RestoreCtx) -> Result<()> {
+        K::groups_exist(ctx)
     }
     fn fds_in_place(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
         K::fds_in_place(ctx, fds)

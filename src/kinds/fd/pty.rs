@@ -128,6 +128,16 @@ impl FdKind for Ptys {
         Ok(fd)
     }
 
+    /// A session leader takes its terminal back: before it opens its files if an ancestor
+    /// recreated the pair, in any case before it forks.
+    fn session_set(ctx: &mut RestoreCtx, before_forks: bool) -> Result<()> {
+        take_controlling_terminal(ctx, before_forks)
+    }
+
+    fn groups_exist(ctx: &mut RestoreCtx) -> Result<()> {
+        set_foreground_group(ctx)
+    }
+
     fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &Pty)]) -> Result<()> {
         for (file, record) in files.iter().filter(|(_, r)| r.master) {
             finish_pair(ctx, file, record).with_context(|| format!("finishing the pseudo-terminal pair /dev/pts/{}", record.index))?;
@@ -624,7 +634,7 @@ fn led_by(ctx: &RestoreCtx) -> Vec<(Pty, u32)> {
 /// its working fd. Called before it opens its own descriptions (its /dev/tty needs the
 /// terminal), when the pair exists by then, and again before it forks its children (they
 /// inherit the terminal), when the pair must exist.
-pub fn take_controlling_terminal(ctx: &mut RestoreCtx, required: bool) -> Result<()> {
+fn take_controlling_terminal(ctx: &mut RestoreCtx, required: bool) -> Result<()> {
     for (record, id) in led_by(ctx) {
         if has_controlling_terminal(ctx.pid.as_raw())? || (!required && master_at_work_fd(ctx, &record, id).is_err()) {
             continue;
@@ -648,7 +658,7 @@ fn has_controlling_terminal(pid: i32) -> Result<bool> {
 /// Restore, in a session leader once every process group of the tree exists: the terminal's
 /// foreground process group (TIOCSPGRP; crust's calls run with every signal blocked, so no
 /// SIGTTOU stops it).
-pub fn set_foreground_group(ctx: &mut RestoreCtx) -> Result<()> {
+fn set_foreground_group(ctx: &mut RestoreCtx) -> Result<()> {
     for (record, id) in led_by(ctx) {
         let slave = open_slave_for_session(ctx, &record, id)?;
         let pgrp = ctx.remote.put(0, &(record.foreground_pgrp as i32).to_ne_bytes())?;
