@@ -2,50 +2,14 @@
 //! (`--shell-job` / `-j`, as CRIU).
 
 mod common;
+#[path = "common/terminal.rs"]
+mod terminal;
 use common::*;
+use terminal::*;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A pseudo-terminal pair: (master, slave).
-fn openpty() -> (File, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two fds into the two live locals; the other pointers may be null.
-    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
-    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just created and are owned by nobody else.
-    unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
-/// Reads the terminal's output until it contains `needle`.
-fn read_until(master: &mut File, seen: &mut String, needle: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(master);
-    while Instant::now() < deadline {
-        if seen.contains(needle) {
-            return true;
-        }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll reads and writes one pollfd, a live local.
-        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
-        if n > 0 {
-            let mut buf = [0u8; 1024];
-            if let Ok(k) = master.read(&mut buf) {
-                seen.push_str(&String::from_utf8_lossy(&buf[..k]));
-            }
-        }
-    }
-    seen.contains(needle)
-}
-
-fn on_terminal(cmd: &mut Command, slave: &OwnedFd) {
-    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()));
-}
 
 /// The job of a shell on a terminal, blocked reading the terminal, is dumped with -j (without
 /// it the terminal is refused by name), then restored with -j by a crust running on a terminal:
