@@ -48,21 +48,13 @@ fn shell_job_comes_back_in_the_foreground_of_crusts_terminal() {
     restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
     on_terminal(&mut restore, &slave);
     let mut crust_proc = restore.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pid_exists(job) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(pid_exists(job), "the job was not restored");
     // The process exists from its creation on; wait until crust has released it.
+    wait_released(job);
     let stat = || -> (i32, i32, i32, i32) {
         let info = std::fs::read_to_string(format!("/proc/{job}/stat")).unwrap();
         let f: Vec<i32> = info.rsplit(')').next().unwrap().split_whitespace().skip(1).take(5).map(|v| v.parse().unwrap()).collect();
         (f[1], f[2], f[4], std::fs::read_to_string(format!("/proc/{job}/status")).unwrap().lines().find_map(|l| l.strip_prefix("TracerPid:")).unwrap().trim().parse().unwrap())
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stat().3 != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let (pgrp, sid, tpgid, tracer) = stat();
     assert_eq!(tracer, 0, "the job is still traced by crust");
     assert_eq!(pgrp, job, "the job leads its own process group again");

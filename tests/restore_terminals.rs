@@ -91,9 +91,7 @@ fn shell_job_gets_its_raw_mode_and_window_size_back() {
     restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
     on_terminal(&mut restore, &slave);
     let mut crust_proc = restore.spawn().unwrap();
-    wait_until("the job restored and let go", Duration::from_secs(20), || {
-        pid_exists(job) && proc_status_field(job, "TracerPid").as_deref() == Some("0")
-    });
+    wait_released(job);
     let after = terminal_state(master.as_raw_fd());
     assert!(same_state(&before, &after), "the terminal's settings after restore:\n{}\nat dump:\n{}", describe(&after), describe(&before));
 
@@ -744,9 +742,7 @@ fn less_comes_back_raw_and_takes_single_keys() {
     restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
     on_terminal(&mut restore, &slave);
     let mut crust_proc = restore.spawn().unwrap();
-    wait_until("less restored and let go", Duration::from_secs(20), || {
-        pid_exists(job) && proc_status_field(job, "TracerPid").as_deref() == Some("0")
-    });
+    wait_released(job);
     assert!(same_state(&before, &terminal_state(master.as_raw_fd())), "less's raw terminal after restore");
     seen.clear();
     master.write_all(b"G").unwrap();
@@ -943,9 +939,8 @@ fn script_as_a_shell_job_comes_back_with_both_terminals() {
     restore.args(["-c", crust_bin(), "restore", "-j", "-D", &img]);
     on_terminal(&mut restore, &slave);
     let mut crust_proc = restore.spawn().unwrap();
-    wait_until("script restored and let go", Duration::from_secs(20), || {
-        pid_exists(cat) && proc_status_field(job, "TracerPid").as_deref() == Some("0")
-    });
+    wait_released(job);
+    wait_released(cat);
     let after = terminal_state(master.as_raw_fd());
     assert!(same_state(&before, &after), "the outer terminal after restore:\n{}\nat dump:\n{}", describe(&after), describe(&before));
     seen.clear();

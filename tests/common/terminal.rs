@@ -97,3 +97,15 @@ pub fn make_cooked(fd: i32) {
         assert_eq!(libc::ioctl(fd, libc::TIOCSWINSZ, &w), 0);
     }
 }
+
+/// Waits (20 s at most) until crust has let restored process `pid` go: it runs its own program
+/// (not crust's copy of itself: right after its creation the process is crust's child, not
+/// yet traced, and TracerPid alone would say 0) and nobody traces it.
+pub fn wait_released(pid: i32) {
+    let crust = std::path::Path::new(crate::common::crust_bin()).canonicalize().unwrap();
+    crate::common::wait_until(&format!("pid {pid} restored and let go"), Duration::from_secs(20), || {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+        let untraced = crate::common::proc_status_field(pid, "TracerPid").as_deref() == Some("0");
+        exe.is_ok_and(|e| e != crust) && untraced
+    });
+}
