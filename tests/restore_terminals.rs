@@ -798,7 +798,8 @@ def read_until(needle):
             out += os.read(master, 4096)
     return out
 os.write(master, b"first\nsecond\nabc\x04\x04typed")
-echo = drain(0.3)
+echo = read_until(b"abctyped")
+echo += drain(0.1)
 st("READY parent=%d child=%d echo=%r" % (os.getpid(), child, echo))
 wait_go()
 got = read_until(b"]\r\n")
