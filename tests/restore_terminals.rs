@@ -509,7 +509,7 @@ fn pty_pair_restore_is_refused_while_its_index_is_taken() {
 }
 
 /// Three pairs in one process, each in a state a restore must keep: A in packet mode with
-/// its slave raw, exclusive, bytes waiting each way (a packet-mode read of the master gets
+/// its slave raw, exclusive, its node mode 600 (as `mesg n` would make it), bytes waiting each way (a packet-mode read of the master gets
 /// the slave's bytes after TIOCPKT_DATA; the raw slave reads what was typed); B never
 /// unlocked (unlockpt not called: still locked, its slave cannot be opened); C whose slave
 /// wrote a last line and was closed (the master reads the line, then EIO).
@@ -526,6 +526,7 @@ ma, sa = os.openpty()
 tty.setraw(sa)
 fcntl.ioctl(ma, TIOCPKT, struct.pack("i", 1))
 fcntl.ioctl(sa, termios.TIOCEXCL)
+os.fchmod(sa, 0o600)
 os.write(ma, b"raw-input")
 os.write(sa, b"pkt-out")
 mb = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
@@ -547,6 +548,7 @@ check("indexes", (get(ma, TIOCGPTN), get(mb, TIOCGPTN), get(mc, TIOCGPTN)) == in
 check("A packet mode", get(ma, TIOCGPKT) == 1)
 check("A slave exclusive", get(sa, TIOCGEXCL) == 1)
 check("A slave raw", termios.tcgetattr(sa)[3] & termios.ICANON == 0)
+check("A slave mode %o" % os.fstat(sa).st_mode, os.fstat(sa).st_mode & 0o777 == 0o600)
 got = os.read(ma, 100)
 check("A output %r" % got, got == b"\0pkt-out")
 got = os.read(sa, 100)

@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -278,6 +278,7 @@ fn complete_master(pid: i32, fd: i32, record: &mut Pty, slave_inside: bool, insi
     }
     let slave_path = format!("/dev/pts/{}", record.index);
     let slave = std::fs::metadata(&slave_path).with_context(|| format!("stat {slave_path}"))?;
+    (record.slave_mode, record.slave_uid, record.slave_gid) = (slave.mode() & 0o7777, slave.uid(), slave.gid());
     if let Some((other, other_fd)) = outside_holders(slave.dev(), slave.ino(), inside).first() {
         bail!("its slave {slave_path} is also open in pid {other} (fd {other_fd}), outside the dumped processes");
     }
@@ -582,6 +583,7 @@ fn create_pair(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
         bail!("{} is not the pseudo-terminal multiplexer (device {:#x})", record.ptmx_path, meta.rdev());
     }
     set_status_flags(ctx, fd, flags)?;
+    give_slave_node(record).with_context(|| format!("/dev/pts/{index}"))?;
     let m = copy.as_fd();
     let settings = settings_from_record(record.settings.as_ref().context("a master record without settings")?)?;
     // Before any process has the slave as its terminal: no SIGWINCH for anyone.
@@ -590,6 +592,18 @@ fn create_pair(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
     terminal::set_packet_mode(m, record.packet_mode)?;
     terminal::set_pty_locked(m, false)?;
     Ok(fd)
+}
+
+/// The slave's node gets the owner and permission bits it had (images from before they were
+/// recorded leave the kernel's). crust does it itself: its node, just made, is in /dev/pts.
+fn give_slave_node(record: &Pty) -> Result<()> {
+    if record.slave_mode == 0 {
+        return Ok(());
+    }
+    let path = format!("/dev/pts/{}", record.index);
+    std::os::unix::fs::chown(&path, Some(record.slave_uid), Some(record.slave_gid)).context("chown")?;
+    let mode = std::fs::Permissions::from_mode(record.slave_mode & 0o7777);
+    std::fs::set_permissions(&path, mode).context("chmod")
 }
 
 /// Once every process exists, in the creator (the master still at its working fd): the
