@@ -340,6 +340,9 @@ fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Resul
     if record.packet_mode && poll_now(m, libc::POLLPRI)? & libc::POLLPRI != 0 {
         bail!("it is in packet mode with a status byte not read yet; crust cannot put a status back");
     }
+    // A poll of a terminal with nothing to read yet makes the kernel hand over bytes still on
+    // their way (written a moment before the freeze) first.
+    poll_now(m, libc::POLLIN)?;
     let output_len = bytes_queued(m)?;
     if output_len >= LDISC_BUFFER - 1 {
         bail!("{output_len} bytes written on its slave wait unread; crust keeps at most {} (more may wait unseen in the kernel)", LDISC_BUFFER - 2);
@@ -349,6 +352,7 @@ fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Resul
     record.slave_exclusive = terminal::exclusive(s)?;
     let lflag = settings.termios.c_lflag;
     let canonical = lflag & libc::ICANON != 0;
+    poll_now(s, libc::POLLIN)?;
     let input_len = bytes_queued(s)?;
     if canonical && lflag & libc::EXTPROC != 0 && input_len > 0 {
         bail!("{input_len} bytes typed into it wait unread in canonical mode with EXTPROC: crust cannot tell their lines apart");
