@@ -311,8 +311,7 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 /// child holds the master, the parent its slave), `status` (packet mode with a status byte unread), `full` (5000 bytes
 /// written on the slave, more than the master's buffer holds), `full_input` (5000 bytes typed
 /// into a raw slave), `session` (the slave is the
-/// controlling terminal of the parent's session), `hungup` (the child holds only the slave, its
-/// master closed), `extproc` (a line waiting in canonical mode
+/// controlling terminal of the parent's session), `extproc` (a line waiting in canonical mode
 /// with EXTPROC). After `.go` the child checks
 /// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
@@ -350,8 +349,6 @@ if child == 0:
         t[3] |= 0x10000
         termios.tcsetattr(slave, termios.TCSANOW, t)
         os.write(master, b"line one\n")
-    if mode == "hungup":
-        os.close(master)
     if mode == "status":
         fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
         termios.tcflush(slave, termios.TCOFLUSH)
@@ -381,12 +378,6 @@ if child == 0:
     elif mode == "status":
         got = os.read(master, 100)
         ok = len(got) == 1 and got != b"\0"
-    elif mode == "hungup":
-        try:
-            got = os.read(slave, 100)
-        except OSError as e:
-            got = str(e).encode()
-        ok = got in (b"", b"[Errno 5] Input/output error")
     elif mode == "full_input":
         got = read_all(slave, 5000)
         ok = got == b"x" * 5000
@@ -445,12 +436,6 @@ fn pty_input_beyond_the_slaves_buffer_is_refused_and_left_in_place() {
 #[test]
 fn pty_terminal_of_a_session_led_outside_the_tree_is_refused() {
     refused_pty("session", &["controlling terminal of session", "whose leader is not dumped"]);
-}
-
-/// A slave whose master was closed (hung up) is refused, from the fd alone.
-#[test]
-fn pty_hung_up_slave_is_refused() {
-    refused_pty("hungup", &["whose master was closed"]);
 }
 
 /// Input waiting in canonical mode with EXTPROC (the kernel then shows no line boundaries) is
@@ -959,4 +944,42 @@ fn script_as_a_shell_job_comes_back_with_both_terminals() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "crust restore -j exited with {status}");
+}
+
+/// A slave whose master was closed: hung up, it reads end of file and writing fails (EIO); its
+/// node is gone. Restored hung up the same way (its /proc link a deleted /dev/pts node).
+const HUNG_UP: &str = r#"
+import errno, os, sys, time
+status = sys.argv[1]
+def st(line):
+    with open(status, "a") as f:
+        f.write(line + "\n")
+m, s = os.openpty()
+os.close(m)
+st("READY pid=%d fd=%d" % (os.getpid(), s))
+while not os.path.exists(status + ".go"):
+    time.sleep(0.01)
+got = os.read(s, 10)
+try:
+    os.write(s, b"x")
+    wrote = "written"
+except OSError as e:
+    wrote = errno.errorcode[e.errno]
+st(("PASS" if got == b"" and wrote == "EIO" else "FAIL") + " read %r, write %s" % (got, wrote))
+"#;
+
+#[test]
+fn pty_hung_up_slave_comes_back_hung_up() {
+    let mut w = Workload::spawn_program("hungup", "python3", &["-c", HUNG_UP, "status"]);
+    w.wait_status_line("READY", READY_TIMEOUT);
+    let ready = w.status_text();
+    let fd = ready_field(ready.lines().next().unwrap(), "fd").unwrap();
+    let link = |pid: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap().to_string_lossy().into_owned();
+    let before = link(w.pid);
+    assert!(before.starts_with("/dev/pts/") && before.ends_with(" (deleted)"), "{before}");
+    w.dump();
+    w.restore_detached();
+    let after = link(w.pid);
+    assert!(after.starts_with("/dev/pts/") && after.ends_with(" (deleted)"), "the restored fd is {after}");
+    w.go().assert_pass();
 }

@@ -1,6 +1,8 @@
 //! Pseudo-terminal pairs whose master (/dev/ptmx) is held inside the tree, with their slaves
 //! (/dev/pts/N). A slave whose master is outside the tree is the terminal of a shell job: it
-//! becomes a `tty` record (with --shell-job) or is refused.
+//! becomes a `tty` record (with --shell-job) or is refused. A slave whose master was closed
+//! (hung up, its node deleted) comes back as the slave of a new pair whose master crust
+//! closes once the slave's descriptions are open.
 //!
 //! Dump (tree frozen) reads the pair's state through crust's copy of the master: the slave's
 //! termios and window size (a master's ioctls answer for its slave), packet mode, the lock,
@@ -44,6 +46,8 @@ pub struct Ptys;
 
 /// created_with values of pairs carry this bit, so they never meet another kind's.
 const GROUP_TAG: u64 = 1 << 61;
+/// ... and those of hung-up slaves this one too (their index may be a live pair's again).
+const HUNG_UP_TAG: u64 = 1 << 40;
 /// The kernel's N_TTY_BUF_SIZE: a line discipline buffer this full may have more waiting in
 /// the kernel's flip buffers, which crust cannot see.
 const LDISC_BUFFER: usize = 4096;
@@ -69,15 +73,11 @@ impl FdKind for Ptys {
         src.file_type() == libc::S_IFCHR && (is_ptmx(src.meta.rdev()) || slave_index(src).is_some())
     }
 
-    fn refuse_early(src: &FdSource) -> Result<()> {
-        refuse_hung_up(src)
-    }
-
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Pty>> {
-        refuse_hung_up(src)?;
         state.get::<ShellJob>().0 = src.shell_job;
         let record = dump(src).with_context(|| format!("pid {} fd {} ({})", src.pid, src.fd, src.link))?;
-        let group = GROUP_TAG | record.index as u64;
+        let hung_up = if record.hung_up { HUNG_UP_TAG } else { 0 };
+        let group = GROUP_TAG | hung_up | record.index as u64;
         Ok(Dumped { record, created_with: group })
     }
 
@@ -110,7 +110,9 @@ impl FdKind for Ptys {
         let master = match together.get(&file.created_with).and_then(|fds| fds.first()) {
             Some(fd) => *fd,
             None => {
-                let fd = create_pair(ctx, record.index)?;
+                // A hung-up slave's pair loses its master when the group's fds are closed,
+                // right after its descriptions are opened.
+                let fd = if record.hung_up { pair_to_hang_up(ctx, record.index)? } else { create_pair(ctx, record.index)? };
                 together.insert(file.created_with, vec![fd]);
                 fd
             }
@@ -154,9 +156,10 @@ impl FdKind for Ptys {
     }
 
     fn describe(record: &Pty) -> String {
-        match record.master {
-            true => format!("pseudo-terminal master {} of /dev/pts/{}", record.ptmx_path, record.index),
-            false => format!("/dev/pts/{}", record.index),
+        match (record.master, record.hung_up) {
+            (true, _) => format!("pseudo-terminal master {} of /dev/pts/{}", record.ptmx_path, record.index),
+            (false, false) => format!("/dev/pts/{}", record.index),
+            (false, true) => format!("/dev/pts/{} (hung up)", record.index),
         }
     }
 
@@ -184,20 +187,13 @@ fn slave_index(src: &FdSource) -> Option<u32> {
     name.strip_suffix(" (deleted)").unwrap_or(name).parse().ok()
 }
 
-/// A slave hung up by its master's close: refused (the refusal can be made from the fd alone).
-fn refuse_hung_up(src: &FdSource) -> Result<()> {
-    if slave_index(src).is_some() && src.link.ends_with(" (deleted)") {
-        bail!(
-            "pid {} fd {}: a terminal ({}) whose master was closed (hung up); crust cannot checkpoint it yet",
-            src.pid,
-            src.fd,
-            src.link
-        );
-    }
-    Ok(())
-}
-
 fn dump(src: &FdSource) -> Result<Pty> {
+    if let Some(index) = slave_index(src)
+        && src.link.ends_with(" (deleted)")
+    {
+        // Hung up: every request but a few fails, nothing more to read of it.
+        return Ok(Pty { index, master: false, hung_up: true, ..Default::default() });
+    }
     if let Some(index) = slave_index(src) {
         // The slave's own settings, kept if it turns out to be a shell job's terminal.
         let settings = terminal::settings(src.copy.as_fd())?;
@@ -233,7 +229,7 @@ fn check_tree(files: &mut [OpenFile], tree: &WholeTree, shell_job: bool) -> Resu
     for file in files.iter_mut() {
         let Some(open_file::Kind::Pty(record)) = &file.kind else { continue };
         let Some(&(pid, fd)) = tree.holders.get(&file.id).and_then(|h| h.first()) else { continue };
-        if !record.master && !masters.contains(&record.index) {
+        if !record.master && !record.hung_up && !masters.contains(&record.index) {
             file.kind = Some(shell_job_terminal(pid, fd, record, shell_job)?);
             file.created_with = 0;
         }
@@ -241,7 +237,7 @@ fn check_tree(files: &mut [OpenFile], tree: &WholeTree, shell_job: bool) -> Resu
     let slaves_inside: BTreeSet<u32> = files
         .iter()
         .filter_map(|f| Ptys::record_of(f.kind.as_ref()?))
-        .filter(|p| !p.master)
+        .filter(|p| !p.master && !p.hung_up)
         .map(|p| p.index)
         .collect();
     for file in files.iter_mut() {
@@ -548,8 +544,7 @@ fn with_unlocked<T>(m: BorrowedFd, locked: bool, f: impl FnOnce() -> Result<T, c
     Ok(result?)
 }
 
-/// Opens ptmx in the process until the kernel hands out `index` (it gives the lowest free
-/// one; those below it that were free are taken meanwhile, then given back). Returns the
+/// Creates the pair of /dev/pts/`index` in the process (see [`open_master_at`]). Returns the
 /// master's temporary fd; the pair gets its settings and stays unlocked until
 /// [`finish_pair`].
 fn create_pair(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
@@ -561,27 +556,7 @@ fn create_pair(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
         .with_context(|| format!("the image has no master for /dev/pts/{index}"))?;
     let record = Ptys::record_of(master_file.kind.as_ref().unwrap()).unwrap();
     let flags = master_file.flags;
-    let mut spares = Vec::new();
-    let found = loop {
-        let access = flags as i32 & libc::O_ACCMODE;
-        let fd = ctx.open_in_process(&record.ptmx_path, access | libc::O_NOCTTY | libc::O_CLOEXEC)?;
-        let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
-        let got = terminal::pty_index(copy.as_fd())?;
-        if got == index {
-            break Ok((fd, copy));
-        }
-        spares.push(fd);
-        if got > index || spares.len() > MAX_INDEX as usize {
-            break Err(anyhow::anyhow!(
-                "/dev/pts/{index} was taken since the restore began (the kernel handed out {got}); crust restores a \
-                 pseudo-terminal pair with the index it had"
-            ));
-        }
-    };
-    for fd in spares {
-        ctx.close_in_process(fd)?;
-    }
-    let (fd, copy) = found?;
+    let (fd, copy) = open_master_at(ctx, &record.ptmx_path, flags as i32 & libc::O_ACCMODE, index)?;
     let meta = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid))?;
     if !is_ptmx(meta.rdev()) {
         bail!("{} is not the pseudo-terminal multiplexer (device {:#x})", record.ptmx_path, meta.rdev());
@@ -608,6 +583,49 @@ fn give_slave_node(record: &Pty) -> Result<()> {
     std::os::unix::fs::chown(&path, Some(record.slave_uid), Some(record.slave_gid)).context("chown")?;
     let mode = std::fs::Permissions::from_mode(record.slave_mode & 0o7777);
     std::fs::set_permissions(&path, mode).context("chmod")
+}
+
+/// Opens ptmx in the process until the kernel hands out `index` (it gives the lowest free
+/// one; those below it that were free are taken meanwhile, then given back): the master's
+/// temporary fd and crust's copy of it.
+fn open_master_at(ctx: &mut RestoreCtx, ptmx: &str, access: i32, index: u32) -> Result<(i32, OwnedFd)> {
+    let mut spares = Vec::new();
+    let found = loop {
+        let fd = ctx.open_in_process(ptmx, access | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+        let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
+        let got = terminal::pty_index(copy.as_fd())?;
+        if got == index {
+            break Ok((fd, copy));
+        }
+        spares.push(fd);
+        if got > index || spares.len() > MAX_INDEX as usize {
+            break Err(anyhow::anyhow!(
+                "/dev/pts/{index} was taken since the restore began (the kernel handed out {got}); crust restores a \
+                 pseudo-terminal pair with the index it had"
+            ));
+        }
+    };
+    for fd in spares {
+        ctx.close_in_process(fd)?;
+    }
+    found
+}
+
+/// The pair a hung-up slave is made from: at its old index if it is free (the name the
+/// process sees ends with "(deleted)" either way), unlocked; its master goes right after the
+/// slave's descriptions are opened, which hangs them up.
+fn pair_to_hang_up(ctx: &mut RestoreCtx, index: u32) -> Result<i32> {
+    let access = libc::O_RDWR;
+    let (fd, copy) = match open_master_at(ctx, "/dev/ptmx", access, index) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::info!("a hung-up /dev/pts/{index} comes back under another index: {e:#}");
+            let fd = ctx.open_in_process("/dev/ptmx", access | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+            (fd, pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?)
+        }
+    };
+    terminal::set_pty_locked(copy.as_fd(), false)?;
+    Ok(fd)
 }
 
 /// Once every process exists, in the creator (the master still at its working fd): the
