@@ -19,6 +19,8 @@
 //!   mode every special character after VLNEXT but each line's own end (VEOF for a line ended
 //!   by end of file), so every line comes back with its boundary.
 //!
+//! The kernel facts this relies on: docs/terminals.md.
+//!
 //! Restore: the pair is created by the nearest common ancestor of its holders. The kernel gives
 //! a new master the lowest free index; the program may know its slave's name (ptsname), so
 //! crust opens ptmx until it gets the recorded index (the lower ones it got meanwhile are
