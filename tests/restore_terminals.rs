@@ -497,9 +497,11 @@ fn pty_pair_restore_is_refused_while_its_index_is_taken() {
 /// its slave raw, exclusive, its node mode 600 (as `mesg n` would make it), bytes waiting each way (a packet-mode read of the master gets
 /// the slave's bytes after TIOCPKT_DATA; the raw slave reads what was typed); B never
 /// unlocked (unlockpt not called: still locked, its slave cannot be opened); C whose slave
-/// wrote a last line and was closed (the master reads the line, then EIO).
+/// wrote a last line and was closed (the master reads the line, then EIO); D in packet mode
+/// with its slave canonical (IXON on) and bytes waiting each way: putting them back reports
+/// no status byte.
 const PTY_STATES: &str = r#"
-import errno, fcntl, os, struct, sys, termios, time, tty
+import errno, fcntl, os, select, struct, sys, termios, time, tty
 status = sys.argv[1]
 def st(line):
     with open(status, "a") as f:
@@ -514,6 +516,13 @@ fcntl.ioctl(sa, termios.TIOCEXCL)
 os.fchmod(sa, 0o600)
 os.write(ma, b"raw-input")
 os.write(sa, b"pkt-out")
+md, sd = os.openpty()
+t = termios.tcgetattr(sd)
+t[3] &= ~termios.ECHO
+termios.tcsetattr(sd, termios.TCSANOW, t)
+fcntl.ioctl(md, TIOCPKT, struct.pack("i", 1))
+os.write(md, b"partial")
+os.write(sd, b"out-d\n")
 mb = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY)
 mc, sc = os.openpty()
 os.write(sc, b"last words\n")
@@ -544,6 +553,14 @@ try:
     check("B slave opened although locked", False)
 except OSError as e:
     check("B slave open: %s" % e, e.errno == errno.EIO)
+poller = select.poll()
+poller.register(md, select.POLLPRI)
+check("D no status byte", poller.poll(0) == [])
+got = os.read(md, 100)
+check("D output %r" % got, got == b"\0out-d\r\n")
+os.write(md, b" rest\n")
+got = os.read(sd, 100)
+check("D unfinished line %r" % got, got == b"partial rest\n")
 got = os.read(mc, 100)
 check("C last line %r" % got, got == b"last words\r\n")
 try:
@@ -568,10 +585,10 @@ fn pty_pairs_keep_packet_mode_lock_exclusive_raw_queues_and_a_closed_slave() {
         found
     };
     let before = indexes(w.pid);
-    assert_eq!(before.len(), 3, "three masters: {before:?} ({line})");
+    assert_eq!(before.len(), 4, "four masters: {before:?} ({line})");
     w.dump();
     w.restore_detached();
-    assert_eq!(indexes(w.pid), before, "fdinfo tty-index of the three masters");
+    assert_eq!(indexes(w.pid), before, "fdinfo tty-index of the four masters");
     w.go().assert_pass();
 }
 

@@ -352,6 +352,9 @@ fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Resul
     let canonical = lflag & libc::ICANON != 0;
     poll_now(s, libc::POLLIN)?;
     let input_len = bytes_queued(s)?;
+    if record.packet_mode && lflag & libc::EXTPROC != 0 {
+        bail!("it is in packet mode with EXTPROC: every change of its settings, crust's too, would be reported to its reader");
+    }
     if canonical && lflag & libc::EXTPROC != 0 && input_len > 0 {
         bail!("{input_len} bytes typed into it wait unread in canonical mode with EXTPROC: crust cannot tell their lines apart");
     }
@@ -449,13 +452,15 @@ fn refill(m: BorrowedFd, s: BorrowedFd, settings: &Settings, q: &Queues) -> Resu
     written
 }
 
-/// The settings bytes are put back with: no output processing, no input translation, no
-/// echo, no signal characters; in canonical mode IEXTEN with a VLNEXT character (to type
-/// special characters literally), the line discipline's buffer untouched (ICANON unchanged).
+/// The settings bytes are put back with: no output processing, no input translation (but
+/// IXON as it was), no echo, no signal characters; in canonical mode IEXTEN with a VLNEXT
+/// character (to type special characters literally), the line discipline's buffer untouched
+/// (ICANON unchanged).
 fn quiet_settings(termios: &libc::termios2) -> libc::termios2 {
     let mut quiet = *termios;
     quiet.c_oflag &= !libc::OPOST;
-    quiet.c_iflag = 0;
+    // IXON stays as it is: changing it reports a status byte to a packet-mode master.
+    quiet.c_iflag &= libc::IXON;
     quiet.c_lflag &= !(libc::ISIG | libc::ECHO | libc::ECHOE | libc::ECHOK | libc::ECHONL | libc::ECHOCTL | libc::ECHOKE);
     if quiet.c_lflag & libc::ICANON != 0 {
         quiet.c_lflag |= libc::IEXTEN;
@@ -469,15 +474,19 @@ fn quiet_settings(termios: &libc::termios2) -> libc::termios2 {
 }
 
 /// The bytes to type into the master, under `quiet`, that queue `q`'s input again. Canonical:
-/// every character the line discipline would act on is typed after VLNEXT (so it is stored
-/// as it is), but a line's own end; a line ended by end of file gets VEOF.
+/// every character the line discipline would act on (flow control characters included, with
+/// IXON) is typed after VLNEXT (so it is stored as it is), but a line's own end; a line ended
+/// by end of file gets VEOF.
 fn typed_stream(q: &Queues, quiet: &libc::termios2) -> Vec<u8> {
     if quiet.c_lflag & libc::ICANON == 0 {
         return q.input.clone();
     }
     let cc = &quiet.c_cc;
     let lnext = cc[libc::VLNEXT];
-    let special = [b'\n', cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT], lnext];
+    let mut special = vec![b'\n', cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT], lnext];
+    if quiet.c_iflag & libc::IXON != 0 {
+        special.extend([cc[libc::VSTART], cc[libc::VSTOP]]);
+    }
     let ends = [b'\n', cc[libc::VEOL], cc[libc::VEOL2]];
     let mut out = Vec::new();
     let literally = |out: &mut Vec<u8>, bytes: &[u8]| {
