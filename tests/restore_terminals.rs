@@ -311,11 +311,12 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
 /// child holds the master, the parent its slave), `status` (packet mode with a status byte unread), `full` (5000 bytes
 /// written on the slave, more than the master's buffer holds), `full_input` (5000 bytes typed
 /// into a raw slave), `session` (the slave is the
-/// controlling terminal of the parent's session), `extproc` (a line waiting in canonical mode
+/// controlling terminal of the parent's session), `pkt_extproc` (packet mode with EXTPROC),
+/// `extproc` (a line waiting in canonical mode
 /// with EXTPROC). After `.go` the child checks
 /// that the refused dump left the pair as it was.
 const REFUSED_PTY: &str = r#"
-import fcntl, os, signal, struct, sys, termios, time, tty
+import fcntl, os, select, signal, struct, sys, termios, time, tty
 status, mode = sys.argv[1], sys.argv[2]
 def st(line):
     with open(status, "a") as f:
@@ -349,6 +350,11 @@ if child == 0:
         t[3] |= 0x10000
         termios.tcsetattr(slave, termios.TCSANOW, t)
         os.write(master, b"line one\n")
+    if mode == "pkt_extproc":
+        t = termios.tcgetattr(slave)
+        t[3] |= 0x10000
+        termios.tcsetattr(slave, termios.TCSANOW, t)
+        fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
     if mode == "status":
         fcntl.ioctl(master, 0x5420, struct.pack("i", 1))
         termios.tcflush(slave, termios.TCOFLUSH)
@@ -378,6 +384,11 @@ if child == 0:
     elif mode == "status":
         got = os.read(master, 100)
         ok = len(got) == 1 and got != b"\0"
+    elif mode == "pkt_extproc":
+        poller = select.poll()
+        poller.register(master, select.POLLPRI)
+        got = repr(poller.poll(0)).encode()
+        ok = got == b"[]"
     elif mode == "full_input":
         got = read_all(slave, 5000)
         ok = got == b"x" * 5000
@@ -436,6 +447,13 @@ fn pty_input_beyond_the_slaves_buffer_is_refused_and_left_in_place() {
 #[test]
 fn pty_terminal_of_a_session_led_outside_the_tree_is_refused() {
     refused_pty("session", &["controlling terminal of session", "whose leader is not dumped"]);
+}
+
+/// Packet mode with EXTPROC is refused: crust could not read the queues without its settings
+/// changes being reported to the master's reader; the refused dump reported none.
+#[test]
+fn pty_packet_mode_with_extproc_is_refused_and_reports_nothing() {
+    refused_pty("pkt_extproc", &["packet mode with EXTPROC"]);
 }
 
 /// Input waiting in canonical mode with EXTPROC (the kernel then shows no line boundaries) is
