@@ -7,27 +7,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Asserts that `pid` is alive, not stopped, not traced, and stays so for a while.
-#[track_caller]
-fn assert_running_untouched(pid: i32, what: &str) {
-    for _ in 0..5 {
-        let st = proc_state(pid);
-        assert!(matches!(st, Some('R' | 'S')), "{what}: pid {pid} state {st:?}, expected R or S (running/sleeping, not stopped)");
-        assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "{what}: pid {pid} is still traced");
-        if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-            for t in tasks.flatten() {
-                let s = fs::read_to_string(t.path().join("status")).unwrap_or_default();
-                let state = s.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
-                assert!(
-                    state.starts_with('R') || state.starts_with('S'),
-                    "{what}: thread {} of pid {pid} is '{state}'",
-                    t.file_name().to_string_lossy()
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A process with an MPTCP socket (a protocol crust does not checkpoint yet): dump exits
 /// non-zero naming the pid, the fd number and "protocol MPTCP"; the process is still running

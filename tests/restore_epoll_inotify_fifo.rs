@@ -57,16 +57,6 @@ fn role_field(status: &str, role: &str, key: &str) -> String {
     ready_field(line, key).unwrap_or_else(|| panic!("READY line of {role} lacks {key}=: {line}"))
 }
 
-/// Asserts that `pid` is alive, not stopped, not traced, and stays so for a while.
-#[track_caller]
-fn assert_running_untouched(pid: i32, what: &str) {
-    for _ in 0..5 {
-        let st = proc_state(pid);
-        assert!(matches!(st, Some('R' | 'S')), "{what}: pid {pid} state {st:?}, expected R or S");
-        assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "{what}: pid {pid} is still traced");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The image as `crust show` prints it.
 fn show(w: &Workload) -> String {
