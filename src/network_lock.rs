@@ -19,7 +19,6 @@
 //! ([`repair_left_behind`]).
 
 use std::io::{Read, Write};
-use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
@@ -50,17 +49,10 @@ pub struct Connection {
     pub peer: InetAddr,
 }
 
-/// An IPv4-mapped IPv6 address travels as IPv4.
-fn on_the_wire(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
 
 /// `set { element }` of the connection's packets from the peer.
 fn element(c: &Connection) -> (&'static str, String) {
-    let (peer, local) = (on_the_wire(c.peer.ip), on_the_wire(c.local.ip));
+    let (peer, local) = (c.peer.unmapped().ip, c.local.unmapped().ip);
     let set = if peer.is_ipv4() { "peers4" } else { "peers6" };
     (set, format!("{peer} . {} . {local} . {}", c.peer.port, c.local.port))
 }

@@ -71,7 +71,7 @@ fn python_http_server_serves_again_after_restore() {
     std::fs::write(w.dir.path.join("hello.txt"), "hello from before the checkpoint\n").unwrap();
     let mut port = 0;
     wait_until("http.server to listen", Duration::from_secs(15), || {
-        port = sockets_view(w.pid).iter().any(|l| l.contains(" LISTEN ")).then(|| listening_port(w.pid)).unwrap_or(0);
+        port = if sockets_view(w.pid).iter().any(|l| l.contains(" LISTEN ")) { listening_port(w.pid) } else { 0 };
         port != 0
     });
     let answer = http_get(port, "/hello.txt").expect("GET before the dump");

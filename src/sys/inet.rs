@@ -24,6 +24,18 @@ impl InetAddr {
         self.ip.is_unspecified() && self.port == 0
     }
 
+    /// The address as it travels: an IPv4 address seen by an IPv6 socket (::ffff:a.b.c.d)
+    /// is IPv4 on the wire.
+    pub fn unmapped(&self) -> InetAddr {
+        match self.ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => InetAddr { ip: IpAddr::V4(v4), ..self.clone() },
+                None => self.clone(),
+            },
+            IpAddr::V4(_) => self.clone(),
+        }
+    }
+
     pub fn socket_addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
     }
@@ -193,9 +205,12 @@ pub fn send_some(fd: BorrowedFd, data: &[u8]) -> Result<usize, SysError> {
     Ok(n as usize)
 }
 
+/// A datagram and its sender (None: the kernel gave no address).
+pub type Datagram = (Option<InetAddr>, Vec<u8>);
+
 /// recvmsg(2) with MSG_PEEK | MSG_DONTWAIT: the next datagram (at the socket's peek offset)
 /// and its sender, left in the queue; None when there is no more.
-pub fn peek_datagram(fd: BorrowedFd) -> Result<Option<(Option<InetAddr>, Vec<u8>)>, SysError> {
+pub fn peek_datagram(fd: BorrowedFd) -> Result<Option<Datagram>, SysError> {
     let mut buf = vec![0u8; 1 << 16];
     // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
     let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

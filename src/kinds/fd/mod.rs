@@ -272,6 +272,14 @@ impl FdSource<'_> {
         self.fdinfo.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
     }
 
+    /// A socket's address family (AF_INET, AF_UNIX...), None for other files.
+    pub fn socket_domain(&self) -> Option<i32> {
+        if self.file_type() != libc::S_IFSOCK {
+            return None;
+        }
+        crate::sys::socket::get_int(std::os::fd::AsFd::as_fd(self.copy), libc::SOL_SOCKET, libc::SO_DOMAIN).ok()
+    }
+
     /// The file type bits of the fd's inode (`S_IFREG`, `S_IFIFO`...).
     pub fn file_type(&self) -> u32 {
         self.meta.mode() & libc::S_IFMT

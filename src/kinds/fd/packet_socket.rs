@@ -39,8 +39,7 @@ impl FdKind for PacketSockets {
     }
 
     fn recognises(src: &FdSource) -> bool {
-        src.file_type() == libc::S_IFSOCK
-            && socket::get_int(src.copy.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN).is_ok_and(|d| d == libc::AF_PACKET)
+        src.socket_domain() == Some(libc::AF_PACKET)
     }
 
     /// Reading a socket changes nothing, so every refusal can be made before the freeze.

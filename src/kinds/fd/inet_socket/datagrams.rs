@@ -32,7 +32,7 @@ fn at_peek_offset_zero<T>(fd: BorrowedFd, walk: impl FnOnce() -> Result<T>) -> R
     walked
 }
 
-fn peek_all(fd: BorrowedFd) -> Result<Vec<(Option<InetAddr>, Vec<u8>)>> {
+fn peek_all(fd: BorrowedFd) -> Result<Vec<inet::Datagram>> {
     at_peek_offset_zero(fd, || {
         let mut all = Vec::new();
         while let Some(datagram) = inet::peek_datagram(fd)? {
@@ -56,21 +56,11 @@ pub fn read(fd: BorrowedFd) -> Result<Vec<UdpDatagram>> {
         .collect()
 }
 
-/// An IPv4 sender seen by an IPv6 socket (::ffff:a.b.c.d) sent an IPv4 packet.
-fn unmapped(a: &InetAddr) -> InetAddr {
-    match a.ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => InetAddr { ip: IpAddr::V4(v4), ..a.clone() },
-            None => a.clone(),
-        },
-        IpAddr::V4(_) => a.clone(),
-    }
-}
 
 /// Where to deliver a datagram from `source` to a socket bound to `local`: its own address,
 /// or loopback of the sender's family for a socket bound to the wildcard address.
 fn destination(local: &InetAddr, source: &InetAddr) -> InetAddr {
-    let local = unmapped(local);
+    let local = local.unmapped();
     let ip = match (local.ip.is_unspecified(), source.ip) {
         (false, _) => local.ip,
         (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -86,7 +76,7 @@ pub fn give_back(fd: BorrowedFd, local: &InetAddr, queued: &[UdpDatagram]) -> Re
         return Ok(());
     }
     for (i, d) in queued.iter().enumerate() {
-        let source = unmapped(&from_record(d.source.as_ref().context("UdpDatagram.source missing")?)?);
+        let source = from_record(d.source.as_ref().context("UdpDatagram.source missing")?)?.unmapped();
         let to = destination(local, &source);
         inet::inject_datagram(&source, &to, &d.data).with_context(|| format!("giving back datagram {i} from {source}"))?;
     }

@@ -70,8 +70,7 @@ impl FdKind for InetSockets {
     }
 
     fn recognises(src: &FdSource) -> bool {
-        src.file_type() == libc::S_IFSOCK
-            && matches!(socket::get_int(src.copy.as_fd(), libc::SOL_SOCKET, libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6))
+        matches!(src.socket_domain(), Some(libc::AF_INET | libc::AF_INET6))
     }
 
     /// Reading a socket changes nothing, so every refusal can be made before the freeze (TCP

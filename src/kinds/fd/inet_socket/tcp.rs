@@ -215,7 +215,7 @@ pub fn receive_peer_fin(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, pee
         flags: 0x11, // FIN | ACK
         window: (c.snd_wnd >> c.send_wscale).min(u32::from(u16::MAX)) as u16,
     };
-    inet::inject_tcp_segment(&unmapped(peer), &unmapped(local), &segment).context("giving the connection its peer's FIN")?;
+    inet::inject_tcp_segment(&peer.unmapped(), &local.unmapped(), &segment).context("giving the connection its peer's FIN")?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let info = socket::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, 1).context("TCP_INFO")?;
@@ -227,16 +227,6 @@ pub fn receive_peer_fin(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, pee
     }
 }
 
-/// An IPv4 address seen by an IPv6 socket (::ffff:a.b.c.d) travels as IPv4.
-fn unmapped(a: &InetAddr) -> InetAddr {
-    match a.ip {
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => InetAddr { ip: std::net::IpAddr::V4(v4), ..a.clone() },
-            None => a.clone(),
-        },
-        _ => a.clone(),
-    }
-}
 
 /// Binds a socket that will stay unconnected to `local`, even if a connection of the same
 /// address is still in TIME_WAIT (repair mode binds with forced reuse).
