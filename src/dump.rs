@@ -337,7 +337,7 @@ fn collect_tree(
         crate::interrupt::check()?;
         files.push(collect_files(f, image, progress, &mut open_files, parent_of(f.pid))?);
     }
-    open_files.check_tree()?;
+    open_files.check_tree(image)?;
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
     let outsiders = crate::kinds::locks::outsiders(open_files.state.get::<crate::kinds::locks::LockedFiles>(), &tree)?;
     if !outsiders.is_empty() && !opts.external_locks {

@@ -199,6 +199,11 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
         }
     }
     for f in &img.open_files.open_files {
+        for carrier in &f.in_flight_in {
+            if !files.contains(carrier) || *carrier == f.id {
+                bail!("image file {}: field in_flight_in of open file #{}: #{carrier} is not another description of the image", image::OPEN_FILES, f.id);
+            }
+        }
         if let Some(l) = &f.lease
             && (l.remaining_ms > MAX_LEASE_MS || l.downgrade_remaining_ms > MAX_LEASE_MS)
         {
@@ -554,6 +559,29 @@ impl Tree {
         for f in &img.open_files.open_files {
             let needing = files::needed_by(f).into_iter().filter(|p| img.processes.contains_key(p));
             holders.entry(f.id).or_default().extend(needing);
+        }
+        // A description in flight in a socket's queue (SCM_RIGHTS) is sent again by the
+        // socket's creator: it counts as held by every holder of the socket's group, so it is
+        // opened by that creator or one of its ancestors (and inherited by the creator).
+        let group_of = |id: u32| img.open_files.open_files.iter().find(|f| f.id == id).map(|f| f.created_with).unwrap_or(0);
+        for _ in 0..8 {
+            let mut grew = false;
+            for f in img.open_files.open_files.iter().filter(|f| !f.in_flight_in.is_empty()) {
+                let mut add = BTreeSet::new();
+                for carrier in &f.in_flight_in {
+                    let group = group_of(*carrier);
+                    for g in img.open_files.open_files.iter().filter(|g| g.id == *carrier || (group != 0 && g.created_with == group)) {
+                        add.extend(holders.get(&g.id).into_iter().flatten().copied());
+                    }
+                }
+                let set = holders.entry(f.id).or_default();
+                let before = set.len();
+                set.extend(add);
+                grew |= set.len() != before;
+            }
+            if !grew {
+                break;
+            }
         }
         // Descriptions created together (pipe ends, socket pairs) count as one.
         let mut group_holders: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();

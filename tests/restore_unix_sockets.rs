@@ -430,12 +430,48 @@ fn unix_socket_connected_outside_the_tree_is_refused_and_keeps_working() {
     assert_eq!(&pong, b"pong\n");
 }
 
-/// A file descriptor in flight (SCM_RIGHTS, sent but not received): refused by pid, fd and
-/// "SCM_RIGHTS"; afterwards the process receives the descriptor and reads its file.
+/// An epoll in flight (SCM_RIGHTS, sent but not received) that no process holds: refused by
+/// pid, fd and "SCM_RIGHTS" (restoring an epoll needs a holder's fd table); afterwards the
+/// process receives it and it is still the epoll with its registration.
 #[test]
-fn descriptor_in_flight_is_refused_and_stays_in_flight() {
+fn epoll_in_flight_is_refused_and_stays_in_flight() {
     let mut w = Workload::spawn("usock_refuse", &["rights"]);
-    assert_refused(&mut w, &["SCM_RIGHTS"]);
+    assert_refused(&mut w, &["SCM_RIGHTS", "eventpoll"]);
+}
+
+/// `scm_fds:` of every socket fd of the tree: how many descriptors wait in its queue.
+fn descriptors_in_flight(pids: &[i32]) -> BTreeMap<(i32, i32), String> {
+    socket_fds(pids)
+        .into_keys()
+        .map(|(pid, fd)| {
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let n = info.lines().find_map(|l| l.strip_prefix("scm_fds:")).unwrap_or("?").trim().to_string();
+            ((pid, fd), n)
+        })
+        .collect()
+}
+
+/// Descriptors in flight (SCM_RIGHTS) in a datagram, a stream and a seqpacket socket: a file
+/// also held by the sender (twice, in two sockets), a file held by no process any more, a
+/// pipe's read end with data in the pipe (its write end held), a second description of the
+/// file. After restore each message comes with its descriptors, in order, with its data
+/// boundaries (the stream splits into reads exactly as a fresh one filled the same way); each
+/// descriptor is the same file at its offset, the held one the same description as the
+/// holder's (an offset moved through it moves the holder's), the pipe gives its data; and
+/// /proc shows the same count of descriptors in flight in each socket.
+#[test]
+fn descriptors_in_flight_come_back_with_their_messages() {
+    let (mut w, _tree) = spawn_tree("usock_rights", &[]);
+    let pids = tree_pids(w.pid);
+    let in_flight_before = descriptors_in_flight(&pids);
+    assert!(in_flight_before.values().any(|n| n == "3"), "test setup: no socket with 3 descriptors in flight: {in_flight_before:?}");
+    let (before, after) = dump_and_restore(&mut w);
+    let in_flight_after = descriptors_in_flight(&after.pids);
+    let mut extra = Vec::new();
+    if in_flight_before != in_flight_after {
+        extra.push(format!("descriptors in flight before {in_flight_before:?}, after {in_flight_after:?}"));
+    }
+    verify(&mut w, &before, &after, extra, &["parent", "child"]);
 }
 
 /// A listener with a connection not yet accepted: refused by pid, fd and "not yet accepted";

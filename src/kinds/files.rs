@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::fd::{self, FdSource, Holders, KindState, Together, WholeTree};
 use super::locks::{LockLine, LockedFiles};
@@ -60,6 +60,12 @@ pub struct OpenFileTable {
     holders: Holders,
     /// Every process of the dumped tree, zombies included.
     pub tree_pids: std::collections::BTreeSet<i32>,
+    /// (carrier id, crust's fds) of the descriptions in flight in a recorded description,
+    /// recorded once every fd of the tree was seen (see [`OpenFileTable::record_carried`]).
+    carried: Vec<(u32, Vec<std::os::fd::OwnedFd>)>,
+    /// crust's fds of the descriptions in flight, kept open while the tree is dumped:
+    /// `by_inode` names them by crust's pid and fd for kcmp.
+    carried_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 impl OpenFileTable {
@@ -86,12 +92,101 @@ impl OpenFileTable {
     /// ends of every pipe inside it, socket peers, epoll and inotify targets, FIFO ends) and
     /// complete the records that depend on it. Runs right after the fds, before any memory is
     /// saved: a refusal must come before the long part of a dump.
-    pub fn check_tree(&mut self) -> Result<()> {
+    pub fn check_tree(&mut self, image: &crate::image::ImageDir) -> Result<()> {
+        self.record_carried(image)?;
         let tree = WholeTree { holders: &self.holders, externals: &self.externals, pids: &self.tree_pids };
         for kind in fd::KINDS {
             kind.check_tree(&mut self.files, &tree, &mut self.state)?;
         }
         Ok(())
+    }
+
+    /// Records the descriptions in flight in the tree's sockets (SCM_RIGHTS), once every fd of
+    /// the tree was seen: one that a process also holds is that process's description (found
+    /// with kcmp from crust's copy), else a description of its own, recorded by its kind
+    /// through crust's fd. Each names the descriptions carrying it (`in_flight_in`), and the
+    /// carrier gets their ids. Descriptions in flight inside descriptions in flight are
+    /// followed a few levels deep.
+    fn record_carried(&mut self, image: &crate::image::ImageDir) -> Result<()> {
+        for _ in 0..8 {
+            let pending = std::mem::take(&mut self.carried);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for (carrier, fds) in pending {
+                let mut ids = Vec::with_capacity(fds.len());
+                for copy in fds {
+                    let id = self.carried_description(carrier, &copy, image)?;
+                    let file = &mut self.files[id as usize - 1];
+                    if !file.in_flight_in.contains(&carrier) {
+                        file.in_flight_in.push(carrier);
+                    }
+                    ids.push(id);
+                    self.carried_fds.push(copy);
+                }
+                let file = &mut self.files[carrier as usize - 1];
+                fd::kind_of_file(file)?.resolve_carried(file, &ids)?;
+            }
+        }
+        bail!("descriptions in flight inside descriptions in flight, more than 8 levels deep")
+    }
+
+    /// The description id of one description in flight in description `carrier`.
+    fn carried_description(&mut self, carrier: u32, copy: &std::os::fd::OwnedFd, image: &crate::image::ImageDir) -> Result<u32> {
+        use std::os::fd::AsRawFd;
+        let me = std::process::id() as i32;
+        let raw = copy.as_raw_fd();
+        let meta = File::from(copy.try_clone()?).metadata().context("fstat of a descriptor in flight")?;
+        let key = (meta.dev(), meta.ino());
+        if let Some(id) = self.find_shared(key, me, raw)? {
+            return Ok(id);
+        }
+        let (pid, fd) = self.holders.get(&carrier).and_then(|h| h.first().copied()).unwrap_or((0, -1));
+        let carrier_name = describe(&self.files[carrier as usize - 1]);
+        let link = std::fs::read_link(format!("/proc/self/fd/{raw}"))?.to_string_lossy().into_owned();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))?;
+        let refuse = |what: &str| {
+            anyhow::anyhow!(
+                "pid {pid} fd {fd}: {carrier_name} carries {link} in flight (SCM_RIGHTS), held by no process of the tree, \
+                 {what}; crust cannot checkpoint it"
+            )
+        };
+        if !super::locks::fdinfo_locks(&fdinfo).is_empty() {
+            return Err(refuse("with locks or a lease on it"));
+        }
+        let id = self.files.len() as u32 + 1;
+        let src = FdSource {
+            pid: me,
+            fd: raw,
+            link: &link,
+            meta: &meta,
+            copy,
+            fdinfo: &fdinfo,
+            image,
+            shell_job: self.shell_job,
+            permits: &self.permits,
+            inode_seen: self.by_inode.contains_key(&key),
+        };
+        let kind = fd::KINDS.iter().find(|k| k.recognises(&src));
+        if kind.is_some_and(|k| !k.in_flight()) {
+            return Err(refuse(&format!("a kind ({}) whose restore needs a process holding it", kind.unwrap().name())));
+        }
+        let dumped = record_description(&src, &mut self.state)
+            .map_err(|e| refuse("which crust cannot record").context(format!("{e:#}")))?;
+        let info = read_fdinfo(me, raw)?;
+        self.files.push(OpenFile {
+            id,
+            flags: info.flags & !(libc::O_CLOEXEC as u32),
+            position: info.pos,
+            kind: Some(dumped.record),
+            created_with: dumped.created_with,
+            ..Default::default()
+        });
+        self.by_inode.entry(key).or_default().push((me, raw, id));
+        if !dumped.carried.is_empty() {
+            self.carried.push((id, dumped.carried));
+        }
+        Ok(id)
     }
 
     /// The record of every description, once the tree's mappings added theirs (the deleted
@@ -239,18 +334,22 @@ fn dump_fd(ctx: &mut DumpCtx, fd: i32, record: &mut FilesRecord, seen_posix: &mu
         permits: &table.permits,
         inode_seen,
     };
-    let (kind, created_with) = record_description(&src, &mut table.state)?;
+    let dumped = record_description(&src, &mut table.state)?;
     // Once per description (fds sharing it were skipped above).
     table.state.get::<LockedFiles>().description_locks.extend(locks.description_lines);
     table.files.push(OpenFile {
         id,
         flags: info.flags & !(libc::O_CLOEXEC as u32),
         position: info.pos,
-        kind: Some(kind),
-        created_with,
+        kind: Some(dumped.record),
+        created_with: dumped.created_with,
         locks: locks.description,
         lease,
+        in_flight_in: Vec::new(),
     });
+    if !dumped.carried.is_empty() {
+        table.carried.push((id, dumped.carried));
+    }
     record.fds.push(Fd { fd, close_on_exec, open_file_id: id });
     table.holders.entry(id).or_default().push((pid, fd));
     table.by_inode.entry(key).or_default().push((pid, fd, id));
@@ -391,9 +490,8 @@ pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool, p
     Ok(())
 }
 
-/// Recognises the kind of the description behind one fd and records it. Returns the record
-/// and its `created_with` group (0 for none).
-fn record_description(src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)> {
+/// Recognises the kind of the description behind one fd and records it.
+fn record_description(src: &FdSource, state: &mut KindState) -> Result<fd::Dumped<open_file::Kind>> {
     match fd::KINDS.iter().find(|kind| kind.recognises(src)) {
         Some(kind) => kind.dump(src, state),
         None if src.link.starts_with("anon_inode:") => Err(src.refuse("an anonymous-inode file")),

@@ -157,8 +157,10 @@ pub struct Received {
     /// The sender's name (datagrams); empty when unnamed.
     pub name: Vec<u8>,
     pub credentials: Option<Ucred>,
-    /// Descriptors that came with the message (SCM_RIGHTS, SCM_PIDFD): crust's now, closed
-    /// when dropped.
+    /// Descriptors passed with the message (SCM_RIGHTS), in order: crust's now (a peek
+    /// installs them too), closed when dropped.
+    pub rights: Vec<OwnedFd>,
+    /// Other descriptors that came with it (SCM_PIDFD), closed when dropped.
     pub fds: Vec<OwnedFd>,
     pub msg_flags: i32,
 }
@@ -168,8 +170,9 @@ pub struct Received {
 pub fn receive(fd: BorrowedFd, len: usize, flags: i32) -> Result<Received, SysError> {
     let mut data = vec![0u8; len];
     let (mut addr, _) = sockaddr_un(&[])?;
-    // Room for credentials and a few descriptors; u64 for alignment.
-    let mut control = [0u64; 64];
+    // Room for credentials, a pidfd and the most descriptors one message can carry
+    // (SCM_MAX_FD, 253); u64 for alignment.
+    let mut control = [0u64; 160];
     let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: len };
     // SAFETY: msghdr is plain old data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -188,6 +191,7 @@ pub fn receive(fd: BorrowedFd, len: usize, flags: i32) -> Result<Received, SysEr
         data,
         name: name_of(&addr, msg.msg_namelen),
         credentials: None,
+        rights: Vec::new(),
         fds: Vec::new(),
         msg_flags: msg.msg_flags,
     };
@@ -207,9 +211,10 @@ pub fn receive(fd: BorrowedFd, len: usize, flags: i32) -> Result<Received, SysEr
                         out.credentials = Some(Ucred { pid: word(0) as i32, uid: word(4), gid: word(8) });
                     }
                     libc::SCM_RIGHTS | SCM_PIDFD => {
+                        let into = if header.cmsg_type == libc::SCM_RIGHTS { &mut out.rights } else { &mut out.fds };
                         for chunk in bytes.chunks_exact(4) {
                             let raw = i32::from_ne_bytes(chunk.try_into().unwrap());
-                            out.fds.push(OwnedFd::from_raw_fd(raw));
+                            into.push(OwnedFd::from_raw_fd(raw));
                         }
                     }
                     _ => {}
@@ -222,8 +227,15 @@ pub fn receive(fd: BorrowedFd, len: usize, flags: i32) -> Result<Received, SysEr
 }
 
 /// sendmsg(2) of `data`, to `name` when given (else to the connected peer), with explicit
-/// SCM_CREDENTIALS when given. Returns the bytes sent.
-pub fn send(fd: BorrowedFd, data: &[u8], name: Option<&[u8]>, credentials: Option<Ucred>, flags: i32) -> Result<usize, SysError> {
+/// SCM_CREDENTIALS when given and `rights` passed as SCM_RIGHTS. Returns the bytes sent.
+pub fn send(
+    fd: BorrowedFd,
+    data: &[u8],
+    name: Option<&[u8]>,
+    credentials: Option<Ucred>,
+    rights: &[BorrowedFd],
+    flags: i32,
+) -> Result<usize, SysError> {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: msghdr is plain old data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -237,32 +249,47 @@ pub fn send(fd: BorrowedFd, data: &[u8], name: Option<&[u8]>, credentials: Optio
     }
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    let mut control = [0u64; 8];
+    let mut payloads: Vec<(i32, Vec<u8>)> = Vec::new();
     if let Some(c) = credentials {
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-        let (space, cmsg_len) = unsafe { (libc::CMSG_SPACE(12) as usize, libc::CMSG_LEN(12) as usize) };
+        let mut bytes = Vec::with_capacity(12);
+        bytes.extend_from_slice(&c.pid.to_ne_bytes());
+        bytes.extend_from_slice(&c.uid.to_ne_bytes());
+        bytes.extend_from_slice(&c.gid.to_ne_bytes());
+        payloads.push((libc::SCM_CREDENTIALS, bytes));
+    }
+    if !rights.is_empty() {
+        if rights.len() > 253 {
+            return Err(SysError::new(format!("sendmsg of {} descriptors (SCM_MAX_FD is 253)", rights.len()), Errno::EINVAL));
+        }
+        payloads.push((libc::SCM_RIGHTS, rights.iter().flat_map(|f| f.as_raw_fd().to_ne_bytes()).collect()));
+    }
+    // u64 for alignment; room for both control messages at their largest.
+    let mut control = [0u64; 160];
+    if !payloads.is_empty() {
+        // SAFETY: CMSG_SPACE is pure arithmetic.
+        let space: usize = payloads.iter().map(|(_, b)| unsafe { libc::CMSG_SPACE(b.len() as u32) } as usize).sum();
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space;
-        // SAFETY: the control buffer (64 bytes) holds one header plus 12 bytes of credentials
-        // (CMSG_SPACE(12) = 32 bytes); the writes stay inside it.
+        // SAFETY: `space` (at most 32 + 1032 bytes) fits the control buffer (1280 bytes); each
+        // header and its payload is written inside the room CMSG_SPACE reserved for it, found
+        // by the CMSG_FIRSTHDR/CMSG_NXTHDR walk over that buffer.
         unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_CREDENTIALS;
-            (*cmsg).cmsg_len = cmsg_len;
-            let payload = libc::CMSG_DATA(cmsg);
-            let mut bytes = Vec::with_capacity(12);
-            bytes.extend_from_slice(&c.pid.to_ne_bytes());
-            bytes.extend_from_slice(&c.uid.to_ne_bytes());
-            bytes.extend_from_slice(&c.gid.to_ne_bytes());
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), payload, 12);
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            for (kind, bytes) in &payloads {
+                (*cmsg).cmsg_level = libc::SOL_SOCKET;
+                (*cmsg).cmsg_type = *kind;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(bytes.len() as u32) as usize;
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), libc::CMSG_DATA(cmsg), bytes.len());
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
         }
     }
     // SAFETY: every pointer in `msg` points to a live buffer of the length given next to it.
     let ret = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
     let n = Errno::result(ret).map_err(|e| {
         let to = name.map(|n| format!(" to {}", show_name(n))).unwrap_or_default();
-        SysError::new(format!("sendmsg of {} bytes{to}", data.len()), e)
+        let with = if rights.is_empty() { String::new() } else { format!(" with {} descriptor(s)", rights.len()) };
+        SysError::new(format!("sendmsg of {} bytes{with}{to}", data.len()), e)
     })?;
     Ok(n as usize)
 }

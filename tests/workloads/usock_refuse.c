@@ -11,9 +11,10 @@
  *                                     "early\n" before the dump. After .go it reads "early\n"
  *                                     then "late\n" (sent by the test after the refused dump)
  *                                     and answers "pong\n".
- *   usock_refuse STATUS rights        a UNIX socketpair with a file descriptor in flight
- *                                     (SCM_RIGHTS, not received; the program's own file):
- *                                     after .go it is received and still reads that file.
+ *   usock_refuse STATUS rights        a UNIX socketpair with an epoll in flight (SCM_RIGHTS,
+ *                                     not received, held by no fd: crust cannot restore an
+ *                                     epoll without a holder): after .go it is received and
+ *                                     is still the epoll, with its registration.
  *   usock_refuse STATUS pending       a listener with a connection not yet accepted, whose
  *                                     client is in the same process: after .go it is
  *                                     accepted and carries data.
@@ -23,6 +24,7 @@
 #include "usock_common.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/epoll.h>
 
 static void mode_tcp(void)
 {
@@ -83,9 +85,10 @@ static void mode_rights(void)
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0)
 		die("socketpair: %s", strerror(errno));
-	int f = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
-	if (f < 0)
-		die("open: %s", strerror(errno));
+	int f = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLOUT, .data.u64 = 42 };
+	if (f < 0 || epoll_ctl(f, EPOLL_CTL_ADD, sv[0], &ev) < 0)
+		die("epoll: %s", strerror(errno));
 	char control[CMSG_SPACE(sizeof(int))];
 	memset(control, 0, sizeof(control));
 	struct iovec iov = { .iov_base = "fd", .iov_len = 2 };
@@ -111,9 +114,10 @@ static void mode_rights(void)
 	}
 	int got;
 	memcpy(&got, CMSG_DATA(rc), sizeof(int));
-	char head[4] = "";
-	CHECK(pread(got, head, 4, 0) == 4 && memcmp(head, "\177ELF", 4) == 0, "the passed fd (the program) does not read "
-											 "as an ELF file");
+	struct epoll_event out;
+	int k = epoll_wait(got, &out, 1, 0);
+	CHECK(k == 1 && out.data.u64 == 42, "the passed epoll reports %d events (data %llu), expected its registration",
+	      k, k == 1 ? (unsigned long long)out.data.u64 : 0ULL);
 }
 
 static void mode_pending(void)

@@ -54,6 +54,8 @@ pub struct Epolls;
 impl FdKind for Epolls {
     type Record = Epoll;
     const NAME: &'static str = "epoll";
+    // Restoring it needs a holder's fd table.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Epoll> {
         match kind {

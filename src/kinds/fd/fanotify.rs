@@ -48,6 +48,8 @@ const FAN_MARK_IGNORE: u32 = 0x400;
 impl FdKind for Fanotifies {
     type Record = Fanotify;
     const NAME: &'static str = "fanotify";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Fanotify> {
         match kind {

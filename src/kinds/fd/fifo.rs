@@ -38,6 +38,8 @@ pub struct Fifos;
 impl FdKind for Fifos {
     type Record = Fifo;
     const NAME: &'static str = "FIFO";
+    // Restoring it needs a holder's fd table.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Fifo> {
         match kind {
@@ -57,7 +59,7 @@ impl FdKind for Fifos {
 
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Fifo>> {
         let (record, created_with) = dump(src, state)?;
-        Ok(Dumped { record, created_with })
+        Ok(Dumped { record, created_with, carried: Vec::new() })
     }
 
     fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {

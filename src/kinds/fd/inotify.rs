@@ -41,6 +41,8 @@ pub struct Inotifies;
 impl FdKind for Inotifies {
     type Record = Inotify;
     const NAME: &'static str = "inotify";
+    // Restoring it needs a holder's fd table.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Inotify> {
         match kind {

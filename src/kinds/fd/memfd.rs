@@ -39,6 +39,8 @@ pub struct Memfds;
 impl FdKind for Memfds {
     type Record = Memfd;
     const NAME: &'static str = "memfd";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Memfd> {
         match kind {
@@ -59,7 +61,7 @@ impl FdKind for Memfds {
 
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<Memfd>> {
         let record = dump(src)?;
-        Ok(Dumped { created_with: group_id(src.meta.dev(), src.meta.ino()), record })
+        Ok(Dumped { created_with: group_id(src.meta.dev(), src.meta.ino()), record, carried: Vec::new() })
     }
 
     fn open(ctx: &mut RestoreCtx, file: &OpenFile, record: &Memfd, together: &mut Together) -> Result<i32> {

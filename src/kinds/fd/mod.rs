@@ -101,9 +101,14 @@ pub static KINDS: &[&dyn DynFdKind] = &[
 /// One kind of open file description.
 pub trait FdKind: 'static {
     /// The image record of one description (its variant of `OpenFile.kind`).
-    type Record: 'static;
+    type Record: Clone + 'static;
     /// For people: "pipe", "eventfd"...
     const NAME: &'static str;
+    /// Whether a description of this kind can be restored when it is held by no fd, only in
+    /// flight in a UNIX socket (SCM_RIGHTS): not when its restore needs a holder's fd table
+    /// (epoll targets, inotify watches, FIFO openers) or its holders (the other kinds that say
+    /// so); such a description held only in flight is refused by name.
+    const IN_FLIGHT: bool = true;
     /// This kind's record in the variant, if the variant is this kind's.
     fn record_of(kind: &open_file::Kind) -> Option<&Self::Record>;
     /// The variant holding a record of this kind.
@@ -128,6 +133,12 @@ pub trait FdKind: 'static {
     fn check_tree(files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
         let _ = (files, tree, state);
         Ok(())
+    }
+    /// Dump, for a record whose `dump` returned descriptions it carries ([`Dumped::carried`]):
+    /// `ids[i]` is the description id the table gave `carried[i]`.
+    fn resolve_carried(record: &mut Self::Record, ids: &[u32]) -> Result<()> {
+        let _ = (record, ids);
+        bail!("{} carries descriptions but does not say where", Self::NAME)
     }
 
     /// Dump without -R, once the tree was killed: what must happen before crust lets go of the
@@ -230,12 +241,16 @@ pub struct Dumped<R> {
     /// Descriptions with the same non-zero value are created together at restore, by one
     /// system call (see `OpenFile.created_with`); kinds tag their values so they never meet.
     pub created_with: u64,
+    /// Descriptions this one carries (files in flight in a socket's queue, as crust's own
+    /// fds): the table records them like any other description once every fd of the tree
+    /// was seen, and hands their ids to [`FdKind::resolve_carried`].
+    pub carried: Vec<OwnedFd>,
 }
 
 impl<R> Dumped<R> {
     /// A description created on its own.
     pub fn alone(record: R) -> Self {
-        Dumped { record, created_with: 0 }
+        Dumped { record, created_with: 0, carried: Vec::new() }
     }
 }
 
@@ -324,9 +339,11 @@ pub trait DynFdKind: Sync {
     fn name(&self) -> &'static str;
     fn owns(&self, kind: &open_file::Kind) -> bool;
     fn recognises(&self, src: &FdSource) -> bool;
-    /// The record as its `OpenFile.kind` variant, and its `created_with` group.
+    fn in_flight(&self) -> bool;
     fn refuse_early(&self, src: &FdSource) -> Result<()>;
-    fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)>;
+    /// The record as its `OpenFile.kind` variant, with its `created_with` group.
+    fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<Dumped<open_file::Kind>>;
+    fn resolve_carried(&self, file: &mut OpenFile, ids: &[u32]) -> Result<()>;
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()>;
     fn after_kill(&self, state: &mut KindState) -> Result<()>;
     fn restore_failed(&self, files: &[OpenFile]);
@@ -371,12 +388,26 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     fn recognises(&self, src: &FdSource) -> bool {
         K::recognises(src)
     }
+    fn in_flight(&self) -> bool {
+        K::IN_FLIGHT
+    }
     fn refuse_early(&self, src: &FdSource) -> Result<()> {
         K::refuse_early(src)
     }
-    fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<(open_file::Kind, u64)> {
-        let dumped = K::dump(src, state)?;
-        Ok((K::into_kind(dumped.record), dumped.created_with))
+    fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<Dumped<open_file::Kind>> {
+        let d = K::dump(src, state)?;
+        Ok(Dumped { record: K::into_kind(d.record), created_with: d.created_with, carried: d.carried })
+    }
+    fn resolve_carried(&self, file: &mut OpenFile, ids: &[u32]) -> Result<()> {
+        let id = file.id;
+        let Some(kind) = file.kind.as_mut() else { bail!("open file #{id} without a kind") };
+        let mut record = match K::record_of(kind) {
+            Some(r) => r.clone(),
+            None => bail!("open file #{id} is not a {} (asked of the wrong kind)", K::NAME),
+        };
+        K::resolve_carried(&mut record, ids)?;
+        *kind = K::into_kind(record);
+        Ok(())
     }
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
         K::check_tree(files, tree, state)

@@ -23,6 +23,8 @@ const TYPES: &[&str] = &["cgroup", "ipc", "mnt", "net", "pid", "time", "user", "
 impl FdKind for NamespaceFiles {
     type Record = NamespaceFile;
     const NAME: &'static str = "namespace file";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&NamespaceFile> {
         match kind {

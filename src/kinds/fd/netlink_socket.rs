@@ -28,6 +28,8 @@ pub struct NetlinkSockets;
 impl FdKind for NetlinkSockets {
     type Record = NetlinkSocket;
     const NAME: &'static str = "netlink socket";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&NetlinkSocket> {
         match kind {

@@ -26,6 +26,8 @@ pub struct PacketSockets;
 impl FdKind for PacketSockets {
     type Record = PacketSocket;
     const NAME: &'static str = "packet socket";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&PacketSocket> {
         match kind {

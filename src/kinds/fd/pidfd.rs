@@ -37,6 +37,8 @@ const PIDFD_FLAGS: u32 = (libc::O_NONBLOCK | libc::O_EXCL) as u32;
 impl FdKind for Pidfds {
     type Record = Pidfd;
     const NAME: &'static str = "pidfd";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Pidfd> {
         match kind {

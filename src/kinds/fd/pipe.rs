@@ -42,7 +42,7 @@ impl FdKind for Pipes {
         let (pipe, access) = dump(src)?;
         state.get::<PipeEnds>().0.entry(pipe.pipe_id).or_default().push((src.pid, src.fd, access));
         let group = pipe.pipe_id;
-        Ok(Dumped { record: pipe, created_with: group })
+        Ok(Dumped { record: pipe, created_with: group, carried: Vec::new() })
     }
 
     /// Both ends of every pipe must be inside the tree, unless the user declared it external

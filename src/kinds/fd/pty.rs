@@ -59,6 +59,8 @@ const MAX_INDEX: u32 = 4096;
 impl FdKind for Ptys {
     type Record = Pty;
     const NAME: &'static str = "pseudo-terminal";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Pty> {
         match kind {
@@ -80,7 +82,7 @@ impl FdKind for Ptys {
         let record = dump(src).with_context(|| format!("pid {} fd {} ({})", src.pid, src.fd, src.link))?;
         let hung_up = if record.hung_up { HUNG_UP_TAG } else { 0 };
         let group = GROUP_TAG | hung_up | record.index as u64;
-        Ok(Dumped { record, created_with: group })
+        Ok(Dumped { record, created_with: group, carried: Vec::new() })
     }
 
     fn check_tree(files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {

@@ -26,6 +26,8 @@ pub struct SharedMemoryObjects;
 impl FdKind for SharedMemoryObjects {
     type Record = SharedMemory;
     const NAME: &'static str = "shared memory";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&SharedMemory> {
         match kind {

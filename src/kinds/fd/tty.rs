@@ -22,6 +22,8 @@ pub struct Terminals;
 impl FdKind for Terminals {
     type Record = Tty;
     const NAME: &'static str = "terminal";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&Tty> {
         match kind {

@@ -57,6 +57,8 @@ pub struct InetSockets;
 impl FdKind for InetSockets {
     type Record = InetSocket;
     const NAME: &'static str = "IP socket";
+    // Restored only as a holder's description: one held only in flight is refused.
+    const IN_FLIGHT: bool = false;
 
     fn record_of(kind: &open_file::Kind) -> Option<&InetSocket> {
         match kind {

@@ -15,12 +15,23 @@
 //! peers through crust's copies (with the senders' credentials), then sets the options and
 //! shutdowns.
 //!
+//! Descriptors in flight (SCM_RIGHTS) come back with their messages: the peek installs them in
+//! crust, as in any receiver, and the fd table records what they refer to like any other
+//! description (the same description as a process's fd, when one holds it); restore sends each
+//! message again with them, from the process that created the socket (which holds them at
+//! their working fds).
+//!
 //! Refused by pid and fd: other families (INET, NETLINK...), a peer outside the tree,
-//! descriptors in flight (SCM_RIGHTS), connections not yet accepted, out-of-band data, a
+//! descriptors in flight that no process holds, unless they are regular files, directories,
+//! pipes, UNIX sockets, eventfds, signalfds, timerfds or character devices, connections not yet accepted, out-of-band data, a
 //! pending socket error, receive timestamps, socket filters, and datagrams whose sender
 //! crust cannot stand in for.
 //!
-//! Known limits: SO_PEERCRED's pid is the process that recreated the connection (its uid and
+//! Known limits: in a stream, the bytes queued before a buffer carrying descriptors (back to
+//! the previous such buffer) come back in that buffer: a read of only those first bytes gets
+//! the descriptors with them, where before it would have got them with the later bytes (no
+//! peek shows where the buffer began; a read covering the whole piece, the usual case, is the
+//! same). SO_PEERCRED's pid is the process that recreated the connection (its uid and
 //! gid are kept); peeking at a zero-length datagram marks it "peeked" in the kernel, as any
 //! MSG_PEEK of the process would (it only matters to a process that itself walks its queue
 //! with SO_PEEK_OFF, which then steps over it), and a zero-length datagram the process had
@@ -29,7 +40,7 @@
 mod restore;
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -73,8 +84,18 @@ impl FdKind for UnixSockets {
     }
 
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<UnixSocket>> {
-        let (record, created_with) = dump(src)?;
-        Ok(Dumped { record, created_with })
+        let (record, carried) = dump(src)?;
+        Ok(Dumped { record, created_with: 0, carried })
+    }
+
+    /// The descriptors in flight were recorded as indexes into `carried`: now the ids.
+    fn resolve_carried(record: &mut UnixSocket, ids: &[u32]) -> Result<()> {
+        for m in &mut record.queued {
+            for r in &mut m.rights {
+                *r = *ids.get(*r as usize).context("a descriptor in flight without its description")?;
+            }
+        }
+        Ok(())
     }
 
     fn check_tree(files: &mut [OpenFile], tree: &WholeTree, _state: &mut KindState) -> Result<()> {
@@ -118,9 +139,10 @@ fn refuse_other_families(src: &FdSource) -> Result<()> {
     Ok(())
 }
 
-/// Returns the record; its created_with group is decided by [`finish`] once the whole tree
-/// was seen.
-fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
+/// Returns the record, and crust's copies of the descriptors in flight in its queue (the
+/// messages' `rights` index them); its created_with group is decided by [`finish`] once the
+/// whole tree was seen.
+fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
     let fd = src.copy.as_fd();
     // "pid P fd F: socket:[N] <what>; crust cannot checkpoint it"
     let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}; crust cannot checkpoint it", src.pid, src.fd, src.link);
@@ -136,10 +158,7 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     }
     let stream_like = kind != libc::SOCK_DGRAM;
 
-    let in_flight: u32 = src.fdinfo_field("scm_fds:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if in_flight > 0 {
-        return Err(refuse(format!("has {in_flight} file descriptor(s) in flight (SCM_RIGHTS) in its queue")));
-    }
+    let in_flight: usize = src.fdinfo_field("scm_fds:").and_then(|v| v.parse().ok()).unwrap_or(0);
     refuse_unsupported_options(fd).map_err(&refuse)?;
     let events = socket::poll_now(fd).with_context(|| format!("pid {} fd {}: poll", src.pid, src.fd))?;
     if kind == libc::SOCK_STREAM && events & libc::POLLPRI != 0 {
@@ -205,6 +224,7 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
     if events & libc::POLLERR != 0 && !rec.peer_reset {
         return Err(refuse("has a pending error (SO_ERROR)".into()));
     }
+    let mut carried = Vec::new();
     if rec.state == TCP_LISTEN as i32 || rec.peer_inode != 0 || rec.peer_closed {
         rec.peer_credentials = socket::peer_credentials(fd).ok().map(|c| UnixCredentials { pid: c.pid, uid: c.uid, gid: c.gid });
     }
@@ -225,8 +245,14 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
             ));
         }
         if !untouchable {
-            rec.queued = read_queue(fd, kind, queued_bytes, rec.pass_credentials, rec.shutdown & RCV_SHUTDOWN != 0)
+            rec.queued = read_queue(fd, kind, queued_bytes, rec.pass_credentials, rec.shutdown & RCV_SHUTDOWN != 0, &mut carried)
                 .with_context(|| format!("pid {} fd {}: reading the queue of {}", src.pid, src.fd, src.link))?;
+        }
+        if carried.len() != in_flight {
+            return Err(refuse(format!(
+                "has {in_flight} file descriptor(s) in flight (SCM_RIGHTS) but its queue showed crust {}",
+                carried.len()
+            )));
         }
         for c in rec.queued.iter().filter_map(|m| m.credentials.as_ref()) {
             if !std::path::Path::new(&format!("/proc/{}", c.pid)).exists() {
@@ -238,7 +264,7 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, u64)> {
             }
         }
     }
-    Ok((rec, 0))
+    Ok((rec, carried))
 }
 
 /// "an IPv4 TCP socket (INET)", "a netlink socket"...
@@ -395,14 +421,22 @@ fn waiting_on(inode: u32) -> Result<Option<UnixDiag>> {
 /// Peeks at everything queued for reading, without consuming it: SO_PEEK_OFF walks the
 /// queue, and is put back as it was. `stream_bytes` is how many bytes a stream holds (from
 /// sock_diag): the walk never peeks past them, since a peek at an empty queue would report
-/// (and clear) a pending error.
-fn read_queue(fd: BorrowedFd, kind: i32, stream_bytes: usize, credentials: bool, read_shut: bool) -> Result<Vec<UnixMessage>> {
+/// (and clear) a pending error. Descriptors in flight (SCM_RIGHTS) are installed in crust by
+/// the peek, as in any receiver: they go to `carried`, and the messages' `rights` index them.
+fn read_queue(
+    fd: BorrowedFd,
+    kind: i32,
+    stream_bytes: usize,
+    credentials: bool,
+    read_shut: bool,
+    carried: &mut Vec<OwnedFd>,
+) -> Result<Vec<UnixMessage>> {
     let old = socket::get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     socket::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
     let walked = if kind == libc::SOCK_STREAM {
-        peek_stream(fd, stream_bytes, credentials)
+        peek_stream(fd, stream_bytes, credentials, carried)
     } else {
-        peek_messages(fd, kind, stream_bytes, credentials, read_shut)
+        peek_messages(fd, kind, stream_bytes, credentials, read_shut, carried)
     };
     socket::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old).context("putting SO_PEEK_OFF back")?;
     walked
@@ -415,33 +449,71 @@ fn credentials_of(r: &socket::Received, wanted: bool) -> Option<UnixCredentials>
     r.credentials.map(|c: Ucred| UnixCredentials { pid: c.pid, uid: c.uid, gid: c.gid })
 }
 
-fn peek_stream(fd: BorrowedFd, total: usize, credentials: bool) -> Result<Vec<UnixMessage>> {
+/// A peek whose control data did not fit would lose descriptors: refused.
+fn whole(r: socket::Received) -> Result<socket::Received> {
+    if r.msg_flags & libc::MSG_CTRUNC != 0 {
+        bail!("a queued message carries more control data than crust can read (MSG_CTRUNC)");
+    }
+    Ok(r)
+}
+
+/// The descriptors of `r` into `carried`; their indexes there.
+fn carry(r: &mut socket::Received, carried: &mut Vec<OwnedFd>) -> Vec<u32> {
+    let first = carried.len() as u32;
+    carried.append(&mut r.rights);
+    (first..carried.len() as u32).collect()
+}
+
+fn peek_stream(fd: BorrowedFd, total: usize, credentials: bool, carried: &mut Vec<OwnedFd>) -> Result<Vec<UnixMessage>> {
     let mut out: Vec<UnixMessage> = Vec::new();
     let mut got = 0;
     while got < total {
-        let want = (total - got).min(256 * 1024);
-        let r = socket::receive(fd, want, libc::MSG_PEEK | libc::MSG_DONTWAIT)?;
+        // No cap on the length: a peek stops right after a buffer carrying descriptors, and
+        // must not stop inside one (the next peek would get its descriptors again).
+        let mut r = whole(socket::receive(fd, total - got, libc::MSG_PEEK | libc::MSG_DONTWAIT)?)?;
         if r.len == 0 {
             bail!("the stream ended after {got} of the {total} bytes sock_diag reported");
         }
-        got += r.data.len();
         let creds = credentials_of(&r, credentials);
-        // A peek stops where the senders' credentials change: keep those pieces apart.
-        match out.last_mut() {
-            Some(last) if last.credentials == creds => last.data.extend_from_slice(&r.data),
-            _ => out.push(UnixMessage { data: r.data, credentials: creds, ..Default::default() }),
+        let len = r.data.len();
+        let data = std::mem::take(&mut r.data);
+        if r.rights.is_empty() {
+            append_piece(&mut out, data, creds);
+        } else {
+            // The peek ended with the buffer the descriptors are attached to; where that
+            // buffer starts no peek tells (a peek looks ahead to the next descriptors), so
+            // the whole piece is sent again as one buffer with them (see the module's limits).
+            out.push(UnixMessage { data, credentials: creds, rights: carry(&mut r, carried), ..Default::default() });
         }
+        got += len;
     }
     Ok(out)
 }
 
-fn peek_messages(fd: BorrowedFd, kind: i32, seqpacket_bytes: usize, credentials: bool, read_shut: bool) -> Result<Vec<UnixMessage>> {
+/// Adds stream bytes without descriptors: to the last piece when it has the same credentials
+/// and no descriptors (a peek stops where the senders' credentials change: those pieces stay
+/// apart).
+fn append_piece(out: &mut Vec<UnixMessage>, data: Vec<u8>, creds: Option<UnixCredentials>) {
+    match out.last_mut() {
+        Some(last) if last.credentials == creds && last.rights.is_empty() => last.data.extend_from_slice(&data),
+        _ => out.push(UnixMessage { data, credentials: creds, ..Default::default() }),
+    }
+}
+
+fn peek_messages(
+    fd: BorrowedFd,
+    kind: i32,
+    seqpacket_bytes: usize,
+    credentials: bool,
+    read_shut: bool,
+    carried: &mut Vec<OwnedFd>,
+) -> Result<Vec<UnixMessage>> {
     let mut out = Vec::new();
     let mut bytes = 0;
     loop {
         // The length first (nothing copied, the peek offset stays), then the message.
         let probe = match socket::receive(fd, 0, libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
-            Ok(r) => r,
+            Ok(r) => whole(r)?,
             Err(e) if e.errno() == Some(nix::errno::Errno::EAGAIN) => break,
             Err(e) => return Err(e.into()),
         };
@@ -449,10 +521,12 @@ fn peek_messages(fd: BorrowedFd, kind: i32, seqpacket_bytes: usize, credentials:
         if kind == libc::SOCK_SEQPACKET && read_shut && probe.len == 0 && bytes >= seqpacket_bytes {
             break;
         }
-        let r = if probe.len == 0 { probe } else { socket::receive(fd, probe.len, libc::MSG_PEEK | libc::MSG_DONTWAIT)? };
+        let mut r =
+            if probe.len == 0 { probe } else { whole(socket::receive(fd, probe.len, libc::MSG_PEEK | libc::MSG_DONTWAIT)?)? };
         bytes += r.data.len();
         let sender = if kind == libc::SOCK_DGRAM { r.name.clone() } else { Vec::new() };
-        out.push(UnixMessage { credentials: credentials_of(&r, credentials), data: r.data, sender, writer: 0 });
+        let rights = carry(&mut r, carried);
+        out.push(UnixMessage { credentials: credentials_of(&r, credentials), data: r.data, sender, writer: 0, rights });
         if out.len() > 1 << 20 {
             bail!("more than a million queued messages");
         }

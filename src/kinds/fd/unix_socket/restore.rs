@@ -377,8 +377,18 @@ pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<
         stand_ins.insert(s.inode, found);
     }
 
+    // The descriptions in flight, opened by this process or an ancestor (which it inherited
+    // them from) at their working fds.
+    let mut rights: BTreeMap<u32, OwnedFd> = BTreeMap::new();
+    for id in socks.iter().flat_map(|(_, s)| s.queued.iter().flat_map(|m| m.rights.iter())) {
+        if !rights.contains_key(id) {
+            let copy = pidfd_getfd(&ctx.pidfd, pid, ctx.work_fd_floor + *id as i32)
+                .with_context(|| format!("pid {pid}: the description #{id} in flight"))?;
+            rights.insert(*id, copy);
+        }
+    }
     for (_, s) in &socks {
-        refill(s, &records, &copies, &stand_ins).with_context(|| {
+        refill(s, &records, &copies, &stand_ins, &rights).with_context(|| {
             format!("refilling the queue of socket:[{}] ({}, {} message(s))", s.inode, show_name(&s.address), s.queued.len())
         })?;
     }
@@ -386,7 +396,7 @@ pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<
         if records[&inode].peer_reset {
             // Data left unread in the peer when it closed: the survivor's next read fails
             // with ECONNRESET.
-            socket::send(copies[&inode].as_fd(), b"!", None, None, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            socket::send(copies[&inode].as_fd(), b"!", None, None, &[], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .with_context(|| format!("leaving unread data in the stand-in peer of socket:[{inode}]"))?;
         }
         let s = records[&inode];
@@ -439,6 +449,7 @@ fn refill(
     records: &BTreeMap<u64, &UnixSocket>,
     copies: &BTreeMap<u64, OwnedFd>,
     stand_ins: &BTreeMap<u64, (i32, OwnedFd)>,
+    rights: &BTreeMap<u32, OwnedFd>,
 ) -> Result<()> {
     if s.queued.is_empty() {
         return Ok(());
@@ -464,14 +475,24 @@ fn refill(
         };
         make_room(writer, total)?;
         let creds = m.credentials.as_ref().map(|c| Ucred { pid: c.pid, uid: c.uid, gid: c.gid });
+        let passed: Vec<BorrowedFd> = m
+            .rights
+            .iter()
+            .map(|id| rights.get(id).map(|f| f.as_fd()).with_context(|| format!("description #{id} in flight")))
+            .collect::<Result<_>>()?;
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         if s.r#type == libc::SOCK_STREAM {
-            let mut sent = 0;
+            // The descriptors go with the first buffer of the piece, which is the whole piece
+            // (make_room made the sender's buffer large enough).
+            let mut sent = socket::send(writer, &m.data, None, creds, &passed, flags)?;
+            if !passed.is_empty() && sent != m.data.len() {
+                bail!("sent {sent} of the {} bytes that carry descriptors in one piece", m.data.len());
+            }
             while sent < m.data.len() {
-                sent += socket::send(writer, &m.data[sent..], None, creds, flags)?;
+                sent += socket::send(writer, &m.data[sent..], None, creds, &[], flags)?;
             }
         } else {
-            let n = socket::send(writer, &m.data, to, creds, flags).map_err(|e| {
+            let n = socket::send(writer, &m.data, to, creds, &passed, flags).map_err(|e| {
                 let full = e.errno() == Some(nix::errno::Errno::EAGAIN);
                 anyhow::Error::from(e).context(if full {
                     "the receiving queue is full (more datagrams than net.unix.max_dgram_qlen allows from unconnected senders?)"
