@@ -474,12 +474,26 @@ fn descriptors_in_flight_come_back_with_their_messages() {
     verify(&mut w, &before, &after, extra, &["parent", "child"]);
 }
 
-/// A listener with a connection not yet accepted: refused by pid, fd and "not yet accepted";
-/// afterwards the process accepts it and it carries data.
+/// A connection not yet accepted whose client already sent data into it (the data waits in
+/// the embryonic socket, which nothing can read before accept): refused by pid, the client's
+/// fd and "not yet accepted"; afterwards the process accepts it and gets the data.
 #[test]
-fn connection_not_yet_accepted_is_refused_and_can_still_be_accepted() {
+fn connection_not_yet_accepted_with_data_is_refused_and_can_still_be_accepted() {
     let mut w = Workload::spawn("usock_refuse", &["pending"]);
     assert_refused(&mut w, &["not yet accepted"]);
+}
+
+/// Listeners (stream on a path, seqpacket on an abstract name) with connections not yet
+/// accepted from clients of two processes (one client bound to a name) and an accepted one:
+/// after restore /proc shows the same queue lengths and sockets; the clients are still
+/// connected to the listener's name, accept returns the connections in their old order (each
+/// carrying what its client sends now, the named one with its client's name), then nothing
+/// more; answers reach the clients.
+#[test]
+fn connections_not_yet_accepted_come_back_in_the_accept_queue_in_order() {
+    let (mut w, _tree) = spawn_tree("usock_pending", &[]);
+    let (before, after) = dump_and_restore(&mut w);
+    verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
 
 /// `dump --leave-running` of a tree with queued stream, datagram and seqpacket data and a

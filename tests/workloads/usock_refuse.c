@@ -16,8 +16,8 @@
  *                                     epoll without a holder): after .go it is received and
  *                                     is still the epoll, with its registration.
  *   usock_refuse STATUS pending       a listener with a connection not yet accepted, whose
- *                                     client is in the same process: after .go it is
- *                                     accepted and carries data.
+ *                                     client (in the same process) already sent "hi" into it:
+ *                                     after .go it is accepted, gives "hi" and carries data.
  *
  *   READY parent pid=N fd=FD          FD: the socket the refusal must name
  */
@@ -132,13 +132,15 @@ static void mode_pending(void)
 	int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c < 0 || connect(c, (struct sockaddr *)&a, al) < 0)
 		die("connect: %s", strerror(errno));
-	status("READY parent pid=%d fd=%d", my_pid, l);
+	send_all(c, "hi", 2, "hi");
+	status("READY parent pid=%d fd=%d", my_pid, c);
 	wait_go();
 	int s = accept4(l, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	CHECK(s >= 0, "the waiting connection is gone: accept: %s", strerror(errno));
 	if (s >= 0) {
-		send_all(c, "hi", 2, "hi");
 		read_line(s, "hi");
+		send_all(c, "ho", 2, "ho");
+		read_line(s, "ho");
 	}
 }
 

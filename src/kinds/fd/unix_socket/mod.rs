@@ -10,6 +10,10 @@
 //! [`finish`] checks that every peer is inside it, decides how each connection is made again
 //! and groups the sockets that must be created together.
 //!
+//! A listener's connections not yet accepted are recorded by their clients (sock_diag lists
+//! them in accept order); restore makes each client connect again, in that order, so the
+//! program accepts the same connections in the same order.
+//!
 //! Restore (see `restore`) creates each group in one process (socketpair, bind, listen,
 //! connect + accept), and once every process exists refills the queues by writing into the
 //! peers through crust's copies (with the senders' credentials), then sets the options and
@@ -23,7 +27,9 @@
 //!
 //! Refused by pid and fd: other families (INET, NETLINK...), a peer outside the tree,
 //! descriptors in flight that no process holds, unless they are regular files, directories,
-//! pipes, UNIX sockets, eventfds, signalfds, timerfds or character devices, connections not yet accepted, out-of-band data, a
+//! pipes, UNIX sockets, eventfds, signalfds, timerfds or character devices, connections not
+//! yet accepted whose client sent data into them (it waits in the embryonic socket, which
+//! nothing can read before accept) or was closed, out-of-band data, a
 //! pending socket error, receive timestamps, socket filters, and datagrams whose sender
 //! crust cannot stand in for.
 //!
@@ -180,35 +186,35 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
 
     match diag.state {
         TCP_LISTEN => {
-            let (waiting, backlog) = diag.rqlen.unwrap_or((0, 0));
-            if waiting > 0 {
+            let (_, backlog) = diag.rqlen.unwrap_or((0, 0));
+            rec.backlog = backlog;
+            // Connections not yet accepted, by their clients (0: a client already closed).
+            rec.pending = diag.icons.clone().unwrap_or_default().into_iter().map(u64::from).collect();
+            if rec.pending.contains(&0) {
                 return Err(refuse(format!(
-                    "is listening on {} with {waiting} connection(s) not yet accepted",
+                    "is listening on {} with a connection not yet accepted whose client was closed",
                     show_name(&rec.address)
                 )));
             }
-            rec.backlog = backlog;
         }
         TCP_ESTABLISHED => match diag.peer {
             Some(0) => {
                 if let Some(listener) = waiting_on(inode as u32)? {
-                    return Err(refuse(format!(
-                        "is a connection to {} that the listener (socket:[{}]) has not accepted yet",
-                        show_name(&listener.name.unwrap_or_default()),
-                        listener.inode
-                    )));
-                }
-                // The peer was closed.
-                if events & libc::POLLERR != 0 {
-                    if !stream_like {
-                        return Err(refuse("has a pending error (SO_ERROR)".into()));
+                    // Its peer is the embryonic socket waiting in the listener's queue: what
+                    // it sent there cannot be read before the connection is accepted.
+                    let sent = diag.rqlen.map(|(_, w)| w).unwrap_or(0);
+                    if sent > 0 {
+                        return Err(refuse(format!(
+                            "is a connection to {} not yet accepted by the listener (socket:[{}]), with data sent \
+                             into it ({sent} bytes of buffers) that cannot be read before it is accepted",
+                            show_name(&listener.name.unwrap_or_default()),
+                            listener.inode
+                        )));
                     }
-                    rec.peer_reset = true;
-                }
-                rec.peer_closed = true;
-                rec.peer_address = socket::peer_name(fd).unwrap_or_default();
-                if is_path(&rec.peer_address) {
-                    rec.peer_file = Some(peer_file(src.pid, &rec.peer_address).map_err(|e| refuse(format!("{e:#}")))?);
+                    rec.pending_on = listener.inode as u64;
+                    rec.peer_address = socket::peer_name(fd).unwrap_or_default();
+                } else {
+                    closed_peer(src, &mut rec, events, stream_like).map_err(|e| refuse(format!("{e:#}")))?;
                 }
             }
             Some(peer) => {
@@ -225,7 +231,7 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
         return Err(refuse("has a pending error (SO_ERROR)".into()));
     }
     let mut carried = Vec::new();
-    if rec.state == TCP_LISTEN as i32 || rec.peer_inode != 0 || rec.peer_closed {
+    if rec.state == TCP_LISTEN as i32 || rec.peer_inode != 0 || rec.peer_closed || rec.pending_on != 0 {
         rec.peer_credentials = socket::peer_credentials(fd).ok().map(|c| UnixCredentials { pid: c.pid, uid: c.uid, gid: c.gid });
     }
 
@@ -265,6 +271,22 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
         }
     }
     Ok((rec, carried))
+}
+
+/// A connection whose peer was closed (its process closed it or died).
+fn closed_peer(src: &FdSource, rec: &mut UnixSocket, events: i16, stream_like: bool) -> Result<()> {
+    if events & libc::POLLERR != 0 {
+        if !stream_like {
+            bail!("has a pending error (SO_ERROR)");
+        }
+        rec.peer_reset = true;
+    }
+    rec.peer_closed = true;
+    rec.peer_address = socket::peer_name(src.copy.as_fd()).unwrap_or_default();
+    if is_path(&rec.peer_address) {
+        rec.peer_file = Some(peer_file(src.pid, &rec.peer_address)?);
+    }
+    Ok(())
 }
 
 /// "an IPv4 TCP socket (INET)", "a netlink socket"...
@@ -598,6 +620,22 @@ fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>) ->
     let mut updates: BTreeMap<u64, UnixSocket> = socks.iter().map(|(k, (_, s))| (*k, s.clone())).collect();
     for (inode, (_, s)) in &socks {
         let name = named(&s.address);
+        for client in &s.pending {
+            if !socks.get(client).is_some_and(|(_, c)| c.pending_on == *inode) {
+                bail!(
+                    "{}{name} is listening with a connection not yet accepted from socket:[{client}], a socket outside \
+                     the dumped tree (no process of the tree holds it); crust cannot connect it again",
+                    who(*inode)
+                );
+            }
+        }
+        if s.pending_on != 0 && !socks.get(&s.pending_on).is_some_and(|(_, l)| l.pending.contains(inode)) {
+            bail!(
+                "{} is a connection not yet accepted by socket:[{}], a listener outside the dumped tree",
+                who(*inode),
+                s.pending_on
+            );
+        }
         if s.peer_inode != 0 {
             let Some((_, peer)) = socks.get(&s.peer_inode) else {
                 bail!(
@@ -744,6 +782,7 @@ fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>) ->
         union(&mut parent, *inode, s.peer_inode);
         union(&mut parent, *inode, s.listener_inode);
         union(&mut parent, *inode, s.peer_listener_inode);
+        union(&mut parent, *inode, s.pending_on);
         for m in &s.queued {
             union(&mut parent, *inode, m.writer);
         }

@@ -160,6 +160,17 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
             .with_context(|| format!("connecting socket:[{}] to a stand-in for its closed peer", m.inode))?;
         fds.insert(m.inode, a);
     }
+    // Connections not yet accepted: their clients connect again, in the listener's order, once
+    // the accepted connections were made through it (accept takes the first waiting one).
+    for l in members.iter().filter(|m| !m.pending.is_empty()) {
+        for client in &l.pending {
+            let m = by_inode.get(client).context("a client waiting on a listener is missing from its group")?;
+            let fd = connect_pending(ctx, m, l).with_context(|| {
+                format!("connecting socket:[{}] again to {}, not accepted yet", m.inode, show_name(&l.address))
+            })?;
+            fds.insert(m.inode, fd);
+        }
+    }
     for m in members {
         if fds.contains_key(&m.inode) {
             continue;
@@ -176,6 +187,16 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
             .with_context(|| format!("connecting socket:[{}] to {}", m.inode, show_name(&target.address)))?;
     }
     Ok(members.iter().map(|m| fds[&m.inode]).collect())
+}
+
+/// A client whose connection waited in `listener`'s queue: connected again (its embryonic
+/// peer waits in the queue again, to be accepted by the program).
+fn connect_pending(ctx: &mut RestoreCtx, client: &UnixSocket, listener: &UnixSocket) -> Result<i32> {
+    let fd = new_socket(ctx, client.r#type)?;
+    bind(ctx, fd, &client.address, client.file.as_ref())?;
+    let directory = listener.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
+    remote_connect(ctx, fd, &listener.address, &directory)?;
+    Ok(fd)
 }
 
 /// Makes a connected pair and gives each end its name: socketpair (names bound
