@@ -530,6 +530,28 @@ fn named_senders_one_way_datagrams_unlinked_files_and_seqpacket_accept_survive()
     verify(&mut w, &before, &after, extra, &["parent"]);
 }
 
+/// An unconnected seqpacket socket (unnamed) and a bound one not listening; a datagram
+/// socket connected to itself holding three datagrams (one empty) it sent itself; a datagram
+/// socket holding datagrams from an unnamed and a named sender; a child blocked in recv(2)
+/// on an empty datagram socket. After restore: the seqpacket sockets are as they were (the
+/// bound one listens and accepts on demand), every datagram comes in order with its length
+/// and sender and nothing more, the self-connected socket still reaches itself, and the
+/// blocked reader wakes up with exactly the datagram sent after the restore.
+#[test]
+fn unconnected_seqpacket_self_connected_datagram_and_blocked_datagram_reader_survive() {
+    const SYS_RECVFROM: i64 = libc::SYS_recvfrom;
+    let (mut w, _tree) = spawn_tree("usock_misc", &[]);
+    let child: i32 = ready_field(&w.wait_status_line("READY child", READY_TIMEOUT), "pid").unwrap().parse().unwrap();
+    wait_in_syscall(child, SYS_RECVFROM, Duration::from_secs(5));
+    let (before, after) = dump_and_restore(&mut w);
+    let mut extra = Vec::new();
+    std::thread::sleep(Duration::from_millis(100));
+    if blocked_syscall(child) != Some(SYS_RECVFROM) {
+        extra.push(format!("after restore the child is in syscall {:?}, not recvfrom", blocked_syscall(child)));
+    }
+    verify(&mut w, &before, &after, extra, &["parent", "child"]);
+}
+
 /// A consumer blocked in read(2) on an empty stream socket when dumped: after restore its
 /// read goes on waiting, returns exactly what the producer then writes, and it answers.
 #[test]

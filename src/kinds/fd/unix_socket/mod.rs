@@ -235,7 +235,10 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
         rec.peer_credentials = socket::peer_credentials(fd).ok().map(|c| UnixCredentials { pid: c.pid, uid: c.uid, gid: c.gid });
     }
 
-    if rec.state != TCP_LISTEN as i32 {
+    // A stream or seqpacket socket that is not connected has no queue (a receive on it fails
+    // with ENOTCONN); nor does a listener.
+    let has_queue = rec.state == TCP_ESTABLISHED as i32 || kind == libc::SOCK_DGRAM;
+    if has_queue {
         if rec.pass_pidfd && !rec.pass_credentials && diag.rqlen.is_some_and(|(q, _)| q > 0) {
             return Err(refuse("has data queued for a receiver that asked for SO_PASSPIDFD without SO_PASSCRED".into()));
         }

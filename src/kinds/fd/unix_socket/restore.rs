@@ -179,8 +179,8 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
         bind(ctx, fd, &m.address, m.file.as_ref()).with_context(|| format!("binding socket:[{}]", m.inode))?;
         fds.insert(m.inode, fd);
     }
-    // Datagram sockets connected to a socket that is not connected back.
-    for m in members.iter().filter(|m| m.peer_inode != 0 && !mutual(m)) {
+    // Datagram sockets connected to a socket that is not connected back, or to themselves.
+    for m in members.iter().filter(|m| m.peer_inode != 0 && (!mutual(m) || m.peer_inode == m.inode)) {
         let target = by_inode.get(&m.peer_inode).context("datagram target missing from its group")?;
         let directory = target.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
         remote_connect(ctx, fds[&m.inode], &target.address, &directory)
