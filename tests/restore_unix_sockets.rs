@@ -536,18 +536,27 @@ fn named_senders_one_way_datagrams_unlinked_files_and_seqpacket_accept_survive()
 /// on an empty datagram socket. After restore: the seqpacket sockets are as they were (the
 /// bound one listens and accepts on demand), every datagram comes in order with its length
 /// and sender and nothing more, the self-connected socket still reaches itself, and the
-/// blocked reader wakes up with exactly the datagram sent after the restore.
+/// blocked reader wakes up with exactly the datagram sent after the restore. Also a listener
+/// (with an accepted connection and one waiting) whose socket file was replaced by someone
+/// else's regular file: restore binds the name again without touching that file (same inode,
+/// same contents, checked from outside too), and the connections work.
 #[test]
 fn unconnected_seqpacket_self_connected_datagram_and_blocked_datagram_reader_survive() {
     const SYS_RECVFROM: i64 = libc::SYS_recvfrom;
     let (mut w, _tree) = spawn_tree("usock_misc", &[]);
     let child: i32 = ready_field(&w.wait_status_line("READY child", READY_TIMEOUT), "pid").unwrap().parse().unwrap();
     wait_in_syscall(child, SYS_RECVFROM, Duration::from_secs(5));
+    let other_inode = fs::symlink_metadata(w.status_path.with_extension("gone")).expect("the other file").ino();
     let (before, after) = dump_and_restore(&mut w);
     let mut extra = Vec::new();
     std::thread::sleep(Duration::from_millis(100));
     if blocked_syscall(child) != Some(SYS_RECVFROM) {
         extra.push(format!("after restore the child is in syscall {:?}, not recvfrom", blocked_syscall(child)));
+    }
+    let gone = w.status_path.with_extension("gone");
+    match fs::symlink_metadata(&gone) {
+        Ok(m) if m.ino() == other_inode && m.file_type().is_file() && fs::read_to_string(&gone).unwrap_or_default() == "someone else's\n" => {}
+        other => extra.push(format!("{} after restore: {other:?}, expected the same regular file (inode {other_inode})", gone.display())),
     }
     verify(&mut w, &before, &after, extra, &["parent", "child"]);
 }

@@ -8,7 +8,10 @@
  *      (a zero-length datagram) and "s2" it sent itself;
  *   R  a datagram socket bound to <status>.r holding "r1" from an unnamed socket and "r2"
  *      from N (bound to <status>.n, kept open);
- *   B  a datagram socket bound to <status>.b, empty; the child blocks in recv(2) on it.
+ *   B  a datagram socket bound to <status>.b, empty; the child blocks in recv(2) on it;
+ *   L  a stream listener bound to <status>.gone, with an accepted connection (client K,
+ *      accepted end A) and a connection not yet accepted (client P); then its socket file is
+ *      removed and someone else's regular file ("someone else's\n") put at that path.
  *   READY child pid=N         (just before its recv)
  *   READY parent pid=N child=N
  *
@@ -17,10 +20,13 @@
  *           listening, and listens and accepts a new connection now; S gives "s1", "", "s2"
  *           (each with its own length, S's own name as sender), then nothing, and still
  *           reaches itself; R gives "r1" (unnamed sender) and "r2" (from N's name), then
- *           nothing; then it sends "wake" to B.
+ *           nothing; L keeps its name, K and A still carry data both ways, L accepts P's
+ *           connection; the file at <status>.gone is still the other file (same inode and
+ *           contents); then it sends "wake" to B.
  *   child:  its recv on B (blocked across the dump and restore) returns exactly "wake".
  */
 #include "usock_common.h"
+#include <sys/stat.h>
 
 static int bound(int type, const char *name)
 {
@@ -89,6 +95,25 @@ int main(int argc, char **argv)
 	close(anon);
 	to(n, r_name, "r2");
 	int b = bound(SOCK_DGRAM, b_name);
+	char gone[4200];
+	snprintf(gone, sizeof(gone), "%s.gone", wl_status);
+	int l = bound(SOCK_STREAM, gone);
+	struct sockaddr_un ga;
+	socklen_t gal = make_addr(&ga, gone);
+	int k = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int pc = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (listen(l, 4) < 0 || k < 0 || pc < 0 || connect(k, (struct sockaddr *)&ga, gal) < 0)
+		die("listener on %s: %s", gone, strerror(errno));
+	int acc = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	if (acc < 0 || connect(pc, (struct sockaddr *)&ga, gal) < 0)
+		die("accept / pending connect on %s: %s", gone, strerror(errno));
+	unlink(gone);
+	int other = open(gone, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (other < 0 || write(other, "someone else's\n", 15) != 15)
+		die("putting another file at %s: %s", gone, strerror(errno));
+	close(other);
+	struct stat other_st;
+	stat(gone, &other_st);
 
 	pid_t child = fork();
 	if (child < 0)
@@ -136,6 +161,24 @@ int main(int argc, char **argv)
 	expect_datagram(r, "r1", "", "R first");
 	expect_datagram(r, "r2", n_name, "R second");
 	expect_nothing(r, "R");
+
+	check_name(l, 0, gone, "L");
+	check_name(acc, 0, gone, "L's accepted connection");
+	check_name(k, 1, gone, "K's peer");
+	send_all(k, "k1", 2, "k1");
+	char kb[8] = "";
+	CHECK(wait_readable(acc, 5) && recv(acc, kb, 2, MSG_DONTWAIT) == 2 && memcmp(kb, "k1", 2) == 0, "parent: A got '%s'", kb);
+	send_all(acc, "a1", 2, "a1");
+	CHECK(wait_readable(k, 5) && recv(k, kb, 2, MSG_DONTWAIT) == 2 && memcmp(kb, "a1", 2) == 0, "parent: K got '%s'", kb);
+	int pa = wait_readable(l, 5) ? accept4(l, NULL, NULL, SOCK_CLOEXEC) : -1;
+	CHECK(pa >= 0, "parent: P's connection was not waiting on L");
+	struct stat now;
+	char text[32] = "";
+	int f = open(gone, O_RDONLY | O_CLOEXEC);
+	CHECK(f >= 0 && fstat(f, &now) == 0 && now.st_ino == other_st.st_ino && S_ISREG(now.st_mode) &&
+		      read(f, text, sizeof(text) - 1) == 15 && strcmp(text, "someone else's\n") == 0,
+	      "parent: %s is no longer the other file (inode %lu, was %lu; '%s')", gone, (unsigned long)now.st_ino,
+	      (unsigned long)other_st.st_ino, text);
 
 	sleep_ms(100);
 	to(n, b_name, "wake");

@@ -263,6 +263,17 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
                 carried.len()
             )));
         }
+        let fileless = rec.file.as_ref().is_some_and(|f| !f.present);
+        if fileless && kind == libc::SOCK_DGRAM && rec.peer_inode == 0 && !rec.queued.is_empty() {
+            let full = full_name(src.pid, &path_of(&rec.address), &mut UnixSocketFile::default())?;
+            if std::fs::symlink_metadata(&full).is_ok() {
+                return Err(refuse(format!(
+                    "holds datagrams sent to {}, a path that now holds another file: crust could not send them to it \
+                     again",
+                    show_name(&rec.address)
+                )));
+            }
+        }
         for c in rec.queued.iter().filter_map(|m| m.credentials.as_ref()) {
             if !std::path::Path::new(&format!("/proc/{}", c.pid)).exists() {
                 return Err(refuse(format!(
@@ -398,19 +409,14 @@ fn socket_file(pid: i32, address: &[u8], vfs: Option<(u32, u32)>) -> Result<Unix
             file.uid = meta.uid();
             file.gid = meta.gid();
         }
-        Ok(meta) if !file.directory.is_empty() => bail!(
-            "is bound to the relative path {path}, but {full} is another file (inode {} on device {:#x}, the socket's is \
-             inode {ino} on device {:#x})",
-            meta.ino(),
-            meta.dev(),
-            unix_diag::decode_dev(dev)
-        ),
-        Ok(meta) => bail!(
-            "is bound to {path}, where another file replaced its socket file (inode {} on device {:#x}, the socket's is \
-             inode {ino} on device {:#x})",
-            meta.ino(),
-            meta.dev(),
-            unix_diag::decode_dev(dev)
+        // Another file at its path (the socket file was removed and the name taken): the
+        // socket keeps its name without a file, as if unlinked; restore binds it again
+        // without touching that file.
+        Ok(meta) => tracing::info!(
+            pid,
+            path,
+            inode = meta.ino(),
+            "the socket file was replaced by another file; recorded as unlinked"
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("stat of its socket file {full}")),
@@ -430,8 +436,8 @@ fn peer_file(pid: i32, address: &[u8]) -> Result<UnixSocketFile> {
             file.uid = meta.uid();
             file.gid = meta.gid();
         }
-        Ok(_) => bail!("was connected to {path}, which is now another kind of file"),
-        Err(_) => {}
+        // Another kind of file, or nothing: the stand-in is bound without touching it.
+        Ok(_) | Err(_) => {}
     }
     Ok(file)
 }

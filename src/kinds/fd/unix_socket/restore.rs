@@ -131,13 +131,20 @@ fn as_peer<T>(ctx: &mut RestoreCtx, creds: Option<&UnixCredentials>, f: impl FnO
 }
 
 fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>> {
+    let mut away = Detached::default();
+    let made = create_members(ctx, members, &mut away);
+    away.clean_up();
+    made
+}
+
+fn create_members(ctx: &mut RestoreCtx, members: &[UnixSocket], away: &mut Detached) -> Result<Vec<i32>> {
     let by_inode: BTreeMap<u64, &UnixSocket> = members.iter().map(|m| (m.inode, m)).collect();
     let mut fds: BTreeMap<u64, i32> = BTreeMap::new();
     let mutual = |m: &UnixSocket| by_inode.get(&m.peer_inode).is_some_and(|p| p.peer_inode == m.inode);
     // Listeners first: accepted connections are made through them.
     for m in members.iter().filter(|m| m.state == TCP_LISTEN as i32) {
         let fd = new_socket(ctx, m.r#type)?;
-        bind(ctx, fd, &m.address, m.file.as_ref()).with_context(|| format!("binding socket:[{}]", m.inode))?;
+        bind(ctx, fd, &m.address, m.file.as_ref(), away).with_context(|| format!("binding socket:[{}]", m.inode))?;
         as_peer(ctx, m.peer_credentials.as_ref(), |ctx| {
             ctx.remote
                 .syscall("listen", libc::SYS_listen, &[fd as u64, m.backlog as u64])
@@ -148,7 +155,7 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
     }
     for m in members.iter().filter(|m| mutual(m) && m.inode < m.peer_inode) {
         let peer = by_inode[&m.peer_inode];
-        let (a, b) = connect_pair(ctx, &fds, m.r#type, End::of(m), End::of(peer))
+        let (a, b) = connect_pair(ctx, &fds, m.r#type, End::of(m), End::of(peer), away)
             .with_context(|| format!("connecting socket:[{}] and socket:[{}]", m.inode, peer.inode))?;
         fds.insert(m.inode, a);
         fds.insert(peer.inode, b);
@@ -156,7 +163,7 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
     for m in members.iter().filter(|m| m.peer_closed) {
         // The stand-in stays open (in this process, inherited by its children) until the
         // queues are refilled; `finish_descriptions` finds it as the survivor's peer.
-        let (a, _stand_in) = connect_pair(ctx, &fds, m.r#type, End::of(m), End::stand_in(m))
+        let (a, _stand_in) = connect_pair(ctx, &fds, m.r#type, End::of(m), End::stand_in(m), away)
             .with_context(|| format!("connecting socket:[{}] to a stand-in for its closed peer", m.inode))?;
         fds.insert(m.inode, a);
     }
@@ -165,7 +172,7 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
     for l in members.iter().filter(|m| !m.pending.is_empty()) {
         for client in &l.pending {
             let m = by_inode.get(client).context("a client waiting on a listener is missing from its group")?;
-            let fd = connect_pending(ctx, m, l).with_context(|| {
+            let fd = connect_pending(ctx, m, l, away).with_context(|| {
                 format!("connecting socket:[{}] again to {}, not accepted yet", m.inode, show_name(&l.address))
             })?;
             fds.insert(m.inode, fd);
@@ -176,14 +183,14 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
             continue;
         }
         let fd = new_socket(ctx, m.r#type)?;
-        bind(ctx, fd, &m.address, m.file.as_ref()).with_context(|| format!("binding socket:[{}]", m.inode))?;
+        bind(ctx, fd, &m.address, m.file.as_ref(), away).with_context(|| format!("binding socket:[{}]", m.inode))?;
         fds.insert(m.inode, fd);
     }
     // Datagram sockets connected to a socket that is not connected back, or to themselves.
     for m in members.iter().filter(|m| m.peer_inode != 0 && (!mutual(m) || m.peer_inode == m.inode)) {
         let target = by_inode.get(&m.peer_inode).context("datagram target missing from its group")?;
         let directory = target.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
-        remote_connect(ctx, fds[&m.inode], &target.address, &directory)
+        remote_connect(ctx, fds[&m.inode], &target.address, &directory, away)
             .with_context(|| format!("connecting socket:[{}] to {}", m.inode, show_name(&target.address)))?;
     }
     Ok(members.iter().map(|m| fds[&m.inode]).collect())
@@ -191,20 +198,20 @@ fn create_group(ctx: &mut RestoreCtx, members: &[UnixSocket]) -> Result<Vec<i32>
 
 /// A client whose connection waited in `listener`'s queue: connected again (its embryonic
 /// peer waits in the queue again, to be accepted by the program).
-fn connect_pending(ctx: &mut RestoreCtx, client: &UnixSocket, listener: &UnixSocket) -> Result<i32> {
+fn connect_pending(ctx: &mut RestoreCtx, client: &UnixSocket, listener: &UnixSocket, away: &mut Detached) -> Result<i32> {
     let fd = new_socket(ctx, client.r#type)?;
-    bind(ctx, fd, &client.address, client.file.as_ref())?;
+    bind(ctx, fd, &client.address, client.file.as_ref(), away)?;
     let directory = listener.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
-    remote_connect(ctx, fd, &listener.address, &directory)?;
+    remote_connect(ctx, fd, &listener.address, &directory, away)?;
     Ok(fd)
 }
 
 /// Makes a connected pair and gives each end its name: socketpair (names bound
 /// afterwards), or connect + accept when one end was accepted.
-fn connect_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, a: End, b: End) -> Result<(i32, i32)> {
+fn connect_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, a: End, b: End, away: &mut Detached) -> Result<(i32, i32)> {
     match (a.accepted, b.accepted) {
-        (false, true) => accept_pair(ctx, fds, kind, a, b),
-        (true, false) => accept_pair(ctx, fds, kind, b, a).map(|(y, x)| (x, y)),
+        (false, true) => accept_pair(ctx, fds, kind, a, b, away),
+        (true, false) => accept_pair(ctx, fds, kind, b, a, away).map(|(y, x)| (x, y)),
         (true, true) => bail!("both ends of one connection marked accepted"),
         (false, false) => {
             let pair = ctx.remote.put(PAIR_AT, &[0u8; 8])?;
@@ -220,8 +227,8 @@ fn connect_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, a: En
             ctx.remote.get(PAIR_AT, &mut b8)?;
             let x = ctx.to_temp_fd(i32::from_ne_bytes(b8[..4].try_into()?) as u64)?;
             let y = ctx.to_temp_fd(i32::from_ne_bytes(b8[4..].try_into()?) as u64)?;
-            bind(ctx, x, a.address, a.file)?;
-            bind(ctx, y, b.address, b.file)?;
+            bind(ctx, x, a.address, a.file, away)?;
+            bind(ctx, y, b.address, b.file, away)?;
             Ok((x, y))
         }
     }
@@ -229,12 +236,19 @@ fn connect_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, a: En
 
 /// `client` connects to the name of `server`, which the listener accepts: through the
 /// image's listener, or a temporary one bound to that name.
-fn accept_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, client: End, server: End) -> Result<(i32, i32)> {
+fn accept_pair(
+    ctx: &mut RestoreCtx,
+    fds: &BTreeMap<u64, i32>,
+    kind: i32,
+    client: End,
+    server: End,
+    away: &mut Detached,
+) -> Result<(i32, i32)> {
     let directory = server.file.map(|f| f.directory.clone()).unwrap_or_default();
     let (listener, temporary) = match server.listener {
         0 => {
             let l = new_socket(ctx, kind)?;
-            bind(ctx, l, server.address, server.file)?;
+            bind(ctx, l, server.address, server.file, away)?;
             // The client's peer credentials are those of whoever listened.
             as_peer(ctx, client.peer_credentials, |ctx| {
                 ctx.remote.syscall("listen", libc::SYS_listen, &[l as u64, 1])?;
@@ -245,9 +259,9 @@ fn accept_pair(ctx: &mut RestoreCtx, fds: &BTreeMap<u64, i32>, kind: i32, client
         inode => (*fds.get(&inode).context("the listener of an accepted socket is not created yet")?, false),
     };
     let c = new_socket(ctx, kind)?;
-    bind(ctx, c, client.address, client.file)?;
+    bind(ctx, c, client.address, client.file, away)?;
     // The accepted end's peer credentials are those of whoever connected.
-    as_peer(ctx, server.peer_credentials, |ctx| remote_connect(ctx, c, server.address, &directory))?;
+    as_peer(ctx, server.peer_credentials, |ctx| remote_connect(ctx, c, server.address, &directory, away))?;
     let s = ctx.remote.syscall("accept4", libc::SYS_accept4, &[listener as u64, 0, 0, libc::SOCK_CLOEXEC as u64])?;
     let s = ctx.to_temp_fd(s)?;
     if temporary {
@@ -289,23 +303,22 @@ fn full_path(address: &[u8], file: Option<&UnixSocketFile>) -> String {
 }
 
 /// Binds `fd` (in the process) to `address`, exactly as it was named (a relative path from
-/// its directory), after removing a dead socket file in the way.
-fn bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8], file: Option<&UnixSocketFile>) -> Result<()> {
+/// its directory), after removing a dead socket file in the way. A socket whose file was gone
+/// at dump time (unlinked, or replaced by another file) and whose path now holds a file that is
+/// not a dead socket file is bound away from it (see [`Detached`]): that file is never touched.
+fn bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8], file: Option<&UnixSocketFile>, away: &mut Detached) -> Result<()> {
     if address.is_empty() {
         return Ok(());
     }
     let directory = file.map(|f| f.directory.clone()).unwrap_or_default();
     if is_path(address) {
-        remove_dead_socket_file(&full_path(address, file))?;
+        let full = full_path(address, file);
+        if file.is_some_and(|f| !f.present) && held_by_another(&full)? {
+            return away.bind(ctx, fd, address, &directory, &full);
+        }
+        remove_dead_socket_file(&full)?;
     }
-    in_directory(ctx, &directory, |ctx| {
-        let addr = sockaddr(address);
-        let at = ctx.remote.put(ADDR_AT, &addr)?;
-        ctx.remote
-            .syscall("bind", libc::SYS_bind, &[fd as u64, at, addr.len() as u64])
-            .with_context(|| format!("binding to {}", show_name(address)))?;
-        Ok(())
-    })?;
+    in_directory(ctx, &directory, |ctx| remote_bind(ctx, fd, address))?;
     if is_path(address) {
         // Created by this restore: removed again if the restore fails.
         let socket = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("stat of fd {fd}"))?;
@@ -314,15 +327,152 @@ fn bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8], file: Option<&UnixSocketF
     Ok(())
 }
 
-fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str) -> Result<()> {
-    in_directory(ctx, directory, |ctx| {
-        let addr = sockaddr(address);
-        let at = ctx.remote.put(ADDR_AT, &addr)?;
-        ctx.remote
-            .syscall("connect", libc::SYS_connect, &[fd as u64, at, addr.len() as u64])
-            .with_context(|| format!("connecting to {}", show_name(address)))?;
+fn remote_bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8]) -> Result<()> {
+    let addr = sockaddr(address);
+    let at = ctx.remote.put(ADDR_AT, &addr)?;
+    ctx.remote
+        .syscall("bind", libc::SYS_bind, &[fd as u64, at, addr.len() as u64])
+        .with_context(|| format!("binding to {}", show_name(address)))?;
+    Ok(())
+}
+
+/// Connects `fd` (in the process) to `address` (a relative path from `directory`): through
+/// the private root when that name was bound away from its path.
+fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached) -> Result<()> {
+    let connect = |ctx: &mut RestoreCtx| {
+        in_directory(ctx, directory, |ctx| {
+            let addr = sockaddr(address);
+            let at = ctx.remote.put(ADDR_AT, &addr)?;
+            ctx.remote
+                .syscall("connect", libc::SYS_connect, &[fd as u64, at, addr.len() as u64])
+                .with_context(|| format!("connecting to {}", show_name(address)))?;
+            Ok(())
+        })
+    };
+    let full = if is_path(address) && !directory.is_empty() && !path_of(address).starts_with('/') {
+        format!("{directory}/{}", path_of(address))
+    } else {
+        path_of(address)
+    };
+    match away.root_of(&full) {
+        Some(root) => in_root(ctx, &root, connect),
+        None => connect(ctx),
+    }
+}
+
+/// Whether the file at `path` is something restore must leave alone: anything but a dead
+/// socket file (which binding removes).
+fn held_by_another(path: &str) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(!sockets_on_file(&meta)?.is_empty()),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("stat of {path}")),
+    }
+}
+
+/// Names bound away from their path. A socket whose file was gone at dump time (unlinked, or
+/// replaced since by someone else's file) keeps its name but has no file; when its path holds
+/// another file at restore, the socket is bound under a private directory that stands in for
+/// `/` for a moment (chroot in the creating process), so the same name is bound without
+/// touching that file; the sockets of the group that connect to it do so under the same root.
+/// Once the group exists the socket files there are removed: the names stay, fileless, as
+/// they were.
+#[derive(Default)]
+struct Detached {
+    root: Option<std::path::PathBuf>,
+    /// (full path as named, where it was bound under the root)
+    names: Vec<(String, std::path::PathBuf)>,
+}
+
+/// Where the private roots are made (root only).
+const DETACHED_DIR: &str = "/run/crust/detached";
+
+impl Detached {
+    fn root_of(&self, full: &str) -> Option<std::path::PathBuf> {
+        self.names.iter().any(|(n, _)| n == full).then(|| self.root.clone()).flatten()
+    }
+
+    fn bind(&mut self, ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, full: &str) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = match &self.root {
+            Some(r) => r.clone(),
+            None => {
+                std::fs::create_dir_all(DETACHED_DIR).with_context(|| format!("creating {DETACHED_DIR}"))?;
+                std::fs::set_permissions(DETACHED_DIR, std::fs::Permissions::from_mode(0o711))?;
+                let r = std::path::Path::new(DETACHED_DIR).join(format!("{}-{}", std::process::id(), fd_unique()));
+                std::fs::create_dir(&r).with_context(|| format!("creating {}", r.display()))?;
+                std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o711))?;
+                self.root = Some(r.clone());
+                r
+            }
+        };
+        let inside = root.join(full.trim_start_matches('/'));
+        let parent = inside.parent().context("a socket path without a directory")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        for dir in parent.ancestors().take_while(|d| d.starts_with(&root) && *d != root) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        // The process binds with its own filesystem ids: the directory is its.
+        if let Some((uid, gid, _)) = &ctx.fs_identity {
+            let (uid, gid) = (nix::unistd::Uid::from_raw(*uid), nix::unistd::Gid::from_raw(*gid));
+            nix::unistd::chown(parent, Some(uid), Some(gid)).with_context(|| format!("chown {}", parent.display()))?;
+        }
+        in_root(ctx, &root, |ctx| in_directory(ctx, directory, |ctx| remote_bind(ctx, fd, address)))
+            .with_context(|| format!("binding to {} away from the file now at that path", show_name(address)))?;
+        let socket = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("stat of fd {fd}"))?;
+        ctx.created_files.record_socket_file(&inside.to_string_lossy(), socket.ino())?;
+        self.names.push((full.to_owned(), inside));
         Ok(())
-    })
+    }
+
+    /// Removes the socket files and the private root (best effort: a leftover empty
+    /// directory under /run harms nothing).
+    fn clean_up(self) {
+        let Some(root) = self.root else { return };
+        for (_, inside) in &self.names {
+            let _ = std::fs::remove_file(inside);
+        }
+        for (_, inside) in &self.names {
+            for dir in inside.ancestors().skip(1).take_while(|d| d.starts_with(&root)) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+fn fd_unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `f` with the process's root at `root` (and its working directory there), then puts
+/// its root and working directory back.
+fn in_root(ctx: &mut RestoreCtx, root: &std::path::Path, f: impl FnOnce(&mut RestoreCtx) -> Result<()>) -> Result<()> {
+    let flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    let slash = ctx.remote.put_path(PATH_AT, "/")?;
+    let old_root = ctx.remote.syscall("openat(/)", libc::SYS_openat, &[libc::AT_FDCWD as u64, slash, flags, 0])?;
+    let dot = ctx.remote.put_path(PATH_AT, ".")?;
+    let old_cwd = ctx.remote.syscall("openat(.)", libc::SYS_openat, &[libc::AT_FDCWD as u64, dot, flags, 0])?;
+    let path = ctx.remote.put_path(PATH_AT, &root.to_string_lossy())?;
+    let result = ctx
+        .remote
+        .syscall("chroot", libc::SYS_chroot, &[path])
+        .with_context(|| format!("changing root to {}", root.display()))
+        .and_then(|_| {
+            let slash = ctx.remote.put_path(PATH_AT, "/")?;
+            ctx.remote.syscall("chdir(/)", libc::SYS_chdir, &[slash])?;
+            f(ctx)
+        });
+    // Back: the saved root directory becomes the root again, then the working directory.
+    ctx.remote.syscall("fchdir", libc::SYS_fchdir, &[old_root])?;
+    let dot = ctx.remote.put_path(PATH_AT, ".")?;
+    ctx.remote.syscall("chroot(.)", libc::SYS_chroot, &[dot])?;
+    ctx.remote.syscall("fchdir", libc::SYS_fchdir, &[old_cwd])?;
+    ctx.remote.syscall("close", libc::SYS_close, &[old_root])?;
+    ctx.remote.syscall("close", libc::SYS_close, &[old_cwd])?;
+    result
 }
 
 /// Runs `f` with the process's working directory at `directory` (unless empty), and puts
@@ -430,7 +580,7 @@ pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<
     for (_, s) in &socks {
         let fd = copies[&s.inode].as_fd();
         set_options(fd, s).with_context(|| format!("setting the options of socket:[{}]", s.inode))?;
-        keep_connected_state(s, &records)?;
+        keep_connected_state(s, &records, &copies)?;
         let how = match s.shutdown & (RCV_SHUTDOWN | SEND_SHUTDOWN) {
             RCV_SHUTDOWN => Some(libc::SHUT_RD),
             SEND_SHUTDOWN => Some(libc::SHUT_WR),
@@ -494,6 +644,9 @@ fn refill(
             }
             (temporary.as_ref().unwrap().as_fd(), Some(&my_name[..]))
         };
+        if let Some(name) = to {
+            reachable_as_itself(name, copies[&s.inode].as_fd())?;
+        }
         make_room(writer, total)?;
         let creds = m.credentials.as_ref().map(|c| Ucred { pid: c.pid, uid: c.uid, gid: c.gid });
         let passed: Vec<BorrowedFd> = m
@@ -525,6 +678,22 @@ fn refill(
                 bail!("sent {n} of the {} bytes of a message", m.data.len());
             }
         }
+    }
+    Ok(())
+}
+
+/// A datagram sent to `name` must reach `owner`: refuses when that path holds another file
+/// (the socket's own file was gone, and someone else's is there).
+fn reachable_as_itself(name: &[u8], owner: BorrowedFd) -> Result<()> {
+    if !is_path(name) {
+        return Ok(());
+    }
+    let path = path_of(name);
+    let meta = std::fs::symlink_metadata(&path).with_context(|| format!("stat of {path}"))?;
+    let inode = std::fs::File::from(owner.try_clone_to_owned()?).metadata()?.ino();
+    let vfs = unix_diag::query(inode as u32, unix_diag::SHOW_VFS)?.and_then(|d| d.vfs);
+    if !vfs.is_some_and(|(ino, dev)| ino as u64 == meta.ino() && unix_diag::decode_dev(dev) == meta.dev()) {
+        bail!("{path} holds another file than this socket's: its queued datagrams cannot be sent to it by name");
     }
     Ok(())
 }
@@ -574,14 +743,17 @@ fn set_options(fd: BorrowedFd, s: &UnixSocket) -> Result<()> {
 
 /// A datagram socket that another socket had connected to shows as connected even without
 /// a peer of its own; a connect from a temporary socket of crust does the same.
-fn keep_connected_state(s: &UnixSocket, records: &BTreeMap<u64, &UnixSocket>) -> Result<()> {
+fn keep_connected_state(s: &UnixSocket, records: &BTreeMap<u64, &UnixSocket>, copies: &BTreeMap<u64, OwnedFd>) -> Result<()> {
     let targeted = s.r#type == libc::SOCK_DGRAM && s.state == TCP_ESTABLISHED as i32 && s.peer_inode == 0 && !s.peer_closed;
     let by_image = records.values().any(|r| r.peer_inode == s.inode);
     if !targeted || by_image || s.address.is_empty() {
         return Ok(());
     }
+    let name = reachable_name(&s.address, s.file.as_ref());
+    let fd = copies.get(&s.inode).context("the socket has no copy")?.as_fd();
+    reachable_as_itself(&name, fd).with_context(|| format!("marking socket:[{}] connected", s.inode))?;
     let temporary = socket::unix_socket(libc::SOCK_DGRAM)?;
-    socket::connect(temporary.as_fd(), &reachable_name(&s.address, s.file.as_ref()))
+    socket::connect(temporary.as_fd(), &name)
         .with_context(|| format!("marking socket:[{}] connected", s.inode))?;
     Ok(())
 }
