@@ -310,6 +310,30 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
 
 /// Collects every kind of every frozen process and writes the records. Returns the inventory
 /// entries (data files filled in later) and the number of page bytes saved.
+/// Every thread id and every process group of the tree (a zombie's group too).
+fn tasks_and_groups(members: &[Member]) -> Result<(std::collections::BTreeSet<i32>, std::collections::BTreeSet<i32>)> {
+    let mut tasks = std::collections::BTreeSet::new();
+    let mut groups = std::collections::BTreeSet::new();
+    for m in members {
+        let pid = m.pid.as_raw();
+        tasks.insert(pid);
+        if m.zombie.is_some() {
+            groups.insert(m.zombie_groups.0 as i32);
+            continue;
+        }
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("pid {pid}: listing its threads"))? {
+            if let Some(tid) = t?.file_name().to_str().and_then(|n| n.parse().ok()) {
+                tasks.insert(tid);
+            }
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("pid {pid}: stat"))?;
+        // After "(comm)": state, ppid, pgrp.
+        let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)).and_then(|g| g.parse().ok());
+        groups.insert(pgrp.with_context(|| format!("pid {pid}: no process group in its stat"))?);
+    }
+    Ok((tasks, groups))
+}
+
 fn collect_tree(
     frozen: &mut [Frozen],
     members: &[Member],
@@ -338,6 +362,8 @@ fn collect_tree(
         files.push(collect_files(f, image, progress, &mut open_files, parent_of(f.pid))?);
     }
     open_files.check_tree(image)?;
+    let (tasks, groups) = tasks_and_groups(members)?;
+    open_files.check_signal_owners(&tasks, &groups)?;
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
     let outsiders = crate::kinds::locks::outsiders(open_files.state.get::<crate::kinds::locks::LockedFiles>(), &tree)?;
     if !outsiders.is_empty() && !opts.external_locks {

@@ -1048,6 +1048,13 @@ impl Tree {
             }
         }
         Credentials::restore(&mut ctx, &creds)?;
+        // The descriptions this process is the first holder of (in pid, then fd order).
+        let first_holder = |id: u32| {
+            img.processes.iter().find_map(|(q, qp)| qp.files.fds.iter().find(|f| f.open_file_id == id).map(|f| (*q, f.fd)))
+        };
+        let mine: Vec<&crate::image::proto::Fd> =
+            p.files.fds.iter().filter(|f| first_holder(f.open_file_id) == Some((pid, f.fd))).collect();
+        files::restore_signal_owners(&mut ctx, &mine).with_context(|| format!("pid {pid}: O_ASYNC and signal owners"))?;
         let control = p.core.control.clone().unwrap_or_default();
         identity::restore_dumpable(&mut ctx, &control)?;
         identity::restore_pdeath_signal(&mut ctx, &control)?;

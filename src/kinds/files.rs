@@ -101,6 +101,31 @@ impl OpenFileTable {
         Ok(())
     }
 
+    /// Every signal owner (F_SETOWN) is a thread, process or process group of the tree
+    /// (`tasks`: every thread id, `groups`: every process group): another could be a different
+    /// process after restore, or not exist.
+    pub fn check_signal_owners(&self, tasks: &std::collections::BTreeSet<i32>, groups: &std::collections::BTreeSet<i32>) -> Result<()> {
+        for f in &self.files {
+            let Some(o) = f.signal_owner.as_ref().filter(|o| o.id != 0) else { continue };
+            let (inside, what) = match o.r#type {
+                0 => (tasks.contains(&o.id), "thread"),
+                1 => (tasks.contains(&o.id), "process"),
+                2 => (groups.contains(&o.id), "process group"),
+                _ => (false, "owner of an unknown type"),
+            };
+            if !inside {
+                let (pid, fd) = self.holders.get(&f.id).and_then(|h| h.first().copied()).unwrap_or((0, -1));
+                bail!(
+                    "pid {pid} fd {fd}: {} sends its I/O signals (F_SETOWN) to {what} {}, which is not in the dumped tree; \
+                     crust cannot restore that owner",
+                    describe(f),
+                    o.id
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Records the descriptions in flight in the tree's sockets (SCM_RIGHTS), once every fd of
     /// the tree was seen: one that a process also holds is that process's description (found
     /// with kcmp from crust's copy), else a description of its own, recorded by its kind
@@ -180,6 +205,7 @@ impl OpenFileTable {
             position: info.pos,
             kind: Some(dumped.record),
             created_with: dumped.created_with,
+            signal_owner: signal_owner(copy)?,
             ..Default::default()
         });
         self.by_inode.entry(key).or_default().push((me, raw, id));
@@ -346,6 +372,7 @@ fn dump_fd(ctx: &mut DumpCtx, fd: i32, record: &mut FilesRecord, seen_posix: &mu
         locks: locks.description,
         lease,
         in_flight_in: Vec::new(),
+        signal_owner: signal_owner(&copy).with_context(|| format!("pid {pid} fd {fd}: its signal owner"))?,
     });
     if !dumped.carried.is_empty() {
         table.carried.push((id, dumped.carried));
@@ -354,6 +381,19 @@ fn dump_fd(ctx: &mut DumpCtx, fd: i32, record: &mut FilesRecord, seen_posix: &mu
     table.holders.entry(id).or_default().push((pid, fd));
     table.by_inode.entry(key).or_default().push((pid, fd, id));
     Ok(())
+}
+
+/// The SIGIO owner and signal of a description (read through crust's copy: they belong to
+/// the description), if either was set.
+fn signal_owner(copy: &std::os::fd::OwnedFd) -> Result<Option<proto::SignalOwner>> {
+    use std::os::fd::AsRawFd;
+    // An O_PATH description takes no fcntl of these (EBADF): it has no owner.
+    let (kind, id) = match crate::sys::get_owner_ex(copy.as_raw_fd()) {
+        Err(nix::errno::Errno::EBADF) => return Ok(None),
+        other => other.context("F_GETOWN_EX")?,
+    };
+    let signal = crate::sys::get_sig(copy.as_raw_fd()).context("F_GETSIG")?;
+    Ok((id != 0 || signal != 0).then_some(proto::SignalOwner { r#type: kind, id, signal }))
 }
 
 /// The lock lines of one fd's fdinfo, sorted out.
@@ -449,6 +489,47 @@ pub fn after_threads(ctx: &mut RestoreCtx, record: &FilesRecord) -> Result<()> {
 pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
     for kind in fd::KINDS {
         kind.finish_descriptions(ctx, files)?;
+    }
+    Ok(())
+}
+
+/// O_ASYNC and the I/O signal owner (F_SETOWN_EX, F_SETSIG) of the descriptions behind `mine`,
+/// fds of this process that are each the first fd of the image referring to its description.
+/// Done last for the process, with its own credentials (the kernel checks the setter's against
+/// the receiver's when it sends the signal), once every process and thread exists (the owner
+/// may be any of them). O_ASYNC is turned off and on again through that fd: the kernel then
+/// registers the description for SIGIO under that fd number (what si_fd reports), whatever a
+/// kind's open did with a temporary fd.
+pub fn restore_signal_owners(ctx: &mut RestoreCtx, mine: &[&proto::Fd]) -> Result<()> {
+    const F_SETSIG: u64 = 10;
+    for fd in mine {
+        let Some(file) = ctx.open_files.open_files.iter().find(|o| o.id == fd.open_file_id) else { continue };
+        let async_io = file.flags & libc::O_ASYNC as u32 != 0;
+        if !async_io && file.signal_owner.is_none() {
+            continue;
+        }
+        let name = describe(file);
+        let n = fd.fd as u64;
+        if let Some(o) = &file.signal_owner {
+            let r = &mut *ctx.remote;
+            if o.signal != 0 {
+                r.syscall("fcntl(F_SETSIG)", libc::SYS_fcntl, &[n, F_SETSIG, o.signal as u64])
+                    .with_context(|| format!("fd {} ({name}): F_SETSIG {}", fd.fd, o.signal))?;
+            }
+            let mut owner = o.r#type.to_ne_bytes().to_vec();
+            owner.extend_from_slice(&o.id.to_ne_bytes());
+            let at = r.put(0, &owner)?;
+            r.syscall("fcntl(F_SETOWN_EX)", libc::SYS_fcntl, &[n, crate::sys::F_SETOWN_EX as u64, at])
+                .with_context(|| format!("fd {} ({name}): its signal owner (type {}, id {})", fd.fd, o.r#type, o.id))?;
+        }
+        if async_io {
+            let r = &mut *ctx.remote;
+            let flags = r.syscall("fcntl(F_GETFL)", libc::SYS_fcntl, &[n, libc::F_GETFL as u64])?;
+            let off = flags & !(libc::O_ASYNC as u64);
+            r.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[n, libc::F_SETFL as u64, off])?;
+            r.syscall("fcntl(F_SETFL)", libc::SYS_fcntl, &[n, libc::F_SETFL as u64, off | libc::O_ASYNC as u64])
+                .with_context(|| format!("fd {} ({name}): O_ASYNC", fd.fd))?;
+        }
     }
     Ok(())
 }

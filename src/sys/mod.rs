@@ -151,6 +151,13 @@ pub fn set_owner_ex(fd: i32, kind: i32, id: i32) -> Result<(), Errno> {
     Errno::result(unsafe { libc::fcntl(fd, F_SETOWN_EX, &owner as *const FOwnerEx) }).map(drop)
 }
 
+/// F_GETSIG: the signal sent for I/O on a description (0: SIGIO).
+pub fn get_sig(fd: i32) -> Result<i32, Errno> {
+    const F_GETSIG: i32 = 11;
+    // SAFETY: F_GETSIG takes no argument and returns an int.
+    Errno::result(unsafe { libc::fcntl(fd, F_GETSIG) })
+}
+
 /// The size of `struct prctl_mm_map` this kernel expects (prctl PR_SET_MM_MAP_SIZE).
 pub fn prctl_mm_map_size() -> Result<u32, Errno> {
     const PR_SET_MM_MAP_SIZE: libc::c_ulong = 15;

@@ -1,0 +1,59 @@
+//! fd tables and what hangs off them: the I/O signal owner of descriptions (F_SETOWN_EX,
+//! F_SETSIG with O_ASYNC), fd tables and filesystem contexts shared between processes
+//! (CLONE_FILES, CLONE_FS), epoll registrations whose fd was moved, files under /proc. Each
+//! test runs a real tree, dumps it (the processes must be gone), restores it, and checks it
+//! from /proc and from inside (the workload's own PASS).
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// Pipes, sockets and a regular file with O_ASYNC whose signal owner is the process, its
+/// process group (shared with a child) or a second thread, each with its own F_SETSIG signal:
+/// after restore F_GETOWN_EX, F_GETSIG and O_ASYNC are as set, and I/O on them sends each
+/// signal to its owner (the thread itself for the thread owner, both processes for the group)
+/// with the right si_fd; a pipe without O_ASYNC sends nothing. /proc shows the same fd flags.
+#[test]
+fn async_io_signal_owners_survive_restore() {
+    let mut w = Workload::spawn("fd_owner", &[]);
+    wait_in_syscall(w.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let child: i32 = w.ready_field("child").parse().unwrap();
+    let before = w.snapshot();
+    w.dump();
+    assert!(wait_gone(child, GONE_TIMEOUT), "the child {child} still exists after the dump");
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}
+
+/// python3 sets the I/O signal owner of a pipe to pid 1 (outside its tree) and writes "ready".
+const PY_OWNER_OUTSIDE: &str = r#"
+import fcntl, os, sys, time
+r, w = os.pipe()
+fcntl.fcntl(r, fcntl.F_SETOWN, 1)
+open(sys.argv[1], 'w').write('fd=%d\n' % r)
+while True:
+    time.sleep(0.1)
+"#;
+
+/// A description whose signal owner (F_SETOWN) is a process outside the tree: refused by pid,
+/// fd and "F_SETOWN" (after restore that pid could be anyone); the process keeps running,
+/// untraced.
+#[test]
+fn signal_owner_outside_the_tree_is_refused() {
+    let mut w = Workload::spawn_program("owner-outside", "python3", &["-c", PY_OWNER_OUTSIDE, "ready"]);
+    let ready = w.dir.path.join("ready");
+    wait_until("the python program to say ready", Duration::from_secs(15), || file_written(&ready));
+    let fd = std::fs::read_to_string(&ready).unwrap().trim().trim_start_matches("fd=").to_string();
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    let text = out.text();
+    for word in [format!("pid {}", w.pid), format!("fd {fd}"), "F_SETOWN".into(), "process 1".into()] {
+        assert!(text.contains(&word), "the refusal does not say {word:?}:\n{out}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "the process is not running after the refused dump");
+    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "the process is still traced");
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+}
