@@ -310,6 +310,59 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
 
 /// Collects every kind of every frozen process and writes the records. Returns the inventory
 /// entries (data files filled in later) and the number of page bytes saved.
+/// The processes sharing their parent's fd table (`false`) or filesystem context (`true`),
+/// as (pid, which). A table shared otherwise (with a process outside the tree, or with one
+/// that is neither its parent nor shares the parent's) is refused: restore can only make
+/// such sharing by forking with CLONE_FILES or CLONE_FS.
+fn shared_tables(members: &[Member]) -> Result<std::collections::BTreeSet<(i32, bool)>> {
+    use crate::sys::pidfd::same_table;
+    let live: Vec<&Member> = members.iter().filter(|m| m.zombie.is_none()).collect();
+    let parent = |m: &Member| live.iter().find(|p| p.pid == m.ppid).map(|p| p.pid.as_raw());
+    let mut shared = std::collections::BTreeSet::new();
+    for fs in [false, true] {
+        let what = if fs { "filesystem context (cwd, root, umask: CLONE_FS)" } else { "fd table (CLONE_FILES)" };
+        for m in &live {
+            let pid = m.pid.as_raw();
+            match parent(m) {
+                Some(pp) => {
+                    if same_table(pid, pp, fs)? {
+                        shared.insert((pid, fs));
+                    }
+                }
+                None if m.ppid.as_raw() > 0 => {
+                    // The root: its parent is outside the tree.
+                    if same_table(pid, m.ppid.as_raw(), fs).unwrap_or(false) {
+                        bail!("pid {pid} shares its {what} with its parent {}, outside the dumped tree", m.ppid);
+                    }
+                }
+                None => {}
+            }
+        }
+        // Where each process's shared table comes from: the topmost process of its chain.
+        let top = |mut pid: i32| {
+            while shared.contains(&(pid, fs)) {
+                match live.iter().find(|m| m.pid.as_raw() == pid).and_then(|m| parent(m)) {
+                    Some(pp) => pid = pp,
+                    None => break,
+                }
+            }
+            pid
+        };
+        for (i, a) in live.iter().enumerate() {
+            for b in &live[i + 1..] {
+                let (pa, pb) = (a.pid.as_raw(), b.pid.as_raw());
+                if top(pa) != top(pb) && same_table(pa, pb, fs)? {
+                    bail!(
+                        "pid {pa} shares its {what} with pid {pb}, which is neither its parent nor shares its parent's: \
+                         crust can only restore a table shared from parent to child"
+                    );
+                }
+            }
+        }
+    }
+    Ok(shared)
+}
+
 /// Every thread id and every process group of the tree (a zombie's group too).
 fn tasks_and_groups(members: &[Member]) -> Result<(std::collections::BTreeSet<i32>, std::collections::BTreeSet<i32>)> {
     let mut tasks = std::collections::BTreeSet::new();
@@ -387,9 +440,12 @@ fn collect_tree(
     let mut open_files = open_files.into_record();
     open_files.ghosts = ghosts;
     image.write_record(image::OPEN_FILES, &open_files)?;
+    let shared = shared_tables(members)?;
     let entries = members
         .iter()
         .map(|m| ProcessEntry {
+            files_shared_with_parent: shared.contains(&(m.pid.as_raw(), false)),
+            fs_shared_with_parent: shared.contains(&(m.pid.as_raw(), true)),
             pid: m.pid.as_raw() as u32,
             ppid: m.ppid.as_raw() as u32,
             data_files: Vec::new(),

@@ -32,7 +32,7 @@ use tracing::info;
 use crate::image::proto::{Core, Files as FilesRecord, Inventory, Mm, OpenFile, OpenFiles, ProcessEntry};
 use crate::image::{self, ImageDir};
 use crate::kinds::credentials::Credentials;
-use crate::kinds::files::{self, Files};
+use crate::kinds::files;
 use crate::kinds::identity::{self, Identity, IdentityRecord};
 use crate::kinds::memory::{self, Memory};
 use crate::kinds::registers::{self, ThreadState};
@@ -93,6 +93,21 @@ pub struct LoadedImage {
 impl LoadedImage {
     fn entries(&self) -> &[ProcessEntry] {
         &self.inventory.processes
+    }
+
+    /// The live processes, each after its parent (depth first from the root).
+    fn tree_order(&self) -> Vec<u32> {
+        let mut order = Vec::new();
+        let mut stack = vec![self.inventory.root_pid];
+        while let Some(pid) = stack.pop() {
+            if self.processes.contains_key(&pid) {
+                order.push(pid);
+            }
+            let mut kids: Vec<u32> = self.children(pid).map(|c| c.pid).collect();
+            kids.reverse();
+            stack.extend(kids);
+        }
+        order
     }
 
     fn children(&self, pid: u32) -> impl Iterator<Item = &ProcessEntry> {
@@ -703,10 +718,11 @@ impl Tree {
         self.finish_descriptions(img)?;
         crate::fault::point("restore-descriptions")?;
 
-        for pid in img.processes.keys() {
+        // Parents before children: a child sharing its parent's fd table finds it in place.
+        for pid in img.tree_order() {
             crate::interrupt::check()?;
             progress.step(format!("pid {pid}: restoring its state"));
-            self.restore_process(img, *pid).with_context(|| format!("restoring pid {pid}"))?;
+            self.restore_process(img, pid).with_context(|| format!("restoring pid {pid}"))?;
             crate::fault::point("restore-process")?;
         }
         crate::interrupt::check()?;
@@ -803,14 +819,14 @@ impl Tree {
         } else if entry.zombie {
             return Ok(());
         }
-        let children: Vec<(u32, i32)> = img.children(pid).map(|c| (c.pid, c.exit_signal)).collect();
-        for (child, exit_signal) in children {
+        let children: Vec<(u32, i32, u64)> = img.children(pid).map(|c| (c.pid, c.exit_signal, shared_flags(c))).collect();
+        for (child, exit_signal, shares) in children {
             crate::interrupt::check()?;
             // Descriptions that had to wait (a pidfd of a process created since) before the
             // child that may inherit them.
             self.open_waiting(img, pid, &mut waiting, false)?;
             let remote = &mut self.building.get_mut(&pid).unwrap().remote;
-            let new = fork_child(remote, child, exit_signal).with_context(|| format!("pid {pid} forking pid {child}"))?;
+            let new = fork_child(remote, child, exit_signal, shares).with_context(|| format!("pid {pid} forking pid {child}"))?;
             self.created.push(new);
             ptrace::seize_and_interrupt(new, true)?;
             let mut remote = RemoteTask::new(new, helper)?;
@@ -942,8 +958,9 @@ impl Tree {
         let p = &img.processes[&pid];
         let has_zombie_children = img.children(pid).any(|c| c.zombie);
         let helper = self.helper;
+        let shares_table = img.entries().iter().any(|e| e.pid == pid && e.files_shared_with_parent);
         let mut ctx = self.ctx(img, pid)?;
-        Files::restore(&mut ctx, &p.files)?;
+        files::restore_table(&mut ctx, &p.files, !shares_table)?;
         let identity = IdentityRecord {
             comm: p.core.comm.clone(),
             personality: p.core.personality,
@@ -1117,12 +1134,24 @@ fn clone_exit_signal(recorded: i32) -> u64 {
     }
 }
 
-fn fork_child(remote: &mut RemoteTask, pid: u32, exit_signal: i32) -> Result<Pid> {
+/// The clone flags that make a child share its parent's fd table or filesystem context.
+fn shared_flags(entry: &ProcessEntry) -> u64 {
+    let mut flags = 0;
+    if entry.files_shared_with_parent {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    if entry.fs_shared_with_parent {
+        flags |= libc::CLONE_FS as u64;
+    }
+    flags
+}
+
+fn fork_child(remote: &mut RemoteTask, pid: u32, exit_signal: i32, shares: u64) -> Result<Pid> {
     let tid_addr = remote.put(128, &(pid as i32).to_ne_bytes())?;
     let mut args = Vec::new();
     // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
     // tls, set_tid, set_tid_size, cgroup.
-    for v in [0, 0, 0, 0, clone_exit_signal(exit_signal), 0, 0, 0, tid_addr, 1, 0] {
+    for v in [shares, 0, 0, 0, clone_exit_signal(exit_signal), 0, 0, 0, tid_addr, 1, 0] {
         args.extend_from_slice(&(v as u64).to_ne_bytes());
     }
     let args_addr = remote.put(0, &args)?;

@@ -57,3 +57,38 @@ fn signal_owner_outside_the_tree_is_refused() {
     w.signal(libc::SIGKILL);
     w.reap(Duration::from_secs(5));
 }
+
+/// kcmp(2) of two processes: KCMP_FILES (2) or KCMP_FS (3); Some(true) when they share it.
+fn shares(a: i32, b: i32, kind: i32) -> Option<bool> {
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) };
+    (r >= 0).then_some(r == 0)
+}
+
+/// Three children made with clone(2): one sharing its parent's fd table (CLONE_FILES), one its
+/// cwd, root and umask (CLONE_FS), one neither. After restore the kernel shows the same sharing
+/// (kcmp), and inside: an fd opened by the CLONE_FILES child is the parent's too and an fd it
+/// closes is closed for the parent (not for the plain child); a chdir and umask of the CLONE_FS
+/// child are the parent's (not the other child's).
+#[test]
+fn fd_table_and_fs_shared_by_clone_survive_restore() {
+    let mut w = Workload::spawn("fd_shared", &[]);
+    let field = |k: &str| -> i32 { w.ready_field(k).parse().unwrap() };
+    let (files, fs, plain) = (field("files"), field("fs"), field("plain"));
+    let sharing = |p: i32| [(files, 2), (fs, 3), (plain, 2), (plain, 3), (files, 3), (fs, 2)].map(|(c, k)| shares(p, c, k));
+    let before = sharing(w.pid);
+    assert_eq!(before, [Some(true), Some(true), Some(false), Some(false), Some(false), Some(false)], "test setup");
+    let snap = w.snapshot();
+    w.dump();
+    for pid in [files, fs, plain] {
+        assert!(wait_gone(pid, GONE_TIMEOUT), "pid {pid} still exists after the dump");
+    }
+    w.restore_detached();
+    let after_sharing = sharing(w.pid);
+    let after = w.snapshot();
+    let mut extra = Vec::new();
+    if after_sharing != before {
+        extra.push(format!("kcmp FILES/FS of the parent with files, fs, plain: before {before:?}, after {after_sharing:?}"));
+    }
+    w.verify_restored(&snap, &after, &[], extra);
+}

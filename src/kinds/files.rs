@@ -256,6 +256,15 @@ impl Kind for Files {
     /// `work_fd_floor + id`, by the process that created it for all its holders (see
     /// [`open_descriptions`]) and inherited down the tree.
     fn restore(ctx: &mut RestoreCtx, record: &FilesRecord) -> Result<()> {
+        restore_table(ctx, record, true)
+    }
+}
+
+/// [`Files::restore`]; `place` false for a process sharing its parent's fd table (CLONE_FILES),
+/// restored after it: the parent placed the fds and closed the working ones, in the one table
+/// both use; the rest (registrations, locks, cwd) is the process's own.
+pub fn restore_table(ctx: &mut RestoreCtx, record: &FilesRecord, place: bool) -> Result<()> {
+    if place {
         for fd in &record.fds {
             let work = ctx.work_fd_floor as u64 + fd.open_file_id as u64;
             let flags = if fd.close_on_exec { libc::O_CLOEXEC as u64 } else { 0 };
@@ -264,57 +273,57 @@ impl Kind for Files {
                 .with_context(|| format!("placing fd {} (open file #{})", fd.fd, fd.open_file_id))?;
         }
         ctx.remote.syscall("close_range", libc::SYS_close_range, &[ctx.work_fd_floor as u64, u32::MAX as u64, 0])?;
-        // Registrations that name other fds of the process by number need them all in place
-        // (every open of the tree is done by now); then what restoring queued goes.
-        for kind in fd::KINDS {
-            kind.fds_in_place(ctx, record)?;
-        }
-        for kind in fd::KINDS {
-            kind.after_files(ctx)?;
-        }
-        // flock locks this process took through a description another process recreated.
-        let mut done = Vec::new();
-        for fd in &record.fds {
-            let Some(file) = ctx.open_files.open_files.iter().find(|o| o.id == fd.open_file_id) else { continue };
-            if done.contains(&file.id) {
-                continue;
-            }
-            done.push(file.id);
-            let mine: Vec<_> = file.locks.iter().filter(|l| l.taker_pid == ctx.pid.as_raw() as u32).cloned().collect();
-            for lock in mine {
-                let name = describe(file);
-                super::locks::take(ctx, fd.fd, &lock, &name)?;
-            }
-        }
-        // POSIX locks belong to the process and vanish when it closes any fd of the file: they
-        // come last, once no fd will be closed any more.
-        for posix in &record.posix_locks {
-            let lock = posix.lock.as_ref().context("POSIX lock record without its lock")?;
-            let name = record
-                .fds
-                .iter()
-                .find(|f| f.fd == posix.fd)
-                .and_then(|f| ctx.open_files.open_files.iter().find(|o| o.id == f.open_file_id))
-                .map(describe)
-                .unwrap_or_else(|| format!("fd {}", posix.fd));
-            super::locks::take(ctx, posix.fd, lock, &name)?;
-        }
-        // The working directory is entered with crust's credentials, like mapped files: the
-        // process had it (it may have entered it before giving up privileges).
-        let cwd = super::ghost::entered(ctx, &record.cwd, record.cwd_ghost_id)?;
-        let addr = ctx.remote.put_path(0, &cwd)?;
-        ctx.remote
-            .syscall("chdir", libc::SYS_chdir, &[addr])
-            .with_context(|| format!("changing to the working directory {cwd}"))?;
-        if record.root != "/" || record.root_ghost_id != 0 {
-            let root = super::ghost::entered(ctx, &record.root, record.root_ghost_id)?;
-            let addr = ctx.remote.put_path(0, &root)?;
-            ctx.remote
-                .syscall("chroot", libc::SYS_chroot, &[addr])
-                .with_context(|| format!("changing root to {}", record.root))?;
-        }
-        Ok(())
     }
+    // Registrations that name other fds of the process by number need them all in place
+    // (every open of the tree is done by now); then what restoring queued goes.
+    for kind in fd::KINDS {
+        kind.fds_in_place(ctx, record)?;
+    }
+    for kind in fd::KINDS {
+        kind.after_files(ctx)?;
+    }
+    // flock locks this process took through a description another process recreated.
+    let mut done = Vec::new();
+    for fd in &record.fds {
+        let Some(file) = ctx.open_files.open_files.iter().find(|o| o.id == fd.open_file_id) else { continue };
+        if done.contains(&file.id) {
+            continue;
+        }
+        done.push(file.id);
+        let mine: Vec<_> = file.locks.iter().filter(|l| l.taker_pid == ctx.pid.as_raw() as u32).cloned().collect();
+        for lock in mine {
+            let name = describe(file);
+            super::locks::take(ctx, fd.fd, &lock, &name)?;
+        }
+    }
+    // POSIX locks belong to the process and vanish when it closes any fd of the file: they
+    // come last, once no fd will be closed any more.
+    for posix in &record.posix_locks {
+        let lock = posix.lock.as_ref().context("POSIX lock record without its lock")?;
+        let name = record
+            .fds
+            .iter()
+            .find(|f| f.fd == posix.fd)
+            .and_then(|f| ctx.open_files.open_files.iter().find(|o| o.id == f.open_file_id))
+            .map(describe)
+            .unwrap_or_else(|| format!("fd {}", posix.fd));
+        super::locks::take(ctx, posix.fd, lock, &name)?;
+    }
+    // The working directory is entered with crust's credentials, like mapped files: the
+    // process had it (it may have entered it before giving up privileges).
+    let cwd = super::ghost::entered(ctx, &record.cwd, record.cwd_ghost_id)?;
+    let addr = ctx.remote.put_path(0, &cwd)?;
+    ctx.remote
+        .syscall("chdir", libc::SYS_chdir, &[addr])
+        .with_context(|| format!("changing to the working directory {cwd}"))?;
+    if record.root != "/" || record.root_ghost_id != 0 {
+        let root = super::ghost::entered(ctx, &record.root, record.root_ghost_id)?;
+        let addr = ctx.remote.put_path(0, &root)?;
+        ctx.remote
+            .syscall("chroot", libc::SYS_chroot, &[addr])
+            .with_context(|| format!("changing root to {}", record.root))?;
+    }
+    Ok(())
 }
 
 /// One fd of a process: its description is recorded (by its kind) unless an earlier fd of the

@@ -28,6 +28,16 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, pid: i32, target_fd: RawFd) -> Result<OwnedF
 
 /// kcmp(KCMP_FILE): do fd `a` of `pid_a` and fd `b` of `pid_b` refer to the same open file
 /// description?
+/// kcmp(KCMP_FILES / KCMP_FS): whether two processes share one fd table (`fs` false) or one
+/// filesystem context (`fs` true: cwd, root, umask).
+pub fn same_table(pid_a: i32, pid_b: i32, fs: bool) -> Result<bool, SysError> {
+    let kind: libc::c_int = if fs { 3 } else { 2 };
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, kind, 0, 0) };
+    let order = Errno::result(ret).map_err(|e| SysError::new(format!("kcmp({kind}, pid {pid_a}, pid {pid_b})"), e))?;
+    Ok(order == 0)
+}
+
 pub fn same_open_file(pid_a: i32, a: RawFd, pid_b: i32, b: RawFd) -> Result<bool, SysError> {
     const KCMP_FILE: libc::c_int = 0;
     // SAFETY: plain integer arguments.
