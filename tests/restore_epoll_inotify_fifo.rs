@@ -243,8 +243,10 @@ mod restore_epoll_inotify_fifo {
         }
     }
 
-    /// An epoll registration whose fd was closed (the pipe kept open by a dup): dump refuses
-    /// naming pid, the epoll's fd and the target fd; the registration still works afterwards.
+    /// An epoll registration whose fd was closed and whose file no fd refers to any more (the
+    /// pipe is kept alive in flight in a socket; a dup'ed one is restored: see
+    /// tests/restore_fd_tables.rs): dump refuses naming pid, the epoll's fd and the target fd;
+    /// the registration still works afterwards.
     #[test]
     fn dump_refuses_an_epoll_registration_whose_fd_was_closed() {
         let mut w = Workload::spawn("evq_refuse", &["stale"]);

@@ -3,8 +3,9 @@
  * After a refused dump the process must be exactly as before: after <status>.go it checks
  * the state is intact.
  *
- *   stale      epoll E registered pipe P's read end at fd T; T was dup'ed and closed: the
- *              registration still names fd T, which is no longer open.
+ *   stale      epoll E registered pipe P's read end at fd T; T was sent in flight (SCM_RIGHTS)
+ *              into a socketpair and closed: the registration still names fd T, which no
+ *              longer is open, and no fd refers to its file.
  *              READY ... e=E target=T     after go: E reports DS once P has a byte.
  *   ambiguous  epoll E: Q's read end edge-triggered, its byte's edge already reported, and
  *              pipe P's read end level-triggered with a byte: both ready.
@@ -24,6 +25,7 @@
 #include "common.h"
 #include <sys/epoll.h>
 #include <sys/inotify.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #define DS 0x5eed000000000001ULL
@@ -53,8 +55,18 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "stale") == 0) {
 		int t = p[0];
 		epoll_ctl(e, EPOLL_CTL_ADD, t, &ev);
-		if (dup(t) < 0)
-			die("dup: %s", strerror(errno));
+		int sv[2];
+		char control[CMSG_SPACE(sizeof(int))];
+		memset(control, 0, sizeof(control));
+		struct iovec iov = { .iov_base = "t", .iov_len = 1 };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &t, sizeof(int));
+		if (socketpair(AF_UNIX, SOCK_DGRAM, 0, sv) < 0 || sendmsg(sv[0], &msg, 0) != 1)
+			die("sending the pipe in flight: %s", strerror(errno));
 		close(t);
 		status("READY pid=%d e=%d target=%d", getpid(), e, t);
 		while (!go_requested())

@@ -184,25 +184,38 @@ fn settle(epoll: &mut Epoll, holders: &[(i32, i32)], pipe_readers: &std::collect
                 found.push(h);
             }
         }
-        if found.is_empty() {
-            let why = match first_answer.unwrap() {
-                EpollTargetMatch::NotOpen => format!("fd {} is closed in pid {pid0}", t.fd),
-                EpollTargetMatch::Other => format!("fd {} of pid {pid0} is now another file", t.fd),
-                _ => "the kernel does not find the registration".to_string(),
-            };
-            let others = if holders.len() > 1 { " (and in every other process holding this epoll)" } else { "" };
-            bail!(
-                "the registration of target fd {} (inode {:#x}) cannot be recreated: {why}{others}; \
-                 epoll can only register a file again under the fd number it was registered with",
-                t.fd,
-                t.inode
-            );
-        }
         matching.push(found);
     }
+    // Targets no holder has at their number any more: found through any other fd of a holder
+    // that refers to the registered file (it was dup'ed, and the original closed or reused).
+    let mut moved: Vec<Option<(usize, i32)>> = vec![None; epoll.targets.len()];
+    for (i, t) in epoll.targets.iter().enumerate() {
+        if !matching[i].is_empty() {
+            continue;
+        }
+        let toff = epoll.targets[..i].iter().filter(|o| o.fd == t.fd).count() as u64;
+        moved[i] = find_moved(holders, t.fd, toff)?;
+        match moved[i] {
+            Some((h, _)) => matching[i].push(h),
+            None => {
+                let others = if holders.len() > 1 { " (nor in any other process holding this epoll)" } else { "" };
+                bail!(
+                    "the registration of target fd {} (inode {:#x}) cannot be recreated: no fd of pid {pid0}{others} \
+                     refers to the registered file any more",
+                    t.fd,
+                    t.inode
+                );
+            }
+        }
+    }
     let single = (0..holders.len()).find(|h| matching.iter().all(|m| m.contains(h)));
-    for (t, m) in epoll.targets.iter_mut().zip(&matching) {
-        t.registered_by = holders[single.unwrap_or(m[0])].0 as u32;
+    for ((t, m), mv) in epoll.targets.iter_mut().zip(&matching).zip(&moved) {
+        let h = single.unwrap_or(m[0]);
+        t.registered_by = holders[h].0 as u32;
+        if let Some((_, via)) = mv.filter(|(mh, _)| *mh == h) {
+            t.moved = true;
+            t.via_fd = via;
+        }
     }
 
     // What each target's file is ready for now, through a copy of the registering holder's fd.
@@ -213,7 +226,7 @@ fn settle(epoll: &mut Epoll, holders: &[(i32, i32)], pipe_readers: &std::collect
         if let std::collections::btree_map::Entry::Vacant(v) = pidfds.entry(pid) {
             v.insert(pidfd_open(pid)?);
         }
-        let copy = pidfd_getfd(&pidfds[&pid], pid, t.fd)?;
+        let copy = pidfd_getfd(&pidfds[&pid], pid, live_fd(t))?;
         // A fired one-shot asks for nothing any more: ask for everything it could fire with.
         let disabled = t.events & !FLAG_BITS == 0;
         let asked = if disabled { POLL_EVENTS } else { t.events & POLL_EVENTS };
@@ -278,6 +291,27 @@ fn settle(epoll: &mut Epoll, holders: &[(i32, i32)], pipe_readers: &std::collect
     Ok(())
 }
 
+/// The fd of the registering process that refers to the target's file now.
+fn live_fd(t: &EpollTarget) -> i32 {
+    if t.moved { t.via_fd } else { t.fd }
+}
+
+/// The (holder index, fd) of an fd of a holder referring to the file registered under `tfd`
+/// (`toff`-th registration with that number) when no holder has it at `tfd` any more.
+fn find_moved(holders: &[(i32, i32)], tfd: i32, toff: u64) -> Result<Option<(usize, i32)>> {
+    for (h, &(pid, efd)) in holders.iter().enumerate() {
+        let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let mut fds: Vec<i32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        fds.sort();
+        for fd in fds {
+            if epoll_target_is(pid, fd, pid, efd, tfd, toff)? == EpollTargetMatch::Same {
+                return Ok(Some((h, fd)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Creates an empty epoll in the process; its targets are registered by [`register_targets`].
 fn open(ctx: &mut RestoreCtx, file: &OpenFile) -> Result<i32> {
     let fd = ctx.remote.syscall("epoll_create1", libc::SYS_epoll_create1, &[libc::EPOLL_CLOEXEC as u64])?;
@@ -316,7 +350,7 @@ fn register_targets(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
             .iter()
             .position(|(_, _, e)| {
                 e.targets.iter().filter(|t| t.registered_by == pid).all(|t| {
-                    id_at(t.fd).is_none_or(|id| !todo.iter().any(|(_, other, _)| *other == id))
+                    id_at(live_fd(t)).is_none_or(|id| !todo.iter().any(|(_, other, _)| *other == id))
                 })
             })
             .unwrap_or(0);
@@ -332,7 +366,7 @@ fn register_one(ctx: &mut RestoreCtx, epfd: i32, epoll: &Epoll, pid: u32) -> Res
     // Empty pipes under fired one-shots get a byte for the moment.
     let mut primed = Vec::new();
     for t in consumed.iter().filter(|t| t.fire_by_writing) {
-        primed.push((t.fd, prime_pipe(ctx, t.fd)?));
+        primed.push((live_fd(t), prime_pipe(ctx, live_fd(t))?));
     }
     for t in &consumed {
         add(ctx, epfd, t, t.events | t.fire_events)?;
@@ -392,7 +426,41 @@ fn unprime_pipe(ctx: &mut RestoreCtx, fd: i32, writer: std::os::fd::OwnedFd) -> 
     Ok(())
 }
 
+/// EPOLL_CTL_ADD of target `t`; a moved target's file is put at its number for the moment
+/// (whatever the process has there is moved aside and put back, with its close-on-exec flag).
 fn add(ctx: &mut RestoreCtx, epfd: i32, t: &EpollTarget, events: u32) -> Result<()> {
+    if !t.moved {
+        return add_at(ctx, epfd, t, events);
+    }
+    let r = &mut *ctx.remote;
+    let n = t.fd as u64;
+    let aside = match r.syscall_raw(libc::SYS_fcntl, &[n, libc::F_GETFD as u64]) {
+        Ok(flags) if flags >= 0 => {
+            let floor = ctx.temp_fd_floor as u64;
+            let saved = r.syscall("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &[n, libc::F_DUPFD_CLOEXEC as u64, floor])?;
+            Some((saved, flags as u64 & libc::FD_CLOEXEC as u64))
+        }
+        _ => None,
+    };
+    let r = &mut *ctx.remote;
+    r.syscall("dup3", libc::SYS_dup3, &[t.via_fd as u64, n, libc::O_CLOEXEC as u64])
+        .with_context(|| format!("putting the file of fd {} at fd {} to register it", t.via_fd, t.fd))?;
+    let added = add_at(ctx, epfd, t, events);
+    let r = &mut *ctx.remote;
+    match aside {
+        Some((saved, cloexec)) => {
+            let flags = if cloexec != 0 { libc::O_CLOEXEC as u64 } else { 0 };
+            r.syscall("dup3", libc::SYS_dup3, &[saved, n, flags])?;
+            r.syscall("close", libc::SYS_close, &[saved])?;
+        }
+        None => {
+            r.syscall("close", libc::SYS_close, &[n])?;
+        }
+    }
+    added
+}
+
+fn add_at(ctx: &mut RestoreCtx, epfd: i32, t: &EpollTarget, events: u32) -> Result<()> {
     // struct epoll_event is packed on x86_64: u32 events, u64 data.
     let mut ev = Vec::with_capacity(12);
     ev.extend_from_slice(&events.to_ne_bytes());
