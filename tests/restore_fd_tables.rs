@@ -130,3 +130,66 @@ fn epoll_registration_of_a_moved_fd_survives_restore() {
     // sorted above, without the pipes' new inodes.
     w.verify_restored(&before, &after, &["fdinfo:30:tfd"], extra);
 }
+
+/// Files under /proc: a child's own /proc/self/status (read partly: offset 10), the parent's
+/// /proc/<child>/stat (a file of a process restore creates after the parent), and
+/// /proc/sys/kernel/ostype. After restore each fd links to the same path (the same pids) at
+/// the same offset with the same flags (from /proc), and reads what that process's file says
+/// now (from inside).
+#[test]
+fn proc_files_of_the_tree_are_opened_again_with_the_restored_pids() {
+    let mut w = Workload::spawn("fd_proc", &[]);
+    let child: i32 = w.ready_field("child").parse().unwrap();
+    let link = |pid: i32, fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    let links = |w: &Workload| [link(child, 30), link(w.pid, 31), link(w.pid, 32)];
+    let pos = |pid: i32, fd: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok().and_then(|t| t.lines().next().map(str::to_owned))
+    };
+    let links_before = links(&w);
+    let child_pos_before = pos(child, 30);
+    assert_eq!(child_pos_before.as_deref(), Some("pos:\t10"), "test setup");
+    let before = w.snapshot();
+    w.dump();
+    assert!(wait_gone(child, GONE_TIMEOUT), "the child {child} still exists after the dump");
+    w.restore_detached();
+    let after = w.snapshot();
+    let mut extra = Vec::new();
+    if links(&w) != links_before {
+        extra.push(format!("fd links before {links_before:?}, after {:?}", links(&w)));
+    }
+    if pos(child, 30) != child_pos_before {
+        extra.push(format!("the child's status file at {:?}, was {child_pos_before:?}", pos(child, 30)));
+    }
+    // A new process's /proc files are new inodes.
+    w.verify_restored(&before, &after, &["fdinfo:31:ino"], extra);
+}
+
+/// python3 holds /proc/1/status (a file of a process outside its tree) and writes "ready".
+const PY_PROC_OUTSIDE: &str = r#"
+import sys, time
+f = open('/proc/1/status')
+open(sys.argv[1], 'w').write('fd=%d\n' % f.fileno())
+while True:
+    time.sleep(0.1)
+"#;
+
+/// A /proc file of a process outside the tree: refused by pid, fd and "outside the dumped
+/// tree"; the process keeps running, untraced.
+#[test]
+fn proc_file_of_a_process_outside_the_tree_is_refused() {
+    let mut w = Workload::spawn_program("proc-outside", "python3", &["-c", PY_PROC_OUTSIDE, "ready"]);
+    let ready = w.dir.path.join("ready");
+    wait_until("the python program to say ready", Duration::from_secs(15), || file_written(&ready));
+    let fd = std::fs::read_to_string(&ready).unwrap().trim().trim_start_matches("fd=").to_string();
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    let text = out.text();
+    for word in [format!("pid {}", w.pid), format!("fd {fd}"), "/proc/1/status".into(), "outside the dumped tree".into()] {
+        assert!(text.contains(&word), "the refusal does not say {word:?}:\n{out}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "the process is not running after the refused dump");
+    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "the process is still traced");
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+}

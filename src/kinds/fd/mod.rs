@@ -49,6 +49,7 @@ pub mod netlink_socket;
 pub mod packet_socket;
 pub mod pidfd;
 pub mod pipe;
+pub mod proc_file;
 pub mod pty;
 pub mod regular;
 pub mod shared_memory;
@@ -69,16 +70,17 @@ use super::RestoreCtx;
 use crate::image::proto::{Files, OpenFile, open_file};
 
 /// Every fd kind. Dump asks them in this order and the first that recognises an fd records it:
-/// a kind that takes a part of another's files (memfds, pidfds and namespace files among
-/// regular files, pseudo-terminals among terminals, terminals among character devices) comes
-/// before it. The other steps run in this order too: inotify and fanotify add their watches
-/// and marks before epoll registers (and may write into a watched pipe for a moment);
+/// a kind that takes a part of another's files (memfds, pidfds, namespace files and /proc files
+/// among regular files, pseudo-terminals among terminals, terminals among character devices)
+/// comes before it. The other steps run in this order too: inotify and fanotify add their
+/// watches and marks before epoll registers (and may write into a watched pipe for a moment);
 /// pseudo-terminals sort out the terminals of the tree's own sessions before the terminal
 /// kind refuses the others.
 pub static KINDS: &[&dyn DynFdKind] = &[
     &Registered::<memfd::Memfds>::KIND,
     &Registered::<pidfd::Pidfds>::KIND,
     &Registered::<namespace::NamespaceFiles>::KIND,
+    &Registered::<proc_file::ProcFiles>::KIND,
     &Registered::<regular::RegularFiles>::KIND,
     &Registered::<pty::Ptys>::KIND,
     &Registered::<tty::Terminals>::KIND,

@@ -30,6 +30,7 @@ fn every_variant() -> Vec<K> {
         K::NamespaceFile(Default::default()),
         K::Pty(Default::default()),
         K::Fanotify(Default::default()),
+        K::ProcFile(Default::default()),
     ];
     // A variant added to the schema does not compile here until it is listed above as well.
     for kind in &all {
@@ -53,7 +54,8 @@ fn every_variant() -> Vec<K> {
             | K::Pidfd(_)
             | K::NamespaceFile(_)
             | K::Pty(_)
-            | K::Fanotify(_) => {}
+            | K::Fanotify(_)
+            | K::ProcFile(_) => {}
         }
     }
     all
