@@ -107,3 +107,19 @@ fn tree_workloads_pass_without_checkpoint() {
     tree_selftest("tree_sharedfd", &[], &["parent", "child"]);
     tree_selftest("tree_zombies", &[], &["parent", "blocker"]);
 }
+
+/// Workloads of a parent and children: the parent's READY comes last, and the parent then
+/// waits for `.go` (sleeping).
+#[test]
+fn unix_socket_and_fd_table_workloads_pass_without_checkpoint() {
+    for name in ["usock_rights", "usock_pending", "usock_misc", "fd_owner", "fd_shared", "fd_epoll_moved", "fd_proc"] {
+        let mut w = Workload::spawn(name, &[]);
+        w.wait_status_line("READY parent", READY_TIMEOUT);
+        wait_in_syscall(w.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+        let a = w.snapshot();
+        std::thread::sleep(Duration::from_millis(50));
+        let b = w.snapshot();
+        assert_same_proc(&a, &b, &["fdinfo:1:pos", "fdinfo:2:pos"]);
+        w.go().assert_pass();
+    }
+}
