@@ -512,6 +512,28 @@ fn dump_leave_running_leaves_socket_queues_untouched() {
     verify(&mut w, &before, &after, vec![], &["parent", "child"]);
 }
 
+/// `dump --leave-running` of trees with descriptors in flight and with connections not yet
+/// accepted: the processes go on exactly as they were (same sockets, queue lengths and counts
+/// of descriptors in flight in /proc), and every message, descriptor and waiting connection
+/// is still there for the workloads.
+#[test]
+fn dump_leave_running_leaves_descriptors_in_flight_and_waiting_connections_untouched() {
+    for name in ["usock_rights", "usock_pending"] {
+        let (mut w, _tree) = spawn_tree(name, &[]);
+        let before = TreeSnap::take(w.pid);
+        let in_flight_before = descriptors_in_flight(&before.pids);
+        let out = w.dump_with(&["-R"]);
+        assert!(out.success(), "{name}: dump -R failed:\n{out}");
+        assert_running_untouched(w.pid, "after dump -R");
+        let after = TreeSnap::take(w.pid);
+        let mut extra = Vec::new();
+        if descriptors_in_flight(&after.pids) != in_flight_before {
+            extra.push(format!("{name}: descriptors in flight changed: {in_flight_before:?} -> {:?}", descriptors_in_flight(&after.pids)));
+        }
+        verify(&mut w, &before, &after, extra, &["parent", "child"]);
+    }
+}
+
 /// Less common arrangements in one process: a datagram socket on a relative path holding
 /// datagrams from a named sender of the tree, from unnamed ones and from a socket connected to
 /// it one way; a listener whose socket file had been unlinked, with an accepted connection; a
