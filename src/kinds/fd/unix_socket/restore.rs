@@ -18,6 +18,10 @@
 //! Binding to a path removes a file already there only when it is a socket file no live
 //! socket is bound to: the dead socket file of the dumped process, which the original
 //! program would also have had to remove before binding again.
+//! Anything else at the path of a socket whose own file was already gone at dump time
+//! (unlinked, or replaced by someone else's file) is never touched: that socket is bound
+//! under a private root instead (see [`Detached`]). A socket whose file was there at dump
+//! time and is replaced since is refused at restore, naming the path.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
