@@ -404,7 +404,7 @@ impl Detached {
             None => {
                 std::fs::create_dir_all(DETACHED_DIR).with_context(|| format!("creating {DETACHED_DIR}"))?;
                 std::fs::set_permissions(DETACHED_DIR, std::fs::Permissions::from_mode(0o711))?;
-                let r = std::path::Path::new(DETACHED_DIR).join(format!("{}-{}", std::process::id(), fd_unique()));
+                let r = std::path::Path::new(DETACHED_DIR).join(format!("{}-{}", std::process::id(), unique_suffix()));
                 std::fs::create_dir(&r).with_context(|| format!("creating {}", r.display()))?;
                 std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o711))?;
                 self.root = Some(r.clone());
@@ -445,7 +445,7 @@ impl Detached {
     }
 }
 
-fn fd_unique() -> u64 {
+fn unique_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
