@@ -38,7 +38,10 @@
 //! the descriptors with them, where before it would have got them with the later bytes (no
 //! peek shows where the buffer began; a read covering the whole piece, the usual case, is the
 //! same). SO_PEERCRED's pid is the process that recreated the connection (its uid and
-//! gid are kept); peeking at a zero-length datagram marks it "peeked" in the kernel, as any
+//! gid are kept), except on a connection not yet accepted: once accepted, its SO_PEERCRED
+//! names the restoring process with its ids at restore time (root), since nothing shows the
+//! waiting socket's; a descriptor in flight that is a UNIX socket with a relative name is
+//! recorded with crust's working directory; peeking at a zero-length datagram marks it "peeked" in the kernel, as any
 //! MSG_PEEK of the process would (it only matters to a process that itself walks its queue
 //! with SO_PEEK_OFF, which then steps over it), and a zero-length datagram the process had
 //! itself peeked at that way is stepped over by crust's walk too.
