@@ -342,15 +342,6 @@ fn abstract_names_autobound_names_and_datagram_senders_survive() {
 // Refusals
 // ---------------------------------------------------------------------------------
 
-/// Asserts that `pid` is alive, not stopped, not traced, for a while.
-fn assert_running_untouched(pid: i32, what: &str) {
-    for _ in 0..5 {
-        let st = proc_state(pid);
-        assert!(matches!(st, Some('R' | 'S')), "{what}: pid {pid} state {st:?}, expected running or sleeping");
-        assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "{what}: pid {pid} is still traced");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Dumps a workload that must be refused: the refusal names its pid, the socket's fd (the
 /// READY line's fd=) and each of `words`; the process keeps running untouched, looks the same
