@@ -1,12 +1,15 @@
-//! `crust bench`: dump and restore a process holding N MiB of touched anonymous memory, next to
-//! this machine's floors for the same amount of data, measured in the same run:
+//! `crust bench`: dump and restore a process holding N MiB of touched anonymous memory, in
+//! ordinary 4 KiB pages and in huge pages, next to this machine's floors for the same amount of
+//! data and (with `--criu PATH`) the reference tool's times, all measured in the same run:
 //!
 //! - dump floor: moving the bytes out of a process into a new file on the image file system,
 //!   the faster of vmsplice+splice (the process gifts its pages to a pipe) and
 //!   process_vm_readv+write (another process copies them out);
 //! - restore floor: reading the file into fresh anonymous memory.
 //!
-//! Figures are ratios to the floors, never absolute claims: this VM's memory speed varies.
+//! Figures are ratios to the floors, never absolute claims: this VM's memory speed varies. The
+//! reference tool runs right after crust on the same workload, so each run compares the two
+//! side by side.
 
 use std::fs::File;
 use std::io::Write;
@@ -23,12 +26,14 @@ use crate::sys::region::AnonRegion;
 const MIB: usize = 1 << 20;
 const PATTERN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Runs as the benchmarked process: maps `mib` MiB, asks for huge pages, writes a pattern to
-/// every word, says READY on stdout, then sleeps until killed.
-pub fn workload(mib: usize, ready_file: &Path) -> Result<()> {
+/// Runs as the benchmarked process: maps `mib` MiB of huge or ordinary pages, writes a pattern
+/// to every word, says READY in `ready_file`, then sleeps until killed.
+pub fn workload(mib: usize, ready_file: &Path, huge: bool) -> Result<()> {
     crate::sys::close_inherited_fds()?;
+    // A session of its own, as the reference tool wants of the processes it dumps.
+    let _ = nix::unistd::setsid();
     let len = mib * MIB;
-    let mut region = AnonRegion::new_huge(len)?;
+    let mut region = AnonRegion::new(len, huge)?;
     for (i, w) in region.as_mut_slice().chunks_exact_mut(8).enumerate() {
         w.copy_from_slice(&(i as u64 ^ PATTERN_SEED).to_ne_bytes());
     }
@@ -45,13 +50,16 @@ struct Workload {
     len: u64,
 }
 
-fn start_workload(mib: usize, dir: &Path) -> Result<Workload> {
+fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
     let exe = std::env::current_exe()?;
     let ready = dir.join("workload.ready");
     let _ = std::fs::remove_file(&ready);
-    let mut child = Command::new(exe)
-        .args(["bench-workload", &mib.to_string()])
-        .arg(&ready)
+    let mut command = Command::new(exe);
+    command.args(["bench-workload", &mib.to_string()]).arg(&ready);
+    if !huge {
+        command.arg("--small-pages");
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -90,10 +98,10 @@ fn anon_huge_kib(pid: u32) -> u64 {
 }
 
 /// Floor 1a: the process gifts its pages to a pipe (vmsplice), the pipe is spliced to the file.
-fn floor_vmsplice(dir: &Path, mib: usize) -> Result<Duration> {
+fn floor_vmsplice(dir: &Path, mib: usize, huge: bool) -> Result<Duration> {
     use nix::fcntl::{SpliceFFlags, splice};
     let len = mib * MIB;
-    let mut region = AnonRegion::new_huge(len)?;
+    let mut region = AnonRegion::new(len, huge)?;
     region.as_mut_slice().iter_mut().step_by(4096).for_each(|b| *b = 1);
     let path = dir.join("floor-vmsplice");
     let file = File::create(&path)?;
@@ -140,8 +148,8 @@ fn floor_process_vm_readv(dir: &Path, w: &Workload) -> Result<Duration> {
     Ok(elapsed)
 }
 
-/// Floor 2: read a file of the same size into fresh anonymous memory (huge-page advised).
-fn floor_read_into_memory(dir: &Path, mib: usize) -> Result<Duration> {
+/// Floor 2: read a file of the same size into fresh anonymous memory (of the same pages).
+fn floor_read_into_memory(dir: &Path, mib: usize, huge: bool) -> Result<Duration> {
     let path = dir.join("floor-read");
     {
         let mut f = File::create(&path)?;
@@ -154,10 +162,10 @@ fn floor_read_into_memory(dir: &Path, mib: usize) -> Result<Duration> {
     let file = File::open(&path)?;
     // Crust restores right after the dumped process freed the same amount of memory, which
     // this VM has not yet handed back to its host; give the floor the same warm start.
-    let mut warm = AnonRegion::new_huge(len)?;
+    let mut warm = AnonRegion::new(len, huge)?;
     warm.as_mut_slice().iter_mut().step_by(4096).for_each(|b| *b = 1);
     drop(warm);
-    let mut region = AnonRegion::new_huge(len)?;
+    let mut region = AnonRegion::new(len, huge)?;
     let bytes = region.as_mut_slice();
     let start = Instant::now();
     let mut done = 0;
@@ -194,80 +202,168 @@ pub struct BenchOptions {
     pub mib: usize,
     pub dir: PathBuf,
     pub runs: usize,
+    /// Which pages: 4 KiB, huge, or both in turn.
+    pub pages: Vec<bool>,
+    /// The reference tool's binary, measured side by side when given.
+    pub criu: Option<PathBuf>,
+}
+
+/// One run's figures for one kind of pages.
+#[derive(Default, Clone)]
+struct Figures {
+    floor_dump: Duration,
+    floor_restore: Duration,
+    dump: Duration,
+    frozen: Duration,
+    restore: Duration,
+    criu: Option<(Duration, Duration)>,
+    /// AnonHugePages of the process before the dump and after the restore, in KiB.
+    huge_kib: (u64, u64),
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:8.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
 }
 
 pub fn run(opts: &BenchOptions) -> Result<()> {
     std::fs::create_dir_all(&opts.dir)?;
-    let fmt = |d: Duration| format!("{:8.1} ms", d.as_secs_f64() * 1e3);
-    let gib_s = |d: Duration| opts.mib as f64 / 1024.0 / d.as_secs_f64();
     println!("crust bench: {} MiB of touched anonymous memory, images in {}", opts.mib, opts.dir.display());
-    let mut dump_ratios = Vec::new();
-    let mut frozen_ratios = Vec::new();
-    let mut restore_ratios = Vec::new();
+    let mut all: Vec<(bool, Figures)> = Vec::new();
     for run in 1..=opts.runs {
-        let mut w = start_workload(opts.mib, &opts.dir)?;
-        let pid = w.child.id();
-        let huge_before = anon_huge_kib(pid);
+        for &huge in &opts.pages {
+            let figures = one_run(opts, huge)?;
+            print_run(run, huge, opts.mib, &figures);
+            all.push((huge, figures));
+        }
+    }
+    for &huge in &opts.pages {
+        let runs: Vec<&Figures> = all.iter().filter(|(h, _)| *h == huge).map(|(_, f)| f).collect();
+        print_medians(huge, &runs);
+    }
+    Ok(())
+}
 
-        // Floors first, side by side with the real thing, in the same run.
-        let f_vmsplice = floor_vmsplice(&opts.dir, opts.mib)?;
-        let f_readv = floor_process_vm_readv(&opts.dir, &w)?;
-        let f_dump = f_vmsplice.min(f_readv);
-        let f_restore = floor_read_into_memory(&opts.dir, opts.mib)?;
+fn pages_name(huge: bool) -> &'static str {
+    if huge { "huge pages" } else { "4 KiB pages" }
+}
 
-        let image = opts.dir.join("image");
-        let _ = std::fs::remove_dir_all(&image);
-        let dump = crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
-        let _ = w.child.wait();
+/// Floors, crust, then the reference tool, on fresh workloads of the same memory.
+fn one_run(opts: &BenchOptions, huge: bool) -> Result<Figures> {
+    let mut w = start_workload(opts.mib, &opts.dir, huge)?;
+    let pid = w.child.id();
+    let huge_before = anon_huge_kib(pid);
+    // Floors first, side by side with the real thing, in the same run.
+    let floor_dump = floor_vmsplice(&opts.dir, opts.mib, huge)?.min(floor_process_vm_readv(&opts.dir, &w)?);
+    let floor_restore = floor_read_into_memory(&opts.dir, opts.mib, huge)?;
+    let image = opts.dir.join("image");
+    let _ = std::fs::remove_dir_all(&image);
+    let dump = crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
+    let _ = w.child.wait();
+    let started = Instant::now();
+    let restored = crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true, ..Default::default() })?;
+    let restore = started.elapsed();
+    // The floor for restore is measured on both sides of it, the better one kept: this VM's
+    // memory gets cheaper or dearer from one second to the next.
+    let floor_restore = floor_restore.min(floor_read_into_memory(&opts.dir, opts.mib, huge)?);
+    let crate::restore::Restored::Running { pid: new_pid, .. } = restored else { bail!("restore did not detach") };
+    let huge_after = anon_huge_kib(new_pid as u32);
+    finish_restored(new_pid, &w)?;
+    let _ = std::fs::remove_dir_all(&image);
+    let criu = opts.criu.as_deref().map(|criu| criu_run(criu, opts, huge)).transpose()?;
+    let huge_kib = (huge_before, huge_after);
+    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, criu, huge_kib })
+}
+
+/// Checks the restored process's memory, then ends it.
+fn finish_restored(pid: i32, w: &Workload) -> Result<()> {
+    let check = verify_pattern(pid, w.address, w.len);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    check
+}
+
+/// The reference tool dumps and restores a fresh workload: (dump, restore) wall times.
+fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration)> {
+    let mut w = start_workload(opts.mib, &opts.dir, huge)?;
+    let pid = w.child.id() as i32;
+    let image = opts.dir.join("criu-image");
+    let _ = std::fs::remove_dir_all(&image);
+    std::fs::create_dir_all(&image)?;
+    let tool = |args: &[&str]| -> Result<Duration> {
         let started = Instant::now();
-        let restored = crate::restore::restore(&image, &crate::restore::RestoreOptions { detach: true, ..Default::default() })?;
-        let restore_time = started.elapsed();
-        // The floor for restore is measured on both sides of it, the better one kept: this VM's
-        // memory gets cheaper or dearer from one second to the next.
-        let f_restore = f_restore.min(floor_read_into_memory(&opts.dir, opts.mib)?);
-        let crate::restore::Restored::Running { pid: new_pid, .. } = restored else { bail!("restore did not detach") };
-        let huge_after = anon_huge_kib(new_pid as u32);
-        let check = verify_pattern(new_pid, w.address, w.len);
-        let _ = nix::sys::signal::kill(Pid::from_raw(new_pid), nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(Pid::from_raw(new_pid), None);
-        check?;
-        let _ = std::fs::remove_dir_all(&image);
+        let out = Command::new(criu).args(args).arg("-D").arg(&image).stdin(Stdio::null()).output()?;
+        let took = started.elapsed();
+        if !out.status.success() {
+            bail!("{} {}: {}\n{}", criu.display(), args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(took)
+    };
+    let dump = tool(&["dump", "-t", &pid.to_string(), "-o", "dump.log"]).inspect_err(|_| {
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    })?;
+    let _ = w.child.wait();
+    let restore = tool(&["restore", "-d", "-o", "restore.log"])?;
+    // The reference tool restores the same pid.
+    let check = verify_pattern(pid, w.address, w.len);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = std::fs::remove_dir_all(&image);
+    check.context("the reference tool's restored memory")?;
+    Ok((dump, restore))
+}
 
-        dump_ratios.push(dump.total.as_secs_f64() / f_dump.as_secs_f64());
-        frozen_ratios.push(dump.frozen.as_secs_f64() / f_dump.as_secs_f64());
-        restore_ratios.push(restore_time.as_secs_f64() / f_restore.as_secs_f64());
-        println!("run {run}:");
-        println!("  floor dump   vmsplice+splice        {} ({:5.2} GiB/s)", fmt(f_vmsplice), gib_s(f_vmsplice));
-        println!("  floor dump   process_vm_readv+write {} ({:5.2} GiB/s)", fmt(f_readv), gib_s(f_readv));
-        println!("  floor restore read into anon memory {} ({:5.2} GiB/s)", fmt(f_restore), gib_s(f_restore));
+fn print_run(run: usize, huge: bool, mib: usize, f: &Figures) {
+    let gib_s = |d: Duration| mib as f64 / 1024.0 / d.as_secs_f64();
+    println!("run {run}, {}:", pages_name(huge));
+    println!("  floor dump    {} ({:5.2} GiB/s)", ms(f.floor_dump), gib_s(f.floor_dump));
+    println!("  floor restore {} ({:5.2} GiB/s)", ms(f.floor_restore), gib_s(f.floor_restore));
+    println!(
+        "  crust dump    {} = {:.2}x the floor (frozen {}, {:.2}x)",
+        ms(f.dump),
+        ratio(f.dump, f.floor_dump),
+        ms(f.frozen).trim(),
+        ratio(f.frozen, f.floor_dump)
+    );
+    println!("  crust restore {} = {:.2}x the floor", ms(f.restore), ratio(f.restore, f.floor_restore));
+    println!("  huge pages    {} MiB before, {} MiB after restore; memory pattern verified", f.huge_kib.0 / 1024, f.huge_kib.1 / 1024);
+    if let Some((dump, restore)) = f.criu {
+        println!("  criu dump     {} = {:.2}x the floor; crust/criu {:.2}", ms(dump), ratio(dump, f.floor_dump), ratio(f.dump, dump));
         println!(
-            "  crust dump   (frozen {})       {}  = {:.2}x the dump floor; frozen {:.2}x",
-            fmt(dump.frozen).trim(),
-            fmt(dump.total),
-            dump.total.as_secs_f64() / f_dump.as_secs_f64(),
-            dump.frozen.as_secs_f64() / f_dump.as_secs_f64()
-        );
-        println!(
-            "  crust restore                       {}  = {:.2}x the restore floor",
-            fmt(restore_time),
-            restore_time.as_secs_f64() / f_restore.as_secs_f64()
-        );
-        println!(
-            "  huge pages   before {} MiB, after restore {} MiB; memory pattern verified",
-            huge_before / 1024,
-            huge_after / 1024
+            "  criu restore  {} = {:.2}x the floor; crust/criu {:.2}",
+            ms(restore),
+            ratio(restore, f.floor_restore),
+            ratio(f.restore, restore)
         );
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    println!(
-        "median of {} runs: dump {:.2}x the dump floor (frozen {:.2}x), restore {:.2}x the restore floor",
-        opts.runs,
-        median(&mut dump_ratios),
-        median(&mut frozen_ratios),
-        median(&mut restore_ratios)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn print_medians(huge: bool, runs: &[&Figures]) {
+    let m = |f: &dyn Fn(&Figures) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    print!(
+        "median of {} runs, {}: dump {:.2}x the floor (frozen {:.2}x), restore {:.2}x the floor",
+        runs.len(),
+        pages_name(huge),
+        m(&|f| ratio(f.dump, f.floor_dump)),
+        m(&|f| ratio(f.frozen, f.floor_dump)),
+        m(&|f| ratio(f.restore, f.floor_restore))
     );
-    Ok(())
+    if runs.iter().all(|r| r.criu.is_some()) {
+        print!(
+            "; criu dump {:.2}x, restore {:.2}x the floor; crust/criu dump {:.2}, restore {:.2}",
+            m(&|f| ratio(f.criu.unwrap().0, f.floor_dump)),
+            m(&|f| ratio(f.criu.unwrap().1, f.floor_restore)),
+            m(&|f| ratio(f.dump, f.criu.unwrap().0)),
+            m(&|f| ratio(f.restore, f.criu.unwrap().1))
+        );
+    }
+    println!();
 }

@@ -83,6 +83,12 @@ enum Command {
         /// How many times to repeat the measurement.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Which pages the process's memory is in: 4k (ordinary pages), huge, or both.
+        #[arg(long, default_value = "both", value_parser = ["4k", "huge", "both"])]
+        pages: String,
+        /// The reference tool's binary, measured side by side in each run.
+        #[arg(long, value_name = "PATH")]
+        criu: Option<PathBuf>,
     },
     /// Watch crust checkpoint and restore a built-in example: `demo` (a counter) or
     /// `demo leases` (a lease caught in the middle of a break).
@@ -105,7 +111,12 @@ enum Command {
     DemoWorkload { log: PathBuf },
     /// The benchmark's own workload (internal).
     #[command(hide = true)]
-    BenchWorkload { mib: usize, ready_file: PathBuf },
+    BenchWorkload {
+        mib: usize,
+        ready_file: PathBuf,
+        #[arg(long)]
+        small_pages: bool,
+    },
 }
 
 const SUPPORTED: &str = "Options (crust's own, and CRIU's with the same meaning)";
@@ -419,11 +430,18 @@ fn run(cli: Cli, permits: Permits) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(),
-        Command::Bench { mib, dir, runs } => {
-            crate::bench::run(&crate::bench::BenchOptions { mib, dir, runs })?;
+        Command::Bench { mib, dir, runs, pages, criu } => {
+            let pages = match pages.as_str() {
+                "4k" => vec![false],
+                "huge" => vec![true],
+                _ => vec![false, true],
+            };
+            crate::bench::run(&crate::bench::BenchOptions { mib, dir, runs, pages, criu })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchWorkload { mib, ready_file } => crate::bench::workload(mib, &ready_file).map(|()| ExitCode::SUCCESS),
+        Command::BenchWorkload { mib, ready_file, small_pages } => {
+            crate::bench::workload(mib, &ready_file, !small_pages).map(|()| ExitCode::SUCCESS)
+        }
         Command::Demo { story, dir } if story == "leases" => crate::demo::run_leases(&dir).map(|()| ExitCode::SUCCESS),
         Command::Demo { dir, .. } => crate::demo::run(&dir).map(|()| ExitCode::SUCCESS),
         Command::DemoLeaseHolder { file, log } => crate::demo::lease_holder(&file, &log).map(|()| ExitCode::SUCCESS),

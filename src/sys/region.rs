@@ -1,5 +1,6 @@
 //! A private anonymous memory region owned by crust, 2 MiB aligned and advised for transparent
-//! huge pages (used by the benchmark and its workload), and vmsplice of such memory.
+//! huge pages or ordinary pages (used by the benchmark and its workload), and vmsplice of such
+//! memory.
 
 use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
@@ -16,6 +17,11 @@ pub struct AnonRegion {
 
 impl AnonRegion {
     pub fn new_huge(len: usize) -> nix::Result<Self> {
+        Self::new(len, true)
+    }
+
+    /// A region of ordinary 4 KiB pages (MADV_NOHUGEPAGE), or advised for huge pages.
+    pub fn new(len: usize, huge: bool) -> nix::Result<Self> {
         // SAFETY: a new anonymous mapping that nothing else refers to.
         let raw = unsafe {
             mmap_anonymous(
@@ -39,8 +45,9 @@ impl AnonRegion {
             }
         }
         let ptr = NonNull::new(aligned as *mut libc::c_void).unwrap();
+        let advice = if huge { MmapAdvise::MADV_HUGEPAGE } else { MmapAdvise::MADV_NOHUGEPAGE };
         // SAFETY: advice on our own mapping; it does not change its contents.
-        unsafe { madvise(ptr, len, MmapAdvise::MADV_HUGEPAGE)? };
+        unsafe { madvise(ptr, len, advice)? };
         Ok(AnonRegion { ptr, len })
     }
 
