@@ -176,15 +176,21 @@ impl DumpLock {
     /// Locks one more connection (the journal and the guardian first, so that it is never
     /// locked without a way back).
     pub fn add(&mut self, c: Connection) -> Result<()> {
+        self.journal(&c)?;
+        lock(std::slice::from_ref(&c))?;
+        self.connections.push(c);
+        Ok(())
+    }
+
+    /// Lists a connection in the journal the guardian reads if crust dies.
+    fn journal(&mut self, c: &Connection) -> Result<()> {
         if self.guardian.is_none() {
             std::fs::create_dir_all("/run/crust").context("creating /run/crust")?;
             self.guardian = Some(start_guardian()?);
         }
         let path = journal_path(std::process::id());
         let mut journal = std::fs::File::options().create(true).append(true).open(&path).with_context(|| format!("opening {path}"))?;
-        journal.write_all(journal_line(&c).as_bytes()).with_context(|| format!("writing {path}"))?;
-        lock(std::slice::from_ref(&c))?;
-        self.connections.push(c);
+        journal.write_all(journal_line(c).as_bytes()).with_context(|| format!("writing {path}"))?;
         Ok(())
     }
 
@@ -251,4 +257,36 @@ pub fn repair_left_behind() {
             repair_journal(pid);
         }
     }
+}
+
+/// The locks of the connections a restore is making again: from the moment a connection's
+/// socket exists in a restored process until the connection is let through, a crust killed
+/// (its processes die with it) leaves its guardian to lift the lock.
+static RESTORING: std::sync::Mutex<Option<DumpLock>> = std::sync::Mutex::new(None);
+
+/// Restore: the connection's socket exists; its lock is crust's to lift, also if crust dies.
+pub fn restoring(c: Connection) -> Result<()> {
+    let mut restoring = RESTORING.lock().unwrap_or_else(|e| e.into_inner());
+    let locks = restoring.get_or_insert_with(DumpLock::default);
+    locks.journal(&c)?;
+    locks.connections.push(c);
+    Ok(())
+}
+
+/// Restore: lifts the connection's lock (it is ready, or the restore failed) and takes it out
+/// of the journal.
+pub fn restored(connections: &[Connection]) -> Result<()> {
+    unlock(connections)?;
+    let mut restoring = RESTORING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(locks) = restoring.as_mut() {
+        locks.connections.retain(|c| !connections.iter().any(|d| d.local == c.local && d.peer == c.peer));
+        let rest: String = locks.connections.iter().map(journal_line).collect();
+        let path = journal_path(std::process::id());
+        if rest.is_empty() {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            std::fs::write(&path, rest).with_context(|| format!("writing {path}"))?;
+        }
+    }
+    Ok(())
 }

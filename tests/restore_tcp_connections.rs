@@ -456,3 +456,24 @@ open('result', 'w').write(b.recv(1, socket.MSG_OOB).decode())
     wait_until("python3 to read its urgent byte", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "!");
 }
+
+/// A restore killed (SIGKILL of crust) once its processes and sockets exist: its processes die
+/// with it, and its guardian lifts the network lock of the connections it was making again.
+#[test]
+fn a_killed_restore_leaves_its_guardian_to_lift_the_network_lock() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let program = format!(
+        "import socket, time\nc = socket.create_connection(('127.0.0.1', {port}))\nopen('ready', 'w').write('1')\ntime.sleep(100)\n"
+    );
+    let mut w = Workload::spawn_program("tcp-killed-restore", "python3", &["-c", &program]);
+    let (peer, _) = listener.accept().unwrap();
+    wait_until("python3 to connect", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    w.dump_killing(&["--tcp-established"]);
+    assert!(locked(peer.local_addr().unwrap()), "no network lock while the tree is away");
+    w.crust_env = vec![("CRUST_FAULT".into(), "restore-tree:1:kill".into())];
+    let out = w.restore_detached_raw();
+    assert!(!out.success(), "the restore was not killed:\n{out}");
+    assert!(wait_gone(w.pid, Duration::from_secs(10)), "the restored process outlived crust");
+    wait_until("the guardian to lift the network lock", Duration::from_secs(10), || !locked(peer.local_addr().unwrap()));
+}

@@ -99,7 +99,7 @@ impl FdKind for InetSockets {
         for (file, record) in files.iter().filter(|(_, r)| r.tcp.is_some()) {
             let fd = ctx.work_fd_floor + file.id as i32;
             let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
-            network_lock::unlock(&locked_connection(record).into_iter().collect::<Vec<_>>())?;
+            network_lock::restored(&locked_connection(record).into_iter().collect::<Vec<_>>())?;
             if !ctx.tcp_close {
                 tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
                 if let (Some(c), Some(local), Some(peer)) = (&record.tcp, &record.local, &record.peer) {
@@ -113,7 +113,7 @@ impl FdKind for InetSockets {
 
     fn restore_failed(files: &[(&OpenFile, &InetSocket)]) {
         let locked: Vec<Connection> = files.iter().filter_map(|(_, r)| locked_connection(r)).collect();
-        if let Err(e) = network_lock::unlock(&locked) {
+        if let Err(e) = network_lock::restored(&locked) {
             tracing::error!("lifting the network lock of the connections of the failed restore: {e:#}");
         }
     }
@@ -411,6 +411,9 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &InetSocket) -> Result<i32> {
     let local = r.local.as_ref().map(from_record).transpose()?;
     let peer = r.peer.as_ref().map(from_record).transpose()?;
     let fd = create_as(ctx, r)?;
+    if let Some(c) = locked_connection(r) {
+        network_lock::restoring(c)?;
+    }
     let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
     let copy = copy.as_fd();
     for o in r.options.iter().filter(|o| !options::is_reuse_address(o)) {
