@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
 /// The registrations of epoll `fd` of `pid` as fdinfo shows them, without the target's inode
 /// (pipes get new inodes), sorted (fdinfo lists them in kernel pointer order).

@@ -41,21 +41,7 @@ while True:
 /// untraced.
 #[test]
 fn signal_owner_outside_the_tree_is_refused() {
-    let mut w = Workload::spawn_program("owner-outside", "python3", &["-c", PY_OWNER_OUTSIDE, "ready"]);
-    let ready = w.dir.path.join("ready");
-    wait_until("the python program to say ready", Duration::from_secs(15), || file_written(&ready));
-    let fd = std::fs::read_to_string(&ready).unwrap().trim().trim_start_matches("fd=").to_string();
-    let out = w.dump_with(&[]);
-    out.assert_failure();
-    let text = out.text();
-    for word in [format!("pid {}", w.pid), format!("fd {fd}"), "F_SETOWN".into(), "process 1".into()] {
-        assert!(text.contains(&word), "the refusal does not say {word:?}:\n{out}");
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "the process is not running after the refused dump");
-    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "the process is still traced");
-    w.signal(libc::SIGKILL);
-    w.reap(Duration::from_secs(5));
+    assert_refused_by_name("owner-outside", PY_OWNER_OUTSIDE, &["F_SETOWN", "process 1"]);
 }
 
 /// kcmp(2) of two processes: KCMP_FILES (2) or KCMP_FS (3); Some(true) when they share it.
@@ -177,19 +163,25 @@ while True:
 /// tree"; the process keeps running, untraced.
 #[test]
 fn proc_file_of_a_process_outside_the_tree_is_refused() {
-    let mut w = Workload::spawn_program("proc-outside", "python3", &["-c", PY_PROC_OUTSIDE, "ready"]);
+    assert_refused_by_name("proc-outside", PY_PROC_OUTSIDE, &["/proc/1/status", "outside the dumped tree"]);
+}
+
+/// Runs the python3 `program` (it writes `fd=N` of the fd to refuse into its first argument),
+/// dumps it: the dump is refused naming its pid, that fd and each of `words`; the process keeps
+/// running, untraced.
+fn assert_refused_by_name(label: &str, program: &str, words: &[&str]) {
+    let mut w = Workload::spawn_program(label, "python3", &["-c", program, "ready"]);
     let ready = w.dir.path.join("ready");
     wait_until("the python program to say ready", Duration::from_secs(15), || file_written(&ready));
     let fd = std::fs::read_to_string(&ready).unwrap().trim().trim_start_matches("fd=").to_string();
     let out = w.dump_with(&[]);
     out.assert_failure();
     let text = out.text();
-    for word in [format!("pid {}", w.pid), format!("fd {fd}"), "/proc/1/status".into(), "outside the dumped tree".into()] {
-        assert!(text.contains(&word), "the refusal does not say {word:?}:\n{out}");
+    let named = [format!("pid {}", w.pid), format!("fd {fd}")];
+    for word in named.iter().map(String::as_str).chain(words.iter().copied()) {
+        assert!(text.contains(word), "the refusal does not say {word:?}:\n{out}");
     }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "the process is not running after the refused dump");
-    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "the process is still traced");
+    assert_running_untouched(w.pid, "after the refused dump");
     w.signal(libc::SIGKILL);
     w.reap(Duration::from_secs(5));
 }

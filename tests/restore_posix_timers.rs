@@ -51,7 +51,7 @@ open('ready', 'w').write('%d\n' % tid.value)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-overrun", "python3", &["-c", PY]);
+    let w = Workload::spawn_program("py-overrun", "python3", &["-c", PY]);
     wait_until("python3 to be ready", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let id = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
     let out = w.dump_with(&[]);

@@ -10,7 +10,7 @@ use terminal::*;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The job of a shell: puts its terminal in raw mode and sets its window size to 111x37 (as
 /// less, top or an editor do), then answers each byte typed at once with `<got N>`; `q`
@@ -102,14 +102,7 @@ fn shell_job_gets_its_raw_mode_and_window_size_back() {
     let job_output = seen.rsplit("\u{1b}[2K").next().unwrap();
     assert_eq!(job_output, "<got 98>", "the byte was echoed: the terminal is not raw ({seen:?})");
     master.write_all(b"q").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = crust_proc.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "crust restore did not end with the job: {}", w.status_text());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut crust_proc, || format!("crust restore did not end with the job: {}", w.status_text()));
     assert!(w.status_text().contains("PASS job"), "{}", w.status_text());
     assert!(status.success(), "crust restore -j exited with {status}");
 }
@@ -770,14 +763,7 @@ fn less_comes_back_raw_and_takes_single_keys() {
     master.write_all(b"G").unwrap();
     assert!(read_until(&mut master, &mut seen, "line 500"), "less did not get G without Enter: {seen:?}");
     master.write_all(b"q").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = crust_proc.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "q did not end less: {seen:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut crust_proc, || format!("q did not end less: {seen:?}"));
     assert!(status.success(), "crust restore -j exited with {status}");
 }
 
@@ -970,14 +956,7 @@ fn script_as_a_shell_job_comes_back_with_both_terminals() {
     master.write_all(b"after\r").unwrap();
     assert!(read_until(&mut master, &mut seen, "after\r\nafter\r\n"), "script and cat answer after the restore: {seen:?}");
     master.write_all(b"\x04").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = crust_proc.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "^D did not end cat and script: {seen:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut crust_proc, || format!("^D did not end cat and script: {seen:?}"));
     assert!(status.success(), "crust restore -j exited with {status}");
 }
 

@@ -109,3 +109,16 @@ pub fn wait_released(pid: i32) {
         exe.is_ok_and(|e| e != crust) && untraced
     });
 }
+
+/// Waits (10 s at most) for `child` to exit and returns its status; `what` says, on timeout,
+/// what should have ended it.
+pub fn wait_exit(child: &mut std::process::Child, what: impl Fn() -> String) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
