@@ -919,7 +919,7 @@ fn pty_foreground_group_outside_the_tree_is_refused() {
 fn script_as_a_shell_job_comes_back_with_both_terminals() {
     let (mut master, slave) = openpty();
     let slave_for_shell = slave.try_clone().unwrap();
-    let args = ["-c", "python3", "-c", JOB_SHELL, "status", "script", "-q", "-c", "cat", "/dev/null"];
+    let args = ["-c", "python3", "-c", JOB_SHELL, "status", "script", "-q", "-c", "exec cat", "/dev/null"];
     let mut w = Workload::spawn_program_with("scriptjob", "setsid", &args, move |cmd| on_terminal(cmd, &slave_for_shell));
     let shell = w.pid;
     let job: i32 = ready_field(&w.wait_status_line("READY", READY_TIMEOUT), "job").unwrap().parse().unwrap();
