@@ -124,18 +124,14 @@ pub fn load(dir: &Path, trust_image: bool) -> Result<LoadedImage> {
     let dir = ImageDir::open(dir)?;
     check_is_image(&dir)?;
     let inventory: Inventory = dir.read_record(image::INVENTORY).context("the image is damaged")?;
-    // A sealed image's data files are covered by their BLAKE3 hashes: their XXH3 chunk
-    // checksums need not be read again (their sizes still are).
-    let sealed = !trust_image;
     if trust_image {
-        tracing::warn!("--trust-image: the image's seal and hashes are not checked");
+        tracing::warn!("--trust-image: the image's seal and record hashes are not checked");
     } else {
         image::seal::verify(&dir, &inventory)?;
     }
-    let verify_data = |data: &crate::image::proto::DataFile| -> Result<()> {
-        if sealed { dir.verify_data_file_size(data).map(drop)? } else { dir.verify_data_file(data)? }
-        Ok(())
-    };
+    // Trusted or sealed, data files are checked against their chunk hashes (sealed through
+    // the inventory): against damage and, sealed, against edits.
+    let verify_data = |data: &crate::image::proto::DataFile| -> Result<()> { Ok(dir.verify_data_file(data)?) };
     if !inventory.processes.iter().any(|p| p.pid == inventory.root_pid && !p.zombie) {
         bail!("image inventory does not list its root process {}", inventory.root_pid);
     }

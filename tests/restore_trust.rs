@@ -234,3 +234,31 @@ fn symlinks_planted_in_the_image_directory_are_not_followed() {
     w.restore_detached();
     assert_eq!(proc_state(w.pid).map(is_live_state), Some(true));
 }
+
+/// A page file with one byte changed (its size kept) is refused, sealed or taken on trust: its
+/// chunk hashes in the inventory (which the seal covers) name the file, the field and the
+/// damaged chunk's bytes; nothing is created.
+#[test]
+fn changed_page_is_refused_naming_the_chunk_sealed_or_trusted() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump();
+    let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
+    let mut bytes = fs::read(&pages).unwrap();
+    assert!(bytes.len() >= 4096, "test setup: page file of {} bytes", bytes.len());
+    let at = bytes.len() - 1;
+    bytes[at] ^= 0x5a;
+    fs::write(&pages, &bytes).unwrap();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    for extra in [None, Some("--trust-image")] {
+        let mut args = vec!["restore", "-d", "-D", &img];
+        args.extend(extra);
+        let out = crust(args);
+        let text = out.text();
+        assert!(!out.success(), "{extra:?}: a changed page was restored:\n{out}");
+        assert!(
+            text.contains(&format!("pages-{}.img", w.pid)) && text.contains("chunk_blake3") && text.contains(&format!("..{}", bytes.len())),
+            "{extra:?}: the refusal names the file, the field and the chunk:\n{out}"
+        );
+        assert!(wait_gone(w.pid, Duration::from_secs(5)), "{extra:?}: the refused restore created a process");
+    }
+}

@@ -23,6 +23,7 @@
 //! The checksum covers everything before it. Version rule: a reader accepts the same major
 //! version and any minor version (new fields are ignored by older readers).
 
+pub mod chunks;
 pub mod seal;
 pub mod sparse;
 
@@ -41,7 +42,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::sys::region::MappedFile;
 
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 const MAGIC: &[u8; 8] = b"CRUSTIMG";
 const HEADER_LEN: usize = 8 + 2 + 2 + 4 + 8;
 
@@ -60,6 +61,8 @@ pub enum ImageError {
     Truncated { path: PathBuf, detail: String },
     #[error("image file {path} is corrupted ({detail}): checksum {found:#018x} does not match the recorded {expected:#018x}")]
     Checksum { path: PathBuf, detail: String, expected: u64, found: u64 },
+    #[error("image file {path} is corrupted ({detail}): its BLAKE3 hash does not match the inventory's field chunk_blake3")]
+    ChunkHash { path: PathBuf, detail: String },
     #[error("image file {path} lists the data file {name:?}, which is not a plain file name of the image directory")]
     BadName { path: PathBuf, name: String },
     /// `detail` names the field, as the decoder reports it ("Core.threads: buffer underflow").
@@ -236,23 +239,20 @@ impl ImageDir {
         create_no_follow(&path).map_err(|source| ImageError::Io { path, source })
     }
 
-    /// Size and chunk checksums of a raw data file.
+    /// Size and chunk hashes of a raw data file, read back from the image directory.
     pub fn checksum_data_file(&self, name: &str) -> Result<proto::DataFile, ImageError> {
         let path = self.path(name);
-        let file = File::open(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
-        let map = MappedFile::open(&file)
-            .map_err(|e| ImageError::Io { path: path.clone(), source: std::io::Error::from(e) })?;
-        Ok(proto::DataFile {
-            name: name.to_owned(),
-            size: map.as_slice().len() as u64,
-            chunk_size: CHUNK as u64,
-            chunk_xxh3: hash_chunks(map.as_slice()),
-        })
+        let map = self.map_data_file(&path)?;
+        Ok(chunks::record(name, map.as_slice()))
     }
 
-    /// Verifies a raw data file against what the inventory recorded.
+    fn map_data_file(&self, path: &Path) -> Result<MappedFile, ImageError> {
+        let file = File::open(path).map_err(|source| ImageError::Io { path: path.to_owned(), source })?;
+        MappedFile::open(&file).map_err(|e| ImageError::Io { path: path.to_owned(), source: std::io::Error::from(e) })
+    }
+
     /// A data file's name and size, as the inventory lists them (its content is checked by
-    /// [`Self::verify_data_file`], or by the seal).
+    /// [`Self::verify_data_file`]).
     pub fn verify_data_file_size(&self, expected: &proto::DataFile) -> Result<u64, ImageError> {
         let name = expected.name.as_str();
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {
@@ -269,49 +269,41 @@ impl ImageDir {
         Ok(size)
     }
 
+    /// Verifies a raw data file against what the inventory recorded: its size and the hash of
+    /// every chunk (XXH3 chunk checksums for images of format 1.2 and before).
     pub fn verify_data_file(&self, expected: &proto::DataFile) -> Result<(), ImageError> {
-        let size = self.verify_data_file_size(expected)?;
+        self.verify_data_file_size(expected)?;
         let path = self.path(&expected.name);
-        if expected.chunk_size != CHUNK as u64 {
-            return Err(ImageError::Truncated { path, detail: format!("unexpected chunk size {}", expected.chunk_size) });
+        let map = self.map_data_file(&path)?;
+        if expected.chunk_blake3.is_empty() && !expected.chunk_xxh3.is_empty() {
+            return verify_xxh3_chunks(&path, expected, map.as_slice());
         }
-        let found = self.checksum_data_file(&expected.name)?;
-        for (i, (want, got)) in expected.chunk_xxh3.iter().zip(&found.chunk_xxh3).enumerate() {
-            if want != got {
-                return Err(ImageError::Checksum {
-                    path: path.clone(),
-                    detail: format!("bytes {}..{}", i * CHUNK, ((i + 1) * CHUNK).min(size as usize)),
-                    expected: *want,
-                    found: *got,
-                });
-            }
-        }
-        if expected.chunk_xxh3.len() != found.chunk_xxh3.len() {
-            return Err(ImageError::Truncated { path, detail: "checksum list does not match the size".into() });
-        }
-        Ok(())
+        chunks::verify_all(&path, expected, map.as_slice())
     }
 }
 
-/// Chunk size of page-file checksums.
-const CHUNK: usize = 32 << 20;
+/// Chunk size of the XXH3 checksums of format 1.2 and before.
+const LEGACY_CHUNK: usize = 32 << 20;
 
-/// XXH3-64 of each CHUNK of `data`, computed on all cores.
-fn hash_chunks(data: &[u8]) -> Vec<u64> {
-    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(chunks.len().max(1));
-    let mut out = vec![0u64; chunks.len()];
-    std::thread::scope(|scope| {
-        let per = chunks.len().div_ceil(workers.max(1)).max(1);
-        for (slots, work) in out.chunks_mut(per).zip(chunks.chunks(per)) {
-            scope.spawn(move || {
-                for (slot, chunk) in slots.iter_mut().zip(work) {
-                    *slot = xxh3_64(chunk);
-                }
+fn verify_xxh3_chunks(path: &Path, expected: &proto::DataFile, data: &[u8]) -> Result<(), ImageError> {
+    if expected.chunk_size != LEGACY_CHUNK as u64 {
+        return Err(ImageError::Truncated { path: path.to_owned(), detail: format!("unexpected chunk size {}", expected.chunk_size) });
+    }
+    if expected.chunk_xxh3.len() != data.len().div_ceil(LEGACY_CHUNK) {
+        return Err(ImageError::Truncated { path: path.to_owned(), detail: "checksum list does not match the size".into() });
+    }
+    for (i, (want, chunk)) in expected.chunk_xxh3.iter().zip(data.chunks(LEGACY_CHUNK)).enumerate() {
+        let found = xxh3_64(chunk);
+        if *want != found {
+            return Err(ImageError::Checksum {
+                path: path.to_owned(),
+                detail: format!("bytes {}..{}", i * LEGACY_CHUNK, i * LEGACY_CHUNK + chunk.len()),
+                expected: *want,
+                found,
             });
         }
-    });
-    out
+    }
+    Ok(())
 }
 
 fn decode_record<R: Record>(path: &Path, buf: &[u8]) -> Result<R, ImageError> {

@@ -3,10 +3,11 @@
 //!
 //! The XXH3 checksums of the records protect against damage, not against someone who edits a
 //! record and recomputes them. So the inventory also lists the BLAKE3 hash of every other
-//! `.img` file of the image, and carries a seal: the BLAKE3 keyed hash (a MAC) of the whole
+//! `.img` record file of the image (data files, such as page files, are listed with the BLAKE3
+//! hash of each of their chunks, see image::chunks), and carries a seal: the BLAKE3 keyed hash (a MAC) of the whole
 //! inventory, under a key only root can read on this host (`/var/lib/crust/image.key`, 32
 //! random bytes, created at the first dump). Restore recomputes the seal and every hash before
-//! it reads any record; an image without a seal, sealed on another host, or changed since, is
+//! it reads any record (and a data file's chunk hashes before it uses the chunk); an image without a seal, sealed on another host, or changed since, is
 //! refused unless the user says `--trust-image`. `crust lease`, which edits an image on
 //! purpose, seals it again. See docs/image-trust.md for the threat model.
 
@@ -65,6 +66,13 @@ fn image_files(dir: &ImageDir) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The data files the inventory lists with their chunk hashes (covered by the seal through
+/// them, so not hashed a second time as whole files).
+fn data_file_names(inventory: &Inventory) -> Vec<&str> {
+    let per_process = inventory.processes.iter().flat_map(|p| p.data_files.iter());
+    per_process.chain(inventory.data_files.iter()).filter(|d| !d.chunk_blake3.is_empty()).map(|d| d.name.as_str()).collect()
+}
+
 /// BLAKE3 of a file, mapped and hashed on every core (page files are the size of the
 /// process's memory).
 fn hash_file(path: &Path) -> Result<blake3::Hash> {
@@ -83,8 +91,10 @@ fn mac(key: &[u8; 32], inventory: &Inventory) -> blake3::Hash {
 /// are complete: called right before the inventory is written).
 pub fn seal(dir: &ImageDir, inventory: &mut Inventory) -> Result<()> {
     let key = host_key(true)?.context("no image key")?;
+    let data_files: Vec<String> = data_file_names(inventory).into_iter().map(str::to_owned).collect();
     inventory.file_hashes = image_files(dir)?
         .into_iter()
+        .filter(|name| !data_files.contains(name))
         .map(|name| Ok(FileHash { blake3: hash_file(&dir.path(&name))?.as_bytes().to_vec(), name }))
         .collect::<Result<_>>()?;
     inventory.seal = mac(&key, inventory).as_bytes().to_vec();
@@ -99,7 +109,8 @@ pub fn reseal(dir: &ImageDir) -> Result<()> {
     Ok(())
 }
 
-/// Checks the seal and every file's hash; fails naming what is wrong.
+/// Checks the seal and every record file's hash; fails naming what is wrong. Data files are
+/// checked against their sealed chunk hashes by whoever reads them.
 pub fn verify(dir: &ImageDir, inventory: &Inventory) -> Result<()> {
     if inventory.seal.is_empty() {
         bail!("image file {INVENTORY}: field seal is empty: the image is not sealed (restore it with --trust-image if you trust where it comes from)");
@@ -111,7 +122,9 @@ pub fn verify(dir: &ImageDir, inventory: &Inventory) -> Result<()> {
     if mac(&key, inventory) != blake3::Hash::from(expected) {
         bail!("image file {INVENTORY}: field seal does not match: the inventory was changed, or sealed on another host (restore it with --trust-image if you trust where it comes from)");
     }
-    let listed: Vec<&str> = inventory.file_hashes.iter().map(|h| h.name.as_str()).collect();
+    let mut listed: Vec<&str> = inventory.file_hashes.iter().map(|h| h.name.as_str()).collect();
+    // Data files are checked chunk by chunk against the sealed inventory when they are read.
+    listed.extend(data_file_names(inventory));
     for name in image_files(dir)? {
         if !listed.contains(&name.as_str()) {
             bail!("image file {name}: it is not listed in the sealed inventory (field file_hashes)");
