@@ -262,3 +262,29 @@ fn changed_page_is_refused_naming_the_chunk_sealed_or_trusted() {
         assert!(wait_gone(w.pid, Duration::from_secs(5)), "{extra:?}: the refused restore created a process");
     }
 }
+
+/// Someone who can write the image directory plants, in place of its files, a symlink to an
+/// endless device, a FIFO nobody writes, a directory: restore reads none of them (it would
+/// hang or fill memory), refuses naming the file and why, and creates nothing.
+#[test]
+fn planted_fifo_device_link_or_directory_in_the_image_is_refused_without_reading_it() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump();
+    let core = format!("core-{}.img", w.pid);
+    let cases: [(&str, &str, &dyn Fn(&std::path::Path)); 4] = [
+        ("inventory.img", "symbolic link", &|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+        (&core, "not a regular file", &|p| nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()),
+        (&core, "symbolic link", &|p| std::os::unix::fs::symlink("/dev/urandom", p).unwrap()),
+        ("inventory.img", "not a regular file", &|p| fs::create_dir(p).unwrap()),
+    ];
+    for (i, (name, why, plant)) in cases.iter().enumerate() {
+        let copy = w.dir.path.join(format!("planted-{i}"));
+        copy_dir(&w.image_dir, &copy);
+        let target = copy.join(name);
+        fs::remove_file(&target).unwrap();
+        plant(&target);
+        let out = crust(["restore", "-d", "-D", &copy.to_string_lossy()]);
+        assert!(!out.success() && out.text().contains(name) && out.text().contains(why), "case {i} ({name}: {why}):\n{out}");
+        assert!(!pid_exists(w.pid), "case {i}: the refused restore created pid {}", w.pid);
+    }
+}

@@ -61,6 +61,8 @@ pub enum ImageError {
     Truncated { path: PathBuf, detail: String },
     #[error("image file {path} is corrupted ({detail}): checksum {found:#018x} does not match the recorded {expected:#018x}")]
     Checksum { path: PathBuf, detail: String, expected: u64, found: u64 },
+    #[error("image file {path} is refused: {detail}")]
+    Refused { path: PathBuf, detail: String },
     #[error("image file {path} is corrupted ({detail}): its BLAKE3 hash does not match the inventory's field chunk_blake3")]
     ChunkHash { path: PathBuf, detail: String },
     #[error("image file {path} lists the data file {name:?}, which is not a plain file name of the image directory")]
@@ -115,6 +117,34 @@ pub struct ImageDir {
     root: PathBuf,
     /// Every file this process wrote into the directory (removed if the dump fails).
     written: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
+}
+
+/// Largest record file crust reads (the largest records, inventories of images of many GiB,
+/// are a few MiB).
+const MAX_RECORD_BYTES: u64 = 256 << 20;
+
+/// Opens a file of the image for reading: a plain file, not through a symlink, not larger than
+/// `max_bytes` (an image directory others can write might hold a FIFO that would block the
+/// read, a device, or a link to one).
+pub fn open_image_file(path: &Path, max_bytes: u64) -> Result<File, ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| ImageError::Io { path: path.to_owned(), source };
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = File::options().read(true).custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            ImageError::Refused { path: path.to_owned(), detail: "it is a symbolic link".into() }
+        } else {
+            io(e)
+        }
+    })?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(ImageError::Refused { path: path.to_owned(), detail: format!("it is not a regular file ({:?})", meta.file_type()) });
+    }
+    if meta.len() > max_bytes {
+        return Err(ImageError::Refused { path: path.to_owned(), detail: format!("{} bytes, more than a record can hold ({max_bytes})", meta.len()) });
+    }
+    Ok(file)
 }
 
 /// Creates (truncating) a file crust writes into the image directory, never through a symlink
@@ -225,10 +255,9 @@ impl ImageDir {
     /// Reads and verifies a framed record: magic, version, kind, length and checksum.
     pub fn read_record<R: Record>(&self, name: &str) -> Result<R, ImageError> {
         let path = self.path(name);
+        let mut file = open_image_file(&path, MAX_RECORD_BYTES)?;
         let mut buf = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut buf))
-            .map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        file.read_to_end(&mut buf).map_err(|source| ImageError::Io { path: path.clone(), source })?;
         decode_record(&path, &buf)
     }
 
@@ -247,7 +276,7 @@ impl ImageDir {
     }
 
     fn map_data_file(&self, path: &Path) -> Result<MappedFile, ImageError> {
-        let file = File::open(path).map_err(|source| ImageError::Io { path: path.to_owned(), source })?;
+        let file = open_image_file(path, u64::MAX)?;
         MappedFile::open(&file).map_err(|e| ImageError::Io { path: path.to_owned(), source: std::io::Error::from(e) })
     }
 

@@ -73,11 +73,13 @@ fn data_file_names(inventory: &Inventory) -> Vec<&str> {
     per_process.chain(inventory.data_files.iter()).filter(|d| !d.chunk_blake3.is_empty()).map(|d| d.name.as_str()).collect()
 }
 
-/// BLAKE3 of a file, mapped and hashed on every core (page files are the size of the
-/// process's memory).
+/// BLAKE3 of a file of the image (a plain file, not through a symlink), mapped and hashed on
+/// every core.
 fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let file = super::open_image_file(path, u64::MAX)?;
+    let map = crate::sys::region::MappedFile::open(&file).with_context(|| format!("reading image file {}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path).with_context(|| format!("reading image file {}", path.display()))?;
+    hasher.update_rayon(map.as_slice());
     Ok(hasher.finalize())
 }
 

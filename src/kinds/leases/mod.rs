@@ -241,7 +241,7 @@ fn measure_break(lease: &mut Lease, copy: &OwnedFd) -> Result<()> {
         lease.write = t.original_write;
         lease.type_method = "tracefs".into();
     } else {
-        lease.write = probe_is_write(&lease.path)?;
+        lease.write = probe_is_write(copy, &lease.path)?;
         lease.type_method = "probe".into();
     }
     let freeze = freeze_instant();
@@ -308,12 +308,21 @@ fn read_owner(lease: &mut Lease, fd: i32, remote: &mut crate::sys::remote::Remot
 /// open succeeds against a read lease and fails with EAGAIN against a write lease (see
 /// docs/kernel-leases.md). Only ever used on a lease already breaking to unlock, where it
 /// starts nothing new.
-fn probe_is_write(path: &str) -> Result<bool> {
-    match File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path) {
+/// The file is opened again through crust's copy of the holder's description
+/// (/proc/self/fd), never by its path, which may lead elsewhere by now.
+fn probe_is_write(copy: &OwnedFd, path: &str) -> Result<bool> {
+    match File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(reopen_path(copy)) {
         Ok(_) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(true),
         Err(e) => Err(e).with_context(|| format!("probing the lease type of {path}")),
     }
+}
+
+/// The name under which the very file behind `fd` is opened again: its /proc/self/fd link,
+/// which the kernel resolves to the file itself, without walking any path (a leased file's
+/// path may have been renamed, replaced or made a symlink meanwhile; crust opens as root).
+pub(super) fn reopen_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -279,7 +279,9 @@ fn start(
         } else {
             options.read(true);
         }
-        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(&r.path)
+        // Through crust's copy of the holder's description: the restored file itself, whatever
+        // its path leads to by now.
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(super::reopen_path(&r.copy))
     });
     let back = crate::sys::set_owner_ex(r.copy.as_raw_fd(), owner.0, owner.1).context("F_SETOWN_EX (the recorded owner)");
     match opened? {
