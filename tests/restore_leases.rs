@@ -574,3 +574,35 @@ fn restore_output_is_not_held_until_the_break_ends() {
     run.t.finish();
     run.assert_after_restore("b1's open returned", run.opened(1), remaining);
 }
+
+/// Mounts tracefs (one super block: the kernel's own trace instances) on a fresh directory for
+/// the length of `f`.
+fn with_tracefs<T>(f: impl FnOnce(&std::path::Path) -> T) -> T {
+    let dir = TempDir::new("tracefs");
+    let mounted = std::process::Command::new("mount").args(["-t", "tracefs", "nodev"]).arg(&dir.path).status().unwrap();
+    assert!(mounted.success(), "mount -t tracefs");
+    let out = f(&dir.path);
+    let _ = std::process::Command::new("umount").arg(&dir.path).status();
+    out
+}
+
+/// A crust killed while it measured a break leaves its trace instance (`crust-PID-N`) in the
+/// kernel: the next crust that measures a break removes it (its pid is no crust any more), and
+/// leaves none of its own.
+#[test]
+fn trace_instance_of_a_killed_crust_is_removed_by_the_next_dump() {
+    let env = LeaseEnv::new(6);
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = format!("crust-{dead_pid}-3");
+    with_tracefs(|t| std::fs::create_dir(t.join("instances").join(&stale)).unwrap());
+    let run = BreakRun::run(&env, &Break::new("w", "rw", "w"), None, |_| {});
+    assert_eq!(json_s(run.lease(), "type_method"), "tracefs", "{:#}", run.lease());
+    let left: Vec<String> = with_tracefs(|t| {
+        std::fs::read_dir(t.join("instances")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    });
+    assert!(!left.iter().any(|n| n.starts_with("crust-")), "trace instances left after the dump: {left:?} (planted {stale})");
+    let mut run = run;
+    run.t.finish();
+}

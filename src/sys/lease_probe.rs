@@ -610,6 +610,7 @@ impl Session {
     fn create_instance(&mut self) -> Result<PathBuf, SysError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let instances = self.tracefs.root.join("instances");
+        remove_stale_instances(&instances);
         for _ in 0..100 {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let path = instances.join(format!("crust-{}-{n}", std::process::id()));
@@ -624,6 +625,28 @@ impl Session {
             }
         }
         Err(SysError::new("create a tracefs instance", Errno::EEXIST))
+    }
+}
+
+/// Removes the trace instances of crust processes that died mid-probe (killed: their guard
+/// never ran), so that nothing of a killed crust stays in the kernel's tracing state longer
+/// than until the next probe. An instance belongs to the crust whose pid its name carries.
+fn remove_stale_instances(instances: &Path) {
+    let Ok(entries) = fs::read_dir(instances) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("crust-").and_then(|rest| rest.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "crust");
+        if !alive && pid != std::process::id() {
+            let enable = entry.path().join("events/filelock/time_out_leases/enable");
+            let _ = write_text(&enable, "0");
+            match fs::remove_dir(entry.path()) {
+                Ok(()) => tracing::info!("removed the trace instance {name} left by a crust that was killed"),
+                Err(e) => tracing::warn!("cannot remove the trace instance {name} left by a killed crust: {e}"),
+            }
+        }
     }
 }
 
