@@ -499,6 +499,7 @@ fn seize_error(pid: Pid, tid: Pid, e: crate::sys::SysError) -> anyhow::Error {
 fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<()> {
     let mut queue = std::collections::VecDeque::from([root]);
     let mut seen = std::collections::BTreeSet::new();
+    let mut fds = Vec::new();
     while let Some(pid) = queue.pop_front() {
         if !seen.insert(pid) || seen.len() > 100_000 {
             continue;
@@ -511,11 +512,11 @@ fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Re
         if pid != root {
             precheck(pid)?;
         }
-        crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job, &opts.permits)?;
+        crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job, &opts.permits, &mut fds)?;
         crate::kinds::ghost::refuse_early(pid.as_raw(), opts.permits.ghost_limit, opts.permits.link_remap)?;
         queue.extend(children_of(pid));
     }
-    Ok(())
+    crate::kinds::files::refuse_early_tree(&fds, &opts.externals)
 }
 
 /// Refuses what this version cannot dump, before touching the process.

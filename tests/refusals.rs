@@ -52,6 +52,10 @@ fn dump_refuses_pipe_shared_with_another_process() {
         fs::read_link(format!("/proc/{}/fd/1", w.pid)).unwrap().to_string_lossy().starts_with("pipe:"),
         "stdout of the workload is not a pipe"
     );
+    // A sleeper woken by a freeze (ptrace interrupt) counts a voluntary context switch when it
+    // sleeps again: the refusal must come before the tree is touched at all.
+    let switches = || proc_status_field(w.pid, "voluntary_ctxt_switches");
+    let before = switches();
     let out = w.dump_with(&[]);
     out.assert_failure();
     eprintln!("{out}");
@@ -60,6 +64,9 @@ fn dump_refuses_pipe_shared_with_another_process() {
     assert!(has_token(&text, "1"), "refusal does not name fd 1:\n{out}");
     assert!(text.to_lowercase().contains("pipe"), "refusal does not say 'pipe':\n{out}");
     assert_running_untouched(w.pid, "after the refused dump");
+    assert_eq!(switches(), before, "the refused dump woke (froze) the process");
+    let written: Vec<String> = fs::read_dir(&w.image_dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    assert!(written.iter().all(|n| !n.ends_with(".img")), "the refused dump wrote image files: {written:?}");
 }
 
 /// `crust dump -R` writes a complete image and leaves the process running, untraced,

@@ -561,7 +561,13 @@ pub fn external_key(file: &OpenFile) -> Option<String> {
 /// (a deleted file, a TCP socket, a terminal without --shell-job, an unknown kind...): a tree
 /// that will be refused is never stopped. Nothing of the process is touched (crust inspects
 /// its own copies of the fds). The dump makes the same checks again once frozen.
-pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool, permits: &crate::permits::Permits) -> Result<()> {
+pub fn refuse_early(
+    pid: i32,
+    image: &crate::image::ImageDir,
+    shell_job: bool,
+    permits: &crate::permits::Permits,
+    seen: &mut Vec<fd::SeenFd>,
+) -> Result<()> {
     let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else { return Ok(()) }; // gone: the freeze says so
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Ok(()) };
     for fd in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
@@ -571,6 +577,7 @@ pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool, p
         let Ok(fdinfo) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else { continue };
         let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) else { continue };
         let Ok(meta) = File::from(copy.try_clone()?).metadata() else { continue };
+        seen.push(fd::SeenFd { pid, fd, link: link.clone(), flags: fdinfo_flags(&fdinfo), dev: meta.dev(), inode: meta.ino() });
         let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image, shell_job, permits, inode_seen: false };
         match fd::KINDS.iter().find(|kind| kind.recognises(&src)) {
             Some(kind) => kind.refuse_early(&src)?,
@@ -578,6 +585,16 @@ pub fn refuse_early(pid: i32, image: &crate::image::ImageDir, shell_job: bool, p
         }
     }
     Ok(())
+}
+
+/// Before the freeze, the refusals that need every fd of the tree (see FdKind::refuse_early_tree).
+pub fn refuse_early_tree(seen: &[fd::SeenFd], externals: &[String]) -> Result<()> {
+    fd::KINDS.iter().try_for_each(|kind| kind.refuse_early_tree(seen, externals))
+}
+
+/// The `flags:` line of an fdinfo (octal).
+fn fdinfo_flags(fdinfo: &str) -> u32 {
+    fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|v| u32::from_str_radix(v.trim(), 8).ok()).unwrap_or(0)
 }
 
 /// Recognises the kind of the description behind one fd and records it.

@@ -126,6 +126,13 @@ pub trait FdKind: 'static {
         let _ = src;
         Ok(())
     }
+    /// Dump, before anything is frozen, once `refuse_early` saw every fd of the tree: the
+    /// refusals that need the whole tree (the other end of a pipe outside it), from what /proc
+    /// showed, touching nothing. `check_tree` makes them again, authoritatively, once frozen.
+    fn refuse_early_tree(seen: &[SeenFd], externals: &[String]) -> Result<()> {
+        let _ = (seen, externals);
+        Ok(())
+    }
     /// Dump: records the description behind an fd this kind recognised (never reopening it),
     /// or refuses it by pid, fd and what it is.
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Self::Record>>;
@@ -308,6 +315,19 @@ impl FdSource<'_> {
 pub type Holders = BTreeMap<u32, Vec<(i32, i32)>>;
 
 /// What a kind's whole-tree check ([`FdKind::check_tree`]) sees besides the records.
+/// One fd of the tree as /proc showed it before the freeze (for [`FdKind::refuse_early_tree`]).
+pub struct SeenFd {
+    pub pid: i32,
+    pub fd: i32,
+    /// The /proc/PID/fd link ("pipe:[123]", a path...).
+    pub link: String,
+    /// The description's status flags (fdinfo `flags:`), access mode included.
+    pub flags: u32,
+    /// The file's device and inode.
+    pub dev: u64,
+    pub inode: u64,
+}
+
 pub struct WholeTree<'a> {
     pub holders: &'a Holders,
     /// Objects the user declared external (dump --external KEY, e.g. "pipe:[1234]").
@@ -343,6 +363,7 @@ pub trait DynFdKind: Sync {
     fn recognises(&self, src: &FdSource) -> bool;
     fn in_flight(&self) -> bool;
     fn refuse_early(&self, src: &FdSource) -> Result<()>;
+    fn refuse_early_tree(&self, seen: &[SeenFd], externals: &[String]) -> Result<()>;
     /// The record as its `OpenFile.kind` variant, with its `created_with` group.
     fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<Dumped<open_file::Kind>>;
     fn resolve_carried(&self, file: &mut OpenFile, ids: &[u32]) -> Result<()>;
@@ -395,6 +416,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     }
     fn refuse_early(&self, src: &FdSource) -> Result<()> {
         K::refuse_early(src)
+    }
+    fn refuse_early_tree(&self, seen: &[SeenFd], externals: &[String]) -> Result<()> {
+        K::refuse_early_tree(seen, externals)
     }
     fn dump(&self, src: &FdSource, state: &mut KindState) -> Result<Dumped<open_file::Kind>> {
         let d = K::dump(src, state)?;

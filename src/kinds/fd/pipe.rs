@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 
 use super::common::{fill_pipe, peek_buffer};
-use super::{Dumped, FdKind, FdSource, KindState, Together, WholeTree};
+use super::{Dumped, FdKind, FdSource, KindState, SeenFd, Together, WholeTree};
 use crate::image::proto::{OpenFile, OpenFiles, Pipe, open_file};
 use crate::kinds::RestoreCtx;
 
@@ -45,6 +45,32 @@ impl FdKind for Pipes {
         Ok(Dumped { record: pipe, created_with: group, carried: Vec::new() })
     }
 
+    /// The same rule as `check_tree`, before the freeze, where it is certain: a pipe of which
+    /// the tree holds only one end (not declared external) while a process outside the tree
+    /// holds an fd of it is refused without stopping anyone. (An end held by no fd may be in
+    /// flight in a socket of the tree: only the frozen check can tell.)
+    fn refuse_early_tree(seen: &[SeenFd], externals: &[String]) -> Result<()> {
+        let mut ends: BTreeMap<&str, (bool, bool, &SeenFd)> = BTreeMap::new();
+        for s in seen.iter().filter(|s| s.link.starts_with("pipe:[")) {
+            let e = ends.entry(s.link.as_str()).or_insert((false, false, s));
+            match s.flags & libc::O_ACCMODE as u32 {
+                m if m == libc::O_RDONLY as u32 => e.0 = true,
+                m if m == libc::O_WRONLY as u32 => e.1 = true,
+                _ => {}
+            }
+        }
+        let tree: std::collections::BTreeSet<i32> = seen.iter().map(|s| s.pid).collect();
+        for (key, (r, w, s)) in ends {
+            if r && w || externals.iter().any(|x| x == key) {
+                continue;
+            }
+            if let Some((pid, fd)) = super::common::outside_holders(s.dev, s.inode, &tree).first() {
+                return Err(outside_end(s.pid, s.fd, key).context(format!("pid {pid} fd {fd}, outside the tree, holds {key}")));
+            }
+        }
+        Ok(())
+    }
+
     /// Both ends of every pipe must be inside the tree, unless the user declared it external
     /// (its data then belongs to whoever holds the other end: nothing is saved).
     fn check_tree(files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
@@ -56,10 +82,7 @@ impl FdKind for Pipes {
             let key = format!("pipe:[{pipe_id}]");
             if !tree.externals.contains(&key) {
                 let (pid, fd, _) = ends[0];
-                bail!(
-                    "pid {pid} fd {fd}: {key} has its other end outside the dumped processes; \
-                     to reconnect it at restore, dump with --external {key} and restore with --inherit-fd fd[N]:{key}"
-                );
+                return Err(outside_end(pid, fd, &key));
             }
             for file in files.iter_mut() {
                 if let Some(open_file::Kind::Pipe(p)) = &mut file.kind
@@ -180,4 +203,11 @@ fn create(ctx: &mut RestoreCtx, buffer_size: u32, id: u64) -> Result<(i32, i32)>
         .syscall("fcntl(F_SETPIPE_SZ)", libc::SYS_fcntl, &[w as u64, libc::F_SETPIPE_SZ as u64, buffer_size as u64])
         .with_context(|| format!("giving pipe:[{id}] its buffer size of {buffer_size} bytes"))?;
     Ok((r, w))
+}
+
+fn outside_end(pid: i32, fd: i32, key: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "pid {pid} fd {fd}: {key} has its other end outside the dumped processes; \
+         to reconnect it at restore, dump with --external {key} and restore with --inherit-fd fd[N]:{key}"
+    )
 }
