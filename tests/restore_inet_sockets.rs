@@ -352,3 +352,41 @@ open('result', 'w').write(str(r.recv(100)[20:] == b'held'))
     wait_until("python3 to read its packet", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "True");
 }
+
+/// Protocols crust does not checkpoint are refused before the freeze, naming pid, fd and the
+/// protocol: a UDP-Lite socket and an ICMP datagram ("ping") socket; the program goes on.
+#[test]
+fn udp_lite_and_ping_sockets_are_refused_by_name_and_keep_working() {
+    const PY: &str = r#"
+import socket, sys, time, os
+kind = sys.argv[1]
+if kind == 'udplite':
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136); s.bind(('127.0.0.1', 0))
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+open('ready', 'w').write(str(s.fileno()))
+while not os.path.exists('go'): time.sleep(0.05)
+open('result', 'w').write('alive %s' % s.getsockname()[0])
+time.sleep(100)
+"#;
+    // Unprivileged ping sockets need the group range to include root's group.
+    let ping_range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range").unwrap_or_default();
+    for (kind, name) in [("udplite", "UDP-Lite"), ("ping", "ICMP")] {
+        if kind == "ping" && ping_range.split_whitespace().next().and_then(|v| v.parse::<i64>().ok()).is_none_or(|lo| lo > 0) {
+            eprintln!("ping sockets are not allowed for gid 0 here ({ping_range:?}): UDP-Lite only");
+            continue;
+        }
+        let mut w = Workload::spawn_program(&format!("refuse-{kind}"), "python3", &["-c", PY, kind]);
+        wait_until("python3 to open its socket", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+        let fd = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+        let out = w.dump_with(&[]);
+        out.assert_failure();
+        for part in [format!("pid {}", w.pid), format!("fd {fd}"), name.to_string()] {
+            assert!(out.text().contains(&part), "{kind}: the refusal does not name {part}:\n{out}");
+        }
+        assert_running_untouched(w.pid, "after the refused dump");
+        std::fs::write(w.dir.path.join("go"), "").unwrap();
+        wait_until("python3 to go on", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+        assert!(std::fs::read_to_string(w.dir.path.join("result")).unwrap().starts_with("alive"));
+    }
+}

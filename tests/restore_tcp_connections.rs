@@ -1,8 +1,9 @@
 //! Established TCP connections (dump --tcp-established) with both ends in the tree, on
 //! loopback: numbered messages going back and forth across the checkpoint arrive once each
 //! and in order; a writer blocked on a full window and a reader that had not read come back
-//! with every byte queued in both directions; without --tcp-established the dump is refused;
-//! a connection to a peer outside the tree is refused by name and keeps working.
+//! with every byte queued in both directions; without --tcp-established the dump is refused
+//! naming pid, fd and both addresses; a peer outside the tree keeps its connection through the
+//! checkpoint (the network lock hides the tree meanwhile).
 
 mod common;
 use common::*;
@@ -476,4 +477,58 @@ fn a_killed_restore_leaves_its_guardian_to_lift_the_network_lock() {
     assert!(!out.success(), "the restore was not killed:\n{out}");
     assert!(wait_gone(w.pid, Duration::from_secs(10)), "the restored process outlived crust");
     wait_until("the guardian to lift the network lock", Duration::from_secs(10), || !locked(peer.local_addr().unwrap()));
+}
+
+/// Without --tcp-established, a connection to a peer outside the tree (this test) is refused
+/// naming pid, fd and both addresses, before the tree is frozen; the connection keeps working.
+/// A listener with a connection not accepted yet is refused by name (with --tcp-established),
+/// and the connection can still be accepted afterwards.
+#[test]
+fn refusals_name_the_connection_and_the_accept_queue_and_leave_both_working() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let program = format!(
+        "import socket, time, os\nc = socket.create_connection(('127.0.0.1', {port}))\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(4)\n\
+         open('ready', 'w').write('%d %d' % (c.fileno(), l.getsockname()[1]))\n\
+         while not os.path.exists('go'): time.sleep(0.05)\nc.sendall(c.recv(4, socket.MSG_WAITALL))\n\
+         a, _ = l.accept(); a.sendall(b'took')\ntime.sleep(100)\n"
+    );
+    let mut w = Workload::spawn_program("tcp-refusals", "python3", &["-c", &program]);
+    let (mut peer, _) = listener.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    wait_until("python3 to connect and listen", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let ready = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    let (fd, listen_port) = ready.split_once(' ').unwrap();
+    let (local, remote) = (peer.peer_addr().unwrap().to_string(), peer.local_addr().unwrap().to_string());
+
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    let text = out.text();
+    for part in [format!("pid {}", w.pid), format!("fd {fd}"), local.clone(), remote.clone(), "--tcp-established".into()] {
+        assert!(text.contains(&part), "the refusal does not name {part}:\n{out}");
+    }
+    assert_running_untouched(w.pid, "after the refused dump");
+
+    let waiting = std::net::TcpStream::connect(("127.0.0.1", listen_port.parse::<u16>().unwrap())).unwrap();
+    wait_until("the connection to wait in the accept queue", Duration::from_secs(5), || {
+        let out = std::process::Command::new("ss").args(["-tlnH", &format!("sport = :{listen_port}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1) == Some("1")
+    });
+    let out = w.dump_with(&["--tcp-established"]);
+    out.assert_failure();
+    assert!(out.text().contains("not yet accepted") && out.text().contains(&format!("pid {}", w.pid)), "{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+
+    std::fs::write(w.dir.path.join("go"), "go").unwrap();
+    peer.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    peer.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping", "the refused connection no longer works");
+    let mut waiting = waiting;
+    waiting.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut took = [0u8; 4];
+    waiting.read_exact(&mut took).unwrap();
+    assert_eq!(&took, b"took", "the waiting connection was not accepted after the refused dump");
 }

@@ -2,12 +2,12 @@
  * inet_sockets: IPv4 and IPv6 sockets that are not connections, each with options the
  * program set, all on loopback:
  *   L4   TCP listener 127.0.0.1:0, backlog 7, SO_REUSEADDR, SO_KEEPALIVE, TCP_KEEPIDLE 77,
- *        TCP_DEFER_ACCEPT 3, SO_RCVBUF 100000, O_NONBLOCK
+ *        TCP_KEEPINTVL 11, TCP_KEEPCNT 4, TCP_DEFER_ACCEPT 3, SO_RCVBUF 100000, O_NONBLOCK
  *   L6   TCP listener [::1]:0, IPV6_V6ONLY 1, SO_REUSEPORT, IPV6_TCLASS 0x20, no SO_REUSEADDR,
  *        with a connection it accepted and closed first, so its port is held in TIME_WAIT
  *   LD   TCP listener [::]:0, IPV6_V6ONLY 0 (dual stack), TCP_NODELAY
- *   B    TCP socket bound to 127.0.0.1:0, not listening, IP_TOS 0x10
- *   U    TCP socket never bound, SO_LINGER on 5 s
+ *   B    TCP socket bound to 127.0.0.1:0, not listening, IP_TOS 0x10, TCP_CORK
+ *   U    TCP socket never bound, SO_LINGER on 5 s, SO_BINDTODEVICE lo
  *   D    UDP socket bound to 127.0.0.1:0, SO_BROADCAST, IP_TTL 33
  *   C    UDP socket connected to D, SO_SNDBUF 50000
  *   D6   UDP socket bound to [::1]:0, IPV6_UNICAST_HOPS 9
@@ -40,7 +40,8 @@ static const struct opt opts[] = {
 	{ LD, IPPROTO_IPV6, IPV6_V6ONLY, 0 },	    { LD, IPPROTO_TCP, TCP_NODELAY, 1 },
 	{ B, IPPROTO_IP, IP_TOS, 0x10 },	    { D, SOL_SOCKET, SO_BROADCAST, 1 },
 	{ D, IPPROTO_IP, IP_TTL, 33 },		    { C, SOL_SOCKET, SO_SNDBUF, 50000 },
-	{ D6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9 },
+	{ D6, IPPROTO_IPV6, IPV6_UNICAST_HOPS, 9 }, { L4, IPPROTO_TCP, TCP_KEEPINTVL, 11 },
+	{ L4, IPPROTO_TCP, TCP_KEEPCNT, 4 },	    { B, IPPROTO_TCP, TCP_CORK, 1 },
 };
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
 static int got_before[NOPTS];
@@ -113,6 +114,8 @@ static void setup(void)
 	struct linger lg = { 1, 5 };
 	if (setsockopt(fds[U], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) < 0)
 		die("SO_LINGER: %s", strerror(errno));
+	if (setsockopt(fds[U], SOL_SOCKET, SO_BINDTODEVICE, "lo", 3) < 0)
+		die("SO_BINDTODEVICE: %s", strerror(errno));
 	struct sockaddr_storage a;
 	v4(&a, 0);
 	if (bind(fds[L4], (struct sockaddr *)&a, sa_len(&a)) || bind(fds[B], (struct sockaddr *)&a, sa_len(&a)) ||
@@ -169,6 +172,10 @@ static void check_same(void)
 	socklen_t l = sizeof(lg);
 	getsockopt(fds[U], SOL_SOCKET, SO_LINGER, &lg, &l);
 	CHECK(lg.l_onoff == 1 && lg.l_linger == 5, "SO_LINGER of U: %d %d", lg.l_onoff, lg.l_linger);
+	char dev[16] = "";
+	socklen_t dl = sizeof(dev);
+	getsockopt(fds[U], SOL_SOCKET, SO_BINDTODEVICE, dev, &dl);
+	CHECK(strcmp(dev, "lo") == 0, "SO_BINDTODEVICE of U: '%s'", dev);
 	CHECK((fcntl(fds[L4], F_GETFL) & O_NONBLOCK) != 0, "L4 lost O_NONBLOCK");
 	CHECK((fcntl(fds[L6], F_GETFL) & O_NONBLOCK) == 0, "L6 gained O_NONBLOCK");
 	CHECK(getopt_int(fds[L4], SOL_SOCKET, SO_ACCEPTCONN) == 1, "L4 is not listening");

@@ -21,7 +21,8 @@
 //! UDP sockets come back with their datagrams not read yet (see `datagrams`); raw sockets of
 //! any protocol with their address, peer and filters, when they hold no packet (see `raw`).
 //!
-//! Refused by pid and fd: established connections without `--tcp-established`, TCP connections in other states (SYN_SENT, FIN_WAIT, CLOSE_WAIT...),
+//! Refused by pid and fd: established connections without `--tcp-established`, TCP connections in
+//! states with no socket to restore them into (SYN_SENT, SYN_RECV, TIME_WAIT),
 //! listeners with connections not yet accepted (left out with `--skip-in-flight`), UDP
 //! sockets with datagrams still being sent (corked); raw sockets holding packets; other
 //! protocols (ICMP datagram "ping" sockets, UDP-Lite, SCTP, MPTCP); socket
