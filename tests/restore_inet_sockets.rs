@@ -376,7 +376,7 @@ time.sleep(100)
             eprintln!("ping sockets are not allowed for gid 0 here ({ping_range:?}): UDP-Lite only");
             continue;
         }
-        let mut w = Workload::spawn_program(&format!("refuse-{kind}"), "python3", &["-c", PY, kind]);
+        let w = Workload::spawn_program(&format!("refuse-{kind}"), "python3", &["-c", PY, kind]);
         wait_until("python3 to open its socket", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
         let fd = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
         let out = w.dump_with(&[]);

@@ -172,6 +172,7 @@ fn write_lease_mid_break_ends_when_the_remaining_time_is_over() {
     assert_eq!(json_u(run.lease(), "holder_fd") as i64, field_i(&run.t.w.ready_line, "fd"), "{:#}", run.lease());
     assert_eq!(json_u(run.lease(), "owner_id") as i32, run.holder, "{:#}", run.lease());
     wait_lease_lines("after the restore", &run.data, &want);
+    assert_leasewake_holds_only_pidfds();
     assert_eq!(probe_breaking_type(&run.data), "WRITE", "the restored lease's own type");
     let mut run = run;
     run.t.finish();

@@ -495,7 +495,7 @@ fn refusals_name_the_connection_and_the_accept_queue_and_leave_both_working() {
          while not os.path.exists('go'): time.sleep(0.05)\nc.sendall(c.recv(4, socket.MSG_WAITALL))\n\
          a, _ = l.accept(); a.sendall(b'took')\ntime.sleep(100)\n"
     );
-    let mut w = Workload::spawn_program("tcp-refusals", "python3", &["-c", &program]);
+    let w = Workload::spawn_program("tcp-refusals", "python3", &["-c", &program]);
     let (mut peer, _) = listener.accept().unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     wait_until("python3 to connect and listen", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));

@@ -599,3 +599,24 @@ pub fn unlock_break_lines(holder: i32, breakers: &[(&str, i32)]) -> Vec<String> 
     v.extend(breakers.iter().map(|(ty, p)| format!("-> LEASE BREAKER {ty} {p}")));
     v
 }
+
+/// crust-leasewake, the detached process that makes the kernel look at restored deadlines,
+/// holds nothing but pidfds of the restored holders and /dev/null (no /proc/PID/mem, no
+/// pipe or file of crust's caller, no leased file).
+pub fn assert_leasewake_holds_only_pidfds() {
+    let out = std::process::Command::new("pgrep").args(["-x", "crust-leasewake"]).output().unwrap();
+    let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert!(!pids.is_empty(), "no crust-leasewake runs after a restored break");
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue }; // ended meanwhile
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy().into_owned();
+            assert!(
+                target == "/dev/null" || target == "anon_inode:[pidfd]",
+                "crust-leasewake {pid} holds fd {} -> {target}",
+                fd.file_name().to_string_lossy()
+            );
+        }
+    }
+}
