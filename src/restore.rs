@@ -735,6 +735,7 @@ impl Tree {
         self.ghosts.unlink_all()?;
         crate::fault::point("restore-before-resume")?;
         crate::interrupt::check()?;
+        crate::kinds::fd::before_resume()?;
         // A shell job's terminal gets the job's settings, and a foreground job the terminal,
         // before it runs (else its first read stops it).
         if let Some(t) = job_terminal {

@@ -185,6 +185,13 @@ pub trait FdKind: 'static {
         let _ = (ctx, files);
         Ok(())
     }
+    /// Restore, once every process, thread and description of the tree is in place, right
+    /// before the tree resumes (nothing can fail after this but the resume itself): what
+    /// must wait for the last moment (connections leave TCP repair mode, so that a restore
+    /// failing or killed before closes them without a word to their peers).
+    fn before_resume() -> Result<()> {
+        Ok(())
+    }
     /// Restore, in each process once its session and group are set: with `before_forks`
     /// false before it opens its descriptions, then with it true once they are open and its
     /// memory restored, right before it forks its children (what they must inherit, like a
@@ -376,6 +383,7 @@ pub trait DynFdKind: Sync {
     /// Called with every description the process created; the kind takes its own.
     fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()>;
     fn session_set(&self, ctx: &mut RestoreCtx, before_forks: bool) -> Result<()>;
+    fn before_resume(&self) -> Result<()>;
     fn groups_exist(&self, ctx: &mut RestoreCtx) -> Result<()>;
     fn fds_in_place(&self, ctx: &mut RestoreCtx, fds: &Files) -> Result<()>;
     fn after_files(&self, ctx: &mut RestoreCtx) -> Result<()>;
@@ -467,6 +475,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     fn session_set(&self, ctx: &mut RestoreCtx, before_forks: bool) -> Result<()> {
         K::session_set(ctx, before_forks)
     }
+    fn before_resume(&self) -> Result<()> {
+        K::before_resume()
+    }
     fn groups_exist(&self, ctx: &mut RestoreCtx) -> Result<()> {
         K::groups_exist(ctx)
     }
@@ -513,6 +524,11 @@ pub fn after_kill(state: &mut KindState) -> Result<()> {
 }
 
 /// Restore failed: every kind's [`FdKind::restore_failed`].
+/// Restore, right before the tree resumes: see [`FdKind::before_resume`].
+pub fn before_resume() -> Result<()> {
+    KINDS.iter().try_for_each(|kind| kind.before_resume())
+}
+
 pub fn restore_failed(files: &crate::image::proto::OpenFiles) {
     for kind in KINDS {
         kind.restore_failed(&files.open_files);

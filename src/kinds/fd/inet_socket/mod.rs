@@ -95,24 +95,39 @@ impl FdKind for InetSockets {
     }
 
     /// Every process exists now, and with it the peer of every connection inside the tree:
-    /// each connection lets its peer's packets through again and leaves repair mode.
+    /// crust keeps a copy of each connection, still in repair mode, until the tree is about to
+    /// resume (see `before_resume`).
     fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &InetSocket)]) -> Result<()> {
         for (file, record) in files.iter().filter(|(_, r)| r.tcp.is_some()) {
             let fd = ctx.work_fd_floor + file.id as i32;
             let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
-            network_lock::restored(&locked_connection(record).into_iter().collect::<Vec<_>>())?;
-            if !ctx.tcp_close {
-                tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(record)))?;
-                if let (Some(c), Some(local), Some(peer)) = (&record.tcp, &record.local, &record.peer) {
-                    tcp::receive_peer_fin(copy.as_fd(), c, &from_record(local)?, &from_record(peer)?)
-                        .with_context(|| format!("resuming {}", describe(record)))?;
-                }
+            RESTORED.lock().unwrap_or_else(|e| e.into_inner()).push(Restored { record: (*record).clone(), copy, closed: ctx.tcp_close });
+        }
+        Ok(())
+    }
+
+    /// Right before the tree resumes, each restored connection lets its peer's packets through
+    /// again and leaves repair mode (until then a failed or killed restore closes it in repair
+    /// mode: its peer sees neither FIN nor reset, and the image can be restored again).
+    fn before_resume() -> Result<()> {
+        let restored = std::mem::take(&mut *RESTORED.lock().unwrap_or_else(|e| e.into_inner()));
+        for Restored { record, copy, closed } in restored {
+            network_lock::restored(&locked_connection(&record).into_iter().collect::<Vec<_>>())?;
+            if closed {
+                continue; // restored closed (restore --tcp-close): never in repair mode
+            }
+            tcp::leave_repair(copy.as_fd()).with_context(|| format!("resuming {}", describe(&record)))?;
+            if let (Some(c), Some(local), Some(peer)) = (&record.tcp, &record.local, &record.peer) {
+                tcp::receive_peer_fin(copy.as_fd(), c, &from_record(local)?, &from_record(peer)?)
+                    .with_context(|| format!("resuming {}", describe(&record)))?;
             }
         }
         Ok(())
     }
 
     fn restore_failed(files: &[(&OpenFile, &InetSocket)]) {
+        let restored = std::mem::take(&mut *RESTORED.lock().unwrap_or_else(|e| e.into_inner()));
+        tcp::close_silently(restored.into_iter().filter(|r| !r.closed).map(|r| r.copy).collect());
         let locked: Vec<Connection> = files.iter().filter_map(|(_, r)| locked_connection(r)).collect();
         if let Err(e) = network_lock::restored(&locked) {
             tracing::error!("lifting the network lock of the connections of the failed restore: {e:#}");
@@ -187,6 +202,17 @@ fn locked_connection(r: &InetSocket) -> Option<Connection> {
     let peer = from_record(r.peer.as_ref()?).ok()?;
     r.network_locked.then_some(Connection { local, peer })
 }
+
+/// A connection restore made, with crust's copy of it, until the tree resumes.
+struct Restored {
+    record: InetSocket,
+    copy: std::os::fd::OwnedFd,
+    /// Restored closed (restore --tcp-close).
+    closed: bool,
+}
+
+/// The restored connections still in repair mode: one restore per crust process.
+static RESTORED: std::sync::Mutex<Vec<Restored>> = std::sync::Mutex::new(Vec::new());
 
 /// crust's copies of the tree's TCP connections, closed silently once the tree was killed.
 #[derive(Default)]
