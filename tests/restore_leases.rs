@@ -219,6 +219,28 @@ fn downgrade_break_on_rdwr_holder_ends_with_a_read_lease() {
     downgrade("rw");
 }
 
+/// A downgrade break restored mid-way (a write lease on an O_RDONLY description: the kernel
+/// takes a read lease only there), and the holder answering it itself right after the
+/// restore with F_SETLEASE F_RDLCK (the usual answer to a reader): the reader's open returns at once, long before the recorded deadline, and the
+/// holder keeps a READ lease (F_GETLEASE and /proc/locks), signalled once.
+#[test]
+fn holder_downgrading_after_restore_lets_the_reader_in_at_once() {
+    let env = LeaseEnv::new(6);
+    let b = Break { flags: "downgrade", ..Break::new("w", "ro", "r") };
+    let run = BreakRun::run(&env, &b, None, |_| {});
+    let b1 = run.breakers[0];
+    run.assert_image(&env, true, false, &[b1]);
+    let mut run = run;
+    run.t.finish();
+    let line = run.t.line("DOWNGRADE ");
+    assert_eq!(field_i(&line, "rc"), 0, "{line}");
+    let at = field_f(&line, "t");
+    let remaining = run.remaining();
+    assert!(run.restore.1 + remaining - at > 1.0, "the test needs the downgrade well before the deadline");
+    assert_between("the reader's open returned", run.opened(1), at, at + MARGIN, &run.t.context());
+    assert!(run.done().contains("sigs=1 getlease=READ fdinfo=ACTIVE READ"), "{}\n{}", run.done(), run.t.context());
+}
+
 /// A write lease on an O_RDONLY description broken by a writer: the pre-break type is
 /// recorded as WRITE (not guessed from the access mode) and comes back as WRITE (the
 /// O_RDONLY|O_NONBLOCK probe fails with EAGAIN during the restarted break).

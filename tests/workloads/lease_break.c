@@ -13,6 +13,7 @@
  *               block    the holder blocks its lease signal before the break: at the dump the
  *                        signal is pending; it is unblocked after .go
  *               release  the holder gives the lease up (F_SETLEASE F_UNLCK) right after .go
+ *               downgrade the holder downgrades its lease (F_SETLEASE F_RDLCK) right after .go
  *               gaps     while waiting for .go the holder logs every pause of its 5 ms loop
  *                        longer than 0.3 s: a GAP line brackets the time the tree was frozen
  *                        (from = its last run before the freeze, to = its first run after the
@@ -37,7 +38,7 @@
  *   OPENED bI pid=P rc=R errno=E t=T the (blocking) open returned
  *   READY holder pid=P fd=F sig=S breakers=P1,P2...
  *   SIGNAL holder n=N signo=S si_fd=F code=C t=T   every lease signal, when received
- *   GO t=T / UNBLOCK t=T / RELEASE rc=R t=T
+ *   GO t=T / UNBLOCK t=T / RELEASE rc=R t=T / DOWNGRADE rc=R t=T
  *   GETLEASE v=READ|WRITE|UNLCK t=T  F_GETLEASE, when it changes after .go
  *   FDINFO v=MODE TYPE|none t=T      the fdinfo lease line, when it changes after .go
  *   DONE sigs=N getlease=V fdinfo=V  at the end of WATCH; then PASS / FAIL
@@ -134,6 +135,7 @@ int main(int argc, char **argv)
 	int rw = strcmp(argv[3], "rw") == 0;
 	int block = strstr(argv[5], "block") != NULL;
 	int release = strstr(argv[5], "release") != NULL;
+	int downgrade = has_flag(argv[5], "downgrade");
 	int gaps = has_flag(argv[5], "gaps");
 	int do_close = has_flag(argv[5], "close");
 	int do_exit = has_flag(argv[5], "exit");
@@ -251,6 +253,12 @@ int main(int argc, char **argv)
 		int r = fcntl(fd, F_SETLEASE, F_UNLCK);
 		status("RELEASE rc=%d t=%.6f", r, t);
 		CHECK(r == 0, "F_SETLEASE F_UNLCK: %s", strerror(errno));
+	}
+	if (downgrade) {
+		double t = mono_now();
+		int r = fcntl(fd, F_SETLEASE, F_RDLCK);
+		status("DOWNGRADE rc=%d t=%.6f", r, t);
+		CHECK(r == 0, "F_SETLEASE F_RDLCK: %s", strerror(errno));
 	}
 	if (do_exit || do_exec) {
 		lease_report_signals("holder", &reported);
