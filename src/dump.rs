@@ -278,12 +278,29 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
         }
         crate::interrupt::check()?;
         if pid != root {
-            precheck(pid)?;
+            if stat.is_err() {
+                continue; // exited and reaped by the kernel (its parent ignores SIGCHLD)
+            }
+            if let Err(e) = precheck(pid) {
+                if wait_exit_done(pid) {
+                    queue.push_front((pid, ppid)); // a zombie now, or gone
+                    continue;
+                }
+                return Err(e);
+            }
         }
         // A job-control stop shows as state T only until the seize; its signal is the exit
         // code /proc reports for a stopped task.
         let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
-        ptrace::seize_and_interrupt_until(pid, false, deadline).map_err(|e| seize_error(pid, pid, e))?;
+        if let Err(e) = ptrace::seize_and_interrupt_until(pid, false, deadline) {
+            // A child caught exiting cannot be traced (EPERM): it is about to be a zombie
+            // (its parent is frozen and cannot reap it) or gone (if its parent ignores SIGCHLD).
+            if pid != root && wait_exit_done(pid) {
+                queue.push_front((pid, ppid));
+                continue;
+            }
+            return Err(seize_error(pid, pid, e));
+        }
         if let Err(e) = crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), pid.as_raw(), false) {
             let _ = ptrace::detach(pid);
             return Err(e.context(format!("freezing pid {pid}")));
@@ -477,6 +494,27 @@ struct Collected {
 }
 
 /// A failed PTRACE_SEIZE of thread `tid` of `pid`, with why when crust can tell.
+/// Whether `pid` was exiting (PF_EXITING) and is now done with it (a zombie, or gone), waiting
+/// for that at most a second. False for a process that is not exiting.
+fn wait_exit_done(pid: Pid) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let stat = || procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat());
+    match stat() {
+        Ok(s) if s.flags as u64 & PF_EXITING == 0 && s.state != 'Z' && s.state != 'X' => return false,
+        Err(_) => return true,
+        Ok(_) => {}
+    }
+    let until = Instant::now() + std::time::Duration::from_secs(1);
+    while Instant::now() < until {
+        match stat() {
+            Ok(s) if s.state == 'Z' => return true,
+            Err(_) => return true,
+            _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+    false
+}
+
 fn seize_error(pid: Pid, tid: Pid, e: crate::sys::SysError) -> anyhow::Error {
     let what = if tid == pid { format!("freezing pid {pid}") } else { format!("freezing thread {tid} of pid {pid}") };
     match e {
@@ -509,11 +547,18 @@ fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Re
             continue;
         }
         crate::interrupt::check()?;
-        if pid != root {
-            precheck(pid)?;
+        let checked = (|| {
+            if pid != root {
+                precheck(pid)?;
+            }
+            crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job, &opts.permits, &mut fds)?;
+            crate::kinds::ghost::refuse_early(pid.as_raw(), opts.permits.ghost_limit, opts.permits.link_remap)
+        })();
+        match checked {
+            // A child that exited while it was looked at is not part of the tree any more.
+            Err(_) if pid != root && wait_exit_done(pid) => continue,
+            checked => checked?,
         }
-        crate::kinds::files::refuse_early(pid.as_raw(), image, opts.shell_job, &opts.permits, &mut fds)?;
-        crate::kinds::ghost::refuse_early(pid.as_raw(), opts.permits.ghost_limit, opts.permits.link_remap)?;
         queue.extend(children_of(pid));
     }
     crate::kinds::files::refuse_early_tree(&fds, &opts.externals)
@@ -615,14 +660,22 @@ impl Frozen {
 
     fn take_rest(&mut self, syscall_ip: u64, deadline: Option<Instant>) -> Result<()> {
         let pid = self.pid;
+        let mut exited = Vec::new();
         loop {
-            let known: Vec<Pid> = std::iter::once(pid).chain(self.threads.iter().map(|t| t.pid())).collect();
+            let known: Vec<Pid> = std::iter::once(pid).chain(self.threads.iter().map(|t| t.pid())).chain(exited.iter().copied()).collect();
             let new: Vec<Pid> = task_ids(pid).into_iter().filter(|t| !known.contains(t)).collect();
             if new.is_empty() {
                 break;
             }
             for tid in new {
-                ptrace::seize_and_interrupt_until(tid, false, deadline).map_err(|e| seize_error(pid, tid, e))?;
+                if let Err(e) = ptrace::seize_and_interrupt_until(tid, false, deadline) {
+                    // A thread caught exiting is gone a moment later: nothing of it to save.
+                    if wait_exit_done(tid) {
+                        exited.push(tid);
+                        continue;
+                    }
+                    return Err(seize_error(pid, tid, e));
+                }
                 let mut thread = RemoteTask::new(tid, syscall_ip)?;
                 crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), tid.as_raw(), false)?;
                 park_on_frame(&mut thread, self.sigreturn)?;

@@ -1190,3 +1190,36 @@ mod restore_tree {
         assert_no_problems("SysV shared memory after the owner came back", &problems, &t, "");
     }
 }
+
+/// A shell forking short-lived children all the time: some child is always being created or
+/// exiting (an exiting task cannot be traced). Every dump -R of twenty succeeds, each child is
+/// frozen, taken as a zombie or found gone, and the shell runs on; a last dump and restore
+/// bring the loop back, counting on.
+#[test]
+fn shell_forking_short_lived_children_dumps_every_time() {
+    let script = "i=0; while :; do /bin/true; i=$((i+1)); echo $i > count.tmp; mv count.tmp count; done";
+    let mut w = Workload::spawn_program("forker", "/bin/sh", &["-c", script]);
+    let count = w.dir.path.join("count");
+    let read = || std::fs::read_to_string(&count).ok().and_then(|c| c.trim().parse::<u64>().ok()).unwrap_or(0);
+    wait_until("the loop to run", Duration::from_secs(10), || read() > 10);
+    for round in 0..20 {
+        let out = w.dump_with(&["-R"]);
+        assert!(out.success(), "dump -R {round} failed:\n{out}");
+        let _ = std::fs::remove_dir_all(&w.image_dir);
+        std::fs::create_dir_all(&w.image_dir).unwrap();
+    }
+    let before = read();
+    wait_until("the loop to go on after the dumps", Duration::from_secs(10), || read() > before + 10);
+    w.dump();
+    // A child that was exiting was dumped as a zombie; killed with the shell, it is this
+    // test's (the subreaper's) to reap, so that its pid is free for the restore.
+    for _ in 0..100 {
+        match nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    w.restore_detached();
+    let restored = read();
+    wait_until("the restored loop to count on", Duration::from_secs(10), || read() > restored + 10);
+}
