@@ -75,6 +75,46 @@ pub struct DumpReport {
 }
 
 const SCRATCH_LEN: u64 = 64 * 1024;
+/// The signature at the end of a scratch area: a fixed text and the pid of the crust that
+/// made it.
+const SCRATCH_MARK_LEN: u64 = 32;
+const SCRATCH_MARK_TEXT: &[u8; 24] = b"crust dump scratch area\0";
+
+fn scratch_mark(crust_pid: u32) -> Vec<u8> {
+    let mut mark = SCRATCH_MARK_TEXT.to_vec();
+    mark.extend_from_slice(&crust_pid.to_le_bytes());
+    mark.resize(SCRATCH_MARK_LEN as usize, 0);
+    mark
+}
+
+/// Removes the scratch areas that crusts killed during earlier dumps left in the process
+/// (signed, their crust gone): what a killed crust leaves lasts until the next dump. Best
+/// effort: an area that cannot be read or removed stays.
+fn remove_left_scratch_areas(remote: &mut RemoteTask) {
+    let pid = remote.pid();
+    let Ok(maps) = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.maps()) else { return };
+    for map in maps.iter() {
+        let (start, end) = map.address;
+        let anonymous_shared = map.perms.contains(procfs::process::MMPermissions::SHARED)
+            && matches!(&map.pathname, procfs::process::MMapPath::Path(p) if p.to_string_lossy().starts_with("/dev/zero"));
+        if end - start != SCRATCH_LEN || !anonymous_shared {
+            continue;
+        }
+        let mut mark = vec![0u8; SCRATCH_MARK_LEN as usize];
+        if remote.read_memory(end - SCRATCH_MARK_LEN, &mut mark).is_err() || !mark.starts_with(SCRATCH_MARK_TEXT) {
+            continue;
+        }
+        let owner = u32::from_le_bytes(mark[24..28].try_into().unwrap_or_default());
+        let owner_alive = std::fs::read_to_string(format!("/proc/{owner}/comm")).is_ok_and(|c| c.trim() == "crust");
+        if owner_alive {
+            continue; // a crust of that pid runs: maybe the one that left it (its dump is over)
+        }
+        match remote.syscall("munmap(left scratch)", libc::SYS_munmap, &[start, SCRATCH_LEN]) {
+            Ok(_) => tracing::info!(%pid, "removed the scratch area {start:#x} a killed crust left"),
+            Err(e) => tracing::warn!(%pid, "could not remove the scratch area {start:#x} a killed crust left: {e}"),
+        }
+    }
+}
 
 /// A process of the tree found while freezing.
 struct Member {
@@ -687,8 +727,12 @@ impl Frozen {
         // area stays one VMA that the memory dump can leave out.
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+        remove_left_scratch_areas(&mut self.remote);
         let address = self.remote.syscall("mmap(scratch)", libc::SYS_mmap, &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
-        let scratch = Some(Scratch { address, len: SCRATCH_LEN });
+        // Signed in its last bytes (which calls never use), so that the area a crust killed
+        // meanwhile left can be told from the program's own memory and removed by the next dump.
+        self.remote.write_memory(address + SCRATCH_LEN - SCRATCH_MARK_LEN, &scratch_mark(std::process::id()))?;
+        let scratch = Some(Scratch { address, len: SCRATCH_LEN - SCRATCH_MARK_LEN });
         self.remote.set_scratch(scratch);
         for t in &mut self.threads {
             t.set_scratch(scratch);
@@ -701,7 +745,7 @@ impl Frozen {
     fn release(&mut self, end: End) -> Result<()> {
         let pid = self.pid;
         if let Some(scratch) = self.remote.scratch() {
-            if let Err(e) = self.remote.syscall("munmap(scratch)", libc::SYS_munmap, &[scratch.address, scratch.len]) {
+            if let Err(e) = self.remote.syscall("munmap(scratch)", libc::SYS_munmap, &[scratch.address, SCRATCH_LEN]) {
                 warn!(%pid, "could not remove crust's scratch mapping: {e}");
             }
             self.remote.set_scratch(None);

@@ -45,7 +45,8 @@ impl Kind for Memory {
         let pagemap = PageMap::open(pid)?;
         let mut vmas = Vec::new();
         let mut next_offset = 0u64;
-        let scratch = ctx.remote.scratch().map(|s| (s.address, s.address + s.len));
+        // (Its signature lies past `len`: the area is known by its start.)
+        let scratch = ctx.remote.scratch().map(|s| s.address);
         // The parent's mappings, to recognise those this process inherited at fork.
         let parent = match ctx.parent {
             Some(ppid) => Some((procfs::process::Process::new(ppid.as_raw())?.maps()?, PageMap::open(ppid.as_raw())?)),
@@ -53,7 +54,7 @@ impl Kind for Memory {
         };
         for map in maps.iter() {
             let (start, end) = map.address;
-            if Some((start, end)) == scratch {
+            if Some(start) == scratch {
                 continue; // crust's own scratch area
             }
             let mut vma = describe_vma(pid, map)?;
