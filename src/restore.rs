@@ -133,7 +133,7 @@ pub fn load(dir: &Path, trust_image: bool) -> Result<LoadedImage> {
     // the inventory): against damage and, sealed, against edits.
     let verify_data = |data: &crate::image::proto::DataFile| -> Result<()> { Ok(dir.verify_data_file(data)?) };
     if !inventory.processes.iter().any(|p| p.pid == inventory.root_pid && !p.zombie) {
-        bail!("image inventory does not list its root process {}", inventory.root_pid);
+        bail!("image file {}: field processes does not list the root process {} (field root_pid)", image::INVENTORY, inventory.root_pid);
     }
     let mut processes = BTreeMap::new();
     for entry in inventory.processes.iter().filter(|e| !e.zombie) {
@@ -285,18 +285,19 @@ fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> 
     let here = crate::sys::kernel_release();
     if img.inventory.kernel_release != here {
         bail!(
-            "image was taken on kernel {} but this is kernel {here}: the vDSO the process uses differs, \
-             crust refuses to restore across kernels",
+            "image file {}: field kernel_release: the image was taken on kernel {} but this is kernel {here}: \
+             the vDSO the process uses differs, crust refuses to restore across kernels",
+            image::INVENTORY,
             img.inventory.kernel_release
         );
     }
     if img.inventory.vdso_hash != own_vdso_hash()? {
-        bail!("the vDSO of this kernel differs from the one in the image (same release, different build)");
+        bail!("image file {}: field vdso_hash: the vDSO of this kernel differs from the one in the image (same release, different build)", image::INVENTORY);
     }
-    for p in img.processes.values() {
-        memory::precheck(&p.mm, code)?;
+    for (pid, p) in &img.processes {
+        memory::precheck(&p.mm, code).with_context(|| format!("image file {}", image::mm_name(*pid)))?;
     }
-    files::precheck(&img.open_files)?;
+    files::precheck(&img.open_files).with_context(|| format!("image file {}", image::OPEN_FILES))?;
     crate::kinds::ghost::precheck(&img.dir, &img.open_files.ghosts)?;
     Ok(())
 }

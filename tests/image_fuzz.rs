@@ -149,6 +149,7 @@ fn mutated_records_of_real_images_are_refused_in_one_line_never_a_panic_or_a_han
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let started = Instant::now();
     let (mut refused, mut accepted, mut rounds) = (0, 0, 0);
+    let mut unnamed = Vec::new();
     while rounds < ROUNDS && started.elapsed() < TIME_BOUND {
         let (_, image) = &images[rounds % images.len()];
         let names = record_files(image);
@@ -161,6 +162,9 @@ fn mutated_records_of_real_images_are_refused_in_one_line_never_a_panic_or_a_han
             Err(e) => {
                 assert!(!e.contains('\n'), "{what}: the refusal is not one line:\n{e}");
                 assert!(!e.trim().is_empty(), "{what}: an empty refusal");
+                if !e.contains(".img") {
+                    unnamed.push(format!("{what}: {e}"));
+                }
                 refused += 1;
                 if std::env::var_os("FUZZ_SHOW").is_some() {
                     eprintln!("{name}: {e}");
@@ -171,6 +175,7 @@ fn mutated_records_of_real_images_are_refused_in_one_line_never_a_panic_or_a_han
     }
     eprintln!("{rounds} rounds in {:?}: {refused} refused, {accepted} accepted", started.elapsed());
     assert!(rounds >= 200, "only {rounds} rounds ran within {TIME_BOUND:?}");
+    assert!(unnamed.is_empty(), "{} refusals name no image file:\n{}", unnamed.len(), unnamed.join("\n"));
     assert!(refused > rounds / 4, "too few refusals ({refused} of {rounds}): is the check reading the records?");
 
     // Sealed: any change at all is refused by the seal, naming the file.
