@@ -63,6 +63,8 @@ pub struct RestoreOptions {
     pub pidfile: Option<std::path::PathBuf>,
     /// What the reference tool's permission options allow (recorded; see [`Permits`]).
     pub permits: crate::permits::Permits,
+    /// `--lazy-pages`: private anonymous pages come on demand (see kinds/lazy_pages.rs).
+    pub lazy_pages: bool,
 }
 
 /// How a restore ended.
@@ -88,6 +90,8 @@ pub struct LoadedImage {
     /// Live processes by pid (zombies have only their inventory entry).
     pub processes: BTreeMap<u32, ProcessImage>,
     pub open_files: OpenFiles,
+    /// Page files not verified yet (a restore checks them while the pages are read in).
+    pub deferred_pages: Vec<(u32, crate::image::proto::DataFile)>,
 }
 
 impl LoadedImage {
@@ -121,6 +125,12 @@ impl LoadedImage {
 
 /// Reads and verifies a whole image: every record, page-file sizes and checksums.
 pub fn load(dir: &Path, trust_image: bool) -> Result<LoadedImage> {
+    load_deferring_pages(dir, trust_image, false)
+}
+
+/// [`load`]; with `defer_pages`, page files are only checked for their size and chunk list
+/// here, and listed in `deferred_pages` for the restore to verify while it reads them in.
+fn load_deferring_pages(dir: &Path, trust_image: bool, defer_pages: bool) -> Result<LoadedImage> {
     let dir = ImageDir::open(dir)?;
     check_is_image(&dir)?;
     let inventory: Inventory = dir.read_record(image::INVENTORY).context("the image is damaged")?;
@@ -136,13 +146,20 @@ pub fn load(dir: &Path, trust_image: bool) -> Result<LoadedImage> {
         bail!("image file {}: field processes does not list the root process {} (field root_pid)", image::INVENTORY, inventory.root_pid);
     }
     let mut processes = BTreeMap::new();
+    let mut deferred = Vec::new();
     for entry in inventory.processes.iter().filter(|e| !e.zombie) {
         let pid = entry.pid;
         let core: Core = dir.read_record(&image::core_name(pid))?;
         let mm: Mm = dir.read_record(&image::mm_name(pid))?;
         let files: FilesRecord = dir.read_record(&image::files_name(pid))?;
         for data in &entry.data_files {
-            verify_data(data)?;
+            if defer_pages && data.name == mm.pages_file && !data.chunk_blake3.is_empty() {
+                let size = dir.verify_data_file_size(data)?;
+                crate::image::chunks::check_layout(&dir.path(&data.name), data, size)?;
+                deferred.push((pid, data.clone()));
+            } else {
+                verify_data(data)?;
+            }
         }
         processes.insert(pid, ProcessImage { core, mm, files });
     }
@@ -150,7 +167,7 @@ pub fn load(dir: &Path, trust_image: bool) -> Result<LoadedImage> {
     for data in &inventory.data_files {
         verify_data(data)?;
     }
-    let img = LoadedImage { dir, inventory, processes, open_files };
+    let img = LoadedImage { dir, inventory, processes, open_files, deferred_pages: deferred };
     check_structure(&img)?;
     check_data_file_names(&img)?;
     Ok(img)
@@ -329,15 +346,15 @@ fn wait_pid_free(pid: u32, wait: Duration) -> Result<()> {
 /// reference tool's `restore --check-only`): the image, its seal and structure, the PIDs, the
 /// kernel, the files, the options it needs.
 pub fn check_only(dir: &Path, opts: &RestoreOptions) -> Result<()> {
-    let img = checked_image(dir, opts, Duration::ZERO)?;
+    let img = checked_image(dir, opts, Duration::ZERO, false)?;
     Tree::plan(&img, &opts.inherit_fds)?;
     Ok(())
 }
 
 /// Loads the image and checks it against this machine and the options; PIDs in use are waited
 /// for at most `pid_wait` (a just-killed process may be a zombie for a moment).
-fn checked_image(dir: &Path, opts: &RestoreOptions, pid_wait: Duration) -> Result<LoadedImage> {
-    let mut img = load(dir, opts.trust_image)?;
+fn checked_image(dir: &Path, opts: &RestoreOptions, pid_wait: Duration, defer_pages: bool) -> Result<LoadedImage> {
+    let mut img = load_deferring_pages(dir, opts.trust_image, defer_pages)?;
     apply_lease_policy(&mut img, opts.lease_policy);
     forget_absent_lock_takers(&mut img);
     for entry in img.entries() {
@@ -363,7 +380,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     crate::network_lock::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
-    let img = checked_image(dir, opts, Duration::from_secs(3))?;
+    let img = checked_image(dir, opts, Duration::from_secs(3), true)?;
     let root = img.inventory.root_pid;
     let terminal = if is_shell_job(&img) {
         Some(crate::sys::terminal::ControllingTerminal::open().context("--shell-job needs crust to run on a terminal")?)
@@ -377,6 +394,16 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     tree.image_sealed = !opts.trust_image;
     tree.tcp_close = opts.permits.tcp_close;
     tree.leave_stopped = opts.leave_stopped;
+    let mut lazy = None;
+    if opts.lazy_pages {
+        tree.lazy_pids = lazy_processes(&img);
+        let pages = crate::kinds::lazy_pages::LazyPages::start(page_records(&img))?;
+        tree.lazy = pages.registrar();
+        lazy = Some(pages);
+    }
+    // Page files are verified on another core while the processes read their pages in; no
+    // process runs before (see Tree::build).
+    tree.page_check = Some(check_pages_in_background(&img, &tree.lazy_pids)?);
     let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
     let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
@@ -385,7 +412,13 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         None => None,
     };
     let built = tree.build(&img, &progress, job_terminal.as_ref());
-    if let Err(e) = built {
+    if let Err(mut e) = built {
+        if let Some(pages) = lazy {
+            if let Some(f) = pages.failure() {
+                e = e.context(format!("lazy restore: {f}"));
+            }
+            pages.abort();
+        }
         if let Some(t) = &job_terminal {
             t.put_back();
         }
@@ -405,10 +438,19 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     }
     let elapsed = started.elapsed();
     progress.finish(format!("restored {} process(es) of pid {root} in {:.1} ms", img.entries().len(), elapsed.as_secs_f64() * 1e3));
+    if let Some(pages) = &mut lazy {
+        pages.all_registered();
+    }
     if opts.detach {
+        if let Some(pages) = lazy {
+            pages.finish()?;
+        }
         return Ok(Restored::Running { pid: root as i32, elapsed });
     }
     let status = wait_exit(Pid::from_raw(root as i32));
+    if let Some(pages) = lazy {
+        pages.finish()?;
+    }
     if let Some(t) = foreground {
         // The job is over: the terminal is crust's (and its shell's) again.
         t.take_foreground()?;
@@ -535,6 +577,11 @@ struct Tree {
     leave_stopped: bool,
     /// The deleted files of the image, made again until every process opened them.
     ghosts: crate::kinds::ghost::Placed,
+    /// `--lazy-pages`: the page server, and the processes whose pages it brings.
+    lazy: Option<crate::kinds::lazy_pages::Registrar>,
+    lazy_pids: BTreeSet<u32>,
+    /// The verification of the page files, running while the tree is built.
+    page_check: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl Tree {
@@ -643,6 +690,9 @@ impl Tree {
             tcp_close: false,
             leave_stopped: false,
             ghosts: Default::default(),
+            lazy: None,
+            lazy_pids: BTreeSet::new(),
+            page_check: None,
         })
     }
 
@@ -664,6 +714,7 @@ impl Tree {
         let creds = p.core.credentials.clone().context("image has no credentials")?;
         let work_fd_floor = self.work_fd_floor;
         let temp_fd_floor = self.work_fd_floor + img.open_files.open_files.iter().map(|f| f.id as i32).max().unwrap_or(0) + 1;
+        let lazy = self.lazy.clone().filter(|_| self.lazy_pids.contains(&pid));
         let building = self.building.get_mut(&pid).context("process not created")?;
         Ok(RestoreCtx {
             pid: Pid::from_raw(pid as i32),
@@ -678,6 +729,7 @@ impl Tree {
             image_sealed: self.image_sealed,
             tcp_close: self.tcp_close,
             ghosts: &self.ghosts,
+            lazy,
         })
     }
 
@@ -734,6 +786,10 @@ impl Tree {
         let lease_breaks = self.plan_lease_breaks(img)?;
         // Every description and mapping of a deleted file is open: its name goes again.
         self.ghosts.unlink_all()?;
+        // No process runs before every page it read in was verified.
+        if let Some(check) = self.page_check.take() {
+            check.join().map_err(|_| anyhow::anyhow!("the page file check panicked"))??;
+        }
         crate::fault::point("restore-before-resume")?;
         crate::interrupt::check()?;
         crate::kinds::fd::before_resume()?;
@@ -1028,6 +1084,7 @@ impl Tree {
                 image_sealed,
                 tcp_close,
                 ghosts: &self.ghosts,
+                lazy: None,
             };
             step(&mut tctx, thread)?;
         }
@@ -1274,7 +1331,7 @@ mod tests {
         let inventory = Inventory { processes: vec![entry], ..Default::default() };
         let mm = Mm { pages_file: pages_file.into(), ..Default::default() };
         let process = ProcessImage { core: Core::default(), mm, files: FilesRecord::default() };
-        LoadedImage { dir, inventory, processes: BTreeMap::from([(7, process)]), open_files: OpenFiles::default() }
+        LoadedImage { dir, inventory, processes: BTreeMap::from([(7, process)]), open_files: OpenFiles::default(), deferred_pages: Vec::new() }
     }
 
     fn family(parents: &[(u32, u32)]) -> LoadedImage {
@@ -1286,7 +1343,7 @@ mod tests {
             .iter()
             .map(|(pid, _)| (*pid, ProcessImage { core: core(), mm: Mm::default(), files: FilesRecord::default() }))
             .collect();
-        LoadedImage { dir, inventory, processes: procs, open_files: OpenFiles::default() }
+        LoadedImage { dir, inventory, processes: procs, open_files: OpenFiles::default(), deferred_pages: Vec::new() }
     }
 
     #[test]
@@ -1361,4 +1418,41 @@ mod tests {
         let e = check_data_file_names(&image_naming("/etc/shadow", "/etc/shadow")).unwrap_err().to_string();
         assert!(e.contains("not a plain file name"), "{e}");
     }
+}
+
+/// The processes whose memory `--lazy-pages` brings on demand: those that fork no process of
+/// the image (a child made by fork inherits its parent's memory as it is then, so the
+/// parent's pages must all be in by then).
+fn lazy_processes(img: &LoadedImage) -> BTreeSet<u32> {
+    img.processes.keys().copied().filter(|pid| !img.children(*pid).any(|c| !c.zombie)).collect()
+}
+
+/// The inventory's records of the page files, by name.
+fn page_records(img: &LoadedImage) -> std::collections::HashMap<String, crate::image::proto::DataFile> {
+    img.inventory.processes.iter().flat_map(|e| &e.data_files).map(|d| (d.name.clone(), d.clone())).collect()
+}
+
+/// Verifies the deferred page files in a thread: every chunk of them, but for the processes
+/// restored lazily only the chunks read in before they run (the page server checks the
+/// others, each before its first use).
+fn check_pages_in_background(img: &LoadedImage, lazy: &BTreeSet<u32>) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let root = img.dir.root().to_owned();
+    let mut work = Vec::new();
+    for (pid, data) in &img.deferred_pages {
+        let chunks = lazy
+            .contains(pid)
+            .then(|| crate::kinds::lazy_pages::eager_chunks(&img.processes[pid].mm, true, data.chunk_size));
+        work.push((data.clone(), chunks));
+    }
+    let thread = std::thread::Builder::new().name("crust-pagecheck".into()).spawn(move || -> Result<()> {
+        let dir = ImageDir::open(&root)?;
+        for (data, chunks) in work {
+            match chunks {
+                None => dir.verify_data_file(&data)?,
+                Some(indices) => crate::image::chunks::verify_some(&dir.path(&data.name), &data, &indices)?,
+            }
+        }
+        Ok(())
+    })?;
+    Ok(thread)
 }

@@ -190,7 +190,6 @@ fn dump_refuses_manage_cgroups_other_than_ignore() {
 }
 
 refused_on_restore! {
-    restore_refuses_lazy_pages: "--lazy-pages";
     restore_refuses_restore_sibling: "--restore-sibling";
     restore_refuses_page_server: "--page-server";
     restore_refuses_root: "--root", "/";

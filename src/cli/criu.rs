@@ -141,7 +141,7 @@ pub const CRIU_OPTIONS: &[CriuOption] = &[
     CriuOption::flag("exec-cmd", ONLY_RESTORE).restore(Refused("running a command as the restored root's parent")),
     CriuOption::value("freeze-cgroup", "PATH", Refused("crust freezes with ptrace, not with the cgroup freezer")).restore(ONLY_DUMP),
     CriuOption::flag("weak-sysctls", Ignored("crust restores no namespace sysctls")).bool(),
-    CriuOption::flag("lazy-pages", Refused("restore copies every page before the process runs")).dump(Refused(
+    CriuOption::flag("lazy-pages", Native).dump(Refused(
         "dump writes every page into the image; none is left to serve lazily",
     )),
     CriuOption::flag("stream", Refused("images are read and written as files in the image directory")).bool(),

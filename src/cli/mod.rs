@@ -202,6 +202,11 @@ struct RestoreArgs {
     /// dump (its seal and file hashes are then not checked): only for images you trust.
     #[arg(long = "trust-image")]
     trust_image: bool,
+    /// Let the processes run as soon as everything but their private anonymous pages is back;
+    /// those come on demand (userfaultfd) while the rest is filled in the background, by crust
+    /// and, once it returns, by a helper `crust-lazypages` that exits when every page is in.
+    #[arg(long = "lazy-pages")]
+    lazy_pages: bool,
     /// Print how long the restore took.
     #[arg(long)]
     display_stats: bool,
@@ -481,6 +486,7 @@ fn restore(a: RestoreArgs, work: Option<&Path>, permits: Permits) -> Result<Exit
         lease_policy: a.lease.policy(),
         file_validation: a.file_validation.unwrap_or_default(),
         trust_image: a.trust_image,
+        lazy_pages: a.lazy_pages,
         permits,
     };
     if a.check_only {

@@ -70,13 +70,35 @@ pub fn check_layout(path: &Path, expected: &DataFile, size: u64) -> Result<(), I
 
 /// Checks chunk `index` of a data file against its record (its layout already checked).
 pub fn verify_chunk(path: &Path, expected: &DataFile, index: usize, bytes: &[u8]) -> Result<(), ImageError> {
-    let want = &expected.chunk_blake3[index];
+    let Some(want) = expected.chunk_blake3.get(index) else {
+        return Err(ImageError::Truncated {
+            path: path.to_owned(),
+            detail: format!("chunk {index} is past the {} the inventory's field chunk_blake3 lists", expected.chunk_blake3.len()),
+        });
+    };
     if hash(bytes).as_slice() != want.as_slice() {
         let start = index as u64 * expected.chunk_size;
         return Err(ImageError::ChunkHash {
             path: path.to_owned(),
             detail: format!("bytes {start}..{}", start + bytes.len() as u64),
         });
+    }
+    Ok(())
+}
+
+/// Checks the chunks `indices` of the file at `path` (its layout already checked), reading
+/// each into memory.
+pub fn verify_some(path: &Path, expected: &DataFile, indices: &[usize]) -> Result<(), ImageError> {
+    use std::os::unix::fs::FileExt;
+    let io = |source| ImageError::Io { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut buf = Vec::new();
+    for &index in indices {
+        let start = index as u64 * expected.chunk_size;
+        let len = expected.chunk_size.min(expected.size.saturating_sub(start)) as usize;
+        buf.resize(len, 0);
+        file.read_exact_at(&mut buf, start).map_err(io)?;
+        verify_chunk(path, expected, index, &buf)?;
     }
     Ok(())
 }

@@ -149,7 +149,10 @@ impl Kind for Memory {
             })?;
             previous = Some(vma);
         }
-        fill_pages(ctx.remote, pages_fd, &mm.vmas)?;
+        // With --lazy-pages the lazy areas' pages come later, through the page server.
+        let lazy = ctx.lazy.is_some();
+        let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v))).collect();
+        fill_pages(ctx.remote, pages_fd, &eager)?;
         for vma in &mm.vmas {
             finish_vma(ctx.remote, vma).with_context(|| {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
@@ -162,6 +165,9 @@ impl Kind for Memory {
         }
         if let Some(fields) = &mm.fields {
             set_mm_fields(ctx, fields)?;
+        }
+        if let Some(registrar) = ctx.lazy.clone() {
+            registrar.register(ctx, mm).with_context(|| format!("pid {}: registering its lazy pages", ctx.pid))?;
         }
         Ok(())
     }
@@ -870,7 +876,7 @@ fn madvise(remote: &mut RemoteTask, vma: &Vma, advice: i32) -> Result<()> {
     Ok(())
 }
 
-fn fill_pages(remote: &mut RemoteTask, pages_fd: i32, vmas: &[Vma]) -> Result<()> {
+fn fill_pages(remote: &mut RemoteTask, pages_fd: i32, vmas: &[&Vma]) -> Result<()> {
     let runs: Vec<&PageRun> = vmas.iter().flat_map(|v| v.pages.iter()).collect();
     transfer_runs(remote, pages_fd as u64, &runs, libc::SYS_preadv, "preadv").context("reading pages into place")
 }

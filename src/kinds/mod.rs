@@ -23,6 +23,7 @@ pub mod identity;
 pub mod leases;
 pub mod locks;
 pub mod membarrier;
+pub mod lazy_pages;
 pub mod memory;
 pub mod pathless;
 pub mod posix_timers;
@@ -88,6 +89,9 @@ pub struct RestoreCtx<'a> {
     pub tcp_close: bool,
     /// The deleted files of the image, made again for the restore (see [`ghost`]).
     pub ghosts: &'a ghost::Placed,
+    /// `restore --lazy-pages`, for a process whose lazy areas fault to crust's page server
+    /// (None: every page is read in before the process runs).
+    pub lazy: Option<lazy_pages::Registrar>,
 }
 
 impl RestoreCtx<'_> {

@@ -694,6 +694,8 @@ pub struct Workload {
     pub attached: Option<AttachedRestore>,
     /// Added to the environment of every `crust` this workload runs (dump and restore).
     pub crust_env: Vec<(String, String)>,
+    /// Options added to every `crust restore` of this workload (e.g. `--lazy-pages`).
+    pub restore_extra: Vec<String>,
 }
 
 impl Workload {
@@ -761,6 +763,7 @@ impl Workload {
             binary,
             attached: None,
             crust_env: Vec::new(),
+            restore_extra: Vec::new(),
         }
     }
 
@@ -899,6 +902,7 @@ impl Workload {
         if detached {
             a.push("-d".into());
         }
+        a.extend(self.restore_extra.iter().cloned());
         a.push("-D".into());
         a.push(self.image_dir.to_string_lossy().into_owned());
         a

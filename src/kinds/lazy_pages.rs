@@ -1,0 +1,611 @@
+//! Lazy restore (`restore --lazy-pages`): a process runs as soon as its non-memory state is
+//! back; its private anonymous pages arrive on demand through userfaultfd while a background
+//! fill copies the rest, in order, from the page file. See docs/lazy-restore.md.
+//!
+//! Restore side: while the process is still root under crust, it creates a userfaultfd (an
+//! injected call), crust takes it (pidfd_getfd) and closes the process's copy (its fd table
+//! stays exactly the image's), does the handshake and registers the lazy areas in MISSING
+//! mode. The pages of those areas are not read in.
+//!
+//! Server side ([`Server`]): one thread answers faults (UFFDIO_COPY of a window of saved pages,
+//! UFFDIO_ZEROPAGE for pages the image does not hold or the program dropped since), follows
+//! forks, mremaps, madvise and munmap, and fills the remaining pages one chunk at a time. Each
+//! 1 MiB chunk of the page file is read into crust's memory and checked against its BLAKE3 in
+//! the sealed inventory before any of its bytes is placed; a chunk that does not verify kills
+//! the restored processes (they never see wrong contents). When a process has every page, its
+//! userfaultfd is closed: the registration ends and nothing of crust stays with it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+
+use super::RestoreCtx;
+use crate::image::chunks;
+use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
+use crate::sys::PAGE_SIZE;
+use crate::sys::uffd_missing::{self as uffd, Event};
+
+/// Features every lazy userfaultfd asks for: a fork, mremap, madvise or munmap by the program
+/// during the fill is reported, so the server never fills a page with stale contents.
+const FEATURES: u64 =
+    uffd::FEATURE_EVENT_FORK | uffd::FEATURE_EVENT_REMAP | uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP | uffd::FEATURE_THREAD_ID;
+/// Pages placed for one fault: the faulting page and those after it (programs touch memory in
+/// runs), within the same chunk and saved run.
+const FAULT_WINDOW: u64 = 16 * PAGE_SIZE;
+/// Verified chunks kept in memory (faults in random order often hit a recent one).
+const CACHED_CHUNKS: usize = 8;
+
+/// Whether an area is restored lazily: private anonymous memory with saved pages that faults
+/// can reach. Areas with huge pages are filled before the process runs (UFFDIO_COPY places
+/// 4 KiB pages, and huge pages stay huge); so are locked areas (mlock populates them),
+/// droppable ones, areas inherited from the parent, and areas without read and write access.
+pub fn is_lazy(vma: &Vma) -> bool {
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    vma.kind() == VmaKind::PrivateAnonymous
+        && !vma.pages.is_empty()
+        && !vma.inherited
+        && !vma.droppable
+        && !vma.locked
+        && !vma.huge_page_advised
+        && !vma.had_huge_pages
+        && vma.prot & rw == rw
+}
+
+/// The chunks of the page file that the pages read in before the process runs come from
+/// (the others are checked by the server, each before its first use).
+pub fn eager_chunks(mm: &Mm, lazy: bool, chunk_size: u64) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for vma in mm.vmas.iter().filter(|v| !(lazy && is_lazy(v))) {
+        for run in &vma.pages {
+            let (first, end) = (run.file_offset / chunk_size, (run.file_offset + run.pages * PAGE_SIZE).div_ceil(chunk_size));
+            out.extend((first..end).map(|c| c as usize));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// What a restore hands the server for one process.
+pub struct NewTarget {
+    pid: u32,
+    pidfd: OwnedFd,
+    uffd: OwnedFd,
+    pages: PathBuf,
+    record: DataFile,
+    /// (address, bytes, offset in the page file) of every saved run of the lazy areas.
+    runs: Vec<(u64, u64, u64)>,
+}
+
+/// Given to each process's restore: registers its lazy areas with the server.
+#[derive(Clone)]
+pub struct Registrar {
+    tx: mpsc::Sender<NewTarget>,
+    records: Arc<HashMap<String, DataFile>>,
+}
+
+impl Registrar {
+    /// Makes the lazy areas of `mm` fault to the server: the process creates a userfaultfd,
+    /// crust takes it and closes the process's copy, then registers the areas.
+    pub fn register(&self, ctx: &mut RestoreCtx, mm: &Mm) -> Result<()> {
+        let lazy: Vec<&Vma> = mm.vmas.iter().filter(|v| is_lazy(v)).collect();
+        if lazy.is_empty() {
+            return Ok(());
+        }
+        let pid = ctx.pid.as_raw();
+        let record = self.records.get(&mm.pages_file).with_context(|| format!("the inventory lists no {}", mm.pages_file))?.clone();
+        let fd = ctx.remote.syscall("userfaultfd", libc::SYS_userfaultfd, &[uffd::CREATE_FLAGS])?;
+        let taken = crate::sys::pidfd::pidfd_getfd(&ctx.pidfd, pid, fd as i32);
+        ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd])?;
+        let fd = taken?;
+        let granted = uffd::api(fd.as_fd(), FEATURES).map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
+        if granted & FEATURES != FEATURES {
+            bail!("pid {pid}: userfaultfd lacks features {:#x} that lazy restore needs", FEATURES & !granted);
+        }
+        let mut runs = Vec::new();
+        for vma in lazy {
+            uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start).map_err(|e| {
+                anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end)
+            })?;
+            runs.extend(vma.pages.iter().map(|r| (r.address, r.pages * PAGE_SIZE, r.file_offset)));
+        }
+        let pages = ctx.image.path(&mm.pages_file);
+        let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
+        tracing::debug!(pid, runs = runs.len(), "lazy areas registered");
+        self.tx
+            .send(NewTarget { pid: pid as u32, pidfd, uffd: fd, pages, record, runs })
+            .map_err(|_| anyhow::anyhow!("pid {pid}: the lazy page server has stopped"))
+    }
+}
+
+/// The saved pages a process has not received yet: address -> (bytes, page file offset),
+/// ranges apart and sorted.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub struct Owed(BTreeMap<u64, (u64, u64)>);
+
+impl Owed {
+    fn insert(&mut self, address: u64, len: u64, offset: u64) {
+        if len > 0 {
+            self.0.insert(address, (len, offset));
+        }
+    }
+
+    /// The range holding `address`: (start, bytes, offset).
+    fn containing(&self, address: u64) -> Option<(u64, u64, u64)> {
+        let (start, (len, off)) = self.0.range(..=address).next_back()?;
+        (address < start + len).then_some((*start, *len, *off))
+    }
+
+    /// Forgets `start..end` (the pages were placed, dropped or unmapped).
+    fn take(&mut self, start: u64, end: u64) {
+        let hit: Vec<(u64, (u64, u64))> = self.overlapping(start, end);
+        for (s, (len, off)) in hit {
+            self.0.remove(&s);
+            if s < start {
+                self.insert(s, start - s, off);
+            }
+            if s + len > end {
+                self.insert(end, s + len - end, off + (end - s));
+            }
+        }
+    }
+
+    fn overlapping(&self, start: u64, end: u64) -> Vec<(u64, (u64, u64))> {
+        let first = self.containing(start).map(|(s, _, _)| s).unwrap_or(start);
+        self.0.range(first..end).map(|(s, v)| (*s, *v)).collect()
+    }
+
+    /// mremap moved `from..from+len` to `to`.
+    fn remap(&mut self, from: u64, to: u64, len: u64) {
+        let moved: Vec<(u64, (u64, u64))> = self.overlapping(from, from + len);
+        self.take(from, from + len);
+        for (s, (l, off)) in moved {
+            let (a, b) = (s.max(from), (s + l).min(from + len));
+            self.insert(to + (a - from), b - a, off + (a - s));
+        }
+    }
+
+    fn first(&self) -> Option<(u64, u64, u64)> {
+        self.0.iter().next().map(|(s, (l, o))| (*s, *l, *o))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A page file with its chunk hashes, read and verified chunk by chunk.
+struct Source {
+    path: PathBuf,
+    file: File,
+    record: DataFile,
+    cache: VecDeque<(usize, Arc<Vec<u8>>)>,
+}
+
+impl Source {
+    fn open(path: PathBuf, record: DataFile) -> Result<Source> {
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        chunks::check_layout(&path, &record, record.size)?;
+        Ok(Source { path, file, record, cache: VecDeque::new() })
+    }
+
+    /// Chunk `index`, read into crust's memory and verified (so the bytes placed are the
+    /// bytes checked, whatever happens to the file afterwards).
+    fn chunk(&mut self, index: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some((_, bytes)) = self.cache.iter().find(|(i, _)| *i == index) {
+            return Ok(bytes.clone());
+        }
+        let size = self.record.chunk_size;
+        let start = index as u64 * size;
+        let len = size.min(self.record.size.saturating_sub(start)) as usize;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, start).with_context(|| format!("reading {} at {start}", self.path.display()))?;
+        chunks::verify_chunk(&self.path, &self.record, index, &buf)?;
+        let bytes = Arc::new(buf);
+        if self.cache.len() == CACHED_CHUNKS {
+            self.cache.pop_front();
+        }
+        self.cache.push_back((index, bytes.clone()));
+        Ok(bytes)
+    }
+}
+
+/// One address space being filled.
+struct Target {
+    /// The restored process it was registered for (a child forked during the fill has its
+    /// parent's: killing the parent's tree is what a failure does).
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    uffd: OwnedFd,
+    source: usize,
+    owed: Owed,
+    gone: bool,
+}
+
+/// The lazy page server's whole state: it moves between crust's thread and the detached
+/// helper by fork (see [`LazyPages::finish`]).
+pub struct Server {
+    sources: Vec<Source>,
+    targets: Vec<Target>,
+    /// Faults to answer again after the events that made a copy fail with EAGAIN.
+    retry: Vec<(usize, u64, u32)>,
+    failed: Option<String>,
+}
+
+/// What a step of placing pages came to.
+enum Placed {
+    Done,
+    /// An event must be read first (the address space is changing).
+    Again,
+}
+
+impl Server {
+    fn add(&mut self, t: NewTarget) -> Result<()> {
+        let source = match self.sources.iter().position(|s| s.path == t.pages) {
+            Some(i) => i,
+            None => {
+                self.sources.push(Source::open(t.pages, t.record)?);
+                self.sources.len() - 1
+            }
+        };
+        let mut owed = Owed::default();
+        for (address, len, offset) in t.runs {
+            owed.insert(address, len, offset);
+        }
+        self.targets.push(Target { pid: t.pid, pidfd: Some(t.pidfd), uffd: t.uffd, source, owed, gone: false });
+        Ok(())
+    }
+
+    /// Whether every page of every process is in (or its process is gone).
+    pub fn done(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// One round: answer what the userfaultfds report, then fill one chunk's worth.
+    fn step(&mut self, idle_wait_ms: i32) -> Result<()> {
+        let filling = self.failed.is_none() && self.targets.iter().any(|t| !t.owed.is_empty());
+        let ready = {
+            let fds: Vec<_> = self.targets.iter().map(|t| t.uffd.as_fd()).collect();
+            uffd::poll_readable(&fds, if filling || !self.retry.is_empty() { 0 } else { idle_wait_ms })?
+        };
+        for (i, r) in ready.into_iter().enumerate() {
+            if r {
+                self.handle_events(i)?;
+            }
+        }
+        for (i, address, tid) in std::mem::take(&mut self.retry) {
+            self.fault(i, address, tid)?;
+        }
+        if filling {
+            self.fill_one()?;
+        }
+        self.drop_finished();
+        Ok(())
+    }
+
+    fn handle_events(&mut self, i: usize) -> Result<()> {
+        let mut events = Vec::new();
+        if let Err(e) = uffd::read_events(self.targets[i].uffd.as_fd(), &mut events) {
+            tracing::debug!(pid = self.targets[i].pid, "reading the userfaultfd: {e}");
+            self.targets[i].gone = true;
+        }
+        for event in events {
+            match event {
+                Event::PageFault { address, tid } => self.fault(i, address, tid)?,
+                Event::Fork { uffd } => {
+                    let t = &self.targets[i];
+                    let child = Target { pid: t.pid, pidfd: None, uffd, source: t.source, owed: t.owed.clone(), gone: false };
+                    tracing::debug!(pid = t.pid, "a restored process forked during the lazy fill");
+                    self.targets.push(child);
+                }
+                Event::Remap { from, to, len } => self.targets[i].owed.remap(from, to, len),
+                Event::Remove { start, end } => self.targets[i].owed.take(start, end),
+                Event::Unknown(kind) => tracing::warn!(kind, "unknown userfaultfd event"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a fault: the saved pages from `address` on (a window), or a zero page where
+    /// the image holds nothing (or the program dropped the page since).
+    fn fault(&mut self, i: usize, address: u64, tid: u32) -> Result<()> {
+        let page = address & !(PAGE_SIZE - 1);
+        let t = &self.targets[i];
+        if self.failed.is_some() {
+            kill_thread(tid);
+            return Ok(());
+        }
+        match t.owed.containing(page) {
+            Some((start, len, offset)) => {
+                let chunk = self.sources[t.source].record.chunk_size;
+                let file_at = offset + (page - start);
+                let chunk_end = (file_at / chunk + 1) * chunk;
+                let n = FAULT_WINDOW.min(start + len - page).min(chunk_end - file_at);
+                match self.place(i, page, n, file_at)? {
+                    Placed::Done => {}
+                    Placed::Again => self.retry.push((i, address, tid)),
+                }
+                if self.failed.is_some() {
+                    kill_thread(tid);
+                }
+            }
+            None => match uffd::zeropage(t.uffd.as_fd(), page, PAGE_SIZE) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EEXIST) => {
+                    let _ = uffd::wake(t.uffd.as_fd(), page, PAGE_SIZE);
+                }
+                Err(Errno::EAGAIN) => self.retry.push((i, address, tid)),
+                Err(Errno::ESRCH) => self.targets[i].gone = true,
+                Err(e) => bail!("pid {}: UFFDIO_ZEROPAGE at {page:#x}: {e}", t.pid),
+            },
+        }
+        Ok(())
+    }
+
+    /// Fills the first owed range of the first process that has one, up to its chunk's end.
+    fn fill_one(&mut self) -> Result<()> {
+        let Some(i) = self.targets.iter().position(|t| !t.owed.is_empty() && !t.gone) else { return Ok(()) };
+        let (start, len, offset) = self.targets[i].owed.first().expect("owed");
+        let chunk = self.sources[self.targets[i].source].record.chunk_size;
+        let n = len.min((offset / chunk + 1) * chunk - offset);
+        self.place(i, start, n, offset)?;
+        Ok(())
+    }
+
+    /// Copies `len` bytes of saved pages (all in one chunk) from `offset` of the page file to
+    /// `address`, once the chunk is verified.
+    fn place(&mut self, i: usize, address: u64, len: u64, offset: u64) -> Result<Placed> {
+        let source = &mut self.sources[self.targets[i].source];
+        let chunk_size = source.record.chunk_size;
+        let index = (offset / chunk_size) as usize;
+        let bytes = match source.chunk(index) {
+            Ok(b) => b,
+            Err(e) => {
+                self.fail(format!("{e:#}"));
+                return Ok(Placed::Done);
+            }
+        };
+        let t = &mut self.targets[i];
+        let at = (offset - index as u64 * chunk_size) as usize;
+        let src = bytes.get(at..at + len as usize).context("a saved run past the end of its page file")?;
+        t.owed.take(address, address + len);
+        let mut done = 0u64;
+        while done < len {
+            match uffd::copy(t.uffd.as_fd(), address + done, &src[done as usize..]) {
+                Ok(n) => done += n,
+                // Present already (a fault's window raced the fill) or no longer registered
+                // (unmapped): nothing to place there.
+                Err(Errno::EEXIST) | Err(Errno::ENOENT) => {
+                    let _ = uffd::wake(t.uffd.as_fd(), address + done, PAGE_SIZE);
+                    done += PAGE_SIZE;
+                }
+                Err(Errno::EAGAIN) => {
+                    // An event (fork, mremap, madvise, munmap) waits to be read: the rest is
+                    // owed again, and events decide what becomes of it.
+                    t.owed.insert(address + done, len - done, offset + done);
+                    return Ok(Placed::Again);
+                }
+                Err(Errno::ESRCH) => {
+                    t.gone = true;
+                    return Ok(Placed::Done);
+                }
+                Err(e) => bail!("pid {}: UFFDIO_COPY of {} bytes at {:#x}: {e}", t.pid, len - done, address + done),
+            }
+        }
+        Ok(Placed::Done)
+    }
+
+    /// A chunk did not verify: every restored process is killed before it can see a page of
+    /// it, and the server stops filling.
+    fn fail(&mut self, message: String) {
+        tracing::error!("lazy restore: {message}: killing the restored processes");
+        for t in &self.targets {
+            if let Some(pidfd) = &t.pidfd {
+                let _ = uffd::kill_by_pidfd(pidfd.as_fd());
+            }
+        }
+        kmsg(&format!("crust-lazypages: {message}: the restored processes were killed"));
+        if self.failed.is_none() {
+            self.failed = Some(message);
+        }
+    }
+
+    /// Closes the userfaultfd of each process that has all its pages (its registration ends)
+    /// or is gone. After a failure, a process is let go only once it is dead.
+    fn drop_finished(&mut self) {
+        let failed = self.failed.is_some();
+        self.targets.retain(|t| {
+            let alive = !t.gone && t.pidfd.as_ref().is_none_or(|p| !exited(p));
+            let keep = alive && if failed { t.pidfd.is_some() } else { !t.owed.is_empty() };
+            if !keep {
+                tracing::debug!(pid = t.pid, gone = t.gone, "lazy fill of an address space ended");
+            }
+            keep
+        });
+    }
+
+    /// Serves until every page is in (the detached helper's whole life).
+    pub fn serve_until_done(mut self) -> Option<String> {
+        while !self.done() {
+            if let Err(e) = self.step(100) {
+                self.fail(format!("{e:#}"));
+            }
+        }
+        self.failed
+    }
+}
+
+/// Whether the process behind a pidfd has exited (its pidfd polls readable).
+fn exited(pidfd: &OwnedFd) -> bool {
+    uffd::poll_readable(&[pidfd.as_fd()], 0).map(|r| r[0]).unwrap_or(true)
+}
+
+/// The kernel log: the detached helper has no terminal to say a failure on.
+fn kmsg(message: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = writeln!(f, "{message}");
+    }
+}
+
+fn kill_thread(tid: u32) {
+    if tid != 0 {
+        // A thread waiting in a fault cannot exit, so its id is still its own.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Shared between crust's restore and its server thread.
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    /// Every process is registered: an empty server is done.
+    all_registered: AtomicBool,
+    failed: Mutex<Option<String>>,
+}
+
+/// The lazy page server of one restore, running in a thread of crust.
+pub struct LazyPages {
+    tx: Option<mpsc::Sender<NewTarget>>,
+    records: Arc<HashMap<String, DataFile>>,
+    control: Arc<Control>,
+    thread: Option<std::thread::JoinHandle<Server>>,
+}
+
+impl LazyPages {
+    /// Starts the server thread; `records` are the inventory's page file records by name.
+    pub fn start(records: HashMap<String, DataFile>) -> Result<LazyPages> {
+        let (tx, rx) = mpsc::channel::<NewTarget>();
+        let control = Arc::new(Control::default());
+        let c = control.clone();
+        let thread = std::thread::Builder::new().name("crust-lazypages".into()).spawn(move || serve_in_thread(rx, &c))?;
+        Ok(LazyPages { tx: Some(tx), records: Arc::new(records), control, thread: Some(thread) })
+    }
+
+    pub fn registrar(&self) -> Option<Registrar> {
+        Some(Registrar { tx: self.tx.clone()?, records: self.records.clone() })
+    }
+
+    /// The failure that killed the restored processes, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.control.failed.lock().map(|f| f.clone()).unwrap_or(None)
+    }
+
+    /// Every process is registered: the thread ends by itself once all pages are in.
+    pub fn all_registered(&mut self) {
+        self.tx = None;
+        self.control.all_registered.store(true, Ordering::SeqCst);
+    }
+
+    /// The restore failed: the server stops and its userfaultfds close (the processes are
+    /// being killed).
+    pub fn abort(mut self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The restore command is about to return: pages still owed are served by a detached
+    /// helper, `crust-lazypages`, that holds only the userfaultfds, the page files and pidfds
+    /// of the restored processes, and exits when every page is in.
+    pub fn finish(mut self) -> Result<()> {
+        self.control.stop.store(true, Ordering::SeqCst);
+        let server = self.thread.take().context("the lazy page server is gone")?.join();
+        let server = server.map_err(|_| anyhow::anyhow!("the lazy page server panicked"))?;
+        if let Some(f) = &server.failed {
+            bail!("lazy restore: {f}: the restored processes were killed");
+        }
+        if server.done() {
+            tracing::info!("lazy restore: every page is in");
+            return Ok(());
+        }
+        let mut keep: Vec<i32> = Vec::new();
+        for t in &server.targets {
+            keep.push(std::os::fd::AsRawFd::as_raw_fd(&t.uffd));
+            keep.extend(t.pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
+        }
+        keep.extend(server.sources.iter().map(|s| std::os::fd::AsRawFd::as_raw_fd(&s.file)));
+        crate::sys::spawn_detached("crust-lazypages", &keep, move || {
+            let _ = server.serve_until_done();
+        })
+        .map_err(|e| anyhow::anyhow!("starting crust-lazypages: {e}"))?;
+        tracing::info!("lazy restore: crust-lazypages serves the remaining pages");
+        Ok(())
+    }
+}
+
+fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control) -> Server {
+    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None };
+    loop {
+        while let Ok(t) = rx.try_recv() {
+            if let Err(e) = server.add(t) {
+                server.fail(format!("{e:#}"));
+            }
+        }
+        if control.stop.load(Ordering::SeqCst) || (control.all_registered.load(Ordering::SeqCst) && server.done()) {
+            return server;
+        }
+        let wait = if server.targets.is_empty() { 1 } else { 20 };
+        if server.targets.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+        } else if let Err(e) = server.step(wait) {
+            server.fail(format!("{e:#}"));
+        }
+        if let Some(f) = &server.failed
+            && let Ok(mut slot) = control.failed.lock()
+        {
+            slot.get_or_insert_with(|| f.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owed(ranges: &[(u64, u64, u64)]) -> Owed {
+        let mut o = Owed::default();
+        for (a, l, f) in ranges {
+            o.insert(*a, *l, *f);
+        }
+        o
+    }
+
+    #[test]
+    fn taking_the_middle_of_a_range_leaves_both_ends_with_their_offsets() {
+        let mut o = owed(&[(0x1000, 0x4000, 0)]);
+        o.take(0x2000, 0x3000);
+        assert_eq!(o, owed(&[(0x1000, 0x1000, 0), (0x3000, 0x2000, 0x2000)]));
+        assert_eq!(o.containing(0x3fff), Some((0x3000, 0x2000, 0x2000)));
+        assert_eq!(o.containing(0x2000), None);
+    }
+
+    #[test]
+    fn remap_moves_the_owed_part_and_keeps_file_offsets() {
+        let mut o = owed(&[(0x1000, 0x3000, 0x10000), (0x8000, 0x1000, 0x20000)]);
+        o.remap(0x2000, 0x100000, 0x7000);
+        assert_eq!(o, owed(&[(0x1000, 0x1000, 0x10000), (0x100000, 0x2000, 0x11000), (0x106000, 0x1000, 0x20000)]));
+    }
+
+    #[test]
+    fn eager_chunks_leave_lazy_areas_to_the_server() {
+        use crate::image::proto::PageRun;
+        let mut lazy = Vma { start: 0, end: 0x400000, prot: 3, ..Default::default() };
+        lazy.set_kind(VmaKind::PrivateAnonymous);
+        lazy.pages = vec![PageRun { address: 0, pages: 512, file_offset: 0 }];
+        let mut file = Vma { start: 0x400000, end: 0x401000, prot: 3, ..Default::default() };
+        file.set_kind(VmaKind::PrivateFile);
+        file.pages = vec![PageRun { address: 0x400000, pages: 1, file_offset: 0x200000 }];
+        let mm = Mm { vmas: vec![lazy, file], ..Default::default() };
+        assert_eq!(eager_chunks(&mm, true, 1 << 20), vec![2]);
+        assert_eq!(eager_chunks(&mm, false, 1 << 20), vec![0, 1, 2]);
+    }
+}

@@ -1,0 +1,187 @@
+//! `restore --lazy-pages`: the process runs before its memory is back; its pages come on demand
+//! through userfaultfd while the rest is filled in the background, by crust and then by the
+//! detached helper `crust-lazypages`, which exits when every page is in.
+
+mod common;
+use common::*;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FILL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Pids of `crust-lazypages` helpers serving `pid` (they hold a pidfd of it).
+fn helpers_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == "crust-lazypages").unwrap_or(false) {
+            let fds = fs::read_dir(format!("/proc/{p}/fdinfo")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+            let serves = fds
+                .iter()
+                .any(|f| fs::read_to_string(f.path()).is_ok_and(|t| t.lines().any(|l| l.split_whitespace().eq(["Pid:", &pid.to_string()]))));
+            if serves {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until no helper serves `pid`.
+fn wait_no_helper(pid: i32) -> bool {
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    while Instant::now() < deadline {
+        if helpers_of(pid).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The area starting at `start` in /proc/PID/smaps: (VmFlags words, Rss in kB).
+fn area_of(pid: i32, start: u64) -> (Vec<String>, u64) {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut inside = false;
+    let (mut flags, mut rss) = (Vec::new(), u64::MAX);
+    for line in text.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((s, _)) = range.split_once('-')
+            && let Ok(s) = u64::from_str_radix(s, 16)
+            && !line.starts_with(|c: char| c.is_ascii_uppercase())
+        {
+            inside = s == start;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("Rss:") {
+            rss = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+        }
+        if let Some(v) = line.strip_prefix("VmFlags:") {
+            flags = v.split_whitespace().map(String::from).collect();
+        }
+    }
+    (flags, rss)
+}
+
+fn fd_targets(pid: i32) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read_link(e.path()).unwrap().to_string_lossy().into_owned()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn hex(w: &Workload, key: &str) -> u64 {
+    u64::from_str_radix(&w.ready_field(key), 16).unwrap()
+}
+
+/// Waits for the VERIFIED line (or fails on FAIL / the process dying).
+fn wait_verified(w: &Workload) {
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    loop {
+        let text = w.status_text();
+        if text.lines().any(|l| l.starts_with("VERIFIED")) {
+            return;
+        }
+        assert!(!text.lines().any(|l| l.starts_with("FAIL")), "wrong contents after a lazy restore:\n{text}\n{}", w.log_text());
+        assert!(pid_exists(w.pid), "pid {} died during the lazy fill:\n{text}", w.pid);
+        assert!(Instant::now() < deadline, "no VERIFIED line within {FILL_TIMEOUT:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Everything crust leaves behind once the fill is over: no helper, no tracer, no
+/// userfaultfd registration, the image's fds only, and the untouched area still empty.
+fn assert_nothing_of_crust_remains(w: &Workload, fds_before: &[(String, String)]) {
+    let pid = w.pid;
+    assert!(wait_no_helper(pid), "crust-lazypages still serves pid {pid} after {FILL_TIMEOUT:?}: {:?}", helpers_of(pid));
+    assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "pid {pid} is still traced");
+    let (flags, rss) = area_of(pid, hex(w, "area"));
+    assert!(!flags.iter().any(|f| f == "um"), "the area is still registered with a userfaultfd: {flags:?}");
+    assert_eq!(rss, w.ready_field("pages").parse::<u64>().unwrap() * 4, "the whole patterned area is resident");
+    let (_, untouched_rss) = area_of(pid, hex(w, "untouched"));
+    assert_eq!(untouched_rss, 0, "pages the program never touched were filled");
+    assert_eq!(fd_targets(pid), fds_before, "the fd table differs from the original's");
+}
+
+/// 256 MiB restored with --lazy-pages -d: right after the resume, one thread reads every page
+/// in a scrambled order while another reads them in order; every word is as it was dumped.
+/// Then the helper has exited and nothing of crust remains in or around the process.
+#[test]
+fn lazy_restore_detached_brings_every_page_and_leaves_nothing_attached() {
+    let mut w = Workload::spawn("lazy_pattern", &["256"]);
+    let fds_before = fd_targets(w.pid);
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    assert_nothing_of_crust_remains(&w, &fds_before);
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
+/// The same without -d: crust serves the pages itself while it waits for the process, which
+/// exits with its own status once it has checked every page.
+#[test]
+fn lazy_restore_attached_serves_pages_while_crust_waits() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let fds_before = fd_targets(w.pid);
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_attached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    assert_nothing_of_crust_remains(&w, &fds_before);
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
+/// A page file damaged in one chunk: the lazily restored process is killed before it can see
+/// a page of that chunk (it never reports its checks), and the failure names the file, the
+/// field and the chunk's bytes; attached (crust says it) and detached (the restore, or the
+/// helper through the kernel log, says it).
+#[test]
+fn lazy_restore_of_a_damaged_chunk_kills_the_tree_and_names_the_chunk() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    w.dump();
+    let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
+    let mut bytes = fs::read(&pages).unwrap();
+    let chunk = 40usize << 20;
+    assert!(bytes.len() > chunk + (1 << 20), "test setup: page file of {} bytes", bytes.len());
+    bytes[chunk + 123] ^= 0x5a;
+    fs::write(&pages, &bytes).unwrap();
+    let named = format!("bytes {}..{}", chunk, chunk + (1 << 20));
+    let img = w.image_dir.to_string_lossy().into_owned();
+
+    // Attached: the background fill reaches the chunk while the process waits for .go.
+    let out = crust(["restore", "--lazy-pages", "-D", &img]);
+    let text = out.text();
+    assert!(!out.success(), "a damaged lazy restore succeeded:\n{out}");
+    assert!(
+        text.contains(&format!("pages-{}.img", w.pid)) && text.contains("chunk_blake3") && text.contains(&named),
+        "the failure names the file, the field and the chunk:\n{out}"
+    );
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the restored process outlived a damaged chunk");
+    assert!(!w.status_text().contains("VERIFIED"), "the process ran its checks on damaged memory");
+
+    // Detached: the restore may return first; the helper kills the tree then.
+    let started = Instant::now();
+    let out = crust(["restore", "--lazy-pages", "-d", "-D", &img]);
+    assert!(wait_gone(w.pid, FILL_TIMEOUT), "the restored process outlived a damaged chunk (detached)");
+    if !out.success() {
+        assert!(out.text().contains(&named), "the failure names the chunk:\n{out}");
+    } else {
+        let log = Command::new("dmesg").stdin(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let log = log.unwrap_or_default();
+        let said = log.lines().any(|l| l.contains("crust-lazypages") && l.contains(&named));
+        assert!(said, "the helper did not say which chunk in the kernel log ({:?} after the restore)", started.elapsed());
+    }
+    assert!(!w.status_text().contains("VERIFIED"), "the process ran its checks on damaged memory");
+}

@@ -1,0 +1,88 @@
+/*
+ * lazy_pattern MIB: MIB MiB of private anonymous memory, every 8-byte word patterned by its
+ * page and place, and 64 MiB next to it that it never touches.
+ * READY pages=N area=ADDR untouched=ADDR
+ * After <status>.go: a thread reads every page in a scrambled order while the main thread
+ * reads them in order (both at once, right after the restore resumed it); every word must be
+ * its pattern. The untouched area must still be unpopulated (mincore). Then
+ * VERIFIED pages=N, and after <status>.end: PASS.
+ * CFLAGS: -pthread
+ */
+#include "common.h"
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+#define WORDS (PAGE / 8)
+#define UNTOUCHED (64UL << 20)
+
+static uint64_t *area;
+static unsigned long npages;
+
+static uint64_t pattern(unsigned long page, unsigned long word)
+{
+	return (page * 0x9e3779b97f4a7c15ULL) ^ (word * 0x100000001b3ULL) ^ 0x5a5a;
+}
+
+/* Number of words of page `p` that are not their pattern. */
+static unsigned long check_page(unsigned long p)
+{
+	unsigned long bad = 0;
+	for (unsigned long w = 0; w < WORDS; w++)
+		bad += area[p * WORDS + w] != pattern(p, w);
+	return bad;
+}
+
+static void *scrambled(void *arg)
+{
+	unsigned long *bad = arg;
+	/* An odd step visits every page of a power-of-two count once. */
+	for (unsigned long i = 0; i < npages; i++)
+		*bad += check_page((i * 7919 + 13) % npages);
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	unsigned long mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 16;
+	npages = (mib << 20) / PAGE;
+	if (npages & (npages - 1))
+		die("MIB must be a power of two");
+	area = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *untouched = mmap(NULL, UNTOUCHED, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (area == MAP_FAILED || untouched == MAP_FAILED)
+		die("mmap: %s", strerror(errno));
+	/* A flag of its own keeps the kernel from merging the two areas into one. */
+	if (madvise(untouched, UNTOUCHED, MADV_NOHUGEPAGE))
+		die("madvise: %s", strerror(errno));
+	for (unsigned long p = 0; p < npages; p++)
+		for (unsigned long w = 0; w < WORDS; w++)
+			area[p * WORDS + w] = pattern(p, w);
+	status("READY pages=%lu area=%lx untouched=%lx", npages, (unsigned long)area, (unsigned long)untouched);
+	while (!go_requested())
+		sleep_ms(5);
+	unsigned long bad_scrambled = 0, bad_ordered = 0;
+	pthread_t t;
+	if (pthread_create(&t, NULL, scrambled, &bad_scrambled))
+		die("pthread_create");
+	for (unsigned long p = 0; p < npages; p++)
+		bad_ordered += check_page(p);
+	pthread_join(t, NULL);
+	CHECK_EQ_U("words wrong, pages read in order", 0, bad_ordered);
+	CHECK_EQ_U("words wrong, pages read in scrambled order", 0, bad_scrambled);
+	static unsigned char vec[UNTOUCHED / PAGE];
+	if (mincore(untouched, UNTOUCHED, vec))
+		die("mincore: %s", strerror(errno));
+	unsigned long resident = 0;
+	for (unsigned long i = 0; i < UNTOUCHED / PAGE; i++)
+		resident += vec[i] & 1;
+	CHECK_EQ_U("resident pages of the untouched area", 0, resident);
+	status("VERIFIED pages=%lu", npages);
+	char end[4200];
+	snprintf(end, sizeof(end), "%s.end", argv[1]);
+	for (int i = 0; i < 60000 && access(end, F_OK) != 0; i++)
+		sleep_ms(5);
+	finish("%lu pages, each word as it was", npages);
+}
