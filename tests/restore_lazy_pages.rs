@@ -12,10 +12,15 @@ const FILL_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Pids of `crust-lazypages` helpers serving `pid` (they hold a pidfd of it).
 fn helpers_of(pid: i32) -> Vec<i32> {
+    named_holding_pidfd_of("crust-lazypages", pid)
+}
+
+/// Pids of processes named `comm` that hold a pidfd of `pid`.
+fn named_holding_pidfd_of(comm: &str, pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == "crust-lazypages").unwrap_or(false) {
+        if fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == comm).unwrap_or(false) {
             let fds = fs::read_dir(format!("/proc/{p}/fdinfo")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
             let serves = fds
                 .iter()
@@ -28,11 +33,11 @@ fn helpers_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Waits (bounded) until no helper serves `pid`.
+/// Waits (bounded) until no helper serves `pid`, and no guard watches it.
 fn wait_no_helper(pid: i32) -> bool {
     let deadline = Instant::now() + FILL_TIMEOUT;
     while Instant::now() < deadline {
-        if helpers_of(pid).is_empty() {
+        if helpers_of(pid).is_empty() && named_holding_pidfd_of("crust-lazyguard", pid).is_empty() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -184,4 +189,94 @@ fn lazy_restore_of_a_damaged_chunk_kills_the_tree_and_names_the_chunk() {
         assert!(said, "the helper did not say which chunk in the kernel log ({:?} after the restore)", started.elapsed());
     }
     assert!(!w.status_text().contains("VERIFIED"), "the process ran its checks on damaged memory");
+}
+
+/// Python: 256 MiB of private anonymous memory, each page patterned by its number. After
+/// `status.go` (right after the restore), it drops 4 MiB with madvise(MADV_DONTNEED) and forks
+/// while the fill is still running; parent and child each check that every page holds its
+/// pattern, and the dropped ones zeros (as without a lazy restore).
+const FORK_AND_DROP: &str = r#"
+import mmap, os, sys, time
+PAGES = 65536
+m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for i in range(PAGES):
+    m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
+open('status', 'w').write('READY\n')
+for _ in range(60000):
+    if os.path.exists('status.go'):
+        break
+    time.sleep(0.005)
+DROP = range(2048, 3072)
+m.madvise(mmap.MADV_DONTNEED, DROP.start * 4096, len(DROP) * 4096)
+child = os.fork()
+zero = bytes(4096)
+bad = [i for i in range(PAGES) if m[i * 4096:(i + 1) * 4096] != (zero if i in DROP else i.to_bytes(8, 'little') * 512)]
+who = 'child' if child == 0 else 'parent'
+open('status.' + who, 'w').write(('PASS' if not bad else 'FAIL %d pages, first %s' % (len(bad), bad[:5])) + '\n')
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+time.sleep(600)
+"#;
+
+/// A process that forks, and drops pages with madvise, while its lazy fill is running: the
+/// child gets the parent's pages (the server follows the fork), the dropped pages read as
+/// zeros in both (the server never fills a page the program dropped).
+#[test]
+fn lazy_fill_follows_a_fork_and_pages_the_program_drops() {
+    let mut w = Workload::spawn_program("lazy_fork", "python3", &["-c", FORK_AND_DROP]);
+    let deadline = Instant::now() + READY_TIMEOUT * 3;
+    while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
+        assert!(Instant::now() < deadline, "the python workload did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    for who in ["parent", "child"] {
+        let path = w.dir.path.join(format!("status.{who}"));
+        let deadline = Instant::now() + FILL_TIMEOUT;
+        while !file_written(&path) {
+            assert!(Instant::now() < deadline, "no result from the {who} within {FILL_TIMEOUT:?}\n{}", w.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("PASS"), "{who}: {text}");
+    }
+    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+}
+
+/// The page server killed while pages are still owed (the background fill is left out with a
+/// test switch, so nearly every page is): crust killed during an attached lazy restore, and
+/// the detached helper killed. Each time crust-lazyguard kills the restored process, which
+/// never gets to read its memory (it never reports its checks), and nothing is left behind.
+#[test]
+fn killing_the_page_server_kills_the_restored_process_never_zeros() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    w.dump();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.crust_env = vec![("CRUST_LAZY_NO_FILL".into(), "1".into())];
+
+    // crust itself, attached, serving the pages.
+    w.restore_attached();
+    let crust_pid = w.attached.as_ref().unwrap().child.id() as i32;
+    // SAFETY: kill takes integers only; crust_pid is the crust this test started.
+    assert_eq!(unsafe { libc::kill(crust_pid, libc::SIGKILL) }, 0);
+    let mut attached = w.attached.take().unwrap();
+    let _ = attached.child.wait();
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "pid {} outlived the crust serving its pages", w.pid);
+    assert!(!w.status_text().contains("VERIFIED"), "the process read its memory without its server");
+    assert!(wait_no_helper(w.pid), "crust-lazyguard outlived the kill");
+
+    // The detached helper.
+    let out = crust_env(["restore", "--lazy-pages", "-d", "-D", &img], &w.crust_env);
+    assert!(out.success(), "{out}");
+    let helpers = helpers_of(w.pid);
+    assert_eq!(helpers.len(), 1, "one crust-lazypages serves pid {}: {helpers:?}", w.pid);
+    // SAFETY: as above; the helper serves the process this test restored.
+    assert_eq!(unsafe { libc::kill(helpers[0], libc::SIGKILL) }, 0);
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "pid {} outlived crust-lazypages", w.pid);
+    assert!(!w.status_text().contains("VERIFIED"), "the process read its memory without its server");
 }

@@ -17,7 +17,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +90,7 @@ pub struct NewTarget {
 pub struct Registrar {
     tx: mpsc::Sender<NewTarget>,
     records: Arc<HashMap<String, DataFile>>,
+    guard: Arc<UnixStream>,
 }
 
 impl Registrar {
@@ -118,6 +120,9 @@ impl Registrar {
         }
         let pages = ctx.image.path(&mm.pages_file);
         let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
+        // The guard holds a copy of both from now on (see [`guard`]).
+        crate::sys::socket::send(self.guard.as_fd(), b"T", None, None, &[fd.as_fd(), pidfd.as_fd()], libc::MSG_NOSIGNAL)
+            .with_context(|| format!("pid {pid}: handing its userfaultfd to crust-lazyguard"))?;
         tracing::debug!(pid, runs = runs.len(), "lazy areas registered");
         self.tx
             .send(NewTarget { pid: pid as u32, pidfd, uffd: fd, pages, record, runs })
@@ -237,6 +242,8 @@ pub struct Server {
     /// Faults to answer again after the events that made a copy fail with EAGAIN.
     retry: Vec<(usize, u64, u32)>,
     failed: Option<String>,
+    /// crust's end of the socket to crust-lazyguard (see [`guard`]).
+    guard: Arc<UnixStream>,
 }
 
 /// What a step of placing pages came to.
@@ -263,14 +270,25 @@ impl Server {
         Ok(())
     }
 
-    /// Whether every page of every process is in (or its process is gone).
+    /// Whether every page of every process is in (or its process is gone); after a failure,
+    /// whether every restored process is dead.
     pub fn done(&self) -> bool {
-        self.targets.is_empty()
+        if self.failed.is_some() {
+            return !self.targets.iter().any(|t| t.pidfd.is_some());
+        }
+        self.targets.iter().all(|t| t.owed.is_empty())
+    }
+
+    /// The end: the guard lets go of its copies, and so does the server; the registrations
+    /// end with the last copy, and the processes keep no trace of the lazy restore.
+    fn close(&mut self) {
+        let _ = crate::sys::socket::send(self.guard.as_fd(), b"D", None, None, &[], libc::MSG_NOSIGNAL);
+        self.targets.clear();
     }
 
     /// One round: answer what the userfaultfds report, then fill one chunk's worth.
     fn step(&mut self, idle_wait_ms: i32) -> Result<()> {
-        let filling = self.failed.is_none() && self.targets.iter().any(|t| !t.owed.is_empty());
+        let filling = self.failed.is_none() && !no_fill() && self.targets.iter().any(|t| !t.owed.is_empty());
         let ready = {
             let fds: Vec<_> = self.targets.iter().map(|t| t.uffd.as_fd()).collect();
             uffd::poll_readable(&fds, if filling || !self.retry.is_empty() { 0 } else { idle_wait_ms })?
@@ -351,6 +369,9 @@ impl Server {
 
     /// Fills the first owed range of the first process that has one, up to its chunk's end.
     fn fill_one(&mut self) -> Result<()> {
+        if no_fill() {
+            return Ok(());
+        }
         let Some(i) = self.targets.iter().position(|t| !t.owed.is_empty() && !t.gone) else { return Ok(()) };
         let (start, len, offset) = self.targets[i].owed.first().expect("owed");
         let chunk = self.sources[self.targets[i].source].record.chunk_size;
@@ -417,29 +438,37 @@ impl Server {
         }
     }
 
-    /// Closes the userfaultfd of each process that has all its pages (its registration ends)
-    /// or is gone. After a failure, a process is let go only once it is dead.
+    /// Lets go of the address spaces that are gone. The others stay registered until every
+    /// one has all its pages: the guard holds copies of their userfaultfds, so closing one
+    /// early would leave its faults unanswered.
     fn drop_finished(&mut self) {
-        let failed = self.failed.is_some();
         self.targets.retain(|t| {
             let alive = !t.gone && t.pidfd.as_ref().is_none_or(|p| !exited(p));
-            let keep = alive && if failed { t.pidfd.is_some() } else { !t.owed.is_empty() };
-            if !keep {
-                tracing::debug!(pid = t.pid, gone = t.gone, "lazy fill of an address space ended");
+            if !alive {
+                tracing::debug!(pid = t.pid, "a lazily restored address space is gone");
             }
-            keep
+            alive
         });
     }
 
     /// Serves until every page is in (the detached helper's whole life).
     pub fn serve_until_done(mut self) -> Option<String> {
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
         while !self.done() {
             if let Err(e) = self.step(100) {
                 self.fail(format!("{e:#}"));
             }
         }
+        self.close();
         self.failed
     }
+}
+
+/// For tests only: `CRUST_LAZY_NO_FILL=1` leaves the background fill out, so that pages come
+/// only through faults and a test can stop the server while most pages are still owed.
+fn no_fill() -> bool {
+    static NO_FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NO_FILL.get_or_init(|| std::env::var_os("CRUST_LAZY_NO_FILL").is_some_and(|v| v == "1"))
 }
 
 /// Whether the process behind a pidfd has exited (its pidfd polls readable).
@@ -475,22 +504,26 @@ struct Control {
 pub struct LazyPages {
     tx: Option<mpsc::Sender<NewTarget>>,
     records: Arc<HashMap<String, DataFile>>,
+    guard: Arc<UnixStream>,
     control: Arc<Control>,
     thread: Option<std::thread::JoinHandle<Server>>,
 }
 
 impl LazyPages {
     /// Starts the server thread; `records` are the inventory's page file records by name.
+    /// crust must be single-threaded here (it forks the guard).
     pub fn start(records: HashMap<String, DataFile>) -> Result<LazyPages> {
+        let guard = Arc::new(guard::start()?);
         let (tx, rx) = mpsc::channel::<NewTarget>();
         let control = Arc::new(Control::default());
         let c = control.clone();
-        let thread = std::thread::Builder::new().name("crust-lazypages".into()).spawn(move || serve_in_thread(rx, &c))?;
-        Ok(LazyPages { tx: Some(tx), records: Arc::new(records), control, thread: Some(thread) })
+        let g = guard.clone();
+        let thread = std::thread::Builder::new().name("crust-lazypages".into()).spawn(move || serve_in_thread(rx, &c, g))?;
+        Ok(LazyPages { tx: Some(tx), records: Arc::new(records), guard, control, thread: Some(thread) })
     }
 
     pub fn registrar(&self) -> Option<Registrar> {
-        Some(Registrar { tx: self.tx.clone()?, records: self.records.clone() })
+        Some(Registrar { tx: self.tx.clone()?, records: self.records.clone(), guard: self.guard.clone() })
     }
 
     /// The failure that killed the restored processes, if any.
@@ -508,8 +541,10 @@ impl LazyPages {
     /// being killed).
     pub fn abort(mut self) {
         self.control.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && let Ok(mut server) = t.join()
+        {
+            server.close();
         }
     }
 
@@ -519,20 +554,21 @@ impl LazyPages {
     pub fn finish(mut self) -> Result<()> {
         self.control.stop.store(true, Ordering::SeqCst);
         let server = self.thread.take().context("the lazy page server is gone")?.join();
-        let server = server.map_err(|_| anyhow::anyhow!("the lazy page server panicked"))?;
-        if let Some(f) = &server.failed {
-            bail!("lazy restore: {f}: the restored processes were killed");
-        }
+        let mut server = server.map_err(|_| anyhow::anyhow!("the lazy page server panicked"))?;
         if server.done() {
+            server.close();
+            if let Some(f) = &server.failed {
+                bail!("lazy restore: {f}: the restored processes were killed");
+            }
             tracing::info!("lazy restore: every page is in");
             return Ok(());
         }
-        let mut keep: Vec<i32> = Vec::new();
+        let mut keep: Vec<i32> = vec![server.guard.as_raw_fd()];
         for t in &server.targets {
-            keep.push(std::os::fd::AsRawFd::as_raw_fd(&t.uffd));
-            keep.extend(t.pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd));
+            keep.push(t.uffd.as_raw_fd());
+            keep.extend(t.pidfd.as_ref().map(AsRawFd::as_raw_fd));
         }
-        keep.extend(server.sources.iter().map(|s| std::os::fd::AsRawFd::as_raw_fd(&s.file)));
+        keep.extend(server.sources.iter().map(|s| s.file.as_raw_fd()));
         crate::sys::spawn_detached("crust-lazypages", &keep, move || {
             let _ = server.serve_until_done();
         })
@@ -542,15 +578,19 @@ impl LazyPages {
     }
 }
 
-fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control) -> Server {
-    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None };
+fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<UnixStream>) -> Server {
+    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard };
     loop {
         while let Ok(t) = rx.try_recv() {
             if let Err(e) = server.add(t) {
                 server.fail(format!("{e:#}"));
             }
         }
-        if control.stop.load(Ordering::SeqCst) || (control.all_registered.load(Ordering::SeqCst) && server.done()) {
+        if control.stop.load(Ordering::SeqCst) {
+            return server;
+        }
+        if control.all_registered.load(Ordering::SeqCst) && server.done() {
+            server.close();
             return server;
         }
         let wait = if server.targets.is_empty() { 1 } else { 20 };
@@ -564,6 +604,52 @@ fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control) -> Server {
         {
             slot.get_or_insert_with(|| f.clone());
         }
+    }
+}
+
+/// crust-lazyguard: a small detached process that holds a copy of every userfaultfd the restore
+/// registered, and a pidfd of its process, for as long as a server (crust's thread, then
+/// crust-lazypages) may still owe pages. The server's end of their socket is held by crust and
+/// the helper only: if both are gone before the server said it is done (killed, crashed), the
+/// guard kills the restored processes. Because it holds the userfaultfds, their registrations
+/// do not end when the server dies, so no thread can read a missing page as zeros meanwhile
+/// (a fault waits until the kill). It exits when told the fill is done, or after the kill.
+mod guard {
+    use super::*;
+
+    pub fn start() -> Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair().context("socketpair for crust-lazyguard")?;
+        let keep = [theirs.as_raw_fd()];
+        crate::sys::spawn_detached("crust-lazyguard", &keep, move || watch(theirs))
+            .map_err(|e| anyhow::anyhow!("starting crust-lazyguard: {e}"))?;
+        Ok(ours)
+    }
+
+    fn watch(sock: UnixStream) {
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        let mut held: Vec<OwnedFd> = Vec::new();
+        let mut pidfds: Vec<OwnedFd> = Vec::new();
+        loop {
+            match crate::sys::socket::receive(sock.as_fd(), 1, 0) {
+                Ok(r) if r.len == 1 && r.data[0] == b'D' => return,
+                Ok(r) if r.len == 1 && r.data[0] == b'T' && r.rights.len() == 2 => {
+                    let mut rights = r.rights.into_iter();
+                    held.extend(rights.next());
+                    pidfds.extend(rights.next());
+                }
+                Ok(r) if r.len > 0 => {}
+                Err(e) if matches!(e.errno(), Some(Errno::EINTR)) => {}
+                // End of file (or a broken socket): the server is gone before the end.
+                _ => break,
+            }
+        }
+        for p in &pidfds {
+            let _ = uffd::kill_by_pidfd(p.as_fd());
+        }
+        if !pidfds.is_empty() {
+            kmsg("crust-lazyguard: the lazy page server ended before every page was in: the restored processes were killed");
+        }
+        drop(held);
     }
 }
 
