@@ -7,6 +7,10 @@
 //!   process_vm_readv+write (another process copies them out);
 //! - restore floor: reading the file into fresh anonymous memory.
 //!
+//! The lazy restore (`--lazy-pages`) is measured on a fresh workload of the same memory: the
+//! time until the process runs (the restore command returns), and the time until every page
+//! is in (its anonymous memory is all resident), next to the restore floor.
+//!
 //! Figures are ratios to the floors, never absolute claims: this VM's memory speed varies. The
 //! reference tool runs right after crust on the same workload, so each run compares the two
 //! side by side.
@@ -219,6 +223,8 @@ struct Figures {
     criu: Option<(Duration, Duration)>,
     /// AnonHugePages of the process before the dump and after the restore, in KiB.
     huge_kib: (u64, u64),
+    /// restore --lazy-pages: (until the process runs, until every page is in).
+    lazy: (Duration, Duration),
 }
 
 fn ms(d: Duration) -> String {
@@ -273,9 +279,50 @@ fn one_run(opts: &BenchOptions, huge: bool) -> Result<Figures> {
     let huge_after = anon_huge_kib(new_pid as u32);
     finish_restored(new_pid, &w)?;
     let _ = std::fs::remove_dir_all(&image);
+    let lazy = lazy_run(opts, huge)?;
     let criu = opts.criu.as_deref().map(|criu| criu_run(criu, opts, huge)).transpose()?;
     let huge_kib = (huge_before, huge_after);
-    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, criu, huge_kib })
+    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, criu, huge_kib, lazy })
+}
+
+/// A fresh workload dumped, then restored with --lazy-pages: (until it runs, until all its
+/// pages are in).
+fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration)> {
+    let mut w = start_workload(opts.mib, &opts.dir, huge)?;
+    let pid = w.child.id();
+    let image = opts.dir.join("image-lazy");
+    let _ = std::fs::remove_dir_all(&image);
+    crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
+    let _ = w.child.wait();
+    let started = Instant::now();
+    let options = crate::restore::RestoreOptions { detach: true, lazy_pages: true, ..Default::default() };
+    let restored = crate::restore::restore(&image, &options)?;
+    let running = started.elapsed();
+    let crate::restore::Restored::Running { pid: new_pid, .. } = restored else { bail!("restore did not detach") };
+    let resident = wait_resident(new_pid, w.len);
+    let all_in = started.elapsed();
+    let checked = resident.and_then(|()| finish_restored(new_pid, &w));
+    let _ = std::fs::remove_dir_all(&image);
+    checked.context("the lazily restored process")?;
+    Ok((running, all_in))
+}
+
+/// Waits (at most two minutes) until `len` bytes of the process's anonymous memory are
+/// resident: the lazy fill is over.
+fn wait_resident(pid: i32, len: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = format!("/proc/{pid}/status");
+    loop {
+        let text = std::fs::read_to_string(&status)?;
+        let kib: u64 = text.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        if kib * 1024 >= len {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pid {pid}: only {kib} KiB resident two minutes after a lazy restore");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
 }
 
 /// Checks the restored process's memory, then ends it.
@@ -329,6 +376,12 @@ fn print_run(run: usize, huge: bool, mib: usize, f: &Figures) {
         ratio(f.frozen, f.floor_dump)
     );
     println!("  crust restore {} = {:.2}x the floor", ms(f.restore), ratio(f.restore, f.floor_restore));
+    println!(
+        "  lazy restore  {} until it runs; every page in after {} = {:.2}x the floor",
+        ms(f.lazy.0),
+        ms(f.lazy.1).trim(),
+        ratio(f.lazy.1, f.floor_restore)
+    );
     println!("  huge pages    {} MiB before, {} MiB after restore; memory pattern verified", f.huge_kib.0 / 1024, f.huge_kib.1 / 1024);
     if let Some((dump, restore)) = f.criu {
         println!("  criu dump     {} = {:.2}x the floor; crust/criu {:.2}", ms(dump), ratio(dump, f.floor_dump), ratio(f.dump, dump));
@@ -355,6 +408,11 @@ fn print_medians(huge: bool, runs: &[&Figures]) {
         m(&|f| ratio(f.dump, f.floor_dump)),
         m(&|f| ratio(f.frozen, f.floor_dump)),
         m(&|f| ratio(f.restore, f.floor_restore))
+    );
+    print!(
+        "; lazy: running after {:.1} ms, every page in {:.2}x the floor",
+        m(&|f| f.lazy.0.as_secs_f64() * 1e3),
+        m(&|f| ratio(f.lazy.1, f.floor_restore))
     );
     if runs.iter().all(|r| r.criu.is_some()) {
         print!(
