@@ -201,25 +201,28 @@ impl Source {
         Ok(Source { path, file, record, cache: VecDeque::new() })
     }
 
-    /// Chunk `index`, read into crust's memory and verified (so the bytes placed are the
-    /// bytes checked, whatever happens to the file afterwards).
-    fn chunk(&mut self, index: usize) -> Result<Arc<Vec<u8>>> {
-        if let Some((_, bytes)) = self.cache.iter().find(|(i, _)| *i == index) {
-            return Ok(bytes.clone());
-        }
-        let size = self.record.chunk_size;
-        let start = index as u64 * size;
-        let len = size.min(self.record.size.saturating_sub(start)) as usize;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, start).with_context(|| format!("reading {} at {start}", self.path.display()))?;
-        chunks::verify_chunk(&self.path, &self.record, index, &buf)?;
-        let bytes = Arc::new(buf);
+    fn cached(&self, index: usize) -> Option<Arc<Vec<u8>>> {
+        self.cache.iter().find(|(i, _)| *i == index).map(|(_, b)| b.clone())
+    }
+
+    fn remember(&mut self, index: usize, bytes: Arc<Vec<u8>>) {
         if self.cache.len() == CACHED_CHUNKS {
             self.cache.pop_front();
         }
-        self.cache.push_back((index, bytes.clone()));
-        Ok(bytes)
+        self.cache.push_back((index, bytes));
     }
+}
+
+/// Chunk `index` of a page file, read into crust's memory and verified (so the bytes placed
+/// are the bytes checked, whatever happens to the file afterwards).
+fn read_verified(path: &std::path::Path, file: &File, record: &DataFile, index: usize) -> Result<Vec<u8>> {
+    let size = record.chunk_size;
+    let start = index as u64 * size;
+    let len = size.min(record.size.saturating_sub(start)) as usize;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, start).with_context(|| format!("reading {} at {start}", path.display()))?;
+    chunks::verify_chunk(path, record, index, &buf)?;
+    Ok(buf)
 }
 
 /// One address space being filled.
@@ -244,6 +247,8 @@ pub struct Server {
     failed: Option<String>,
     /// crust's end of the socket to crust-lazyguard (see [`guard`]).
     guard: Arc<UnixStream>,
+    /// Reads and verifies the chunks the fill needs next, on another core.
+    prefetch: Option<prefetch::Prefetch>,
 }
 
 /// What a step of placing pages came to.
@@ -284,6 +289,7 @@ impl Server {
     fn close(&mut self) {
         let _ = crate::sys::socket::send(self.guard.as_fd(), b"D", None, None, &[], libc::MSG_NOSIGNAL);
         self.targets.clear();
+        self.prefetch = None;
     }
 
     /// One round: answer what the userfaultfds report, then fill one chunk's worth.
@@ -383,10 +389,10 @@ impl Server {
     /// Copies `len` bytes of saved pages (all in one chunk) from `offset` of the page file to
     /// `address`, once the chunk is verified.
     fn place(&mut self, i: usize, address: u64, len: u64, offset: u64) -> Result<Placed> {
-        let source = &mut self.sources[self.targets[i].source];
-        let chunk_size = source.record.chunk_size;
+        let source = self.targets[i].source;
+        let chunk_size = self.sources[source].record.chunk_size;
         let index = (offset / chunk_size) as usize;
-        let bytes = match source.chunk(index) {
+        let bytes = match self.chunk(source, index) {
             Ok(b) => b,
             Err(e) => {
                 self.fail(format!("{e:#}"));
@@ -421,6 +427,47 @@ impl Server {
             }
         }
         Ok(Placed::Done)
+    }
+
+    /// Chunk `index` of source `s`, verified: from the recent ones, the prefetcher, or read
+    /// here.
+    fn chunk(&mut self, s: usize, index: usize) -> Result<Arc<Vec<u8>>> {
+        if let Some(bytes) = self.sources[s].cached(index) {
+            return Ok(bytes);
+        }
+        if self.prefetch.as_ref().is_none_or(|p| p.finished()) {
+            self.prefetch = None;
+            let plan = self.plan();
+            if !plan.is_empty() {
+                let files = self.sources.iter().map(|x| Ok((x.path.clone(), x.file.try_clone()?, x.record.clone()))).collect::<Result<Vec<_>>>()?;
+                self.prefetch = Some(prefetch::Prefetch::start(files, plan)?);
+            }
+        }
+        let bytes = match self.prefetch.as_ref().and_then(|p| p.take(s, index)) {
+            Some(got) => Arc::new(got.map_err(|e| anyhow::anyhow!(e))?),
+            None => {
+                let x = &self.sources[s];
+                Arc::new(read_verified(&x.path, &x.file, &x.record, index)?)
+            }
+        };
+        self.sources[s].remember(index, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The chunks the fill will need, in its order: (source, chunk).
+    fn plan(&self) -> Vec<(usize, usize)> {
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        for t in self.targets.iter().filter(|t| !t.gone) {
+            let size = self.sources[t.source].record.chunk_size;
+            for (_, (len, offset)) in t.owed.0.iter() {
+                for c in offset / size..=(offset + len - 1) / size {
+                    if plan.last() != Some(&(t.source, c as usize)) {
+                        plan.push((t.source, c as usize));
+                    }
+                }
+            }
+        }
+        plan
     }
 
     /// A chunk did not verify: every restored process is killed before it can see a page of
@@ -555,6 +602,8 @@ impl LazyPages {
         self.control.stop.store(true, Ordering::SeqCst);
         let server = self.thread.take().context("the lazy page server is gone")?.join();
         let mut server = server.map_err(|_| anyhow::anyhow!("the lazy page server panicked"))?;
+        // Threads do not survive the fork: the helper starts its own prefetcher.
+        server.prefetch = None;
         if server.done() {
             server.close();
             if let Some(f) = &server.failed {
@@ -579,7 +628,7 @@ impl LazyPages {
 }
 
 fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<UnixStream>) -> Server {
-    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard };
+    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None };
     loop {
         while let Ok(t) = rx.try_recv() {
             if let Err(e) = server.add(t) {
@@ -604,6 +653,115 @@ fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<
         {
             slot.get_or_insert_with(|| f.clone());
         }
+    }
+}
+
+/// The fill's read-ahead: a thread reads the chunks the fill needs next and verifies them, a
+/// few ahead, while the server copies the previous ones into place.
+mod prefetch {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use anyhow::Result;
+
+    use super::{DataFile, File, PathBuf, read_verified};
+
+    /// Chunks kept ready ahead of the fill.
+    const AHEAD: usize = 6;
+
+    #[derive(Default)]
+    struct State {
+        /// By position in the plan: the chunk's bytes, or why it is not usable.
+        ready: HashMap<usize, Result<Vec<u8>, String>>,
+        /// The position being read, or to be read next.
+        next: usize,
+        finished: bool,
+        stop: bool,
+    }
+
+    pub struct Prefetch {
+        shared: Arc<(Mutex<State>, Condvar)>,
+        positions: HashMap<(usize, usize), usize>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Prefetch {
+        pub fn start(files: Vec<(PathBuf, File, DataFile)>, plan: Vec<(usize, usize)>) -> Result<Prefetch> {
+            let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+            let positions = plan.iter().enumerate().map(|(p, key)| (*key, p)).collect();
+            let s = shared.clone();
+            let thread = std::thread::Builder::new().name("crust-prefetch".into()).spawn(move || run(&s, &files, &plan))?;
+            Ok(Prefetch { shared, positions, thread: Some(thread) })
+        }
+
+        pub fn finished(&self) -> bool {
+            self.shared.0.lock().map(|s| s.finished).unwrap_or(true)
+        }
+
+        /// The chunk, if the prefetcher has it or is about to; None: read it yourself.
+        pub fn take(&self, source: usize, index: usize) -> Option<Result<Vec<u8>, String>> {
+            let p = *self.positions.get(&(source, index))?;
+            let (lock, cv) = &*self.shared;
+            let mut st = lock.lock().ok()?;
+            loop {
+                if let Some(got) = st.ready.remove(&p) {
+                    // The fill moves on in the plan's order: earlier ones will not be asked for.
+                    st.ready.retain(|q, _| *q > p);
+                    cv.notify_all();
+                    return Some(got);
+                }
+                if st.finished || p < st.next || p >= st.next + AHEAD {
+                    return None;
+                }
+                // What came before p and was not asked for (its pages came through faults)
+                // must not keep the prefetcher from reaching p.
+                st.ready.retain(|q, _| *q > p);
+                cv.notify_all();
+                st = cv.wait_timeout(st, Duration::from_millis(10)).ok()?.0;
+            }
+        }
+    }
+
+    impl Drop for Prefetch {
+        fn drop(&mut self) {
+            if let Ok(mut st) = self.shared.0.lock() {
+                st.stop = true;
+            }
+            self.shared.1.notify_all();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn run(shared: &(Mutex<State>, Condvar), files: &[(PathBuf, File, DataFile)], plan: &[(usize, usize)]) {
+        let (lock, cv) = shared;
+        for (pos, &(source, index)) in plan.iter().enumerate() {
+            {
+                let Ok(mut st) = lock.lock() else { return };
+                while !st.stop && st.ready.len() >= AHEAD {
+                    st = match cv.wait(st) {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    };
+                }
+                if st.stop {
+                    return;
+                }
+                st.next = pos;
+            }
+            let (path, file, record) = &files[source];
+            let got = read_verified(path, file, record, index).map_err(|e| format!("{e:#}"));
+            let Ok(mut st) = lock.lock() else { return };
+            st.ready.insert(pos, got);
+            st.next = pos + 1;
+            cv.notify_all();
+        }
+        if let Ok(mut st) = lock.lock() {
+            st.finished = true;
+        }
+        cv.notify_all();
     }
 }
 
