@@ -2,7 +2,7 @@
  * lazy_pattern MIB: MIB MiB of private anonymous memory, every 8-byte word patterned by its
  * page and place, and 64 MiB next to it that it never touches.
  * READY pages=N area=ADDR untouched=ADDR
- * After <status>.go: a thread reads every page in a scrambled order while the main thread
+ * After <status>.go: the kernel reads a page (write(2) to a pipe); a thread reads every page in a scrambled order while the main thread
  * reads them in order (both at once, right after the restore resumed it); every word must be
  * its pattern. The untouched area must still be unpopulated (mincore). Then
  * VERIFIED pages=N, and after <status>.end: PASS.
@@ -63,6 +63,19 @@ int main(int argc, char **argv)
 	status("READY pages=%lu area=%lx untouched=%lx", npages, (unsigned long)area, (unsigned long)untouched);
 	while (!go_requested())
 		sleep_ms(5);
+	/* The kernel itself reads a page the fill has likely not reached yet (write(2) from it
+	 * into a pipe): a fault in kernel mode is served too, never an EFAULT. */
+	int pipefd[2];
+	static uint64_t copy[WORDS];
+	unsigned long last = npages - 3;
+	if (pipe(pipefd))
+		die("pipe: %s", strerror(errno));
+	CHECK_EQ_U("write(2) from a lazy page", PAGE, write(pipefd[1], area + last * WORDS, PAGE));
+	CHECK_EQ_U("read back from the pipe", PAGE, read(pipefd[0], copy, PAGE));
+	for (unsigned long w = 0; w < WORDS; w++)
+		CHECK(copy[w] == pattern(last, w), "word %lu of page %lu as the kernel read it", w, last);
+	close(pipefd[0]);
+	close(pipefd[1]);
 	unsigned long bad_scrambled = 0, bad_ordered = 0;
 	pthread_t t;
 	if (pthread_create(&t, NULL, scrambled, &bad_scrambled))
