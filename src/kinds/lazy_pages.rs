@@ -46,7 +46,8 @@ const CACHED_CHUNKS: usize = 8;
 /// Whether an area is restored lazily: private anonymous memory with saved pages that faults
 /// can reach. Areas with huge pages are filled before the process runs (UFFDIO_COPY places
 /// 4 KiB pages, and huge pages stay huge); so are locked areas (mlock populates them),
-/// droppable ones, areas inherited from the parent, and areas without read and write access.
+/// droppable ones, areas inherited from the parent, areas without read and write access, and
+/// wipe-on-fork ones (a child forked during the fill must find them empty, not filled).
 pub fn is_lazy(vma: &Vma) -> bool {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     vma.kind() == VmaKind::PrivateAnonymous
@@ -54,6 +55,7 @@ pub fn is_lazy(vma: &Vma) -> bool {
         && !vma.inherited
         && !vma.droppable
         && !vma.locked
+        && !vma.wipe_on_fork
         && !vma.huge_page_advised
         && !vma.had_huge_pages
         && vma.prot & rw == rw
@@ -489,8 +491,21 @@ impl Server {
     /// one has all its pages: the guard holds copies of their userfaultfds, so closing one
     /// early would leave its faults unanswered.
     fn drop_finished(&mut self) {
+        let alive: Vec<bool> = self.targets.iter().map(|t| !t.gone && t.pidfd.as_ref().is_none_or(|p| !exited(p))).collect();
+        if alive.iter().all(|a| *a) {
+            return;
+        }
+        // Faults waiting for a retry follow their target to its new index.
+        let mut new_index = Vec::with_capacity(alive.len());
+        let mut next = 0;
+        for a in &alive {
+            new_index.push(next);
+            next += usize::from(*a);
+        }
+        self.retry = std::mem::take(&mut self.retry).into_iter().filter(|(i, _, _)| alive[*i]).map(|(i, a, t)| (new_index[i], a, t)).collect();
+        let mut keep = alive.into_iter();
         self.targets.retain(|t| {
-            let alive = !t.gone && t.pidfd.as_ref().is_none_or(|p| !exited(p));
+            let alive = keep.next().unwrap_or(false);
             if !alive {
                 tracing::debug!(pid = t.pid, "a lazily restored address space is gone");
             }
@@ -619,7 +634,9 @@ impl LazyPages {
         }
         keep.extend(server.sources.iter().map(|s| s.file.as_raw_fd()));
         crate::sys::spawn_detached("crust-lazypages", &keep, move || {
-            let _ = server.serve_until_done();
+            // A panic must end the helper here, never unwind into crust's code (the guard then
+            // kills the tree).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.serve_until_done()));
         })
         .map_err(|e| anyhow::anyhow!("starting crust-lazypages: {e}"))?;
         tracing::info!("lazy restore: crust-lazypages serves the remaining pages");
@@ -778,7 +795,9 @@ mod guard {
     pub fn start() -> Result<UnixStream> {
         let (ours, theirs) = UnixStream::pair().context("socketpair for crust-lazyguard")?;
         let keep = [theirs.as_raw_fd()];
-        crate::sys::spawn_detached("crust-lazyguard", &keep, move || watch(theirs))
+        crate::sys::spawn_detached("crust-lazyguard", &keep, move || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| watch(theirs)));
+        })
             .map_err(|e| anyhow::anyhow!("starting crust-lazyguard: {e}"))?;
         Ok(ours)
     }
