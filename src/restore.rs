@@ -1422,9 +1422,14 @@ mod tests {
 
 /// The processes whose memory `--lazy-pages` brings on demand: those that fork no process of
 /// the image (a child made by fork inherits its parent's memory as it is then, so the
-/// parent's pages must all be in by then).
+/// parent's pages must all be in by then), and whose page file has BLAKE3 chunk hashes (images
+/// of format 1.2 and before have none to check a chunk by before its first use).
 fn lazy_processes(img: &LoadedImage) -> BTreeSet<u32> {
-    img.processes.keys().copied().filter(|pid| !img.children(*pid).any(|c| !c.zombie)).collect()
+    let hashed = |pid: &u32| {
+        let name = &img.processes[pid].mm.pages_file;
+        img.entries().iter().filter(|e| e.pid == *pid).flat_map(|e| &e.data_files).any(|d| &d.name == name && !d.chunk_blake3.is_empty())
+    };
+    img.processes.keys().copied().filter(|pid| !img.children(*pid).any(|c| !c.zombie) && hashed(pid)).collect()
 }
 
 /// The inventory's records of the page files, by name.
