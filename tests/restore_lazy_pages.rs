@@ -303,3 +303,26 @@ fn eager_restore_of_256_mib_verified_while_read_in_brings_every_word_back() {
     fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
     w.go().assert_pass();
 }
+
+/// A tree with --lazy-pages (tree_sharedmem.c): the parent forks a process of the image, so it
+/// is restored eagerly; its child is restored lazily. After .go each checks its copy-on-write
+/// pages (the child's own page, the page it dropped, the parent's page), the shared region
+/// carries the child's token to the parent, and both PASS.
+#[test]
+fn lazy_restore_of_a_tree_brings_back_the_pages_of_parent_and_child() {
+    let mut w = Workload::spawn("tree_sharedmem", &[]);
+    let parent_line = w.wait_status_line("READY parent ", READY_TIMEOUT);
+    let child: i32 = parent_line.split_whitespace().find_map(|f| f.strip_prefix("child=")).unwrap().parse().unwrap();
+    w.dump();
+    // The killed child was re-parented to this test (a subreaper): reap it, its pid is needed.
+    assert!(waitpid_timeout(child, GONE_TIMEOUT).is_some(), "the dumped child {child} was not reaped");
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    let r = w.go();
+    for role in ["parent", "child"] {
+        assert!(r.status_text.lines().any(|l| l.starts_with(&format!("PASS {role} "))), "no PASS from the {role}:\n{}", r.status_text);
+    }
+    assert!(!r.status_text.lines().any(|l| l.starts_with("FAIL")), "{}", r.status_text);
+    assert_eq!(r.exit, Exit::Code(0), "{}", r.status_text);
+    assert!(wait_no_helper(w.pid));
+}
