@@ -138,7 +138,7 @@ fn lazy_restore_detached_brings_every_page_and_leaves_nothing_attached() {
 /// exits with its own status once it has checked every page.
 #[test]
 fn lazy_restore_attached_serves_pages_while_crust_waits() {
-    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let mut w = Workload::spawn("lazy_pattern", &["256"]);
     let fds_before = fd_targets(w.pid);
     w.dump();
     w.restore_extra = vec!["--lazy-pages".into()];
