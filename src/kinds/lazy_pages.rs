@@ -673,10 +673,11 @@ fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<
     }
 }
 
-/// The fill's read-ahead: a thread reads the chunks the fill needs next and verifies them, a
-/// few ahead, while the server copies the previous ones into place.
+/// The fill's read-ahead: two threads read the chunks the fill needs next and verify them, a
+/// few ahead, while the server copies the previous ones into place (reading and hashing a
+/// chunk costs more than placing it).
 mod prefetch {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
     use std::sync::{Arc, Condvar, Mutex};
     use std::time::Duration;
 
@@ -684,36 +685,50 @@ mod prefetch {
 
     use super::{DataFile, File, PathBuf, read_verified};
 
-    /// Chunks kept ready ahead of the fill.
+    /// Chunks kept ready (or being read) ahead of the fill.
     const AHEAD: usize = 6;
+    const WORKERS: usize = 2;
 
     #[derive(Default)]
     struct State {
         /// By position in the plan: the chunk's bytes, or why it is not usable.
         ready: HashMap<usize, Result<Vec<u8>, String>>,
-        /// The position being read, or to be read next.
-        next: usize,
-        finished: bool,
+        /// Positions being read.
+        reading: HashSet<usize>,
+        /// The next position to read.
+        claimed: usize,
+        total: usize,
         stop: bool,
+    }
+
+    impl State {
+        fn finished(&self) -> bool {
+            self.claimed >= self.total && self.reading.is_empty()
+        }
     }
 
     pub struct Prefetch {
         shared: Arc<(Mutex<State>, Condvar)>,
         positions: HashMap<(usize, usize), usize>,
-        thread: Option<std::thread::JoinHandle<()>>,
+        threads: Vec<std::thread::JoinHandle<()>>,
     }
 
     impl Prefetch {
         pub fn start(files: Vec<(PathBuf, File, DataFile)>, plan: Vec<(usize, usize)>) -> Result<Prefetch> {
-            let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+            let state = State { total: plan.len(), ..Default::default() };
+            let shared = Arc::new((Mutex::new(state), Condvar::new()));
             let positions = plan.iter().enumerate().map(|(p, key)| (*key, p)).collect();
-            let s = shared.clone();
-            let thread = std::thread::Builder::new().name("crust-prefetch".into()).spawn(move || run(&s, &files, &plan))?;
-            Ok(Prefetch { shared, positions, thread: Some(thread) })
+            let (files, plan) = (Arc::new(files), Arc::new(plan));
+            let mut threads = Vec::new();
+            for _ in 0..WORKERS {
+                let (s, f, p) = (shared.clone(), files.clone(), plan.clone());
+                threads.push(std::thread::Builder::new().name("crust-prefetch".into()).spawn(move || run(&s, &f, &p))?);
+            }
+            Ok(Prefetch { shared, positions, threads })
         }
 
         pub fn finished(&self) -> bool {
-            self.shared.0.lock().map(|s| s.finished).unwrap_or(true)
+            self.shared.0.lock().map(|s| s.finished()).unwrap_or(true)
         }
 
         /// The chunk, if the prefetcher has it or is about to; None: read it yourself.
@@ -728,7 +743,8 @@ mod prefetch {
                     cv.notify_all();
                     return Some(got);
                 }
-                if st.finished || p < st.next || p >= st.next + AHEAD {
+                let coming = st.reading.contains(&p) || (p >= st.claimed && p < st.claimed + AHEAD && !st.stop);
+                if !coming {
                     return None;
                 }
                 // What came before p and was not asked for (its pages came through faults)
@@ -746,7 +762,7 @@ mod prefetch {
                 st.stop = true;
             }
             self.shared.1.notify_all();
-            if let Some(t) = self.thread.take() {
+            for t in self.threads.drain(..) {
                 let _ = t.join();
             }
         }
@@ -754,31 +770,32 @@ mod prefetch {
 
     fn run(shared: &(Mutex<State>, Condvar), files: &[(PathBuf, File, DataFile)], plan: &[(usize, usize)]) {
         let (lock, cv) = shared;
-        for (pos, &(source, index)) in plan.iter().enumerate() {
-            {
+        loop {
+            let pos = {
                 let Ok(mut st) = lock.lock() else { return };
-                while !st.stop && st.ready.len() >= AHEAD {
+                while !st.stop && st.claimed < st.total && st.ready.len() + st.reading.len() >= AHEAD {
                     st = match cv.wait(st) {
                         Ok(s) => s,
                         Err(_) => return,
                     };
                 }
-                if st.stop {
+                if st.stop || st.claimed >= st.total {
+                    cv.notify_all();
                     return;
                 }
-                st.next = pos;
-            }
+                let pos = st.claimed;
+                st.claimed += 1;
+                st.reading.insert(pos);
+                pos
+            };
+            let (source, index) = plan[pos];
             let (path, file, record) = &files[source];
             let got = read_verified(path, file, record, index).map_err(|e| format!("{e:#}"));
             let Ok(mut st) = lock.lock() else { return };
+            st.reading.remove(&pos);
             st.ready.insert(pos, got);
-            st.next = pos + 1;
             cv.notify_all();
         }
-        if let Ok(mut st) = lock.lock() {
-            st.finished = true;
-        }
-        cv.notify_all();
     }
 }
 
