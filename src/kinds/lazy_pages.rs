@@ -601,13 +601,8 @@ impl LazyPages {
 
     /// The restore failed: the server stops and its userfaultfds close (the processes are
     /// being killed).
-    pub fn abort(mut self) {
-        self.control.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take()
-            && let Ok(mut server) = t.join()
-        {
-            server.close();
-        }
+    pub fn abort(self) {
+        drop(self);
     }
 
     /// The restore command is about to return: pages still owed are served by a detached
@@ -641,6 +636,19 @@ impl LazyPages {
         .map_err(|e| anyhow::anyhow!("starting crust-lazypages: {e}"))?;
         tracing::info!("lazy restore: crust-lazypages serves the remaining pages");
         Ok(())
+    }
+}
+
+impl Drop for LazyPages {
+    /// A restore that returns early (an error before the tree was built): the server stops,
+    /// as with [`LazyPages::abort`].
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.control.stop.store(true, Ordering::SeqCst);
+            if let Ok(mut server) = t.join() {
+                server.close();
+            }
+        }
     }
 }
 
