@@ -326,3 +326,26 @@ fn lazy_restore_of_a_tree_brings_back_the_pages_of_parent_and_child() {
     assert_eq!(r.exit, Exit::Code(0), "{}", r.status_text);
     assert!(wait_no_helper(w.pid));
 }
+
+/// A lazy restore that fails once every lazy area is registered (a fault injected right before
+/// the resume): the process is killed, no helper or guard stays, and the image restores
+/// lazily afterwards with every page right.
+#[test]
+fn failed_lazy_restore_leaves_nothing_and_the_image_restores_again() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let fds_before = fd_targets(w.pid);
+    w.dump();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let fault = [("CRUST_FAULT".to_string(), "restore-before-resume:1:fail".to_string())];
+    let out = crust_env(["restore", "--lazy-pages", "-d", "-D", &img], &fault);
+    assert!(!out.success(), "the injected failure did not fail the restore:\n{out}");
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the failed restore left pid {} behind", w.pid);
+    assert!(wait_no_helper(w.pid), "a lazy page server or guard outlived the failed restore");
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    assert_nothing_of_crust_remains(&w, &fds_before);
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
