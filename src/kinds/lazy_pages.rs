@@ -207,21 +207,35 @@ impl Source {
         self.cache.iter().find(|(i, _)| *i == index).map(|(_, b)| b.clone())
     }
 
-    fn remember(&mut self, index: usize, bytes: Arc<Vec<u8>>) {
-        if self.cache.len() == CACHED_CHUNKS {
-            self.cache.pop_front();
+    /// Keeps a verified chunk among the recent ones; the buffer of the one it pushes out goes
+    /// back to `pool` for the next read.
+    fn remember(&mut self, index: usize, bytes: Arc<Vec<u8>>, pool: &Pool) {
+        if self.cache.len() == CACHED_CHUNKS
+            && let Some((_, old)) = self.cache.pop_front()
+            && let Ok(buf) = Arc::try_unwrap(old)
+            && let Ok(mut free) = pool.lock()
+            && free.len() < 2 * CACHED_CHUNKS
+        {
+            free.push(buf);
         }
         self.cache.push_back((index, bytes));
     }
 }
 
+/// Chunk buffers to read into again (a fresh one costs zeroing and page faults).
+type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
+
+fn pooled(pool: &Pool) -> Vec<u8> {
+    pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+}
+
 /// Chunk `index` of a page file, read into crust's memory and verified (so the bytes placed
 /// are the bytes checked, whatever happens to the file afterwards).
-fn read_verified(path: &std::path::Path, file: &File, record: &DataFile, index: usize) -> Result<Vec<u8>> {
+fn read_verified(path: &std::path::Path, file: &File, record: &DataFile, index: usize, mut buf: Vec<u8>) -> Result<Vec<u8>> {
     let size = record.chunk_size;
     let start = index as u64 * size;
     let len = size.min(record.size.saturating_sub(start)) as usize;
-    let mut buf = vec![0u8; len];
+    buf.resize(len, 0);
     file.read_exact_at(&mut buf, start).with_context(|| format!("reading {} at {start}", path.display()))?;
     chunks::verify_chunk(path, record, index, &buf)?;
     Ok(buf)
@@ -251,6 +265,7 @@ pub struct Server {
     guard: Arc<UnixStream>,
     /// Reads and verifies the chunks the fill needs next, on another core.
     prefetch: Option<prefetch::Prefetch>,
+    pool: Pool,
 }
 
 /// What a step of placing pages came to.
@@ -442,17 +457,17 @@ impl Server {
             let plan = self.plan();
             if !plan.is_empty() {
                 let files = self.sources.iter().map(|x| Ok((x.path.clone(), x.file.try_clone()?, x.record.clone()))).collect::<Result<Vec<_>>>()?;
-                self.prefetch = Some(prefetch::Prefetch::start(files, plan)?);
+                self.prefetch = Some(prefetch::Prefetch::start(files, plan, self.pool.clone())?);
             }
         }
         let bytes = match self.prefetch.as_ref().and_then(|p| p.take(s, index)) {
             Some(got) => Arc::new(got.map_err(|e| anyhow::anyhow!(e))?),
             None => {
                 let x = &self.sources[s];
-                Arc::new(read_verified(&x.path, &x.file, &x.record, index)?)
+                Arc::new(read_verified(&x.path, &x.file, &x.record, index, pooled(&self.pool))?)
             }
         };
-        self.sources[s].remember(index, bytes.clone());
+        self.sources[s].remember(index, bytes.clone(), &self.pool);
         Ok(bytes)
     }
 
@@ -653,7 +668,7 @@ impl Drop for LazyPages {
 }
 
 fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<UnixStream>) -> Server {
-    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None };
+    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None, pool: Pool::default() };
     loop {
         while let Ok(t) = rx.try_recv() {
             if let Err(e) = server.add(t) {
@@ -691,7 +706,7 @@ mod prefetch {
 
     use anyhow::Result;
 
-    use super::{DataFile, File, PathBuf, read_verified};
+    use super::{DataFile, File, PathBuf, Pool, pooled, read_verified};
 
     /// Chunks kept ready (or being read) ahead of the fill.
     const AHEAD: usize = 6;
@@ -722,15 +737,15 @@ mod prefetch {
     }
 
     impl Prefetch {
-        pub fn start(files: Vec<(PathBuf, File, DataFile)>, plan: Vec<(usize, usize)>) -> Result<Prefetch> {
+        pub fn start(files: Vec<(PathBuf, File, DataFile)>, plan: Vec<(usize, usize)>, pool: Pool) -> Result<Prefetch> {
             let state = State { total: plan.len(), ..Default::default() };
             let shared = Arc::new((Mutex::new(state), Condvar::new()));
             let positions = plan.iter().enumerate().map(|(p, key)| (*key, p)).collect();
             let (files, plan) = (Arc::new(files), Arc::new(plan));
             let mut threads = Vec::new();
             for _ in 0..WORKERS {
-                let (s, f, p) = (shared.clone(), files.clone(), plan.clone());
-                threads.push(std::thread::Builder::new().name("crust-prefetch".into()).spawn(move || run(&s, &f, &p))?);
+                let (s, f, p, b) = (shared.clone(), files.clone(), plan.clone(), pool.clone());
+                threads.push(std::thread::Builder::new().name("crust-prefetch".into()).spawn(move || run(&s, &f, &p, &b))?);
             }
             Ok(Prefetch { shared, positions, threads })
         }
@@ -776,7 +791,7 @@ mod prefetch {
         }
     }
 
-    fn run(shared: &(Mutex<State>, Condvar), files: &[(PathBuf, File, DataFile)], plan: &[(usize, usize)]) {
+    fn run(shared: &(Mutex<State>, Condvar), files: &[(PathBuf, File, DataFile)], plan: &[(usize, usize)], pool: &Pool) {
         let (lock, cv) = shared;
         loop {
             let pos = {
@@ -798,7 +813,7 @@ mod prefetch {
             };
             let (source, index) = plan[pos];
             let (path, file, record) = &files[source];
-            let got = read_verified(path, file, record, index).map_err(|e| format!("{e:#}"));
+            let got = read_verified(path, file, record, index, pooled(pool)).map_err(|e| format!("{e:#}"));
             let Ok(mut st) = lock.lock() else { return };
             st.reading.remove(&pos);
             st.ready.insert(pos, got);
