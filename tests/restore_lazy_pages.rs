@@ -349,3 +349,49 @@ fn failed_lazy_restore_leaves_nothing_and_the_image_restores_again() {
     fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
     w.go().assert_pass();
 }
+
+/// Python: 64 MiB of private anonymous memory patterned by page; after `status.go` (right
+/// after the restore) it grows the mapping to 128 MiB with mremap (the kernel moves it when it
+/// cannot grow in place), then checks the old pages at their new place and zeros beyond.
+const REMAP: &str = r#"
+import mmap, os, time
+PAGES = 16384
+m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for i in range(PAGES):
+    m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
+open('status', 'w').write('READY\n')
+for _ in range(60000):
+    if os.path.exists('status.go'):
+        break
+    time.sleep(0.005)
+m.resize(2 * PAGES * 4096)
+zero = bytes(4096)
+bad = [i for i in range(2 * PAGES) if m[i * 4096:(i + 1) * 4096] != (i.to_bytes(8, 'little') * 512 if i < PAGES else zero)]
+open('status.result', 'w').write(('PASS' if not bad else 'FAIL %d pages, first %s' % (len(bad), bad[:5])) + '\n')
+time.sleep(600)
+"#;
+
+/// A mapping moved by mremap while its lazy fill runs: the pages still owed follow it to its
+/// new address (the server reads the remap event), and the grown part reads as zeros.
+#[test]
+fn lazy_fill_follows_a_mapping_that_mremap_moves() {
+    let mut w = Workload::spawn_program("lazy_remap", "python3", &["-c", REMAP]);
+    let deadline = Instant::now() + READY_TIMEOUT * 3;
+    while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
+        assert!(Instant::now() < deadline, "the python workload did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    let path = w.dir.path.join("status.result");
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    while !file_written(&path) {
+        assert!(Instant::now() < deadline, "no result within {FILL_TIMEOUT:?}\n{}", w.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("PASS"), "{text}");
+    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+}
