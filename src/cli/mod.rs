@@ -89,6 +89,10 @@ enum Command {
         /// The reference tool's binary, measured side by side in each run.
         #[arg(long, value_name = "PATH")]
         criu: Option<PathBuf>,
+        /// What is dumped: memory (--mib of it), tree300 (a root and 299 sleeping children)
+        /// or threads1000 (one process with 1000 sleeping threads).
+        #[arg(long, default_value = "memory", value_parser = ["memory", "tree300", "threads1000"])]
+        workload: String,
     },
     /// Watch crust checkpoint and restore a built-in example: `demo` (a counter) or
     /// `demo leases` (a lease caught in the middle of a break).
@@ -116,6 +120,15 @@ enum Command {
         ready_file: PathBuf,
         #[arg(long)]
         small_pages: bool,
+    },
+    /// The benchmark's tree of sleeping processes and threads (internal).
+    #[command(hide = true)]
+    BenchTasks {
+        #[arg(long)]
+        processes: usize,
+        #[arg(long)]
+        threads: usize,
+        ready_file: PathBuf,
     },
 }
 
@@ -435,17 +448,27 @@ fn run(cli: Cli, permits: Permits) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(),
-        Command::Bench { mib, dir, runs, pages, criu } => {
+        Command::Bench { mib, dir, runs, pages, criu, workload } => {
             let pages = match pages.as_str() {
                 "4k" => vec![false],
                 "huge" => vec![true],
                 _ => vec![false, true],
             };
-            crate::bench::run(&crate::bench::BenchOptions { mib, dir, runs, pages, criu })?;
+            use crate::bench::tasks::Tasks;
+            let tasks = match workload.as_str() {
+                "tree300" => Some(Tasks { processes: 300, threads: 0 }),
+                "threads1000" => Some(Tasks { processes: 1, threads: 1000 }),
+                _ => None,
+            };
+            crate::bench::run(&crate::bench::BenchOptions { mib, dir, runs, pages, criu, tasks })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchWorkload { mib, ready_file, small_pages } => {
             crate::bench::workload(mib, &ready_file, !small_pages).map(|()| ExitCode::SUCCESS)
+        }
+        Command::BenchTasks { processes, threads, ready_file } => {
+            let tasks = crate::bench::tasks::Tasks { processes: processes.max(1), threads };
+            crate::bench::tasks::workload(tasks, &ready_file).map(|()| ExitCode::SUCCESS)
         }
         Command::Demo { story, dir } if story == "leases" => crate::demo::run_leases(&dir).map(|()| ExitCode::SUCCESS),
         Command::Demo { dir, .. } => crate::demo::run(&dir).map(|()| ExitCode::SUCCESS),

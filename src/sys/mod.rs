@@ -199,6 +199,19 @@ pub fn spawn_detached(name: &str, keep: &[RawFd], work: impl FnOnce()) -> Result
     }
 }
 
+/// Forks a child that sleeps until it is killed (the benchmark's tree of sleeping processes).
+/// The caller must be single-threaded.
+pub fn fork_sleeper() -> Result<nix::unistd::Pid, Errno> {
+    // SAFETY: the caller is single-threaded, and the child never returns into the caller's
+    // code: it only sleeps, in pause(2), until a signal ends it.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => loop {
+            nix::unistd::pause();
+        },
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
+    }
+}
+
 /// In a detached worker: its name, /dev/null for 0-2, every other fd but `keep` closed,
 /// job-control and termination signals ignored.
 fn detach_from_crust(name: &std::ffi::CStr, keep: &[RawFd]) {

@@ -27,6 +27,8 @@ use nix::unistd::Pid;
 
 use crate::sys::region::AnonRegion;
 
+pub mod tasks;
+
 const MIB: usize = 1 << 20;
 const PATTERN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -210,6 +212,8 @@ pub struct BenchOptions {
     pub pages: Vec<bool>,
     /// The reference tool's binary, measured side by side when given.
     pub criu: Option<PathBuf>,
+    /// Processes and threads instead of memory (`--workload tree300|threads1000`).
+    pub tasks: Option<tasks::Tasks>,
 }
 
 /// One run's figures for one kind of pages.
@@ -236,6 +240,9 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 pub fn run(opts: &BenchOptions) -> Result<()> {
+    if let Some(t) = opts.tasks {
+        return tasks::run(t, &opts.dir, opts.runs, opts.criu.as_deref());
+    }
     std::fs::create_dir_all(&opts.dir)?;
     println!("crust bench: {} MiB of touched anonymous memory, images in {}", opts.mib, opts.dir.display());
     let mut all: Vec<(bool, Figures)> = Vec::new();
