@@ -405,19 +405,65 @@ fn shared_tables(members: &[Member]) -> Result<std::collections::BTreeSet<(i32, 
             }
             pid
         };
-        for (i, a) in live.iter().enumerate() {
-            for b in &live[i + 1..] {
-                let (pa, pb) = (a.pid.as_raw(), b.pid.as_raw());
-                if top(pa) != top(pb) && same_table(pa, pb, fs)? {
-                    bail!(
-                        "pid {pa} shares its {what} with pid {pb}, which is neither its parent nor shares its parent's: \
-                         crust can only restore a table shared from parent to child"
-                    );
-                }
+        for class in table_classes(&live, fs)? {
+            let Some((&first, rest)) = class.split_first() else { continue };
+            if let Some(&other) = rest.iter().find(|&&b| top(b) != top(first)) {
+                let (pa, pb) = (first.min(other), first.max(other));
+                bail!(
+                    "pid {pa} shares its {what} with pid {pb}, which is neither its parent nor shares its parent's: \
+                     crust can only restore a table shared from parent to child"
+                );
             }
         }
     }
     Ok(shared)
+}
+
+/// The live processes grouped by the fd table (`fs` false) or filesystem context they use.
+/// The kernel orders tables (by obfuscated address), so each process is placed by a binary
+/// search among one member of each group (n log n kcmp calls); where it gives no order, each
+/// is compared with one member of every group.
+fn table_classes(live: &[&Member], fs: bool) -> Result<Vec<Vec<i32>>> {
+    use crate::sys::pidfd::table_order;
+    use std::cmp::Ordering;
+    let pids: Vec<i32> = live.iter().map(|m| m.pid.as_raw()).collect();
+    let mut classes: Vec<Vec<i32>> = Vec::new();
+    // Indices into `classes`, in the kernel's order of their tables.
+    let mut sorted: Vec<usize> = Vec::new();
+    'next: for &pid in &pids {
+        let (mut lo, mut hi) = (0, sorted.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match table_order(pid, classes[sorted[mid]][0], fs)? {
+                Some(Ordering::Equal) => {
+                    classes[sorted[mid]].push(pid);
+                    continue 'next;
+                }
+                Some(Ordering::Less) => hi = mid,
+                Some(Ordering::Greater) => lo = mid + 1,
+                None => return table_classes_unordered(&pids, fs),
+            }
+        }
+        classes.push(vec![pid]);
+        sorted.insert(lo, classes.len() - 1);
+    }
+    Ok(classes)
+}
+
+/// [`table_classes`] where the kernel gives no order: each process is compared with one member
+/// of every group found so far.
+fn table_classes_unordered(pids: &[i32], fs: bool) -> Result<Vec<Vec<i32>>> {
+    let mut classes: Vec<Vec<i32>> = Vec::new();
+    'next: for &pid in pids {
+        for c in classes.iter_mut() {
+            if crate::sys::pidfd::same_table(pid, c[0], fs)? {
+                c.push(pid);
+                continue 'next;
+            }
+        }
+        classes.push(vec![pid]);
+    }
+    Ok(classes)
 }
 
 /// Every thread id and every process group of the tree (a zombie's group too).

@@ -36,7 +36,7 @@ use crate::kinds::files;
 use crate::kinds::identity::{self, Identity, IdentityRecord};
 use crate::kinds::memory::{self, Memory};
 use crate::kinds::registers::{self, ThreadState};
-use crate::kinds::signals::{Signals, SignalsRecord};
+use crate::kinds::signals::SignalsRecord;
 use crate::kinds::timers::Timers;
 use crate::kinds::{Kind, RestoreCtx};
 use crate::progress::Progress;
@@ -582,6 +582,9 @@ struct Tree {
     lazy_pids: BTreeSet<u32>,
     /// The verification of the page files, running while the tree is built.
     page_check: Option<std::thread::JoinHandle<Result<()>>>,
+    /// crust's signal dispositions when it forked the root: every live process of the tree
+    /// has them until its own are restored (only those that differ are set).
+    inherited_actions: Vec<crate::image::proto::SigAction>,
 }
 
 impl Tree {
@@ -693,6 +696,7 @@ impl Tree {
             lazy: None,
             lazy_pids: BTreeSet::new(),
             page_check: None,
+            inherited_actions: Vec::new(),
         })
     }
 
@@ -738,6 +742,9 @@ impl Tree {
         // Deleted files are made again first (journaled): descriptions and mappings open them.
         self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files, self.image_sealed)?;
         progress.step(format!("creating pid {root} and its tree"));
+        // Taken right before the fork: the tree inherits them (no process of it changes its
+        // dispositions before its own are restored).
+        self.inherited_actions = crate::kinds::signals::own_actions()?;
         let child = clone3::fork_with_pid(root as i32).map_err(|e| match e.errno() {
             Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {root} is busy: another process took it just now"),
             _ => anyhow::Error::from(e),
@@ -1013,6 +1020,7 @@ impl Tree {
         let has_zombie_children = img.children(pid).any(|c| c.zombie);
         let helper = self.helper;
         let shares_table = img.entries().iter().any(|e| e.pid == pid && e.files_shared_with_parent);
+        let inherited_actions = self.inherited_actions.clone();
         let mut ctx = self.ctx(img, pid)?;
         files::restore_table(&mut ctx, &p.files, !shares_table)?;
         let identity = IdentityRecord {
@@ -1037,7 +1045,7 @@ impl Tree {
             handlers: p.core.signal_handlers.clone().unwrap_or_default(),
             shared_pending: p.core.shared_pending.clone(),
         };
-        Signals::restore(&mut ctx, &signals)?;
+        crate::kinds::signals::restore_from(&mut ctx, &signals, &inherited_actions)?;
         if let Some(timers) = &p.core.interval_timers {
             Timers::restore(&mut ctx, timers)?;
         }

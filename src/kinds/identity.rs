@@ -42,13 +42,11 @@ impl Kind for Identity {
         let oom_score_adj = read("oom_score_adj")?.trim().parse()?;
 
         let r = &mut *ctx.remote;
-        let mut rlimits = Vec::new();
-        for resource in 0..RLIMIT_COUNT {
-            let out = r.put(0, &[0u8; 16])?;
-            r.syscall("prlimit64", libc::SYS_prlimit64, &[0, resource as u64, 0, out])
-                .with_context(|| format!("reading rlimit {resource}"))?;
-            rlimits.push(Rlimit { resource, soft: scratch_u64(r, 0)?, hard: scratch_u64(r, 8)? });
-        }
+        // /proc shows them exactly, without a remote call per limit.
+        let rlimits = match rlimits_from_proc(pid) {
+            Some(l) => l,
+            None => remote_rlimits(r)?,
+        };
         let out = r.put(0, &[0u8; 8])?;
         r.syscall("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, out])?;
         let pdeath_signal = scratch_u64(r, 0)? as u32;
@@ -103,10 +101,64 @@ impl Kind for Identity {
     }
 }
 
+/// Every resource limit of the process, through prlimit64 calls made by the process itself.
+fn remote_rlimits(r: &mut crate::sys::remote::RemoteTask) -> Result<Vec<Rlimit>> {
+    let mut rlimits = Vec::new();
+    for resource in 0..RLIMIT_COUNT {
+        let out = r.put(0, &[0u8; 16])?;
+        r.syscall("prlimit64", libc::SYS_prlimit64, &[0, resource as u64, 0, out])
+            .with_context(|| format!("reading rlimit {resource}"))?;
+        rlimits.push(Rlimit { resource, soft: scratch_u64(r, 0)?, hard: scratch_u64(r, 8)? });
+    }
+    Ok(rlimits)
+}
+
+/// The kernel's names in /proc/PID/limits, in resource order (RLIMIT_CPU .. RLIMIT_RTTIME).
+const LIMIT_NAMES: [&str; RLIMIT_COUNT as usize] = [
+    "Max cpu time",
+    "Max file size",
+    "Max data size",
+    "Max stack size",
+    "Max core file size",
+    "Max resident set",
+    "Max processes",
+    "Max open files",
+    "Max locked memory",
+    "Max address space",
+    "Max file locks",
+    "Max pending signals",
+    "Max msgqueue size",
+    "Max nice priority",
+    "Max realtime priority",
+    "Max realtime timeout",
+];
+
+/// Every resource limit of `pid` from /proc/PID/limits (the kernel prints the raw values, or
+/// "unlimited" for RLIM_INFINITY). None if the file does not read as expected: the caller
+/// asks the process instead.
+pub fn rlimits_from_proc(pid: i32) -> Option<Vec<Rlimit>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    parse_limits(&text)
+}
+
+fn parse_limits(text: &str) -> Option<Vec<Rlimit>> {
+    let value = |v: &str| if v == "unlimited" { Some(u64::MAX) } else { v.parse().ok() };
+    let mut lines = text.lines().skip(1);
+    let mut rlimits = Vec::new();
+    for (resource, name) in LIMIT_NAMES.iter().enumerate() {
+        let rest = lines.next()?.strip_prefix(name)?;
+        let mut words = rest.split_whitespace();
+        let (soft, hard) = (value(words.next()?)?, value(words.next()?)?);
+        rlimits.push(Rlimit { resource: resource as u32, soft, hard });
+    }
+    Some(rlimits)
+}
+
 /// Resource limits go back late: a low RLIMIT_NOFILE or RLIMIT_AS would get in the way of
-/// restoring the rest.
+/// restoring the rest. Only those that differ from what the process has now are set.
 pub fn restore_rlimits(ctx: &mut RestoreCtx, rlimits: &[Rlimit]) -> Result<()> {
-    for l in rlimits {
+    let now = rlimits_from_proc(ctx.pid.as_raw()).unwrap_or_default();
+    for l in rlimits.iter().filter(|l| !now.contains(l)) {
         let mut raw = Vec::new();
         raw.extend_from_slice(&l.soft.to_ne_bytes());
         raw.extend_from_slice(&l.hard.to_ne_bytes());
@@ -150,4 +202,46 @@ pub fn set_name(remote: &mut crate::sys::remote::RemoteTask, name: &str) -> Resu
     let addr = remote.put(256, &bytes)?;
     remote.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_read_from_proc_are_the_ones_getrlimit_gives() {
+        use nix::sys::resource::{Resource, getrlimit};
+        let limits = rlimits_from_proc(std::process::id() as i32).expect("/proc/self/limits parses");
+        let resources = [
+            Resource::RLIMIT_CPU,
+            Resource::RLIMIT_FSIZE,
+            Resource::RLIMIT_DATA,
+            Resource::RLIMIT_STACK,
+            Resource::RLIMIT_CORE,
+            Resource::RLIMIT_RSS,
+            Resource::RLIMIT_NPROC,
+            Resource::RLIMIT_NOFILE,
+            Resource::RLIMIT_MEMLOCK,
+            Resource::RLIMIT_AS,
+            Resource::RLIMIT_LOCKS,
+            Resource::RLIMIT_SIGPENDING,
+            Resource::RLIMIT_MSGQUEUE,
+            Resource::RLIMIT_NICE,
+            Resource::RLIMIT_RTPRIO,
+            Resource::RLIMIT_RTTIME,
+        ];
+        for (l, r) in limits.iter().zip(resources) {
+            let (soft, hard) = getrlimit(r).unwrap();
+            assert_eq!((l.soft, l.hard), (soft, hard), "resource {}", l.resource);
+        }
+        assert_eq!(limits.len(), 16);
+    }
+
+    #[test]
+    fn unexpected_limits_text_gives_none() {
+        assert!(parse_limits("").is_none());
+        let header = "Limit                     Soft Limit           Hard Limit           Units     \n";
+        assert!(parse_limits(&format!("{header}Max cpu time              lots                 unlimited            seconds\n")).is_none());
+        assert!(parse_limits(&format!("{header}Max file size             unlimited            unlimited            bytes\n")).is_none());
+    }
 }

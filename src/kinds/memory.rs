@@ -537,11 +537,37 @@ pub fn sigreturn_instruction(remote: &RemoteTask) -> Option<u64> {
         .collect();
     code.sort_by_key(|m| !matches!(&m.pathname, MMapPath::Path(p) if p.to_string_lossy().contains("libc")));
     code.into_iter().find_map(|m| {
+        // The processes of a tree map the same C library at the same place: its code is
+        // searched once, and where it was found is checked again in each process.
+        let key = (m.address, m.offset, m.dev, m.inode);
+        let known = SIGRETURN_FOUND.lock().ok().and_then(|c| c.get(&key).copied());
+        match known {
+            Some(Some(at)) => {
+                let mut bytes = [0u8; 9];
+                let len = (m.address.1 - at).min(9) as usize;
+                remote.read_memory(at, &mut bytes[..len]).ok()?;
+                if crate::sys::sigframe::find_sigreturn(&bytes[..len], at) == Some(at) {
+                    return Some(at);
+                }
+            }
+            Some(None) => return None,
+            None => {}
+        }
         let mut bytes = vec![0u8; (m.address.1 - m.address.0) as usize];
         remote.read_memory(m.address.0, &mut bytes).ok()?;
-        crate::sys::sigframe::find_sigreturn(&bytes, m.address.0)
+        let found = crate::sys::sigframe::find_sigreturn(&bytes, m.address.0);
+        if let Ok(mut c) = SIGRETURN_FOUND.lock() {
+            c.insert(key, found);
+        }
+        found
     })
 }
+
+/// Where [`sigreturn_instruction`] found the instructions in a file's code mapping, by
+/// (address range, file offset, device, inode) of the mapping.
+type MappingKey = ((u64, u64), u64, (i32, i32), u64);
+static SIGRETURN_FOUND: std::sync::Mutex<std::collections::BTreeMap<MappingKey, Option<u64>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 pub fn syscall_instruction_in_vdso(pid: i32) -> Result<u64> {
     let maps = procfs::process::Process::new(pid)?.maps()?;

@@ -22,51 +22,78 @@ impl Kind for Signals {
     type Record = SignalsRecord;
 
     fn dump(ctx: &mut DumpCtx) -> Result<SignalsRecord> {
-        let mut actions = Vec::with_capacity(64);
-        for sig in 1..=64u64 {
-            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-                actions.push(SigAction::default());
-                continue;
-            }
-            let out = ctx.remote.put(0, &[0u8; KERNEL_SIGACTION_LEN])?;
+        // Each signal's action lands in its own slot of the scratch area; all are read back at
+        // once (one remote call per signal is the least: nothing outside the process shows
+        // flags, mask and restorer).
+        let slot = |sig: u64| (sig - 1) * KERNEL_SIGACTION_LEN as u64;
+        let signals = || (1..=64u64).filter(|s| *s != libc::SIGKILL as u64 && *s != libc::SIGSTOP as u64);
+        let base = ctx.remote.put(0, &[0u8; 64 * KERNEL_SIGACTION_LEN])?;
+        for sig in signals() {
             ctx.remote
-                .syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, out, 8])
+                .syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, base + slot(sig), 8])
                 .with_context(|| format!("reading the disposition of signal {sig}"))?;
-            let mut raw = [0u8; KERNEL_SIGACTION_LEN];
-            ctx.remote.get(0, &mut raw)?;
-            let word = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
-            actions.push(SigAction { handler: word(0), flags: word(1), restorer: word(2), mask: word(3) });
         }
+        let mut raw = [0u8; 64 * KERNEL_SIGACTION_LEN];
+        ctx.remote.get(0, &mut raw)?;
+        let actions = (1..=64u64)
+            .map(|sig| {
+                let at = slot(sig) as usize;
+                let word = |i: usize| u64::from_ne_bytes(raw[at + i * 8..at + i * 8 + 8].try_into().unwrap());
+                // SIGKILL's and SIGSTOP's slots stay zero: they have no disposition to keep.
+                SigAction { handler: word(0), flags: word(1), restorer: word(2), mask: word(3) }
+            })
+            .collect();
         let shared_pending = peek_pending(ctx.pid, SignalQueue::Process)?.iter().map(|raw| siginfo(raw)).collect();
         Ok(SignalsRecord { handlers: SignalHandlers { actions }, shared_pending })
     }
 
     fn restore(ctx: &mut RestoreCtx, record: &SignalsRecord) -> Result<()> {
-        for (i, action) in record.handlers.actions.iter().enumerate() {
-            let sig = i as u64 + 1;
-            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
-                continue;
-            }
-            let mut raw = Vec::with_capacity(KERNEL_SIGACTION_LEN);
-            for word in [action.handler, action.flags, action.restorer, action.mask] {
-                raw.extend_from_slice(&word.to_ne_bytes());
-            }
-            let addr = ctx.remote.put(0, &raw)?;
-            ctx.remote
-                .syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, addr, 0, 8])
-                .with_context(|| format!("restoring the disposition of signal {sig}"))?;
-        }
-        let pid = ctx.pid.as_raw() as u64;
-        for info in &record.shared_pending {
-            let addr = ctx.remote.put(0, &info.raw)?;
-            // Queued by the process to itself, so the kernel keeps the siginfo as it was
-            // (sender pid, uid, code, value).
-            ctx.remote
-                .syscall("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, &[pid, info.signo as u64, addr])
-                .with_context(|| format!("re-queueing pending signal {}", info.signo))?;
-        }
-        Ok(())
+        restore_from(ctx, record, &[])
     }
+}
+
+/// Restores the dispositions and the process-wide pending signals of a process whose
+/// dispositions are now `current` (crust's own, inherited through fork; empty when unknown):
+/// only the actions that differ are set, one remote call each.
+pub fn restore_from(ctx: &mut RestoreCtx, record: &SignalsRecord, current: &[SigAction]) -> Result<()> {
+    for (i, action) in record.handlers.actions.iter().enumerate() {
+        let sig = i as u64 + 1;
+        if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 || current.get(i) == Some(action) {
+            continue;
+        }
+        let mut raw = Vec::with_capacity(KERNEL_SIGACTION_LEN);
+        for word in [action.handler, action.flags, action.restorer, action.mask] {
+            raw.extend_from_slice(&word.to_ne_bytes());
+        }
+        let addr = ctx.remote.put(0, &raw)?;
+        ctx.remote
+            .syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, addr, 0, 8])
+            .with_context(|| format!("restoring the disposition of signal {sig}"))?;
+    }
+    let pid = ctx.pid.as_raw() as u64;
+    for info in &record.shared_pending {
+        let addr = ctx.remote.put(0, &info.raw)?;
+        // Queued by the process to itself, so the kernel keeps the siginfo as it was
+        // (sender pid, uid, code, value).
+        ctx.remote
+            .syscall("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, &[pid, info.signo as u64, addr])
+            .with_context(|| format!("re-queueing pending signal {}", info.signo))?;
+    }
+    Ok(())
+}
+
+/// crust's own dispositions, signal 1 to 64 (SIGKILL's and SIGSTOP's as zero): what a process
+/// crust forks has before its own are restored.
+pub fn own_actions() -> Result<Vec<SigAction>> {
+    (1..=64)
+        .map(|sig| {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                return Ok(SigAction::default());
+            }
+            let [handler, flags, restorer, mask] = crate::sys::own_sigaction(sig)?;
+            Ok(SigAction { handler, flags, restorer, mask })
+        })
+        .collect()
 }
 
 pub fn siginfo(raw: &[u8; 128]) -> SigInfo {

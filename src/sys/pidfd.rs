@@ -31,11 +31,23 @@ pub fn pidfd_getfd(pidfd: &OwnedFd, pid: i32, target_fd: RawFd) -> Result<OwnedF
 /// kcmp(KCMP_FILES / KCMP_FS): whether two processes share one fd table (`fs` false) or one
 /// filesystem context (`fs` true: cwd, root, umask).
 pub fn same_table(pid_a: i32, pid_b: i32, fs: bool) -> Result<bool, SysError> {
+    Ok(table_order(pid_a, pid_b, fs)? == Some(std::cmp::Ordering::Equal))
+}
+
+/// kcmp(KCMP_FILES / KCMP_FS) with its order: the kernel orders tables by (obfuscated)
+/// address, so processes can be sorted and sharing found in n log n calls. None: different
+/// tables, but the kernel gave no order.
+pub fn table_order(pid_a: i32, pid_b: i32, fs: bool) -> Result<Option<std::cmp::Ordering>, SysError> {
     let kind: libc::c_int = if fs { 3 } else { 2 };
     // SAFETY: plain integer arguments.
     let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, kind, 0, 0) };
     let order = Errno::result(ret).map_err(|e| SysError::new(format!("kcmp({kind}, pid {pid_a}, pid {pid_b})"), e))?;
-    Ok(order == 0)
+    Ok(match order {
+        0 => Some(std::cmp::Ordering::Equal),
+        1 => Some(std::cmp::Ordering::Less),
+        2 => Some(std::cmp::Ordering::Greater),
+        _ => None,
+    })
 }
 
 pub fn same_open_file(pid_a: i32, a: RawFd, pid_b: i32, b: RawFd) -> Result<bool, SysError> {
