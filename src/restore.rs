@@ -582,8 +582,8 @@ struct Tree {
     lazy_pids: BTreeSet<u32>,
     /// The verification of the page files, running while the tree is built.
     page_check: Option<std::thread::JoinHandle<Result<()>>>,
-    /// crust's signal dispositions when it forked the root: every live process of the tree
-    /// has them until its own are restored (only those that differ are set).
+    /// The signal dispositions every live process of the tree has until its own are restored
+    /// (only those that differ are set): the defaults, which the root sets once forked.
     inherited_actions: Vec<crate::image::proto::SigAction>,
 }
 
@@ -742,9 +742,9 @@ impl Tree {
         // Deleted files are made again first (journaled): descriptions and mappings open them.
         self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files, self.image_sealed)?;
         progress.step(format!("creating pid {root} and its tree"));
-        // Taken right before the fork: the tree inherits them (no process of it changes its
-        // dispositions before its own are restored).
-        self.inherited_actions = crate::kinds::signals::own_actions()?;
+        // The root starts with the default dispositions, and the tree inherits them (no process
+        // of it changes its dispositions before its own are restored).
+        self.inherited_actions = vec![Default::default(); 64];
         let child = clone3::fork_with_pid(root as i32).map_err(|e| match e.errno() {
             Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {root} is busy: another process took it just now"),
             _ => anyhow::Error::from(e),

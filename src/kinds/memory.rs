@@ -670,15 +670,32 @@ pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm, helper: u64) -> R
         .chain(vdso_unit.iter().map(|v| (v.start, v.end)))
         .chain(mm.vmas.iter().filter(|v| v.inherited).map(|v| (v.start, v.end)))
         .collect();
-    for (start, end, path) in &current {
-        if *path == MMapPath::Vsyscall {
-            continue;
-        }
-        for (s, e) in subtract((*start, *end), &keep) {
-            remote.syscall("munmap(inherited mapping)", libc::SYS_munmap, &[s, e - s])?;
-        }
+    let mapped: Vec<(u64, u64)> = current.iter().filter(|(_, _, p)| *p != MMapPath::Vsyscall).map(|(s, e, _)| (*s, *e)).collect();
+    // One call per stretch between kept ranges (munmap passes over holes), not one per mapping.
+    for (s, e) in gaps_to_unmap(&mapped, &keep) {
+        remote.syscall("munmap(inherited mappings)", libc::SYS_munmap, &[s, e - s])?;
     }
     Ok(())
+}
+
+/// The stretches between the `keep` ranges, from the lowest to the highest of `mapped`, that
+/// hold some of `mapped`.
+fn gaps_to_unmap(mapped: &[(u64, u64)], keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let (Some(lo), Some(hi)) = (mapped.iter().map(|m| m.0).min(), mapped.iter().map(|m| m.1).max()) else {
+        return Vec::new();
+    };
+    let mut keep = keep.to_vec();
+    keep.sort();
+    let mut gaps = Vec::new();
+    let mut at = lo;
+    for (s, e) in keep.into_iter().chain(std::iter::once((hi, hi))) {
+        if s > at {
+            gaps.push((at, s.min(hi)));
+        }
+        at = at.max(e);
+    }
+    gaps.retain(|(s, e)| s < e && mapped.iter().any(|(ms, me)| ms < e && me > s));
+    gaps
 }
 
 /// Removes the helper area: the last remote call a process makes (it stops at the call's exit
@@ -708,31 +725,6 @@ fn mremap_fixed(remote: &mut RemoteTask, from: u64, len: u64, to: u64) -> Result
         bail!("mremap of the vDSO to {to:#x} returned {got:#x}");
     }
     Ok(())
-}
-
-/// The parts of `range` not covered by any of `holes`.
-fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut parts = vec![range];
-    for &(hs, he) in holes {
-        parts = parts
-            .into_iter()
-            .flat_map(|(s, e)| {
-                let mut out = Vec::new();
-                if he <= s || hs >= e {
-                    out.push((s, e));
-                } else {
-                    if s < hs {
-                        out.push((s, hs));
-                    }
-                    if he < e {
-                        out.push((he, e));
-                    }
-                }
-                out
-            })
-            .collect();
-    }
-    parts
 }
 
 /// First free range of `len` bytes above 1 MiB that overlaps none of `busy`.
@@ -1049,10 +1041,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subtract_cuts_holes() {
-        assert_eq!(subtract((0, 100), &[(10, 20), (50, 200)]), vec![(0, 10), (20, 50)]);
-        assert_eq!(subtract((0, 100), &[(0, 100)]), vec![]);
-        assert_eq!(subtract((0, 100), &[(200, 300)]), vec![(0, 100)]);
+    fn unmapping_passes_over_holes_and_around_what_is_kept() {
+        let mapped = [(0, 10), (20, 30), (40, 50), (60, 70), (100, 110)];
+        assert_eq!(gaps_to_unmap(&mapped, &[(25, 45)]), vec![(0, 25), (45, 110)]);
+        assert_eq!(gaps_to_unmap(&mapped, &[(0, 10), (100, 110)]), vec![(10, 100)]);
+        assert_eq!(gaps_to_unmap(&mapped, &[(0, 110)]), vec![]);
+        // Nothing mapped between two kept ranges: no call there.
+        assert_eq!(gaps_to_unmap(&mapped, &[(30, 35), (38, 40)]), vec![(0, 30), (40, 110)]);
+        assert_eq!(gaps_to_unmap(&mapped, &[(10, 20), (70, 100)]), vec![(0, 10), (20, 70), (100, 110)]);
+        assert_eq!(gaps_to_unmap(&mapped, &[(200, 300)]), vec![(0, 110)]);
+        assert_eq!(gaps_to_unmap(&[], &[(0, 1)]), vec![]);
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Kind for Signals {
 }
 
 /// Restores the dispositions and the process-wide pending signals of a process whose
-/// dispositions are now `current` (crust's own, inherited through fork; empty when unknown):
+/// dispositions are now `current` (as it was created; empty when unknown):
 /// only the actions that differ are set, one remote call each.
 pub fn restore_from(ctx: &mut RestoreCtx, record: &SignalsRecord, current: &[SigAction]) -> Result<()> {
     for (i, action) in record.handlers.actions.iter().enumerate() {
@@ -80,20 +80,6 @@ pub fn restore_from(ctx: &mut RestoreCtx, record: &SignalsRecord, current: &[Sig
             .with_context(|| format!("re-queueing pending signal {}", info.signo))?;
     }
     Ok(())
-}
-
-/// crust's own dispositions, signal 1 to 64 (SIGKILL's and SIGSTOP's as zero): what a process
-/// crust forks has before its own are restored.
-pub fn own_actions() -> Result<Vec<SigAction>> {
-    (1..=64)
-        .map(|sig| {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                return Ok(SigAction::default());
-            }
-            let [handler, flags, restorer, mask] = crate::sys::own_sigaction(sig)?;
-            Ok(SigAction { handler, flags, restorer, mask })
-        })
-        .collect()
 }
 
 pub fn siginfo(raw: &[u8; 128]) -> SigInfo {

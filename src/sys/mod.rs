@@ -199,17 +199,6 @@ pub fn spawn_detached(name: &str, keep: &[RawFd], work: impl FnOnce()) -> Result
     }
 }
 
-/// crust's own disposition of signal `sig` as the kernel keeps it (rt_sigaction without a new
-/// action): handler, flags, restorer, mask. A process crust forks starts with these.
-pub fn own_sigaction(sig: i32) -> Result<[u64; 4], SysError> {
-    let mut raw = [0u64; 4];
-    // SAFETY: with sigsetsize 8 the kernel writes one struct sigaction (4 words, 32 bytes) to
-    // `raw`, a live local of that size; the new action is NULL, so nothing changes.
-    let ret = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<u8>(), raw.as_mut_ptr(), 8usize) };
-    Errno::result(ret).map_err(|e| SysError::new(format!("rt_sigaction({sig}, NULL, &old)"), e))?;
-    Ok(raw)
-}
-
 /// Forks a child that sleeps until it is killed (the benchmark's tree of sleeping processes).
 /// The caller must be single-threaded.
 pub fn fork_sleeper() -> Result<nix::unistd::Pid, Errno> {
