@@ -116,7 +116,7 @@ pub fn pages_name(pid: u32) -> String {
 pub struct ImageDir {
     root: PathBuf,
     /// Every file this process wrote into the directory (removed if the dump fails).
-    written: std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    written: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
 }
 
 /// Largest record file crust reads (the largest records, inventories of images of many GiB,
@@ -180,16 +180,17 @@ impl ImageDir {
     }
 
     fn note_written(&self, path: &Path) {
+        // A set: a tree of many processes writes thousands of files.
         let mut written = self.written.lock().unwrap();
-        if !written.iter().any(|p| p == path) {
-            written.push(path.to_owned());
+        if !written.contains(path) {
+            written.insert(path.to_owned());
         }
     }
 
     /// After a failed dump: removes every file the dump wrote and leaves [`FAILED_DUMP`] with
     /// the reason, so that nobody takes the directory for an image.
     pub fn discard_failed_dump(&self, reason: &str) {
-        for path in self.written.lock().unwrap().drain(..) {
+        for path in std::mem::take(&mut *self.written.lock().unwrap()) {
             if let Err(e) = fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -198,6 +198,11 @@ pub fn restore_dumpable(ctx: &mut RestoreCtx, control: &ProcessControl) -> Resul
 pub fn set_name(remote: &mut crate::sys::remote::RemoteTask, name: &str) -> Result<()> {
     let mut bytes = name.as_bytes().to_vec();
     bytes.truncate(15);
+    // A thread that has the name already (a new thread takes its leader's) needs no call.
+    let current = std::fs::read(format!("/proc/{}/comm", remote.pid()));
+    if current.is_ok_and(|c| c.strip_suffix(b"\n") == Some(&bytes[..])) {
+        return Ok(());
+    }
     bytes.push(0);
     let addr = remote.put(256, &bytes)?;
     remote.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;

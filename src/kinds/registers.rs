@@ -65,7 +65,10 @@ impl Kind for ThreadState {
         ptrace::set_xstate(tid, &t.xsave).with_context(|| format!("restoring the FPU/SSE/AVX state of thread {tid}"))?;
         super::identity::set_name(ctx.remote, &t.comm)?;
         let r = &mut *ctx.remote;
-        if let Some(ss) = &t.altstack {
+        // A thread created by the restore (not the leader) starts without an alternate stack
+        // (the kernel resets it for CLONE_VM): a disabled one needs no call.
+        let none = |ss: &&SignalStack| tid != pid && ss.flags & libc::SS_DISABLE != 0 && ss.sp == 0 && ss.size == 0;
+        if let Some(ss) = t.altstack.as_ref().filter(|ss| !none(ss)) {
             let mut raw = Vec::new();
             raw.extend_from_slice(&ss.sp.to_ne_bytes());
             // SS_ONSTACK only reports that the thread was running on it.

@@ -63,15 +63,22 @@ pub fn wait_for_event_stop(pid: Pid) -> Result<(), SysError> {
 }
 
 /// [`wait_for_event_stop`] until `deadline` (None: as long as it takes). With a deadline the
-/// wait polls, sleeping at most a millisecond between looks.
+/// wait polls: it first only yields the processor (a tracee usually stops within
+/// microseconds, once it gets to run), then sleeps at most a millisecond between looks.
 fn wait_for_event_stop_until(pid: Pid, deadline: Option<Instant>) -> Result<(), SysError> {
     let flags = if deadline.is_some() { WaitPidFlag::__WALL | WaitPidFlag::WNOHANG } else { WaitPidFlag::__WALL };
     let mut nap = Duration::from_micros(20);
+    let mut yields = 0;
     loop {
         match waitpid(pid, Some(flags)) {
             Ok(WaitStatus::StillAlive) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(SysError::NotStopped { op: "PTRACE_INTERRUPT", pid: pid.as_raw() });
+                }
+                if yields < 32 {
+                    yields += 1;
+                    std::thread::yield_now();
+                    continue;
                 }
                 std::thread::sleep(nap);
                 nap = (nap * 2).min(Duration::from_millis(1));
