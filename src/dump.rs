@@ -19,7 +19,6 @@ use crate::kinds::files::{Files, OpenFileTable};
 use crate::kinds::identity::Identity;
 use crate::kinds::memory::{self, Memory};
 use crate::kinds::registers::ThreadState;
-use crate::kinds::signals::Signals;
 use crate::kinds::timers::Timers;
 use crate::kinds::{DumpCtx, Kind};
 use crate::progress::Progress;
@@ -529,11 +528,14 @@ fn collect_tree(
             outsiders.join("; ")
         );
     }
+    // Every process reads its dispositions at once: they cannot change while it is frozen.
+    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
+    let actions = crate::kinds::signals::dispositions_of_all(&mut leaders)?;
     let mut pages_bytes = 0;
-    for (f, files) in frozen.iter_mut().zip(files) {
+    for ((f, files), actions) in frozen.iter_mut().zip(files).zip(actions) {
         crate::interrupt::check()?;
         let parent = parent_of(f.pid);
-        pages_bytes += collect(f, files, image, progress, &mut open_files, parent)?;
+        pages_bytes += collect(f, files, actions, image, progress, &mut open_files, parent)?;
     }
     let sysv_data = open_files.state.get::<crate::kinds::sysv_shm::SysvSegments>().data_files();
     // Deleted files, recorded once each; the names --link-remap made are removed (when
@@ -855,6 +857,7 @@ fn collect_files(
 fn collect(
     frozen: &mut Frozen,
     files: crate::image::proto::Files,
+    actions: Vec<crate::image::proto::SigAction>,
     image: &ImageDir,
     progress: &Progress,
     open_files: &mut OpenFileTable,
@@ -901,7 +904,7 @@ fn collect(
     let job_stop = frozen.job_stop;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     // Pending signals last: a timer may have fired while we were collecting.
-    let signals = Signals::dump(&mut ctx)?;
+    let signals = crate::kinds::signals::dump_with(&mut ctx, Some(actions))?;
 
     let core = Core {
         pid: pid.as_raw() as u32,

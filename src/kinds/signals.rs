@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use super::{DumpCtx, Kind, RestoreCtx};
 use crate::image::proto::{SigAction, SigInfo, SignalHandlers};
 use crate::sys::ptrace::{SignalQueue, peek_pending};
+use crate::sys::remote::RemoteTask;
 
 pub struct Signals;
 
@@ -22,34 +23,78 @@ impl Kind for Signals {
     type Record = SignalsRecord;
 
     fn dump(ctx: &mut DumpCtx) -> Result<SignalsRecord> {
-        // Each signal's action lands in its own slot of the scratch area; all are read back at
-        // once (one remote call per signal is the least: nothing outside the process shows
-        // flags, mask and restorer).
-        let slot = |sig: u64| (sig - 1) * KERNEL_SIGACTION_LEN as u64;
-        let signals = || (1..=64u64).filter(|s| *s != libc::SIGKILL as u64 && *s != libc::SIGSTOP as u64);
-        let base = ctx.remote.put(0, &[0u8; 64 * KERNEL_SIGACTION_LEN])?;
-        for sig in signals() {
-            ctx.remote
-                .syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, base + slot(sig), 8])
-                .with_context(|| format!("reading the disposition of signal {sig}"))?;
-        }
-        let mut raw = [0u8; 64 * KERNEL_SIGACTION_LEN];
-        ctx.remote.get(0, &mut raw)?;
-        let actions = (1..=64u64)
-            .map(|sig| {
-                let at = slot(sig) as usize;
-                let word = |i: usize| u64::from_ne_bytes(raw[at + i * 8..at + i * 8 + 8].try_into().unwrap());
-                // SIGKILL's and SIGSTOP's slots stay zero: they have no disposition to keep.
-                SigAction { handler: word(0), flags: word(1), restorer: word(2), mask: word(3) }
-            })
-            .collect();
-        let shared_pending = peek_pending(ctx.pid, SignalQueue::Process)?.iter().map(|raw| siginfo(raw)).collect();
-        Ok(SignalsRecord { handlers: SignalHandlers { actions }, shared_pending })
+        dump_with(ctx, None)
     }
 
     fn restore(ctx: &mut RestoreCtx, record: &SignalsRecord) -> Result<()> {
         restore_from(ctx, record, &[])
     }
+}
+
+/// The signals that have a disposition (all but SIGKILL and SIGSTOP).
+fn with_disposition() -> impl Iterator<Item = u64> {
+    (1..=64u64).filter(|s| *s != libc::SIGKILL as u64 && *s != libc::SIGSTOP as u64)
+}
+
+/// Where signal `sig`'s action lands in the scratch area.
+fn slot(sig: u64) -> u64 {
+    (sig - 1) * KERNEL_SIGACTION_LEN as u64
+}
+
+/// The 64 actions as the slots of the scratch area hold them (SIGKILL's and SIGSTOP's stay
+/// zero: they have no disposition to keep).
+fn read_actions(remote: &RemoteTask) -> Result<Vec<SigAction>> {
+    let mut raw = [0u8; 64 * KERNEL_SIGACTION_LEN];
+    remote.get(0, &mut raw)?;
+    Ok((1..=64u64)
+        .map(|sig| {
+            let at = slot(sig) as usize;
+            let word = |i: usize| u64::from_ne_bytes(raw[at + i * 8..at + i * 8 + 8].try_into().unwrap());
+            SigAction { handler: word(0), flags: word(1), restorer: word(2), mask: word(3) }
+        })
+        .collect())
+}
+
+/// The dispositions and process-wide pending signals of the process; `actions` if they were
+/// read already (by [`dispositions_of_all`]: they cannot change while the process is frozen).
+pub fn dump_with(ctx: &mut DumpCtx, actions: Option<Vec<SigAction>>) -> Result<SignalsRecord> {
+    let actions = match actions {
+        Some(a) => a,
+        None => {
+            // Each action lands in its own slot, all read back at once (one remote call per
+            // signal is the least: nothing outside the process shows flags, mask, restorer).
+            let base = ctx.remote.put(0, &[0u8; 64 * KERNEL_SIGACTION_LEN])?;
+            for sig in with_disposition() {
+                ctx.remote
+                    .syscall("rt_sigaction", libc::SYS_rt_sigaction, &[sig, 0, base + slot(sig), 8])
+                    .with_context(|| format!("reading the disposition of signal {sig}"))?;
+            }
+            read_actions(ctx.remote)?
+        }
+    };
+    let shared_pending = peek_pending(ctx.pid, SignalQueue::Process)?.iter().map(|raw| siginfo(raw)).collect();
+    Ok(SignalsRecord { handlers: SignalHandlers { actions }, shared_pending })
+}
+
+/// The dispositions of every process whose leader is in `leaders`, read by all of them at
+/// once: one round of remote calls per signal for the whole tree (see
+/// [`RemoteTask::syscall_each`]), not one per signal and process.
+pub fn dispositions_of_all(leaders: &mut [&mut RemoteTask]) -> Result<Vec<Vec<SigAction>>> {
+    let mut bases = Vec::with_capacity(leaders.len());
+    for r in leaders.iter() {
+        bases.push(r.put(0, &[0u8; 64 * KERNEL_SIGACTION_LEN])?);
+    }
+    for sig in with_disposition() {
+        let calls: Vec<(i64, Vec<u64>)> = bases.iter().map(|b| (libc::SYS_rt_sigaction, vec![sig, 0, b + slot(sig), 8])).collect();
+        let results = RemoteTask::syscall_each(leaders, &calls).with_context(|| format!("reading the disposition of signal {sig}"))?;
+        for (r, ret) in leaders.iter().zip(results) {
+            if (-4095..0).contains(&ret) {
+                let errno = nix::errno::Errno::from_raw(-ret as i32);
+                anyhow::bail!("pid {}: remote rt_sigaction({sig}) reading its disposition: {errno}", r.pid());
+            }
+        }
+    }
+    leaders.iter().map(|r| read_actions(r)).collect()
 }
 
 /// Restores the dispositions and the process-wide pending signals of a process whose

@@ -174,7 +174,20 @@ fn crust_ancestors() -> Vec<i32> {
 /// Resumes the tracee into its next system call boundary (PTRACE_SYSCALL) and waits for that
 /// syscall-stop. Used to step an injected system call through its entry and exit.
 pub fn step_to_syscall_stop(pid: Pid) -> Result<(), SysError> {
-    nix_ptrace::syscall(pid, None).map_err(ptrace_err("ptrace(PTRACE_SYSCALL)", pid))?;
+    resume_to_syscall_stop(pid)?;
+    wait_syscall_stop(pid)
+}
+
+/// The first half of [`step_to_syscall_stop`]: lets the tracee run to its next system call
+/// boundary without waiting for it (PTRACE_SYSCALL), so that other tracees can be driven
+/// meanwhile.
+pub fn resume_to_syscall_stop(pid: Pid) -> Result<(), SysError> {
+    nix_ptrace::syscall(pid, None).map_err(ptrace_err("ptrace(PTRACE_SYSCALL)", pid))
+}
+
+/// The second half of [`step_to_syscall_stop`]: waits for the syscall-stop of a tracee let go
+/// by [`resume_to_syscall_stop`].
+pub fn wait_syscall_stop(pid: Pid) -> Result<(), SysError> {
     let mut event_stops = 0;
     loop {
         match waitpid(pid, Some(WaitPidFlag::__WALL)) {

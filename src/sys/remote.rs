@@ -118,8 +118,8 @@ impl RemoteTask {
     /// instant the tracee is either about to return through its frame or inside a call that
     /// will return to where it does so: crust may disappear at any moment.
     pub fn syscall_raw(&mut self, nr: i64, args: &[u64]) -> Result<i64, SysError> {
-        if let Some(sigreturn_ip) = self.self_return {
-            return self.syscall_from_parked(sigreturn_ip, nr, args);
+        if self.self_return.is_some() {
+            return self.syscall_from_parked(nr, args);
         }
         let mut regs = self.base;
         regs.rax = nr as u64;
@@ -142,18 +142,72 @@ impl RemoteTask {
         Ok(out.rax as i64)
     }
 
-    fn syscall_from_parked(&mut self, sigreturn_ip: u64, nr: i64, args: &[u64]) -> Result<i64, SysError> {
+    fn syscall_from_parked(&mut self, nr: i64, args: &[u64]) -> Result<i64, SysError> {
         ptrace::step_to_syscall_stop(self.pid)?; // the entry of rt_sigreturn
+        self.turn_into(nr, args)?;
+        ptrace::step_to_syscall_stop(self.pid)?; // the exit of `nr`, back at sigreturn_ip
+        let out = ptrace::get_registers(self.pid)?;
+        Ok(out.rax as i64)
+    }
+
+    /// Runs one system call in each of `tasks` at once, `calls[i]` (number and arguments) in
+    /// `tasks[i]`, and returns their raw results. Each task goes through the same steps as in
+    /// [`Self::syscall_raw`], so each is at every instant parked or inside a call that returns
+    /// to where it is parked; but all are let go before crust waits for the first, so their
+    /// stops overlap (one round of waits for the whole tree instead of one per process). Tasks
+    /// not parked on a frame run their calls one after the other. On an error every task still
+    /// in a call is waited for, back where it is parked, and the first error is returned.
+    pub fn syscall_each(tasks: &mut [&mut RemoteTask], calls: &[(i64, Vec<u64>)]) -> Result<Vec<i64>, SysError> {
+        if tasks.len() != calls.len() || tasks.iter().any(|t| t.self_return.is_none()) {
+            return tasks.iter_mut().zip(calls).map(|(t, (nr, args))| t.syscall_raw(*nr, args)).collect();
+        }
+        let mut failed: Option<SysError> = None;
+        // Which tasks are still on their way: false once one of their steps failed.
+        let mut going: Vec<bool> = vec![true; tasks.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            if let Err(e) = ptrace::resume_to_syscall_stop(t.pid) {
+                going[i] = false;
+                failed.get_or_insert(e);
+            }
+        }
+        for (i, (t, (nr, args))) in tasks.iter_mut().zip(calls).enumerate() {
+            if !going[i] {
+                continue;
+            }
+            let turned = ptrace::wait_syscall_stop(t.pid).and_then(|()| t.turn_into(*nr, args)).and_then(|()| ptrace::resume_to_syscall_stop(t.pid));
+            if let Err(e) = turned {
+                going[i] = false;
+                failed.get_or_insert(e);
+            }
+        }
+        let mut results = vec![0i64; tasks.len()];
+        for (i, t) in tasks.iter().enumerate().filter(|(i, _)| going[*i]) {
+            match ptrace::wait_syscall_stop(t.pid).and_then(|()| ptrace::get_registers(t.pid)) {
+                Ok(regs) => results[i] = regs.rax as i64,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    }
+
+    /// At the entry stop of the parked tracee's rt_sigreturn: makes it system call `nr` with
+    /// `args`, returning to where it is parked.
+    fn turn_into(&mut self, nr: i64, args: &[u64]) -> Result<(), SysError> {
+        let Some(sigreturn_ip) = self.self_return else {
+            return Err(SysError::unexpected("turning a stop into a call", self.pid.as_raw(), "not parked".into()));
+        };
         let mut regs = ptrace::get_registers(self.pid)?;
         regs.orig_rax = nr as u64;
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
         regs.rip = sigreturn_ip;
-        ptrace::set_registers(self.pid, &regs)?;
-        ptrace::step_to_syscall_stop(self.pid)?; // the exit of `nr`, back at sigreturn_ip
-        let out = ptrace::get_registers(self.pid)?;
-        Ok(out.rax as i64)
+        ptrace::set_registers(self.pid, &regs)
     }
 
     /// Runs a system call and turns a negative result into an error naming it.
