@@ -881,7 +881,10 @@ fn collect(
     let membarrier_registrations = crate::kinds::membarrier::dump(&mut ctx)?;
     let mut threads = vec![ThreadState::dump(&mut ctx)?];
     let DumpCtx { process, pidfd, .. } = ctx;
-    for t in &mut frozen.threads {
+    // What only each thread can tell, asked of all the other threads at once.
+    let mut others: Vec<&mut RemoteTask> = frozen.threads.iter_mut().collect();
+    let own_words = crate::kinds::registers::own_words_of_all(&mut others)?;
+    for (t, own) in frozen.threads.iter_mut().zip(own_words) {
         let mut tctx = DumpCtx {
             pid: t.pid(),
             process: procfs::process::Process::new(t.pid().as_raw())?,
@@ -891,7 +894,7 @@ fn collect(
             open_files: &mut *open_files,
             parent,
         };
-        threads.push(ThreadState::dump(&mut tctx)?);
+        threads.push(crate::kinds::registers::dump_with(&mut tctx, Some(own))?);
     }
     for thread in &mut threads {
         thread.scheduling = Some(crate::kinds::scheduling::dump_thread(pid.as_raw(), thread.tid as i32)?);

@@ -1057,8 +1057,12 @@ impl Tree {
         let created = create_threads(ctx.remote, others, helper)?;
         self.building.get_mut(&pid).unwrap().threads = created;
         self.each_other_thread(img, pid, |tctx, thread| {
-            ThreadState::restore(tctx, thread).with_context(|| format!("restoring thread {}", thread.tid))
+            registers::restore_with(tctx, thread, false).with_context(|| format!("restoring thread {}", thread.tid))
         })?;
+        // Their registrations, made by all the threads at once.
+        let mut others: Vec<&mut RemoteTask> = self.building.get_mut(&pid).unwrap().threads.iter_mut().collect();
+        let records: Vec<&crate::image::proto::Thread> = others_records(p);
+        registers::restore_registrations_of_all(&mut others, &records).with_context(|| format!("restoring the threads of pid {pid}"))?;
         // Last: a timer may signal any thread, and runs from the moment it is armed.
         let mut ctx = self.ctx(img, pid)?;
         crate::kinds::posix_timers::restore(&mut ctx, &p.core.posix_timers)
@@ -1152,6 +1156,11 @@ impl Tree {
         }
         Ok(())
     }
+}
+
+/// The image's threads of a process but its leader.
+fn others_records(p: &ProcessImage) -> Vec<&crate::image::proto::Thread> {
+    p.core.threads.iter().skip(1).collect()
 }
 
 /// Has the leader behind `remote` create the other threads of its process, with their tids

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::{DumpCtx, Kind, RestoreCtx, scratch_u64};
+use super::{DumpCtx, Kind, RestoreCtx};
 use crate::image::proto::{GpRegisters, InterruptedSyscall, Rseq, SignalStack, Thread, interrupted_syscall::Action};
 use crate::kinds::signals::siginfo;
 use crate::sys::ptrace::{self, Registers, SignalQueue, peek_pending};
@@ -20,82 +20,172 @@ impl Kind for ThreadState {
     type Record = Thread;
 
     fn dump(ctx: &mut DumpCtx) -> Result<Thread> {
-        let pid = ctx.pid;
-        let regs = ctx.remote.original_registers();
-        let xsave = ptrace::get_xstate(pid)?;
-        let pending = peek_pending(pid, SignalQueue::Thread)?.iter().map(siginfo).collect();
-        let r = &mut *ctx.remote;
-        let out = r.put(0, &[0u8; 24])?;
-        r.syscall("sigaltstack", libc::SYS_sigaltstack, &[0, out])?;
-        let altstack = SignalStack {
-            sp: scratch_u64(r, 0)?,
-            flags: scratch_u64(r, 8)? as i32,
-            size: scratch_u64(r, 16)?,
-        };
-        let out = r.put(0, &[0u8; 8])?;
-        r.syscall("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, out])?;
-        let clear_child_tid = scratch_u64(r, 0)?;
-        let rseq = ptrace::get_rseq(pid)?;
-        let (robust_list, robust_list_len) = crate::sys::get_robust_list(pid.as_raw())?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/comm"))?.trim_end_matches('\n').to_owned();
-        Ok(Thread {
-            tid: pid.as_raw() as u32,
-            comm,
-            registers: Some(to_proto(&regs)),
-            interrupted_syscall: interrupted_syscall(ctx.remote, &regs)?,
-            xsave,
-            blocked_mask: ctx.remote.original_sigmask(),
-            pending,
-            altstack: Some(altstack),
-            rseq: (rseq.address != 0).then_some(Rseq { address: rseq.address, length: rseq.length, signature: rseq.signature }),
-            robust_list,
-            robust_list_len,
-            clear_child_tid,
-            // Filled by the dump pipeline from outside the thread (kinds::scheduling,
-            // kinds::credentials).
-            scheduling: None,
-            credentials: None,
-        })
+        dump_with(ctx, None)
     }
 
     /// Runs in the thread itself (`ctx.remote` drives that thread; `ctx.pid` is its process).
     fn restore(ctx: &mut RestoreCtx, t: &Thread) -> Result<()> {
-        let pid = ctx.pid;
-        let tid = ctx.remote.pid();
-        ptrace::set_xstate(tid, &t.xsave).with_context(|| format!("restoring the FPU/SSE/AVX state of thread {tid}"))?;
-        super::identity::set_name(ctx.remote, &t.comm)?;
-        let r = &mut *ctx.remote;
-        // A thread created by the restore (not the leader) starts without an alternate stack
-        // (the kernel resets it for CLONE_VM): a disabled one needs no call.
-        let none = |ss: &&SignalStack| tid != pid && ss.flags & libc::SS_DISABLE != 0 && ss.sp == 0 && ss.size == 0;
-        if let Some(ss) = t.altstack.as_ref().filter(|ss| !none(ss)) {
-            let mut raw = Vec::new();
-            raw.extend_from_slice(&ss.sp.to_ne_bytes());
-            // SS_ONSTACK only reports that the thread was running on it.
-            raw.extend_from_slice(&((ss.flags & !libc::SS_ONSTACK) as u64).to_ne_bytes());
-            raw.extend_from_slice(&ss.size.to_ne_bytes());
-            let addr = r.put(0, &raw)?;
-            r.syscall("sigaltstack", libc::SYS_sigaltstack, &[addr, 0]).context("restoring the alternate signal stack")?;
-        }
-        if let Some(rseq) = &t.rseq {
-            r.syscall("rseq", libc::SYS_rseq, &[rseq.address, rseq.length as u64, 0, rseq.signature as u64])
-                .context("registering rseq")?;
-        }
-        if t.robust_list != 0 {
-            r.syscall("set_robust_list", libc::SYS_set_robust_list, &[t.robust_list, t.robust_list_len])?;
-        }
-        r.syscall("set_tid_address", libc::SYS_set_tid_address, &[t.clear_child_tid])?;
-        for info in &t.pending {
-            let addr = r.put(0, &info.raw)?;
-            r.syscall(
-                "rt_tgsigqueueinfo",
-                libc::SYS_rt_tgsigqueueinfo,
-                &[pid.as_raw() as u64, t.tid as u64, info.signo as u64, addr],
-            )
-            .with_context(|| format!("re-queueing pending signal {} of thread {}", info.signo, t.tid))?;
-        }
-        Ok(())
+        restore_with(ctx, t, true)
     }
+}
+
+/// Restores a thread; its registrations (see [`registrations_of`]) only if `registrations`:
+/// else the caller makes them for a batch of threads ([`restore_registrations_of_all`]).
+pub fn restore_with(ctx: &mut RestoreCtx, t: &Thread, registrations: bool) -> Result<()> {
+    let pid = ctx.pid;
+    let tid = ctx.remote.pid();
+    ptrace::set_xstate(tid, &t.xsave).with_context(|| format!("restoring the FPU/SSE/AVX state of thread {tid}"))?;
+    super::identity::set_name(ctx.remote, &t.comm)?;
+    let r = &mut *ctx.remote;
+    // A thread created by the restore (not the leader) starts without an alternate stack
+    // (the kernel resets it for CLONE_VM): a disabled one needs no call.
+    let none = |ss: &&SignalStack| tid != pid && ss.flags & libc::SS_DISABLE != 0 && ss.sp == 0 && ss.size == 0;
+    if let Some(ss) = t.altstack.as_ref().filter(|ss| !none(ss)) {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&ss.sp.to_ne_bytes());
+        // SS_ONSTACK only reports that the thread was running on it.
+        raw.extend_from_slice(&((ss.flags & !libc::SS_ONSTACK) as u64).to_ne_bytes());
+        raw.extend_from_slice(&ss.size.to_ne_bytes());
+        let addr = r.put(0, &raw)?;
+        r.syscall("sigaltstack", libc::SYS_sigaltstack, &[addr, 0]).context("restoring the alternate signal stack")?;
+    }
+    if registrations {
+        for (name, nr, args) in registrations_of(t) {
+            r.syscall(name, nr, &args).with_context(|| format!("thread {tid}: {name}"))?;
+        }
+    }
+    for info in &t.pending {
+        let addr = r.put(0, &info.raw)?;
+        r.syscall("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[pid.as_raw() as u64, t.tid as u64, info.signo as u64, addr])
+            .with_context(|| format!("re-queueing pending signal {} of thread {}", info.signo, t.tid))?;
+    }
+    Ok(())
+}
+
+/// The calls that register the thread's own areas with the kernel, in order: rseq, the robust
+/// futex list, clear_child_tid.
+fn registrations_of(t: &Thread) -> Vec<(&'static str, i64, Vec<u64>)> {
+    let mut calls = Vec::new();
+    if let Some(rseq) = &t.rseq {
+        calls.push(("rseq", libc::SYS_rseq, vec![rseq.address, rseq.length as u64, 0, rseq.signature as u64]));
+    }
+    if t.robust_list != 0 {
+        calls.push(("set_robust_list", libc::SYS_set_robust_list, vec![t.robust_list, t.robust_list_len]));
+    }
+    calls.push(("set_tid_address", libc::SYS_set_tid_address, vec![t.clear_child_tid]));
+    calls
+}
+
+/// The registrations of `threads[i]` from `records[i]`, made by all the threads at once (see
+/// RemoteTask::syscall_each): a round of stops per registration, not per thread.
+pub fn restore_registrations_of_all(threads: &mut [&mut crate::sys::remote::RemoteTask], records: &[&Thread]) -> Result<()> {
+    let lists: Vec<_> = records.iter().map(|t| registrations_of(t)).collect();
+    let rounds = lists.iter().map(Vec::len).max().unwrap_or(0);
+    for k in 0..rounds {
+        let mut tasks = Vec::new();
+        let mut calls = Vec::new();
+        let mut names = Vec::new();
+        for (t, list) in threads.iter_mut().zip(&lists) {
+            if let Some((name, nr, args)) = list.get(k) {
+                tasks.push(&mut **t);
+                calls.push((*nr, args.clone()));
+                names.push(*name);
+            }
+        }
+        let results = crate::sys::remote::RemoteTask::syscall_each(&mut tasks, &calls)?;
+        for ((t, ret), name) in tasks.iter().zip(results).zip(names) {
+            if (-4095..0).contains(&ret) {
+                bail!("thread {}: remote {name}: {}", t.pid(), nix::errno::Errno::from_raw(-ret as i32));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What only the thread itself can tell: its alternate signal stack (sigaltstack) and its
+/// clear_child_tid address (prctl PR_GET_TID_ADDRESS).
+pub struct OwnWords {
+    altstack: SignalStack,
+    clear_child_tid: u64,
+}
+
+/// Bytes of the scratch area each thread's [`OwnWords`] take: stack_t (24), then the address.
+const OWN_WORDS_LEN: u64 = 32;
+
+fn own_words_at(raw: &[u8]) -> OwnWords {
+    let word = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
+    OwnWords { altstack: SignalStack { sp: word(0), flags: word(1) as i32, size: word(2) }, clear_child_tid: word(3) }
+}
+
+fn own_words(r: &mut crate::sys::remote::RemoteTask) -> Result<OwnWords> {
+    let out = r.put(0, &[0u8; OWN_WORDS_LEN as usize])?;
+    r.syscall("sigaltstack", libc::SYS_sigaltstack, &[0, out])?;
+    r.syscall("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, out + 24])?;
+    let mut raw = [0u8; OWN_WORDS_LEN as usize];
+    r.get(0, &mut raw)?;
+    Ok(own_words_at(&raw))
+}
+
+/// The [`OwnWords`] of the threads of one process (they share its scratch area, each using
+/// its own slot), asked of all of them at once (see RemoteTask::syscall_each): two rounds of
+/// stops for a batch of threads instead of two per thread.
+pub fn own_words_of_all(threads: &mut [&mut crate::sys::remote::RemoteTask]) -> Result<Vec<OwnWords>> {
+    let mut out = Vec::with_capacity(threads.len());
+    let Some(scratch) = threads.first().and_then(|t| t.scratch()) else { return Ok(out) };
+    let batch = (scratch.len / OWN_WORDS_LEN) as usize;
+    for chunk in threads.chunks_mut(batch) {
+        let len = chunk.len() * OWN_WORDS_LEN as usize;
+        let base = chunk[0].put(0, &vec![0u8; len])?;
+        let slot = |i: usize| base + i as u64 * OWN_WORDS_LEN;
+        let rounds: [(&str, Box<dyn Fn(usize) -> (i64, Vec<u64>)>); 2] = [
+            ("sigaltstack", Box::new(|i| (libc::SYS_sigaltstack, vec![0, slot(i)]))),
+            ("prctl(PR_GET_TID_ADDRESS)", Box::new(|i| (libc::SYS_prctl, vec![libc::PR_GET_TID_ADDRESS as u64, slot(i) + 24]))),
+        ];
+        for (name, call) in rounds {
+            let calls: Vec<(i64, Vec<u64>)> = (0..chunk.len()).map(&call).collect();
+            let results = crate::sys::remote::RemoteTask::syscall_each(chunk, &calls)?;
+            if let Some((t, ret)) = chunk.iter().zip(results).find(|(_, ret)| (-4095..0).contains(ret)) {
+                bail!("thread {}: remote {name}: {}", t.pid(), nix::errno::Errno::from_raw(-ret as i32));
+            }
+        }
+        let mut raw = vec![0u8; len];
+        chunk[0].get(0, &mut raw)?;
+        out.extend(raw.chunks_exact(OWN_WORDS_LEN as usize).map(own_words_at));
+    }
+    Ok(out)
+}
+
+/// A thread's state; `own` if its [`OwnWords`] were asked already (by [`own_words_of_all`]).
+pub fn dump_with(ctx: &mut DumpCtx, own: Option<OwnWords>) -> Result<Thread> {
+    let pid = ctx.pid;
+    let regs = ctx.remote.original_registers();
+    let xsave = ptrace::get_xstate(pid)?;
+    let pending = peek_pending(pid, SignalQueue::Thread)?.iter().map(siginfo).collect();
+    let OwnWords { altstack, clear_child_tid } = match own {
+        Some(o) => o,
+        None => own_words(ctx.remote)?,
+    };
+    let rseq = ptrace::get_rseq(pid)?;
+    let (robust_list, robust_list_len) = crate::sys::get_robust_list(pid.as_raw())?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/comm"))?.trim_end_matches('\n').to_owned();
+    Ok(Thread {
+        tid: pid.as_raw() as u32,
+        comm,
+        registers: Some(to_proto(&regs)),
+        interrupted_syscall: interrupted_syscall(ctx.remote, &regs)?,
+        xsave,
+        blocked_mask: ctx.remote.original_sigmask(),
+        pending,
+        altstack: Some(altstack),
+        rseq: (rseq.address != 0).then_some(Rseq { address: rseq.address, length: rseq.length, signature: rseq.signature }),
+        robust_list,
+        robust_list_len,
+        clear_child_tid,
+        // Filled by the dump pipeline from outside the thread (kinds::scheduling,
+        // kinds::credentials).
+        scheduling: None,
+        credentials: None,
+    })
 }
 
 /// The registers the restored thread resumes with, after deciding how an interrupted system
