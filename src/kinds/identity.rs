@@ -77,11 +77,21 @@ impl Kind for Identity {
 
     /// The process name is the leader thread's name, restored with the thread (`set_name`).
     fn restore(ctx: &mut RestoreCtx, rec: &IdentityRecord) -> Result<()> {
+        // What /proc shows as the record has it already (inherited from a restored parent, or
+        // crust's own) needs no call.
+        let now = Current::of(ctx.pid.as_raw());
         let r = &mut *ctx.remote;
-        r.syscall("personality", libc::SYS_personality, &[rec.personality as u64])?;
-        r.syscall("umask", libc::SYS_umask, &[rec.umask as u64])?;
+        if now.personality != Some(rec.personality) {
+            r.syscall("personality", libc::SYS_personality, &[rec.personality as u64])?;
+        }
+        if now.umask != Some(rec.umask) {
+            r.syscall("umask", libc::SYS_umask, &[rec.umask as u64])?;
+        }
         let c = &rec.control;
-        r.syscall("prctl(PR_SET_TIMERSLACK)", libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, c.timer_slack_ns])?;
+        if now.timer_slack_ns != Some(c.timer_slack_ns) {
+            r.syscall("prctl(PR_SET_TIMERSLACK)", libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, c.timer_slack_ns])?;
+        }
+        // (/proc's THP_enabled does not tell every way THP can be disabled: always set.)
         r.syscall("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_SET_THP_DISABLE as u64, c.thp_disabled as u64])?;
         r.syscall(
             "prctl(PR_SET_CHILD_SUBREAPER)",
@@ -90,14 +100,41 @@ impl Kind for Identity {
         )?;
         // Sessions and process groups are rebuilt while the tree is created (restore.rs).
         let pid = ctx.pid.as_raw() as u32;
-        r.syscall("setpriority", libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, rec.nice as i64 as u64])
-            .with_context(|| format!("restoring nice value {}", rec.nice))?;
+        if now.nice != Some(rec.nice) {
+            r.syscall("setpriority", libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, rec.nice as i64 as u64])
+                .with_context(|| format!("restoring nice value {}", rec.nice))?;
+        }
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), rec.oom_score_adj.to_string())
             .with_context(|| format!("restoring oom_score_adj {}", rec.oom_score_adj))?;
         if c.no_new_privs {
             r.syscall("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0])?;
         }
         Ok(())
+    }
+}
+
+/// What a process being restored has now, as /proc shows it (None: not shown, or unreadable).
+struct Current {
+    personality: Option<u32>,
+    umask: Option<u32>,
+    timer_slack_ns: Option<u64>,
+    nice: Option<i32>,
+}
+
+impl Current {
+    fn of(pid: i32) -> Current {
+        let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
+        let status = read("status").unwrap_or_default();
+        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        // After "(comm)": state is field 0, nice field 16.
+        let stat = read("stat").unwrap_or_default();
+        let nice = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(16)?.parse().ok());
+        Current {
+            personality: read("personality").and_then(|p| u32::from_str_radix(p.trim(), 16).ok()),
+            umask: field("Umask:").and_then(|u| u32::from_str_radix(u, 8).ok()),
+            timer_slack_ns: read("timerslack_ns").and_then(|t| t.trim().parse().ok()),
+            nice,
+        }
     }
 }
 
