@@ -1165,31 +1165,48 @@ fn others_records(p: &ProcessImage) -> Vec<&crate::image::proto::Thread> {
 
 /// Has the leader behind `remote` create the other threads of its process, with their tids
 /// (clone3 with CLONE_THREAD and set_tid), and seizes them. They start in the helper area's
-/// pause loop with every signal blocked (inherited from the leader).
+/// pause loop with every signal blocked (inherited from their creator). Every thread that
+/// exists creates one more in each round, all at once (RemoteTask::syscall_each), so 1000
+/// threads take ten rounds of stops, not a thousand: which thread of the group creates a thread
+/// changes nothing of it that is not restored afterwards.
 fn create_threads(remote: &mut RemoteTask, threads: &[crate::image::proto::Thread], helper: u64) -> Result<Vec<RemoteTask>> {
-    let mut created = Vec::new();
-    for t in threads {
-        let tid_addr = remote.put(128, &(t.tid as i32).to_ne_bytes())?;
-        let flags = (libc::CLONE_VM
-            | libc::CLONE_FS
-            | libc::CLONE_FILES
-            | libc::CLONE_SIGHAND
-            | libc::CLONE_THREAD
-            | libc::CLONE_SYSVSEM) as u64;
-        let mut args = Vec::new();
-        for v in [flags, 0, 0, 0, 0, 0, 0, 0, tid_addr, 1, 0] {
-            args.extend_from_slice(&(v as u64).to_ne_bytes());
+    // Each creator's clone_args and tid in its own slot of the shared scratch area.
+    const SLOT: u64 = 128;
+    let max_creators = (remote.scratch().map(|s| s.len).unwrap_or(SLOT) / SLOT).max(1) as usize;
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let mut created: Vec<RemoteTask> = Vec::new();
+    while created.len() < threads.len() {
+        let batch = &threads[created.len()..];
+        let n = (created.len() + 1).min(batch.len()).min(max_creators);
+        let mut creators: Vec<&mut RemoteTask> = std::iter::once(&mut *remote).chain(created.iter_mut()).take(n).collect();
+        let mut calls = Vec::with_capacity(n);
+        for (i, (c, t)) in creators.iter().zip(batch).enumerate() {
+            let slot = i as u64 * SLOT;
+            let tid_addr = c.put(slot + 96, &(t.tid as i32).to_ne_bytes())?;
+            let mut args = Vec::new();
+            for v in [flags, 0, 0, 0, 0, 0, 0, 0, tid_addr, 1, 0] {
+                args.extend_from_slice(&(v as u64).to_ne_bytes());
+            }
+            let args_addr = c.put(slot, &args)?;
+            calls.push((libc::SYS_clone3, vec![args_addr, args.len() as u64]));
         }
-        let args_addr = remote.put(0, &args)?;
-        let got = remote
-            .syscall("clone3(CLONE_THREAD)", libc::SYS_clone3, &[args_addr, args.len() as u64])
-            .with_context(|| format!("creating thread {}", t.tid))?;
-        let tid = Pid::from_raw(got as i32);
-        ptrace::seize_and_interrupt(tid, true)?;
-        let mut thread = RemoteTask::new(tid, helper)?;
-        memory::use_helper(&mut thread, helper);
-        ptrace::set_sigmask(tid, !0)?;
-        created.push(thread);
+        let results = RemoteTask::syscall_each(&mut creators, &calls).context("creating threads")?;
+        for (ret, t) in results.into_iter().zip(batch) {
+            if (-4095..0).contains(&ret) {
+                bail!("creating thread {}: remote clone3(CLONE_THREAD): {}", t.tid, nix::errno::Errno::from_raw(-ret as i32));
+            }
+            let tid = Pid::from_raw(ret as i32);
+            ptrace::seize_and_interrupt(tid, true)?;
+            let mut thread = RemoteTask::new(tid, helper)?;
+            memory::use_helper(&mut thread, helper);
+            ptrace::set_sigmask(tid, !0)?;
+            created.push(thread);
+        }
     }
     Ok(created)
 }

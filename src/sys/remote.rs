@@ -121,21 +121,7 @@ impl RemoteTask {
         if self.self_return.is_some() {
             return self.syscall_from_parked(nr, args);
         }
-        let mut regs = self.base;
-        regs.rax = nr as u64;
-        // orig_rax = -1: the kernel must not treat the stop we start from as an interrupted
-        // system call and "restart" it on the way out.
-        regs.orig_rax = u64::MAX;
-        regs.rip = self.syscall_ip;
-        let mut a = [0u64; 6];
-        a[..args.len()].copy_from_slice(args);
-        regs.rdi = a[0];
-        regs.rsi = a[1];
-        regs.rdx = a[2];
-        regs.r10 = a[3];
-        regs.r8 = a[4];
-        regs.r9 = a[5];
-        ptrace::set_registers(self.pid, &regs)?;
+        self.set_call(nr, args)?;
         ptrace::step_to_syscall_stop(self.pid)?; // enter
         ptrace::step_to_syscall_stop(self.pid)?; // exit
         let out = ptrace::get_registers(self.pid)?;
@@ -152,20 +138,24 @@ impl RemoteTask {
 
     /// Runs one system call in each of `tasks` at once, `calls[i]` (number and arguments) in
     /// `tasks[i]`, and returns their raw results. Each task goes through the same steps as in
-    /// [`Self::syscall_raw`], so each is at every instant parked or inside a call that returns
-    /// to where it is parked; but all are let go before crust waits for the first, so their
-    /// stops overlap (one round of waits for the whole tree instead of one per process). Tasks
-    /// not parked on a frame run their calls one after the other. On an error every task still
-    /// in a call is waited for, back where it is parked, and the first error is returned.
+    /// [`Self::syscall_raw`], so a parked one is at every instant parked or inside a call that
+    /// returns to where it is parked; but all are let go before crust waits for the first, so
+    /// their stops overlap (one round of waits for the whole tree instead of one per process).
+    /// On an error every task still in a call is waited for, and the first error is returned.
     pub fn syscall_each(tasks: &mut [&mut RemoteTask], calls: &[(i64, Vec<u64>)]) -> Result<Vec<i64>, SysError> {
-        if tasks.len() != calls.len() || tasks.iter().any(|t| t.self_return.is_none()) {
-            return tasks.iter_mut().zip(calls).map(|(t, (nr, args))| t.syscall_raw(*nr, args)).collect();
+        if tasks.len() != calls.len() {
+            return Err(SysError::unexpected("syscall_each", 0, format!("{} tasks, {} calls", tasks.len(), calls.len())));
         }
         let mut failed: Option<SysError> = None;
         // Which tasks are still on their way: false once one of their steps failed.
         let mut going: Vec<bool> = vec![true; tasks.len()];
-        for (i, t) in tasks.iter().enumerate() {
-            if let Err(e) = ptrace::resume_to_syscall_stop(t.pid) {
+        for (i, (t, (nr, args))) in tasks.iter_mut().zip(calls).enumerate() {
+            // Parked: on to the entry of its rt_sigreturn; else straight into the call.
+            let started = match t.self_return {
+                Some(_) => ptrace::resume_to_syscall_stop(t.pid),
+                None => t.set_call(*nr, args).and_then(|()| ptrace::resume_to_syscall_stop(t.pid)),
+            };
+            if let Err(e) = started {
                 going[i] = false;
                 failed.get_or_insert(e);
             }
@@ -174,8 +164,11 @@ impl RemoteTask {
             if !going[i] {
                 continue;
             }
-            let turned = ptrace::wait_syscall_stop(t.pid).and_then(|()| t.turn_into(*nr, args)).and_then(|()| ptrace::resume_to_syscall_stop(t.pid));
-            if let Err(e) = turned {
+            let entered = ptrace::wait_syscall_stop(t.pid).and_then(|()| match t.self_return {
+                Some(_) => t.turn_into(*nr, args),
+                None => Ok(()),
+            });
+            if let Err(e) = entered.and_then(|()| ptrace::resume_to_syscall_stop(t.pid)) {
                 going[i] = false;
                 failed.get_or_insert(e);
             }
@@ -193,6 +186,20 @@ impl RemoteTask {
             Some(e) => Err(e),
             None => Ok(results),
         }
+    }
+
+    /// Points a tracee that is not parked at its `syscall` instruction, set up for call `nr`.
+    fn set_call(&mut self, nr: i64, args: &[u64]) -> Result<(), SysError> {
+        let mut regs = self.base;
+        regs.rax = nr as u64;
+        // orig_rax = -1: the kernel must not treat the stop we start from as an interrupted
+        // system call and "restart" it on the way out.
+        regs.orig_rax = u64::MAX;
+        regs.rip = self.syscall_ip;
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+        ptrace::set_registers(self.pid, &regs)
     }
 
     /// At the entry stop of the parked tracee's rt_sigreturn: makes it system call `nr` with
