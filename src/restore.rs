@@ -805,15 +805,35 @@ impl Tree {
         if let Some(t) = job_terminal {
             t.hand_over(img.inventory.foreground_pgid)?;
         }
-        // Every thread gets its registers and mask; none runs before the detach below.
+        // Every thread gets its registers and mask; none runs before the detach below. All are
+        // started on their way to the stop before the first is waited for.
+        let mut parking = Vec::new();
+        let mut started = Ok(());
         for (pid, building) in &mut self.building {
             let threads = &img.processes[pid].core.threads;
             let remotes = std::iter::once(&mut building.remote).chain(building.threads.iter_mut());
             for (remote, thread) in remotes.zip(threads) {
-                ptrace::set_sigmask(remote.pid(), thread.blocked_mask)?;
-                remote.park_with_registers(&registers::resume_registers(thread)?)?;
+                started = start_resume(remote, thread);
+                if started.is_err() {
+                    break;
+                }
+                parking.push(remote.pid());
+            }
+            if started.is_err() {
+                break;
             }
         }
+        // Those started are waited for even after an error: no thread is left on its way.
+        let mut waited = Ok(());
+        for tid in parking {
+            if let Err(e) = ptrace::wait_for_event_stop(tid)
+                && waited.is_ok()
+            {
+                waited = Err(e);
+            }
+        }
+        started?;
+        waited?;
         // Breaks that were in progress start again, each at its moment before the resume, so
         // the kernel ends each one at its recorded time after it.
         if !lease_breaks.is_empty() {
@@ -1158,6 +1178,14 @@ impl Tree {
     }
 }
 
+/// Gives a thread its blocked mask and the registers it resumes with, and starts it on its way
+/// to the stop it is let go from (waited for by the caller).
+fn start_resume(remote: &mut RemoteTask, thread: &crate::image::proto::Thread) -> Result<()> {
+    ptrace::set_sigmask(remote.pid(), thread.blocked_mask)?;
+    remote.start_parking(&registers::resume_registers(thread)?)?;
+    Ok(())
+}
+
 /// The image's threads of a process but its leader.
 fn others_records(p: &ProcessImage) -> Vec<&crate::image::proto::Thread> {
     p.core.threads.iter().skip(1).collect()
@@ -1196,12 +1224,16 @@ fn create_threads(remote: &mut RemoteTask, threads: &[crate::image::proto::Threa
             calls.push((libc::SYS_clone3, vec![args_addr, args.len() as u64]));
         }
         let results = RemoteTask::syscall_each(&mut creators, &calls).context("creating threads")?;
+        let mut new = Vec::with_capacity(n);
         for (ret, t) in results.into_iter().zip(batch) {
             if (-4095..0).contains(&ret) {
                 bail!("creating thread {}: remote clone3(CLONE_THREAD): {}", t.tid, nix::errno::Errno::from_raw(-ret as i32));
             }
-            let tid = Pid::from_raw(ret as i32);
-            ptrace::seize_and_interrupt(tid, true)?;
+            new.push(Pid::from_raw(ret as i32));
+        }
+        // All seized and interrupted before the first stop is waited for.
+        ptrace::seize_and_interrupt_all(&new, true)?;
+        for tid in new {
             let mut thread = RemoteTask::new(tid, helper)?;
             memory::use_helper(&mut thread, helper);
             ptrace::set_sigmask(tid, !0)?;

@@ -47,6 +47,33 @@ pub fn seize_and_interrupt_until(pid: Pid, kill_on_tracer_exit: bool, deadline: 
     wait_for_event_stop_until(pid, deadline)
 }
 
+/// [`seize_and_interrupt`] of every one of `pids`, each seized and interrupted before the first
+/// stop is waited for. On an error the ones seized are still waited for.
+pub fn seize_and_interrupt_all(pids: &[Pid], kill_on_tracer_exit: bool) -> Result<(), SysError> {
+    let mut options = Options::PTRACE_O_TRACESYSGOOD;
+    if kill_on_tracer_exit {
+        options |= Options::PTRACE_O_EXITKILL;
+    }
+    let mut seized = Vec::with_capacity(pids.len());
+    let mut result = Ok(());
+    for &pid in pids {
+        result = nix_ptrace::seize(pid, options)
+            .map_err(ptrace_err("ptrace(PTRACE_SEIZE)", pid))
+            .and_then(|()| nix_ptrace::interrupt(pid).map_err(ptrace_err("ptrace(PTRACE_INTERRUPT)", pid)));
+        match result {
+            Ok(()) => seized.push(pid),
+            Err(_) => break,
+        }
+    }
+    for pid in seized {
+        let waited = wait_for_event_stop(pid);
+        if result.is_ok() {
+            result = waited;
+        }
+    }
+    result
+}
+
 /// Sends PTRACE_INTERRUPT to a running tracee and waits for its event stop. Signals that arrive
 /// first are left pending: crust never delivers or drops a signal of the tracee.
 pub fn interrupt_and_wait(pid: Pid) -> Result<(), SysError> {

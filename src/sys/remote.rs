@@ -288,14 +288,20 @@ impl RemoteTask {
     /// run its usual signal and syscall-restart logic when it is let go: an interrupted system
     /// call in `regs` restarts (or returns EINTR) exactly as it would have without crust.
     pub fn park_with_registers(&mut self, regs: &Registers) -> Result<(), SysError> {
+        self.start_parking(regs)?;
+        ptrace::wait_for_event_stop(self.pid)
+    }
+
+    /// The first half of [`Self::park_with_registers`]: the tracee is on its way to the stop,
+    /// which the caller waits for (ptrace::wait_for_event_stop) after starting others.
+    pub fn start_parking(&mut self, regs: &Registers) -> Result<(), SysError> {
         ptrace::set_registers(self.pid, regs)?;
         // We are at a syscall-exit-stop (or an event stop). Leaving it through PTRACE_INTERRUPT
         // makes the tracee stop again inside get_signal(), the place the kernel decides restarts.
         nix::sys::ptrace::interrupt(self.pid)
             .map_err(|e| SysError::new("ptrace(PTRACE_INTERRUPT)", e).pid(self.pid.as_raw()))?;
         nix::sys::ptrace::cont(self.pid, None)
-            .map_err(|e| SysError::new("ptrace(PTRACE_CONT)", e).pid(self.pid.as_raw()))?;
-        ptrace::wait_for_event_stop(self.pid)
+            .map_err(|e| SysError::new("ptrace(PTRACE_CONT)", e).pid(self.pid.as_raw()))
     }
 }
 
