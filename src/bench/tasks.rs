@@ -212,7 +212,17 @@ struct Rounds {
 }
 
 pub fn run(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    // A directory of this run's own: another bench may use the same --dir at the same time.
+    let own = dir.join(format!("tasks-{}", std::process::id()));
+    std::fs::create_dir_all(&own)?;
+    let result = run_in(tasks, &own, runs, criu);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&own);
+    }
+    result
+}
+
+fn run_in(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
     println!("crust bench: {}, images in {}", tasks.name(), dir.display());
     let mut tools = vec![Tool { name: "crust", exe: std::env::current_exe()? }];
     if let Some(criu) = criu {
