@@ -7,8 +7,8 @@
 //! as if a user or a closed terminal sent it).
 //!
 //! Points: dump: `dump-frozen` (every process frozen), `dump-files`, `dump-memory` (after each
-//! process's files, memory), `dump-pages-open` (the process holds the page file open, before it
-//! writes its pages), `dump-collected` (every record written), `dump-checksums` (before
+//! process's files, memory), `dump-pages-open` (the page file created, before crust copies
+//! the pages into it), `dump-collected` (every record written), `dump-checksums` (before
 //! the inventory); restore: `restore-tree` (every process created), `restore-descriptions`,
 //! `restore-process` (after each process's state), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was

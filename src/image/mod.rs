@@ -117,6 +117,8 @@ pub struct ImageDir {
     root: PathBuf,
     /// Every file this process wrote into the directory (removed if the dump fails).
     written: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
+    /// Records of data files hashed while they were written (see [`Self::hashed_while_written`]).
+    hashed: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, proto::DataFile>>>,
 }
 
 /// Largest record file crust reads (the largest records, inventories of images of many GiB,
@@ -167,7 +169,7 @@ impl ImageDir {
     /// earlier failed dump goes too.
     pub fn create(root: &Path) -> Result<Self, ImageError> {
         fs::create_dir_all(root).map_err(|source| ImageError::Io { path: root.to_owned(), source })?;
-        let dir = ImageDir { root: root.to_owned(), written: Default::default() };
+        let dir = ImageDir { root: root.to_owned(), written: Default::default(), hashed: Default::default() };
         for stale in [INVENTORY, FAILED_DUMP] {
             let path = dir.path(stale);
             match fs::remove_file(&path) {
@@ -218,7 +220,7 @@ impl ImageDir {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        Ok(ImageDir { root: root.to_owned(), written: Default::default() })
+        Ok(ImageDir { root: root.to_owned(), written: Default::default(), hashed: Default::default() })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -269,8 +271,18 @@ impl ImageDir {
         create_no_follow(&path).map_err(|source| ImageError::Io { path, source })
     }
 
-    /// Size and chunk hashes of a raw data file, read back from the image directory.
+    /// Keeps the record of a data file whose chunks were hashed as they were written (the page
+    /// copy engine), so that [`Self::checksum_data_file`] need not read the file again.
+    pub fn hashed_while_written(&self, record: proto::DataFile) {
+        self.hashed.lock().unwrap().insert(record.name.clone(), record);
+    }
+
+    /// Size and chunk hashes of a raw data file: as hashed while written, or read back from
+    /// the image directory.
     pub fn checksum_data_file(&self, name: &str) -> Result<proto::DataFile, ImageError> {
+        if let Some(record) = self.hashed.lock().unwrap().remove(name) {
+            return Ok(record);
+        }
         let path = self.path(name);
         let map = self.map_data_file(&path)?;
         Ok(chunks::record(name, map.as_slice()))

@@ -2,8 +2,8 @@
 //! can bring back, the vDSO unit, and the mm fields (brk, code/data/stack bounds, args, env,
 //! auxv, executable).
 //!
-//! Dump writes page data straight from the frozen process into the page file (the process
-//! itself runs `pwritev` on runs of present pages), so each byte is copied once. Restore maps
+//! Dump has crust copy the pages into the page file (page_copy: process_vm_readv on every core,
+//! each 1 MiB chunk hashed as it is complete); no system call runs in the process for them. Restore maps
 //! every area at its address and has the new process `preadv` its pages into place, again one
 //! copy per byte and one system call per up to 1024 runs.
 
@@ -324,85 +324,26 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
     Ok(vma)
 }
 
-/// Has the frozen process write its wanted pages into the page file.
+/// Copies the wanted pages of the frozen process into the page file (crust copies them, on
+/// every core, hashing each chunk as it is complete: see page_copy) and keeps the file's record.
 fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Result<()> {
     let pid = ctx.pid.as_raw();
     let file = ctx.image.create_data_file(name)?;
-    file.set_len(total).with_context(|| format!("sizing page file {name}"))?;
-    let (readable, unreadable): (Vec<&Vma>, Vec<&Vma>) =
-        vmas.iter().partition(|v| v.prot & libc::PROT_READ as u32 != 0);
-    let readable_runs: Vec<&PageRun> = readable.iter().flat_map(|v| v.pages.iter()).collect();
-    // Pages under PROT_NONE or write-only protection cannot be written out by the process
-    // itself; crust copies them.
-    let mut by_crust: Vec<&PageRun> = unreadable.iter().flat_map(|v| v.pages.iter()).collect();
-    if !readable_runs.is_empty() {
-        let path = ctx.image.path(name);
-        let path = path.to_str().context("image path is not UTF-8")?;
-        let addr = ctx.remote.put_path(0, path)?;
-        let flags = (libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-        match ctx.remote.syscall("openat(page file)", libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags, 0]) {
-            Ok(fd) => {
-                let fd = move_out_of_the_way(ctx.remote, pid, fd);
-                let result = crate::fault::point("dump-pages-open")
-                    .and_then(|()| transfer_runs(ctx.remote, fd, &readable_runs, libc::SYS_pwritev, "pwritev"));
-                ctx.remote.syscall("close", libc::SYS_close, &[fd])?;
-                result.with_context(|| format!("pid {pid}: writing pages to {name}"))?;
-            }
-            // The process may not reach the image (another user, a chroot): crust copies
-            // everything itself, at the cost of a second copy.
-            Err(e) => {
-                tracing::info!(pid, "the process cannot open the page file ({e}); crust copies its pages");
-                by_crust.extend(readable_runs);
-            }
-        }
-    }
-    copy_runs_via_crust(ctx.remote, &file, &by_crust).with_context(|| format!("pid {pid}: writing pages to {name}"))
-}
-
-/// Moves crust's descriptor in the process to the top of its fd range: were crust killed while
-/// the process writes its pages, the descriptor would stay, and at a low number it would make
-/// the program's next open() return another number than it would have. Best effort: the fd
-/// as it is when there is no room up there.
-fn move_out_of_the_way(remote: &mut RemoteTask, pid: i32, fd: u64) -> u64 {
-    let soft_nofile = procfs::process::Process::new(pid)
-        .and_then(|p| p.limits())
-        .ok()
-        .and_then(|l| match l.max_open_files.soft_limit {
-            procfs::process::LimitValue::Value(v) => Some(v),
-            procfs::process::LimitValue::Unlimited => None,
-        })
-        .unwrap_or(1024);
-    let floor = soft_nofile.saturating_sub(16).max(fd + 1);
-    match remote.syscall("fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, &[fd, libc::F_DUPFD_CLOEXEC as u64, floor]) {
-        Ok(high) => {
-            let _ = remote.syscall("close", libc::SYS_close, &[fd]);
-            high
-        }
-        Err(_) => fd,
-    }
-}
-
-/// Copies page runs into the page file through /proc/PID/mem, which reads regardless of
-/// protection, in bounded chunks.
-fn copy_runs_via_crust(remote: &RemoteTask, file: &std::fs::File, runs: &[&PageRun]) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    const CHUNK: u64 = 4 << 20;
-    let mut buf = vec![0u8; CHUNK as usize];
-    for run in runs {
-        let len = run.pages * PAGE_SIZE;
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(CHUNK) as usize;
-            remote.read_memory(run.address + done, &mut buf[..n])?;
-            file.write_all_at(&buf[..n], run.file_offset + done)?;
-            done += n as u64;
-            crate::progress::copied(n as u64);
-        }
-    }
+    crate::fault::point("dump-pages-open")?;
+    let record = super::page_copy::copy_to_file(pid, &file, name, &page_pieces(vmas), total, None)?;
+    ctx.image.hashed_while_written(record);
     Ok(())
 }
 
-/// At most this many bytes per pwritev/preadv, so that the progress shown on a terminal moves
+/// Every page run of `vmas`, in page file order.
+pub fn page_pieces(vmas: &[Vma]) -> Vec<super::page_copy::Piece> {
+    vmas.iter()
+        .flat_map(|v| &v.pages)
+        .map(|r| super::page_copy::Piece { address: r.address, len: r.pages * PAGE_SIZE, file_offset: r.file_offset })
+        .collect()
+}
+
+/// At most this many bytes per preadv, so that the progress shown on a terminal moves
 /// during a large memory step (a call costs tens of microseconds; this is 16 calls per GiB).
 const BATCH_BYTES: u64 = 64 << 20;
 
@@ -424,8 +365,8 @@ fn segments(runs: &[&PageRun]) -> Vec<Segment> {
     out
 }
 
-/// Moves page runs between the process's memory and the page file with pwritev/preadv run in
-/// the process, up to IOV_BATCH pieces and BATCH_BYTES per call. Runs are consecutive in the
+/// Moves page runs from the page file into the process's memory with preadv run in the
+/// process, up to IOV_BATCH pieces and BATCH_BYTES per call. Runs are consecutive in the
 /// file.
 fn transfer_runs(remote: &mut RemoteTask, fd: u64, runs: &[&PageRun], nr: i64, name: &str) -> Result<()> {
     let segs = segments(runs);

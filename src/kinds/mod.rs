@@ -25,6 +25,7 @@ pub mod locks;
 pub mod membarrier;
 pub mod lazy_pages;
 pub mod memory;
+pub mod page_copy;
 pub mod pathless;
 pub mod posix_timers;
 pub mod registers;
