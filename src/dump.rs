@@ -136,7 +136,25 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     crate::network_lock::repair_left_behind();
     precheck(root)?;
     let image = ImageDir::create(dir)?;
-    dump_into(root, &image, opts).inspect_err(|e| image.discard_failed_dump(&format!("{e:#}")))
+    // With -R, pages are copied while the tree runs on (kinds/uffd_dump.rs); a program that
+    // discards or moves memory not saved yet makes the attempt fail, and the dump starts
+    // again: twice, then with the pages copied while frozen.
+    const LIVE_ATTEMPTS: usize = 2;
+    let mut attempt = 0;
+    loop {
+        crate::kinds::uffd_dump::set_live(opts.leave_running && attempt < LIVE_ATTEMPTS);
+        let result = dump_into(root, &image, opts);
+        crate::kinds::uffd_dump::set_live(false);
+        match result {
+            Err(e) if crate::kinds::uffd_dump::is_memory_moved(&e) && attempt < LIVE_ATTEMPTS => {
+                attempt += 1;
+                let next = if attempt < LIVE_ATTEMPTS { "again" } else { "again, copying the pages while frozen" };
+                info!(%root, "{e:#}; dumping {next}");
+                image.discard_written();
+            }
+            result => return result.inspect_err(|e| image.discard_failed_dump(&format!("{e:#}"))),
+        }
+    }
 }
 
 fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpReport> {
@@ -161,12 +179,20 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let Collected { entries, data_files: shared_data, pages_bytes, mut kinds, mut links } = match collected {
         Ok(c) => c,
         Err(e) => {
+            crate::kinds::uffd_dump::abandon();
             resume_after_failure(&mut frozen);
             return Err(e.context(format!("dumping the tree of pid {root} (it was left running)")));
         }
     };
     if opts.leave_running {
-        release_all(&mut frozen, End::Resume)?;
+        let released = release_all(&mut frozen, End::Resume);
+        if released.is_err() {
+            crate::kinds::uffd_dump::abandon();
+        }
+        released?;
+        progress.step("copying the pages while the tree runs".to_string());
+        crate::kinds::uffd_dump::copy_deferred(image)
+            .map_err(|e| e.context(format!("dumping the tree of pid {root} (it runs on, untouched)")))?;
     }
     // Without -R the tree stays frozen until the image is complete: a dump that fails or is
     // interrupted from here on still leaves it running. With -R it already runs on.

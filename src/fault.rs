@@ -8,7 +8,8 @@
 //!
 //! Points: dump: `dump-frozen` (every process frozen), `dump-files`, `dump-memory` (after each
 //! process's files, memory), `dump-pages-open` (the page file created, before crust copies
-//! the pages into it), `dump-collected` (every record written), `dump-checksums` (before
+//! the pages into it), `dump-live-copy` (dump -R: the tree runs on, before crust copies each
+//! process's write-protected pages), `dump-collected` (every record written), `dump-checksums` (before
 //! the inventory); restore: `restore-tree` (every process created), `restore-descriptions`,
 //! `restore-process` (after each process's state), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
@@ -26,6 +27,7 @@ pub const POINTS: &[&str] = &[
     "dump-files",
     "dump-memory",
     "dump-pages-open",
+    "dump-live-copy",
     "dump-collected",
     "dump-checksums",
     "restore-tree",

@@ -189,6 +189,18 @@ impl ImageDir {
         }
     }
 
+    /// Before another attempt at the dump: removes every file written so far.
+    pub fn discard_written(&self) {
+        self.hashed.lock().unwrap().clear();
+        for path in std::mem::take(&mut *self.written.lock().unwrap()) {
+            if let Err(e) = fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot remove {} of the failed attempt: {e}", path.display());
+            }
+        }
+    }
+
     /// After a failed dump: removes every file the dump wrote and leaves [`FAILED_DUMP`] with
     /// the reason, so that nobody takes the directory for an image.
     pub fn discard_failed_dump(&self, reason: &str) {

@@ -328,6 +328,10 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
 /// every core, hashing each chunk as it is complete: see page_copy) and keeps the file's record.
 fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Result<()> {
     let pid = ctx.pid.as_raw();
+    // `dump -R`: write-protected now, copied once the tree runs on (see uffd_dump).
+    if super::uffd_dump::live() && super::uffd_dump::arm(ctx, vmas, name, total, page_pieces(vmas))? {
+        return Ok(());
+    }
     let file = ctx.image.create_data_file(name)?;
     crate::fault::point("dump-pages-open")?;
     let record = super::page_copy::copy_to_file(pid, &file, name, &page_pieces(vmas), total, None)?;

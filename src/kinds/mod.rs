@@ -34,6 +34,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod sysv_shm;
 pub mod timers;
+pub mod uffd_dump;
 
 use std::os::fd::OwnedFd;
 

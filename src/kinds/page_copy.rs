@@ -87,7 +87,7 @@ pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece]
     let t0 = std::time::Instant::now();
     let plan = split_into_chunks(pieces, total)?;
     file.set_len(total).with_context(|| format!("pid {pid}: sizing page file {name}"))?;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).with_context(|| format!("pid {pid}: opening /proc/{pid}/mem"))?;
+    let mem = Source::open(pid)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let hashes = Mutex::new(vec![Vec::new(); plan.len()]);
     let work = || -> Result<()> {
@@ -103,7 +103,7 @@ pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece]
             let bytes = &mut buffer[..len];
             let base = (index * CHUNK) as u64;
             let read: Vec<Piece> = pieces.iter().filter(|p| hook.is_none_or(|h| h.wanted(p))).copied().collect();
-            copy_chunk(pid, &mem, base, &read, bytes).with_context(|| format!("pid {pid}: copying pages into {name}"))?;
+            copy_chunk(&mem, base, &read, bytes).with_context(|| format!("pid {pid}: copying pages into {name}"))?;
             if let Some(hook) = hook {
                 hook.copied(index, pieces, bytes)?;
             }
@@ -134,18 +134,78 @@ pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece]
     })
 }
 
+/// Where a process's pages are read from: process_vm_readv for pages only this process maps,
+/// /proc/PID/mem for the others. process_vm_readv pins the pages it reads (FOLL_PIN), and the
+/// kernel gives a process its own copy of an anonymous page shared copy-on-write (with its
+/// parent or child) before it lets it be pinned: that would cost the program memory and lose
+/// the sharing the image records. /proc/PID/mem only takes references (FOLL_GET).
+pub struct Source {
+    pid: i32,
+    mem: std::fs::File,
+    pagemap: std::fs::File,
+}
+
+/// pagemap bits: present, and mapped by this process only (PM_MMAP_EXCLUSIVE).
+const PRESENT_EXCLUSIVE: u64 = (1 << 63) | (1 << 56);
+
+impl Source {
+    pub fn open(pid: i32) -> Result<Self> {
+        let open = |what: &str| std::fs::File::open(format!("/proc/{pid}/{what}")).with_context(|| format!("pid {pid}: opening /proc/{pid}/{what}"));
+        Ok(Source { pid, mem: open("mem")?, pagemap: open("pagemap")? })
+    }
+
+    /// `pieces` cut where pages stop or start being mapped by this process only: (piece,
+    /// exclusive).
+    fn split_by_sharing(&self, pieces: &[Piece]) -> Result<Vec<(Piece, bool)>> {
+        let mut out = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let n = (p.len / PAGE) as usize;
+            let mut entries = vec![0u8; n * 8];
+            self.pagemap
+                .read_exact_at(&mut entries, p.address / PAGE * 8)
+                .with_context(|| format!("pid {}: read of /proc/{}/pagemap at {:#x}", self.pid, self.pid, p.address))?;
+            let exclusive = |i: usize| u64::from_ne_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap()) & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE;
+            let mut start = 0;
+            for i in 1..=n {
+                if i == n || exclusive(i) != exclusive(start) {
+                    let off = start as u64 * PAGE;
+                    out.push((Piece { address: p.address + off, len: (i - start) as u64 * PAGE, file_offset: p.file_offset + off }, exclusive(start)));
+                    start = i;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_mem(&self, p: &Piece, bytes: &mut [u8]) -> Result<()> {
+        self.mem.read_exact_at(bytes, p.address).with_context(|| format!("pread of /proc/{}/mem at {:#x} ({} bytes)", self.pid, p.address, p.len))
+    }
+}
+
+const PAGE: u64 = 4096;
+
 /// Reads `pieces` into `bytes`, which holds the file from offset `base` on: process_vm_readv
-/// for as many as it takes (pieces contiguous in the file go in one call), and the piece it
-/// stops at through /proc/PID/mem.
-pub fn copy_chunk(pid: i32, mem: &std::fs::File, base: u64, pieces: &[Piece], bytes: &mut [u8]) -> Result<()> {
+/// for pages only this process maps (pieces contiguous in the file in one call, up to
+/// IOV_MAX), /proc/PID/mem for the others and for a piece process_vm_readv stops at (a page
+/// under PROT_NONE).
+pub fn copy_chunk(src: &Source, base: u64, pieces: &[Piece], bytes: &mut [u8]) -> Result<()> {
+    let pid = src.pid;
+    let pieces = src.split_by_sharing(pieces)?;
     let mut i = 0;
     while i < pieces.len() {
-        // A batch: pieces that follow each other in the file, up to IOV_MAX.
+        let (first, exclusive) = pieces[i];
+        if !exclusive {
+            let at = (first.file_offset - base) as usize;
+            src.read_mem(&first, &mut bytes[at..at + first.len as usize])?;
+            i += 1;
+            continue;
+        }
+        // A batch: exclusive pieces that follow each other in the file, up to IOV_MAX.
         let mut j = i + 1;
-        while j < pieces.len() && j - i < IOV_MAX && pieces[j - 1].file_offset + pieces[j - 1].len == pieces[j].file_offset {
+        while j < pieces.len() && j - i < IOV_MAX && pieces[j].1 && pieces[j - 1].0.file_offset + pieces[j - 1].0.len == pieces[j].0.file_offset {
             j += 1;
         }
-        let batch = &pieces[i..j];
+        let batch: Vec<Piece> = pieces[i..j].iter().map(|(p, _)| *p).collect();
         let start = (batch[0].file_offset - base) as usize;
         let end = (batch[batch.len() - 1].file_offset + batch[batch.len() - 1].len - base) as usize;
         let remote: Vec<RemoteIoVec> = batch.iter().map(|p| RemoteIoVec { base: p.address as usize, len: p.len as usize }).collect();
@@ -161,9 +221,7 @@ pub fn copy_chunk(pid: i32, mem: &std::fs::File, base: u64, pieces: &[Piece], by
         if done < batch.len() {
             let p = batch[done];
             let at = (p.file_offset - base) as usize;
-            mem.read_exact_at(&mut bytes[at..at + p.len as usize], p.address).with_context(|| {
-                format!("pread of /proc/{pid}/mem at {:#x} ({} bytes) after process_vm_readv stopped there", p.address, p.len)
-            })?;
+            src.read_mem(&p, &mut bytes[at..at + p.len as usize]).context("after process_vm_readv stopped there")?;
             i += 1;
         }
     }

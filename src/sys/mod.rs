@@ -20,6 +20,7 @@ pub mod socket;
 pub mod unix_diag;
 pub mod sysv;
 pub mod terminal;
+pub mod uffd;
 pub mod uffd_missing;
 
 use nix::errno::Errno;
