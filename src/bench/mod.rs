@@ -32,8 +32,29 @@ pub mod tasks;
 const MIB: usize = 1 << 20;
 const PATTERN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// The longest time, in nanoseconds, between two wake-ups of the workload's ticker.
+static MAX_GAP_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The workload's ticker: wakes every millisecond and writes a word to its own memory (a new
+/// page each time, so that a dump that write-protects memory makes it wait), keeping the
+/// longest gap between wake-ups in MAX_GAP_NS: the stall of a `dump -R`, seen from inside.
+fn ticker() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const PAGES: usize = 1024;
+    let words: Vec<AtomicU64> = (0..PAGES * 512).map(|_| AtomicU64::new(1)).collect();
+    let mut previous = Instant::now();
+    for i in 0.. {
+        std::thread::sleep(Duration::from_millis(1));
+        words[(i % PAGES) * 512].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        MAX_GAP_NS.fetch_max((now - previous).as_nanos() as u64, Ordering::Relaxed);
+        previous = now;
+    }
+}
+
 /// Runs as the benchmarked process: maps `mib` MiB of huge or ordinary pages, writes a pattern
-/// to every word, says READY in `ready_file`, then sleeps until killed.
+/// to every word, starts its ticker, says READY in `ready_file` (with the address of the
+/// ticker's longest gap), then sleeps until killed.
 pub fn workload(mib: usize, ready_file: &Path, huge: bool) -> Result<()> {
     crate::sys::close_inherited_fds()?;
     // A session of its own, as the reference tool wants of the processes it dumps.
@@ -44,7 +65,9 @@ pub fn workload(mib: usize, ready_file: &Path, huge: bool) -> Result<()> {
         w.copy_from_slice(&(i as u64 ^ PATTERN_SEED).to_ne_bytes());
     }
     // Written to a file, then closed: the process keeps no descriptor to the benchmark.
-    std::fs::write(ready_file, format!("READY {:#x} {}\n", region.address(), len))?;
+    std::thread::spawn(ticker);
+    let gap = &MAX_GAP_NS as *const _ as u64;
+    std::fs::write(ready_file, format!("READY {:#x} {} {gap:#x}\n", region.address(), len))?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -54,6 +77,30 @@ struct Workload {
     child: Child,
     address: u64,
     len: u64,
+    /// Where its ticker keeps its longest gap.
+    gap: u64,
+}
+
+impl Workload {
+    /// The ticker's longest gap since the last call (reset then).
+    fn take_max_gap(&self) -> Result<Duration> {
+        use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let mut word = [0u8; 8];
+        let remote = [RemoteIoVec { base: self.gap as usize, len: 8 }];
+        process_vm_readv(pid, &mut [std::io::IoSliceMut::new(&mut word)], &remote)?;
+        process_vm_writev(pid, &[std::io::IoSlice::new(&[0u8; 8])], &remote)?;
+        Ok(Duration::from_nanos(u64::from_ne_bytes(word)))
+    }
+
+    /// The longest gap the ticker saw during `dump -R` by `run`.
+    fn stall_of(&self, run: impl FnOnce() -> Result<()>) -> Result<Duration> {
+        std::thread::sleep(Duration::from_millis(50));
+        self.take_max_gap()?;
+        run()?;
+        std::thread::sleep(Duration::from_millis(50));
+        self.take_max_gap()
+    }
 }
 
 fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
@@ -89,7 +136,8 @@ fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
     let mut parts = line.split_whitespace().skip(1);
     let address = u64::from_str_radix(parts.next().context("bad READY line")?.trim_start_matches("0x"), 16)?;
     let len = parts.next().context("bad READY line")?.parse()?;
-    Ok(Workload { child, address, len })
+    let gap = u64::from_str_radix(parts.next().context("bad READY line")?.trim_start_matches("0x"), 16)?;
+    Ok(Workload { child, address, len, gap })
 }
 
 fn anon_huge_kib(pid: u32) -> u64 {
@@ -224,6 +272,10 @@ struct Figures {
     dump: Duration,
     frozen: Duration,
     restore: Duration,
+    /// The longest gap a 1 ms ticker inside the process saw during `dump -R`: crust's, and
+    /// the reference tool's.
+    stall: Duration,
+    criu_stall: Option<Duration>,
     criu: Option<(Duration, Duration)>,
     /// AnonHugePages of the process before the dump and after the restore, in KiB.
     huge_kib: (u64, u64),
@@ -274,6 +326,9 @@ fn one_run(opts: &BenchOptions, huge: bool) -> Result<Figures> {
     let floor_restore = floor_read_into_memory(&opts.dir, opts.mib, huge)?;
     let image = opts.dir.join("image");
     let _ = std::fs::remove_dir_all(&image);
+    let leave_running = crate::dump::DumpOptions { leave_running: true, ..Default::default() };
+    let stall = w.stall_of(|| crate::dump::dump(pid as i32, &image, &leave_running).map(|_| ()))?;
+    let _ = std::fs::remove_dir_all(&image);
     let dump = crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
     let _ = w.child.wait();
     let started = Instant::now();
@@ -288,8 +343,12 @@ fn one_run(opts: &BenchOptions, huge: bool) -> Result<Figures> {
     let _ = std::fs::remove_dir_all(&image);
     let lazy = lazy_run(opts, huge)?;
     let criu = opts.criu.as_deref().map(|criu| criu_run(criu, opts, huge)).transpose()?;
+    let (criu_stall, criu) = match criu {
+        Some((stall, dump, restore)) => (Some(stall), Some((dump, restore))),
+        None => (None, None),
+    };
     let huge_kib = (huge_before, huge_after);
-    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, criu, huge_kib, lazy })
+    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, stall, criu_stall, criu, huge_kib, lazy })
 }
 
 /// A fresh workload dumped, then restored with --lazy-pages: (until it runs, until all its
@@ -340,8 +399,9 @@ fn finish_restored(pid: i32, w: &Workload) -> Result<()> {
     check
 }
 
-/// The reference tool dumps and restores a fresh workload: (dump, restore) wall times.
-fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration)> {
+/// The reference tool dumps a fresh workload with --leave-running, then dumps and restores it:
+/// (the stall of the first, dump and restore wall times).
+fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration, Duration)> {
     let mut w = start_workload(opts.mib, &opts.dir, huge)?;
     let pid = w.child.id() as i32;
     let image = opts.dir.join("criu-image");
@@ -356,6 +416,13 @@ fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Duration, D
         }
         Ok(took)
     };
+    let stall = w.stall_of(|| tool(&["dump", "--leave-running", "-t", &pid.to_string(), "-o", "dump.log"]).map(|_| ()));
+    let stall = stall.inspect_err(|_| {
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    })?;
+    let _ = std::fs::remove_dir_all(&image);
+    std::fs::create_dir_all(&image)?;
     let dump = tool(&["dump", "-t", &pid.to_string(), "-o", "dump.log"]).inspect_err(|_| {
         let _ = w.child.kill();
         let _ = w.child.wait();
@@ -367,7 +434,7 @@ fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Duration, D
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     let _ = std::fs::remove_dir_all(&image);
     check.context("the reference tool's restored memory")?;
-    Ok((dump, restore))
+    Ok((stall, dump, restore))
 }
 
 fn print_run(run: usize, huge: bool, mib: usize, f: &Figures) {
@@ -389,6 +456,10 @@ fn print_run(run: usize, huge: bool, mib: usize, f: &Figures) {
         ms(f.lazy.1).trim(),
         ratio(f.lazy.1, f.floor_restore)
     );
+    println!("  crust dump -R stall {} (longest gap of a 1 ms ticker inside the process)", ms(f.stall));
+    if let Some(stall) = f.criu_stall {
+        println!("  criu dump -R stall  {}", ms(stall));
+    }
     println!("  huge pages    {} MiB before, {} MiB after restore; memory pattern verified", f.huge_kib.0 / 1024, f.huge_kib.1 / 1024);
     if let Some((dump, restore)) = f.criu {
         println!("  criu dump     {} = {:.2}x the floor; crust/criu {:.2}", ms(dump), ratio(dump, f.floor_dump), ratio(f.dump, dump));
@@ -409,13 +480,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn print_medians(huge: bool, runs: &[&Figures]) {
     let m = |f: &dyn Fn(&Figures) -> f64| median(runs.iter().map(|r| f(r)).collect());
     print!(
-        "median of {} runs, {}: dump {:.2}x the floor (frozen {:.2}x), restore {:.2}x the floor",
+        "median of {} runs, {}: dump {:.2}x the floor (frozen {:.2}x), restore {:.2}x the floor, dump -R stall {:.1} ms",
         runs.len(),
         pages_name(huge),
         m(&|f| ratio(f.dump, f.floor_dump)),
         m(&|f| ratio(f.frozen, f.floor_dump)),
-        m(&|f| ratio(f.restore, f.floor_restore))
+        m(&|f| ratio(f.restore, f.floor_restore)),
+        m(&|f| f.stall.as_secs_f64() * 1e3)
     );
+    if runs.iter().all(|r| r.criu_stall.is_some()) {
+        print!(" (criu {:.1} ms)", m(&|f| f.criu_stall.unwrap().as_secs_f64() * 1e3));
+    }
     print!(
         "; lazy: running after {:.1} ms, every page in {:.2}x the floor",
         m(&|f| f.lazy.0.as_secs_f64() * 1e3),
