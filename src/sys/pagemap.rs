@@ -41,8 +41,64 @@ impl PageMap {
         Ok(bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect())
     }
 
-    /// Calls `run(address, pages)` for each maximal run of wanted pages in [start, end).
-    pub fn for_each_run(&self, start: u64, end: u64, wanted: Wanted, run: impl FnMut(u64, u64)) -> Result<(), SysError> {
+    /// Calls `run(address, pages)` for each maximal run of wanted pages in [start, end): the
+    /// kernel lists the runs (PAGEMAP_SCAN, Linux 6.7+), or crust reads every page's entry.
+    pub fn for_each_run(&self, start: u64, end: u64, wanted: Wanted, mut run: impl FnMut(u64, u64)) -> Result<(), SysError> {
+        match self.scan_runs(start, end, wanted, &mut run) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.errno(), Some(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL)) => {}
+            Err(e) => return Err(e),
+        }
+        self.for_each_run_by_entries(start, end, wanted, run)
+    }
+
+    /// PAGEMAP_SCAN: the kernel walks the page tables and returns runs of pages that are
+    /// present or swapped, with their categories; no entry per page comes to user space.
+    fn scan_runs(&self, start: u64, end: u64, wanted: Wanted, run: &mut dyn FnMut(u64, u64)) -> Result<(), SysError> {
+        use std::os::fd::AsRawFd;
+        let mut regions = [PageRegion::default(); 512];
+        let mut current: Option<(u64, u64)> = None;
+        let mut at = start;
+        while at < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                start: at,
+                end,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+                ..Default::default()
+            };
+            // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
+            // `regions`, both alive across the call; the kernel checks `size`.
+            let n = unsafe { pagemap_scan(self.file.as_raw_fd(), &mut arg) }
+                .map_err(|e| SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e))?;
+            for r in &regions[..n as usize] {
+                if !wanted.holds_category(r.categories) {
+                    continue;
+                }
+                current = match current {
+                    Some((s, e)) if e == r.start => Some((s, r.end)),
+                    Some((s, e)) => {
+                        run(s, (e - s) / PAGE_SIZE);
+                        Some((r.start, r.end))
+                    }
+                    None => Some((r.start, r.end)),
+                };
+            }
+            if arg.walk_end <= at {
+                break;
+            }
+            at = arg.walk_end;
+        }
+        if let Some((s, e)) = current {
+            run(s, (e - s) / PAGE_SIZE);
+        }
+        Ok(())
+    }
+
+    fn for_each_run_by_entries(&self, start: u64, end: u64, wanted: Wanted, run: impl FnMut(u64, u64)) -> Result<(), SysError> {
         const BATCH: u64 = 64 * 1024 * PAGE_SIZE; // 512 KiB of entries per read: 256 MiB of memory
         let mut runs = Runs::new(run);
         let mut at = start;
@@ -58,7 +114,51 @@ impl PageMap {
     }
 }
 
+/// PAGEMAP_SCAN's argument (include/uapi/linux/fs.h, struct pm_scan_arg).
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// One run of pages of the same categories (struct page_region).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+
+nix::ioctl_readwrite!(pagemap_scan, b'f', 16, PmScanArg);
+
 impl Wanted {
+    /// Like [`Self::holds`], for PAGEMAP_SCAN's categories (PAGE_IS_FILE is pagemap's PM_FILE:
+    /// a page that is not anonymous).
+    fn holds_category(self, categories: u64) -> bool {
+        match self {
+            Wanted::Resident => categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0,
+            Wanted::PrivateCopies => {
+                categories & PAGE_IS_SWAPPED != 0 || (categories & PAGE_IS_PRESENT != 0 && categories & PAGE_IS_FILE == 0)
+            }
+        }
+    }
+
     /// Whether a page with this pagemap entry holds data only the image can restore.
     pub fn holds(self, entry: u64) -> bool {
         match self {
@@ -106,5 +206,27 @@ impl<F: FnMut(u64, u64)> Runs<F> {
         if let Some((start, count)) = self.current.take() {
             (self.run)(start, count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's runs (PAGEMAP_SCAN) are the runs of the page-by-page entries.
+    #[test]
+    fn scanned_runs_are_the_runs_of_the_entries() {
+        let mut region = crate::sys::region::AnonRegion::new(16 << 20, false).unwrap();
+        let bytes = region.as_mut_slice();
+        for page in (0..bytes.len() / 4096).filter(|p| p % 7 == 0 || p % 11 < 3 || (1000..1400).contains(p)) {
+            bytes[page * 4096] = 1;
+        }
+        let (start, end) = (region.address(), region.address() + (16 << 20));
+        let map = PageMap::open(std::process::id() as i32).unwrap();
+        let (mut scanned, mut read) = (Vec::new(), Vec::new());
+        map.scan_runs(start, end, Wanted::Resident, &mut |a, n| scanned.push((a, n))).unwrap();
+        map.for_each_run_by_entries(start, end, Wanted::Resident, |a, n| read.push((a, n))).unwrap();
+        assert_eq!(scanned, read);
+        assert!(read.len() > 100, "{} runs", read.len());
     }
 }
