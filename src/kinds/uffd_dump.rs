@@ -134,23 +134,7 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
         tracing::info!(pid, "copying the pages while frozen: {e}");
         return Ok(false);
     }
-    let mut registered = Vec::new();
-    let mut huge = Vec::new();
-    for vma in vmas.iter().filter(|v| !v.pages.is_empty()) {
-        if vma.kind() != VmaKind::PrivateAnonymous || vma.droppable {
-            continue;
-        }
-        match uffd::register_wp(&uffd, vma.start, vma.end - vma.start) {
-            Ok(()) => {
-                registered.push((vma.start, vma.end));
-                if vma.had_huge_pages || vma.huge_page_advised {
-                    huge.push((vma.start, vma.end));
-                }
-            }
-            // EBUSY: the program's own userfaultfd has the area.
-            Err(e) => tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: {e}"),
-        }
-    }
+    let (registered, huge) = register_areas(&uffd, pid, vmas);
     let file = ctx.image.create_data_file(name)?;
     crate::fault::point("dump-pages-open")?;
     let pages = (total / PAGE_SIZE) as usize;
@@ -178,6 +162,25 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
     Ok(true)
 }
 
+/// Registers for write-protection each private anonymous area with pages in the image:
+/// (registered areas, those of them with huge pages). An area the kernel refuses (EBUSY: the
+/// program's own userfaultfd has it; EINVAL: droppable memory) is copied while frozen.
+fn register_areas(uffd: &OwnedFd, pid: i32, vmas: &[Vma]) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    let (mut registered, mut huge) = (Vec::new(), Vec::new());
+    for vma in vmas.iter().filter(|v| !v.pages.is_empty() && v.kind() == VmaKind::PrivateAnonymous && !v.droppable) {
+        match uffd::register_wp(uffd, vma.start, vma.end - vma.start) {
+            Ok(()) => {
+                registered.push((vma.start, vma.end));
+                if vma.had_huge_pages || vma.huge_page_advised {
+                    huge.push((vma.start, vma.end));
+                }
+            }
+            Err(e) => tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: {e}"),
+        }
+    }
+    (registered, huge)
+}
+
 /// Makes a userfaultfd inside the process (injected userfaultfd(2): it belongs to the
 /// process's mm), takes a copy and closes the process's own. None when the process may not.
 fn take_userfaultfd(ctx: &mut DumpCtx) -> Result<Option<OwnedFd>> {
@@ -191,6 +194,8 @@ fn take_userfaultfd(ctx: &mut DumpCtx) -> Result<Option<OwnedFd>> {
         tracing::info!(pid, "copying the pages while frozen: userfaultfd() in the process: {errno} (it lacks CAP_SYS_PTRACE and vm.unprivileged_userfaultfd is 0?)");
         return Ok(None);
     }
+    // (A crust killed between these two calls leaves this descriptor in the process, with
+    // nothing registered through it.)
     let taken = crate::sys::pidfd::pidfd_getfd(&ctx.pidfd, pid, fd as i32);
     ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd as u64])?;
     Ok(Some(taken?))
