@@ -123,3 +123,22 @@ fn unix_socket_and_fd_table_workloads_pass_without_checkpoint() {
         w.go().assert_pass();
     }
 }
+
+/// memwriter (tests/dump_live.rs) passes on its own, writing and checking its memory, and
+/// finds a page changed behind its back.
+#[test]
+fn memwriter_workload_passes_without_checkpoint_and_finds_a_changed_page() {
+    let mut w = Workload::spawn("memwriter", &["16", "2", "discard"]);
+    std::thread::sleep(Duration::from_millis(100));
+    w.go().assert_pass();
+
+    let mut w = Workload::spawn("memwriter", &["16", "1"]);
+    let region = parse_hex(w.ready_field("regions").split(',').next().unwrap());
+    let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", w.pid)).unwrap();
+    // Four pages apart: the writer cannot be just between checking and rewriting all of them.
+    for page in [100u64, 1100, 2100, 3100] {
+        std::os::unix::fs::FileExt::write_all_at(&mem, &[0x55u8; 8], region + page * 4096).unwrap();
+    }
+    let r = w.go();
+    assert!(r.status_text.contains("FAIL") && r.status_text.contains("holds"), "the change went unnoticed:\n{}", r.status_text);
+}
