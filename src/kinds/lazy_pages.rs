@@ -31,7 +31,7 @@ use super::RestoreCtx;
 use crate::image::chunks;
 use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
-use crate::sys::uffd_missing::{self as uffd, Event};
+use crate::sys::uffd::{self, Event};
 
 /// Features every lazy userfaultfd asks for: a fork, mremap, madvise or munmap by the program
 /// during the fill is reported, so the server never fills a page with stale contents.
@@ -339,7 +339,7 @@ impl Server {
         }
         for event in events {
             match event {
-                Event::PageFault { address, tid } => self.fault(i, address, tid)?,
+                Event::PageFault { address, tid, .. } => self.fault(i, address, tid)?,
                 Event::Fork { uffd } => {
                     let t = &self.targets[i];
                     let child = Target { pid: t.pid, pidfd: None, uffd, source: t.source, owed: t.owed.clone(), gone: false };
@@ -347,7 +347,7 @@ impl Server {
                     self.targets.push(child);
                 }
                 Event::Remap { from, to, len } => self.targets[i].owed.remap(from, to, len),
-                Event::Remove { start, end } => self.targets[i].owed.take(start, end),
+                Event::Remove { start, end, .. } => self.targets[i].owed.take(start, end),
                 Event::Unknown(kind) => tracing::warn!(kind, "unknown userfaultfd event"),
             }
         }

@@ -130,9 +130,16 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
     let pid = ctx.pid.as_raw();
     let Some(uffd) = take_userfaultfd(ctx)? else { return Ok(false) };
     let features = uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP | uffd::FEATURE_EVENT_REMAP;
-    if let Err(e) = uffd::api(&uffd, features) {
-        tracing::info!(pid, "copying the pages while frozen: {e}");
-        return Ok(false);
+    match uffd::api(uffd.as_fd(), features) {
+        Ok(granted) if granted & features == features => {}
+        Ok(granted) => {
+            tracing::info!(pid, "copying the pages while frozen: userfaultfd lacks features {:#x}", features & !granted);
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::info!(pid, "copying the pages while frozen: ioctl(UFFDIO_API): {e}");
+            return Ok(false);
+        }
     }
     let (registered, huge) = register_areas(&uffd, pid, vmas);
     let file = ctx.image.create_data_file(name)?;
@@ -157,7 +164,8 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
     let armed = Arc::new(armed);
     enlist(armed.clone());
     for &(start, end) in &armed.registered {
-        uffd::write_protect(&armed.uffd, start, end - start, true).with_context(|| format!("pid {pid}: write-protecting its memory"))?;
+        uffd::write_protect(armed.uffd.as_fd(), start, end - start, true)
+            .with_context(|| format!("pid {pid}: ioctl(UFFDIO_WRITEPROTECT) of {start:#x}-{end:#x}"))?;
     }
     Ok(true)
 }
@@ -168,14 +176,14 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
 fn register_areas(uffd: &OwnedFd, pid: i32, vmas: &[Vma]) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
     let (mut registered, mut huge) = (Vec::new(), Vec::new());
     for vma in vmas.iter().filter(|v| !v.pages.is_empty() && v.kind() == VmaKind::PrivateAnonymous && !v.droppable) {
-        match uffd::register_wp(uffd, vma.start, vma.end - vma.start) {
+        match uffd::register_wp(uffd.as_fd(), vma.start, vma.end - vma.start) {
             Ok(()) => {
                 registered.push((vma.start, vma.end));
                 if vma.had_huge_pages || vma.huge_page_advised {
                     huge.push((vma.start, vma.end));
                 }
             }
-            Err(e) => tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: {e}"),
+            Err(e) => tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e}"),
         }
     }
     (registered, huge)
@@ -300,7 +308,7 @@ impl Armed {
         for &(s, e) in &self.registered {
             let (a, b) = (s.max(start), e.min(end));
             if a < b {
-                let _ = uffd::write_protect(&self.uffd, a, b - a, false);
+                let _ = uffd::write_protect(self.uffd.as_fd(), a, b - a, false);
             }
         }
     }
@@ -322,12 +330,11 @@ impl Armed {
         }
     }
 
-    fn handle(&self, mem: &super::page_copy::Source, m: uffd::Message) -> Result<()> {
-        match m.event {
-            uffd::EVENT_PAGEFAULT => self.serve_fault(mem, m.arg[1]),
-            uffd::EVENT_REMOVE => Ok(self.memory_changed("madvise", m.arg[0], m.arg[1])),
-            uffd::EVENT_UNMAP => Ok(self.memory_changed("munmap", m.arg[0], m.arg[1])),
-            uffd::EVENT_REMAP => Ok(self.memory_changed("mremap", m.arg[0], m.arg[0] + m.arg[2])),
+    fn handle(&self, mem: &super::page_copy::Source, event: &uffd::Event) -> Result<()> {
+        match *event {
+            uffd::Event::PageFault { address, .. } => self.serve_fault(mem, address),
+            uffd::Event::Remove { start, end, unmapped } => Ok(self.memory_changed(if unmapped { "munmap" } else { "madvise" }, start, end)),
+            uffd::Event::Remap { from, len, .. } => Ok(self.memory_changed("mremap", from, from + len)),
             _ => Ok(()),
         }
     }
@@ -408,24 +415,28 @@ fn serve_faults(list: &Mutex<Vec<Arc<Armed>>>, stop: &AtomicBool) -> Result<()> 
     while !stop.load(Ordering::SeqCst) {
         let armed: Vec<Arc<Armed>> = list.lock().unwrap().clone();
         let fds: Vec<_> = armed.iter().map(|a| a.uffd.as_fd()).collect();
-        uffd::wait_any(&fds, 2)?;
+        uffd::poll_readable(&fds, 2).context("poll(userfaultfd)")?;
         for a in &armed {
-            let messages = uffd::read_messages(&a.uffd)?;
-            if messages.is_empty() {
+            let mut events = Vec::new();
+            uffd::read_events(a.uffd.as_fd(), &mut events).with_context(|| format!("pid {}: read(userfaultfd)", a.pid))?;
+            if events.is_empty() {
                 continue;
             }
             if !mems.contains_key(&a.pid) {
                 mems.insert(a.pid, super::page_copy::Source::open(a.pid)?);
             }
             let mem = &mems[&a.pid];
-            for m in messages {
-                let page = m.arg[1] & !(PAGE_SIZE - 1);
-                if a.done.load(Ordering::SeqCst) && m.event == uffd::EVENT_PAGEFAULT {
+            for event in &events {
+                let fault = match event {
+                    uffd::Event::PageFault { address, .. } => Some(address & !(PAGE_SIZE - 1)),
+                    _ => None,
+                };
+                if let (true, Some(page)) = (a.done.load(Ordering::SeqCst), fault) {
                     // Its pages are all in: nothing to save.
                     a.unprotect(page, page + PAGE_SIZE);
-                } else if let Err(e) = a.handle(mem, m) {
+                } else if let Err(e) = a.handle(mem, event) {
                     a.broken.lock().unwrap().get_or_insert(format!("{e:#}"));
-                    if m.event == uffd::EVENT_PAGEFAULT {
+                    if let Some(page) = fault {
                         a.unprotect(page, page + PAGE_SIZE);
                     }
                 }

@@ -21,7 +21,6 @@ pub mod unix_diag;
 pub mod sysv;
 pub mod terminal;
 pub mod uffd;
-pub mod uffd_missing;
 
 use nix::errno::Errno;
 use std::os::fd::RawFd;
