@@ -147,7 +147,7 @@ impl Kind for Memory {
         let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
         let mut previous: Option<&Vma> = None;
         for vma in &mm.vmas {
-            let apart = previous.is_some_and(|p| p.end == vma.start);
+            let apart = previous.is_some_and(|p| could_merge(p, vma));
             map_vma(ctx, vma, &mut file_fds, apart).with_context(|| {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
             })?;
@@ -692,6 +692,17 @@ fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
         candidate = candidate.max(e);
     }
     (candidate + len < 0x7fff_ffff_0000).then_some(candidate)
+}
+
+/// Whether a plain mmap of `vma` right after `prev` (or a later mprotect of either) could let
+/// the kernel merge the two: adjacent private anonymous areas with the same protection, the
+/// one they are mapped with (writable while filled) or the final one. Areas that differ in
+/// both (a thread's stack and the guard page below the next one) cannot merge, and are mapped
+/// with one call instead of four.
+fn could_merge(prev: &Vma, vma: &Vma) -> bool {
+    let anonymous = |v: &Vma| v.kind() == VmaKind::PrivateAnonymous;
+    let while_filled = |v: &Vma| if v.pages.is_empty() { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+    prev.end == vma.start && anonymous(prev) && anonymous(vma) && (prev.prot == vma.prot || while_filled(prev) == while_filled(vma))
 }
 
 /// Maps one area of the image. `apart`: the area right before it is a separate area in the
