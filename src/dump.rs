@@ -165,8 +165,11 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     progress.step(format!("checking the tree of pid {root}"));
     refuse_before_freezing(root, image, opts)?;
     progress.step(format!("freezing the tree of pid {root}"));
-    // Lease breakers are sampled while they still wait; remaining times count from here.
+    // Timed waits and lease breakers are sampled while they still wait; remaining times
+    // count from here.
+    crate::kinds::syscall_timeouts::before_freeze(root.as_raw());
     crate::kinds::leases::before_freeze(root.as_raw());
+    crate::fault::point("dump-sampled").map_err(|e| e.context(format!("dumping the tree of pid {root} (it was left running)")))?;
     let freeze_start = Instant::now();
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
@@ -357,6 +360,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
         // A job-control stop shows as state T only until the seize; its signal is the exit
         // code /proc reports for a stopped task.
         let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
+        let interrupted = crate::kinds::syscall_timeouts::before_interrupt();
         if let Err(e) = ptrace::seize_and_interrupt_until(pid, false, deadline) {
             // A child caught exiting cannot be traced (EPERM): it is about to be a zombie
             // (its parent is frozen and cannot reap it) or gone (if its parent ignores SIGCHLD).
@@ -366,6 +370,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
             }
             return Err(seize_error(pid, pid, e));
         }
+        crate::kinds::syscall_timeouts::frozen(pid.as_raw(), interrupted);
         if let Err(e) = crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), pid.as_raw(), false) {
             let _ = ptrace::detach(pid);
             return Err(e.context(format!("freezing pid {pid}")));
@@ -782,6 +787,7 @@ impl Frozen {
                 break;
             }
             for tid in new {
+                let interrupted = crate::kinds::syscall_timeouts::before_interrupt();
                 if let Err(e) = ptrace::seize_and_interrupt_until(tid, false, deadline) {
                     // A thread caught exiting is gone a moment later: nothing of it to save.
                     if wait_exit_done(tid) {
@@ -790,6 +796,7 @@ impl Frozen {
                     }
                     return Err(seize_error(pid, tid, e));
                 }
+                crate::kinds::syscall_timeouts::frozen(tid.as_raw(), interrupted);
                 let mut thread = RemoteTask::new(tid, syscall_ip)?;
                 crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), tid.as_raw(), false)?;
                 park_on_frame(&mut thread, self.sigreturn)?;
@@ -837,7 +844,11 @@ impl Frozen {
         let mut parked = Vec::new();
         for remote in std::iter::once(&mut self.remote).chain(self.threads.iter_mut()) {
             let tid = remote.pid();
-            let original = remote.original_registers();
+            // A wait the freeze ended with EINTR goes on instead (kinds::registers).
+            let original = crate::kinds::registers::release_registers(remote).unwrap_or_else(|e| {
+                warn!(%pid, %tid, "resuming with the registers it had: {e:#}");
+                remote.original_registers()
+            });
             match ptrace::set_sigmask(tid, remote.original_sigmask()).and_then(|_| remote.park_with_registers(&original)) {
                 Ok(()) => parked.push(tid),
                 Err(e) if result.is_ok() => result = Err(anyhow::Error::from(e).context(format!("releasing thread {tid} of pid {pid}"))),

@@ -3,10 +3,12 @@
 //! a crust failing, interrupted or killed at that very moment leaves behind.
 //!
 //! ACTION is `kill` (SIGKILL of crust itself, the default), `fail` (the step fails with an
-//! error), or a signal crust stops for: `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGPIPE` (raised in crust,
+//! error), `sleepMS` (crust waits MS milliseconds there, widening a window), or a signal crust
+//! stops for: `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGPIPE` (raised in crust,
 //! as if a user or a closed terminal sent it).
 //!
-//! Points: dump: `dump-frozen` (every process frozen), `dump-files`, `dump-memory` (after each
+//! Points: dump: `dump-sampled` (timed waits sampled, nothing frozen yet), `dump-frozen`
+//! (every process frozen), `dump-files`, `dump-memory` (after each
 //! process's files, memory), `dump-pages-open` (the page file created, before crust copies
 //! the pages into it), `dump-live-copy` (dump -R: the tree runs on, before crust copies each
 //! process's write-protected pages), `dump-collected` (every record written), `dump-checksums` (before
@@ -23,6 +25,7 @@ static REACHED: AtomicU32 = AtomicU32::new(0);
 
 /// Every point a test can name.
 pub const POINTS: &[&str] = &[
+    "dump-sampled",
     "dump-frozen",
     "dump-files",
     "dump-memory",
@@ -52,6 +55,11 @@ pub fn point(step: &str) -> Result<()> {
     tracing::warn!("CRUST_FAULT={spec}: {action} at {step}");
     match action {
         "fail" => bail!("CRUST_FAULT: failing at {step}"),
+        sleep if sleep.starts_with("sleep") => {
+            let ms: u64 = sleep["sleep".len()..].parse().map_err(|_| anyhow::anyhow!("CRUST_FAULT: bad {sleep}"))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        }
         "kill" => {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
             Ok(())

@@ -806,13 +806,14 @@ impl Tree {
             t.hand_over(img.inventory.foreground_pgid)?;
         }
         // Every thread gets its registers and mask; none runs before the detach below. All are
-        // started on their way to the stop before the first is waited for.
+        // started on their way to the stop before the first is waited for; those that re-arm a
+        // timed wait come last (below).
         let mut parking = Vec::new();
         let mut started = Ok(());
         for (pid, building) in &mut self.building {
             let threads = &img.processes[pid].core.threads;
             let remotes = std::iter::once(&mut building.remote).chain(building.threads.iter_mut());
-            for (remote, thread) in remotes.zip(threads) {
+            for (remote, thread) in remotes.zip(threads).filter(|(_, t)| !registers::starts_a_clock(t)) {
                 started = start_resume(remote, thread);
                 if started.is_err() {
                     break;
@@ -840,6 +841,8 @@ impl Tree {
             progress.step("starting the lease breaks again".into());
         }
         let lease_waker = crate::kinds::leases::restart::run(lease_breaks)?;
+        // Timed futex waits start their clock again last, right before the resume.
+        self.rearm_timed_waits(img)?;
         // A process that was in a job-control stop gets its stop signal now, while traced: it
         // stays pending, and on the detach every thread takes the stop before it runs any
         // instruction. (Its parent is told of the stop again, as after a new Ctrl-Z.)
@@ -863,6 +866,19 @@ impl Tree {
         }
         info!(root, "resumed");
         lease_waker.start();
+        Ok(())
+    }
+
+    /// Gives the threads whose interrupted call starts a clock when it is set up again (a timed
+    /// futex wait, see registers::starts_a_clock) their registers and mask to resume with.
+    fn rearm_timed_waits(&mut self, img: &LoadedImage) -> Result<()> {
+        for (pid, building) in &mut self.building {
+            let threads = &img.processes[pid].core.threads;
+            let remotes = std::iter::once(&mut building.remote).chain(building.threads.iter_mut());
+            for (remote, thread) in remotes.zip(threads).filter(|(_, t)| registers::starts_a_clock(t)) {
+                registers::ready_to_resume(remote, thread)?;
+            }
+        }
         Ok(())
     }
 

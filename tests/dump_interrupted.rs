@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const STEPS: &[&str] = &["dump-frozen", "dump-files", "dump-pages-open", "dump-memory", "dump-collected", "dump-checksums"];
+const STEPS: &[&str] = &["dump-sampled", "dump-frozen", "dump-files", "dump-pages-open", "dump-memory", "dump-collected", "dump-checksums"];
 
 fn check_interrupted_dump(step: &str, action: &str, leave_running: bool) {
     let mut w = Workload::spawn("counter", &[]);

@@ -32,6 +32,7 @@ pub mod registers;
 pub mod scheduling;
 pub mod seccomp;
 pub mod signals;
+pub mod syscall_timeouts;
 pub mod sysv_shm;
 pub mod timers;
 pub mod uffd_dump;

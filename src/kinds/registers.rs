@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::{DumpCtx, Kind, RestoreCtx};
+use super::{DumpCtx, Kind, RestoreCtx, syscall_timeouts};
 use crate::image::proto::{GpRegisters, InterruptedSyscall, Rseq, SignalStack, Thread, interrupted_syscall::Action};
 use crate::kinds::signals::siginfo;
 use crate::sys::ptrace::{self, Registers, SignalQueue, peek_pending};
@@ -172,7 +172,7 @@ pub fn dump_with(ctx: &mut DumpCtx, own: Option<OwnWords>) -> Result<Thread> {
         tid: pid.as_raw() as u32,
         comm,
         registers: Some(to_proto(&regs)),
-        interrupted_syscall: interrupted_syscall(ctx.remote, &regs)?,
+        interrupted_syscall: interrupted_syscall(ctx.remote, &regs, true)?,
         xsave,
         blocked_mask: ctx.remote.original_sigmask(),
         pending,
@@ -195,10 +195,13 @@ pub fn resume_registers(t: &Thread) -> Result<Registers> {
     if let Some(sc) = &t.interrupted_syscall {
         match sc.action() {
             Action::KernelRestart => {} // registers as they were; the kernel restarts it
+            // The kernel's restart block holds its deadline again (see restore's last step).
+            Action::Reissue if syscall_timeouts::is_timed_futex_wait(sc) => {}
             Action::Reissue => {
                 regs.rip -= 2;
                 regs.rax = regs.orig_rax;
                 regs.orig_rax = u64::MAX;
+                syscall_timeouts::set_register_timeout(sc, &mut regs);
             }
             Action::ResumeSleep => {
                 // Sleep again for what was left, which the kernel wrote to the caller's `rem`.
@@ -220,32 +223,77 @@ pub fn resume_registers(t: &Thread) -> Result<Registers> {
     Ok(regs)
 }
 
+/// Whether setting up `t` to resume starts the clock of its interrupted call (a re-armed futex
+/// wait): done last, right before the tree resumes.
+pub fn starts_a_clock(t: &Thread) -> bool {
+    t.interrupted_syscall.as_ref().is_some_and(syscall_timeouts::is_timed_futex_wait)
+}
+
+/// Sets up a restored thread to resume when crust lets it go: its registers (an interrupted
+/// call resolved, a timed wait given the time it had left) and its blocked mask. For a
+/// re-armed futex wait it starts the clock ([`starts_a_clock`]).
+pub fn ready_to_resume(remote: &mut crate::sys::remote::RemoteTask, t: &Thread) -> Result<()> {
+    let regs = resume_registers(t)?;
+    let tid = remote.pid();
+    match &t.interrupted_syscall {
+        Some(sc) if syscall_timeouts::is_timed_futex_wait(sc) => {
+            let regs = syscall_timeouts::rearm_futex_wait(remote, sc, &regs)?;
+            ptrace::set_sigmask(tid, t.blocked_mask)?;
+            remote.park_with_registers(&regs)?;
+        }
+        _ => {
+            ptrace::set_sigmask(tid, t.blocked_mask)?;
+            remote.park_with_registers(&regs)?;
+        }
+    }
+    Ok(())
+}
+
+/// The registers a thread that the dump lets go on (`-R`, or a failed dump) resumes with: its
+/// own, except that a call the freeze itself ended with EINTR (the epoll waits...) goes on
+/// instead, to the deadline it had: the time it had left at the freeze less the time it was
+/// frozen.
+pub fn release_registers(remote: &crate::sys::remote::RemoteTask) -> Result<Registers> {
+    let regs = remote.original_registers();
+    if regs.rax as i64 != -(libc::EINTR as i64) {
+        return Ok(regs);
+    }
+    let Some(mut sc) = interrupted_syscall(remote, &regs, true)? else { return Ok(regs) };
+    if sc.timeout_ns != 0 {
+        sc.remaining_ns = syscall_timeouts::left_now(remote.pid().as_raw(), &sc).as_nanos() as u64;
+    }
+    resume_registers(&Thread { registers: Some(to_proto(&regs)), interrupted_syscall: Some(sc), ..Default::default() })
+}
+
 /// The registers a thread comes back to through `rt_sigreturn` if crust disappears while it
 /// works in it (see RemoteTask::arm_self_return): its own, with an interrupted system call
 /// resolved the way restore resolves it, since rt_sigreturn restarts nothing: restarted,
 /// a relative sleep resumed for the time it had left, or EINTR where the kernel's restart
-/// block is needed (rt_sigreturn resets it).
+/// block is needed (rt_sigreturn resets it). A call the freeze ended with EINTR keeps it, as
+/// the kernel gave it (nothing was measured yet).
 pub fn self_return_registers(remote: &crate::sys::remote::RemoteTask, regs: &Registers) -> Result<Registers> {
     let mut t = Thread { registers: Some(to_proto(regs)), ..Default::default() };
-    t.interrupted_syscall = interrupted_syscall(remote, regs)?;
-    if let Some(sc) = t.interrupted_syscall.as_mut()
-        && sc.action() == Action::KernelRestart
-    {
-        sc.set_action(Action::Reissue);
+    t.interrupted_syscall = interrupted_syscall(remote, regs, false)?;
+    if let Some(sc) = t.interrupted_syscall.as_mut() {
+        if sc.return_value == -(libc::EINTR as i64) {
+            return Ok(*regs);
+        }
+        if sc.action() == Action::KernelRestart {
+            sc.set_action(Action::Reissue);
+        }
+        if syscall_timeouts::is_timed_futex_wait(sc) {
+            sc.set_action(Action::ReturnEintr);
+        }
     }
     resume_registers(&t)
 }
 
 /// Calls the kernel would restart through its restart block that can be issued again with
 /// their own arguments instead (which is what the restart does, with the deadline it kept):
-/// - futex waits with an absolute deadline (FUTEX_WAIT_BITSET, the PI locks): the same
-///   deadline, exactly;
-/// - poll: with no timeout, exactly; with one, it waits at most its whole timeout again (a
-///   late timeout, where EINTR would end programs that never expect it, such as `tail -f`).
-///
-/// A relative FUTEX_WAIT returns EINTR, which every caller takes as the spurious wake-up
-/// futex(2) allows.
-fn reissue_is_exact_enough(number: i64, regs: &Registers) -> bool {
+/// futex waits with an absolute deadline (FUTEX_WAIT_BITSET, the PI locks), and poll without
+/// a timeout. (Those with a relative timeout go on for the time they had left: see
+/// kinds::syscall_timeouts.)
+fn reissue_is_exact(number: i64, regs: &Registers) -> bool {
     const FUTEX_CMD_MASK: u64 = !(128 | 256); // FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME
     match number {
         libc::SYS_poll => true,
@@ -257,9 +305,27 @@ fn reissue_is_exact_enough(number: i64, regs: &Registers) -> bool {
     }
 }
 
-fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers) -> Result<Option<InterruptedSyscall>> {
+/// What restore does with the system call the thread driven by `remote` was in when it was
+/// frozen (`regs`). With `measured`, a wait with a relative timeout gets the time it had left
+/// (see kinds::syscall_timeouts); else its whole timeout.
+fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers, measured: bool) -> Result<Option<InterruptedSyscall>> {
     let number = regs.orig_rax as i64;
     let ret = regs.rax as i64;
+    if number >= 0 && ret == -(libc::EINTR as i64) && ended_by_the_freeze(remote, number)? {
+        let mut sc = InterruptedSyscall { number, return_value: ret, ..Default::default() };
+        sc.set_action(Action::Reissue);
+        if syscall_timeouts::timeout_of(remote, number, regs)?.is_none() {
+            return Ok(Some(sc)); // no timeout: the same call again is exact
+        }
+        if epoll_pwait2_under_seccomp(remote.pid().as_raw(), number)? {
+            return Ok(Some(sc)); // as it was, with its whole timeout
+        }
+        if syscall_timeouts::resumes_with_time_left(number) {
+            timed_reissue(remote, regs, &mut sc, measured)?;
+            return Ok(Some(sc));
+        }
+        return Ok(None); // the EINTR the kernel gave it (see docs/image-format.md)
+    }
     if number < 0 || !matches!(ret, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK) {
         return Ok(None);
     }
@@ -278,7 +344,11 @@ fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers
             sc.set_action(Action::Reissue);
             return Ok(Some(sc));
         }
-        _ if reissue_is_exact_enough(number, regs) => {
+        _ if timed_reissue(remote, regs, &mut sc, measured)? => {
+            sc.set_action(Action::Reissue);
+            return Ok(Some(sc));
+        }
+        _ if reissue_is_exact(number, regs) => {
             sc.set_action(Action::Reissue);
             return Ok(Some(sc));
         }
@@ -298,6 +368,59 @@ fn interrupted_syscall(remote: &crate::sys::remote::RemoteTask, regs: &Registers
     sc.remaining_ns = sec * 1_000_000_000 + nsec;
     sc.set_action(Action::ResumeSleep);
     Ok(Some(sc))
+}
+
+/// Fills `sc` for a call waiting with a relative timeout (false: not such a call).
+fn timed_reissue(remote: &crate::sys::remote::RemoteTask, regs: &Registers, sc: &mut InterruptedSyscall, measured: bool) -> Result<bool> {
+    let Some(timeout) = syscall_timeouts::timeout_of(remote, sc.number, regs)? else { return Ok(false) };
+    if measured {
+        syscall_timeouts::record(sc, remote.pid().as_raw(), timeout);
+    } else {
+        sc.timeout_ns = timeout.as_nanos().max(1) as u64;
+        sc.remaining_ns = timeout.as_nanos() as u64;
+    }
+    Ok(true)
+}
+
+/// The epoll waits, rt_sigtimedwait, semop and io_getevents return EINTR when their thread is
+/// stopped, signal or no signal (the kernel never restarts them; signal(7)). Frozen with no
+/// signal pending that the thread does not block, the EINTR is the freeze's own, and restore
+/// lets the call go on instead. With one pending, a handler is due and EINTR is what the
+/// program gets anyway.
+fn ended_by_the_freeze(remote: &crate::sys::remote::RemoteTask, number: i64) -> Result<bool> {
+    const ENDED_BY_A_STOP: [i64; 7] = [
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_io_getevents,
+    ];
+    if !ENDED_BY_A_STOP.contains(&number) {
+        return Ok(false);
+    }
+    let tid = remote.pid();
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).with_context(|| format!("reading /proc/{tid}/status"))?;
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .with_context(|| format!("no {key} in /proc/{tid}/status"))
+    };
+    let pending = mask("SigPnd:")? | mask("ShdPnd:")?;
+    Ok(pending & !remote.original_sigmask() == 0)
+}
+
+/// epoll_pwait2 resumes as epoll_pwait (a timeout in a register): a seccomp filter may allow
+/// the one and not the other. Under a filter it is re-issued as it was (its whole timeout).
+fn epoll_pwait2_under_seccomp(tid: i32, number: i64) -> Result<bool> {
+    if number != libc::SYS_epoll_pwait2 {
+        return Ok(false);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).with_context(|| format!("reading /proc/{tid}/status"))?;
+    Ok(status.lines().find_map(|l| l.strip_prefix("Seccomp:")).is_some_and(|v| v.trim() != "0"))
 }
 
 macro_rules! convert_regs {

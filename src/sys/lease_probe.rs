@@ -689,7 +689,7 @@ fn breaker_sample(pid: i32) -> Option<BreakerSample> {
 }
 
 /// A `name : value` line of /proc/PID/sched.
-fn sched_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+pub fn sched_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         let (key, value) = l.split_once(':')?;
         (key.trim() == name).then(|| value.trim())
@@ -698,7 +698,7 @@ fn sched_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 
 /// "Now" on `cpu`'s run queue `clock_task`, in ms: this thread's `se.exec_start` right after a
 /// `sched_yield()` on that CPU. The thread's CPU affinity is restored before returning.
-fn sched_now_on_cpu(cpu: usize) -> Option<f64> {
+pub fn sched_now_on_cpu(cpu: usize) -> Option<f64> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity, sched_yield};
     use nix::unistd::Pid;
     let me = Pid::from_raw(0);

@@ -284,6 +284,42 @@ impl RemoteTask {
         self.read_memory(scratch.address + offset, buf)
     }
 
+    /// Runs the system call `regs` are set up for (rip at a `syscall` instruction, rax its
+    /// number) in the tracee and interrupts it (PTRACE_INTERRUPT) once it sleeps in it, or after
+    /// `limit`: returns rax at the call's exit, its result or the restart code the interruption
+    /// left (-ERESTART_RESTARTBLOCK for a call the kernel resumes from the thread's restart
+    /// block). The tracee is left at that syscall-exit-stop.
+    pub fn run_until_asleep_then_interrupt(&mut self, regs: &Registers, limit: std::time::Duration) -> Result<i64, SysError> {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let pid = self.pid;
+        let err = |op: &'static str| move |e| SysError::new(op, e).pid(pid.as_raw());
+        ptrace::set_registers(pid, regs)?;
+        ptrace::step_to_syscall_stop(pid)?; // enter
+        nix::sys::ptrace::syscall(pid, None).map_err(err("ptrace(PTRACE_SYSCALL)"))?;
+        let deadline = std::time::Instant::now() + limit;
+        let mut interrupted = false;
+        loop {
+            let flags = if interrupted { WaitPidFlag::__WALL } else { WaitPidFlag::__WALL | WaitPidFlag::WNOHANG };
+            match waitpid(pid, Some(flags)) {
+                Ok(WaitStatus::PtraceSyscall(_) | WaitStatus::PtraceEvent(..)) => break,
+                Ok(WaitStatus::StillAlive) => {
+                    if asleep_in(pid.as_raw(), regs.rax) || std::time::Instant::now() >= deadline {
+                        nix::sys::ptrace::interrupt(pid).map_err(err("ptrace(PTRACE_INTERRUPT)"))?;
+                        interrupted = true;
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                    }
+                }
+                Ok(other) => {
+                    return Err(SysError::unexpected("waitpid during an interrupted system call", pid.as_raw(), format!("{other:?}")));
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(SysError::new("waitpid", e).pid(pid.as_raw())),
+            }
+        }
+        Ok(ptrace::get_registers(pid)?.rax as i64)
+    }
+
     /// Leaves the tracee with `regs` as its registers, stopped in a way that makes the kernel
     /// run its usual signal and syscall-restart logic when it is let go: an interrupted system
     /// call in `regs` restarts (or returns EINTR) exactly as it would have without crust.
@@ -303,6 +339,15 @@ impl RemoteTask {
         nix::sys::ptrace::cont(self.pid, None)
             .map_err(|e| SysError::new("ptrace(PTRACE_CONT)", e).pid(self.pid.as_raw()))
     }
+}
+
+/// Whether thread `tid` sleeps (state S) inside system call `nr`.
+fn asleep_in(tid: i32, nr: u64) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{tid}/stat"))
+        .ok()
+        .and_then(|s| s.get(s.rfind(')')? + 2..)?.chars().next());
+    let call = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok();
+    state == Some('S') && call.is_some_and(|c| c.split_whitespace().next() == Some(nr.to_string().as_str()))
 }
 
 pub fn io_errno(e: &std::io::Error) -> nix::errno::Errno {

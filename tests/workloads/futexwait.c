@@ -13,10 +13,10 @@
  *   argv[2] = "timeout": FUTEX_WAIT with a relative timeout, recomputed from an absolute
  *     CLOCK_MONOTONIC deadline 4 s after the start at every call (as glibc does); EINTR and
  *     EAGAIN make it wait again for what is left. The kernel answers the freeze with
- *     -ERESTART_RESTARTBLOCK; crust documents that such a call returns EINTR after restore.
+ *     -ERESTART_RESTARTBLOCK; after the restore the call goes on for the time it had left.
  *     Nobody ever wakes the word, so no call may return 0, and the wait must end with
  *     ETIMEDOUT, not before the deadline. Every call is reported (the test checks that the
- *     first one, interrupted by the checkpoint, returned -1/EINTR).
+ *     one interrupted by the checkpoint is the only one).
  *     Lines: READY futex_addr=.. timeout=.. ; CALL n=.. rc=.. errno=.. t=.. (one per call) ;
  *            WAITED calls=.. results=rc/errno,... elapsed=..
  */
