@@ -25,7 +25,8 @@ fn posix_timers_come_back_with_their_ids_times_and_notifications() {
     if listed_after != listed_before {
         extra.push(format!("/proc/PID/timers before:\n{listed_before}after:\n{listed_after}"));
     }
-    w.verify_restored(&before, &after, &[], extra);
+    // t_sig sends SIGUSR1 every 40 ms: a snapshot may catch one pending for a moment.
+    w.verify_restored(&before, &after, &["status:ShdPnd", "status:SigPnd"], extra);
 }
 
 /// A timer whose last expiration was delivered with an overrun cannot be restored exactly

@@ -251,6 +251,20 @@ struct Target {
     source: usize,
     owed: Owed,
     gone: bool,
+    /// Since when a copy found no registered area where pages are owed (UFFDIO_COPY's ENOENT:
+    /// mremap moved or munmap removed it, and its event is on its way): the fill leaves this
+    /// process alone until an event comes, for at most [`EVENT_WAIT`].
+    awaiting_event: Option<std::time::Instant>,
+}
+
+/// How long an area that vanished without an event keeps its pages owed (an event always
+/// follows within microseconds: this only bounds a kernel that would not send one).
+const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Target {
+    fn awaits_event(&self) -> bool {
+        self.awaiting_event.is_some_and(|since| since.elapsed() < EVENT_WAIT)
+    }
 }
 
 /// The lazy page server's whole state: it moves between crust's thread and the detached
@@ -288,7 +302,7 @@ impl Server {
         for (address, len, offset) in t.runs {
             owed.insert(address, len, offset);
         }
-        self.targets.push(Target { pid: t.pid, pidfd: Some(t.pidfd), uffd: t.uffd, source, owed, gone: false });
+        self.targets.push(Target { pid: t.pid, pidfd: Some(t.pidfd), uffd: t.uffd, source, owed, gone: false, awaiting_event: None });
         Ok(())
     }
 
@@ -311,7 +325,7 @@ impl Server {
 
     /// One round: answer what the userfaultfds report, then fill one chunk's worth.
     fn step(&mut self, idle_wait_ms: i32) -> Result<()> {
-        let filling = self.failed.is_none() && !no_fill() && self.targets.iter().any(|t| !t.owed.is_empty());
+        let filling = self.failed.is_none() && !no_fill() && self.targets.iter().any(|t| !t.owed.is_empty() && !t.awaits_event());
         let ready = {
             let fds: Vec<_> = self.targets.iter().map(|t| t.uffd.as_fd()).collect();
             uffd::poll_readable(&fds, if filling || !self.retry.is_empty() { 0 } else { idle_wait_ms })?
@@ -337,12 +351,16 @@ impl Server {
             tracing::debug!(pid = self.targets[i].pid, "reading the userfaultfd: {e}");
             self.targets[i].gone = true;
         }
+        if !events.is_empty() {
+            self.targets[i].awaiting_event = None;
+        }
         for event in events {
             match event {
                 Event::PageFault { address, tid, .. } => self.fault(i, address, tid)?,
                 Event::Fork { uffd } => {
                     let t = &self.targets[i];
-                    let child = Target { pid: t.pid, pidfd: None, uffd, source: t.source, owed: t.owed.clone(), gone: false };
+                    let child =
+                        Target { pid: t.pid, pidfd: None, uffd, source: t.source, owed: t.owed.clone(), gone: false, awaiting_event: None };
                     tracing::debug!(pid = t.pid, "a restored process forked during the lazy fill");
                     self.targets.push(child);
                 }
@@ -395,7 +413,7 @@ impl Server {
         if no_fill() {
             return Ok(());
         }
-        let Some(i) = self.targets.iter().position(|t| !t.owed.is_empty() && !t.gone) else { return Ok(()) };
+        let Some(i) = self.targets.iter().position(|t| !t.owed.is_empty() && !t.gone && !t.awaits_event()) else { return Ok(()) };
         let (start, len, offset) = self.targets[i].owed.first().expect("owed");
         let chunk = self.sources[self.targets[i].source].record.chunk_size;
         let n = len.min((offset / chunk + 1) * chunk - offset);
@@ -424,10 +442,21 @@ impl Server {
         while done < len {
             match uffd::copy(t.uffd.as_fd(), address + done, &src[done as usize..]) {
                 Ok(n) => done += n,
-                // Present already (a fault's window raced the fill) or no longer registered
-                // (unmapped): nothing to place there.
-                Err(Errno::EEXIST) | Err(Errno::ENOENT) => {
+                // Present already (a fault's window raced the fill): nothing to place there.
+                Err(Errno::EEXIST) => {
                     let _ = uffd::wake(t.uffd.as_fd(), address + done, PAGE_SIZE);
+                    done += PAGE_SIZE;
+                }
+                // No registered area there any more: mremap moved it or munmap removed it, and
+                // the kernel reports that before it checks whether an event is pending. The
+                // pages stay owed until the event says where they went (for at most EVENT_WAIT:
+                // then they are given up, as unmapped).
+                Err(Errno::ENOENT) if t.awaiting_event.is_none_or(|since| since.elapsed() < EVENT_WAIT) => {
+                    t.owed.insert(address + done, len - done, offset + done);
+                    t.awaiting_event.get_or_insert_with(std::time::Instant::now);
+                    return Ok(Placed::Again);
+                }
+                Err(Errno::ENOENT) => {
                     done += PAGE_SIZE;
                 }
                 Err(Errno::EAGAIN) => {
