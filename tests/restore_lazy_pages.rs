@@ -117,16 +117,20 @@ fn assert_nothing_of_crust_remains(w: &Workload, fds_before: &[(String, String)]
     assert_eq!(fd_targets(pid), fds_before, "the fd table differs from the original's");
 }
 
-/// 256 MiB restored with --lazy-pages -d: right after the resume, one thread reads every page
-/// in a scrambled order while another reads them in order; every word is as it was dumped.
-/// Then the helper has exited and nothing of crust remains in or around the process.
-#[test]
-fn lazy_restore_detached_brings_every_page_and_leaves_nothing_attached() {
+/// 256 MiB restored with --lazy-pages (`attached`: crust waits for the process and serves its
+/// pages itself; else -d): right after the resume, one thread reads every page in a scrambled
+/// order while another reads them in order; every word is as it was dumped. Then the server
+/// has ended and nothing of crust remains in or around the process.
+fn lazy_restore_brings_every_page(attached: bool) {
     let mut w = Workload::spawn("lazy_pattern", &["256"]);
     let fds_before = fd_targets(w.pid);
     w.dump();
     w.restore_extra = vec!["--lazy-pages".into()];
-    w.restore_detached();
+    if attached {
+        w.restore_attached();
+    } else {
+        w.restore_detached();
+    }
     fs::write(w.go_path(), b"go\n").unwrap();
     wait_verified(&w);
     assert_nothing_of_crust_remains(&w, &fds_before);
@@ -134,20 +138,15 @@ fn lazy_restore_detached_brings_every_page_and_leaves_nothing_attached() {
     w.go().assert_pass();
 }
 
-/// The same without -d: crust serves the pages itself while it waits for the process, which
-/// exits with its own status once it has checked every page.
+#[test]
+fn lazy_restore_detached_brings_every_page_and_leaves_nothing_attached() {
+    lazy_restore_brings_every_page(false);
+}
+
+/// Without -d the process exits with its own status once it has checked every page.
 #[test]
 fn lazy_restore_attached_serves_pages_while_crust_waits() {
-    let mut w = Workload::spawn("lazy_pattern", &["256"]);
-    let fds_before = fd_targets(w.pid);
-    w.dump();
-    w.restore_extra = vec!["--lazy-pages".into()];
-    w.restore_attached();
-    fs::write(w.go_path(), b"go\n").unwrap();
-    wait_verified(&w);
-    assert_nothing_of_crust_remains(&w, &fds_before);
-    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    lazy_restore_brings_every_page(true);
 }
 
 /// A page file damaged in one chunk: the lazily restored process is killed before it can see
