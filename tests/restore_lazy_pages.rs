@@ -225,7 +225,17 @@ time.sleep(600)
 /// zeros in both (the server never fills a page the program dropped).
 #[test]
 fn lazy_fill_follows_a_fork_and_pages_the_program_drops() {
-    let mut w = Workload::spawn_program("lazy_fork", "python3", &["-c", FORK_AND_DROP]);
+    let w = python_restored_lazily("lazy_fork", FORK_AND_DROP);
+    for who in ["parent", "child"] {
+        assert_result_passes(&w, &format!("status.{who}"));
+    }
+    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+}
+
+/// A python3 program (which writes READY to `status`, then waits for `status.go`), dumped,
+/// restored with --lazy-pages -d and told to go on.
+fn python_restored_lazily(name: &str, program: &str) -> Workload {
+    let mut w = Workload::spawn_program(name, "python3", &["-c", program]);
     let deadline = Instant::now() + READY_TIMEOUT * 3;
     while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
         assert!(Instant::now() < deadline, "the python workload did not start");
@@ -235,17 +245,19 @@ fn lazy_fill_follows_a_fork_and_pages_the_program_drops() {
     w.restore_extra = vec!["--lazy-pages".into()];
     w.restore_detached();
     fs::write(w.go_path(), b"go\n").unwrap();
-    for who in ["parent", "child"] {
-        let path = w.dir.path.join(format!("status.{who}"));
-        let deadline = Instant::now() + FILL_TIMEOUT;
-        while !file_written(&path) {
-            assert!(Instant::now() < deadline, "no result from the {who} within {FILL_TIMEOUT:?}\n{}", w.log_text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("PASS"), "{who}: {text}");
+    w
+}
+
+/// Waits for the result file `name` the restored program writes, and checks it says PASS.
+fn assert_result_passes(w: &Workload, name: &str) {
+    let path = w.dir.path.join(name);
+    let deadline = Instant::now() + FILL_TIMEOUT;
+    while !file_written(&path) {
+        assert!(Instant::now() < deadline, "no {name} within {FILL_TIMEOUT:?}\n{}", w.log_text());
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("PASS"), "{name}: {text}");
 }
 
 /// The page server killed while pages are still owed (the background fill is left out with a
@@ -374,23 +386,7 @@ time.sleep(600)
 /// new address (the server reads the remap event), and the grown part reads as zeros.
 #[test]
 fn lazy_fill_follows_a_mapping_that_mremap_moves() {
-    let mut w = Workload::spawn_program("lazy_remap", "python3", &["-c", REMAP]);
-    let deadline = Instant::now() + READY_TIMEOUT * 3;
-    while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
-        assert!(Instant::now() < deadline, "the python workload did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    w.dump();
-    w.restore_extra = vec!["--lazy-pages".into()];
-    w.restore_detached();
-    fs::write(w.go_path(), b"go\n").unwrap();
-    let path = w.dir.path.join("status.result");
-    let deadline = Instant::now() + FILL_TIMEOUT;
-    while !file_written(&path) {
-        assert!(Instant::now() < deadline, "no result within {FILL_TIMEOUT:?}\n{}", w.log_text());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let text = fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("PASS"), "{text}");
+    let w = python_restored_lazily("lazy_remap", REMAP);
+    assert_result_passes(&w, "status.result");
     assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
 }
