@@ -677,7 +677,8 @@ fn mremap_fixed(remote: &mut RemoteTask, from: u64, len: u64, to: u64) -> Result
     Ok(())
 }
 
-/// First free range of `len` bytes above 1 MiB that overlaps none of `busy`.
+/// First free range of `len` bytes above 1 MiB and inside user space that overlaps none of
+/// `busy` (which may hold ranges above user space: [vsyscall]).
 fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
     let mut sorted = busy.to_vec();
     sorted.sort();
@@ -686,12 +687,12 @@ fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
         if e <= candidate {
             continue;
         }
-        if s >= candidate + len {
-            return Some(candidate);
+        if s >= candidate.checked_add(len)? {
+            break;
         }
         candidate = candidate.max(e);
     }
-    (candidate + len < 0x7fff_ffff_0000).then_some(candidate)
+    (candidate.checked_add(len)? <= USER_SPACE_END).then_some(candidate)
 }
 
 /// Whether a plain mmap of `vma` right after `prev` (or a later mprotect of either) could let
@@ -776,7 +777,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
                 None if let Some(fd) = leased_description(ctx, file)? => fd,
                 None => {
                     let mode = if writable { libc::O_RDWR } else { libc::O_RDONLY };
-                    let fd = ctx.open_identified(file, mode | libc::O_CLOEXEC, "mapped file")?;
+                    let fd = ctx.open_for_memory(file, mode | libc::O_CLOEXEC, "mapped file")?;
                     file_fds.insert(key, fd);
                     fd
                 }
@@ -896,7 +897,7 @@ fn set_mm_fields(ctx: &mut RestoreCtx, f: &MmFields) -> Result<()> {
     let exe_fd = if (current.dev(), current.ino()) == (exe.dev, exe.inode) {
         None
     } else {
-        Some(ctx.open_identified(exe, libc::O_RDONLY | libc::O_CLOEXEC, "executable")?)
+        Some(ctx.open_for_memory(exe, libc::O_RDONLY | libc::O_CLOEXEC, "executable")?)
     };
     let mut auxv_bytes = Vec::new();
     for v in &f.auxv {
@@ -1019,5 +1020,11 @@ mod tests {
         let busy = [(0x10_0000, 0x20_0000), (0x20_1000, 0x30_0000)];
         assert_eq!(find_gap(&busy, 0x1000), Some(0x20_0000));
         assert_eq!(find_gap(&busy, 0x2000), Some(0x30_0000));
+        // Everything below the end of user space taken: no gap, even with [vsyscall] above.
+        let full = [(0x10_0000, USER_SPACE_END), (VSYSCALL_START, VSYSCALL_START + 0x1000)];
+        assert_eq!(find_gap(&full, 0x1000), None);
+        let nearly = [(0x10_0000, USER_SPACE_END - 0x1000), (VSYSCALL_START, VSYSCALL_START + 0x1000)];
+        assert_eq!(find_gap(&nearly, 0x1000), Some(USER_SPACE_END - 0x1000));
+        assert_eq!(find_gap(&nearly, 0x2000), None);
     }
 }

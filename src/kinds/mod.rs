@@ -205,6 +205,21 @@ impl RestoreCtx<'_> {
         Ok(fd)
     }
 
+    /// Opens a file the process's memory names (a mapped file, the executable) as
+    /// [`Self::open_identified`] does: as root from a sealed image (the process had it mapped,
+    /// and a drop of privileges after mapping does not take a mapping away); from an image
+    /// taken on trust (`--trust-image`), only with the image's filesystem credentials, as its
+    /// descriptors are, so that an edited image cannot map a file its uid may not read.
+    pub fn open_for_memory(&mut self, file: &crate::image::proto::FileIdentity, flags: i32, what: &str) -> Result<i32> {
+        if self.image_sealed {
+            return self.open_identified(file, flags, what);
+        }
+        credentials::enter_fs_identity(self)?;
+        let opened = self.open_identified(file, flags, what);
+        credentials::leave_fs_identity(self)?;
+        opened
+    }
+
     pub fn close_in_process(&mut self, fd: i32) -> Result<()> {
         self.remote.syscall("close", libc::SYS_close, &[fd as u64])?;
         Ok(())

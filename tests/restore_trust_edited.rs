@@ -1,0 +1,230 @@
+//! Images edited by someone who knows the format, restored with `--trust-image` (so the seal,
+//! which refuses every one of them otherwise, is not what stops them): what crust still
+//! checks. The records are decoded, changed and framed again with crust's own image code, so
+//! each is well formed and its checksum right; the only thing that can refuse them is what a
+//! restore checks about the content. Each is refused naming the file (and the record file and
+//! field where the structure is wrong), and creates nothing: no process, no change to the
+//! files named.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use crust::image::proto::{self, FileIdentity};
+use crust::image::{self as image, ImageDir};
+
+/// The identity crust records for the file at `path` (as `stat` gives it).
+fn identity_of(path: &Path) -> FileIdentity {
+    let m = fs::metadata(path).unwrap();
+    FileIdentity {
+        path: path.to_string_lossy().into_owned(),
+        size: m.size(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        dev: m.dev(),
+        inode: m.ino(),
+        mode: m.mode(),
+        ..Default::default()
+    }
+}
+
+fn restore_trusted(image_dir: &Path) -> CrustOutput {
+    crust(["restore", "-d", "-D", &image_dir.to_string_lossy(), "--trust-image"])
+}
+
+fn restore_sealed(image_dir: &Path) -> CrustOutput {
+    crust(["restore", "-d", "-D", &image_dir.to_string_lossy()])
+}
+
+/// What a file looks like, to tell that nothing wrote to it.
+fn fingerprint(path: &Path) -> (u64, i64, i64, Vec<u8>) {
+    let m = fs::metadata(path).unwrap();
+    (m.size(), m.mtime(), m.mtime_nsec(), fs::read(path).unwrap())
+}
+
+/// Checks a refused restore: failed, its text names every one of `names`, and no process of
+/// the image exists (none was created, or every one was removed again).
+fn assert_refused(out: &CrustOutput, names: &[&str], pid: i32, what: &str) {
+    assert!(!out.success(), "{what}: the edited image was restored:\n{out}");
+    for name in names {
+        assert!(out.text().contains(name), "{what}: the refusal does not name {name:?}:\n{out}");
+    }
+    assert!(wait_gone(pid, Duration::from_secs(5)), "{what}: the refused restore left pid {pid}");
+}
+
+/// A process running as nobody (65534) holds a file of its own open for reading and writing;
+/// its image is edited so that the description names /etc/shadow instead (path, device,
+/// inode, size and mtime all those of /etc/shadow, as anyone can stat it). Sealed, the seal
+/// refuses it; on trust, crust opens the files of descriptors with the image's credentials,
+/// so the kernel refuses nobody write access to /etc/shadow. /etc/shadow is never touched.
+#[test]
+fn trusted_image_edited_to_open_etc_shadow_for_writing_is_refused() {
+    let shadow = Path::new("/etc/shadow");
+    assert!(shadow.is_file(), "test setup: this machine has no /etc/shadow");
+    let mut w = Workload::spawn("nobody", &[]);
+    w.dump();
+    let dir = ImageDir::open(&w.image_dir).unwrap();
+    let mut open_files: proto::OpenFiles = dir.read_record(image::OPEN_FILES).unwrap();
+    let mut edited = 0;
+    for f in &mut open_files.open_files {
+        if let Some(proto::open_file::Kind::Regular(r)) = &mut f.kind
+            && r.file.as_ref().is_some_and(|id| id.path.ends_with("home/created"))
+        {
+            assert_eq!(f.flags as i32 & libc::O_ACCMODE, libc::O_RDWR, "test setup: 'created' is not open for writing");
+            r.file = Some(identity_of(shadow));
+            edited += 1;
+        }
+    }
+    assert_eq!(edited, 1, "test setup: no description of home/created in the image");
+    dir.write_record(image::OPEN_FILES, &open_files).unwrap();
+    let before = fingerprint(shadow);
+
+    let sealed = restore_sealed(&w.image_dir);
+    assert_refused(&sealed, &[image::OPEN_FILES, "file_hashes"], w.pid, "sealed");
+    let trusted = restore_trusted(&w.image_dir);
+    assert_refused(&trusted, &["/etc/shadow", "EACCES"], w.pid, "trusted");
+    assert!(fingerprint(shadow) == before, "/etc/shadow changed");
+}
+
+/// A copy of the program's own executable, made setuid root and executable only (mode 04711:
+/// nobody may run it but not read it), put in the image of a process running as nobody in
+/// place of its executable and of every mapping of it. On trust, crust opens mapped files and
+/// the executable with the image's credentials too: refused (EACCES), so the restored process
+/// cannot read a file it could never read. The same copy made readable (04755) restores, and
+/// the setuid bit gives the process nothing: it runs as nobody, mapping the copy.
+#[test]
+fn trusted_image_mapping_an_unreadable_setuid_binary_is_refused_and_a_readable_one_grants_nothing() {
+    let mut w = Workload::spawn("nobody", &[]);
+    let original = fs::read_link(format!("/proc/{}/exe", w.pid)).unwrap();
+    let copy = w.dir.path.join("setuid-copy");
+    fs::copy(&original, &copy).unwrap();
+    nix::unistd::chown(&copy, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0))).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o4711)).unwrap();
+    w.dump();
+
+    let dir = ImageDir::open(&w.image_dir).unwrap();
+    let mm_name = image::mm_name(w.pid as u32);
+    let mut mm: proto::Mm = dir.read_record(&mm_name).unwrap();
+    let original = original.to_string_lossy().into_owned();
+    let id = identity_of(&copy);
+    let fields = mm.fields.as_mut().expect("test setup: no mm fields");
+    assert_eq!(fields.exe.as_ref().map(|e| e.path.as_str()), Some(original.as_str()), "test setup: exe");
+    fields.exe = Some(id.clone());
+    let mut mappings = 0;
+    for vma in &mut mm.vmas {
+        if vma.file.as_ref().is_some_and(|f| f.path == original) {
+            vma.file = Some(id.clone());
+            mappings += 1;
+        }
+    }
+    assert!(mappings > 0, "test setup: no mapping of {original}");
+    dir.write_record(&mm_name, &mm).unwrap();
+
+    assert_refused(&restore_sealed(&w.image_dir), &[&mm_name, "file_hashes"], w.pid, "sealed");
+    let copy_name = copy.to_string_lossy().into_owned();
+    assert_refused(&restore_trusted(&w.image_dir), &[&copy_name, "EACCES"], w.pid, "trusted, mode 04711");
+
+    // Readable, the same edit restores (the edit itself is sound); the bit grants nothing.
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = restore_trusted(&w.image_dir);
+    if pid_exists(w.pid) {
+        w.own(w.pid);
+    }
+    out.assert_success();
+    assert_eq!(fs::read_link(format!("/proc/{}/exe", w.pid)).unwrap(), copy, "the restored process's executable");
+    let uids = proc_status_field(w.pid, "Uid").unwrap_or_default();
+    assert!(uids.split_whitespace().all(|u| u == "65534"), "the setuid copy gave the process uids {uids:?}");
+    let caps = proc_status_field(w.pid, "CapEff").unwrap_or_default();
+    assert_eq!(u64::from_str_radix(caps.trim(), 16).ok(), Some(1 << 10), "effective capabilities {caps:?} (CAP_NET_BIND_SERVICE only)");
+}
+
+/// The lowest address crust's helper area may take (crust::kinds::memory::find_gap) and the
+/// end of user space on x86-64.
+const LOWEST: u64 = 0x10_0000;
+const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+
+/// An image whose areas leave no room anywhere: every gap of the process's address space
+/// filled with an inaccessible anonymous area, so that crust's helper area (which restore
+/// places in a range free in every image and in crust itself) could only go over the
+/// program's own memory. Refused before any process is created, naming why.
+#[test]
+fn trusted_image_leaving_no_room_for_crusts_helper_area_is_refused() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump();
+    let dir = ImageDir::open(&w.image_dir).unwrap();
+    let mm_name = image::mm_name(w.pid as u32);
+    let mut mm: proto::Mm = dir.read_record(&mm_name).unwrap();
+    let mut filled = Vec::new();
+    let mut at = LOWEST;
+    for vma in mm.vmas.drain(..) {
+        if vma.start >= USER_SPACE_END {
+            filled.push(vma);
+            continue;
+        }
+        if vma.start > at {
+            filled.push(proto::Vma { start: at, end: vma.start, ..Default::default() });
+        }
+        at = at.max(vma.end);
+        filled.push(vma);
+    }
+    let upper = filled.iter().position(|v| v.start >= USER_SPACE_END).unwrap_or(filled.len());
+    if at < USER_SPACE_END {
+        filled.insert(upper, proto::Vma { start: at, end: USER_SPACE_END, ..Default::default() });
+    }
+    mm.vmas = filled;
+    dir.write_record(&mm_name, &mm).unwrap();
+
+    let out = restore_trusted(&w.image_dir);
+    assert_refused(&out, &["no free address range for crust's helper area"], w.pid, "trusted");
+}
+
+/// Structures no dump writes, each in an otherwise good image taken on trust: a working
+/// directory path of 70 KB, an fd numbered 2^31-1, a process whose parent chain loops (its
+/// parent is itself). Each is refused naming the record file and the field; none creates a
+/// process (the tree of the image is a shell and its child, both gone after the dump).
+#[test]
+fn trusted_image_with_hostile_structure_is_refused_naming_file_and_field() {
+    let mut w = Workload::spawn_program("sh-tree", "sh", &["-c", "sleep 1000 & wait"]);
+    let child = wait_for_child(w.pid);
+    w.dump();
+    assert!(wait_gone(child, Duration::from_secs(5)), "test setup: the dump left the child");
+    let files_name = image::files_name(w.pid as u32);
+    let cases: [(&str, &[&str], &dyn Fn(&ImageDir)); 3] = [
+        ("cwd of 70 KB", &[&files_name, "field cwd"], &|dir| {
+            let mut f: proto::Files = dir.read_record(&files_name).unwrap();
+            f.cwd = format!("/{}", "a".repeat(70_000));
+            dir.write_record(&files_name, &f).unwrap();
+        }),
+        ("fd 2^31-1", &[&files_name, "field fds", "2147483647"], &|dir| {
+            let mut f: proto::Files = dir.read_record(&files_name).unwrap();
+            f.fds[0].fd = i32::MAX;
+            dir.write_record(&files_name, &f).unwrap();
+        }),
+        ("parent chain loops", &[image::INVENTORY, "field processes", "not a descendant"], &|dir| {
+            let mut inv: proto::Inventory = dir.read_record(image::INVENTORY).unwrap();
+            let entry = inv.processes.iter_mut().find(|e| e.pid == child as u32).expect("test setup: child not in the image");
+            entry.ppid = child as u32;
+            dir.write_record(image::INVENTORY, &inv).unwrap();
+        }),
+    ];
+    for (i, (what, names, edit)) in cases.iter().enumerate() {
+        let copy = w.dir.path.join(format!("hostile-{i}"));
+        copy_dir(&w.image_dir, &copy);
+        edit(&ImageDir::open(&copy).unwrap());
+        let out = restore_trusted(&copy);
+        assert_refused(&out, names, w.pid, what);
+        assert!(!pid_exists(child), "{what}: the refused restore created the child {child}");
+    }
+}
+
+/// The first child of `pid`, waited for (bounded).
+fn wait_for_child(pid: i32) -> i32 {
+    let mut found = None;
+    wait_until("the shell to start its child", Duration::from_secs(10), || {
+        found = children_of(pid).first().copied();
+        found.is_some()
+    });
+    found.unwrap()
+}
