@@ -1,4 +1,4 @@
-//! Programs nobody here wrote: coreutils `sleep` and a python3 loop.
+//! Programs nobody here wrote: coreutils `sleep`, python3 loops, a Java program on the JVM.
 
 mod common;
 use common::*;
@@ -168,4 +168,93 @@ fn tail_follow_blocked_in_poll_goes_on_after_restore() {
     });
     let text = fs::read_to_string(&out).unwrap();
     assert_eq!(text, "one\ntwo\n", "tail's output");
+}
+
+/// Java (the JVM: about twenty threads of its own, a JIT, a garbage collector, a shared
+/// performance-data mapping under /tmp/hsperfdata_root): a pool of four worker threads fills
+/// a map and makes garbage; every 100 ms the main thread checks the whole map against what it
+/// must hold (from inside) and appends "<tick> <size>" to a file. The restored JVM goes on from
+/// where it was: ticks 0, 1, 2, ... with no gap, repeat or restart, never "BAD", the same
+/// threads and /proc state.
+const JAVA_COUNTER: &str = r#"
+import java.io.*;
+import java.util.*;
+import java.util.concurrent.*;
+public class Counter {
+    public static void main(String[] args) throws Exception {
+        ConcurrentHashMap<Integer, String> map = new ConcurrentHashMap<>();
+        ExecutorService pool = Executors.newFixedThreadPool(4);
+        PrintWriter out = new PrintWriter(new FileWriter(args[0], true), true);
+        for (long tick = 0; ; tick++) {
+            final long t = tick;
+            List<Future<?>> jobs = new ArrayList<>();
+            for (int w = 0; w < 4; w++) {
+                final int id = w;
+                jobs.add(pool.submit(() -> {
+                    StringBuilder garbage = new StringBuilder();
+                    for (int i = 0; i < 2000; i++) garbage.append(i);
+                    map.put((int) (t * 4 + id), "v" + (t * 4 + id) + ":" + garbage.length());
+                }));
+            }
+            for (Future<?> j : jobs) j.get();
+            boolean ok = map.size() == (t + 1) * 4;
+            for (long k = 0; ok && k < (t + 1) * 4; k++) ok = map.getOrDefault((int) k, "").startsWith("v" + k + ":");
+            out.println(ok ? t + " " + map.size() : "BAD " + t);
+            Thread.sleep(100);
+        }
+    }
+}
+"#;
+
+/// Lines "<tick> <size>" of the Java counter (complete lines only); panics on "BAD".
+fn java_ticks(path: &std::path::Path) -> Vec<u64> {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    let complete = s.rfind('\n').map_or("", |i| &s[..=i]);
+    complete
+        .lines()
+        .map(|l| {
+            let (tick, size) = l.split_once(' ').unwrap_or_else(|| panic!("Java counter line {l:?} in {}", path.display()));
+            let tick: u64 = tick.parse().unwrap_or_else(|_| panic!("Java counter line {l:?}"));
+            assert_eq!(size.parse::<u64>().ok(), Some((tick + 1) * 4), "Java counter line {l:?}: the map lost or gained entries");
+            tick
+        })
+        .collect()
+}
+
+#[test]
+fn java_program_with_a_thread_pool_continues_from_where_it_was() {
+    let source = TempDir::new("java-src");
+    let file = source.path.join("Counter.java");
+    fs::write(&file, JAVA_COUNTER).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let mut w = Workload::spawn_program("java-counter", "java", &["-Xmx128m", &file, "ticks.txt"]);
+    let ticks = w.dir.path.join("ticks.txt");
+    wait_until("5 ticks from the JVM", Duration::from_secs(60), || java_ticks(&ticks).len() >= 5);
+    let threads_before = fs::read_dir(format!("/proc/{}/task", w.pid)).unwrap().count();
+    // The JVM appends a tick between the snapshot and the freeze at times: the offset of the
+    // ticks file (O_APPEND) is compared with the file's size instead.
+    let ticks_fd = fs::read_dir(format!("/proc/{}/fd", w.pid))
+        .unwrap()
+        .flatten()
+        .find(|e| fs::read_link(e.path()).is_ok_and(|t| t == ticks))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("the JVM has no fd of its ticks file");
+    let before = w.snapshot();
+    w.dump();
+    let at_dump = java_ticks(&ticks);
+    let size_at_dump = fs::metadata(&ticks).unwrap().len();
+    w.restore_detached();
+    let after = w.snapshot();
+    let pos_key = format!("fdinfo:{ticks_fd}:pos");
+    assert_same_proc(&before, &after, &[&pos_key]);
+    let pos = after.entries.get(&pos_key).and_then(|p| p.parse::<u64>().ok());
+    assert!(pos.is_some_and(|p| p >= size_at_dump), "offset of the ticks file {pos:?}, its size at the dump {size_at_dump}");
+    assert_eq!(fs::read_dir(format!("/proc/{}/task", w.pid)).unwrap().count(), threads_before, "threads of the JVM");
+    wait_until("10 more ticks after the restore", Duration::from_secs(30), || java_ticks(&ticks).len() >= at_dump.len() + 10);
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+    let all = java_ticks(&ticks);
+    let expected: Vec<u64> = (0..all.len() as u64).collect();
+    assert_eq!(all, expected, "ticks are not 0,1,2,... ({} at the dump, {} now)", at_dump.len(), all.len());
+    assert!(!fs::read_to_string(&ticks).unwrap().contains("BAD"), "the JVM found its map wrong");
 }

@@ -174,3 +174,63 @@ while True:
     wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
 }
+
+/// Read-only private areas holding pages the process wrote through /proc/self/mem (as a
+/// debugger plants a breakpoint in code): an anonymous area and a file mapping, neither ever
+/// writable, so never charged to the commit limit (no `ac` in VmFlags). They come back with
+/// their contents and still unaccounted (crust writes their pages through /proc/PID/mem
+/// instead of making them writable to fill them), and still not writable.
+#[test]
+fn read_only_areas_written_through_proc_mem_stay_unaccounted() {
+    const PY: &str = r#"
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+open('data', 'wb').write(b'F' * 8192)
+fd = os.open('data', os.O_RDONLY)
+anon = libc.mmap(None, 8192, 1, 0x02 | 0x20, -1, 0)   # PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS
+filemap = libc.mmap(None, 8192, 1, 0x02, fd, 0)        # PROT_READ, MAP_PRIVATE of 'data'
+os.close(fd)
+want_anon = b'anonymous, written through /proc/self/mem\n' * 100
+want_file = b'P' * 100 + b'F' * (8192 - 100)
+with open('/proc/self/mem', 'r+b', buffering=0) as mem:
+    mem.seek(anon); mem.write(want_anon)
+    mem.seek(filemap); mem.write(b'P' * 100)
+open('ready', 'w').write('%x %x\n' % (anon, filemap))
+while not os.path.exists('go'):
+    time.sleep(0.05)
+ok = ctypes.string_at(anon, len(want_anon)) == want_anon and ctypes.string_at(filemap, 8192) == want_file
+open('result', 'w').write('contents %s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-unaccounted", "python3", &["-c", PY]);
+    wait_until("python3 to write its read-only areas", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let ready = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    let addrs: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
+    let area = |pid: i32, addr: &str| {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
+        let head = lines.next().unwrap_or("no such area").to_string();
+        let perms = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        let dirty = lines.clone().find(|l| l.starts_with("Private_Dirty:")).unwrap_or("").to_string();
+        let flags = lines.find(|l| l.starts_with("VmFlags:")).unwrap_or("no flags").to_string();
+        (perms, dirty, flags)
+    };
+    for addr in &addrs {
+        let (perms, dirty, flags) = area(w.pid, addr);
+        assert!(perms == "r--p" && !flags.split_whitespace().any(|f| f == "ac"), "test setup: {addr}: {perms} {flags}");
+        assert!(!dirty.ends_with(" 0 kB"), "test setup: {addr} has no page of its own: {dirty}");
+    }
+    let before: Vec<_> = addrs.iter().map(|a| area(w.pid, a)).collect();
+    let snapshot = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_same_proc(&snapshot, &w.snapshot(), &[]);
+    let after: Vec<_> = addrs.iter().map(|a| area(w.pid, a)).collect();
+    assert_eq!(after, before, "protection, dirty pages and VmFlags of the read-only areas after restore");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+}

@@ -155,8 +155,10 @@ impl Kind for Memory {
         }
         // With --lazy-pages the lazy areas' pages come later, through the page server.
         let lazy = ctx.lazy.is_some();
-        let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v))).collect();
+        let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v)) && !v.unaccounted).collect();
         fill_pages(ctx.remote, pages_fd, &eager)?;
+        let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
+        write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
         for vma in &mm.vmas {
             finish_vma(ctx.remote, vma).with_context(|| {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
@@ -268,6 +270,7 @@ fn describe_vma(pid: i32, map: &procfs::process::MemoryMap) -> Result<Vma> {
         random_read: flags.contains(VmFlags::RR),
         may_write: flags.contains(VmFlags::MW),
         no_reserve: flags.contains(VmFlags::NR),
+        unaccounted: !shared && !map.perms.contains(MMPermissions::WRITE) && !flags.contains(VmFlags::AC),
         had_huge_pages: map.extension.map.get("AnonHugePages").copied().unwrap_or(0) > 0,
         ..Default::default()
     };
@@ -702,7 +705,7 @@ fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
 /// with one call instead of four.
 fn could_merge(prev: &Vma, vma: &Vma) -> bool {
     let anonymous = |v: &Vma| v.kind() == VmaKind::PrivateAnonymous;
-    let while_filled = |v: &Vma| if v.pages.is_empty() { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+    let while_filled = |v: &Vma| if v.pages.is_empty() || v.unaccounted { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
     prev.end == vma.start && anonymous(prev) && anonymous(vma) && (prev.prot == vma.prot || while_filled(prev) == while_filled(vma))
 }
 
@@ -721,16 +724,16 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
                 &[run.address, run.pages * PAGE_SIZE, libc::MADV_DONTNEED as u64],
             )?;
         }
-        if !vma.pages.is_empty() && vma.prot & libc::PROT_WRITE as u32 == 0 {
+        if !vma.pages.is_empty() && vma.prot & libc::PROT_WRITE as u32 == 0 && !vma.unaccounted {
             let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
             ctx.remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, len, rw])?;
         }
         return Ok(());
     }
     // Areas that receive pages are writable while they are filled; finish_vma sets the real
-    // protection afterwards.
+    // protection afterwards. Unaccounted areas keep theirs (see `write_unaccounted_pages`).
     let mut prot = vma.prot as u64;
-    if !vma.pages.is_empty() {
+    if !vma.pages.is_empty() && !vma.unaccounted {
         prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
     }
     if super::pathless::made_later(vma) {
@@ -861,12 +864,42 @@ fn fill_pages(remote: &mut RemoteTask, pages_fd: i32, vmas: &[&Vma]) -> Result<(
     transfer_runs(remote, pages_fd as u64, &runs, libc::SYS_preadv, "preadv").context("reading pages into place")
 }
 
+/// Writes the pages of areas that must stay unaccounted (mapped without write permission)
+/// through /proc/PID/mem, which crust, the tracer, may write whatever the protection (the
+/// kernel breaks copy-on-write for it, as for a debugger's breakpoint). They are few (one page
+/// in a JVM), so a pwrite per run is fine.
+fn write_unaccounted_pages(ctx: &RestoreCtx, pages_file: &str, vmas: &[&Vma]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    if vmas.is_empty() {
+        return Ok(());
+    }
+    let pid = ctx.pid.as_raw();
+    let pages_path = ctx.image.path(pages_file);
+    let pages = crate::image::open_image_file(&pages_path, u64::MAX).with_context(|| format!("opening {}", pages_path.display()))?;
+    let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).with_context(|| format!("pid {pid}: opening /proc/{pid}/mem"))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    for run in vmas.iter().flat_map(|v| v.pages.iter()) {
+        let total = run.pages * PAGE_SIZE;
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(buffer.len() as u64) as usize;
+            pages
+                .read_exact_at(&mut buffer[..n], run.file_offset + done)
+                .with_context(|| format!("reading {} at {}", pages_path.display(), run.file_offset + done))?;
+            mem.write_all_at(&buffer[..n], run.address + done)
+                .with_context(|| format!("pid {pid}: pwrite of /proc/{pid}/mem at {:#x} ({n} bytes)", run.address + done))?;
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
 fn finish_vma(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
     if matches!(vma.kind(), VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall) {
         return Ok(());
     }
     let len = vma.end - vma.start;
-    if !vma.pages.is_empty() && vma.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+    if !vma.pages.is_empty() && !vma.unaccounted && vma.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
         remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, len, vma.prot as u64])?;
     }
     let advice: [(bool, i32); 5] = [
