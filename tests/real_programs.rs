@@ -258,3 +258,112 @@ fn java_program_with_a_thread_pool_continues_from_where_it_was() {
     assert_eq!(all, expected, "ticks are not 0,1,2,... ({} at the dump, {} now)", at_dump.len(), all.len());
     assert!(!fs::read_to_string(&ticks).unwrap().contains("BAD"), "the JVM found its map wrong");
 }
+
+/// The newest PostgreSQL server binary directory of this machine (Debian's layout).
+fn postgres_bindir() -> std::path::PathBuf {
+    let mut dirs: Vec<_> = fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed (.ci/run installs it)")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("postgres").is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop().expect("no /usr/lib/postgresql/*/bin/postgres")
+}
+
+/// Runs `psql` against the test's server over `host` (a socket directory or 127.0.0.1):
+/// its output, or the failure with psql's words.
+fn psql(host: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-h", host, "-p", PG_PORT, "-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("psql {sql:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+const PG_PORT: &str = "54329";
+
+/// PostgreSQL (nobody here wrote it): a postmaster and its five helpers (checkpointer,
+/// background writer, WAL writer, autovacuum launcher, logical replication launcher),
+/// System V and anonymous shared memory, latches, a TCP listener on 127.0.0.1 and a UNIX
+/// socket. It holds a table, is dumped and restored: the same six pids, the postmaster's
+/// /proc state, the data; new sessions on both listeners (each a backend forked by the
+/// restored postmaster) write, CHECKPOINT (which the checkpointer does, woken through
+/// shared memory) completes, and a fast shutdown stops the whole restored tree cleanly.
+#[test]
+fn postgres_server_tree_restores_and_serves() {
+    let bin = postgres_bindir();
+    let dir = TempDir::new("postgres");
+    let data = dir.path.join("data");
+    let sock = dir.path.join("sock");
+    fs::create_dir(&sock).unwrap();
+    let pg_uid = nix::unistd::User::from_name("postgres").unwrap().expect("no postgres user (.ci/run installs PostgreSQL)");
+    for p in [&dir.path, &sock] {
+        nix::unistd::chown(p, Some(pg_uid.uid), Some(pg_uid.gid)).unwrap();
+    }
+    use std::os::unix::process::CommandExt;
+    let initdb = std::process::Command::new(bin.join("initdb"))
+        .args(["-D", &data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync"])
+        .uid(pg_uid.uid.as_raw())
+        .gid(pg_uid.gid.as_raw())
+        .current_dir(&dir.path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
+    let postgres = bin.join("postgres").to_string_lossy().into_owned();
+    let (uid, gid) = (pg_uid.uid.as_raw().to_string(), pg_uid.gid.as_raw().to_string());
+    let (data_s, sock_s) = (data.to_string_lossy().into_owned(), sock.to_string_lossy().into_owned());
+    let args = [
+        "--reuid", &uid, "--regid", &gid, "--clear-groups", "--", &postgres, "-D", &data_s, "-k", &sock_s, "-p", PG_PORT,
+        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+    ];
+    let mut w = Workload::spawn_program("postgres", "setpriv", &args);
+    wait_until("PostgreSQL to accept connections", Duration::from_secs(30), || psql(&sock_s, "SELECT 1").is_ok());
+    psql(&sock_s, "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
+    // Only the five helpers, once the backend of the psql session above has exited.
+    let title = |pid: &i32| fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let is_helper = |pid: &i32| {
+        let t = title(pid);
+        ["checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher"].iter().any(|h| t.contains(h))
+    };
+    wait_until("the postmaster to have only its five helpers", Duration::from_secs(15), || {
+        let c = children_of(w.pid);
+        c.len() == 5 && c.iter().all(is_helper)
+    });
+    let helpers = children_of(w.pid);
+    let before = w.snapshot();
+    w.dump();
+    for pid in &helpers {
+        assert!(wait_gone(*pid, Duration::from_secs(5)), "helper {pid} left after the dump");
+    }
+    assert!(psql(&sock_s, "SELECT 1").is_err(), "the server still answers after the dump");
+    w.restore_detached();
+    assert_same_proc(&before, &w.snapshot(), &[]);
+    let mut after = children_of(w.pid);
+    after.sort();
+    let mut expected = helpers.clone();
+    expected.sort();
+    assert_eq!(after, expected, "the postmaster's helpers after the restore");
+
+    assert_eq!(psql(&sock_s, "SELECT count(*), sum(x) FROM t").unwrap(), "1000|500500", "the table over the UNIX socket");
+    psql("127.0.0.1", "INSERT INTO t SELECT generate_series(1001, 1010)").unwrap();
+    psql(&sock_s, "CHECKPOINT").unwrap();
+    assert_eq!(psql("127.0.0.1", "SELECT count(*), sum(x) FROM t").unwrap(), "1010|510555", "the table over TCP");
+
+    // A fast shutdown: the postmaster tells every helper to stop and exits when they have.
+    w.signal(libc::SIGINT);
+    let exit = w.reap(Duration::from_secs(30));
+    assert!(exit.is_some(), "the restored postmaster did not shut down");
+    for pid in &helpers {
+        assert!(wait_gone(*pid, Duration::from_secs(10)), "helper {pid} left after the shutdown");
+    }
+    let log = w.log_text();
+    assert!(log.contains("database system is shut down"), "no clean shutdown in the server's log:\n{log}");
+}
