@@ -201,7 +201,7 @@ pub fn run_leases(dir: &Path) -> Result<()> {
     println!("{} 5 s into the break: crust dump -t {hpid} -D {}", at(), image.display());
     crate::dump::dump(hpid, &image, &crate::dump::DumpOptions::default())?;
     let _ = holder.wait();
-    for line in crate::lease_cmd::run(&image, None)? {
+    for line in crate::lease_cmd::run(&image, None, false)? {
         println!("          {line}");
     }
     std::thread::sleep(Duration::from_secs(2));

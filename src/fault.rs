@@ -12,7 +12,8 @@
 //! process's files, memory), `dump-pages-open` (the page file created, before crust copies
 //! the pages into it), `dump-live-copy` (dump -R: the tree runs on, before crust copies each
 //! process's write-protected pages), `dump-collected` (every record written), `dump-checksums` (before
-//! the inventory); restore: `restore-tree` (every process created), `restore-descriptions`,
+//! the inventory); restore: `restore-sealed` (the seal and record hashes
+//! checked, no other record read yet), `restore-tree` (every process created), `restore-descriptions`,
 //! `restore-process` (after each process's state), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
 //! changed to start a lease break again).
@@ -33,6 +34,7 @@ pub const POINTS: &[&str] = &[
     "dump-live-copy",
     "dump-collected",
     "dump-checksums",
+    "restore-sealed",
     "restore-tree",
     "restore-descriptions",
     "restore-process",

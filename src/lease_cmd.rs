@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::image::proto::{OpenFiles, lease::TimeMethod, open_file};
 use crate::image::{self, ImageDir};
@@ -49,8 +49,15 @@ pub fn list(files: &OpenFiles) -> Vec<String> {
     out
 }
 
-pub fn run(dir: &Path, policy: Option<Policy>) -> Result<Vec<String>> {
+/// Lists the lease breaks of an image and, with a policy, edits them and seals the image again.
+/// An image is edited only if its seal holds (or the user trusts it): sealing again whatever
+/// the directory holds would bless any edit made to it since the dump.
+pub fn run(dir: &Path, policy: Option<Policy>, trust_image: bool) -> Result<Vec<String>> {
     let dir = ImageDir::open(dir)?;
+    if policy.is_some() && !trust_image {
+        let inventory: image::proto::Inventory = dir.read_record(image::INVENTORY)?;
+        image::seal::verify(&dir, &inventory).context("crust lease edits and seals again only an image whose seal holds (--trust-image to edit it anyway)")?;
+    }
     let mut files: OpenFiles = dir.read_record(image::OPEN_FILES)?;
     if let Some(policy) = policy {
         for f in &mut files.open_files {

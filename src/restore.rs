@@ -138,6 +138,7 @@ fn load_deferring_pages(dir: &Path, trust_image: bool, defer_pages: bool) -> Res
         tracing::warn!("--trust-image: the image's seal and record hashes are not checked");
     } else {
         image::seal::verify(&dir, &inventory)?;
+        crate::fault::point("restore-sealed")?;
     }
     // Trusted or sealed, data files are checked against their chunk hashes (sealed through
     // the inventory): against damage and, sealed, against edits.
@@ -1523,7 +1524,8 @@ fn page_records(img: &LoadedImage) -> std::collections::HashMap<String, crate::i
 /// restored lazily only the chunks read in before they run (the page server checks the
 /// others, each before its first use).
 fn check_pages_in_background(img: &LoadedImage, lazy: &BTreeSet<u32>) -> Result<std::thread::JoinHandle<Result<()>>> {
-    let root = img.dir.root().to_owned();
+    // The same ImageDir: the very files the processes read their pages from (data_file).
+    let dir = img.dir.clone();
     let mut work = Vec::new();
     for (pid, data) in &img.deferred_pages {
         let chunks = lazy
@@ -1532,11 +1534,10 @@ fn check_pages_in_background(img: &LoadedImage, lazy: &BTreeSet<u32>) -> Result<
         work.push((data.clone(), chunks));
     }
     let thread = std::thread::Builder::new().name("crust-pagecheck".into()).spawn(move || -> Result<()> {
-        let dir = ImageDir::open(&root)?;
         for (data, chunks) in work {
             match chunks {
                 None => dir.verify_data_file(&data)?,
-                Some(indices) => crate::image::chunks::verify_some(&dir.path(&data.name), &data, &indices)?,
+                Some(indices) => crate::image::chunks::verify_some(&dir.data_file(&data.name)?, &dir.path(&data.name), &data, &indices)?,
             }
         }
         Ok(())

@@ -162,7 +162,9 @@ fn mutated_records_of_real_images_are_refused_in_one_line_never_a_panic_or_a_han
             Err(e) => {
                 assert!(!e.contains('\n'), "{what}: the refusal is not one line:\n{e}");
                 assert!(!e.trim().is_empty(), "{what}: an empty refusal");
-                if !e.contains(".img") {
+                // A pid of the corpus taken meanwhile by another test's process is a refusal
+                // about this machine, not about the mutation (it names the pid, not a file).
+                if !e.contains(".img") && !e.contains(" is busy: ") {
                     unnamed.push(format!("{what}: {e}"));
                 }
                 refused += 1;

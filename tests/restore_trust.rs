@@ -288,3 +288,90 @@ fn planted_fifo_device_link_or_directory_in_the_image_is_refused_without_reading
         assert!(!pid_exists(w.pid), "case {i}: the refused restore created pid {}", w.pid);
     }
 }
+
+/// A record file swapped for an edited one after the seal and hashes were checked (a window
+/// widened here by CRUST_FAULT=restore-sealed:1:sleep...): the bytes decoded are checked
+/// against the sealed hash themselves, so the swap is refused, naming the file, and nothing
+/// is created.
+#[test]
+fn record_swapped_after_the_seal_check_is_refused() {
+    let mut w = Workload::spawn("nobody", &[]);
+    w.dump();
+    let core = w.image_dir.join(format!("core-{}.img", w.pid));
+    let edited = w.dir.path.join("core-edited.img");
+    fs::copy(&core, &edited).unwrap();
+    assert!(edit_record(&edited, &[0xfe, 0xff, 0x03], &[0x00, 0x00, 0x00]) > 0, "no uid 65534 in the core record");
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let mut child = std::process::Command::new(crust_bin())
+        .args(["restore", "-d", "-D", &img])
+        .env("CRUST_FAULT", "restore-sealed:1:sleep1500")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    fs::rename(&edited, &core).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "a record swapped after the seal check was restored:\n{text}");
+    assert!(
+        text.contains(&format!("core-{}.img", w.pid)) && text.contains("file_hashes") && text.contains("CRUST_FAULT"),
+        "the refusal names the file and the field (and the window was the one widened):\n{text}"
+    );
+    assert!(wait_gone(w.pid, Duration::from_secs(5)), "the refused restore created a process");
+}
+
+/// A data file (the page file) that a user other than root could change while it is restored
+/// (owned by another uid, or writable by group or others) is refused before anything is
+/// created: crust verifies a data file's chunks and uses its bytes through one open file, and
+/// only root must be able to change what is behind it.
+#[test]
+fn data_file_others_could_change_is_refused() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump();
+    let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
+    let img = w.image_dir.to_string_lossy().into_owned();
+    for (what, change, undo) in [
+        ("owned by uid 65534", (Some(65534), None), (Some(0), None)),
+        ("group-writable", (None, Some(0o620)), (None, Some(0o600))),
+    ] {
+        if let Some(uid) = change.0 {
+            nix::unistd::chown(&pages, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+        }
+        if let Some(mode) = change.1 {
+            fs::set_permissions(&pages, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let out = crust(["restore", "-d", "-D", &img]);
+        assert!(!out.success(), "{what}: restored:\n{out}");
+        assert!(out.text().contains(&format!("pages-{}.img", w.pid)) && out.text().contains("could change it"), "{what}: {out}");
+        assert!(wait_gone(w.pid, Duration::from_secs(5)), "{what}: the refused restore created a process");
+        if let Some(uid) = undo.0 {
+            nix::unistd::chown(&pages, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+        }
+        if let Some(mode) = undo.1 {
+            fs::set_permissions(&pages, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    w.restore_detached();
+    assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "the image did not restore once only root could write its page file");
+}
+
+/// `crust lease` edits an image and seals it again: only an image whose seal holds. An image
+/// edited since the dump (its core record naming uid 0, XXH3 recomputed) is refused, and stays
+/// refused by restore (it was not sealed again); with --trust-image the user takes it on.
+#[test]
+fn crust_lease_does_not_seal_an_edited_image_again() {
+    let mut w = Workload::spawn("nobody", &[]);
+    w.dump();
+    let core = w.image_dir.join(format!("core-{}.img", w.pid));
+    assert!(edit_record(&core, &[0xfe, 0xff, 0x03], &[0x00, 0x00, 0x00]) > 0);
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let lease = crust(["lease", "-D", &img, "--lease-set", "5"]);
+    assert!(!lease.success(), "crust lease edited an image whose seal does not hold:\n{lease}");
+    assert!(lease.text().contains(&format!("core-{}.img", w.pid)) && lease.text().contains("--trust-image"), "{lease}");
+    let out = w.restore_detached_raw();
+    assert!(!out.success() && out.text().contains("file_hashes"), "the edited image was sealed again:\n{out}");
+    assert!(wait_gone(w.pid, Duration::from_secs(5)));
+    let trusted = crust(["lease", "-D", &img, "--lease-set", "5", "--trust-image"]);
+    trusted.assert_success();
+}

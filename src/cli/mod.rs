@@ -234,6 +234,10 @@ struct LeaseCmdArgs {
     /// The image directory, as written by `crust dump`.
     #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
     dir: PathBuf,
+    /// Edit (and seal with this host's key) an image whose seal is missing, foreign or wrong:
+    /// only for images you trust.
+    #[arg(long = "trust-image")]
+    trust_image: bool,
     #[command(flatten)]
     lease: LeaseArgs,
 }
@@ -438,7 +442,7 @@ fn run(cli: Cli, permits: Permits) -> Result<ExitCode> {
         Command::Dump(a) => dump(a, permits),
         Command::Restore(a) => restore(a, work.as_deref(), permits),
         Command::Lease(a) => {
-            for line in crate::lease_cmd::run(&a.dir, a.lease.policy())? {
+            for line in crate::lease_cmd::run(&a.dir, a.lease.policy(), a.trust_image)? {
                 emit(&line)?;
             }
             Ok(ExitCode::SUCCESS)

@@ -86,12 +86,11 @@ pub fn verify_chunk(path: &Path, expected: &DataFile, index: usize, bytes: &[u8]
     Ok(())
 }
 
-/// Checks the chunks `indices` of the file at `path` (its layout already checked), reading
-/// each into memory.
-pub fn verify_some(path: &Path, expected: &DataFile, indices: &[usize]) -> Result<(), ImageError> {
+/// Checks the chunks `indices` of `file` (the image's file at `path`, its layout already
+/// checked), reading each into memory.
+pub fn verify_some(file: &std::fs::File, path: &Path, expected: &DataFile, indices: &[usize]) -> Result<(), ImageError> {
     use std::os::unix::fs::FileExt;
     let io = |source| ImageError::Io { path: path.to_owned(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
     let mut buf = Vec::new();
     for &index in indices {
         let start = index as u64 * expected.chunk_size;

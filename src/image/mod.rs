@@ -34,6 +34,7 @@ pub mod proto {
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -119,6 +120,11 @@ pub struct ImageDir {
     written: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<PathBuf>>>,
     /// Records of data files hashed while they were written (see [`Self::hashed_while_written`]).
     hashed: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, proto::DataFile>>>,
+    /// Data files opened for a restore, each once (see [`Self::data_file`]).
+    pinned: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<File>>>>,
+    /// The BLAKE3 hash of every record file, once the seal of the inventory that lists them was
+    /// verified (see [`Self::expect_sealed_hashes`]).
+    sealed_hashes: std::sync::Arc<std::sync::OnceLock<std::collections::HashMap<String, Vec<u8>>>>,
 }
 
 /// Largest record file crust reads (the largest records, inventories of images of many GiB,
@@ -164,12 +170,22 @@ fn create_no_follow(path: &Path) -> std::io::Result<File> {
 }
 
 impl ImageDir {
+    fn empty() -> Self {
+        ImageDir {
+            root: PathBuf::new(),
+            written: Default::default(),
+            hashed: Default::default(),
+            pinned: Default::default(),
+            sealed_hashes: Default::default(),
+        }
+    }
+
     /// Opens an image directory for writing, creating it if needed.
     /// An image already there stops being one (its inventory goes first), and the mark of an
     /// earlier failed dump goes too.
     pub fn create(root: &Path) -> Result<Self, ImageError> {
         fs::create_dir_all(root).map_err(|source| ImageError::Io { path: root.to_owned(), source })?;
-        let dir = ImageDir { root: root.to_owned(), written: Default::default(), hashed: Default::default() };
+        let dir = ImageDir { root: root.to_owned(), ..Self::empty() };
         for stale in [INVENTORY, FAILED_DUMP] {
             let path = dir.path(stale);
             match fs::remove_file(&path) {
@@ -232,7 +248,7 @@ impl ImageDir {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        Ok(ImageDir { root: root.to_owned(), written: Default::default(), hashed: Default::default() })
+        Ok(ImageDir { root: root.to_owned(), ..Self::empty() })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -267,13 +283,67 @@ impl ImageDir {
         Ok(())
     }
 
-    /// Reads and verifies a framed record: magic, version, kind, length and checksum.
+    /// Reads and verifies a framed record: magic, version, kind, length and checksum, and, once
+    /// the seal was verified, its BLAKE3 hash against the sealed inventory. The bytes checked
+    /// are the bytes decoded: a file swapped after the seal's check is caught here.
     pub fn read_record<R: Record>(&self, name: &str) -> Result<R, ImageError> {
         let path = self.path(name);
         let mut file = open_image_file(&path, MAX_RECORD_BYTES)?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        if let Some(hashes) = self.sealed_hashes.get() {
+            let refused = |detail: &str| ImageError::Refused { path: path.clone(), detail: detail.to_owned() };
+            let expected = hashes.get(name).ok_or_else(|| refused("it is not listed in the sealed inventory (field file_hashes)"))?;
+            if blake3::hash(&buf).as_bytes().as_slice() != expected.as_slice() {
+                return Err(refused("its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump"));
+            }
+        }
         decode_record(&path, &buf)
+    }
+
+    /// From now on every record read must have the hash `hashes` lists for it (the seal of
+    /// the inventory holding them was just verified).
+    pub fn expect_sealed_hashes(&self, hashes: std::collections::HashMap<String, Vec<u8>>) {
+        let _ = self.sealed_hashes.set(hashes);
+    }
+
+    /// A data file of the image, for a restore: opened once (not through a symlink, a regular
+    /// file) and kept, so that its chunks are verified and its bytes used through the same open
+    /// file, whatever is renamed into the directory meanwhile. Refused unless only crust's user
+    /// (root) can write it: anyone else could change it between the check and the use.
+    pub fn data_file(&self, name: &str) -> Result<File, ImageError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            return Err(ImageError::BadName { path: self.path(INVENTORY), name: name.to_owned() });
+        }
+        let path = self.path(name);
+        let io = |source| ImageError::Io { path: path.clone(), source };
+        let mut pinned = self.pinned.lock().unwrap();
+        if let Some(file) = pinned.get(name) {
+            return file.try_clone().map_err(io);
+        }
+        let file = open_image_file(&path, u64::MAX)?;
+        let meta = file.metadata().map_err(io)?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me || meta.mode() & 0o022 != 0 {
+            return Err(ImageError::Refused {
+                path,
+                detail: format!(
+                    "owned by uid {} with mode {:o}: a user other than {me} could change it while it is restored (chown it to {me}, chmod go-w)",
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            });
+        }
+        let clone = file.try_clone().map_err(io)?;
+        pinned.insert(name.to_owned(), std::sync::Arc::new(file));
+        Ok(clone)
+    }
+
+    /// Device and inode of a data file as [`Self::data_file`] opened it.
+    pub fn data_file_identity(&self, name: &str) -> Result<(u64, u64), ImageError> {
+        let file = self.data_file(name)?;
+        let meta = file.metadata().map_err(|source| ImageError::Io { path: self.path(name), source })?;
+        Ok((meta.dev(), meta.ino()))
     }
 
     /// Creates (truncating) a raw data file.
@@ -313,7 +383,7 @@ impl ImageDir {
             return Err(ImageError::BadName { path: self.path(INVENTORY), name: name.to_owned() });
         }
         let path = self.path(&expected.name);
-        let size = fs::metadata(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?.len();
+        let size = self.data_file(name)?.metadata().map_err(|source| ImageError::Io { path: path.clone(), source })?.len();
         if size != expected.size {
             return Err(ImageError::Truncated {
                 path,
@@ -328,7 +398,8 @@ impl ImageDir {
     pub fn verify_data_file(&self, expected: &proto::DataFile) -> Result<(), ImageError> {
         self.verify_data_file_size(expected)?;
         let path = self.path(&expected.name);
-        let map = self.map_data_file(&path)?;
+        let file = self.data_file(&expected.name)?;
+        let map = MappedFile::open(&file).map_err(|e| ImageError::Io { path: path.clone(), source: std::io::Error::from(e) })?;
         if expected.chunk_blake3.is_empty() && !expected.chunk_xxh3.is_empty() {
             return verify_xxh3_chunks(&path, expected, map.as_slice());
         }

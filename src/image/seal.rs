@@ -141,5 +141,8 @@ pub fn verify(dir: &ImageDir, inventory: &Inventory) -> Result<()> {
             bail!("image file {}: its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump", h.name);
         }
     }
+    // Checked again on the very bytes each record is decoded from (a file renamed into the
+    // directory after this check would otherwise be read).
+    dir.expect_sealed_hashes(inventory.file_hashes.iter().map(|h| (h.name.clone(), h.blake3.clone())).collect());
     Ok(())
 }

@@ -252,7 +252,7 @@ pub fn precheck(image: &ImageDir, ghosts: &[GhostFile]) -> Result<()> {
                 bail!("the --link-remap name {} of {} is another file now", path.display(), g.path);
             }
         } else if !g.data_file.is_empty() {
-            let len = std::fs::metadata(image.path(&g.data_file))?.len();
+            let len = image.data_file(&g.data_file)?.metadata()?.len();
             if len != g.size {
                 bail!("{} holds {len} bytes, the deleted file {} had {}", g.data_file, g.path, g.size);
             }
@@ -391,7 +391,7 @@ fn make_directories(path: &Path, created: &mut CreatedFiles, dirs: &mut Vec<(Own
 /// Copies the saved contents into the new file (holes stay holes) and gives it its size.
 fn fill(image: &ImageDir, g: &GhostFile, file: &File) -> Result<()> {
     if !g.data_file.is_empty() {
-        let data = File::open(image.path(&g.data_file))?;
+        let data = image.data_file(&g.data_file)?;
         let mut buf = vec![0u8; 4 << 20];
         for (start, end) in data_regions(&data, g.size)? {
             let mut at = start;

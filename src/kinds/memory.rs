@@ -143,7 +143,8 @@ impl Kind for Memory {
         // process had exactly these files mapped with this protection (unlike fds, which are
         // reopened with the image's credentials), and it may have mapped them before it gave
         // up privileges (a daemon's binary under a directory it can no longer search).
-        let pages_fd = ctx.open_in_process(&pages_path, libc::O_RDONLY | libc::O_CLOEXEC)?;
+        let pages_fd = ctx.open_in_process(&pages_path, libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW)?;
+        same_page_file(ctx, pages_fd, &mm.pages_file)?;
         let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
         let mut previous: Option<&Vma> = None;
         for vma in &mm.vmas {
@@ -864,6 +865,23 @@ fn fill_pages(remote: &mut RemoteTask, pages_fd: i32, vmas: &[&Vma]) -> Result<(
     transfer_runs(remote, pages_fd as u64, &runs, libc::SYS_preadv, "preadv").context("reading pages into place")
 }
 
+/// The page file the process opened (by path) is the very file crust verifies (see
+/// `ImageDir::data_file`): a file renamed into the image directory since is refused.
+fn same_page_file(ctx: &mut RestoreCtx, fd: i32, name: &str) -> Result<()> {
+    let verified = ctx.image.data_file_identity(name)?;
+    let opened = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).map(|m| (m.dev(), m.ino()));
+    if opened.as_ref().ok() != Some(&verified) {
+        ctx.close_in_process(fd)?;
+        bail!(
+            "image file {}: the file the process opened ({opened:?}) is not the one crust verifies (device {:#x} inode {}): it was replaced during the restore",
+            ctx.image.path(name).display(),
+            verified.0,
+            verified.1
+        );
+    }
+    Ok(())
+}
+
 /// Writes the pages of areas that must stay unaccounted (mapped without write permission)
 /// through /proc/PID/mem, which crust, the tracer, may write whatever the protection (the
 /// kernel breaks copy-on-write for it, as for a debugger's breakpoint). They are few (one page
@@ -875,7 +893,7 @@ fn write_unaccounted_pages(ctx: &RestoreCtx, pages_file: &str, vmas: &[&Vma]) ->
     }
     let pid = ctx.pid.as_raw();
     let pages_path = ctx.image.path(pages_file);
-    let pages = crate::image::open_image_file(&pages_path, u64::MAX).with_context(|| format!("opening {}", pages_path.display()))?;
+    let pages = ctx.image.data_file(pages_file)?;
     let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).with_context(|| format!("pid {pid}: opening /proc/{pid}/mem"))?;
     let mut buffer = vec![0u8; 1 << 20];
     for run in vmas.iter().flat_map(|v| v.pages.iter()) {

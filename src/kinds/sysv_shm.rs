@@ -147,7 +147,7 @@ pub fn prepare(dir: &ImageDir, mms: &[&Mm]) -> Result<Prepared> {
                     prepared.undo();
                     bail!("recreating SysV segment {shmid}: the kernel gave id {got}");
                 }
-                let data = File::open(dir.path(&seg.data_file))?;
+                let data = dir.data_file(&seg.data_file)?;
                 let regions = data_regions(&data, seg.size)?;
                 let filled = sysv::fill(shmid, seg.size, |bytes| {
                     for (start, end) in &regions {

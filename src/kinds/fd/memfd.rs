@@ -346,7 +346,7 @@ fn create(ctx: &mut RestoreCtx, m: &Memfd) -> Result<i32> {
 /// Copies the saved contents into the memfd through crust's copy of it, skipping zero pages
 /// (they are holes already after ftruncate).
 fn fill(ctx: &RestoreCtx, ours: &OwnedFd, m: &Memfd) -> Result<()> {
-    let data = File::open(ctx.image.path(&m.data_file))?;
+    let data = ctx.image.data_file(&m.data_file)?;
     let len = data.metadata()?.len();
     if len != m.size {
         bail!("{} holds {len} bytes, the memfd had {}", m.data_file, m.size);

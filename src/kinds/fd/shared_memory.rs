@@ -116,7 +116,7 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, shm: &SharedMemory) -> Result<i32
 
     // Refill through crust's own copy of the descriptor.
     let ours = File::from(pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?);
-    let data = File::open(ctx.image.path(&shm.data_file))?;
+    let data = ctx.image.data_file(&shm.data_file)?;
     let mut buf = vec![0u8; 4 << 20];
     for (start, end) in data_regions(&data, shm.size)? {
         let mut at = start;
