@@ -164,6 +164,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
 
     progress.step(format!("checking the tree of pid {root}"));
     refuse_before_freezing(root, image, opts)?;
+    image.begin()?;
     progress.step(format!("freezing the tree of pid {root}"));
     // Timed waits and lease breakers are sampled while they still wait; remaining times
     // count from here.

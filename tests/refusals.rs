@@ -336,3 +336,34 @@ while True:
     assert!(out.text().contains(&w.pid.to_string()) && out.text().contains(&addr) && out.text().contains("sealed"), "{out}");
     assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "the process does not run on");
 }
+
+/// Periodic checkpoints into one directory: a later dump that is refused (here, of a process
+/// whose stdout is a pipe to the test) leaves the earlier image as it was, restorable, and
+/// marks nothing as failed.
+#[test]
+fn refused_dump_into_a_directory_keeps_the_image_already_there() {
+    let mut w = Workload::spawn("counter", &[]);
+    w.dump_with(&["-R"]).assert_success();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let before: Vec<(String, Vec<u8>)> = {
+        let mut files: Vec<_> = fs::read_dir(&w.image_dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())).collect();
+        files.sort();
+        files
+    };
+    let piped = Workload::spawn_program_with("pipe", "sleep", &["100"], |cmd| {
+        cmd.stdout(Stdio::piped());
+    });
+    wait_in_syscall(piped.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let out = crust(["dump", "-t", &piped.pid.to_string(), "-D", &img]);
+    assert!(!out.success() && out.text().to_lowercase().contains("pipe"), "the second dump was not refused:\n{out}");
+    let after: Vec<(String, Vec<u8>)> = {
+        let mut files: Vec<_> = fs::read_dir(&w.image_dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())).collect();
+        files.sort();
+        files
+    };
+    assert!(after == before, "the refused dump changed the image directory: {:?}", after.iter().map(|f| &f.0).collect::<Vec<_>>());
+    w.signal(libc::SIGKILL);
+    w.reap(Duration::from_secs(5));
+    w.restore_detached();
+    assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "the earlier image did not restore");
+}

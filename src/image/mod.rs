@@ -125,6 +125,8 @@ pub struct ImageDir {
     /// The BLAKE3 hash of every record file, once the seal of the inventory that lists them was
     /// verified (see [`Self::expect_sealed_hashes`]).
     sealed_hashes: std::sync::Arc<std::sync::OnceLock<std::collections::HashMap<String, Vec<u8>>>>,
+    /// A dump began writing here (see [`Self::begin`]).
+    begun: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Largest record file crust reads (the largest records, inventories of images of many GiB,
@@ -177,24 +179,31 @@ impl ImageDir {
             hashed: Default::default(),
             pinned: Default::default(),
             sealed_hashes: Default::default(),
+            begun: Default::default(),
         }
     }
 
-    /// Opens an image directory for writing, creating it if needed.
-    /// An image already there stops being one (its inventory goes first), and the mark of an
-    /// earlier failed dump goes too.
+    /// Opens an image directory for writing, creating it if needed. Nothing in it changes
+    /// before [`Self::begin`].
     pub fn create(root: &Path) -> Result<Self, ImageError> {
         fs::create_dir_all(root).map_err(|source| ImageError::Io { path: root.to_owned(), source })?;
-        let dir = ImageDir { root: root.to_owned(), ..Self::empty() };
+        Ok(ImageDir { root: root.to_owned(), ..Self::empty() })
+    }
+
+    /// Before the first file of a dump is written (after every check that can refuse it): an
+    /// image already there stops being one (its inventory goes first), and the mark of an
+    /// earlier failed dump goes too. A dump refused before this leaves the directory as it was.
+    pub fn begin(&self) -> Result<(), ImageError> {
         for stale in [INVENTORY, FAILED_DUMP] {
-            let path = dir.path(stale);
+            let path = self.path(stale);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(ImageError::Io { path, source }),
             }
         }
-        Ok(dir)
+        self.begun.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     fn note_written(&self, path: &Path) {
@@ -220,6 +229,10 @@ impl ImageDir {
     /// After a failed dump: removes every file the dump wrote and leaves [`FAILED_DUMP`] with
     /// the reason, so that nobody takes the directory for an image.
     pub fn discard_failed_dump(&self, reason: &str) {
+        if !self.begun.load(std::sync::atomic::Ordering::SeqCst) {
+            // Refused before anything was written: whatever the directory held stays.
+            return;
+        }
         for path in std::mem::take(&mut *self.written.lock().unwrap()) {
             if let Err(e) = fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
