@@ -1381,7 +1381,8 @@ fn escape_bytes(b: &[u8]) -> String {
 pub fn proc_problems(before: &ProcSnapshot, after: &ProcSnapshot, ignore: &[&str]) -> Vec<String> {
     let mut problems = before.diff(after, ignore);
     let state = after.entries.get("status:State").cloned().unwrap_or_default();
-    if !(state.starts_with('R') || state.starts_with('S') || state.starts_with('D')) {
+    let live = state.starts_with('R') || state.starts_with('S') || state.starts_with('D');
+    if !live && !ignore.contains(&"status:State") {
         problems.push(format!("status:State: restored process is '{state}', expected running or sleeping"));
     }
     problems
