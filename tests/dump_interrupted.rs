@@ -122,6 +122,16 @@ fn without_scratch_area(mut s: ProcSnapshot) -> ProcSnapshot {
     s
 }
 
+/// Let go by its dead tracer, a process runs its parking frame's rt_sigreturn as soon as it is
+/// scheduled, which gives it back its own signal mask: on a loaded machine that can be after
+/// TracerPid reads 0, so wait (bounded) for the mask it had before.
+fn wait_returned_by_itself(w: &Workload, before: &ProcSnapshot) {
+    let mask = before.entries.get("status:SigBlk").cloned();
+    wait_until("the process to return to its own signal mask", Duration::from_secs(5), || {
+        proc_status_field(w.pid, "SigBlk").map(|m| m.trim().to_string()) == mask
+    });
+}
+
 /// SIGKILL of crust, at every step of a dump, with and without -R: the process was parked on a
 /// signal frame holding its own state, so let go by the dying tracer it returns to it by
 /// itself: same registers (counter.c goes on counting and its own checks pass; avx.c checks its
@@ -136,7 +146,7 @@ fn check_killed_dump(workload: &str, step: &str, leave_running: bool) {
     wait_until("the process to be let go by its dead tracer", Duration::from_secs(5), || {
         proc_status_field(w.pid, "TracerPid").as_deref() == Some("0")
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_returned_by_itself(&w, &before);
     assert!(matches!(proc_state(w.pid), Some('R' | 'S')), "{what}: state {:?}", proc_state(w.pid));
     let after = without_scratch_area(w.snapshot());
     assert_same_proc(&before, &after, &["status:Vm*", "status:RssShmem", "status:RssFile", "stat:vsize"]);
@@ -221,6 +231,7 @@ fn dump_killed_while_crust_copies_the_pages_leaves_no_descriptor_in_the_process(
             .collect();
         let extra: Vec<i32> = fds.iter().copied().filter(|fd| !before.entries.contains_key(&format!("fd:{fd}"))).collect();
         assert!(extra.is_empty(), "descriptors left in the process: {extra:?}");
+        wait_returned_by_itself(&w, &before);
         let after = without_scratch_area(w.snapshot());
         assert_same_proc(&before, &after, &["status:Vm*", "status:RssShmem", "status:RssFile", "stat:vsize"]);
         w.go().assert_pass();

@@ -286,9 +286,12 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
     let before = state(shell);
     let tree: Vec<i32> = children_of(shell).into_iter().chain([shell]).collect();
     w.dump();
-    // The killed shell and its sleep were orphans reparented to the test (a subreaper).
+    // The killed shell and its sleep were orphans reparented to the test (a subreaper); a sleep
+    // that ended before the dump was the shell's to reap, not ours.
     for pid in tree {
-        let _ = waitpid_timeout(pid, Duration::from_secs(5));
+        if is_our_child(pid) {
+            let _ = waitpid_timeout(pid, Duration::from_secs(5));
+        }
     }
     let at_dump = ticks(&w.log_text()).len();
     w.restore_detached();
