@@ -317,18 +317,14 @@ fn executable_touched_after_the_dump_is_refused_unless_file_validation_is_filesi
 /// seal, the program could change what it had made unchangeable. The process runs on.
 #[test]
 fn sealed_mapping_is_refused_by_name() {
-    const PY: &str = r#"
-import ctypes, os, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    const PY_BODY: &str = r#"
 addr = libc.mmap(None, 4096, 1, 0x22, -1, 0)
 assert libc.syscall(462, ctypes.c_void_p(addr), ctypes.c_size_t(4096), ctypes.c_ulong(0)) == 0, ctypes.get_errno()
 open('ready', 'w').write('%x\n' % addr)
 while True:
     time.sleep(0.1)
 "#;
-    let w = Workload::spawn_program("py-mseal", "python3", &["-c", PY]);
+    let w = Workload::spawn_program("py-mseal", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
     wait_until("python3 to seal its mapping", std::time::Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let addr = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
     let out = w.dump_with(&[]);

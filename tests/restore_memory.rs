@@ -140,11 +140,7 @@ while True:
 /// (`dp` in its VmFlags), at its address, with its contents.
 #[test]
 fn droppable_mapping_comes_back_droppable_with_its_contents() {
-    const PY: &str = r#"
-import ctypes, os, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    const PY_BODY: &str = r#"
 size = 1 << 20
 addr = libc.mmap(None, size, 3, 0x08 | 0x20, -1, 0)   # PROT_READ|WRITE, MAP_DROPPABLE|MAP_ANONYMOUS
 assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
@@ -157,7 +153,7 @@ open('result', 'w').write('contents %s' % ok)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-droppable", "python3", &["-c", PY]);
+    let mut w = Workload::spawn_program("py-droppable", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
     wait_until("python3 to map its droppable area", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let addr = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
     let flags = |pid: i32| {
@@ -182,11 +178,7 @@ while True:
 /// instead of making them writable to fill them), and still not writable.
 #[test]
 fn read_only_areas_written_through_proc_mem_stay_unaccounted() {
-    const PY: &str = r#"
-import ctypes, os, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    const PY_BODY: &str = r#"
 open('data', 'wb').write(b'F' * 8192)
 fd = os.open('data', os.O_RDONLY)
 anon = libc.mmap(None, 8192, 1, 0x02 | 0x20, -1, 0)   # PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS
@@ -205,7 +197,7 @@ open('result', 'w').write('contents %s' % ok)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-unaccounted", "python3", &["-c", PY]);
+    let mut w = Workload::spawn_program("py-unaccounted", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
     wait_until("python3 to write its read-only areas", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
     let ready = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
     let addrs: Vec<String> = ready.split_whitespace().map(str::to_string).collect();

@@ -1498,3 +1498,11 @@ pub fn assert_running_untouched(pid: i32, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The start of a python3 program that maps memory itself: `ctypes`, `os`, `time` imported and
+/// `libc.mmap` declared (returning the address).
+pub const PY_MMAP_PRELUDE: &str = "import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+";
