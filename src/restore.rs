@@ -233,6 +233,7 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
                 bail!("image file {}: field in_flight_in of open file #{}: #{carrier} is not another description of the image", image::OPEN_FILES, f.id);
             }
         }
+        check_names(f)?;
         if let Some(l) = &f.lease
             && (l.remaining_ms > MAX_LEASE_MS || l.downgrade_remaining_ms > MAX_LEASE_MS)
         {
@@ -243,6 +244,21 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
                 l.remaining_ms.max(l.downgrade_remaining_ms)
             );
         }
+    }
+    Ok(())
+}
+
+/// The paths a description names that crust acts on as root (socket names, /proc files):
+/// nothing that could lead outside what the process had (`..` components).
+fn check_names(f: &OpenFile) -> Result<()> {
+    use crate::kinds::fd::{proc_file, unix_socket};
+    let fault = match &f.kind {
+        Some(crate::image::proto::open_file::Kind::UnixSocket(u)) => unix_socket::check_structure(u).err(),
+        Some(crate::image::proto::open_file::Kind::ProcFile(p)) => proc_file::check_structure(p).err(),
+        _ => None,
+    };
+    if let Some((field, why)) = fault {
+        bail!("image file {}: field {field} of open file #{}: {why}", image::OPEN_FILES, f.id);
     }
     Ok(())
 }

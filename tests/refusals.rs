@@ -363,3 +363,59 @@ fn refused_dump_into_a_directory_keeps_the_image_already_there() {
     w.restore_detached();
     assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "the earlier image did not restore");
 }
+
+/// What a directory looks like to tell that nothing changed it: mode, owner, inode.
+fn dir_state(path: &str) -> (u32, u32, u32, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}"));
+    (m.mode(), m.uid(), m.gid(), m.ino())
+}
+
+/// A process running as nobody, with its working directory six levels down in a directory of
+/// its own, binds a UNIX socket to "../../../../../etc/passwd" (the file lands in its own
+/// tree), then moves to /. Its socket's name, read from its new working directory, names the
+/// real /etc/passwd: restore would have acted on /etc as root. Dump is refused before the
+/// freeze naming the pid, the fd, "UNIX socket" and the '..'; the process keeps running (its
+/// socket still works) and /etc, /etc/passwd and / are unchanged.
+#[test]
+fn dump_refuses_a_unix_socket_named_with_dot_dot_and_changes_nothing() {
+    let watched = ["/", "/etc", "/etc/passwd"];
+    let before: Vec<_> = watched.iter().map(|p| dir_state(p)).collect();
+    let script = r#"
+import os, socket, sys, time
+base = os.getcwd()
+os.makedirs("a/b/c/d/e/f")
+os.makedirs("a/etc")
+for d, _, _ in os.walk(base):
+    os.chmod(d, 0o777)
+os.chmod(base, 0o777)
+os.setgid(65534); os.setuid(65534)
+os.chdir("a/b/c/d/e/f")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("../../../../../etc/passwd")
+os.chdir("/")
+print("fd", s.fileno(), flush=True)
+with open(os.path.join(base, "ready"), "w") as f:
+    f.write(str(s.fileno()))
+while True:
+    # The socket still works: a datagram to itself comes back.
+    s.sendto(b"x", os.path.join(base, "a/etc/passwd"))
+    s.recv(1)
+    time.sleep(0.2)
+"#;
+    let w = Workload::spawn_program("dotdot-socket", "python3", &["-c", script]);
+    let ready = w.dir.path.join("ready");
+    wait_until("python to bind its socket", Duration::from_secs(10), || file_written(&ready));
+    let fd = fs::read_to_string(&ready).unwrap();
+    assert!(w.dir.path.join("a/etc/passwd").exists(), "test setup: the socket file is not in the process's own tree");
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    let text = out.text();
+    assert!(has_token(&text, &w.pid.to_string()), "refusal does not name pid {}:\n{out}", w.pid);
+    assert!(has_token(&text, &fd), "refusal does not name fd {fd}:\n{out}");
+    assert!(text.contains("UNIX socket") && text.contains("'..'"), "refusal does not name the kind and the '..':\n{out}");
+    assert_running_untouched(w.pid, "after the refused dump");
+    let after: Vec<_> = watched.iter().map(|p| dir_state(p)).collect();
+    assert_eq!(before, after, "mode, owner or inode of {watched:?} changed");
+    assert!(!w.image_dir.join("inventory.img").exists(), "the refused dump left an image");
+}

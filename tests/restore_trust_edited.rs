@@ -228,3 +228,76 @@ fn wait_for_child(pid: i32) -> i32 {
     });
     found.unwrap()
 }
+
+/// The record of the socket bound to "s.sock" (its file unlinked), in an open-files record.
+fn unlinked_socket(k: &mut proto::open_file::Kind) -> Option<&mut proto::UnixSocket> {
+    match k {
+        proto::open_file::Kind::UnixSocket(u) if u.address.starts_with(b"s.sock") => {
+            assert!(u.file.as_ref().is_some_and(|f| !f.present), "test setup: the socket file is recorded present");
+            Some(u)
+        }
+        _ => None,
+    }
+}
+
+/// Mode, owner and inode of a path (None when absent), to tell that nothing changed it.
+fn path_state(path: &str) -> Option<(u32, u32, u32, u64)> {
+    fs::symlink_metadata(path).ok().map(|m| (m.mode(), m.uid(), m.gid(), m.ino()))
+}
+
+/// A process holding a UNIX socket whose file it unlinked (so restore binds it away from its
+/// path, under crust's private root, as root) and /proc/PID/status open. Its image is edited
+/// so that the socket's name climbs out with '..' (into /etc), its directory is not canonical,
+/// or the /proc path climbs out of /proc: each is refused when the image is loaded, naming
+/// open-files.img and the field, and nothing is created or changed: no process, and /, /etc,
+/// /run and /run/crust keep their mode and owner.
+#[test]
+fn trusted_image_with_socket_or_proc_paths_climbing_out_is_refused_naming_file_and_field() {
+    let script = r#"
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("s.sock")
+os.unlink("s.sock")
+st = open("/proc/%d/status" % os.getpid())
+open("ready", "w").write("1")
+while True:
+    time.sleep(1)
+"#;
+    let mut w = Workload::spawn_program("climbing-names", "python3", &["-c", script]);
+    let ready = w.dir.path.join("ready");
+    wait_until("python to bind its socket", Duration::from_secs(10), || file_written(&ready));
+    w.dump();
+    let watched = ["/", "/etc", "/etc/passwd", "/run", "/run/crust", "/run/crust/detached"];
+    let before: Vec<_> = watched.iter().map(|p| path_state(p)).collect();
+    let pid = w.pid;
+    let edit_open_files = |dir: &ImageDir, change: &dyn Fn(&mut proto::open_file::Kind) -> bool| {
+        let mut files: proto::OpenFiles = dir.read_record(image::OPEN_FILES).unwrap();
+        let edited = files.open_files.iter_mut().filter_map(|f| f.kind.as_mut()).map(|k| change(k)).filter(|c| *c).count();
+        assert_eq!(edited, 1, "test setup: the record to edit is not in the image");
+        dir.write_record(image::OPEN_FILES, &files).unwrap();
+    };
+    let cases: [(&str, &[&str], &dyn Fn(&mut proto::open_file::Kind) -> bool); 3] = [
+        ("a socket name climbing into /etc", &[image::OPEN_FILES, "field address"], &|k| {
+            unlinked_socket(k).map(|u| u.address = b"../../../../../../../../etc/passwd\0".to_vec()).is_some()
+        }),
+        ("a socket directory with '..'", &[image::OPEN_FILES, "field file.directory"], &|k| {
+            unlinked_socket(k).and_then(|u| u.file.as_mut()).map(|f| f.directory = "/tmp/../etc".into()).is_some()
+        }),
+        ("a /proc path climbing out of /proc", &[image::OPEN_FILES, "field path"], &|k| match k {
+            proto::open_file::Kind::ProcFile(p) => {
+                p.path = format!("/proc/{pid}/../../etc/passwd");
+                true
+            }
+            _ => false,
+        }),
+    ];
+    for (i, (what, names, change)) in cases.iter().enumerate() {
+        let copy = w.dir.path.join(format!("climbing-{i}"));
+        copy_dir(&w.image_dir, &copy);
+        edit_open_files(&ImageDir::open(&copy).unwrap(), *change);
+        let out = restore_trusted(&copy);
+        assert_refused(&out, names, pid, what);
+        let after: Vec<_> = watched.iter().map(|p| path_state(p)).collect();
+        assert_eq!(before, after, "{what}: mode, owner or inode of {watched:?} changed");
+    }
+}

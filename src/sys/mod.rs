@@ -73,6 +73,38 @@ impl SysError {
 pub const PAGE_SIZE: u64 = 4096;
 
 /// `uname -r`.
+/// openat2(2) in crust itself: opens `path` relative to `dir` with `flags` and the `resolve`
+/// restrictions (RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS...), which the kernel applies to every
+/// component, so nothing swapped in on the way can lead elsewhere.
+pub fn openat2(
+    dir: std::os::fd::BorrowedFd,
+    path: &std::ffi::OsStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> Result<std::os::fd::OwnedFd, SysError> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let what = || format!("openat2({})", path.to_string_lossy());
+    let c_path = std::ffi::CString::new(path.as_bytes()).map_err(|_| SysError::new(what(), Errno::EINVAL))?;
+    // struct open_how { u64 flags; u64 mode; u64 resolve; } (libc's is non-exhaustive).
+    let how: [u64; 3] = [(flags | libc::O_CLOEXEC) as u32 as u64, mode as u64, resolve];
+    // SAFETY: `c_path` is a NUL-terminated string and `how` has the layout of open_how, whose
+    // size is passed; the kernel only reads both.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c_path.as_ptr(),
+            how.as_ptr(),
+            std::mem::size_of_val(&how),
+        )
+    };
+    let fd = Errno::result(ret).map_err(|e| SysError::new(what(), e))?;
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

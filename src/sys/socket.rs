@@ -90,6 +90,16 @@ pub fn peer_name(fd: BorrowedFd) -> Result<Vec<u8>, SysError> {
     Ok(name_of(&addr, len))
 }
 
+/// getsockname(2): the socket's own name; empty for an unnamed socket.
+pub fn local_name(fd: BorrowedFd) -> Result<Vec<u8>, SysError> {
+    let (mut addr, _) = sockaddr_un(&[])?;
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `addr`, a sockaddr_un of that size.
+    let ret = unsafe { libc::getsockname(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
+    Errno::result(ret).map_err(|e| SysError::new("getsockname", e))?;
+    Ok(name_of(&addr, len))
+}
+
 /// poll(2) with a zero timeout: the events the socket reports now (never waits, consumes
 /// nothing).
 pub fn poll_now(fd: BorrowedFd) -> Result<i16, SysError> {

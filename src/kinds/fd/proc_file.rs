@@ -36,6 +36,22 @@ fn pid_of(path: &str) -> (i32, i32) {
     (pid, tid)
 }
 
+/// Restore, when the image is loaded: the path must be a canonical name under /proc (no `.`,
+/// `..` or empty component: a /proc path can otherwise lead anywhere, such as a FIFO that
+/// would hang the restore or a device that acts when opened), and `pid` the one it names.
+/// Returns the field at fault.
+pub fn check_structure(record: &ProcFile) -> std::result::Result<(), (&'static str, String)> {
+    let path = &record.path;
+    if !path.starts_with("/proc/") || !super::unix_socket::is_canonical_path(path) {
+        return Err(("path", format!("{path:?} is not a path under /proc without '.', '..' or empty components")));
+    }
+    let (pid, _) = pid_of(path);
+    if record.pid != 0 && record.pid != pid {
+        return Err(("pid", format!("pid {} but the path {path} names pid {pid}", record.pid)));
+    }
+    Ok(())
+}
+
 impl FdKind for ProcFiles {
     type Record = ProcFile;
     const NAME: &'static str = "/proc file";
@@ -100,7 +116,10 @@ impl FdKind for ProcFiles {
 
     fn finish_descriptions(ctx: &mut RestoreCtx, files: &[(&OpenFile, &ProcFile)]) -> Result<()> {
         for (file, record) in files.iter().filter(|(_, r)| r.pid != 0) {
-            let fd = open_at_position(ctx, file, record)?;
+            crate::kinds::credentials::enter_fs_identity(ctx)?;
+            let opened = open_at_position(ctx, file, record);
+            crate::kinds::credentials::leave_fs_identity(ctx)?;
+            let fd = opened?;
             let work = (ctx.work_fd_floor + file.id as i32) as u64;
             ctx.remote.syscall("dup3", libc::SYS_dup3, &[fd as u64, work, libc::O_CLOEXEC as u64])?;
             ctx.remote.syscall("close", libc::SYS_close, &[fd as u64])?;
@@ -116,8 +135,18 @@ impl FdKind for ProcFiles {
 /// Opens the file in the process and moves it to the description's offset; returns the fd.
 /// (O_NOFOLLOW would stay in the description's flags: instead the opened file must be the
 /// very path, which a symlink would not give.)
+///
+/// Opened with the image's filesystem ids (the caller's: `open` runs in them, and
+/// `finish_descriptions` enters them) and no symlink on the way (a canonical /proc path
+/// never goes through one; /proc/self and /proc/thread-self are symlinks, and the image names
+/// the pid itself): restore never opens, as root, a file the process could not open.
 fn open_at_position(ctx: &mut RestoreCtx, file: &OpenFile, record: &ProcFile) -> Result<i32> {
-    let fd = remote_open(ctx, &record.path, reopen_flags(file)).with_context(|| format!("opening {} again", record.path))?;
+    if let Err((field, why)) = check_structure(record) {
+        bail!("{field}: {why}");
+    }
+    let fd = ctx
+        .open_in_process_no_symlinks(&record.path, reopen_flags(file))
+        .with_context(|| format!("opening {} again (a symlink on its path is refused)", record.path))?;
     let opened = std::fs::read_link(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("reading the link of fd {fd}"))?;
     if opened.to_string_lossy() != record.path {
         ctx.remote.syscall("close", libc::SYS_close, &[fd as u64])?;

@@ -89,7 +89,8 @@ impl FdKind for UnixSockets {
     }
 
     fn refuse_early(src: &FdSource) -> Result<()> {
-        refuse_other_families(src)
+        refuse_other_families(src)?;
+        refuse_climbing_names(src)
     }
 
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<UnixSocket>> {
@@ -148,6 +149,64 @@ fn refuse_other_families(src: &FdSource) -> Result<()> {
     Ok(())
 }
 
+/// Whether a socket name (a path address) has a `..` component. Such a name no longer says
+/// where its file is once the process changed directory (or the directories were renamed):
+/// the path crust would compute from the working directory leads somewhere else, possibly
+/// into a directory the process could never write to, where restore would act as root.
+pub(crate) fn climbs(address: &[u8]) -> bool {
+    is_path(address) && path_of(address).split('/').any(|c| c == "..")
+}
+
+/// Restore, when the image is loaded: names and directories that would make crust act
+/// outside the paths the process had: a `..` in a name, or a directory that is not an absolute
+/// path free of `.`, `..` and empty components (the kernel's own names never hold them).
+/// Returns the field at fault.
+pub fn check_structure(rec: &UnixSocket) -> std::result::Result<(), (&'static str, String)> {
+    for (field, name) in [("address", &rec.address), ("peer_address", &rec.peer_address)] {
+        if climbs(name) {
+            return Err((field, format!("{} has a '..' component", show_name(name))));
+        }
+        if name.len() > 108 {
+            return Err((field, format!("a name of {} bytes (longer than sun_path)", name.len())));
+        }
+    }
+    for (field, file) in [("file.directory", &rec.file), ("peer_file.directory", &rec.peer_file)] {
+        let Some(directory) = file.as_ref().map(|f| f.directory.as_str()).filter(|d| !d.is_empty()) else { continue };
+        if !is_canonical_path(directory) {
+            return Err((field, format!("{directory:?} is not an absolute path without '.', '..' or empty components")));
+        }
+    }
+    Ok(())
+}
+
+/// An absolute path as the kernel names files: "/" or "/a/b", no `.`, `..` or empty component.
+pub fn is_canonical_path(path: &str) -> bool {
+    path == "/"
+        || path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+            && path.len() < libc::PATH_MAX as usize
+}
+
+/// Sockets bound to (or connected to a closed peer named by) a path with a `..` component,
+/// refused by pid, fd and kind (also before the tree is frozen).
+fn refuse_climbing_names(src: &FdSource) -> Result<()> {
+    let fd = src.copy.as_fd();
+    let own = socket::local_name(fd).unwrap_or_default();
+    let peer = socket::peer_name(fd).unwrap_or_default();
+    for (which, name) in [("bound to", &own), ("connected to", &peer)] {
+        if climbs(name) {
+            bail!(
+                "pid {} fd {}: UNIX socket {} is {which} {}, a name with a '..' component; crust cannot \
+                 checkpoint it (the name does not say where its file is once the process moved)",
+                src.pid,
+                src.fd,
+                src.link,
+                show_name(name)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Returns the record, and crust's copies of the descriptors in flight in its queue (the
 /// messages' `rights` index them); its created_with group is decided by [`finish`] once the
 /// whole tree was seen.
@@ -157,6 +216,7 @@ fn dump(src: &FdSource) -> Result<(UnixSocket, Vec<OwnedFd>)> {
     let refuse = |what: String| anyhow!("pid {} fd {}: {} {what}; crust cannot checkpoint it", src.pid, src.fd, src.link);
 
     refuse_other_families(src)?;
+    refuse_climbing_names(src)?;
     let inode = src.meta.ino();
     let diag = unix_diag::query(inode as u32, unix_diag::SHOW_ALL)
         .with_context(|| format!("pid {} fd {}: sock_diag of {}", src.pid, src.fd, src.link))?

@@ -115,17 +115,23 @@ impl<'a> End<'a> {
 }
 
 /// Runs `f` (a socketpair, listen or connect) with the effective uid and gid the peer
-/// credentials (SO_PEERCRED) it sets must carry. The ids are switched back afterwards; files
-/// are reached meanwhile with root's filesystem ids, as the sockets of the original processes
-/// could be.
+/// credentials (SO_PEERCRED) it sets must carry. The ids are switched back afterwards.
+/// Files are reached meanwhile with root's filesystem ids only from a sealed image (the
+/// socket files of the tree do not have their final mode and owner yet, and the original
+/// processes could reach them); from an image taken on trust, with the peer's own ids. Either
+/// way a connect through a path confirms, by inode, that it reached the socket the image
+/// names (see [`remote_connect`]).
 fn as_peer<T>(ctx: &mut RestoreCtx, creds: Option<&UnixCredentials>, f: impl FnOnce(&mut RestoreCtx) -> Result<T>) -> Result<T> {
     let Some(c) = creds.filter(|c| (c.uid, c.gid) != (0, 0)) else { return f(ctx) };
     let keep = u32::MAX as u64;
+    let sealed = ctx.image_sealed;
     let r = &mut *ctx.remote;
     r.syscall("setresgid", libc::SYS_setresgid, &[keep, c.gid as u64, keep])?;
     r.syscall("setresuid", libc::SYS_setresuid, &[keep, c.uid as u64, keep])?;
-    r.syscall_raw(libc::SYS_setfsuid, &[0])?;
-    r.syscall_raw(libc::SYS_setfsgid, &[0])?;
+    if sealed {
+        r.syscall_raw(libc::SYS_setfsuid, &[0])?;
+        r.syscall_raw(libc::SYS_setfsgid, &[0])?;
+    }
     let result = f(ctx);
     let r = &mut *ctx.remote;
     r.syscall("setresuid", libc::SYS_setresuid, &[keep, 0, keep])?;
@@ -176,7 +182,8 @@ fn create_members(ctx: &mut RestoreCtx, members: &[UnixSocket], away: &mut Detac
     for l in members.iter().filter(|m| !m.pending.is_empty()) {
         for client in &l.pending {
             let m = by_inode.get(client).context("a client waiting on a listener is missing from its group")?;
-            let fd = connect_pending(ctx, m, l, away).with_context(|| {
+            let listener = *fds.get(&l.inode).context("a listener with waiting clients is not created yet")?;
+            let fd = connect_pending(ctx, m, l, listener, away).with_context(|| {
                 format!("connecting socket:[{}] again to {}, not accepted yet", m.inode, show_name(&l.address))
             })?;
             fds.insert(m.inode, fd);
@@ -194,7 +201,7 @@ fn create_members(ctx: &mut RestoreCtx, members: &[UnixSocket], away: &mut Detac
     for m in members.iter().filter(|m| m.peer_inode != 0 && (!mutual(m) || m.peer_inode == m.inode)) {
         let target = by_inode.get(&m.peer_inode).context("datagram target missing from its group")?;
         let directory = target.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
-        remote_connect(ctx, fds[&m.inode], &target.address, &directory, away)
+        remote_connect(ctx, fds[&m.inode], &target.address, &directory, away, fds[&target.inode])
             .with_context(|| format!("connecting socket:[{}] to {}", m.inode, show_name(&target.address)))?;
     }
     Ok(members.iter().map(|m| fds[&m.inode]).collect())
@@ -202,11 +209,11 @@ fn create_members(ctx: &mut RestoreCtx, members: &[UnixSocket], away: &mut Detac
 
 /// A client whose connection waited in `listener`'s queue: connected again (its embryonic
 /// peer waits in the queue again, to be accepted by the program).
-fn connect_pending(ctx: &mut RestoreCtx, client: &UnixSocket, listener: &UnixSocket, away: &mut Detached) -> Result<i32> {
+fn connect_pending(ctx: &mut RestoreCtx, client: &UnixSocket, listener: &UnixSocket, listening: i32, away: &mut Detached) -> Result<i32> {
     let fd = new_socket(ctx, client.r#type)?;
     bind(ctx, fd, &client.address, client.file.as_ref(), away)?;
     let directory = listener.file.as_ref().map(|f| f.directory.clone()).unwrap_or_default();
-    remote_connect(ctx, fd, &listener.address, &directory, away)?;
+    remote_connect(ctx, fd, &listener.address, &directory, away, listening)?;
     Ok(fd)
 }
 
@@ -265,7 +272,7 @@ fn accept_pair(
     let c = new_socket(ctx, kind)?;
     bind(ctx, c, client.address, client.file, away)?;
     // The accepted end's peer credentials are those of whoever connected.
-    as_peer(ctx, server.peer_credentials, |ctx| remote_connect(ctx, c, server.address, &directory, away))?;
+    as_peer(ctx, server.peer_credentials, |ctx| remote_connect(ctx, c, server.address, &directory, away, listener))?;
     let s = ctx.remote.syscall("accept4", libc::SYS_accept4, &[listener as u64, 0, 0, libc::SOCK_CLOEXEC as u64])?;
     let s = ctx.to_temp_fd(s)?;
     if temporary {
@@ -341,8 +348,44 @@ fn remote_bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8]) -> Result<()> {
 }
 
 /// Connects `fd` (in the process) to `address` (a relative path from `directory`): through
-/// the private root when that name was bound away from its path.
-fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached) -> Result<()> {
+/// the private root when that name was bound away from its path. `target` is the process's fd
+/// of the socket the image says the name reaches (a listener, or a datagram socket): the
+/// connection made is confirmed with sock_diag to be to that very socket, and undone
+/// otherwise (a path that leads elsewhere since the dump never gives the process another
+/// socket).
+fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached, target: i32) -> Result<()> {
+    connect_by_name(ctx, fd, address, directory, away)?;
+    confirm_reached(ctx, fd, target, address)
+}
+
+/// The inode of the process's socket at `fd`.
+fn socket_inode(ctx: &RestoreCtx, fd: i32) -> Result<u64> {
+    let meta = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("stat of fd {fd}"))?;
+    Ok(meta.ino())
+}
+
+/// Whether the socket at `client` is connected to the socket at `target`: waiting in its
+/// accept queue (a listener) or its peer (a datagram socket).
+fn confirm_reached(ctx: &mut RestoreCtx, client: i32, target: i32, address: &[u8]) -> Result<()> {
+    let (c, t) = (socket_inode(ctx, client)?, socket_inode(ctx, target)?);
+    let listener = unix_diag::query(t as u32, unix_diag::SHOW_ICONS)?.and_then(|d| d.icons);
+    let waiting = listener.is_some_and(|icons| icons.iter().any(|i| *i as u64 == c));
+    let peer = unix_diag::query(c as u32, unix_diag::SHOW_PEER)?.and_then(|d| d.peer);
+    if waiting || peer.is_some_and(|p| p as u64 == t) {
+        return Ok(());
+    }
+    // Disconnected again (AF_UNSPEC) for a datagram socket; a stream socket is closed with
+    // the group when the restore fails.
+    let unspec = ctx.remote.put(ADDR_AT, &(libc::AF_UNSPEC as u16).to_ne_bytes())?;
+    let _ = ctx.remote.syscall("connect(AF_UNSPEC)", libc::SYS_connect, &[client as u64, unspec, 2]);
+    bail!(
+        "connecting socket:[{c}] to {} reached another socket than socket:[{t}], the one the image names \
+         (the path leads elsewhere since the dump); refused",
+        show_name(address)
+    )
+}
+
+fn connect_by_name(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached) -> Result<()> {
     let connect = |ctx: &mut RestoreCtx| {
         in_directory(ctx, directory, |ctx| {
             let addr = sockaddr(address);
@@ -368,7 +411,7 @@ fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str
 /// socket file (which binding removes).
 fn held_by_another(path: &str) -> Result<bool> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => Ok(!sockets_on_file(&meta)?.is_empty()),
+        Ok(meta) if meta.file_type().is_socket() => Ok(!sockets_on_file((meta.dev(), meta.ino()))?.is_empty()),
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("stat of {path}")),
@@ -398,38 +441,49 @@ impl Detached {
     }
 
     fn bind(&mut self, ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, full: &str) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let root = match &self.root {
-            Some(r) => r.clone(),
-            None => {
-                std::fs::create_dir_all(DETACHED_DIR).with_context(|| format!("creating {DETACHED_DIR}"))?;
-                std::fs::set_permissions(DETACHED_DIR, std::fs::Permissions::from_mode(0o711))?;
-                let r = std::path::Path::new(DETACHED_DIR).join(format!("{}-{}", std::process::id(), unique_suffix()));
-                std::fs::create_dir(&r).with_context(|| format!("creating {}", r.display()))?;
-                std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o711))?;
-                self.root = Some(r.clone());
-                r
-            }
-        };
-        let inside = root.join(full.trim_start_matches('/'));
-        let parent = inside.parent().context("a socket path without a directory")?;
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        for dir in parent.ancestors().take_while(|d| d.starts_with(&root) && *d != root) {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        // check_structure refused '..' in names and directories; refused here again, as this
+        // is where a '..' would lead crust (as root) out of the private root.
+        if full.split('/').any(|c| c == "..") {
+            bail!("{full}: a socket name with a '..' component is never bound");
         }
-        // The process binds with its own filesystem ids: the directory is its.
-        if let Some((uid, gid, _)) = &ctx.fs_identity {
+        let root = self.private_root()?;
+        let relative = full.trim_start_matches('/');
+        let (dirs, _) = relative.rsplit_once('/').unwrap_or(("", relative));
+        let parent = make_directories(ctx, &root, dirs)?;
+        // The process binds with its own filesystem ids: the directory is its (crust made it).
+        if let (Some((uid, gid, _)), Some(made)) = (&ctx.fs_identity, &parent) {
             let (uid, gid) = (nix::unistd::Uid::from_raw(*uid), nix::unistd::Gid::from_raw(*gid));
-            nix::unistd::chown(parent, Some(uid), Some(gid)).with_context(|| format!("chown {}", parent.display()))?;
+            nix::unistd::fchownat(made, "", Some(uid), Some(gid), nix::fcntl::AtFlags::AT_EMPTY_PATH)
+                .with_context(|| format!("chown {}/{dirs}", root.display()))?;
         }
         in_root(ctx, &root, |ctx| in_directory(ctx, directory, |ctx| remote_bind(ctx, fd, address)))
             .with_context(|| format!("binding to {} away from the file now at that path", show_name(address)))?;
+        let inside = root.join(relative);
         let socket = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("stat of fd {fd}"))?;
         ctx.created_files.record_socket_file(&inside.to_string_lossy(), socket.ino())?;
         self.names.push((full.to_owned(), inside));
         Ok(())
     }
 
+    /// The private root of this group, made (0711, root's) on first use in crust's own
+    /// directory.
+    fn private_root(&mut self) -> Result<std::path::PathBuf> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(r) = &self.root {
+            return Ok(r.clone());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(DETACHED_DIR)
+            .with_context(|| format!("creating {DETACHED_DIR}"))?;
+        let r = std::path::Path::new(DETACHED_DIR).join(format!("{}-{}", std::process::id(), unique_suffix()));
+        std::fs::create_dir(&r).with_context(|| format!("creating {}", r.display()))?;
+        // A new directory of crust's own: its mode is set whatever the umask.
+        std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o711))?;
+        self.root = Some(r.clone());
+        Ok(r)
+    }
     /// Removes the socket files and the private root (best effort: a leftover empty
     /// directory under /run harms nothing).
     fn clean_up(self) {
@@ -443,6 +497,45 @@ impl Detached {
             }
         }
     }
+}
+
+/// Makes the directories `dirs` (a relative path) under `root`, each reached from the one
+/// above it with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so nothing on the way can lead
+/// out of the private root. Only directories crust makes here are given a mode (0711) and
+/// journaled (a failed restore removes them); one already there (made for another name of
+/// the group) is left as it is. Returns the last directory when crust made it (the root
+/// itself when `dirs` is empty).
+fn make_directories(ctx: &mut RestoreCtx, root: &std::path::Path, dirs: &str) -> Result<Option<OwnedFd>> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let beneath = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let directory = (libc::O_PATH | libc::O_DIRECTORY) as i32;
+    let mut here = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("opening {}", root.display()))?;
+    let mut path = root.to_path_buf();
+    // The private root itself was made for this group.
+    let mut made_last = true;
+    for part in dirs.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        path.push(part);
+        made_last = match nix::sys::stat::mkdirat(&here, part, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::EEXIST) => false,
+            Err(e) => return Err(e).with_context(|| format!("mkdir {}", path.display())),
+        };
+        let next = crate::sys::openat2(here.as_fd(), std::ffi::OsStr::new(part), directory, 0, beneath)
+            .with_context(|| format!("opening {} (no symlink allowed)", path.display()))?;
+        if made_last {
+            // chmod of /proc/self/fd/N changes the very directory the descriptor holds.
+            let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&next));
+            std::fs::set_permissions(&through, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .with_context(|| format!("chmod 711 {}", path.display()))?;
+            let meta = std::fs::metadata(&through)?;
+            let (name, shown) = (std::ffi::OsStr::new(part), path.to_string_lossy());
+            ctx.created_files.record_file(&here, name, &shown, (meta.dev(), meta.ino()), crate::created_files::Created::Directory)?;
+        }
+        here = next;
+    }
+    Ok(made_last.then_some(here))
 }
 
 fn unique_suffix() -> u64 {
@@ -499,31 +592,65 @@ fn in_directory(ctx: &mut RestoreCtx, directory: &str, f: impl FnOnce(&mut Resto
     result
 }
 
-/// Live sockets bound to (or accepted through) the socket file with this inode.
-fn sockets_on_file(meta: &std::fs::Metadata) -> Result<Vec<u32>> {
+/// Live sockets bound to (or accepted through) the socket file (dev, ino).
+fn sockets_on_file((dev, ino): (u64, u64)) -> Result<Vec<u32>> {
     let all = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS).context("sock_diag: listing UNIX sockets")?;
     Ok(all
         .iter()
-        .filter(|d| d.vfs.is_some_and(|(ino, dev)| ino as u64 == meta.ino() && unix_diag::decode_dev(dev) == meta.dev()))
+        .filter(|d| d.vfs.is_some_and(|(i, d)| i as u64 == ino && unix_diag::decode_dev(d) == dev))
         .map(|d| d.inode)
         .collect())
 }
 
+/// The directory holding `path`, held open, and the file's name in it (None when the
+/// directory is not there). What crust checks through it and what it removes from it are
+/// the same directory entry, whatever happens to the path meanwhile (a directory on it
+/// swapped for a symlink leads the open elsewhere, but then the identity checked there is
+/// not the socket's, and nothing is removed).
+fn directory_of(path: &str) -> Result<Option<(OwnedFd, std::ffi::OsString)>> {
+    use nix::fcntl::OFlag;
+    let p = std::path::Path::new(path);
+    let name = p.file_name().with_context(|| format!("socket path {path} has no file name"))?.to_owned();
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match nix::fcntl::open(parent, flags, nix::sys::stat::Mode::empty()) {
+        Ok(dir) => Ok(Some((dir, name))),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("opening the directory of {path}")),
+    }
+}
+
+/// (kind, device, inode) of `name` in `dir`, not following a symlink; None when absent.
+fn entry_identity(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str) -> Result<Option<(u32, u64, u64)>> {
+    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some((st.st_mode & libc::S_IFMT, st.st_dev, st.st_ino))),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("stat of {path}")),
+    }
+}
+
+/// Removes `name` from `dir` only while it is still the file (dev, ino) that was checked.
+fn unlink_checked(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str, (dev, ino): (u64, u64)) -> Result<()> {
+    match entry_identity(dir, name, path)? {
+        Some((_, d, i)) if (d, i) == (dev, ino) => {}
+        _ => bail!("{path} changed while crust checked it; it is left alone"),
+    }
+    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir).with_context(|| format!("unlink {path}"))
+}
+
 /// Removes the file at `path` if it is a socket file no live socket uses; refuses anything
-/// else in the way.
+/// else in the way. Checked and removed through its directory's descriptor (see
+/// [`directory_of`]), never by path again.
 fn remove_dead_socket_file(path: &str) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("stat of {path}")),
-    };
-    if !meta.file_type().is_socket() {
+    let Some((dir, name)) = directory_of(path)? else { return Ok(()) };
+    let Some((kind, dev, ino)) = entry_identity(&dir, &name, path)? else { return Ok(()) };
+    if kind != libc::S_IFSOCK {
         bail!("{path} exists and is not a socket file; crust removes only dead socket files before binding");
     }
-    if let Some(live) = sockets_on_file(&meta)?.first() {
+    if let Some(live) = sockets_on_file((dev, ino))?.first() {
         bail!("{path} is the socket file of a live socket (socket:[{live}]): the name is in use");
     }
-    std::fs::remove_file(path).with_context(|| format!("removing the dead socket file {path}"))
+    unlink_checked(&dir, &name, path, (dev, ino)).with_context(|| format!("removing the dead socket file {path}"))
 }
 
 /// The second step, once every process exists: queues, stand-ins, options, shutdowns,
@@ -783,7 +910,10 @@ fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd)
         return Ok(());
     }
     if !f.present {
-        return std::fs::remove_file(&path).with_context(|| format!("removing {path}, which had been unlinked before the dump"));
+        // Through its directory's descriptor, and only while the name still holds this file.
+        let Some((dir, name)) = directory_of(&path)? else { return Ok(()) };
+        return unlink_checked(&dir, &name, &path, (meta.dev(), meta.ino()))
+            .with_context(|| format!("removing {path}, which had been unlinked before the dump"));
     }
     if meta.mode() & 0o7777 != f.mode {
         // chmod of /proc/self/fd/N changes the inode the descriptor holds.
