@@ -301,3 +301,58 @@ while True:
         assert_eq!(before, after, "{what}: mode, owner or inode of {watched:?} changed");
     }
 }
+
+/// A process with a listener on a path and a connection accepted through it. Its image is
+/// edited so that the accepted end names another listener (a decoy of the test's, standing in
+/// for /run/docker.sock or any socket the process's uid could not reach): restore connects by
+/// that name, finds by sock_diag that the connection did not reach the tree's listener, and
+/// refuses naming both sockets, instead of giving the process a connection to the decoy (or
+/// waiting forever in accept). Nothing stays connected to the decoy and no process is left.
+#[test]
+fn trusted_image_whose_connection_names_another_listener_is_refused() {
+    let script = r#"
+import os, socket, time
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+l.bind("l.sock")
+l.listen(4)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+c.connect("l.sock")
+a, _ = l.accept()
+open("ready", "w").write("1")
+while True:
+    time.sleep(1)
+"#;
+    let mut w = Workload::spawn_program("redirected-connect", "python3", &["-c", script]);
+    let ready = w.dir.path.join("ready");
+    wait_until("python to accept its connection", Duration::from_secs(10), || file_written(&ready));
+    w.dump();
+    let decoy_path = w.dir.path.join("decoy.sock");
+    let decoy = std::os::unix::net::UnixListener::bind(&decoy_path).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let mut name = decoy_path.to_string_lossy().into_owned().into_bytes();
+    name.push(0);
+    let copy = w.dir.path.join("redirected");
+    copy_dir(&w.image_dir, &copy);
+    let dir = ImageDir::open(&copy).unwrap();
+    let mut files: proto::OpenFiles = dir.read_record(image::OPEN_FILES).unwrap();
+    let mut edited = 0;
+    for f in &mut files.open_files {
+        if let Some(proto::open_file::Kind::UnixSocket(u)) = &mut f.kind
+            && u.accepted
+        {
+            u.address = name.clone();
+            edited += 1;
+        }
+    }
+    assert_eq!(edited, 1, "test setup: no accepted socket in the image");
+    dir.write_record(image::OPEN_FILES, &files).unwrap();
+    let out = restore_trusted(&copy);
+    assert_refused(&out, &["reached another socket", "decoy.sock"], w.pid, "a connection redirected to a decoy");
+    // Whatever reached the decoy was closed with the refused restore.
+    if let Ok((mut s, _)) = decoy.accept() {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap_or(0), 0, "the decoy's connection is still open");
+    }
+}
