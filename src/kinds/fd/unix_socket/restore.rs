@@ -354,7 +354,7 @@ fn remote_bind(ctx: &mut RestoreCtx, fd: i32, address: &[u8]) -> Result<()> {
 /// otherwise (a path that leads elsewhere since the dump never gives the process another
 /// socket).
 fn remote_connect(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached, target: i32) -> Result<()> {
-    connect_by_name(ctx, fd, address, directory, away)?;
+    connect_by_name(ctx, fd, address, directory, away, target)?;
     confirm_reached(ctx, fd, target, address)
 }
 
@@ -385,7 +385,7 @@ fn confirm_reached(ctx: &mut RestoreCtx, client: i32, target: i32, address: &[u8
     )
 }
 
-fn connect_by_name(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached) -> Result<()> {
+fn connect_by_name(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, away: &Detached, target: i32) -> Result<()> {
     let connect = |ctx: &mut RestoreCtx| {
         in_directory(ctx, directory, |ctx| {
             let addr = sockaddr(address);
@@ -403,8 +403,47 @@ fn connect_by_name(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &st
     };
     match away.root_of(&full) {
         Some(root) => in_root(ctx, &root, connect),
+        None if is_path(address) => connect_through_file(ctx, fd, address, directory, target),
         None => connect(ctx),
     }
+}
+
+/// Connects `fd` to the socket file of `target` itself: the name is opened (O_PATH, in the
+/// process, with the ids it has now), checked by device and inode to be the file `target` is
+/// bound to, and connected to through /proc/self/fd/N, so that the connect reaches that very
+/// inode whatever happens to the path meanwhile (a directory swapped for a symlink leads the
+/// open elsewhere, and the check refuses it before anything is connected).
+fn connect_through_file(ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, target: i32) -> Result<()> {
+    let path = path_of(address);
+    let t = socket_inode(ctx, target)?;
+    let vfs = unix_diag::query(t as u32, unix_diag::SHOW_VFS)?
+        .and_then(|d| d.vfs)
+        .with_context(|| format!("socket:[{t}], named {path}, has no socket file"))?;
+    let mut opened = None;
+    in_directory(ctx, directory, |ctx| {
+        opened = Some(ctx.open_in_process(&path, libc::O_PATH | libc::O_CLOEXEC)?);
+        Ok(())
+    })
+    .with_context(|| format!("opening the socket file {path}"))?;
+    let file = opened.context("the socket file was not opened")?;
+    let meta = std::fs::metadata(format!("/proc/{}/fd/{file}", ctx.pid));
+    let same = meta.as_ref().is_ok_and(|m| (m.dev(), m.ino()) == (unix_diag::decode_dev(vfs.1), vfs.0 as u64));
+    let result = if same {
+        let through = format!("/proc/self/fd/{file}");
+        let addr = sockaddr(through.as_bytes());
+        let at = ctx.remote.put(ADDR_AT, &addr)?;
+        ctx.remote
+            .syscall("connect", libc::SYS_connect, &[fd as u64, at, addr.len() as u64])
+            .map(|_| ())
+            .with_context(|| format!("connecting to {path} (through {through})"))
+    } else {
+        Err(anyhow::anyhow!(
+            "{path} is not the socket file of socket:[{t}], the socket the image names (the path leads elsewhere since \
+             the dump); refused"
+        ))
+    };
+    ctx.close_in_process(file)?;
+    result
 }
 
 /// Whether the file at `path` is something restore must leave alone: anything but a dead
