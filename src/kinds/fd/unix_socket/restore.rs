@@ -467,8 +467,11 @@ fn held_by_another(path: &str) -> Result<bool> {
 #[derive(Default)]
 struct Detached {
     root: Option<std::path::PathBuf>,
-    /// (full path as named, where it was bound under the root)
-    names: Vec<(String, std::path::PathBuf)>,
+    /// (full path as named, the directory under the root it was bound in (held), its name)
+    names: Vec<(String, OwnedFd, std::ffi::OsString)>,
+    /// The directories made under the root, in order: (the directory above it (held), its
+    /// name, its path).
+    made: Vec<(OwnedFd, std::ffi::OsString, std::path::PathBuf)>,
 }
 
 /// Where the private roots are made (root only).
@@ -476,7 +479,7 @@ const DETACHED_DIR: &str = "/run/crust/detached";
 
 impl Detached {
     fn root_of(&self, full: &str) -> Option<std::path::PathBuf> {
-        self.names.iter().any(|(n, _)| n == full).then(|| self.root.clone()).flatten()
+        self.names.iter().any(|(n, _, _)| n == full).then(|| self.root.clone()).flatten()
     }
 
     fn bind(&mut self, ctx: &mut RestoreCtx, fd: i32, address: &[u8], directory: &str, full: &str) -> Result<()> {
@@ -487,21 +490,60 @@ impl Detached {
         }
         let root = self.private_root()?;
         let relative = full.trim_start_matches('/');
-        let (dirs, _) = relative.rsplit_once('/').unwrap_or(("", relative));
-        let parent = make_directories(ctx, &root, dirs)?;
-        // The process binds with its own filesystem ids: the directory is its (crust made it).
-        if let (Some((uid, gid, _)), Some(made)) = (&ctx.fs_identity, &parent) {
+        let (dirs, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+        let (parent, parent_path) = self.make_directories(ctx, &root, dirs)?;
+        // The process binds with its own filesystem ids: the directory must be its. Only a
+        // directory crust made for this group is given to it.
+        let made_here = parent_path == root || self.made.iter().any(|(_, _, p)| *p == parent_path);
+        if let (Some((uid, gid, _)), true) = (&ctx.fs_identity, made_here) {
             let (uid, gid) = (nix::unistd::Uid::from_raw(*uid), nix::unistd::Gid::from_raw(*gid));
-            nix::unistd::fchownat(made, "", Some(uid), Some(gid), nix::fcntl::AtFlags::AT_EMPTY_PATH)
-                .with_context(|| format!("chown {}/{dirs}", root.display()))?;
+            nix::unistd::fchownat(&parent, "", Some(uid), Some(gid), nix::fcntl::AtFlags::AT_EMPTY_PATH)
+                .with_context(|| format!("chown {}", parent_path.display()))?;
         }
         in_root(ctx, &root, |ctx| in_directory(ctx, directory, |ctx| remote_bind(ctx, fd, address)))
             .with_context(|| format!("binding to {} away from the file now at that path", show_name(address)))?;
         let inside = root.join(relative);
         let socket = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).with_context(|| format!("stat of fd {fd}"))?;
         ctx.created_files.record_socket_file(&inside.to_string_lossy(), socket.ino())?;
-        self.names.push((full.to_owned(), inside));
+        self.names.push((full.to_owned(), parent, name.into()));
         Ok(())
+    }
+
+    /// Makes the directories `dirs` (a relative path) under `root`, each reached from the one
+    /// above it with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so nothing on the way can
+    /// lead out of the private root. Only directories crust makes here are given a mode (0711)
+    /// and journaled (a failed restore removes them); one already there (made for another name
+    /// of the group) is left as it is. Returns the last directory, held, and its path.
+    fn make_directories(&mut self, ctx: &mut RestoreCtx, root: &std::path::Path, dirs: &str) -> Result<(OwnedFd, std::path::PathBuf)> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let beneath = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        let directory = libc::O_PATH | libc::O_DIRECTORY;
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut here = nix::fcntl::open(root, flags, Mode::empty()).with_context(|| format!("opening {}", root.display()))?;
+        let mut path = root.to_path_buf();
+        for part in dirs.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            path.push(part);
+            let made = match nix::sys::stat::mkdirat(&here, part, Mode::from_bits_truncate(0o700)) {
+                Ok(()) => true,
+                Err(nix::errno::Errno::EEXIST) => false,
+                Err(e) => return Err(e).with_context(|| format!("mkdir {}", path.display())),
+            };
+            let next = crate::sys::openat2(here.as_fd(), std::ffi::OsStr::new(part), directory, 0, beneath)
+                .with_context(|| format!("opening {} (no symlink allowed)", path.display()))?;
+            if made {
+                // chmod of /proc/self/fd/N changes the very directory the descriptor holds.
+                let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&next));
+                std::fs::set_permissions(&through, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                    .with_context(|| format!("chmod 711 {}", path.display()))?;
+                let meta = std::fs::metadata(&through)?;
+                let (name, shown) = (std::ffi::OsStr::new(part), path.to_string_lossy());
+                ctx.created_files.record_file(&here, name, &shown, (meta.dev(), meta.ino()), crate::created_files::Created::Directory)?;
+                self.made.push((here.try_clone()?, part.into(), path.clone()));
+            }
+            here = next;
+        }
+        Ok((here, path))
     }
 
     /// The private root of this group, made (0711, root's) on first use in crust's own
@@ -526,55 +568,18 @@ impl Detached {
     /// Removes the socket files and the private root (best effort: a leftover empty
     /// directory under /run harms nothing).
     fn clean_up(self) {
+        use nix::unistd::{UnlinkatFlags, unlinkat};
         let Some(root) = self.root else { return };
-        for (_, inside) in &self.names {
-            let _ = std::fs::remove_file(inside);
+        // Through the held directories: nothing swapped in on the paths meanwhile leads these
+        // removals elsewhere.
+        for (_, dir, name) in &self.names {
+            let _ = unlinkat(dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
         }
-        for (_, inside) in &self.names {
-            for dir in inside.ancestors().skip(1).take_while(|d| d.starts_with(&root)) {
-                let _ = std::fs::remove_dir(dir);
-            }
+        for (dir, name, _) in self.made.iter().rev() {
+            let _ = unlinkat(dir, name.as_os_str(), UnlinkatFlags::RemoveDir);
         }
+        let _ = std::fs::remove_dir(root);
     }
-}
-
-/// Makes the directories `dirs` (a relative path) under `root`, each reached from the one
-/// above it with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so nothing on the way can lead
-/// out of the private root. Only directories crust makes here are given a mode (0711) and
-/// journaled (a failed restore removes them); one already there (made for another name of
-/// the group) is left as it is. Returns the last directory when crust made it (the root
-/// itself when `dirs` is empty).
-fn make_directories(ctx: &mut RestoreCtx, root: &std::path::Path, dirs: &str) -> Result<Option<OwnedFd>> {
-    use nix::fcntl::OFlag;
-    use nix::sys::stat::Mode;
-    let beneath = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    let directory = (libc::O_PATH | libc::O_DIRECTORY) as i32;
-    let mut here = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("opening {}", root.display()))?;
-    let mut path = root.to_path_buf();
-    // The private root itself was made for this group.
-    let mut made_last = true;
-    for part in dirs.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        path.push(part);
-        made_last = match nix::sys::stat::mkdirat(&here, part, Mode::from_bits_truncate(0o700)) {
-            Ok(()) => true,
-            Err(nix::errno::Errno::EEXIST) => false,
-            Err(e) => return Err(e).with_context(|| format!("mkdir {}", path.display())),
-        };
-        let next = crate::sys::openat2(here.as_fd(), std::ffi::OsStr::new(part), directory, 0, beneath)
-            .with_context(|| format!("opening {} (no symlink allowed)", path.display()))?;
-        if made_last {
-            // chmod of /proc/self/fd/N changes the very directory the descriptor holds.
-            let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&next));
-            std::fs::set_permissions(&through, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-                .with_context(|| format!("chmod 711 {}", path.display()))?;
-            let meta = std::fs::metadata(&through)?;
-            let (name, shown) = (std::ffi::OsStr::new(part), path.to_string_lossy());
-            ctx.created_files.record_file(&here, name, &shown, (meta.dev(), meta.ino()), crate::created_files::Created::Directory)?;
-        }
-        here = next;
-    }
-    Ok(made_last.then_some(here))
 }
 
 fn unique_suffix() -> u64 {
@@ -798,6 +803,7 @@ fn refill(
     let total: usize = s.queued.iter().map(|m| m.data.len()).sum();
     let my_name = reachable_name(&s.address, s.file.as_ref());
     let mut temporary: Option<OwnedFd> = None;
+    let mut own: Option<(Option<OwnedFd>, Vec<u8>)> = None;
     for m in &s.queued {
         // (writer, name to send to when the writer is not connected to `s`)
         let (writer, to): (BorrowedFd, Option<&[u8]>) = if s.peer_closed {
@@ -814,9 +820,11 @@ fn refill(
             }
             (temporary.as_ref().unwrap().as_fd(), Some(&my_name[..]))
         };
-        if let Some(name) = to {
-            reachable_as_itself(name, copies[&s.inode].as_fd())?;
+        // Sent through the socket's own file, checked once (see `through_own_file`).
+        if to.is_some() && own.is_none() {
+            own = Some(through_own_file(&my_name, copies[&s.inode].as_fd())?);
         }
+        let to = to.and(own.as_ref().map(|(_, name)| &name[..]));
         make_room(writer, total)?;
         let creds = m.credentials.as_ref().map(|c| Ucred { pid: c.pid, uid: c.uid, gid: c.gid });
         let passed: Vec<BorrowedFd> = m
@@ -852,20 +860,29 @@ fn refill(
     Ok(())
 }
 
-/// A datagram sent to `name` must reach `owner`: refuses when that path holds another file
-/// (the socket's own file was gone, and someone else's is there).
-fn reachable_as_itself(name: &[u8], owner: BorrowedFd) -> Result<()> {
+/// The name through which a datagram (or a connect) of crust reaches `owner` by its socket
+/// file: the file at `name` is opened (O_PATH, not following a final symlink), checked to be
+/// `owner`'s socket file (device and inode), and named /proc/self/fd/N, so that what crust
+/// sends or connects as root goes to that very inode whatever happens to the path after the
+/// check. Refused when the path holds another file (the socket's own file was gone, and
+/// someone else's is there). Abstract names are returned as they are. The descriptor must be
+/// kept open while the name is used.
+fn through_own_file(name: &[u8], owner: BorrowedFd) -> Result<(Option<OwnedFd>, Vec<u8>)> {
+    use nix::fcntl::OFlag;
     if !is_path(name) {
-        return Ok(());
+        return Ok((None, name.to_vec()));
     }
     let path = path_of(name);
-    let meta = std::fs::symlink_metadata(&path).with_context(|| format!("stat of {path}"))?;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let handle = nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()).with_context(|| format!("opening {path}"))?;
+    let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+    let meta = std::fs::metadata(&through).with_context(|| format!("stat of {path}"))?;
     let inode = std::fs::File::from(owner.try_clone_to_owned()?).metadata()?.ino();
     let vfs = unix_diag::query(inode as u32, unix_diag::SHOW_VFS)?.and_then(|d| d.vfs);
     if !vfs.is_some_and(|(ino, dev)| ino as u64 == meta.ino() && unix_diag::decode_dev(dev) == meta.dev()) {
         bail!("{path} holds another file than this socket's: its queued datagrams cannot be sent to it by name");
     }
-    Ok(())
+    Ok((Some(handle), through.into_bytes()))
 }
 
 /// Raises the sender's buffer so the whole queue fits (its own size is set afterwards).
@@ -921,9 +938,9 @@ fn keep_connected_state(s: &UnixSocket, records: &BTreeMap<u64, &UnixSocket>, co
     }
     let name = reachable_name(&s.address, s.file.as_ref());
     let fd = copies.get(&s.inode).context("the socket has no copy")?.as_fd();
-    reachable_as_itself(&name, fd).with_context(|| format!("marking socket:[{}] connected", s.inode))?;
+    let (_handle, through) = through_own_file(&name, fd).with_context(|| format!("marking socket:[{}] connected", s.inode))?;
     let temporary = socket::unix_socket(libc::SOCK_DGRAM)?;
-    socket::connect(temporary.as_fd(), &name)
+    socket::connect(temporary.as_fd(), &through)
         .with_context(|| format!("marking socket:[{}] connected", s.inode))?;
     Ok(())
 }
