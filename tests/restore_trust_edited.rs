@@ -249,7 +249,8 @@ fn path_state(path: &str) -> Option<(u32, u32, u32, u64)> {
 /// path, under crust's private root, as root) and /proc/PID/status open. Its image is edited
 /// so that the socket's name climbs out with '..' (into /etc), its directory is not canonical,
 /// or the /proc path climbs out of /proc: each is refused when the image is loaded, naming
-/// open-files.img and the field, and nothing is created or changed: no process, and /, /etc,
+/// open-files.img and the field; a /proc path through a symlink (/proc/self) is refused when
+/// it is opened. Nothing is created or changed: no process, and /, /etc,
 /// /run and /run/crust keep their mode and owner.
 #[test]
 fn trusted_image_with_socket_or_proc_paths_climbing_out_is_refused_naming_file_and_field() {
@@ -276,7 +277,7 @@ while True:
         assert_eq!(edited, 1, "test setup: the record to edit is not in the image");
         dir.write_record(image::OPEN_FILES, &files).unwrap();
     };
-    let cases: [(&str, &[&str], &dyn Fn(&mut proto::open_file::Kind) -> bool); 3] = [
+    let cases: [(&str, &[&str], &dyn Fn(&mut proto::open_file::Kind) -> bool); 4] = [
         ("a socket name climbing into /etc", &[image::OPEN_FILES, "field address"], &|k| {
             unlinked_socket(k).map(|u| u.address = b"../../../../../../../../etc/passwd\0".to_vec()).is_some()
         }),
@@ -286,6 +287,15 @@ while True:
         ("a /proc path climbing out of /proc", &[image::OPEN_FILES, "field path"], &|k| match k {
             proto::open_file::Kind::ProcFile(p) => {
                 p.path = format!("/proc/{pid}/../../etc/passwd");
+                true
+            }
+            _ => false,
+        }),
+        // Canonical but through a symlink (/proc/self, like /proc/PID/cwd, leads anywhere).
+        ("a /proc path through /proc/self", &["/proc/self/status", "symlink"], &|k| match k {
+            proto::open_file::Kind::ProcFile(p) => {
+                p.path = "/proc/self/status".into();
+                p.pid = 0;
                 true
             }
             _ => false,
