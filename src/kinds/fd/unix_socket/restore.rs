@@ -565,6 +565,7 @@ impl Detached {
         self.root = Some(r.clone());
         Ok(r)
     }
+
     /// Removes the socket files and the private root (best effort: a leftover empty
     /// directory under /run harms nothing).
     fn clean_up(self) {
@@ -641,7 +642,7 @@ fn sockets_on_file((dev, ino): (u64, u64)) -> Result<Vec<u32>> {
     let all = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS).context("sock_diag: listing UNIX sockets")?;
     Ok(all
         .iter()
-        .filter(|d| d.vfs.is_some_and(|(i, d)| i as u64 == ino && unix_diag::decode_dev(d) == dev))
+        .filter(|d| d.vfs.is_some_and(|(i, raw_dev)| i as u64 == ino && unix_diag::decode_dev(raw_dev) == dev))
         .map(|d| d.inode)
         .collect())
 }
