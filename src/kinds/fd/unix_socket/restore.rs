@@ -665,20 +665,35 @@ fn directory_of(path: &str) -> Result<Option<(OwnedFd, std::ffi::OsString)>> {
     }
 }
 
-/// (kind, device, inode) of `name` in `dir`, not following a symlink; None when absent.
-fn entry_identity(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str) -> Result<Option<(u32, u64, u64)>> {
+/// What tells one directory entry's file from another: its kind, device, inode and change
+/// time (an inode number freed by an unlink can be given at once to a new file; the new
+/// file's change time is its own).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct EntryIdentity {
+    kind: u32,
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+/// The identity of `name` in `dir`, not following a symlink; None when absent.
+fn entry_identity(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str) -> Result<Option<EntryIdentity>> {
     match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some((st.st_mode & libc::S_IFMT, st.st_dev, st.st_ino))),
+        Ok(st) => Ok(Some(EntryIdentity {
+            kind: st.st_mode & libc::S_IFMT,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })),
         Err(nix::errno::Errno::ENOENT) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("stat of {path}")),
     }
 }
 
-/// Removes `name` from `dir` only while it is still the file (dev, ino) that was checked.
-fn unlink_checked(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str, (dev, ino): (u64, u64)) -> Result<()> {
-    match entry_identity(dir, name, path)? {
-        Some((_, d, i)) if (d, i) == (dev, ino) => {}
-        _ => bail!("{path} changed while crust checked it; it is left alone"),
+/// Removes `name` from `dir` only while it is still the file that was checked.
+fn unlink_checked(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str, checked: EntryIdentity) -> Result<()> {
+    if entry_identity(dir, name, path)? != Some(checked) {
+        bail!("{path} changed while crust checked it; it is left alone");
     }
     nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir).with_context(|| format!("unlink {path}"))
 }
@@ -688,14 +703,14 @@ fn unlink_checked(dir: &OwnedFd, name: &std::ffi::OsStr, path: &str, (dev, ino):
 /// [`directory_of`]), never by path again.
 fn remove_dead_socket_file(path: &str) -> Result<()> {
     let Some((dir, name)) = directory_of(path)? else { return Ok(()) };
-    let Some((kind, dev, ino)) = entry_identity(&dir, &name, path)? else { return Ok(()) };
-    if kind != libc::S_IFSOCK {
+    let Some(checked) = entry_identity(&dir, &name, path)? else { return Ok(()) };
+    if checked.kind != libc::S_IFSOCK {
         bail!("{path} exists and is not a socket file; crust removes only dead socket files before binding");
     }
-    if let Some(live) = sockets_on_file((dev, ino))?.first() {
+    if let Some(live) = sockets_on_file((checked.dev, checked.ino))?.first() {
         bail!("{path} is the socket file of a live socket (socket:[{live}]): the name is in use");
     }
-    unlink_checked(&dir, &name, path, (dev, ino)).with_context(|| format!("removing the dead socket file {path}"))
+    unlink_checked(&dir, &name, path, checked).with_context(|| format!("removing the dead socket file {path}"))
 }
 
 /// The second step, once every process exists: queues, stand-ins, options, shutdowns,
@@ -969,7 +984,13 @@ fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd)
     if !f.present {
         // Through its directory's descriptor, and only while the name still holds this file.
         let Some((dir, name)) = directory_of(&path)? else { return Ok(()) };
-        return unlink_checked(&dir, &name, &path, (meta.dev(), meta.ino()))
+        let checked = EntryIdentity {
+            kind: libc::S_IFSOCK,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        };
+        return unlink_checked(&dir, &name, &path, checked)
             .with_context(|| format!("removing {path}, which had been unlinked before the dump"));
     }
     if meta.mode() & 0o7777 != f.mode {
@@ -983,4 +1004,57 @@ fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd)
             .with_context(|| format!("chown {}:{} {path}", f.uid, f.gid))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temporary directory, removed at the end.
+    fn scratch(label: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("crust-unit-{label}-{}-{}", std::process::id(), unique_suffix()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The name checked is replaced by another file before the removal: the removal, through
+    /// the held directory, finds another inode and leaves it alone.
+    #[test]
+    fn unlink_checked_leaves_a_file_swapped_in_after_the_check() {
+        let d = scratch("swap");
+        let path = d.join("s.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
+        let p = path.to_str().unwrap();
+        let (dir, name) = directory_of(p).unwrap().unwrap();
+        let checked = entry_identity(&dir, &name, p).unwrap().unwrap();
+        assert_eq!(checked.kind, libc::S_IFSOCK);
+        std::fs::remove_file(&path).unwrap();
+        // Another socket file (the freed inode number may well be given to it).
+        drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
+        let err = unlink_checked(&dir, &name, p, checked).unwrap_err();
+        assert!(format!("{err:#}").contains("changed while crust checked it"), "{err:#}");
+        assert!(std::fs::symlink_metadata(&path).is_ok(), "the file swapped in was removed");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A directory on the path swapped for a symlink after the directory was opened: the
+    /// removal still happens in the directory checked, never in the symlink's target.
+    #[test]
+    fn removal_goes_to_the_directory_held_not_where_the_path_now_leads() {
+        let d = scratch("dirswap");
+        std::fs::create_dir(d.join("a")).unwrap();
+        std::fs::create_dir(d.join("elsewhere")).unwrap();
+        let path = d.join("a/s.sock");
+        drop(std::os::unix::net::UnixDatagram::bind(&path).unwrap());
+        drop(std::os::unix::net::UnixDatagram::bind(d.join("elsewhere/s.sock")).unwrap());
+        let p = path.to_str().unwrap();
+        let (dir, name) = directory_of(p).unwrap().unwrap();
+        let checked = entry_identity(&dir, &name, p).unwrap().unwrap();
+        std::fs::rename(d.join("a"), d.join("moved")).unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere"), d.join("a")).unwrap();
+        unlink_checked(&dir, &name, p, checked).unwrap();
+        assert!(!d.join("moved/s.sock").exists(), "the socket file checked was not removed");
+        assert!(std::fs::symlink_metadata(d.join("elsewhere/s.sock")).is_ok(), "the file behind the symlink was removed");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
