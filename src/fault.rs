@@ -14,7 +14,9 @@
 //! process's write-protected pages), `dump-collected` (every record written), `dump-checksums` (before
 //! the inventory); restore: `restore-sealed` (the seal and record hashes
 //! checked, no other record read yet), `restore-tree` (every process created), `restore-descriptions`,
-//! `restore-process` (after each process's state), `restore-before-resume` (everything
+//! `restore-process` (after each process's state), `restore-pages-userfaultfd` (before crust
+//! makes the userfaultfd it places a process's pages with: `fail` there stands for a kernel
+//! that refuses one), `restore-pages-placed` (after each chunk crust placed), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
 //! changed to start a lease break again).
 
@@ -38,6 +40,8 @@ pub const POINTS: &[&str] = &[
     "restore-tree",
     "restore-descriptions",
     "restore-process",
+    "restore-pages-userfaultfd",
+    "restore-pages-placed",
     "restore-before-resume",
     "lease-break-time-set",
 ];

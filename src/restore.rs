@@ -736,6 +736,12 @@ impl Tree {
         let work_fd_floor = self.work_fd_floor;
         let temp_fd_floor = self.work_fd_floor + img.open_files.open_files.iter().map(|f| f.id as i32).max().unwrap_or(0) + 1;
         let lazy = self.lazy.clone().filter(|_| self.lazy_pids.contains(&pid));
+        let pages_record = img
+            .entries()
+            .iter()
+            .filter(|e| e.pid == pid)
+            .flat_map(|e| &e.data_files)
+            .find(|d| d.name == p.mm.pages_file && !d.chunk_blake3.is_empty());
         let building = self.building.get_mut(&pid).context("process not created")?;
         Ok(RestoreCtx {
             pid: Pid::from_raw(pid as i32),
@@ -751,6 +757,7 @@ impl Tree {
             tcp_close: self.tcp_close,
             ghosts: &self.ghosts,
             lazy,
+            pages_record,
         })
     }
 
@@ -1150,6 +1157,7 @@ impl Tree {
                 tcp_close,
                 ghosts: &self.ghosts,
                 lazy: None,
+                pages_record: None,
             };
             step(&mut tctx, thread)?;
         }
@@ -1536,18 +1544,17 @@ fn page_records(img: &LoadedImage) -> std::collections::HashMap<String, crate::i
     img.inventory.processes.iter().flat_map(|e| &e.data_files).map(|d| (d.name.clone(), d.clone())).collect()
 }
 
-/// Verifies the deferred page files in a thread: every chunk of them, but for the processes
-/// restored lazily only the chunks read in before they run (the page server checks the
-/// others, each before its first use).
+/// Verifies the deferred page files in a thread: the chunks the processes read in with their
+/// own preadv (kinds/page_fill.rs::preadv_chunks); crust's page fill and the lazy page server
+/// check the others, each as they read it, before any of its bytes is placed.
 fn check_pages_in_background(img: &LoadedImage, lazy: &BTreeSet<u32>) -> Result<std::thread::JoinHandle<Result<()>>> {
     // The same ImageDir: the very files the processes read their pages from (data_file).
     let dir = img.dir.clone();
     let mut work = Vec::new();
     for (pid, data) in &img.deferred_pages {
-        let chunks = lazy
-            .contains(pid)
-            .then(|| crate::kinds::lazy_pages::eager_chunks(&img.processes[pid].mm, true, data.chunk_size));
-        work.push((data.clone(), chunks));
+        let chunks = crate::kinds::page_fill::preadv_chunks(&img.processes[pid].mm, lazy.contains(pid), data.chunk_size);
+        let every = data.chunk_size > 0 && chunks.len() as u64 == data.size.div_ceil(data.chunk_size);
+        work.push((data.clone(), (!every).then_some(chunks)));
     }
     let thread = std::thread::Builder::new().name("crust-pagecheck".into()).spawn(move || -> Result<()> {
         for (data, chunks) in work {

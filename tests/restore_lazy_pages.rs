@@ -300,14 +300,81 @@ fn killing_the_page_server_kills_the_restored_process_never_zeros() {
     assert!(!w.status_text().contains("VERIFIED"), "the process read its memory without its server");
 }
 
-/// Without --lazy-pages: 256 MiB read in by the process before it runs, while crust verifies
-/// the page file on the other core; every word is as it was, and nothing of crust remains.
+/// Without --lazy-pages: 256 MiB placed by crust before the process runs (userfaultfd, both
+/// cores, each chunk checked before its pages are placed); every word is as it was, and nothing
+/// of crust remains (no userfaultfd registration, no fd).
 #[test]
 fn eager_restore_of_256_mib_verified_while_read_in_brings_every_word_back() {
     let mut w = Workload::spawn("lazy_pattern", &["256"]);
     let fds_before = fd_targets(w.pid);
     w.dump();
+    w.restore_extra = vec!["-v3".into()];
+    let out = w.restore_detached();
+    assert!(out.text().contains("pages placed by crust"), "crust did not place the pages itself:\n{out}");
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    assert_nothing_of_crust_remains(&w, &fds_before);
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
+/// Eager restore of 64 MiB whose pages crust places itself (userfaultfd, both cores), with
+/// one byte of a chunk changed: refused naming the file, the field and the chunk's bytes; the
+/// process never ran (no VERIFIED) and is gone; with the byte put back the image restores, every
+/// word right.
+#[test]
+fn eager_restore_of_a_damaged_chunk_placed_by_crust_is_refused_naming_it() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let fds_before = fd_targets(w.pid);
+    w.dump();
+    let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
+    let good = fs::read(&pages).unwrap();
+    let chunk = 40usize << 20;
+    assert!(good.len() > chunk + (1 << 20), "test setup: page file of {} bytes", good.len());
+    let mut bad = good.clone();
+    bad[chunk + 4567] ^= 0x5a;
+    fs::write(&pages, &bad).unwrap();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let out = crust(["restore", "-d", "-D", &img]);
+    let named = format!("bytes {}..{}", chunk, chunk + (1 << 20));
+    assert!(!out.success(), "a damaged chunk was restored:\n{out}");
+    assert!(
+        out.text().contains(&format!("pages-{}.img", w.pid)) && out.text().contains("chunk_blake3") && out.text().contains(&named),
+        "the refusal names the file, the field and the chunk:\n{out}"
+    );
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the refused restore left pid {}", w.pid);
+    assert!(!w.status_text().contains("VERIFIED"), "the process ran on damaged memory");
+    fs::write(&pages, &good).unwrap();
     w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    assert_nothing_of_crust_remains(&w, &fds_before);
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
+/// The kernel refusing crust a userfaultfd (stood for by CRUST_FAULT=restore-pages-userfaultfd
+/// :1:fail): the process reads its 64 MiB in itself, crust checks their chunks first, and every
+/// word is right. Killed, interrupted or failing while crust places the pages, a restore
+/// leaves no process behind, and the image restores again.
+#[test]
+fn eager_restore_without_a_userfaultfd_or_stopped_while_placing_pages() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let fds_before = fd_targets(w.pid);
+    w.dump();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    for action in ["kill", "fail", "SIGINT"] {
+        let fault = [("CRUST_FAULT".to_string(), format!("restore-pages-placed:3:{action}"))];
+        let out = crust_env(["restore", "-d", "-D", &img], &fault);
+        assert!(!out.success(), "{action} while placing pages: the restore succeeded:\n{out}");
+        assert!(wait_gone(w.pid, GONE_TIMEOUT), "{action} while placing pages: pid {} is left", w.pid);
+        assert!(!w.status_text().contains("VERIFIED"), "{action}: the process ran");
+    }
+    w.crust_env = vec![("CRUST_FAULT".into(), "restore-pages-userfaultfd:1:fail".into())];
+    w.restore_extra = vec!["-v3".into()];
+    let out = w.restore_detached();
+    assert!(out.text().contains("pages read in by the process instead"), "no fallback to preadv:\n{out}");
+    w.crust_env.clear();
     fs::write(w.go_path(), b"go\n").unwrap();
     wait_verified(&w);
     assert_nothing_of_crust_remains(&w, &fds_before);

@@ -61,21 +61,6 @@ pub fn is_lazy(vma: &Vma) -> bool {
         && vma.prot & rw == rw
 }
 
-/// The chunks of the page file that the pages read in before the process runs come from
-/// (the others are checked by the server, each before its first use).
-pub fn eager_chunks(mm: &Mm, lazy: bool, chunk_size: u64) -> Vec<usize> {
-    let mut out: Vec<usize> = Vec::new();
-    for vma in mm.vmas.iter().filter(|v| !(lazy && is_lazy(v))) {
-        for run in &vma.pages {
-            let (first, end) = (run.file_offset / chunk_size, (run.file_offset + run.pages * PAGE_SIZE).div_ceil(chunk_size));
-            out.extend((first..end).map(|c| c as usize));
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 /// What a restore hands the server for one process.
 pub struct NewTarget {
     pid: u32,
@@ -925,19 +910,5 @@ mod tests {
         let mut o = owed(&[(0x1000, 0x3000, 0x10000), (0x8000, 0x1000, 0x20000)]);
         o.remap(0x2000, 0x100000, 0x7000);
         assert_eq!(o, owed(&[(0x1000, 0x1000, 0x10000), (0x100000, 0x2000, 0x11000), (0x106000, 0x1000, 0x20000)]));
-    }
-
-    #[test]
-    fn eager_chunks_leave_lazy_areas_to_the_server() {
-        use crate::image::proto::PageRun;
-        let mut lazy = Vma { start: 0, end: 0x400000, prot: 3, ..Default::default() };
-        lazy.set_kind(VmaKind::PrivateAnonymous);
-        lazy.pages = vec![PageRun { address: 0, pages: 512, file_offset: 0 }];
-        let mut file = Vma { start: 0x400000, end: 0x401000, prot: 3, ..Default::default() };
-        file.set_kind(VmaKind::PrivateFile);
-        file.pages = vec![PageRun { address: 0x400000, pages: 1, file_offset: 0x200000 }];
-        let mm = Mm { vmas: vec![lazy, file], ..Default::default() };
-        assert_eq!(eager_chunks(&mm, true, 1 << 20), vec![2]);
-        assert_eq!(eager_chunks(&mm, false, 1 << 20), vec![0, 1, 2]);
     }
 }

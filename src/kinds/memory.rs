@@ -157,7 +157,7 @@ impl Kind for Memory {
         // With --lazy-pages the lazy areas' pages come later, through the page server.
         let lazy = ctx.lazy.is_some();
         let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v)) && !v.unaccounted).collect();
-        fill_pages(ctx.remote, pages_fd, &eager)?;
+        place_pages(ctx, pages_fd, &mm.pages_file, &eager)?;
         let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
         write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
         for vma in &mm.vmas {
@@ -858,6 +858,26 @@ fn vma_may_write(vma: &Vma) -> bool {
 fn madvise(remote: &mut RemoteTask, vma: &Vma, advice: i32) -> Result<()> {
     remote.syscall("madvise", libc::SYS_madvise, &[vma.start, vma.end - vma.start, advice as u64])?;
     Ok(())
+}
+
+/// Puts the saved pages of `vmas` in place: crust places those of large anonymous areas itself
+/// (page_fill: on every core, no page zeroed first), the process reads the others in.
+fn place_pages(ctx: &mut RestoreCtx, pages_fd: i32, pages_file: &str, vmas: &[&Vma]) -> Result<()> {
+    let filled = super::page_fill::filled_bytes(vmas.iter().copied());
+    let (by_crust, mut by_process): (Vec<&Vma>, Vec<&Vma>) = match ctx.pages_record {
+        Some(_) => vmas.iter().copied().partition(|v| super::page_fill::fills(v, filled)),
+        None => (Vec::new(), vmas.to_vec()),
+    };
+    if let (Some(record), false) = (ctx.pages_record, by_crust.is_empty()) {
+        let path = ctx.image.path(pages_file);
+        if !super::page_fill::fill(ctx, &by_crust, &path, record)? {
+            // The restore's check of the page file left these chunks to crust's fill.
+            let chunks = super::page_fill::chunks_of(&by_crust, record.chunk_size);
+            image::chunks::verify_some(&ctx.image.data_file(pages_file)?, &path, record, &chunks)?;
+            by_process.extend(by_crust);
+        }
+    }
+    fill_pages(ctx.remote, pages_fd, &by_process)
 }
 
 fn fill_pages(remote: &mut RemoteTask, pages_fd: i32, vmas: &[&Vma]) -> Result<()> {

@@ -26,6 +26,7 @@ pub mod membarrier;
 pub mod lazy_pages;
 pub mod memory;
 pub mod page_copy;
+pub mod page_fill;
 pub mod pathless;
 pub mod posix_timers;
 pub mod registers;
@@ -95,6 +96,9 @@ pub struct RestoreCtx<'a> {
     /// `restore --lazy-pages`, for a process whose lazy areas fault to crust's page server
     /// (None: every page is read in before the process runs).
     pub lazy: Option<lazy_pages::Registrar>,
+    /// The inventory's record of the process's page file (its chunk hashes), for the pages
+    /// crust places itself (see [`page_fill`]).
+    pub pages_record: Option<&'a crate::image::proto::DataFile>,
 }
 
 impl RestoreCtx<'_> {

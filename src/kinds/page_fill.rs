@@ -1,0 +1,271 @@
+//! The page fill engine of restore, the mirror of page_copy: crust places a process's pages
+//! itself, on every core, before the process ever runs. One worker per core takes the next
+//! 1 MiB chunk of the page file, reads it into a buffer that stays in the core's cache
+//! (pread), checks it against its BLAKE3 in the inventory, and places the chunk's pages with
+//! UFFDIO_COPY on a userfaultfd of the process: the bytes placed are the bytes checked.
+//!
+//! Why userfaultfd and not the process's own preadv (the fallback, kinds/memory.rs): a page
+//! that preadv (or process_vm_writev) writes into is first faulted in and zeroed by the
+//! kernel, then copied into; UFFDIO_COPY allocates the page and copies into it without
+//! zeroing it, and two crust threads can place pages of one address space at once. The
+//! registration only serves the placing: the userfaultfd is closed before the process runs,
+//! which ends it (pages never placed are ordinary zero-fill-on-demand memory again).
+//!
+//! Only large private anonymous areas are filled so ([`fills`]): UFFDIO_COPY places 4 KiB
+//! pages (huge page areas stay with the fallback, to stay huge), cannot place pages into file
+//! mappings or over present pages (inherited areas), and costs two ioctls per area (small
+//! areas are cheaper with preadv's 1024 runs per call).
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+
+use super::RestoreCtx;
+use super::page_copy::Piece;
+use crate::image::chunks;
+use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
+use crate::sys::PAGE_SIZE;
+use crate::sys::uffd;
+
+/// An area's saved pages must be at least this large to be placed by crust.
+const MIN_AREA_BYTES: u64 = 1 << 20;
+/// A process's pages placed by crust must be at least this large, else its fill is left to
+/// preadv (a userfaultfd and a worker thread cost about a tenth of a millisecond).
+const MIN_PROCESS_BYTES: u64 = 8 << 20;
+
+/// Whether crust places the pages of `vma` itself (of a process whose areas that qualify hold
+/// `process_bytes` of saved pages, see [`filled_bytes`]).
+pub fn fills(vma: &Vma, process_bytes: u64) -> bool {
+    process_bytes >= MIN_PROCESS_BYTES && qualifies(vma)
+}
+
+fn qualifies(vma: &Vma) -> bool {
+    vma.kind() == VmaKind::PrivateAnonymous
+        && !vma.inherited
+        && !vma.unaccounted
+        && !vma.droppable
+        && !vma.huge_page_advised
+        && !vma.had_huge_pages
+        && saved_bytes(vma) >= MIN_AREA_BYTES
+}
+
+fn saved_bytes(vma: &Vma) -> u64 {
+    vma.pages.iter().map(|r| r.pages * PAGE_SIZE).sum()
+}
+
+/// Saved bytes of the areas of `vmas` that qualify to be placed by crust.
+pub fn filled_bytes<'a>(vmas: impl IntoIterator<Item = &'a Vma>) -> u64 {
+    vmas.into_iter().filter(|v| qualifies(v)).map(saved_bytes).sum()
+}
+
+/// The chunks of the page file that pages read in by the process's own preadv come from: those
+/// the restore must verify before the tree runs (crust's fill and the lazy page server check
+/// theirs as they read them). `lazy`: areas the lazy page server fills are left out too.
+pub fn preadv_chunks(mm: &Mm, lazy: bool, chunk_size: u64) -> Vec<usize> {
+    let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v))).collect();
+    let filled = filled_bytes(eager.iter().copied());
+    let by_process: Vec<&Vma> = eager.into_iter().filter(|v| !fills(v, filled)).collect();
+    chunks_of(&by_process, chunk_size)
+}
+
+/// The chunks of the page file the saved pages of `vmas` lie in, sorted.
+pub fn chunks_of(vmas: &[&Vma], chunk_size: u64) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for run in vmas.iter().flat_map(|v| &v.pages) {
+        let (first, end) = (run.file_offset / chunk_size, (run.file_offset + run.pages * PAGE_SIZE).div_ceil(chunk_size));
+        out.extend((first..end).map(|c| c as usize));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// A userfaultfd of the process of `ctx`, registered for `vmas` in MISSING mode: made inside
+/// the process (a userfaultfd belongs to the address space it is made in), taken by crust,
+/// and closed in the process at once (its fd table stays the image's). Err: the kernel
+/// refuses (vm.unprivileged_userfaultfd, a kernel without it): the caller falls back.
+fn registered_userfaultfd(ctx: &mut RestoreCtx, vmas: &[&Vma]) -> Result<OwnedFd> {
+    let pid = ctx.pid.as_raw();
+    // (A test's CRUST_FAULT=restore-pages-userfaultfd:1:fail stands for a kernel refusal.)
+    crate::fault::point("restore-pages-userfaultfd")?;
+    let fd = ctx.remote.syscall("userfaultfd", libc::SYS_userfaultfd, &[uffd::CREATE_FLAGS])?;
+    let taken = crate::sys::pidfd::pidfd_getfd(&ctx.pidfd, pid, fd as i32);
+    ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd])?;
+    let fd = taken?;
+    uffd::api(fd.as_fd(), 0).map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
+    for vma in vmas {
+        uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start)
+            .map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end))?;
+    }
+    Ok(fd)
+}
+
+/// Places the pages of `vmas` (each one that [`fills`]) from the page file at `path`, whose
+/// inventory record is `record`. Ok(false): the kernel refused a userfaultfd, nothing was
+/// placed, and the caller reads the pages in itself (having checked their chunks).
+pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile) -> Result<bool> {
+    let pid = ctx.pid.as_raw();
+    let t0 = std::time::Instant::now();
+    let uffd = match registered_userfaultfd(ctx, vmas) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::info!(pid, "pages read in by the process instead: {e:#}");
+            return Ok(false);
+        }
+    };
+    // The very file the restore checked (see ImageDir::data_file).
+    let file = ctx.image.data_file(&record.name)?;
+    chunks::check_layout(path, record, record.size)?;
+    let pieces: Vec<Piece> = vmas
+        .iter()
+        .flat_map(|v| &v.pages)
+        .map(|r| Piece { address: r.address, len: r.pages * PAGE_SIZE, file_offset: r.file_offset })
+        .collect();
+    let plan = by_chunk(&pieces, record.chunk_size)?;
+    let next = AtomicUsize::new(0);
+    let work = || -> Result<()> {
+        let mut buffer = Vec::new();
+        loop {
+            crate::interrupt::check()?;
+            let Some((index, pieces)) = plan.get(next.fetch_add(1, Ordering::Relaxed)) else { return Ok(()) };
+            place_chunk(pid, uffd.as_fd(), (&file, path, record), *index, pieces, &mut buffer)?;
+            crate::fault::point("restore-pages-placed")?;
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..workers()).map(|_| scope.spawn(work)).collect();
+        let mut result = work();
+        for h in helpers {
+            let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a page fill worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })?;
+    let bytes: u64 = pieces.iter().map(|p| p.len).sum();
+    tracing::info!(pid, ms = t0.elapsed().as_secs_f64() * 1e3, bytes, "pages placed by crust");
+    // Closing the last copy ends the registration: the process keeps no trace of it.
+    drop(uffd);
+    Ok(true)
+}
+
+/// How many workers place pages at once: one per core, at most 4.
+fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+}
+
+/// The pieces by chunk of the page file: (chunk index, its pieces), in file order.
+fn by_chunk(pieces: &[Piece], chunk: u64) -> Result<Vec<(usize, Vec<Piece>)>> {
+    if chunk == 0 {
+        bail!("page file chunk size 0");
+    }
+    let mut out: Vec<(usize, Vec<Piece>)> = Vec::new();
+    for p in pieces {
+        let mut done = 0;
+        while done < p.len {
+            let at = p.file_offset + done;
+            let n = (p.len - done).min(chunk - at % chunk);
+            let index = (at / chunk) as usize;
+            let piece = Piece { address: p.address + done, len: n, file_offset: at };
+            match out.iter_mut().rev().find(|(i, _)| *i == index) {
+                Some((_, list)) => list.push(piece),
+                None => out.push((index, vec![piece])),
+            }
+            done += n;
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out)
+}
+
+/// Reads chunk `index` of the page file, checks it, and places `pieces` (inside it) with
+/// UFFDIO_COPY.
+fn place_chunk(pid: i32, uffd: BorrowedFd, source: (&File, &Path, &DataFile), index: usize, pieces: &[Piece], buffer: &mut Vec<u8>) -> Result<()> {
+    let (file, path, record) = source;
+    let start = index as u64 * record.chunk_size;
+    let len = record.chunk_size.min(record.size.saturating_sub(start)) as usize;
+    buffer.resize(len, 0);
+    file.read_exact_at(buffer, start).with_context(|| format!("pid {pid}: reading {} at {start}", path.display()))?;
+    chunks::verify_chunk(path, record, index, buffer)?;
+    for p in pieces {
+        let from = (p.file_offset - start) as usize;
+        let Some(bytes) = buffer.get(from..from + p.len as usize) else {
+            bail!("pid {pid}: pages at {:#x} lie past the end of {} ({} bytes)", p.address, path.display(), record.size);
+        };
+        place(pid, uffd, p.address, bytes)?;
+    }
+    crate::progress::copied(pieces.iter().map(|p| p.len).sum());
+    Ok(())
+}
+
+/// UFFDIO_COPY of `bytes` to `address`, until all are placed (a copy may stop short).
+fn place(pid: i32, uffd: BorrowedFd, address: u64, bytes: &[u8]) -> Result<()> {
+    let mut done = 0;
+    // A stopped process changes nothing in its address space: a copy that makes no progress
+    // (EAGAIN, EINTR) is retried a few times only.
+    let mut retries = 0;
+    while done < bytes.len() {
+        let at = address + done as u64;
+        match uffd::copy(uffd, at, &bytes[done..]) {
+            Ok(n) => done += n as usize,
+            Err(Errno::EINTR | Errno::EAGAIN) if retries < 100 => retries += 1,
+            Err(e) => bail!("pid {pid}: userfaultfd UFFDIO_COPY of {} bytes at {at:#x}: {e}", bytes.len() - done),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_grouped_by_chunk_in_file_order() {
+        let c = 1u64 << 20;
+        let pieces = [Piece { address: 0x10000, len: c + 8192, file_offset: c - 4096 }, Piece { address: 0x900000, len: 4096, file_offset: 3 * c }];
+        let plan = by_chunk(&pieces, c).unwrap();
+        let indices: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indices, vec![0, 1, 2, 3]);
+        assert_eq!(plan[0].1, vec![Piece { address: 0x10000, len: 4096, file_offset: c - 4096 }]);
+        assert_eq!(plan[1].1, vec![Piece { address: 0x11000, len: c, file_offset: c }]);
+        assert_eq!(plan[2].1, vec![Piece { address: 0x11000 + c, len: 4096, file_offset: 2 * c }]);
+    }
+
+    #[test]
+    fn preadv_chunks_leave_lazy_areas_to_the_server() {
+        use crate::image::proto::PageRun;
+        let mut lazy = Vma { start: 0, end: 0x400000, prot: 3, ..Default::default() };
+        lazy.set_kind(VmaKind::PrivateAnonymous);
+        lazy.pages = vec![PageRun { address: 0, pages: 512, file_offset: 0 }];
+        let mut file = Vma { start: 0x400000, end: 0x401000, prot: 3, ..Default::default() };
+        file.set_kind(VmaKind::PrivateFile);
+        file.pages = vec![PageRun { address: 0x400000, pages: 1, file_offset: 0x200000 }];
+        let mm = Mm { vmas: vec![lazy, file], ..Default::default() };
+        assert_eq!(super::preadv_chunks(&mm, true, 1 << 20), vec![2]);
+        assert_eq!(super::preadv_chunks(&mm, false, 1 << 20), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn preadv_chunks_leave_large_anonymous_areas_to_crust() {
+        use crate::image::proto::PageRun;
+        let mut big = Vma { start: 0, end: 0x1000000, prot: 3, ..Default::default() };
+        big.set_kind(VmaKind::PrivateAnonymous);
+        big.pages = vec![PageRun { address: 0, pages: 4096, file_offset: 0 }];
+        let mut huge = big.clone();
+        huge.had_huge_pages = true;
+        let mut small = Vma { start: 0x1000000, end: 0x1001000, prot: 3, ..Default::default() };
+        small.set_kind(VmaKind::PrivateAnonymous);
+        small.pages = vec![PageRun { address: 0x1000000, pages: 1, file_offset: 0x1000000 }];
+        let mm = Mm { vmas: vec![big.clone(), small.clone()], ..Default::default() };
+        assert_eq!(preadv_chunks(&mm, false, 1 << 20), vec![16]);
+        // Huge pages stay with preadv, and so does a process with too little to place.
+        let mm = Mm { vmas: vec![huge, small], ..Default::default() };
+        assert_eq!(preadv_chunks(&mm, false, 1 << 20), (0..17).collect::<Vec<_>>());
+    }
+}
