@@ -211,6 +211,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
             release_all(&mut frozen, opts.end())?;
             info!(%root, end = ?opts.end(), "released after the dump");
             if opts.end() == End::Kill {
+                reap_killed(&frozen, crate::kinds::fd::after_kill_waits(&mut kinds));
                 crate::kinds::fd::after_kill(&mut kinds)?;
             }
             inventory
@@ -243,6 +244,24 @@ fn release_all(frozen: &mut [Frozen], end: End) -> Result<()> {
         }
     }
     released
+}
+
+/// Collects the exits of the killed tree (crust, as their tracer, must, before their parents
+/// can reap them): now if `wait`, else in a thread of its own, so that the dump does not wait
+/// while the kernel frees the processes' memory (tens of milliseconds per GiB). When crust
+/// exits first, the kernel lets go of them itself.
+fn reap_killed(frozen: &[Frozen], wait: bool) {
+    let tids: Vec<Pid> = frozen.iter().rev().flat_map(|f| f.threads.iter().map(|t| t.pid()).chain([f.pid])).collect();
+    let reap = move || {
+        for tid in tids {
+            let _ = nix::sys::wait::waitpid(tid, Some(nix::sys::wait::WaitPidFlag::__WALL));
+        }
+    };
+    if wait {
+        reap();
+    } else if let Err(e) = std::thread::Builder::new().name("crust-reaper".into()).spawn(reap) {
+        warn!("could not start a thread to collect the exits of the killed tree: {e}");
+    }
 }
 
 /// After a failure: every process goes on as it was. A process that cannot be put back is
@@ -826,20 +845,16 @@ impl Frozen {
     /// SIGSTOP queued before it is let go), or kills it.
     fn release(&mut self, end: End) -> Result<()> {
         let pid = self.pid;
+        if end == End::Kill {
+            // The scratch area goes with the process; [`reap_killed`] collects its exit.
+            kill(pid, Signal::SIGKILL).with_context(|| format!("killing pid {pid} after the dump"))?;
+            return Ok(());
+        }
         if let Some(scratch) = self.remote.scratch() {
             if let Err(e) = self.remote.syscall("munmap(scratch)", libc::SYS_munmap, &[scratch.address, SCRATCH_LEN]) {
                 warn!(%pid, "could not remove crust's scratch mapping: {e}");
             }
             self.remote.set_scratch(None);
-        }
-        if end == End::Kill {
-            kill(pid, Signal::SIGKILL).with_context(|| format!("killing pid {pid} after the dump"))?;
-            // The exits are reported to us as tracer; the real parent reaps the process.
-            for t in &self.threads {
-                let _ = nix::sys::wait::waitpid(t.pid(), Some(nix::sys::wait::WaitPidFlag::__WALL));
-            }
-            let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::__WALL));
-            return Ok(());
         }
         let mut result = Ok(());
         let mut parked = Vec::new();

@@ -158,6 +158,14 @@ pub trait FdKind: 'static {
         Ok(())
     }
 
+    /// Dump without -R: whether [`FdKind::after_kill`] needs the killed tree gone (its
+    /// descriptors closed) first. Otherwise crust does not wait for the processes to finish
+    /// dying (freeing their memory takes tens of milliseconds per GiB).
+    fn after_kill_waits(state: &mut KindState) -> bool {
+        let _ = state;
+        false
+    }
+
     /// Restore, when it failed (every process it created was killed): what the image's
     /// descriptions hold outside the processes that must go too (network locks).
     fn restore_failed(files: &[(&OpenFile, &Self::Record)]) {
@@ -376,6 +384,7 @@ pub trait DynFdKind: Sync {
     fn resolve_carried(&self, file: &mut OpenFile, ids: &[u32]) -> Result<()>;
     fn check_tree(&self, files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()>;
     fn after_kill(&self, state: &mut KindState) -> Result<()>;
+    fn after_kill_waits(&self, state: &mut KindState) -> bool;
     fn restore_failed(&self, files: &[OpenFile]);
     fn precheck(&self, file: &OpenFile) -> Result<()>;
     fn can_open_now(&self, file: &OpenFile) -> bool;
@@ -449,6 +458,9 @@ impl<K: FdKind> DynFdKind for Registered<K> {
     fn after_kill(&self, state: &mut KindState) -> Result<()> {
         K::after_kill(state)
     }
+    fn after_kill_waits(&self, state: &mut KindState) -> bool {
+        K::after_kill_waits(state)
+    }
     fn restore_failed(&self, files: &[OpenFile]) {
         let mine: Vec<(&OpenFile, &K::Record)> = files.iter().filter_map(|f| Some((f, f.kind.as_ref().and_then(K::record_of)?))).collect();
         if !mine.is_empty() {
@@ -521,6 +533,11 @@ pub fn after_kill(state: &mut KindState) -> Result<()> {
         }
     }
     result
+}
+
+/// Dump without -R: whether some kind's [`FdKind::after_kill`] needs the killed tree gone.
+pub fn after_kill_waits(state: &mut KindState) -> bool {
+    KINDS.iter().any(|kind| kind.after_kill_waits(state))
 }
 
 /// Restore failed: every kind's [`FdKind::restore_failed`].

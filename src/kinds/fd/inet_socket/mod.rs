@@ -94,6 +94,11 @@ impl FdKind for InetSockets {
         Ok(())
     }
 
+    /// The copies are closed silently only once the tree's own descriptors are closed.
+    fn after_kill_waits(state: &mut KindState) -> bool {
+        !state.get::<ConnectionCopies>().0.is_empty()
+    }
+
     /// Every process exists now, and with it the peer of every connection inside the tree:
     /// crust keeps a copy of each connection, still in repair mode, until the tree is about to
     /// resume (see `before_resume`).
