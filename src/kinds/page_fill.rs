@@ -20,7 +20,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -127,19 +127,20 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
         .map(|r| Piece { address: r.address, len: r.pages * PAGE_SIZE, file_offset: r.file_offset })
         .collect();
     let plan = by_chunk(&pieces, record.chunk_size)?;
-    let next = AtomicUsize::new(0);
-    let work = || -> Result<()> {
+    let claims = Claims::new(plan.len());
+    let work = |from_the_end: bool| -> Result<()> {
         let mut buffer = Vec::new();
-        loop {
+        while let Some(position) = claims.take(from_the_end) {
             crate::interrupt::check()?;
-            let Some((index, pieces)) = plan.get(next.fetch_add(1, Ordering::Relaxed)) else { return Ok(()) };
+            let (index, pieces) = &plan[position];
             place_chunk(pid, uffd.as_fd(), (&file, path, record), *index, pieces, &mut buffer)?;
             crate::fault::point("restore-pages-placed")?;
         }
+        Ok(())
     };
     std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..workers()).map(|_| scope.spawn(work)).collect();
-        let mut result = work();
+        let helpers: Vec<_> = (1..workers()).map(|w| scope.spawn(move || work(w % 2 == 1))).collect();
+        let mut result = work(false);
         for h in helpers {
             let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a page fill worker panicked")));
             if result.is_ok() {
@@ -153,6 +154,32 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
     // Closing the last copy ends the registration: the process keeps no trace of it.
     drop(uffd);
     Ok(true)
+}
+
+/// The chunks not claimed yet, [front, back): half the workers take them from the front, the
+/// others from the back, so that two workers seldom place pages under the same page table
+/// (2 MiB: two chunks) and contend for its lock.
+struct Claims(Mutex<(usize, usize)>);
+
+impl Claims {
+    fn new(len: usize) -> Claims {
+        Claims(Mutex::new((0, len)))
+    }
+
+    fn take(&self, from_the_end: bool) -> Option<usize> {
+        let mut range = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (front, back) = &mut *range;
+        if *front >= *back {
+            return None;
+        }
+        if from_the_end {
+            *back -= 1;
+            Some(*back)
+        } else {
+            *front += 1;
+            Some(*front - 1)
+        }
+    }
 }
 
 /// How many workers place pages at once: one per core, at most 4.
@@ -224,6 +251,14 @@ fn place(pid: i32, uffd: BorrowedFd, address: u64, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_from_both_ends_meet_once() {
+        let claims = Claims::new(5);
+        let got = [claims.take(false), claims.take(true), claims.take(true), claims.take(false), claims.take(true), claims.take(false)];
+        assert_eq!(got, [Some(0), Some(4), Some(3), Some(1), Some(2), None]);
+        assert_eq!(Claims::new(0).take(true), None);
+    }
 
     #[test]
     fn pieces_are_grouped_by_chunk_in_file_order() {
