@@ -149,6 +149,69 @@ fn lazy_restore_attached_serves_pages_while_crust_waits() {
     lazy_restore_brings_every_page(true);
 }
 
+/// AnonHugePages of the area starting at `start`, in kB.
+fn area_huge_kib(pid: i32, start: u64) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let head = format!("{start:x}-");
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+    let line = lines.find(|l| l.starts_with("AnonHugePages:")).unwrap_or_else(|| panic!("no area at {start:#x} in pid {pid}"));
+    line.trim_start_matches("AnonHugePages:").trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// The time khugepaged takes to scan `bytes` of memory: it scans `pages_to_scan` pages, then
+/// sleeps `scan_sleep_millisecs`.
+fn khugepaged_time_for(bytes: u64) -> Duration {
+    let knob = |name: &str| -> u64 {
+        let path = format!("/sys/kernel/mm/transparent_hugepage/khugepaged/{name}");
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().parse().unwrap()
+    };
+    let scans = (bytes / 4096).div_ceil(knob("pages_to_scan").max(1));
+    Duration::from_millis(scans * knob("scan_sleep_millisecs"))
+}
+
+/// 64 MiB of lazy_pattern in huge pages (`mode`: see lazy_pattern.c), restored --lazy-pages:
+/// the process runs, checks every word from inside while the fill runs, and once every page
+/// is in the area holds exactly as many huge pages as before the dump (the stretches that were
+/// huge are collapsed again); then nothing of crust remains.
+fn lazy_restore_makes_the_huge_pages_huge_again(mode: &str) {
+    let mut w = Workload::spawn("lazy_pattern", &["64", mode]);
+    let fds_before = fd_targets(w.pid);
+    let area = hex(&w, "area");
+    let huge_before = area_huge_kib(w.pid, area);
+    assert!(huge_before > 0, "test setup: no huge pages in the area before the dump");
+    if mode == "collapse" {
+        assert_eq!(huge_before, 32 * 1024, "test setup: the program collapsed half of its area");
+    }
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    // khugepaged would make an advised area huge again by itself once crust lets go, but
+    // slowly: within half the time it needs for the whole area, only crust can have done it.
+    let deadline = Instant::now() + FILL_TIMEOUT.min(khugepaged_time_for(64 << 20) / 2);
+    while area_huge_kib(w.pid, area) != huge_before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages of the area after the lazy fill (kB)");
+    assert_nothing_of_crust_remains(&w, &fds_before);
+    assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages once crust is gone (kB)");
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
+#[test]
+fn lazy_restore_of_huge_pages_advised_makes_every_one_huge_again() {
+    lazy_restore_makes_the_huge_pages_huge_again("huge");
+}
+
+/// The area is not advised: only the stretches the dump saw huge (the half the program
+/// collapsed) are made huge, the others stay 4 KiB pages as they were.
+#[test]
+fn lazy_restore_makes_exactly_the_stretches_that_were_huge_huge_again() {
+    lazy_restore_makes_the_huge_pages_huge_again("collapse");
+}
+
 /// A page file damaged in one chunk: the lazily restored process is killed before it can see
 /// a page of that chunk (it never reports its checks), and the failure names the file, the
 /// field and the chunk's bytes; attached (crust says it) and detached (the restore, or the

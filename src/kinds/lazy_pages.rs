@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 
 use super::RestoreCtx;
+use super::lazy_huge::HugeStretches;
 use crate::image::chunks;
 use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
@@ -44,10 +45,11 @@ const FAULT_WINDOW: u64 = 16 * PAGE_SIZE;
 const CACHED_CHUNKS: usize = 8;
 
 /// Whether an area is restored lazily: private anonymous memory with saved pages that faults
-/// can reach. Areas with huge pages are filled before the process runs (UFFDIO_COPY places
-/// 4 KiB pages, and huge pages stay huge); so are locked areas (mlock populates them),
-/// droppable ones, areas inherited from the parent, areas without read and write access, and
-/// wipe-on-fork ones (a child forked during the fill must find them empty, not filled).
+/// can reach. Areas with huge pages are lazy too: their stretches are collapsed into huge pages
+/// again once their pages are in (see [`super::lazy_huge`]). Locked areas are filled before the
+/// process runs (mlock populates them), and so are droppable ones, areas inherited from the
+/// parent, areas without read and write access, and wipe-on-fork ones (a child forked during
+/// the fill must find them empty, not filled).
 pub fn is_lazy(vma: &Vma) -> bool {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     vma.kind() == VmaKind::PrivateAnonymous
@@ -56,8 +58,6 @@ pub fn is_lazy(vma: &Vma) -> bool {
         && !vma.droppable
         && !vma.locked
         && !vma.wipe_on_fork
-        && !vma.huge_page_advised
-        && !vma.had_huge_pages
         && vma.prot & rw == rw
 }
 
@@ -70,6 +70,8 @@ pub struct NewTarget {
     record: DataFile,
     /// (address, bytes, offset in the page file) of every saved run of the lazy areas.
     runs: Vec<(u64, u64, u64)>,
+    /// The 2 MiB stretches to make huge once their pages are in.
+    huge: Vec<u64>,
 }
 
 /// Given to each process's restore: registers its lazy areas with the server.
@@ -99,7 +101,9 @@ impl Registrar {
             bail!("pid {pid}: userfaultfd lacks features {:#x} that lazy restore needs", FEATURES & !granted);
         }
         let mut runs = Vec::new();
+        let mut huge = Vec::new();
         for vma in lazy {
+            huge.extend(super::lazy_huge::stretches_to_collapse(vma));
             uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start).map_err(|e| {
                 anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end)
             })?;
@@ -110,9 +114,9 @@ impl Registrar {
         // The guard holds a copy of both from now on (see [`guard`]).
         crate::sys::socket::send(self.guard.as_fd(), b"T", None, None, &[fd.as_fd(), pidfd.as_fd()], libc::MSG_NOSIGNAL)
             .with_context(|| format!("pid {pid}: handing its userfaultfd to crust-lazyguard"))?;
-        tracing::debug!(pid, runs = runs.len(), "lazy areas registered");
+        tracing::debug!(pid, runs = runs.len(), huge_stretches = huge.len(), "lazy areas registered");
         self.tx
-            .send(NewTarget { pid: pid as u32, pidfd, uffd: fd, pages, record, runs })
+            .send(NewTarget { pid: pid as u32, pidfd, uffd: fd, pages, record, runs, huge })
             .map_err(|_| anyhow::anyhow!("pid {pid}: the lazy page server has stopped"))
     }
 }
@@ -240,6 +244,8 @@ struct Target {
     /// mremap moved or munmap removed it, and its event is on its way): the fill leaves this
     /// process alone until an event comes, for at most [`EVENT_WAIT`].
     awaiting_event: Option<std::time::Instant>,
+    /// Its huge page stretches, from owed to collapsed.
+    huge: HugeStretches,
 }
 
 /// How long an area that vanished without an event keeps its pages owed (an event always
@@ -287,7 +293,8 @@ impl Server {
         for (address, len, offset) in t.runs {
             owed.insert(address, len, offset);
         }
-        self.targets.push(Target { pid: t.pid, pidfd: Some(t.pidfd), uffd: t.uffd, source, owed, gone: false, awaiting_event: None });
+        let huge = HugeStretches::new(t.huge);
+        self.targets.push(Target { pid: t.pid, pidfd: Some(t.pidfd), uffd: t.uffd, source, owed, gone: false, awaiting_event: None, huge });
         Ok(())
     }
 
@@ -297,12 +304,17 @@ impl Server {
         if self.failed.is_some() {
             return !self.targets.iter().any(|t| t.pidfd.is_some());
         }
-        self.targets.iter().all(|t| t.owed.is_empty())
+        self.targets.iter().all(|t| t.owed.is_empty() && !t.huge.has_ready())
     }
 
     /// The end: the guard lets go of its copies, and so does the server; the registrations
     /// end with the last copy, and the processes keep no trace of the lazy restore.
     fn close(&mut self) {
+        if self.failed.is_none() {
+            for t in self.targets.iter().filter(|t| t.pidfd.is_some()) {
+                t.huge.report(t.pid);
+            }
+        }
         let _ = crate::sys::socket::send(self.guard.as_fd(), b"D", None, None, &[], libc::MSG_NOSIGNAL);
         self.targets.clear();
         self.prefetch = None;
@@ -311,9 +323,11 @@ impl Server {
     /// One round: answer what the userfaultfds report, then fill one chunk's worth.
     fn step(&mut self, idle_wait_ms: i32) -> Result<()> {
         let filling = self.failed.is_none() && !no_fill() && self.targets.iter().any(|t| !t.owed.is_empty() && !t.awaits_event());
+        let collapsing = self.failed.is_none() && self.targets.iter().any(|t| t.huge.has_ready());
         let ready = {
             let fds: Vec<_> = self.targets.iter().map(|t| t.uffd.as_fd()).collect();
-            uffd::poll_readable(&fds, if filling || !self.retry.is_empty() { 0 } else { idle_wait_ms })?
+            let busy = filling || collapsing || !self.retry.is_empty();
+            uffd::poll_readable(&fds, if busy { 0 } else { idle_wait_ms })?
         };
         for (i, r) in ready.into_iter().enumerate() {
             if r {
@@ -325,6 +339,9 @@ impl Server {
         }
         if filling {
             self.fill_one()?;
+        }
+        if collapsing {
+            self.collapse_due(filling);
         }
         self.drop_finished();
         Ok(())
@@ -344,13 +361,29 @@ impl Server {
                 Event::PageFault { address, tid, .. } => self.fault(i, address, tid)?,
                 Event::Fork { uffd } => {
                     let t = &self.targets[i];
-                    let child =
-                        Target { pid: t.pid, pidfd: None, uffd, source: t.source, owed: t.owed.clone(), gone: false, awaiting_event: None };
+                    // The child's pages are its parent's, shared: collapsing them would copy
+                    // them apart, so the child's stretches stay as the fork left them.
+                    let child = Target {
+                        pid: t.pid,
+                        pidfd: None,
+                        uffd,
+                        source: t.source,
+                        owed: t.owed.clone(),
+                        gone: false,
+                        awaiting_event: None,
+                        huge: HugeStretches::default(),
+                    };
                     tracing::debug!(pid = t.pid, "a restored process forked during the lazy fill");
                     self.targets.push(child);
                 }
-                Event::Remap { from, to, len } => self.targets[i].owed.remap(from, to, len),
-                Event::Remove { start, end, .. } => self.targets[i].owed.take(start, end),
+                Event::Remap { from, to, len } => {
+                    self.targets[i].owed.remap(from, to, len);
+                    self.targets[i].huge.forget(from, from + len);
+                }
+                Event::Remove { start, end, .. } => {
+                    self.targets[i].owed.take(start, end);
+                    self.targets[i].huge.forget(start, end);
+                }
                 Event::Unknown(kind) => tracing::warn!(kind, "unknown userfaultfd event"),
             }
         }
@@ -457,7 +490,23 @@ impl Server {
                 Err(e) => bail!("pid {}: UFFDIO_COPY of {} bytes at {:#x}: {e}", t.pid, len - done, address + done),
             }
         }
+        let owed = &t.owed;
+        t.huge.placed(address, address + len, |s, e| !owed.overlapping(s, e).is_empty());
         Ok(Placed::Done)
+    }
+
+    /// Collapses the huge page stretches whose pages are all in, a batch at a time while the
+    /// fill runs (`filling`), all of them once it has nothing else to do.
+    fn collapse_due(&mut self, filling: bool) {
+        for t in self.targets.iter_mut().filter(|t| !t.gone) {
+            let Some(pidfd) = &t.pidfd else { continue };
+            if !t.huge.due(!filling || t.owed.is_empty()) {
+                continue;
+            }
+            if t.huge.collapse(pidfd.as_fd(), t.pid).is_err() {
+                t.gone = true;
+            }
+        }
     }
 
     /// Chunk `index` of source `s`, verified: from the recent ones, the prefetcher, or read
@@ -568,7 +617,7 @@ fn exited(pidfd: &OwnedFd) -> bool {
 }
 
 /// The kernel log: the detached helper has no terminal to say a failure on.
-fn kmsg(message: &str) {
+pub(super) fn kmsg(message: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         let _ = writeln!(f, "{message}");

@@ -84,6 +84,10 @@ impl Kind for Memory {
                 // An inode without a path (a memfd, an AIO ring): see `pathless`.
                 super::pathless::dump_mapping(ctx, &mut vma)?;
             }
+            if vma.kind() == VmaKind::PrivateAnonymous && vma.had_huge_pages {
+                // Which stretches were huge: a lazy restore makes exactly these huge again.
+                vma.huge_stretches = pagemap.huge_stretches(start, end)?;
+            }
             let wanted = match vma.kind() {
                 VmaKind::PrivateAnonymous => Some(Wanted::Resident),
                 VmaKind::PrivateFile => Some(Wanted::PrivateCopies),
@@ -1046,6 +1050,21 @@ pub fn check_structure(mm: &Mm, name: &str) -> Result<()> {
                 }
             }
         }
+        check_huge_stretches(vma, &where_)?;
+    }
+    Ok(())
+}
+
+/// `huge_stretches`: whole 2 MiB-aligned stretches inside the area, in address order.
+fn check_huge_stretches(vma: &Vma, where_: &str) -> Result<()> {
+    use crate::sys::pagemap::HUGE_STRETCH;
+    let mut previous: Option<u64> = None;
+    for &s in &vma.huge_stretches {
+        let inside = s % HUGE_STRETCH == 0 && s >= vma.start && s.checked_add(HUGE_STRETCH).is_some_and(|e| e <= vma.end);
+        if !inside || previous.is_some_and(|p| s <= p) {
+            bail!("{where_}: field huge_stretches: {s:#x} is not a 2 MiB stretch of the area in address order");
+        }
+        previous = Some(s);
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ pub mod identity;
 pub mod leases;
 pub mod locks;
 pub mod membarrier;
+pub mod lazy_huge;
 pub mod lazy_pages;
 pub mod memory;
 pub mod page_copy;

@@ -98,6 +98,49 @@ impl PageMap {
         Ok(())
     }
 
+    /// The 2 MiB-aligned stretches of [start, end) that a transparent huge page maps whole
+    /// (PAGEMAP_SCAN's PAGE_IS_HUGE); empty where the kernel has no PAGEMAP_SCAN.
+    pub fn huge_stretches(&self, start: u64, end: u64) -> Result<Vec<u64>, SysError> {
+        use std::os::fd::AsRawFd;
+        let mut regions = [PageRegion::default(); 64];
+        let mut out = Vec::new();
+        let mut at = start;
+        while at < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                start: at,
+                end,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                // Present huge pages, not the huge zero page (a read of untouched memory).
+                category_inverted: PAGE_IS_PFNZERO,
+                category_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+                return_mask: PAGE_IS_HUGE,
+                ..Default::default()
+            };
+            // SAFETY: as in scan_runs: the kernel writes at most `vec_len` regions into the
+            // live array and reads `arg`, whose size it checks.
+            let n = match unsafe { pagemap_scan(self.file.as_raw_fd(), &mut arg) } {
+                Ok(n) => n,
+                Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => return Ok(Vec::new()),
+                Err(e) => return Err(SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e)),
+            };
+            for r in &regions[..n as usize] {
+                // Only whole stretches: a huge page mapped by PTEs (partly unmapped) is not one.
+                let mut s = r.start.next_multiple_of(HUGE_STRETCH);
+                while s + HUGE_STRETCH <= r.end {
+                    out.push(s);
+                    s += HUGE_STRETCH;
+                }
+            }
+            if arg.walk_end <= at {
+                break;
+            }
+            at = arg.walk_end;
+        }
+        Ok(out)
+    }
+
     fn for_each_run_by_entries(&self, start: u64, end: u64, wanted: Wanted, run: impl FnMut(u64, u64)) -> Result<(), SysError> {
         const BATCH: u64 = 64 * 1024 * PAGE_SIZE; // 512 KiB of entries per read: 256 MiB of memory
         let mut runs = Runs::new(run);
@@ -144,6 +187,10 @@ struct PageRegion {
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+const PAGE_IS_HUGE: u64 = 1 << 6;
+/// What one PMD maps on x86_64: a transparent huge page.
+pub const HUGE_STRETCH: u64 = 2 << 20;
 
 nix::ioctl_readwrite!(pagemap_scan, b'f', 16, PmScanArg);
 

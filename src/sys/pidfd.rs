@@ -2,7 +2,7 @@
 //! inspects open files through such copies and never reopens them while dumping (an open of a
 //! leased file would break the lease).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -18,7 +18,6 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd, SysError> {
 
 /// Duplicates fd `target_fd` of the process behind `pidfd` into crust.
 pub fn pidfd_getfd(pidfd: &OwnedFd, pid: i32, target_fd: RawFd) -> Result<OwnedFd, SysError> {
-    use std::os::fd::AsRawFd;
     // SAFETY: plain integer arguments; on success the kernel returns a new fd that we own.
     let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
     let fd = Errno::result(ret).map_err(|e| SysError::new(format!("pidfd_getfd(fd {target_fd})"), e).pid(pid))?;
@@ -57,4 +56,20 @@ pub fn same_open_file(pid_a: i32, a: RawFd, pid_b: i32, b: RawFd) -> Result<bool
     let order = Errno::result(ret)
         .map_err(|e| SysError::new(format!("kcmp(KCMP_FILE, pid {pid_a} fd {a}, pid {pid_b} fd {b})"), e))?;
     Ok(order == 0)
+}
+
+/// MADV_COLLAPSE (Linux 6.1): copy the pages of each 2 MiB stretch into one transparent huge
+/// page, whatever the THP sysfs mode (refused only where the area has MADV_NOHUGEPAGE).
+const MADV_COLLAPSE: i32 = 25;
+
+/// process_madvise(pidfd, MADV_COLLAPSE) of `start..start+len` in the process behind `pidfd`:
+/// collapses every whole 2 MiB stretch of the range into a huge page. Errors are MADV_COLLAPSE's
+/// (ENOMEM: no free huge page; EAGAIN: pages busy for a moment; EBUSY: a stretch not fully
+/// present, or no charge; EINVAL: the area does not allow it; ESRCH: the process is gone).
+pub fn collapse_huge(pidfd: BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    let iov = libc::iovec { iov_base: start as *mut libc::c_void, iov_len: len as usize };
+    // SAFETY: the kernel reads one iovec from the live local `iov`; the range it names is in
+    // the other process and is not dereferenced here.
+    let ret = unsafe { libc::syscall(libc::SYS_process_madvise, pidfd.as_raw_fd(), &iov as *const libc::iovec, 1usize, MADV_COLLAPSE, 0u32) };
+    Errno::result(ret).map(drop)
 }

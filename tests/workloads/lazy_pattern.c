@@ -1,6 +1,9 @@
 /*
- * lazy_pattern MIB: MIB MiB of private anonymous memory, every 8-byte word patterned by its
- * page and place, and 64 MiB next to it that it never touches.
+ * lazy_pattern MIB [huge|collapse]: MIB MiB of private anonymous memory, every 8-byte word
+ * patterned by its page and place, and 64 MiB next to it that it never touches. With `huge`
+ * the area is 2 MiB-aligned and advised MADV_HUGEPAGE (its pages are huge pages); with
+ * `collapse` it is 2 MiB-aligned, not advised, and the program collapses its first half into
+ * huge pages itself (MADV_COLLAPSE): half of it is huge, half 4 KiB pages.
  * READY pages=N area=ADDR untouched=ADDR
  * After <status>.go: the kernel reads a page (write(2) to a pipe); a thread reads every page in a scrambled order while the main thread
  * reads them in order (both at once, right after the restore resumed it); every word must be
@@ -16,6 +19,10 @@
 #define PAGE 4096UL
 #define WORDS (PAGE / 8)
 #define UNTOUCHED (64UL << 20)
+#define HUGE (2UL << 20)
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
 
 static uint64_t *area;
 static unsigned long npages;
@@ -43,6 +50,20 @@ static void *scrambled(void *arg)
 	return NULL;
 }
 
+/* `len` bytes of private anonymous memory at an address aligned to `align`. */
+static uint64_t *map_aligned(unsigned long len, unsigned long align)
+{
+	unsigned char *raw = mmap(NULL, len + align, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		die("mmap: %s", strerror(errno));
+	unsigned char *at = (unsigned char *)(((uintptr_t)raw + align - 1) & ~(align - 1));
+	if (at > raw)
+		munmap(raw, (size_t)(at - raw));
+	if (raw + align > at)
+		munmap(at + len, (size_t)(raw + align - at));
+	return (uint64_t *)at;
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -50,16 +71,22 @@ int main(int argc, char **argv)
 	npages = (mib << 20) / PAGE;
 	if (npages & (npages - 1))
 		die("MIB must be a power of two");
-	area = mmap(NULL, npages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	const char *mode = argc > 3 ? argv[3] : "";
+	int huge = !strcmp(mode, "huge"), collapse = !strcmp(mode, "collapse");
+	area = map_aligned(npages * PAGE, huge || collapse ? HUGE : PAGE);
 	unsigned char *untouched = mmap(NULL, UNTOUCHED, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (area == MAP_FAILED || untouched == MAP_FAILED)
+	if (untouched == MAP_FAILED)
 		die("mmap: %s", strerror(errno));
+	if (huge && madvise(area, npages * PAGE, MADV_HUGEPAGE))
+		die("madvise(MADV_HUGEPAGE): %s", strerror(errno));
 	/* A flag of its own keeps the kernel from merging the two areas into one. */
 	if (madvise(untouched, UNTOUCHED, MADV_NOHUGEPAGE))
 		die("madvise: %s", strerror(errno));
 	for (unsigned long p = 0; p < npages; p++)
 		for (unsigned long w = 0; w < WORDS; w++)
 			area[p * WORDS + w] = pattern(p, w);
+	if (collapse && madvise(area, npages * PAGE / 2, MADV_COLLAPSE))
+		die("madvise(MADV_COLLAPSE): %s", strerror(errno));
 	status("READY pages=%lu area=%lx untouched=%lx", npages, (unsigned long)area, (unsigned long)untouched);
 	while (!go_requested())
 		sleep_ms(5);
