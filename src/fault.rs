@@ -18,7 +18,8 @@
 //! makes the userfaultfd it places a process's pages with: `fail` there stands for a kernel
 //! that refuses one), `restore-pages-placed` (after each chunk crust placed), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
-//! changed to start a lease break again).
+//! changed to start a lease break again); lazy restore: `lazy-collapse` (before each huge page
+//! stretch is collapsed; `fail` leaves it in 4 KiB pages, as if no huge page were free).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -44,6 +45,7 @@ pub const POINTS: &[&str] = &[
     "restore-pages-placed",
     "restore-before-resume",
     "lease-break-time-set",
+    "lazy-collapse",
 ];
 
 /// Misbehaves here if CRUST_FAULT names this point (and this is its Nth visit).

@@ -212,6 +212,32 @@ fn lazy_restore_makes_exactly_the_stretches_that_were_huge_huge_again() {
     lazy_restore_makes_the_huge_pages_huge_again("collapse");
 }
 
+/// A collapse that fails (no free huge page, injected for the third stretch): the stretch stays
+/// in 4 KiB pages with the right contents (the process checks every word), every other one is
+/// huge again, and the restore says so in the kernel log (the fill may end in the detached
+/// helper), naming the pid and the errno. The area is not advised, so khugepaged leaves it as
+/// it is.
+#[test]
+fn lazy_restore_keeps_right_contents_where_a_huge_page_cannot_be_had_and_says_so() {
+    let mut w = Workload::spawn("lazy_pattern", &["64", "collapse"]);
+    let area = hex(&w, "area");
+    let huge_before = area_huge_kib(w.pid, area);
+    assert_eq!(huge_before, 32 * 1024, "test setup: the program collapsed half of its area");
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.crust_env = vec![("CRUST_FAULT".into(), "lazy-collapse:3:fail".into())];
+    w.restore_detached();
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(&w);
+    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+    assert_eq!(area_huge_kib(w.pid, area), huge_before - 2048, "AnonHugePages after the fill: all but the one stretch (kB)");
+    let log = Command::new("dmesg").stdin(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let said = format!("pid {}: 1 of 16 huge pages stayed in 4 KiB pages (MADV_COLLAPSE: ENOMEM", w.pid);
+    assert!(log.lines().any(|l| l.contains(&said)), "the kernel log does not say `{said}`");
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
 /// A page file damaged in one chunk: the lazily restored process is killed before it can see
 /// a page of that chunk (it never reports its checks), and the failure names the file, the
 /// field and the chunk's bytes; attached (crust says it) and detached (the restore, or the

@@ -111,7 +111,13 @@ impl HugeStretches {
     /// Collapses the ready stretches, a run of adjacent ones per call. Err only when the
     /// process is gone (ESRCH).
     pub fn collapse(&mut self, pidfd: BorrowedFd, pid: u32) -> Result<(), Errno> {
-        let ready: Vec<u64> = std::mem::take(&mut self.ready).into_iter().collect();
+        let mut ready: Vec<u64> = std::mem::take(&mut self.ready).into_iter().collect();
+        // Test only: CRUST_FAULT=lazy-collapse:N:fail makes the Nth stretch fail as if no huge
+        // page were free.
+        ready.retain(|&s| crate::fault::point("lazy-collapse").is_ok() || {
+            self.failed(pid, s, Errno::ENOMEM);
+            false
+        });
         for run in adjacent_runs(&ready) {
             let (first, n) = (run[0], run.len() as u64);
             match crate::sys::pidfd::collapse_huge(pidfd, first, n * HUGE_STRETCH) {
