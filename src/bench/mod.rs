@@ -279,8 +279,11 @@ struct Figures {
     criu: Option<(Duration, Duration)>,
     /// AnonHugePages of the process before the dump and after the restore, in KiB.
     huge_kib: (u64, u64),
-    /// restore --lazy-pages: (until the process runs, until every page is in).
+    /// restore --lazy-pages: (until the process runs, until every page is in, and with huge
+    /// pages until they are all huge again).
     lazy: (Duration, Duration),
+    /// AnonHugePages of the lazily restored process once every page is in, in KiB.
+    lazy_huge_kib: u64,
 }
 
 fn ms(d: Duration) -> String {
@@ -341,21 +344,22 @@ fn one_run(opts: &BenchOptions, huge: bool) -> Result<Figures> {
     let huge_after = anon_huge_kib(new_pid as u32);
     finish_restored(new_pid, &w)?;
     let _ = std::fs::remove_dir_all(&image);
-    let lazy = lazy_run(opts, huge)?;
+    let (lazy, lazy_huge_kib) = lazy_run(opts, huge)?;
     let criu = opts.criu.as_deref().map(|criu| criu_run(criu, opts, huge)).transpose()?;
     let (criu_stall, criu) = match criu {
         Some((stall, dump, restore)) => (Some(stall), Some((dump, restore))),
         None => (None, None),
     };
     let huge_kib = (huge_before, huge_after);
-    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, stall, criu_stall, criu, huge_kib, lazy })
+    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, stall, criu_stall, criu, huge_kib, lazy, lazy_huge_kib })
 }
 
-/// A fresh workload dumped, then restored with --lazy-pages: (until it runs, until all its
-/// pages are in).
-fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration)> {
+/// A fresh workload dumped, then restored with --lazy-pages: ((until it runs, until all its
+/// pages are in and as many of them huge as before), its huge pages then in KiB).
+fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<((Duration, Duration), u64)> {
     let mut w = start_workload(opts.mib, &opts.dir, huge)?;
     let pid = w.child.id();
+    let huge_before = anon_huge_kib(pid);
     let image = opts.dir.join("image-lazy");
     let _ = std::fs::remove_dir_all(&image);
     crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
@@ -365,23 +369,25 @@ fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration)> {
     let restored = crate::restore::restore(&image, &options)?;
     let running = started.elapsed();
     let crate::restore::Restored::Running { pid: new_pid, .. } = restored else { bail!("restore did not detach") };
-    let resident = wait_resident(new_pid, w.len);
+    let resident = wait_resident(new_pid, w.len, huge_before);
     let all_in = started.elapsed();
+    let huge_after = anon_huge_kib(new_pid as u32);
     let checked = resident.and_then(|()| finish_restored(new_pid, &w));
     let _ = std::fs::remove_dir_all(&image);
     checked.context("the lazily restored process")?;
-    Ok((running, all_in))
+    Ok(((running, all_in), huge_after))
 }
 
 /// Waits (at most two minutes) until `len` bytes of the process's anonymous memory are
-/// resident: the lazy fill is over.
-fn wait_resident(pid: i32, len: u64) -> Result<()> {
+/// resident and `huge_kib` of it in huge pages: the lazy fill is over, and so is the collapse
+/// of its huge pages (a workload's huge pages, all touched, are all in the image).
+fn wait_resident(pid: i32, len: u64, huge_kib: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = format!("/proc/{pid}/status");
     loop {
         let text = std::fs::read_to_string(&status)?;
         let kib: u64 = text.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-        if kib * 1024 >= len {
+        if kib * 1024 >= len && (huge_kib == 0 || anon_huge_kib(pid as u32) >= huge_kib) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -460,7 +466,12 @@ fn print_run(run: usize, huge: bool, mib: usize, f: &Figures) {
     if let Some(stall) = f.criu_stall {
         println!("  criu dump -R stall  {}", ms(stall));
     }
-    println!("  huge pages    {} MiB before, {} MiB after restore; memory pattern verified", f.huge_kib.0 / 1024, f.huge_kib.1 / 1024);
+    println!(
+        "  huge pages    {} MiB before, {} MiB after restore, {} MiB after lazy restore; memory pattern verified",
+        f.huge_kib.0 / 1024,
+        f.huge_kib.1 / 1024,
+        f.lazy_huge_kib / 1024
+    );
     if let Some((dump, restore)) = f.criu {
         println!("  criu dump     {} = {:.2}x the floor; crust/criu {:.2}", ms(dump), ratio(dump, f.floor_dump), ratio(f.dump, dump));
         println!(

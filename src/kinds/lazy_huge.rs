@@ -162,7 +162,7 @@ impl HugeStretches {
             tracing::info!(pid, huge_pages = self.collapsed, "lazy restore: every huge page of the image is huge again");
             return;
         }
-        let why: Vec<String> = self.stayed_small.iter().map(|(e, n)| format!("{} x{n}", Errno::from_raw(*e))).collect();
+        let why: Vec<String> = self.stayed_small.iter().map(|(e, n)| format!("{:?} x{n}", Errno::from_raw(*e))).collect();
         let message = format!(
             "lazy restore: pid {pid}: {small} of {} huge pages stayed in 4 KiB pages (MADV_COLLAPSE: {}); their contents are right",
             self.collapsed + small,
