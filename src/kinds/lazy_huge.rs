@@ -64,6 +64,8 @@ pub struct HugeStretches {
     ready: BTreeSet<u64>,
     tries: HashMap<u64, u32>,
     collapsed: u64,
+    /// Time spent in the collapse calls.
+    spent: std::time::Duration,
     /// Stretches left in 4 KiB pages, by the errno of their collapse.
     stayed_small: BTreeMap<i32, u64>,
 }
@@ -111,6 +113,13 @@ impl HugeStretches {
     /// Collapses the ready stretches, a run of adjacent ones per call. Err only when the
     /// process is gone (ESRCH).
     pub fn collapse(&mut self, pidfd: BorrowedFd, pid: u32) -> Result<(), Errno> {
+        let started = std::time::Instant::now();
+        let done = self.collapse_ready(pidfd, pid);
+        self.spent += started.elapsed();
+        done
+    }
+
+    fn collapse_ready(&mut self, pidfd: BorrowedFd, pid: u32) -> Result<(), Errno> {
         let mut ready: Vec<u64> = std::mem::take(&mut self.ready).into_iter().collect();
         // Test only: CRUST_FAULT=lazy-collapse:N:fail makes the Nth stretch fail as if no huge
         // page were free.
@@ -159,7 +168,8 @@ impl HugeStretches {
             return;
         }
         if small == 0 {
-            tracing::info!(pid, huge_pages = self.collapsed, "lazy restore: every huge page of the image is huge again");
+            let ms = self.spent.as_millis() as u64;
+            tracing::info!(pid, huge_pages = self.collapsed, collapse_ms = ms, "lazy restore: every huge page of the image is huge again");
             return;
         }
         let why: Vec<String> = self.stayed_small.iter().map(|(e, n)| format!("{:?} x{n}", Errno::from_raw(*e))).collect();
