@@ -149,15 +149,6 @@ fn lazy_restore_attached_serves_pages_while_crust_waits() {
     lazy_restore_brings_every_page(true);
 }
 
-/// AnonHugePages of the area starting at `start`, in kB.
-fn area_huge_kib(pid: i32, start: u64) -> u64 {
-    let text = fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let head = format!("{start:x}-");
-    let mut lines = text.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
-    let line = lines.find(|l| l.starts_with("AnonHugePages:")).unwrap_or_else(|| panic!("no area at {start:#x} in pid {pid}"));
-    line.trim_start_matches("AnonHugePages:").trim().trim_end_matches("kB").trim().parse().unwrap()
-}
-
 /// The time khugepaged takes to scan `bytes` of memory: it scans `pages_to_scan` pages, then
 /// sleeps `scan_sleep_millisecs`.
 fn khugepaged_time_for(bytes: u64) -> Duration {

@@ -226,3 +226,22 @@ while True:
     wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
 }
+
+/// lazy_pattern.c `collapse`: an area not advised MADV_HUGEPAGE, half of which the program
+/// collapsed into huge pages itself. Restored (eagerly), it holds exactly as many huge pages as
+/// before (the stretches that were huge are collapsed again before it runs; a plain fill would
+/// leave them 4 KiB pages), and the program finds every word as it was.
+#[test]
+fn huge_pages_a_program_collapsed_itself_come_back_huge() {
+    let mut w = Workload::spawn("lazy_pattern", &["64", "collapse"]);
+    let area = u64::from_str_radix(&w.ready_field("area"), 16).unwrap();
+    let huge_before = area_huge_kib(w.pid, area);
+    assert_eq!(huge_before, 32 * 1024, "test setup: the program collapsed half of its area");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages of the area right after the restore (kB)");
+    std::fs::write(w.go_path(), b"go\n").unwrap();
+    w.wait_status_line("VERIFIED", Duration::from_secs(60));
+    std::fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}

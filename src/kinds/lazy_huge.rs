@@ -184,7 +184,7 @@ impl HugeStretches {
 }
 
 /// Runs of adjacent stretches (sorted), at most BATCH each.
-fn adjacent_runs(sorted: &[u64]) -> Vec<&[u64]> {
+pub fn adjacent_runs(sorted: &[u64]) -> Vec<&[u64]> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=sorted.len() {

@@ -162,6 +162,7 @@ impl Kind for Memory {
         let lazy = ctx.lazy.is_some();
         let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v)) && !v.unaccounted).collect();
         place_pages(ctx, pages_fd, &mm.pages_file, &eager)?;
+        collapse_huge_stretches(ctx.remote, &eager);
         let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
         write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
         for vma in &mm.vmas {
@@ -934,6 +935,38 @@ fn write_unaccounted_pages(ctx: &RestoreCtx, pages_file: &str, vmas: &[&Vma]) ->
         }
     }
     Ok(())
+}
+
+/// An area filled before the process runs gets huge pages by itself where it is advised
+/// MADV_HUGEPAGE (its first touch of each stretch faults a huge page); elsewhere (a program
+/// that collapsed its memory itself, or THP in `always` mode at dump time) the stretches that
+/// were huge are collapsed again here, in the process, before it runs. A stretch that cannot
+/// be (no free huge page) keeps its contents in 4 KiB pages: said in the log, not an error.
+fn collapse_huge_stretches(remote: &mut RemoteTask, vmas: &[&Vma]) {
+    const MADV_COLLAPSE: u64 = 25;
+    for vma in vmas.iter().filter(|v| !v.huge_page_advised && !v.no_huge_page_advised) {
+        let stretches = super::lazy_huge::stretches_to_collapse(vma);
+        let mut small = 0;
+        let mut collapse = |start: u64, n: usize| {
+            let len = n as u64 * crate::sys::pagemap::HUGE_STRETCH;
+            remote.syscall("madvise(MADV_COLLAPSE)", libc::SYS_madvise, &[start, len, MADV_COLLAPSE]).inspect_err(|e| tracing::debug!("{e:#}")).is_ok()
+        };
+        for run in super::lazy_huge::adjacent_runs(&stretches) {
+            // Which one failed is not said: each again on its own.
+            if !collapse(run[0], run.len()) {
+                small += run.iter().filter(|&&s| !collapse(s, 1)).count();
+            }
+        }
+        if small > 0 {
+            tracing::warn!(
+                "pid {}: mapping {:#x}-{:#x}: {small} of {} huge pages could not be made huge again (MADV_COLLAPSE failed); their contents are right",
+                remote.pid(),
+                vma.start,
+                vma.end,
+                stretches.len()
+            );
+        }
+    }
 }
 
 fn finish_vma(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {

@@ -1506,3 +1506,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 ";
+
+/// AnonHugePages of the area starting at `start`, in kB.
+pub fn area_huge_kib(pid: i32, start: u64) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let head = format!("{start:x}-");
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&head)).skip(1);
+    let line = lines.find(|l| l.starts_with("AnonHugePages:")).unwrap_or_else(|| panic!("no area at {start:#x} in pid {pid}"));
+    line.trim_start_matches("AnonHugePages:").trim().trim_end_matches("kB").trim().parse().unwrap()
+}
