@@ -228,6 +228,7 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
         }
     }
     for f in &img.open_files.open_files {
+        check_open_file_numbers(f)?;
         for carrier in &f.in_flight_in {
             if !files.contains(carrier) || *carrier == f.id {
                 bail!("image file {}: field in_flight_in of open file #{}: #{carrier} is not another description of the image", image::OPEN_FILES, f.id);
@@ -259,6 +260,24 @@ fn check_names(f: &OpenFile) -> Result<()> {
     };
     if let Some((field, why)) = fault {
         bail!("image file {}: field {field} of open file #{}: {why}", image::OPEN_FILES, f.id);
+    }
+    Ok(())
+}
+
+/// The numbers of one open file description that restore counts with: its id (its working fd
+/// is `work_fd_floor + id`, so an id near 2^31 would overflow) and an inotify's watch
+/// descriptors (restore advances the kernel's wd counter one by one up to each: a wd near 2^31
+/// would take hours).
+fn check_open_file_numbers(f: &OpenFile) -> Result<()> {
+    let of = image::OPEN_FILES;
+    if f.id == 0 || f.id >= MAX_FD as u32 {
+        bail!("image file {of}: field id: open file #{} is out of range (1..{MAX_FD})", f.id);
+    }
+    if let Some(crate::image::proto::open_file::Kind::Inotify(i)) = &f.kind
+        && let Some(w) = i.watches.iter().find(|w| !(1..=crate::kinds::fd::inotify::MAX_WD).contains(&w.wd))
+    {
+        let max = crate::kinds::fd::inotify::MAX_WD;
+        bail!("image file {of}: field inotify.watches.wd of open file #{}: watch descriptor {} is out of range (1..={max})", f.id, w.wd);
     }
     Ok(())
 }
@@ -421,12 +440,15 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // Page files are verified on another core while the processes read their pages in; no
     // process runs before (see Tree::build).
     tree.page_check = Some(check_pages_in_background(&img, &tree.lazy_pids)?);
-    let mms: Vec<&Mm> = img.processes.values().map(|p| &p.mm).collect();
-    let segments = crate::kinds::sysv_shm::prepare(&img.dir, &mms)?;
+    let users: Vec<_> = img.processes.iter().map(|(pid, p)| (*pid, &p.mm, p.core.credentials.as_ref())).collect();
+    let segments = crate::kinds::sysv_shm::prepare(&img.dir, &users, tree.image_sealed)?;
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
-    let job_terminal = match &terminal {
-        Some(t) => Some(JobTerminal::new(t, &img)?),
-        None => None,
+    let job_terminal = match terminal.as_ref().map(|t| JobTerminal::new(t, &img)).transpose() {
+        Ok(j) => j,
+        Err(e) => {
+            segments.undo(); // the segments prepare created must not outlive the failed restore
+            return Err(e);
+        }
     };
     let built = tree.build(&img, &progress, job_terminal.as_ref());
     if let Err(mut e) = built {
@@ -734,7 +756,12 @@ impl Tree {
         let p = &img.processes[&pid];
         let creds = p.core.credentials.clone().context("image has no credentials")?;
         let work_fd_floor = self.work_fd_floor;
-        let temp_fd_floor = self.work_fd_floor + img.open_files.open_files.iter().map(|f| f.id as i32).max().unwrap_or(0) + 1;
+        // Ids are below MAX_FD (check_structure), the floor above the image's fds: no overflow.
+        let highest_id = img.open_files.open_files.iter().map(|f| f.id).max().unwrap_or(0);
+        let temp_fd_floor = i32::try_from(highest_id)
+            .ok()
+            .and_then(|id| self.work_fd_floor.checked_add(id)?.checked_add(1))
+            .with_context(|| format!("image file {}: field id: open file #{highest_id} is out of range", image::OPEN_FILES))?;
         let lazy = self.lazy.clone().filter(|_| self.lazy_pids.contains(&pid));
         let pages_record = img
             .entries()
@@ -1481,6 +1508,21 @@ mod tests {
         let lease = crate::image::proto::Lease { remaining_ms: 1_000_000_000_000_000_000, ..Default::default() };
         img.open_files.open_files.push(OpenFile { id: 1, lease: Some(lease), ..Default::default() });
         assert!(err(&img).contains("lease.remaining_ms"));
+        // An open file id near 2^31 (its working fd would overflow), an inotify wd of 2^31-1
+        // (restore would advance the counter for hours).
+        let mut img = family(&[(10, 1)]);
+        img.open_files.open_files.push(OpenFile { id: i32::MAX as u32, ..Default::default() });
+        let e = err(&img);
+        assert!(e.contains("open-files.img: field id: open file #2147483647 is out of range"), "{e}");
+        for wd in [i32::MAX, 0, -1] {
+            let mut img = family(&[(10, 1)]);
+            let watch = crate::image::proto::InotifyWatch { wd, ..Default::default() };
+            let inotify = crate::image::proto::Inotify { watches: vec![watch], ..Default::default() };
+            let kind = Some(crate::image::proto::open_file::Kind::Inotify(inotify));
+            img.open_files.open_files.push(OpenFile { id: 1, kind, ..Default::default() });
+            let e = err(&img);
+            assert!(e.contains("field inotify.watches.wd of open file #1") && e.contains(&format!("descriptor {wd} ")), "{e}");
+        }
     }
 
     /// Random parent links (cycles, strangers, self-parents) between up to 40 processes: the

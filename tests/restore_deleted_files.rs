@@ -694,3 +694,77 @@ fn a_deleted_executable_comes_back_deleted_and_runs_on() {
     assert!(!copy.exists() && crust_leftovers(&bins.path).is_empty());
     w.go().assert_pass();
 }
+
+const NOBODYS_GHOST: &str = r#"
+X = os.path.join(BASE, 'x')
+D = os.path.join(X, 'd')
+os.makedirs(D)
+os.makedirs(os.path.join(BASE, 'etc'))
+for p in (X, D):
+    os.chown(p, 65534, 65534)
+os.chmod(BASE, 0o777)
+import ctypes  # before dropping root: this python may live under /root
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as a daemon that dropped root does
+p = os.path.join(D, 'preload')
+fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+os.write(fd, b'the process data\n')
+os.unlink(p)
+ready(fd=fd)
+wait_for('go')
+st = os.fstat(fd)
+check(st.st_nlink == 0 and (st.st_uid, st.st_gid) == (65534, 65534), 'nlink %d owner %d:%d' % (st.st_nlink, st.st_uid, st.st_gid))
+check(os.pread(fd, 100, 0) == b'the process data\n', 'contents')
+check(os.readlink('/proc/self/fd/%d' % fd) == p + ' (deleted)', 'link ' + os.readlink('/proc/self/fd/%d' % fd))
+finish()
+"#;
+
+/// A process running as nobody holds a deleted file of its directory x/d. Before the restore
+/// (as it could after `dump -R`) that directory is (1) replaced by a symlink to a root-owned
+/// directory (standing for /etc): refused (a symlink on the path), nothing made there; (2) a
+/// new directory of the same name: refused (another directory than at dump time); (3) the
+/// directory itself, made read-only by its owner: refused (EACCES: crust makes the file with
+/// the process's filesystem ids, not as root), nothing made in it. (4) Put back as it was: the
+/// restore makes the file again, owned by nobody, and the program passes its own checks.
+#[test]
+fn a_deleted_file_is_never_made_as_root_through_a_swapped_directory() {
+    let mut w = start("ghost-swapped-dir", NOBODYS_GHOST);
+    let fd = num(&ready_json(&w), "fd");
+    let (x, d, etc) = (w.dir.path.join("x"), w.dir.path.join("x/d"), w.dir.path.join("etc"));
+    let moved = x.join("d.orig");
+    w.dump();
+    let refused = |w: &mut Workload, names: &[&str], what: &str| {
+        let out = w.restore_detached_raw();
+        assert!(!out.success(), "{what}: restored:\n{out}");
+        for name in names {
+            assert!(out.text().contains(name), "{what}: the refusal does not name {name:?}:\n{out}");
+        }
+        assert!(wait_gone(w.pid, GONE_TIMEOUT), "{what}: the refused restore left its process");
+    };
+    fs::rename(&d, &moved).unwrap();
+    std::os::unix::fs::symlink(&etc, &d).unwrap();
+    refused(&mut w, &[&d.to_string_lossy(), "symlink"], "a symlink to a root directory");
+    assert_eq!(fs::read_dir(&etc).unwrap().count(), 0, "something was made in the symlink's target");
+
+    fs::remove_file(&d).unwrap();
+    fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    refused(&mut w, &[&d.to_string_lossy(), "another directory"], "a new directory of the same name");
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "something was made in the new directory");
+
+    fs::remove_dir(&d).unwrap();
+    fs::rename(&moved, &d).unwrap();
+    fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    refused(&mut w, &["EACCES", "fsuid 65534"], "the directory made read-only by its owner");
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "something was made in the read-only directory");
+
+    fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    w.restore_detached();
+    assert_eq!(fd_link(w.pid, fd), format!("{}/preload (deleted)", d.display()));
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "the restore left a name in the directory");
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}

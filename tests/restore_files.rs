@@ -112,3 +112,84 @@ while True:
     wait_until("python3 to use its fds", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
     assert_eq!(fs::read_to_string(w.dir.path.join("result")).unwrap(), "[True, True, True, True, True]");
 }
+
+/// A process jailed by chroot in DIR/jail, its working directory DIR/jail/work. After the
+/// dump the jail's path is (1) a symlink to / (the real root): the restore refuses it (no
+/// symlink on the way), so the process never gets the real root; (2) a new directory of the
+/// same name (with its own work/): refused, another directory than the one the process had;
+/// (3) put back: restored, and from inside the process its root is the jail (its marker file
+/// is at /), its working directory /work; /proc shows the same root and cwd as before.
+#[test]
+fn working_and_root_directories_swapped_after_the_dump_are_refused() {
+    const PY: &str = r#"
+import os, time, json
+BASE = os.getcwd()
+BASEFD = os.open(BASE, os.O_RDONLY | os.O_DIRECTORY)
+def put(name, text):
+    fd = os.open(name + '.tmp', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=BASEFD)
+    os.write(fd, text.encode())
+    os.close(fd)
+    os.rename(name + '.tmp', name, src_dir_fd=BASEFD, dst_dir_fd=BASEFD)
+jail = os.path.join(BASE, 'jail')
+os.makedirs(os.path.join(jail, 'work'))
+with open(os.path.join(jail, 'marker'), 'w') as f:
+    f.write('inside the jail')
+os.chroot(jail)
+os.chdir('/work')
+put('ready', 'ready')
+for _ in range(6000):
+    try:
+        os.stat('go', dir_fd=BASEFD)
+        break
+    except FileNotFoundError:
+        time.sleep(0.01)
+problems = []
+if os.getcwd() != '/work':
+    problems.append('cwd ' + os.getcwd())
+try:
+    if open('/marker').read() != 'inside the jail':
+        problems.append('marker changed')
+except OSError as e:
+    problems.append('no marker at /: %s' % e)
+if os.path.exists('/work/../jail'):
+    problems.append('the real root is visible')
+put('result', ('FAIL ' + '; '.join(problems)) if problems else 'PASS')
+while True:
+    time.sleep(1)
+"#;
+    let mut w = Workload::spawn_program("py-jail", "python3", &["-c", PY]);
+    wait_until("python3 to enter its jail", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")) || !pid_exists(w.pid));
+    assert!(file_written(&w.dir.path.join("ready")), "never ready:\n{}", w.log_text());
+    let jail = w.dir.path.join("jail");
+    let moved = w.dir.path.join("jail.orig");
+    let before = w.snapshot();
+    assert_eq!(before.entries["root"], jail.display().to_string());
+    w.dump();
+    let refused = |w: &mut Workload, names: &[&str], what: &str| {
+        let out = w.restore_detached_raw();
+        assert!(!out.success(), "{what}: restored:\n{out}");
+        for name in names {
+            assert!(out.text().contains(name), "{what}: the refusal does not name {name:?}:\n{out}");
+        }
+        assert!(wait_gone(w.pid, GONE_TIMEOUT), "{what}: the refused restore left its process");
+    };
+    fs::rename(&jail, &moved).unwrap();
+    std::os::unix::fs::symlink("/", &jail).unwrap();
+    refused(&mut w, &[&jail.to_string_lossy(), "symlink"], "the jail replaced by a symlink to /");
+
+    fs::remove_file(&jail).unwrap();
+    fs::create_dir_all(jail.join("work")).unwrap();
+    refused(&mut w, &[&jail.to_string_lossy(), "another directory"], "a new jail of the same name");
+
+    fs::remove_dir_all(&jail).unwrap();
+    fs::rename(&moved, &jail).unwrap();
+    w.restore_detached();
+    let after = w.snapshot();
+    assert_eq!(after.entries["root"], before.entries["root"]);
+    assert_eq!(after.entries["cwd"], before.entries["cwd"]);
+    fs::write(w.dir.path.join("go"), "go").unwrap();
+    let result = w.dir.path.join("result");
+    wait_until("the program's verdict", Duration::from_secs(30), || file_written(&result));
+    let verdict = fs::read_to_string(result).unwrap();
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+}

@@ -365,3 +365,127 @@ while True:
         "the refused restore connected to the decoy"
     );
 }
+
+/// A process running as nobody in DIR/home; its image is edited so that its working
+/// directory (and, in a second copy, its root directory) is DIR/private, a root-only directory
+/// (0700) with its device and inode. On trust, crust opens them with the image's filesystem
+/// ids: refused (EACCES), the process never gets into (or chrooted at) a directory its uid
+/// cannot enter. Sealed, the seal refuses the edit. The unedited image restores into DIR/home.
+#[test]
+fn trusted_image_edited_to_enter_a_root_only_directory_is_refused() {
+    let mut w = Workload::spawn("nobody", &[]);
+    let private = w.dir.path.join("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let home = fs::read_link(format!("/proc/{}/cwd", w.pid)).unwrap();
+    w.dump();
+    let files_name = image::files_name(w.pid as u32);
+    let meta = fs::metadata(&private).unwrap();
+    let private_name = private.to_string_lossy().into_owned();
+    for field in ["cwd", "root"] {
+        let copy = w.dir.path.join(format!("edited-{field}"));
+        copy_dir(&w.image_dir, &copy);
+        let dir = ImageDir::open(&copy).unwrap();
+        let mut f: proto::Files = dir.read_record(&files_name).unwrap();
+        if field == "cwd" {
+            (f.cwd, f.cwd_dev, f.cwd_inode) = (private_name.clone(), meta.dev(), meta.ino());
+        } else {
+            (f.root, f.root_dev, f.root_inode) = (private_name.clone(), meta.dev(), meta.ino());
+        }
+        dir.write_record(&files_name, &f).unwrap();
+        assert_refused(&restore_sealed(&copy), &[&files_name, "file_hashes"], w.pid, &format!("{field}: sealed"));
+        assert_refused(&restore_trusted(&copy), &[&private_name, "EACCES"], w.pid, &format!("{field}: trusted"));
+    }
+    let out = restore_trusted(&w.image_dir);
+    if pid_exists(w.pid) {
+        w.own(w.pid);
+    }
+    out.assert_success();
+    assert_eq!(fs::read_link(format!("/proc/{}/cwd", w.pid)).unwrap(), home, "the restored working directory");
+    assert_eq!(fs::read_link(format!("/proc/{}/root", w.pid)).unwrap(), Path::new("/"), "the restored root");
+}
+
+/// Python running as nobody with a SysV segment of its own attached. Its image is edited so
+/// that the attachment names a root-only segment (0600) of the same size instead (its id, key
+/// and size are in /proc/sysvipc/shm for anyone to read). On trust, crust checks the IPC
+/// permission against the credentials the image gives the process: refused, and the root
+/// segment is never attached (nattch 0, contents unchanged). The unedited image restores on
+/// trust, with the process's own segment.
+#[test]
+fn trusted_image_edited_to_attach_a_root_only_sysv_segment_is_refused() {
+    const PY: &str = r#"
+import os, time, ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+os.chmod('.', 0o777)
+os.fchown(1, 65534, 65534)  # its log, which it keeps writing as nobody
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+shmid = libc.shmget(0, 65536, 0o600 | 0o1000)  # IPC_PRIVATE, IPC_CREAT
+addr = libc.shmat(shmid, None, 0)
+ctypes.memmove(addr, b'nobody data', 11)
+with open('ready.tmp', 'w') as f:
+    f.write('%d' % shmid)
+os.rename('ready.tmp', 'ready')
+while True:
+    time.sleep(1)
+"#;
+    // A python nobody can read (its image is restored on trust, with nobody's ids).
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let mut w = Workload::spawn_program("py-sysv-nobody", python, &["-c", PY]);
+    let ready = w.dir.path.join("ready");
+    wait_until("python3 to attach its segment", Duration::from_secs(15), || file_written(&ready) || !pid_exists(w.pid));
+    assert!(file_written(&ready), "never ready:\n{}", w.log_text());
+    let own: i32 = fs::read_to_string(&ready).unwrap().trim().parse().unwrap();
+    // SAFETY: shmget takes integers only; a private segment of the test's own.
+    let root_seg = unsafe { libc::shmget(libc::IPC_PRIVATE, 65536, libc::IPC_CREAT | 0o600) };
+    assert!(root_seg >= 0, "test setup: shmget");
+    let _remove = RemoveSegments(vec![root_seg, own]);
+    crust::sys::sysv::fill(root_seg, 65536, |b| {
+        b[..11].copy_from_slice(b"root secret");
+        Ok(())
+    })
+    .unwrap();
+    w.dump();
+    let mm_name = image::mm_name(w.pid as u32);
+    let copy = w.dir.path.join("edited");
+    copy_dir(&w.image_dir, &copy);
+    let dir = ImageDir::open(&copy).unwrap();
+    let mut mm: proto::Mm = dir.read_record(&mm_name).unwrap();
+    let seg = mm.vmas.iter_mut().find_map(|v| v.sysv_shm.as_mut()).expect("test setup: no SysV attachment in the image");
+    assert_eq!(seg.shmid, own, "test setup: the attachment");
+    let root_info = crust::sys::sysv::segments().unwrap().into_iter().find(|s| s.shmid == root_seg).unwrap();
+    (seg.shmid, seg.key, seg.uid, seg.gid, seg.mode) = (root_seg, root_info.key, 0, 0, root_info.mode);
+    dir.write_record(&mm_name, &mm).unwrap();
+
+    assert_refused(&restore_sealed(&copy), &[&mm_name, "file_hashes"], w.pid, "sealed");
+    let out = restore_trusted(&copy);
+    assert_refused(&out, &[&format!("SysV segment {root_seg}"), "not open to pid"], w.pid, "trusted");
+    let now = crust::sys::sysv::segments().unwrap().into_iter().find(|s| s.shmid == root_seg).expect("the root segment is gone");
+    assert_eq!((now.uid, now.mode & 0o777), (0, 0o600), "the root segment changed");
+    let attached = fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let nattch = attached.lines().find(|l| l.split_whitespace().nth(1) == Some(&root_seg.to_string())).and_then(|l| l.split_whitespace().nth(6).map(str::to_owned));
+    assert_eq!(nattch.as_deref(), Some("0"), "the root segment is attached");
+
+    let out = restore_trusted(&w.image_dir);
+    if pid_exists(w.pid) {
+        w.own(w.pid);
+    }
+    out.assert_success();
+    let maps = fs::read_to_string(format!("/proc/{}/maps", w.pid)).unwrap();
+    assert!(maps.contains("SYSV"), "the restored process has no SysV attachment:\n{maps}");
+}
+
+/// Removes the test's SysV segments when it ends, passed or not (a segment attached by a
+/// restored process goes with its last attachment).
+struct RemoveSegments(Vec<i32>);
+
+impl Drop for RemoveSegments {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = crust::sys::sysv::remove(*id);
+        }
+    }
+}

@@ -247,8 +247,9 @@ impl Kind for Files {
             dump_fd(ctx, fd, &mut record, &mut seen_posix)?;
         }
         // A removed working or root directory is a ghost (made again at restore).
-        (record.cwd, record.cwd_ghost_id) = super::ghost::directory(ctx, "cwd")?;
-        (record.root, record.root_ghost_id) = super::ghost::directory(ctx, "root")?;
+        // Device and inode too: restore enters them only if the path still leads there.
+        (record.cwd, record.cwd_ghost_id, (record.cwd_dev, record.cwd_inode)) = super::ghost::directory(ctx, "cwd")?;
+        (record.root, record.root_ghost_id, (record.root_dev, record.root_inode)) = super::ghost::directory(ctx, "root")?;
         Ok(record)
     }
 
@@ -309,21 +310,63 @@ pub fn restore_table(ctx: &mut RestoreCtx, record: &FilesRecord, place: bool) ->
             .unwrap_or_else(|| format!("fd {}", posix.fd));
         super::locks::take(ctx, posix.fd, lock, &name)?;
     }
-    // The working directory is entered with crust's credentials, like mapped files: the
-    // process had it (it may have entered it before giving up privileges).
-    let cwd = super::ghost::entered(ctx, &record.cwd, record.cwd_ghost_id)?;
-    let addr = ctx.remote.put_path(0, &cwd)?;
-    ctx.remote
-        .syscall("chdir", libc::SYS_chdir, &[addr])
-        .with_context(|| format!("changing to the working directory {cwd}"))?;
+    enter_directories(ctx, record)
+}
+
+/// The working and root directories: both opened first (from crust's root), each checked to
+/// be the directory the process had; then the root entered by fchdir + chroot("."), then the
+/// working directory by fchdir. Entered with crust's credentials, like mapped files, from a
+/// sealed image: the process had them (it may have entered them before giving up privileges).
+fn enter_directories(ctx: &mut RestoreCtx, record: &FilesRecord) -> Result<()> {
+    let cwd = open_directory(ctx, "working directory", &record.cwd, record.cwd_ghost_id, (record.cwd_dev, record.cwd_inode))?;
     if record.root != "/" || record.root_ghost_id != 0 {
-        let root = super::ghost::entered(ctx, &record.root, record.root_ghost_id)?;
-        let addr = ctx.remote.put_path(0, &root)?;
-        ctx.remote
-            .syscall("chroot", libc::SYS_chroot, &[addr])
-            .with_context(|| format!("changing root to {}", record.root))?;
+        let root = open_directory(ctx, "root directory", &record.root, record.root_ghost_id, (record.root_dev, record.root_inode))?;
+        ctx.remote.syscall("fchdir(root directory)", libc::SYS_fchdir, &[root as u64]).with_context(|| format!("entering the root directory {}", record.root))?;
+        let dot = ctx.remote.put_path(0, ".")?;
+        ctx.remote.syscall("chroot(\".\")", libc::SYS_chroot, &[dot]).with_context(|| format!("changing root to {}", record.root))?;
+        ctx.close_in_process(root)?;
     }
-    Ok(())
+    ctx.remote
+        .syscall("fchdir(working directory)", libc::SYS_fchdir, &[cwd as u64])
+        .with_context(|| format!("changing to the working directory {}", record.cwd))?;
+    ctx.close_in_process(cwd)
+}
+
+/// Opens a working or root directory in the process (O_PATH, no symlink on the way; with the
+/// image's filesystem ids from an image taken on trust, so an edited image cannot name one its
+/// uid cannot reach) and checks that it is the directory the process had (device and inode; a
+/// removed one: where it was made again). Older images hold no device and inode: the path
+/// alone, still with no symlink.
+fn open_directory(ctx: &mut RestoreCtx, what: &str, recorded: &str, ghost_id: u32, id: (u64, u64)) -> Result<i32> {
+    let (path, id) = super::ghost::entered(ctx, recorded, ghost_id, id)?;
+    let trusted = !ctx.image_sealed;
+    if trusted {
+        super::credentials::enter_fs_identity(ctx)?;
+    }
+    // "DIR/." makes the kernel check search permission on DIR itself too (an O_PATH open of
+    // DIR alone checks only its parents): on trust, a directory the image's ids cannot enter
+    // is refused (EACCES).
+    let entry = format!("{}/.", path.trim_end_matches('/'));
+    let opened = ctx.open_in_process_no_symlinks(&entry, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+    if trusted {
+        super::credentials::leave_fs_identity(ctx)?;
+    }
+    let fd = opened.with_context(|| format!("pid {}: its {what} {path} (a symlink on its path is refused)", ctx.pid))?;
+    if id == (0, 0) {
+        return Ok(fd);
+    }
+    let found = std::fs::metadata(format!("/proc/{}/fd/{fd}", ctx.pid)).map(|m| (m.dev(), m.ino()));
+    if found.as_ref().is_ok_and(|f| *f == id) {
+        return Ok(fd);
+    }
+    ctx.close_in_process(fd)?;
+    bail!(
+        "pid {}: its {what} {path} is another directory now ({found:?}; the process had device {:#x} inode {}): \
+         crust refuses to put the process elsewhere",
+        ctx.pid,
+        id.0,
+        id.1
+    )
 }
 
 /// One fd of a process: its description is recorded (by its kind) unless an earlier fd of the

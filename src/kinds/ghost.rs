@@ -20,8 +20,11 @@
 //!
 //! Restore, before the first process exists ([`prepare`]), creates each ghost again: at its
 //! old path when nothing is there now, else under a hidden name in the same directory
-//! (`.crust-ghost-INODE-PID`); a directory that was removed with it is made again (mode 0700,
-//! root's) and removed afterwards. The new file gets the contents, size, owner, mode and times;
+//! (`.crust-ghost-INODE-PID`); a directory that was removed with it is made again (mode 0700)
+//! and removed afterwards. Its directory is reached with no symlink on the way and must be the
+//! one the file was in at dump time (device and inode), and the file and any directory are
+//! made with the filesystem ids of the process that had it, never as root: a process that
+//! swaps its directory for a symlink to /etc after `dump -R` gets nothing made there. The new file gets the contents, size, owner, mode and times;
 //! every name and directory created is journaled (`created_files`), so a failed or killed
 //! restore leaves none. Every description and mapping then opens the ghost by that name (the
 //! same new inode for all, checked by device and inode), and once every process is restored,
@@ -44,6 +47,7 @@ use crate::created_files::{Created, CreatedFiles};
 use crate::image::ImageDir;
 use crate::image::proto::{FileIdentity, GhostFile};
 use crate::image::sparse::data_regions;
+use crate::sys::fs_safe::{FsIds, with_fs_ids};
 
 /// The reference tool's default `--ghost-limit`.
 pub const DEFAULT_LIMIT: u64 = 1 << 20;
@@ -127,10 +131,41 @@ impl GhostTable {
                 save_contents(image, through, &ghost.data_file).with_context(|| format!("{who}: saving the deleted file {path}"))?;
             }
         }
+        (ghost.dir_dev, ghost.dir_inode) = directory_identity(path);
+        if let Some(ids) = creator_fs_ids(through) {
+            (ghost.fs_ids_recorded, ghost.fsuid, ghost.fsgid, ghost.groups) = (true, ids.uid, ids.gid, ids.groups);
+        }
         tracing::info!(who, path, size = ghost.size, "recorded a deleted file");
         self.by_inode.insert((meta.dev(), meta.ino()), id);
         self.ghosts.push(ghost);
         Ok(id)
+    }
+}
+
+/// Device and inode of the directory of `path` now, reached with no symlink; (0, 0) when it is
+/// gone (removed with the file) or cannot be reached so.
+fn directory_identity(path: &str) -> (u64, u64) {
+    let Ok((dir_path, _)) = split(path) else { return (0, 0) };
+    match open_dir(&dir_path).and_then(|d| Ok(File::from(d).metadata()?)) {
+        Ok(meta) => (meta.dev(), meta.ino()),
+        Err(_) => (0, 0),
+    }
+}
+
+/// The filesystem ids of the process whose /proc link `through` ("/proc/PID/...") is.
+fn creator_fs_ids(through: &str) -> Option<FsIds> {
+    let pid: i32 = through.strip_prefix("/proc/")?.split('/').next()?.parse().ok()?;
+    let c = super::credentials::of_thread(pid, pid).ok()?;
+    Some(FsIds { uid: c.fsuid, gid: c.fsgid, groups: c.groups })
+}
+
+/// Who makes a ghost again: the process that had it (its filesystem ids), or for an image that
+/// does not say, the file's owner without supplementary groups. Never crust's root.
+fn maker_ids(g: &GhostFile) -> FsIds {
+    if g.fs_ids_recorded {
+        FsIds { uid: g.fsuid, gid: g.fsgid, groups: g.groups.clone() }
+    } else {
+        FsIds { uid: g.uid, gid: g.gid, groups: Vec::new() }
     }
 }
 
@@ -228,8 +263,39 @@ fn split(path: &str) -> Result<(PathBuf, OsString)> {
     Ok((parent.to_owned(), name.to_owned()))
 }
 
+/// The directory `path`, reached with no symlink on the way: crust makes and links files in
+/// it as root's process, and a symlink put in its place since the dump must not lead it
+/// elsewhere (ELOOP).
 fn open_dir(path: &Path) -> Result<OwnedFd> {
-    Ok(nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?)
+    Ok(crate::sys::fs_safe::open_dir_no_symlinks(path)?)
+}
+
+/// Runs a file system change in the ghost's directory with the ids of the process that had it.
+fn as_maker<T: Send>(ids: &FsIds, work: impl FnOnce() -> nix::Result<T> + Send) -> Result<T> {
+    Ok(with_fs_ids(ids, work)??)
+}
+
+/// Refuses a directory that is there but is not the one the file was in at dump time
+/// (renamed away and another put in its place).
+fn check_directory(g: &GhostFile, dir: &OwnedFd, dir_path: &Path) -> Result<()> {
+    if g.dir_inode == 0 {
+        return Ok(()); // gone at dump time, or an older image
+    }
+    let meta = File::from(dir.try_clone()?).metadata()?;
+    if (meta.dev(), meta.ino()) != (g.dir_dev, g.dir_inode) {
+        bail!(
+            "image file open-files.img: ghost file #{}: the directory {} is another directory now (device {:#x} inode {}; \
+             the file was in device {:#x} inode {}): crust refuses to make the deleted file {} there",
+            g.id,
+            dir_path.display(),
+            meta.dev(),
+            meta.ino(),
+            g.dir_dev,
+            g.dir_inode,
+            g.path
+        );
+    }
+    Ok(())
 }
 
 /// Raw data files the ghosts name.
@@ -328,8 +394,15 @@ fn reuse_link(g: &GhostFile, created: &mut CreatedFiles) -> Result<Ghost> {
     let remap = link_remap_path(g)?;
     let (dir_path, old_name) = split(&g.path)?;
     let directory = open_dir(&dir_path)?;
+    check_directory(g, &directory, &dir_path)?;
     let remap_name = OsString::from(&g.link_remap);
-    let linked = nix::unistd::linkat(directory.as_fd(), remap_name.as_os_str(), directory.as_fd(), old_name.as_os_str(), AtFlags::empty());
+    let st = nix::sys::stat::fstatat(directory.as_fd(), remap_name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .with_context(|| format!("the --link-remap name {} of {} is gone", remap.display(), g.path))?;
+    if (st.st_dev, st.st_ino) != (g.dev, g.inode) {
+        bail!("the --link-remap name {} of {} is another file now", remap.display(), g.path);
+    }
+    let (dir_fd, remap_os, old_os) = (directory.as_fd(), remap_name.as_os_str(), old_name.as_os_str());
+    let linked = as_maker(&maker_ids(g), || nix::unistd::linkat(dir_fd, remap_os, dir_fd, old_os, AtFlags::empty()));
     if linked.is_ok() {
         created.record_file(&directory, old_name.as_os_str(), &g.path, (g.dev, g.inode), Created::File)?;
         return Ok(Ghost { path: g.path.clone(), directory, name: old_name, dev: g.dev, inode: g.inode, is_dir: false, link_remap: Some(remap_name) });
@@ -340,18 +413,26 @@ fn reuse_link(g: &GhostFile, created: &mut CreatedFiles) -> Result<Ghost> {
 
 fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut Vec<(OwnedFd, OsString, String)>) -> Result<Ghost> {
     let (dir_path, old_name) = split(&g.path)?;
-    let directory = make_directories(&dir_path, created, dirs)?;
+    let ids = maker_ids(g);
+    let (directory, made) = make_directories(&dir_path, created, dirs, &ids)?;
+    if !made {
+        check_directory(g, &directory, &dir_path)?;
+    }
     let free = nix::sys::stat::fstatat(directory.as_fd(), old_name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
         .is_err_and(|e| e == nix::errno::Errno::ENOENT);
     let name = if free { old_name } else { OsString::from(format!(".crust-ghost-{}-{}", g.inode, std::process::id())) };
     let path = dir_path.join(&name).to_string_lossy().into_owned();
     let kind = g.mode & libc::S_IFMT;
     let private = Mode::from_bits_truncate(0o600);
-    match kind {
-        libc::S_IFDIR => nix::sys::stat::mkdirat(directory.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700))?,
-        libc::S_IFIFO => nix::sys::stat::mknodat(directory.as_fd(), name.as_os_str(), SFlag::S_IFIFO, private, 0)?,
-        _ => drop(nix::fcntl::openat(directory.as_fd(), name.as_os_str(), OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, private)?),
-    }
+    let (dir_fd, name_os) = (directory.as_fd(), name.as_os_str());
+    // Made with the ids of the process that had it: where it could not create a file, neither
+    // does crust.
+    as_maker(&ids, || match kind {
+        libc::S_IFDIR => nix::sys::stat::mkdirat(dir_fd, name_os, Mode::from_bits_truncate(0o700)),
+        libc::S_IFIFO => nix::sys::stat::mknodat(dir_fd, name_os, SFlag::S_IFIFO, private, 0),
+        _ => nix::fcntl::openat(dir_fd, name_os, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, private).map(drop),
+    })
+    .with_context(|| format!("creating {path} with fsuid {} fsgid {}", ids.uid, ids.gid))?;
     // What was just made, without following anything: journaled before it is filled.
     let handle = nix::fcntl::openat(directory.as_fd(), name.as_os_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
     let meta = File::from(handle.try_clone()?).metadata()?;
@@ -369,23 +450,29 @@ fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut 
     Ok(Ghost { path, directory, name, dev: meta.dev(), inode: meta.ino(), is_dir: kind == libc::S_IFDIR, link_remap: None })
 }
 
-/// The directory `path`, made (with any missing parent) when it was removed too; each
-/// directory made is journaled and noted in `dirs`, to be removed again.
-fn make_directories(path: &Path, created: &mut CreatedFiles, dirs: &mut Vec<(OwnedFd, OsString, String)>) -> Result<OwnedFd> {
-    if let Ok(dir) = open_dir(path) {
-        return Ok(dir);
+/// The directory `path` (reached with no symlink), made (with any missing parent, with the ids
+/// `ids`) when it was removed too; each directory made is journaled and noted in `dirs`, to be
+/// removed again. Also says whether it was made.
+fn make_directories(path: &Path, created: &mut CreatedFiles, dirs: &mut Vec<(OwnedFd, OsString, String)>, ids: &FsIds) -> Result<(OwnedFd, bool)> {
+    match crate::sys::fs_safe::open_dir_no_symlinks(path) {
+        Ok(dir) => return Ok((dir, false)),
+        Err(e) if e.errno() != Some(nix::errno::Errno::ENOENT) => {
+            return Err(e).with_context(|| format!("the directory {} of a deleted file (a symlink on its path is refused)", path.display()));
+        }
+        Err(_) => {}
     }
     let parent_path = path.parent().with_context(|| format!("{} cannot be made", path.display()))?;
-    let parent = make_directories(parent_path, created, dirs)?;
+    let (parent, _) = make_directories(parent_path, created, dirs, ids)?;
     let name = path.file_name().with_context(|| format!("{} cannot be made", path.display()))?;
-    nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o700))
-        .with_context(|| format!("making the removed directory {} again", path.display()))?;
+    let parent_fd = parent.as_fd();
+    as_maker(ids, || nix::sys::stat::mkdirat(parent_fd, name, Mode::from_bits_truncate(0o700)))
+        .with_context(|| format!("making the removed directory {} again (fsuid {} fsgid {})", path.display(), ids.uid, ids.gid))?;
     let st = nix::sys::stat::fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     let shown = path.to_string_lossy().into_owned();
     created.record_file(&parent, name, &shown, (st.st_dev, st.st_ino), Created::Directory)?;
     dirs.push((parent.try_clone()?, name.to_owned(), shown));
     tracing::info!(path = %path.display(), "made a removed directory again for a deleted file");
-    open_dir(path)
+    Ok((open_dir(path)?, true))
 }
 
 /// Copies the saved contents into the new file (holes stay holes) and gives it its size.
@@ -426,10 +513,11 @@ impl Placed {
         Ok(FileIdentity { path: g.path.clone(), dev: g.dev, inode: g.inode, ..file.clone() })
     }
 
-    /// The path a working or root directory recorded as ghost `id` is entered by.
-    pub fn path(&self, id: u32, recorded: &str) -> Result<String> {
+    /// The path a working or root directory recorded as ghost `id` is entered by, and the
+    /// device and inode it was made again with.
+    pub fn path(&self, id: u32, recorded: &str) -> Result<(String, (u64, u64))> {
         let g = self.ghosts.get(&id).with_context(|| format!("{recorded}: no ghost file #{id} was made"))?;
-        Ok(g.path.clone())
+        Ok((g.path.clone(), (g.dev, g.inode)))
     }
 
     /// Every description and mapping opened them: the names go again (files first, then the
@@ -461,26 +549,28 @@ impl Placed {
 
 
 /// Dump: the working (`which` = "cwd") or root ("root") directory of the process: its path,
-/// and its ghost id when it was removed (0 otherwise).
-pub fn directory(ctx: &mut super::DumpCtx, which: &str) -> Result<(String, u32)> {
+/// its ghost id when it was removed (0 otherwise), and its device and inode.
+pub fn directory(ctx: &mut super::DumpCtx, which: &str) -> Result<(String, u32, (u64, u64))> {
     let pid = ctx.pid.as_raw();
     let through = format!("/proc/{pid}/{which}");
     let link = std::fs::read_link(&through).with_context(|| format!("pid {pid}: readlink {through}"))?.to_string_lossy().into_owned();
-    let Some(path) = deleted_path(&link) else { return Ok((link, 0)) };
+    let meta = std::fs::metadata(&through).with_context(|| format!("pid {pid}: stat {through}"))?;
+    let Some(path) = deleted_path(&link) else { return Ok((link, 0, (meta.dev(), meta.ino()))) };
     let what = if which == "cwd" { "working directory" } else { "root directory" };
-    let dev = std::fs::metadata(&through).with_context(|| format!("pid {pid}: stat {through}"))?.dev();
+    let dev = meta.dev();
     if !on_visible_mount(dev) {
         bail!("pid {pid}: its {what} {link} was removed from a mount it cannot see; crust cannot make it again");
     }
     let id = ctx.open_files.state.get::<GhostTable>().record(ctx.image, &format!("pid {pid} ({what})"), path, &through)?;
-    Ok((path.to_owned(), id))
+    // The ghost records the device and inode; the one made again has its own.
+    Ok((path.to_owned(), id, (0, 0)))
 }
 
-/// Restore: the path a working or root directory is entered by (where a removed one was made
-/// again).
-pub fn entered(ctx: &super::RestoreCtx, recorded: &str, ghost_id: u32) -> Result<String> {
+/// Restore: the path a working or root directory is entered by and the device and inode it
+/// must have there: as recorded (`id`), or where a removed one was made again.
+pub fn entered(ctx: &super::RestoreCtx, recorded: &str, ghost_id: u32, id: (u64, u64)) -> Result<(String, (u64, u64))> {
     if ghost_id == 0 {
-        return Ok(recorded.to_owned());
+        return Ok((recorded.to_owned(), id));
     }
     ctx.ghosts.path(ghost_id, recorded)
 }

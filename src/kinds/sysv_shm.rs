@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use super::RestoreCtx;
 use crate::image::ImageDir;
 use crate::image::sparse::{data_regions, save_contents};
-use crate::image::proto::{Mm, SysvShm, Vma};
+use crate::image::proto::{Credentials as Creds, Mm, SysvShm, Vma};
 use crate::sys::sysv::{self, SHM_DEST};
 
 /// The segments met in the tree's mappings while it is dumped (each saved once), by id.
@@ -88,12 +88,71 @@ impl Prepared {
     }
 }
 
+/// Access bits (r=4, w=2, x=1) an attachment like `vma` asks of a segment, as shmat(2) does.
+fn access_wanted(vma: &Vma) -> u32 {
+    let mut bits = 4;
+    if vma.prot & libc::PROT_WRITE as u32 != 0 {
+        bits |= 2;
+    }
+    if vma.prot & libc::PROT_EXEC as u32 != 0 {
+        bits |= 1;
+    }
+    bits
+}
+
+/// The kernel's IPC permission check (ipcperms) of a segment as it is now, for a process with
+/// the credentials `c` asking `wanted`: owner's bits for its owner or creator, group bits for
+/// their groups, others' bits otherwise; CAP_IPC_OWNER overrides.
+fn ipc_permitted(e: &sysv::SegmentInfo, c: &Creds, wanted: u32) -> bool {
+    const CAP_IPC_OWNER: u64 = 1 << 15;
+    let in_group = |g: u32| c.egid == g || c.groups.contains(&g);
+    let granted = if c.euid == e.uid || c.euid == e.cuid {
+        e.mode >> 6
+    } else if in_group(e.gid) || in_group(e.cgid) {
+        e.mode >> 3
+    } else {
+        e.mode
+    };
+    wanted & !granted & 7 == 0 || c.cap_effective & CAP_IPC_OWNER != 0
+}
+
+/// An image taken on trust (`--trust-image`) attaches a segment that exists only if each of
+/// its processes may, with the credentials the image gives it: restore attaches as root, and
+/// an edited image could name another user's segment (its key, id and size are in
+/// /proc/sysvipc/shm for anyone to copy).
+fn check_trusted_access(e: &sysv::SegmentInfo, users: &[(u32, &Vma, &Creds)]) -> Result<()> {
+    for (pid, vma, c) in users {
+        let wanted = access_wanted(vma);
+        if !ipc_permitted(e, c, wanted) {
+            bail!(
+                "image file mm-{pid}.img: SysV segment {} (uid {} gid {} mode {:o}) is not open to pid {pid} with euid {} egid {} \
+                 for access {wanted:o} (the image is taken on trust): crust refuses to attach it",
+                e.shmid,
+                e.uid,
+                e.gid,
+                e.mode & 0o777,
+                c.euid,
+                c.egid
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Makes every segment of the image exist with its id, before any process is created.
-pub fn prepare(dir: &ImageDir, mms: &[&Mm]) -> Result<Prepared> {
+/// `processes`: each process's pid, memory and credentials; `sealed`: the image's seal was
+/// verified (else a segment that exists must be open to the processes' credentials).
+pub fn prepare(dir: &ImageDir, processes: &[(u32, &Mm, Option<&Creds>)], sealed: bool) -> Result<Prepared> {
     let mut wanted: BTreeMap<i32, &SysvShm> = BTreeMap::new();
-    for vma in mms.iter().flat_map(|m| &m.vmas) {
-        if let Some(seg) = &vma.sysv_shm {
+    let mut users: BTreeMap<i32, Vec<(u32, &Vma, &Creds)>> = BTreeMap::new();
+    for (pid, mm, creds) in processes {
+        for vma in &mm.vmas {
+            let Some(seg) = &vma.sysv_shm else { continue };
             wanted.insert(seg.shmid, seg);
+            if !sealed {
+                let c = creds.with_context(|| format!("image file core-{pid}.img: field credentials: missing"))?;
+                users.entry(seg.shmid).or_default().push((*pid, vma, c));
+            }
         }
     }
     let mut prepared = Prepared::default();
@@ -108,6 +167,10 @@ pub fn prepare(dir: &ImageDir, mms: &[&Mm]) -> Result<Prepared> {
             // same owner's segment with the same permissions (restore attaches it as root:
             // another user's segment under a recycled id must not be handed over).
             Some(e) if e.size == seg.size && (removed || e.key == seg.key) => {
+                if let Err(refused) = check_trusted_access(e, users.get(&shmid).map(Vec::as_slice).unwrap_or_default()) {
+                    prepared.undo();
+                    return Err(refused);
+                }
                 let perms = |mode: u32| mode & 0o777;
                 if (e.uid, e.gid, perms(e.mode)) != (seg.uid, seg.gid, perms(seg.mode)) {
                     prepared.undo();
@@ -151,7 +214,12 @@ pub fn prepare(dir: &ImageDir, mms: &[&Mm]) -> Result<Prepared> {
                 let regions = data_regions(&data, seg.size)?;
                 let filled = sysv::fill(shmid, seg.size, |bytes| {
                     for (start, end) in &regions {
-                        data.read_exact_at(&mut bytes[*start as usize..*end as usize], *start)?;
+                        // Regions lie within seg.size (data_regions), the attachment holds it.
+                        let range = usize::try_from(*start).ok().zip(usize::try_from(*end).ok());
+                        let Some(dest) = range.and_then(|(s, e)| bytes.get_mut(s..e)) else {
+                            return Err(std::io::Error::other(format!("{}: region {start}..{end} outside the segment", seg.data_file)));
+                        };
+                        data.read_exact_at(dest, *start)?;
                     }
                     Ok(())
                 })
@@ -183,4 +251,36 @@ pub fn attach(ctx: &mut RestoreCtx, vma: &Vma, seg: &SysvShm) -> Result<()> {
         bail!("shmat of segment {} returned {got:#x}", seg.shmid);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(uid: u32, gid: u32, mode: u32) -> sysv::SegmentInfo {
+        sysv::SegmentInfo { key: 1, shmid: 7, mode, size: 4096, uid, gid, cuid: uid, cgid: gid }
+    }
+
+    fn creds(euid: u32, egid: u32, groups: Vec<u32>, cap_effective: u64) -> Creds {
+        Creds { euid, egid, groups, cap_effective, ..Default::default() }
+    }
+
+    #[test]
+    fn ipc_permission_is_the_kernels() {
+        let root_only = segment(0, 0, 0o600);
+        let nobody = creds(65534, 65534, vec![], 0);
+        assert!(!ipc_permitted(&root_only, &nobody, 4));
+        assert!(ipc_permitted(&root_only, &creds(0, 0, vec![], 0), 6));
+        assert!(ipc_permitted(&root_only, &creds(65534, 65534, vec![], 1 << 15), 6), "CAP_IPC_OWNER");
+        let group_read = segment(0, 100, 0o640);
+        assert!(ipc_permitted(&group_read, &creds(65534, 65534, vec![100], 0), 4));
+        assert!(!ipc_permitted(&group_read, &creds(65534, 65534, vec![100], 0), 6));
+        assert!(!ipc_permitted(&segment(0, 0, 0o604), &nobody, 6));
+        assert!(ipc_permitted(&segment(0, 0, 0o606), &nobody, 6));
+        // The owner's bits decide for the owner, even when others have more.
+        assert!(!ipc_permitted(&segment(65534, 0, 0o066), &nobody, 4));
+        // The creator counts as the owner.
+        let created = sysv::SegmentInfo { cuid: 65534, ..segment(0, 0, 0o600) };
+        assert!(ipc_permitted(&created, &nobody, 6));
+    }
 }

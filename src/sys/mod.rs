@@ -2,6 +2,7 @@
 //! and gets errors that name the system call, the process and the errno.
 
 pub mod clone3;
+pub mod fs_safe;
 pub mod lease_probe;
 pub mod netlink;
 pub mod notify;

@@ -16,6 +16,9 @@ pub struct SegmentInfo {
     pub size: u64,
     pub uid: u32,
     pub gid: u32,
+    /// The creator's ids (the kernel's IPC permission check grants the owner's bits to them too).
+    pub cuid: u32,
+    pub cgid: u32,
 }
 
 pub const SHM_DEST: u32 = 0o1000;
@@ -35,6 +38,8 @@ pub fn segments() -> Result<Vec<SegmentInfo>, SysError> {
                 size: f.get(3)?.parse().ok()?,
                 uid: f.get(7)?.parse().ok()?,
                 gid: f.get(8)?.parse().ok()?,
+                cuid: f.get(9)?.parse().ok()?,
+                cgid: f.get(10)?.parse().ok()?,
             })
         })
         .collect())

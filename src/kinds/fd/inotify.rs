@@ -91,7 +91,7 @@ impl FdKind for Inotifies {
 }
 
 /// Watch numbers above this would take too long to reach at restore (two system calls each).
-const MAX_WD: i32 = 1 << 20;
+pub const MAX_WD: i32 = 1 << 20;
 const IN_DONT_FOLLOW: u32 = 0x0200_0000;
 const IN_MASK_CREATE: u32 = 0x1000_0000;
 const IN_ATTRIB: u32 = 0x4;
