@@ -49,6 +49,14 @@ pub enum Created {
     File,
     /// A directory: removed if it is empty.
     Directory,
+    /// A SysV shared memory segment a restore created (`dev`: its id, `inode`: its size): the
+    /// next run removes it if it still is the one the dead run created (same id and size,
+    /// created by that run's pid). Journal only: the run itself removes it when it fails.
+    SysvSegment,
+    /// /proc/sys/kernel/shm_next_id set to `dev` to create a segment with that id: the next
+    /// run sets it back to -1 if it still holds that value (the dead run was killed between
+    /// its two writes). Journal only.
+    ShmNextId,
 }
 
 struct CreatedName {
@@ -126,6 +134,20 @@ impl CreatedFiles {
         self.forget_journal();
     }
 
+    /// Journals the SysV segment `shmid` of `size` bytes that the restore just created (it
+    /// removes it itself when it fails; the journal is for a crust killed before that).
+    pub fn journal_segment(&mut self, shmid: i32, size: u64) -> Result<()> {
+        let path = format!("SysV segment {shmid}");
+        self.append_to_journal(&Journaled { path, dev: shmid as u64, inode: size, what: Created::SysvSegment })
+    }
+
+    /// Journals that shm_next_id is about to be set to `shmid` (a system-wide setting: a crust
+    /// killed before it puts -1 back would leave it for the next segment of anyone).
+    pub fn journal_shm_next_id(&mut self, shmid: i32) -> Result<()> {
+        let path = "/proc/sys/kernel/shm_next_id".to_owned();
+        self.append_to_journal(&Journaled { path, dev: shmid as u64, inode: 0, what: Created::ShmNextId })
+    }
+
     fn append_to_journal(&mut self, entry: &Journaled) -> Result<()> {
         use std::io::Write;
         let journal = match &self.journal {
@@ -181,6 +203,7 @@ fn holds(directory: &OwnedFd, name: &OsString, f: &Journaled) -> bool {
         Created::Socket => kind == SFlag::S_IFSOCK,
         Created::File => kind == SFlag::S_IFREG || kind == SFlag::S_IFIFO,
         Created::Directory => kind == SFlag::S_IFDIR,
+        Created::SysvSegment | Created::ShmNextId => false, // not names (repair_sysv)
     };
     kind_ok && (st.st_dev, st.st_ino) == (f.dev, f.inode)
 }
@@ -238,15 +261,45 @@ pub fn repair_left_behind() {
         let mut settled = true;
         for line in text.lines().rev() {
             let Ok(f) = serde_json::from_str::<Journaled>(line) else { continue };
+            if matches!(f.what, Created::SysvSegment | Created::ShmNextId) {
+                repair_sysv(&f, pid);
+                continue;
+            }
             let path = Path::new(&f.path);
             let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else { continue };
-            let Ok(directory) = nix::fcntl::open(parent, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()) else {
-                continue;
-            };
+            // No symlink on the way: the name is removed as root.
+            let Ok(directory) = crate::sys::fs_safe::open_dir_no_symlinks(parent) else { continue };
             settled &= remove_if_dead(&directory, &file_name.to_owned(), &f);
         }
         if settled {
             let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// What a dead run (pid `run_pid`) left of SysV: its segment (removed only if it still is the
+/// one that run created: same id and size, creator pid that run's), or shm_next_id still set to
+/// the id it wrote.
+fn repair_sysv(f: &Journaled, run_pid: Option<i32>) {
+    use crate::sys::sysv;
+    let shmid = f.dev as i32;
+    if f.what == Created::ShmNextId {
+        if sysv::next_id().is_ok_and(|now| now == shmid) {
+            match sysv::reset_next_id() {
+                Ok(()) => tracing::info!(shmid, "put shm_next_id back to -1 after a killed restore"),
+                Err(e) => tracing::warn!("cannot put shm_next_id back to -1: {e}"),
+            }
+        }
+        return;
+    }
+    let ours = sysv::segments()
+        .unwrap_or_default()
+        .into_iter()
+        .any(|s| s.shmid == shmid && s.size == f.inode && Some(s.cpid) == run_pid);
+    if ours {
+        match sysv::remove(shmid) {
+            Ok(()) => tracing::info!(shmid, "removed the SysV segment a killed restore created"),
+            Err(e) => tracing::warn!(shmid, "cannot remove the SysV segment a killed restore created: {e}"),
         }
     }
 }

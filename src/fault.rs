@@ -13,7 +13,8 @@
 //! the pages into it), `dump-live-copy` (dump -R: the tree runs on, before crust copies each
 //! process's write-protected pages), `dump-collected` (every record written), `dump-checksums` (before
 //! the inventory); restore: `restore-sealed` (the seal and record hashes
-//! checked, no other record read yet), `restore-tree` (every process created), `restore-descriptions`,
+//! checked, no other record read yet), `restore-segments` (SysV segments created, no process
+//! yet), `restore-tree` (every process created), `restore-descriptions`,
 //! `restore-process` (after each process's state), `restore-pages-userfaultfd` (before crust
 //! makes the userfaultfd it places a process's pages with: `fail` there stands for a kernel
 //! that refuses one), `restore-pages-placed` (after each chunk crust placed), `restore-before-resume` (everything
@@ -38,6 +39,7 @@ pub const POINTS: &[&str] = &[
     "dump-collected",
     "dump-checksums",
     "restore-sealed",
+    "restore-segments",
     "restore-tree",
     "restore-descriptions",
     "restore-process",

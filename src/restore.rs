@@ -441,12 +441,18 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     // process runs before (see Tree::build).
     tree.page_check = Some(check_pages_in_background(&img, &tree.lazy_pids)?);
     let users: Vec<_> = img.processes.iter().map(|(pid, p)| (*pid, &p.mm, p.core.credentials.as_ref())).collect();
-    let segments = crate::kinds::sysv_shm::prepare(&img.dir, &users, tree.image_sealed)?;
+    let segments = crate::kinds::sysv_shm::prepare(&img.dir, &users, tree.image_sealed, &mut tree.created_files)?;
+    if let Err(e) = crate::fault::point("restore-segments") {
+        segments.undo();
+        tree.created_files.remove_all();
+        return Err(e);
+    }
     let foreground = terminal.as_ref().filter(|_| img.inventory.foreground_pgid != 0);
     let job_terminal = match terminal.as_ref().map(|t| JobTerminal::new(t, &img)).transpose() {
         Ok(j) => j,
         Err(e) => {
             segments.undo(); // the segments prepare created must not outlive the failed restore
+            tree.created_files.remove_all();
             return Err(e);
         }
     };
@@ -462,9 +468,9 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
             t.put_back();
         }
         tree.kill_all();
+        segments.undo(); // before the journal that lists them goes
         tree.created_files.remove_all();
         crate::kinds::fd::restore_failed(&img.open_files);
-        segments.undo();
         if let Some(p) = pidfile {
             p.remove();
         }

@@ -193,13 +193,70 @@ fn check_failed_restore(workload: &str, step: &str, action: &str) {
     w.go().assert_pass();
 }
 
-const RESTORE_STEPS: &[&str] = &["restore-tree", "restore-descriptions", "restore-process", "restore-before-resume"];
+const RESTORE_STEPS: &[&str] = &["restore-segments", "restore-tree", "restore-descriptions", "restore-process", "restore-before-resume"];
 
 #[test]
 fn restore_failing_interrupted_or_killed_at_any_step_leaves_nothing_behind() {
     for step in RESTORE_STEPS {
         for action in ["fail", "SIGINT", "SIGTERM", "kill"] {
             check_failed_restore("counter", step, action);
+        }
+    }
+}
+
+/// Waits (bounded) for the killed child `pid` of a tree to be gone, reaping it if it was
+/// orphaned to this test (a child subreaper).
+fn reap_orphan(pid: i32, what: &str) {
+    wait_until(&format!("{what}: child {pid} to be gone"), Duration::from_secs(5), || {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL));
+        !pid_exists(pid)
+    });
+}
+
+/// The line of SysV segment `shmid` in /proc/sysvipc/shm.
+fn sysv_segment(shmid: i32) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    text.lines().skip(1).find(|l| l.split_whitespace().nth(1) == Some(shmid.to_string().as_str())).map(str::to_owned)
+}
+
+/// tree_sysvshm.c (a parent and child sharing segment A, removed, which dies with the dumped
+/// tree, and B, kept): a restore failed or killed at each step, A recreated by then, leaves no
+/// segment A (a failed restore removes it; after SIGKILL of crust, the next crust run does,
+/// from its journal, before anything else), B as it was, shm_next_id at -1; the next restore
+/// brings both back and the programs pass their own checks.
+#[test]
+fn restore_of_sysv_segments_failing_or_killed_at_any_step_leaves_no_segment() {
+    for step in RESTORE_STEPS {
+        for action in ["fail", "kill"] {
+            let what = format!("SysV: restore {action} at {step}");
+            let mut w = Workload::spawn("tree_sysvshm", &[]);
+            let line = w.wait_status_line("READY parent ", Duration::from_secs(20));
+            let field = |k: &str| -> i32 { ready_field(&line, k).unwrap_or_else(|| panic!("no {k}= in {line}")).parse().unwrap() };
+            let (a, b, child) = (field("a"), field("b"), field("child"));
+            w.dump();
+            reap_orphan(child, &what);
+            assert!(sysv_segment(a).is_none(), "{what}: test setup: segment A outlived the dumped tree");
+            let kept = sysv_segment(b).expect("test setup: segment B is gone");
+            w.crust_env = vec![("CRUST_FAULT".into(), format!("{step}:1:{action}"))];
+            let out = w.restore_detached_raw();
+            let want = if action == "kill" { Exit::Signal(libc::SIGKILL) } else { Exit::Code(1) };
+            assert_eq!(out.exit(), want, "{what}: crust's end:\n{out}");
+            assert!(wait_gone(w.pid, Duration::from_secs(5)), "{what}: pid {} is left", w.pid);
+            reap_orphan(child, &what);
+            w.crust_env.clear();
+            if action == "kill" {
+                // Any crust restore repairs first: one of no image at all.
+                let none = w.dir.path.join("no-image");
+                let _ = crust(["restore", "-D", &none.to_string_lossy()]);
+            }
+            assert_eq!(sysv_segment(a), None, "{what}: segment A is left");
+            // key shmid perms size cpid (lpid: the last to detach) nattch uid gid cuid cgid
+            let ids = |l: &str| l.split_whitespace().take(11).enumerate().filter(|(i, _)| *i != 5).map(|(_, f)| f.to_owned()).collect::<Vec<_>>();
+            assert_eq!(sysv_segment(b).map(|l| ids(&l)), Some(ids(&kept)), "{what}: segment B changed");
+            assert_eq!(std::fs::read_to_string("/proc/sys/kernel/shm_next_id").unwrap().trim(), "-1", "{what}: shm_next_id is left set");
+            w.restore_detached();
+            w.go().assert_pass();
+            let _ = crust::sys::sysv::remove(b);
         }
     }
 }

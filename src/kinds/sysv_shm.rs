@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use anyhow::{Context, Result, bail};
 
 use super::RestoreCtx;
+use crate::created_files::CreatedFiles;
 use crate::image::ImageDir;
 use crate::image::sparse::{data_regions, save_contents};
 use crate::image::proto::{Credentials as Creds, Mm, SysvShm, Vma};
@@ -142,7 +143,9 @@ fn check_trusted_access(e: &sysv::SegmentInfo, users: &[(u32, &Vma, &Creds)]) ->
 /// Makes every segment of the image exist with its id, before any process is created.
 /// `processes`: each process's pid, memory and credentials; `sealed`: the image's seal was
 /// verified (else a segment that exists must be open to the processes' credentials).
-pub fn prepare(dir: &ImageDir, processes: &[(u32, &Mm, Option<&Creds>)], sealed: bool) -> Result<Prepared> {
+/// What it creates (and shm_next_id while it sets it) is journaled in `created`, so that the
+/// next crust run removes it if this one is killed.
+pub fn prepare(dir: &ImageDir, processes: &[(u32, &Mm, Option<&Creds>)], sealed: bool, created: &mut CreatedFiles) -> Result<Prepared> {
     let mut wanted: BTreeMap<i32, &SysvShm> = BTreeMap::new();
     let mut users: BTreeMap<i32, Vec<(u32, &Vma, &Creds)>> = BTreeMap::new();
     for (pid, mm, creds) in processes {
@@ -198,6 +201,10 @@ pub fn prepare(dir: &ImageDir, processes: &[(u32, &Mm, Option<&Creds>)], sealed:
             }
             None => {
                 let key = if removed { libc::IPC_PRIVATE } else { seg.key };
+                if let Err(e) = created.journal_shm_next_id(shmid) {
+                    prepared.undo();
+                    return Err(e);
+                }
                 let got = match sysv::create_with_id(key, shmid, seg.size, seg.mode) {
                     Ok(got) => got,
                     Err(e) => {
@@ -206,6 +213,10 @@ pub fn prepare(dir: &ImageDir, processes: &[(u32, &Mm, Option<&Creds>)], sealed:
                     }
                 };
                 prepared.created.push(got);
+                if let Err(e) = created.journal_segment(got, seg.size) {
+                    prepared.undo();
+                    return Err(e);
+                }
                 if got != shmid {
                     prepared.undo();
                     bail!("recreating SysV segment {shmid}: the kernel gave id {got}");
@@ -258,7 +269,7 @@ mod tests {
     use super::*;
 
     fn segment(uid: u32, gid: u32, mode: u32) -> sysv::SegmentInfo {
-        sysv::SegmentInfo { key: 1, shmid: 7, mode, size: 4096, uid, gid, cuid: uid, cgid: gid }
+        sysv::SegmentInfo { key: 1, shmid: 7, mode, size: 4096, uid, gid, cuid: uid, cgid: gid, cpid: 1 }
     }
 
     fn creds(euid: u32, egid: u32, groups: Vec<u32>, cap_effective: u64) -> Creds {

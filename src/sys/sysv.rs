@@ -19,6 +19,8 @@ pub struct SegmentInfo {
     /// The creator's ids (the kernel's IPC permission check grants the owner's bits to them too).
     pub cuid: u32,
     pub cgid: u32,
+    /// The pid of the process that created it.
+    pub cpid: i32,
 }
 
 pub const SHM_DEST: u32 = 0o1000;
@@ -40,15 +42,28 @@ pub fn segments() -> Result<Vec<SegmentInfo>, SysError> {
                 gid: f.get(8)?.parse().ok()?,
                 cuid: f.get(9)?.parse().ok()?,
                 cgid: f.get(10)?.parse().ok()?,
+                cpid: f.get(4)?.parse().ok()?,
             })
         })
         .collect())
 }
 
+const NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
+
+/// The id the next segment created gets (-1: the kernel's choice).
+pub fn next_id() -> Result<i32, SysError> {
+    let text = std::fs::read_to_string(NEXT_ID).map_err(|e| SysError::new(format!("read {NEXT_ID}"), super::remote::io_errno(&e)))?;
+    text.trim().parse().map_err(|_| SysError::new(format!("parse {NEXT_ID}"), Errno::EINVAL))
+}
+
+/// Gives the choice of the next segment's id back to the kernel.
+pub fn reset_next_id() -> Result<(), SysError> {
+    std::fs::write(NEXT_ID, "-1").map_err(|e| SysError::new(format!("write {NEXT_ID}"), super::remote::io_errno(&e)))
+}
+
 /// Creates a segment with exactly `shmid` (through /proc/sys/kernel/shm_next_id, which is put
-/// back to -1 whatever happens).
+/// back to -1 whatever happens; a caller that may be killed in between journals it first).
 pub fn create_with_id(key: i32, shmid: i32, size: u64, mode: u32) -> Result<i32, SysError> {
-    const NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
     std::fs::write(NEXT_ID, shmid.to_string()).map_err(|e| SysError::new(format!("write {NEXT_ID}"), super::remote::io_errno(&e)))?;
     // SAFETY: shmget takes integers only.
     let ret = unsafe { libc::shmget(key, size as usize, libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as i32) };
