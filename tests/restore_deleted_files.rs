@@ -768,3 +768,45 @@ fn a_deleted_file_is_never_made_as_root_through_a_swapped_directory() {
     assert!(verdict.starts_with("PASS"), "{verdict}");
     finish(w, &[]);
 }
+
+const ROOTS_DIRECTORY: &str = r#"
+d = os.path.join(BASE, 'rootdir')
+os.mkdir(d, 0o755)
+p = os.path.join(d, 'opened-as-root')
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b'written as root')
+os.fchown(fd, 65534, 65534)
+os.unlink(p)
+os.chmod(BASE, 0o777)
+import ctypes  # before dropping root: this python may live under /root
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+ready(fd=fd)
+wait_for('go')
+check(os.pread(fd, 100, 0) == b'written as root', 'contents')
+finish()
+"#;
+
+/// A daemon that opened a file in a root directory, which was deleted, and then dropped to
+/// nobody: restore would have to make the file again in a directory nobody cannot write to
+/// (crust makes deleted files with the process's filesystem ids, never as root). Refused at
+/// dump time naming the pid, the fd and the path; the process runs on unharmed and passes its
+/// own checks.
+#[test]
+fn a_deleted_file_its_process_could_not_make_again_is_refused_at_dump() {
+    let w = start("ghost-roots-dir", ROOTS_DIRECTORY);
+    let fd = num(&ready_json(&w), "fd");
+    let before = w.snapshot();
+    let out = w.dump_with(&[]);
+    assert!(!out.success(), "dumped:\n{out}");
+    let path = format!("{}/rootdir/opened-as-root", w.dir.path.display());
+    for name in [format!("pid {} fd {fd}", w.pid), path, "fsuid 65534".to_owned()] {
+        assert!(out.text().contains(&name), "the refusal does not name {name:?}:\n{out}");
+    }
+    assert_same_proc(&before, &w.snapshot(), &[]);
+    let verdict = go_and_result(&w);
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    finish(w, &[]);
+}

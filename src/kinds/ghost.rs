@@ -133,6 +133,9 @@ impl GhostTable {
         }
         (ghost.dir_dev, ghost.dir_inode) = directory_identity(path);
         if let Some(ids) = creator_fs_ids(through) {
+            if ghost.link_remap.is_empty() {
+                refuse_unmakeable(who, path, &ids)?;
+            }
             (ghost.fs_ids_recorded, ghost.fsuid, ghost.fsgid, ghost.groups) = (true, ids.uid, ids.gid, ids.groups);
         }
         tracing::info!(who, path, size = ghost.size, "recorded a deleted file");
@@ -149,6 +152,28 @@ fn directory_identity(path: &str) -> (u64, u64) {
     match open_dir(&dir_path).and_then(|d| Ok(File::from(d).metadata()?)) {
         Ok(meta) => (meta.dev(), meta.ino()),
         Err(_) => (0, 0),
+    }
+}
+
+/// Dump: refuses a deleted file whose directory the process's filesystem ids may not create
+/// in (a daemon that dropped root after opening a file of a root directory): restore makes it
+/// again with those ids, never as root, and could not. A directory removed too is not checked
+/// (made again with the same ids at restore).
+fn refuse_unmakeable(who: &str, path: &str, ids: &FsIds) -> Result<()> {
+    let Ok((dir_path, _)) = split(path) else { return Ok(()) };
+    let Ok(dir) = open_dir(&dir_path) else { return Ok(()) };
+    let flags = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+    // AT_EACCESS: checked with the helper thread's filesystem ids, not crust's real uid.
+    let (dir_fd, dot) = (dir.as_fd(), Path::new("."));
+    match with_fs_ids(ids, || nix::unistd::faccessat(dir_fd, dot, flags, AtFlags::AT_EACCESS))? {
+        Ok(()) => Ok(()),
+        Err(e) => bail!(
+            "{who}: the deleted file {path} is in {}, where the process (fsuid {} fsgid {}) cannot create a file ({e}); \
+             crust makes deleted files again with the process's ids, never as root",
+            dir_path.display(),
+            ids.uid,
+            ids.gid
+        ),
     }
 }
 
@@ -208,6 +233,11 @@ fn refuse_one_early(who: &str, through: &Path, limit: u64, link_remap: bool) -> 
     }
     if meta.nlink() == 0 && meta.size() > limit {
         return Err(too_big(who, path, meta.size(), limit));
+    }
+    if meta.nlink() == 0
+        && let Some(ids) = through.to_str().and_then(creator_fs_ids)
+    {
+        refuse_unmakeable(who, path, &ids)?;
     }
     Ok(())
 }
