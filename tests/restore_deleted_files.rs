@@ -745,8 +745,10 @@ fn a_deleted_file_is_never_made_as_root_through_a_swapped_directory() {
     };
     fs::rename(&d, &moved).unwrap();
     std::os::unix::fs::symlink(&etc, &d).unwrap();
+    let watch = CreationWatch::new(&etc);
     refused(&mut w, &[&d.to_string_lossy(), "symlink"], "a symlink to a root directory");
     assert_eq!(fs::read_dir(&etc).unwrap().count(), 0, "something was made in the symlink's target");
+    assert!(!watch.saw_creation(), "the restore created a file in the symlink's target (and removed it)");
 
     fs::remove_file(&d).unwrap();
     fs::create_dir(&d).unwrap();
@@ -809,4 +811,31 @@ fn a_deleted_file_its_process_could_not_make_again_is_refused_at_dump() {
     let verdict = go_and_result(&w);
     assert!(verdict.starts_with("PASS"), "{verdict}");
     finish(w, &[]);
+}
+
+/// An inotify watch of IN_CREATE on a directory: tells whether anything was created in it,
+/// even a file removed again since.
+struct CreationWatch(std::os::fd::OwnedFd);
+
+impl CreationWatch {
+    fn new(dir: &Path) -> CreationWatch {
+        use std::os::fd::FromRawFd;
+        // SAFETY: inotify_init1 takes flags only; the descriptor it returns is ours alone.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1");
+        // SAFETY: as above.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a live descriptor and a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), libc::IN_CREATE) };
+        assert!(wd >= 0, "inotify_add_watch");
+        CreationWatch(fd)
+    }
+
+    fn saw_creation(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reading into a live local buffer of the length given.
+        let n = unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&self.0), buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0
+    }
 }
