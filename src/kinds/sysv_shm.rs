@@ -6,6 +6,11 @@
 //! A segment that is gone (it had been removed with IPC_RMID and died with its last
 //! attachment, or the restore runs elsewhere) is recreated with its id, owner, mode and
 //! contents, and removed again if it had been removed.
+//! From an image taken on trust, a segment that exists is attached only if the kernel's IPC
+//! permission check passes for the credentials the image gives each attaching process (restore
+//! attaches as root). Each segment created, and shm_next_id while it is set, is journaled
+//! (`created_files`): a failed restore removes the segments, and after a killed one the next
+//! crust run does.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -126,8 +131,9 @@ fn check_trusted_access(e: &sysv::SegmentInfo, users: &[(u32, &Vma, &Creds)]) ->
         let wanted = access_wanted(vma);
         if !ipc_permitted(e, c, wanted) {
             bail!(
-                "image file mm-{pid}.img: SysV segment {} (uid {} gid {} mode {:o}) is not open to pid {pid} with euid {} egid {} \
+                "image file {}: SysV segment {} (uid {} gid {} mode {:o}) is not open to pid {pid} with euid {} egid {} \
                  for access {wanted:o} (the image is taken on trust): crust refuses to attach it",
+                crate::image::mm_name(*pid),
                 e.shmid,
                 e.uid,
                 e.gid,
