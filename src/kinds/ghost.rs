@@ -23,8 +23,11 @@
 //! (`.crust-ghost-INODE-PID`); a directory that was removed with it is made again (mode 0700)
 //! and removed afterwards. Its directory is reached with no symlink on the way and must be the
 //! one the file was in at dump time (device and inode), and the file and any directory are
-//! made with the filesystem ids of the process that had it, never as root: a process that
-//! swaps its directory for a symlink to /etc after `dump -R` gets nothing made there. The new file gets the contents, size, owner, mode and times;
+//! made with the filesystem ids of the process that had it: a process that swaps its
+//! directory for a symlink to /etc after `dump -R` gets nothing made there. Where those ids
+//! may not create a file (a daemon running as nobody whose binary was deleted from /usr/sbin
+//! by an upgrade), crust makes it as root, but only under its hidden name, never the name the
+//! process knew (a file named ld.so.preload with the process's bytes must never appear). The new file gets the contents, size, owner, mode and times;
 //! every name and directory created is journaled (`created_files`), so a failed or killed
 //! restore leaves none. Every description and mapping then opens the ghost by that name (the
 //! same new inode for all, checked by device and inode), and once every process is restored,
@@ -133,9 +136,6 @@ impl GhostTable {
         }
         (ghost.dir_dev, ghost.dir_inode) = directory_identity(path);
         if let Some(ids) = creator_fs_ids(through) {
-            if ghost.link_remap.is_empty() {
-                refuse_unmakeable(who, path, &ids)?;
-            }
             (ghost.fs_ids_recorded, ghost.fsuid, ghost.fsgid, ghost.groups) = (true, ids.uid, ids.gid, ids.groups);
         }
         tracing::info!(who, path, size = ghost.size, "recorded a deleted file");
@@ -155,26 +155,12 @@ fn directory_identity(path: &str) -> (u64, u64) {
     }
 }
 
-/// Dump: refuses a deleted file whose directory the process's filesystem ids may not create
-/// in (a daemon that dropped root after opening a file of a root directory): restore makes it
-/// again with those ids, never as root, and could not. A directory removed too is not checked
-/// (made again with the same ids at restore).
-fn refuse_unmakeable(who: &str, path: &str, ids: &FsIds) -> Result<()> {
-    let Ok((dir_path, _)) = split(path) else { return Ok(()) };
-    let Ok(dir) = open_dir(&dir_path) else { return Ok(()) };
+/// Whether the filesystem ids `ids` may create a file in `dir` (write and search permission).
+fn maker_may_create(ids: &FsIds, dir: &OwnedFd) -> Result<bool> {
     let flags = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
     // AT_EACCESS: checked with the helper thread's filesystem ids, not crust's real uid.
     let (dir_fd, dot) = (dir.as_fd(), Path::new("."));
-    match with_fs_ids(ids, || nix::unistd::faccessat(dir_fd, dot, flags, AtFlags::AT_EACCESS))? {
-        Ok(()) => Ok(()),
-        Err(e) => bail!(
-            "{who}: the deleted file {path} is in {}, where the process (fsuid {} fsgid {}) cannot create a file ({e}); \
-             crust makes deleted files again with the process's ids, never as root",
-            dir_path.display(),
-            ids.uid,
-            ids.gid
-        ),
-    }
+    Ok(with_fs_ids(ids, || nix::unistd::faccessat(dir_fd, dot, flags, AtFlags::AT_EACCESS))?.is_ok())
 }
 
 /// The filesystem ids of the process whose /proc link `through` ("/proc/PID/...") is.
@@ -233,11 +219,6 @@ fn refuse_one_early(who: &str, through: &Path, limit: u64, link_remap: bool) -> 
     }
     if meta.nlink() == 0 && meta.size() > limit {
         return Err(too_big(who, path, meta.size(), limit));
-    }
-    if meta.nlink() == 0
-        && let Some(ids) = through.to_str().and_then(creator_fs_ids)
-    {
-        refuse_unmakeable(who, path, &ids)?;
     }
     Ok(())
 }
@@ -450,19 +431,28 @@ fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut 
     }
     let free = nix::sys::stat::fstatat(directory.as_fd(), old_name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
         .is_err_and(|e| e == nix::errno::Errno::ENOENT);
-    let name = if free { old_name } else { OsString::from(format!(".crust-ghost-{}-{}", g.inode, std::process::id())) };
+    // Made with the ids of the process that had it. Where those may not create a file (a
+    // daemon running as nobody whose binary an upgrade deleted from /usr/sbin), crust makes it
+    // as root, but only under a hidden name of its own choosing, never the name the process
+    // knew: nothing reads a file by that name, and it is gone before the tree resumes.
+    let as_root = !made && !maker_may_create(&ids, &directory)?;
+    let hidden = OsString::from(format!(".crust-ghost-{}-{}", g.inode, std::process::id()));
+    let name = if free && !as_root { old_name } else { hidden };
     let path = dir_path.join(&name).to_string_lossy().into_owned();
     let kind = g.mode & libc::S_IFMT;
     let private = Mode::from_bits_truncate(0o600);
     let (dir_fd, name_os) = (directory.as_fd(), name.as_os_str());
-    // Made with the ids of the process that had it: where it could not create a file, neither
-    // does crust.
-    as_maker(&ids, || match kind {
+    let create = || match kind {
         libc::S_IFDIR => nix::sys::stat::mkdirat(dir_fd, name_os, Mode::from_bits_truncate(0o700)),
         libc::S_IFIFO => nix::sys::stat::mknodat(dir_fd, name_os, SFlag::S_IFIFO, private, 0),
         _ => nix::fcntl::openat(dir_fd, name_os, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, private).map(drop),
-    })
-    .with_context(|| format!("creating {path} with fsuid {} fsgid {}", ids.uid, ids.gid))?;
+    };
+    if as_root {
+        tracing::info!(path, fsuid = ids.uid, "the process's ids may not create files there: made as root under a hidden name");
+        create().with_context(|| format!("creating {path}"))?;
+    } else {
+        as_maker(&ids, create).with_context(|| format!("creating {path} with fsuid {} fsgid {}", ids.uid, ids.gid))?;
+    }
     // What was just made, without following anything: journaled before it is filled.
     let handle = nix::fcntl::openat(directory.as_fd(), name.as_os_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
     let meta = File::from(handle.try_clone()?).metadata()?;
