@@ -16,10 +16,7 @@ use crate::image::proto::{Core, Inventory, ProcessEntry};
 use crate::image::{self, ImageDir};
 use crate::kinds::credentials::Credentials;
 use crate::kinds::files::{Files, OpenFileTable};
-use crate::kinds::identity::Identity;
 use crate::kinds::memory::{self, Memory};
-use crate::kinds::registers::ThreadState;
-use crate::kinds::timers::Timers;
 use crate::kinds::{DumpCtx, Kind};
 use crate::progress::Progress;
 use crate::sys::pidfd::pidfd_open;
@@ -163,7 +160,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let frozen_at = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
 
     progress.step(format!("checking the tree of pid {root}"));
-    refuse_before_freezing(root, image, opts)?;
+    crate::timing::step("dump: refuse before freezing", || refuse_before_freezing(root, image, opts))?;
     image.begin()?;
     progress.step(format!("freezing the tree of pid {root}"));
     // Timed waits and lease breakers are sampled while they still wait; remaining times
@@ -175,7 +172,9 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let mut members = Vec::new();
     let mut frozen: Vec<Frozen> = Vec::new();
     let deadline = opts.freeze_timeout.map(|t| freeze_start + t);
-    let froze = freeze_tree(root, &mut members, &mut frozen, deadline).and_then(|()| crate::fault::point("dump-frozen"));
+    let froze = crate::timing::step("dump: freeze tree", || freeze_tree(root, &mut members, &mut frozen, deadline))
+        .and_then(|()| crate::timing::step("dump: map scratch areas", || map_scratch_areas(&mut frozen)))
+        .and_then(|()| crate::fault::point("dump-frozen"));
     let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, opts));
     let frozen_time = freeze_start.elapsed();
     let foreground_pgid = foreground_pgid(root, &members);
@@ -201,14 +200,14 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     // Without -R the tree stays frozen until the image is complete: a dump that fails or is
     // interrupted from here on still leaves it running. With -R it already runs on.
     progress.step("checksumming page data".to_string());
-    let inventory = finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts);
+    let inventory = crate::timing::step("dump: finish image", || finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts));
     if inventory.is_ok() {
         // The image needs them until its restore, which removes them (as the reference tool).
         links.keep_all();
     }
     let inventory = match (inventory, opts.leave_running) {
         (Ok(inventory), false) => {
-            release_all(&mut frozen, opts.end())?;
+            crate::timing::step("dump: release", || release_all(&mut frozen, opts.end()))?;
             info!(%root, end = ?opts.end(), "released after the dump");
             if opts.end() == End::Kill {
                 reap_killed(&frozen, crate::kinds::fd::after_kill_waits(&mut kinds));
@@ -230,6 +229,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
         frozen_time.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3
     ));
+    crate::timing::report("dump");
     Ok(DumpReport { frozen: frozen_time, total: started.elapsed(), pages_bytes })
 }
 
@@ -283,6 +283,8 @@ fn finish_image(
     foreground_pgid: u32,
     opts: &DumpOptions,
 ) -> Result<Inventory> {
+    // The records are synced and in place before anything is hashed or sealed.
+    image.finish_deferred()?;
     for entry in entries.iter_mut().filter(|e| !e.zombie) {
         crate::interrupt::check()?;
         entry.data_files = vec![image.checksum_data_file(&image::pages_name(entry.pid))?];
@@ -381,7 +383,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
         // code /proc reports for a stopped task.
         let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
         let interrupted = crate::kinds::syscall_timeouts::before_interrupt();
-        if let Err(e) = ptrace::seize_and_interrupt_until(pid, false, deadline) {
+        if let Err(e) = crate::timing::step("dump: seize", || ptrace::seize_and_interrupt_until(pid, false, deadline)) {
             // A child caught exiting cannot be traced (EPERM): it is about to be a zombie
             // (its parent is frozen and cannot reap it) or gone (if its parent ignores SIGCHLD).
             if pid != root && wait_exit_done(pid) {
@@ -395,7 +397,7 @@ fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, d
             let _ = ptrace::detach(pid);
             return Err(e.context(format!("freezing pid {pid}")));
         }
-        match Frozen::take(pid, deadline) {
+        match crate::timing::step("dump: take", || Frozen::take(pid, deadline)) {
             Ok(mut f) => {
                 f.job_stop = job_stop;
                 frozen.push(f)
@@ -581,12 +583,13 @@ fn collect_tree(
     }
     // Every process reads its dispositions at once: they cannot change while it is frozen.
     let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
-    let actions = crate::kinds::signals::dispositions_of_all(&mut leaders)?;
+    let actions = crate::timing::step("dump: dispositions of all", || crate::kinds::signals::dispositions_of_all(&mut leaders))?;
+    let asked = crate::timing::step("dump: asked of all", || crate::kinds::asked::ask_all(&mut leaders))?;
     let mut pages_bytes = 0;
-    for ((f, files), actions) in frozen.iter_mut().zip(files).zip(actions) {
+    for (((f, files), actions), asked) in frozen.iter_mut().zip(files).zip(actions).zip(asked) {
         crate::interrupt::check()?;
         let parent = parent_of(f.pid);
-        pages_bytes += collect(f, files, actions, image, progress, &mut open_files, parent)?;
+        pages_bytes += collect(f, files, actions, asked, image, progress, &mut open_files, parent)?;
     }
     let sysv_data = open_files.state.get::<crate::kinds::sysv_shm::SysvSegments>().data_files();
     // Deleted files, recorded once each; the names --link-remap made are removed (when
@@ -595,7 +598,7 @@ fn collect_tree(
     let kinds = std::mem::take(&mut open_files.state);
     let mut open_files = open_files.into_record();
     open_files.ghosts = ghosts;
-    image.write_record(image::OPEN_FILES, &open_files)?;
+    image.write_record_deferred(image::OPEN_FILES, &open_files)?;
     let shared = shared_tables(members)?;
     let entries = members
         .iter()
@@ -722,14 +725,24 @@ fn precheck(pid: Pid) -> Result<()> {
     Ok(())
 }
 
+/// crust's own namespaces (None: unreadable), read once for every process checked.
+fn own_namespaces() -> &'static [(&'static str, Option<std::path::PathBuf>)] {
+    static OURS: std::sync::OnceLock<Vec<(&'static str, Option<std::path::PathBuf>)>> = std::sync::OnceLock::new();
+    OURS.get_or_init(|| {
+        ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"]
+            .into_iter()
+            .map(|ns| (ns, std::fs::read_link(format!("/proc/self/ns/{ns}")).ok()))
+            .collect()
+    })
+}
+
 /// State this version cannot restore faithfully is refused by name, never dropped.
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     crate::kinds::seccomp::precheck(pid.as_raw())?;
-    for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
+    for (ns, ours) in own_namespaces() {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}"));
-        if let (Ok(theirs), Ok(ours)) = (theirs, ours) {
-            if theirs != ours {
+        if let (Ok(theirs), Some(ours)) = (theirs, ours) {
+            if &theirs != ours {
                 bail!(
                     "pid {pid} lives in another {ns} namespace ({}) than crust; crust cannot restore namespaces yet",
                     theirs.display()
@@ -738,6 +751,48 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Maps crust's scratch area in every frozen process, all at once (one round of stops for the
+/// tree, see RemoteTask::syscall_each), after removing those killed crusts left.
+fn map_scratch_areas(frozen: &mut [Frozen]) -> Result<()> {
+    for f in frozen.iter_mut() {
+        remove_left_scratch_areas(&mut f.remote);
+    }
+    // Shared anonymous memory never merges with the process's own mappings, so the scratch
+    // area stays one VMA that the memory dump can leave out.
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+    let mmap = (libc::SYS_mmap, vec![0, SCRATCH_LEN, prot, flags, u64::MAX, 0]);
+    let calls = vec![mmap; frozen.len()];
+    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
+    // Each apart: an area mapped is known (and unmapped on failure) whatever the others did.
+    let results = RemoteTask::syscall_each_apart(&mut leaders, &calls).context("remote mmap(scratch)")?;
+    let mark = scratch_mark(std::process::id());
+    let mut failed = None;
+    for (f, ret) in frozen.iter_mut().zip(results) {
+        let ret = match ret {
+            Ok(ret) if !(-4095..0).contains(&ret) => ret,
+            Ok(ret) => {
+                let errno = nix::errno::Errno::from_raw(-ret as i32);
+                failed.get_or_insert_with(|| anyhow::anyhow!("pid {}: remote mmap(scratch): {errno}", f.pid));
+                continue;
+            }
+            Err(e) => {
+                failed.get_or_insert_with(|| anyhow::Error::from(e).context(format!("pid {}: remote mmap(scratch)", f.pid)));
+                continue;
+            }
+        };
+        let address = ret as u64;
+        // Known at once, so that a failure from here on unmaps it. Signed in its last bytes
+        // (which calls never use), so that the area a crust killed meanwhile left can be told
+        // from the program's own memory and removed by the next dump.
+        f.set_scratch(address);
+        if let Err(e) = f.remote.write_memory(address + SCRATCH_LEN - SCRATCH_MARK_LEN, &mark) {
+            failed.get_or_insert_with(|| anyhow::Error::from(e).context(format!("pid {}: signing the scratch area", f.pid)));
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// A seized, stopped process with crust's scratch area mapped and every signal blocked.
@@ -777,11 +832,14 @@ fn task_ids(pid: Pid) -> Vec<Pid> {
 
 impl Frozen {
     /// Takes over a process whose leader is seized and stopped: seizes its other threads (until
-    /// no new one appears), blocks signals in each, maps the scratch area.
+    /// no new one appears), blocks signals in each. (The scratch area is mapped once the whole
+    /// tree is frozen: [`map_scratch_areas`].)
     fn take(pid: Pid, deadline: Option<Instant>) -> Result<Self> {
-        let syscall_ip = memory::syscall_instruction_in_vdso(pid.as_raw())?;
+        // Read once for both searches (the leader is stopped: its code stays where it is).
+        let maps = procfs::process::Process::new(pid.as_raw())?.maps()?;
+        let syscall_ip = memory::syscall_instruction_in_vdso_of(pid.as_raw(), &maps)?;
         let mut remote = RemoteTask::new(pid, syscall_ip)?;
-        let sigreturn = memory::sigreturn_instruction(&remote);
+        let sigreturn = memory::sigreturn_instruction_in(&remote, &maps);
         if sigreturn.is_none() {
             warn!(%pid, "no rt_sigreturn instructions in the process: a crust killed during this dump could harm it");
         }
@@ -824,21 +882,16 @@ impl Frozen {
                 self.threads.push(thread);
             }
         }
-        // Shared anonymous memory never merges with the process's own mappings, so the scratch
-        // area stays one VMA that the memory dump can leave out.
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-        remove_left_scratch_areas(&mut self.remote);
-        let address = self.remote.syscall("mmap(scratch)", libc::SYS_mmap, &[0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
-        // Signed in its last bytes (which calls never use), so that the area a crust killed
-        // meanwhile left can be told from the program's own memory and removed by the next dump.
-        self.remote.write_memory(address + SCRATCH_LEN - SCRATCH_MARK_LEN, &scratch_mark(std::process::id()))?;
+        Ok(())
+    }
+
+    /// Uses the scratch area mapped at `address` in the process.
+    fn set_scratch(&mut self, address: u64) {
         let scratch = Some(Scratch { address, len: SCRATCH_LEN - SCRATCH_MARK_LEN });
         self.remote.set_scratch(scratch);
         for t in &mut self.threads {
             t.set_scratch(scratch);
         }
-        Ok(())
     }
 
     /// Removes every trace of crust and lets the process go on (resumed, or stopped by a
@@ -901,7 +954,7 @@ fn collect_files(
     let process = procfs::process::Process::new(pid.as_raw())?;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     progress.step(format!("pid {pid}: files"));
-    let files = Files::dump(&mut ctx)?;
+    let files = crate::timing::step("dump: files", || Files::dump(&mut ctx))?;
     crate::fault::point("dump-files")?;
     Ok(files)
 }
@@ -911,6 +964,7 @@ fn collect(
     frozen: &mut Frozen,
     files: crate::image::proto::Files,
     actions: Vec<crate::image::proto::SigAction>,
+    asked: crate::kinds::asked::Asked,
     image: &ImageDir,
     progress: &Progress,
     open_files: &mut OpenFileTable,
@@ -922,17 +976,18 @@ fn collect(
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files: &mut *open_files, parent };
 
     progress.step(format!("pid {pid}: memory"));
-    let mm = Memory::dump(&mut ctx)?;
+    ctx.open_files.state.get::<memory::AskedBreaks>().0.insert(pid.as_raw(), asked.brk);
+    let mm = crate::timing::step("dump: memory", || Memory::dump(&mut ctx))?;
     crate::fault::point("dump-memory")?;
     crate::interrupt::check()?;
     let pages_bytes: u64 = mm.vmas.iter().flat_map(|v| &v.pages).map(|r| r.pages * crate::sys::PAGE_SIZE).sum();
     progress.step(format!("pid {pid}: signals, timers, identity, registers"));
-    let identity = Identity::dump(&mut ctx)?;
-    let credentials = Credentials::dump(&mut ctx)?;
-    let timers = Timers::dump(&mut ctx)?;
-    let posix_timers = crate::kinds::posix_timers::dump(&mut ctx)?;
-    let membarrier_registrations = crate::kinds::membarrier::dump(&mut ctx)?;
-    let mut threads = vec![ThreadState::dump(&mut ctx)?];
+    let identity = crate::timing::step("dump: identity", || crate::kinds::identity::dump_with(&mut ctx, Some(&asked)))?;
+    let credentials = crate::timing::step("dump: credentials", || Credentials::dump(&mut ctx))?;
+    let timers = crate::kinds::timers::from_itimervals(&asked.itimers);
+    let posix_timers = crate::timing::step("dump: posix timers", || crate::kinds::posix_timers::dump(&mut ctx))?;
+    let membarrier_registrations = asked.membarrier_registrations;
+    let mut threads = vec![crate::timing::step("dump: leader thread", || crate::kinds::registers::dump_with(&mut ctx, Some(asked.own)))?];
     let DumpCtx { process, pidfd, .. } = ctx;
     // What only each thread can tell, asked of all the other threads at once.
     let mut others: Vec<&mut RemoteTask> = frozen.threads.iter_mut().collect();
@@ -960,7 +1015,7 @@ fn collect(
     let job_stop = frozen.job_stop;
     let mut ctx = DumpCtx { pid, remote: &mut frozen.remote, image, process, pidfd, open_files, parent };
     // Pending signals last: a timer may have fired while we were collecting.
-    let signals = crate::kinds::signals::dump_with(&mut ctx, Some(actions))?;
+    let signals = crate::timing::step("dump: pending signals", || crate::kinds::signals::dump_with(&mut ctx, Some(actions)))?;
 
     let core = Core {
         pid: pid.as_raw() as u32,
@@ -986,8 +1041,11 @@ fn collect(
         membarrier_registrations,
     };
     let p = pid.as_raw() as u32;
-    image.write_record(&image::core_name(p), &core)?;
-    image.write_record(&image::mm_name(p), &mm)?;
-    image.write_record(&image::files_name(p), &files)?;
+    crate::timing::step("dump: write records", || -> Result<()> {
+        image.write_record_deferred(&image::core_name(p), &core)?;
+        image.write_record_deferred(&image::mm_name(p), &mm)?;
+        image.write_record_deferred(&image::files_name(p), &files)?;
+        Ok(())
+    })?;
     Ok(pages_bytes)
 }

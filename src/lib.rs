@@ -24,3 +24,4 @@ pub mod progress;
 pub mod restore;
 pub mod show;
 pub mod sys;
+pub mod timing;

@@ -416,7 +416,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
     crate::network_lock::repair_left_behind();
     let progress = Progress::new("restore");
     progress.step("verifying the image".into());
-    let img = checked_image(dir, opts, Duration::from_secs(3), true)?;
+    let img = crate::timing::step("restore: load image", || checked_image(dir, opts, Duration::from_secs(3), true))?;
     let root = img.inventory.root_pid;
     let terminal = if is_shell_job(&img) {
         Some(crate::sys::terminal::ControllingTerminal::open().context("--shell-job needs crust to run on a terminal")?)
@@ -457,6 +457,7 @@ pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
         }
     };
     let built = tree.build(&img, &progress, job_terminal.as_ref());
+    crate::timing::report("restore");
     if let Err(mut e) = built {
         if let Some(pages) = lazy {
             if let Some(f) = pages.failure() {
@@ -843,16 +844,16 @@ impl Tree {
             let mut ctx = self.ctx(img, *pid)?;
             files::after_threads(&mut ctx, &p.files).with_context(|| format!("restoring pid {pid}: files that need threads"))?;
         }
-        self.take_leases_again(img)?;
+        crate::timing::step("restore: leases", || self.take_leases_again(img))?;
         for pid in img.processes.keys() {
-            self.finish_process(img, *pid).with_context(|| format!("restoring pid {pid}: credentials"))?;
+            crate::timing::step("restore: finish process", || self.finish_process(img, *pid)).with_context(|| format!("restoring pid {pid}: credentials"))?;
         }
         let lease_breaks = self.plan_lease_breaks(img)?;
         // Every description and mapping of a deleted file is open: its name goes again.
         self.ghosts.unlink_all()?;
         // No process runs before every page it read in was verified.
         if let Some(check) = self.page_check.take() {
-            check.join().map_err(|_| anyhow::anyhow!("the page file check panicked"))??;
+            crate::timing::step("restore: wait page check", || check.join()).map_err(|_| anyhow::anyhow!("the page file check panicked"))??;
         }
         crate::fault::point("restore-before-resume")?;
         crate::interrupt::check()?;
@@ -946,7 +947,7 @@ impl Tree {
         let mut waiting: Vec<&OpenFile> = Vec::new();
         if let Some(p) = img.processes.get(&pid) {
             let building = self.building.get_mut(&pid).unwrap();
-            memory::prepare_address_space(&mut building.remote, &p.mm, helper)?;
+            crate::timing::step("restore: prepare address space", || memory::prepare_address_space(&mut building.remote, &p.mm, helper))?;
             // Leadership first: the children forked below inherit the session and group.
             if p.core.sid == pid {
                 building.remote.syscall("setsid", libc::SYS_setsid, &[])?;
@@ -967,7 +968,7 @@ impl Tree {
             // Memory before the children: they inherit it, so pages shared copy-on-write
             // after fork are shared again and inherited mappings are the same mappings.
             let mut ctx = self.ctx(img, pid)?;
-            Memory::restore(&mut ctx, &p.mm).with_context(|| format!("restoring the memory of pid {pid}"))?;
+            crate::timing::step("restore: memory", || Memory::restore(&mut ctx, &p.mm)).with_context(|| format!("restoring the memory of pid {pid}"))?;
             // What the children inherit (a session leader's terminal).
             files::session_set(&mut ctx, true)?;
         } else if entry.zombie {
@@ -980,9 +981,9 @@ impl Tree {
             // child that may inherit them.
             self.open_waiting(img, pid, &mut waiting, false)?;
             let remote = &mut self.building.get_mut(&pid).unwrap().remote;
-            let new = fork_child(remote, child, exit_signal, shares).with_context(|| format!("pid {pid} forking pid {child}"))?;
+            let new = crate::timing::step("restore: fork child", || fork_child(remote, child, exit_signal, shares)).with_context(|| format!("pid {pid} forking pid {child}"))?;
             self.created.push(new);
-            ptrace::seize_and_interrupt(new, true)?;
+            crate::timing::step("restore: seize child", || ptrace::seize_and_interrupt(new, true))?;
             let mut remote = RemoteTask::new(new, helper)?;
             memory::use_helper(&mut remote, helper);
             ptrace::set_sigmask(new, !0)?;
@@ -1115,7 +1116,7 @@ impl Tree {
         let shares_table = img.entries().iter().any(|e| e.pid == pid && e.files_shared_with_parent);
         let inherited_actions = self.inherited_actions.clone();
         let mut ctx = self.ctx(img, pid)?;
-        files::restore_table(&mut ctx, &p.files, !shares_table)?;
+        crate::timing::step("restore: fd table", || files::restore_table(&mut ctx, &p.files, !shares_table))?;
         let identity = IdentityRecord {
             comm: p.core.comm.clone(),
             personality: p.core.personality,
@@ -1127,7 +1128,7 @@ impl Tree {
             nice: p.core.nice,
             oom_score_adj: p.core.oom_score_adj,
         };
-        Identity::restore(&mut ctx, &identity)?;
+        crate::timing::step("restore: identity", || Identity::restore(&mut ctx, &identity))?;
         if has_zombie_children {
             // Recreating the zombies queued their exit signals here; the image says what was
             // pending.
@@ -1138,27 +1139,30 @@ impl Tree {
             handlers: p.core.signal_handlers.clone().unwrap_or_default(),
             shared_pending: p.core.shared_pending.clone(),
         };
-        crate::kinds::signals::restore_from(&mut ctx, &signals, &inherited_actions)?;
+        crate::timing::step("restore: signals", || crate::kinds::signals::restore_from(&mut ctx, &signals, &inherited_actions))?;
         if let Some(timers) = &p.core.interval_timers {
-            Timers::restore(&mut ctx, timers)?;
+            crate::timing::step("restore: timers", || Timers::restore(&mut ctx, timers))?;
         }
-        crate::kinds::membarrier::restore(&mut ctx, p.core.membarrier_registrations)?;
-        identity::restore_rlimits(&mut ctx, &p.core.rlimits)?;
+        crate::timing::step("restore: membarrier", || crate::kinds::membarrier::restore(&mut ctx, p.core.membarrier_registrations))?;
+        crate::timing::step("restore: rlimits", || identity::restore_rlimits(&mut ctx, &p.core.rlimits))?;
         let (leader, others) = p.core.threads.split_first().context("image has no thread")?;
-        ThreadState::restore(&mut ctx, leader)?;
+        crate::timing::step("restore: leader thread", || ThreadState::restore(&mut ctx, leader))?;
         // Credentials belong to each thread: they are restored by finish_process.
-        let created = create_threads(ctx.remote, others, helper)?;
+        let created = crate::timing::step("restore: create threads", || create_threads(ctx.remote, others, helper))?;
         self.building.get_mut(&pid).unwrap().threads = created;
-        self.each_other_thread(img, pid, |tctx, thread| {
-            registers::restore_with(tctx, thread, false).with_context(|| format!("restoring thread {}", thread.tid))
+        crate::timing::step("restore: other threads' state", || {
+            self.each_other_thread(img, pid, |tctx, thread| {
+                registers::restore_with(tctx, thread, false).with_context(|| format!("restoring thread {}", thread.tid))
+            })
         })?;
         // Their registrations, made by all the threads at once.
         let mut others: Vec<&mut RemoteTask> = self.building.get_mut(&pid).unwrap().threads.iter_mut().collect();
         let records: Vec<&crate::image::proto::Thread> = others_records(p);
-        registers::restore_registrations_of_all(&mut others, &records).with_context(|| format!("restoring the threads of pid {pid}"))?;
+        crate::timing::step("restore: registrations of all", || registers::restore_registrations_of_all(&mut others, &records))
+            .with_context(|| format!("restoring the threads of pid {pid}"))?;
         // Last: a timer may signal any thread, and runs from the moment it is armed.
         let mut ctx = self.ctx(img, pid)?;
-        crate::kinds::posix_timers::restore(&mut ctx, &p.core.posix_timers)
+        crate::timing::step("restore: posix timers", || crate::kinds::posix_timers::restore(&mut ctx, &p.core.posix_timers))
     }
 
     /// Runs `step` for each thread of `pid` but its leader, with a context driving that thread.

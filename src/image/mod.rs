@@ -127,6 +127,83 @@ pub struct ImageDir {
     sealed_hashes: std::sync::Arc<std::sync::OnceLock<std::collections::HashMap<String, Vec<u8>>>>,
     /// A dump began writing here (see [`Self::begin`]).
     begun: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Threads that make the records of [`Self::write_record_deferred`] durable and put them in
+    /// place while the dump goes on.
+    syncer: std::sync::Arc<std::sync::Mutex<Option<Syncer>>>,
+}
+
+/// A record to write to its temporary file, sync and rename into place.
+struct Deferred {
+    bytes: Vec<u8>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Deferred {
+    fn write(&self) -> std::io::Result<()> {
+        let mut f = create_no_follow(&self.tmp)?;
+        f.write_all(&self.bytes)?;
+        f.sync_data()?;
+        fs::rename(&self.tmp, &self.path)
+    }
+}
+
+/// A few threads that write, sync and rename deferred records: each `fdatasync` waits for the
+/// disk, and a tree of 300 processes writes 900 records, so the waits overlap each other and
+/// the collection of the next processes (on the other core: creating a file costs the file
+/// system some CPU too) instead of adding up.
+struct Syncer {
+    queue: std::sync::mpsc::Sender<Deferred>,
+    threads: Vec<std::thread::JoinHandle<Result<(), ImageError>>>,
+}
+
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Syncer({} threads)", self.threads.len())
+    }
+}
+
+impl Syncer {
+    const THREADS: usize = 4;
+
+    fn start() -> Syncer {
+        let (queue, jobs) = std::sync::mpsc::channel::<Deferred>();
+        let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
+        let threads = (0..Self::THREADS)
+            .map(|_| {
+                let jobs = jobs.clone();
+                std::thread::spawn(move || {
+                    let mut result = Ok(());
+                    loop {
+                        // One thread at a time waits for the next job; the others wait for the lock.
+                        let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(job) = next else { return result };
+                        if let Err(source) = job.write()
+                            && result.is_ok()
+                        {
+                            result = Err(ImageError::Io { path: job.path, source });
+                        }
+                    }
+                })
+            })
+            .collect();
+        Syncer { queue, threads }
+    }
+
+    /// Waits until every record sent is synced and in place; the first error.
+    fn finish(self) -> Result<(), ImageError> {
+        drop(self.queue);
+        let mut result = Ok(());
+        for t in self.threads {
+            let r = t.join().unwrap_or_else(|_| {
+                Err(ImageError::Io { path: PathBuf::new(), source: std::io::Error::other("a record sync thread panicked") })
+            });
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
 }
 
 /// Largest record file crust reads (the largest records, inventories of images of many GiB,
@@ -180,6 +257,7 @@ impl ImageDir {
             pinned: Default::default(),
             sealed_hashes: Default::default(),
             begun: Default::default(),
+            syncer: Default::default(),
         }
     }
 
@@ -216,6 +294,7 @@ impl ImageDir {
 
     /// Before another attempt at the dump: removes every file written so far.
     pub fn discard_written(&self) {
+        let _ = self.finish_deferred();
         self.hashed.lock().unwrap().clear();
         for path in std::mem::take(&mut *self.written.lock().unwrap()) {
             if let Err(e) = fs::remove_file(&path)
@@ -233,6 +312,7 @@ impl ImageDir {
             // Refused before anything was written: whatever the directory held stays.
             return;
         }
+        let _ = self.finish_deferred();
         for path in std::mem::take(&mut *self.written.lock().unwrap()) {
             if let Err(e) = fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -274,6 +354,40 @@ impl ImageDir {
 
     /// Writes a framed record, atomically (temporary file + rename).
     pub fn write_record<R: Record>(&self, name: &str, record: &R) -> Result<(), ImageError> {
+        let (file, tmp, path) = self.write_temporary(name, record)?;
+        file.sync_data().and_then(|()| fs::rename(&tmp, &path)).map_err(|source| ImageError::Io { path, source })
+    }
+
+    /// [`Self::write_record`], the sync and rename done by other threads while the caller goes
+    /// on: the record is in place, durable, once [`Self::finish_deferred`] returned.
+    pub fn write_record_deferred<R: Record>(&self, name: &str, record: &R) -> Result<(), ImageError> {
+        let (bytes, tmp, path) = self.framed(name, record);
+        let mut syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = &syncer.get_or_insert_with(Syncer::start).queue;
+        queue.send(Deferred { bytes, tmp, path: path.clone() }).map_err(|_| ImageError::Io {
+            path,
+            source: std::io::Error::other("the record sync threads are gone"),
+        })
+    }
+
+    /// Waits until every record of [`Self::write_record_deferred`] is synced and in place.
+    pub fn finish_deferred(&self) -> Result<(), ImageError> {
+        let syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        syncer.map_or(Ok(()), Syncer::finish)
+    }
+
+    /// A framed record written to its temporary file (not synced): the file, its temporary
+    /// name and its name.
+    fn write_temporary<R: Record>(&self, name: &str, record: &R) -> Result<(File, PathBuf, PathBuf), ImageError> {
+        let (bytes, tmp, path) = self.framed(name, record);
+        let mut f = create_no_follow(&tmp).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        f.write_all(&bytes).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        Ok((f, tmp, path))
+    }
+
+    /// A record framed as its file holds it, its temporary name and its name (both noted as
+    /// written: a failed dump removes them).
+    fn framed<R: Record>(&self, name: &str, record: &R) -> (Vec<u8>, PathBuf, PathBuf) {
         let path = self.path(name);
         let payload = record.encode_to_vec();
         let mut buf = Vec::with_capacity(HEADER_LEN + payload.len() + 8);
@@ -286,14 +400,9 @@ impl ImageDir {
         let sum = xxh3_64(&buf);
         buf.extend_from_slice(&sum.to_le_bytes());
         let tmp = self.path(&format!(".{name}.tmp"));
-        let io = |source| ImageError::Io { path: path.clone(), source };
         self.note_written(&tmp);
         self.note_written(&path);
-        let mut f = create_no_follow(&tmp).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
-        f.sync_data().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
-        Ok(())
+        (buf, tmp, path)
     }
 
     /// Reads and verifies a framed record: magic, version, kind, length and checksum, and, once

@@ -27,52 +27,7 @@ impl Kind for Identity {
     type Record = IdentityRecord;
 
     fn dump(ctx: &mut DumpCtx) -> Result<IdentityRecord> {
-        let pid = ctx.pid.as_raw();
-        let read = |name: &str| {
-            std::fs::read_to_string(format!("/proc/{pid}/{name}")).with_context(|| format!("reading /proc/{pid}/{name}"))
-        };
-        let comm = read("comm")?.trim_end_matches('\n').to_owned();
-        let personality = u32::from_str_radix(read("personality")?.trim(), 16)?;
-        let status = read("status")?;
-        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-        let umask = u32::from_str_radix(field("Umask:").context("no Umask in status")?, 8)?;
-        let no_new_privs = field("NoNewPrivs:") == Some("1");
-        let timer_slack_ns = read("timerslack_ns")?.trim().parse()?;
-        let stat = ctx.process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
-        let oom_score_adj = read("oom_score_adj")?.trim().parse()?;
-
-        let r = &mut *ctx.remote;
-        // /proc shows them exactly, without a remote call per limit.
-        let rlimits = match rlimits_from_proc(pid) {
-            Some(l) => l,
-            None => remote_rlimits(r)?,
-        };
-        let out = r.put(0, &[0u8; 8])?;
-        r.syscall("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, out])?;
-        let pdeath_signal = scratch_u64(r, 0)? as u32;
-        let dumpable = r.syscall("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])? as u32;
-        let thp_disabled = r.syscall("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_GET_THP_DISABLE as u64])? != 0;
-        let out = r.put(0, &[0u8; 8])?;
-        r.syscall("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, out])?;
-        let child_subreaper = scratch_u64(r, 0)? as u32;
-        Ok(IdentityRecord {
-            comm,
-            personality,
-            umask,
-            rlimits,
-            control: ProcessControl {
-                pdeath_signal,
-                dumpable,
-                no_new_privs,
-                timer_slack_ns,
-                thp_disabled,
-                child_subreaper,
-            },
-            sid: stat.session as u32,
-            pgid: stat.pgrp as u32,
-            nice: stat.nice as i32,
-            oom_score_adj,
-        })
+        dump_with(ctx, None)
     }
 
     /// The process name is the leader thread's name, restored with the thread (`set_name`).
@@ -244,6 +199,67 @@ pub fn set_name(remote: &mut crate::sys::remote::RemoteTask, name: &str) -> Resu
     let addr = remote.put(256, &bytes)?;
     remote.syscall("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr])?;
     Ok(())
+}
+
+/// The identity of the process; `asked` if its prctl() state was asked already (by
+/// [`super::asked::ask_all`]: it cannot change while the process is frozen).
+pub fn dump_with(ctx: &mut DumpCtx, asked: Option<&super::asked::Asked>) -> Result<IdentityRecord> {
+    let pid = ctx.pid.as_raw();
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{name}")).with_context(|| format!("reading /proc/{pid}/{name}"))
+    };
+    let comm = read("comm")?.trim_end_matches('\n').to_owned();
+    let personality = u32::from_str_radix(read("personality")?.trim(), 16)?;
+    let status = read("status")?;
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    let umask = u32::from_str_radix(field("Umask:").context("no Umask in status")?, 8)?;
+    let no_new_privs = field("NoNewPrivs:") == Some("1");
+    let timer_slack_ns = read("timerslack_ns")?.trim().parse()?;
+    let stat = ctx.process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let oom_score_adj = read("oom_score_adj")?.trim().parse()?;
+
+    let r = &mut *ctx.remote;
+    // /proc shows them exactly, without a remote call per limit.
+    let rlimits = match rlimits_from_proc(pid) {
+        Some(l) => l,
+        None => remote_rlimits(r)?,
+    };
+    let (pdeath_signal, dumpable, thp_disabled, child_subreaper) = match asked {
+        Some(a) => (a.pdeath_signal, a.dumpable, a.thp_disabled, a.child_subreaper),
+        None => ask_control(r)?,
+    };
+    Ok(IdentityRecord {
+        comm,
+        personality,
+        umask,
+        rlimits,
+        control: ProcessControl {
+            pdeath_signal,
+            dumpable,
+            no_new_privs,
+            timer_slack_ns,
+            thp_disabled,
+            child_subreaper,
+        },
+        sid: stat.session as u32,
+        pgid: stat.pgrp as u32,
+        nice: stat.nice as i32,
+        oom_score_adj,
+    })
+}
+
+/// The prctl() state only the process can tell: (parent-death signal, dumpable, THP opt-out,
+/// child subreaper).
+fn ask_control(r: &mut crate::sys::remote::RemoteTask) -> Result<(u32, u32, bool, u32)> {
+    let out = r.put(0, &[0u8; 8])?;
+    r.syscall("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, out])?;
+    let pdeath_signal = scratch_u64(r, 0)? as u32;
+    let dumpable = r.syscall("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_GET_DUMPABLE as u64])? as u32;
+    let thp_disabled = r.syscall("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_GET_THP_DISABLE as u64])? != 0;
+    let out = r.put(0, &[0u8; 8])?;
+    r.syscall("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, out])?;
+    let child_subreaper = scratch_u64(r, 0)? as u32;
+    Ok((pdeath_signal, dumpable, thp_disabled, child_subreaper))
 }
 
 #[cfg(test)]

@@ -150,23 +150,33 @@ impl Kind for Memory {
         let pages_fd = ctx.open_in_process(&pages_path, libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW)?;
         same_page_file(ctx, pages_fd, &mm.pages_file)?;
         let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
-        let mut previous: Option<&Vma> = None;
-        for vma in &mm.vmas {
+        let mut i = 0;
+        while i < mm.vmas.len() {
+            let previous = i.checked_sub(1).map(|p| &mm.vmas[p]);
+            let run = plain_run(&mm.vmas[i..], previous);
+            if run.len() > 1 {
+                crate::timing::step("restore: map a run of areas", || map_run(ctx.remote, run)).with_context(|| {
+                    format!("restoring mappings {:#x}-{:#x} ({} areas)", run[0].start, run[run.len() - 1].end, run.len())
+                })?;
+                i += run.len();
+                continue;
+            }
+            let vma = &mm.vmas[i];
             let apart = previous.is_some_and(|p| could_merge(p, vma));
-            map_vma(ctx, vma, &mut file_fds, apart).with_context(|| {
+            crate::timing::step("restore: map an area", || map_vma(ctx, vma, &mut file_fds, apart)).with_context(|| {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
             })?;
-            previous = Some(vma);
+            i += 1;
         }
         // With --lazy-pages the lazy areas' pages come later, through the page server.
         let lazy = ctx.lazy.is_some();
         let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v)) && !v.unaccounted).collect();
-        place_pages(ctx, pages_fd, &mm.pages_file, &eager)?;
+        crate::timing::step("restore: fill pages", || place_pages(ctx, pages_fd, &mm.pages_file, &eager))?;
         collapse_huge_stretches(ctx.remote, &eager);
         let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
         write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
         for vma in &mm.vmas {
-            finish_vma(ctx.remote, vma).with_context(|| {
+            crate::timing::step("restore: finish an area", || finish_vma(ctx.remote, vma)).with_context(|| {
                 format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
             })?;
         }
@@ -432,10 +442,18 @@ fn finish_short_batch(remote: &mut RemoteTask, fd: u64, batch: &[Segment], done:
     Ok(())
 }
 
+/// Program breaks asked of the whole tree at once (by [`super::asked::ask_all`]), by pid: a
+/// break cannot change while the process is frozen.
+#[derive(Default)]
+pub struct AskedBreaks(pub HashMap<i32, u64>);
+
 fn dump_mm_fields(ctx: &mut DumpCtx) -> Result<MmFields> {
     let pid = ctx.pid.as_raw();
     let stat = ctx.process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let brk = ctx.remote.syscall("brk(0)", libc::SYS_brk, &[0])?;
+    let brk = match ctx.open_files.state.get::<AskedBreaks>().0.remove(&pid) {
+        Some(brk) => brk,
+        None => ctx.remote.syscall("brk(0)", libc::SYS_brk, &[0])?,
+    };
     let auxv_raw = std::fs::read(format!("/proc/{pid}/auxv")).with_context(|| format!("reading /proc/{pid}/auxv"))?;
     let auxv = auxv_raw.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
     let exe_link = format!("/proc/{pid}/exe");
@@ -473,19 +491,16 @@ pub fn vdso_text(pid: i32) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Address of a `syscall` instruction inside the [vdso] of `pid`: the first place crust can
-/// run a remote system call from without changing a byte of the process.
 /// Where a thread of `pid` parked by crust returns through its signal frame: the
 /// `mov $15, %rax; syscall` of its C library's `__restore_rt` (or the like), found in its
 /// executable file mappings, the C library's first. None if there is none, or if the process
 /// uses a shadow stack (rt_sigreturn would then need a token crust does not place).
-pub fn sigreturn_instruction(remote: &RemoteTask) -> Option<u64> {
+pub fn sigreturn_instruction_in(remote: &RemoteTask, maps: &procfs::process::MemoryMaps) -> Option<u64> {
     let pid = remote.pid().as_raw();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     if status.lines().any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk")) {
         return None;
     }
-    let maps = procfs::process::Process::new(pid).ok()?.maps().ok()?;
     let mut code: Vec<_> = maps
         .iter()
         .filter(|m| m.perms.contains(MMPermissions::EXECUTE) && matches!(m.pathname, MMapPath::Path(_)))
@@ -519,22 +534,48 @@ pub fn sigreturn_instruction(remote: &RemoteTask) -> Option<u64> {
     })
 }
 
-/// Where [`sigreturn_instruction`] found the instructions in a file's code mapping, by
+/// Where [`sigreturn_instruction_in`] found the instructions in a file's code mapping, by
 /// (address range, file offset, device, inode) of the mapping.
 type MappingKey = ((u64, u64), u64, (i32, i32), u64);
 static SIGRETURN_FOUND: std::sync::Mutex<std::collections::BTreeMap<MappingKey, Option<u64>>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
+/// Address of a `syscall` instruction inside the [vdso] of `pid`: the first place crust can
+/// run a remote system call from without changing a byte of the process.
 pub fn syscall_instruction_in_vdso(pid: i32) -> Result<u64> {
-    let maps = procfs::process::Process::new(pid)?.maps()?;
+    syscall_instruction_in_vdso_of(pid, &procfs::process::Process::new(pid)?.maps()?)
+}
+
+/// [`syscall_instruction_in_vdso`] with the process's mappings read already. Every process has
+/// the same vDSO (the kernel's): its code is searched once, and where it was found is checked
+/// again in each process.
+pub fn syscall_instruction_in_vdso_of(pid: i32, maps: &procfs::process::MemoryMaps) -> Result<u64> {
     let vdso = maps
         .iter()
         .find(|m| m.pathname == MMapPath::Vdso)
         .with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
+    let (start, end) = vdso.address;
+    let known = VDSO_SYSCALL_OFFSET.lock().ok().and_then(|c| c.get(&(end - start)).copied());
+    if let Some(offset) = known {
+        let mut bytes = [0u8; 2];
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+        let read = std::os::unix::fs::FileExt::read_exact_at(&mem, &mut bytes, start + offset);
+        if read.is_ok() && find_syscall_instruction(&bytes, start + offset) == Some(start + offset) {
+            return Ok(start + offset);
+        }
+    }
     let code = vdso_text(pid)?;
-    find_syscall_instruction(&code, vdso.address.0)
-        .with_context(|| format!("no syscall instruction in the vDSO of pid {pid}"))
+    let found = find_syscall_instruction(&code, start).with_context(|| format!("no syscall instruction in the vDSO of pid {pid}"))?;
+    if let Ok(mut c) = VDSO_SYSCALL_OFFSET.lock() {
+        c.insert(end - start, found - start);
+    }
+    Ok(found)
 }
+
+/// Where [`syscall_instruction_in_vdso_of`] found a `syscall` instruction in the vDSO, from its
+/// start, by the vDSO's length.
+static VDSO_SYSCALL_OFFSET: std::sync::Mutex<std::collections::BTreeMap<u64, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 // ---------------------------------------------------------------------------------------------
 // Restore
@@ -715,6 +756,92 @@ fn could_merge(prev: &Vma, vma: &Vma) -> bool {
     prev.end == vma.start && anonymous(prev) && anonymous(vma) && (prev.prot == vma.prot || while_filled(prev) == while_filled(vma))
 }
 
+/// The protection an area is mapped with: writable while its pages are filled (finish_vma
+/// sets the real one afterwards).
+fn prot_while_filled(v: &Vma) -> u32 {
+    if v.pages.is_empty() || v.unaccounted { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 }
+}
+
+/// A private anonymous area that a plain mmap makes exactly (not inherited, not moved into
+/// place, not growing down, not droppable, not to stay unaccounted: mapped writable first, it
+/// would be charged to the commit limit).
+fn is_plain_anonymous(v: &Vma) -> bool {
+    v.kind() == VmaKind::PrivateAnonymous
+        && !v.inherited
+        && !v.droppable
+        && !v.grows_down
+        && !v.unaccounted
+        && !super::pathless::made_later(v)
+}
+
+/// The areas at the start of `vmas` that one mmap over their whole range, then an mprotect of
+/// those with another protection, makes exactly as separate mmaps would (a thread's guard page
+/// and stack, the next thread's guard page...): adjacent plain anonymous areas, each differing
+/// in protection from the next (so none merges with its neighbour), none needing to be mapped
+/// apart from the one before it (see [`could_merge`]). An anonymous area's page offset is its
+/// address either way. One area when there is no such run.
+fn plain_run<'a>(vmas: &'a [Vma], previous: Option<&Vma>) -> &'a [Vma] {
+    let Some(first) = vmas.first() else { return vmas };
+    if !is_plain_anonymous(first) || previous.is_some_and(|p| could_merge(p, first)) {
+        return &vmas[..1];
+    }
+    let mut n = 1;
+    while let Some(next) = vmas.get(n) {
+        let cur = &vmas[n - 1];
+        let joins = is_plain_anonymous(next)
+            && next.start == cur.end
+            && !could_merge(cur, next)
+            && prot_while_filled(next) != prot_while_filled(cur)
+            && next.no_reserve == first.no_reserve;
+        if !joins {
+            break;
+        }
+        n += 1;
+    }
+    &vmas[..n]
+}
+
+/// Maps a run of [`plain_run`]: one mmap with the protection most of its areas have, then one
+/// mprotect for each of the others, then each area's advice. (1000 threads' stacks and guard
+/// pages: 1001 calls instead of 2000.)
+fn map_run(remote: &mut RemoteTask, run: &[Vma]) -> Result<()> {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for v in run {
+        *counts.entry(prot_while_filled(v)).or_default() += 1;
+    }
+    let common = counts.into_iter().max_by_key(|(prot, n)| (*n, std::cmp::Reverse(*prot))).map_or(0, |(prot, _)| prot);
+    let (start, end) = (run[0].start, run[run.len() - 1].end);
+    let noreserve = if run[0].no_reserve { libc::MAP_NORESERVE } else { 0 };
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | noreserve) as u64;
+    let got = remote.syscall("mmap", libc::SYS_mmap, &[start, end - start, common as u64, flags, u64::MAX, 0])?;
+    if got != start {
+        bail!("mmap returned {got:#x}");
+    }
+    for v in run.iter().filter(|v| prot_while_filled(v) != common) {
+        remote.syscall("mprotect", libc::SYS_mprotect, &[v.start, v.end - v.start, prot_while_filled(v) as u64])?;
+    }
+    for v in run {
+        advise_before_fill(remote, v)?;
+    }
+    Ok(())
+}
+
+/// Advice that changes how pages are backed, in place before they are filled.
+fn advise_before_fill(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
+    let advice: [(bool, i32); 4] = [
+        (vma.huge_page_advised, libc::MADV_HUGEPAGE),
+        (vma.no_huge_page_advised, libc::MADV_NOHUGEPAGE),
+        (vma.mergeable, libc::MADV_MERGEABLE),
+        (vma.dont_fork, libc::MADV_DONTFORK),
+    ];
+    for (wanted, advice) in advice {
+        if wanted {
+            madvise(remote, vma, advice)?;
+        }
+    }
+    Ok(())
+}
+
 /// Maps one area of the image. `apart`: the area right before it is a separate area in the
 /// image, so this one must not merge with it (see [`map_anonymous_apart`]).
 fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool), i32>, apart: bool) -> Result<()> {
@@ -805,19 +932,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
             bail!("mmap returned {got:#x}");
         }
     }
-    // Advice that changes how pages are backed must be in place before they are filled.
-    let advice: [(bool, i32); 4] = [
-        (vma.huge_page_advised, libc::MADV_HUGEPAGE),
-        (vma.no_huge_page_advised, libc::MADV_NOHUGEPAGE),
-        (vma.mergeable, libc::MADV_MERGEABLE),
-        (vma.dont_fork, libc::MADV_DONTFORK),
-    ];
-    for (wanted, advice) in advice {
-        if wanted {
-            madvise(ctx.remote, vma, advice)?;
-        }
-    }
-    Ok(())
+    advise_before_fill(ctx.remote, vma)
 }
 
 /// Two adjacent private anonymous areas that the process had as two (one was moved by mremap,

@@ -14,6 +14,7 @@
 //! made again for the restore.
 
 pub mod aio;
+pub mod asked;
 pub mod credentials;
 pub mod fd;
 pub mod file_check;

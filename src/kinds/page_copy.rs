@@ -36,7 +36,9 @@ pub struct Piece {
 
 /// How many workers copy at once: one per core (two on the project's machine), at most 4.
 fn workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+    // Asked once: the answer reads cgroup files, and a tree copies a page file per process.
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4))
 }
 
 /// process_vm_readv takes at most IOV_MAX remote pieces per call.
@@ -94,7 +96,7 @@ pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece]
         // One chunk at a time through a buffer that stays in this core's cache: read from the
         // process, hashed, written to the file (the write path fills the page cache without
         // zeroing it first, as faulting a shared mapping of tmpfs would).
-        let mut buffer = vec![0u8; CHUNK];
+        let mut buffer = vec![0u8; CHUNK.min(total as usize)];
         loop {
             crate::interrupt::check()?;
             let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -114,7 +116,8 @@ pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece]
         }
     };
     std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..workers()).map(|_| scope.spawn(work)).collect();
+        // No helper thread for a file of one chunk (most processes of a tree): nothing to share.
+        let helpers: Vec<_> = (1..workers().min(plan.len())).map(|_| scope.spawn(work)).collect();
         let mut result = work();
         for h in helpers {
             let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a page copy worker panicked")));

@@ -29,8 +29,9 @@ impl Kind for ThreadState {
     }
 }
 
-/// Restores a thread; its registrations (see [`registrations_of`]) only if `registrations`:
-/// else the caller makes them for a batch of threads ([`restore_registrations_of_all`]).
+/// Restores a thread; its alternate stack and registrations (see [`registrations_of`]) only if
+/// `registrations`: else the caller makes them for a batch of threads
+/// ([`restore_registrations_of_all`]).
 pub fn restore_with(ctx: &mut RestoreCtx, t: &Thread, registrations: bool) -> Result<()> {
     let pid = ctx.pid;
     let tid = ctx.remote.pid();
@@ -39,14 +40,10 @@ pub fn restore_with(ctx: &mut RestoreCtx, t: &Thread, registrations: bool) -> Re
     let r = &mut *ctx.remote;
     // A thread created by the restore (not the leader) starts without an alternate stack
     // (the kernel resets it for CLONE_VM): a disabled one needs no call.
-    let none = |ss: &&SignalStack| tid != pid && ss.flags & libc::SS_DISABLE != 0 && ss.sp == 0 && ss.size == 0;
-    if let Some(ss) = t.altstack.as_ref().filter(|ss| !none(ss)) {
-        let mut raw = Vec::new();
-        raw.extend_from_slice(&ss.sp.to_ne_bytes());
-        // SS_ONSTACK only reports that the thread was running on it.
-        raw.extend_from_slice(&((ss.flags & !libc::SS_ONSTACK) as u64).to_ne_bytes());
-        raw.extend_from_slice(&ss.size.to_ne_bytes());
-        let addr = r.put(0, &raw)?;
+    // (With the registrations of a batch of threads when they are made apart.)
+    let none = |ss: &&SignalStack| tid != pid && altstack_is_default(ss);
+    if let Some(ss) = t.altstack.as_ref().filter(|ss| registrations && !none(ss)) {
+        let addr = r.put(0, &stack_t(ss))?;
         r.syscall("sigaltstack", libc::SYS_sigaltstack, &[addr, 0]).context("restoring the alternate signal stack")?;
     }
     if registrations {
@@ -58,6 +55,49 @@ pub fn restore_with(ctx: &mut RestoreCtx, t: &Thread, registrations: bool) -> Re
         let addr = r.put(0, &info.raw)?;
         r.syscall("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, &[pid.as_raw() as u64, t.tid as u64, info.signo as u64, addr])
             .with_context(|| format!("re-queueing pending signal {} of thread {}", info.signo, t.tid))?;
+    }
+    Ok(())
+}
+
+/// Whether a thread created by the restore has this alternate stack already: none (the kernel
+/// resets it for CLONE_VM).
+fn altstack_is_default(ss: &SignalStack) -> bool {
+    ss.flags & libc::SS_DISABLE != 0 && ss.sp == 0 && ss.size == 0
+}
+
+/// The stack_t sigaltstack takes for `ss`.
+fn stack_t(ss: &SignalStack) -> [u8; 24] {
+    let mut raw = [0u8; 24];
+    raw[..8].copy_from_slice(&ss.sp.to_ne_bytes());
+    // SS_ONSTACK only reports that the thread was running on it.
+    raw[8..16].copy_from_slice(&((ss.flags & !libc::SS_ONSTACK) as u64).to_ne_bytes());
+    raw[16..].copy_from_slice(&ss.size.to_ne_bytes());
+    raw
+}
+
+/// The alternate stacks of threads created by the restore (`threads[i]` from `records[i]`,
+/// all of one process), set by all of them at once: each thread's stack_t in its own slot of
+/// the scratch area they share, one round of stops per batch of threads.
+fn restore_altstacks_of_all(threads: &mut [&mut crate::sys::remote::RemoteTask], records: &[&Thread]) -> Result<()> {
+    let mut wanted: Vec<(&mut crate::sys::remote::RemoteTask, &SignalStack)> = threads
+        .iter_mut()
+        .zip(records)
+        .filter_map(|(t, r)| r.altstack.as_ref().filter(|ss| !altstack_is_default(ss)).map(|ss| (&mut **t, ss)))
+        .collect();
+    const SLOT: u64 = 24;
+    let Some(scratch) = wanted.first().and_then(|(t, _)| t.scratch()) else { return Ok(()) };
+    let batch = ((scratch.len / SLOT) as usize).max(1);
+    for chunk in wanted.chunks_mut(batch) {
+        let mut calls = Vec::with_capacity(chunk.len());
+        for (i, (t, ss)) in chunk.iter().enumerate() {
+            let addr = t.put(i as u64 * SLOT, &stack_t(ss))?;
+            calls.push((libc::SYS_sigaltstack, vec![addr, 0]));
+        }
+        let mut tasks: Vec<&mut crate::sys::remote::RemoteTask> = chunk.iter_mut().map(|(t, _)| &mut **t).collect();
+        let results = crate::sys::remote::RemoteTask::syscall_each(&mut tasks, &calls)?;
+        if let Some((t, ret)) = tasks.iter().zip(results).find(|(_, ret)| (-4095..0).contains(ret)) {
+            bail!("thread {}: remote sigaltstack, restoring its alternate signal stack: {}", t.pid(), nix::errno::Errno::from_raw(-ret as i32));
+        }
     }
     Ok(())
 }
@@ -76,9 +116,11 @@ fn registrations_of(t: &Thread) -> Vec<(&'static str, i64, Vec<u64>)> {
     calls
 }
 
-/// The registrations of `threads[i]` from `records[i]`, made by all the threads at once (see
-/// RemoteTask::syscall_each): a round of stops per registration, not per thread.
+/// The alternate stacks and registrations of `threads[i]` from `records[i]`, made by all the
+/// threads at once (see RemoteTask::syscall_each): a round of stops per registration, not per
+/// thread.
 pub fn restore_registrations_of_all(threads: &mut [&mut crate::sys::remote::RemoteTask], records: &[&Thread]) -> Result<()> {
+    restore_altstacks_of_all(threads, records)?;
     let lists: Vec<_> = records.iter().map(|t| registrations_of(t)).collect();
     let rounds = lists.iter().map(Vec::len).max().unwrap_or(0);
     for k in 0..rounds {
@@ -110,9 +152,9 @@ pub struct OwnWords {
 }
 
 /// Bytes of the scratch area each thread's [`OwnWords`] take: stack_t (24), then the address.
-const OWN_WORDS_LEN: u64 = 32;
+pub(crate) const OWN_WORDS_LEN: u64 = 32;
 
-fn own_words_at(raw: &[u8]) -> OwnWords {
+pub(crate) fn own_words_at(raw: &[u8]) -> OwnWords {
     let word = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
     OwnWords { altstack: SignalStack { sp: word(0), flags: word(1) as i32, size: word(2) }, clear_child_tid: word(3) }
 }

@@ -15,21 +15,26 @@ fn to_us(sec: u64, usec: u64) -> u64 {
     sec * 1_000_000 + usec
 }
 
+/// The record of the three timers as getitimer gave them (struct itimerval as 4 words each, in
+/// the order of [`WHICH`]).
+pub fn from_itimervals(words: &[[u64; 4]; 3]) -> IntervalTimers {
+    let timer = |w: &[u64; 4]| IntervalTimer { interval_us: to_us(w[0], w[1]), value_us: to_us(w[2], w[3]) };
+    IntervalTimers { real: Some(timer(&words[0])), r#virtual: Some(timer(&words[1])), prof: Some(timer(&words[2])) }
+}
+
 impl Kind for Timers {
     type Record = IntervalTimers;
 
     fn dump(ctx: &mut DumpCtx) -> Result<IntervalTimers> {
-        let mut out = Vec::new();
-        for (which, name) in WHICH {
+        let mut words = [[0u64; 4]; 3];
+        for ((which, name), w) in WHICH.into_iter().zip(&mut words) {
             let addr = ctx.remote.put(0, &[0u8; 32])?;
             ctx.remote.syscall("getitimer", libc::SYS_getitimer, &[which, addr]).with_context(|| name)?;
             let mut raw = [0u8; 32];
             ctx.remote.get(0, &mut raw)?;
-            let w = |i: usize| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
-            out.push(IntervalTimer { interval_us: to_us(w(0), w(1)), value_us: to_us(w(2), w(3)) });
+            *w = std::array::from_fn(|i| u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap()));
         }
-        let mut it = out.into_iter();
-        Ok(IntervalTimers { real: it.next(), r#virtual: it.next(), prof: it.next() })
+        Ok(from_itimervals(&words))
     }
 
     fn restore(ctx: &mut RestoreCtx, record: &IntervalTimers) -> Result<()> {

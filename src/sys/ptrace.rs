@@ -177,8 +177,14 @@ pub fn why_seize_denied(pid: i32) -> String {
     }
 }
 
-/// crust's parent, its parent, and so on up to pid 1.
-fn crust_ancestors() -> Vec<i32> {
+/// crust's parent, its parent, and so on up to pid 1, read once (the chain can only get
+/// shorter: an orphan goes to a subreaper or init, both ancestors already).
+fn crust_ancestors() -> &'static [i32] {
+    static ANCESTORS: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+    ANCESTORS.get_or_init(read_crust_ancestors)
+}
+
+fn read_crust_ancestors() -> Vec<i32> {
     let ppid = |pid: i32| -> Option<i32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()

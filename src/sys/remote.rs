@@ -143,10 +143,16 @@ impl RemoteTask {
     /// their stops overlap (one round of waits for the whole tree instead of one per process).
     /// On an error every task still in a call is waited for, and the first error is returned.
     pub fn syscall_each(tasks: &mut [&mut RemoteTask], calls: &[(i64, Vec<u64>)]) -> Result<Vec<i64>, SysError> {
+        Self::syscall_each_apart(tasks, calls)?.into_iter().collect()
+    }
+
+    /// [`Self::syscall_each`], with the outcome of each task apart (the calls that ran, ran,
+    /// whatever happened to the others).
+    pub fn syscall_each_apart(tasks: &mut [&mut RemoteTask], calls: &[(i64, Vec<u64>)]) -> Result<Vec<Result<i64, SysError>>, SysError> {
         if tasks.len() != calls.len() {
             return Err(SysError::unexpected("syscall_each", 0, format!("{} tasks, {} calls", tasks.len(), calls.len())));
         }
-        let mut failed: Option<SysError> = None;
+        let mut failed: Vec<Option<SysError>> = (0..tasks.len()).map(|_| None).collect();
         // Which tasks are still on their way: false once one of their steps failed.
         let mut going: Vec<bool> = vec![true; tasks.len()];
         for (i, (t, (nr, args))) in tasks.iter_mut().zip(calls).enumerate() {
@@ -157,7 +163,7 @@ impl RemoteTask {
             };
             if let Err(e) = started {
                 going[i] = false;
-                failed.get_or_insert(e);
+                failed[i] = Some(e);
             }
         }
         for (i, (t, (nr, args))) in tasks.iter_mut().zip(calls).enumerate() {
@@ -170,22 +176,18 @@ impl RemoteTask {
             });
             if let Err(e) = entered.and_then(|()| ptrace::resume_to_syscall_stop(t.pid)) {
                 going[i] = false;
-                failed.get_or_insert(e);
+                failed[i] = Some(e);
             }
         }
-        let mut results = vec![0i64; tasks.len()];
-        for (i, t) in tasks.iter().enumerate().filter(|(i, _)| going[*i]) {
-            match ptrace::wait_syscall_stop(t.pid).and_then(|()| ptrace::get_registers(t.pid)) {
-                Ok(regs) => results[i] = regs.rax as i64,
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
-            }
+        let mut results = Vec::with_capacity(tasks.len());
+        for ((t, going), failed) in tasks.iter().zip(going).zip(failed) {
+            results.push(match failed {
+                Some(e) => Err(e),
+                None if going => ptrace::wait_syscall_stop(t.pid).and_then(|()| ptrace::get_registers(t.pid)).map(|regs| regs.rax as i64),
+                None => Err(SysError::unexpected("syscall_each", t.pid.as_raw(), "neither run nor failed".into())),
+            });
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(results),
-        }
+        Ok(results)
     }
 
     /// Points a tracee that is not parked at its `syscall` instruction, set up for call `nr`.

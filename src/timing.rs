@@ -1,0 +1,35 @@
+//! Where the time of a dump or restore goes: named steps are timed and their totals logged at
+//! the end (`CRUST_LOG=crust=debug`), so that the cost per process and per thread can be
+//! measured stage by stage (README "Cost per process and per thread").
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Total time and count of every step timed since the last [`report`].
+static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u32)>> = Mutex::new(BTreeMap::new());
+
+/// Runs `f`, adding its time to the total of step `name`.
+pub fn step<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    let took = started.elapsed();
+    let mut totals = TOTALS.lock().unwrap_or_else(|p| p.into_inner());
+    let entry = totals.entry(name).or_default();
+    entry.0 += took;
+    entry.1 += 1;
+    out
+}
+
+/// Logs the totals of every step (at debug level), longest first, and starts again.
+pub fn report(what: &str) {
+    let totals = std::mem::take(&mut *TOTALS.lock().unwrap_or_else(|p| p.into_inner()));
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let mut steps: Vec<_> = totals.into_iter().collect();
+    steps.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    for (name, (took, count)) in steps {
+        tracing::debug!(step = name, count, ms = took.as_secs_f64() * 1e3, "{what}: time spent");
+    }
+}
