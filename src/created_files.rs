@@ -159,8 +159,8 @@ impl CreatedFiles {
                 j
             }
         };
-        let mut file = std::fs::File::options().create(true).append(true).open(&journal)
-            .with_context(|| format!("opening {}", journal.display()))?;
+        let mut file =
+            std::fs::File::options().create(true).append(true).open(&journal).with_context(|| format!("opening {}", journal.display()))?;
         writeln!(file, "{}", serde_json::to_string(entry)?).with_context(|| format!("writing {}", journal.display()))
     }
 
@@ -189,8 +189,8 @@ fn run_name(pid: i32) -> Option<String> {
 
 /// (device, inode) of the file the socket with this inode is bound to, if any.
 fn bound_file(socket_inode: u64) -> Result<Option<(u64, u64)>> {
-    let diag = unix_diag::query(socket_inode as u32, unix_diag::SHOW_VFS)
-        .with_context(|| format!("sock_diag of socket:[{socket_inode}]"))?;
+    let diag =
+        unix_diag::query(socket_inode as u32, unix_diag::SHOW_VFS).with_context(|| format!("sock_diag of socket:[{socket_inode}]"))?;
     Ok(diag.and_then(|d| d.vfs).map(|(ino, dev)| (unix_diag::decode_dev(dev), ino as u64)))
 }
 
@@ -223,9 +223,8 @@ fn remove_if_dead(directory: &OwnedFd, name: &OsString, f: &Journaled) -> bool {
         }
         return true;
     }
-    let live = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS).map(|all| {
-        all.iter().any(|d| d.vfs.is_some_and(|(ino, dev)| ino as u64 == f.inode && unix_diag::decode_dev(dev) == f.dev))
-    });
+    let live = unix_diag::dump(u32::MAX, unix_diag::SHOW_VFS)
+        .map(|all| all.iter().any(|d| d.vfs.is_some_and(|(ino, dev)| ino as u64 == f.inode && unix_diag::decode_dev(dev) == f.dev)));
     match live {
         Ok(false) => match unlinkat(directory.as_fd(), name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) => {
@@ -292,10 +291,7 @@ fn repair_sysv(f: &Journaled, run_pid: Option<i32>) {
         }
         return;
     }
-    let ours = sysv::segments()
-        .unwrap_or_default()
-        .into_iter()
-        .any(|s| s.shmid == shmid && s.size == f.inode && Some(s.cpid) == run_pid);
+    let ours = sysv::segments().unwrap_or_default().into_iter().any(|s| s.shmid == shmid && s.size == f.inode && Some(s.cpid) == run_pid);
     if ours {
         match sysv::remove(shmid) {
             Ok(()) => tracing::info!(shmid, "removed the SysV segment a killed restore created"),

@@ -154,9 +154,7 @@ fn spawn_quiet_role(role: &str, file: &Path, log: &Path) -> Result<std::process:
 }
 
 fn realtime() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
-        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
-        .unwrap_or(0.0)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9).unwrap_or(0.0)
 }
 
 /// Starts the lease holder (which starts the breaker) and waits until the breaker blocks on

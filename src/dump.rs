@@ -200,7 +200,8 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     // Without -R the tree stays frozen until the image is complete: a dump that fails or is
     // interrupted from here on still leaves it running. With -R it already runs on.
     progress.step("checksumming page data".to_string());
-    let inventory = crate::timing::step("dump: finish image", || finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts));
+    let inventory =
+        crate::timing::step("dump: finish image", || finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts));
     if inventory.is_ok() {
         // The image needs them until its restore, which removes them (as the reference tool).
         links.keep_all();
@@ -542,13 +543,7 @@ fn tasks_and_groups(members: &[Member]) -> Result<(std::collections::BTreeSet<i3
     Ok((tasks, groups))
 }
 
-fn collect_tree(
-    frozen: &mut [Frozen],
-    members: &[Member],
-    image: &ImageDir,
-    progress: &Progress,
-    opts: &DumpOptions,
-) -> Result<Collected> {
+fn collect_tree(frozen: &mut [Frozen], members: &[Member], image: &ImageDir, progress: &Progress, opts: &DumpOptions) -> Result<Collected> {
     let mut open_files = OpenFileTable::default();
     open_files.externals = opts.externals.clone();
     open_files.shell_job = opts.shell_job;
@@ -556,11 +551,7 @@ fn collect_tree(
     open_files.tree_pids = members.iter().map(|m| m.pid.as_raw()).collect();
     open_files.state.get::<crate::kinds::ghost::GhostTable>().configure(opts.permits.ghost_limit, opts.permits.link_remap);
     let parent_of = |pid: Pid| {
-        members
-            .iter()
-            .find(|m| m.pid == pid)
-            .map(|m| m.ppid)
-            .filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()))
+        members.iter().find(|m| m.pid == pid).map(|m| m.ppid).filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()))
     };
     // Files first, for every process: most refusals come from them, and they come before any
     // memory is written.
@@ -664,7 +655,9 @@ fn seize_error(pid: Pid, tid: Pid, e: crate::sys::SysError) -> anyhow::Error {
             let stat = procfs::process::Process::new(tid.as_raw()).and_then(|p| p.stat());
             let state = stat.map(|s| format!("state {}", s.state)).unwrap_or_else(|_| "gone".into());
             let wchan = std::fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default();
-            anyhow::anyhow!("{what}: it did not stop within the --timeout ({state}, waiting in {wchan:?}); every process was left as it was")
+            anyhow::anyhow!(
+                "{what}: it did not stop within the --timeout ({state}, waiting in {wchan:?}); every process was left as it was"
+            )
         }
         e if e.errno() == Some(nix::errno::Errno::EPERM) => {
             anyhow::anyhow!("{what}: {e}: {}", ptrace::why_seize_denied(tid.as_raw()))
@@ -743,10 +736,7 @@ fn refuse_unsupported_state(pid: Pid) -> Result<()> {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
         if let (Ok(theirs), Some(ours)) = (theirs, ours) {
             if &theirs != ours {
-                bail!(
-                    "pid {pid} lives in another {ns} namespace ({}) than crust; crust cannot restore namespaces yet",
-                    theirs.display()
-                );
+                bail!("pid {pid} lives in another {ns} namespace ({}) than crust; crust cannot restore namespaces yet", theirs.display());
             }
         }
     }

@@ -56,7 +56,8 @@ pub fn run(dir: &Path, policy: Option<Policy>, trust_image: bool) -> Result<Vec<
     let dir = ImageDir::open(dir)?;
     if policy.is_some() && !trust_image {
         let inventory: image::proto::Inventory = dir.read_record(image::INVENTORY)?;
-        image::seal::verify(&dir, &inventory).context("crust lease edits and seals again only an image whose seal holds (--trust-image to edit it anyway)")?;
+        image::seal::verify(&dir, &inventory)
+            .context("crust lease edits and seals again only an image whose seal holds (--trust-image to edit it anyway)")?;
     }
     let mut files: OpenFiles = dir.read_record(image::OPEN_FILES)?;
     if let Some(policy) = policy {

@@ -49,7 +49,6 @@ pub struct Connection {
     pub peer: InetAddr,
 }
 
-
 /// `set { element }` of the connection's packets from the peer.
 fn element(c: &Connection) -> (&'static str, String) {
     let (peer, local) = (c.peer.unmapped().ip, c.local.unmapped().ip);

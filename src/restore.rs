@@ -201,7 +201,10 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
         while p != root {
             p = match parent.get(&p) {
                 Some(pp) if steps < parent.len() => *pp,
-                _ => bail!("image file {inv}: field processes: pid {} is not a descendant of the root pid {root} (ppid chain broken or looping)", e.pid),
+                _ => bail!(
+                    "image file {inv}: field processes: pid {} is not a descendant of the root pid {root} (ppid chain broken or looping)",
+                    e.pid
+                ),
             };
             steps += 1;
         }
@@ -214,7 +217,12 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
                 bail!("image file {name}: field fds: fd {} is out of range (0..{MAX_FD})", fd.fd);
             }
             if !files.contains(&fd.open_file_id) {
-                bail!("image file {name}: field fds: fd {} names open file #{}, which {} does not hold", fd.fd, fd.open_file_id, image::OPEN_FILES);
+                bail!(
+                    "image file {name}: field fds: fd {} names open file #{}, which {} does not hold",
+                    fd.fd,
+                    fd.open_file_id,
+                    image::OPEN_FILES
+                );
             }
         }
         for (field, path) in [("cwd", &p.files.cwd), ("root", &p.files.root)] {
@@ -231,7 +239,11 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
         check_open_file_numbers(f)?;
         for carrier in &f.in_flight_in {
             if !files.contains(carrier) || *carrier == f.id {
-                bail!("image file {}: field in_flight_in of open file #{}: #{carrier} is not another description of the image", image::OPEN_FILES, f.id);
+                bail!(
+                    "image file {}: field in_flight_in of open file #{}: #{carrier} is not another description of the image",
+                    image::OPEN_FILES,
+                    f.id
+                );
             }
         }
         check_names(f)?;
@@ -345,7 +357,10 @@ fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> 
         );
     }
     if img.inventory.vdso_hash != own_vdso_hash()? {
-        bail!("image file {}: field vdso_hash: the vDSO of this kernel differs from the one in the image (same release, different build)", image::INVENTORY);
+        bail!(
+            "image file {}: field vdso_hash: the vDSO of this kernel differs from the one in the image (same release, different build)",
+            image::INVENTORY
+        );
     }
     for (pid, p) in &img.processes {
         memory::precheck(&p.mm, code).with_context(|| format!("image file {}", image::mm_name(*pid)))?;
@@ -846,14 +861,16 @@ impl Tree {
         }
         crate::timing::step("restore: leases", || self.take_leases_again(img))?;
         for pid in img.processes.keys() {
-            crate::timing::step("restore: finish process", || self.finish_process(img, *pid)).with_context(|| format!("restoring pid {pid}: credentials"))?;
+            crate::timing::step("restore: finish process", || self.finish_process(img, *pid))
+                .with_context(|| format!("restoring pid {pid}: credentials"))?;
         }
         let lease_breaks = self.plan_lease_breaks(img)?;
         // Every description and mapping of a deleted file is open: its name goes again.
         self.ghosts.unlink_all()?;
         // No process runs before every page it read in was verified.
         if let Some(check) = self.page_check.take() {
-            crate::timing::step("restore: wait page check", || check.join()).map_err(|_| anyhow::anyhow!("the page file check panicked"))??;
+            crate::timing::step("restore: wait page check", || check.join())
+                .map_err(|_| anyhow::anyhow!("the page file check panicked"))??;
         }
         crate::fault::point("restore-before-resume")?;
         crate::interrupt::check()?;
@@ -958,8 +975,7 @@ impl Tree {
             // opens /dev/tty among its files.)
             files::session_set(&mut self.ctx(img, pid)?, false)?;
             if let Some(ids) = self.creators.get(&pid).cloned() {
-                let files: Vec<&OpenFile> =
-                    img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
+                let files: Vec<&OpenFile> = img.open_files.open_files.iter().filter(|f| ids.contains(&f.id)).collect();
                 let now: Vec<&OpenFile>;
                 (now, waiting) = files.into_iter().partition(|f| files::can_open_now(f));
                 let mut ctx = self.ctx(img, pid)?;
@@ -968,7 +984,8 @@ impl Tree {
             // Memory before the children: they inherit it, so pages shared copy-on-write
             // after fork are shared again and inherited mappings are the same mappings.
             let mut ctx = self.ctx(img, pid)?;
-            crate::timing::step("restore: memory", || Memory::restore(&mut ctx, &p.mm)).with_context(|| format!("restoring the memory of pid {pid}"))?;
+            crate::timing::step("restore: memory", || Memory::restore(&mut ctx, &p.mm))
+                .with_context(|| format!("restoring the memory of pid {pid}"))?;
             // What the children inherit (a session leader's terminal).
             files::session_set(&mut ctx, true)?;
         } else if entry.zombie {
@@ -981,7 +998,8 @@ impl Tree {
             // child that may inherit them.
             self.open_waiting(img, pid, &mut waiting, false)?;
             let remote = &mut self.building.get_mut(&pid).unwrap().remote;
-            let new = crate::timing::step("restore: fork child", || fork_child(remote, child, exit_signal, shares)).with_context(|| format!("pid {pid} forking pid {child}"))?;
+            let new = crate::timing::step("restore: fork child", || fork_child(remote, child, exit_signal, shares))
+                .with_context(|| format!("pid {pid} forking pid {child}"))?;
             self.created.push(new);
             crate::timing::step("restore: seize child", || ptrace::seize_and_interrupt(new, true))?;
             let mut remote = RemoteTask::new(new, helper)?;
@@ -1135,10 +1153,8 @@ impl Tree {
             let signals = img.children(pid).filter(|c| c.zombie).map(|c| clone_exit_signal(c.exit_signal)).filter(|s| *s != 0);
             drain_exit_signals(ctx.remote, signals.fold(0u64, |set, s| set | 1 << (s - 1)))?;
         }
-        let signals = SignalsRecord {
-            handlers: p.core.signal_handlers.clone().unwrap_or_default(),
-            shared_pending: p.core.shared_pending.clone(),
-        };
+        let signals =
+            SignalsRecord { handlers: p.core.signal_handlers.clone().unwrap_or_default(), shared_pending: p.core.shared_pending.clone() };
         crate::timing::step("restore: signals", || crate::kinds::signals::restore_from(&mut ctx, &signals, &inherited_actions))?;
         if let Some(timers) = &p.core.interval_timers {
             crate::timing::step("restore: timers", || Timers::restore(&mut ctx, timers))?;
@@ -1231,9 +1247,8 @@ impl Tree {
         }
         Credentials::restore(&mut ctx, &creds)?;
         // The descriptions this process is the first holder of (in pid, then fd order).
-        let first_holder = |id: u32| {
-            img.processes.iter().find_map(|(q, qp)| qp.files.fds.iter().find(|f| f.open_file_id == id).map(|f| (*q, f.fd)))
-        };
+        let first_holder =
+            |id: u32| img.processes.iter().find_map(|(q, qp)| qp.files.fds.iter().find(|f| f.open_file_id == id).map(|f| (*q, f.fd)));
         let mine: Vec<&crate::image::proto::Fd> =
             p.files.fds.iter().filter(|f| first_holder(f.open_file_id) == Some((pid, f.fd))).collect();
         files::restore_signal_owners(&mut ctx, &mine).with_context(|| format!("pid {pid}: O_ASYNC and signal owners"))?;
@@ -1279,12 +1294,8 @@ fn create_threads(remote: &mut RemoteTask, threads: &[crate::image::proto::Threa
     // Each creator's clone_args and tid in its own slot of the shared scratch area.
     const SLOT: u64 = 128;
     let max_creators = (remote.scratch().map(|s| s.len).unwrap_or(SLOT) / SLOT).max(1) as usize;
-    let flags = (libc::CLONE_VM
-        | libc::CLONE_FS
-        | libc::CLONE_FILES
-        | libc::CLONE_SIGHAND
-        | libc::CLONE_THREAD
-        | libc::CLONE_SYSVSEM) as u64;
+    let flags =
+        (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
     let mut created: Vec<RemoteTask> = Vec::new();
     while created.len() < threads.len() {
         let batch = &threads[created.len()..];
@@ -1354,11 +1365,9 @@ fn fork_child(remote: &mut RemoteTask, pid: u32, exit_signal: i32, shares: u64) 
         args.extend_from_slice(&(v as u64).to_ne_bytes());
     }
     let args_addr = remote.put(0, &args)?;
-    let got = remote.syscall("clone3", libc::SYS_clone3, &[args_addr, args.len() as u64]).map_err(|e| {
-        match e.errno() {
-            Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {pid} is busy: another process took it just now"),
-            _ => anyhow::Error::from(e),
-        }
+    let got = remote.syscall("clone3", libc::SYS_clone3, &[args_addr, args.len() as u64]).map_err(|e| match e.errno() {
+        Some(nix::errno::Errno::EEXIST) => anyhow::anyhow!("PID {pid} is busy: another process took it just now"),
+        _ => anyhow::Error::from(e),
     })?;
     Ok(Pid::from_raw(got as i32))
 }
@@ -1410,11 +1419,7 @@ fn forget_crust_state(remote: &mut RemoteTask, keep_fds: &[i32]) -> Result<()> {
     // glibc registered an rseq area in crust's TLS; the kernel would keep writing to it.
     let rseq = ptrace::get_rseq(pid)?;
     if rseq.address != 0 {
-        remote.syscall(
-            "rseq(unregister)",
-            libc::SYS_rseq,
-            &[rseq.address, rseq.length as u64, 1, rseq.signature as u64],
-        )?;
+        remote.syscall("rseq(unregister)", libc::SYS_rseq, &[rseq.address, rseq.length as u64, 1, rseq.signature as u64])?;
     }
     Ok(())
 }
@@ -1442,9 +1447,8 @@ fn apply_lease_policy(img: &mut LoadedImage, policy: Option<crate::kinds::leases
 /// A flock lock is taken again by the process that took it only if that process is restored
 /// and holds the description; otherwise by the description's creator (taker_pid 0).
 fn forget_absent_lock_takers(img: &mut LoadedImage) {
-    let holds = |pid: u32, id: u32, img: &LoadedImage| {
-        img.processes.get(&pid).is_some_and(|p| p.files.fds.iter().any(|f| f.open_file_id == id))
-    };
+    let holds =
+        |pid: u32, id: u32, img: &LoadedImage| img.processes.get(&pid).is_some_and(|p| p.files.fds.iter().any(|f| f.open_file_id == id));
     let mut absent = Vec::new();
     for f in &img.open_files.open_files {
         for (i, l) in f.locks.iter().enumerate() {
@@ -1467,15 +1471,17 @@ mod tests {
 
     fn image_naming(pages_file: &str, listed: &str) -> LoadedImage {
         let dir = ImageDir::open(&std::env::temp_dir()).unwrap();
-        let entry = ProcessEntry {
-            pid: 7,
-            data_files: vec![DataFile { name: listed.into(), ..Default::default() }],
-            ..Default::default()
-        };
+        let entry = ProcessEntry { pid: 7, data_files: vec![DataFile { name: listed.into(), ..Default::default() }], ..Default::default() };
         let inventory = Inventory { processes: vec![entry], ..Default::default() };
         let mm = Mm { pages_file: pages_file.into(), ..Default::default() };
         let process = ProcessImage { core: Core::default(), mm, files: FilesRecord::default() };
-        LoadedImage { dir, inventory, processes: BTreeMap::from([(7, process)]), open_files: OpenFiles::default(), deferred_pages: Vec::new() }
+        LoadedImage {
+            dir,
+            inventory,
+            processes: BTreeMap::from([(7, process)]),
+            open_files: OpenFiles::default(),
+            deferred_pages: Vec::new(),
+        }
     }
 
     fn family(parents: &[(u32, u32)]) -> LoadedImage {

@@ -11,7 +11,8 @@ fn run_bench(workload: &str) {
     // Not common::init(): the restored trees must go to init once the bench kills them, not
     // stay zombies of this test process (the bench waits for their pids to be free).
     let dir = std::path::PathBuf::from(format!("/dev/shm/crust-bench-test-{}-{workload}", std::process::id()));
-    let out = crust(["bench", "--workload", workload, "--runs", "1", "--dir"].map(String::from).into_iter().chain([dir.display().to_string()]));
+    let out =
+        crust(["bench", "--workload", workload, "--runs", "1", "--dir"].map(String::from).into_iter().chain([dir.display().to_string()]));
     let _ = std::fs::remove_dir_all(&dir);
     out.assert_success();
     let text = out.text();

@@ -63,8 +63,22 @@ fn criu_style_script_dumps_and_restores_a_process_holding_a_lock() {
     let lock_before = locks_of(pid);
     assert_eq!(lock_before.len(), 1, "the locker holds one lock: {lock_before:?}");
     let out = crust([
-        "dump", "-t", &pid_s, "-D", &img_s, "-o", "dump.log", "-v4", "-l", "--link-remap", "--tcp-established",
-        "--ext-unix-sk", "--ghost-limit", "1M", "-W", &work_s,
+        "dump",
+        "-t",
+        &pid_s,
+        "-D",
+        &img_s,
+        "-o",
+        "dump.log",
+        "-v4",
+        "-l",
+        "--link-remap",
+        "--tcp-established",
+        "--ext-unix-sk",
+        "--ghost-limit",
+        "1M",
+        "-W",
+        &work_s,
     ]);
     assert!(out.success(), "the CRIU-style dump failed:\n{out}");
     assert_eq!(w.reap(GONE_TIMEOUT), Some(Exit::Signal(libc::SIGKILL)), "the dumped locker was not killed:\n{out}");
@@ -74,8 +88,22 @@ fn criu_style_script_dumps_and_restores_a_process_holding_a_lock() {
     assert!(!img.join("dump.log").exists(), "-o went to the image directory although -W was given");
 
     let out = crust([
-        "restore", "-D", &img_s, "-d", "-l", "--pidfile", "restored.pid", "-o", "restore.log", "-v4", "-W", &work_s,
-        "--tcp-established", "--ext-unix-sk", "--link-remap", "--manage-cgroups=ignore",
+        "restore",
+        "-D",
+        &img_s,
+        "-d",
+        "-l",
+        "--pidfile",
+        "restored.pid",
+        "-o",
+        "restore.log",
+        "-v4",
+        "-W",
+        &work_s,
+        "--tcp-established",
+        "--ext-unix-sk",
+        "--link-remap",
+        "--manage-cgroups=ignore",
     ]);
     if pid_exists(pid) {
         w.own(pid);
@@ -118,7 +146,10 @@ fn assert_untouched(w: &Workload) {
     let state = proc_state(pid);
     assert!(matches!(state, Some('R' | 'S')), "pid {pid} is in state {state:?}");
     assert_eq!(proc_status_field(pid, "TracerPid").as_deref(), Some("0"), "pid {pid} is traced");
-    assert!(!w.image_dir.join("inventory.img").exists() && !w.image_dir.join("FAILED-DUMP.txt").exists(), "the dump wrote into the image directory");
+    assert!(
+        !w.image_dir.join("inventory.img").exists() && !w.image_dir.join("FAILED-DUMP.txt").exists(),
+        "the dump wrote into the image directory"
+    );
 }
 
 /// `crust dump -t PID -D DIR ARGS` must refuse `option` and leave the process as it was.
@@ -211,7 +242,11 @@ fn restore_refuses_short_s_as_restore_sibling() {
 fn config_file_options_apply_as_on_the_command_line() {
     let mut w = Workload::spawn("counter", &[]);
     let config = w.dir.path.join("crust.conf");
-    fs::write(&config, "# CRIU's format\ntcp-established\nfile-locks   # a comment\nlog-file \"from config.log\"\nverbosity=3\nleave-running\n").unwrap();
+    fs::write(
+        &config,
+        "# CRIU's format\ntcp-established\nfile-locks   # a comment\nlog-file \"from config.log\"\nverbosity=3\nleave-running\n",
+    )
+    .unwrap();
     let conf = config.to_string_lossy().into_owned();
     let out = w.dump_with(&["--config", &conf]);
     assert!(out.success(), "dump --config failed:\n{out}");
@@ -289,7 +324,9 @@ fn show_into_a_closed_pipe_exits_quietly() {
 #[test]
 fn verbosity_levels_v0_to_v4_are_accepted_and_set_the_level() {
     let w = Workload::spawn("counter", &[]);
-    for (level, info) in [("-v0", false), ("-v1", false), ("-v2", false), ("-v3", true), ("-v4", true), ("-vvvv", true), ("--verbosity=3", true)] {
+    for (level, info) in
+        [("-v0", false), ("-v1", false), ("-v2", false), ("-v3", true), ("-v4", true), ("-vvvv", true), ("--verbosity=3", true)]
+    {
         let log = w.dir.path.join(format!("dump{level}.log"));
         for before in [true, false] {
             let mut args = vec!["dump", "-t"];
@@ -297,11 +334,21 @@ fn verbosity_levels_v0_to_v4_are_accepted_and_set_the_level() {
             let img = w.image_dir.to_string_lossy().into_owned();
             let log_s = log.to_string_lossy().into_owned();
             args.extend([pid.as_str(), "-D", &img, "-R", "-o", &log_s]);
-            if before { args.insert(0, level) } else { args.push(level) }
+            if before {
+                args.insert(0, level)
+            } else {
+                args.push(level)
+            }
             let out = crust(&args);
             assert!(out.success(), "{level}: {out}");
             let text = no_ansi(&log);
-            assert_eq!(text.contains(" INFO "), info, "{level} ({}): INFO lines {}:\n{text}", if before { "before" } else { "after" }, if info { "missing" } else { "present" });
+            assert_eq!(
+                text.contains(" INFO "),
+                info,
+                "{level} ({}): INFO lines {}:\n{text}",
+                if before { "before" } else { "after" },
+                if info { "missing" } else { "present" }
+            );
         }
     }
     assert_untouched_but_dumped(&w, "dumps with -R");
@@ -384,7 +431,9 @@ fn timeout_bounds_the_freeze_of_a_process_that_cannot_stop() {
     let bin = build_workload("vforker");
     let w = Workload::spawn_program("cli-vfork", &bin.to_string_lossy(), &[]);
     let pid = w.pid;
-    wait_until("the vfork parent to wait for its child", Duration::from_secs(10), || proc_state(pid) == Some('D') && !children_of(pid).is_empty());
+    wait_until("the vfork parent to wait for its child", Duration::from_secs(10), || {
+        proc_state(pid) == Some('D') && !children_of(pid).is_empty()
+    });
     let child = children_of(pid)[0];
     let start = Instant::now();
     let out = w.dump_with(&["--timeout", "1"]);

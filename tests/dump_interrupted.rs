@@ -52,10 +52,7 @@ fn check_interrupted_dump(step: &str, action: &str, leave_running: bool) {
     assert!(c2 > c1, "{what}: the counter stopped ({c1} then {c2})");
 
     // No image that could be taken for one.
-    let names: Vec<String> = image_files(&w.image_dir)
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = image_files(&w.image_dir).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["FAILED-DUMP.txt"], "{what}: what the failed dump left in the image directory");
     let restore = crust(["restore", "-d", "-D", &w.image_dir.to_string_lossy()]);
     assert!(!restore.success(), "{what}: restore of a failed dump succeeded:\n{restore}");
@@ -110,7 +107,8 @@ fn without_scratch_area(mut s: ProcSnapshot) -> ProcSnapshot {
             k.strip_prefix("maps:").is_some_and(|range| {
                 let (a, b) = range.split_once('-').unwrap();
                 u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap() == 64 * 1024
-            }) && v.starts_with("rw-s") && v.contains("/dev/zero (deleted)")
+            }) && v.starts_with("rw-s")
+                && v.contains("/dev/zero (deleted)")
         })
         .map(|(k, _)| k.trim_start_matches("maps:").to_string())
         .collect();
@@ -208,7 +206,10 @@ fn restore_failing_interrupted_or_killed_at_any_step_leaves_nothing_behind() {
 /// orphaned to this test (a child subreaper).
 fn reap_orphan(pid: i32, what: &str) {
     wait_until(&format!("{what}: child {pid} to be gone"), Duration::from_secs(5), || {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL));
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL),
+        );
         !pid_exists(pid)
     });
 }
@@ -251,7 +252,8 @@ fn restore_of_sysv_segments_failing_or_killed_at_any_step_leaves_no_segment() {
             }
             assert_eq!(sysv_segment(a), None, "{what}: segment A is left");
             // key shmid perms size cpid (lpid: the last to detach) nattch uid gid cuid cgid
-            let ids = |l: &str| l.split_whitespace().take(11).enumerate().filter(|(i, _)| *i != 5).map(|(_, f)| f.to_owned()).collect::<Vec<_>>();
+            let ids =
+                |l: &str| l.split_whitespace().take(11).enumerate().filter(|(i, _)| *i != 5).map(|(_, f)| f.to_owned()).collect::<Vec<_>>();
             assert_eq!(sysv_segment(b).map(|l| ids(&l)), Some(ids(&kept)), "{what}: segment B changed");
             assert_eq!(std::fs::read_to_string("/proc/sys/kernel/shm_next_id").unwrap().trim(), "-1", "{what}: shm_next_id is left set");
             w.restore_detached();
@@ -334,12 +336,16 @@ time.sleep(100)
     let held = |what: &str| -> Vec<String> {
         let mut found = Vec::new();
         let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        found.extend(locks.lines().filter(|l| l.split_whitespace().any(|f| f.ends_with(&format!(":{inode}")))).map(|l| format!("{what}: lock {l}")));
+        found.extend(
+            locks.lines().filter(|l| l.split_whitespace().any(|f| f.ends_with(&format!(":{inode}")))).map(|l| format!("{what}: lock {l}")),
+        );
         let ss = std::process::Command::new("ss").args(["-tanH", &format!("( sport = :{port} or dport = :{port} )")]).output().unwrap();
         let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
         found.extend(ss.lines().filter(|l| !l.starts_with("TIME-WAIT")).map(|l| format!("{what}: socket {l}")));
         let now = lock_elements(port);
-        found.extend(now.iter().filter(|e| !dump_lock.contains(e)).map(|e| format!("{what}: a network lock element the restore added: {e}")));
+        found.extend(
+            now.iter().filter(|e| !dump_lock.contains(e)).map(|e| format!("{what}: a network lock element the restore added: {e}")),
+        );
         found
     };
     for step in RESTORE_STEPS {

@@ -161,7 +161,8 @@ fn dump_leaving_running_killed_during_the_live_copy_leaves_the_program_running_c
         std::thread::sleep(Duration::from_millis(300));
         assert_ne!(progress_words(w.pid, &l), p1, "{step}: the writers are stuck");
         if step.ends_with("SIGINT") {
-            let names: Vec<String> = image_files(&w.image_dir).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+            let names: Vec<String> =
+                image_files(&w.image_dir).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
             assert!(names.iter().all(|n| n == "FAILED-DUMP.txt"), "{step}: left in the image directory: {names:?}");
         }
         w.go().assert_pass();

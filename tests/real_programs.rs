@@ -104,12 +104,7 @@ fn python_counter_loop_continues_from_where_it_was() {
     w.reap(Duration::from_secs(5));
     let all = counter_lines(&file);
     let expected: Vec<u64> = (0..all.len() as u64).collect();
-    assert_eq!(
-        all, expected,
-        "counter file is not 0,1,2,... ({} lines at the dump, {} now)",
-        at_dump.len(),
-        all.len()
-    );
+    assert_eq!(all, expected, "counter file is not 0,1,2,... ({} lines at the dump, {} now)", at_dump.len(), all.len());
 }
 
 /// python3 appending a line to its log (kept open) every 50 ms.
@@ -154,14 +149,20 @@ fn checkpoint_of_a_program_writing_a_log_restores_after_it_went_on() {
 /// when crust turned the call into EINTR), and lines appended after the restore come out.
 #[test]
 fn tail_follow_blocked_in_poll_goes_on_after_restore() {
-    let mut w = Workload::spawn_program_with("tail-f", "sh", &["-c", "echo one > log; echo READY > status; exec tail -f log > out 2>&1"], |_| {});
+    let mut w =
+        Workload::spawn_program_with("tail-f", "sh", &["-c", "echo one > log; echo READY > status; exec tail -f log > out 2>&1"], |_| {});
     let out = w.dir.path.join("out");
     wait_until("tail to print the first line", Duration::from_secs(10), || fs::read_to_string(&out).is_ok_and(|t| t.contains("one")));
     wait_in_syscall(w.pid, libc::SYS_poll, Duration::from_secs(5));
     w.dump();
     w.restore_detached();
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "tail is gone after restore:\n{}", fs::read_to_string(&out).unwrap_or_default());
+    assert_eq!(
+        proc_state(w.pid).map(is_live_state),
+        Some(true),
+        "tail is gone after restore:\n{}",
+        fs::read_to_string(&out).unwrap_or_default()
+    );
     fs::OpenOptions::new().append(true).open(w.dir.path.join("log")).unwrap().write_all(b"two\n").unwrap();
     wait_until("tail to print the line appended after restore", Duration::from_secs(10), || {
         fs::read_to_string(&out).is_ok_and(|t| t.contains("two"))
@@ -323,8 +324,23 @@ fn postgres_server_tree_restores_and_serves() {
     let (uid, gid) = (pg_uid.uid.as_raw().to_string(), pg_uid.gid.as_raw().to_string());
     let (data_s, sock_s) = (data.to_string_lossy().into_owned(), sock.to_string_lossy().into_owned());
     let args = [
-        "--reuid", &uid, "--regid", &gid, "--clear-groups", "--", &postgres, "-D", &data_s, "-k", &sock_s, "-p", PG_PORT,
-        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+        "--reuid",
+        &uid,
+        "--regid",
+        &gid,
+        "--clear-groups",
+        "--",
+        &postgres,
+        "-D",
+        &data_s,
+        "-k",
+        &sock_s,
+        "-p",
+        PG_PORT,
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
     ];
     let mut w = Workload::spawn_program("postgres", "setpriv", &args);
     wait_until("PostgreSQL to accept connections", Duration::from_secs(30), || psql(&sock_s, "SELECT 1").is_ok());
@@ -333,7 +349,9 @@ fn postgres_server_tree_restores_and_serves() {
     let title = |pid: &i32| fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let is_helper = |pid: &i32| {
         let t = title(pid);
-        ["checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher"].iter().any(|h| t.contains(h))
+        ["checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher"]
+            .iter()
+            .any(|h| t.contains(h))
     };
     wait_until("the postmaster to have only its five helpers", Duration::from_secs(15), || {
         let c = children_of(w.pid);

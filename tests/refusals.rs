@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-
 /// A process with an MPTCP socket (a protocol crust does not checkpoint yet): dump exits
 /// non-zero naming the pid, the fd number and "protocol MPTCP"; the process is still running
 /// afterwards, not stopped, not traced.
@@ -65,7 +64,8 @@ fn dump_refuses_pipe_shared_with_another_process() {
     assert!(text.to_lowercase().contains("pipe"), "refusal does not say 'pipe':\n{out}");
     assert_running_untouched(w.pid, "after the refused dump");
     assert_eq!(switches(), before, "the refused dump woke (froze) the process");
-    let written: Vec<String> = fs::read_dir(&w.image_dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let written: Vec<String> =
+        fs::read_dir(&w.image_dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     assert!(written.iter().all(|n| !n.ends_with(".img")), "the refused dump wrote image files: {written:?}");
 }
 
@@ -223,10 +223,7 @@ fn changed_mapped_data_file_is_accepted(change: impl Fn(&Path)) {
     let data = w.dir.path.join("status.data");
     change(&data);
     let out = w.restore_detached();
-    assert!(
-        out.text().contains("status.data changed since the dump"),
-        "no warning naming the changed file status.data:\n{out}"
-    );
+    assert!(out.text().contains("status.data changed since the dump"), "no warning naming the changed file status.data:\n{out}");
     assert_eq!(proc_state(w.pid).map(is_live_state), Some(true), "the restored process does not run");
 }
 
@@ -342,7 +339,11 @@ fn refused_dump_into_a_directory_keeps_the_image_already_there() {
     w.dump_with(&["-R"]).assert_success();
     let img = w.image_dir.to_string_lossy().into_owned();
     let before: Vec<(String, Vec<u8>)> = {
-        let mut files: Vec<_> = fs::read_dir(&w.image_dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())).collect();
+        let mut files: Vec<_> = fs::read_dir(&w.image_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+            .collect();
         files.sort();
         files
     };
@@ -353,7 +354,11 @@ fn refused_dump_into_a_directory_keeps_the_image_already_there() {
     let out = crust(["dump", "-t", &piped.pid.to_string(), "-D", &img]);
     assert!(!out.success() && out.text().to_lowercase().contains("pipe"), "the second dump was not refused:\n{out}");
     let after: Vec<(String, Vec<u8>)> = {
-        let mut files: Vec<_> = fs::read_dir(&w.image_dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())).collect();
+        let mut files: Vec<_> = fs::read_dir(&w.image_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+            .collect();
         files.sort();
         files
     };

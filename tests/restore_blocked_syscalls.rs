@@ -18,11 +18,7 @@ fn wchan(pid: i32) -> String {
 
 /// The fields of /proc/PID/syscall: number, six arguments, sp, pc ("running" if it runs).
 fn syscall_fields(pid: i32) -> Vec<String> {
-    fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+    fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default().split_whitespace().map(String::from).collect()
 }
 
 /// Where the task is blocked, for messages.
@@ -517,7 +513,11 @@ fn a_wait_that_ran_between_its_sample_and_the_freeze_gets_its_whole_timeout() {
     let field = |k: &str| sc[k].as_i64().unwrap_or(0);
     let mut extra = Vec::new();
     // measure: 0 NOT_MEASURED, 1 SCHED_CLOCK, 2 STALE
-    if field("number") != SYS_FUTEX || !matches!(field("measure"), 0 | 2) || field("remaining_ns") != field("timeout_ns") || field("timeout_ns") == 0 {
+    if field("number") != SYS_FUTEX
+        || !matches!(field("measure"), 0 | 2)
+        || field("remaining_ns") != field("timeout_ns")
+        || field("timeout_ns") == 0
+    {
         extra.push(format!("the waiter's call should be recorded STALE with its whole timeout left: {sc}"));
     }
     w.restore_detached();

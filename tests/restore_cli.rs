@@ -45,8 +45,7 @@ fn show_prints_the_image_as_json_naming_the_pid() {
     w.dump();
     let out = crust(["show", "-D", &w.image_dir.to_string_lossy()]);
     out.assert_success();
-    let v: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("crust show did not print JSON ({e}):\n{out}"));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("crust show did not print JSON ({e}):\n{out}"));
     assert!(json_has_number(&v, w.pid as i64), "the JSON does not contain pid {}:\n{out}", w.pid);
     w.restore_detached();
     w.go().assert_pass();

@@ -12,10 +12,7 @@ const NOBODY: &str = "65534";
 const CRED_KEYS: &[&str] = &["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
 
 fn cred_lines(s: &ProcSnapshot) -> Vec<(String, String)> {
-    CRED_KEYS
-        .iter()
-        .map(|k| (k.to_string(), s.entries.get(&format!("status:{k}")).cloned().unwrap_or_else(|| "<absent>".into())))
-        .collect()
+    CRED_KEYS.iter().map(|k| (k.to_string(), s.entries.get(&format!("status:{k}")).cloned().unwrap_or_else(|| "<absent>".into()))).collect()
 }
 
 fn bits(caps: &[u32]) -> String {

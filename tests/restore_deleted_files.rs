@@ -219,10 +219,8 @@ fn a_large_sparse_deleted_file_stays_sparse_in_the_image_and_after_restore() {
     w.reap(GONE_TIMEOUT);
     let ghosts: Vec<_> = image_files(&w.image_dir).into_iter().filter(|f| f.to_string_lossy().starts_with("ghost-")).collect();
     assert_eq!(ghosts.len(), 1, "{:?}", image_files(&w.image_dir));
-    let allocated: u64 = ghosts
-        .iter()
-        .map(|f| std::os::unix::fs::MetadataExt::blocks(&fs::metadata(w.image_dir.join(f)).unwrap()) * 512)
-        .sum();
+    let allocated: u64 =
+        ghosts.iter().map(|f| std::os::unix::fs::MetadataExt::blocks(&fs::metadata(w.image_dir.join(f)).unwrap()) * 512).sum();
     assert!(allocated < 1 << 20, "the deleted file takes {allocated} bytes on disk in the image for 14 bytes of data");
     assert!(wait_gone(w.pid, GONE_TIMEOUT));
     w.restore_detached();
@@ -762,7 +760,10 @@ fn a_deleted_file_is_never_made_as_root_through_a_swapped_directory() {
     fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
     w.restore_detached();
     let link = fd_link(w.pid, fd);
-    assert!(link.starts_with(&format!("{}/.crust-ghost-", d.display())), "read-only directory: the fd is {link:?}, not a hidden name of crust's");
+    assert!(
+        link.starts_with(&format!("{}/.crust-ghost-", d.display())),
+        "read-only directory: the fd is {link:?}, not a hidden name of crust's"
+    );
     assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "something was left in the read-only directory");
     w.signal(libc::SIGKILL);
     w.reap(GONE_TIMEOUT);

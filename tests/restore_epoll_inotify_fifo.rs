@@ -46,7 +46,9 @@ fn compare_lists(what: &str, before: &[String], after: &[String]) -> Vec<String>
 /// kcmp(KCMP_FILE): one open file description?
 fn same_description(p1: i32, f1: i32, p2: i32, f2: i32) -> bool {
     // SAFETY: kcmp takes integer arguments only.
-    unsafe { libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0 }
+    unsafe {
+        libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0
+    }
 }
 
 /// Field `key=` of the READY line of `role` ("READY role ...").
@@ -55,7 +57,6 @@ fn role_field(status: &str, role: &str, key: &str) -> String {
     let line = status.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no READY line for {role}:\n{status}"));
     ready_field(line, key).unwrap_or_else(|| panic!("READY line of {role} lacks {key}=: {line}"))
 }
-
 
 /// The image as `crust show` prints it.
 fn show(w: &Workload) -> String {

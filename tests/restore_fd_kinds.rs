@@ -148,7 +148,9 @@ fn memfd_contents_size_seals_offsets_and_mode_survive_restore() {
 /// kcmp(KCMP_FILE): one open file description?
 fn same_description(p1: i32, f1: i32, p2: i32, f2: i32) -> bool {
     // SAFETY: kcmp takes integers only.
-    unsafe { libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0 }
+    unsafe {
+        libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0
+    }
 }
 
 /// An eventfd, a memfd and a timerfd shared by a parent and its child (inherited across fork)
@@ -169,7 +171,10 @@ fn eventfd_memfd_and_timerfd_shared_with_a_child_stay_shared() {
     let child_after = ProcSnapshot::take(child);
     let after = w.snapshot();
     let mut extra: Vec<String> = child_before
-        .diff(&child_after, &["fdinfo:10:eventfd-id", "fdinfo:40:ino", "fdinfo:35:ticks", "fdinfo:35:it_value", "status:PPid", "status:State"])
+        .diff(
+            &child_after,
+            &["fdinfo:10:eventfd-id", "fdinfo:40:ino", "fdinfo:35:ticks", "fdinfo:35:it_value", "status:PPid", "status:State"],
+        )
         .into_iter()
         .map(|d| format!("child: {d}"))
         .collect();

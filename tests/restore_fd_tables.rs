@@ -83,11 +83,8 @@ fn fd_table_and_fs_shared_by_clone_survive_restore() {
 /// data), sorted.
 fn registrations(pid: i32, efd: i32) -> Vec<String> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{efd}")).unwrap_or_default();
-    let mut regs: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.strip_prefix("tfd:"))
-        .map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
-        .collect();
+    let mut regs: Vec<String> =
+        info.lines().filter_map(|l| l.strip_prefix("tfd:")).map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" ")).collect();
     regs.sort();
     regs
 }

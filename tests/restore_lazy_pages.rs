@@ -22,9 +22,9 @@ fn named_holding_pidfd_of(comm: &str, pid: i32) -> Vec<i32> {
         let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         if fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == comm).unwrap_or(false) {
             let fds = fs::read_dir(format!("/proc/{p}/fdinfo")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
-            let serves = fds
-                .iter()
-                .any(|f| fs::read_to_string(f.path()).is_ok_and(|t| t.lines().any(|l| l.split_whitespace().eq(["Pid:", &pid.to_string()]))));
+            let serves = fds.iter().any(|f| {
+                fs::read_to_string(f.path()).is_ok_and(|t| t.lines().any(|l| l.split_whitespace().eq(["Pid:", &pid.to_string()])))
+            });
             if serves {
                 out.push(p);
             }
@@ -222,7 +222,8 @@ fn lazy_restore_keeps_right_contents_where_a_huge_page_cannot_be_had_and_says_so
     wait_verified(&w);
     assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
     assert_eq!(area_huge_kib(w.pid, area), huge_before - 2048, "AnonHugePages after the fill: all but the one stretch (kB)");
-    let log = Command::new("dmesg").stdin(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let log =
+        Command::new("dmesg").stdin(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let said = format!("pid {}: 1 of 16 huge pages stayed in 4 KiB pages (MADV_COLLAPSE: ENOMEM", w.pid);
     assert!(log.lines().any(|l| l.contains(&said)), "the kernel log does not say `{said}`");
     fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();

@@ -164,8 +164,21 @@ fn write_lease_mid_break_ends_when_the_remaining_time_is_over() {
     assert_eq!(json_s(run.lease(), "type_method"), "tracefs", "{:#}", run.lease());
     // crust show prints every field of the lease.
     for key in [
-        "write", "breaking", "break_to_unlock", "remaining_ms", "remaining_method", "type_method", "breakers", "owner_type",
-        "owner_id", "signal", "lease_break_time", "holder_pid", "holder_fd", "path", "no_break",
+        "write",
+        "breaking",
+        "break_to_unlock",
+        "remaining_ms",
+        "remaining_method",
+        "type_method",
+        "breakers",
+        "owner_type",
+        "owner_id",
+        "signal",
+        "lease_break_time",
+        "holder_pid",
+        "holder_fd",
+        "path",
+        "no_break",
     ] {
         assert!(run.lease().get(key).is_some(), "crust show lacks the lease's {key}: {:#}", run.lease());
     }
@@ -592,7 +605,11 @@ fn restore_output_is_not_held_until_the_break_ends() {
     let took = run.restore.1 - run.restore.0;
     let remaining = run.remaining();
     assert!(remaining > 2.0, "{remaining}");
-    assert!(took < remaining - 1.0, "crust restore -d took {took:.3} s: its output was held open until the break ended ({remaining:.3} s)\n{}", run.restore_out);
+    assert!(
+        took < remaining - 1.0,
+        "crust restore -d took {took:.3} s: its output was held open until the break ended ({remaining:.3} s)\n{}",
+        run.restore_out
+    );
     let mut run = run;
     run.t.finish();
     run.assert_after_restore("b1's open returned", run.opened(1), remaining);

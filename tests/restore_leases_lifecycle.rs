@@ -134,7 +134,10 @@ fn assert_at_deadline(what: &str, t: f64, gap: Gap, restore: (f64, f64), remaini
         t - (restore.0 + remaining),
         t - (restore.1 + remaining)
     );
-    let ctx = format!("resumed at {:.3} (GAP to); restore ran from {:.3} to {:.3}; remaining {remaining:.3} s\n{ctx}", gap.to, restore.0, restore.1);
+    let ctx = format!(
+        "resumed at {:.3} (GAP to); restore ran from {:.3} to {:.3}; remaining {remaining:.3} s\n{ctx}",
+        gap.to, restore.0, restore.1
+    );
     assert_between(&format!("{what} (from the resume)"), t, gap.to - RESUME_SLACK + remaining - TIGHT, gap.to + remaining + TIGHT, &ctx);
     assert_between(&format!("{what} (from the restore window)"), t, restore.0 + remaining - TIGHT, restore.1 + remaining + TIGHT, &ctx);
 }
@@ -220,7 +223,12 @@ impl Mid {
             self.t.w.image_dir = self.t.w.dir.path.join(format!("img{}", n + 1));
             fs::create_dir_all(&self.t.w.image_dir).unwrap();
         }
-        assert_eq!(lease_lines(&self.data), unlock_break_lines(self.holder, &[("WRITE", self.breaker)]), "/proc/locks before dump {}", n + 1);
+        assert_eq!(
+            lease_lines(&self.data),
+            unlock_break_lines(self.holder, &[("WRITE", self.breaker)]),
+            "/proc/locks before dump {}",
+            n + 1
+        );
         let (out, d0, d1) = self.t.dump();
         self.outputs.push(out.to_string());
         self.dumps.push((d0, d1));
@@ -278,7 +286,13 @@ impl Mid {
         assert_remaining(&what, &self.images[k - 1], method, lo, hi, &self.context());
         let (r, d) = (self.restores[k - 2], self.dumps[k - 1]);
         let rem = self.rem(k - 1);
-        assert_between(&format!("{what}: the remaining time (dump and restore windows)"), rem, before - (d.1 - r.0) - TIGHT, before - (d.0 - r.1) + TIGHT, &self.context());
+        assert_between(
+            &format!("{what}: the remaining time (dump and restore windows)"),
+            rem,
+            before - (d.1 - r.0) - TIGHT,
+            before - (d.0 - r.1) + TIGHT,
+            &self.context(),
+        );
     }
 
     /// The time at which a line's `t` is, from its first line starting with `prefix`.
@@ -539,7 +553,14 @@ fn mapped_leased_file(flag: &str, access: &str) {
     assert_only_tree_holds(&data, &pids, &ctx());
     let gap = gap_of(&t, (d0, d1), (r0, r1));
     let rem = json_u(&lease, "remaining_ms") as f64 / 1000.0;
-    assert_remaining("the image", &lease, TIME_TRACEFS, start + env.secs() - (gap.from + FREEZE_SLACK), signal + env.secs() - gap.from, &ctx());
+    assert_remaining(
+        "the image",
+        &lease,
+        TIME_TRACEFS,
+        start + env.secs() - (gap.from + FREEZE_SLACK),
+        signal + env.secs() - gap.from,
+        &ctx(),
+    );
     let map = t.w.wait_status_line("MAP ", Duration::from_secs(5));
     assert!(map.starts_with("MAP ok=1 "), "the mapping after the restore, from inside: {map}\n{}", ctx());
     let l = t.w.wait_status_line("OPENED b1 ", Duration::from_secs_f64(rem + 3.0));
@@ -774,7 +795,12 @@ fn crust_killed_while_lease_break_time_is_changed_leaves_it_as_it_was() {
     let env_vars = vec![("CRUST_FAULT".to_string(), "lease-break-time-set".to_string())];
     let out = crust_env(["restore", "-d", "-D", &img], &env_vars);
     let died = Instant::now();
-    assert_eq!(out.exit(), Exit::Signal(libc::SIGKILL), "crust restore should have killed itself at the fault point\n{out}\n{}", m.context());
+    assert_eq!(
+        out.exit(),
+        Exit::Signal(libc::SIGKILL),
+        "crust restore should have killed itself at the fault point\n{out}\n{}",
+        m.context()
+    );
     let mut seen = Vec::new();
     loop {
         let v = break_time();
@@ -784,7 +810,11 @@ fn crust_killed_while_lease_break_time_is_changed_leaves_it_as_it_was() {
         if v == env.secs {
             break;
         }
-        assert!(died.elapsed() < Duration::from_secs(2), "lease-break-time is {v}, not {} again, 2 s after crust died (seen: {seen:?})\n{out}", env.secs);
+        assert!(
+            died.elapsed() < Duration::from_secs(2),
+            "lease-break-time is {v}, not {} again, 2 s after crust died (seen: {seen:?})\n{out}",
+            env.secs
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("lease-break-time back to {} {:?} after crust died (seen {seen:?})", env.secs, died.elapsed());

@@ -211,12 +211,8 @@ fn assert_same_grids(before: &BTreeMap<String, String>, files: &BTreeMap<&str, P
     for (label, b) in before {
         let a = &after[label];
         if a != b {
-            let diff: Vec<String> = b
-                .lines()
-                .zip(a.lines())
-                .filter(|(x, y)| x != y)
-                .map(|(x, y)| format!("before: {x}   after: {y}"))
-                .collect();
+            let diff: Vec<String> =
+                b.lines().zip(a.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("before: {x}   after: {y}")).collect();
             panic!("a process outside the tree meets other conflicts on file {label} after the restore:\n  {}", diff.join("\n  "));
         }
     }
@@ -438,7 +434,8 @@ impl LockTree {
     fn go(&mut self, roles: &[&str]) -> GoResult {
         let r = self.w.go();
         let failed: Vec<&str> = r.status_text.lines().filter(|l| l.starts_with("FAIL")).collect();
-        let missing: Vec<&&str> = roles.iter().filter(|role| !r.status_text.lines().any(|l| l.starts_with(&format!("PASS {role} ")))).collect();
+        let missing: Vec<&&str> =
+            roles.iter().filter(|role| !r.status_text.lines().any(|l| l.starts_with(&format!("PASS {role} ")))).collect();
         assert!(
             r.exit == Exit::Code(0) && failed.is_empty() && missing.is_empty(),
             "after the restore the tree's own checks failed (root {}): FAIL lines {failed:#?}, no PASS from {missing:?}\n--- status ---\n{}--- log ---\n{}",
@@ -551,7 +548,8 @@ fn flock_locks_of_descriptions_shared_across_fork_come_back() {
     let mut t = LockTree::spawn("lock_flock", &["shared"]);
     let fs_ = files(&t, &["x", "y"]);
     let (p, c1) = (t.role("parent"), t.role("child1"));
-    let expected: Vec<String> = vec![format!("FLOCK WRITE {p} x 0 EOF"), format!("FLOCK READ {p} y 0 EOF"), format!("FLOCK READ {c1} y 0 EOF")];
+    let expected: Vec<String> =
+        vec![format!("FLOCK WRITE {p} x 0 EOF"), format!("FLOCK READ {p} y 0 EOF"), format!("FLOCK READ {c1} y 0 EOF")];
     assert_locks("before the dump", &fs_, &expected);
     let grid = (0, 100, 50);
     let grids = outside_grids(&fs_, grid);
@@ -653,7 +651,9 @@ fn ofd_locks_of_several_descriptions_shared_across_fork_come_back() {
     let grid = (0, 300, 1);
     let grids = outside_grids(&fs_, grid);
     let explicit: Vec<String> =
-        ["ofd:w:5:1=W@-1:0:10", "posix:r:120:1=W@-1:100:50", "ofd:w:27:1=R@-1:10:20", "ofd:r:0:0=W@-1:0:10|W@-1:100:50"].map(String::from).into();
+        ["ofd:w:5:1=W@-1:0:10", "posix:r:120:1=W@-1:100:50", "ofd:w:27:1=R@-1:10:20", "ofd:r:0:0=W@-1:0:10|W@-1:100:50"]
+            .map(String::from)
+            .into();
     outside_check("before the dump", &fs_["a"], &explicit);
 
     let before = t.snapshot();
@@ -700,7 +700,8 @@ fn waiters_blocked_in_setlkw_ofd_setlkw_and_flock_wait_again_and_acquire_after_t
         format!("FLOCK WRITE {h} c 0 EOF"),
         format!("-> FLOCK WRITE {w3} c 0 EOF (behind FLOCK WRITE {h} 0 EOF)"),
     ];
-    let calls = [(w1, (SYS_FCNTL, libc::F_SETLKW as u64)), (w2, (SYS_FCNTL, libc::F_OFD_SETLKW as u64)), (w3, (SYS_FLOCK, libc::LOCK_EX as u64))];
+    let calls =
+        [(w1, (SYS_FCNTL, libc::F_SETLKW as u64)), (w2, (SYS_FCNTL, libc::F_OFD_SETLKW as u64)), (w3, (SYS_FLOCK, libc::LOCK_EX as u64))];
     wait_locks("before the dump", &fs_, &expected);
     for (pid, call) in calls {
         wait_until(&format!("pid {pid} to wait in {call:?}"), Duration::from_secs(5), || waiting_in(pid) == Some(call));
@@ -867,7 +868,8 @@ fn util_linux_flock_holding_a_lock_around_a_command() {
     assert_eq!(blocked_syscall(sleep_pid), Some(SYS_CLOCK_NANOSLEEP), "the restored sleep is not sleeping");
 
     // an outside flock(1) waits for the restored lock, and gets it when the command ends
-    let mut waiter = Command::new("flock").arg(&x).args(["-c", "echo got"]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("flock(1)");
+    let mut waiter =
+        Command::new("flock").arg(&x).args(["-c", "echo got"]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().expect("flock(1)");
     let waiter_pid = waiter.id() as i32;
     let mut with_waiter = expected.clone();
     with_waiter.push(format!("-> FLOCK WRITE {waiter_pid} x 0 EOF (behind FLOCK WRITE {flock_pid} 0 EOF)"));
@@ -912,7 +914,11 @@ fn sqlite3_in_an_open_write_transaction() {
     let locked = |when: &str| {
         let (ok, out) = sqlite_outside(&dir, "SELECT count(*) FROM t;");
         assert!(!ok && out.contains("database is locked"), "{when}: another sqlite3 was not refused: {out}");
-        outside_check(when, &fs_["db"], &[format!("posix:r:1073741824:1=W@{sqlite_pid}:1073741824:512"), "posix:w:0:1073741824=free".into()]);
+        outside_check(
+            when,
+            &fs_["db"],
+            &[format!("posix:r:1073741824:1=W@{sqlite_pid}:1073741824:512"), "posix:w:0:1073741824=free".into()],
+        );
     };
     locked("before the dump");
 
@@ -1058,7 +1064,12 @@ fn dump_is_refused_when_outside_processes_hold_or_wait_for_locks_on_the_trees_fi
             break; // the tree is gone
         }
         if !has_token(&text, &o.pid.to_string()) || !text.contains(&*m.to_string_lossy()) {
-            failures.push(format!("the refusal for pid {} ({mode} {lock}) does not name the pid and {}: {}", o.pid, m.display(), text.trim()));
+            failures.push(format!(
+                "the refusal for pid {} ({mode} {lock}) does not name the pid and {}: {}",
+                o.pid,
+                m.display(),
+                text.trim()
+            ));
         }
         assert_running_untouched(&pids, &format!("after the refused dump ({mode} {lock})"));
         assert_locks(&format!("after the refused dump ({mode} {lock})"), &fs_, &with);

@@ -59,7 +59,10 @@ fn netlink_view(pid: i32, fds: &[&str]) -> Vec<String> {
             let inode = link.trim_start_matches("socket:[").trim_end_matches(']').to_string();
             let line = table.lines().find(|l| l.split_whitespace().last() == Some(inode.as_str()));
             let fields: Vec<&str> = line.map(|l| l.split_whitespace().collect()).unwrap_or_default();
-            format!("fd {fd}: {}", fields.get(1..fields.len().saturating_sub(1)).map(|f| f.join(" ")).unwrap_or("(not listed: unbound)".into()))
+            format!(
+                "fd {fd}: {}",
+                fields.get(1..fields.len().saturating_sub(1)).map(|f| f.join(" ")).unwrap_or("(not listed: unbound)".into())
+            )
         })
         .collect()
 }

@@ -20,7 +20,9 @@ fn spawn_settled(mode: &str) -> Workload {
 /// kcmp(KCMP_FILE): one open file description?
 fn same_description(p1: i32, f1: i32, p2: i32, f2: i32) -> bool {
     // SAFETY: kcmp takes integers only.
-    unsafe { libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0 }
+    unsafe {
+        libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) == 0
+    }
 }
 
 /// The inode of /proc/PID/fd/FD or of a /proc/PID/map_files entry.
@@ -144,11 +146,8 @@ fn dev_zero_mapped_shared_across_fork_stays_shared() {
     w.restore_detached();
     let child_after = ProcSnapshot::take(child);
     let after = w.snapshot();
-    let mut extra: Vec<String> = child_before
-        .diff(&child_after, &["status:PPid", "status:State"])
-        .into_iter()
-        .map(|d| format!("child: {d}"))
-        .collect();
+    let mut extra: Vec<String> =
+        child_before.diff(&child_after, &["status:PPid", "status:State"]).into_iter().map(|d| format!("child: {d}")).collect();
     if inode(&map_file(w.pid, &start)) != inode(&map_file(child, &start)) {
         extra.push("parent and child map two objects; they mapped one".into());
     }
@@ -226,11 +225,8 @@ fn pidfd_of_a_later_sibling_survives_restore() {
     w.restore_detached();
     let holder_after = ProcSnapshot::take(kids[0]);
     let after = w.snapshot();
-    let extra: Vec<String> = holder_before
-        .diff(&holder_after, &["status:PPid", "status:State"])
-        .into_iter()
-        .map(|d| format!("first child: {d}"))
-        .collect();
+    let extra: Vec<String> =
+        holder_before.diff(&holder_after, &["status:PPid", "status:State"]).into_iter().map(|d| format!("first child: {d}")).collect();
     w.verify_restored(&before, &after, &[], extra);
 }
 
@@ -249,7 +245,10 @@ fn aio_contexts_with_nothing_in_flight_come_back_at_their_ids() {
     let child_before = ProcSnapshot::take(child);
     let rings: Vec<String> = w.ready_field("ctx").split(',').map(|c| format!("{:x}", parse_hex(c))).collect();
     let shown = |snap: &ProcSnapshot| -> Vec<String> {
-        rings.iter().filter_map(|r| snap.entries.iter().find(|(k, _)| k.starts_with(&format!("maps:{r}-"))).map(|(k, v)| format!("{k} {v}"))).collect()
+        rings
+            .iter()
+            .filter_map(|r| snap.entries.iter().find(|(k, _)| k.starts_with(&format!("maps:{r}-"))).map(|(k, v)| format!("{k} {v}")))
+            .collect()
     };
     let rings_before = shown(&before);
     assert!(rings_before.len() == 2 && rings_before.iter().all(|l| l.contains("[aio]")), "rings before the dump: {rings_before:?}");

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 fn shell_job_comes_back_in_the_foreground_of_crusts_terminal() {
     let (mut master, slave) = openpty();
     let slave_for_shell = slave.try_clone().unwrap();
-    let mut w = Workload::spawn_program_with("shelljob", "setsid", &["-c", &build_workload("shelljob").to_string_lossy(), "status"], move |cmd| {
-        on_terminal(cmd, &slave_for_shell);
-    });
+    let mut w =
+        Workload::spawn_program_with("shelljob", "setsid", &["-c", &build_workload("shelljob").to_string_lossy(), "status"], move |cmd| {
+            on_terminal(cmd, &slave_for_shell);
+        });
     let shell = w.pid;
     let line = w.wait_status_line("READY", READY_TIMEOUT);
     let job: i32 = ready_field(&line, "job").unwrap().parse().unwrap();
@@ -53,7 +54,19 @@ fn shell_job_comes_back_in_the_foreground_of_crusts_terminal() {
     let stat = || -> (i32, i32, i32, i32) {
         let info = std::fs::read_to_string(format!("/proc/{job}/stat")).unwrap();
         let f: Vec<i32> = info.rsplit(')').next().unwrap().split_whitespace().skip(1).take(5).map(|v| v.parse().unwrap()).collect();
-        (f[1], f[2], f[4], std::fs::read_to_string(format!("/proc/{job}/status")).unwrap().lines().find_map(|l| l.strip_prefix("TracerPid:")).unwrap().trim().parse().unwrap())
+        (
+            f[1],
+            f[2],
+            f[4],
+            std::fs::read_to_string(format!("/proc/{job}/status"))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap(),
+        )
     };
     let (pgrp, sid, tpgid, tracer) = stat();
     assert_eq!(tracer, 0, "the job is still traced by crust");

@@ -420,10 +420,7 @@ time.sleep(100)
     they_closed.read_exact(&mut answer).expect("the program's answer on the connection this test half closed");
     assert_eq!(&answer, b"answer");
     wait_until("python3 to read everything", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
-    assert_eq!(
-        std::fs::read_to_string(w.dir.path.join("result")).unwrap(),
-        "(b'a to b', b'b to a bye', b'they closed', b'still open')"
-    );
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "(b'a to b', b'b to a bye', b'they closed', b'still open')");
 }
 
 /// A connection holding urgent data not read yet (MSG_OOB) is refused by pid, fd and what it

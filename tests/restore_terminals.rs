@@ -215,8 +215,10 @@ fn pty_proc_state(parent: i32, child: i32) -> (String, String, String) {
         .file_name();
     let fdinfo = std::fs::read_to_string(format!("/proc/{parent}/fdinfo/{}", master_fd.to_string_lossy())).unwrap();
     let index = fdinfo.lines().find(|l| l.starts_with("tty-index:")).unwrap_or("").split_whitespace().last().unwrap_or("").to_string();
-    let links: Vec<String> =
-        [0, 1, 2, 10].iter().map(|fd| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).unwrap().to_string_lossy().into_owned()).collect();
+    let links: Vec<String> = [0, 1, 2, 10]
+        .iter()
+        .map(|fd| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).unwrap().to_string_lossy().into_owned())
+        .collect();
     let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
     let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
     // After the comm: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) tpgid(5).
@@ -275,7 +277,8 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
     let cmd = "i=0; while [ $i -lt 600 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done";
     let mut w = Workload::spawn_program("script", "script", &["-q", "-c", cmd, "/dev/null"]);
     wait_until("script's shell ticking", Duration::from_secs(10), || ticks(&w.log_text()).len() >= 5);
-    let shell = children_of(w.pid).into_iter().find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() != "sleep"));
+    let shell =
+        children_of(w.pid).into_iter().find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() != "sleep"));
     let shell = shell.expect("script's shell");
     w.own(shell);
     let state = |pid: i32| {
@@ -732,9 +735,14 @@ fn less_comes_back_raw_and_takes_single_keys() {
     std::fs::write(&file, text).unwrap();
     let slave_for_shell = slave.try_clone().unwrap();
     let file_arg = file.to_string_lossy().into_owned();
-    let mut w = Workload::spawn_program_with("less", "setsid", &["-c", "python3", "-c", JOB_SHELL, "status", "less", "-X", &file_arg], move |cmd| {
-        on_terminal(cmd, &slave_for_shell);
-    });
+    let mut w = Workload::spawn_program_with(
+        "less",
+        "setsid",
+        &["-c", "python3", "-c", JOB_SHELL, "status", "less", "-X", &file_arg],
+        move |cmd| {
+            on_terminal(cmd, &slave_for_shell);
+        },
+    );
     let shell = w.pid;
     let job: i32 = ready_field(&w.wait_status_line("READY", READY_TIMEOUT), "job").unwrap().parse().unwrap();
     w.own(job);

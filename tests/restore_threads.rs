@@ -12,19 +12,15 @@ fn every_thread_comes_back_with_its_tid_and_keeps_running() {
     let worker = w.ready_field("tid");
     let tids_before = task_ids(w.pid);
     assert!(tids_before.contains(&worker), "worker {worker} not among {tids_before:?}");
-    let names_before: Vec<String> = tids_before
-        .iter()
-        .map(|t| std::fs::read_to_string(format!("/proc/{}/task/{t}/comm", w.pid)).unwrap())
-        .collect();
+    let names_before: Vec<String> =
+        tids_before.iter().map(|t| std::fs::read_to_string(format!("/proc/{}/task/{t}/comm", w.pid)).unwrap()).collect();
     let before = w.snapshot();
     w.dump();
     w.restore_detached();
     let tids_after = task_ids(w.pid);
     assert_eq!(tids_before, tids_after, "thread ids differ after restore");
-    let names_after: Vec<String> = tids_after
-        .iter()
-        .map(|t| std::fs::read_to_string(format!("/proc/{}/task/{t}/comm", w.pid)).unwrap())
-        .collect();
+    let names_after: Vec<String> =
+        tids_after.iter().map(|t| std::fs::read_to_string(format!("/proc/{}/task/{t}/comm", w.pid)).unwrap()).collect();
     assert_eq!(names_before, names_after, "thread names differ after restore");
     let after = w.snapshot();
     w.verify_restored(&before, &after, &[], vec![]);

@@ -36,12 +36,8 @@ struct TaskState {
 fn task_state(pid: i32, tid: i32) -> TaskState {
     let dir = format!("/proc/{pid}/task/{tid}");
     let status = fs::read_to_string(format!("{dir}/status")).unwrap_or_default();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_string()))
-            .unwrap_or_default()
-    };
+    let field =
+        |key: &str| status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_string())).unwrap_or_default();
     TaskState {
         comm: fs::read_to_string(format!("{dir}/comm")).unwrap_or_default().trim_end().to_string(),
         sig_blk: field("SigBlk"),
@@ -77,8 +73,7 @@ fn pthread_pool_wakes_works_and_each_thread_keeps_tls_mask_altstack_name_and_pen
     let mut w = Workload::spawn("threadpool", &[]);
     let pid = w.pid;
     let tid = |key: &str| -> i32 { w.ready_field(key).parse().unwrap() };
-    let roles: Vec<(&str, i32)> =
-        ["main", "w0", "w1", "w2", "w3", "joiner"].iter().map(|r| (*r, tid(r))).collect();
+    let roles: Vec<(&str, i32)> = ["main", "w0", "w1", "w2", "w3", "joiner"].iter().map(|r| (*r, tid(r))).collect();
     let pending_tid = tid("pending_tid");
     let sig: u32 = w.ready_field("pending_sig").parse().unwrap();
     let waiters: Vec<(&str, i32)> = roles.iter().copied().filter(|(r, _)| *r != "main").collect();
@@ -222,9 +217,7 @@ impl Drop for Held {
 
 /// Items reported done in the log ("item X by K" lines, see PY_PRELUDE), in order.
 fn items_done(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("item ")?.split_whitespace().next()?.parse().ok())
-        .collect()
+    log.lines().filter_map(|l| l.strip_prefix("item ")?.split_whitespace().next()?.parse().ok()).collect()
 }
 
 /// The result file, once the program wrote it (it renames it into place when complete):

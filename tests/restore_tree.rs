@@ -36,7 +36,9 @@ fn decode_status(st: i64) -> Exit {
 
 /// kcmp(KCMP_FILE): do these two fds share one open file description?
 fn same_description(p1: i32, f1: i32, p2: i32, f2: i32) -> bool {
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2) };
+    let r = unsafe {
+        libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2)
+    };
     r == 0
 }
 
@@ -217,10 +219,7 @@ impl Tree {
             }
             if Instant::now() > deadline {
                 for pid in &left {
-                    problems.push(format!(
-                        "pid {pid} still exists {GONE_TIMEOUT:?} after a successful dump: {:?}",
-                        proc_info(*pid)
-                    ));
+                    problems.push(format!("pid {pid} still exists {GONE_TIMEOUT:?} after a successful dump: {:?}", proc_info(*pid)));
                 }
                 break;
             }
@@ -264,14 +263,7 @@ impl Tree {
                                 && fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| !m.contains(crust_bin())).unwrap_or(false)
                         }
                     };
-                    (!ok).then(|| {
-                        format!(
-                            "pid {pid} ({}): {:?}, TracerPid {:?}",
-                            was.comm,
-                            now,
-                            proc_status_field(pid, "TracerPid")
-                        )
-                    })
+                    (!ok).then(|| format!("pid {pid} ({}): {:?}, TracerPid {:?}", was.comm, now, proc_status_field(pid, "TracerPid")))
                 })
                 .collect();
             if pending.is_empty() {
@@ -367,11 +359,7 @@ impl Drop for Tree {
 fn compare(before: &TreeSnap, after: &TreeSnap, ignore: &[&str]) -> Vec<String> {
     let mut p = Vec::new();
     if before.pids() != after.pids() {
-        p.push(format!(
-            "the restored tree has pids {:?}, the dumped one had {:?}",
-            after.pids(),
-            before.pids()
-        ));
+        p.push(format!("the restored tree has pids {:?}, the dumped one had {:?}", after.pids(), before.pids()));
     }
     for (pid, b) in &before.info {
         let Some(a) = after.info.get(pid) else { continue };
@@ -424,10 +412,9 @@ fn compare(before: &TreeSnap, after: &TreeSnap, ignore: &[&str]) -> Vec<String> 
             }
         }
     }
-    for (what, b, a) in [
-        ("open file description (kcmp)", &before.descriptions, &after.descriptions),
-        ("inode", &before.inodes, &after.inodes),
-    ] {
+    for (what, b, a) in
+        [("open file description (kcmp)", &before.descriptions, &after.descriptions), ("inode", &before.inodes, &after.inodes)]
+    {
         for set in b.difference(a) {
             p.push(format!("fds sharing one {what} before the dump, not after: {}", show_fds(set)));
         }
@@ -456,8 +443,7 @@ fn merged_vmas(before: &ProcSnapshot, after: &ProcSnapshot) -> Vec<(String, Vec<
     let fmt = |(s, e): (u64, u64)| format!("{s:08x}-{e:08x}");
     let mut out = Vec::new();
     for (&(start, end), v) in a.iter().filter(|(r, _)| !b.contains_key(*r)) {
-        let parts: Vec<(u64, u64)> =
-            b.keys().copied().filter(|r| !a.contains_key(r) && r.0 >= start && r.1 <= end).collect();
+        let parts: Vec<(u64, u64)> = b.keys().copied().filter(|r| !a.contains_key(r) && r.0 >= start && r.1 <= end).collect();
         let tiles = parts.len() > 1
             && parts[0].0 == start
             && parts.last().unwrap().1 == end
@@ -538,13 +524,8 @@ mod restore_tree {
         assert_eq!(roles.get("parent"), Some(&root), "READY parent names another pid:\n{status}");
         let addr = parse_hex(&role_field(&status, "parent", "counter"));
         let before = t.snapshot();
-        let expected: BTreeMap<i32, i32> = [
-            (roles["child1"], root),
-            (roles["child2"], root),
-            (roles["grandchild"], roles["child1"]),
-        ]
-        .into_iter()
-        .collect();
+        let expected: BTreeMap<i32, i32> =
+            [(roles["child1"], root), (roles["child2"], root), (roles["grandchild"], roles["child1"])].into_iter().collect();
         for (pid, ppid) in &expected {
             assert_eq!(before.info.get(pid).map(|i| i.ppid), Some(*ppid), "test setup: tree is not as expected:\n{}", before.describe());
         }
@@ -609,10 +590,8 @@ mod restore_tree {
             ok
         });
         let pids = shape.unwrap();
-        let reader = *pids
-            .iter()
-            .find(|p| **p != root && proc_info(**p).map(|i| i.comm == "sh").unwrap_or(false))
-            .expect("the right subshell");
+        let reader =
+            *pids.iter().find(|p| **p != root && proc_info(**p).map(|i| i.comm == "sh").unwrap_or(false)).expect("the right subshell");
         let sleep3 = children_of(reader)[0];
         let writer = *pids.iter().find(|p| **p != root && **p != reader && **p != sleep3).unwrap();
         if let Some(left) = Duration::from_millis(500).checked_sub(started.elapsed()) {
@@ -667,7 +646,9 @@ mod restore_tree {
             problems.push(format!("the restored `sleep 3` (pid {sleep3}) is still there: {:?}", proc_info(sleep3)));
         }
         let reader_now = proc_info(reader);
-        if reader_now.as_ref().map(|i| i.comm.as_str()) != Some("cat") || !reader_now.as_ref().map(|i| is_live_state(i.state)).unwrap_or(false) {
+        if reader_now.as_ref().map(|i| i.comm.as_str()) != Some("cat")
+            || !reader_now.as_ref().map(|i| is_live_state(i.state)).unwrap_or(false)
+        {
             problems.push(format!("the right subshell (pid {reader}) should now be cat, reading: {reader_now:?}"));
         }
         for pid in [root, writer] {
@@ -783,10 +764,14 @@ mod restore_tree {
         let r = t.w.go();
         problems.extend(verdict(&r, &["parent", "child", "grandchild"]));
         problems.extend(t.wait_all_reaped(Duration::from_secs(5)));
-        let show_files = serde_json::from_str::<serde_json::Value>(&show.stdout)
-            .map(|v| v["open_files"].to_string())
-            .unwrap_or_else(|_| show.text());
-        assert_no_problems("pipes after restore", &problems, &t, &format!("--- crust show: open_files ---\n{}", truncate_str(&show_files, 3000)));
+        let show_files =
+            serde_json::from_str::<serde_json::Value>(&show.stdout).map(|v| v["open_files"].to_string()).unwrap_or_else(|_| show.text());
+        assert_no_problems(
+            "pipes after restore",
+            &problems,
+            &t,
+            &format!("--- crust show: open_files ---\n{}", truncate_str(&show_files, 3000)),
+        );
     }
 
     fn truncate_str(s: &str, n: usize) -> &str {
@@ -816,7 +801,8 @@ mod restore_tree {
         let status = t.w.status_text();
         let root = t.root();
         let pid_of = |role: &str, key: &str| -> i32 { role_field(&status, role, key).parse().unwrap() };
-        let (z7, zterm, blocker, zb) = (pid_of("parent", "z7"), pid_of("parent", "zterm"), pid_of("parent", "blocker"), pid_of("blocker", "zb"));
+        let (z7, zterm, blocker, zb) =
+            (pid_of("parent", "z7"), pid_of("parent", "zterm"), pid_of("parent", "blocker"), pid_of("blocker", "zb"));
         let before = t.snapshot();
         let expect_zombie = |snap: &TreeSnap, pid: i32, comm: &str, ppid: i32, st: i64, when: &str| -> Vec<String> {
             match snap.info.get(&pid) {
@@ -835,7 +821,10 @@ mod restore_tree {
         let setup = zombies(&before, "before the dump");
         assert!(setup.is_empty(), "test setup: {setup:?}\n{}", before.describe());
         let sigchld_bit = 1u64 << (libc::SIGCHLD - 1);
-        let pending = |pid: i32| -> u64 { proc_status_field(pid, "ShdPnd").map(|v| parse_hex(&v)).unwrap_or(0) | proc_status_field(pid, "SigPnd").map(|v| parse_hex(&v)).unwrap_or(0) };
+        let pending = |pid: i32| -> u64 {
+            proc_status_field(pid, "ShdPnd").map(|v| parse_hex(&v)).unwrap_or(0)
+                | proc_status_field(pid, "SigPnd").map(|v| parse_hex(&v)).unwrap_or(0)
+        };
         assert_eq!(pending(root) & sigchld_bit, 0, "test setup: SIGCHLD pending in the parent");
         assert_ne!(pending(blocker) & sigchld_bit, 0, "test setup: SIGCHLD not pending in the blocker");
 
@@ -948,7 +937,8 @@ mod restore_tree {
                     }
                     // killed or zombie children of the killed root are reparented to us
                     if !wait_gone(pid, GONE_TIMEOUT) {
-                        problems.push(format!("pid {pid} (zombie in the image: {zombie}) still exists after the dump: {:?}", proc_info(pid)));
+                        problems
+                            .push(format!("pid {pid} (zombie in the image: {zombie}) still exists after the dump: {:?}", proc_info(pid)));
                     }
                 }
                 if pid_exists(root) {
@@ -1075,11 +1065,7 @@ mod restore_tree {
 
     /// Pages of the region that parent and child map from the same frame.
     fn shared_frames(parent: i32, child: i32, addr: u64, pages: u64) -> usize {
-        frames(parent, addr, pages)
-            .into_iter()
-            .zip(frames(child, addr, pages))
-            .filter(|(a, b)| a.is_some() && a == b)
-            .count()
+        frames(parent, addr, pages).into_iter().zip(frames(child, addr, pages)).filter(|(a, b)| a.is_some() && a == b).count()
     }
 
     /// tree_sharedmem.c: a MAP_SHARED|MAP_ANONYMOUS region is one object again (the child's

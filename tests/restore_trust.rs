@@ -331,10 +331,9 @@ fn data_file_others_could_change_is_refused() {
     w.dump();
     let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
     let img = w.image_dir.to_string_lossy().into_owned();
-    for (what, change, undo) in [
-        ("owned by uid 65534", (Some(65534), None), (Some(0), None)),
-        ("group-writable", (None, Some(0o620)), (None, Some(0o600))),
-    ] {
+    for (what, change, undo) in
+        [("owned by uid 65534", (Some(65534), None), (Some(0), None)), ("group-writable", (None, Some(0o620)), (None, Some(0o600)))]
+    {
         if let Some(uid) = change.0 {
             nix::unistd::chown(&pages, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
         }

@@ -359,11 +359,7 @@ while True:
     let out = restore_trusted(&copy);
     assert_refused(&out, &["the socket the image names", "decoy.sock"], w.pid, "a connection redirected to a decoy");
     // The socket file was checked before connecting: the decoy was never connected to.
-    assert_eq!(
-        decoy.accept().err().map(|e| e.kind()),
-        Some(std::io::ErrorKind::WouldBlock),
-        "the refused restore connected to the decoy"
-    );
+    assert_eq!(decoy.accept().err().map(|e| e.kind()), Some(std::io::ErrorKind::WouldBlock), "the refused restore connected to the decoy");
 }
 
 /// A process running as nobody in DIR/home; its image is edited so that its working
@@ -466,7 +462,10 @@ while True:
     let now = crust::sys::sysv::segments().unwrap().into_iter().find(|s| s.shmid == root_seg).expect("the root segment is gone");
     assert_eq!((now.uid, now.mode & 0o777), (0, 0o600), "the root segment changed");
     let attached = fs::read_to_string("/proc/sysvipc/shm").unwrap();
-    let nattch = attached.lines().find(|l| l.split_whitespace().nth(1) == Some(&root_seg.to_string())).and_then(|l| l.split_whitespace().nth(6).map(str::to_owned));
+    let nattch = attached
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(&root_seg.to_string()))
+        .and_then(|l| l.split_whitespace().nth(6).map(str::to_owned));
     assert_eq!(nattch.as_deref(), Some("0"), "the root segment is attached");
 
     let out = restore_trusted(&w.image_dir);

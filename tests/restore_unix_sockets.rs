@@ -219,11 +219,7 @@ fn verify(w: &mut Workload, before: &TreeSnap, after: &TreeSnap, mut extra: Vec<
     let root_after = &after.procs[&w.pid];
     let r = w.verify_restored(root_before, root_after, &[], extra);
     for role in roles {
-        assert!(
-            r.status_text.lines().any(|l| l.starts_with(&format!("PASS {role} "))),
-            "{role} did not PASS:\n{}",
-            r.status_text
-        );
+        assert!(r.status_text.lines().any(|l| l.starts_with(&format!("PASS {role} "))), "{role} did not PASS:\n{}", r.status_text);
     }
 }
 
@@ -341,7 +337,6 @@ fn abstract_names_autobound_names_and_datagram_senders_survive() {
 // ---------------------------------------------------------------------------------
 // Refusals
 // ---------------------------------------------------------------------------------
-
 
 /// Dumps a workload that must be refused: the refusal names its pid, the socket's fd (the
 /// READY line's fd=) and each of `words`; the process keeps running untouched, looks the same
@@ -568,7 +563,9 @@ fn unconnected_seqpacket_self_connected_datagram_and_blocked_datagram_reader_sur
     }
     let gone = w.status_path.with_extension("gone");
     match fs::symlink_metadata(&gone) {
-        Ok(m) if m.ino() == other_inode && m.file_type().is_file() && fs::read_to_string(&gone).unwrap_or_default() == "someone else's\n" => {}
+        Ok(m)
+            if m.ino() == other_inode && m.file_type().is_file() && fs::read_to_string(&gone).unwrap_or_default() == "someone else's\n" => {
+        }
         other => extra.push(format!("{} after restore: {other:?}, expected the same regular file (inode {other_inode})", gone.display())),
     }
     verify(&mut w, &before, &after, extra, &["parent", "child"]);
@@ -603,10 +600,7 @@ fn failed_restore_removes_the_socket_file_it_bound() {
         for pid in &pids {
             assert!(wait_gone(*pid, GONE_TIMEOUT), "pid {pid} of the tree still exists after the dump");
         }
-        w.crust_env = vec![
-            ("CRUST_FAULT".into(), format!("restore-before-resume:1:{action}")),
-            ("CRUST_LOG".into(), "crust=info".into()),
-        ];
+        w.crust_env = vec![("CRUST_FAULT".into(), format!("restore-before-resume:1:{action}")), ("CRUST_LOG".into(), "crust=info".into())];
         let out = w.restore_detached_raw();
         w.crust_env.clear();
         assert!(!out.success(), "{action}: the restore should have failed:\n{out}");
@@ -619,11 +613,7 @@ fn failed_restore_removes_the_socket_file_it_bound() {
             let empty = TempDir::new("no-image");
             crust(["restore", "-D", empty.path.to_str().unwrap()]).assert_failure();
         }
-        assert!(
-            fs::symlink_metadata(&path).is_err(),
-            "{action}: the failed restore left {} behind:\n{out}",
-            path.display()
-        );
+        assert!(fs::symlink_metadata(&path).is_err(), "{action}: the failed restore left {} behind:\n{out}", path.display());
         w.restore_detached();
         assert!(fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()), "{action}: no socket file after the good restore");
     }

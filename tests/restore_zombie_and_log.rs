@@ -68,10 +68,7 @@ fn restore_fails_pid_busy_while_a_zombie_keeps_the_pid_and_works_after_reaping()
     reap_zombie(pid);
     out.assert_failure();
     let text = out.text();
-    assert!(
-        text.contains("PID") && text.contains("busy") && has_token(&text, &pid.to_string()),
-        "expected 'PID {pid} ... busy':\n{out}"
-    );
+    assert!(text.contains("PID") && text.contains("busy") && has_token(&text, &pid.to_string()), "expected 'PID {pid} ... busy':\n{out}");
     assert!(state == Some('Z') && ours, "the zombie was disturbed by the failed restore: state {state:?}, our child: {ours}");
     w.restore_detached();
     w.go().assert_pass();

@@ -112,11 +112,7 @@ fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
     if !huge {
         command.arg("--small-pages");
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let line = loop {
         if let Ok(line) = std::fs::read_to_string(&ready) {
@@ -143,11 +139,7 @@ fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
 fn anon_huge_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("AnonHugePages:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("AnonHugePages:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -351,7 +343,19 @@ fn one_run(opts: &BenchOptions, huge: bool) -> Result<Figures> {
         None => (None, None),
     };
     let huge_kib = (huge_before, huge_after);
-    Ok(Figures { floor_dump, floor_restore, dump: dump.total, frozen: dump.frozen, restore, stall, criu_stall, criu, huge_kib, lazy, lazy_huge_kib })
+    Ok(Figures {
+        floor_dump,
+        floor_restore,
+        dump: dump.total,
+        frozen: dump.frozen,
+        restore,
+        stall,
+        criu_stall,
+        criu,
+        huge_kib,
+        lazy,
+        lazy_huge_kib,
+    })
 }
 
 /// A fresh workload dumped, then restored with --lazy-pages: ((until it runs, until all its
@@ -386,7 +390,8 @@ fn wait_resident(pid: i32, len: u64, huge_kib: u64) -> Result<()> {
     let status = format!("/proc/{pid}/status");
     loop {
         let text = std::fs::read_to_string(&status)?;
-        let kib: u64 = text.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        let kib: u64 =
+            text.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
         if kib * 1024 >= len && (huge_kib == 0 || anon_huge_kib(pid as u32) >= huge_kib) {
             return Ok(());
         }

@@ -257,11 +257,7 @@ fn run_in(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
     }
     if let [crust, criu] = &rounds[..] {
         let ratio = |a: &[Duration], b: &[Duration]| median(a.to_vec()).as_secs_f64() / median(b.to_vec()).as_secs_f64();
-        println!(
-            "crust/criu: dump {:.2}, restore {:.2}",
-            ratio(&crust.dumps, &criu.dumps),
-            ratio(&crust.restores, &criu.restores)
-        );
+        println!("crust/criu: dump {:.2}, restore {:.2}", ratio(&crust.dumps, &criu.dumps), ratio(&crust.restores, &criu.restores));
     }
     Ok(())
 }

@@ -110,7 +110,8 @@ const ONLY_RESTORE: Class = Ignored("used by restore only; the reference tool ig
 const ONLY_DUMP: Class = Ignored("used by dump only; the reference tool ignores it on restore too");
 const TCP: &str = "established TCP connections are checkpointed (TCP repair), their peers kept waiting by the network lock";
 const TCP_CLOSE: &str = "TCP connections are checkpointed without their state and restored closed (dump), or restored closed whatever the image holds (restore)";
-const IN_FLIGHT: &str = "a listener's connections not yet accepted are left out (their clients see a reset); without it such a listener is refused at dump";
+const IN_FLIGHT: &str =
+    "a listener's connections not yet accepted are left out (their clients see a reset); without it such a listener is refused at dump";
 const LINK_REMAP: &str = "dump: a file unlinked by the name it was opened by but linked elsewhere is linked back to a hidden name in its directory, kept until a restore opens and removes it (without it, refused)";
 const GHOST_LIMIT: &str = "dump: the largest deleted file (bytes, or K, M, G) whose contents go into the image, 1M by default; a larger one is refused by pid, fd, path and size";
 const GHOST_FIEMAP: &str = "crust always saves a deleted file's data without its holes (SEEK_DATA/SEEK_HOLE)";
@@ -133,20 +134,27 @@ pub const CRIU_OPTIONS: &[CriuOption] = &[
     CriuOption::flag("leave-running", Native).short('R').restore(ONLY_DUMP),
     CriuOption::flag("restore-detached", ONLY_RESTORE).short('d').bool().restore(Native),
     CriuOption::flag("daemon", ONLY_RESTORE).bool().restore(Native),
-    CriuOption::flag("restore-sibling", ONLY_RESTORE).short('S').bool().restore(Refused(
-        "the restored root is created as crust's child, not as its sibling",
-    )),
+    CriuOption::flag("restore-sibling", ONLY_RESTORE)
+        .short('S')
+        .bool()
+        .restore(Refused("the restored root is created as crust's child, not as its sibling")),
     CriuOption::value("pidfile", "FILE", ONLY_RESTORE).restore(Native),
-    CriuOption::optional("cpu-cap", "CAP", Only(&["none"], "crust compares no CPU features (as with none)", "crust does not compare CPU features")),
+    CriuOption::optional(
+        "cpu-cap",
+        "CAP",
+        Only(&["none"], "crust compares no CPU features (as with none)", "crust does not compare CPU features"),
+    ),
     CriuOption::flag("exec-cmd", ONLY_RESTORE).restore(Refused("running a command as the restored root's parent")),
     CriuOption::value("freeze-cgroup", "PATH", Refused("crust freezes with ptrace, not with the cgroup freezer")).restore(ONLY_DUMP),
     CriuOption::flag("weak-sysctls", Ignored("crust restores no namespace sysctls")).bool(),
-    CriuOption::flag("lazy-pages", Native).dump(Refused(
-        "dump writes every page into the image; none is left to serve lazily",
-    )),
+    CriuOption::flag("lazy-pages", Native).dump(Refused("dump writes every page into the image; none is left to serve lazily")),
     CriuOption::flag("stream", Refused("images are read and written as files in the image directory")).bool(),
     CriuOption::flag("mntns-compat-mode", Ignored("crust restores no mount namespace")).bool(),
-    CriuOption::value("network-lock", "METHOD", Permit("how TCP connections are locked while the tree is away: nftables (also for iptables: the same kernel tables) or skip")),
+    CriuOption::value(
+        "network-lock",
+        "METHOD",
+        Permit("how TCP connections are locked while the tree is away: nftables (also for iptables: the same kernel tables) or skip"),
+    ),
     CriuOption::flag("unprivileged", Refused("crust needs root (ptrace of any process, clone3 with set_tid)")).bool(),
     CriuOption::flag("allow-uprobes", Permit("permits [uprobes] mappings; crust refuses them at dump by pid and address")).bool(),
     // External resources.
@@ -180,18 +188,30 @@ pub const CRIU_OPTIONS: &[CriuOption] = &[
     CriuOption::value("enable-fs", "FSNAMES", Permit(MOUNTS)),
     CriuOption::flag("enable-external-sharing", Permit(MOUNTS)),
     CriuOption::flag("enable-external-masters", Permit(MOUNTS)),
-    CriuOption::value("ext-mount-map", "KEY:VAL", Refused("crust does not checkpoint mount namespaces, so there are no external mounts to map")).short('M'),
-    CriuOption::optional("ext-unix-sk", "INODES", Permit(
-        "permits UNIX sockets connected outside the tree; crust refuses them at dump by pid and fd",
-    ))
+    CriuOption::value(
+        "ext-mount-map",
+        "KEY:VAL",
+        Refused("crust does not checkpoint mount namespaces, so there are no external mounts to map"),
+    )
+    .short('M'),
+    CriuOption::optional(
+        "ext-unix-sk",
+        "INODES",
+        Permit("permits UNIX sockets connected outside the tree; crust refuses them at dump by pid and fd"),
+    )
     .short('x'),
     CriuOption::value("empty-ns", "net", Refused(NAMESPACES)),
     CriuOption::value("join-ns", "NS:PID|FILE", Refused(NAMESPACES)).short('J'),
     CriuOption::value("veth-pair", "IN=OUT", Refused(NAMESPACES)),
-    CriuOption::value("file-validation", "METHOD", Only(&["filesize"], "crust records size and mtime; the comparison is chosen at restore", "crust does not compare build-ids")).restore(Native),
-    CriuOption::flag("skip-file-rwx-check", ONLY_RESTORE).bool().restore(Permit(
-        "permits reopening files the process could no longer open; crust refuses such a file by name",
-    )),
+    CriuOption::value(
+        "file-validation",
+        "METHOD",
+        Only(&["filesize"], "crust records size and mtime; the comparison is chosen at restore", "crust does not compare build-ids"),
+    )
+    .restore(Native),
+    CriuOption::flag("skip-file-rwx-check", ONLY_RESTORE)
+        .bool()
+        .restore(Permit("permits reopening files the process could no longer open; crust refuses such a file by name")),
     // Logging.
     CriuOption::value("log-file", "FILE", Native).short('o'),
     CriuOption::flag("log-pid", Ignored("crust logs from one process: everything goes to the -o file")).bool(),
@@ -255,7 +275,9 @@ fn build_arg(o: &CriuOption, class: Class) -> Arg {
     let (help, heading) = match class {
         Ignored(why) => (format!("Accepted; changes nothing here: {why}"), ACCEPTED_HEADING),
         Permit(why) => (format!("Accepted: {why}"), ACCEPTED_HEADING),
-        Only(values, meaning, why) => (format!("Accepted as {}: {meaning}; other values refused ({why})", values.join(", ")), ACCEPTED_HEADING),
+        Only(values, meaning, why) => {
+            (format!("Accepted as {}: {meaning}; other values refused ({why})", values.join(", ")), ACCEPTED_HEADING)
+        }
         Refused(why) => (format!("Not supported yet: {why}"), REFUSED_HEADING),
         Native => unreachable!("native options are declared with their command"),
     };

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use super::proto::DataFile;
 use super::ImageError;
+use super::proto::DataFile;
 
 /// Bytes per hashed chunk: small enough that checking the chunk of one page costs well under a
 /// millisecond, large enough that the list stays small (32 bytes per MiB).
@@ -78,10 +78,7 @@ pub fn verify_chunk(path: &Path, expected: &DataFile, index: usize, bytes: &[u8]
     };
     if hash(bytes).as_slice() != want.as_slice() {
         let start = index as u64 * expected.chunk_size;
-        return Err(ImageError::ChunkHash {
-            path: path.to_owned(),
-            detail: format!("bytes {start}..{}", start + bytes.len() as u64),
-        });
+        return Err(ImageError::ChunkHash { path: path.to_owned(), detail: format!("bytes {start}..{}", start + bytes.len() as u64) });
     }
     Ok(())
 }
@@ -107,11 +104,7 @@ pub fn verify_all(path: &Path, expected: &DataFile, data: &[u8]) -> Result<(), I
     check_layout(path, expected, data.len() as u64)?;
     let found = {
         let chunk = expected.chunk_size as usize;
-        if chunk == CHUNK {
-            hash_all(data)
-        } else {
-            data.chunks(chunk).map(hash).collect()
-        }
+        if chunk == CHUNK { hash_all(data) } else { data.chunks(chunk).map(hash).collect() }
     };
     for (index, (want, got)) in expected.chunk_blake3.iter().zip(&found).enumerate() {
         if want != got {

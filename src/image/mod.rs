@@ -229,7 +229,10 @@ pub fn open_image_file(path: &Path, max_bytes: u64) -> Result<File, ImageError> 
         return Err(ImageError::Refused { path: path.to_owned(), detail: format!("it is not a regular file ({:?})", meta.file_type()) });
     }
     if meta.len() > max_bytes {
-        return Err(ImageError::Refused { path: path.to_owned(), detail: format!("{} bytes, more than a record can hold ({max_bytes})", meta.len()) });
+        return Err(ImageError::Refused {
+            path: path.to_owned(),
+            detail: format!("{} bytes, more than a record can hold ({max_bytes})", meta.len()),
+        });
     }
     Ok(file)
 }
@@ -239,9 +242,7 @@ pub fn open_image_file(path: &Path, max_bytes: u64) -> Result<File, ImageError> 
 /// symlink in the way is removed first; one put back meanwhile makes the open fail.
 fn create_no_follow(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let open = || {
-        File::options().read(true).write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(path)
-    };
+    let open = || File::options().read(true).write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(path);
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         fs::remove_file(path)?;
     }
@@ -364,10 +365,9 @@ impl ImageDir {
         let (bytes, tmp, path) = self.framed(name, record);
         let mut syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner());
         let queue = &syncer.get_or_insert_with(Syncer::start).queue;
-        queue.send(Deferred { bytes, tmp, path: path.clone() }).map_err(|_| ImageError::Io {
-            path,
-            source: std::io::Error::other("the record sync threads are gone"),
-        })
+        queue
+            .send(Deferred { bytes, tmp, path: path.clone() })
+            .map_err(|_| ImageError::Io { path, source: std::io::Error::other("the record sync threads are gone") })
     }
 
     /// Waits until every record of [`Self::write_record_deferred`] is synced and in place.
@@ -417,7 +417,9 @@ impl ImageDir {
             let refused = |detail: &str| ImageError::Refused { path: path.clone(), detail: detail.to_owned() };
             let expected = hashes.get(name).ok_or_else(|| refused("it is not listed in the sealed inventory (field file_hashes)"))?;
             if blake3::hash(&buf).as_bytes().as_slice() != expected.as_slice() {
-                return Err(refused("its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump"));
+                return Err(refused(
+                    "its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump",
+                ));
             }
         }
         decode_record(&path, &buf)
@@ -507,10 +509,7 @@ impl ImageDir {
         let path = self.path(&expected.name);
         let size = self.data_file(name)?.metadata().map_err(|source| ImageError::Io { path: path.clone(), source })?.len();
         if size != expected.size {
-            return Err(ImageError::Truncated {
-                path,
-                detail: format!("{size} bytes, the inventory recorded {}", expected.size),
-            });
+            return Err(ImageError::Truncated { path, detail: format!("{size} bytes, the inventory recorded {}", expected.size) });
         }
         Ok(size)
     }
@@ -597,11 +596,7 @@ fn decode_record<R: Record>(path: &Path, buf: &[u8]) -> Result<R, ImageError> {
         return Err(ImageError::Checksum { path: path.to_owned(), detail: "record".into(), expected, found });
     }
     if kind != R::KIND {
-        return Err(ImageError::WrongKind {
-            path: path.to_owned(),
-            expected: kind_name(R::KIND),
-            found: kind_name(kind),
-        });
+        return Err(ImageError::WrongKind { path: path.to_owned(), expected: kind_name(R::KIND), found: kind_name(kind) });
     }
     R::decode(&buf[HEADER_LEN..body_end]).map_err(|e| ImageError::Decode {
         path: path.to_owned(),
@@ -646,7 +641,8 @@ mod tests {
         let (p, d) = dir();
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let mut inventory = sample();
-        inventory.processes = (1..5).map(|i| proto::ProcessEntry { pid: i, ppid: i - 1, comm: "x".repeat(i as usize), ..Default::default() }).collect();
+        inventory.processes =
+            (1..5).map(|i| proto::ProcessEntry { pid: i, ppid: i - 1, comm: "x".repeat(i as usize), ..Default::default() }).collect();
         let seed = inventory.encode_to_vec();
         for round in 0..3000 {
             let mut payload = seed.clone();

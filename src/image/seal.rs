@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use prost::Message;
 
 use super::proto::{FileHash, Inventory};
-use super::{ImageDir, INVENTORY};
+use super::{INVENTORY, ImageDir};
 
 const KEY_DIR: &str = "/var/lib/crust";
 const KEY_PATH: &str = "/var/lib/crust/image.key";
@@ -115,14 +115,21 @@ pub fn reseal(dir: &ImageDir) -> Result<()> {
 /// checked against their sealed chunk hashes by whoever reads them.
 pub fn verify(dir: &ImageDir, inventory: &Inventory) -> Result<()> {
     if inventory.seal.is_empty() {
-        bail!("image file {INVENTORY}: field seal is empty: the image is not sealed (restore it with --trust-image if you trust where it comes from)");
+        bail!(
+            "image file {INVENTORY}: field seal is empty: the image is not sealed (restore it with --trust-image if you trust where it comes from)"
+        );
     }
     let Some(key) = host_key(false)? else {
-        bail!("image file {INVENTORY}: field seal: this host has no image key ({KEY_PATH}), so the image was sealed elsewhere (restore it with --trust-image if you trust where it comes from)");
+        bail!(
+            "image file {INVENTORY}: field seal: this host has no image key ({KEY_PATH}), so the image was sealed elsewhere (restore it with --trust-image if you trust where it comes from)"
+        );
     };
-    let expected: [u8; 32] = inventory.seal.as_slice().try_into().map_err(|_| anyhow::anyhow!("image file {INVENTORY}: field seal is not 32 bytes"))?;
+    let expected: [u8; 32] =
+        inventory.seal.as_slice().try_into().map_err(|_| anyhow::anyhow!("image file {INVENTORY}: field seal is not 32 bytes"))?;
     if mac(&key, inventory) != blake3::Hash::from(expected) {
-        bail!("image file {INVENTORY}: field seal does not match: the inventory was changed, or sealed on another host (restore it with --trust-image if you trust where it comes from)");
+        bail!(
+            "image file {INVENTORY}: field seal does not match: the inventory was changed, or sealed on another host (restore it with --trust-image if you trust where it comes from)"
+        );
     }
     let mut listed: Vec<&str> = inventory.file_hashes.iter().map(|h| h.name.as_str()).collect();
     // Data files are checked chunk by chunk against the sealed inventory when they are read.
@@ -138,7 +145,10 @@ pub fn verify(dir: &ImageDir, inventory: &Inventory) -> Result<()> {
             bail!("image file {}: listed in the sealed inventory but missing", h.name);
         }
         if hash_file(&path)?.as_bytes().as_slice() != h.blake3.as_slice() {
-            bail!("image file {}: its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump", h.name);
+            bail!(
+                "image file {}: its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump",
+                h.name
+            );
         }
     }
     // Checked again on the very bytes each record is decoded from (a file renamed into the

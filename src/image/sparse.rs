@@ -76,4 +76,3 @@ mod tests {
         assert_eq!(regions.last().map(|r| r.1), Some((1 << 20) + 100));
     }
 }
-

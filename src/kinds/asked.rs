@@ -42,7 +42,10 @@ fn questions() -> Vec<Question> {
         ("prctl(PR_GET_PDEATHSIG)", Box::new(move |b| (libc::SYS_prctl, vec![libc::PR_GET_PDEATHSIG as u64, b + PDEATH_AT]))),
         ("prctl(PR_GET_DUMPABLE)", Box::new(move |_| (libc::SYS_prctl, vec![libc::PR_GET_DUMPABLE as u64]))),
         ("prctl(PR_GET_THP_DISABLE)", Box::new(move |_| (libc::SYS_prctl, vec![libc::PR_GET_THP_DISABLE as u64]))),
-        ("prctl(PR_GET_CHILD_SUBREAPER)", Box::new(move |b| (libc::SYS_prctl, vec![libc::PR_GET_CHILD_SUBREAPER as u64, b + SUBREAPER_AT]))),
+        (
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            Box::new(move |b| (libc::SYS_prctl, vec![libc::PR_GET_CHILD_SUBREAPER as u64, b + SUBREAPER_AT])),
+        ),
     ];
     for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF].into_iter().enumerate() {
         let at = ITIMERS_AT + i as u64 * ITIMER_LEN;

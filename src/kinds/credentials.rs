@@ -13,18 +13,12 @@ use crate::image::proto::Credentials as Creds;
 pub struct Credentials;
 
 fn parse_ids(status: &str, key: &str) -> Result<Vec<u32>> {
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .with_context(|| format!("no {key} line in /proc/PID/status"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix(key)).with_context(|| format!("no {key} line in /proc/PID/status"))?;
     line.split_whitespace().map(|v| v.parse::<u32>().context("bad id")).collect()
 }
 
 fn parse_hex(status: &str, key: &str) -> Result<u64> {
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .with_context(|| format!("no {key} line in /proc/PID/status"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix(key)).with_context(|| format!("no {key} line in /proc/PID/status"))?;
     u64::from_str_radix(line.trim(), 16).context("bad capability mask")
 }
 
@@ -67,10 +61,8 @@ impl Kind for Credentials {
             return Ok(());
         }
         let r = &mut *ctx.remote;
-        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(40);
+        let last_cap =
+            std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(40);
         // Bounding set first: dropping from it needs CAP_SETPCAP, which may go below.
         for cap in 0..=last_cap {
             if c.cap_bounding & (1 << cap) == 0 {

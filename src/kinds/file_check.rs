@@ -79,12 +79,9 @@ pub fn check_file(file: &FileIdentity, what: &str, usage: FileUse) -> Result<()>
         FileUse::Code(CodeValidation::SizeAndMtime) if changed => {
             bail!("{what} {} was modified after the dump: the process's code would not be what it ran", file.path)
         }
-        FileUse::Data { needed } if meta.size() < needed.min(file.size) => bail!(
-            "{what} {} is {} bytes now, shorter than the {} bytes the process used",
-            file.path,
-            meta.size(),
-            needed.min(file.size)
-        ),
+        FileUse::Data { needed } if meta.size() < needed.min(file.size) => {
+            bail!("{what} {} is {} bytes now, shorter than the {} bytes the process used", file.path, meta.size(), needed.min(file.size))
+        }
         _ if changed => tracing::warn!(
             "{what} {} changed since the dump ({} bytes then, {} now{}): the restored process sees it as it is now",
             file.path,

@@ -32,8 +32,7 @@ struct FdInfo {
 }
 
 fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .with_context(|| format!("pid {pid} fd {fd}: reading fdinfo"))?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).with_context(|| format!("pid {pid} fd {fd}: reading fdinfo"))?;
     let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
     let pos = field("pos:").context("fdinfo without pos")?.parse()?;
     let flags = u32::from_str_radix(field("flags:").context("fdinfo without flags")?, 8)?;
@@ -72,12 +71,7 @@ impl OpenFileTable {
     /// The description id of an object found through a mapping of `pid` rather than an fd (an
     /// anonymous shared memory object), by its (dev, inode): `record` makes its description the
     /// first time any process is seen with the object.
-    pub fn mapped_description(
-        &mut self,
-        pid: i32,
-        key: (u64, u64),
-        record: impl FnOnce() -> Result<OpenFile>,
-    ) -> Result<u32> {
+    pub fn mapped_description(&mut self, pid: i32, key: (u64, u64), record: impl FnOnce() -> Result<OpenFile>) -> Result<u32> {
         if let Some((_, _, id)) = self.by_inode.get(&key).and_then(|v| v.first()) {
             return Ok(*id);
         }
@@ -196,8 +190,8 @@ impl OpenFileTable {
         if kind.is_some_and(|k| !k.in_flight()) {
             return Err(refuse(&format!("a kind ({}) whose restore needs a process holding it", kind.unwrap().name())));
         }
-        let dumped = record_description(&src, &mut self.state)
-            .map_err(|e| refuse("which crust cannot record").context(format!("{e:#}")))?;
+        let dumped =
+            record_description(&src, &mut self.state).map_err(|e| refuse("which crust cannot record").context(format!("{e:#}")))?;
         let info = read_fdinfo(me, raw)?;
         self.files.push(OpenFile {
             id,
@@ -237,9 +231,8 @@ impl Kind for Files {
 
     fn dump(ctx: &mut DumpCtx) -> Result<FilesRecord> {
         let pid = ctx.pid.as_raw();
-        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut fds: Vec<i32> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         fds.sort();
         let mut record = FilesRecord::default();
         let mut seen_posix = Vec::new();
@@ -321,7 +314,9 @@ fn enter_directories(ctx: &mut RestoreCtx, record: &FilesRecord) -> Result<()> {
     let cwd = open_directory(ctx, "working directory", &record.cwd, record.cwd_ghost_id, (record.cwd_dev, record.cwd_inode))?;
     if record.root != "/" || record.root_ghost_id != 0 {
         let root = open_directory(ctx, "root directory", &record.root, record.root_ghost_id, (record.root_dev, record.root_inode))?;
-        ctx.remote.syscall("fchdir(root directory)", libc::SYS_fchdir, &[root as u64]).with_context(|| format!("entering the root directory {}", record.root))?;
+        ctx.remote
+            .syscall("fchdir(root directory)", libc::SYS_fchdir, &[root as u64])
+            .with_context(|| format!("entering the root directory {}", record.root))?;
         let dot = ctx.remote.put_path(0, ".")?;
         ctx.remote.syscall("chroot(\".\")", libc::SYS_chroot, &[dot]).with_context(|| format!("changing root to {}", record.root))?;
         ctx.close_in_process(root)?;
@@ -389,8 +384,9 @@ fn dump_fd(ctx: &mut DumpCtx, fd: i32, record: &mut FilesRecord, seen_posix: &mu
     let shared_id = table.find_shared(key, pid, fd)?;
     // A lease belongs to the description: recorded through its first fd.
     let lease = match (&locks.lease_line, shared_id) {
-        (Some(_), None) => super::leases::dump(pid, fd, &link, &copy, ctx.remote)
-            .with_context(|| format!("pid {pid} fd {fd}: the lease on {link}"))?,
+        (Some(_), None) => {
+            super::leases::dump(pid, fd, &link, &copy, ctx.remote).with_context(|| format!("pid {pid} fd {fd}: the lease on {link}"))?
+        }
         _ => None,
     };
     if let Some(id) = shared_id {
@@ -497,8 +493,8 @@ pub fn open_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()
     super::credentials::enter_fs_identity(ctx)?;
     let mut together = Together::new();
     for file in files {
-        let fd = open_description(ctx, file, &mut together)
-            .with_context(|| format!("restoring open file #{} ({})", file.id, describe(file)))?;
+        let fd =
+            open_description(ctx, file, &mut together).with_context(|| format!("restoring open file #{} ({})", file.id, describe(file)))?;
         let work = ctx.work_fd_floor as u64 + file.id as u64;
         ctx.remote.syscall("dup3", libc::SYS_dup3, &[fd as u64, work, libc::O_CLOEXEC as u64])?;
         // flock and OFD locks belong to the description: taken once, here.
@@ -621,7 +617,8 @@ pub fn refuse_early(
         let Ok(copy) = pidfd_getfd(&pidfd, pid, fd) else { continue };
         let Ok(meta) = File::from(copy.try_clone()?).metadata() else { continue };
         seen.push(fd::SeenFd { pid, fd, link: link.clone(), flags: fdinfo_flags(&fdinfo), dev: meta.dev(), inode: meta.ino() });
-        let src = FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image, shell_job, permits, inode_seen: false };
+        let src =
+            FdSource { pid, fd, link: &link, meta: &meta, copy: &copy, fdinfo: &fdinfo, image, shell_job, permits, inode_seen: false };
         match fd::KINDS.iter().find(|kind| kind.recognises(&src)) {
             Some(kind) => kind.refuse_early(&src)?,
             None => return record_description(&src, &mut KindState::default()).map(drop),

@@ -248,7 +248,10 @@ fn leased(meta: &std::fs::Metadata) -> bool {
 /// description of crust's own (the process's offset is not touched; atime neither).
 fn save_contents(image: &ImageDir, through: &str, name: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = File::options().read(true).custom_flags(libc::O_NOATIME | libc::O_CLOEXEC).open(through)
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_CLOEXEC)
+        .open(through)
         .with_context(|| format!("opening {through}"))?;
     crate::image::sparse::save_contents(image, &file, name)?;
     Ok(())
@@ -320,11 +323,17 @@ pub fn precheck(image: &ImageDir, ghosts: &[GhostFile]) -> Result<()> {
     for g in ghosts {
         let kind = g.mode & libc::S_IFMT;
         if ![libc::S_IFREG, libc::S_IFDIR, libc::S_IFIFO].contains(&kind) || !g.path.starts_with('/') || g.path.contains('\0') {
-            bail!("image file open-files.img: ghost file #{}: field mode/path: {:o} {:?} is not a file crust creates", g.id, g.mode, g.path);
+            bail!(
+                "image file open-files.img: ghost file #{}: field mode/path: {:o} {:?} is not a file crust creates",
+                g.id,
+                g.mode,
+                g.path
+            );
         }
         if !g.link_remap.is_empty() {
             let path = link_remap_path(g)?;
-            let meta = std::fs::symlink_metadata(&path).with_context(|| format!("the --link-remap name {} of {} is gone", path.display(), g.path))?;
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("the --link-remap name {} of {} is gone", path.display(), g.path))?;
             if (meta.dev(), meta.ino()) != (g.dev, g.inode) {
                 bail!("the --link-remap name {} of {} is another file now", path.display(), g.path);
             }
@@ -385,11 +394,7 @@ pub fn prepare(image: &ImageDir, ghosts: &[GhostFile], created: &mut CreatedFile
     refuse_on_trust(ghosts, !sealed)?;
     let mut placed = Placed::default();
     for g in ghosts {
-        let ghost = if g.link_remap.is_empty() {
-            make(image, g, created, &mut placed.directories)
-        } else {
-            reuse_link(g, created)
-        };
+        let ghost = if g.link_remap.is_empty() { make(image, g, created, &mut placed.directories) } else { reuse_link(g, created) };
         let ghost = ghost.with_context(|| format!("making the deleted file {} again", g.path))?;
         tracing::info!(path = g.path, at = ghost.path, "made the deleted file again");
         placed.ghosts.insert(g.id, ghost);
@@ -416,7 +421,15 @@ fn reuse_link(g: &GhostFile, created: &mut CreatedFiles) -> Result<Ghost> {
     let linked = as_maker(&maker_ids(g), || nix::unistd::linkat(dir_fd, remap_os, dir_fd, old_os, AtFlags::empty()));
     if linked.is_ok() {
         created.record_file(&directory, old_name.as_os_str(), &g.path, (g.dev, g.inode), Created::File)?;
-        return Ok(Ghost { path: g.path.clone(), directory, name: old_name, dev: g.dev, inode: g.inode, is_dir: false, link_remap: Some(remap_name) });
+        return Ok(Ghost {
+            path: g.path.clone(),
+            directory,
+            name: old_name,
+            dev: g.dev,
+            inode: g.inode,
+            is_dir: false,
+            link_remap: Some(remap_name),
+        });
     }
     let path = remap.to_string_lossy().into_owned();
     Ok(Ghost { path, directory, name: remap_name, dev: g.dev, inode: g.inode, is_dir: false, link_remap: None })
@@ -445,7 +458,13 @@ fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut 
     let create = || match kind {
         libc::S_IFDIR => nix::sys::stat::mkdirat(dir_fd, name_os, Mode::from_bits_truncate(0o700)),
         libc::S_IFIFO => nix::sys::stat::mknodat(dir_fd, name_os, SFlag::S_IFIFO, private, 0),
-        _ => nix::fcntl::openat(dir_fd, name_os, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, private).map(drop),
+        _ => nix::fcntl::openat(
+            dir_fd,
+            name_os,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            private,
+        )
+        .map(drop),
     };
     if as_root {
         tracing::info!(path, fsuid = ids.uid, "the process's ids may not create files there: made as root under a hidden name");
@@ -454,7 +473,8 @@ fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut 
         as_maker(&ids, create).with_context(|| format!("creating {path} with fsuid {} fsgid {}", ids.uid, ids.gid))?;
     }
     // What was just made, without following anything: journaled before it is filled.
-    let handle = nix::fcntl::openat(directory.as_fd(), name.as_os_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let handle =
+        nix::fcntl::openat(directory.as_fd(), name.as_os_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
     let meta = File::from(handle.try_clone()?).metadata()?;
     if meta.mode() & libc::S_IFMT != kind {
         bail!("{path} is not what crust just created there");
@@ -473,11 +493,17 @@ fn make(image: &ImageDir, g: &GhostFile, created: &mut CreatedFiles, dirs: &mut 
 /// The directory `path` (reached with no symlink), made (with any missing parent, with the ids
 /// `ids`) when it was removed too; each directory made is journaled and noted in `dirs`, to be
 /// removed again. Also says whether it was made.
-fn make_directories(path: &Path, created: &mut CreatedFiles, dirs: &mut Vec<(OwnedFd, OsString, String)>, ids: &FsIds) -> Result<(OwnedFd, bool)> {
+fn make_directories(
+    path: &Path,
+    created: &mut CreatedFiles,
+    dirs: &mut Vec<(OwnedFd, OsString, String)>,
+    ids: &FsIds,
+) -> Result<(OwnedFd, bool)> {
     match crate::sys::fs_safe::open_dir_no_symlinks(path) {
         Ok(dir) => return Ok((dir, false)),
         Err(e) if e.errno() != Some(nix::errno::Errno::ENOENT) => {
-            return Err(e).with_context(|| format!("the directory {} of a deleted file (a symlink on its path is refused)", path.display()));
+            return Err(e)
+                .with_context(|| format!("the directory {} of a deleted file (a symlink on its path is refused)", path.display()));
         }
         Err(_) => {}
     }
@@ -519,9 +545,20 @@ fn fill(image: &ImageDir, g: &GhostFile, file: &File) -> Result<()> {
 fn give_attributes(through: &str, g: &GhostFile) -> Result<()> {
     use nix::sys::time::TimeSpec;
     nix::unistd::chown(through, Some(g.uid.into()), Some(g.gid.into()))?;
-    nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, through, Mode::from_bits_truncate(g.mode & 0o7777), nix::sys::stat::FchmodatFlags::FollowSymlink)?;
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        through,
+        Mode::from_bits_truncate(g.mode & 0o7777),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )?;
     let ts = |ns: i64| TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
-    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, through, &ts(g.atime_ns), &ts(g.mtime_ns), nix::sys::stat::UtimensatFlags::FollowSymlink)?;
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        through,
+        &ts(g.atime_ns),
+        &ts(g.mtime_ns),
+        nix::sys::stat::UtimensatFlags::FollowSymlink,
+    )?;
     Ok(())
 }
 
@@ -566,7 +603,6 @@ impl Placed {
         Ok(())
     }
 }
-
 
 /// Dump: the working (`which` = "cwd") or root ("root") directory of the process: its path,
 /// its ghost id when it was removed (0 otherwise), and its device and inode.

@@ -48,11 +48,7 @@ impl Kind for Identity {
         }
         // (/proc's THP_enabled does not tell every way THP can be disabled: always set.)
         r.syscall("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &[libc::PR_SET_THP_DISABLE as u64, c.thp_disabled as u64])?;
-        r.syscall(
-            "prctl(PR_SET_CHILD_SUBREAPER)",
-            libc::SYS_prctl,
-            &[libc::PR_SET_CHILD_SUBREAPER as u64, c.child_subreaper as u64],
-        )?;
+        r.syscall("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, c.child_subreaper as u64])?;
         // Sessions and process groups are rebuilt while the tree is created (restore.rs).
         let pid = ctx.pid.as_raw() as u32;
         if now.nice != Some(rec.nice) {
@@ -98,8 +94,7 @@ fn remote_rlimits(r: &mut crate::sys::remote::RemoteTask) -> Result<Vec<Rlimit>>
     let mut rlimits = Vec::new();
     for resource in 0..RLIMIT_COUNT {
         let out = r.put(0, &[0u8; 16])?;
-        r.syscall("prlimit64", libc::SYS_prlimit64, &[0, resource as u64, 0, out])
-            .with_context(|| format!("reading rlimit {resource}"))?;
+        r.syscall("prlimit64", libc::SYS_prlimit64, &[0, resource as u64, 0, out]).with_context(|| format!("reading rlimit {resource}"))?;
         rlimits.push(Rlimit { resource, soft: scratch_u64(r, 0)?, hard: scratch_u64(r, 8)? });
     }
     Ok(rlimits)
@@ -165,11 +160,7 @@ pub fn restore_rlimits(ctx: &mut RestoreCtx, rlimits: &[Rlimit]) -> Result<()> {
 /// The parent-death signal goes back after the credentials: the kernel clears it when a
 /// process's ids change (a process running as anyone but root would lose it).
 pub fn restore_pdeath_signal(ctx: &mut RestoreCtx, control: &ProcessControl) -> Result<()> {
-    ctx.remote.syscall(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        &[libc::PR_SET_PDEATHSIG as u64, control.pdeath_signal as u64],
-    )?;
+    ctx.remote.syscall("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, control.pdeath_signal as u64])?;
     Ok(())
 }
 
@@ -178,11 +169,7 @@ pub fn restore_dumpable(ctx: &mut RestoreCtx, control: &ProcessControl) -> Resul
     if control.dumpable > 1 {
         bail!("dumpable mode {} (suid_dumpable) cannot be set by a process", control.dumpable);
     }
-    ctx.remote.syscall(
-        "prctl(PR_SET_DUMPABLE)",
-        libc::SYS_prctl,
-        &[libc::PR_SET_DUMPABLE as u64, control.dumpable as u64],
-    )?;
+    ctx.remote.syscall("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, control.dumpable as u64])?;
     Ok(())
 }
 
@@ -205,9 +192,7 @@ pub fn set_name(remote: &mut crate::sys::remote::RemoteTask, name: &str) -> Resu
 /// [`super::asked::ask_all`]: it cannot change while the process is frozen).
 pub fn dump_with(ctx: &mut DumpCtx, asked: Option<&super::asked::Asked>) -> Result<IdentityRecord> {
     let pid = ctx.pid.as_raw();
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{name}")).with_context(|| format!("reading /proc/{pid}/{name}"))
-    };
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).with_context(|| format!("reading /proc/{pid}/{name}"));
     let comm = read("comm")?.trim_end_matches('\n').to_owned();
     let personality = u32::from_str_radix(read("personality")?.trim(), 16)?;
     let status = read("status")?;
@@ -233,14 +218,7 @@ pub fn dump_with(ctx: &mut DumpCtx, asked: Option<&super::asked::Asked>) -> Resu
         personality,
         umask,
         rlimits,
-        control: ProcessControl {
-            pdeath_signal,
-            dumpable,
-            no_new_privs,
-            timer_slack_ns,
-            thp_disabled,
-            child_subreaper,
-        },
+        control: ProcessControl { pdeath_signal, dumpable, no_new_privs, timer_slack_ns, thp_disabled, child_subreaper },
         sid: stat.session as u32,
         pgid: stat.pgrp as u32,
         nice: stat.nice as i32,

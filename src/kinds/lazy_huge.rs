@@ -16,8 +16,8 @@ use std::os::fd::BorrowedFd;
 use nix::errno::Errno;
 
 use crate::image::proto::Vma;
-use crate::sys::pagemap::HUGE_STRETCH;
 use crate::sys::PAGE_SIZE;
+use crate::sys::pagemap::HUGE_STRETCH;
 
 /// Stretches collapsed in one call (one call drains the per-CPU page lists once, a wait on
 /// every core's worker: batching pays it once for many stretches), and the number ready that
@@ -123,9 +123,11 @@ impl HugeStretches {
         let mut ready: Vec<u64> = std::mem::take(&mut self.ready).into_iter().collect();
         // Test only: CRUST_FAULT=lazy-collapse:N:fail makes the Nth stretch fail as if no huge
         // page were free.
-        ready.retain(|&s| crate::fault::point("lazy-collapse").is_ok() || {
-            self.failed(pid, s, Errno::ENOMEM);
-            false
+        ready.retain(|&s| {
+            crate::fault::point("lazy-collapse").is_ok() || {
+                self.failed(pid, s, Errno::ENOMEM);
+                false
+            }
         });
         for run in adjacent_runs(&ready) {
             let (first, n) = (run[0], run.len() as u64);

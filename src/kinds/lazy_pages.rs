@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -104,9 +104,8 @@ impl Registrar {
         let mut huge = Vec::new();
         for vma in lazy {
             huge.extend(super::lazy_huge::stretches_to_collapse(vma));
-            uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start).map_err(|e| {
-                anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end)
-            })?;
+            uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start)
+                .map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end))?;
             runs.extend(vma.pages.iter().map(|r| (r.address, r.pages * PAGE_SIZE, r.file_offset)));
         }
         let pages = ctx.image.path(&mm.pages_file);
@@ -519,7 +518,8 @@ impl Server {
             self.prefetch = None;
             let plan = self.plan();
             if !plan.is_empty() {
-                let files = self.sources.iter().map(|x| Ok((x.path.clone(), x.file.try_clone()?, x.record.clone()))).collect::<Result<Vec<_>>>()?;
+                let files =
+                    self.sources.iter().map(|x| Ok((x.path.clone(), x.file.try_clone()?, x.record.clone()))).collect::<Result<Vec<_>>>()?;
                 self.prefetch = Some(prefetch::Prefetch::start(files, plan, self.pool.clone())?);
             }
         }
@@ -580,7 +580,8 @@ impl Server {
             new_index.push(next);
             next += usize::from(*a);
         }
-        self.retry = std::mem::take(&mut self.retry).into_iter().filter(|(i, _, _)| alive[*i]).map(|(i, a, t)| (new_index[i], a, t)).collect();
+        self.retry =
+            std::mem::take(&mut self.retry).into_iter().filter(|(i, _, _)| alive[*i]).map(|(i, a, t)| (new_index[i], a, t)).collect();
         let mut keep = alive.into_iter();
         self.targets.retain(|t| {
             let alive = keep.next().unwrap_or(false);
@@ -731,7 +732,8 @@ impl Drop for LazyPages {
 }
 
 fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<UnixStream>) -> Server {
-    let mut server = Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None, pool: Pool::default() };
+    let mut server =
+        Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None, pool: Pool::default() };
     loop {
         while let Ok(t) = rx.try_recv() {
             if let Err(e) = server.add(t) {
@@ -901,7 +903,7 @@ mod guard {
         crate::sys::spawn_detached("crust-lazyguard", &keep, move || {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| watch(theirs)));
         })
-            .map_err(|e| anyhow::anyhow!("starting crust-lazyguard: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("starting crust-lazyguard: {e}"))?;
         Ok(ours)
     }
 

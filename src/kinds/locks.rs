@@ -141,9 +141,7 @@ pub fn take(ctx: &mut RestoreCtx, fd: i32, lock: &FileLock, file: &str) -> Resul
     };
     result.map_err(anyhow::Error::from).with_context(|| {
         // Who is in the way? (the file as the restored process has it open)
-        let who = std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .map(|m| conflicting_owners(&dev_ino(&m), lock))
-            .unwrap_or_default();
+        let who = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map(|m| conflicting_owners(&dev_ino(&m), lock)).unwrap_or_default();
         let who = if who.is_empty() { "a conflicting lock is held".to_string() } else { who.join("; ") };
         format!("taking again the {} of {file}: {who}", describe(lock))
     })
@@ -280,7 +278,10 @@ mod tests {
     #[test]
     fn parses_proc_locks_lines() {
         let l = parse_line("1: POSIX  ADVISORY  WRITE 16312 fe:00:10010687 5 14").unwrap();
-        assert_eq!((l.kind.as_str(), l.lock_type.as_str(), l.pid, l.start, l.end, l.waiting), ("POSIX", "WRITE", 16312, 5, Some(14), false));
+        assert_eq!(
+            (l.kind.as_str(), l.lock_type.as_str(), l.pid, l.start, l.end, l.waiting),
+            ("POSIX", "WRITE", 16312, 5, Some(14), false)
+        );
         let w = parse_line("2: -> FLOCK  ADVISORY  READ 7 fe:00:12 0 EOF").unwrap();
         assert_eq!((w.kind.as_str(), w.end, w.waiting), ("FLOCK", None, true));
         let ofd = parse_line("3: OFDLCK ADVISORY  READ -1 00:2d:5 0 99").unwrap();

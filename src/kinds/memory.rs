@@ -76,9 +76,9 @@ impl Kind for Memory {
                 let (key, object) = super::fd::shared_memory::open_object(pid, start, end)?;
                 let image = ctx.image;
                 let inside = ctx.open_files.tree_pids.clone();
-                vma.shared_memory_id = ctx.open_files.mapped_description(pid, key, || {
-                    super::fd::shared_memory::record_mapping(image, &object, pid, start, end, &inside)
-                })?;
+                vma.shared_memory_id = ctx
+                    .open_files
+                    .mapped_description(pid, key, || super::fd::shared_memory::record_mapping(image, &object, pid, start, end, &inside))?;
             }
             if vma.file.is_none() && matches!(vma.kind(), VmaKind::PrivateFile | VmaKind::SharedFile) {
                 // An inode without a path (a memfd, an AIO ring): see `pathless`.
@@ -93,9 +93,7 @@ impl Kind for Memory {
                 VmaKind::PrivateFile => Some(Wanted::PrivateCopies),
                 _ => None,
             };
-            let inherited_from = parent.as_ref().and_then(|(maps, pm)| {
-                maps.iter().find(|p| same_mapping(p, map)).map(|_| pm)
-            });
+            let inherited_from = parent.as_ref().and_then(|(maps, pm)| maps.iter().find(|p| same_mapping(p, map)).map(|_| pm));
             match (wanted, inherited_from) {
                 (Some(wanted), Some(parent_pagemap)) => {
                     vma.inherited = true;
@@ -163,9 +161,8 @@ impl Kind for Memory {
             }
             let vma = &mm.vmas[i];
             let apart = previous.is_some_and(|p| could_merge(p, vma));
-            crate::timing::step("restore: map an area", || map_vma(ctx, vma, &mut file_fds, apart)).with_context(|| {
-                format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
-            })?;
+            crate::timing::step("restore: map an area", || map_vma(ctx, vma, &mut file_fds, apart))
+                .with_context(|| format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma)))?;
             i += 1;
         }
         // With --lazy-pages the lazy areas' pages come later, through the page server.
@@ -176,9 +173,8 @@ impl Kind for Memory {
         let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
         write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
         for vma in &mm.vmas {
-            crate::timing::step("restore: finish an area", || finish_vma(ctx.remote, vma)).with_context(|| {
-                format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma))
-            })?;
+            crate::timing::step("restore: finish an area", || finish_vma(ctx.remote, vma))
+                .with_context(|| format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma)))?;
         }
         super::pathless::after_mappings(ctx, &mm.vmas)?;
         ctx.close_in_process(pages_fd)?;
@@ -197,12 +193,7 @@ impl Kind for Memory {
 
 /// The same mapping in a parent and its child: same range, protection, backing and offset.
 fn same_mapping(a: &procfs::process::MemoryMap, b: &procfs::process::MemoryMap) -> bool {
-    a.address == b.address
-        && a.perms == b.perms
-        && a.offset == b.offset
-        && a.dev == b.dev
-        && a.inode == b.inode
-        && a.pathname == b.pathname
+    a.address == b.address && a.perms == b.perms && a.offset == b.offset && a.dev == b.dev && a.inode == b.inode && a.pathname == b.pathname
 }
 
 fn describe(vma: &Vma) -> String {
@@ -251,12 +242,7 @@ fn refuse_unsupported_flags(pid: i32, vma: &Vma, words: &[String]) -> Result<()>
         _ => None,
     };
     if let Some(kind) = words.iter().find_map(|w| what(w)) {
-        bail!(
-            "pid {pid}: mapping {:#x}-{:#x} ({}) is {kind}; crust cannot restore it yet",
-            vma.start,
-            vma.end,
-            describe(vma)
-        );
+        bail!("pid {pid}: mapping {:#x}-{:#x} ({}) is {kind}; crust cannot restore it yet", vma.start, vma.end, describe(vma));
     }
     if words.iter().any(|w| w == "dp") && vma.kind() != VmaKind::PrivateAnonymous {
         bail!("pid {pid}: mapping {:#x}-{:#x} is droppable but not private anonymous memory", vma.start, vma.end);
@@ -480,10 +466,7 @@ fn dump_mm_fields(ctx: &mut DumpCtx) -> Result<MmFields> {
 /// Bytes of the [vdso] of process `pid`, for the image's vDSO check.
 pub fn vdso_text(pid: i32) -> Result<Vec<u8>> {
     let maps = procfs::process::Process::new(pid)?.maps()?;
-    let vdso = maps
-        .iter()
-        .find(|m| m.pathname == MMapPath::Vdso)
-        .with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
+    let vdso = maps.iter().find(|m| m.pathname == MMapPath::Vdso).with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
     let (start, end) = vdso.address;
     let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
     let mut buf = vec![0u8; (end - start) as usize];
@@ -550,10 +533,7 @@ pub fn syscall_instruction_in_vdso(pid: i32) -> Result<u64> {
 /// the same vDSO (the kernel's): its code is searched once, and where it was found is checked
 /// again in each process.
 pub fn syscall_instruction_in_vdso_of(pid: i32, maps: &procfs::process::MemoryMaps) -> Result<u64> {
-    let vdso = maps
-        .iter()
-        .find(|m| m.pathname == MMapPath::Vdso)
-        .with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
+    let vdso = maps.iter().find(|m| m.pathname == MMapPath::Vdso).with_context(|| format!("pid {pid} has no [vdso] mapping"))?;
     let (start, end) = vdso.address;
     let known = VDSO_SYSCALL_OFFSET.lock().ok().and_then(|c| c.get(&(end - start)).copied());
     if let Some(offset) = known {
@@ -628,11 +608,8 @@ pub fn use_helper(remote: &mut RemoteTask, helper: u64) {
 /// one) down to the helper area and the vDSO unit, moved to where the image has it.
 pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm, helper: u64) -> Result<()> {
     let pid = remote.pid().as_raw();
-    let current: Vec<(u64, u64, MMapPath)> = procfs::process::Process::new(pid)?
-        .maps()?
-        .iter()
-        .map(|m| (m.address.0, m.address.1, m.pathname.clone()))
-        .collect();
+    let current: Vec<(u64, u64, MMapPath)> =
+        procfs::process::Process::new(pid)?.maps()?.iter().map(|m| (m.address.0, m.address.1, m.pathname.clone())).collect();
     let vdso_unit: Vec<&Vma> = mm.vmas.iter().filter(|v| is_vdso_unit(v)).collect();
 
     // Move our vDSO unit into place: first each piece to a staging spot right after the helper
@@ -644,17 +621,13 @@ pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm, helper: u64) -> R
     let in_place = |vma: &&Vma| current.iter().any(|(s, e, p)| *s == vma.start && *e == vma.end && vdso_piece_matches(p, vma.kind()));
     let unit_in_place = vdso_unit.iter().all(|v| in_place(&v));
     for vma in vdso_unit.iter().filter(|_| !unit_in_place) {
-        let ours = current.iter().find(|(_, _, p)| vdso_piece_matches(p, vma.kind())).with_context(|| {
-            format!("pid {pid} has no {:?} to move where the image has it", vma.kind())
-        })?;
+        let ours = current
+            .iter()
+            .find(|(_, _, p)| vdso_piece_matches(p, vma.kind()))
+            .with_context(|| format!("pid {pid} has no {:?} to move where the image has it", vma.kind()))?;
         let len = ours.1 - ours.0;
         if len != vma.end - vma.start {
-            bail!(
-                "the vDSO layout differs from the image: {:?} is {} bytes here, {} in the image",
-                vma.kind(),
-                len,
-                vma.end - vma.start
-            );
+            bail!("the vDSO layout differs from the image: {:?} is {} bytes here, {} in the image", vma.kind(), len, vma.end - vma.start);
         }
         mremap_fixed(remote, ours.0, len, staging)?;
         staged.push((staging, len, vma.start));
@@ -752,7 +725,8 @@ fn find_gap(busy: &[(u64, u64)], len: u64) -> Option<u64> {
 /// with one call instead of four.
 fn could_merge(prev: &Vma, vma: &Vma) -> bool {
     let anonymous = |v: &Vma| v.kind() == VmaKind::PrivateAnonymous;
-    let while_filled = |v: &Vma| if v.pages.is_empty() || v.unaccounted { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
+    let while_filled =
+        |v: &Vma| if v.pages.is_empty() || v.unaccounted { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 };
     prev.end == vma.start && anonymous(prev) && anonymous(vma) && (prev.prot == vma.prot || while_filled(prev) == while_filled(vma))
 }
 
@@ -1034,7 +1008,10 @@ fn write_unaccounted_pages(ctx: &RestoreCtx, pages_file: &str, vmas: &[&Vma]) ->
     let pid = ctx.pid.as_raw();
     let pages_path = ctx.image.path(pages_file);
     let pages = ctx.image.data_file(pages_file)?;
-    let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).with_context(|| format!("pid {pid}: opening /proc/{pid}/mem"))?;
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .with_context(|| format!("pid {pid}: opening /proc/{pid}/mem"))?;
     let mut buffer = vec![0u8; 1 << 20];
     for run in vmas.iter().flat_map(|v| v.pages.iter()) {
         let total = run.pages * PAGE_SIZE;
@@ -1064,7 +1041,10 @@ fn collapse_huge_stretches(remote: &mut RemoteTask, vmas: &[&Vma]) {
         let mut small = 0;
         let mut collapse = |start: u64, n: usize| {
             let len = n as u64 * crate::sys::pagemap::HUGE_STRETCH;
-            remote.syscall("madvise(MADV_COLLAPSE)", libc::SYS_madvise, &[start, len, MADV_COLLAPSE]).inspect_err(|e| tracing::debug!("{e:#}")).is_ok()
+            remote
+                .syscall("madvise(MADV_COLLAPSE)", libc::SYS_madvise, &[start, len, MADV_COLLAPSE])
+                .inspect_err(|e| tracing::debug!("{e:#}"))
+                .is_ok()
         };
         for run in super::lazy_huge::adjacent_runs(&stretches) {
             // Which one failed is not said: each again on its own.

@@ -85,7 +85,14 @@ pub fn split_into_chunks(pieces: &[Piece], total: u64) -> Result<Vec<Vec<Piece>>
 
 /// Copies `pieces` of process `pid` into `file` (sized to `total` here) and returns its
 /// DataFile record named `name`, hashed while copying.
-pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece], total: u64, hook: Option<&dyn ChunkHook>) -> Result<DataFile> {
+pub fn copy_to_file(
+    pid: i32,
+    file: &std::fs::File,
+    name: &str,
+    pieces: &[Piece],
+    total: u64,
+    hook: Option<&dyn ChunkHook>,
+) -> Result<DataFile> {
     let t0 = std::time::Instant::now();
     let plan = split_into_chunks(pieces, total)?;
     file.set_len(total).with_context(|| format!("pid {pid}: sizing page file {name}"))?;
@@ -110,7 +117,8 @@ pub fn copy_to_file(pid: i32, file: &std::fs::File, name: &str, pieces: &[Piece]
                 hook.copied(index, pieces, bytes)?;
             }
             let hash = chunks::hash(bytes);
-            file.write_all_at(bytes, (index * CHUNK) as u64).with_context(|| format!("pid {pid}: pwrite of {name} at {}", index * CHUNK))?;
+            file.write_all_at(bytes, (index * CHUNK) as u64)
+                .with_context(|| format!("pid {pid}: pwrite of {name} at {}", index * CHUNK))?;
             hashes.lock().unwrap()[index] = hash;
             crate::progress::copied(len as u64);
         }
@@ -153,7 +161,9 @@ const PRESENT_EXCLUSIVE: u64 = (1 << 63) | (1 << 56);
 
 impl Source {
     pub fn open(pid: i32) -> Result<Self> {
-        let open = |what: &str| std::fs::File::open(format!("/proc/{pid}/{what}")).with_context(|| format!("pid {pid}: opening /proc/{pid}/{what}"));
+        let open = |what: &str| {
+            std::fs::File::open(format!("/proc/{pid}/{what}")).with_context(|| format!("pid {pid}: opening /proc/{pid}/{what}"))
+        };
         Ok(Source { pid, mem: open("mem")?, pagemap: open("pagemap")? })
     }
 
@@ -167,12 +177,16 @@ impl Source {
             self.pagemap
                 .read_exact_at(&mut entries, p.address / PAGE * 8)
                 .with_context(|| format!("pid {}: read of /proc/{}/pagemap at {:#x}", self.pid, self.pid, p.address))?;
-            let exclusive = |i: usize| u64::from_ne_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap()) & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE;
+            let exclusive =
+                |i: usize| u64::from_ne_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap()) & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE;
             let mut start = 0;
             for i in 1..=n {
                 if i == n || exclusive(i) != exclusive(start) {
                     let off = start as u64 * PAGE;
-                    out.push((Piece { address: p.address + off, len: (i - start) as u64 * PAGE, file_offset: p.file_offset + off }, exclusive(start)));
+                    out.push((
+                        Piece { address: p.address + off, len: (i - start) as u64 * PAGE, file_offset: p.file_offset + off },
+                        exclusive(start),
+                    ));
                     start = i;
                 }
             }
@@ -181,7 +195,9 @@ impl Source {
     }
 
     fn read_mem(&self, p: &Piece, bytes: &mut [u8]) -> Result<()> {
-        self.mem.read_exact_at(bytes, p.address).with_context(|| format!("pread of /proc/{}/mem at {:#x} ({} bytes)", self.pid, p.address, p.len))
+        self.mem
+            .read_exact_at(bytes, p.address)
+            .with_context(|| format!("pread of /proc/{}/mem at {:#x} ({} bytes)", self.pid, p.address, p.len))
     }
 }
 
@@ -205,7 +221,11 @@ pub fn copy_chunk(src: &Source, base: u64, pieces: &[Piece], bytes: &mut [u8]) -
         }
         // A batch: exclusive pieces that follow each other in the file, up to IOV_MAX.
         let mut j = i + 1;
-        while j < pieces.len() && j - i < IOV_MAX && pieces[j].1 && pieces[j - 1].0.file_offset + pieces[j - 1].0.len == pieces[j].0.file_offset {
+        while j < pieces.len()
+            && j - i < IOV_MAX
+            && pieces[j].1
+            && pieces[j - 1].0.file_offset + pieces[j - 1].0.len == pieces[j].0.file_offset
+        {
             j += 1;
         }
         let batch: Vec<Piece> = pieces[i..j].iter().map(|(p, _)| *p).collect();
@@ -238,7 +258,8 @@ mod tests {
     #[test]
     fn pieces_are_cut_at_chunk_boundaries() {
         let c = CHUNK as u64;
-        let pieces = [Piece { address: 0x1000, len: c + 4096, file_offset: 0 }, Piece { address: 0x90_0000_0000, len: 8192, file_offset: c + 4096 }];
+        let pieces =
+            [Piece { address: 0x1000, len: c + 4096, file_offset: 0 }, Piece { address: 0x90_0000_0000, len: 8192, file_offset: c + 4096 }];
         let plan = split_into_chunks(&pieces, c + 3 * 4096).unwrap();
         assert_eq!(plan.len(), 2);
         assert_eq!(plan[0], vec![Piece { address: 0x1000, len: c, file_offset: 0 }]);

@@ -213,7 +213,14 @@ fn by_chunk(pieces: &[Piece], chunk: u64) -> Result<Vec<(usize, Vec<Piece>)>> {
 
 /// Reads chunk `index` of the page file, checks it, and places `pieces` (inside it) with
 /// UFFDIO_COPY.
-fn place_chunk(pid: i32, uffd: BorrowedFd, source: (&File, &Path, &DataFile), index: usize, pieces: &[Piece], buffer: &mut Vec<u8>) -> Result<()> {
+fn place_chunk(
+    pid: i32,
+    uffd: BorrowedFd,
+    source: (&File, &Path, &DataFile),
+    index: usize,
+    pieces: &[Piece],
+    buffer: &mut Vec<u8>,
+) -> Result<()> {
     let (file, path, record) = source;
     let start = index as u64 * record.chunk_size;
     let len = record.chunk_size.min(record.size.saturating_sub(start)) as usize;
@@ -263,7 +270,8 @@ mod tests {
     #[test]
     fn pieces_are_grouped_by_chunk_in_file_order() {
         let c = 1u64 << 20;
-        let pieces = [Piece { address: 0x10000, len: c + 8192, file_offset: c - 4096 }, Piece { address: 0x900000, len: 4096, file_offset: 3 * c }];
+        let pieces =
+            [Piece { address: 0x10000, len: c + 8192, file_offset: c - 4096 }, Piece { address: 0x900000, len: 4096, file_offset: 3 * c }];
         let plan = by_chunk(&pieces, c).unwrap();
         let indices: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
         assert_eq!(indices, vec![0, 1, 2, 3]);

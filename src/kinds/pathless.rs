@@ -48,8 +48,7 @@ pub fn dump_mapping(ctx: &mut DumpCtx, vma: &mut Vma) -> Result<()> {
 pub fn after_mappings(ctx: &mut RestoreCtx, vmas: &[Vma]) -> Result<()> {
     for vma in vmas.iter().filter(|v| !v.inherited) {
         if let Some(ring) = &vma.aio_ring {
-            super::aio::restore(ctx, vma, ring)
-                .with_context(|| format!("restoring the AIO context at {:#x} ({})", vma.start, vma.name))?;
+            super::aio::restore(ctx, vma, ring).with_context(|| format!("restoring the AIO context at {:#x} ({})", vma.start, vma.name))?;
         }
     }
     Ok(())

@@ -96,7 +96,11 @@ fn restore_altstacks_of_all(threads: &mut [&mut crate::sys::remote::RemoteTask],
         let mut tasks: Vec<&mut crate::sys::remote::RemoteTask> = chunk.iter_mut().map(|(t, _)| &mut **t).collect();
         let results = crate::sys::remote::RemoteTask::syscall_each(&mut tasks, &calls)?;
         if let Some((t, ret)) = tasks.iter().zip(results).find(|(_, ret)| (-4095..0).contains(ret)) {
-            bail!("thread {}: remote sigaltstack, restoring its alternate signal stack: {}", t.pid(), nix::errno::Errno::from_raw(-ret as i32));
+            bail!(
+                "thread {}: remote sigaltstack, restoring its alternate signal stack: {}",
+                t.pid(),
+                nix::errno::Errno::from_raw(-ret as i32)
+            );
         }
     }
     Ok(())
@@ -472,7 +476,6 @@ macro_rules! convert_regs {
     };
 }
 convert_regs!(
-    r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss,
-    fs_base, gs_base, ds, es, fs, gs
+    r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es,
+    fs, gs
 );
-

@@ -71,7 +71,8 @@ pub fn restore_thread(tid: i32, s: &Scheduling) -> Result<()> {
     }
     set_thread_nice(tid, s.nice).with_context(|| format!("thread {tid}: setpriority({})", s.nice))?;
     let flags = if s.reset_on_fork { SCHED_RESET_ON_FORK } else { 0 };
-    set_scheduler(tid, s.policy | flags, s.priority).with_context(|| format!("thread {tid}: policy {} priority {}", s.policy, s.priority))?;
+    set_scheduler(tid, s.policy | flags, s.priority)
+        .with_context(|| format!("thread {tid}: policy {} priority {}", s.policy, s.priority))?;
     Ok(())
 }
 

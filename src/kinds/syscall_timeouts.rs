@@ -51,8 +51,7 @@ const FUTEX_CMD_MASK: u64 = !(128 | 256); // FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_RE
 const ERESTART_RESTARTBLOCK: i64 = -516;
 
 /// The calls whose wait is measured before the freeze.
-const MEASURED: [i64; 5] =
-    [libc::SYS_futex, libc::SYS_poll, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2];
+const MEASURED: [i64; 5] = [libc::SYS_futex, libc::SYS_poll, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2];
 
 /// Whether restore can give call `number` the time it had left (see the module's comment).
 /// rt_sigtimedwait, semtimedop and io_getevents cannot: their timeout is a pointer into the
@@ -345,7 +344,8 @@ pub fn rearm_futex_wait(remote: &mut RemoteTask, sc: &InterruptedSyscall, record
     }
     // Both from the image: checked, a damaged record must not make crust panic.
     let syscall_at = recorded.rip.checked_sub(2).with_context(|| format!("thread {tid}: rip {:#x} in the image", recorded.rip))?;
-    let timespec_at = recorded.rsp.checked_sub(128 + 64).with_context(|| format!("thread {tid}: rsp {:#x} in the image", recorded.rsp))? & !15;
+    let timespec_at =
+        recorded.rsp.checked_sub(128 + 64).with_context(|| format!("thread {tid}: rsp {:#x} in the image", recorded.rsp))? & !15;
     let mut insn = [0u8; 2];
     remote.read_memory(syscall_at, &mut insn).with_context(|| format!("thread {tid}: reading its futex call"))?;
     anyhow::ensure!(insn == [0x0f, 0x05], "thread {tid}: no syscall instruction before {:#x} (found {insn:02x?})", recorded.rip);

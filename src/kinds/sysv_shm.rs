@@ -21,8 +21,8 @@ use anyhow::{Context, Result, bail};
 use super::RestoreCtx;
 use crate::created_files::CreatedFiles;
 use crate::image::ImageDir;
-use crate::image::sparse::{data_regions, save_contents};
 use crate::image::proto::{Credentials as Creds, Mm, SysvShm, Vma};
+use crate::image::sparse::{data_regions, save_contents};
 use crate::sys::sysv::{self, SHM_DEST};
 
 /// The segments met in the tree's mappings while it is dumped (each saved once), by id.
@@ -56,15 +56,7 @@ pub fn dump(pid: i32, vma: &Vma, shmid: i32, image: &ImageDir, saved: &mut SysvS
     let object = File::open(&path).with_context(|| format!("opening {path}"))?;
     let data_file = format!("sysvshm-{shmid}.img");
     save_contents(image, &object, &data_file)?;
-    let seg = SysvShm {
-        key: info.key,
-        shmid,
-        size: info.size,
-        mode: info.mode,
-        uid: info.uid,
-        gid: info.gid,
-        data_file,
-    };
+    let seg = SysvShm { key: info.key, shmid, size: info.size, mode: info.mode, uid: info.uid, gid: info.gid, data_file };
     saved.0.insert(shmid, seg.clone());
     Ok(seg)
 }

@@ -48,9 +48,7 @@ impl Kind for Timers {
                 raw.extend_from_slice(&v.to_ne_bytes());
             }
             let addr = ctx.remote.put(0, &raw)?;
-            ctx.remote
-                .syscall("setitimer", libc::SYS_setitimer, &[*which, addr, 0])
-                .with_context(|| format!("restoring {name}"))?;
+            ctx.remote.syscall("setitimer", libc::SYS_setitimer, &[*which, addr, 0]).with_context(|| format!("restoring {name}"))?;
         }
         Ok(())
     }

@@ -183,7 +183,9 @@ fn register_areas(uffd: &OwnedFd, pid: i32, vmas: &[Vma]) -> (Vec<(u64, u64)>, V
                     huge.push((vma.start, vma.end));
                 }
             }
-            Err(e) => tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e}"),
+            Err(e) => {
+                tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e}")
+            }
         }
     }
     (registered, huge)
@@ -199,7 +201,10 @@ fn take_userfaultfd(ctx: &mut DumpCtx) -> Result<Option<OwnedFd>> {
     let fd = ctx.remote.syscall_raw(libc::SYS_userfaultfd, &[flags])?;
     if fd < 0 {
         let errno = nix::errno::Errno::from_raw(-fd as i32);
-        tracing::info!(pid, "copying the pages while frozen: userfaultfd() in the process: {errno} (it lacks CAP_SYS_PTRACE and vm.unprivileged_userfaultfd is 0?)");
+        tracing::info!(
+            pid,
+            "copying the pages while frozen: userfaultfd() in the process: {errno} (it lacks CAP_SYS_PTRACE and vm.unprivileged_userfaultfd is 0?)"
+        );
         return Ok(None);
     }
     // (A crust killed between these two calls leaves this descriptor in the process, with
@@ -333,7 +338,9 @@ impl Armed {
     fn handle(&self, mem: &super::page_copy::Source, event: &uffd::Event) -> Result<()> {
         match *event {
             uffd::Event::PageFault { address, .. } => self.serve_fault(mem, address),
-            uffd::Event::Remove { start, end, unmapped } => Ok(self.memory_changed(if unmapped { "munmap" } else { "madvise" }, start, end)),
+            uffd::Event::Remove { start, end, unmapped } => {
+                Ok(self.memory_changed(if unmapped { "munmap" } else { "madvise" }, start, end))
+            }
             uffd::Event::Remap { from, len, .. } => Ok(self.memory_changed("mremap", from, from + len)),
             _ => Ok(()),
         }
@@ -352,7 +359,8 @@ impl ChunkHook for Armed {
                 let n = p.file_offset / PAGE_SIZE + i;
                 if self.test_and_set(n) {
                     let store = self.store.lock().unwrap();
-                    let page = store.get(&n).with_context(|| format!("pid {}: page {n} of {} marked saved but not kept", self.pid, self.name))?;
+                    let page =
+                        store.get(&n).with_context(|| format!("pid {}: page {n} of {} marked saved but not kept", self.pid, self.name))?;
                     let at = (n * PAGE_SIZE - base) as usize;
                     bytes[at..at + PAGE_SIZE as usize].copy_from_slice(page);
                 }
@@ -367,8 +375,6 @@ impl ChunkHook for Armed {
         Ok(())
     }
 }
-
-
 
 /// Copies the pages of every armed process while the tree runs (the fault thread serving
 /// their write faults meanwhile), and keeps each page file's record. Each process's
@@ -387,7 +393,11 @@ pub fn copy_deferred(image: &crate::image::ImageDir) -> Result<()> {
         match (copied, broken) {
             (Ok(record), None) => {
                 let faults = a.saved_at_fault.load(Ordering::Relaxed);
-                tracing::info!(pid = a.pid, "{} pages copied while the process ran, {faults} of them saved at a write fault first", a.total / PAGE_SIZE);
+                tracing::info!(
+                    pid = a.pid,
+                    "{} pages copied while the process ran, {faults} of them saved at a write fault first",
+                    a.total / PAGE_SIZE
+                );
                 image.hashed_while_written(record)
             }
             (Ok(_), Some(why)) => result = Err(MemoryMoved(why).into()),

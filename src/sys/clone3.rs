@@ -30,12 +30,7 @@ struct CloneArgs {
 pub fn fork_with_pid(pid: i32) -> Result<Pid, SysError> {
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SysError::new("pipe2", e))?;
     let tids = [pid];
-    let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: tids.as_ptr() as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: tids.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
     // SAFETY: clone3 reads `args` (and the one-element `set_tid` array) during the call. Without
     // CLONE_VM the child gets a copy of our address space and returns 0 here on its own copy of
     // the stack; it then only makes raw system calls and never returns into Rust code.

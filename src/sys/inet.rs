@@ -299,7 +299,8 @@ fn ip_packet(source: IpAddr, destination: IpAddr, protocol: u8, mut segment: Vec
 }
 
 fn udp_packet(source: &InetAddr, destination: &InetAddr, payload: &[u8]) -> Result<Vec<u8>, SysError> {
-    let len = u16::try_from(8 + payload.len()).map_err(|_| SysError::new(format!("a datagram of {} bytes", payload.len()), Errno::EMSGSIZE))?;
+    let len =
+        u16::try_from(8 + payload.len()).map_err(|_| SysError::new(format!("a datagram of {} bytes", payload.len()), Errno::EMSGSIZE))?;
     let mut udp = Vec::with_capacity(len as usize);
     udp.extend_from_slice(&source.port.to_be_bytes());
     udp.extend_from_slice(&destination.port.to_be_bytes());
@@ -423,7 +424,8 @@ pub fn join(fd: BorrowedFd, m: &Membership) -> Result<(), SysError> {
     let mut req = vec![0u8; 8 + STORAGE];
     req[..4].copy_from_slice(&m.ifindex.to_ne_bytes());
     req[8..].copy_from_slice(&storage_bytes(m.group));
-    super::socket::set_bytes(fd, level_of(m.group), libc::MCAST_JOIN_GROUP, &req).map_err(|e| SysError::new(what("MCAST_JOIN_GROUP"), e.errno().unwrap_or(Errno::EINVAL)))?;
+    super::socket::set_bytes(fd, level_of(m.group), libc::MCAST_JOIN_GROUP, &req)
+        .map_err(|e| SysError::new(what("MCAST_JOIN_GROUP"), e.errno().unwrap_or(Errno::EINVAL)))?;
     if m.mode == 0 && m.sources.is_empty() {
         return Ok(());
     }
@@ -434,7 +436,8 @@ pub fn join(fd: BorrowedFd, m: &Membership) -> Result<(), SysError> {
     for (i, source) in m.sources.iter().enumerate() {
         filter[FILTER_HEADER + i * STORAGE..FILTER_HEADER + (i + 1) * STORAGE].copy_from_slice(&storage_bytes(*source));
     }
-    super::socket::set_bytes(fd, level_of(m.group), libc::MCAST_MSFILTER, &filter).map_err(|e| SysError::new(what("MCAST_MSFILTER"), e.errno().unwrap_or(Errno::EINVAL)))?;
+    super::socket::set_bytes(fd, level_of(m.group), libc::MCAST_MSFILTER, &filter)
+        .map_err(|e| SysError::new(what("MCAST_MSFILTER"), e.errno().unwrap_or(Errno::EINVAL)))?;
     Ok(())
 }
 

@@ -20,8 +20,19 @@ pub const TCP_LISTEN: u8 = 10;
 /// The name of a TCP state, for messages.
 pub fn state_name(state: u8) -> &'static str {
     const NAMES: [&str; 13] = [
-        "?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT",
-        "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
     ];
     NAMES.get(state as usize).copied().unwrap_or("?")
 }

@@ -112,11 +112,7 @@ pub struct TracedLease {
 /// Other checks of the same inode may add lines while the event is enabled (for example a reader
 /// blocked on a downgrade break re-checks every jiffy or two); all carry the same absolute
 /// deadlines, so this does not change the result.
-pub fn break_deadline_via_tracefs(
-    inode: u64,
-    dev: u64,
-    trigger: impl FnOnce() -> io::Result<()>,
-) -> Result<Option<TracedLease>, SysError> {
+pub fn break_deadline_via_tracefs(inode: u64, dev: u64, trigger: impl FnOnce() -> io::Result<()>) -> Result<Option<TracedLease>, SysError> {
     // First, so that its one-time measurement does not sit between the trigger and "now".
     let Some(hz) = kernel_hz() else { return Ok(None) };
     let Some(tracefs) = Tracefs::find_or_mount()? else { return Ok(None) };
@@ -255,9 +251,8 @@ fn measure_hz() -> Option<u32> {
         return None;
     }
     let rate = b.jiffies.wrapping_sub(a.jiffies) as f64 / secs;
-    let nearest = [100u32, 250, 300, 1000]
-        .into_iter()
-        .min_by(|x, y| (f64::from(*x) - rate).abs().total_cmp(&(f64::from(*y) - rate).abs()))?;
+    let nearest =
+        [100u32, 250, 300, 1000].into_iter().min_by(|x, y| (f64::from(*x) - rate).abs().total_cmp(&(f64::from(*y) - rate).abs()))?;
     if (f64::from(nearest) - rate).abs() <= f64::from(nearest) * 0.1 {
         Some(nearest)
     } else if rate >= 1.0 {
@@ -281,14 +276,11 @@ pub struct JiffiesNow {
 /// prints `jiffies: N` once per CPU, all the same value of one global counter; the first is used.
 pub fn read_jiffies() -> io::Result<JiffiesNow> {
     let text = fs::read_to_string("/proc/timer_list")?;
-    parse_timer_list(&text)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no `now at`/`jiffies:` in /proc/timer_list"))
+    parse_timer_list(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no `now at`/`jiffies:` in /proc/timer_list"))
 }
 
 fn parse_timer_list(text: &str) -> Option<JiffiesNow> {
-    let mono_ns = text
-        .lines()
-        .find_map(|l| l.strip_prefix("now at ")?.strip_suffix(" nsecs")?.trim().parse().ok())?;
+    let mono_ns = text.lines().find_map(|l| l.strip_prefix("now at ")?.strip_suffix(" nsecs")?.trim().parse().ok())?;
     let jiffies = text.lines().find_map(|l| l.strip_prefix("jiffies:")?.trim().parse().ok())?;
     Some(JiffiesNow { mono_ns, jiffies })
 }
@@ -317,9 +309,7 @@ fn event_fields(format: &str) -> Vec<String> {
 /// The tracefs filter for this inode (and device, if given and the event has a device field).
 /// None if the event has no inode field (then everything is recorded and user space filters).
 fn filter_expression(fields: &[String], inode: u64, kdev: u64) -> Option<String> {
-    let pick = |exact: &str, part: &str| {
-        fields.iter().find(|f| *f == exact).or_else(|| fields.iter().find(|f| f.contains(part))).cloned()
-    };
+    let pick = |exact: &str, part: &str| fields.iter().find(|f| *f == exact).or_else(|| fields.iter().find(|f| f.contains(part))).cloned();
     let ino_field = pick("i_ino", "ino")?;
     let mut filter = format!("{ino_field} == {inode}");
     if kdev != 0

@@ -3,6 +3,8 @@
 
 pub mod clone3;
 pub mod fs_safe;
+pub mod inet;
+pub mod inet_diag;
 pub mod lease_probe;
 pub mod netlink;
 pub mod notify;
@@ -14,14 +16,12 @@ pub mod region;
 pub mod remote;
 pub mod sched;
 pub mod sigframe;
-pub mod inet;
-pub mod inet_diag;
 pub mod sock_diag;
 pub mod socket;
-pub mod unix_diag;
 pub mod sysv;
 pub mod terminal;
 pub mod uffd;
+pub mod unix_diag;
 
 use nix::errno::Errno;
 use std::os::fd::RawFd;
@@ -92,24 +92,14 @@ pub fn openat2(
     let how: [u64; 3] = [(flags | libc::O_CLOEXEC) as u32 as u64, mode as u64, resolve];
     // SAFETY: `c_path` is a NUL-terminated string and `how` has the layout of open_how, whose
     // size is passed; the kernel only reads both.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c_path.as_ptr(),
-            how.as_ptr(),
-            std::mem::size_of_val(&how),
-        )
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), c_path.as_ptr(), how.as_ptr(), std::mem::size_of_val(&how)) };
     let fd = Errno::result(ret).map_err(|e| SysError::new(what(), e))?;
     // SAFETY: the kernel just returned this descriptor, owned by nothing else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 pub fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// get_robust_list(2) for another thread: (head, len).
@@ -127,10 +117,8 @@ pub fn get_robust_list(tid: i32) -> Result<(u64, u64), SysError> {
 /// first: whatever their caller leaked to them (a shell's or CI's pipes) is not theirs to keep,
 /// and a dump would rightly refuse a pipe whose other end is outside.
 pub fn close_inherited_fds() -> std::io::Result<()> {
-    let inherited: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd > 2)
-        .collect();
+    let inherited: Vec<i32> =
+        std::fs::read_dir("/proc/self/fd")?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|fd| *fd > 2).collect();
     for fd in inherited {
         let _ = nix::unistd::close(fd);
     }
@@ -143,10 +131,8 @@ pub fn close_inherited_fds() -> std::io::Result<()> {
 /// owner can observe.
 pub fn timerfd_gettime(fd: std::os::fd::BorrowedFd) -> Result<(u64, u64), SysError> {
     use std::os::fd::AsRawFd;
-    let mut spec = libc::itimerspec {
-        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-        it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-    };
+    let mut spec =
+        libc::itimerspec { it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 }, it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 } };
     // SAFETY: the kernel writes one struct itimerspec into `spec`, a live local.
     let ret = unsafe { libc::timerfd_gettime(fd.as_raw_fd(), &mut spec) };
     Errno::result(ret).map_err(|e| SysError::new("timerfd_gettime", e))?;

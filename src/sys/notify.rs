@@ -61,18 +61,13 @@ pub fn epoll_target_is(pid: i32, fd: RawFd, epoll_pid: i32, efd: RawFd, tfd: Raw
     let slot = KcmpEpollSlot { efd: efd as u32, tfd: tfd as u32, toff };
     // SAFETY: the kernel reads one struct kcmp_epoll_slot from the pointer, a live local with
     // the kernel's layout (u32, u32, u64).
-    let ret = unsafe {
-        libc::syscall(libc::SYS_kcmp, pid, epoll_pid, KCMP_EPOLL_TFD, fd, &slot as *const KcmpEpollSlot)
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid, epoll_pid, KCMP_EPOLL_TFD, fd, &slot as *const KcmpEpollSlot) };
     match Errno::result(ret) {
         Ok(0) => Ok(EpollTargetMatch::Same),
         Ok(_) => Ok(EpollTargetMatch::Other),
         Err(Errno::EBADF) => Ok(EpollTargetMatch::NotOpen),
         Err(Errno::ENOENT) => Ok(EpollTargetMatch::NoRegistration),
-        Err(e) => Err(SysError::new(
-            format!("kcmp(KCMP_EPOLL_TFD, pid {pid} fd {fd}, pid {epoll_pid} epoll fd {efd} target {tfd})"),
-            e,
-        )),
+        Err(e) => Err(SysError::new(format!("kcmp(KCMP_EPOLL_TFD, pid {pid} fd {fd}, pid {epoll_pid} epoll fd {efd} target {tfd})"), e)),
     }
 }
 
@@ -96,9 +91,7 @@ pub fn open_by_handle(mount_fd: Option<BorrowedFd>, handle_type: i32, handle: &[
     }
     // SAFETY: the kernel reads a struct file_handle of 8 + handle_bytes bytes from the
     // pointer, which `aligned` holds in full; on success it returns a new fd that we own.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_open_by_handle_at, mount_fd, aligned.as_mut_ptr() as *mut libc::c_void, flags)
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd, aligned.as_mut_ptr() as *mut libc::c_void, flags) };
     let fd = Errno::result(ret).map_err(|e| SysError::new("open_by_handle_at", e))?;
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })

@@ -26,8 +26,8 @@ pub enum Wanted {
 
 impl PageMap {
     pub fn open(pid: i32) -> Result<Self, SysError> {
-        let file = File::open(format!("/proc/{pid}/pagemap"))
-            .map_err(|e| SysError::new("open /proc/PID/pagemap", io_errno(&e)).pid(pid))?;
+        let file =
+            File::open(format!("/proc/{pid}/pagemap")).map_err(|e| SysError::new("open /proc/PID/pagemap", io_errno(&e)).pid(pid))?;
         Ok(PageMap { file, pid })
     }
 

@@ -53,8 +53,7 @@ pub fn same_open_file(pid_a: i32, a: RawFd, pid_b: i32, b: RawFd) -> Result<bool
     const KCMP_FILE: libc::c_int = 0;
     // SAFETY: plain integer arguments.
     let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid_a, pid_b, KCMP_FILE, a, b) };
-    let order = Errno::result(ret)
-        .map_err(|e| SysError::new(format!("kcmp(KCMP_FILE, pid {pid_a} fd {a}, pid {pid_b} fd {b})"), e))?;
+    let order = Errno::result(ret).map_err(|e| SysError::new(format!("kcmp(KCMP_FILE, pid {pid_a} fd {a}, pid {pid_b} fd {b})"), e))?;
     Ok(order == 0)
 }
 
@@ -70,6 +69,7 @@ pub fn collapse_huge(pidfd: BorrowedFd, start: u64, len: u64) -> Result<(), Errn
     let iov = libc::iovec { iov_base: start as *mut libc::c_void, iov_len: len as usize };
     // SAFETY: the kernel reads one iovec from the live local `iov`; the range it names is in
     // the other process and is not dereferenced here.
-    let ret = unsafe { libc::syscall(libc::SYS_process_madvise, pidfd.as_raw_fd(), &iov as *const libc::iovec, 1usize, MADV_COLLAPSE, 0u32) };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_process_madvise, pidfd.as_raw_fd(), &iov as *const libc::iovec, 1usize, MADV_COLLAPSE, 0u32) };
     Errno::result(ret).map(drop)
 }

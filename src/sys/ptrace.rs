@@ -238,11 +238,7 @@ pub fn wait_syscall_stop(pid: Pid) -> Result<(), SysError> {
                 return Err(SysError::gone("waitpid", pid.as_raw(), format!("was killed by {sig}")));
             }
             Ok(other) => {
-                return Err(SysError::unexpected(
-                    "waitpid during an injected system call",
-                    pid.as_raw(),
-                    format!("{other:?}"),
-                ));
+                return Err(SysError::unexpected("waitpid during an injected system call", pid.as_raw(), format!("{other:?}")));
             }
             Err(Errno::EINTR) => continue,
             Err(errno) => return Err(SysError::new("waitpid", errno).pid(pid.as_raw())),
@@ -341,9 +337,7 @@ pub fn peek_pending(pid: Pid, queue: SignalQueue) -> Result<Vec<[u8; 128]>, SysE
         };
         // SAFETY: the kernel reads `args` and writes at most `nr` siginfos (128 bytes each) into
         // `batch`, which holds exactly that many.
-        let ret = unsafe {
-            libc::ptrace(libc::PTRACE_PEEKSIGINFO, pid.as_raw(), &args as *const PeekArgs, batch.as_mut_ptr())
-        };
+        let ret = unsafe { libc::ptrace(libc::PTRACE_PEEKSIGINFO, pid.as_raw(), &args as *const PeekArgs, batch.as_mut_ptr()) };
         let n = Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_PEEKSIGINFO)", pid))? as usize;
         out.extend_from_slice(&batch[..n]);
         if n < batch.len() {
@@ -373,21 +367,9 @@ pub fn get_rseq(pid: Pid) -> Result<RseqConfig, SysError> {
     }
     let mut raw = Raw::default();
     // SAFETY: the kernel writes at most `addr` bytes (the size we pass) into `raw`.
-    let ret = unsafe {
-        libc::ptrace(
-            PTRACE_GET_RSEQ_CONFIGURATION,
-            pid.as_raw(),
-            std::mem::size_of::<Raw>(),
-            &mut raw as *mut Raw,
-        )
-    };
+    let ret = unsafe { libc::ptrace(PTRACE_GET_RSEQ_CONFIGURATION, pid.as_raw(), std::mem::size_of::<Raw>(), &mut raw as *mut Raw) };
     Errno::result(ret).map_err(ptrace_err("ptrace(PTRACE_GET_RSEQ_CONFIGURATION)", pid))?;
-    Ok(RseqConfig {
-        address: raw.rseq_abi_pointer,
-        length: raw.rseq_abi_size,
-        flags: raw.flags,
-        signature: raw.signature,
-    })
+    Ok(RseqConfig { address: raw.rseq_abi_pointer, length: raw.rseq_abi_size, flags: raw.flags, signature: raw.signature })
 }
 
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;

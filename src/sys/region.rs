@@ -99,9 +99,7 @@ impl MappedFile {
         // A file that shrank while mapped would fault on reads past its end: crust only maps
         // image files it does not change concurrently.
         // SAFETY: a new shared read-only mapping of the file; crust never writes through it.
-        let ptr = unsafe {
-            nix::sys::mman::mmap(None, nonzero, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, 0)?
-        };
+        let ptr = unsafe { nix::sys::mman::mmap(None, nonzero, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, file, 0)? };
         Ok(MappedFile { ptr: Some(ptr), len })
     }
 

@@ -336,18 +336,14 @@ impl RemoteTask {
         ptrace::set_registers(self.pid, regs)?;
         // We are at a syscall-exit-stop (or an event stop). Leaving it through PTRACE_INTERRUPT
         // makes the tracee stop again inside get_signal(), the place the kernel decides restarts.
-        nix::sys::ptrace::interrupt(self.pid)
-            .map_err(|e| SysError::new("ptrace(PTRACE_INTERRUPT)", e).pid(self.pid.as_raw()))?;
-        nix::sys::ptrace::cont(self.pid, None)
-            .map_err(|e| SysError::new("ptrace(PTRACE_CONT)", e).pid(self.pid.as_raw()))
+        nix::sys::ptrace::interrupt(self.pid).map_err(|e| SysError::new("ptrace(PTRACE_INTERRUPT)", e).pid(self.pid.as_raw()))?;
+        nix::sys::ptrace::cont(self.pid, None).map_err(|e| SysError::new("ptrace(PTRACE_CONT)", e).pid(self.pid.as_raw()))
     }
 }
 
 /// Whether thread `tid` sleeps (state S) inside system call `nr`.
 fn asleep_in(tid: i32, nr: u64) -> bool {
-    let state = std::fs::read_to_string(format!("/proc/{tid}/stat"))
-        .ok()
-        .and_then(|s| s.get(s.rfind(')')? + 2..)?.chars().next());
+    let state = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok().and_then(|s| s.get(s.rfind(')')? + 2..)?.chars().next());
     let call = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok();
     state == Some('S') && call.is_some_and(|c| c.split_whitespace().next() == Some(nr.to_string().as_str()))
 }

@@ -9,8 +9,7 @@ use super::SysError;
 /// or'ed in when set; static priority).
 pub fn get_scheduler(tid: i32) -> Result<(i32, i32), SysError> {
     // SAFETY: sched_getscheduler takes a pid by value and touches no memory of ours.
-    let policy = Errno::result(unsafe { libc::sched_getscheduler(tid) })
-        .map_err(|e| SysError::new("sched_getscheduler", e).pid(tid))?;
+    let policy = Errno::result(unsafe { libc::sched_getscheduler(tid) }).map_err(|e| SysError::new("sched_getscheduler", e).pid(tid))?;
     let mut param = libc::sched_param { sched_priority: 0 };
     // SAFETY: the kernel writes one struct sched_param into `param`, a live local.
     Errno::result(unsafe { libc::sched_getparam(tid, &mut param) }).map_err(|e| SysError::new("sched_getparam", e).pid(tid))?;

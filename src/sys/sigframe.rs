@@ -83,8 +83,24 @@ pub fn build(regs: &Registers, sigmask: u64, xstate: &[u8]) -> Result<SelfReturn
     put32(&mut bytes, uc + 16 + 8, SS_FLAGS_KEEP);
     let sc = uc + 40;
     let gprs = [
-        regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.rdi, regs.rsi, regs.rbp,
-        regs.rbx, regs.rdx, regs.rax, regs.rcx, regs.rsp, regs.rip, regs.eflags,
+        regs.r8,
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12,
+        regs.r13,
+        regs.r14,
+        regs.r15,
+        regs.rdi,
+        regs.rsi,
+        regs.rbp,
+        regs.rbx,
+        regs.rdx,
+        regs.rax,
+        regs.rcx,
+        regs.rsp,
+        regs.rip,
+        regs.eflags,
     ];
     for (i, v) in gprs.iter().enumerate() {
         put64(&mut bytes, sc + 8 * i, *v);
@@ -123,9 +139,7 @@ fn put16(b: &mut [u8], off: usize, v: u16) {
 pub fn find_sigreturn(code: &[u8], base: u64) -> Option<u64> {
     const GLIBC: &[u8] = &[0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
     const SHORT: &[u8] = &[0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
-    [GLIBC, SHORT]
-        .iter()
-        .find_map(|pat| code.windows(pat.len()).position(|w| w == *pat).map(|off| base + off as u64))
+    [GLIBC, SHORT].iter().find_map(|pat| code.windows(pat.len()).position(|w| w == *pat).map(|off| base + off as u64))
 }
 
 #[cfg(test)]

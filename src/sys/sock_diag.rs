@@ -103,4 +103,3 @@ pub fn exchange<T>(req: &[u8], dump: bool, parse: fn(&[u8]) -> Result<T, SysErro
         }
     }
 }
-

@@ -73,9 +73,7 @@ pub fn set_int(fd: BorrowedFd, level: i32, name: i32, value: i32) -> Result<(), 
 
 pub fn set_bytes(fd: BorrowedFd, level: i32, name: i32, value: &[u8]) -> Result<(), SysError> {
     // SAFETY: the kernel reads `value.len()` bytes from `value`.
-    let ret = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t)
-    };
+    let ret = unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) };
     Errno::result(ret).map_err(|e| SysError::new(format!("setsockopt(level {level}, option {name}, {value:?})"), e))?;
     Ok(())
 }
@@ -103,11 +101,7 @@ pub fn local_name(fd: BorrowedFd) -> Result<Vec<u8>, SysError> {
 /// poll(2) with a zero timeout: the events the socket reports now (never waits, consumes
 /// nothing).
 pub fn poll_now(fd: BorrowedFd) -> Result<i16, SysError> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN | libc::POLLPRI | libc::POLLOUT | libc::POLLRDHUP,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN | libc::POLLPRI | libc::POLLOUT | libc::POLLRDHUP, revents: 0 };
     // SAFETY: one live pollfd.
     let ret = unsafe { libc::poll(&mut p, 1, 0) };
     Errno::result(ret).map_err(|e| SysError::new("poll", e))?;

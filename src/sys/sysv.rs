@@ -26,8 +26,8 @@ pub struct SegmentInfo {
 pub const SHM_DEST: u32 = 0o1000;
 
 pub fn segments() -> Result<Vec<SegmentInfo>, SysError> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm")
-        .map_err(|e| SysError::new("read /proc/sysvipc/shm", super::remote::io_errno(&e)))?;
+    let text =
+        std::fs::read_to_string("/proc/sysvipc/shm").map_err(|e| SysError::new("read /proc/sysvipc/shm", super::remote::io_errno(&e)))?;
     Ok(text
         .lines()
         .skip(1)

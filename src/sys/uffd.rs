@@ -97,13 +97,27 @@ struct WriteProtectArg {
 pub enum Event {
     /// A thread (`tid`, with FEATURE_THREAD_ID) touched a page at `address`: missing, or
     /// write-protected (`write_protected`, with FEATURE_PAGEFAULT_FLAG_WP).
-    PageFault { address: u64, tid: u32, write_protected: bool },
+    PageFault {
+        address: u64,
+        tid: u32,
+        write_protected: bool,
+    },
     /// The process forked; the child's registrations belong to `uffd`.
-    Fork { uffd: OwnedFd },
+    Fork {
+        uffd: OwnedFd,
+    },
     /// `len` bytes moved from `from` to `to` (mremap).
-    Remap { from: u64, to: u64, len: u64 },
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
     /// The pages of `start..end` were dropped (madvise: `unmapped` false) or unmapped.
-    Remove { start: u64, end: u64, unmapped: bool },
+    Remove {
+        start: u64,
+        end: u64,
+        unmapped: bool,
+    },
     Unknown(u8),
 }
 
@@ -197,9 +211,7 @@ fn parse(msg: &[u8]) -> Event {
     let word = |i: usize| u64::from_ne_bytes(msg[8 + 8 * i..16 + 8 * i].try_into().unwrap());
     match msg[0] {
         // pagefault: flags, address, ptid (u32)
-        EVENT_PAGEFAULT => {
-            Event::PageFault { address: word(1), tid: word(2) as u32, write_protected: word(0) & PAGEFAULT_FLAG_WP != 0 }
-        }
+        EVENT_PAGEFAULT => Event::PageFault { address: word(1), tid: word(2) as u32, write_protected: word(0) & PAGEFAULT_FLAG_WP != 0 },
         EVENT_FORK => {
             // SAFETY: the kernel installed this descriptor in crust's table for the reader.
             Event::Fork { uffd: unsafe { OwnedFd::from_raw_fd(word(0) as u32 as i32) } }

@@ -10,7 +10,6 @@ use nix::errno::Errno;
 use super::SysError;
 use super::sock_diag::{self, NLM_F_DUMP, NLM_F_REQUEST, SOCK_DIAG_BY_FAMILY};
 
-
 pub const SHOW_NAME: u32 = 0x01;
 pub const SHOW_VFS: u32 = 0x02;
 pub const SHOW_PEER: u32 = 0x04;
@@ -86,12 +85,7 @@ fn parse(body: &[u8]) -> Result<UnixDiag, SysError> {
     if body.len() < 16 {
         return Err(SysError::new("sock_diag: short unix_diag_msg", Errno::EPROTO));
     }
-    let mut d = UnixDiag {
-        kind: body[1],
-        state: body[2],
-        inode: u32::from_ne_bytes(body[4..8].try_into().unwrap()),
-        ..Default::default()
-    };
+    let mut d = UnixDiag { kind: body[1], state: body[2], inode: u32::from_ne_bytes(body[4..8].try_into().unwrap()), ..Default::default() };
     let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
     let mut off = 16;
     while off + 4 <= body.len() {

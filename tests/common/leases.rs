@@ -46,7 +46,8 @@ pub struct LeaseEnv {
 
 impl LeaseEnv {
     pub fn new(secs: u32) -> LeaseEnv {
-        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_PATH).expect("open the lease tests' lock file");
+        let lock =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_PATH).expect("open the lease tests' lock file");
         // SAFETY: flock on a descriptor we own; it blocks until the other lease test is done.
         let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(r, 0, "flock {LOCK_PATH}: {}", std::io::Error::last_os_error());
@@ -582,7 +583,11 @@ impl BreakRun {
 
     /// The first FDINFO line (after .go) with value `v` ("none", "ACTIVE READ"...): its time.
     pub fn fdinfo_time(&self, v: &str) -> Option<f64> {
-        self.t.lines("FDINFO ").iter().find(|l| l.strip_prefix("FDINFO v=").is_some_and(|r| r.starts_with(&format!("{v} t=")))).map(|l| field_f(l, "t"))
+        self.t
+            .lines("FDINFO ")
+            .iter()
+            .find(|l| l.strip_prefix("FDINFO v=").is_some_and(|r| r.starts_with(&format!("{v} t="))))
+            .map(|l| field_f(l, "t"))
     }
 
     pub fn signals(&self) -> Vec<String> {

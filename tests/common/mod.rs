@@ -103,8 +103,7 @@ pub fn build_workload(name: &str) -> PathBuf {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
 
     let src_path = workloads_src_dir().join(format!("{name}.c"));
-    let src = fs::read_to_string(&src_path)
-        .unwrap_or_else(|e| panic!("cannot read workload source {}: {e}", src_path.display()));
+    let src = fs::read_to_string(&src_path).unwrap_or_else(|e| panic!("cannot read workload source {}: {e}", src_path.display()));
     let headers = workload_headers();
     let mut cflags: Vec<String> = ["-O1", "-g", "-Wall", "-Wextra"].iter().map(|s| s.to_string()).collect();
     cflags.extend(marker_flags(&src, "CFLAGS:"));
@@ -132,12 +131,7 @@ pub fn build_workload(name: &str) -> PathBuf {
         .expect("run gcc");
     if !out.status.success() {
         let _ = fs::remove_file(&tmp);
-        panic!(
-            "gcc failed for {}:\n{}{}",
-            src_path.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("gcc failed for {}:\n{}{}", src_path.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     // Linked, not renamed, into place: a rename would replace a binary that another test
     // process compiled at the same time and may already run, leaving that process with a
@@ -167,12 +161,8 @@ pub struct TempDir {
 
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "crust-test-{label}-{}-{}-{:x}",
-            std::process::id(),
-            unique(),
-            now_nanos() & 0xffff_ffff
-        ));
+        let path =
+            std::env::temp_dir().join(format!("crust-test-{label}-{}-{}-{:x}", std::process::id(), unique(), now_nanos() & 0xffff_ffff));
         fs::create_dir_all(&path).unwrap();
         TempDir { path }
     }
@@ -223,11 +213,7 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 fn decode_wait_status(st: i32) -> Exit {
-    if libc::WIFEXITED(st) {
-        Exit::Code(libc::WEXITSTATUS(st))
-    } else {
-        Exit::Signal(libc::WTERMSIG(st))
-    }
+    if libc::WIFEXITED(st) { Exit::Code(libc::WEXITSTATUS(st)) } else { Exit::Signal(libc::WTERMSIG(st)) }
 }
 
 /// waitpid(pid) with a timeout. Only for our children (or re-parented orphans).
@@ -420,9 +406,7 @@ pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
 /// pidfd_send_signal; Err(errno) on failure (ESRCH once the process was reaped).
 pub fn pidfd_signal(fd: &OwnedFd, sig: i32) -> Result<(), i32> {
     // SAFETY: a valid pidfd, a signal number, a null siginfo (allowed) and no flags.
-    let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
-    };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
     if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(()) }
 }
 
@@ -812,7 +796,11 @@ impl Workload {
                 panic!("workload {} exited before READY ({e})\n--- status ---\n{text}\n--- log ---\n{}", self.name, self.log_text());
             }
             if Instant::now() >= deadline {
-                panic!("workload {} not READY within {READY_TIMEOUT:?}\n--- status ---\n{text}\n--- log ---\n{}", self.name, self.log_text());
+                panic!(
+                    "workload {} not READY within {READY_TIMEOUT:?}\n--- status ---\n{text}\n--- log ---\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -885,10 +873,7 @@ impl Workload {
                     self.owned.remove(&pid);
                     assert_eq!(e, Exit::Signal(libc::SIGKILL), "after dump the original should be SIGKILLed, it ended with {e}\n{out}");
                 }
-                None => panic!(
-                    "pid {pid} still running {GONE_TIMEOUT:?} after a successful dump (state {:?}):\n{out}",
-                    proc_state(pid)
-                ),
+                None => panic!("pid {pid} still running {GONE_TIMEOUT:?} after a successful dump (state {:?}):\n{out}", proc_state(pid)),
             }
         }
         assert!(wait_gone(pid, GONE_TIMEOUT), "/proc/{pid} still exists after dump");
@@ -1270,11 +1255,7 @@ impl ProcSnapshot {
                 );
                 let path = it.collect::<Vec<_>>().join(" ");
                 let regular = path.starts_with('/') && !path.ends_with("(deleted)") && !path.starts_with("/dev/");
-                let v = if regular {
-                    format!("{perms} {off} {dev} {ino} {path}")
-                } else {
-                    format!("{perms} {off} {path}")
-                };
+                let v = if regular { format!("{perms} {off} {dev} {ino} {path}") } else { format!("{perms} {off} {path}") };
                 e.insert(format!("maps:{range}"), v);
             }
         }

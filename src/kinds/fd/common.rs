@@ -249,9 +249,7 @@ pub fn fdinfo_hex(line: &str, key: &str) -> Result<u64> {
 }
 
 fn fdinfo_word<'a>(line: &'a str, key: &str) -> Result<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-        .with_context(|| format!("no {key}:"))
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix(':'))).with_context(|| format!("no {key}:"))
 }
 
 /// The inode an inotify watch or a fanotify mark is on, as fdinfo shows it: its number, its
@@ -268,9 +266,7 @@ impl FileHandle {
     pub fn parse(line: &str) -> Result<FileHandle> {
         let hex = |key: &str| fdinfo_hex(line, key);
         let text = fdinfo_word(line, "f_handle")?;
-        let handle = (0..text.len() / 2)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()?;
+        let handle = (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16)).collect::<Result<Vec<u8>, _>>()?;
         let bytes = hex("fhandle-bytes")? as usize;
         if bytes != handle.len() {
             bail!("file handle of {} bytes, {} shown", bytes, handle.len());

@@ -109,9 +109,7 @@ fn parse_target(line: &str) -> Result<EpollTarget> {
         let rest = &words[i][key.len()..];
         if rest.is_empty() { words.get(i + 1).copied() } else { Some(rest) }
     };
-    let hex = |key: &str| -> Result<u64> {
-        Ok(u64::from_str_radix(field(key).with_context(|| format!("no {key}"))?, 16)?)
-    };
+    let hex = |key: &str| -> Result<u64> { Ok(u64::from_str_radix(field(key).with_context(|| format!("no {key}"))?, 16)?) };
     Ok(EpollTarget {
         fd: field("tfd:").context("no tfd:")?.parse()?,
         events: hex("events:")? as u32,
@@ -149,9 +147,8 @@ fn finish(files: &mut [OpenFile], holders: &Holders) -> Result<()> {
 /// see a hang-up after that writer leaves, hence the condition).
 fn pipe_readers(files: &[OpenFile], holders: &Holders) -> std::collections::BTreeSet<(i32, i32)> {
     let read_only = |f: &OpenFile| f.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY;
-    let fifo_with_writer = |id: u64| {
-        files.iter().any(|f| matches!(&f.kind, Some(open_file::Kind::Fifo(x)) if x.fifo_id == id) && !read_only(f))
-    };
+    let fifo_with_writer =
+        |id: u64| files.iter().any(|f| matches!(&f.kind, Some(open_file::Kind::Fifo(x)) if x.fifo_id == id) && !read_only(f));
     files
         .iter()
         .filter(|f| {
@@ -349,9 +346,10 @@ fn register_targets(ctx: &mut RestoreCtx, fds: &Files) -> Result<()> {
         let pos = todo
             .iter()
             .position(|(_, _, e)| {
-                e.targets.iter().filter(|t| t.registered_by == pid).all(|t| {
-                    id_at(live_fd(t)).is_none_or(|id| !todo.iter().any(|(_, other, _)| *other == id))
-                })
+                e.targets
+                    .iter()
+                    .filter(|t| t.registered_by == pid)
+                    .all(|t| id_at(live_fd(t)).is_none_or(|id| !todo.iter().any(|(_, other, _)| *other == id)))
             })
             .unwrap_or(0);
         let (epfd, _, epoll) = todo.remove(pos);
@@ -380,10 +378,7 @@ fn register_one(ctx: &mut RestoreCtx, epfd: i32, epoll: &Epoll, pid: u32) -> Res
             .with_context(|| format!("consuming the events of epoll fd {epfd}'s already-reported registrations"))?;
         if got as usize != n {
             let which: Vec<String> = consumed.iter().map(|t| t.fd.to_string()).collect();
-            bail!(
-                "epoll fd {epfd}: the registrations of fd {} should each report one event now, {got} events came",
-                which.join(", ")
-            );
+            bail!("epoll fd {epfd}: the registrations of fd {} should each report one event now, {got} events came", which.join(", "));
         }
     }
     for (fd, writer) in primed {

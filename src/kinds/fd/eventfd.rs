@@ -49,8 +49,7 @@ fn dump(src: &FdSource) -> Result<EventFd> {
     let count = src
         .fdinfo_field("eventfd-count:")
         .with_context(|| format!("pid {} fd {}: eventfd without eventfd-count in fdinfo", src.pid, src.fd))?;
-    let count = u64::from_str_radix(count, 16)
-        .with_context(|| format!("pid {} fd {}: eventfd-count {count:?}", src.pid, src.fd))?;
+    let count = u64::from_str_radix(count, 16).with_context(|| format!("pid {} fd {}: eventfd-count {count:?}", src.pid, src.fd))?;
     // Linux 6.6 and later show the mode; without it an eventfd cannot be told from a semaphore.
     let semaphore = match src.fdinfo_field("eventfd-semaphore:") {
         Some("1") => true,

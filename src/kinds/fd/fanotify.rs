@@ -150,7 +150,11 @@ fn precheck_mark(m: &FanotifyMark) -> Result<()> {
 /// The group's (flags, event flags), refusing permission classes, from fdinfo alone.
 fn parse_group(src: &FdSource) -> Result<(u32, u32)> {
     let (pid, fd) = (src.pid, src.fd);
-    let head = src.fdinfo.lines().find(|l| l.starts_with("fanotify flags:")).with_context(|| format!("pid {pid} fd {fd}: fanotify fdinfo without its flags"))?;
+    let head = src
+        .fdinfo
+        .lines()
+        .find(|l| l.starts_with("fanotify flags:"))
+        .with_context(|| format!("pid {pid} fd {fd}: fanotify fdinfo without its flags"))?;
     let field = |key: &str| fdinfo_hex(head, key).with_context(|| format!("pid {pid} fd {fd}: fanotify fdinfo {head:?}"));
     let flags = field("flags")? as u32;
     let event_flags = field("event-flags")? as u32;

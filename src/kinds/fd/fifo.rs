@@ -108,8 +108,7 @@ fn dump(src: &FdSource, state: &mut KindState) -> Result<(Fifo, u64)> {
     let mode = flags as i32 & libc::O_ACCMODE;
     let mut fifo = Fifo { fifo_id: group_id(file.dev, file.inode), buffer_size: size as u32, ..Default::default() };
     if mode != libc::O_WRONLY {
-        fifo.buffered = peek_buffer(src.copy, size)
-            .with_context(|| format!("pid {pid} fd {fd}: tee of the FIFO buffer"))?;
+        fifo.buffered = peek_buffer(src.copy, size).with_context(|| format!("pid {pid} fd {fd}: tee of the FIFO buffer"))?;
     }
     if mode == libc::O_RDONLY {
         let revents = poll_now(src.copy.as_fd(), libc::POLLIN)?;
@@ -146,8 +145,7 @@ fn finish(files: &[OpenFile], holders: &Holders) -> Result<()> {
         let (first, fifo) = members[0];
         let ident = fifo.file.as_ref().context("FIFO without a file")?;
         let (pid, fd) = holders.get(&first.id).and_then(|h| h.first().copied()).context("FIFO without a holder")?;
-        let inside: BTreeSet<i32> =
-            members.iter().flat_map(|(f, _)| holders.get(&f.id).into_iter().flatten().map(|(p, _)| *p)).collect();
+        let inside: BTreeSet<i32> = members.iter().flat_map(|(f, _)| holders.get(&f.id).into_iter().flatten().map(|(p, _)| *p)).collect();
         if let Some((other, other_fd)) = outside_holder(ident.dev, ident.inode, &inside) {
             bail!(
                 "pid {pid} fd {fd}: FIFO {} is also open in pid {other} (fd {other_fd}), outside the dumped processes; \

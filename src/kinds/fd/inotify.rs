@@ -131,11 +131,7 @@ struct Watch {
 
 impl Watch {
     fn parse(line: &str) -> Result<Watch> {
-        Ok(Watch {
-            wd: fdinfo_hex(line, "wd")? as i32,
-            mask: fdinfo_hex(line, "mask")? as u32,
-            handle: FileHandle::parse(line)?,
-        })
+        Ok(Watch { wd: fdinfo_hex(line, "wd")? as i32, mask: fdinfo_hex(line, "mask")? as u32, handle: FileHandle::parse(line)? })
     }
 }
 
@@ -162,8 +158,8 @@ fn finish(files: &mut [OpenFile], holders: &Holders) -> Result<()> {
 /// What restore checks before creating any process: each watched path still names the inode.
 fn precheck(record: &Inotify) -> Result<()> {
     for w in &record.watches {
-        let meta = std::fs::symlink_metadata(&w.path)
-            .with_context(|| format!("{} (inotify watch {}) is gone since the dump", w.path, w.wd))?;
+        let meta =
+            std::fs::symlink_metadata(&w.path).with_context(|| format!("{} (inotify watch {}) is gone since the dump", w.path, w.wd))?;
         if meta.dev() != w.dev || meta.ino() != w.inode {
             bail!("{} (inotify watch {}) is another file than at dump time", w.path, w.wd);
         }

@@ -186,8 +186,7 @@ fn inode_record(
     };
     if size > 0 && save {
         record.data_file = data_file_name(inode);
-        save_contents(fd, size, image, &record.data_file)
-            .with_context(|| format!("{what}: saving the contents of memfd:{name}"))?;
+        save_contents(fd, size, image, &record.data_file).with_context(|| format!("{what}: saving the contents of memfd:{name}"))?;
     }
     Ok(Some(record))
 }
@@ -322,10 +321,8 @@ fn create(ctx: &mut RestoreCtx, m: &Memfd) -> Result<i32> {
         flags |= libc::MFD_ALLOW_SEALING as u64;
     }
     let addr = ctx.remote.put_path(0, &m.name)?;
-    let fd = ctx
-        .remote
-        .syscall("memfd_create", libc::SYS_memfd_create, &[addr, flags])
-        .with_context(|| format!("creating memfd:{}", m.name))?;
+    let fd =
+        ctx.remote.syscall("memfd_create", libc::SYS_memfd_create, &[addr, flags]).with_context(|| format!("creating memfd:{}", m.name))?;
     let fd = ctx.to_temp_fd(fd)?;
     let ours = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
     nix::unistd::ftruncate(&ours, m.size as i64).with_context(|| format!("giving memfd:{} its size {}", m.name, m.size))?;

@@ -477,8 +477,7 @@ impl<K: FdKind> DynFdKind for Registered<K> {
         K::open(ctx, file, Self::record(file)?, together)
     }
     fn finish_descriptions(&self, ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<()> {
-        let mine: Vec<(&OpenFile, &K::Record)> =
-            files.iter().filter_map(|f| Some((*f, f.kind.as_ref().and_then(K::record_of)?))).collect();
+        let mine: Vec<(&OpenFile, &K::Record)> = files.iter().filter_map(|f| Some((*f, f.kind.as_ref().and_then(K::record_of)?))).collect();
         if mine.is_empty() {
             return Ok(());
         }

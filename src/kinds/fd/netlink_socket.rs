@@ -91,7 +91,8 @@ fn known_options() -> impl Iterator<Item = (i32, i32, usize)> {
         netlink::NETLINK_EXT_ACK,
         netlink::NETLINK_GET_STRICT_CHK,
     ];
-    let buffers = [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4), (libc::SOL_SOCKET, libc::SO_SNDBUF, 4), (libc::SOL_SOCKET, libc::SO_PASSCRED, 4)];
+    let buffers =
+        [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4), (libc::SOL_SOCKET, libc::SO_SNDBUF, 4), (libc::SOL_SOCKET, libc::SO_PASSCRED, 4)];
     flags.into_iter().map(|f| (SOL_NETLINK, f, 4)).chain(buffers)
 }
 

@@ -78,7 +78,8 @@ fn dump(src: &FdSource) -> Result<PacketSocket> {
     let fd = src.copy.as_fd();
     let at = || format!("pid {} fd {}", src.pid, src.fd);
     let kind = socket::get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).with_context(at)?;
-    let refuse = |what: &str| anyhow!("pid {} fd {}: {} is a packet socket {what}, which crust cannot checkpoint", src.pid, src.fd, src.link);
+    let refuse =
+        |what: &str| anyhow!("pid {} fd {}: {} is a packet socket {what}, which crust cannot checkpoint", src.pid, src.fd, src.link);
     if kind != libc::SOCK_RAW && kind != libc::SOCK_DGRAM {
         return Err(refuse("of the obsolete SOCK_PACKET type"));
     }
@@ -118,7 +119,8 @@ fn dump(src: &FdSource) -> Result<PacketSocket> {
 
 fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &PacketSocket) -> Result<i32> {
     // Created with no protocol: it hears nothing until it is bound, with everything set.
-    let created = ctx.remote.syscall("socket(AF_PACKET)", libc::SYS_socket, &[libc::AF_PACKET as u64, (r.r#type | libc::SOCK_CLOEXEC) as u64, 0])?;
+    let created =
+        ctx.remote.syscall("socket(AF_PACKET)", libc::SYS_socket, &[libc::AF_PACKET as u64, (r.r#type | libc::SOCK_CLOEXEC) as u64, 0])?;
     let fd = ctx.to_temp_fd(created)?;
     let copy = pidfd_getfd(&ctx.pidfd, ctx.pid.as_raw(), fd)?;
     let copy = copy.as_fd();

@@ -201,10 +201,7 @@ fn pidfd_open(ctx: &mut RestoreCtx, pid: i32, flags: u32) -> Result<i32> {
 fn fdinfo_pid(pid: i32, fd: i32) -> Result<i32> {
     let path = format!("/proc/{pid}/fdinfo/{fd}");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pid:"))
-        .and_then(|p| p.trim().parse().ok())
-        .with_context(|| format!("{path} shows no Pid"))
+    text.lines().find_map(|l| l.strip_prefix("Pid:")).and_then(|p| p.trim().parse().ok()).with_context(|| format!("{path} shows no Pid"))
 }
 
 /// The process of `tid` when it is a thread other than its process's main thread.

@@ -223,12 +223,8 @@ fn dump(src: &FdSource) -> Result<Pty> {
 /// Sorts the slaves (a pair's, or a shell job's terminal) and completes every master's record
 /// with what needs the whole frozen tree: its session, the slave's state, the queues.
 fn check_tree(files: &mut [OpenFile], tree: &WholeTree, shell_job: bool) -> Result<()> {
-    let masters: BTreeSet<u32> = files
-        .iter()
-        .filter_map(|f| Ptys::record_of(f.kind.as_ref()?))
-        .filter(|p| p.master)
-        .map(|p| p.index)
-        .collect();
+    let masters: BTreeSet<u32> =
+        files.iter().filter_map(|f| Ptys::record_of(f.kind.as_ref()?)).filter(|p| p.master).map(|p| p.index).collect();
     let inside: BTreeSet<i32> = tree.holders.values().flatten().map(|(p, _)| *p).collect();
     for file in files.iter_mut() {
         let Some(open_file::Kind::Pty(record)) = &file.kind else { continue };
@@ -238,12 +234,8 @@ fn check_tree(files: &mut [OpenFile], tree: &WholeTree, shell_job: bool) -> Resu
             file.created_with = 0;
         }
     }
-    let slaves_inside: BTreeSet<u32> = files
-        .iter()
-        .filter_map(|f| Ptys::record_of(f.kind.as_ref()?))
-        .filter(|p| !p.master && !p.hung_up)
-        .map(|p| p.index)
-        .collect();
+    let slaves_inside: BTreeSet<u32> =
+        files.iter().filter_map(|f| Ptys::record_of(f.kind.as_ref()?)).filter(|p| !p.master && !p.hung_up).map(|p| p.index).collect();
     for file in files.iter_mut() {
         let Some(open_file::Kind::Pty(record)) = &mut file.kind else { continue };
         let Some(&(pid, fd)) = tree.holders.get(&file.id).and_then(|h| h.first()) else { continue };
@@ -345,7 +337,10 @@ fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Resul
     poll_now(m, libc::POLLIN)?;
     let output_len = bytes_queued(m)?;
     if output_len >= LDISC_BUFFER - 1 {
-        bail!("{output_len} bytes written on its slave wait unread; crust keeps at most {} (more may wait unseen in the kernel)", LDISC_BUFFER - 2);
+        bail!(
+            "{output_len} bytes written on its slave wait unread; crust keeps at most {} (more may wait unseen in the kernel)",
+            LDISC_BUFFER - 2
+        );
     }
     let slave = with_unlocked(m, record.locked, || terminal::open_peer(m, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC))?;
     let s = slave.as_fd();
@@ -363,7 +358,10 @@ fn take_queues(master: &OwnedFd, record: &mut Pty, settings: &Settings) -> Resul
     if input_len >= LDISC_BUFFER - 1 {
         bail!("{input_len} bytes typed into it wait unread; crust keeps at most {}", LDISC_BUFFER - 2);
     }
-    let mut queues = Queues { output: read_queued(m, output_len, record.packet_mode).context("reading the bytes its slave wrote")?, ..Default::default() };
+    let mut queues = Queues {
+        output: read_queued(m, output_len, record.packet_mode).context("reading the bytes its slave wrote")?,
+        ..Default::default()
+    };
     if canonical {
         queues.lines = finished_lines(s).context("reading the lines typed into it")?;
         queues.input = unfinished_line(m, s, settings)?;
@@ -436,20 +434,19 @@ fn refill(m: BorrowedFd, s: BorrowedFd, settings: &Settings, q: &Queues) -> Resu
     }
     let quiet = quiet_settings(&settings.termios);
     terminal::set_termios(m, &quiet)?;
-    let written = write_and_settle(s, m, &q.output, bytes_queued(m)? + q.output.len())
-        .context("into the master's buffer")
-        .and_then(|()| {
-            // FIONREAD counts the bytes of finished lines (an unfinished line only in
-            // non-canonical mode, where all are lines).
-            let counted: usize = q.lines.iter().map(Vec::len).sum::<usize>() + if quiet.c_lflag & libc::ICANON == 0 { q.input.len() } else { 0 };
-            write_and_settle(m, s, &typed_stream(q, &quiet), bytes_queued(s)? + counted).context("into the slave's buffer")?;
-            if !q.lines.is_empty() && !q.input.is_empty() && quiet.c_lflag & libc::ICANON != 0 {
-                // The unfinished line came in the same write, after the lines counted: the
-                // kernel hands it over in the same pass, give it a moment all the same.
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(())
-        });
+    let written = write_and_settle(s, m, &q.output, bytes_queued(m)? + q.output.len()).context("into the master's buffer").and_then(|()| {
+        // FIONREAD counts the bytes of finished lines (an unfinished line only in
+        // non-canonical mode, where all are lines).
+        let counted: usize =
+            q.lines.iter().map(Vec::len).sum::<usize>() + if quiet.c_lflag & libc::ICANON == 0 { q.input.len() } else { 0 };
+        write_and_settle(m, s, &typed_stream(q, &quiet), bytes_queued(s)? + counted).context("into the slave's buffer")?;
+        if !q.lines.is_empty() && !q.input.is_empty() && quiet.c_lflag & libc::ICANON != 0 {
+            // The unfinished line came in the same write, after the lines counted: the
+            // kernel hands it over in the same pass, give it a moment all the same.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    });
     terminal::set_termios(m, &settings.termios)?;
     written
 }
@@ -467,7 +464,8 @@ fn quiet_settings(termios: &libc::termios2) -> libc::termios2 {
     if quiet.c_lflag & libc::ICANON != 0 {
         quiet.c_lflag |= libc::IEXTEN;
         let cc = quiet.c_cc;
-        let others = [cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT]];
+        let others =
+            [cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT]];
         // ^V if free, else the first control character no other special one uses.
         let lnext = std::iter::once(0x16u8).chain(1..0x20).find(|c| *c != b'\n' && !others.contains(c)).unwrap_or(0x16);
         quiet.c_cc[libc::VLNEXT] = lnext;
@@ -485,7 +483,17 @@ fn typed_stream(q: &Queues, quiet: &libc::termios2) -> Vec<u8> {
     }
     let cc = &quiet.c_cc;
     let lnext = cc[libc::VLNEXT];
-    let mut special = vec![b'\n', cc[libc::VEOF], cc[libc::VEOL], cc[libc::VEOL2], cc[libc::VERASE], cc[libc::VKILL], cc[libc::VWERASE], cc[libc::VREPRINT], lnext];
+    let mut special = vec![
+        b'\n',
+        cc[libc::VEOF],
+        cc[libc::VEOL],
+        cc[libc::VEOL2],
+        cc[libc::VERASE],
+        cc[libc::VKILL],
+        cc[libc::VWERASE],
+        cc[libc::VREPRINT],
+        lnext,
+    ];
     if quiet.c_iflag & libc::IXON != 0 {
         special.extend([cc[libc::VSTART], cc[libc::VSTOP]]);
     }

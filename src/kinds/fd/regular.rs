@@ -14,8 +14,8 @@ use super::{Dumped, FdKind, FdSource, KindState, Together};
 use crate::image::proto::{FileIdentity, OpenFile, RegularFile, open_file};
 use crate::kinds::RestoreCtx;
 use crate::kinds::credentials::{enter_fs_identity, leave_fs_identity};
-use crate::kinds::ghost;
 use crate::kinds::file_check::{FileUse, check_file, file_identity};
+use crate::kinds::ghost;
 
 pub struct RegularFiles;
 

@@ -44,11 +44,9 @@ impl FdKind for Signalfds {
 }
 
 fn dump(src: &FdSource) -> Result<SignalFd> {
-    let mask = src
-        .fdinfo_field("sigmask:")
-        .with_context(|| format!("pid {} fd {}: signalfd without sigmask in fdinfo", src.pid, src.fd))?;
     let mask =
-        u64::from_str_radix(mask, 16).with_context(|| format!("pid {} fd {}: signalfd sigmask {mask:?}", src.pid, src.fd))?;
+        src.fdinfo_field("sigmask:").with_context(|| format!("pid {} fd {}: signalfd without sigmask in fdinfo", src.pid, src.fd))?;
+    let mask = u64::from_str_radix(mask, 16).with_context(|| format!("pid {} fd {}: signalfd sigmask {mask:?}", src.pid, src.fd))?;
     Ok(SignalFd { mask })
 }
 

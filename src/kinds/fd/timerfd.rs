@@ -71,18 +71,11 @@ struct Shown {
 }
 
 fn parse_fdinfo(text: &str) -> Result<Shown> {
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(str::trim)
-            .with_context(|| format!("timerfd fdinfo without {key}"))
-    };
+    let field =
+        |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).with_context(|| format!("timerfd fdinfo without {key}"));
     let pair = |key: &str| -> Result<u64> {
         let v = field(key)?;
-        let (s, ns) = v
-            .trim_matches(['(', ')'])
-            .split_once(',')
-            .with_context(|| format!("timerfd fdinfo {key} {v:?}"))?;
+        let (s, ns) = v.trim_matches(['(', ')']).split_once(',').with_context(|| format!("timerfd fdinfo {key} {v:?}"))?;
         Ok(s.trim().parse::<u64>()? * NS + ns.trim().parse::<u64>()?)
     };
     Ok(Shown {
@@ -95,8 +88,8 @@ fn parse_fdinfo(text: &str) -> Result<Shown> {
 }
 
 fn clock_now_ns(clock_id: i32) -> Result<u64> {
-    let now = nix::time::clock_gettime(nix::time::ClockId::from_raw(clock_id))
-        .with_context(|| format!("clock_gettime of clock {clock_id}"))?;
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::from_raw(clock_id)).with_context(|| format!("clock_gettime of clock {clock_id}"))?;
     Ok(now.tv_sec() as u64 * NS + now.tv_nsec() as u64)
 }
 

@@ -53,7 +53,8 @@ impl FdKind for Terminals {
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Tty>> {
         Self::refuse_early(src)?;
         state.get::<ShellJob>().0 = src.shell_job;
-        let what = |e: crate::sys::SysError| anyhow::Error::from(e).context(format!("pid {} fd {}: the terminal {}", src.pid, src.fd, src.link));
+        let what =
+            |e: crate::sys::SysError| anyhow::Error::from(e).context(format!("pid {} fd {}: the terminal {}", src.pid, src.fd, src.link));
         let settings = terminal::settings(src.copy.as_fd()).map_err(what)?;
         // /dev/tty is the terminal of the session that opened it: maybe a pair of the tree's
         // (TIOCGSID answers only a process of that session: the holder's own session it is).
@@ -125,7 +126,9 @@ fn holder_session(pid: i32) -> Result<u32> {
 }
 
 fn not_a_shell_job(pid: i32, fd: i32, path: &str) -> anyhow::Error {
-    anyhow::anyhow!("pid {pid} fd {fd}: a terminal ({path}) outside the dumped processes: a program started from a shell is dumped with --shell-job (-j)")
+    anyhow::anyhow!(
+        "pid {pid} fd {fd}: a terminal ({path}) outside the dumped processes: a program started from a shell is dumped with --shell-job (-j)"
+    )
 }
 
 /// Whether the image holds terminals of a shell job.

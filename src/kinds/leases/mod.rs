@@ -169,13 +169,7 @@ fn breakers(dev_ino: &str) -> Result<Vec<u32>> {
 }
 
 /// Records the lease held through the description behind `copy` (fd `fd` of `pid`).
-pub fn dump(
-    pid: i32,
-    fd: i32,
-    path: &str,
-    copy: &OwnedFd,
-    remote: &mut crate::sys::remote::RemoteTask,
-) -> Result<Option<Lease>> {
+pub fn dump(pid: i32, fd: i32, path: &str, copy: &OwnedFd, remote: &mut crate::sys::remote::RemoteTask) -> Result<Option<Lease>> {
     // Let the kernel expire a break whose time is already over before looking.
     get_lease(copy).with_context(|| format!("pid {pid} fd {fd}: F_GETLEASE"))?;
     let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
@@ -275,9 +269,7 @@ fn without_tracefs(lease: &mut Lease, dev: u64, ino: u64, freeze: Duration) {
         return;
     }
     let guard = BEFORE_FREEZE.lock().unwrap();
-    let earliest = guard
-        .as_ref()
-        .and_then(|b| lease.breakers.iter().filter_map(|p| b.breaker_deadlines.get(p)).min().copied());
+    let earliest = guard.as_ref().and_then(|b| lease.breakers.iter().filter_map(|p| b.breaker_deadlines.get(p)).min().copied());
     match earliest {
         Some(deadline) if lease.break_to_unlock => {
             lease.remaining_ms = deadline.saturating_sub(freeze).as_millis() as u64;
@@ -451,7 +443,6 @@ impl Policy {
         lease.remaining_precision_ms = 0;
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -263,12 +263,7 @@ impl BreakRestart {
 /// without signalling anyone: the holder was signalled before the checkpoint (a signal it had
 /// not received yet is pending in the image and is delivered once).
 /// Returns the break's deadline (CLOCK_MONOTONIC) and crust's record of it.
-fn start(
-    r: &BreakRestart,
-    to_unlock: bool,
-    secs: u32,
-    changer: &mut BreakTimeChanger,
-) -> Result<(Duration, Option<std::path::PathBuf>)> {
+fn start(r: &BreakRestart, to_unlock: bool, secs: u32, changer: &mut BreakTimeChanger) -> Result<(Duration, Option<std::path::PathBuf>)> {
     let owner = crate::sys::get_owner_ex(r.copy.as_raw_fd()).context("F_GETOWN_EX")?;
     crate::sys::set_owner_ex(r.copy.as_raw_fd(), crate::sys::F_OWNER_PID, 0).context("F_SETOWN_EX (none)")?;
     let started = mono_now();
@@ -341,10 +336,7 @@ mod tests {
         // The unlock's lead is 0.5 s; the downgrade's 0.1 s must grow to 1.1 s (secs 4).
         assert_eq!(
             s,
-            [
-                Step::Kernel { to_unlock: false, secs: 4, lead: ms(1_100) },
-                Step::Kernel { to_unlock: true, secs: 5, lead: ms(500) }
-            ]
+            [Step::Kernel { to_unlock: false, secs: 4, lead: ms(1_100) }, Step::Kernel { to_unlock: true, secs: 5, lead: ms(500) }]
         );
         // An unlock with no time left removes the lease: the downgrade does not matter.
         assert_eq!(schedule_steps(&[(false, ms(2_900)), (true, ms(0))], false), [Step::Now { to_unlock: true }]);

@@ -56,7 +56,6 @@ pub fn read(fd: BorrowedFd) -> Result<Vec<UdpDatagram>> {
         .collect()
 }
 
-
 /// Where to deliver a datagram from `source` to a socket bound to `local`: its own address,
 /// or loopback of the sender's family for a socket bound to the wildcard address.
 fn destination(local: &InetAddr, source: &InetAddr) -> InetAddr {

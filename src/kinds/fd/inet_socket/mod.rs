@@ -275,7 +275,10 @@ fn describe_socket(src: &FdSource, family: i32, kind: i32, protocol: i32) -> Res
         // The kernel lists only sockets in its lookup tables: one never bound is in none.
         None if local.as_ref().is_none_or(InetAddr::is_unspecified) => unbound(fd, protocol).map_err(|what| refusal(src, what))?,
         None => {
-            return Err(refusal(src, "is not listed by inet_diag (a socket of another network namespace?): crust cannot checkpoint it".into()));
+            return Err(refusal(
+                src,
+                "is not listed by inet_diag (a socket of another network namespace?): crust cannot checkpoint it".into(),
+            ));
         }
     };
     let name_of = |a: Option<InetAddr>| a.filter(|a| !a.is_unspecified()).map(|a| to_record(&a));
@@ -502,11 +505,8 @@ fn bind_closed(copy: BorrowedFd, local: Option<&InetAddr>) -> Result<()> {
 /// gives a socket the uid of its creator.
 fn create_as(ctx: &mut RestoreCtx, r: &InetSocket) -> Result<i32> {
     ctx.remote.syscall_raw(libc::SYS_setfsuid, &[r.uid as u64])?;
-    let created = ctx.remote.syscall(
-        "socket",
-        libc::SYS_socket,
-        &[r.family as u64, (r.r#type | libc::SOCK_CLOEXEC) as u64, r.protocol as u64],
-    );
+    let created =
+        ctx.remote.syscall("socket", libc::SYS_socket, &[r.family as u64, (r.r#type | libc::SOCK_CLOEXEC) as u64, r.protocol as u64]);
     ctx.remote.syscall_raw(libc::SYS_setfsuid, &[0])?;
     crate::kinds::credentials::enter_fs_identity(ctx)?;
     ctx.to_temp_fd(created?)

@@ -188,8 +188,7 @@ pub fn restore(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, peer: &InetA
     // The kernel refuses a window last updated past what was received: the peer's FIN is not
     // received yet.
     let rcv_wup = if after(c.rcv_wup, recv_end) { recv_end } else { c.rcv_wup };
-    let window: Vec<u8> =
-        [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, rcv_wup].iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let window: Vec<u8> = [c.snd_wl1, c.snd_wnd, c.max_window, c.rcv_wnd, rcv_wup].iter().flat_map(|v| v.to_ne_bytes()).collect();
     socket::set_bytes(fd, libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, &window).context("TCP_REPAIR_WINDOW")?;
     if c.fin_sent {
         // Queued as already sent (repair mode with the send queue chosen transmits nothing);
@@ -226,7 +225,6 @@ pub fn receive_peer_fin(fd: BorrowedFd, c: &TcpConnection, local: &InetAddr, pee
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
-
 
 /// Binds a socket that will stay unconnected to `local`, even if a connection of the same
 /// address is still in TIME_WAIT (repair mode binds with forced reuse).

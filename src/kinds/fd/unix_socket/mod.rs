@@ -394,11 +394,9 @@ fn family_name(domain: i32, kind: i32) -> String {
 /// Options crust does not recreate must be at their defaults. Returns what is not.
 fn refuse_unsupported_options(fd: BorrowedFd) -> std::result::Result<(), String> {
     let opt = |name: i32| socket::get_int(fd, libc::SOL_SOCKET, name).unwrap_or(0);
-    for (name, what) in [
-        (libc::SO_TIMESTAMP, "SO_TIMESTAMP"),
-        (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS"),
-        (libc::SO_TIMESTAMPING, "SO_TIMESTAMPING"),
-    ] {
+    for (name, what) in
+        [(libc::SO_TIMESTAMP, "SO_TIMESTAMP"), (libc::SO_TIMESTAMPNS, "SO_TIMESTAMPNS"), (libc::SO_TIMESTAMPING, "SO_TIMESTAMPING")]
+    {
         if opt(name) != 0 {
             return Err(format!("asks for receive timestamps ({what}), which crust cannot give queued messages again"));
         }
@@ -475,12 +473,7 @@ fn socket_file(pid: i32, address: &[u8], vfs: Option<(u32, u32)>) -> Result<Unix
         // Another file at its path (the socket file was removed and the name taken): the
         // socket keeps its name without a file, as if unlinked; restore binds it again
         // without touching that file.
-        Ok(meta) => tracing::info!(
-            pid,
-            path,
-            inode = meta.ino(),
-            "the socket file was replaced by another file; recorded as unlinked"
-        ),
+        Ok(meta) => tracing::info!(pid, path, inode = meta.ino(), "the socket file was replaced by another file; recorded as unlinked"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("stat of its socket file {full}")),
     }
@@ -615,8 +608,7 @@ fn peek_messages(
         if kind == libc::SOCK_SEQPACKET && read_shut && probe.len == 0 && bytes >= seqpacket_bytes {
             break;
         }
-        let mut r =
-            if probe.len == 0 { probe } else { whole(socket::receive(fd, probe.len, libc::MSG_PEEK | libc::MSG_DONTWAIT)?)? };
+        let mut r = if probe.len == 0 { probe } else { whole(socket::receive(fd, probe.len, libc::MSG_PEEK | libc::MSG_DONTWAIT)?)? };
         bytes += r.data.len();
         let sender = if kind == libc::SOCK_DGRAM { r.name.clone() } else { Vec::new() };
         let rights = carry(&mut r, carried);
@@ -702,11 +694,7 @@ fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>) ->
             }
         }
         if s.pending_on != 0 && !socks.get(&s.pending_on).is_some_and(|(_, l)| l.pending.contains(inode)) {
-            bail!(
-                "{} is a connection not yet accepted by socket:[{}], a listener outside the dumped tree",
-                who(*inode),
-                s.pending_on
-            );
+            bail!("{} is a connection not yet accepted by socket:[{}], a listener outside the dumped tree", who(*inode), s.pending_on);
         }
         if s.peer_inode != 0 {
             let Some((_, peer)) = socks.get(&s.peer_inode) else {

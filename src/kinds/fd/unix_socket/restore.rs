@@ -29,10 +29,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use anyhow::{Context, Result, bail};
 
-use crate::kinds::RestoreCtx;
-use crate::kinds::fd::Together;
 use super::{RCV_SHUTDOWN, SEND_SHUTDOWN, is_path, path_of};
 use crate::image::proto::{OpenFile, UnixCredentials, UnixSocket, UnixSocketFile, open_file};
+use crate::kinds::RestoreCtx;
+use crate::kinds::fd::Together;
 use crate::sys::pidfd::pidfd_getfd;
 use crate::sys::socket::{self, Ucred, show_name};
 use crate::sys::unix_diag::{self, TCP_ESTABLISHED, TCP_LISTEN};
@@ -183,9 +183,8 @@ fn create_members(ctx: &mut RestoreCtx, members: &[UnixSocket], away: &mut Detac
         for client in &l.pending {
             let m = by_inode.get(client).context("a client waiting on a listener is missing from its group")?;
             let listener = *fds.get(&l.inode).context("a listener with waiting clients is not created yet")?;
-            let fd = connect_pending(ctx, m, l, listener, away).with_context(|| {
-                format!("connecting socket:[{}] again to {}, not accepted yet", m.inode, show_name(&l.address))
-            })?;
+            let fd = connect_pending(ctx, m, l, listener, away)
+                .with_context(|| format!("connecting socket:[{}] again to {}, not accepted yet", m.inode, show_name(&l.address)))?;
             fds.insert(m.inode, fd);
         }
     }
@@ -282,11 +281,7 @@ fn accept_pair(
 }
 
 fn new_socket(ctx: &mut RestoreCtx, kind: i32) -> Result<i32> {
-    let fd = ctx.remote.syscall(
-        "socket(AF_UNIX)",
-        libc::SYS_socket,
-        &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0],
-    )?;
+    let fd = ctx.remote.syscall("socket(AF_UNIX)", libc::SYS_socket, &[libc::AF_UNIX as u64, (kind | libc::SOCK_CLOEXEC) as u64, 0])?;
     ctx.to_temp_fd(fd)
 }
 
@@ -553,11 +548,7 @@ impl Detached {
         if let Some(r) = &self.root {
             return Ok(r.clone());
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(DETACHED_DIR)
-            .with_context(|| format!("creating {DETACHED_DIR}"))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o711).create(DETACHED_DIR).with_context(|| format!("creating {DETACHED_DIR}"))?;
         let r = std::path::Path::new(DETACHED_DIR).join(format!("{}-{}", std::process::id(), unique_suffix()));
         std::fs::create_dir(&r).with_context(|| format!("creating {}", r.display()))?;
         // A new directory of crust's own: its mode is set whatever the umask.
@@ -598,15 +589,14 @@ fn in_root(ctx: &mut RestoreCtx, root: &std::path::Path, f: impl FnOnce(&mut Res
     let dot = ctx.remote.put_path(PATH_AT, ".")?;
     let old_cwd = ctx.remote.syscall("openat(.)", libc::SYS_openat, &[libc::AT_FDCWD as u64, dot, flags, 0])?;
     let path = ctx.remote.put_path(PATH_AT, &root.to_string_lossy())?;
-    let result = ctx
-        .remote
-        .syscall("chroot", libc::SYS_chroot, &[path])
-        .with_context(|| format!("changing root to {}", root.display()))
-        .and_then(|_| {
-            let slash = ctx.remote.put_path(PATH_AT, "/")?;
-            ctx.remote.syscall("chdir(/)", libc::SYS_chdir, &[slash])?;
-            f(ctx)
-        });
+    let result =
+        ctx.remote.syscall("chroot", libc::SYS_chroot, &[path]).with_context(|| format!("changing root to {}", root.display())).and_then(
+            |_| {
+                let slash = ctx.remote.put_path(PATH_AT, "/")?;
+                ctx.remote.syscall("chdir(/)", libc::SYS_chdir, &[slash])?;
+                f(ctx)
+            },
+        );
     // Back: the saved root directory becomes the root again, then the working directory.
     ctx.remote.syscall("fchdir", libc::SYS_fchdir, &[old_root])?;
     let dot = ctx.remote.put_path(PATH_AT, ".")?;
@@ -627,11 +617,8 @@ fn in_directory(ctx: &mut RestoreCtx, directory: &str, f: impl FnOnce(&mut Resto
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
     let saved = ctx.remote.syscall("openat(.)", libc::SYS_openat, &[libc::AT_FDCWD as u64, dot, flags as u64, 0])?;
     let dir = ctx.remote.put_path(PATH_AT, directory)?;
-    let result = ctx
-        .remote
-        .syscall("chdir", libc::SYS_chdir, &[dir])
-        .with_context(|| format!("changing to {directory}"))
-        .and_then(|_| f(ctx));
+    let result =
+        ctx.remote.syscall("chdir", libc::SYS_chdir, &[dir]).with_context(|| format!("changing to {directory}")).and_then(|_| f(ctx));
     ctx.remote.syscall("fchdir", libc::SYS_fchdir, &[saved])?;
     ctx.remote.syscall("close", libc::SYS_close, &[saved])?;
     result
@@ -734,8 +721,8 @@ pub fn finish_descriptions(ctx: &mut RestoreCtx, files: &[&OpenFile]) -> Result<
     let records: BTreeMap<u64, &UnixSocket> = socks.iter().map(|(_, s)| (s.inode, *s)).collect();
     let mut stand_ins: BTreeMap<u64, (i32, OwnedFd)> = BTreeMap::new();
     for (_, s) in socks.iter().filter(|(_, s)| s.peer_closed) {
-        let found = find_stand_in(ctx, copies[&s.inode].as_fd())
-            .with_context(|| format!("finding the stand-in peer of socket:[{}]", s.inode))?;
+        let found =
+            find_stand_in(ctx, copies[&s.inode].as_fd()).with_context(|| format!("finding the stand-in peer of socket:[{}]", s.inode))?;
         stand_ins.insert(s.inode, found);
     }
 
@@ -956,8 +943,7 @@ fn keep_connected_state(s: &UnixSocket, records: &BTreeMap<u64, &UnixSocket>, co
     let fd = copies.get(&s.inode).context("the socket has no copy")?.as_fd();
     let (_handle, through) = through_own_file(&name, fd).with_context(|| format!("marking socket:[{}] connected", s.inode))?;
     let temporary = socket::unix_socket(libc::SOCK_DGRAM)?;
-    socket::connect(temporary.as_fd(), &through)
-        .with_context(|| format!("marking socket:[{}] connected", s.inode))?;
+    socket::connect(temporary.as_fd(), &through).with_context(|| format!("marking socket:[{}] connected", s.inode))?;
     Ok(())
 }
 
@@ -984,12 +970,7 @@ fn settle_file(address: &[u8], file: Option<&UnixSocketFile>, owner: BorrowedFd)
     if !f.present {
         // Through its directory's descriptor, and only while the name still holds this file.
         let Some((dir, name)) = directory_of(&path)? else { return Ok(()) };
-        let checked = EntryIdentity {
-            kind: libc::S_IFSOCK,
-            dev: meta.dev(),
-            ino: meta.ino(),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        };
+        let checked = EntryIdentity { kind: libc::S_IFSOCK, dev: meta.dev(), ino: meta.ino(), ctime: (meta.ctime(), meta.ctime_nsec()) };
         return unlink_checked(&dir, &name, &path, checked)
             .with_context(|| format!("removing {path}, which had been unlinked before the dump"));
     }
