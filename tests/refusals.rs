@@ -338,30 +338,14 @@ fn refused_dump_into_a_directory_keeps_the_image_already_there() {
     let mut w = Workload::spawn("counter", &[]);
     w.dump_with(&["-R"]).assert_success();
     let img = w.image_dir.to_string_lossy().into_owned();
-    let before: Vec<(String, Vec<u8>)> = {
-        let mut files: Vec<_> = fs::read_dir(&w.image_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
-            .collect();
-        files.sort();
-        files
-    };
+    let before = names_and_contents(&w.image_dir);
     let piped = Workload::spawn_program_with("pipe", "sleep", &["100"], |cmd| {
         cmd.stdout(Stdio::piped());
     });
     wait_in_syscall(piped.pid, SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
     let out = crust(["dump", "-t", &piped.pid.to_string(), "-D", &img]);
     assert!(!out.success() && out.text().to_lowercase().contains("pipe"), "the second dump was not refused:\n{out}");
-    let after: Vec<(String, Vec<u8>)> = {
-        let mut files: Vec<_> = fs::read_dir(&w.image_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
-            .collect();
-        files.sort();
-        files
-    };
+    let after = names_and_contents(&w.image_dir);
     assert!(after == before, "the refused dump changed the image directory: {:?}", after.iter().map(|f| &f.0).collect::<Vec<_>>());
     w.signal(libc::SIGKILL);
     w.reap(Duration::from_secs(5));
@@ -423,4 +407,12 @@ while True:
     let after: Vec<_> = watched.iter().map(|p| dir_state(p)).collect();
     assert_eq!(before, after, "mode, owner or inode of {watched:?} changed");
     assert!(!w.image_dir.join("inventory.img").exists(), "the refused dump left an image");
+}
+
+/// Every file of `dir` with its contents, by name.
+fn names_and_contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> =
+        fs::read_dir(dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())).collect();
+    files.sort();
+    files
 }

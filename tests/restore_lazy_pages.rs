@@ -131,11 +131,7 @@ fn lazy_restore_brings_every_page(attached: bool) {
     } else {
         w.restore_detached();
     }
-    fs::write(w.go_path(), b"go\n").unwrap();
-    wait_verified(&w);
-    assert_nothing_of_crust_remains(&w, &fds_before);
-    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    check_every_word_and_end(&mut w, &fds_before);
 }
 
 #[test]
@@ -392,11 +388,7 @@ fn eager_restore_of_256_mib_verified_while_read_in_brings_every_word_back() {
     w.restore_extra = vec!["-v3".into()];
     let out = w.restore_detached();
     assert!(out.text().contains("pages placed by crust"), "crust did not place the pages itself:\n{out}");
-    fs::write(w.go_path(), b"go\n").unwrap();
-    wait_verified(&w);
-    assert_nothing_of_crust_remains(&w, &fds_before);
-    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    check_every_word_and_end(&mut w, &fds_before);
 }
 
 /// Eager restore of 64 MiB whose pages crust places itself (userfaultfd, both cores), with
@@ -427,11 +419,7 @@ fn eager_restore_of_a_damaged_chunk_placed_by_crust_is_refused_naming_it() {
     assert!(!w.status_text().contains("VERIFIED"), "the process ran on damaged memory");
     fs::write(&pages, &good).unwrap();
     w.restore_detached();
-    fs::write(w.go_path(), b"go\n").unwrap();
-    wait_verified(&w);
-    assert_nothing_of_crust_remains(&w, &fds_before);
-    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    check_every_word_and_end(&mut w, &fds_before);
 }
 
 /// The kernel refusing crust a userfaultfd (stood for by CRUST_FAULT=restore-pages-userfaultfd
@@ -456,11 +444,7 @@ fn eager_restore_without_a_userfaultfd_or_stopped_while_placing_pages() {
     let out = w.restore_detached();
     assert!(out.text().contains("pages read in by the process instead"), "no fallback to preadv:\n{out}");
     w.crust_env.clear();
-    fs::write(w.go_path(), b"go\n").unwrap();
-    wait_verified(&w);
-    assert_nothing_of_crust_remains(&w, &fds_before);
-    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    check_every_word_and_end(&mut w, &fds_before);
 }
 
 /// A tree with --lazy-pages (tree_sharedmem.c): the parent forks a process of the image, so it
@@ -502,11 +486,7 @@ fn failed_lazy_restore_leaves_nothing_and_the_image_restores_again() {
     assert!(wait_no_helper(w.pid), "a lazy page server or guard outlived the failed restore");
     w.restore_extra = vec!["--lazy-pages".into()];
     w.restore_detached();
-    fs::write(w.go_path(), b"go\n").unwrap();
-    wait_verified(&w);
-    assert_nothing_of_crust_remains(&w, &fds_before);
-    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    check_every_word_and_end(&mut w, &fds_before);
 }
 
 /// Python: 64 MiB of private anonymous memory patterned by page; after `status.go` (right
@@ -537,4 +517,14 @@ fn lazy_fill_follows_a_mapping_that_mremap_moves() {
     let w = python_restored_lazily("lazy_remap", REMAP);
     assert_result_passes(&w, "status.result");
     assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+}
+
+/// After an eager restore: the program checks every word (VERIFIED), nothing of crust is left
+/// in the process, and it ends passing its own checks.
+fn check_every_word_and_end(w: &mut Workload, fds_before: &[(String, String)]) {
+    fs::write(w.go_path(), b"go\n").unwrap();
+    wait_verified(w);
+    assert_nothing_of_crust_remains(w, fds_before);
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
 }
