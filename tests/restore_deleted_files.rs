@@ -734,14 +734,7 @@ fn a_deleted_file_is_never_made_as_root_through_a_swapped_directory() {
     let (x, d, etc) = (w.dir.path.join("x"), w.dir.path.join("x/d"), w.dir.path.join("etc"));
     let moved = x.join("d.orig");
     w.dump();
-    let refused = |w: &mut Workload, names: &[&str], what: &str| {
-        let out = w.restore_detached_raw();
-        assert!(!out.success(), "{what}: restored:\n{out}");
-        for name in names {
-            assert!(out.text().contains(name), "{what}: the refusal does not name {name:?}:\n{out}");
-        }
-        assert!(wait_gone(w.pid, GONE_TIMEOUT), "{what}: the refused restore left its process");
-    };
+    let refused = |w: &mut Workload, names: &[&str], what: &str| w.assert_restore_refused(names, what);
     fs::rename(&d, &moved).unwrap();
     std::os::unix::fs::symlink(&etc, &d).unwrap();
     let watch = CreationWatch::new(&etc);

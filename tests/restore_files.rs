@@ -165,14 +165,7 @@ while True:
     let before = w.snapshot();
     assert_eq!(before.entries["root"], jail.display().to_string());
     w.dump();
-    let refused = |w: &mut Workload, names: &[&str], what: &str| {
-        let out = w.restore_detached_raw();
-        assert!(!out.success(), "{what}: restored:\n{out}");
-        for name in names {
-            assert!(out.text().contains(name), "{what}: the refusal does not name {name:?}:\n{out}");
-        }
-        assert!(wait_gone(w.pid, GONE_TIMEOUT), "{what}: the refused restore left its process");
-    };
+    let refused = |w: &mut Workload, names: &[&str], what: &str| w.assert_restore_refused(names, what);
     fs::rename(&jail, &moved).unwrap();
     std::os::unix::fs::symlink("/", &jail).unwrap();
     refused(&mut w, &[&jail.to_string_lossy(), "symlink"], "the jail replaced by a symlink to /");

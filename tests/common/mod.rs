@@ -1496,3 +1496,16 @@ pub fn area_huge_kib(pid: i32, start: u64) -> u64 {
     let line = lines.find(|l| l.starts_with("AnonHugePages:")).unwrap_or_else(|| panic!("no area at {start:#x} in pid {pid}"));
     line.trim_start_matches("AnonHugePages:").trim().trim_end_matches("kB").trim().parse().unwrap()
 }
+
+impl Workload {
+    /// A detached restore of this workload's image that must be refused: it fails, its text
+    /// names each of `names`, and it leaves no process.
+    pub fn assert_restore_refused(&mut self, names: &[&str], what: &str) {
+        let out = self.restore_detached_raw();
+        assert!(!out.success(), "{what}: restored:\n{out}");
+        for name in names {
+            assert!(out.text().contains(name), "{what}: the refusal does not name {name:?}:\n{out}");
+        }
+        assert!(wait_gone(self.pid, GONE_TIMEOUT), "{what}: the refused restore left its process");
+    }
+}
