@@ -36,6 +36,7 @@ fn decode_status(st: i64) -> Exit {
 
 /// kcmp(KCMP_FILE): do these two fds share one open file description?
 fn same_description(p1: i32, f1: i32, p2: i32, f2: i32) -> bool {
+    // SAFETY: kcmp takes integers only and touches no memory of ours.
     let r = unsafe {
         libc::syscall(libc::SYS_kcmp, p1, p2, 0 /* KCMP_FILE */, f1, f2)
     };
