@@ -52,12 +52,12 @@ impl PageMap {
         self.for_each_run_by_entries(start, end, wanted, run)
     }
 
-    /// PAGEMAP_SCAN: the kernel walks the page tables and returns runs of pages that are
-    /// present or swapped, with their categories; no entry per page comes to user space.
-    fn scan_runs(&self, start: u64, end: u64, wanted: Wanted, run: &mut dyn FnMut(u64, u64)) -> Result<(), SysError> {
+    /// One PAGEMAP_SCAN walk of [start, end) with the category masks of `masks` (its other
+    /// fields are filled here): the kernel walks the page tables and hands over runs of pages
+    /// in the categories asked, `on_region` sees each; no entry per page comes to user space.
+    fn scan(&self, start: u64, end: u64, masks: PmScanArg, on_region: &mut dyn FnMut(&PageRegion)) -> Result<(), nix::errno::Errno> {
         use std::os::fd::AsRawFd;
         let mut regions = [PageRegion::default(); 512];
-        let mut current: Option<(u64, u64)> = None;
         let mut at = start;
         while at < end {
             let mut arg = PmScanArg {
@@ -66,32 +66,42 @@ impl PageMap {
                 end,
                 vec: regions.as_mut_ptr() as u64,
                 vec_len: regions.len() as u64,
-                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
-                ..Default::default()
+                ..masks
             };
             // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
             // `regions`, both alive across the call; the kernel checks `size`.
-            let n = unsafe { pagemap_scan(self.file.as_raw_fd(), &mut arg) }
-                .map_err(|e| SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e))?;
-            for r in &regions[..n as usize] {
-                if !wanted.holds_category(r.categories) {
-                    continue;
-                }
-                current = match current {
-                    Some((s, e)) if e == r.start => Some((s, r.end)),
-                    Some((s, e)) => {
-                        run(s, (e - s) / PAGE_SIZE);
-                        Some((r.start, r.end))
-                    }
-                    None => Some((r.start, r.end)),
-                };
-            }
+            let n = unsafe { pagemap_scan(self.file.as_raw_fd(), &mut arg) }?;
+            regions[..n as usize].iter().for_each(&mut *on_region);
             if arg.walk_end <= at {
                 break;
             }
             at = arg.walk_end;
         }
+        Ok(())
+    }
+
+    /// PAGEMAP_SCAN: runs of pages that are present or swapped, with their categories.
+    fn scan_runs(&self, start: u64, end: u64, wanted: Wanted, run: &mut dyn FnMut(u64, u64)) -> Result<(), SysError> {
+        let masks = PmScanArg {
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+            ..Default::default()
+        };
+        let mut current: Option<(u64, u64)> = None;
+        self.scan(start, end, masks, &mut |r| {
+            if !wanted.holds_category(r.categories) {
+                return;
+            }
+            current = match current {
+                Some((s, e)) if e == r.start => Some((s, r.end)),
+                Some((s, e)) => {
+                    run(s, (e - s) / PAGE_SIZE);
+                    Some((r.start, r.end))
+                }
+                None => Some((r.start, r.end)),
+            };
+        })
+        .map_err(|e| SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e))?;
         if let Some((s, e)) = current {
             run(s, (e - s) / PAGE_SIZE);
         }
@@ -101,44 +111,27 @@ impl PageMap {
     /// The 2 MiB-aligned stretches of [start, end) that a transparent huge page maps whole
     /// (PAGEMAP_SCAN's PAGE_IS_HUGE); empty where the kernel has no PAGEMAP_SCAN.
     pub fn huge_stretches(&self, start: u64, end: u64) -> Result<Vec<u64>, SysError> {
-        use std::os::fd::AsRawFd;
-        let mut regions = [PageRegion::default(); 64];
+        let masks = PmScanArg {
+            // Present huge pages, not the huge zero page (a read of untouched memory).
+            category_inverted: PAGE_IS_PFNZERO,
+            category_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+            return_mask: PAGE_IS_HUGE,
+            ..Default::default()
+        };
         let mut out = Vec::new();
-        let mut at = start;
-        while at < end {
-            let mut arg = PmScanArg {
-                size: std::mem::size_of::<PmScanArg>() as u64,
-                start: at,
-                end,
-                vec: regions.as_mut_ptr() as u64,
-                vec_len: regions.len() as u64,
-                // Present huge pages, not the huge zero page (a read of untouched memory).
-                category_inverted: PAGE_IS_PFNZERO,
-                category_mask: PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-                return_mask: PAGE_IS_HUGE,
-                ..Default::default()
-            };
-            // SAFETY: as in scan_runs: the kernel writes at most `vec_len` regions into the
-            // live array and reads `arg`, whose size it checks.
-            let n = match unsafe { pagemap_scan(self.file.as_raw_fd(), &mut arg) } {
-                Ok(n) => n,
-                Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => return Ok(Vec::new()),
-                Err(e) => return Err(SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e)),
-            };
-            for r in &regions[..n as usize] {
-                // Only whole stretches: a huge page mapped by PTEs (partly unmapped) is not one.
-                let mut s = r.start.next_multiple_of(HUGE_STRETCH);
-                while s + HUGE_STRETCH <= r.end {
-                    out.push(s);
-                    s += HUGE_STRETCH;
-                }
+        let scanned = self.scan(start, end, masks, &mut |r| {
+            // Only whole stretches: a huge page mapped by PTEs (partly unmapped) is not one.
+            let mut s = r.start.next_multiple_of(HUGE_STRETCH);
+            while s + HUGE_STRETCH <= r.end {
+                out.push(s);
+                s += HUGE_STRETCH;
             }
-            if arg.walk_end <= at {
-                break;
-            }
-            at = arg.walk_end;
+        });
+        match scanned {
+            Ok(()) => Ok(out),
+            Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => Ok(Vec::new()),
+            Err(e) => Err(SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e)),
         }
-        Ok(out)
     }
 
     fn for_each_run_by_entries(&self, start: u64, end: u64, wanted: Wanted, run: impl FnMut(u64, u64)) -> Result<(), SysError> {

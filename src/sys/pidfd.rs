@@ -67,9 +67,9 @@ const MADV_COLLAPSE: i32 = 25;
 /// present, or no charge; EINVAL: the area does not allow it; ESRCH: the process is gone).
 pub fn collapse_huge(pidfd: BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
     let iov = libc::iovec { iov_base: start as *mut libc::c_void, iov_len: len as usize };
+    let (fd, iov_ptr) = (pidfd.as_raw_fd(), &iov as *const libc::iovec);
     // SAFETY: the kernel reads one iovec from the live local `iov`; the range it names is in
     // the other process and is not dereferenced here.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_process_madvise, pidfd.as_raw_fd(), &iov as *const libc::iovec, 1usize, MADV_COLLAPSE, 0u32) };
+    let ret = unsafe { libc::syscall(libc::SYS_process_madvise, fd, iov_ptr, 1usize, MADV_COLLAPSE, 0u32) };
     Errno::result(ret).map(drop)
 }
