@@ -42,7 +42,8 @@ impl Kind for Memory {
         tracing::debug!(pid, "saving the memory");
         // Read once: the kernel walks every page table of the process to produce it (about
         // 10 ms per GiB, all of it while the tree is frozen).
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).with_context(|| format!("reading /proc/{pid}/smaps"))?;
+        let smaps = crate::timing::step("dump: read smaps", || std::fs::read_to_string(format!("/proc/{pid}/smaps")))
+            .with_context(|| format!("reading /proc/{pid}/smaps"))?;
         let maps = <procfs::process::MemoryMaps as procfs::FromBufRead>::from_buf_read(smaps.as_bytes())
             .with_context(|| format!("parsing /proc/{pid}/smaps"))?;
         let flag_words = vm_flag_words(&smaps);
@@ -123,9 +124,11 @@ impl Kind for Memory {
                     vma.discard = discard;
                 }
                 (Some(wanted), None) => {
-                    pagemap.for_each_run(start, end, wanted, |address, pages| {
-                        vma.pages.push(PageRun { address, pages, file_offset: next_offset });
-                        next_offset += pages * PAGE_SIZE;
+                    crate::timing::step("dump: page runs", || {
+                        pagemap.for_each_run(start, end, wanted, |address, pages| {
+                            vma.pages.push(PageRun { address, pages, file_offset: next_offset });
+                            next_offset += pages * PAGE_SIZE;
+                        })
                     })?;
                 }
                 (None, _) => {}

@@ -141,7 +141,7 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
             return Ok(false);
         }
     }
-    let (registered, huge) = register_areas(&uffd, pid, vmas);
+    let (registered, huge) = crate::timing::step("dump: register write-protect", || register_areas(&uffd, pid, vmas));
     let file = ctx.image.create_data_file(name)?;
     crate::fault::point("dump-pages-open")?;
     let pages = (total / PAGE_SIZE) as usize;
@@ -163,10 +163,13 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
     armed.save_unprotected_while_frozen()?;
     let armed = Arc::new(armed);
     enlist(armed.clone());
-    for &(start, end) in &armed.registered {
-        uffd::write_protect(armed.uffd.as_fd(), start, end - start, true)
-            .with_context(|| format!("pid {pid}: ioctl(UFFDIO_WRITEPROTECT) of {start:#x}-{end:#x}"))?;
-    }
+    crate::timing::step("dump: write-protect", || -> Result<()> {
+        for &(start, end) in &armed.registered {
+            uffd::write_protect(armed.uffd.as_fd(), start, end - start, true)
+                .with_context(|| format!("pid {pid}: ioctl(UFFDIO_WRITEPROTECT) of {start:#x}-{end:#x}"))?;
+        }
+        Ok(())
+    })?;
     Ok(true)
 }
 
