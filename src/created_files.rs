@@ -7,7 +7,7 @@
 //! renames of the path above it change nothing) plus its name, device and inode; it is removed
 //! only while that name still holds that very file (and, for a socket file, no live socket is
 //! bound to it). Later files go first (a directory made for a file goes after the file).
-//! The records are also written to a journal in [`JOURNAL_DIR`], named after the crust run:
+//! The records are also written to a journal in [`journal_dir`], named after the crust run:
 //! if crust is killed in the middle of a restore (its processes die with it, being traced with
 //! PTRACE_O_EXITKILL), the next crust run removes what the journal lists
 //! ([`repair_left_behind`]).
@@ -24,8 +24,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::unix_diag;
 
-/// Where each crust run journals the files its restore created (root only).
+/// Where each crust run journals the files its restore created (root only), unless
+/// CRUST_JOURNAL_DIR names another directory (an absolute path): runs that share a directory
+/// repair each other's leftovers, so a test suite gives each test its own.
 pub const JOURNAL_DIR: &str = "/run/crust/created-files";
+
+pub fn journal_dir() -> PathBuf {
+    match std::env::var_os("CRUST_JOURNAL_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ => PathBuf::from(JOURNAL_DIR),
+    }
+}
 
 /// One created file, as written to the journal.
 #[derive(Serialize, Deserialize)]
@@ -153,8 +162,9 @@ impl CreatedFiles {
         let journal = match &self.journal {
             Some(j) => j.clone(),
             None => {
-                std::fs::create_dir_all(JOURNAL_DIR).with_context(|| format!("creating {JOURNAL_DIR}"))?;
-                let j = Path::new(JOURNAL_DIR).join(run_name(std::process::id() as i32).context("naming this crust run")?);
+                let dir = journal_dir();
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let j = dir.join(run_name(std::process::id() as i32).context("naming this crust run")?);
                 self.journal = Some(j.clone());
                 j
             }
@@ -167,6 +177,10 @@ impl CreatedFiles {
     fn forget_journal(&mut self) {
         if let Some(j) = self.journal.take() {
             let _ = std::fs::remove_file(j);
+            if std::env::var_os("CRUST_JOURNAL_DIR").is_some() {
+                // A directory of its own (a test's): gone once nothing is left in it.
+                let _ = std::fs::remove_dir(journal_dir());
+            }
         }
     }
 }
@@ -249,7 +263,7 @@ fn remove_if_dead(directory: &OwnedFd, name: &OsString, f: &Journaled) -> bool {
 
 /// Removes what the restores of crust runs that died (SIGKILL, a crash) left behind.
 pub fn repair_left_behind() {
-    let Ok(entries) = std::fs::read_dir(JOURNAL_DIR) else { return };
+    let Ok(entries) = std::fs::read_dir(journal_dir()) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<i32>().ok());

@@ -307,7 +307,7 @@ fn show_into_a_closed_pipe_exits_quietly() {
     // SAFETY: both descriptors are new and owned here only.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(read);
-    let out = Command::new(crust_bin()).args(["show", "-D", &img]).stdout(Stdio::from(write)).output().expect("run crust show");
+    let out = crust_command().args(["show", "-D", &img]).stdout(Stdio::from(write)).output().expect("run crust show");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.is_empty(), "crust show into a closed pipe: {:?}\n{stderr}", out.status);
 

@@ -400,7 +400,7 @@ fn dump_killed_or_interrupted_from_outside_at_any_moment_leaves_the_program_unha
         let signal = [libc::SIGKILL, libc::SIGINT, libc::SIGTERM][round as usize % 3];
         let _ = std::fs::remove_dir_all(&w.image_dir);
         std::fs::create_dir_all(&w.image_dir).unwrap();
-        let mut child = std::process::Command::new(crust_bin())
+        let mut child = crust_command()
             .args(["dump", "-R", "-t", &w.pid.to_string(), "-D", &img])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -6,7 +6,7 @@ use common::*;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn wait_for(path: &std::path::Path, needle: &str) -> bool {
@@ -63,7 +63,7 @@ fn pipe_to_outside_is_refused_unless_declared_external_and_reconnected_with_inhe
     assert!(missing.text().contains("--inherit-fd") && missing.text().contains(&key), "{missing}");
     assert!(!pid_exists(w.pid), "a refused restore left pid {} behind", w.pid);
 
-    let restore = Command::new(crust_bin())
+    let restore = crust_command()
         .args(["restore", "-d", "-D", &img, "--inherit-fd", &format!("fd[0]:{key}")])
         .stdin(Stdio::from(reader))
         .output()

@@ -302,7 +302,7 @@ fn record_swapped_after_the_seal_check_is_refused() {
     fs::copy(&core, &edited).unwrap();
     assert!(edit_record(&edited, &[0xfe, 0xff, 0x03], &[0x00, 0x00, 0x00]) > 0, "no uid 65534 in the core record");
     let img = w.image_dir.to_string_lossy().into_owned();
-    let child = std::process::Command::new(crust_bin())
+    let child = crust_command()
         .args(["restore", "-d", "-D", &img])
         .env("CRUST_FAULT", "restore-sealed:1:sleep1500")
         .stdout(std::process::Stdio::piped())

@@ -323,7 +323,7 @@ impl LeaseTree {
         let t0 = mono();
         let out = if piped {
             let start = Instant::now();
-            let o = Command::new(crust_bin())
+            let o = crust_command()
                 .args(&args)
                 .envs(self.w.crust_env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())

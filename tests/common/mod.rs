@@ -39,6 +39,20 @@ pub fn crust_bin() -> &'static str {
     env!("CARGO_BIN_EXE_crust")
 }
 
+/// A command running crust with this test's journal directory: crust runs share their
+/// journals of created files (the next run repairs what a killed restore left), so tests that
+/// kill a restore would see their leftovers removed by a test running in parallel.
+pub fn crust_command() -> Command {
+    let mut cmd = Command::new(crust_bin());
+    cmd.env("RUST_BACKTRACE", "1").env("CRUST_JOURNAL_DIR", journal_dir());
+    cmd
+}
+
+/// This test process's own journal directory (nextest runs each test in its own process).
+pub fn journal_dir() -> PathBuf {
+    PathBuf::from(format!("/run/crust/test-journals/{}", std::process::id()))
+}
+
 /// Per-process setup: become a child subreaper (restored processes are re-parented
 /// to us when a detached `crust restore` exits).
 pub fn init() {
@@ -580,12 +594,11 @@ where
     let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     let tmp = TempDir::new("crust-out");
     let (out_path, err_path) = (tmp.path.join("stdout"), tmp.path.join("stderr"));
-    let mut cmd = Command::new(crust_bin());
+    let mut cmd = crust_command();
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(fs::File::create(&err_path).unwrap())
-        .env("RUST_BACKTRACE", "1")
         .envs(env.iter().map(|(k, v)| (k, v)));
     cloexec_inherited_fds(&mut cmd);
     let start = Instant::now();
@@ -941,12 +954,11 @@ impl Workload {
     #[track_caller]
     pub fn restore_attached(&mut self) {
         let (out_path, err_path) = (self.dir.path.join("restore.stdout"), self.dir.path.join("restore.stderr"));
-        let mut cmd = Command::new(crust_bin());
+        let mut cmd = crust_command();
         cmd.args(self.restore_args(false))
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path).unwrap())
             .stderr(fs::File::create(&err_path).unwrap())
-            .env("RUST_BACKTRACE", "1")
             .envs(self.crust_env.iter().map(|(k, v)| (k, v)));
         cloexec_inherited_fds(&mut cmd);
         let mut child = cmd.spawn().expect("spawn crust restore");
