@@ -132,19 +132,30 @@ pub struct ImageDir {
     syncer: std::sync::Arc<std::sync::Mutex<Option<Syncer>>>,
 }
 
-/// A record to write to its temporary file, sync and rename into place.
-struct Deferred {
-    bytes: Vec<u8>,
-    tmp: PathBuf,
-    path: PathBuf,
+/// Work for the syncer threads: a record to write to its temporary file, sync and rename into
+/// place, or a data file written already, to sync.
+enum Deferred {
+    Record { bytes: Vec<u8>, tmp: PathBuf, path: PathBuf },
+    DataFile { file: File, path: PathBuf },
 }
 
 impl Deferred {
     fn write(&self) -> std::io::Result<()> {
-        let mut f = create_no_follow(&self.tmp)?;
-        f.write_all(&self.bytes)?;
-        f.sync_data()?;
-        fs::rename(&self.tmp, &self.path)
+        match self {
+            Deferred::Record { bytes, tmp, path } => {
+                let mut f = create_no_follow(tmp)?;
+                f.write_all(bytes)?;
+                f.sync_data()?;
+                fs::rename(tmp, path)
+            }
+            Deferred::DataFile { file, .. } => file.sync_data(),
+        }
+    }
+
+    fn path(self) -> PathBuf {
+        match self {
+            Deferred::Record { path, .. } | Deferred::DataFile { path, .. } => path,
+        }
     }
 }
 
@@ -181,7 +192,7 @@ impl Syncer {
                         if let Err(source) = job.write()
                             && result.is_ok()
                         {
-                            result = Err(ImageError::Io { path: job.path, source });
+                            result = Err(ImageError::Io { path: job.path(), source });
                         }
                     }
                 })
@@ -363,11 +374,23 @@ impl ImageDir {
     /// on: the record is in place, durable, once [`Self::finish_deferred`] returned.
     pub fn write_record_deferred<R: Record>(&self, name: &str, record: &R) -> Result<(), ImageError> {
         let (bytes, tmp, path) = self.framed(name, record);
+        self.defer(Deferred::Record { bytes, tmp, path })
+    }
+
+    /// Makes data file `name`, written through `file`, durable on the syncer threads: done once
+    /// [`Self::finish_deferred`] returned. A dump without -R kills the tree after that: the
+    /// image is then the only copy of its memory, and a crash must not leave it half on disk
+    /// (on tmpfs the sync costs nothing).
+    pub fn sync_data_file_deferred(&self, name: &str, file: &File) -> Result<(), ImageError> {
+        let path = self.path(name);
+        let file = file.try_clone().map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        self.defer(Deferred::DataFile { file, path })
+    }
+
+    fn defer(&self, job: Deferred) -> Result<(), ImageError> {
         let mut syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner());
         let queue = &syncer.get_or_insert_with(Syncer::start).queue;
-        queue
-            .send(Deferred { bytes, tmp, path: path.clone() })
-            .map_err(|_| ImageError::Io { path, source: std::io::Error::other("the record sync threads are gone") })
+        queue.send(job).map_err(|e| ImageError::Io { path: e.0.path(), source: std::io::Error::other("the record sync threads are gone") })
     }
 
     /// Waits until every record of [`Self::write_record_deferred`] is synced and in place.

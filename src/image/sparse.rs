@@ -25,6 +25,7 @@ pub fn save_contents(image: &ImageDir, object: &File, name: &str) -> Result<u64>
             at += n as u64;
         }
     }
+    image.sync_data_file_deferred(name, &out)?;
     Ok(size)
 }
 

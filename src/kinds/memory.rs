@@ -345,6 +345,7 @@ fn write_pages(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64) -> Resul
     let file = ctx.image.create_data_file(name)?;
     crate::fault::point("dump-pages-open")?;
     let record = super::page_copy::copy_to_file(pid, &file, name, &page_pieces(vmas), total, None)?;
+    ctx.image.sync_data_file_deferred(name, &file)?;
     ctx.image.hashed_while_written(record);
     Ok(())
 }

@@ -401,7 +401,10 @@ pub fn copy_deferred(image: &crate::image::ImageDir) -> Result<()> {
                     "{} pages copied while the process ran, {faults} of them saved at a write fault first",
                     a.total / PAGE_SIZE
                 );
-                image.hashed_while_written(record)
+                image.hashed_while_written(record);
+                if let Err(e) = image.sync_data_file_deferred(&a.name, &a.file) {
+                    result = Err(e.into());
+                }
             }
             (Ok(_), Some(why)) => result = Err(MemoryMoved(why).into()),
             (Err(e), _) => result = Err(e),
