@@ -311,6 +311,7 @@ fn finish_image(
     crate::fault::point("dump-checksums")?;
     crate::interrupt::check()?;
     image.write_record(image::INVENTORY, &inventory)?;
+    image.sync_directory()?;
     Ok(inventory)
 }
 

@@ -393,6 +393,12 @@ impl ImageDir {
         queue.send(job).map_err(|e| ImageError::Io { path: e.0.path(), source: std::io::Error::other("the record sync threads are gone") })
     }
 
+    /// Makes the names of the files renamed into the directory durable (fsync of the
+    /// directory itself: a synced file renamed into place can still vanish in a crash).
+    pub fn sync_directory(&self) -> Result<(), ImageError> {
+        File::open(&self.root).and_then(|d| d.sync_all()).map_err(|source| ImageError::Io { path: self.root.clone(), source })
+    }
+
     /// Waits until every record of [`Self::write_record_deferred`] is synced and in place.
     pub fn finish_deferred(&self) -> Result<(), ImageError> {
         let syncer = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take();
