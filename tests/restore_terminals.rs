@@ -287,12 +287,18 @@ fn script_on_its_own_pseudo_terminal_goes_on_after_restore() {
         (f[3].clone(), f[4].clone(), f[5].clone(), std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap())
     };
     let before = state(shell);
-    let tree: Vec<i32> = children_of(shell).into_iter().chain([shell]).collect();
     w.dump();
-    // The killed shell and its sleep were orphans reparented to the test (a subreaper); a sleep
-    // that ended before the dump was the shell's to reap, not ours.
-    for pid in tree {
-        if is_our_child(pid) {
+    // The killed shell and its sleep (whichever sleep it had forked by the freeze, maybe one
+    // younger than any we could list before the dump) are orphans reparented to the test, a
+    // subreaper: every child the test has now is one of them, to reap before the restore
+    // needs their pids (a sleep that ended before the dump was the shell's to reap, not ours).
+    let us = std::process::id() as i32;
+    for _ in 0..10 {
+        let orphans = children_of(us);
+        if orphans.is_empty() {
+            break;
+        }
+        for pid in orphans {
             let _ = waitpid_timeout(pid, Duration::from_secs(5));
         }
     }
