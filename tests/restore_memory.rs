@@ -227,6 +227,27 @@ while True:
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
 }
 
+/// lazy_pattern.c `huge`: 64 MiB advised MADV_HUGEPAGE, all in huge pages, right after another
+/// anonymous area (so it is made elsewhere and moved into place, see memory.rs
+/// map_anonymous_apart: no page table may be left in it). Restored eagerly (crust writes the
+/// pages from both cores; the first write into each stretch faults a huge page), the area holds
+/// exactly as many huge pages right after the restore as before the dump (before: one fewer),
+/// and the program finds every word as it was.
+#[test]
+fn huge_pages_of_an_advised_area_come_back_huge_with_their_contents() {
+    let mut w = Workload::spawn("lazy_pattern", &["64", "huge"]);
+    let area = u64::from_str_radix(&w.ready_field("area"), 16).unwrap();
+    let huge_before = area_huge_kib(w.pid, area);
+    assert_eq!(huge_before, 64 * 1024, "test setup: the area is all huge pages");
+    w.dump();
+    w.restore_detached();
+    assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages of the area right after the restore (kB)");
+    std::fs::write(w.go_path(), b"go\n").unwrap();
+    w.wait_status_line("VERIFIED", Duration::from_secs(60));
+    std::fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+}
+
 /// lazy_pattern.c `collapse`: an area not advised MADV_HUGEPAGE, half of which the program
 /// collapsed into huge pages itself. Restored (eagerly), it holds exactly as many huge pages as
 /// before (the stretches that were huge are collapsed again before it runs; a plain fill would

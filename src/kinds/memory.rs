@@ -18,7 +18,7 @@ use super::{DumpCtx, Kind, RestoreCtx};
 use crate::image::proto::{Mm, MmFields, PageRun, Vma, vma::Kind as VmaKind};
 use crate::image::{self};
 use crate::sys::PAGE_SIZE;
-use crate::sys::pagemap::{PageMap, Runs, Wanted, frame};
+use crate::sys::pagemap::{HUGE_STRETCH, PageMap, Runs, Wanted, frame};
 use crate::sys::remote::{RemoteTask, Scratch, find_syscall_instruction};
 
 pub struct Memory;
@@ -923,17 +923,21 @@ fn map_anonymous_apart(remote: &mut RemoteTask, vma: &Vma, prot: u64, flags: u64
     // the area made elsewhere cannot be made right there.
     let placeholder = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE) as u64;
     remote.syscall("mmap(placeholder)", libc::SYS_mmap, &[vma.start, len, libc::PROT_NONE as u64, placeholder, u64::MAX, 0])?;
-    let made = remote.syscall("mmap", libc::SYS_mmap, &[0, len, prot, flags, u64::MAX, 0])?;
     // mremap gives an area never faulted the page offset of its new place (to let it merge):
-    // one page touched, then dropped, keeps the offset of where it was made.
+    // one page touched keeps the offset of where it was made. The page touched lies in a tail
+    // made with the area and unmapped afterwards, in another 2 MiB stretch than any of the
+    // area's: a page table left in a stretch of the area (even empty) would keep its first
+    // fault from being a huge page's.
     // (Best effort: an area that cannot be touched may merge, as before.)
-    let _ = remote.write_memory(made, &[0]);
-    remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[made, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
+    let tail = HUGE_STRETCH + PAGE_SIZE;
+    let made = remote.syscall("mmap", libc::SYS_mmap, &[0, len + tail, prot, flags, u64::MAX, 0])?;
+    let _ = remote.write_memory(made + len + HUGE_STRETCH, &[0]);
     let moved = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
     let got = remote.syscall("mremap", libc::SYS_mremap, &[made, len, len, moved, vma.start])?;
     if got != vma.start {
         bail!("mremap to {:#x} returned {got:#x}", vma.start);
     }
+    remote.syscall("munmap(tail)", libc::SYS_munmap, &[made + len, tail])?;
     Ok(())
 }
 
