@@ -11,10 +11,16 @@
 //! registration only serves the placing: the userfaultfd is closed before the process runs,
 //! which ends it (pages never placed are ordinary zero-fill-on-demand memory again).
 //!
-//! Only large private anonymous areas are filled so ([`fills`]): UFFDIO_COPY places 4 KiB
-//! pages (huge page areas stay with the fallback, to stay huge), cannot place pages into file
-//! mappings or over present pages (inherited areas), and costs two ioctls per area (small
-//! areas are cheaper with preadv's 1024 runs per call).
+//! Only large private anonymous areas are filled so ([`fills`]): UFFDIO_COPY cannot place
+//! pages into file mappings or over present pages (inherited areas), and costs two ioctls per
+//! area (small areas are cheaper with preadv's 1024 runs per call).
+//!
+//! UFFDIO_COPY places 4 KiB pages only, so an area advised MADV_HUGEPAGE is written with
+//! process_vm_writev instead ([`Placing::Write`]): the first write into each 2 MiB stretch
+//! faults a huge page, zeroed then copied into, as the process's own preadv would, but from
+//! every core at once, with the bytes checked in the worker's cache (docs/memory-dump.md). An
+//! area that had huge pages without the advice stays with preadv (its stretches are collapsed
+//! afterwards).
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -38,6 +44,16 @@ const MIN_AREA_BYTES: u64 = 1 << 20;
 /// preadv (a userfaultfd and a worker thread cost about a tenth of a millisecond).
 const MIN_PROCESS_BYTES: u64 = 8 << 20;
 
+/// How crust places the pages of an area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placing {
+    /// UFFDIO_COPY: each page allocated and copied into, never zeroed.
+    Copy,
+    /// process_vm_writev, for an area advised MADV_HUGEPAGE: the first write into a 2 MiB
+    /// stretch faults a huge page (UFFDIO_COPY would place 4 KiB pages).
+    Write,
+}
+
 /// Whether crust places the pages of `vma` itself (of a process whose areas that qualify hold
 /// `process_bytes` of saved pages, see [`filled_bytes`]).
 pub fn fills(vma: &Vma, process_bytes: u64) -> bool {
@@ -45,13 +61,22 @@ pub fn fills(vma: &Vma, process_bytes: u64) -> bool {
 }
 
 fn qualifies(vma: &Vma) -> bool {
-    vma.kind() == VmaKind::PrivateAnonymous
+    placing(vma).is_some()
+}
+
+fn placing(vma: &Vma) -> Option<Placing> {
+    let large = vma.kind() == VmaKind::PrivateAnonymous
         && !vma.inherited
         && !vma.unaccounted
         && !vma.droppable
-        && !vma.huge_page_advised
-        && !vma.had_huge_pages
-        && saved_bytes(vma) >= MIN_AREA_BYTES
+        && saved_bytes(vma) >= MIN_AREA_BYTES;
+    match (large, vma.huge_page_advised, vma.had_huge_pages) {
+        (false, _, _) => None,
+        (true, true, _) => Some(Placing::Write),
+        // Collapsed after the fill (memory.rs), from pages the process reads in.
+        (true, false, true) => None,
+        (true, false, false) => Some(Placing::Copy),
+    }
 }
 
 fn saved_bytes(vma: &Vma) -> u64 {
@@ -111,29 +136,35 @@ fn registered_userfaultfd(ctx: &mut RestoreCtx, vmas: &[&Vma]) -> Result<OwnedFd
 pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile) -> Result<bool> {
     let pid = ctx.pid.as_raw();
     let t0 = std::time::Instant::now();
-    let uffd = match registered_userfaultfd(ctx, vmas) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::info!(pid, "pages read in by the process instead: {e:#}");
-            return Ok(false);
-        }
+    let copied: Vec<&Vma> = vmas.iter().copied().filter(|v| placing(v) == Some(Placing::Copy)).collect();
+    let uffd = match copied.is_empty() {
+        true => None,
+        false => match registered_userfaultfd(ctx, &copied) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::info!(pid, "pages read in by the process instead: {e:#}");
+                return Ok(false);
+            }
+        },
     };
     // The very file the restore checked (see ImageDir::data_file).
     let file = ctx.image.data_file(&record.name)?;
     chunks::check_layout(path, record, record.size)?;
-    let pieces: Vec<Piece> = vmas
+    let pieces: Vec<(Piece, Placing)> = vmas
         .iter()
-        .flat_map(|v| &v.pages)
-        .map(|r| Piece { address: r.address, len: r.pages * PAGE_SIZE, file_offset: r.file_offset })
+        .filter_map(|v| Some((v, placing(v)?)))
+        .flat_map(|(v, how)| v.pages.iter().map(move |r| (r, how)))
+        .map(|(r, how)| (Piece { address: r.address, len: r.pages * PAGE_SIZE, file_offset: r.file_offset }, how))
         .collect();
     let plan = by_chunk(&pieces, record.chunk_size)?;
     let claims = Claims::new(plan.len());
+    let into = Target { pid, uffd: uffd.as_ref().map(|u| u.as_fd()) };
     let work = |from_the_end: bool| -> Result<()> {
         let mut buffer = Vec::new();
         while let Some(position) = claims.take(from_the_end) {
             crate::interrupt::check()?;
             let (index, pieces) = &plan[position];
-            place_chunk(pid, uffd.as_fd(), (&file, path, record), *index, pieces, &mut buffer)?;
+            place_chunk(into, (&file, path, record), *index, pieces, &mut buffer)?;
             crate::fault::point("restore-pages-placed")?;
         }
         Ok(())
@@ -149,7 +180,7 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
         }
         result
     })?;
-    let bytes: u64 = pieces.iter().map(|p| p.len).sum();
+    let bytes: u64 = pieces.iter().map(|(p, _)| p.len).sum();
     tracing::info!(pid, ms = t0.elapsed().as_secs_f64() * 1e3, bytes, "pages placed by crust");
     // Closing the last copy ends the registration: the process keeps no trace of it.
     drop(uffd);
@@ -187,13 +218,16 @@ fn workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
 }
 
-/// The pieces by chunk of the page file: (chunk index, its pieces), in file order.
-fn by_chunk(pieces: &[Piece], chunk: u64) -> Result<Vec<(usize, Vec<Piece>)>> {
+/// A chunk of the page file (its index) and the pieces placed from it, each with its tag.
+type ChunkPlan<T> = (usize, Vec<(Piece, T)>);
+
+/// The pieces by chunk of the page file, in file order.
+fn by_chunk<T: Copy>(pieces: &[(Piece, T)], chunk: u64) -> Result<Vec<ChunkPlan<T>>> {
     if chunk == 0 {
         bail!("page file chunk size 0");
     }
-    let mut out: Vec<(usize, Vec<Piece>)> = Vec::new();
-    for p in pieces {
+    let mut out: Vec<ChunkPlan<T>> = Vec::new();
+    for &(ref p, tag) in pieces {
         let mut done = 0;
         while done < p.len {
             let at = p.file_offset + done;
@@ -201,8 +235,8 @@ fn by_chunk(pieces: &[Piece], chunk: u64) -> Result<Vec<(usize, Vec<Piece>)>> {
             let index = (at / chunk) as usize;
             let piece = Piece { address: p.address + done, len: n, file_offset: at };
             match out.iter_mut().rev().find(|(i, _)| *i == index) {
-                Some((_, list)) => list.push(piece),
-                None => out.push((index, vec![piece])),
+                Some((_, list)) => list.push((piece, tag)),
+                None => out.push((index, vec![(piece, tag)])),
             }
             done += n;
         }
@@ -211,30 +245,59 @@ fn by_chunk(pieces: &[Piece], chunk: u64) -> Result<Vec<(usize, Vec<Piece>)>> {
     Ok(out)
 }
 
-/// Reads chunk `index` of the page file, checks it, and places `pieces` (inside it) with
-/// UFFDIO_COPY.
-fn place_chunk(
+/// Where the pages go: the process, and its userfaultfd when some are placed with UFFDIO_COPY.
+#[derive(Clone, Copy)]
+struct Target<'a> {
     pid: i32,
-    uffd: BorrowedFd,
+    uffd: Option<BorrowedFd<'a>>,
+}
+
+/// Reads chunk `index` of the page file, checks it, and places `pieces` (inside it), each as
+/// its area is placed.
+fn place_chunk(
+    into: Target,
     source: (&File, &Path, &DataFile),
     index: usize,
-    pieces: &[Piece],
+    pieces: &[(Piece, Placing)],
     buffer: &mut Vec<u8>,
 ) -> Result<()> {
     let (file, path, record) = source;
+    let pid = into.pid;
     let start = index as u64 * record.chunk_size;
     let len = record.chunk_size.min(record.size.saturating_sub(start)) as usize;
     buffer.resize(len, 0);
     file.read_exact_at(buffer, start).with_context(|| format!("pid {pid}: reading {} at {start}", path.display()))?;
     chunks::verify_chunk(path, record, index, buffer)?;
-    for p in pieces {
+    for (p, how) in pieces {
         let from = (p.file_offset - start) as usize;
         let Some(bytes) = buffer.get(from..from + p.len as usize) else {
             bail!("pid {pid}: pages at {:#x} lie past the end of {} ({} bytes)", p.address, path.display(), record.size);
         };
-        place(pid, uffd, p.address, bytes)?;
+        match (how, into.uffd) {
+            (Placing::Copy, Some(uffd)) => place(pid, uffd, p.address, bytes)?,
+            (Placing::Copy, None) => bail!("pid {pid}: pages at {:#x} to place without a userfaultfd", p.address),
+            (Placing::Write, _) => write(pid, p.address, bytes)?,
+        }
     }
-    crate::progress::copied(pieces.iter().map(|p| p.len).sum());
+    crate::progress::copied(pieces.iter().map(|(p, _)| p.len).sum());
+    Ok(())
+}
+
+/// process_vm_writev of `bytes` to `address`, until all are written (a write may stop short).
+fn write(pid: i32, address: u64, bytes: &[u8]) -> Result<()> {
+    use nix::sys::uio::{RemoteIoVec, process_vm_writev};
+    let mut done = 0;
+    let mut retries = 0;
+    while done < bytes.len() {
+        let at = address + done as u64;
+        let remote = [RemoteIoVec { base: at as usize, len: bytes.len() - done }];
+        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &[std::io::IoSlice::new(&bytes[done..])], &remote) {
+            Ok(n) if n > 0 => done += n,
+            Ok(_) => bail!("pid {pid}: process_vm_writev of {} bytes at {at:#x} wrote nothing", bytes.len() - done),
+            Err(Errno::EINTR) if retries < 100 => retries += 1,
+            Err(e) => bail!("pid {pid}: process_vm_writev of {} bytes at {at:#x}: {e}", bytes.len() - done),
+        }
+    }
     Ok(())
 }
 
@@ -270,14 +333,17 @@ mod tests {
     #[test]
     fn pieces_are_grouped_by_chunk_in_file_order() {
         let c = 1u64 << 20;
-        let pieces =
-            [Piece { address: 0x10000, len: c + 8192, file_offset: c - 4096 }, Piece { address: 0x900000, len: 4096, file_offset: 3 * c }];
+        let pieces = [
+            (Piece { address: 0x10000, len: c + 8192, file_offset: c - 4096 }, 'a'),
+            (Piece { address: 0x900000, len: 4096, file_offset: 3 * c }, 'b'),
+        ];
         let plan = by_chunk(&pieces, c).unwrap();
         let indices: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
         assert_eq!(indices, vec![0, 1, 2, 3]);
-        assert_eq!(plan[0].1, vec![Piece { address: 0x10000, len: 4096, file_offset: c - 4096 }]);
-        assert_eq!(plan[1].1, vec![Piece { address: 0x11000, len: c, file_offset: c }]);
-        assert_eq!(plan[2].1, vec![Piece { address: 0x11000 + c, len: 4096, file_offset: 2 * c }]);
+        assert_eq!(plan[0].1, vec![(Piece { address: 0x10000, len: 4096, file_offset: c - 4096 }, 'a')]);
+        assert_eq!(plan[1].1, vec![(Piece { address: 0x11000, len: c, file_offset: c }, 'a')]);
+        assert_eq!(plan[2].1, vec![(Piece { address: 0x11000 + c, len: 4096, file_offset: 2 * c }, 'a')]);
+        assert_eq!(plan[3].1, vec![(Piece { address: 0x900000, len: 4096, file_offset: 3 * c }, 'b')]);
     }
 
     #[test]
@@ -307,7 +373,16 @@ mod tests {
         small.pages = vec![PageRun { address: 0x1000000, pages: 1, file_offset: 0x1000000 }];
         let mm = Mm { vmas: vec![big.clone(), small.clone()], ..Default::default() };
         assert_eq!(preadv_chunks(&mm, false, 1 << 20), vec![16]);
-        // Huge pages stay with preadv, and so does a process with too little to place.
+        // Huge pages of an area advised MADV_HUGEPAGE are crust's too (written, not copied).
+        let mut advised = huge.clone();
+        advised.huge_page_advised = true;
+        assert_eq!(placing(&advised), Some(Placing::Write));
+        assert_eq!(placing(&big), Some(Placing::Copy));
+        let mm = Mm { vmas: vec![advised, small.clone()], ..Default::default() };
+        assert_eq!(preadv_chunks(&mm, false, 1 << 20), vec![16]);
+        // Huge pages without the advice stay with preadv (collapsed afterwards), and so does
+        // a process with too little to place.
+        assert_eq!(placing(&huge), None);
         let mm = Mm { vmas: vec![huge, small], ..Default::default() };
         assert_eq!(preadv_chunks(&mm, false, 1 << 20), (0..17).collect::<Vec<_>>());
     }
