@@ -422,6 +422,47 @@ fn eager_restore_of_a_damaged_chunk_placed_by_crust_is_refused_naming_it() {
     check_every_word_and_end(&mut w, &fds_before);
 }
 
+/// Eager restore of 64 MiB advised MADV_HUGEPAGE, whose pages crust writes itself
+/// (process_vm_writev from both cores: the first write into a stretch faults a huge page). With
+/// one byte of a chunk changed it is refused naming the file, the field and the chunk, and the
+/// process never ran; killed or failing while the pages are written, it leaves no process; with
+/// the page file put back it restores with every huge page huge and every word right.
+#[test]
+fn eager_restore_of_huge_pages_written_by_crust_checks_each_chunk_and_leaves_nothing_on_failure() {
+    let mut w = Workload::spawn("lazy_pattern", &["64", "huge"]);
+    let fds_before = fd_targets(w.pid);
+    let area = hex(&w, "area");
+    let huge_before = area_huge_kib(w.pid, area);
+    assert_eq!(huge_before, 64 * 1024, "test setup: the area is all huge pages");
+    w.dump();
+    let img = w.image_dir.to_string_lossy().into_owned();
+    let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
+    let good = fs::read(&pages).unwrap();
+    let chunk = 40usize << 20;
+    assert!(good.len() > chunk + (1 << 20), "test setup: page file of {} bytes", good.len());
+    let mut bad = good.clone();
+    bad[chunk + 4567] ^= 0x5a;
+    fs::write(&pages, &bad).unwrap();
+    let out = crust(["restore", "-d", "-D", &img]);
+    assert!(!out.success(), "a damaged chunk was restored:\n{out}");
+    let named = format!("bytes {}..{}", chunk, chunk + (1 << 20));
+    assert!(out.text().contains("chunk_blake3") && out.text().contains(&named), "the refusal names the field and the chunk:\n{out}");
+    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the refused restore left pid {}", w.pid);
+    fs::write(&pages, &good).unwrap();
+    for action in ["kill", "fail"] {
+        let fault = [("CRUST_FAULT".to_string(), format!("restore-pages-placed:3:{action}"))];
+        let out = crust_env(["restore", "-d", "-D", &img], &fault);
+        assert!(!out.success(), "{action} while writing pages: the restore succeeded:\n{out}");
+        assert!(wait_gone(w.pid, GONE_TIMEOUT), "{action} while writing pages: pid {} is left", w.pid);
+    }
+    assert!(!w.status_text().contains("VERIFIED"), "the process ran before its pages were all in");
+    w.restore_extra = vec!["-v3".into()];
+    let out = w.restore_detached();
+    assert!(out.text().contains("pages placed by crust"), "crust did not write the pages itself:\n{out}");
+    assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages of the area right after the restore (kB)");
+    check_every_word_and_end(&mut w, &fds_before);
+}
+
 /// The kernel refusing crust a userfaultfd (stood for by CRUST_FAULT=restore-pages-userfaultfd
 /// :1:fail): the process reads its 64 MiB in itself, crust checks their chunks first, and every
 /// word is right. Killed, interrupted or failing while crust places the pages, a restore
