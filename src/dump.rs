@@ -554,6 +554,14 @@ fn collect_tree(frozen: &mut [Frozen], members: &[Member], image: &ImageDir, pro
     let parent_of = |pid: Pid| {
         members.iter().find(|m| m.pid == pid).map(|m| m.ppid).filter(|ppid| members.iter().any(|m| m.pid == *ppid && m.zombie.is_none()))
     };
+    // Asked first: its brk(0) takes the mmap lock for writing, which would wait for a read of
+    // smaps to end.
+    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
+    let asked = crate::timing::step("dump: asked of all", || crate::kinds::asked::ask_all(&mut leaders))?;
+    // Every process's smaps is read ahead on a worker thread while the files and the
+    // dispositions are collected (kinds/smaps_ahead.rs): nothing of them waits for the mmap lock.
+    let pids: Vec<i32> = frozen.iter().map(|f| f.pid.as_raw()).collect();
+    open_files.state.get::<crate::kinds::smaps_ahead::SmapsAhead>().start(&pids);
     // Files first, for every process: most refusals come from them, and they come before any
     // memory is written.
     let mut files = Vec::new();
@@ -576,7 +584,6 @@ fn collect_tree(frozen: &mut [Frozen], members: &[Member], image: &ImageDir, pro
     // Every process reads its dispositions at once: they cannot change while it is frozen.
     let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
     let actions = crate::timing::step("dump: dispositions of all", || crate::kinds::signals::dispositions_of_all(&mut leaders))?;
-    let asked = crate::timing::step("dump: asked of all", || crate::kinds::asked::ask_all(&mut leaders))?;
     let mut pages_bytes = 0;
     for (((f, files), actions), asked) in frozen.iter_mut().zip(files).zip(actions).zip(asked) {
         crate::interrupt::check()?;

@@ -41,9 +41,9 @@ impl Kind for Memory {
         let pid = ctx.pid.as_raw();
         tracing::debug!(pid, "saving the memory");
         // Read once: the kernel walks every page table of the process to produce it (about
-        // 10 ms per GiB, all of it while the tree is frozen).
-        let smaps = crate::timing::step("dump: read smaps", || std::fs::read_to_string(format!("/proc/{pid}/smaps")))
-            .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+        // 10 ms per GiB, all of it while the tree is frozen), so it is read ahead while the
+        // other kinds are collected (see smaps_ahead).
+        let smaps = crate::timing::step("dump: wait for smaps", || ctx.open_files.state.get::<super::smaps_ahead::SmapsAhead>().take(pid))?;
         let maps = <procfs::process::MemoryMaps as procfs::FromBufRead>::from_buf_read(smaps.as_bytes())
             .with_context(|| format!("parsing /proc/{pid}/smaps"))?;
         let flag_words = vm_flag_words(&smaps);
