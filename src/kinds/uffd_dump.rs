@@ -257,7 +257,8 @@ impl Armed {
             before += p.len / PAGE_SIZE;
             at
         });
-        let (low, high) = split_ranges(&self.registered, middle.unwrap_or(u64::MAX));
+        // On a 2 MiB boundary: protecting part of a huge page would split it.
+        let (low, high) = split_ranges(&self.registered, middle.map_or(u64::MAX, |m| m & !(HUGE - 1)));
         std::thread::scope(|scope| {
             let other = std::thread::Builder::new().name("crust-protect".into()).spawn_scoped(scope, || self.write_protect(&high));
             let mine = self.write_protect(&low);
