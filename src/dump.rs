@@ -558,6 +558,12 @@ fn collect_tree(frozen: &mut [Frozen], members: &[Member], image: &ImageDir, pro
     // smaps to end.
     let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
     let asked = crate::timing::step("dump: asked of all", || crate::kinds::asked::ask_all(&mut leaders))?;
+    // `dump -R`: every process is write-protected from now on, by threads of crust while the
+    // rest is collected (kinds/uffd_dump.rs). Before smaps is read: registering takes the
+    // mmap lock for writing.
+    for f in frozen.iter_mut() {
+        crate::timing::step("dump: arm early", || crate::kinds::uffd_dump::arm_early(&mut f.remote))?;
+    }
     // Every process's smaps is read ahead on a worker thread while the files and the
     // dispositions are collected (kinds/smaps_ahead.rs): nothing of them waits for the mmap lock.
     let pids: Vec<i32> = frozen.iter().map(|f| f.pid.as_raw()).collect();

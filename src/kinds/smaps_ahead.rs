@@ -7,7 +7,8 @@
 //! the read starts and changes no other mapping while it collects), so it overlaps the
 //! injected system calls, which mostly wait for the tracee to be scheduled. The memory dump
 //! takes the text when it needs it ([`SmapsAhead::take`]); a process the worker has not
-//! reached yet is read by the taker itself.
+//! reached yet is read by the taker itself. With `dump -R`, the worker and the taker also
+//! write-protect the process's memory whenever they have nothing else to do (uffd_dump).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -62,7 +63,13 @@ impl SmapsAhead {
                 state.slots.remove(&pid);
                 return read.with_context(|| format!("pid {pid}: reading /proc/{pid}/smaps (read ahead)"));
             }
-            state = shared.done.wait(state).unwrap();
+            // Meanwhile the process's write-protection (`dump -R`) goes on on this core.
+            drop(state);
+            let protected = super::uffd_dump::protect_piece(pid);
+            state = shared.state.lock().unwrap();
+            if !protected && !matches!(state.slots.get(&pid), Some(Some(_))) {
+                state = shared.done.wait(state).unwrap();
+            }
         }
     }
 }
@@ -92,5 +99,8 @@ fn read_ahead(shared: &Shared) {
         let read = read_smaps(pid);
         shared.state.lock().unwrap().slots.insert(pid, Some(read));
         shared.done.notify_all();
+        // `dump -R`: then the process's write-protection, with the tracer once it is done
+        // with its calls in the process (see uffd_dump::arm_early).
+        while super::uffd_dump::protect_piece(pid) {}
     }
 }

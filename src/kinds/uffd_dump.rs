@@ -21,14 +21,15 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::DumpCtx;
 use super::page_copy::{ChunkHook, Piece};
 use crate::image::proto::{Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
+use crate::sys::remote::RemoteTask;
 use crate::sys::uffd;
 
 const HUGE: u64 = 2 << 20;
@@ -82,7 +83,11 @@ pub fn abandon() {
 
 /// Stops the fault thread and closes every userfaultfd; the fault thread's error, if any.
 fn end_session() -> Result<()> {
+    REFUSED.lock().unwrap().clear();
     let Some(session) = SESSION.lock().unwrap().take() else { return Ok(()) };
+    // No thread protects pages any more once the fault thread stops.
+    let armed: Vec<Arc<Armed>> = session.armed.lock().unwrap().clone();
+    armed.iter().for_each(|a| a.stop_protecting());
     session.stop.store(true, Ordering::SeqCst);
     let served = session.server.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the fault thread panicked")));
     session.armed.lock().unwrap().clear();
@@ -102,21 +107,21 @@ fn enlist(armed: Arc<Armed>) {
     session.armed.lock().unwrap().push(armed);
 }
 
-/// One process whose pages are copied after the tree runs on.
+/// One process whose pages are copied after the tree runs on. Armed as soon as the tree is
+/// frozen ([`arm_early`]): its private anonymous areas are registered, and write-protected by
+/// threads of crust while the tracer collects the other kinds; where each page goes in the
+/// page file (the layout) is set later, by its memory dump ([`arm`]).
 pub struct Armed {
     pid: i32,
     uffd: OwnedFd,
-    name: String,
-    file: std::fs::File,
-    /// Every page run of the page file, in file (and address) order.
-    pieces: Vec<Piece>,
-    total: u64,
     /// Registered, write-protected ranges, sorted.
     registered: Vec<(u64, u64)>,
-    /// Ranges whose faults save the aligned 2 MiB (transparent huge pages stay huge).
-    huge: Vec<(u64, u64)>,
-    saved: Vec<AtomicU64>,
-    store: Mutex<HashMap<u64, Box<[u8]>>>,
+    /// `registered` cut into pieces, write-protected by whichever thread takes them first.
+    to_protect: Vec<(u64, u64)>,
+    protecting: Mutex<Protecting>,
+    protected: std::sync::Condvar,
+    layout: OnceLock<Layout>,
+    store: Mutex<Store>,
     broken: Mutex<Option<String>>,
     /// Every page is in the page file.
     done: AtomicBool,
@@ -124,89 +129,192 @@ pub struct Armed {
     saved_at_fault: AtomicU64,
 }
 
-/// Arms process `ctx.pid` for a live copy of `vmas`' pages into `name`, copied by
-/// [`copy_deferred`]; false (with the reason logged) when it must be copied while frozen.
-pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<Piece>) -> Result<bool> {
-    let pid = ctx.pid.as_raw();
-    let Some(uffd) = take_userfaultfd(ctx)? else { return Ok(false) };
+/// Where each page of the process goes in its page file.
+struct Layout {
+    name: String,
+    file: std::fs::File,
+    /// Every page run of the page file, in file (and address) order.
+    pieces: Vec<Piece>,
+    total: u64,
+    /// Ranges whose faults save the aligned 2 MiB (transparent huge pages stay huge).
+    huge: Vec<(u64, u64)>,
+    saved: Vec<AtomicU64>,
+}
+
+/// How far the write-protection of a process's pieces is.
+#[derive(Default)]
+struct Protecting {
+    /// The next piece to take.
+    next: usize,
+    /// Pieces taken whose ioctl has not returned yet.
+    in_flight: usize,
+    failed: Option<String>,
+}
+
+/// Pages saved before the copier read them.
+#[derive(Default)]
+struct Store {
+    /// By page of the page file.
+    pages: HashMap<u64, Box<[u8]>>,
+    /// By address, saved at a write fault before the layout was set (moved into `pages` then).
+    early: HashMap<u64, Box<[u8]>>,
+}
+
+/// Processes of this dump that cannot make a userfaultfd: copied while frozen.
+static REFUSED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Below this many resident pages, the tracer write-protects a process at once, when it arms
+/// it; above, the pieces wait for threads with nothing better to do (see [`protect_piece`]).
+const WRITE_PROTECT_LATER: u64 = 8192;
+/// The pieces threads take in turn (a multiple of 2 MiB: protecting part of a huge page would
+/// split it).
+const WRITE_PROTECT_PIECE: u64 = 64 << 20;
+
+/// Arms a frozen process of a live dump (see [`Armed`]), as soon as the tree is frozen. Its
+/// faults are served from now on (the fault thread runs before any page is protected). The
+/// kernel's per-page work of write-protection (about 20 ms per GiB of 4 KiB pages on one
+/// core) is left, for a large process, to the smaps thread once it has read the process's
+/// smaps and to the tracer while it waits for that, then before the layout is set ([`arm`]):
+/// two threads, never more, so that the calls the tracer makes in the process meanwhile are
+/// not kept waiting for a core (a third busy thread made them three times slower). Nothing
+/// when the process may not make a userfaultfd.
+pub fn arm_early(remote: &mut RemoteTask) -> Result<()> {
+    if !live() {
+        return Ok(());
+    }
+    let pid = remote.pid().as_raw();
+    let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
+    let Some(armed) = arm_process(remote, &pidfd)? else {
+        REFUSED.lock().unwrap().push(pid);
+        return Ok(());
+    };
+    let resident = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+        .unwrap_or(u64::MAX);
+    if resident < WRITE_PROTECT_LATER {
+        crate::timing::step("dump: write-protect", || armed.wait_protected())?;
+    }
+    Ok(())
+}
+
+/// Write-protects one piece of process `pid`, if one is left: whether one was.
+pub fn protect_piece(pid: i32) -> bool {
+    armed_early(pid).is_some_and(|a| crate::timing::step("dump: write-protect", || a.protect_one()))
+}
+
+/// Makes the process's userfaultfd, registers its private anonymous areas and enlists it with
+/// the fault thread; None (logged) when it must be copied while frozen.
+fn arm_process(remote: &mut RemoteTask, pidfd: &OwnedFd) -> Result<Option<Arc<Armed>>> {
+    let pid = remote.pid().as_raw();
+    let Some(uffd) = take_userfaultfd(remote, pidfd)? else { return Ok(None) };
     let features = uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP | uffd::FEATURE_EVENT_REMAP;
     match uffd::api(uffd.as_fd(), features) {
         Ok(granted) if granted & features == features => {}
         Ok(granted) => {
             tracing::info!(pid, "copying the pages while frozen: userfaultfd lacks features {:#x}", features & !granted);
-            return Ok(false);
+            return Ok(None);
         }
         Err(e) => {
             tracing::info!(pid, "copying the pages while frozen: ioctl(UFFDIO_API): {e}");
-            return Ok(false);
+            return Ok(None);
         }
     }
-    let (registered, huge) = crate::timing::step("dump: register write-protect", || register_areas(&uffd, pid, vmas));
-    let file = ctx.image.create_data_file(name)?;
-    crate::fault::point("dump-pages-open")?;
-    let pages = (total / PAGE_SIZE) as usize;
-    let armed = Armed {
+    let areas = private_anonymous_areas(pid)?;
+    let registered = crate::timing::step("dump: register write-protect", || register_areas(&uffd, pid, &areas));
+    let armed = Arc::new(Armed {
         pid,
         uffd,
-        name: name.to_owned(),
-        file,
-        pieces,
-        total,
+        to_protect: protect_pieces(&registered),
         registered,
-        huge,
-        saved: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        store: Mutex::new(HashMap::new()),
+        protecting: Mutex::new(Protecting::default()),
+        protected: std::sync::Condvar::new(),
+        layout: OnceLock::new(),
+        store: Mutex::new(Store::default()),
         broken: Mutex::new(None),
         done: AtomicBool::new(false),
         saved_at_fault: AtomicU64::new(0),
-    };
-    armed.save_unprotected_while_frozen()?;
-    let armed = Arc::new(armed);
+    });
     enlist(armed.clone());
-    crate::timing::step("dump: write-protect", || armed.write_protect_all())?;
+    Ok(Some(armed))
+}
+
+/// Sets the page file of process `ctx.pid`, armed by [`arm_early`], to `vmas`' pages in
+/// `name`, once every page is write-protected: its pages are copied by [`copy_deferred`].
+/// False when they must be copied while frozen (the process may not make a userfaultfd).
+pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<Piece>) -> Result<bool> {
+    let pid = ctx.pid.as_raw();
+    if REFUSED.lock().unwrap().contains(&pid) {
+        return Ok(false);
+    }
+    let armed = match armed_early(pid) {
+        Some(armed) => armed,
+        // Not armed early (not expected: every frozen process is): armed now.
+        None => match arm_process(ctx.remote, &ctx.pidfd)? {
+            Some(armed) => armed,
+            None => return Ok(false),
+        },
+    };
+    crate::timing::step("dump: wait for write-protect", || armed.wait_protected())?;
+    let file = ctx.image.create_data_file(name)?;
+    crate::fault::point("dump-pages-open")?;
+    let huge = vmas
+        .iter()
+        .filter(|v| v.kind() == VmaKind::PrivateAnonymous && (v.had_huge_pages || v.huge_page_advised))
+        .map(|v| (v.start, v.end))
+        .collect();
+    let pages = (total / PAGE_SIZE) as usize;
+    let saved = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    armed.set_layout(Layout { name: name.to_owned(), file, pieces, total, huge, saved })?;
+    armed.save_unprotected_while_frozen()?;
     Ok(true)
 }
 
-/// Below this many pages of the image, one thread write-protects them all (a second thread
-/// costs more than it saves).
-const WRITE_PROTECT_APART: u64 = 8192;
-
-/// `ranges` cut at `at`: the parts below it and the parts from it on.
-fn split_ranges(ranges: &[(u64, u64)], at: u64) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
-    let below = ranges.iter().filter(|&&(s, _)| s < at).map(|&(s, e)| (s, e.min(at))).collect();
-    let above = ranges.iter().filter(|&&(_, e)| e > at).map(|&(s, e)| (s.max(at), e)).collect();
-    (below, above)
+/// The process's [`Armed`] of this dump, if it was armed.
+fn armed_early(pid: i32) -> Option<Arc<Armed>> {
+    let session = SESSION.lock().unwrap();
+    let armed = session.as_ref()?.armed.lock().unwrap().iter().find(|a| a.pid == pid).cloned();
+    armed
 }
 
-/// Registers for write-protection each private anonymous area with pages in the image:
-/// (registered areas, those of them with huge pages). An area the kernel refuses (EBUSY: the
-/// program's own userfaultfd has it; EINVAL: droppable memory) is copied while frozen.
-fn register_areas(uffd: &OwnedFd, pid: i32, vmas: &[Vma]) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
-    let (mut registered, mut huge) = (Vec::new(), Vec::new());
-    for vma in vmas.iter().filter(|v| !v.pages.is_empty() && v.kind() == VmaKind::PrivateAnonymous && !v.droppable) {
-        match uffd::register_wp(uffd.as_fd(), vma.start, vma.end - vma.start) {
-            Ok(()) => {
-                registered.push((vma.start, vma.end));
-                if vma.had_huge_pages || vma.huge_page_advised {
-                    huge.push((vma.start, vma.end));
-                }
-            }
-            Err(e) => {
-                tracing::info!(pid, start = vma.start, end = vma.end, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e}")
-            }
+/// The private anonymous areas of the frozen process, from /proc/PID/maps (no page table walk,
+/// unlike smaps): those the memory dump sees as such, crust's scratch area being shared.
+fn private_anonymous_areas(pid: i32) -> Result<Vec<(u64, u64)>> {
+    use procfs::process::{MMPermissions, MMapPath};
+    let maps = procfs::process::Process::new(pid)
+        .and_then(|p| p.maps())
+        .with_context(|| format!("pid {pid}: reading /proc/{pid}/maps"))?;
+    Ok(maps
+        .iter()
+        .filter(|m| !m.perms.contains(MMPermissions::SHARED))
+        .filter(|m| matches!(m.pathname, MMapPath::Anonymous | MMapPath::Heap | MMapPath::Stack))
+        .map(|m| m.address)
+        .collect())
+}
+
+/// Registers each area for write-protection: the registered ones. An area the kernel refuses
+/// (EBUSY: the program's own userfaultfd has it; EINVAL: droppable memory) is copied while
+/// frozen. An area without pages costs only the call: a page the program touches there later
+/// is an ordinary fault.
+fn register_areas(uffd: &OwnedFd, pid: i32, areas: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut registered = Vec::new();
+    for &(start, end) in areas {
+        match uffd::register_wp(uffd.as_fd(), start, end - start) {
+            Ok(()) => registered.push((start, end)),
+            Err(e) => tracing::info!(pid, start, end, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e}"),
         }
     }
-    (registered, huge)
+    registered
 }
 
 /// Makes a userfaultfd inside the process (injected userfaultfd(2): it belongs to the
 /// process's mm), takes a copy and closes the process's own. None when the process may not.
-fn take_userfaultfd(ctx: &mut DumpCtx) -> Result<Option<OwnedFd>> {
-    let pid = ctx.pid.as_raw();
+fn take_userfaultfd(remote: &mut RemoteTask, pidfd: &OwnedFd) -> Result<Option<OwnedFd>> {
+    let pid = remote.pid().as_raw();
     // Not UFFD_USER_MODE_ONLY: a write by the kernel (read() into a protected buffer) must
     // wait for crust like any other, not fail with EFAULT.
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-    let fd = ctx.remote.syscall_raw(libc::SYS_userfaultfd, &[flags])?;
+    let fd = remote.syscall_raw(libc::SYS_userfaultfd, &[flags])?;
     if fd < 0 {
         let errno = nix::errno::Errno::from_raw(-fd as i32);
         tracing::info!(
@@ -217,15 +325,34 @@ fn take_userfaultfd(ctx: &mut DumpCtx) -> Result<Option<OwnedFd>> {
     }
     // (A crust killed between these two calls leaves this descriptor in the process, with
     // nothing registered through it.)
-    let taken = crate::sys::pidfd::pidfd_getfd(&ctx.pidfd, pid, fd as i32);
-    ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd as u64])?;
+    let taken = crate::sys::pidfd::pidfd_getfd(pidfd, pid, fd as i32);
+    remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd as u64])?;
     Ok(Some(taken?))
 }
 
+/// `ranges` cut into the pieces the write-protect threads take in turn, at multiples of
+/// [`WRITE_PROTECT_PIECE`].
+fn protect_pieces(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let next = ((at / WRITE_PROTECT_PIECE + 1) * WRITE_PROTECT_PIECE).min(end);
+            out.push((at, next));
+            at = next;
+        }
+    }
+    out
+}
+
 impl Armed {
-    fn file_page(&self, address: u64) -> Option<u64> {
-        let i = self.pieces.partition_point(|p| p.address + p.len <= address);
-        let p = self.pieces.get(i)?;
+    fn layout(&self) -> Result<&Layout> {
+        self.layout.get().with_context(|| format!("pid {}: its pages were never laid out in a page file", self.pid))
+    }
+
+    fn file_page(layout: &Layout, address: u64) -> Option<u64> {
+        let i = layout.pieces.partition_point(|p| p.address + p.len <= address);
+        let p = layout.pieces.get(i)?;
         (address >= p.address).then(|| (p.file_offset + (address - p.address)) / PAGE_SIZE)
     }
 
@@ -234,61 +361,88 @@ impl Armed {
     }
 
     /// Sets page `n`'s bit; whether it was set already.
-    fn test_and_set(&self, n: u64) -> bool {
+    fn test_and_set(layout: &Layout, n: u64) -> bool {
         let bit = 1u64 << (n % 64);
-        self.saved[(n / 64) as usize].fetch_or(bit, Ordering::SeqCst) & bit != 0
+        layout.saved[(n / 64) as usize].fetch_or(bit, Ordering::SeqCst) & bit != 0
     }
 
-    /// Write-protects every registered area, on two threads at once when there are many pages:
-    /// the kernel's work is per page table entry (about 20 ms per GiB of 4 KiB pages on one
-    /// core), takes the mmap lock only for reading and each page table's own lock, so the two
-    /// halves (by pages of the image) go on apart. Both are done before this returns: every
-    /// page is protected before the tree runs on.
-    fn write_protect_all(&self) -> Result<()> {
-        let protected = || self.pieces.iter().filter(|p| self.is_registered(p.address));
-        let total: u64 = protected().map(|p| p.len / PAGE_SIZE).sum();
-        if total < WRITE_PROTECT_APART {
-            return self.write_protect(&self.registered);
+    fn is_saved(layout: &Layout, n: u64) -> bool {
+        layout.saved[(n / 64) as usize].load(Ordering::SeqCst) & (1 << (n % 64)) != 0
+    }
+
+    /// Write-protects the next piece, if one is left: whether one was. The kernel's work is
+    /// per page table entry under the mmap lock taken for reading and each page table's own
+    /// lock, so two threads protect two pieces at once without waiting for each other.
+    fn protect_one(&self) -> bool {
+        let (start, end) = {
+            let mut p = self.protecting.lock().unwrap();
+            let Some(&piece) = self.to_protect.get(p.next) else { return false };
+            p.next += 1;
+            p.in_flight += 1;
+            piece
+        };
+        let done = uffd::write_protect(self.uffd.as_fd(), start, end - start, true);
+        let mut p = self.protecting.lock().unwrap();
+        p.in_flight -= 1;
+        if let Err(e) = done {
+            p.failed.get_or_insert(format!("pid {}: ioctl(UFFDIO_WRITEPROTECT) of {start:#x}-{end:#x}: {e}", self.pid));
         }
-        // The address below which half of the protected pages lie.
-        let mut before = 0;
-        let middle = protected().find_map(|p| {
-            let at = (before + p.len / PAGE_SIZE >= total / 2).then(|| p.address + (total / 2 - before) * PAGE_SIZE);
-            before += p.len / PAGE_SIZE;
-            at
-        });
-        // On a 2 MiB boundary: protecting part of a huge page would split it.
-        let (low, high) = split_ranges(&self.registered, middle.map_or(u64::MAX, |m| m & !(HUGE - 1)));
-        std::thread::scope(|scope| {
-            let other = std::thread::Builder::new().name("crust-protect".into()).spawn_scoped(scope, || self.write_protect(&high));
-            let mine = self.write_protect(&low);
-            match other {
-                Ok(handle) => mine.and(handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the write-protect thread panicked")))),
-                // Then this thread does both halves.
-                Err(_) => mine.and_then(|()| self.write_protect(&high)),
-            }
-        })
+        self.protected.notify_all();
+        true
     }
 
-    fn write_protect(&self, ranges: &[(u64, u64)]) -> Result<()> {
-        for &(start, end) in ranges {
-            uffd::write_protect(self.uffd.as_fd(), start, end - start, true)
-                .with_context(|| format!("pid {}: ioctl(UFFDIO_WRITEPROTECT) of {start:#x}-{end:#x}", self.pid))?;
+    /// Protects the pieces left, then waits for those other threads protect: every page is
+    /// protected when it returns.
+    fn wait_protected(&self) -> Result<()> {
+        while self.protect_one() {}
+        let mut p = self.protecting.lock().unwrap();
+        while p.in_flight > 0 {
+            p = self.protected.wait(p).unwrap();
+        }
+        match &p.failed {
+            Some(why) => bail!("{why}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Leaves the pieces not taken yet and waits for those under way (a failed dump).
+    fn stop_protecting(&self) {
+        let mut p = self.protecting.lock().unwrap();
+        p.next = self.to_protect.len();
+        while p.in_flight > 0 {
+            p = self.protected.wait(p).unwrap();
+        }
+    }
+
+    /// Sets the layout; pages saved at a fault before it take their place in it (those the
+    /// image does not hold, shared with the parent, are dropped).
+    fn set_layout(&self, layout: Layout) -> Result<()> {
+        let mut store = self.store.lock().unwrap();
+        if self.layout.set(layout).is_err() {
+            bail!("pid {}: its page file was laid out twice", self.pid);
+        }
+        let layout = self.layout()?;
+        for (address, page) in std::mem::take(&mut store.early) {
+            if let Some(n) = Self::file_page(layout, address) {
+                Self::test_and_set(layout, n);
+                store.pages.insert(n, page);
+            }
         }
         Ok(())
     }
 
     /// Pages outside the registered areas, read now (the tree is frozen) into the store.
     fn save_unprotected_while_frozen(&self) -> Result<()> {
+        let layout = self.layout()?;
         let mem = super::page_copy::Source::open(self.pid)?;
         let mut store = self.store.lock().unwrap();
-        for p in self.pieces.iter().filter(|p| !self.is_registered(p.address)) {
+        for p in layout.pieces.iter().filter(|p| !self.is_registered(p.address)) {
             let mut bytes = vec![0u8; p.len as usize];
             super::page_copy::copy_chunk(&mem, p.file_offset, &[*p], &mut bytes)?;
             for (i, page) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
                 let n = p.file_offset / PAGE_SIZE + i as u64;
-                self.test_and_set(n);
-                store.insert(n, page.into());
+                Self::test_and_set(layout, n);
+                store.pages.insert(n, page.into());
             }
         }
         Ok(())
@@ -298,60 +452,78 @@ impl Armed {
     /// unless it is saved, then lifts the protection, which wakes the faulting thread.
     fn serve_fault(&self, mem: &super::page_copy::Source, address: u64) -> Result<()> {
         let page = address & !(PAGE_SIZE - 1);
-        let (start, end) = match self.huge.iter().find(|&&(s, e)| page >= s && page < e) {
+        // Bits are set under the store's lock: a copier that finds one set waits here for the
+        // copy to be in the store. The layout is set under it too.
+        let mut store = self.store.lock().unwrap();
+        let Some(layout) = self.layout.get() else {
+            return self.serve_fault_early(mem, store, page);
+        };
+        let (start, end) = match layout.huge.iter().find(|&&(s, e)| page >= s && page < e) {
             Some(&(s, e)) => ((page & !(HUGE - 1)).max(s), ((page & !(HUGE - 1)) + HUGE).min(e)),
             None => (page, page + PAGE_SIZE),
         };
-        {
-            // Bits are set under the store's lock: a copier that finds one set waits here for
-            // the copy to be in the store.
-            let mut store = self.store.lock().unwrap();
-            let mine: Vec<(u64, u64)> = (start..end)
-                .step_by(PAGE_SIZE as usize)
-                .filter_map(|at| self.file_page(at).map(|n| (at, n)))
-                .filter(|&(_, n)| !self.test_and_set(n))
-                .collect();
-            if !mine.is_empty() {
-                // Only the pages of the image (a read of one never touched would map it).
-                let mut pieces: Vec<Piece> = Vec::new();
-                for (k, &(at, _)) in mine.iter().enumerate() {
-                    match pieces.last_mut() {
-                        Some(p) if p.address + p.len == at => p.len += PAGE_SIZE,
-                        _ => pieces.push(Piece { address: at, len: PAGE_SIZE, file_offset: k as u64 * PAGE_SIZE }),
-                    }
-                }
-                let mut bytes = vec![0u8; mine.len() * PAGE_SIZE as usize];
-                super::page_copy::copy_chunk(mem, 0, &pieces, &mut bytes)?;
-                self.saved_at_fault.fetch_add(mine.len() as u64, Ordering::Relaxed);
-                for (k, (_, n)) in mine.into_iter().enumerate() {
-                    let off = k * PAGE_SIZE as usize;
-                    store.insert(n, bytes[off..off + PAGE_SIZE as usize].into());
+        let mine: Vec<(u64, u64)> = (start..end)
+            .step_by(PAGE_SIZE as usize)
+            .filter_map(|at| Self::file_page(layout, at).map(|n| (at, n)))
+            .filter(|&(_, n)| !Self::test_and_set(layout, n))
+            .collect();
+        if !mine.is_empty() {
+            // Only the pages of the image (a read of one never touched would map it).
+            let mut pieces: Vec<Piece> = Vec::new();
+            for (k, &(at, _)) in mine.iter().enumerate() {
+                match pieces.last_mut() {
+                    Some(p) if p.address + p.len == at => p.len += PAGE_SIZE,
+                    _ => pieces.push(Piece { address: at, len: PAGE_SIZE, file_offset: k as u64 * PAGE_SIZE }),
                 }
             }
+            let mut bytes = vec![0u8; mine.len() * PAGE_SIZE as usize];
+            super::page_copy::copy_chunk(mem, 0, &pieces, &mut bytes)?;
+            self.saved_at_fault.fetch_add(mine.len() as u64, Ordering::Relaxed);
+            for (k, (_, n)) in mine.into_iter().enumerate() {
+                let off = k * PAGE_SIZE as usize;
+                store.pages.insert(n, bytes[off..off + PAGE_SIZE as usize].into());
+            }
         }
+        drop(store);
+        self.unprotect(start, end);
+        Ok(())
+    }
+
+    /// A write fault before the layout is set (the kernel writing to the frozen process, as
+    /// its rseq area after a call crust made there): the page, or the whole huge page it is
+    /// part of (lifting the protection of part of one would split it), kept by address.
+    fn serve_fault_early(&self, mem: &super::page_copy::Source, mut store: std::sync::MutexGuard<Store>, page: u64) -> Result<()> {
+        let unit = page & !(HUGE - 1);
+        let pagemap = crate::sys::pagemap::PageMap::open(self.pid)?;
+        let huge = !pagemap.huge_stretches(unit, unit + HUGE)?.is_empty();
+        let (start, end) = if huge { (unit, unit + HUGE) } else { (page, page + PAGE_SIZE) };
+        let mut bytes = vec![0u8; (end - start) as usize];
+        super::page_copy::copy_chunk(mem, 0, &[Piece { address: start, len: end - start, file_offset: 0 }], &mut bytes)?;
+        self.saved_at_fault.fetch_add((end - start) / PAGE_SIZE, Ordering::Relaxed);
+        for (i, bytes) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
+            store.early.entry(start + i as u64 * PAGE_SIZE).or_insert_with(|| bytes.into());
+        }
+        drop(store);
         self.unprotect(start, end);
         Ok(())
     }
 
     /// Lifts the protection of [start, end), whose pages are saved. In a huge page area only
     /// whole 2 MiB units whose every page is saved: lifting half of one would split the page.
-    fn release(&self, start: u64, end: u64) {
-        let Some(&(s, e)) = self.huge.iter().find(|&&(s, e)| start >= s && start < e) else {
+    fn release(&self, layout: &Layout, start: u64, end: u64) {
+        let Some(&(s, e)) = layout.huge.iter().find(|&&(s, e)| start >= s && start < e) else {
             return self.unprotect(start, end);
         };
         let mut unit = start & !(HUGE - 1);
         while unit < end {
             let (a, b) = (unit.max(s), (unit + HUGE).min(e));
-            let all_saved = (a..b).step_by(PAGE_SIZE as usize).filter_map(|at| self.file_page(at)).all(|n| self.is_saved(n));
+            let all_saved =
+                (a..b).step_by(PAGE_SIZE as usize).filter_map(|at| Self::file_page(layout, at)).all(|n| Self::is_saved(layout, n));
             if all_saved {
                 self.unprotect(a, b);
             }
             unit += HUGE;
         }
-    }
-
-    fn is_saved(&self, n: u64) -> bool {
-        self.saved[(n / 64) as usize].load(Ordering::SeqCst) & (1 << (n % 64)) != 0
     }
 
     /// Lifts the protection of the registered parts of [start, end). Errors (the area is gone:
@@ -368,17 +540,17 @@ impl Armed {
     /// Memory [start, end) was discarded, unmapped or moved: the copy stays exact only if
     /// every page of the image there is saved.
     fn memory_changed(&self, what: &str, start: u64, end: u64) {
-        let mut at = start & !(PAGE_SIZE - 1);
-        while at < end {
-            if let Some(n) = self.file_page(at)
-                && !self.is_saved(n)
-            {
-                let why = format!("pid {}: {what} of {start:#x}-{end:#x} before page {at:#x} was saved", self.pid);
-                tracing::info!("{why}");
-                self.broken.lock().unwrap().get_or_insert(why);
-                return;
-            }
-            at += PAGE_SIZE;
+        let why = match self.layout.get() {
+            // (Nothing discards memory of a frozen process: the attempt is not trusted.)
+            None => Some(format!("pid {}: {what} of {start:#x}-{end:#x} while it was frozen", self.pid)),
+            Some(layout) => (start & !(PAGE_SIZE - 1)..end)
+                .step_by(PAGE_SIZE as usize)
+                .find(|&at| Self::file_page(layout, at).is_some_and(|n| !Self::is_saved(layout, n)))
+                .map(|at| format!("pid {}: {what} of {start:#x}-{end:#x} before page {at:#x} was saved", self.pid)),
+        };
+        if let Some(why) = why {
+            tracing::info!("{why}");
+            self.broken.lock().unwrap().get_or_insert(why);
         }
     }
 
@@ -400,21 +572,24 @@ impl ChunkHook for Armed {
     }
 
     fn copied(&self, _index: usize, pieces: &[Piece], bytes: &mut [u8]) -> Result<()> {
+        let layout = self.layout()?;
         let base = pieces.first().map_or(0, |p| p.file_offset);
         for p in pieces {
             for i in 0..p.len / PAGE_SIZE {
                 let n = p.file_offset / PAGE_SIZE + i;
-                if self.test_and_set(n) {
+                if Self::test_and_set(layout, n) {
                     let store = self.store.lock().unwrap();
-                    let page =
-                        store.get(&n).with_context(|| format!("pid {}: page {n} of {} marked saved but not kept", self.pid, self.name))?;
+                    let page = store
+                        .pages
+                        .get(&n)
+                        .with_context(|| format!("pid {}: page {n} of {} marked saved but not kept", self.pid, layout.name))?;
                     let at = (n * PAGE_SIZE - base) as usize;
                     bytes[at..at + PAGE_SIZE as usize].copy_from_slice(page);
                 }
             }
         }
         for p in pieces {
-            self.release(p.address, p.address + p.len);
+            self.release(layout, p.address, p.address + p.len);
         }
         if let Some(why) = self.broken.lock().unwrap().clone() {
             return Err(MemoryMoved(why).into());
@@ -434,20 +609,23 @@ pub fn copy_deferred(image: &crate::image::ImageDir) -> Result<()> {
     let mut result = Ok(());
     for a in &armed {
         crate::fault::point("dump-live-copy")?;
-        let copied = super::page_copy::copy_to_file(a.pid, &a.file, &a.name, &a.pieces, a.total, Some(a.as_ref()));
+        let copied = a.layout().and_then(|l| {
+            let record = super::page_copy::copy_to_file(a.pid, &l.file, &l.name, &l.pieces, l.total, Some(a.as_ref()))?;
+            Ok((record, l.total))
+        });
         a.done.store(true, Ordering::SeqCst);
         let broken = a.broken.lock().unwrap().clone();
         match (copied, broken) {
-            (Ok(record), None) => {
+            (Ok((record, total)), None) => {
                 let faults = a.saved_at_fault.load(Ordering::Relaxed);
                 tracing::info!(
                     pid = a.pid,
                     "{} pages copied while the process ran, {faults} of them saved at a write fault first",
-                    a.total / PAGE_SIZE
+                    total / PAGE_SIZE
                 );
                 image.hashed_while_written(record);
-                if let Err(e) = image.sync_data_file_deferred(&a.name, &a.file) {
-                    result = Err(e.into());
+                if let Err(e) = a.layout().and_then(|l| Ok(image.sync_data_file_deferred(&l.name, &l.file)?)) {
+                    result = Err(e);
                 }
             }
             (Ok(_), Some(why)) => result = Err(MemoryMoved(why).into()),
