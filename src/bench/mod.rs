@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 
 use crate::sys::region::AnonRegion;
 
+pub mod maps;
 pub mod tasks;
 
 const MIB: usize = 1 << 20;
@@ -266,6 +267,8 @@ pub struct BenchOptions {
     pub criu: Option<PathBuf>,
     /// Processes and threads instead of memory (`--workload tree300|threads1000`).
     pub tasks: Option<tasks::Tasks>,
+    /// `--workload maps16k`: many 64 KiB areas (`--mib` of them) against one area.
+    pub maps: bool,
 }
 
 /// One run's figures for one kind of pages.
@@ -301,6 +304,9 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 pub fn run(opts: &BenchOptions) -> Result<()> {
     if let Some(t) = opts.tasks {
         return tasks::run(t, &opts.dir, opts.runs, opts.criu.as_deref());
+    }
+    if opts.maps {
+        return maps::run(opts.mib, &opts.dir, opts.runs, opts.criu.as_deref());
     }
     std::fs::create_dir_all(&opts.dir)?;
     println!("crust bench: {} MiB of touched anonymous memory, images in {}", opts.mib, opts.dir.display());

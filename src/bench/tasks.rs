@@ -152,13 +152,13 @@ fn end_tree(root: i32) {
 }
 
 /// A checkpoint/restore tool driven through its command line.
-struct Tool {
-    name: &'static str,
-    exe: PathBuf,
+pub(super) struct Tool {
+    pub name: &'static str,
+    pub exe: PathBuf,
 }
 
 impl Tool {
-    fn run(&self, args: &[&str], image: &Path) -> Result<Duration> {
+    pub fn run(&self, args: &[&str], image: &Path) -> Result<Duration> {
         let started = Instant::now();
         let out = Command::new(&self.exe).args(args).arg("-D").arg(image).stdin(Stdio::null()).output()?;
         let took = started.elapsed();

@@ -90,8 +90,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         criu: Option<PathBuf>,
         /// What is dumped: memory (--mib of it), tree300 (a root and 299 sleeping children)
-        /// or threads1000 (one process with 1000 sleeping threads).
-        #[arg(long, default_value = "memory", value_parser = ["memory", "tree300", "threads1000"])]
+        /// threads1000 (one process with 1000 sleeping threads) or maps16k (--mib of memory in
+        /// areas of 64 KiB, 16384 of them by default, against the same memory in one area).
+        #[arg(long, default_value = "memory", value_parser = ["memory", "tree300", "threads1000", "maps16k"])]
         workload: String,
     },
     /// Watch crust checkpoint and restore a built-in example: `demo` (a counter) or
@@ -120,6 +121,15 @@ enum Command {
         ready_file: PathBuf,
         #[arg(long)]
         small_pages: bool,
+    },
+    /// The benchmark's process of many small areas (internal).
+    #[command(hide = true)]
+    BenchMaps {
+        #[arg(long)]
+        areas: usize,
+        #[arg(long)]
+        one_area: bool,
+        ready_file: PathBuf,
     },
     /// The benchmark's tree of sleeping processes and threads (internal).
     #[command(hide = true)]
@@ -464,11 +474,16 @@ fn run(cli: Cli, permits: Permits) -> Result<ExitCode> {
                 "threads1000" => Some(Tasks { processes: 1, threads: 1000 }),
                 _ => None,
             };
-            crate::bench::run(&crate::bench::BenchOptions { mib, dir, runs, pages, criu, tasks })?;
+            let maps = workload == "maps16k";
+            crate::bench::run(&crate::bench::BenchOptions { mib, dir, runs, pages, criu, tasks, maps })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchWorkload { mib, ready_file, small_pages } => {
             crate::bench::workload(mib, &ready_file, !small_pages).map(|()| ExitCode::SUCCESS)
+        }
+        Command::BenchMaps { areas, one_area, ready_file } => {
+            let layout = crate::bench::maps::Layout { areas: areas.max(1), apart: !one_area };
+            crate::bench::maps::workload(layout, &ready_file).map(|()| ExitCode::SUCCESS)
         }
         Command::BenchTasks { processes, threads, ready_file } => {
             let tasks = crate::bench::tasks::Tasks { processes: processes.max(1), threads };

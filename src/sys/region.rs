@@ -61,6 +61,17 @@ impl AnonRegion {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr() as *mut u8, self.len) }
     }
 
+    /// Makes `range` (page-aligned, inside the region) read-only with mprotect(2): the
+    /// benchmark's many-areas workload splits its region into areas this way. Writing to the
+    /// range afterwards faults, so the caller writes first.
+    pub fn make_read_only(&mut self, range: std::ops::Range<usize>) -> nix::Result<()> {
+        assert!(range.start < range.end && range.end <= self.len, "range outside the region");
+        let ptr = NonNull::new((self.address() as usize + range.start) as *mut libc::c_void).expect("non-null region");
+        // SAFETY: changes only the protection of part of our own mapping; its contents stay,
+        // and the &mut borrow of self means no slice of it is alive across the change.
+        unsafe { nix::sys::mman::mprotect(ptr, range.end - range.start, ProtFlags::PROT_READ) }
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: as above, shared.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const u8, self.len) }
