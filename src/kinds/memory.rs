@@ -19,7 +19,7 @@ use crate::image::proto::{Mm, MmFields, PageRun, Vma, vma::Kind as VmaKind};
 use crate::image::{self};
 use crate::sys::PAGE_SIZE;
 use crate::sys::pagemap::{HUGE_STRETCH, PageMap, Runs, Wanted, frame};
-use crate::sys::remote::{RemoteTask, Scratch, find_syscall_instruction};
+use crate::sys::remote::{Call, RemoteTask, Scratch, find_syscall_instruction};
 
 pub struct Memory;
 
@@ -44,9 +44,11 @@ impl Kind for Memory {
         // 10 ms per GiB, all of it while the tree is frozen), so it is read ahead while the
         // other kinds are collected (see smaps_ahead).
         let smaps = crate::timing::step("dump: wait for smaps", || ctx.open_files.state.get::<super::smaps_ahead::SmapsAhead>().take(pid))?;
-        let maps = <procfs::process::MemoryMaps as procfs::FromBufRead>::from_buf_read(smaps.as_bytes())
-            .with_context(|| format!("parsing /proc/{pid}/smaps"))?;
-        let flag_words = vm_flag_words(&smaps);
+        let (maps, flag_words) = crate::timing::step("dump: parse smaps", || {
+            let maps = <procfs::process::MemoryMaps as procfs::FromBufRead>::from_buf_read(smaps.as_bytes());
+            (maps, vm_flag_words(&smaps))
+        });
+        let maps = maps.with_context(|| format!("parsing /proc/{pid}/smaps"))?;
         let pagemap = PageMap::open(pid)?;
         let mut vmas = Vec::new();
         let mut next_offset = 0u64;
@@ -136,8 +138,8 @@ impl Kind for Memory {
             vmas.push(vma);
         }
         let pages_file = image::pages_name(pid as u32);
-        write_pages(ctx, &vmas, &pages_file, next_offset)?;
-        let fields = dump_mm_fields(ctx)?;
+        crate::timing::step("dump: copy pages", || write_pages(ctx, &vmas, &pages_file, next_offset))?;
+        let fields = crate::timing::step("dump: mm fields", || dump_mm_fields(ctx))?;
         Ok(Mm { fields: Some(fields), vmas, pages_file })
     }
 
@@ -175,10 +177,9 @@ impl Kind for Memory {
         collapse_huge_stretches(ctx.remote, &eager);
         let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
         write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
-        for vma in &mm.vmas {
-            crate::timing::step("restore: finish an area", || finish_vma(ctx.remote, vma))
-                .with_context(|| format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma)))?;
-        }
+        let finish: Vec<Call> = mm.vmas.iter().flat_map(finish_calls).collect();
+        crate::timing::step("restore: finish areas", || ctx.remote.syscalls("finishing a mapping", &finish))
+            .with_context(|| format!("pid {}: setting the final protection and advice of its mappings", ctx.pid))?;
         super::pathless::after_mappings(ctx, &mm.vmas)?;
         ctx.close_in_process(pages_fd)?;
         for (_, fd) in file_fds {
@@ -606,6 +607,8 @@ pub fn use_helper(remote: &mut RemoteTask, helper: u64) {
     remote.set_syscall_ip(helper);
     remote.set_scratch(Some(Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN }));
     remote.set_stack_pointer(helper + HELPER_LEN - 256);
+    // After the helper's own code, in its code page.
+    remote.set_batch_code(Some(helper + 64));
 }
 
 /// Empties a fresh process's address space (a copy of crust's, or of its parent's prepared
@@ -732,7 +735,7 @@ fn could_merge(prev: &Vma, vma: &Vma) -> bool {
     prev.end == vma.start && anonymous(prev) && anonymous(vma) && prev.prot == vma.prot
 }
 
-/// The protection an area is mapped with: writable while its pages are filled (finish_vma
+/// The protection an area is mapped with: writable while its pages are filled (finish_calls
 /// sets the real one afterwards).
 fn prot_while_filled(v: &Vma) -> u32 {
     if v.pages.is_empty() || v.unaccounted { v.prot } else { v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32 }
@@ -754,7 +757,7 @@ fn is_plain_anonymous(v: &Vma) -> bool {
 /// those with another protection, makes exactly as separate mmaps would (a thread's guard page
 /// and stack, the next thread's guard page; many small areas, every other one read-only):
 /// adjacent plain anonymous areas, each differing in final protection from the next (so none
-/// stays merged with its neighbour once finish_vma has set it), none needing to be mapped
+/// stays merged with its neighbour once finish_calls have set it), none needing to be mapped
 /// apart from the one before it (see [`could_merge`]). An anonymous area's page offset is its
 /// address either way. One area when there is no such run.
 fn plain_run<'a>(vmas: &'a [Vma], previous: Option<&Vma>) -> &'a [Vma] {
@@ -800,9 +803,9 @@ fn map_run(remote: &mut RemoteTask, run: &[Vma]) -> Result<()> {
             _ => others.push((v.start, v.end, prot_while_filled(v))),
         }
     }
-    for (start, end, prot) in others {
-        remote.syscall("mprotect", libc::SYS_mprotect, &[start, end - start, prot as u64])?;
-    }
+    let calls: Vec<Call> =
+        others.into_iter().map(|(start, end, prot)| (libc::SYS_mprotect, [start, end - start, prot as u64, 0, 0, 0])).collect();
+    remote.syscalls("mprotect", &calls)?;
     // The same advice on adjacent areas is one call over all of them.
     for (advice, ranges) in advice_ranges(run, &before_fill_advice) {
         for (start, end) in ranges {
@@ -878,7 +881,7 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
         }
         return Ok(());
     }
-    // Areas that receive pages are writable while they are filled; finish_vma sets the real
+    // Areas that receive pages are writable while they are filled; finish_calls set the real
     // protection afterwards. Unaccounted areas keep theirs (see `write_unaccounted_pages`).
     let mut prot = vma.prot as u64;
     if !vma.pages.is_empty() && !vma.unaccounted {
@@ -1109,30 +1112,33 @@ fn collapse_huge_stretches(remote: &mut RemoteTask, vmas: &[&Vma]) {
     }
 }
 
-fn finish_vma(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
+/// The calls that give an area filled with its pages its final protection and the advice
+/// that does not change how pages are backed (run in batches: 16384 small areas, every other
+/// one read-only, take 8192 mprotects).
+fn finish_calls(vma: &Vma) -> Vec<Call> {
     if matches!(vma.kind(), VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall) {
-        return Ok(());
+        return Vec::new();
     }
     let len = vma.end - vma.start;
+    let mut calls = Vec::new();
     if !vma.pages.is_empty() && !vma.unaccounted && vma.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
-        remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, len, vma.prot as u64])?;
+        calls.push((libc::SYS_mprotect, [vma.start, len, vma.prot as u64, 0, 0, 0]));
     }
-    let advice: [(bool, i32); 5] = [
+    let advice: [(bool, i32); 4] = [
         (vma.dont_dump, libc::MADV_DONTDUMP),
         (vma.wipe_on_fork, libc::MADV_WIPEONFORK),
         (vma.sequential_read, libc::MADV_SEQUENTIAL),
         (vma.random_read, libc::MADV_RANDOM),
-        (false, 0),
     ];
     for (wanted, advice) in advice {
         if wanted {
-            madvise(remote, vma, advice)?;
+            calls.push((libc::SYS_madvise, [vma.start, len, advice as u64, 0, 0, 0]));
         }
     }
     if vma.locked {
-        remote.syscall("mlock", libc::SYS_mlock, &[vma.start, len])?;
+        calls.push((libc::SYS_mlock, [vma.start, len, 0, 0, 0, 0]));
     }
-    Ok(())
+    calls
 }
 
 /// PR_SET_MM_MAP: brk, code/data/stack bounds, args, env, auxv and the executable link.

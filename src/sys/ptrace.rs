@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::ptrace::{self as nix_ptrace, Options};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -216,6 +217,30 @@ pub fn step_to_syscall_stop(pid: Pid) -> Result<(), SysError> {
 /// meanwhile.
 pub fn resume_to_syscall_stop(pid: Pid) -> Result<(), SysError> {
     nix_ptrace::syscall(pid, None).map_err(ptrace_err("ptrace(PTRACE_SYSCALL)", pid))
+}
+
+/// Lets the tracee run without stopping at system calls (PTRACE_CONT) until it stops itself
+/// with SIGSTOP (tkill of itself at the end of an injected batch of calls), and waits for that
+/// signal-delivery stop. The SIGSTOP is discarded by whatever resumes the tracee next (every
+/// resume of crust passes no signal), so it never stops the process for job control.
+pub fn run_until_self_stop(pid: Pid) -> Result<(), SysError> {
+    nix_ptrace::cont(pid, None).map_err(ptrace_err("ptrace(PTRACE_CONT)", pid))?;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => return Ok(()),
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Err(SysError::gone("waitpid", pid.as_raw(), format!("exited with status {code}")));
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Err(SysError::gone("waitpid", pid.as_raw(), format!("was killed by {sig}")));
+            }
+            Ok(other) => {
+                return Err(SysError::unexpected("waitpid during an injected batch of calls", pid.as_raw(), format!("{other:?}")));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(SysError::new("waitpid", errno).pid(pid.as_raw())),
+        }
+    }
 }
 
 /// The second half of [`step_to_syscall_stop`]: waits for the syscall-stop of a tracee let go

@@ -32,7 +32,54 @@ pub struct RemoteTask {
     /// Set by [`RemoteTask::arm_self_return`]: the address of `mov $15, %rax; syscall` the
     /// parked tracee runs to return through its signal frame.
     self_return: Option<u64>,
+    /// Where [`BATCH_CODE`] may be written (writable, executable memory of crust's own in the
+    /// tracee), for [`RemoteTask::syscalls`].
+    batch_code: Option<u64>,
 }
+
+/// A call of a batch: number and arguments.
+pub type Call = (i64, [u64; 6]);
+
+/// Bytes of a call in the tracee's table: its number, its six arguments; its result replaces
+/// the number.
+const CALL_BYTES: u64 = 56;
+
+/// The most calls one stop of the tracee runs (their table takes 28 KiB of the scratch area).
+pub const BATCH_CALLS: usize = 512;
+
+/// x86-64 code the tracee runs for [`RemoteTask::syscalls`]: with %rbx at a table of calls,
+/// %r12 their count and %r13 its thread id, it makes each call in turn, writes each result
+/// over the call's number, stops at the first error, then stops itself (tkill(tid, SIGSTOP),
+/// again if resumed without new registers):
+///
+/// ```text
+///  0: test %r12,%r12 ; jz 54           | 34: mov %rax,(%rbx)
+///  5: mov (%rbx),%rax                   | 37: cmp $-4095,%rax ; jae 54
+///  8: mov 8..48(%rbx),%rdi,%rsi,%rdx,   | 45: add $56,%rbx ; dec %r12 ; jmp 0
+///     %r10,%r8,%r9 ; 32: syscall        | 54: mov $200,%eax ; mov %r13,%rdi ;
+///                                       |     mov $19,%esi ; syscall ; jmp 54
+/// ```
+const BATCH_CODE: [u8; 71] = [
+    0x4d, 0x85, 0xe4, 0x74, 0x31, // test r12, r12; jz done
+    0x48, 0x8b, 0x03, // mov rax, [rbx]
+    0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx + 8]
+    0x48, 0x8b, 0x73, 0x10, // mov rsi, [rbx + 16]
+    0x48, 0x8b, 0x53, 0x18, // mov rdx, [rbx + 24]
+    0x4c, 0x8b, 0x53, 0x20, // mov r10, [rbx + 32]
+    0x4c, 0x8b, 0x43, 0x28, // mov r8, [rbx + 40]
+    0x4c, 0x8b, 0x4b, 0x30, // mov r9, [rbx + 48]
+    0x0f, 0x05, // syscall
+    0x48, 0x89, 0x03, // mov [rbx], rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, // cmp rax, -4095; jae done
+    0x48, 0x83, 0xc3, 0x38, // add rbx, 56
+    0x49, 0xff, 0xcc, // dec r12
+    0xeb, 0xca, // jmp loop
+    0xb8, 0xc8, 0x00, 0x00, 0x00, // done: mov eax, SYS_tkill
+    0x4c, 0x89, 0xef, // mov rdi, r13
+    0xbe, 0x13, 0x00, 0x00, 0x00, // mov esi, SIGSTOP
+    0x0f, 0x05, // syscall
+    0xeb, 0xef, // jmp done
+];
 
 #[derive(Clone, Copy, Debug)]
 pub struct Scratch {
@@ -49,7 +96,7 @@ impl RemoteTask {
             .open(format!("/proc/{pid}/mem"))
             .map_err(|e| SysError::new(format!("open /proc/{pid}/mem"), io_errno(&e)))?;
         let original_sigmask = ptrace::get_sigmask(pid)?;
-        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None })
+        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None, batch_code: None })
     }
 
     pub fn original_registers(&self) -> Registers {
@@ -217,6 +264,64 @@ impl RemoteTask {
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
         regs.rip = sigreturn_ip;
         ptrace::set_registers(self.pid, &regs)
+    }
+
+    /// Lets [`Self::syscalls`] run batches, with its code written at `address` (writable,
+    /// executable memory of crust's own in the tracee, at least 128 bytes).
+    pub fn set_batch_code(&mut self, address: Option<u64>) {
+        self.batch_code = address;
+    }
+
+    /// Runs `calls` in the tracee in order, stopping at the first that fails, which is
+    /// returned as an error naming it (`name`), its arguments and its errno. With a place for
+    /// the batch code and a scratch area (and the tracee not parked), the tracee runs up to
+    /// BATCH_CALLS of them between two stops of its own (one stop per batch, not two per call);
+    /// otherwise one by one. Which calls ran before an error: all those before the one named.
+    pub fn syscalls(&mut self, name: &str, calls: &[Call]) -> Result<(), SysError> {
+        let (Some(code), Some(scratch), None) = (self.batch_code, self.scratch, self.self_return) else {
+            for (nr, args) in calls {
+                self.syscall(name, *nr, args)?;
+            }
+            return Ok(());
+        };
+        // After the iovec arrays of page transfers: the first 16 KiB hold paths and structs.
+        let table = scratch.address + 16 * 1024;
+        if table + BATCH_CALLS as u64 * CALL_BYTES > scratch.address + scratch.len {
+            return Err(SysError::unexpected("a batch of calls", self.pid.as_raw(), "scratch area too small".into()));
+        }
+        self.write_memory(code, &BATCH_CODE)?;
+        for batch in calls.chunks(BATCH_CALLS) {
+            self.run_batch(name, code, table, batch)?;
+        }
+        Ok(())
+    }
+
+    fn run_batch(&mut self, name: &str, code: u64, table: u64, calls: &[Call]) -> Result<(), SysError> {
+        let bytes: Vec<u8> =
+            calls.iter().flat_map(|(nr, args)| std::iter::once(*nr as u64).chain(*args)).flat_map(u64::to_ne_bytes).collect();
+        self.write_memory(table, &bytes)?;
+        let mut regs = self.base;
+        // No system call to restart on the way out of the stop we start from.
+        regs.orig_rax = u64::MAX;
+        regs.rip = code;
+        (regs.rbx, regs.r12, regs.r13) = (table, calls.len() as u64, self.pid.as_raw() as u64);
+        ptrace::set_registers(self.pid, &regs)?;
+        ptrace::run_until_self_stop(self.pid)?;
+        let left = ptrace::get_registers(self.pid)?.r12 as usize;
+        if left == 0 {
+            return Ok(());
+        }
+        let failed =
+            calls.len().checked_sub(left).filter(|i| *i < calls.len()).ok_or_else(|| {
+                SysError::unexpected("a batch of calls", self.pid.as_raw(), format!("{left} calls left of {}", calls.len()))
+            })?;
+        let mut result = [0u8; 8];
+        self.read_memory(table + failed as u64 * CALL_BYTES, &mut result)?;
+        let ret = i64::from_ne_bytes(result);
+        let (nr, args) = calls[failed];
+        let errno = if (-4095..0).contains(&ret) { nix::errno::Errno::from_raw(-ret as i32) } else { nix::errno::Errno::UnknownErrno };
+        let args: Vec<String> = args.iter().map(|a| format!("{a:#x}")).collect();
+        Err(SysError::new(format!("remote {name} (system call {nr})({})", args.join(", ")), errno).pid(self.pid.as_raw()))
     }
 
     /// Runs a system call and turns a negative result into an error naming it.
