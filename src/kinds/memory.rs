@@ -45,6 +45,7 @@ impl Kind for Memory {
         // other kinds are collected (see smaps_ahead).
         let smaps = crate::timing::step("dump: wait for smaps", || ctx.open_files.state.get::<super::smaps_ahead::SmapsAhead>().take(pid))?;
         let (maps, flag_words) = crate::timing::step("dump: parse smaps", || {
+            let smaps = lines_used(&smaps);
             let maps = <procfs::process::MemoryMaps as procfs::FromBufRead>::from_buf_read(smaps.as_bytes());
             (maps, vm_flag_words(&smaps))
         });
@@ -52,6 +53,9 @@ impl Kind for Memory {
         let pagemap = PageMap::open(pid)?;
         let mut vmas = Vec::new();
         let mut next_offset = 0u64;
+        // The areas whose resident pages are all saved: listed by one page table walk for
+        // each stretch of them that follow one another (not one walk per area).
+        let mut scan_with_neighbours = Vec::new();
         // (Its signature lies past `len`: the area is known by its start.)
         let scratch = ctx.remote.scratch().map(|s| s.address);
         // The parent's mappings, to recognise those this process inherited at fork.
@@ -119,23 +123,25 @@ impl Kind for Memory {
                         keep.finish();
                         drop.finish();
                     }
-                    for (address, n) in pages {
-                        vma.pages.push(PageRun { address, pages: n, file_offset: next_offset });
-                        next_offset += n * PAGE_SIZE;
-                    }
+                    // (Offsets in the page file are given once every area has its runs.)
+                    vma.pages = pages.into_iter().map(|(address, pages)| PageRun { address, pages, file_offset: 0 }).collect();
                     vma.discard = discard;
                 }
+                (Some(Wanted::Resident), None) => scan_with_neighbours.push(vmas.len()),
                 (Some(wanted), None) => {
                     crate::timing::step("dump: page runs", || {
-                        pagemap.for_each_run(start, end, wanted, |address, pages| {
-                            vma.pages.push(PageRun { address, pages, file_offset: next_offset });
-                            next_offset += pages * PAGE_SIZE;
-                        })
+                        pagemap
+                            .for_each_run(start, end, wanted, |address, pages| vma.pages.push(PageRun { address, pages, file_offset: 0 }))
                     })?;
                 }
                 (None, _) => {}
             }
             vmas.push(vma);
+        }
+        crate::timing::step("dump: page runs", || resident_runs(&pagemap, &mut vmas, &scan_with_neighbours))?;
+        for run in vmas.iter_mut().flat_map(|v| v.pages.iter_mut()) {
+            run.file_offset = next_offset;
+            next_offset += run.pages * PAGE_SIZE;
         }
         let pages_file = image::pages_name(pid as u32);
         crate::timing::step("dump: copy pages", || write_pages(ctx, &vmas, &pages_file, next_offset))?;
@@ -216,6 +222,55 @@ fn prot_of(perms: &MMPermissions) -> u32 {
         prot |= libc::PROT_EXEC as u32;
     }
     prot
+}
+
+/// Gives the areas `which` (indices into `vmas`, ascending) their runs of resident pages:
+/// one PAGEMAP_SCAN walk over each stretch of them that are consecutive in `vmas`, its runs
+/// cut at the areas' edges. (16384 areas of 64 KiB: 3 us per area as one walk each.)
+fn resident_runs(pagemap: &PageMap, vmas: &mut [Vma], which: &[usize]) -> Result<()> {
+    let mut i = 0;
+    while i < which.len() {
+        let mut j = i + 1;
+        while j < which.len() && which[j] == which[j - 1] + 1 {
+            j += 1;
+        }
+        let group = &mut vmas[which[i]..=which[j - 1]];
+        let (start, end) = (group[0].start, group[group.len() - 1].end);
+        let mut k = 0;
+        pagemap.for_each_run(start, end, Wanted::Resident, |mut address, pages| {
+            let run_end = address + pages * PAGE_SIZE;
+            while address < run_end && k < group.len() {
+                let area = &mut group[k];
+                if area.end <= address {
+                    k += 1;
+                    continue;
+                }
+                // Pages between two areas (crust's scratch area, not saved) are passed over.
+                let piece_end = run_end.min(area.end);
+                let from = address.max(area.start);
+                if piece_end > from {
+                    area.pages.push(PageRun { address: from, pages: (piece_end - from) / PAGE_SIZE, file_offset: 0 });
+                }
+                address = piece_end;
+            }
+        })?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// The lines of /proc/PID/smaps that crust reads: each area's first line, AnonHugePages and
+/// VmFlags. The other twenty (sizes, Rss, Pss...) each cost the parser an allocation and a
+/// map insertion: with 16384 small areas, 6 us per area out of 7.
+fn lines_used(smaps: &str) -> String {
+    let mut out = String::with_capacity(smaps.len() / 4);
+    for line in smaps.split_inclusive('\n') {
+        let field = line.starts_with(|c: char| c.is_ascii_uppercase());
+        if !field || line.starts_with("AnonHugePages:") || line.starts_with("VmFlags:") {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// The VmFlags words of every area of /proc/PID/smaps, by start address: procfs parses only

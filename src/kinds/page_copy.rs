@@ -171,12 +171,29 @@ impl Source {
     /// exclusive).
     fn split_by_sharing(&self, pieces: &[Piece]) -> Result<Vec<(Piece, bool)>> {
         let mut out = Vec::with_capacity(pieces.len());
+        // Pieces of a chunk close together (small areas side by side) have their entries read
+        // at once: one pread of the pagemap for the chunk rather than one per piece.
+        let span = match (pieces.first(), pieces.last()) {
+            (Some(a), Some(b))
+                if pieces.len() > 1 && pieces.is_sorted_by_key(|p| p.address) && b.address + b.len - a.address <= 4 * CHUNK as u64 =>
+            {
+                Some((a.address, self.entries(a.address, b.address + b.len - a.address)?))
+            }
+            _ => None,
+        };
         for p in pieces {
             let n = (p.len / PAGE) as usize;
-            let mut entries = vec![0u8; n * 8];
-            self.pagemap
-                .read_exact_at(&mut entries, p.address / PAGE * 8)
-                .with_context(|| format!("pid {}: read of /proc/{}/pagemap at {:#x}", self.pid, self.pid, p.address))?;
+            let own;
+            let entries: &[u8] = match &span {
+                Some((start, all)) => {
+                    let at = ((p.address - start) / PAGE * 8) as usize;
+                    &all[at..at + n * 8]
+                }
+                None => {
+                    own = self.entries(p.address, p.len)?;
+                    &own
+                }
+            };
             let exclusive =
                 |i: usize| u64::from_ne_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap()) & PRESENT_EXCLUSIVE == PRESENT_EXCLUSIVE;
             let mut start = 0;
@@ -192,6 +209,15 @@ impl Source {
             }
         }
         Ok(out)
+    }
+
+    /// The pagemap entries of the `len` bytes at `address`, as bytes.
+    fn entries(&self, address: u64, len: u64) -> Result<Vec<u8>> {
+        let mut entries = vec![0u8; (len / PAGE) as usize * 8];
+        self.pagemap
+            .read_exact_at(&mut entries, address / PAGE * 8)
+            .with_context(|| format!("pid {}: read of /proc/{}/pagemap at {:#x}", self.pid, self.pid, address))?;
+        Ok(entries)
     }
 
     fn read_mem(&self, p: &Piece, bytes: &mut [u8]) -> Result<()> {
