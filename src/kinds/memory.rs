@@ -1060,9 +1060,8 @@ fn madvise(remote: &mut RemoteTask, vma: &Vma, advice: i32) -> Result<()> {
 /// Puts the saved pages of `vmas` in place: crust places those of large anonymous areas itself
 /// (page_fill: on every core, no page zeroed first), the process reads the others in.
 fn place_pages(ctx: &mut RestoreCtx, pages_fd: i32, pages_file: &str, vmas: &[&Vma]) -> Result<()> {
-    let filled = super::page_fill::filled_bytes(vmas.iter().copied());
     let (by_crust, mut by_process): (Vec<&Vma>, Vec<&Vma>) = match ctx.pages_record {
-        Some(_) => vmas.iter().copied().partition(|v| super::page_fill::fills(v, filled)),
+        Some(_) => super::page_fill::partition(vmas),
         None => (Vec::new(), vmas.to_vec()),
     };
     if let (Some(record), false) = (ctx.pages_record, by_crust.is_empty()) {

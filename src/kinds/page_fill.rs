@@ -11,9 +11,11 @@
 //! registration only serves the placing: the userfaultfd is closed before the process runs,
 //! which ends it (pages never placed are ordinary zero-fill-on-demand memory again).
 //!
-//! Only large private anonymous areas are filled so ([`fills`]): UFFDIO_COPY cannot place
-//! pages into file mappings or over present pages (inherited areas), and costs two ioctls per
-//! area (small areas are cheaper with preadv's 1024 runs per call).
+//! Only large private anonymous areas (or stretches of small ones side by side, placed the same
+//! way) are filled so ([`partition`]): UFFDIO_COPY cannot place pages into file mappings or over
+//! present pages (inherited areas), and costs two ioctls per stretch (a lone small area is
+//! cheaper with preadv's 1024 runs per call). Runs that follow one another in memory and in the
+//! page file are placed by one copy.
 //!
 //! UFFDIO_COPY places 4 KiB pages only, so an area advised MADV_HUGEPAGE is written with
 //! process_vm_writev instead ([`Placing::Write`]): the first write into each 2 MiB stretch
@@ -54,23 +56,43 @@ enum Placing {
     Write,
 }
 
-/// Whether crust places the pages of `vma` itself (of a process whose areas that qualify hold
-/// `process_bytes` of saved pages, see [`filled_bytes`]).
-pub fn fills(vma: &Vma, process_bytes: u64) -> bool {
-    process_bytes >= MIN_PROCESS_BYTES && qualifies(vma)
+/// Splits `vmas` (in address order) into the areas whose pages crust places itself and those
+/// the process reads in. Adjacent areas placed the same way count as one (16384 areas of 64 KiB
+/// side by side are filled as one gigabyte, not read in by preadv for being small).
+pub fn partition<'a>(vmas: &[&'a Vma]) -> (Vec<&'a Vma>, Vec<&'a Vma>) {
+    let mut chosen = vec![false; vmas.len()];
+    let mut total = 0;
+    let mut i = 0;
+    while i < vmas.len() {
+        let Some(how) = placing(vmas[i]) else {
+            i += 1;
+            continue;
+        };
+        let mut j = i + 1;
+        while j < vmas.len() && placing(vmas[j]) == Some(how) && vmas[j - 1].end == vmas[j].start {
+            j += 1;
+        }
+        let bytes: u64 = vmas[i..j].iter().map(|v| saved_bytes(v)).sum();
+        if bytes >= MIN_AREA_BYTES {
+            chosen[i..j].iter_mut().for_each(|c| *c = true);
+            total += bytes;
+        }
+        i = j;
+    }
+    if total < MIN_PROCESS_BYTES {
+        return (Vec::new(), vmas.to_vec());
+    }
+    let (mut by_crust, mut by_process) = (Vec::new(), Vec::new());
+    for (v, chosen) in vmas.iter().zip(chosen) {
+        if chosen { by_crust.push(*v) } else { by_process.push(*v) }
+    }
+    (by_crust, by_process)
 }
 
-fn qualifies(vma: &Vma) -> bool {
-    placing(vma).is_some()
-}
-
+/// How crust would place the pages of `vma`, were it large enough (see [`partition`]).
 fn placing(vma: &Vma) -> Option<Placing> {
-    let large = vma.kind() == VmaKind::PrivateAnonymous
-        && !vma.inherited
-        && !vma.unaccounted
-        && !vma.droppable
-        && saved_bytes(vma) >= MIN_AREA_BYTES;
-    match (large, vma.huge_page_advised, vma.had_huge_pages) {
+    let ours = vma.kind() == VmaKind::PrivateAnonymous && !vma.inherited && !vma.unaccounted && !vma.droppable;
+    match (ours, vma.huge_page_advised, vma.had_huge_pages) {
         (false, _, _) => None,
         (true, true, _) => Some(Placing::Write),
         // Collapsed after the fill (memory.rs), from pages the process reads in.
@@ -83,18 +105,12 @@ fn saved_bytes(vma: &Vma) -> u64 {
     vma.pages.iter().map(|r| r.pages * PAGE_SIZE).sum()
 }
 
-/// Saved bytes of the areas of `vmas` that qualify to be placed by crust.
-pub fn filled_bytes<'a>(vmas: impl IntoIterator<Item = &'a Vma>) -> u64 {
-    vmas.into_iter().filter(|v| qualifies(v)).map(saved_bytes).sum()
-}
-
 /// The chunks of the page file that pages read in by the process's own preadv come from: those
 /// the restore must verify before the tree runs (crust's fill and the lazy page server check
 /// theirs as they read them). `lazy`: areas the lazy page server fills are left out too.
 pub fn preadv_chunks(mm: &Mm, lazy: bool, chunk_size: u64) -> Vec<usize> {
     let eager: Vec<&Vma> = mm.vmas.iter().filter(|v| !(lazy && super::lazy_pages::is_lazy(v))).collect();
-    let filled = filled_bytes(eager.iter().copied());
-    let by_process: Vec<&Vma> = eager.into_iter().filter(|v| !fills(v, filled)).collect();
+    let (_, by_process) = partition(&eager);
     chunks_of(&by_process, chunk_size)
 }
 
@@ -123,14 +139,22 @@ fn registered_userfaultfd(ctx: &mut RestoreCtx, vmas: &[&Vma]) -> Result<OwnedFd
     ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd])?;
     let fd = taken?;
     uffd::api(fd.as_fd(), 0).map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
+    // Adjacent areas in one call.
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
     for vma in vmas {
-        uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start)
-            .map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end))?;
+        match ranges.last_mut() {
+            Some(last) if last.1 == vma.start => last.1 = vma.end,
+            _ => ranges.push((vma.start, vma.end)),
+        }
+    }
+    for (start, end) in ranges {
+        uffd::register_missing(fd.as_fd(), start, end - start)
+            .map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {start:#x}-{end:#x}: {e}"))?;
     }
     Ok(fd)
 }
 
-/// Places the pages of `vmas` (each one that [`fills`]) from the page file at `path`, whose
+/// Places the pages of `vmas` (those [`partition`] gives crust) from the page file at `path`, whose
 /// inventory record is `record`. Ok(false): the kernel refused a userfaultfd, nothing was
 /// placed, and the caller reads the pages in itself (having checked their chunks).
 pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile) -> Result<bool> {
@@ -150,12 +174,16 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
     // The very file the restore checked (see ImageDir::data_file).
     let file = ctx.image.data_file(&record.name)?;
     chunks::check_layout(path, record, record.size)?;
-    let pieces: Vec<(Piece, Placing)> = vmas
-        .iter()
-        .filter_map(|v| Some((v, placing(v)?)))
-        .flat_map(|(v, how)| v.pages.iter().map(move |r| (r, how)))
-        .map(|(r, how)| (Piece { address: r.address, len: r.pages * PAGE_SIZE, file_offset: r.file_offset }, how))
-        .collect();
+    // Runs that follow one another in memory and in the file (small areas side by side),
+    // placed the same way, are placed by one call.
+    let mut pieces: Vec<(Piece, Placing)> = Vec::new();
+    for (r, how) in vmas.iter().filter_map(|v| Some((v, placing(v)?))).flat_map(|(v, how)| v.pages.iter().map(move |r| (r, how))) {
+        let len = r.pages * PAGE_SIZE;
+        match pieces.last_mut() {
+            Some((p, h)) if *h == how && p.address + p.len == r.address && p.file_offset + p.len == r.file_offset => p.len += len,
+            _ => pieces.push((Piece { address: r.address, len, file_offset: r.file_offset }, how)),
+        }
+    }
     let plan = by_chunk(&pieces, record.chunk_size)?;
     let claims = Claims::new(plan.len());
     let into = Target { pid, uffd: uffd.as_ref().map(|u| u.as_fd()) };
@@ -368,11 +396,27 @@ mod tests {
         big.pages = vec![PageRun { address: 0, pages: 4096, file_offset: 0 }];
         let mut huge = big.clone();
         huge.had_huge_pages = true;
-        let mut small = Vma { start: 0x1000000, end: 0x1001000, prot: 3, ..Default::default() };
-        small.set_kind(VmaKind::PrivateAnonymous);
-        small.pages = vec![PageRun { address: 0x1000000, pages: 1, file_offset: 0x1000000 }];
-        let mm = Mm { vmas: vec![big.clone(), small.clone()], ..Default::default() };
+        // A small area apart (a page between) is read in by the process.
+        let mut apart = Vma { start: 0x1001000, end: 0x1002000, prot: 3, ..Default::default() };
+        apart.set_kind(VmaKind::PrivateAnonymous);
+        apart.pages = vec![PageRun { address: 0x1001000, pages: 1, file_offset: 0x1000000 }];
+        let mm = Mm { vmas: vec![big.clone(), apart.clone()], ..Default::default() };
         assert_eq!(preadv_chunks(&mm, false, 1 << 20), vec![16]);
+        // Right after the large one, it is part of its stretch: crust places both.
+        let mut small = apart.clone();
+        (small.start, small.end, small.pages[0].address) = (0x1000000, 0x1001000, 0x1000000);
+        let mm = Mm { vmas: vec![big.clone(), small.clone()], ..Default::default() };
+        assert_eq!(preadv_chunks(&mm, false, 1 << 20), Vec::<usize>::new());
+        // Many small areas side by side make a stretch large enough (16 MiB of 64 KiB areas).
+        let areas: Vec<Vma> = (0..256u64)
+            .map(|i| {
+                let mut v = small.clone();
+                (v.start, v.end) = (i * 0x10000, (i + 1) * 0x10000);
+                v.pages = vec![PageRun { address: v.start, pages: 16, file_offset: i * 0x10000 }];
+                v
+            })
+            .collect();
+        assert_eq!(preadv_chunks(&Mm { vmas: areas, ..Default::default() }, false, 1 << 20), Vec::<usize>::new());
         // Huge pages of an area advised MADV_HUGEPAGE are crust's too (written, not copied).
         let mut advised = huge.clone();
         advised.huge_page_advised = true;
