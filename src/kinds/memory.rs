@@ -273,15 +273,19 @@ fn lines_used(smaps: &str) -> String {
     out
 }
 
-/// The VmFlags words of every area of /proc/PID/smaps, by start address: procfs parses only
-/// those it knows, and newer ones (`dp`, `sl`, `ss`) decide what crust can restore.
+/// The VmFlags words procfs does not know that decide what crust can restore (`dp`, `sl`,
+/// `ss`), by start address, for the areas of /proc/PID/smaps that have any (the others, most
+/// of them, cost no allocation).
 fn vm_flag_words(text: &str) -> std::collections::HashMap<u64, Vec<String>> {
     let mut out = std::collections::HashMap::new();
     let mut current = None;
     for line in text.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let Some(start) = current.take() {
-                out.insert(start, flags.split_whitespace().map(String::from).collect());
+            let words: Vec<String> = flags.split_whitespace().filter(|w| matches!(*w, "dp" | "sl" | "ss")).map(String::from).collect();
+            if let Some(start) = current.take()
+                && !words.is_empty()
+            {
+                out.insert(start, words);
             }
         } else if let Some((range, _)) = line.split_once(' ')
             && let Some((start, _)) = range.split_once('-')
