@@ -4,7 +4,8 @@
 //! the same memory in one area. Each is dumped and restored by crust and, with `--criu PATH`,
 //! by the reference tool, as commands (`dump`, `restore -d`), the tools taking turns to go
 //! first; the cost of a mapping is the difference of the two walls divided by the number of
-//! areas. Every restored process is checked from /proc (each area at its place with its
+//! areas, and the same for the tool's CPU time (user + system, its own and its waited-for
+//! children's), which the other work of a shared machine disturbs less. Every restored process is checked from /proc (each area at its place with its
 //! protection, a sample of its words) and from inside (on SIGUSR1 it compares every word of its
 //! memory with the pattern and its areas with /proc/self/maps, and writes what it found).
 
@@ -227,39 +228,47 @@ fn end(pid: i32) {
     }
 }
 
-/// Dumps a fresh workload of `layout` with `tool`, restores it detached and checks it:
-/// (dump, restore) wall times.
-fn measure(tool: &super::tasks::Tool, layout: Layout, dir: &Path) -> Result<(Duration, Duration)> {
+/// One dump and restore by one tool: wall and CPU times (the tool's own, user + system).
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    dump: Duration,
+    restore: Duration,
+    dump_cpu: Duration,
+    restore_cpu: Duration,
+}
+
+/// Dumps a fresh workload of `layout` with `tool`, restores it detached and checks it.
+fn measure(tool: &super::tasks::Tool, layout: Layout, dir: &Path) -> Result<Sample> {
     let mut w = start_workload(layout, dir)?;
     let pid = w.child.id() as i32;
     let image = dir.join(format!("{}-image", tool.name));
     let _ = std::fs::remove_dir_all(&image);
     std::fs::create_dir_all(&image)?;
-    let dump = tool.run(&["dump", "-t", &pid.to_string(), "-o", "dump.log"], &image);
+    let dump = tool.run_with_cpu(&["dump", "-t", &pid.to_string(), "-o", "dump.log"], &image);
     if dump.is_err() {
         end(pid);
     }
     let _ = w.child.wait();
-    let dump = dump?;
-    let restore = tool.run(&["restore", "-d", "-o", "restore.log"], &image);
+    let (dump, dump_cpu) = dump?;
+    let restore = tool.run_with_cpu(&["restore", "-d", "-o", "restore.log"], &image);
     // Both tools restore the same pid.
     let check = restore.as_ref().ok().map(|_| check_restored(pid, &w, layout));
     end(pid);
-    let restore = restore?;
+    let (restore, restore_cpu) = restore?;
     let _ = std::fs::remove_dir_all(&image);
     check.unwrap_or(Ok(())).with_context(|| format!("the process {} restored", tool.name))?;
-    Ok((dump, restore))
+    Ok(Sample { dump, restore, dump_cpu, restore_cpu })
 }
 
 fn ms(d: Duration) -> String {
     format!("{:7.1} ms", d.as_secs_f64() * 1e3)
 }
 
-/// One tool's walls for the many areas and for the one area.
+/// One tool's samples for the many areas and for the one area.
 #[derive(Default)]
 struct Walls {
-    many: Vec<(Duration, Duration)>,
-    one: Vec<(Duration, Duration)>,
+    many: Vec<Sample>,
+    one: Vec<Sample>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -267,10 +276,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Microseconds per area that the many areas cost over the one: (dump, restore).
-fn per_area(many: (Duration, Duration), one: (Duration, Duration), areas: usize) -> (f64, f64) {
+/// Microseconds per area that the many areas cost over the one: (dump, restore) in wall time
+/// and in CPU time.
+fn per_area(many: Sample, one: Sample, areas: usize) -> [f64; 4] {
     let us = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1e6 / areas as f64;
-    (us(many.0, one.0), us(many.1, one.1))
+    [us(many.dump, one.dump), us(many.restore, one.restore), us(many.dump_cpu, one.dump_cpu), us(many.restore_cpu, one.restore_cpu)]
 }
 
 pub fn run(mib: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
@@ -311,14 +321,14 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
         for i in order {
             let m = measure(&tools[i], many, dir)?;
             let o = measure(&tools[i], one, dir)?;
-            let (d, r) = per_area(m, o, areas);
+            let [d, r, dc, rc] = per_area(m, o, areas);
             println!(
-                "  {:<5} {areas} areas: dump {} restore {}; one area: dump {} restore {}; per area: dump {d:.2} us, restore {r:.2} us",
+                "  {:<5} {areas} areas: dump {} restore {}; one area: dump {} restore {}; per area: dump {d:.2} us, restore {r:.2} us (CPU {dc:.2} us, {rc:.2} us)",
                 tools[i].name,
-                ms(m.0),
-                ms(m.1),
-                ms(o.0),
-                ms(o.1)
+                ms(m.dump),
+                ms(m.restore),
+                ms(o.dump),
+                ms(o.restore)
             );
             walls[i].many.push(m);
             walls[i].one.push(o);
@@ -326,15 +336,18 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
     }
     for (tool, w) in tools.iter().zip(&walls) {
         let med = |f: &dyn Fn(usize) -> f64| median((0..w.many.len()).map(f).collect());
+        let per = |k: usize| med(&|i| per_area(w.many[i], w.one[i], areas)[k]);
         println!(
-            "median of {runs} runs, {}: per area dump {:.2} us, restore {:.2} us ({areas} areas: dump {:.1} ms, restore {:.1} ms; one area: dump {:.1} ms, restore {:.1} ms)",
+            "median of {runs} runs, {}: per area dump {:.2} us, restore {:.2} us; CPU per area dump {:.2} us, restore {:.2} us ({areas} areas: dump {:.1} ms, restore {:.1} ms; one area: dump {:.1} ms, restore {:.1} ms)",
             tool.name,
-            med(&|i| per_area(w.many[i], w.one[i], areas).0),
-            med(&|i| per_area(w.many[i], w.one[i], areas).1),
-            med(&|i| w.many[i].0.as_secs_f64() * 1e3),
-            med(&|i| w.many[i].1.as_secs_f64() * 1e3),
-            med(&|i| w.one[i].0.as_secs_f64() * 1e3),
-            med(&|i| w.one[i].1.as_secs_f64() * 1e3),
+            per(0),
+            per(1),
+            per(2),
+            per(3),
+            med(&|i| w.many[i].dump.as_secs_f64() * 1e3),
+            med(&|i| w.many[i].restore.as_secs_f64() * 1e3),
+            med(&|i| w.one[i].dump.as_secs_f64() * 1e3),
+            med(&|i| w.one[i].restore.as_secs_f64() * 1e3),
         );
     }
     Ok(())

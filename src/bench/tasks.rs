@@ -159,13 +159,21 @@ pub(super) struct Tool {
 
 impl Tool {
     pub fn run(&self, args: &[&str], image: &Path) -> Result<Duration> {
+        self.run_with_cpu(args, image).map(|(wall, _)| wall)
+    }
+
+    /// [`Self::run`], with the CPU time (user + system) of the tool and the children it waited
+    /// for: a figure the other work on a shared machine disturbs less than the wall time.
+    pub fn run_with_cpu(&self, args: &[&str], image: &Path) -> Result<(Duration, Duration)> {
+        let cpu_before = children_cpu();
         let started = Instant::now();
         let out = Command::new(&self.exe).args(args).arg("-D").arg(image).stdin(Stdio::null()).output()?;
         let took = started.elapsed();
+        let cpu = children_cpu().saturating_sub(cpu_before);
         if !out.status.success() {
             bail!("{} {}: {}\n{}", self.exe.display(), args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
         }
-        Ok(took)
+        Ok((took, cpu))
     }
 
     /// Dumps a fresh workload, restores it detached, checks it: (dump, restore) wall times.
@@ -193,6 +201,14 @@ impl Tool {
         check.unwrap_or(Ok(())).with_context(|| format!("the tree {} restored", self.name))?;
         Ok((dump, restore))
     }
+}
+
+/// CPU time (user + system) of every child of this process waited for so far.
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_CHILDREN) else { return Duration::ZERO };
+    let d = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    d(usage.user_time()) + d(usage.system_time())
 }
 
 fn ms(d: Duration) -> String {
