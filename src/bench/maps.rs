@@ -301,7 +301,7 @@ pub fn run(mib: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<(
 fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
     println!(
         "crust bench: {areas} private anonymous areas of 64 KiB ({} MiB, every other one read-only) against one area of the same memory, images in {}",
-        areas * AREA >> 20,
+        (areas * AREA) >> 20,
         dir.display()
     );
     let mut tools = vec![super::tasks::Tool { name: "crust", exe: std::env::current_exe()? }];
