@@ -281,9 +281,7 @@ fn armed_early(pid: i32) -> Option<Arc<Armed>> {
 /// unlike smaps): those the memory dump sees as such, crust's scratch area being shared.
 fn private_anonymous_areas(pid: i32) -> Result<Vec<(u64, u64)>> {
     use procfs::process::{MMPermissions, MMapPath};
-    let maps = procfs::process::Process::new(pid)
-        .and_then(|p| p.maps())
-        .with_context(|| format!("pid {pid}: reading /proc/{pid}/maps"))?;
+    let maps = procfs::process::Process::new(pid).and_then(|p| p.maps()).with_context(|| format!("pid {pid}: reading /proc/{pid}/maps"))?;
     Ok(maps
         .iter()
         .filter(|m| !m.perms.contains(MMPermissions::SHARED))
