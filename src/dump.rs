@@ -763,18 +763,23 @@ fn map_scratch_areas(frozen: &mut [Frozen]) -> Result<()> {
     for f in frozen.iter_mut() {
         remove_left_scratch_areas(&mut f.remote);
     }
-    // Shared anonymous memory never merges with the process's own mappings, so the scratch
-    // area stays one VMA that the memory dump can leave out.
-    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
-    let mmap = (libc::SYS_mmap, vec![0, SCRATCH_LEN, prot, flags, u64::MAX, 0]);
-    let calls = vec![mmap; frozen.len()];
-    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
-    // Each apart: an area mapped is known (and unmapped on failure) whatever the others did.
-    let results = RemoteTask::syscall_each_apart(&mut leaders, &calls).context("remote mmap(scratch)")?;
+    // Executable too where it may run a batch of calls (remote::batch): not under seccomp
+    // filters, which act again (on the batch's calls) if crust disappears meanwhile.
+    let executable: Vec<bool> =
+        frozen.iter().map(|f| crate::kinds::seccomp::mode(f.pid.as_raw(), f.pid.as_raw()).is_ok_and(|m| m == 0)).collect();
+    let mapped = mmap_scratch(frozen, &executable)?;
+    // Refused executable (a process that denied itself writable code, PR_SET_MDWE): plain.
+    let refused: Vec<bool> = mapped.iter().zip(&executable).map(|(r, x)| *x && matches!(r, Ok(ret) if is_denied(*ret))).collect();
+    let mut mapped_plain = if refused.contains(&true) { mmap_scratch_where(frozen, &refused, false)? } else { Vec::new() }.into_iter();
     let mark = scratch_mark(std::process::id());
     let mut failed = None;
-    for (f, ret) in frozen.iter_mut().zip(results) {
+    for ((f, ret), (mut executable, refused)) in frozen.iter_mut().zip(mapped).zip(executable.into_iter().zip(refused)) {
+        let ret = if refused {
+            executable = false;
+            mapped_plain.next().unwrap_or(Ok(-(libc::EACCES as i64)))
+        } else {
+            ret
+        };
         let ret = match ret {
             Ok(ret) if !(-4095..0).contains(&ret) => ret,
             Ok(ret) => {
@@ -791,12 +796,40 @@ fn map_scratch_areas(frozen: &mut [Frozen]) -> Result<()> {
         // Known at once, so that a failure from here on unmaps it. Signed in its last bytes
         // (which calls never use), so that the area a crust killed meanwhile left can be told
         // from the program's own memory and removed by the next dump.
-        f.set_scratch(address);
+        f.set_scratch(address, executable);
         if let Err(e) = f.remote.write_memory(address + SCRATCH_LEN - SCRATCH_MARK_LEN, &mark) {
             failed.get_or_insert_with(|| anyhow::Error::from(e).context(format!("pid {}: signing the scratch area", f.pid)));
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+fn is_denied(ret: i64) -> bool {
+    ret == -(libc::EACCES as i64) || ret == -(libc::EPERM as i64)
+}
+
+/// One round of remote mmap of a scratch area, executable where `executable` says.
+fn mmap_scratch(frozen: &mut [Frozen], executable: &[bool]) -> Result<Vec<Result<i64, crate::sys::SysError>>> {
+    let calls: Vec<(i64, Vec<u64>)> = executable.iter().map(|x| scratch_mmap_call(*x)).collect();
+    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().map(|f| &mut f.remote).collect();
+    // Each apart: an area mapped is known (and unmapped on failure) whatever the others did.
+    RemoteTask::syscall_each_apart(&mut leaders, &calls).context("remote mmap(scratch)")
+}
+
+/// [`mmap_scratch`] in the processes `which` selects only, all plain or all executable.
+fn mmap_scratch_where(frozen: &mut [Frozen], which: &[bool], executable: bool) -> Result<Vec<Result<i64, crate::sys::SysError>>> {
+    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().zip(which).filter(|(_, w)| **w).map(|(f, _)| &mut f.remote).collect();
+    let calls = vec![scratch_mmap_call(executable); leaders.len()];
+    RemoteTask::syscall_each_apart(&mut leaders, &calls).context("remote mmap(scratch)")
+}
+
+/// Shared anonymous memory never merges with the process's own mappings, so the scratch area
+/// stays one VMA that the memory dump can leave out.
+fn scratch_mmap_call(executable: bool) -> (i64, Vec<u64>) {
+    let exec = if executable { libc::PROT_EXEC } else { 0 };
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | exec) as u64;
+    let flags = (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64;
+    (libc::SYS_mmap, vec![0, SCRATCH_LEN, prot, flags, u64::MAX, 0])
 }
 
 /// A seized, stopped process with crust's scratch area mapped and every signal blocked.
@@ -891,8 +924,8 @@ impl Frozen {
     }
 
     /// Uses the scratch area mapped at `address` in the process.
-    fn set_scratch(&mut self, address: u64) {
-        let scratch = Some(Scratch { address, len: SCRATCH_LEN - SCRATCH_MARK_LEN });
+    fn set_scratch(&mut self, address: u64, executable: bool) {
+        let scratch = Some(Scratch { address, len: SCRATCH_LEN - SCRATCH_MARK_LEN, executable });
         self.remote.set_scratch(scratch);
         for t in &mut self.threads {
             t.set_scratch(scratch);

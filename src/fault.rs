@@ -11,7 +11,8 @@
 //! (every process frozen), `dump-files`, `dump-memory` (after each
 //! process's files, memory), `dump-pages-open` (the page file created, before crust copies
 //! the pages into it), `dump-live-copy` (dump -R: the tree runs on, before crust copies each
-//! process's write-protected pages), `dump-collected` (every record written), `dump-checksums` (before
+//! process's write-protected pages), `dump-batch-running` (the processes run a batch of calls by themselves, see
+//! src/sys/remote/batch.rs), `dump-collected` (every record written), `dump-checksums` (before
 //! the inventory); restore: `restore-sealed` (the seal and record hashes
 //! checked, no other record read yet), `restore-segments` (SysV segments created, no process
 //! yet), `restore-tree` (every process created), `restore-descriptions`,
@@ -36,6 +37,7 @@ pub const POINTS: &[&str] = &[
     "dump-memory",
     "dump-pages-open",
     "dump-live-copy",
+    "dump-batch-running",
     "dump-collected",
     "dump-checksums",
     "restore-sealed",

@@ -14,7 +14,16 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const STEPS: &[&str] = &["dump-sampled", "dump-frozen", "dump-files", "dump-pages-open", "dump-memory", "dump-collected", "dump-checksums"];
+const STEPS: &[&str] = &[
+    "dump-sampled",
+    "dump-frozen",
+    "dump-batch-running",
+    "dump-files",
+    "dump-pages-open",
+    "dump-memory",
+    "dump-collected",
+    "dump-checksums",
+];
 
 fn check_interrupted_dump(step: &str, action: &str, leave_running: bool) {
     let mut w = Workload::spawn("counter", &[]);
@@ -107,7 +116,7 @@ fn without_scratch_area(mut s: ProcSnapshot) -> ProcSnapshot {
             k.strip_prefix("maps:").is_some_and(|range| {
                 let (a, b) = range.split_once('-').unwrap();
                 u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap() == 64 * 1024
-            }) && v.starts_with("rw-s")
+            }) && (v.starts_with("rw-s") || v.starts_with("rwxs"))
                 && v.contains("/dev/zero (deleted)")
         })
         .map(|(k, _)| k.trim_start_matches("maps:").to_string())
@@ -165,6 +174,32 @@ fn dump_killed_at_any_step_leaves_vector_and_fpu_registers_as_they_were() {
     for step in STEPS {
         check_killed_dump("avx", step, true);
     }
+}
+
+/// crust held up (here by 3 s) while the processes run their batch of calls by themselves
+/// (src/sys/remote/batch.rs): past 2 s each goes back through its signal frame on its own, so
+/// crust must notice, fail the dump naming the process, and touch it no more: it runs on as it
+/// was (its scratch area aside, which crust can no longer remove), untraced, and its own checks
+/// of its memory pass.
+#[test]
+fn dump_held_up_while_processes_run_their_batch_fails_and_leaves_them_running() {
+    let mut w = Workload::spawn("counter", &[]);
+    let addr = parse_hex(&w.ready_field("counter_addr"));
+    let before = w.snapshot();
+    w.crust_env = vec![("CRUST_FAULT".into(), "dump-batch-running:1:sleep3000".into())];
+    let out = w.dump_with(&["-R"]);
+    assert_eq!(out.exit(), Exit::Code(1), "crust's exit status:\n{out}");
+    let text = out.text();
+    assert!(text.contains(&format!("pid {}", w.pid)) && text.contains("went on by itself"), "the error names the process:\n{out}");
+    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "still traced");
+    wait_returned_by_itself(&w, &before);
+    let after = without_scratch_area(w.snapshot());
+    assert_same_proc(&before, &after, &["status:Vm*", "status:RssShmem", "status:RssFile", "stat:vsize"]);
+    let c1 = read_mem_u64(w.pid, addr);
+    std::thread::sleep(Duration::from_millis(200));
+    let c2 = read_mem_u64(w.pid, addr);
+    assert!(c2 > c1, "the counter stopped ({c1} then {c2})");
+    w.go().assert_pass();
 }
 
 /// A restore that fails, is interrupted or is killed at any step leaves nothing behind: no

@@ -1,6 +1,7 @@
 //! What a dump can only learn by asking each process (remote calls: nothing in /proc shows it),
 //! asked of every process of the tree at once: each question is one round of stops for the
-//! whole tree (see RemoteTask::syscall_each), not one per process. Nothing asked here can
+//! whole tree (see RemoteTask::syscall_each), not one per process; where the process can run
+//! them by itself, all its questions are one go (RemoteTask::syscalls_each). Nothing asked here can
 //! change while the tree is frozen, except the real interval timer, which keeps running: it is
 //! read as near to the freeze as the rest.
 
@@ -64,20 +65,22 @@ pub fn ask_all(leaders: &mut [&mut RemoteTask]) -> Result<Vec<Asked>> {
     for r in leaders.iter() {
         bases.push(r.put(0, &[0u8; ANSWERS_LEN])?);
     }
+    // Every question of a process asked in one go (RemoteTask::syscalls_each).
+    let questions = questions();
+    let calls: Vec<Vec<(i64, Vec<u64>)>> = bases.iter().map(|b| questions.iter().map(|(_, call)| call(*b)).collect()).collect();
+    let results = RemoteTask::syscalls_each(leaders, &calls)
+        .map_err(|e| anyhow::Error::from(e).context("remote calls asking each process its state"))?;
     // The answers given as return values, by question, then by process.
     let mut returned: std::collections::HashMap<&str, Vec<i64>> = std::collections::HashMap::new();
-    for (name, call) in questions() {
-        let calls: Vec<(i64, Vec<u64>)> = bases.iter().map(|b| call(*b)).collect();
-        let results = RemoteTask::syscall_each(leaders, &calls).map_err(|e| anyhow::Error::from(e).context(format!("remote {name}")))?;
+    for (q, (name, _)) in questions.iter().enumerate() {
+        let mut of_each: Vec<i64> = results.iter().map(|r| r[q]).collect();
         // Before 6.3 the kernel cannot tell the registrations (EINVAL): none are restored.
         if name.starts_with("membarrier") {
-            returned.insert(name, results.into_iter().map(|r| r.max(0)).collect());
-            continue;
-        }
-        if let Some((r, ret)) = leaders.iter().zip(&results).find(|(_, ret)| (-4095..0).contains(*ret)) {
+            of_each.iter_mut().for_each(|r| *r = (*r).max(0));
+        } else if let Some((r, ret)) = leaders.iter().zip(&of_each).find(|(_, ret)| (-4095..0).contains(*ret)) {
             bail!("pid {}: remote {name}: {}", r.pid(), nix::errno::Errno::from_raw(-*ret as i32));
         }
-        returned.insert(name, results);
+        returned.insert(name, of_each);
     }
     let mut answers = Vec::with_capacity(leaders.len());
     for (i, r) in leaders.iter().enumerate() {

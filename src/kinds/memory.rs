@@ -678,7 +678,7 @@ pub fn map_helper(remote: &mut RemoteTask, helper: u64) -> Result<()> {
 /// Points remote calls of a process that has the helper area at it.
 pub fn use_helper(remote: &mut RemoteTask, helper: u64) {
     remote.set_syscall_ip(helper);
-    remote.set_scratch(Some(Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN }));
+    remote.set_scratch(Some(Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN, executable: false }));
     remote.set_stack_pointer(helper + HELPER_LEN - 256);
     // After the helper's own code, in its code page.
     remote.set_batch_code(Some(helper + 64));

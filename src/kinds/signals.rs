@@ -77,21 +77,20 @@ pub fn dump_with(ctx: &mut DumpCtx, actions: Option<Vec<SigAction>>) -> Result<S
 }
 
 /// The dispositions of every process whose leader is in `leaders`, read by all of them at
-/// once: one round of remote calls per signal for the whole tree (see
-/// [`RemoteTask::syscall_each`]), not one per signal and process.
+/// once: each process makes its 62 calls in one go where it can (see
+/// [`RemoteTask::syscalls_each`]), else one round of remote calls per signal for the whole
+/// tree, not one per signal and process.
 pub fn dispositions_of_all(leaders: &mut [&mut RemoteTask]) -> Result<Vec<Vec<SigAction>>> {
-    let mut bases = Vec::with_capacity(leaders.len());
+    let mut calls = Vec::with_capacity(leaders.len());
     for r in leaders.iter() {
-        bases.push(r.put(0, &[0u8; 64 * KERNEL_SIGACTION_LEN])?);
+        let base = r.put(0, &[0u8; 64 * KERNEL_SIGACTION_LEN])?;
+        calls.push(with_disposition().map(|sig| (libc::SYS_rt_sigaction, vec![sig, 0, base + slot(sig), 8])).collect::<Vec<_>>());
     }
-    for sig in with_disposition() {
-        let calls: Vec<(i64, Vec<u64>)> = bases.iter().map(|b| (libc::SYS_rt_sigaction, vec![sig, 0, b + slot(sig), 8])).collect();
-        let results = RemoteTask::syscall_each(leaders, &calls).with_context(|| format!("reading the disposition of signal {sig}"))?;
-        for (r, ret) in leaders.iter().zip(results) {
-            if (-4095..0).contains(&ret) {
-                let errno = nix::errno::Errno::from_raw(-ret as i32);
-                anyhow::bail!("pid {}: remote rt_sigaction({sig}) reading its disposition: {errno}", r.pid());
-            }
+    let results = RemoteTask::syscalls_each(leaders, &calls).context("reading the signal dispositions")?;
+    for (r, rets) in leaders.iter().zip(results) {
+        if let Some((sig, ret)) = with_disposition().zip(rets).find(|(_, ret)| (-4095..0).contains(ret)) {
+            let errno = nix::errno::Errno::from_raw(-ret as i32);
+            anyhow::bail!("pid {}: remote rt_sigaction({sig}) reading its disposition: {errno}", r.pid());
         }
     }
     leaders.iter().map(|r| read_actions(r)).collect()

@@ -16,6 +16,9 @@ use nix::unistd::Pid;
 use super::SysError;
 use super::ptrace::{self, Registers};
 
+mod batch;
+pub use batch::{Call, WAIT_SECONDS};
+
 /// A stopped tracee that crust can run system calls in.
 pub struct RemoteTask {
     pid: Pid,
@@ -35,6 +38,9 @@ pub struct RemoteTask {
     /// Where [`BATCH_CODE`] may be written (writable, executable memory of crust's own in the
     /// tracee), for [`RemoteTask::syscalls`].
     batch_code: Option<u64>,
+    /// Set when the tracee went back to its own code in the middle of crust's work (see
+    /// batch::let_go_after_batch): it is detached, and nothing may be done in it any more.
+    lost: bool,
 }
 
 /// A call of a batch: number and arguments.
@@ -85,6 +91,8 @@ const BATCH_CODE: [u8; 71] = [
 pub struct Scratch {
     pub address: u64,
     pub len: u64,
+    /// Mapped executable too: the tracee can run a batch of calls from it (remote::batch).
+    pub executable: bool,
 }
 
 impl RemoteTask {
@@ -96,7 +104,7 @@ impl RemoteTask {
             .open(format!("/proc/{pid}/mem"))
             .map_err(|e| SysError::new(format!("open /proc/{pid}/mem"), io_errno(&e)))?;
         let original_sigmask = ptrace::get_sigmask(pid)?;
-        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None, batch_code: None })
+        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None, batch_code: None, lost: false })
     }
 
     pub fn original_registers(&self) -> Registers {
@@ -165,6 +173,7 @@ impl RemoteTask {
     /// instant the tracee is either about to return through its frame or inside a call that
     /// will return to where it does so: crust may disappear at any moment.
     pub fn syscall_raw(&mut self, nr: i64, args: &[u64]) -> Result<i64, SysError> {
+        self.not_lost()?;
         if self.self_return.is_some() {
             return self.syscall_from_parked(nr, args);
         }
@@ -204,10 +213,10 @@ impl RemoteTask {
         let mut going: Vec<bool> = vec![true; tasks.len()];
         for (i, (t, (nr, args))) in tasks.iter_mut().zip(calls).enumerate() {
             // Parked: on to the entry of its rt_sigreturn; else straight into the call.
-            let started = match t.self_return {
+            let started = t.not_lost().and_then(|()| match t.self_return {
                 Some(_) => ptrace::resume_to_syscall_stop(t.pid),
                 None => t.set_call(*nr, args).and_then(|()| ptrace::resume_to_syscall_stop(t.pid)),
-            };
+            });
             if let Err(e) = started {
                 going[i] = false;
                 failed[i] = Some(e);
@@ -296,6 +305,13 @@ impl RemoteTask {
         Ok(())
     }
 
+    fn not_lost(&self) -> Result<(), SysError> {
+        if self.lost {
+            return Err(SysError::unexpected("working in a process", self.pid.as_raw(), "went back to its own code and was let go".into()));
+        }
+        Ok(())
+    }
+
     fn run_batch(&mut self, name: &str, code: u64, table: u64, calls: &[Call]) -> Result<(), SysError> {
         let bytes: Vec<u8> =
             calls.iter().flat_map(|(nr, args)| std::iter::once(*nr as u64).chain(*args)).flat_map(u64::to_ne_bytes).collect();
@@ -349,6 +365,7 @@ impl RemoteTask {
     }
 
     pub fn write_memory(&self, address: u64, data: &[u8]) -> Result<(), SysError> {
+        self.not_lost()?;
         self.mem
             .write_all_at(data, address)
             .map_err(|e| SysError::new(format!("write /proc/{}/mem at {address:#x}", self.pid), io_errno(&e)))
