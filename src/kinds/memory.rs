@@ -59,8 +59,8 @@ impl Kind for Memory {
         // (Its signature lies past `len`: the area is known by its start.)
         let scratch = ctx.remote.scratch().map(|s| s.address);
         // The parent's mappings, to recognise those this process inherited at fork.
-        let parent = match ctx.parent {
-            Some(ppid) => Some((procfs::process::Process::new(ppid.as_raw())?.maps()?, PageMap::open(ppid.as_raw())?)),
+        let mut parent = match ctx.parent {
+            Some(ppid) => Some(ParentView::take(ctx, ppid.as_raw())?),
             None => None,
         };
         for map in maps.iter() {
@@ -100,18 +100,18 @@ impl Kind for Memory {
                 VmaKind::PrivateFile => Some(Wanted::PrivateCopies),
                 _ => None,
             };
-            let inherited_from = parent.as_ref().and_then(|(maps, pm)| maps.iter().find(|p| same_mapping(p, map)).map(|_| pm));
+            let inherited_from = parent.as_mut().filter(|p| p.maps.iter().any(|m| same_mapping(m, map)));
             match (wanted, inherited_from) {
-                (Some(wanted), Some(parent_pagemap)) => {
+                (Some(wanted), Some(parent)) => {
                     vma.inherited = true;
                     let ours = pagemap.entries(start, end)?;
-                    let theirs = parent_pagemap.entries(start, end)?;
+                    let theirs = parent.entries(start, end)?;
                     let mut pages = Vec::new();
                     let mut discard = Vec::new();
                     {
                         let mut keep = Runs::new(|address, n| pages.push((address, n)));
                         let mut drop = Runs::new(|address, n| discard.push(PageRun { address, pages: n, file_offset: 0 }));
-                        for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+                        for (i, (o, t)) in ours.iter().zip(theirs).enumerate() {
                             let address = start + i as u64 * PAGE_SIZE;
                             let (mine, parents) = (wanted.holds(*o), wanted.holds(*t));
                             // A page both still map from the same frame is shared copy-on-write:
@@ -142,6 +142,9 @@ impl Kind for Memory {
         for run in vmas.iter_mut().flat_map(|v| v.pages.iter_mut()) {
             run.file_offset = next_offset;
             next_offset += run.pages * PAGE_SIZE;
+        }
+        if let (Some(view), Some(ppid)) = (parent, ctx.parent) {
+            ctx.open_files.state.get::<ParentViews>().0.insert(ppid.as_raw(), view);
         }
         let pages_file = image::pages_name(pid as u32);
         crate::timing::step("dump: copy pages", || write_pages(ctx, &vmas, &pages_file, next_offset))?;
@@ -202,6 +205,39 @@ impl Kind for Memory {
 }
 
 /// The same mapping in a parent and its child: same range, protection, backing and offset.
+/// Each parent's [`ParentView`], kept from one child's dump to the next.
+#[derive(Default)]
+pub struct ParentViews(HashMap<i32, ParentView>);
+
+/// A parent's mappings and the pagemap entries of those its children inherited, read once for
+/// all its children (a root with 299 children: once, not 299 times): it is frozen, so they
+/// cannot change while the tree is collected.
+pub struct ParentView {
+    maps: procfs::process::MemoryMaps,
+    pagemap: PageMap,
+    entries: HashMap<(u64, u64), Vec<u64>>,
+}
+
+impl ParentView {
+    /// The view of `ppid` kept by an earlier child (taken out while this child uses it), or a
+    /// new one.
+    fn take(ctx: &mut DumpCtx, ppid: i32) -> Result<ParentView> {
+        if let Some(view) = ctx.open_files.state.get::<ParentViews>().0.remove(&ppid) {
+            return Ok(view);
+        }
+        let maps = procfs::process::Process::new(ppid)?.maps().with_context(|| format!("reading /proc/{ppid}/maps"))?;
+        Ok(ParentView { maps, pagemap: PageMap::open(ppid)?, entries: HashMap::new() })
+    }
+
+    fn entries(&mut self, start: u64, end: u64) -> Result<&[u64]> {
+        if !self.entries.contains_key(&(start, end)) {
+            let read = self.pagemap.entries(start, end)?;
+            self.entries.insert((start, end), read);
+        }
+        Ok(&self.entries[&(start, end)])
+    }
+}
+
 fn same_mapping(a: &procfs::process::MemoryMap, b: &procfs::process::MemoryMap) -> bool {
     a.address == b.address && a.perms == b.perms && a.offset == b.offset && a.dev == b.dev && a.inode == b.inode && a.pathname == b.pathname
 }
