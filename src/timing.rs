@@ -13,12 +13,17 @@ static TOTALS: Mutex<BTreeMap<&'static str, (Duration, u32)>> = Mutex::new(BTree
 pub fn step<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = f();
-    let took = started.elapsed();
+    add(name, started.elapsed());
+    out
+}
+
+/// Adds `took` to the total of step `name` (a step timed by its caller, whose body does not
+/// fit a closure).
+pub fn add(name: &'static str, took: Duration) {
     let mut totals = TOTALS.lock().unwrap_or_else(|p| p.into_inner());
     let entry = totals.entry(name).or_default();
     entry.0 += took;
     entry.1 += 1;
-    out
 }
 
 /// Logs the totals of every step (at debug level), longest first, and starts again.
