@@ -913,7 +913,7 @@ impl Frozen {
                     return Err(seize_error(pid, tid, e));
                 }
                 crate::kinds::syscall_timeouts::frozen(tid.as_raw(), interrupted);
-                let mut thread = RemoteTask::new(tid, syscall_ip)?;
+                let mut thread = RemoteTask::new_thread_of(&self.remote, tid, syscall_ip)?;
                 crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), tid.as_raw(), false)?;
                 park_on_frame(&mut thread, self.sigreturn)?;
                 ptrace::set_sigmask(tid, !0)?;
@@ -1029,7 +1029,8 @@ fn collect(
     let DumpCtx { process, pidfd, .. } = ctx;
     // What only each thread can tell, asked of all the other threads at once.
     let mut others: Vec<&mut RemoteTask> = frozen.threads.iter_mut().collect();
-    let own_words = crate::kinds::registers::own_words_of_all(&mut others)?;
+    let own_words = crate::timing::step("dump: words of all threads", || crate::kinds::registers::own_words_of_all(&mut others))?;
+    let threads_started = Instant::now();
     for (t, own) in frozen.threads.iter_mut().zip(own_words) {
         let mut tctx = DumpCtx {
             pid: t.pid(),
@@ -1042,11 +1043,14 @@ fn collect(
         };
         threads.push(crate::kinds::registers::dump_with(&mut tctx, Some(own))?);
     }
+    crate::timing::add("dump: other threads", threads_started.elapsed());
+    let threads_started = Instant::now();
     for thread in &mut threads {
         thread.scheduling = Some(crate::kinds::scheduling::dump_thread(pid.as_raw(), thread.tid as i32)?);
         let own = crate::kinds::credentials::of_thread(pid.as_raw(), thread.tid as i32)?;
         thread.credentials = (own != credentials).then_some(own);
     }
+    crate::timing::add("dump: thread scheduling and credentials", threads_started.elapsed());
     let loginuid = crate::kinds::scheduling::dump_loginuid(pid.as_raw())?;
     let tids: Vec<i32> = threads.iter().map(|t| t.tid as i32).collect();
     let seccomp = crate::kinds::seccomp::dump(pid.as_raw(), &tids)?;

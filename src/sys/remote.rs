@@ -97,12 +97,25 @@ pub struct Scratch {
 
 impl RemoteTask {
     pub fn new(pid: Pid, syscall_ip: u64) -> Result<Self, SysError> {
-        let base = ptrace::get_registers(pid)?;
         let mem = File::options()
             .read(true)
             .write(true)
             .open(format!("/proc/{pid}/mem"))
             .map_err(|e| SysError::new(format!("open /proc/{pid}/mem"), io_errno(&e)))?;
+        Self::with_memory(pid, syscall_ip, mem)
+    }
+
+    /// A thread of the process `leader` drives: its memory is the leader's, reached through a
+    /// duplicate of the leader's /proc/PID/mem (a dup, cheaper than opening the thread's own
+    /// for each of a thousand threads).
+    pub fn new_thread_of(leader: &RemoteTask, tid: Pid, syscall_ip: u64) -> Result<Self, SysError> {
+        let mem =
+            leader.mem.try_clone().map_err(|e| SysError::new(format!("dup /proc/{}/mem", leader.pid), io_errno(&e)).pid(tid.as_raw()))?;
+        Self::with_memory(tid, syscall_ip, mem)
+    }
+
+    fn with_memory(pid: Pid, syscall_ip: u64, mem: File) -> Result<Self, SysError> {
+        let base = ptrace::get_registers(pid)?;
         let original_sigmask = ptrace::get_sigmask(pid)?;
         Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None, batch_code: None, lost: false })
     }

@@ -176,7 +176,8 @@ impl RemoteTask {
 
     /// Runs `calls[i]` (a list of system calls) in `tasks[i]`, and returns their raw results
     /// (negative errno on failure). Tasks that can ([`Self::runs_batches`]) run their list by
-    /// themselves, all at once; the others take one round of [`Self::syscall_each`] per call.
+    /// themselves, all at once (one per address space); the others take one round of
+    /// [`Self::syscall_each`] per call.
     /// On an error every task is still brought back where it is parked before the first error
     /// is returned.
     pub fn syscalls_each(tasks: &mut [&mut RemoteTask], calls: &[Vec<Call>]) -> Result<Vec<Vec<i64>>, SysError> {
@@ -184,8 +185,14 @@ impl RemoteTask {
             return Err(SysError::unexpected("syscalls_each", 0, format!("{} tasks, {} lists of calls", tasks.len(), calls.len())));
         }
         let mut results: Vec<Result<Vec<i64>, SysError>> = (0..tasks.len()).map(|_| Ok(Vec::new())).collect();
-        let (mut batched, mut stepped): (Vec<(usize, &mut RemoteTask)>, Vec<(usize, &mut RemoteTask)>) =
-            tasks.iter_mut().map(|t| &mut **t).enumerate().partition(|(i, t)| t.runs_batches(calls[*i].len()));
+        // One batch per address space: threads of one process share the scratch area, where
+        // a second batch would overwrite the first.
+        let mut areas = std::collections::HashSet::new();
+        let (mut batched, mut stepped): (Vec<(usize, &mut RemoteTask)>, Vec<(usize, &mut RemoteTask)>) = tasks
+            .iter_mut()
+            .map(|t| &mut **t)
+            .enumerate()
+            .partition(|(i, t)| t.runs_batches(calls[*i].len()) && areas.insert(t.scratch.map(|s| s.address)));
         tracing::debug!(batched = batched.len(), stepped = stepped.len(), "running lists of calls");
         run_batches(&mut batched, calls, &mut results);
         step_through(&mut stepped, calls, &mut results)?;
