@@ -180,9 +180,11 @@ impl RemoteTask {
     /// [`Self::syscall_each`] per call.
     /// On an error every task is still brought back where it is parked before the first error
     /// is returned.
-    pub fn syscalls_each(tasks: &mut [&mut RemoteTask], calls: &[Vec<Call>]) -> Result<Vec<Vec<i64>>, SysError> {
+    /// (An error of a test's fault point, src/fault.rs, is returned as it is, after the tasks
+    /// are parked again: an interruption it stands for must reach crust's exit status.)
+    pub fn syscalls_each(tasks: &mut [&mut RemoteTask], calls: &[Vec<Call>]) -> anyhow::Result<Vec<Vec<i64>>> {
         if tasks.len() != calls.len() {
-            return Err(SysError::unexpected("syscalls_each", 0, format!("{} tasks, {} lists of calls", tasks.len(), calls.len())));
+            return Err(SysError::unexpected("syscalls_each", 0, format!("{} tasks, {} lists of calls", tasks.len(), calls.len())).into());
         }
         let mut results: Vec<Result<Vec<i64>, SysError>> = (0..tasks.len()).map(|_| Ok(Vec::new())).collect();
         // One batch per address space: threads of one process share the scratch area, where
@@ -194,14 +196,20 @@ impl RemoteTask {
             .enumerate()
             .partition(|(i, t)| t.runs_batches(calls[*i].len()) && areas.insert(t.scratch.map(|s| s.address)));
         tracing::debug!(batched = batched.len(), stepped = stepped.len(), "running lists of calls");
-        run_batches(&mut batched, calls, &mut results);
+        let fault = run_batches(&mut batched, calls, &mut results);
         step_through(&mut stepped, calls, &mut results)?;
-        results.into_iter().collect()
+        fault?;
+        Ok(results.into_iter().collect::<Result<_, _>>()?)
     }
 }
 
-/// Starts every batch before catching the first, so they run side by side.
-fn run_batches(tasks: &mut [(usize, &mut RemoteTask)], calls: &[Vec<Call>], results: &mut [Result<Vec<i64>, SysError>]) {
+/// Starts every batch before catching the first, so they run side by side. Returns what the
+/// fault point returned.
+fn run_batches(
+    tasks: &mut [(usize, &mut RemoteTask)],
+    calls: &[Vec<Call>],
+    results: &mut [Result<Vec<i64>, SysError>],
+) -> anyhow::Result<()> {
     let mut started = vec![false; tasks.len()];
     for (k, (i, t)) in tasks.iter_mut().enumerate() {
         match t.start_batch(&calls[*i]) {
@@ -217,9 +225,7 @@ fn run_batches(tasks: &mut [(usize, &mut RemoteTask)], calls: &[Vec<Call>], resu
             results[*i] = t.catch_batch(calls[*i].len(), deadline);
         }
     }
-    if let (Err(e), Some((i, t))) = (fault, tasks.first()) {
-        results[*i] = Err(SysError::unexpected("a batch of calls", t.pid.as_raw(), format!("{e:#}")));
-    }
+    fault
 }
 
 /// The tasks that cannot run a batch: one round of stops per call.
