@@ -902,24 +902,48 @@ impl Frozen {
             if new.is_empty() {
                 break;
             }
-            for tid in new {
-                let interrupted = crate::kinds::syscall_timeouts::before_interrupt();
-                if let Err(e) = ptrace::seize_and_interrupt_until(tid, false, deadline) {
-                    // A thread caught exiting is gone a moment later: nothing of it to save.
-                    if wait_exit_done(tid) {
-                        exited.push(tid);
-                        continue;
+            // All new threads stop side by side, each interrupted right after its time is
+            // taken (for the waits it was in: kinds::syscall_timeouts).
+            let mut interrupted = std::collections::HashMap::new();
+            let outcomes = ptrace::seize_and_interrupt_each_until(&new, deadline, |tid| {
+                interrupted.insert(tid, crate::kinds::syscall_timeouts::before_interrupt());
+            });
+            let mut failed = None;
+            let mut outcomes: Vec<(Pid, Result<(), crate::sys::SysError>)> = new.into_iter().zip(outcomes).collect();
+            for k in 0..outcomes.len() {
+                let tid = outcomes[k].0;
+                match std::mem::replace(&mut outcomes[k].1, Ok(())) {
+                    Ok(()) => {
+                        let at = interrupted.get(&tid).copied().unwrap_or_else(crate::kinds::syscall_timeouts::before_interrupt);
+                        if let Err(e) = self.take_thread(tid, syscall_ip, at) {
+                            // The threads stopped after it have had nothing changed: let go.
+                            outcomes[k + 1..].iter().filter(|(_, o)| o.is_ok()).for_each(|(t, _)| drop(ptrace::detach(*t)));
+                            return Err(e);
+                        }
                     }
-                    return Err(seize_error(pid, tid, e));
+                    // A thread caught exiting is gone a moment later: nothing of it to save.
+                    Err(_) if wait_exit_done(tid) => exited.push(tid),
+                    Err(e) => {
+                        failed.get_or_insert(seize_error(pid, tid, e));
+                    }
                 }
-                crate::kinds::syscall_timeouts::frozen(tid.as_raw(), interrupted);
-                let mut thread = RemoteTask::new_thread_of(&self.remote, tid, syscall_ip)?;
-                crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), tid.as_raw(), false)?;
-                park_on_frame(&mut thread, self.sigreturn)?;
-                ptrace::set_sigmask(tid, !0)?;
-                self.threads.push(thread);
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
+        Ok(())
+    }
+
+    /// Takes over thread `tid`, just stopped (interrupted at `interrupted`): parks it, blocks
+    /// its signals.
+    fn take_thread(&mut self, tid: Pid, syscall_ip: u64, interrupted: std::time::Duration) -> Result<()> {
+        crate::kinds::syscall_timeouts::frozen(tid.as_raw(), interrupted);
+        let mut thread = RemoteTask::new_thread_of(&self.remote, tid, syscall_ip)?;
+        crate::kinds::seccomp::suspend_while_traced(self.pid.as_raw(), tid.as_raw(), false)?;
+        park_on_frame(&mut thread, self.sigreturn)?;
+        ptrace::set_sigmask(tid, !0)?;
+        self.threads.push(thread);
         Ok(())
     }
 

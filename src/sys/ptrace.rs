@@ -75,6 +75,27 @@ pub fn seize_and_interrupt_all(pids: &[Pid], kill_on_tracer_exit: bool) -> Resul
     result
 }
 
+/// [`seize_and_interrupt_until`] of each of `pids`, every one seized and interrupted before the
+/// first stop is waited for (their stops overlap: a thousand threads stop side by side).
+/// `before_interrupt(pid)` is called right before each interrupt. Returns each one's outcome;
+/// every one seized is waited for, whatever happened to the others.
+pub fn seize_and_interrupt_each_until(
+    pids: &[Pid],
+    deadline: Option<Instant>,
+    mut before_interrupt: impl FnMut(Pid),
+) -> Vec<Result<(), SysError>> {
+    let options = Options::PTRACE_O_TRACESYSGOOD;
+    let started: Vec<Result<(), SysError>> = pids
+        .iter()
+        .map(|&pid| {
+            nix_ptrace::seize(pid, options).map_err(ptrace_err("ptrace(PTRACE_SEIZE)", pid))?;
+            before_interrupt(pid);
+            nix_ptrace::interrupt(pid).map_err(ptrace_err("ptrace(PTRACE_INTERRUPT)", pid))
+        })
+        .collect();
+    pids.iter().zip(started).map(|(&pid, started)| started.and_then(|()| wait_for_event_stop_until(pid, deadline))).collect()
+}
+
 /// Sends PTRACE_INTERRUPT to a running tracee and waits for its event stop. Signals that arrive
 /// first are left pending: crust never delivers or drops a signal of the tracee.
 pub fn interrupt_and_wait(pid: Pid) -> Result<(), SysError> {
