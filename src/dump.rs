@@ -348,75 +348,146 @@ fn children_of(pid: Pid) -> Vec<Pid> {
 
 /// Freezes `root` and all its descendants, top down. A frozen process cannot fork any more, so
 /// once every frozen process's children are frozen too, the tree is complete and consistent.
+/// Each generation (the children of the processes frozen last) is seized and interrupted all at
+/// once, before the first stop is waited for: their stops overlap.
 fn freeze_tree(root: Pid, members: &mut Vec<Member>, frozen: &mut Vec<Frozen>, deadline: Option<Instant>) -> Result<()> {
     let mut queue = std::collections::VecDeque::from([(root, Pid::from_raw(0))]);
-    while let Some((pid, ppid)) = queue.pop_front() {
-        let stat = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat());
-        if let Ok(stat) = &stat {
-            if stat.state == 'Z' {
-                // exit_code holds the wait status the parent will reap.
-                let exit_signal = stat.exit_signal.unwrap_or(libc::SIGCHLD);
-                let zombie_groups = (stat.pgrp as u32, stat.session as u32);
-                members.push(Member {
-                    pid,
-                    ppid,
-                    zombie: Some(stat.exit_code.unwrap_or(0)),
-                    comm: stat.comm.clone(),
-                    exit_signal,
-                    zombie_groups,
-                });
-                continue;
+    while !queue.is_empty() {
+        let generation: Vec<(Pid, Pid)> = queue.drain(..).collect();
+        let mut candidates = Vec::new();
+        for (pid, ppid) in generation {
+            if let Some(candidate) = examine(root, pid, ppid, members, &mut queue)? {
+                candidates.push(candidate);
             }
         }
-        crate::interrupt::check()?;
-        if pid != root {
-            if stat.is_err() {
-                continue; // exited and reaped by the kernel (its parent ignores SIGCHLD)
-            }
-            if let Err(e) = precheck(pid) {
-                if wait_exit_done(pid) {
-                    queue.push_front((pid, ppid)); // a zombie now, or gone
+        let pids: Vec<Pid> = candidates.iter().map(|c| c.pid).collect();
+        let mut interrupted = std::collections::HashMap::new();
+        let outcomes = crate::timing::step("dump: seize", || {
+            ptrace::seize_and_interrupt_each_until(&pids, deadline, |pid| {
+                interrupted.insert(pid, crate::kinds::syscall_timeouts::before_interrupt());
+            })
+        });
+        let mut outcomes: Vec<Option<Result<(), crate::sys::SysError>>> = outcomes.into_iter().map(Some).collect();
+        for k in 0..candidates.len() {
+            let c = &candidates[k];
+            let outcome = outcomes[k].take().unwrap_or(Ok(()));
+            let taken = match outcome {
+                Ok(()) => {
+                    let at = interrupted.get(&c.pid).copied().unwrap_or_else(crate::kinds::syscall_timeouts::before_interrupt);
+                    take_process(c, at, deadline)
+                }
+                // A child caught exiting cannot be traced (EPERM): it is about to be a zombie
+                // (its parent is frozen and cannot reap it) or gone (if its parent ignores
+                // SIGCHLD): looked at again.
+                Err(_) if c.pid != root && wait_exit_done(c.pid) => {
+                    queue.push_back((c.pid, c.ppid));
                     continue;
                 }
-                return Err(e);
+                Err(e) => Err(seize_error(c.pid, c.pid, e)),
+            };
+            match taken {
+                Ok(f) => frozen.push(f),
+                Err(e) => {
+                    // Those of this generation stopped after it have had nothing changed.
+                    for (c, o) in candidates[k + 1..].iter().zip(&outcomes[k + 1..]) {
+                        if matches!(o, Some(Ok(()))) {
+                            let _ = ptrace::detach(c.pid);
+                        }
+                    }
+                    return Err(e);
+                }
             }
-        }
-        // A job-control stop shows as state T only until the seize; its signal is the exit
-        // code /proc reports for a stopped task.
-        let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
-        let interrupted = crate::kinds::syscall_timeouts::before_interrupt();
-        if let Err(e) = crate::timing::step("dump: seize", || ptrace::seize_and_interrupt_until(pid, false, deadline)) {
-            // A child caught exiting cannot be traced (EPERM): it is about to be a zombie
-            // (its parent is frozen and cannot reap it) or gone (if its parent ignores SIGCHLD).
-            if pid != root && wait_exit_done(pid) {
-                queue.push_front((pid, ppid));
-                continue;
+            members.push(Member {
+                pid: c.pid,
+                ppid: c.ppid,
+                zombie: None,
+                comm: String::new(),
+                exit_signal: c.exit_signal,
+                zombie_groups: (0, 0),
+            });
+            // Children are listed only now that the parent is frozen: none can appear later.
+            for child in children_of(c.pid) {
+                queue.push_back((child, c.pid));
             }
-            return Err(seize_error(pid, pid, e));
-        }
-        crate::kinds::syscall_timeouts::frozen(pid.as_raw(), interrupted);
-        if let Err(e) = crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), pid.as_raw(), false) {
-            let _ = ptrace::detach(pid);
-            return Err(e.context(format!("freezing pid {pid}")));
-        }
-        match crate::timing::step("dump: take", || Frozen::take(pid, deadline)) {
-            Ok(mut f) => {
-                f.job_stop = job_stop;
-                frozen.push(f)
-            }
-            Err(e) => {
-                let _ = ptrace::detach(pid);
-                return Err(e);
-            }
-        }
-        let exit_signal = stat.as_ref().ok().and_then(|s| s.exit_signal).unwrap_or(libc::SIGCHLD);
-        members.push(Member { pid, ppid, zombie: None, comm: String::new(), exit_signal, zombie_groups: (0, 0) });
-        // Children are listed only now that the parent is frozen: none can appear later.
-        for child in children_of(pid) {
-            queue.push_back((child, pid));
         }
     }
     Ok(())
+}
+
+/// A live process about to be seized.
+struct Candidate {
+    pid: Pid,
+    ppid: Pid,
+    job_stop: Option<i32>,
+    exit_signal: i32,
+}
+
+/// Looks at `pid` before the freeze: a zombie becomes a member at once, a process gone is
+/// skipped, one refused fails the dump, one caught exiting is looked at again (`queue`);
+/// the others are to be seized.
+fn examine(
+    root: Pid,
+    pid: Pid,
+    ppid: Pid,
+    members: &mut Vec<Member>,
+    queue: &mut std::collections::VecDeque<(Pid, Pid)>,
+) -> Result<Option<Candidate>> {
+    let stat = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat());
+    if let Ok(stat) = &stat {
+        if stat.state == 'Z' {
+            // exit_code holds the wait status the parent will reap.
+            let exit_signal = stat.exit_signal.unwrap_or(libc::SIGCHLD);
+            let zombie_groups = (stat.pgrp as u32, stat.session as u32);
+            members.push(Member {
+                pid,
+                ppid,
+                zombie: Some(stat.exit_code.unwrap_or(0)),
+                comm: stat.comm.clone(),
+                exit_signal,
+                zombie_groups,
+            });
+            return Ok(None);
+        }
+    }
+    crate::interrupt::check()?;
+    if pid != root {
+        if stat.is_err() {
+            return Ok(None); // exited and reaped by the kernel (its parent ignores SIGCHLD)
+        }
+        if let Err(e) = precheck(pid) {
+            if wait_exit_done(pid) {
+                queue.push_back((pid, ppid)); // a zombie now, or gone
+                return Ok(None);
+            }
+            return Err(e);
+        }
+    }
+    // A job-control stop shows as state T only until the seize; its signal is the exit code
+    // /proc reports for a stopped task.
+    let job_stop = stat.as_ref().ok().filter(|s| s.state == 'T').map(|s| s.exit_code.unwrap_or(libc::SIGSTOP));
+    let exit_signal = stat.as_ref().ok().and_then(|s| s.exit_signal).unwrap_or(libc::SIGCHLD);
+    Ok(Some(Candidate { pid, ppid, job_stop, exit_signal }))
+}
+
+/// Takes over a process just seized and stopped (interrupted at `interrupted`); on an error it
+/// is let go.
+fn take_process(c: &Candidate, interrupted: std::time::Duration, deadline: Option<Instant>) -> Result<Frozen> {
+    let pid = c.pid;
+    crate::kinds::syscall_timeouts::frozen(pid.as_raw(), interrupted);
+    if let Err(e) = crate::kinds::seccomp::suspend_while_traced(pid.as_raw(), pid.as_raw(), false) {
+        let _ = ptrace::detach(pid);
+        return Err(e.context(format!("freezing pid {pid}")));
+    }
+    match crate::timing::step("dump: take", || Frozen::take(pid, deadline)) {
+        Ok(mut f) => {
+            f.job_stop = c.job_stop;
+            Ok(f)
+        }
+        Err(e) => {
+            let _ = ptrace::detach(pid);
+            Err(e)
+        }
+    }
 }
 
 /// Collects every kind of every frozen process and writes the records. Returns the inventory
