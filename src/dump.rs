@@ -787,7 +787,9 @@ fn refuse_before_freezing(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Re
 /// Refuses what this version cannot dump, before touching the process.
 fn precheck(pid: Pid) -> Result<()> {
     let process = procfs::process::Process::new(pid.as_raw()).with_context(|| format!("no process with pid {pid}"))?;
-    if let Some(why) = ptrace::why_untraceable(pid.as_raw()) {
+    // Read once for the three checks that need it (the kernel builds it anew at each read).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    if let Some(why) = ptrace::why_untraceable_with(pid.as_raw(), &status) {
         bail!("cannot dump pid {pid}: {why}");
     }
     let stat = process.stat().with_context(|| format!("reading /proc/{pid}/stat"))?;
@@ -796,9 +798,11 @@ fn precheck(pid: Pid) -> Result<()> {
         't' => bail!("pid {pid} is stopped by another tracer (state t: a debugger?); crust cannot dump a traced process"),
         _ => {}
     }
-    if process.status()?.tgid != pid.as_raw() {
+    let status_field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    if status_field("Tgid:").and_then(|t| t.parse::<i32>().ok()) != Some(pid.as_raw()) {
         bail!("pid {pid} is a thread, not a process: dump its process (tgid)");
     }
+    crate::kinds::seccomp::precheck_mode(pid.as_raw(), status_field("Seccomp:").and_then(|m| m.parse().ok()).unwrap_or(0))?;
     refuse_unsupported_state(pid)?;
     Ok(())
 }
@@ -816,7 +820,6 @@ fn own_namespaces() -> &'static [(&'static str, Option<std::path::PathBuf>)] {
 
 /// State this version cannot restore faithfully is refused by name, never dropped.
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
-    crate::kinds::seccomp::precheck(pid.as_raw())?;
     for (ns, ours) in own_namespaces() {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
         if let (Ok(theirs), Some(ours)) = (theirs, ours) {

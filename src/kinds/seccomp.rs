@@ -33,8 +33,9 @@ pub fn mode(pid: i32, tid: i32) -> Result<u32> {
 }
 
 /// Refuses what cannot be dumped, before the process is touched: strict mode.
-pub fn precheck(pid: i32) -> Result<()> {
-    if mode(pid, pid)? == 1 {
+/// `mode`: the process's (its leader's), read by the caller.
+pub fn precheck_mode(pid: i32, mode: u32) -> Result<()> {
+    if mode == 1 {
         bail!("pid {pid} runs in seccomp strict mode (only read, write, exit and sigreturn): crust cannot run anything in it to dump it");
     }
     Ok(())

@@ -159,6 +159,12 @@ fn wait_for_event_stop_until(pid: Pid, deadline: Option<Instant>) -> Result<(), 
 /// Why PTRACE_SEIZE of `pid` cannot work, when /proc tells: it is crust itself or one of its
 /// ancestors (its tree would hold crust), a kernel thread, or it already has a tracer.
 pub fn why_untraceable(pid: i32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    why_untraceable_with(pid, &status)
+}
+
+/// [`why_untraceable`], with the text of /proc/`pid`/status already read.
+pub fn why_untraceable_with(pid: i32, status: &str) -> Option<String> {
     let me = std::process::id() as i32;
     if pid == me {
         return Some(format!("pid {pid} is crust itself"));
@@ -167,7 +173,6 @@ pub fn why_untraceable(pid: i32) -> Option<String> {
         let who = if pid == 1 { "pid 1 is init".to_string() } else { format!("pid {pid} is an ancestor of crust (pid {me})") };
         return Some(format!("{who}: its tree holds crust itself, which cannot freeze itself"));
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("").to_string();
     let comm = field("Name:");
     let tracer: i32 = field("TracerPid:").parse().unwrap_or(0);
