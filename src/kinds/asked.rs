@@ -5,7 +5,7 @@
 //! change while the tree is frozen, except the real interval timer, which keeps running: it is
 //! read as near to the freeze as the rest.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::registers::OwnWords;
 use crate::sys::remote::RemoteTask;
@@ -68,8 +68,7 @@ pub fn ask_all(leaders: &mut [&mut RemoteTask]) -> Result<Vec<Asked>> {
     // Every question of a process asked in one go (RemoteTask::syscalls_each).
     let questions = questions();
     let calls: Vec<Vec<(i64, Vec<u64>)>> = bases.iter().map(|b| questions.iter().map(|(_, call)| call(*b)).collect()).collect();
-    let results = RemoteTask::syscalls_each(leaders, &calls)
-        .map_err(|e| anyhow::Error::from(e).context("remote calls asking each process its state"))?;
+    let results = RemoteTask::syscalls_each(leaders, &calls).context("remote calls asking each process its state")?;
     // The answers given as return values, by question, then by process.
     let mut returned: std::collections::HashMap<&str, Vec<i64>> = std::collections::HashMap::new();
     for (q, (name, _)) in questions.iter().enumerate() {

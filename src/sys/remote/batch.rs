@@ -125,8 +125,9 @@ impl RemoteTask {
     }
 
     /// Waits (until `deadline`) for the tracee's calls to be done, stops it and parks it again;
-    /// returns the results of its `count` calls.
-    fn catch_batch(&mut self, count: usize, deadline: Instant) -> Result<Vec<i64>, SysError> {
+    /// returns the results of its `count` calls, or None if it did not make them all in time
+    /// (starved of CPU, a cgroup's quota spent...).
+    fn catch_batch(&mut self, count: usize, deadline: Instant) -> Result<Option<Vec<i64>>, SysError> {
         let pid = self.pid;
         let mut nap = Duration::from_micros(20);
         let mut yields = 0;
@@ -148,15 +149,12 @@ impl RemoteTask {
         }
         ptrace::set_registers(pid, &self.base)?;
         if flag != FLAG_DONE {
-            return Err(SysError::unexpected(
-                "a batch of calls",
-                pid.as_raw(),
-                format!("did not make its {count} calls in {CATCH_LIMIT:?}"),
-            ));
+            tracing::debug!(pid = pid.as_raw(), "did not make its {count} calls in {CATCH_LIMIT:?}: they are made one by one");
+            return Ok(None);
         }
         let mut table = vec![0u8; count * ENTRY_LEN as usize];
         self.get(BATCH_AT + TABLE_AT, &mut table)?;
-        Ok(table.chunks_exact(ENTRY_LEN as usize).map(|e| i64::from_ne_bytes(e[56..64].try_into().unwrap())).collect())
+        Ok(Some(table.chunks_exact(ENTRY_LEN as usize).map(|e| i64::from_ne_bytes(e[56..64].try_into().unwrap())).collect()))
     }
 
     /// The tracee waited out its timeout and went back to its own code: crust can no longer
@@ -174,7 +172,8 @@ impl RemoteTask {
         )
     }
 
-    /// Runs `calls[i]` (a list of system calls) in `tasks[i]`, and returns their raw results
+    /// Runs `calls[i]` (a list of system calls that only read: a task caught before it made
+    /// them all makes them again) in `tasks[i]`, and returns their raw results
     /// (negative errno on failure). Tasks that can ([`Self::runs_batches`]) run their list by
     /// themselves, all at once (one per address space); the others take one round of
     /// [`Self::syscall_each`] per call.
@@ -196,7 +195,13 @@ impl RemoteTask {
             .enumerate()
             .partition(|(i, t)| t.runs_batches(calls[*i].len()) && areas.insert(t.scratch.map(|s| s.address)));
         tracing::debug!(batched = batched.len(), stepped = stepped.len(), "running lists of calls");
-        let fault = run_batches(&mut batched, calls, &mut results);
+        let (fault, unfinished) = run_batches(&mut batched, calls, &mut results);
+        // Those caught before they were done make their calls again, one by one.
+        for (k, task) in batched.into_iter().enumerate() {
+            if unfinished.contains(&k) {
+                stepped.push(task);
+            }
+        }
         step_through(&mut stepped, calls, &mut results)?;
         fault?;
         Ok(results.into_iter().collect::<Result<_, _>>()?)
@@ -204,12 +209,13 @@ impl RemoteTask {
 }
 
 /// Starts every batch before catching the first, so they run side by side. Returns what the
-/// fault point returned.
+/// fault point returned, and which tasks (their places in `tasks`) did not make their calls in
+/// time (parked again).
 fn run_batches(
     tasks: &mut [(usize, &mut RemoteTask)],
     calls: &[Vec<Call>],
     results: &mut [Result<Vec<i64>, SysError>],
-) -> anyhow::Result<()> {
+) -> (anyhow::Result<()>, Vec<usize>) {
     let mut started = vec![false; tasks.len()];
     for (k, (i, t)) in tasks.iter_mut().enumerate() {
         match t.start_batch(&calls[*i]) {
@@ -220,12 +226,17 @@ fn run_batches(
     // A test widens the window in which the tracees run their code (crust killed or held up).
     let fault = crate::fault::point("dump-batch-running");
     let deadline = Instant::now() + CATCH_LIMIT;
+    let mut unfinished = Vec::new();
     for (k, (i, t)) in tasks.iter_mut().enumerate() {
         if started[k] {
-            results[*i] = t.catch_batch(calls[*i].len(), deadline);
+            match t.catch_batch(calls[*i].len(), deadline) {
+                Ok(Some(done)) => results[*i] = Ok(done),
+                Ok(None) => unfinished.push(k),
+                Err(e) => results[*i] = Err(e),
+            }
         }
     }
-    fault
+    (fault, unfinished)
 }
 
 /// The tasks that cannot run a batch: one round of stops per call.
