@@ -17,7 +17,7 @@ use super::SysError;
 use super::ptrace::{self, Registers};
 
 mod batch;
-pub use batch::{Call, WAIT_SECONDS};
+pub use batch::WAIT_SECONDS;
 
 /// A stopped tracee that crust can run system calls in.
 pub struct RemoteTask {
@@ -117,7 +117,18 @@ impl RemoteTask {
     fn with_memory(pid: Pid, syscall_ip: u64, mem: File) -> Result<Self, SysError> {
         let base = ptrace::get_registers(pid)?;
         let original_sigmask = ptrace::get_sigmask(pid)?;
-        Ok(RemoteTask { pid, syscall_ip, base, original: base, original_sigmask, mem, scratch: None, self_return: None, batch_code: None, lost: false })
+        Ok(RemoteTask {
+            pid,
+            syscall_ip,
+            base,
+            original: base,
+            original_sigmask,
+            mem,
+            scratch: None,
+            self_return: None,
+            batch_code: None,
+            lost: false,
+        })
     }
 
     pub fn original_registers(&self) -> Registers {
