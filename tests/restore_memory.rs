@@ -266,3 +266,55 @@ fn huge_pages_a_program_collapsed_itself_come_back_huge() {
     std::fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
     w.go().assert_pass();
 }
+
+/// Private anonymous areas side by side that the kernel keeps apart for their flags alone (the
+/// same protection: MADV_DONTFORK on the middle one, MADV_WIPEONFORK on the last), each large
+/// enough for crust's own fill: their pages come back, and so do the areas with their flags.
+/// (crust joins the pages of areas side by side into one copy; one copy may not cross the edge
+/// of a kernel area.)
+#[test]
+fn adjacent_anonymous_areas_apart_for_their_flags_come_back_filled() {
+    const PY_BODY: &str = r#"
+MIB = 1 << 20
+base = libc.mmap(None, 48 * MIB, 3, 0x02 | 0x20, -1, 0)   # PROT_READ|WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+assert libc.madvise(base + 16 * MIB, 16 * MIB, 10) == 0   # MADV_DONTFORK
+assert libc.madvise(base + 32 * MIB, 16 * MIB, 18) == 0   # MADV_WIPEONFORK
+def page(i):
+    return (b'%08d' % i) * 512
+for i in range(48 * 256):
+    ctypes.memmove(base + i * 4096, page(i), 4096)
+open('ready', 'w').write('%x\n' % base)
+while not os.path.exists('go'):
+    time.sleep(0.05)
+ok = all(ctypes.string_at(base + i * 4096, 4096) == page(i) for i in range(48 * 256))
+open('result', 'w').write('contents %s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-apart", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
+    wait_until("python3 to fill its areas", Duration::from_secs(30), || file_written(&w.dir.path.join("ready")));
+    let base = u64::from_str_radix(std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim(), 16).unwrap();
+    let areas = |pid: i32| -> Vec<String> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut out = Vec::new();
+        for k in 0..3u64 {
+            let head = format!("{:x}-", base + k * (16 << 20));
+            let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&head));
+            let line = lines.next().unwrap_or("no such area").to_string();
+            let flags = lines.find(|l| l.starts_with("VmFlags:")).unwrap_or("no flags").to_string();
+            out.push(format!("{line} {flags}"));
+        }
+        out
+    };
+    let before = areas(w.pid);
+    assert!(before.iter().all(|a| !a.starts_with("no such")), "test setup: three areas apart: {before:?}");
+    let snapshot = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_same_proc(&snapshot, &w.snapshot(), &[]);
+    assert_eq!(areas(w.pid), before, "the three areas and their flags after restore");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to check its memory", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+}

@@ -186,7 +186,8 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
     }
     let plan = by_chunk(&pieces, record.chunk_size)?;
     let claims = Claims::new(plan.len());
-    let into = Target { pid, uffd: uffd.as_ref().map(|u| u.as_fd()) };
+    let areas = std::sync::OnceLock::new();
+    let into = Target { pid, uffd: uffd.as_ref().map(|u| u.as_fd()), areas: &areas };
     let work = |from_the_end: bool| -> Result<()> {
         let mut buffer = Vec::new();
         while let Some(position) = claims.take(from_the_end) {
@@ -278,6 +279,8 @@ fn by_chunk<T: Copy>(pieces: &[(Piece, T)], chunk: u64) -> Result<Vec<ChunkPlan<
 struct Target<'a> {
     pid: i32,
     uffd: Option<BorrowedFd<'a>>,
+    /// The process's areas as the kernel has them now, read once if a copy meets an edge.
+    areas: &'a std::sync::OnceLock<Vec<(u64, u64)>>,
 }
 
 /// Reads chunk `index` of the page file, checks it, and places `pieces` (inside it), each as
@@ -302,7 +305,7 @@ fn place_chunk(
             bail!("pid {pid}: pages at {:#x} lie past the end of {} ({} bytes)", p.address, path.display(), record.size);
         };
         match (how, into.uffd) {
-            (Placing::Copy, Some(uffd)) => place(pid, uffd, p.address, bytes)?,
+            (Placing::Copy, Some(uffd)) => place(into, uffd, p.address, bytes)?,
             (Placing::Copy, None) => bail!("pid {pid}: pages at {:#x} to place without a userfaultfd", p.address),
             (Placing::Write, _) => write(pid, p.address, bytes)?,
         }
@@ -330,7 +333,8 @@ fn write(pid: i32, address: u64, bytes: &[u8]) -> Result<()> {
 }
 
 /// UFFDIO_COPY of `bytes` to `address`, until all are placed (a copy may stop short).
-fn place(pid: i32, uffd: BorrowedFd, address: u64, bytes: &[u8]) -> Result<()> {
+fn place(into: Target, uffd: BorrowedFd, address: u64, bytes: &[u8]) -> Result<()> {
+    let pid = into.pid;
     let mut done = 0;
     // A stopped process changes nothing in its address space: a copy that makes no progress
     // (EAGAIN, EINTR) is retried a few times only.
@@ -339,11 +343,34 @@ fn place(pid: i32, uffd: BorrowedFd, address: u64, bytes: &[u8]) -> Result<()> {
         let at = address + done as u64;
         match uffd::copy(uffd, at, &bytes[done..]) {
             Ok(n) => done += n as usize,
+            // Pages of areas side by side were joined into one copy, but the kernel keeps
+            // these areas apart (flags set while they are filled): one copy may not cross the
+            // edge of a kernel area, so this one stops there.
+            Err(Errno::ENOENT) if let Some(end) = area_end(into, at).filter(|&end| end < at + (bytes.len() - done) as u64) => {
+                let upto = (end - address) as usize;
+                place(into, uffd, at, &bytes[done..upto])?;
+                done = upto;
+            }
             Err(Errno::EINTR | Errno::EAGAIN) if retries < 100 => retries += 1,
             Err(e) => bail!("pid {pid}: userfaultfd UFFDIO_COPY of {} bytes at {at:#x}: {e}", bytes.len() - done),
         }
     }
     Ok(())
+}
+
+/// The end of the kernel's area of the process that holds `address` (its /proc/PID/maps, read
+/// once per fill).
+fn area_end(into: Target, address: u64) -> Option<u64> {
+    let areas = into.areas.get_or_init(|| {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", into.pid)).unwrap_or_default();
+        maps.lines()
+            .filter_map(|l| {
+                let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+                Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?))
+            })
+            .collect()
+    });
+    areas.iter().find(|&&(s, e)| address >= s && address < e).map(|&(_, e)| e)
 }
 
 #[cfg(test)]
