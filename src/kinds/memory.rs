@@ -860,12 +860,22 @@ fn prot_while_filled(v: &Vma) -> u32 {
 /// place, not growing down, not droppable, not to stay unaccounted: mapped writable first, it
 /// would be charged to the commit limit).
 fn is_plain_anonymous(v: &Vma) -> bool {
-    v.kind() == VmaKind::PrivateAnonymous
-        && !v.inherited
-        && !v.droppable
-        && !v.grows_down
-        && !v.unaccounted
-        && !super::pathless::made_later(v)
+    !v.unaccounted && is_plain_anonymous_if_accounted(v)
+}
+
+fn is_plain_anonymous_if_accounted(v: &Vma) -> bool {
+    v.kind() == VmaKind::PrivateAnonymous && !v.inherited && !v.droppable && !v.grows_down && !super::pathless::made_later(v)
+}
+
+/// An area a run may hold: a plain anonymous area, or a guard (no pages, never writable,
+/// unaccounted: a thread's guard page), which the run's mmap then makes without write
+/// permission (see [`map_run`]).
+fn in_run(v: &Vma) -> bool {
+    is_plain_anonymous(v) || (v.unaccounted && v.pages.is_empty() && is_plain_anonymous_if_accounted(v))
+}
+
+fn writable_while_filled(v: &Vma) -> bool {
+    prot_while_filled(v) & libc::PROT_WRITE as u32 != 0
 }
 
 /// The areas at the start of `vmas` that one mmap over their whole range, then an mprotect of
@@ -877,17 +887,26 @@ fn is_plain_anonymous(v: &Vma) -> bool {
 /// address either way. One area when there is no such run.
 fn plain_run<'a>(vmas: &'a [Vma], previous: Option<&Vma>) -> &'a [Vma] {
     let Some(first) = vmas.first() else { return vmas };
-    if !is_plain_anonymous(first) || previous.is_some_and(|p| could_merge(p, first)) {
+    if !in_run(first) || previous.is_some_and(|p| could_merge(p, first)) {
         return &vmas[..1];
     }
     let mut n = 1;
     while let Some(next) = vmas.get(n) {
         let cur = &vmas[n - 1];
-        let joins = is_plain_anonymous(next) && next.start == cur.end && !could_merge(cur, next) && next.no_reserve == first.no_reserve;
+        let joins = in_run(next) && next.start == cur.end && !could_merge(cur, next) && next.no_reserve == first.no_reserve;
         if !joins {
             break;
         }
         n += 1;
+    }
+    // With a guard in it, the run is mapped without write permission (see map_run): every
+    // other area must then be one made writable (which charges it, as its own mmap did). The
+    // run ends before the first that is not (an accounted area without write permission).
+    let run = &vmas[..n];
+    if let (Some(guard), Some(other)) =
+        (run.iter().position(|v| v.unaccounted), run.iter().position(|v| !v.unaccounted && !writable_while_filled(v)))
+    {
+        n = if guard < other { other } else { guard };
     }
     &vmas[..n]
 }
@@ -902,7 +921,13 @@ fn map_run(remote: &mut RemoteTask, run: &[Vma]) -> Result<()> {
     for v in run {
         *counts.entry(prot_while_filled(v)).or_default() += 1;
     }
-    let common = counts.into_iter().max_by_key(|(prot, n)| (*n, std::cmp::Reverse(*prot))).map_or(0, |(prot, _)| prot);
+    // A guard stays unaccounted only if the mmap that makes it is not writable: a run with
+    // one is mapped with no access, and each other area mprotected to its protection.
+    let common = if run.iter().any(|v| v.unaccounted) {
+        libc::PROT_NONE as u32
+    } else {
+        counts.into_iter().max_by_key(|(prot, n)| (*n, std::cmp::Reverse(*prot))).map_or(0, |(prot, _)| prot)
+    };
     let (start, end) = (run[0].start, run[run.len() - 1].end);
     let noreserve = if run[0].no_reserve { libc::MAP_NORESERVE } else { 0 };
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | noreserve) as u64;
