@@ -391,15 +391,10 @@ fn eager_restore_of_256_mib_verified_while_read_in_brings_every_word_back() {
     check_every_word_and_end(&mut w, &fds_before);
 }
 
-/// Eager restore of 64 MiB whose pages crust places itself (userfaultfd, both cores), with
-/// one byte of a chunk changed: refused naming the file, the field and the chunk's bytes; the
-/// process never ran (no VERIFIED) and is gone; with the byte put back the image restores, every
-/// word right.
-#[test]
-fn eager_restore_of_a_damaged_chunk_placed_by_crust_is_refused_naming_it() {
-    let mut w = Workload::spawn("lazy_pattern", &["64"]);
-    let fds_before = fd_targets(w.pid);
-    w.dump();
+/// One byte of the chunk at 40 MiB of the dumped page file changed: the restore is refused
+/// naming the file, the field and the chunk, leaves no process, and the process never ran. The
+/// page file is put back afterwards.
+fn damaged_chunk_is_refused(w: &Workload) {
     let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
     let good = fs::read(&pages).unwrap();
     let chunk = 40usize << 20;
@@ -418,6 +413,18 @@ fn eager_restore_of_a_damaged_chunk_placed_by_crust_is_refused_naming_it() {
     assert!(wait_gone(w.pid, GONE_TIMEOUT), "the refused restore left pid {}", w.pid);
     assert!(!w.status_text().contains("VERIFIED"), "the process ran on damaged memory");
     fs::write(&pages, &good).unwrap();
+}
+
+/// Eager restore of 64 MiB whose pages crust places itself (userfaultfd, both cores), with
+/// one byte of a chunk changed: refused naming the file, the field and the chunk's bytes; the
+/// process never ran (no VERIFIED) and is gone; with the byte put back the image restores, every
+/// word right.
+#[test]
+fn eager_restore_of_a_damaged_chunk_placed_by_crust_is_refused_naming_it() {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let fds_before = fd_targets(w.pid);
+    w.dump();
+    damaged_chunk_is_refused(&w);
     w.restore_detached();
     check_every_word_and_end(&mut w, &fds_before);
 }
@@ -436,19 +443,7 @@ fn eager_restore_of_huge_pages_written_by_crust_checks_each_chunk_and_leaves_not
     assert_eq!(huge_before, 64 * 1024, "test setup: the area is all huge pages");
     w.dump();
     let img = w.image_dir.to_string_lossy().into_owned();
-    let pages = w.image_dir.join(format!("pages-{}.img", w.pid));
-    let good = fs::read(&pages).unwrap();
-    let chunk = 40usize << 20;
-    assert!(good.len() > chunk + (1 << 20), "test setup: page file of {} bytes", good.len());
-    let mut bad = good.clone();
-    bad[chunk + 4567] ^= 0x5a;
-    fs::write(&pages, &bad).unwrap();
-    let out = crust(["restore", "-d", "-D", &img]);
-    assert!(!out.success(), "a damaged chunk was restored:\n{out}");
-    let named = format!("bytes {}..{}", chunk, chunk + (1 << 20));
-    assert!(out.text().contains("chunk_blake3") && out.text().contains(&named), "the refusal names the field and the chunk:\n{out}");
-    assert!(wait_gone(w.pid, GONE_TIMEOUT), "the refused restore left pid {}", w.pid);
-    fs::write(&pages, &good).unwrap();
+    damaged_chunk_is_refused(&w);
     for action in ["kill", "fail"] {
         let fault = [("CRUST_FAULT".to_string(), format!("restore-pages-placed:3:{action}"))];
         let out = crust_env(["restore", "-d", "-D", &img], &fault);

@@ -235,10 +235,17 @@ while True:
 /// and the program finds every word as it was.
 #[test]
 fn huge_pages_of_an_advised_area_come_back_huge_with_their_contents() {
-    let mut w = Workload::spawn("lazy_pattern", &["64", "huge"]);
+    huge_pages_come_back_huge("huge", 64 * 1024, "the area is all huge pages");
+}
+
+/// lazy_pattern.c in `mode` (64 MiB): the area holds `huge_kib` of huge pages (`what`); dumped
+/// and restored eagerly, it holds as many right after the restore, and the program finds every
+/// word as it was.
+fn huge_pages_come_back_huge(mode: &str, huge_kib: u64, what: &str) {
+    let mut w = Workload::spawn("lazy_pattern", &["64", mode]);
     let area = u64::from_str_radix(&w.ready_field("area"), 16).unwrap();
     let huge_before = area_huge_kib(w.pid, area);
-    assert_eq!(huge_before, 64 * 1024, "test setup: the area is all huge pages");
+    assert_eq!(huge_before, huge_kib, "test setup: {what}");
     w.dump();
     w.restore_detached();
     assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages of the area right after the restore (kB)");
@@ -254,17 +261,7 @@ fn huge_pages_of_an_advised_area_come_back_huge_with_their_contents() {
 /// leave them 4 KiB pages), and the program finds every word as it was.
 #[test]
 fn huge_pages_a_program_collapsed_itself_come_back_huge() {
-    let mut w = Workload::spawn("lazy_pattern", &["64", "collapse"]);
-    let area = u64::from_str_radix(&w.ready_field("area"), 16).unwrap();
-    let huge_before = area_huge_kib(w.pid, area);
-    assert_eq!(huge_before, 32 * 1024, "test setup: the program collapsed half of its area");
-    w.dump();
-    w.restore_detached();
-    assert_eq!(area_huge_kib(w.pid, area), huge_before, "AnonHugePages of the area right after the restore (kB)");
-    std::fs::write(w.go_path(), b"go\n").unwrap();
-    w.wait_status_line("VERIFIED", Duration::from_secs(60));
-    std::fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
-    w.go().assert_pass();
+    huge_pages_come_back_huge("collapse", 32 * 1024, "the program collapsed half of its area");
 }
 
 /// Private anonymous areas side by side that the kernel keeps apart for their flags alone (the

@@ -288,14 +288,7 @@ pub fn run(mib: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<(
     if areas < 2 {
         bail!("--mib {mib} holds fewer than two areas of 64 KiB");
     }
-    // A directory of this run's own: another bench may use the same --dir at the same time.
-    let own = dir.join(format!("maps-{}", std::process::id()));
-    std::fs::create_dir_all(&own)?;
-    let result = run_in(areas, &own, runs, criu);
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&own);
-    }
-    result
+    super::in_own_dir(dir, "maps", |own| run_in(areas, own, runs, criu))
 }
 
 fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {

@@ -544,3 +544,15 @@ fn print_medians(huge: bool, runs: &[&Figures]) {
     }
     println!();
 }
+
+/// Runs `run_in` in a directory of this run's own under `dir` (another bench may use the same
+/// --dir at the same time), removed when the run succeeds (kept to look at otherwise).
+pub fn in_own_dir(dir: &Path, prefix: &str, run_in: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let own = dir.join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&own)?;
+    let result = run_in(&own);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&own);
+    }
+    result
+}

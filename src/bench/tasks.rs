@@ -228,14 +228,7 @@ struct Rounds {
 }
 
 pub fn run(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
-    // A directory of this run's own: another bench may use the same --dir at the same time.
-    let own = dir.join(format!("tasks-{}", std::process::id()));
-    std::fs::create_dir_all(&own)?;
-    let result = run_in(tasks, &own, runs, criu);
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&own);
-    }
-    result
+    super::in_own_dir(dir, "tasks", |own| run_in(tasks, own, runs, criu))
 }
 
 fn run_in(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
