@@ -297,21 +297,13 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
         (areas * AREA) >> 20,
         dir.display()
     );
-    let mut tools = vec![super::tasks::Tool { name: "crust", exe: std::env::current_exe()? }];
-    if let Some(criu) = criu {
-        tools.push(super::tasks::Tool { name: "criu", exe: criu.to_path_buf() });
-    }
+    let tools = super::tasks::Tool::crust_and(criu)?;
     let many = Layout { areas, apart: true };
     let one = Layout { areas, apart: false };
     let mut walls: Vec<Walls> = tools.iter().map(|_| Walls::default()).collect();
     for run in 1..=runs {
         println!("run {run}:");
-        // The tools take turns to go first: this VM's speed drifts.
-        let mut order: Vec<usize> = (0..tools.len()).collect();
-        if run % 2 == 0 {
-            order.reverse();
-        }
-        for i in order {
+        for i in super::tasks::turn_order(run, tools.len()) {
             let m = measure(&tools[i], many, dir)?;
             let o = measure(&tools[i], one, dir)?;
             let [d, r, dc, rc] = per_area(m, o, areas);

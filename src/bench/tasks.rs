@@ -158,6 +158,27 @@ pub(super) struct Tool {
 }
 
 impl Tool {
+    /// crust itself, then the reference tool at `criu` if given.
+    pub(super) fn crust_and(criu: Option<&Path>) -> Result<Vec<Tool>> {
+        let mut tools = vec![Tool { name: "crust", exe: std::env::current_exe()? }];
+        if let Some(criu) = criu {
+            tools.push(Tool { name: "criu", exe: criu.to_path_buf() });
+        }
+        Ok(tools)
+    }
+}
+
+/// The order `tools` tools go in, in run `run`: they take turns to go first (this VM's speed
+/// drifts).
+pub(super) fn turn_order(run: usize, tools: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..tools).collect();
+    if run % 2 == 0 {
+        order.reverse();
+    }
+    order
+}
+
+impl Tool {
     pub fn run(&self, args: &[&str], image: &Path) -> Result<Duration> {
         self.run_with_cpu(args, image).map(|(wall, _)| wall)
     }
@@ -233,19 +254,11 @@ pub fn run(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result
 
 fn run_in(tasks: Tasks, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
     println!("crust bench: {}, images in {}", tasks.name(), dir.display());
-    let mut tools = vec![Tool { name: "crust", exe: std::env::current_exe()? }];
-    if let Some(criu) = criu {
-        tools.push(Tool { name: "criu", exe: criu.to_path_buf() });
-    }
+    let tools = Tool::crust_and(criu)?;
     let mut rounds: Vec<Rounds> = tools.iter().map(|_| Rounds::default()).collect();
     for run in 1..=runs {
         println!("run {run}:");
-        // The tools take turns to go first: this VM's speed drifts.
-        let mut order: Vec<usize> = (0..tools.len()).collect();
-        if run % 2 == 0 {
-            order.reverse();
-        }
-        for i in order {
+        for i in turn_order(run, tools.len()) {
             let (dump, restore) = tools[i].measure(tasks, dir)?;
             println!("  {:<5} dump {}  restore {}", tools[i].name, ms(dump), ms(restore));
             rounds[i].dumps.push(dump);

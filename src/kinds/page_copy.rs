@@ -34,11 +34,29 @@ pub struct Piece {
     pub file_offset: u64,
 }
 
-/// How many workers copy at once: one per core (two on the project's machine), at most 4.
-fn workers() -> usize {
+/// How many workers copy (or, on restore, place) pages at once: one per core (two on the
+/// project's machine), at most 4.
+pub fn workers() -> usize {
     // Asked once: the answer reads cgroup files, and a tree copies a page file per process.
     static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *WORKERS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4))
+}
+
+/// Runs `work(i)` for i in 0..count at once, 0 on the calling thread: the first error, once
+/// every worker is done.
+pub fn on_workers(count: usize, what: &str, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let helpers: Vec<_> = (1..count.max(1)).map(|i| scope.spawn(move || work(i))).collect();
+        let mut result = work(0);
+        for h in helpers {
+            let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a {what} worker panicked")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
 }
 
 /// process_vm_readv takes at most IOV_MAX remote pieces per call.
@@ -123,18 +141,8 @@ pub fn copy_to_file(
             crate::progress::copied(len as u64);
         }
     };
-    std::thread::scope(|scope| {
-        // No helper thread for a file of one chunk (most processes of a tree): nothing to share.
-        let helpers: Vec<_> = (1..workers().min(plan.len())).map(|_| scope.spawn(work)).collect();
-        let mut result = work();
-        for h in helpers {
-            let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a page copy worker panicked")));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    })?;
+    // No helper thread for a file of one chunk (most processes of a tree): nothing to share.
+    on_workers(workers().min(plan.len()), "page copy", |_| work())?;
     tracing::debug!(pid, ms = t0.elapsed().as_secs_f64() * 1e3, bytes = total, "pages copied and hashed");
     Ok(DataFile {
         name: name.to_owned(),

@@ -198,17 +198,7 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
         }
         Ok(())
     };
-    std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..workers()).map(|w| scope.spawn(move || work(w % 2 == 1))).collect();
-        let mut result = work(false);
-        for h in helpers {
-            let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a page fill worker panicked")));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    })?;
+    super::page_copy::on_workers(super::page_copy::workers(), "page fill", |w| work(w % 2 == 1))?;
     let bytes: u64 = pieces.iter().map(|(p, _)| p.len).sum();
     tracing::info!(pid, ms = t0.elapsed().as_secs_f64() * 1e3, bytes, "pages placed by crust");
     // Closing the last copy ends the registration: the process keeps no trace of it.
@@ -240,11 +230,6 @@ impl Claims {
             Some(*front - 1)
         }
     }
-}
-
-/// How many workers place pages at once: one per core, at most 4.
-fn workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
 }
 
 /// A chunk of the page file (its index) and the pieces placed from it, each with its tag.
