@@ -474,7 +474,14 @@ impl ImageDir {
         if let Some(file) = pinned.get(name) {
             return file.try_clone().map_err(io);
         }
-        let file = open_image_file(&path, u64::MAX)?;
+        let file = open_image_file(&path, u64::MAX).map_err(|e| match e {
+            // The name came from the image (an inventory's or a process's data_files): say so.
+            ImageError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ImageError::Refused {
+                path: self.path(INVENTORY),
+                detail: format!("its field data_files lists {name}, which is not in the image directory"),
+            },
+            e => e,
+        })?;
         let meta = file.metadata().map_err(io)?;
         let me = nix::unistd::geteuid().as_raw();
         if meta.uid() != me || meta.mode() & 0o022 != 0 {
