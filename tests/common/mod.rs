@@ -72,9 +72,13 @@ fn workloads_src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("workloads")
 }
 
+/// Where the workloads are built: under the system's temporary directory, not the target
+/// directory, because some workloads run as nobody and a restore opens their binary with the
+/// image's credentials: a clone under a private (0700) directory would refuse them for that
+/// instead of what the test checks. Binaries are named by a hash of their source and flags, so
+/// clones and test processes share them safely.
 fn workloads_out_dir() -> PathBuf {
-    // CARGO_TARGET_TMPDIR is <target-dir>/tmp
-    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("workloads")
+    std::env::temp_dir().join("crust-test-workloads")
 }
 
 /// Flags from a `// CFLAGS: ...` / `// LDFLAGS: ...` line at the top of the source.
@@ -131,6 +135,10 @@ pub fn build_workload(name: &str) -> PathBuf {
         return bin;
     }
     fs::create_dir_all(&dir).unwrap();
+    for d in [workloads_out_dir(), dir.clone()] {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&d, fs::Permissions::from_mode(0o755));
+    }
     let tmp = dir.join(format!(".{name}.{}.{}", std::process::id(), unique()));
     let out = Command::new("gcc")
         .args(&cflags)
