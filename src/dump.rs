@@ -132,6 +132,9 @@ pub fn dump(root: i32, dir: &Path, opts: &DumpOptions) -> Result<DumpReport> {
     crate::created_files::repair_left_behind();
     crate::network_lock::repair_left_behind();
     precheck(root)?;
+    // The areas' flags are read without smaps's page walk where crust can (kinds/vm_flags.rs):
+    // made ready now, while nothing is frozen.
+    crate::timing::step("dump: prepare reading areas", crate::kinds::vm_flags::prepare);
     let image = ImageDir::create(dir)?;
     // With -R, pages are copied while the tree runs on (kinds/uffd_dump.rs); a program that
     // discards or moves memory not saved yet makes the attempt fail, and the dump starts

@@ -40,6 +40,7 @@ pub mod syscall_timeouts;
 pub mod sysv_shm;
 pub mod timers;
 pub mod uffd_dump;
+pub mod vm_flags;
 
 use std::os::fd::OwnedFd;
 

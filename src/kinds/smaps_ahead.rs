@@ -83,7 +83,12 @@ impl Drop for SmapsAhead {
     }
 }
 
+/// The lines of smaps the memory dump reads: made from the BPF iterator where it can be used
+/// (kinds/vm_flags.rs: no page walk), else read from /proc/PID/smaps.
 fn read_smaps(pid: i32) -> std::io::Result<String> {
+    if let Some(lines) = crate::timing::step("dump: read areas without smaps", || super::vm_flags::smaps_lines(pid)) {
+        return Ok(lines);
+    }
     crate::timing::step("dump: read smaps", || std::fs::read_to_string(format!("/proc/{pid}/smaps")))
 }
 

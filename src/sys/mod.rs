@@ -1,6 +1,8 @@
 //! The system layer: the only place with `unsafe`. Everything above it works with typed values
 //! and gets errors that name the system call, the process and the errno.
 
+pub mod bpf;
+pub mod btf;
 pub mod clone3;
 pub mod fs_safe;
 pub mod inet;

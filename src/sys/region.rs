@@ -10,6 +10,18 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, m
 
 const HUGE: usize = 2 << 20;
 
+/// The madvise(2) advices [`AnonRegion::advise`] takes: none of them drops contents.
+#[derive(Clone, Copy, Debug)]
+pub enum KeepingAdvice {
+    DontFork,
+    WipeOnFork,
+    DontDump,
+    HugePage,
+    Sequential,
+    Random,
+    Mergeable,
+}
+
 pub struct AnonRegion {
     ptr: NonNull<libc::c_void>,
     len: usize,
@@ -70,6 +82,35 @@ impl AnonRegion {
         // SAFETY: changes only the protection of part of our own mapping; its contents stay,
         // and the &mut borrow of self means no slice of it is alive across the change.
         unsafe { nix::sys::mman::mprotect(ptr, range.end - range.start, ProtFlags::PROT_READ) }
+    }
+
+    /// Advises `range` (page-aligned, inside the region) with one of the advices that keep
+    /// its contents (fork, dump, huge page and read-ahead advice, KSM): crust marks its own
+    /// probe areas so, to learn how the kernel shows each flag (kinds/vm_flags.rs).
+    pub fn advise(&mut self, range: std::ops::Range<usize>, advice: KeepingAdvice) -> nix::Result<()> {
+        assert!(range.start < range.end && range.end <= self.len, "range outside the region");
+        let ptr = NonNull::new((self.address() as usize + range.start) as *mut libc::c_void).expect("non-null region");
+        let advice = match advice {
+            KeepingAdvice::DontFork => MmapAdvise::MADV_DONTFORK,
+            KeepingAdvice::WipeOnFork => MmapAdvise::MADV_WIPEONFORK,
+            KeepingAdvice::DontDump => MmapAdvise::MADV_DONTDUMP,
+            KeepingAdvice::HugePage => MmapAdvise::MADV_HUGEPAGE,
+            KeepingAdvice::Sequential => MmapAdvise::MADV_SEQUENTIAL,
+            KeepingAdvice::Random => MmapAdvise::MADV_RANDOM,
+            KeepingAdvice::Mergeable => MmapAdvise::MADV_MERGEABLE,
+        };
+        // SAFETY: each of these advices changes only flags of part of our own mapping (none
+        // drops or replaces its pages), and the &mut borrow of self means no slice of it is
+        // alive across the change.
+        unsafe { madvise(ptr, range.end - range.start, advice) }
+    }
+
+    /// Locks `range` (page-aligned, inside the region) in memory with mlock(2).
+    pub fn lock(&mut self, range: std::ops::Range<usize>) -> nix::Result<()> {
+        assert!(range.start < range.end && range.end <= self.len, "range outside the region");
+        let ptr = NonNull::new((self.address() as usize + range.start) as *mut libc::c_void).expect("non-null region");
+        // SAFETY: mlock only faults in and pins part of our own mapping; its contents stay.
+        unsafe { nix::sys::mman::mlock(ptr, range.end - range.start) }
     }
 
     pub fn as_slice(&self) -> &[u8] {
