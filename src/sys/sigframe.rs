@@ -69,9 +69,10 @@ pub enum FrameError {
 /// system call already resolved: rt_sigreturn does not restart system calls), `sigmask`
 /// and `xstate` (from PTRACE_GETREGSET(NT_X86_XSTATE)), placed below `regs.rsp`'s red zone.
 pub fn build(regs: &Registers, sigmask: u64, xstate: &[u8]) -> Result<SelfReturnFrame, FrameError> {
-    let xstate_size = xstate.len();
     let xcr0 = xstate.get(SW_BYTES..SW_BYTES + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap()));
-    let xcr0 = xcr0.filter(|x| x & 3 == 3 && xstate_size >= 512 + 64).ok_or(FrameError::NoXstate)?;
+    let xcr0 = xcr0.filter(|x| x & 3 == 3 && xstate.len() >= XSAVE_HEADER_END).ok_or(FrameError::NoXstate)?;
+    let (xstate_size, xcr0) = frame_part(xstate, xcr0, &cpu_components());
+    let xstate = &xstate[..xstate_size];
     let fp_len = xstate_size + 4; // + FP_XSTATE_MAGIC2
     // Layout, from high to low addresses: red zone, fpstate (64-byte aligned), frame.
     let fpstate = (regs.rsp - RED_ZONE - fp_len as u64) & !63;
@@ -121,6 +122,54 @@ pub fn build(regs: &Registers, sigmask: u64, xstate: &[u8]) -> Result<SelfReturn
     Ok(SelfReturnFrame { address, bytes })
 }
 
+/// End of the XSAVE header (legacy area 512, header 64): the smallest image.
+const XSAVE_HEADER_END: usize = 576;
+
+/// One state component of this CPU's XSAVE standard format (CPUID leaf 0xD).
+#[derive(Clone, Copy, Debug)]
+struct Component {
+    bit: u32,
+    offset: usize,
+    size: usize,
+    /// Enabled only on use, through XFD (AMX tile data).
+    dynamic: bool,
+}
+
+/// The state components 2..63 this CPU describes.
+fn cpu_components() -> Vec<Component> {
+    use std::arch::x86_64::__cpuid_count;
+    (2..63)
+        .filter_map(|bit| {
+            // CPUID leaf 0xD sub-leaf `bit` describes a state component (zeros for one the
+            // CPU lacks).
+            let leaf = __cpuid_count(0xd, bit);
+            (leaf.eax != 0).then_some(Component { bit, offset: leaf.ebx as usize, size: leaf.eax as usize, dynamic: leaf.ecx & 4 != 0 })
+        })
+        .collect()
+}
+
+/// How much of a ptrace XSAVE image a signal frame of this thread holds, and its features.
+/// ptrace gives the image at the largest size the CPU has, dynamic components included (AMX
+/// tile data: 10688 bytes where the thread's own frames take 2496); rt_sigreturn refuses a
+/// larger image than the thread's frames and then restores the x87 and SSE state only, its
+/// AVX and AVX-512 registers reset. A dynamic component the thread does not use (not in the
+/// header's XSTATE_BV) is left out; one it uses keeps the whole image.
+fn frame_part(xstate: &[u8], xcr0: u64, components: &[Component]) -> (usize, u64) {
+    let in_use = u64::from_ne_bytes(xstate[512..520].try_into().unwrap());
+    let dynamic = components.iter().filter(|c| c.dynamic).fold(0u64, |m, c| m | 1 << c.bit);
+    if in_use & dynamic != 0 || xcr0 & dynamic == 0 {
+        return (xstate.len(), xcr0);
+    }
+    let features = xcr0 & !dynamic;
+    let end = components
+        .iter()
+        .filter(|c| features & 1 << c.bit != 0)
+        .map(|c| c.offset + c.size)
+        .fold(XSAVE_HEADER_END, usize::max)
+        .min(xstate.len());
+    (end, features)
+}
+
 fn put64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
 }
@@ -156,6 +205,29 @@ mod tests {
 
     fn u64_at(b: &[u8], off: usize) -> u64 {
         u64::from_ne_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    /// A CPU with AVX, AVX-512 and AMX as this project's machine reports it: tile data is
+    /// dynamic. A thread that does not use it gets a frame of 2496 bytes without its feature
+    /// bit; one that uses it keeps the whole image.
+    #[test]
+    fn frame_leaves_out_a_dynamic_component_the_thread_does_not_use() {
+        let c = |bit, offset, size, dynamic| Component { bit, offset, size, dynamic };
+        let amx = [
+            c(2, 576, 256, false),
+            c(5, 832, 64, false),
+            c(6, 896, 512, false),
+            c(7, 1408, 1024, false),
+            c(17, 2432, 64, false),
+            c(18, 2496, 8192, true),
+        ];
+        let xcr0 = 0x600e7;
+        let mut image = xstate(10688);
+        assert_eq!(frame_part(&image, xcr0, &amx), (2496, 0x200e7));
+        image[512..520].copy_from_slice(&(1u64 << 18 | 7).to_ne_bytes());
+        assert_eq!(frame_part(&image, xcr0, &amx), (10688, xcr0));
+        // Without dynamic components (no AMX): the image as it is.
+        assert_eq!(frame_part(&xstate(2432), 0xe7, &amx[..4]), (2432, 0xe7));
     }
 
     #[test]
