@@ -12,7 +12,8 @@
 //!    created descriptions finishes them, now that every process exists (UNIX socket queues
 //!    are refilled with their senders' credentials, options and shutdowns set).
 //! 4. Each process restores memory, files, identity, signals, timers, thread state, rlimits and
-//!    credentials, then drops crust's helper area.
+//!    credentials, then memory-deny-write-execute (once crust has made all its mappings), then
+//!    drops crust's helper area.
 //! 5. Every process is released from a stop in the kernel's signal path, so interrupted system
 //!    calls restart exactly as the kernel would have done it.
 //!
@@ -233,6 +234,9 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
         memory::check_structure(&p.mm, &image::mm_name(*pid))?;
         if p.core.threads.is_empty() {
             bail!("image file {}: field threads: the process has no thread", image::core_name(*pid));
+        }
+        if let Some(control) = &p.core.control {
+            identity::check_mdwe(control, &image::core_name(*pid))?;
         }
     }
     for f in &img.open_files.open_files {
@@ -1255,6 +1259,10 @@ impl Tree {
         let control = p.core.control.clone().unwrap_or_default();
         identity::restore_dumpable(&mut ctx, &control)?;
         identity::restore_pdeath_signal(&mut ctx, &control)?;
+        // The last mapping crust makes here was made; the helper area (read, write, execute)
+        // is only removed after, which MDWE does not refuse (it needs the helper's syscall
+        // instruction: the call that removes it is the last the process makes).
+        identity::restore_mdwe(&mut ctx, &control)?;
         memory::unmap_helper(ctx.remote, helper)?;
         Ok(())
     }
@@ -1520,6 +1528,15 @@ mod tests {
         let mut img = family(&[(10, 1)]);
         img.processes.get_mut(&10).unwrap().core.threads.clear();
         assert!(err(&img).contains("core-10.img: field threads"));
+        // Memory-deny-write-execute flags no process can have: NO_INHERIT alone, unknown bits.
+        for (mdwe, valid) in [(0, true), (1, true), (3, true), (2, false), (4, false), (u32::MAX, false)] {
+            let mut img = family(&[(10, 1)]);
+            img.processes.get_mut(&10).unwrap().core.control = Some(crate::image::proto::ProcessControl { mdwe, ..Default::default() });
+            match check_structure(&img) {
+                Ok(()) => assert!(valid, "mdwe {mdwe:#x} accepted"),
+                Err(e) => assert!(!valid && e.to_string().contains("core-10.img: field control.mdwe"), "mdwe {mdwe:#x}: {e}"),
+            }
+        }
         let mut img = family(&[(10, 1)]);
         let lease = crate::image::proto::Lease { remaining_ms: 1_000_000_000_000_000_000, ..Default::default() };
         img.open_files.open_files.push(OpenFile { id: 1, lease: Some(lease), ..Default::default() });

@@ -31,3 +31,39 @@ fn membarrier_registrations_survive_restore() {
     let after = w.snapshot();
     w.verify_restored(&before, &after, &[], vec![]);
 }
+
+/// mdwe.c: memory-deny-write-execute (PR_SET_MDWE) is saved and set again, checked from inside:
+/// PR_GET_MDWE gives the same flags, gaining write+exec (mprotect, mmap) still fails with
+/// EACCES, and a child forked after the restore inherits it (`refuse`) or not (`noinherit`).
+/// A process without it (`none`) is restored without it. From /proc, nothing else differs.
+fn mdwe_survives_restore(mode: &str, flags: u32) {
+    let mut w = Workload::spawn("mdwe", &[mode]);
+    assert_eq!(w.ready_field("mdwe"), flags.to_string());
+    let before = w.snapshot();
+    w.dump();
+    let out = crust(["show", "-D", &w.image_dir.to_string_lossy()]);
+    let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("crust show: {e}\n{out}"));
+    let recorded = shown["processes"][0]["core"]["control"]["mdwe"].as_u64();
+    w.restore_detached();
+    let after = w.snapshot();
+    let mut extra = Vec::new();
+    if recorded != Some(flags as u64) {
+        extra.push(format!("core-{}.img control.mdwe: recorded {recorded:?}, expected {flags}", w.pid));
+    }
+    w.verify_restored(&before, &after, &[], extra);
+}
+
+#[test]
+fn mdwe_refuse_exec_gain_survives_restore() {
+    mdwe_survives_restore("refuse", 1);
+}
+
+#[test]
+fn mdwe_no_inherit_survives_restore() {
+    mdwe_survives_restore("noinherit", 3);
+}
+
+#[test]
+fn process_without_mdwe_is_restored_without_it() {
+    mdwe_survives_restore("none", 0);
+}
