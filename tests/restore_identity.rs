@@ -36,10 +36,16 @@ fn membarrier_registrations_survive_restore() {
 /// PR_GET_MDWE gives the same flags, gaining write+exec (mprotect, mmap) still fails with
 /// EACCES, and a child forked after the restore inherits it (`refuse`) or not (`noinherit`).
 /// A process without it (`none`) is restored without it. From /proc, nothing else differs.
+/// A dump -R first leaves the process's mappings as they were (crust's scratch area and, under
+/// MDWE, its code page are gone).
 fn mdwe_survives_restore(mode: &str, flags: u32) {
     let mut w = Workload::spawn("mdwe", &[mode]);
     assert_eq!(w.ready_field("mdwe"), flags.to_string());
     let before = w.snapshot();
+    w.dump_with(&["-R"]).assert_success();
+    let maps =
+        |s: &ProcSnapshot| s.entries.iter().filter(|(k, _)| k.starts_with("maps:")).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>();
+    assert_eq!(maps(&w.snapshot()), maps(&before), "mappings after dump -R");
     w.dump();
     let out = crust(["show", "-D", &w.image_dir.to_string_lossy()]);
     let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("crust show: {e}\n{out}"));

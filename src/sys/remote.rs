@@ -17,7 +17,7 @@ use super::SysError;
 use super::ptrace::{self, Registers};
 
 mod batch;
-pub use batch::WAIT_SECONDS;
+pub use batch::{CODE_PAGE_LEN, CODE_PAGE_NAME, WAIT_SECONDS};
 
 /// A stopped tracee that crust can run system calls in.
 pub struct RemoteTask {
@@ -93,6 +93,9 @@ pub struct Scratch {
     pub len: u64,
     /// Mapped executable too: the tracee can run a batch of calls from it (remote::batch).
     pub executable: bool,
+    /// A page of its own holding the batch's code, executable and never writable, for a tracee
+    /// that refuses writable code (PR_SET_MDWE): see [`RemoteTask::map_code_pages_each`].
+    pub code: Option<u64>,
 }
 
 impl RemoteTask {
