@@ -190,14 +190,15 @@ impl RemoteTask {
             return Err(SysError::unexpected("syscalls_each", 0, format!("{} tasks, {} lists of calls", tasks.len(), calls.len())).into());
         }
         let mut results: Vec<Result<Vec<i64>, SysError>> = (0..tasks.len()).map(|_| Ok(Vec::new())).collect();
-        // One batch per address space: threads of one process share the scratch area, where
-        // a second batch would overwrite the first.
-        let mut areas = std::collections::HashSet::new();
+        // One batch per process: its threads share the scratch area, where a second batch
+        // would overwrite the first. (Not per scratch address: a process's forked children
+        // have theirs at the same address, each in its own memory.)
+        let mut processes = std::collections::HashSet::new();
         let (mut batched, mut stepped): (Vec<(usize, &mut RemoteTask)>, Vec<(usize, &mut RemoteTask)>) = tasks
             .iter_mut()
             .map(|t| &mut **t)
             .enumerate()
-            .partition(|(i, t)| t.runs_batches(calls[*i].len()) && areas.insert(t.scratch.map(|s| s.address)));
+            .partition(|(i, t)| t.runs_batches(calls[*i].len()) && processes.insert(t.process));
         tracing::debug!(batched = batched.len(), stepped = stepped.len(), "running lists of calls");
         let (fault, unfinished) = run_batches(&mut batched, calls, &mut results);
         // Those caught before they were done make their calls again, one by one.
