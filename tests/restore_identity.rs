@@ -37,20 +37,27 @@ fn membarrier_registrations_survive_restore() {
 /// EACCES, and a child forked after the restore inherits it (`refuse`) or not (`noinherit`).
 /// A process without it (`none`) is restored without it. From /proc, nothing else differs.
 /// A dump -R first leaves the process's mappings as they were (crust's scratch area and, under
-/// MDWE, its code page are gone).
-fn mdwe_survives_restore(mode: &str, flags: u32) {
-    let mut w = Workload::spawn("mdwe", &[mode]);
+/// MDWE, its code page are gone). With `tree`, a child forked before the dump (with the flags
+/// it inherited: none under NO_INHERIT) is dumped and restored too, and makes the same checks.
+fn mdwe_survives_restore(args: &[&str], flags: u32) {
+    let mut w = Workload::spawn("mdwe", args);
     assert_eq!(w.ready_field("mdwe"), flags.to_string());
+    let child: i32 = w.ready_field("child").parse().unwrap();
     let before = w.snapshot();
     w.dump_with(&["-R"]).assert_success();
     let maps =
         |s: &ProcSnapshot| s.entries.iter().filter(|(k, _)| k.starts_with("maps:")).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>();
     assert_eq!(maps(&w.snapshot()), maps(&before), "mappings after dump -R");
     w.dump();
+    // Killed with its parent, the child is reaped by this test (a subreaper), or its pid stays taken.
+    assert!(child == 0 || wait_gone(child, GONE_TIMEOUT), "the child {child} is still there after the dump");
     let out = crust(["show", "-D", &w.image_dir.to_string_lossy()]);
     let shown: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("crust show: {e}\n{out}"));
     let recorded = shown["processes"][0]["core"]["control"]["mdwe"].as_u64();
     w.restore_detached();
+    if child != 0 {
+        w.own(child);
+    }
     let after = w.snapshot();
     let mut extra = Vec::new();
     if recorded != Some(flags as u64) {
@@ -61,15 +68,25 @@ fn mdwe_survives_restore(mode: &str, flags: u32) {
 
 #[test]
 fn mdwe_refuse_exec_gain_survives_restore() {
-    mdwe_survives_restore("refuse", 1);
+    mdwe_survives_restore(&["refuse"], 1);
 }
 
 #[test]
 fn mdwe_no_inherit_survives_restore() {
-    mdwe_survives_restore("noinherit", 3);
+    mdwe_survives_restore(&["noinherit"], 3);
 }
 
 #[test]
 fn process_without_mdwe_is_restored_without_it() {
-    mdwe_survives_restore("none", 0);
+    mdwe_survives_restore(&["none"], 0);
+}
+
+#[test]
+fn mdwe_of_a_parent_and_the_child_it_passed_it_to_survive_restore() {
+    mdwe_survives_restore(&["refuse", "tree"], 1);
+}
+
+#[test]
+fn mdwe_no_inherit_parent_and_its_child_without_it_survive_restore() {
+    mdwe_survives_restore(&["noinherit", "tree"], 3);
 }

@@ -10,6 +10,8 @@
  *     executable page fail with EACCES under MDWE, and succeed without it;
  *   - a child forked now has REFUSE_EXEC_GAIN (and NO_INHERIT) when FLAGS has it without
  *     NO_INHERIT, and nothing when NO_INHERIT was set (the kernel drops both at fork).
+ * argv[3] "tree": a child forked before READY (with the flags it inherited) makes the same
+ * checks after the restore, with its own flags; the parent waits for it and fails if it did.
  */
 #include "common.h"
 #include <sys/mman.h>
@@ -85,6 +87,17 @@ static void check_in_force(long flags, const char *when)
 	CHECK(child == inherited, "%s: a child forked has PR_GET_MDWE %ld, expected %ld", when, child, inherited);
 }
 
+/* The child of a "tree": checks its own (inherited) flags after the restore, then exits. */
+static void run_child(long flags)
+{
+	while (!go_requested())
+		sleep_ms(10);
+	check_in_force(flags, "child after the restore");
+	if (wl_fail_count)
+		status("FAIL child: %s", wl_fail_buf);
+	_exit(wl_fail_count ? 1 : 0);
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -101,9 +114,21 @@ int main(int argc, char **argv)
 	check_in_force((long)flags, "before the dump");
 	if (wl_fail_count)
 		die("before the dump: %s", wl_fail_buf);
-	status("READY mdwe=%ld", get_mdwe());
+	pid_t child = 0;
+	if (argc > 3 && !strcmp(argv[3], "tree")) {
+		long inherited = (flags & PR_MDWE_NO_INHERIT) ? 0 : (long)flags;
+		child = fork();
+		if (child < 0)
+			die("fork: %s", strerror(errno));
+		if (child == 0)
+			run_child(inherited);
+	}
+	status("READY mdwe=%ld child=%d", get_mdwe(), (int)child);
 	while (!go_requested())
 		sleep_ms(10);
 	check_in_force((long)flags, "after the restore");
-	finish("PR_GET_MDWE %lu and its refusals kept (%s)", flags, mode);
+	int st;
+	if (child && (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st)))
+		check_failed("the child's checks failed");
+	finish("PR_GET_MDWE %lu and its refusals kept (%s%s)", flags, mode, child ? ", and in a child" : "");
 }
