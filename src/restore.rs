@@ -366,11 +366,26 @@ fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> 
             image::INVENTORY
         );
     }
+    check_own_mdwe()?;
     for (pid, p) in &img.processes {
         memory::precheck(&p.mm, code).with_context(|| format!("image file {}", image::mm_name(*pid)))?;
     }
     files::precheck(&img.open_files).with_context(|| format!("image file {}", image::OPEN_FILES))?;
     crate::kinds::ghost::precheck(&img.dir, &img.open_files.ghosts)?;
+    Ok(())
+}
+
+/// The restored root is forked from crust: under memory-deny-write-execute that crust passes
+/// on, every restored process would have it (it cannot be unset), whatever its image says, and
+/// crust's helper area (writable and executable) could not be mapped.
+fn check_own_mdwe() -> Result<()> {
+    let own = crate::sys::own_mdwe();
+    if own & libc::PR_MDWE_REFUSE_EXEC_GAIN != 0 && own & libc::PR_MDWE_NO_INHERIT == 0 {
+        bail!(
+            "crust runs with memory-deny-write-execute (PR_GET_MDWE {own}), which every process it restores would inherit: \
+             run it without (a parent's PR_SET_MDWE, a service's MemoryDenyWriteExecute=)"
+        );
+    }
     Ok(())
 }
 

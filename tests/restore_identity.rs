@@ -90,3 +90,32 @@ fn mdwe_of_a_parent_and_the_child_it_passed_it_to_survive_restore() {
 fn mdwe_no_inherit_parent_and_its_child_without_it_survive_restore() {
     mdwe_survives_restore(&["noinherit", "tree"], 3);
 }
+
+/// A crust that runs under memory-deny-write-execute it would pass on (its parent's, a
+/// service's) refuses to restore, naming it, before it creates anything: every restored process
+/// would inherit MDWE, which cannot be unset. The same image then restores without it.
+#[test]
+fn restore_by_a_crust_under_mdwe_is_refused_naming_it() {
+    use std::os::unix::process::CommandExt;
+    let mut w = Workload::spawn("mdwe", &["none"]);
+    let before = w.snapshot();
+    w.dump();
+    let mut cmd = crust_command();
+    cmd.args(["restore", "-d", "-D", &w.image_dir.to_string_lossy()]);
+    // SAFETY: the pre_exec closure only makes one async-signal-safe system call.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_MDWE, libc::PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run crust restore under MDWE");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("memory-deny-write-execute"), "{}\n{stderr}", out.status);
+    assert!(!pid_exists(w.pid), "pid {} exists after the refused restore", w.pid);
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}
