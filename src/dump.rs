@@ -21,7 +21,7 @@ use crate::kinds::{DumpCtx, Kind};
 use crate::progress::Progress;
 use crate::sys::pidfd::pidfd_open;
 use crate::sys::ptrace;
-use crate::sys::remote::{RemoteTask, Scratch};
+use crate::sys::remote::{CODE_PAGE_LEN, CODE_PAGE_NAME, RemoteTask, Scratch};
 
 #[derive(Default)]
 pub struct DumpOptions {
@@ -83,33 +83,51 @@ fn scratch_mark(crust_pid: u32) -> Vec<u8> {
     mark
 }
 
-/// Removes the scratch areas that crusts killed during earlier dumps left in the process
-/// (signed, their crust gone): what a killed crust leaves lasts until the next dump. Best
-/// effort: an area that cannot be read or removed stays.
+/// Removes the scratch areas (and code pages) that crusts killed during earlier dumps left in
+/// the process (signed, their crust gone): what a killed crust leaves lasts until the next
+/// dump. Best effort: an area that cannot be read or removed stays.
 fn remove_left_scratch_areas(remote: &mut RemoteTask) {
     let pid = remote.pid();
-    let Ok(maps) = memory::maps_where(pid.as_raw(), |l| l.contains("/dev/zero")) else { return };
+    let Ok(maps) = memory::maps_where(pid.as_raw(), |l| l.contains("/dev/zero") || l.contains(CODE_PAGE_NAME)) else { return };
     for map in maps.iter() {
         let (start, end) = map.address;
-        let anonymous_shared = map.perms.contains(procfs::process::MMPermissions::SHARED)
-            && matches!(&map.pathname, procfs::process::MMapPath::Path(p) if p.to_string_lossy().starts_with("/dev/zero"));
-        if end - start != SCRATCH_LEN || !anonymous_shared {
-            continue;
-        }
-        let mut mark = vec![0u8; SCRATCH_MARK_LEN as usize];
-        if remote.read_memory(end - SCRATCH_MARK_LEN, &mut mark).is_err() || !mark.starts_with(SCRATCH_MARK_TEXT) {
-            continue;
-        }
-        let owner = u32::from_le_bytes(mark[24..28].try_into().unwrap_or_default());
+        let left =
+            left_scratch_owner(remote, map).map(|o| (o, "scratch area")).or_else(|| left_code_page_owner(map).map(|o| (o, "code page")));
+        let Some((owner, what)) = left else { continue };
         let owner_alive = std::fs::read_to_string(format!("/proc/{owner}/comm")).is_ok_and(|c| c.trim() == "crust");
         if owner_alive {
             continue; // a crust of that pid runs: maybe the one that left it (its dump is over)
         }
-        match remote.syscall("munmap(left scratch)", libc::SYS_munmap, &[start, SCRATCH_LEN]) {
-            Ok(_) => tracing::info!(%pid, "removed the scratch area {start:#x} a killed crust left"),
-            Err(e) => tracing::warn!(%pid, "could not remove the scratch area {start:#x} a killed crust left: {e}"),
+        match remote.syscall("munmap(left scratch)", libc::SYS_munmap, &[start, end - start]) {
+            Ok(_) => tracing::info!(%pid, "removed the {what} {start:#x} a killed crust left"),
+            Err(e) => tracing::warn!(%pid, "could not remove the {what} {start:#x} a killed crust left: {e}"),
         }
     }
+}
+
+/// The crust that made `map`, if it is a scratch area: shared anonymous memory of its size,
+/// signed at its end.
+fn left_scratch_owner(remote: &RemoteTask, map: &procfs::process::MemoryMap) -> Option<u32> {
+    let (start, end) = map.address;
+    let anonymous_shared = map.perms.contains(procfs::process::MMPermissions::SHARED)
+        && matches!(&map.pathname, procfs::process::MMapPath::Path(p) if p.to_string_lossy().starts_with("/dev/zero"));
+    if end - start != SCRATCH_LEN || !anonymous_shared {
+        return None;
+    }
+    let mut mark = vec![0u8; SCRATCH_MARK_LEN as usize];
+    if remote.read_memory(end - SCRATCH_MARK_LEN, &mut mark).is_err() || !mark.starts_with(SCRATCH_MARK_TEXT) {
+        return None;
+    }
+    Some(u32::from_le_bytes(mark[24..28].try_into().unwrap_or_default()))
+}
+
+/// The crust that made `map`, if it is a code page (sealed, it carries no signature: its
+/// memfd's name ends with that crust's pid).
+fn left_code_page_owner(map: &procfs::process::MemoryMap) -> Option<u32> {
+    let procfs::process::MMapPath::Path(p) = &map.pathname else { return None };
+    let name = p.to_str()?.strip_prefix("/memfd:")?.strip_prefix(CODE_PAGE_NAME)?.strip_suffix(" (deleted)")?;
+    let shared = map.perms.contains(procfs::process::MMPermissions::SHARED);
+    (shared && map.address.1 - map.address.0 == CODE_PAGE_LEN).then(|| name.parse().ok()).flatten()
 }
 
 /// A process of the tree found while freezing.
@@ -850,7 +868,7 @@ fn map_scratch_areas(frozen: &mut [Frozen]) -> Result<()> {
     let mut mapped_plain = if refused.contains(&true) { mmap_scratch_where(frozen, &refused, false)? } else { Vec::new() }.into_iter();
     let mark = scratch_mark(std::process::id());
     let mut failed = None;
-    for ((f, ret), (mut executable, refused)) in frozen.iter_mut().zip(mapped).zip(executable.into_iter().zip(refused)) {
+    for ((f, ret), (mut executable, refused)) in frozen.iter_mut().zip(mapped).zip(executable.into_iter().zip(refused.clone())) {
         let ret = if refused {
             executable = false;
             mapped_plain.next().unwrap_or(Ok(-(libc::EACCES as i64)))
@@ -878,7 +896,29 @@ fn map_scratch_areas(frozen: &mut [Frozen]) -> Result<()> {
             failed.get_or_insert_with(|| anyhow::Error::from(e).context(format!("pid {}: signing the scratch area", f.pid)));
         }
     }
-    failed.map_or(Ok(()), Err)
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    map_code_pages(frozen, &refused);
+    Ok(())
+}
+
+/// Gives the processes `which` selects (they refused an executable scratch area: PR_SET_MDWE)
+/// a page of code to run their batches from, executable and never writable
+/// (RemoteTask::map_code_pages_each). Those where it fails make their calls one by one.
+fn map_code_pages(frozen: &mut [Frozen], which: &[bool]) {
+    let mut leaders: Vec<&mut RemoteTask> = frozen.iter_mut().zip(which).filter(|(_, w)| **w).map(|(f, _)| &mut f.remote).collect();
+    if leaders.is_empty() {
+        return;
+    }
+    let pages = RemoteTask::map_code_pages_each(&mut leaders, std::process::id());
+    let mut pages = pages.into_iter();
+    for (f, _) in frozen.iter_mut().zip(which).filter(|(_, w)| **w) {
+        match pages.next().flatten() {
+            Some(page) => f.set_code_page(page),
+            None => tracing::info!(pid = %f.pid, "refuses writable code and has no code page: its calls are made one by one"),
+        }
+    }
 }
 
 fn is_denied(ret: i64) -> bool {
@@ -1026,10 +1066,21 @@ impl Frozen {
 
     /// Uses the scratch area mapped at `address` in the process.
     fn set_scratch(&mut self, address: u64, executable: bool) {
-        let scratch = Some(Scratch { address, len: SCRATCH_LEN - SCRATCH_MARK_LEN, executable });
-        self.remote.set_scratch(scratch);
+        self.use_scratch(Scratch { address, len: SCRATCH_LEN - SCRATCH_MARK_LEN, executable, code: None });
+    }
+
+    /// Runs batches of calls from the code page mapped at `page` (a process that refuses
+    /// writable code).
+    fn set_code_page(&mut self, page: u64) {
+        if let Some(scratch) = self.remote.scratch() {
+            self.use_scratch(Scratch { code: Some(page), ..scratch });
+        }
+    }
+
+    fn use_scratch(&mut self, scratch: Scratch) {
+        self.remote.set_scratch(Some(scratch));
         for t in &mut self.threads {
-            t.set_scratch(scratch);
+            t.set_scratch(Some(scratch));
         }
     }
 
@@ -1045,6 +1096,11 @@ impl Frozen {
         if let Some(scratch) = self.remote.scratch() {
             if let Err(e) = self.remote.syscall("munmap(scratch)", libc::SYS_munmap, &[scratch.address, SCRATCH_LEN]) {
                 warn!(%pid, "could not remove crust's scratch mapping: {e}");
+            }
+            if let Some(page) = scratch.code
+                && let Err(e) = self.remote.syscall("munmap(code page)", libc::SYS_munmap, &[page, CODE_PAGE_LEN])
+            {
+                warn!(%pid, "could not remove crust's code page: {e}");
             }
             self.remote.set_scratch(None);
         }

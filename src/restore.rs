@@ -12,7 +12,8 @@
 //!    created descriptions finishes them, now that every process exists (UNIX socket queues
 //!    are refilled with their senders' credentials, options and shutdowns set).
 //! 4. Each process restores memory, files, identity, signals, timers, thread state, rlimits and
-//!    credentials, then drops crust's helper area.
+//!    credentials, then memory-deny-write-execute (once crust has made all its mappings), then
+//!    drops crust's helper area.
 //! 5. Every process is released from a stop in the kernel's signal path, so interrupted system
 //!    calls restart exactly as the kernel would have done it.
 //!
@@ -234,6 +235,9 @@ fn check_structure(img: &LoadedImage) -> Result<()> {
         if p.core.threads.is_empty() {
             bail!("image file {}: field threads: the process has no thread", image::core_name(*pid));
         }
+        if let Some(control) = &p.core.control {
+            identity::check_mdwe(control, &image::core_name(*pid))?;
+        }
     }
     for f in &img.open_files.open_files {
         check_open_file_numbers(f)?;
@@ -362,11 +366,26 @@ fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> 
             image::INVENTORY
         );
     }
+    check_own_mdwe()?;
     for (pid, p) in &img.processes {
         memory::precheck(&p.mm, code).with_context(|| format!("image file {}", image::mm_name(*pid)))?;
     }
     files::precheck(&img.open_files).with_context(|| format!("image file {}", image::OPEN_FILES))?;
     crate::kinds::ghost::precheck(&img.dir, &img.open_files.ghosts)?;
+    Ok(())
+}
+
+/// The restored root is forked from crust: under memory-deny-write-execute that crust passes
+/// on, every restored process would have it (it cannot be unset), whatever its image says, and
+/// crust's helper area (writable and executable) could not be mapped.
+fn check_own_mdwe() -> Result<()> {
+    let own = crate::sys::own_mdwe();
+    if own & libc::PR_MDWE_REFUSE_EXEC_GAIN != 0 && own & libc::PR_MDWE_NO_INHERIT == 0 {
+        bail!(
+            "crust runs with memory-deny-write-execute (PR_GET_MDWE {own}), which every process it restores would inherit: \
+             run it without (a parent's PR_SET_MDWE, a service's MemoryDenyWriteExecute=)"
+        );
+    }
     Ok(())
 }
 
@@ -1255,6 +1274,10 @@ impl Tree {
         let control = p.core.control.clone().unwrap_or_default();
         identity::restore_dumpable(&mut ctx, &control)?;
         identity::restore_pdeath_signal(&mut ctx, &control)?;
+        // The last mapping crust makes here was made; the helper area (read, write, execute)
+        // is only removed after, which MDWE does not refuse (it needs the helper's syscall
+        // instruction: the call that removes it is the last the process makes).
+        identity::restore_mdwe(&mut ctx, &control)?;
         memory::unmap_helper(ctx.remote, helper)?;
         Ok(())
     }
@@ -1520,6 +1543,15 @@ mod tests {
         let mut img = family(&[(10, 1)]);
         img.processes.get_mut(&10).unwrap().core.threads.clear();
         assert!(err(&img).contains("core-10.img: field threads"));
+        // Memory-deny-write-execute flags no process can have: NO_INHERIT alone, unknown bits.
+        for (mdwe, valid) in [(0, true), (1, true), (3, true), (2, false), (4, false), (u32::MAX, false)] {
+            let mut img = family(&[(10, 1)]);
+            img.processes.get_mut(&10).unwrap().core.control = Some(crate::image::proto::ProcessControl { mdwe, ..Default::default() });
+            match check_structure(&img) {
+                Ok(()) => assert!(valid, "mdwe {mdwe:#x} accepted"),
+                Err(e) => assert!(!valid && e.to_string().contains("core-10.img: field control.mdwe"), "mdwe {mdwe:#x}: {e}"),
+            }
+        }
         let mut img = family(&[(10, 1)]);
         let lease = crate::image::proto::Lease { remaining_ms: 1_000_000_000_000_000_000, ..Default::default() };
         img.open_files.open_files.push(OpenFile { id: 1, lease: Some(lease), ..Default::default() });

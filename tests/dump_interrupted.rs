@@ -332,6 +332,53 @@ fn dump_killed_while_crust_copies_the_pages_leaves_no_descriptor_in_the_process(
     }
 }
 
+/// crust's code page in a process that refuses writable code (see
+/// `dump_of_a_process_refusing_writable_code_killed_in_its_batch_leaves_what_the_next_dump_removes`),
+/// removed from a snapshot.
+fn without_code_page(mut s: ProcSnapshot) -> ProcSnapshot {
+    let pages: Vec<String> = s
+        .entries
+        .iter()
+        .filter(|(k, v)| k.starts_with("maps:") && v.starts_with("r-xs") && v.contains("/memfd:crust-batch-code-"))
+        .map(|(k, _)| k.trim_start_matches("maps:").to_string())
+        .collect();
+    assert!(pages.len() <= 1, "more than one code page: {pages:?}");
+    for range in pages {
+        s.entries.remove(&format!("maps:{range}"));
+        s.entries.remove(&format!("vmflags:{range}"));
+    }
+    s
+}
+
+/// A process that refuses writable code (mdwe.c, PR_SET_MDWE: an executable scratch area is
+/// refused) runs its batch of calls from a page crust gives it, executable and never writable
+/// (a sealed memfd mapped read and execute). crust killed while the process runs it: the
+/// process returns to itself by itself, still refusing writable code, with crust's scratch area
+/// and that page as the only traces; the next dump removes both (the restored process has the
+/// mappings it had before), and the restored program's own checks pass.
+#[test]
+fn dump_of_a_process_refusing_writable_code_killed_in_its_batch_leaves_what_the_next_dump_removes() {
+    let mut w = Workload::spawn("mdwe", &["refuse"]);
+    let before = w.snapshot();
+    w.crust_env = vec![("CRUST_FAULT".into(), "dump-batch-running:1:kill".into())];
+    let out = w.dump_with(&["-R"]);
+    assert_eq!(out.exit(), Exit::Signal(libc::SIGKILL), "crust's end:\n{out}");
+    wait_until("the process to be let go by its dead tracer", Duration::from_secs(5), || {
+        proc_status_field(w.pid, "TracerPid").as_deref() == Some("0")
+    });
+    wait_returned_by_itself(&w, &before);
+    let left = w.snapshot();
+    let pages = left.entries.iter().filter(|(k, v)| k.starts_with("maps:") && v.contains("/memfd:crust-batch-code-")).count();
+    assert_eq!(pages, 1, "crust's code page, read and execute only, in the process:\n{:?}", left.entries);
+    let left = without_code_page(without_scratch_area(left));
+    assert_same_proc(&before, &left, &["status:Vm*", "status:RssShmem", "status:RssFile", "stat:vsize"]);
+    w.crust_env.clear();
+    w.dump();
+    w.restore_detached();
+    let after = w.snapshot();
+    w.verify_restored(&before, &after, &[], vec![]);
+}
+
 /// A program holding what outlives a process in the kernel (a flock and an OFD lock on a file,
 /// a TCP listener on loopback, a UNIX listener bound to a path, a connected TCP pair): a
 /// restore failed, interrupted or killed at each step leaves none of it (no lock on the file in

@@ -58,6 +58,13 @@ fn identity_workload_passes_without_checkpoint() {
 }
 
 #[test]
+fn mdwe_workload_passes_without_checkpoint() {
+    for args in [&["refuse"][..], &["noinherit", "tree"], &["none", "tree"]] {
+        selftest("mdwe", args);
+    }
+}
+
+#[test]
 fn threaded_workload_passes_without_checkpoint() {
     selftest("threaded", &[]);
 }

@@ -16,6 +16,8 @@ pub struct Asked {
     pub dumpable: u32,
     pub thp_disabled: bool,
     pub child_subreaper: u32,
+    /// prctl(PR_GET_MDWE): memory-deny-write-execute flags; 0 when the kernel cannot tell.
+    pub mdwe: u32,
     /// getitimer of ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF: struct itimerval as 4 words.
     pub itimers: [[u64; 4]; 3],
     /// membarrier(GET_REGISTRATIONS); 0 when the kernel cannot tell.
@@ -34,6 +36,7 @@ const ITIMER_LEN: u64 = 32;
 const OWN_AT: u64 = ITIMERS_AT + 3 * ITIMER_LEN;
 const ANSWERS_LEN: usize = (OWN_AT + super::registers::OWN_WORDS_LEN) as usize;
 const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+const PR_GET_MDWE: &str = "prctl(PR_GET_MDWE)";
 
 /// One question: its name, and the call that asks it of a process whose answers land at `base`.
 type Question = (&'static str, Box<dyn Fn(u64) -> (i64, Vec<u64>)>);
@@ -47,6 +50,7 @@ fn questions() -> Vec<Question> {
             "prctl(PR_GET_CHILD_SUBREAPER)",
             Box::new(move |b| (libc::SYS_prctl, vec![libc::PR_GET_CHILD_SUBREAPER as u64, b + SUBREAPER_AT])),
         ),
+        (PR_GET_MDWE, Box::new(move |_| (libc::SYS_prctl, vec![libc::PR_GET_MDWE as u64, 0, 0, 0, 0]))),
     ];
     for (i, which) in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF].into_iter().enumerate() {
         let at = ITIMERS_AT + i as u64 * ITIMER_LEN;
@@ -76,7 +80,12 @@ pub fn ask_all(leaders: &mut [&mut RemoteTask]) -> Result<Vec<Asked>> {
         // Before 6.3 the kernel cannot tell the registrations (EINVAL): none are restored.
         if name.starts_with("membarrier") {
             of_each.iter_mut().for_each(|r| *r = (*r).max(0));
-        } else if let Some((r, ret)) = leaders.iter().zip(&of_each).find(|(_, ret)| (-4095..0).contains(*ret)) {
+        }
+        // Nor has it MDWE (EINVAL): a process can have none.
+        if *name == PR_GET_MDWE {
+            of_each.iter_mut().filter(|r| **r == -(libc::EINVAL as i64)).for_each(|r| *r = 0);
+        }
+        if let Some((r, ret)) = leaders.iter().zip(&of_each).find(|(_, ret)| (-4095..0).contains(*ret)) {
             bail!("pid {}: remote {name}: {}", r.pid(), nix::errno::Errno::from_raw(-*ret as i32));
         }
         returned.insert(name, of_each);
@@ -93,6 +102,7 @@ pub fn ask_all(leaders: &mut [&mut RemoteTask]) -> Result<Vec<Asked>> {
             dumpable: ret("prctl(PR_GET_DUMPABLE)") as u32,
             thp_disabled: ret("prctl(PR_GET_THP_DISABLE)") != 0,
             child_subreaper: word(SUBREAPER_AT) as u32,
+            mdwe: ret(PR_GET_MDWE) as u32,
             itimers: [itimer(0), itimer(1), itimer(2)],
             membarrier_registrations: ret("membarrier(GET_REGISTRATIONS)") as u32,
             own: super::registers::own_words_at(&raw[OWN_AT as usize..]),

@@ -1,6 +1,6 @@
 //! Who the process is besides its credentials: name, personality, umask, resource limits and
 //! its prctl() state (parent-death signal, dumpable, no_new_privs, timer slack, THP opt-out,
-//! child subreaper).
+//! child subreaper, memory-deny-write-execute).
 
 use anyhow::{Context, Result, bail};
 
@@ -173,6 +173,34 @@ pub fn restore_dumpable(ctx: &mut RestoreCtx, control: &ProcessControl) -> Resul
     Ok(())
 }
 
+/// The memory-deny-write-execute states a process can be in (PR_GET_MDWE): none, or
+/// PR_MDWE_REFUSE_EXEC_GAIN with or without PR_MDWE_NO_INHERIT.
+pub fn check_mdwe(control: &ProcessControl, image_file: &str) -> Result<()> {
+    let refuse = libc::PR_MDWE_REFUSE_EXEC_GAIN;
+    if ![0, refuse, refuse | libc::PR_MDWE_NO_INHERIT].contains(&control.mdwe) {
+        bail!(
+            "image file {image_file}: field control.mdwe: {:#x} is not a PR_GET_MDWE answer (0, 1 or 3: \
+             PR_MDWE_NO_INHERIT only with PR_MDWE_REFUSE_EXEC_GAIN)",
+            control.mdwe
+        );
+    }
+    Ok(())
+}
+
+/// Memory-deny-write-execute goes back after every mapping crust makes in the process: from
+/// then on the kernel refuses a writable executable mapping, and a mapping becoming
+/// executable, to crust as to the program. It cannot be unset, and a process forked afterwards
+/// inherits it (unless PR_MDWE_NO_INHERIT): all the tree exists by now.
+pub fn restore_mdwe(ctx: &mut RestoreCtx, control: &ProcessControl) -> Result<()> {
+    if control.mdwe == 0 {
+        return Ok(());
+    }
+    ctx.remote
+        .syscall("prctl(PR_SET_MDWE)", libc::SYS_prctl, &[libc::PR_SET_MDWE as u64, control.mdwe as u64, 0, 0, 0])
+        .with_context(|| format!("restoring memory-deny-write-execute flags {:#x}", control.mdwe))?;
+    Ok(())
+}
+
 /// Names the calling thread of `remote` (prctl PR_SET_NAME; the kernel keeps 15 bytes).
 pub fn set_name(remote: &mut crate::sys::remote::RemoteTask, name: &str) -> Result<()> {
     let mut bytes = name.as_bytes().to_vec();
@@ -209,8 +237,8 @@ pub fn dump_with(ctx: &mut DumpCtx, asked: Option<&super::asked::Asked>) -> Resu
         Some(l) => l,
         None => remote_rlimits(r)?,
     };
-    let (pdeath_signal, dumpable, thp_disabled, child_subreaper) = match asked {
-        Some(a) => (a.pdeath_signal, a.dumpable, a.thp_disabled, a.child_subreaper),
+    let (pdeath_signal, dumpable, thp_disabled, child_subreaper, mdwe) = match asked {
+        Some(a) => (a.pdeath_signal, a.dumpable, a.thp_disabled, a.child_subreaper, a.mdwe),
         None => ask_control(r)?,
     };
     Ok(IdentityRecord {
@@ -218,7 +246,7 @@ pub fn dump_with(ctx: &mut DumpCtx, asked: Option<&super::asked::Asked>) -> Resu
         personality,
         umask,
         rlimits,
-        control: ProcessControl { pdeath_signal, dumpable, no_new_privs, timer_slack_ns, thp_disabled, child_subreaper },
+        control: ProcessControl { pdeath_signal, dumpable, no_new_privs, timer_slack_ns, thp_disabled, child_subreaper, mdwe },
         sid: stat.session as u32,
         pgid: stat.pgrp as u32,
         nice: stat.nice as i32,
@@ -227,8 +255,8 @@ pub fn dump_with(ctx: &mut DumpCtx, asked: Option<&super::asked::Asked>) -> Resu
 }
 
 /// The prctl() state only the process can tell: (parent-death signal, dumpable, THP opt-out,
-/// child subreaper).
-fn ask_control(r: &mut crate::sys::remote::RemoteTask) -> Result<(u32, u32, bool, u32)> {
+/// child subreaper, MDWE flags).
+fn ask_control(r: &mut crate::sys::remote::RemoteTask) -> Result<(u32, u32, bool, u32, u32)> {
     let out = r.put(0, &[0u8; 8])?;
     r.syscall("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, out])?;
     let pdeath_signal = scratch_u64(r, 0)? as u32;
@@ -237,7 +265,13 @@ fn ask_control(r: &mut crate::sys::remote::RemoteTask) -> Result<(u32, u32, bool
     let out = r.put(0, &[0u8; 8])?;
     r.syscall("prctl(PR_GET_CHILD_SUBREAPER)", libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, out])?;
     let child_subreaper = scratch_u64(r, 0)? as u32;
-    Ok((pdeath_signal, dumpable, thp_disabled, child_subreaper))
+    // EINVAL before Linux 6.3, which has no MDWE.
+    let mdwe = match r.syscall_raw(libc::SYS_prctl, &[libc::PR_GET_MDWE as u64, 0, 0, 0, 0])? {
+        ret if ret == -(libc::EINVAL as i64) => 0,
+        ret if ret < 0 => bail!("pid {}: remote prctl(PR_GET_MDWE): {}", r.pid(), nix::errno::Errno::from_raw(-ret as i32)),
+        flags => flags as u32,
+    };
+    Ok((pdeath_signal, dumpable, thp_disabled, child_subreaper, mdwe))
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ impl Kind for Memory {
         let mut scan_with_neighbours = Vec::new();
         // (Its signature lies past `len`: the area is known by its start.)
         let scratch = ctx.remote.scratch().map(|s| s.address);
+        let code_page = ctx.remote.scratch().and_then(|s| s.code);
         // The parent's mappings, to recognise those this process inherited at fork.
         let mut parent = match ctx.parent {
             Some(ppid) => Some(ParentView::take(ctx, ppid.as_raw())?),
@@ -62,8 +63,8 @@ impl Kind for Memory {
         };
         for map in maps.iter() {
             let (start, end) = map.address;
-            if Some(start) == scratch {
-                continue; // crust's own scratch area
+            if Some(start) == scratch || Some(start) == code_page {
+                continue; // crust's own scratch area and code page
             }
             let mut vma = describe_vma(pid, map)?;
             super::ghost::mapping(ctx, &mut vma)?;
@@ -724,7 +725,8 @@ pub fn map_helper(remote: &mut RemoteTask, helper: u64) -> Result<()> {
 /// Points remote calls of a process that has the helper area at it.
 pub fn use_helper(remote: &mut RemoteTask, helper: u64) {
     remote.set_syscall_ip(helper);
-    remote.set_scratch(Some(Scratch { address: helper + HELPER_CODE_LEN, len: HELPER_LEN - HELPER_CODE_LEN, executable: false }));
+    let len = HELPER_LEN - HELPER_CODE_LEN;
+    remote.set_scratch(Some(Scratch { address: helper + HELPER_CODE_LEN, len, executable: false, code: None }));
     remote.set_stack_pointer(helper + HELPER_LEN - 256);
     // After the helper's own code, in its code page.
     remote.set_batch_code(Some(helper + 64));

@@ -180,6 +180,14 @@ pub fn get_sig(fd: i32) -> Result<i32, Errno> {
     Errno::result(unsafe { libc::fcntl(fd, F_GETSIG) })
 }
 
+/// crust's own memory-deny-write-execute flags (prctl PR_GET_MDWE); 0 on a kernel without
+/// MDWE (before Linux 6.3), which answers EINVAL.
+pub fn own_mdwe() -> u32 {
+    // SAFETY: prctl with integer arguments only.
+    let flags = unsafe { libc::prctl(libc::PR_GET_MDWE, 0, 0, 0, 0) };
+    flags.max(0) as u32
+}
+
 /// The size of `struct prctl_mm_map` this kernel expects (prctl PR_SET_MM_MAP_SIZE).
 pub fn prctl_mm_map_size() -> Result<u32, Errno> {
     const PR_SET_MM_MAP_SIZE: libc::c_ulong = 15;

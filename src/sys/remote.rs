@@ -17,11 +17,16 @@ use super::SysError;
 use super::ptrace::{self, Registers};
 
 mod batch;
-pub use batch::WAIT_SECONDS;
+pub use batch::{CODE_PAGE_LEN, CODE_PAGE_NAME, WAIT_SECONDS};
 
 /// A stopped tracee that crust can run system calls in.
 pub struct RemoteTask {
     pid: Pid,
+    /// The process whose memory crust reaches the task's through: the task itself, or the
+    /// leader given to [`Self::new_thread_of`]. Tasks of one process share one scratch area,
+    /// so it runs one batch at a time (remote::batch; a restore's threads, made with
+    /// [`Self::new`], run none: they are not parked).
+    process: Pid,
     /// Address of a `syscall` instruction (0f 05) in the tracee.
     syscall_ip: u64,
     /// Registers every injected call starts from (segment selectors, flags).
@@ -93,6 +98,9 @@ pub struct Scratch {
     pub len: u64,
     /// Mapped executable too: the tracee can run a batch of calls from it (remote::batch).
     pub executable: bool,
+    /// A page of its own holding the batch's code, executable and never writable, for a tracee
+    /// that refuses writable code (PR_SET_MDWE): see [`RemoteTask::map_code_pages_each`].
+    pub code: Option<u64>,
 }
 
 impl RemoteTask {
@@ -102,7 +110,7 @@ impl RemoteTask {
             .write(true)
             .open(format!("/proc/{pid}/mem"))
             .map_err(|e| SysError::new(format!("open /proc/{pid}/mem"), io_errno(&e)))?;
-        Self::with_memory(pid, syscall_ip, mem)
+        Self::with_memory(pid, pid, syscall_ip, mem)
     }
 
     /// A thread of the process `leader` drives: its memory is the leader's, reached through a
@@ -111,14 +119,15 @@ impl RemoteTask {
     pub fn new_thread_of(leader: &RemoteTask, tid: Pid, syscall_ip: u64) -> Result<Self, SysError> {
         let mem =
             leader.mem.try_clone().map_err(|e| SysError::new(format!("dup /proc/{}/mem", leader.pid), io_errno(&e)).pid(tid.as_raw()))?;
-        Self::with_memory(tid, syscall_ip, mem)
+        Self::with_memory(tid, leader.process, syscall_ip, mem)
     }
 
-    fn with_memory(pid: Pid, syscall_ip: u64, mem: File) -> Result<Self, SysError> {
+    fn with_memory(pid: Pid, process: Pid, syscall_ip: u64, mem: File) -> Result<Self, SysError> {
         let base = ptrace::get_registers(pid)?;
         let original_sigmask = ptrace::get_sigmask(pid)?;
         Ok(RemoteTask {
             pid,
+            process,
             syscall_ip,
             base,
             original: base,

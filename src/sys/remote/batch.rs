@@ -80,10 +80,11 @@ const CODE: [u8; 0x56] = [
 pub type Call = (i64, Vec<u64>);
 
 impl RemoteTask {
-    /// Whether this tracee can run a batch: parked, with an executable scratch area big enough.
+    /// Whether this tracee can run a batch: parked, with a scratch area big enough that is
+    /// executable or has its code page.
     pub fn runs_batches(&self, calls: usize) -> bool {
         let room = |s: &super::Scratch| s.len >= BATCH_AT + TABLE_AT + calls as u64 * ENTRY_LEN;
-        self.self_return.is_some() && self.scratch.is_some_and(|s| s.executable && room(&s))
+        self.self_return.is_some() && self.scratch.is_some_and(|s| (s.executable || s.code.is_some()) && room(&s))
     }
 
     /// Writes the code, the timeout, the cleared flag and the table, and lets the tracee run
@@ -92,9 +93,12 @@ impl RemoteTask {
         let Some(sigreturn_ip) = self.self_return else {
             return Err(SysError::unexpected("starting a batch of calls", self.pid.as_raw(), "not parked".into()));
         };
+        let code_page = self.scratch.and_then(|s| s.code);
         let mut block = vec![0u8; (TABLE_AT + calls.len() as u64 * ENTRY_LEN) as usize];
         block[TIMEOUT_AT as usize..TIMEOUT_AT as usize + 8].copy_from_slice(&WAIT_SECONDS.to_ne_bytes());
-        block[CODE_AT as usize..CODE_AT as usize + CODE.len()].copy_from_slice(&CODE);
+        if code_page.is_none() {
+            block[CODE_AT as usize..CODE_AT as usize + CODE.len()].copy_from_slice(&CODE);
+        }
         for (i, (nr, args)) in calls.iter().enumerate() {
             let at = (TABLE_AT + i as u64 * ENTRY_LEN) as usize;
             let words = std::iter::once(*nr as u64).chain(args.iter().copied().chain(std::iter::repeat(0)).take(6));
@@ -104,7 +108,7 @@ impl RemoteTask {
         }
         let base = self.put(BATCH_AT, &block)?;
         let mut regs = self.base;
-        regs.rip = base + CODE_AT;
+        regs.rip = code_page.unwrap_or(base + CODE_AT);
         regs.rbx = base + TABLE_AT;
         regs.rbp = base + TABLE_AT + calls.len() as u64 * ENTRY_LEN;
         regs.r12 = base + FLAG_AT;
@@ -186,14 +190,15 @@ impl RemoteTask {
             return Err(SysError::unexpected("syscalls_each", 0, format!("{} tasks, {} lists of calls", tasks.len(), calls.len())).into());
         }
         let mut results: Vec<Result<Vec<i64>, SysError>> = (0..tasks.len()).map(|_| Ok(Vec::new())).collect();
-        // One batch per address space: threads of one process share the scratch area, where
-        // a second batch would overwrite the first.
-        let mut areas = std::collections::HashSet::new();
+        // One batch per process: its threads share the scratch area, where a second batch
+        // would overwrite the first. (Not per scratch address: a process's forked children
+        // have theirs at the same address, each in its own memory.)
+        let mut processes = std::collections::HashSet::new();
         let (mut batched, mut stepped): (Vec<(usize, &mut RemoteTask)>, Vec<(usize, &mut RemoteTask)>) = tasks
             .iter_mut()
             .map(|t| &mut **t)
             .enumerate()
-            .partition(|(i, t)| t.runs_batches(calls[*i].len()) && areas.insert(t.scratch.map(|s| s.address)));
+            .partition(|(i, t)| t.runs_batches(calls[*i].len()) && processes.insert(t.process));
         tracing::debug!(batched = batched.len(), stepped = stepped.len(), "running lists of calls");
         let (fault, unfinished) = run_batches(&mut batched, calls, &mut results);
         // Those caught before they were done make their calls again, one by one.
@@ -267,4 +272,109 @@ fn step_through(
         }
     }
     Ok(())
+}
+
+/// The page a tracee that refuses writable code (PR_SET_MDWE) runs its batches from.
+pub const CODE_PAGE_LEN: u64 = 4096;
+/// The name of its memfd (/proc/PID/maps shows `/memfd:NAME (deleted)`), followed by the pid
+/// of the crust that made it: a page a killed crust left is known by it.
+pub const CODE_PAGE_NAME: &str = "crust-batch-code-";
+/// Where the memfd's name is placed in the batch's part of the scratch area (the code goes
+/// where a batch's block has it).
+const NAME_AT: u64 = TABLE_AT;
+/// The calls that make the page, in order (see [`code_page_call`]).
+const CODE_PAGE_STEPS: [&str; 5] = ["memfd_create", "pwrite64", "fcntl(F_ADD_SEALS)", "mmap(code page)", "close"];
+
+/// Call `step` of [`CODE_PAGE_STEPS`], for a tracee whose name and code are at `data` and
+/// whose memfd is `fd`. Sealed before it is mapped: nobody can write the code any more, and
+/// the shared mapping can never be made writable (the kernel takes away VM_MAYWRITE).
+fn code_page_call(step: usize, data: u64, fd: u64) -> Call {
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    let exec = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    match step {
+        // The file's mode is not executable (MFD_NOEXEC_SEAL): mmap's PROT_EXEC does not ask it.
+        0 => (libc::SYS_memfd_create, vec![data + NAME_AT, (libc::MFD_CLOEXEC | libc::MFD_NOEXEC_SEAL) as u64]),
+        1 => (libc::SYS_pwrite64, vec![fd, data + CODE_AT, CODE.len() as u64, 0]),
+        2 => (libc::SYS_fcntl, vec![fd, libc::F_ADD_SEALS as u64, seals as u64]),
+        3 => (libc::SYS_mmap, vec![0, CODE_PAGE_LEN, exec, libc::MAP_SHARED as u64, fd, 0]),
+        _ => (libc::SYS_close, vec![fd]),
+    }
+}
+
+impl RemoteTask {
+    /// Gives each of `tasks` (parked leaders, each with its plain scratch area, of processes
+    /// that refuse writable code: PR_SET_MDWE) a page to run its batches from that is
+    /// executable and never writable: a memfd the process makes, writes the code into and
+    /// seals, then maps read and execute (shared: it merges with none of the process's own
+    /// mappings) and closes. MDWE refuses a mapping both writable and executable and one that
+    /// becomes executable, not a new one that is executable only. One round of stops per call
+    /// for all the tasks. Returns the page of each; None where a call failed: that task keeps
+    /// the call-by-call path (its memfd, if made, is closed all the same).
+    pub fn map_code_pages_each(tasks: &mut [&mut RemoteTask], crust_pid: u32) -> Vec<Option<u64>> {
+        let name = format!("{CODE_PAGE_NAME}{crust_pid}\0");
+        let data: Vec<Option<u64>> = tasks
+            .iter()
+            .map(|t| t.put(BATCH_AT + NAME_AT, name.as_bytes()).and_then(|_| t.put(BATCH_AT + CODE_AT, &CODE)).ok().map(|_| BATCH_AT))
+            .zip(tasks.iter())
+            .map(|(at, t)| Some(t.scratch?.address + at?))
+            .collect();
+        let (mut fds, mut pages, mut failed) = (vec![None; tasks.len()], vec![None; tasks.len()], vec![false; tasks.len()]);
+        for (step, what) in CODE_PAGE_STEPS.iter().enumerate() {
+            // The memfd is closed whatever happened since it was made.
+            let which: Vec<usize> = (0..tasks.len())
+                .filter(|&i| match step {
+                    0 => data[i].is_some(),
+                    4 => fds[i].is_some(),
+                    _ => fds[i].is_some() && !failed[i],
+                })
+                .collect();
+            let calls: Vec<Call> = which.iter().map(|&i| code_page_call(step, data[i].unwrap_or(0), fds[i].unwrap_or(0))).collect();
+            for (i, ret) in code_page_round(tasks, &which, &calls, what) {
+                match (step, ret) {
+                    (0, Some(fd)) => fds[i] = Some(fd),
+                    (3, Some(page)) => pages[i] = Some(page),
+                    (_, Some(_)) => {}
+                    (_, None) => failed[i] = true,
+                }
+            }
+        }
+        // A page whose memfd could not be closed still serves (close fails only on a bad fd).
+        pages
+    }
+}
+
+/// One round of [`RemoteTask::map_code_pages_each`]: `calls[k]` in `tasks[which[k]]`. Returns
+/// each task's result (None: failed, logged).
+fn code_page_round(tasks: &mut [&mut RemoteTask], which: &[usize], calls: &[Call], what: &str) -> Vec<(usize, Option<u64>)> {
+    if which.is_empty() {
+        return Vec::new();
+    }
+    let mut these: Vec<&mut RemoteTask> = tasks.iter_mut().enumerate().filter(|(i, _)| which.contains(i)).map(|(_, t)| &mut **t).collect();
+    let outcomes = match RemoteTask::syscall_each_apart(&mut these, calls) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            tracing::debug!("remote {what} for the batches' code pages: {e}");
+            return which.iter().map(|&i| (i, None)).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(which.len());
+    for ((&i, outcome), t) in which.iter().zip(outcomes).zip(&these) {
+        let ret = match outcome {
+            Ok(ret) if !(-4095..0).contains(&ret) => Some(ret as u64),
+            Ok(ret) => {
+                tracing::debug!(
+                    pid = t.pid.as_raw(),
+                    "remote {what} for the batch's code page: {}",
+                    nix::errno::Errno::from_raw(-ret as i32)
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(pid = t.pid.as_raw(), "remote {what} for the batch's code page: {e}");
+                None
+            }
+        };
+        results.push((i, ret));
+    }
+    results
 }
