@@ -315,3 +315,40 @@ while True:
     wait_until("python3 to check its memory", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
     assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
 }
+
+/// The areas of a process read two ways give the same memory record: through crust's BPF
+/// iterator with /proc/PID/maps (kinds/vm_flags.rs, used when crust may load BPF programs)
+/// and from /proc/PID/smaps (`CRUST_SMAPS_ONLY=1`). mappings.c has every kind of area
+/// (private and shared, file and anonymous, PROT_NONE, read-only, growsdown, MADV_HUGEPAGE,
+/// executable); each dump leaves it running (-R), and the two records must agree on every
+/// area and flag. Run as root, the first dump must have used the iterator.
+#[test]
+fn areas_read_through_bpf_and_from_smaps_give_the_same_memory_record() {
+    use crust::image::{ImageDir, proto};
+    let w = Workload::spawn("mappings", &[]);
+    let read_vmas = |dir: &std::path::Path| -> Vec<proto::Vma> {
+        let mm: proto::Mm = ImageDir::open(dir).unwrap().read_record(&crust::image::mm_name(w.pid as u32)).unwrap();
+        // Which pages are resident may move between the dumps (the stack): areas and flags only.
+        mm.vmas.into_iter().map(|v| proto::Vma { pages: Vec::new(), ..v }).collect()
+    };
+    let (bpf_dir, smaps_dir) = (w.dir.path.join("bpf"), w.dir.path.join("smaps"));
+    std::fs::create_dir_all(&bpf_dir).unwrap();
+    std::fs::create_dir_all(&smaps_dir).unwrap();
+    let pid = w.pid.to_string();
+    let dump = |dir: &std::path::Path, env: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let out = crust_env(["dump", "-R", "-t", &pid, "-D", &dir.to_string_lossy()], &env);
+        assert!(out.success(), "dump -R into {}:\n{out}", dir.display());
+        out
+    };
+    let through_bpf = dump(&bpf_dir, &[("CRUST_LOG", "crust=debug")]);
+    if nix::unistd::geteuid().is_root() {
+        assert!(through_bpf.text().contains("read areas without smaps"), "the dump did not use the BPF iterator:\n{through_bpf}");
+    }
+    dump(&smaps_dir, &[("CRUST_SMAPS_ONLY", "1")]);
+    let (a, b) = (read_vmas(&bpf_dir), read_vmas(&smaps_dir));
+    assert_eq!(a.len(), b.len(), "number of areas");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "the area at {:#x} read two ways", y.start);
+    }
+}
