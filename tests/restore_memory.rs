@@ -267,8 +267,8 @@ fn huge_pages_a_program_collapsed_itself_come_back_huge() {
 /// Private anonymous areas side by side that the kernel keeps apart for their flags alone (the
 /// same protection: MADV_DONTFORK on the middle one, MADV_WIPEONFORK on the last), each large
 /// enough for crust's own fill: their pages come back, and so do the areas with their flags.
-/// (crust joins the pages of areas side by side into one copy; one copy may not cross the edge
-/// of a kernel area.)
+/// (One UFFDIO_COPY may not cross the edge of a kernel area: crust places each area's pages
+/// with copies of their own.)
 #[test]
 fn adjacent_anonymous_areas_apart_for_their_flags_come_back_filled() {
     const PY_BODY: &str = r#"
@@ -351,4 +351,89 @@ fn areas_read_through_bpf_and_from_smaps_give_the_same_memory_record() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "the area at {:#x} read two ways", y.start);
     }
+
+/// 256 private anonymous areas of 64 KiB side by side (16 MiB, so that crust places their
+/// pages itself), made as the program made them: one mapping written whole, then every other
+/// area made read-only, no-access or read-execute (each stays charged to the commit limit:
+/// `ac` in VmFlags). They come back exactly (/proc maps and smaps VmFlags, pages resident and
+/// dirty), and the program finds every word as it was (the no-access areas after it makes
+/// them readable). crust maps them as one run, each with its final protection before its pages
+/// are placed (memory.rs, AtFinal); `refuse_userfaultfd`: the kernel refusing crust a
+/// userfaultfd (CRUST_FAULT), the process reads its pages in itself, into areas made writable
+/// for that.
+fn small_areas_side_by_side_come_back_exactly(refuse_userfaultfd: bool) {
+    const PY_BODY: &str = r#"
+AREA, N = 64 * 1024, 256
+base = libc.mmap(None, N * AREA, 3, 0x02 | 0x20, -1, 0)   # PROT_READ|WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+def page(i):
+    return (b'%08d' % i) * 512
+for i in range(N * AREA // 4096):
+    ctypes.memmove(base + i * 4096, page(i), 4096)
+# After each writable area: read-only, no access, read-execute in turn.
+others = [1, 0, 5]
+for k in range(N):
+    if k % 2 == 1:
+        assert libc.mprotect(base + k * AREA, AREA, others[(k // 2) % 3]) == 0
+open('ready', 'w').write('%x\n' % base)
+while not os.path.exists('go'):
+    time.sleep(0.05)
+for k in range(N):
+    if k % 2 == 1 and others[(k // 2) % 3] == 0:
+        assert libc.mprotect(base + k * AREA, AREA, 1) == 0
+ok = all(ctypes.string_at(base + i * 4096, 4096) == page(i) for i in range(N * AREA // 4096))
+open('result', 'w').write('contents %s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("py-small-areas", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
+    wait_until("python3 to make its areas", Duration::from_secs(30), || file_written(&w.dir.path.join("ready")));
+    let base = u64::from_str_radix(std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim(), 16).unwrap();
+    // Each area's first line and the fields that tell its pages and its charge (VmFlags).
+    let areas = |pid: i32| -> Vec<String> {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let (start, end) = (format!("{base:x}-"), base + 256 * 64 * 1024);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start)).peekable();
+        let mut out = Vec::new();
+        while let Some(head) = lines.next_if(|l| u64::from_str_radix(l.split('-').next().unwrap_or(""), 16).is_ok_and(|a| a < end)) {
+            let mut area = vec![head];
+            for l in lines.by_ref() {
+                if l.starts_with("Rss:") || l.starts_with("Private_Dirty:") || l.starts_with("VmFlags:") {
+                    area.push(l);
+                }
+                if l.starts_with("VmFlags:") {
+                    break;
+                }
+            }
+            out.push(area.join(" ").split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        out
+    };
+    let before = areas(w.pid);
+    let as_made = |a: &String| a.contains("Rss: 64 kB Private_Dirty: 64 kB") && a.ends_with(" ac");
+    assert!(before.len() == 256 && before.iter().all(as_made), "test setup: 256 areas apart, all written, all charged: {before:#?}");
+    let snapshot = w.snapshot();
+    w.dump();
+    if refuse_userfaultfd {
+        w.crust_env = vec![("CRUST_FAULT".into(), "restore-pages-userfaultfd:1:fail".into())];
+    }
+    w.restore_extra = vec!["-v3".into()];
+    let out = w.restore_detached();
+    let said = if refuse_userfaultfd { "pages read in by the process instead" } else { "pages placed by crust" };
+    assert!(out.text().contains(said), "the restore did not say \"{said}\":\n{out}");
+    assert_same_proc(&snapshot, &w.snapshot(), &[]);
+    assert_eq!(areas(w.pid), before, "the 256 areas (range, protection, Rss, Private_Dirty) after restore");
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to check its memory", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+}
+
+#[test]
+fn small_areas_side_by_side_come_back_with_their_protections_flags_and_contents() {
+    small_areas_side_by_side_come_back_exactly(false);
+}
+
+#[test]
+fn small_areas_side_by_side_come_back_when_the_kernel_refuses_a_userfaultfd() {
+    small_areas_side_by_side_come_back_exactly(true);
 }

@@ -13,9 +13,12 @@
 //!
 //! Only large private anonymous areas (or stretches of small ones side by side, placed the same
 //! way) are filled so ([`partition`]): UFFDIO_COPY cannot place pages into file mappings or over
-//! present pages (inherited areas), and costs two ioctls per stretch (a lone small area is
-//! cheaper with preadv's 1024 runs per call). Runs that follow one another in memory and in the
-//! page file are placed by one copy.
+//! present pages (inherited areas), and costs two ioctls per stretch and one per area (a lone
+//! small area is cheaper with preadv's 1024 runs per call). Runs of an area that follow one
+//! another in memory and in the page file are placed by one copy. UFFDIO_COPY places pages
+//! whatever the area's protection, so small areas side by side that it fills get their final
+//! protection before their pages are in (made read-only once filled, each would cost far more:
+//! see memory.rs, AtFinal).
 //!
 //! UFFDIO_COPY places 4 KiB pages only, so an area advised MADV_HUGEPAGE is written with
 //! process_vm_writev instead ([`Placing::Write`]): the first write into each 2 MiB stretch
@@ -87,6 +90,13 @@ pub fn partition<'a>(vmas: &[&'a Vma]) -> (Vec<&'a Vma>, Vec<&'a Vma>) {
         if chosen { by_crust.push(*v) } else { by_process.push(*v) }
     }
     (by_crust, by_process)
+}
+
+/// Whether crust places the pages of `vma` (if [`partition`] gives it to crust) with
+/// UFFDIO_COPY, which places pages whatever the area's protection: the area can be mapped
+/// with its final protection (see memory.rs, AtFinal).
+pub fn copies_into(vma: &Vma) -> bool {
+    placing(vma) == Some(Placing::Copy)
 }
 
 /// How crust would place the pages of `vma`, were it large enough (see [`partition`]).
@@ -174,20 +184,10 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
     // The very file the restore checked (see ImageDir::data_file).
     let file = ctx.image.data_file(&record.name)?;
     chunks::check_layout(path, record, record.size)?;
-    // Runs that follow one another in memory and in the file (small areas side by side),
-    // placed the same way, are placed by one call.
-    let mut pieces: Vec<(Piece, Placing)> = Vec::new();
-    for (r, how) in vmas.iter().filter_map(|v| Some((v, placing(v)?))).flat_map(|(v, how)| v.pages.iter().map(move |r| (r, how))) {
-        let len = r.pages * PAGE_SIZE;
-        match pieces.last_mut() {
-            Some((p, h)) if *h == how && p.address + p.len == r.address && p.file_offset + p.len == r.file_offset => p.len += len,
-            _ => pieces.push((Piece { address: r.address, len, file_offset: r.file_offset }, how)),
-        }
-    }
+    let pieces = pieces_of(vmas);
     let plan = by_chunk(&pieces, record.chunk_size)?;
     let claims = Claims::new(plan.len());
-    let areas = std::sync::OnceLock::new();
-    let into = Target { pid, uffd: uffd.as_ref().map(|u| u.as_fd()), areas: &areas };
+    let into = Target { pid, uffd: uffd.as_ref().map(|u| u.as_fd()) };
     let work = |from_the_end: bool| -> Result<()> {
         let mut buffer = Vec::new();
         while let Some(position) = claims.take(from_the_end) {
@@ -204,6 +204,25 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
     // Closing the last copy ends the registration: the process keeps no trace of it.
     drop(uffd);
     Ok(true)
+}
+
+/// The pieces to place, with how: the runs of each area, those that follow one another in
+/// memory and in the page file joined. Never across areas: one UFFDIO_COPY may not cross the
+/// edge of a kernel area (ENOENT), and areas side by side in the image are apart in the
+/// kernel while they are filled (mapped with their protections, or apart for their flags).
+fn pieces_of(vmas: &[&Vma]) -> Vec<(Piece, Placing)> {
+    let mut pieces: Vec<(Piece, Placing)> = Vec::new();
+    for (v, how) in vmas.iter().filter_map(|v| Some((v, placing(v)?))) {
+        let first = pieces.len();
+        for r in &v.pages {
+            let len = r.pages * PAGE_SIZE;
+            match pieces[first..].last_mut() {
+                Some((p, _)) if p.address + p.len == r.address && p.file_offset + p.len == r.file_offset => p.len += len,
+                _ => pieces.push((Piece { address: r.address, len, file_offset: r.file_offset }, how)),
+            }
+        }
+    }
+    pieces
 }
 
 /// The chunks not claimed yet, [front, back): half the workers take them from the front, the
@@ -264,8 +283,6 @@ fn by_chunk<T: Copy>(pieces: &[(Piece, T)], chunk: u64) -> Result<Vec<ChunkPlan<
 struct Target<'a> {
     pid: i32,
     uffd: Option<BorrowedFd<'a>>,
-    /// The process's areas as the kernel has them now, read once if a copy meets an edge.
-    areas: &'a std::sync::OnceLock<Vec<(u64, u64)>>,
 }
 
 /// Reads chunk `index` of the page file, checks it, and places `pieces` (inside it), each as
@@ -328,34 +345,11 @@ fn place(into: Target, uffd: BorrowedFd, address: u64, bytes: &[u8]) -> Result<(
         let at = address + done as u64;
         match uffd::copy(uffd, at, &bytes[done..]) {
             Ok(n) => done += n as usize,
-            // Pages of areas side by side were joined into one copy, but the kernel keeps
-            // these areas apart (flags set while they are filled): one copy may not cross the
-            // edge of a kernel area, so this one stops there.
-            Err(Errno::ENOENT) if let Some(end) = area_end(into, at).filter(|&end| end < at + (bytes.len() - done) as u64) => {
-                let upto = (end - address) as usize;
-                place(into, uffd, at, &bytes[done..upto])?;
-                done = upto;
-            }
             Err(Errno::EINTR | Errno::EAGAIN) if retries < 100 => retries += 1,
             Err(e) => bail!("pid {pid}: userfaultfd UFFDIO_COPY of {} bytes at {at:#x}: {e}", bytes.len() - done),
         }
     }
     Ok(())
-}
-
-/// The end of the kernel's area of the process that holds `address` (its /proc/PID/maps, read
-/// once per fill).
-fn area_end(into: Target, address: u64) -> Option<u64> {
-    let areas = into.areas.get_or_init(|| {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", into.pid)).unwrap_or_default();
-        maps.lines()
-            .filter_map(|l| {
-                let (start, end) = l.split_whitespace().next()?.split_once('-')?;
-                Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?))
-            })
-            .collect()
-    });
-    areas.iter().find(|&&(s, e)| address >= s && address < e).map(|&(_, e)| e)
 }
 
 #[cfg(test)]
@@ -368,6 +362,23 @@ mod tests {
         let got = [claims.take(false), claims.take(true), claims.take(true), claims.take(false), claims.take(true), claims.take(false)];
         assert_eq!(got, [Some(0), Some(4), Some(3), Some(1), Some(2), None]);
         assert_eq!(Claims::new(0).take(true), None);
+    }
+
+    #[test]
+    fn pieces_join_runs_of_one_area_never_runs_of_areas_side_by_side() {
+        use crate::image::proto::PageRun;
+        let area = |start: u64, runs: &[(u64, u64)]| {
+            let mut v = Vma { start, end: start + 0x10000, prot: 3, ..Default::default() };
+            v.set_kind(VmaKind::PrivateAnonymous);
+            v.pages = runs.iter().map(|&(address, pages)| PageRun { address, pages, file_offset: address - 0x10000 }).collect();
+            v
+        };
+        // Two runs of the first area that follow one another, then the next area's run right
+        // after them in memory and in the file.
+        let (a, b) = (area(0x10000, &[(0x10000, 2), (0x12000, 14)]), area(0x20000, &[(0x20000, 16)]));
+        let pieces = pieces_of(&[&a, &b]);
+        let got: Vec<(u64, u64, u64)> = pieces.iter().map(|(p, _)| (p.address, p.len, p.file_offset)).collect();
+        assert_eq!(got, vec![(0x10000, 0x10000, 0), (0x20000, 0x10000, 0x10000)]);
     }
 
     #[test]
