@@ -3,11 +3,19 @@
 //! other one read-only so that the kernel keeps them apart; next to it, the same process with
 //! the same memory in one area. Each is dumped and restored by crust and, with `--criu PATH`,
 //! by the reference tool, as commands (`dump`, `restore -d`), the tools taking turns to go
-//! first; the cost of a mapping is the difference of the two walls divided by the number of
-//! areas, and the same for the tool's CPU time (user + system, its own and its waited-for
-//! children's), which the other work of a shared machine disturbs less. Every restored process is checked from /proc (each area at its place with its
+//! first, and the many areas and the one area too; the cost of a mapping is the difference of
+//! the two walls divided by the number of areas, and the same for the tool's CPU time (user +
+//! system, its own and its waited-for children's), which the other work of a shared machine
+//! disturbs less. Every restored process is checked from /proc (each area at its place with its
 //! protection, a sample of its words) and from inside (on SIGUSR1 it compares every word of its
 //! memory with the pattern and its areas with /proc/self/maps, and writes what it found).
+//!
+//! Both walls hold the copy of 1 GiB, which this VM makes vary by hundreds of milliseconds
+//! (its host backs freed memory lazily: the image's first writes to /dev/shm cost up to 2.5x
+//! more when the host took that memory back): each dump and each restore starts right after
+//! 1 GiB was touched and freed ([`super::warm_memory`]), and the figure is given three ways:
+//! the median of each run's difference, the difference of the medians, and the difference of
+//! the fastest runs (a shared machine only ever adds time).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -244,12 +252,18 @@ fn measure(tool: &super::tasks::Tool, layout: Layout, dir: &Path) -> Result<Samp
     let image = dir.join(format!("{}-image", tool.name));
     let _ = std::fs::remove_dir_all(&image);
     std::fs::create_dir_all(&image)?;
+    let warm = super::warm_memory(layout.len() >> 20, false);
+    if warm.is_err() {
+        end(pid);
+    }
+    warm?;
     let dump = tool.run_with_cpu(&["dump", "-t", &pid.to_string(), "-o", "dump.log"], &image);
     if dump.is_err() {
         end(pid);
     }
     let _ = w.child.wait();
     let (dump, dump_cpu) = dump?;
+    super::warm_memory(layout.len() >> 20, false)?;
     let restore = tool.run_with_cpu(&["restore", "-d", "-o", "restore.log"], &image);
     // Both tools restore the same pid.
     let check = restore.as_ref().ok().map(|_| check_restored(pid, &w, layout));
@@ -304,8 +318,14 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
     for run in 1..=runs {
         println!("run {run}:");
         for i in super::tasks::turn_order(run, tools.len()) {
-            let m = measure(&tools[i], many, dir)?;
-            let o = measure(&tools[i], one, dir)?;
+            // The many areas and the one area take turns to go first too (this VM's speed drifts).
+            let (m, o) = if (run + i) % 2 == 1 {
+                let m = measure(&tools[i], many, dir)?;
+                (m, measure(&tools[i], one, dir)?)
+            } else {
+                let o = measure(&tools[i], one, dir)?;
+                (measure(&tools[i], many, dir)?, o)
+            };
             let [d, r, dc, rc] = per_area(m, o, areas);
             println!(
                 "  {:<5} {areas} areas: dump {} restore {}; one area: dump {} restore {}; per area: dump {d:.2} us, restore {r:.2} us (CPU {dc:.2} us, {rc:.2} us)",
@@ -334,6 +354,22 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
             med(&|i| w.one[i].dump.as_secs_f64() * 1e3),
             med(&|i| w.one[i].restore.as_secs_f64() * 1e3),
         );
+        let [md, mr, ..] = per_area(summary(&w.many, median), summary(&w.one, median), areas);
+        let [fd, fr, fdc, frc] = per_area(summary(&w.many, fastest), summary(&w.one, fastest), areas);
+        println!(
+            "  {}: per area from the medians: dump {md:.2} us, restore {mr:.2} us; from the fastest runs: dump {fd:.2} us, restore {fr:.2} us (CPU {fdc:.2} us, {frc:.2} us)",
+            tool.name
+        );
     }
     Ok(())
+}
+
+fn fastest(v: Vec<f64>) -> f64 {
+    v.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+/// Each figure of `samples` summarised by `how` (the median, the fastest) on its own.
+fn summary(samples: &[Sample], how: fn(Vec<f64>) -> f64) -> Sample {
+    let of = |f: fn(&Sample) -> Duration| Duration::from_secs_f64(how(samples.iter().map(|s| f(s).as_secs_f64()).collect()));
+    Sample { dump: of(|s| s.dump), restore: of(|s| s.restore), dump_cpu: of(|s| s.dump_cpu), restore_cpu: of(|s| s.restore_cpu) }
 }
