@@ -88,7 +88,7 @@ fn scratch_mark(crust_pid: u32) -> Vec<u8> {
 /// dump. Best effort: an area that cannot be read or removed stays.
 fn remove_left_scratch_areas(remote: &mut RemoteTask) {
     let pid = remote.pid();
-    let Ok(maps) = memory::maps_where(pid.as_raw(), |l| l.contains("/dev/zero") || l.contains(CODE_PAGE_NAME)) else { return };
+    let Ok(maps) = memory::shared_maps(pid.as_raw()) else { return };
     for map in maps.iter() {
         let (start, end) = map.address;
         let left =
@@ -991,7 +991,7 @@ impl Frozen {
     fn take(pid: Pid, deadline: Option<Instant>) -> Result<Self> {
         // Read once for both searches (the leader is stopped: its code stays where it is).
         // Both look at code only.
-        let maps = memory::maps_where(pid.as_raw(), memory::is_code_line)?;
+        let maps = memory::code_maps(pid.as_raw())?;
         let syscall_ip = memory::syscall_instruction_in_vdso_of(pid.as_raw(), &maps)?;
         let mut remote = RemoteTask::new(pid, syscall_ip)?;
         let sigreturn = memory::sigreturn_instruction_in(&remote, &maps);

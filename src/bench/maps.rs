@@ -3,11 +3,21 @@
 //! other one read-only so that the kernel keeps them apart; next to it, the same process with
 //! the same memory in one area. Each is dumped and restored by crust and, with `--criu PATH`,
 //! by the reference tool, as commands (`dump`, `restore -d`), the tools taking turns to go
-//! first; the cost of a mapping is the difference of the two walls divided by the number of
-//! areas, and the same for the tool's CPU time (user + system, its own and its waited-for
-//! children's), which the other work of a shared machine disturbs less. Every restored process is checked from /proc (each area at its place with its
+//! first, and the many areas and the one area too; the cost of a mapping is the difference of
+//! the two walls divided by the number of areas, and the same for the tool's CPU time (user +
+//! system, its own and its waited-for children's), which the other work of a shared machine
+//! disturbs less. Every restored process is checked from /proc (each area at its place with its
 //! protection, a sample of its words) and from inside (on SIGUSR1 it compares every word of its
 //! memory with the pattern and its areas with /proc/self/maps, and writes what it found).
+//!
+//! Both walls hold the copy of 1 GiB, which this VM makes vary by hundreds of milliseconds
+//! (its host backs freed memory lazily: the image's first writes to /dev/shm cost up to 2.5x
+//! more when the host took that memory back): each dump and each restore starts right after
+//! 1 GiB was touched and freed ([`super::warm_memory`]), and the figure is given three ways:
+//! the median of each run's difference, the difference of the medians, and the difference of
+//! the fastest runs (a shared machine only ever adds time). crust's dumps log their steps'
+//! times (`CRUST_LOG=crust=debug`), which also gives its cost per area without the copy: its
+//! total less its "copy pages" step.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -235,6 +245,8 @@ struct Sample {
     restore: Duration,
     dump_cpu: Duration,
     restore_cpu: Duration,
+    /// crust's dump less its copy of the pages (from its log); zero for the reference tool.
+    but_copy: Duration,
 }
 
 /// Dumps a fresh workload of `layout` with `tool`, restores it detached and checks it.
@@ -244,12 +256,21 @@ fn measure(tool: &super::tasks::Tool, layout: Layout, dir: &Path) -> Result<Samp
     let image = dir.join(format!("{}-image", tool.name));
     let _ = std::fs::remove_dir_all(&image);
     std::fs::create_dir_all(&image)?;
-    let dump = tool.run_with_cpu(&["dump", "-t", &pid.to_string(), "-o", "dump.log"], &image);
+    let warm = super::warm_memory(layout.len() >> 20, false);
+    if warm.is_err() {
+        end(pid);
+    }
+    warm?;
+    // crust logs its steps' times: the dump without its copy of the pages.
+    let env: &[(&str, &str)] = if tool.name == "crust" { &[("CRUST_LOG", "crust=debug")] } else { &[] };
+    let dump = tool.run_with_cpu_env(&["dump", "-t", &pid.to_string(), "-o", "dump.log"], &image, env);
     if dump.is_err() {
         end(pid);
     }
     let _ = w.child.wait();
     let (dump, dump_cpu) = dump?;
+    let but_copy = if tool.name == "crust" { dump_but_copy(&image.join("dump.log"))? } else { Duration::ZERO };
+    super::warm_memory(layout.len() >> 20, false)?;
     let restore = tool.run_with_cpu(&["restore", "-d", "-o", "restore.log"], &image);
     // Both tools restore the same pid.
     let check = restore.as_ref().ok().map(|_| check_restored(pid, &w, layout));
@@ -257,7 +278,21 @@ fn measure(tool: &super::tasks::Tool, layout: Layout, dir: &Path) -> Result<Samp
     let (restore, restore_cpu) = restore?;
     let _ = std::fs::remove_dir_all(&image);
     check.unwrap_or(Ok(())).with_context(|| format!("the process {} restored", tool.name))?;
-    Ok(Sample { dump, restore, dump_cpu, restore_cpu })
+    Ok(Sample { dump, restore, dump_cpu, restore_cpu, but_copy })
+}
+
+/// From crust's debug log of a dump: its total time less the copy of the pages (the part
+/// this VM's memory makes vary by hundreds of milliseconds).
+fn dump_but_copy(log: &Path) -> Result<Duration> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let number_after = |line: &str, key: &str| -> Option<f64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?.parse().ok()
+    };
+    let total = text.lines().filter(|l| l.contains("dumped ")).find_map(|l| number_after(l, "total "));
+    let copy = text.lines().filter(|l| l.contains("step=\"dump: copy pages\"")).find_map(|l| number_after(l, "ms="));
+    let (Some(total), Some(copy)) = (total, copy) else { bail!("{}: no total or copy time of the dump", log.display()) };
+    Ok(Duration::from_secs_f64((total - copy).max(0.0) / 1e3))
 }
 
 fn ms(d: Duration) -> String {
@@ -279,8 +314,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Microseconds per area that the many areas cost over the one: (dump, restore) in wall time
 /// and in CPU time.
 fn per_area(many: Sample, one: Sample, areas: usize) -> [f64; 4] {
-    let us = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1e6 / areas as f64;
+    let us = |a, b| us_per_area(a, b, areas);
     [us(many.dump, one.dump), us(many.restore, one.restore), us(many.dump_cpu, one.dump_cpu), us(many.restore_cpu, one.restore_cpu)]
+}
+
+fn us_per_area(many: Duration, one: Duration, areas: usize) -> f64 {
+    (many.as_secs_f64() - one.as_secs_f64()) * 1e6 / areas as f64
+}
+
+/// The per-area cost of crust's dump less its copy, when measured.
+fn but_copy_text(many: Sample, one: Sample, areas: usize) -> String {
+    if many.but_copy.is_zero() {
+        return String::new();
+    }
+    format!(
+        "; less the copy: {} against {}, {:.2} us per area",
+        ms(many.but_copy),
+        ms(one.but_copy),
+        us_per_area(many.but_copy, one.but_copy, areas)
+    )
 }
 
 pub fn run(mib: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<()> {
@@ -304,16 +356,23 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
     for run in 1..=runs {
         println!("run {run}:");
         for i in super::tasks::turn_order(run, tools.len()) {
-            let m = measure(&tools[i], many, dir)?;
-            let o = measure(&tools[i], one, dir)?;
+            // The many areas and the one area take turns to go first too (this VM's speed drifts).
+            let (m, o) = if (run + i) % 2 == 1 {
+                let m = measure(&tools[i], many, dir)?;
+                (m, measure(&tools[i], one, dir)?)
+            } else {
+                let o = measure(&tools[i], one, dir)?;
+                (measure(&tools[i], many, dir)?, o)
+            };
             let [d, r, dc, rc] = per_area(m, o, areas);
             println!(
-                "  {:<5} {areas} areas: dump {} restore {}; one area: dump {} restore {}; per area: dump {d:.2} us, restore {r:.2} us (CPU {dc:.2} us, {rc:.2} us)",
+                "  {:<5} {areas} areas: dump {} restore {}; one area: dump {} restore {}; per area: dump {d:.2} us, restore {r:.2} us (CPU {dc:.2} us, {rc:.2} us){}",
                 tools[i].name,
                 ms(m.dump),
                 ms(m.restore),
                 ms(o.dump),
-                ms(o.restore)
+                ms(o.restore),
+                but_copy_text(m, o, areas)
             );
             walls[i].many.push(m);
             walls[i].one.push(o);
@@ -334,6 +393,32 @@ fn run_in(areas: usize, dir: &Path, runs: usize, criu: Option<&Path>) -> Result<
             med(&|i| w.one[i].dump.as_secs_f64() * 1e3),
             med(&|i| w.one[i].restore.as_secs_f64() * 1e3),
         );
+        if tool.name == "crust" {
+            let per = median((0..w.many.len()).map(|i| us_per_area(w.many[i].but_copy, w.one[i].but_copy, areas)).collect());
+            println!("  crust: per area, dump less its copy of the pages (from its log): {per:.2} us (median)");
+        }
+        let [md, mr, ..] = per_area(summary(&w.many, median), summary(&w.one, median), areas);
+        let [fd, fr, fdc, frc] = per_area(summary(&w.many, fastest), summary(&w.one, fastest), areas);
+        println!(
+            "  {}: per area from the medians: dump {md:.2} us, restore {mr:.2} us; from the fastest runs: dump {fd:.2} us, restore {fr:.2} us (CPU {fdc:.2} us, {frc:.2} us)",
+            tool.name
+        );
     }
     Ok(())
+}
+
+fn fastest(v: Vec<f64>) -> f64 {
+    v.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+/// Each figure of `samples` summarised by `how` (the median, the fastest) on its own.
+fn summary(samples: &[Sample], how: fn(Vec<f64>) -> f64) -> Sample {
+    let of = |f: fn(&Sample) -> Duration| Duration::from_secs_f64(how(samples.iter().map(|s| f(s).as_secs_f64()).collect()));
+    Sample {
+        dump: of(|s| s.dump),
+        restore: of(|s| s.restore),
+        dump_cpu: of(|s| s.dump_cpu),
+        restore_cpu: of(|s| s.restore_cpu),
+        but_copy: of(|s| s.but_copy),
+    }
 }

@@ -235,7 +235,7 @@ fn floor_read_into_memory(dir: &Path, mib: usize, huge: bool) -> Result<Duration
 /// more to fault in (docs/memory-dump.md). Whether the memory freed by the dumped process was
 /// handed back before the restore ran is the host's timing: every restore, and the floor, get
 /// the same warm start, so that the figures compare the tools.
-fn warm_memory(mib: usize, huge: bool) -> Result<()> {
+pub(super) fn warm_memory(mib: usize, huge: bool) -> Result<()> {
     let mut warm = AnonRegion::new(mib * MIB, huge)?;
     warm.as_mut_slice().iter_mut().step_by(4096).for_each(|b| *b = 1);
     Ok(())

@@ -186,9 +186,14 @@ impl Tool {
     /// [`Self::run`], with the CPU time (user + system) of the tool and the children it waited
     /// for: a figure the other work on a shared machine disturbs less than the wall time.
     pub fn run_with_cpu(&self, args: &[&str], image: &Path) -> Result<(Duration, Duration)> {
+        self.run_with_cpu_env(args, image, &[])
+    }
+
+    /// [`Self::run_with_cpu`] with variables `env` set for the tool.
+    pub fn run_with_cpu_env(&self, args: &[&str], image: &Path, env: &[(&str, &str)]) -> Result<(Duration, Duration)> {
         let cpu_before = children_cpu();
         let started = Instant::now();
-        let out = Command::new(&self.exe).args(args).arg("-D").arg(image).stdin(Stdio::null()).output()?;
+        let out = Command::new(&self.exe).args(args).arg("-D").arg(image).envs(env.iter().copied()).stdin(Stdio::null()).output()?;
         let took = started.elapsed();
         let cpu = children_cpu().saturating_sub(cpu_before);
         if !out.status.success() {

@@ -35,6 +35,7 @@ pub mod registers;
 pub mod scheduling;
 pub mod seccomp;
 pub mod signals;
+pub mod smaps;
 pub mod smaps_ahead;
 pub mod syscall_timeouts;
 pub mod sysv_shm;

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod packet;
 pub mod pagemap;
 pub mod pidfd;
+pub mod procmap;
 pub mod ptrace;
 pub mod region;
 pub mod remote;
