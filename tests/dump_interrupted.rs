@@ -108,21 +108,21 @@ fn dump_failing_at_any_step_leaves_the_process_running_as_it_was() {
 /// shared anonymous memory nobody else uses; see docs/injection.md), until the next dump
 /// removes it (so there is never more than one). Removed from a snapshot, with what it adds to
 /// the process's sizes.
-fn without_scratch_area(mut s: ProcSnapshot) -> ProcSnapshot {
-    let scratch: Vec<String> = s
-        .entries
-        .iter()
-        .filter(|(k, v)| {
-            k.strip_prefix("maps:").is_some_and(|range| {
-                let (a, b) = range.split_once('-').unwrap();
-                u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap() == 64 * 1024
-            }) && (v.starts_with("rw-s") || v.starts_with("rwxs"))
-                && v.contains("/dev/zero (deleted)")
-        })
-        .map(|(k, _)| k.trim_start_matches("maps:").to_string())
-        .collect();
-    assert!(scratch.len() <= 1, "more than one scratch-like area: {scratch:?}");
-    for range in scratch {
+fn without_scratch_area(s: ProcSnapshot) -> ProcSnapshot {
+    without_one_area(s, "scratch-like area", |range, v| {
+        let (a, b) = range.split_once('-').unwrap();
+        u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap() == 64 * 1024
+            && (v.starts_with("rw-s") || v.starts_with("rwxs"))
+            && v.contains("/dev/zero (deleted)")
+    })
+}
+
+/// `s` without the area (at most one) whose range and maps line `is_it` accepts.
+fn without_one_area(mut s: ProcSnapshot, what: &str, is_it: impl Fn(&str, &str) -> bool) -> ProcSnapshot {
+    let found: Vec<String> =
+        s.entries.iter().filter_map(|(k, v)| k.strip_prefix("maps:").filter(|range| is_it(range, v)).map(String::from)).collect();
+    assert!(found.len() <= 1, "more than one {what}: {found:?}");
+    for range in found {
         s.entries.remove(&format!("maps:{range}"));
         s.entries.remove(&format!("vmflags:{range}"));
     }
@@ -335,19 +335,8 @@ fn dump_killed_while_crust_copies_the_pages_leaves_no_descriptor_in_the_process(
 /// crust's code page in a process that refuses writable code (see
 /// `dump_of_a_process_refusing_writable_code_killed_in_its_batch_leaves_what_the_next_dump_removes`),
 /// removed from a snapshot.
-fn without_code_page(mut s: ProcSnapshot) -> ProcSnapshot {
-    let pages: Vec<String> = s
-        .entries
-        .iter()
-        .filter(|(k, v)| k.starts_with("maps:") && v.starts_with("r-xs") && v.contains("/memfd:crust-batch-code-"))
-        .map(|(k, _)| k.trim_start_matches("maps:").to_string())
-        .collect();
-    assert!(pages.len() <= 1, "more than one code page: {pages:?}");
-    for range in pages {
-        s.entries.remove(&format!("maps:{range}"));
-        s.entries.remove(&format!("vmflags:{range}"));
-    }
-    s
+fn without_code_page(s: ProcSnapshot) -> ProcSnapshot {
+    without_one_area(s, "code page", |_, v| v.starts_with("r-xs") && v.contains("/memfd:crust-batch-code-"))
 }
 
 /// A process that refuses writable code (mdwe.c, PR_SET_MDWE: an executable scratch area is

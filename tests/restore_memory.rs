@@ -351,6 +351,7 @@ fn areas_read_through_bpf_and_from_smaps_give_the_same_memory_record() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "the area at {:#x} read two ways", y.start);
     }
+}
 
 /// 256 private anonymous areas of 64 KiB side by side (16 MiB, so that crust places their
 /// pages itself), made as the program made them: one mapping written whole, then every other
