@@ -119,9 +119,8 @@ fn program(flags_at: i16) -> Vec<Insn> {
 }
 
 fn bpf<T>(cmd: i32, attr: &mut T, what: &str) -> Result<OwnedFd, SysError> {
-    // SAFETY: `attr` is a live, exclusively borrowed #[repr(C)] prefix of union bpf_attr for
-    // `cmd`, and its size is passed with it; every pointer inside it points at memory that
-    // outlives the call.
+    // Every pointer inside `attr` points at memory that outlives the call.
+    // SAFETY: `attr` is a live, exclusively borrowed #[repr(C)] prefix of bpf_attr for `cmd`.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if fd < 0 {
         return Err(SysError::new(format!("bpf({what})"), Errno::last()));

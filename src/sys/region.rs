@@ -99,9 +99,9 @@ impl AnonRegion {
             KeepingAdvice::Random => MmapAdvise::MADV_RANDOM,
             KeepingAdvice::Mergeable => MmapAdvise::MADV_MERGEABLE,
         };
-        // SAFETY: each of these advices changes only flags of part of our own mapping (none
-        // drops or replaces its pages), and the &mut borrow of self means no slice of it is
-        // alive across the change.
+        // None of these advices drops or replaces pages; the &mut borrow of self means no
+        // slice of the region is alive across the change.
+        // SAFETY: each advice changes only flags of part of our own mapping.
         unsafe { madvise(ptr, range.end - range.start, advice) }
     }
 
