@@ -176,28 +176,43 @@ pub fn smaps_lines(pid: i32) -> Option<String> {
 }
 
 fn lines_with(iterator: &VmaIterator, pid: i32) -> Result<Option<String>> {
-    let words = iterator.areas_of(pid)?;
+    let words = crate::timing::step("dump: areas: BPF iterator", || iterator.areas_of(pid))?;
     if words.iter().any(|w| w.flags & !known_bits() != 0) {
         return Ok(None);
     }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let huge = huge_kib_by_area(pid, &maps, &words)?;
-    let by_start: HashMap<u64, &VmaWord> = words.iter().map(|w| (w.start, w)).collect();
+    let maps = crate::timing::step("dump: areas: maps", || std::fs::read_to_string(format!("/proc/{pid}/maps")))
+        .with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let huge = crate::timing::step("dump: areas: huge pages", || huge_kib_by_area(pid, &maps, &words))?;
+    // Both lists are in address order: walked side by side. Most areas share a few flags
+    // words: each one's text is made once.
+    let mut texts: Vec<(u64, String)> = Vec::new();
     let mut out = String::with_capacity(maps.len() + words.len() * 48);
     let mut matched = 0;
     for line in maps.lines() {
         let (start, end) = range_of(line).with_context(|| format!("/proc/{pid}/maps: a line without its range: {line:?}"))?;
-        let flags = match by_start.get(&start) {
-            Some(w) if w.end == end => {
+        // The vsyscall page is not an area of the process (the kernel's gate area): smaps
+        // shows it with the words of its permissions (kept under a word no area can have).
+        let (flags, text) = match words.get(matched) {
+            Some(w) if w.start == start && w.end == end => {
                 matched += 1;
-                words_of(w.flags)
+                (w.flags, None)
             }
-            // The vsyscall page is not an area of the process (the kernel's gate area):
-            // smaps shows it with the words of its permissions.
-            None if line.ends_with("[vsyscall]") => gate_words(line),
+            _ if line.ends_with("[vsyscall]") => (u64::MAX, Some(gate_words(line))),
             _ => bail!("/proc/{pid}/maps and the BPF iterator disagree at {start:#x}-{end:#x}"),
         };
-        let _ = writeln!(out, "{line}\nAnonHugePages: {} kB\nVmFlags: {flags}", huge.get(&start).copied().unwrap_or(0));
+        let i = match texts.iter().position(|(f, _)| *f == flags) {
+            Some(i) => i,
+            None => {
+                texts.push((flags, text.unwrap_or_else(|| words_of(flags))));
+                texts.len() - 1
+            }
+        };
+        out.push_str(line);
+        out.push_str("\nAnonHugePages: ");
+        let _ = write!(out, "{}", huge.get(&start).copied().unwrap_or(0));
+        out.push_str(" kB\nVmFlags: ");
+        out.push_str(&texts[i].1);
+        out.push('\n');
     }
     if matched != words.len() {
         bail!("the BPF iterator found {} areas in pid {pid}, /proc/{pid}/maps {matched}", words.len());
@@ -224,12 +239,15 @@ fn gate_words(line: &str) -> String {
 }
 
 /// AnonHugePages of each anonymous area (no file behind it), by start: its stretches mapped
-/// by a huge page, from one PAGEMAP_SCAN over all of them.
+/// by a huge page, from one PAGEMAP_SCAN over all those that can hold one.
 fn huge_kib_by_area(pid: i32, maps: &str, words: &[VmaWord]) -> Result<HashMap<u64, u64>> {
     let areas: std::collections::HashSet<u64> = words.iter().map(|w| w.start).collect();
-    // Areas of the process only (not the vsyscall page, above the user address space).
+    // Areas of the process only (not the vsyscall page, above the user address space), and
+    // only those a huge page can map: one holding a whole aligned 2 MiB (AnonHugePages counts
+    // pages mapped by a PMD).
+    let can_hold = |&(s, e): &(u64, u64)| s.next_multiple_of(HUGE_STRETCH) + HUGE_STRETCH <= e && areas.contains(&s);
     let anonymous: Vec<(u64, u64)> =
-        maps.lines().filter(|l| l.split_whitespace().nth(4) == Some("0")).filter_map(range_of).filter(|(s, _)| areas.contains(s)).collect();
+        maps.lines().filter(|l| l.split_whitespace().nth(4) == Some("0")).filter_map(range_of).filter(can_hold).collect();
     let mut out = HashMap::new();
     let (Some(first), Some(last)) = (anonymous.first(), anonymous.last()) else { return Ok(out) };
     let stretches = PageMap::open(pid)?.huge_stretches(first.0, last.1)?;
