@@ -464,7 +464,16 @@ impl Armed {
             Some((s, e)) => ((page & !(HUGE - 1)).max(s), ((page & !(HUGE - 1)) + HUGE).min(e)),
             None => (page, page + PAGE_SIZE),
         };
-        let _ = uffd::write_protect(self.uffd.as_fd(), start, end - start, false);
+        let fd = self.uffd.as_fd();
+        if uffd::write_protect(fd, start, end - start, false).is_ok() {
+            return;
+        }
+        // The window reaches an area mapped since the registration (the kernel stops there,
+        // ENOENT, and wakes nobody): the page alone; if even that fails, the thread is woken
+        // to fault again (a thread left waiting would hang the program and the freeze).
+        if uffd::write_protect(fd, page, PAGE_SIZE, false).is_err() {
+            let _ = uffd::wake(fd, page, PAGE_SIZE);
+        }
     }
 
     /// At the freeze, for a process armed ahead of it: from now on a write fault saves its
