@@ -184,6 +184,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     crate::timing::step("dump: refuse before freezing", || refuse_before_freezing(root, image, opts))?;
     image.begin()?;
     crate::kinds::uffd_dump::protect_ahead(root.as_raw());
+    crate::fault::point("dump-protected-ahead").map_err(|e| e.context(format!("dumping the tree of pid {root} (it was left running)")))?;
     progress.step(format!("freezing the tree of pid {root}"));
     // Timed waits and lease breakers are sampled while they still wait; remaining times
     // count from here.

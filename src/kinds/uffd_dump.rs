@@ -217,18 +217,26 @@ pub fn arm_early(remote: &mut RemoteTask) -> Result<()> {
 /// kernel's per-page work (about 20 ms per GiB of 4 KiB pages) is no longer done while the
 /// tree is frozen. A process that cannot be armed now is armed at the freeze, as before.
 pub fn protect_ahead(root: i32) {
-    // CRUST_PROTECT_AT_FREEZE=1: everything is protected while frozen, as before (to compare).
-    if !live() || std::env::var_os("CRUST_PROTECT_AT_FREEZE").is_some() {
+    let min_anon_kib = match std::env::var("CRUST_PROTECT_AHEAD").as_deref() {
+        // Everything protected while frozen, as before (to compare, and for tests).
+        Ok("never") => return,
+        // Every process, whatever its size (for tests).
+        Ok("always") => 0,
+        _ => AHEAD_MIN_ANON_KIB,
+    };
+    if !live() {
         return;
     }
     let limit = std::time::Duration::from_secs(2);
-    for pid in tree_pids(root) {
+    for pid in tree_pids(root).into_iter().filter(|&pid| anon_kib(pid).is_some_and(|kib| kib >= min_anon_kib)) {
         let armed = crate::dump::while_held(pid, limit, |remote| {
             let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
             arm_process(remote, &pidfd, true)
         });
-        if let Err(e) = armed {
-            tracing::debug!(pid, "not write-protected ahead of the freeze: {e:#}");
+        match armed {
+            Ok(Some(_)) => tracing::info!(pid, "write-protecting its memory ahead of the freeze"),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(pid, "not write-protected ahead of the freeze: {e:#}"),
         }
     }
     let armed: Vec<Arc<Armed>> = match SESSION.lock().unwrap().as_ref() {
@@ -243,6 +251,17 @@ pub fn protect_ahead(root: i32) {
     };
     // A piece that fails leaves its pages unprotected: the freeze finds and protects them.
     let _ = crate::timing::step("dump: write-protect ahead", || super::page_copy::on_workers(2, "write-protect", |_| protect()));
+}
+
+/// Processes with less private memory than this are protected at the freeze, as before: their
+/// protection costs well under a millisecond there (about 20 ms per GiB), less than holding
+/// them once more ahead of the freeze (a tree of many small processes would pay it for each).
+const AHEAD_MIN_ANON_KIB: u64 = 64 * 1024;
+
+/// The process's resident private memory (RssAnon), in KiB.
+fn anon_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// `root` and its descendants, as /proc shows them now (the tree runs: one forked meanwhile
