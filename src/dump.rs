@@ -183,6 +183,8 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     progress.step(format!("checking the tree of pid {root}"));
     crate::timing::step("dump: refuse before freezing", || refuse_before_freezing(root, image, opts))?;
     image.begin()?;
+    crate::kinds::uffd_dump::protect_ahead(root.as_raw());
+    crate::fault::point("dump-protected-ahead").map_err(|e| e.context(format!("dumping the tree of pid {root} (it was left running)")))?;
     progress.step(format!("freezing the tree of pid {root}"));
     // Timed waits and lease breakers are sampled while they still wait; remaining times
     // count from here.
@@ -961,6 +963,26 @@ struct Frozen {
     /// In a job-control stop when seized: the signal that stopped it. (Let go, it stops again:
     /// the kernel keeps a group stop in effect across a ptrace attach and detach.)
     job_stop: Option<i32>,
+}
+
+/// Runs `work` in the running process `pid` while it is held as a dump holds it (every thread
+/// seized and parked on a signal frame, signals blocked), then lets it go on as it was: for
+/// crust's own work in a process before its freeze (kinds/uffd_dump.rs, protect_ahead).
+/// `limit` bounds the wait for its threads to stop.
+pub fn while_held<T>(pid: i32, limit: std::time::Duration, work: impl FnOnce(&mut RemoteTask) -> Result<T>) -> Result<T> {
+    let pid = Pid::from_raw(pid);
+    let deadline = Some(Instant::now() + limit);
+    ptrace::seize_and_interrupt_until(pid, false, deadline).with_context(|| format!("pid {pid}: seizing it"))?;
+    let mut held = match Frozen::take(pid, deadline) {
+        Ok(held) => held,
+        Err(e) => {
+            let _ = ptrace::detach(pid);
+            return Err(e);
+        }
+    };
+    let out = work(&mut held.remote);
+    held.release(End::Resume)?;
+    out
 }
 
 /// Parks a thread just seized on a signal frame holding its state, so that it goes back to

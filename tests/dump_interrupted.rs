@@ -15,6 +15,7 @@ use common::*;
 use std::time::Duration;
 
 const STEPS: &[&str] = &[
+    "dump-protected-ahead",
     "dump-sampled",
     "dump-frozen",
     "dump-batch-running",
@@ -25,11 +26,21 @@ const STEPS: &[&str] = &[
     "dump-checksums",
 ];
 
+/// CRUST_FAULT=`fault`; with -R, the memory write-protected ahead of the freeze whatever its
+/// size (the workloads are small), so that the time before the freeze is tried too.
+fn fault_env(fault: &str, leave_running: bool) -> Vec<(String, String)> {
+    let mut env = vec![("CRUST_FAULT".to_string(), fault.to_string())];
+    if leave_running {
+        env.push(("CRUST_PROTECT_AHEAD".into(), "always".into()));
+    }
+    env
+}
+
 fn check_interrupted_dump(step: &str, action: &str, leave_running: bool) {
     let mut w = Workload::spawn("counter", &[]);
     let addr = parse_hex(&w.ready_field("counter_addr"));
     let before = w.snapshot();
-    w.crust_env = vec![("CRUST_FAULT".into(), format!("{step}:1:{action}"))];
+    w.crust_env = fault_env(&format!("{step}:1:{action}"), leave_running);
     let out = w.dump_with(if leave_running { &["-R"] } else { &[] });
     let what = format!("{step} {action} {}", if leave_running { "-R" } else { "(kill mode)" });
     let want = match action {
@@ -146,7 +157,7 @@ fn wait_returned_by_itself(w: &Workload, before: &ProcSnapshot) {
 fn check_killed_dump(workload: &str, step: &str, leave_running: bool) {
     let mut w = Workload::spawn(workload, &[]);
     let before = w.snapshot();
-    w.crust_env = vec![("CRUST_FAULT".into(), format!("{step}:1:kill"))];
+    w.crust_env = fault_env(&format!("{step}:1:kill"), leave_running);
     let out = w.dump_with(if leave_running { &["-R"] } else { &[] });
     let what = format!("{workload}: crust killed at {step} {}", if leave_running { "-R" } else { "(kill mode)" });
     assert_eq!(out.exit(), Exit::Signal(libc::SIGKILL), "{what}: crust's end:\n{out}");
@@ -473,6 +484,7 @@ fn dump_killed_or_interrupted_from_outside_at_any_moment_leaves_the_program_unha
         std::fs::create_dir_all(&w.image_dir).unwrap();
         let mut child = crust_command()
             .args(["dump", "-R", "-t", &w.pid.to_string(), "-D", &img])
+            .env("CRUST_PROTECT_AHEAD", if round % 2 == 0 { "always" } else { "never" })
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -114,10 +114,15 @@ fn enlist(armed: Arc<Armed>) {
 pub struct Armed {
     pid: i32,
     uffd: OwnedFd,
-    /// Registered, write-protected ranges, sorted.
-    registered: Vec<(u64, u64)>,
-    /// `registered` cut into pieces, write-protected by whichever thread takes them first.
-    to_protect: Vec<(u64, u64)>,
+    /// Registered, write-protected ranges, sorted (set again at the freeze for a process
+    /// armed ahead of it).
+    registered: std::sync::RwLock<Vec<(u64, u64)>>,
+    /// Armed before the freeze ([`protect_ahead`]) and the tree not frozen yet: a write
+    /// fault lifts the protection and saves nothing. Changed under the store's lock.
+    ahead: AtomicBool,
+    /// Armed ahead of the freeze: an event before the layout is set came before the freeze
+    /// (the frozen tree changes no memory), and does not break the attempt.
+    armed_ahead: bool,
     protecting: Mutex<Protecting>,
     protected: std::sync::Condvar,
     layout: OnceLock<Layout>,
@@ -144,6 +149,9 @@ struct Layout {
 /// How far the write-protection of a process's pieces is.
 #[derive(Default)]
 struct Protecting {
+    /// The registered ranges (or, at the freeze of a process armed ahead, the pages found
+    /// unprotected) cut into pieces, write-protected by whichever thread takes them first.
+    pieces: Vec<(u64, u64)>,
     /// The next piece to take.
     next: usize,
     /// Pieces taken whose ioctl has not returned yet.
@@ -183,8 +191,11 @@ pub fn arm_early(remote: &mut RemoteTask) -> Result<()> {
         return Ok(());
     }
     let pid = remote.pid().as_raw();
+    if let Some(armed) = armed_early(pid).filter(|a| a.ahead.load(Ordering::SeqCst)) {
+        return crate::timing::step("dump: catch up write-protect", || armed.catch_up());
+    }
     let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
-    let Some(armed) = arm_process(remote, &pidfd)? else {
+    let Some(armed) = arm_process(remote, &pidfd, false)? else {
         REFUSED.lock().unwrap().push(pid);
         return Ok(());
     };
@@ -198,6 +209,78 @@ pub fn arm_early(remote: &mut RemoteTask) -> Result<()> {
     Ok(())
 }
 
+/// Before the freeze of a live dump: arms every process of the tree (each held for a moment, as
+/// a dump holds it, while it makes its userfaultfd and crust registers its areas) and
+/// write-protects their memory while they run, on two threads. A write meanwhile is let go at
+/// once and saves nothing (the memory of the freeze is not decided yet); at the freeze only
+/// the pages written or faulted in since are protected again ([`Armed::catch_up`]), so the
+/// kernel's per-page work (about 20 ms per GiB of 4 KiB pages) is no longer done while the
+/// tree is frozen. A process that cannot be armed now is armed at the freeze, as before.
+pub fn protect_ahead(root: i32) {
+    let min_anon_kib = match std::env::var("CRUST_PROTECT_AHEAD").as_deref() {
+        // Everything protected while frozen, as before (to compare, and for tests).
+        Ok("never") => return,
+        // Every process, whatever its size (for tests).
+        Ok("always") => 0,
+        _ => AHEAD_MIN_ANON_KIB,
+    };
+    if !live() {
+        return;
+    }
+    let limit = std::time::Duration::from_secs(2);
+    for pid in tree_pids(root).into_iter().filter(|&pid| anon_kib(pid).is_some_and(|kib| kib >= min_anon_kib)) {
+        let armed = crate::dump::while_held(pid, limit, |remote| {
+            let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
+            arm_process(remote, &pidfd, true)
+        });
+        match armed {
+            Ok(Some(_)) => tracing::info!(pid, "write-protecting its memory ahead of the freeze"),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(pid, "not write-protected ahead of the freeze: {e:#}"),
+        }
+    }
+    let armed: Vec<Arc<Armed>> = match SESSION.lock().unwrap().as_ref() {
+        Some(session) => session.armed.lock().unwrap().iter().filter(|a| a.ahead.load(Ordering::SeqCst)).cloned().collect(),
+        None => return,
+    };
+    let protect = || {
+        for a in &armed {
+            while a.protect_one() {}
+        }
+        Ok(())
+    };
+    // A piece that fails leaves its pages unprotected: the freeze finds and protects them.
+    let _ = crate::timing::step("dump: write-protect ahead", || super::page_copy::on_workers(2, "write-protect", |_| protect()));
+}
+
+/// Processes with less private memory than this are protected at the freeze, as before: their
+/// protection costs well under a millisecond there (about 20 ms per GiB), less than holding
+/// them once more ahead of the freeze (a tree of many small processes would pay it for each).
+const AHEAD_MIN_ANON_KIB: u64 = 64 * 1024;
+
+/// The process's resident private memory (RssAnon), in KiB.
+fn anon_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// `root` and its descendants, as /proc shows them now (the tree runs: one forked meanwhile
+/// is armed at the freeze).
+fn tree_pids(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() && out.len() < 100_000 {
+        let pid = out[i];
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+        for task in tasks {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Write-protects one piece of process `pid`, if one is left: whether one was.
 pub fn protect_piece(pid: i32) -> bool {
     armed_early(pid).is_some_and(|a| crate::timing::step("dump: write-protect", || a.protect_one()))
@@ -205,7 +288,7 @@ pub fn protect_piece(pid: i32) -> bool {
 
 /// Makes the process's userfaultfd, registers its private anonymous areas and enlists it with
 /// the fault thread; None (logged) when it must be copied while frozen.
-fn arm_process(remote: &mut RemoteTask, pidfd: &OwnedFd) -> Result<Option<Arc<Armed>>> {
+fn arm_process(remote: &mut RemoteTask, pidfd: &OwnedFd, ahead: bool) -> Result<Option<Arc<Armed>>> {
     let pid = remote.pid().as_raw();
     let Some(uffd) = take_userfaultfd(remote, pidfd)? else { return Ok(None) };
     let features = uffd::FEATURE_PAGEFAULT_FLAG_WP | uffd::FEATURE_EVENT_REMOVE | uffd::FEATURE_EVENT_UNMAP | uffd::FEATURE_EVENT_REMAP;
@@ -225,9 +308,10 @@ fn arm_process(remote: &mut RemoteTask, pidfd: &OwnedFd) -> Result<Option<Arc<Ar
     let armed = Arc::new(Armed {
         pid,
         uffd,
-        to_protect: protect_pieces(&registered),
-        registered,
-        protecting: Mutex::new(Protecting::default()),
+        protecting: Mutex::new(Protecting { pieces: protect_pieces(&registered), ..Default::default() }),
+        registered: std::sync::RwLock::new(registered),
+        ahead: AtomicBool::new(ahead),
+        armed_ahead: ahead,
         protected: std::sync::Condvar::new(),
         layout: OnceLock::new(),
         store: Mutex::new(Store::default()),
@@ -250,7 +334,7 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
     let armed = match armed_early(pid) {
         Some(armed) => armed,
         // Not armed early (not expected: every frozen process is): armed now.
-        None => match arm_process(ctx.remote, &ctx.pidfd)? {
+        None => match arm_process(ctx.remote, &ctx.pidfd, false)? {
             Some(armed) => armed,
             None => return Ok(false),
         },
@@ -355,7 +439,7 @@ impl Armed {
     }
 
     fn is_registered(&self, address: u64) -> bool {
-        self.registered.iter().any(|&(s, e)| address >= s && address < e)
+        self.registered.read().unwrap().iter().any(|&(s, e)| address >= s && address < e)
     }
 
     /// Sets page `n`'s bit; whether it was set already.
@@ -374,7 +458,7 @@ impl Armed {
     fn protect_one(&self) -> bool {
         let (start, end) = {
             let mut p = self.protecting.lock().unwrap();
-            let Some(&piece) = self.to_protect.get(p.next) else { return false };
+            let Some(&piece) = p.pieces.get(p.next) else { return false };
             p.next += 1;
             p.in_flight += 1;
             piece
@@ -387,6 +471,59 @@ impl Armed {
         }
         self.protected.notify_all();
         true
+    }
+
+    /// A write before the freeze, to a page protected ahead of it: let go at once, saving
+    /// nothing (the memory of the freeze is not decided yet); the freeze protects it again.
+    /// The whole 2 MiB around it within its area, so that a huge page is not split (the
+    /// freeze finds and protects again every page let go).
+    fn let_write_ahead(&self, page: u64) {
+        let area = self.registered.read().unwrap().iter().copied().find(|&(s, e)| page >= s && page < e);
+        let (start, end) = match area {
+            Some((s, e)) => ((page & !(HUGE - 1)).max(s), ((page & !(HUGE - 1)) + HUGE).min(e)),
+            None => (page, page + PAGE_SIZE),
+        };
+        let fd = self.uffd.as_fd();
+        if uffd::write_protect(fd, start, end - start, false).is_ok() {
+            return;
+        }
+        // The window reaches an area mapped since the registration (the kernel stops there,
+        // ENOENT, and wakes nobody): the page alone; if even that fails, the thread is woken
+        // to fault again (a thread left waiting would hang the program and the freeze).
+        if uffd::write_protect(fd, page, PAGE_SIZE, false).is_err() {
+            let _ = uffd::wake(fd, page, PAGE_SIZE);
+        }
+    }
+
+    /// At the freeze, for a process armed ahead of it: from now on a write fault saves its
+    /// page; the areas are registered again as they are now (those mapped since), and what is
+    /// not protected in them (pages written or faulted in since they were protected) becomes
+    /// the pieces to protect, instead of all the memory.
+    fn catch_up(&self) -> Result<()> {
+        drop(self.stop_ahead());
+        let areas = private_anonymous_areas(self.pid)?;
+        let registered = register_areas(&self.uffd, self.pid, &areas);
+        let pagemap = crate::sys::pagemap::PageMap::open(self.pid)?;
+        let mut unprotected = Vec::new();
+        for &(start, end) in &registered {
+            unprotected.extend(pagemap.unprotected_runs(start, end)?);
+        }
+        *self.registered.write().unwrap() = registered;
+        let mut p = self.protecting.lock().unwrap();
+        while p.in_flight > 0 {
+            p = self.protected.wait(p).unwrap();
+        }
+        *p = Protecting { pieces: protect_pieces(&unprotected), ..Default::default() };
+        drop(p);
+        self.wait_protected()
+    }
+
+    /// Ends the time before the freeze: taken under the store's lock, so that a write let go
+    /// before it is found unprotected by [`Self::catch_up`], and one after it is saved.
+    fn stop_ahead(&self) -> std::sync::MutexGuard<'_, Store> {
+        let store = self.store.lock().unwrap();
+        self.ahead.store(false, Ordering::SeqCst);
+        store
     }
 
     /// Protects the pieces left, then waits for those other threads protect: every page is
@@ -406,7 +543,7 @@ impl Armed {
     /// Leaves the pieces not taken yet and waits for those under way (a failed dump).
     fn stop_protecting(&self) {
         let mut p = self.protecting.lock().unwrap();
-        p.next = self.to_protect.len();
+        p.next = p.pieces.len();
         while p.in_flight > 0 {
             p = self.protected.wait(p).unwrap();
         }
@@ -453,6 +590,10 @@ impl Armed {
         // Bits are set under the store's lock: a copier that finds one set waits here for the
         // copy to be in the store. The layout is set under it too.
         let mut store = self.store.lock().unwrap();
+        if self.ahead.load(Ordering::SeqCst) {
+            self.let_write_ahead(page);
+            return Ok(());
+        }
         let Some(layout) = self.layout.get() else {
             return self.serve_fault_early(mem, store, page);
         };
@@ -527,7 +668,7 @@ impl Armed {
     /// Lifts the protection of the registered parts of [start, end). Errors (the area is gone:
     /// the program unmapped it) are the events' business.
     fn unprotect(&self, start: u64, end: u64) {
-        for &(s, e) in &self.registered {
+        for &(s, e) in self.registered.read().unwrap().iter() {
             let (a, b) = (s.max(start), e.min(end));
             if a < b {
                 let _ = uffd::write_protect(self.uffd.as_fd(), a, b - a, false);
@@ -553,6 +694,11 @@ impl Armed {
     }
 
     fn handle(&self, mem: &super::page_copy::Source, event: &uffd::Event) -> Result<()> {
+        if self.armed_ahead && self.layout.get().is_none() && !matches!(event, uffd::Event::PageFault { .. }) {
+            // Memory the program dropped, unmapped or moved before the freeze: the freeze
+            // finds the areas again (catch_up); nothing of it was saved.
+            return Ok(());
+        }
         match *event {
             uffd::Event::PageFault { address, .. } => self.serve_fault(mem, address),
             uffd::Event::Remove { start, end, unmapped } => {
@@ -601,7 +747,8 @@ impl ChunkHook for Armed {
 /// userfaultfd is closed at the end, which unregisters every area.
 pub fn copy_deferred(image: &crate::image::ImageDir) -> Result<()> {
     let armed: Vec<Arc<Armed>> = match SESSION.lock().unwrap().as_ref() {
-        Some(session) => session.armed.lock().unwrap().clone(),
+        // One armed ahead that the freeze never reached (it ended before) has nothing to copy.
+        Some(session) => session.armed.lock().unwrap().iter().filter(|a| !a.ahead.load(Ordering::SeqCst)).cloned().collect(),
         None => return Ok(()),
     };
     let mut result = Ok(());
@@ -654,7 +801,12 @@ fn serve_faults(list: &Mutex<Vec<Arc<Armed>>>, stop: &AtomicBool) -> Result<()> 
         uffd::poll_readable(&fds, 2).context("poll(userfaultfd)")?;
         for a in &armed {
             let mut events = Vec::new();
-            uffd::read_events(a.uffd.as_fd(), &mut events).with_context(|| format!("pid {}: read(userfaultfd)", a.pid))?;
+            match uffd::read_events(a.uffd.as_fd(), &mut events) {
+                Ok(()) => {}
+                // Armed ahead, it ended before the freeze: nothing of it is dumped.
+                Err(_) if a.ahead.load(Ordering::SeqCst) => continue,
+                Err(e) => return Err(e).with_context(|| format!("pid {}: read(userfaultfd)", a.pid)),
+            }
             if events.is_empty() {
                 continue;
             }

@@ -136,6 +136,25 @@ impl PageMap {
         }
     }
 
+    /// Runs of pages of [start, end) that are present or swapped and not write-protected by a
+    /// userfaultfd (PAGEMAP_SCAN's PAGE_IS_WRITTEN): in areas registered for write-protection,
+    /// the pages written or faulted in since they were protected.
+    pub fn unprotected_runs(&self, start: u64, end: u64) -> Result<Vec<(u64, u64)>, SysError> {
+        let masks = PmScanArg {
+            category_mask: PAGE_IS_WRITTEN,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        self.scan(start, end, masks, &mut |r| match out.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => out.push((r.start, r.end)),
+        })
+        .map_err(|e| SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e))?;
+        Ok(out)
+    }
+
     fn for_each_run_by_entries(&self, start: u64, end: u64, wanted: Wanted, run: impl FnMut(u64, u64)) -> Result<(), SysError> {
         const BATCH: u64 = 64 * 1024 * PAGE_SIZE; // 512 KiB of entries per read: 256 MiB of memory
         let mut runs = Runs::new(run);
@@ -179,6 +198,8 @@ struct PageRegion {
     categories: u64,
 }
 
+/// Not write-protected by a userfaultfd (present or swapped pages).
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;

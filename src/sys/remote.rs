@@ -180,7 +180,7 @@ impl RemoteTask {
         let xstate = ptrace::get_xstate(self.pid)?;
         let frame = super::sigframe::build(resolved, self.original_sigmask, &xstate)
             .map_err(|e| SysError::unexpected("building a signal frame", self.pid.as_raw(), format!("{e:?}")))?;
-        self.write_memory(frame.address, &frame.bytes)?;
+        self.write_stack(frame.address, &frame.bytes)?;
         let mut parked = self.base;
         parked.rip = sigreturn_ip;
         parked.rsp = frame.parked_rsp();
@@ -395,6 +395,18 @@ impl RemoteTask {
         regs.rsi = args.get(1).copied().unwrap_or(0);
         ptrace::set_registers(self.pid, &regs)?;
         ptrace::detach(self.pid)
+    }
+
+    /// Writes `data` into the thread's stack with process_vm_writev, which waits, as a fault
+    /// of the program's own would, when the page is write-protected by a userfaultfd (crust's
+    /// fault thread lets it go); a write through /proc/PID/mem fails there with EIO.
+    fn write_stack(&self, address: u64, data: &[u8]) -> Result<(), SysError> {
+        use nix::sys::uio::{RemoteIoVec, process_vm_writev};
+        let remote = [RemoteIoVec { base: address as usize, len: data.len() }];
+        match process_vm_writev(self.pid, &[std::io::IoSlice::new(data)], &remote) {
+            Ok(n) if n == data.len() => Ok(()),
+            Ok(_) | Err(_) => self.write_memory(address, data),
+        }
     }
 
     pub fn write_memory(&self, address: u64, data: &[u8]) -> Result<(), SysError> {
