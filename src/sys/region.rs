@@ -10,6 +10,11 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, m
 
 const HUGE: usize = 2 << 20;
 
+/// prctl(2) option PR_SET_VMA and its sub-option PR_SET_VMA_ANON_NAME (Linux 5.17+; the libc
+/// crate lacks them): names a range of anonymous memory, as /proc/PID/maps then shows it.
+pub const PR_SET_VMA: libc::c_int = 0x5356_4d41;
+pub const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
+
 /// The madvise(2) advices [`AnonRegion::advise`] takes: none of them drops contents.
 #[derive(Clone, Copy, Debug)]
 pub enum KeepingAdvice {
@@ -111,6 +116,18 @@ impl AnonRegion {
         let ptr = NonNull::new((self.address() as usize + range.start) as *mut libc::c_void).expect("non-null region");
         // SAFETY: mlock only faults in and pins part of our own mapping; its contents stay.
         unsafe { nix::sys::mman::mlock(ptr, range.end - range.start) }
+    }
+
+    /// Names `range` (page-aligned, inside the region) with prctl(PR_SET_VMA,
+    /// PR_SET_VMA_ANON_NAME): crust asks it of a region of its own to learn whether the kernel
+    /// names memory at all (CONFIG_ANON_VMA_NAME; EINVAL without it).
+    pub fn name(&mut self, range: std::ops::Range<usize>, name: &std::ffi::CStr) -> nix::Result<()> {
+        assert!(range.start < range.end && range.end <= self.len, "range outside the region");
+        let start = self.address() as usize + range.start;
+        // SAFETY: the kernel reads the NUL-terminated `name` (alive for the call) and changes
+        // only the name of part of our own mapping, never its contents.
+        let done = unsafe { libc::prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, start, range.end - range.start, name.as_ptr()) };
+        nix::errno::Errno::result(done).map(drop)
     }
 
     pub fn as_slice(&self) -> &[u8] {
