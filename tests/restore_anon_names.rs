@@ -138,7 +138,7 @@ fn names_where_the_kernel_cannot_name_memory_are_refused_leaving_nothing() {
     w.restore_extra.push("--trust-image".into());
     let pid = format!("pid {}", w.pid);
     let (address, shown) = (format!("{:#x}", first.0), first.1);
-    w.assert_restore_refused(&[&pid, &address, &shown, "cannot name memory"], "names on a kernel without them");
+    w.assert_restore_refused(&[&pid, &address, &shown, "but this kernel cannot name"], "names on a kernel without them");
 
     w.crust_env.clear();
     w.image_dir = as_dumped;

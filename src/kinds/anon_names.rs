@@ -17,7 +17,6 @@ use anyhow::{Context, Result, bail};
 use procfs::process::MMapPath;
 
 use crate::image::proto::{Mm, Vma, vma::Kind as VmaKind};
-use crate::sys::PAGE_SIZE;
 use crate::sys::region::{PR_SET_VMA, PR_SET_VMA_ANON_NAME};
 use crate::sys::remote::{Call, RemoteTask};
 
@@ -98,33 +97,38 @@ pub fn check(vma: &Vma, where_: &dyn Fn() -> String) -> Result<()> {
 }
 
 /// Restore, before any process is created: an image with names needs a kernel that names
-/// memory. Without (CONFIG_ANON_VMA_NAME not set: prctl EINVAL) the restore is refused, the
-/// first named area said, rather than the areas made without their names.
+/// memory of each kind named. Without (CONFIG_ANON_VMA_NAME not set: EINVAL; shared memory
+/// before Linux 6.2: EBADF) the restore is refused, the first such area said, rather than the
+/// areas made without their names.
 pub fn precheck(pid: u32, mm: &Mm) -> Result<()> {
-    let Some(vma) = mm.vmas.iter().find(|v| v.anon_name.is_some()) else { return Ok(()) };
-    if let Err(errno) = kernel_names_memory() {
-        bail!(
-            "pid {pid}: mapping {:#x}-{:#x} is named {} but this kernel cannot name memory (prctl PR_SET_VMA_ANON_NAME: {errno}; \
-             built without CONFIG_ANON_VMA_NAME): crust will not restore it unnamed",
-            vma.start,
-            vma.end,
-            shown(vma)
-        );
+    for vma in mm.vmas.iter().filter(|v| v.anon_name.is_some()) {
+        let shared = vma.kind() == VmaKind::SharedAnonymous;
+        if let Err(errno) = kernel_names(shared) {
+            let why = match errno {
+                nix::errno::Errno::EBADF => "; shared memory is named from Linux 6.2 on",
+                _ => "; built without CONFIG_ANON_VMA_NAME",
+            };
+            bail!(
+                "pid {pid}: mapping {:#x}-{:#x} is named {} but this kernel cannot name {} memory (prctl PR_SET_VMA_ANON_NAME: {errno}{why}): \
+                 crust will not restore it unnamed",
+                vma.start,
+                vma.end,
+                shown(vma),
+                if shared { "shared" } else { "anonymous" }
+            );
+        }
     }
     Ok(())
 }
 
-/// Whether this kernel names anonymous memory: asked once, of a page of crust's own.
-/// (CRUST_FAULT=restore-anon-names:1:fail stands for a kernel that does not.)
-fn kernel_names_memory() -> Result<(), nix::errno::Errno> {
+/// Whether this kernel names anonymous memory, private or `shared`: asked once each, of a page
+/// of crust's own. (CRUST_FAULT=restore-anon-names:1:fail stands for a kernel that does not.)
+fn kernel_names(shared: bool) -> Result<(), nix::errno::Errno> {
     if crate::fault::point("restore-anon-names").is_err() {
         return Err(nix::errno::Errno::EINVAL);
     }
-    static ANSWER: OnceLock<Result<(), nix::errno::Errno>> = OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        let mut region = crate::sys::region::AnonRegion::new(PAGE_SIZE as usize, false)?;
-        region.name(0..PAGE_SIZE as usize, c"crust: probe")
-    })
+    static ANSWERS: [OnceLock<Result<(), nix::errno::Errno>>; 2] = [OnceLock::new(), OnceLock::new()];
+    *ANSWERS[shared as usize].get_or_init(|| crate::sys::region::try_naming(shared))
 }
 
 /// Where names are written in crust's scratch area: after the table of a batch of calls

@@ -118,18 +118,6 @@ impl AnonRegion {
         unsafe { nix::sys::mman::mlock(ptr, range.end - range.start) }
     }
 
-    /// Names `range` (page-aligned, inside the region) with prctl(PR_SET_VMA,
-    /// PR_SET_VMA_ANON_NAME): crust asks it of a region of its own to learn whether the kernel
-    /// names memory at all (CONFIG_ANON_VMA_NAME; EINVAL without it).
-    pub fn name(&mut self, range: std::ops::Range<usize>, name: &std::ffi::CStr) -> nix::Result<()> {
-        assert!(range.start < range.end && range.end <= self.len, "range outside the region");
-        let start = self.address() as usize + range.start;
-        // SAFETY: the kernel reads the NUL-terminated `name` (alive for the call) and changes
-        // only the name of part of our own mapping, never its contents.
-        let done = unsafe { libc::prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, start, range.end - range.start, name.as_ptr()) };
-        nix::errno::Errno::result(done).map(drop)
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: as above, shared.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr() as *const u8, self.len) }
@@ -150,6 +138,22 @@ impl Drop for AnonRegion {
         // SAFETY: unmapping our own region; no borrow of it can outlive self.
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
+}
+
+/// Whether this kernel names anonymous memory, private or `shared` (prctl PR_SET_VMA,
+/// PR_SET_VMA_ANON_NAME: Linux 5.17+ built with CONFIG_ANON_VMA_NAME, EINVAL without; shared
+/// memory from Linux 6.2 on, EBADF before): asked of a page of crust's own, mapped for it.
+pub fn try_naming(shared: bool) -> nix::Result<()> {
+    const LEN: usize = 4096;
+    let sharing = if shared { MapFlags::MAP_SHARED } else { MapFlags::MAP_PRIVATE };
+    // SAFETY: a new anonymous mapping that nothing else refers to.
+    let page = unsafe { mmap_anonymous(None, NonZeroUsize::new(LEN).expect("non-empty"), ProtFlags::PROT_READ, sharing)? };
+    // SAFETY: the kernel reads the NUL-terminated static name and names only the page just
+    // mapped; its contents do not change.
+    let named = unsafe { libc::prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, page.as_ptr() as usize, LEN, c"crust: probe".as_ptr()) };
+    // SAFETY: unmaps only the page just mapped, to which nothing refers.
+    let _ = unsafe { munmap(page, LEN) };
+    nix::errno::Errno::result(named).map(drop)
 }
 
 /// A whole file mapped read-only, for hashing page data without copying it.
