@@ -10,7 +10,6 @@
 //! huge pages and lazily restored areas are as they would be unnamed. What maps cannot show is
 //! not kept: the kernel shows `[heap]` and `[stack]` rather than a name given to them.
 
-use std::ffi::CString;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
@@ -48,7 +47,7 @@ pub fn shown(vma: &Vma) -> String {
 /// not hide, reads "/dev/zero (deleted)"), not by a memfd or a deleted file.
 pub fn dump_kind(pid: i32, map: &super::smaps::Area, shared: bool, name: &str) -> Result<VmaKind> {
     let (start, end) = map.address;
-    let what = || format!("pid {pid}: mapping {start:#x}-{end:#x} ({:?})", map.pathname);
+    let what = || format!("pid {pid}: mapping {start:#x}-{end:#x} [{}:{name}]", if shared { "anon_shmem" } else { "anon" });
     if let Some(why) = invalid(name) {
         bail!("{}: a name the kernel would not take: {why}", what());
     }
@@ -179,7 +178,9 @@ fn plan(named: &[(u64, u64, &str)], room: usize, at: u64) -> (Vec<u8>, Vec<Call>
             None if bytes.len() + name.len() + 1 > room => break,
             None => {
                 let offset = at + bytes.len() as u64;
-                bytes.extend(CString::new(name).map(CString::into_bytes_with_nul).unwrap_or_else(|_| vec![0]));
+                // (No NUL inside: `check` refused every byte below 0x20 at load.)
+                bytes.extend_from_slice(name.as_bytes());
+                bytes.push(0);
                 placed.insert(name, offset);
                 offset
             }
