@@ -18,7 +18,9 @@
 //! yet), `restore-tree` (every process created), `restore-descriptions`,
 //! `restore-process` (after each process's state), `restore-pages-userfaultfd` (before crust
 //! makes the userfaultfd it places a process's pages with: `fail` there stands for a kernel
-//! that refuses one), `restore-pages-placed` (after each chunk crust placed), `restore-before-resume` (everything
+//! that refuses one), `restore-pages-placed` (after each chunk crust placed), `restore-anon-names`
+//! (before any process is created, crust asks whether the kernel names memory: `fail` there
+//! stands for a kernel built without CONFIG_ANON_VMA_NAME), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
 //! changed to start a lease break again); lazy restore: `lazy-collapse` (before each huge page
 //! stretch is collapsed; `fail` leaves it in 4 KiB pages, as if no huge page were free).
@@ -47,6 +49,7 @@ pub const POINTS: &[&str] = &[
     "restore-process",
     "restore-pages-userfaultfd",
     "restore-pages-placed",
+    "restore-anon-names",
     "restore-before-resume",
     "lease-break-time-set",
     "lazy-collapse",

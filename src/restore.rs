@@ -369,6 +369,7 @@ fn check_machine(img: &LoadedImage, code: memory::CodeValidation) -> Result<()> 
     check_own_mdwe()?;
     for (pid, p) in &img.processes {
         memory::precheck(&p.mm, code).with_context(|| format!("image file {}", image::mm_name(*pid)))?;
+        crate::kinds::anon_names::precheck(*pid, &p.mm)?;
     }
     files::precheck(&img.open_files).with_context(|| format!("image file {}", image::OPEN_FILES))?;
     crate::kinds::ghost::precheck(&img.dir, &img.open_files.ghosts)?;

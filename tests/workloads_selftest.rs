@@ -149,3 +149,8 @@ fn memwriter_workload_passes_without_checkpoint_and_finds_a_changed_page() {
     let r = w.go();
     assert!(r.status_text.contains("FAIL") && r.status_text.contains("holds"), "the change went unnoticed:\n{}", r.status_text);
 }
+
+#[test]
+fn anon_names_workload_passes_without_checkpoint() {
+    selftest("anon_names", &[]);
+}

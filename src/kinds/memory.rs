@@ -179,6 +179,7 @@ impl Kind for Memory {
         let finish: Vec<Call> = mm.vmas.iter().zip(at_final).flat_map(|(v, at_final)| finish_calls(v, at_final)).collect();
         crate::timing::step("restore: finish areas", || ctx.remote.syscalls("finishing a mapping", &finish))
             .with_context(|| format!("pid {}: setting the final protection and advice of its mappings", ctx.pid))?;
+        crate::timing::step("restore: name areas", || super::anon_names::restore(ctx.remote, &mm.vmas))?;
         super::pathless::after_mappings(ctx, &mm.vmas)?;
         ctx.close_in_process(pages_fd)?;
         for (_, fd) in file_fds {
@@ -355,6 +356,14 @@ fn describe_vma(pid: i32, map: &super::smaps::Area) -> Result<Vma> {
             VmaKind::SysvShm
         }
         MMapPath::Other(name) if name.trim_matches(['[', ']']) == "vvar_vclock" => VmaKind::VvarVclock,
+        // Anonymous memory its program named ([anon:NAME], [anon_shmem:NAME]).
+        path if let Some((shared_name, name)) = super::anon_names::in_maps(path) => {
+            vma.anon_name = Some(name.to_owned());
+            let kind = super::anon_names::dump_kind(pid, map, shared_name, name)?;
+            vma.set_kind(kind);
+            vma.name = super::anon_names::shown(&vma);
+            kind
+        }
         MMapPath::Path(path) => {
             let path = path.to_string_lossy().into_owned();
             if let Some(original) = path.strip_suffix(" (deleted)") {
@@ -1425,6 +1434,7 @@ pub fn check_structure(mm: &Mm, name: &str) -> Result<()> {
             }
         }
         check_huge_stretches(vma, &where_)?;
+        super::anon_names::check(vma, &where_)?;
     }
     Ok(())
 }
@@ -1499,6 +1509,24 @@ mod tests {
             v.pages = vec![PageRun { address: start, pages: 16, file_offset: 0 }];
         }
         v
+    }
+
+    /// `[anon:NAME]` is private anonymous memory, its name kept byte for byte (spaces at either
+    /// end, colons); `[heap]` stays the heap, unnamed.
+    #[test]
+    fn a_named_private_area_is_anonymous_memory_with_its_name() {
+        let line = |name: &str| format!("7f0000000000-7f0000004000 rw-p 00000000 00:00 0{:26}{name}\nVmFlags: rd wr mr mw me ac \n", "");
+        let area = &super::super::smaps::parse(&line("[anon:  my arena: 2 ]")).unwrap()[0];
+        let vma = describe_vma(1, area).unwrap();
+        assert_eq!(
+            (vma.kind(), vma.anon_name.as_deref(), vma.name.as_str()),
+            (VmaKind::PrivateAnonymous, Some("  my arena: 2 "), "[anon:  my arena: 2 ]")
+        );
+        let heap = describe_vma(1, &super::super::smaps::parse(&line("[heap]")).unwrap()[0]).unwrap();
+        assert_eq!((heap.kind(), heap.anon_name), (VmaKind::PrivateAnonymous, None));
+        // Shared pages shown as private named memory: no area crust knows.
+        let odd = &super::super::smaps::parse(&line("[anon:x]").replace("rw-p", "rw-s")).unwrap()[0];
+        assert!(describe_vma(1, odd).unwrap_err().to_string().contains("pid 1: mapping 0x7f0000000000-0x7f0000004000"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! made again for the restore.
 
 pub mod aio;
+pub mod anon_names;
 pub mod asked;
 pub mod credentials;
 pub mod fd;

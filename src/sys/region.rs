@@ -10,6 +10,11 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous, m
 
 const HUGE: usize = 2 << 20;
 
+/// prctl(2) option PR_SET_VMA and its sub-option PR_SET_VMA_ANON_NAME (Linux 5.17+; the libc
+/// crate lacks them): names a range of anonymous memory, as /proc/PID/maps then shows it.
+pub const PR_SET_VMA: libc::c_int = 0x5356_4d41;
+pub const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
+
 /// The madvise(2) advices [`AnonRegion::advise`] takes: none of them drops contents.
 #[derive(Clone, Copy, Debug)]
 pub enum KeepingAdvice {
@@ -133,6 +138,22 @@ impl Drop for AnonRegion {
         // SAFETY: unmapping our own region; no borrow of it can outlive self.
         let _ = unsafe { munmap(self.ptr, self.len) };
     }
+}
+
+/// Whether this kernel names anonymous memory, private or `shared` (prctl PR_SET_VMA,
+/// PR_SET_VMA_ANON_NAME: Linux 5.17+ built with CONFIG_ANON_VMA_NAME, EINVAL without; shared
+/// memory from Linux 6.2 on, EBADF before): asked of a page of crust's own, mapped for it.
+pub fn try_naming(shared: bool) -> nix::Result<()> {
+    const LEN: usize = 4096;
+    let sharing = if shared { MapFlags::MAP_SHARED } else { MapFlags::MAP_PRIVATE };
+    // SAFETY: a new anonymous mapping that nothing else refers to.
+    let page = unsafe { mmap_anonymous(None, NonZeroUsize::new(LEN).expect("non-empty"), ProtFlags::PROT_READ, sharing)? };
+    // SAFETY: the kernel reads the NUL-terminated static name and names only the page just
+    // mapped; its contents do not change.
+    let named = unsafe { libc::prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, page.as_ptr() as usize, LEN, c"crust: probe".as_ptr()) };
+    // SAFETY: unmaps only the page just mapped, to which nothing refers.
+    let _ = unsafe { munmap(page, LEN) };
+    nix::errno::Errno::result(named).map(drop)
 }
 
 /// A whole file mapped read-only, for hashing page data without copying it.

@@ -58,6 +58,13 @@ const CALL_BYTES: u64 = 56;
 /// The most calls one stop of the tracee runs (their table takes 28 KiB of the scratch area).
 pub const BATCH_CALLS: usize = 512;
 
+/// Where [`RemoteTask::syscalls`] writes its table in the scratch area: after the iovec arrays
+/// of page transfers (the first 16 KiB hold paths and structs).
+const TABLE_AT: u64 = 16 * 1024;
+/// The first offset of the scratch area past that table: free for the data the calls of a
+/// batch point at (anonymous memory's names).
+pub const FREE_AFTER_BATCH: u64 = TABLE_AT + BATCH_CALLS as u64 * CALL_BYTES;
+
 /// x86-64 code the tracee runs for [`RemoteTask::syscalls`]: with %rbx at a table of calls,
 /// %r12 their count and %r13 its thread id, it makes each call in turn, writes each result
 /// over the call's number, stops at the first error, then stops itself (tkill(tid, SIGSTOP),
@@ -326,8 +333,7 @@ impl RemoteTask {
             }
             return Ok(());
         };
-        // After the iovec arrays of page transfers: the first 16 KiB hold paths and structs.
-        let table = scratch.address + 16 * 1024;
+        let table = scratch.address + TABLE_AT;
         if table + BATCH_CALLS as u64 * CALL_BYTES > scratch.address + scratch.len {
             return Err(SysError::unexpected("a batch of calls", self.pid.as_raw(), "scratch area too small".into()));
         }
