@@ -351,6 +351,14 @@ fn areas_read_through_bpf_and_from_smaps_give_the_same_memory_record() {
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y, "the area at {:#x} read two ways", y.start);
     }
+    // Huge pages are told without smaps by the walk that finds the pages: compared too.
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !thp.contains("[never]") {
+        assert!(
+            b.iter().any(|v| v.had_huge_pages && !v.huge_stretches.is_empty()),
+            "mappings.c's huge-page area has no huge stretch: {b:#?}"
+        );
+    }
 }
 
 /// 256 private anonymous areas of 64 KiB side by side (16 MiB, so that crust places their

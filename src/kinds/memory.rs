@@ -51,6 +51,8 @@ impl Kind for Memory {
         // The areas whose resident pages are all saved: listed by one page table walk for
         // each stretch of them that follow one another (not one walk per area).
         let mut scan_with_neighbours = Vec::new();
+        // Areas whose huge stretches that walk tells (see `resident_runs`).
+        let mut huge_by_walk = std::collections::HashSet::new();
         // (Its signature lies past `len`: the area is known by its start.)
         let scratch = ctx.remote.scratch().map(|s| s.address);
         let code_page = ctx.remote.scratch().and_then(|s| s.code);
@@ -85,10 +87,6 @@ impl Kind for Memory {
             if vma.file.is_none() && matches!(vma.kind(), VmaKind::PrivateFile | VmaKind::SharedFile) {
                 // An inode without a path (a memfd, an AIO ring): see `pathless`.
                 super::pathless::dump_mapping(ctx, &mut vma)?;
-            }
-            if vma.kind() == VmaKind::PrivateAnonymous && vma.had_huge_pages {
-                // Which stretches were huge: a lazy restore makes exactly these huge again.
-                vma.huge_stretches = pagemap.huge_stretches(start, end)?;
             }
             let wanted = match vma.kind() {
                 VmaKind::PrivateAnonymous => Some(Wanted::Resident),
@@ -136,9 +134,20 @@ impl Kind for Memory {
                 }
                 (None, _) => {}
             }
+            // Which stretches were huge: a lazy restore makes exactly these huge again. Areas
+            // read without smaps (no AnonHugePages) and scanned with their neighbours below
+            // are told by that same walk.
+            let huge_unknown = map.anon_huge_pages.is_none();
+            let walked_below = scan_with_neighbours.last() == Some(&vmas.len());
+            if vma.kind() == VmaKind::PrivateAnonymous && huge_unknown && walked_below {
+                huge_by_walk.insert(vmas.len());
+            } else if vma.kind() == VmaKind::PrivateAnonymous && (vma.had_huge_pages || huge_unknown) {
+                vma.huge_stretches = pagemap.huge_stretches(start, end)?;
+                vma.had_huge_pages |= !vma.huge_stretches.is_empty();
+            }
             vmas.push(vma);
         }
-        crate::timing::step("dump: page runs", || resident_runs(&pagemap, &mut vmas, &scan_with_neighbours))?;
+        crate::timing::step("dump: page runs", || resident_runs(&pagemap, &mut vmas, &scan_with_neighbours, &huge_by_walk))?;
         crate::timing::add("dump: memory areas", areas_started.elapsed());
         for run in vmas.iter_mut().flat_map(|v| v.pages.iter_mut()) {
             run.file_offset = next_offset;
@@ -259,7 +268,7 @@ fn prot_of(perms: &MMPermissions) -> u32 {
 /// Gives the areas `which` (indices into `vmas`, ascending) their runs of resident pages:
 /// one PAGEMAP_SCAN walk over each stretch of them that are consecutive in `vmas`, its runs
 /// cut at the areas' edges. (16384 areas of 64 KiB: 3 us per area as one walk each.)
-fn resident_runs(pagemap: &PageMap, vmas: &mut [Vma], which: &[usize]) -> Result<()> {
+fn resident_runs(pagemap: &PageMap, vmas: &mut [Vma], which: &[usize], huge_by_walk: &std::collections::HashSet<usize>) -> Result<()> {
     let mut i = 0;
     while i < which.len() {
         let mut j = i + 1;
@@ -269,26 +278,47 @@ fn resident_runs(pagemap: &PageMap, vmas: &mut [Vma], which: &[usize]) -> Result
         let group = &mut vmas[which[i]..=which[j - 1]];
         let (start, end) = (group[0].start, group[group.len() - 1].end);
         let mut k = 0;
-        pagemap.for_each_run(start, end, Wanted::Resident, |mut address, pages| {
-            let run_end = address + pages * PAGE_SIZE;
-            while address < run_end && k < group.len() {
-                let area = &mut group[k];
-                if area.end <= address {
-                    k += 1;
-                    continue;
+        let mut huge = Vec::new();
+        pagemap.resident_runs_and_huge(
+            start,
+            end,
+            |mut address, pages| {
+                let run_end = address + pages * PAGE_SIZE;
+                while address < run_end && k < group.len() {
+                    let area = &mut group[k];
+                    if area.end <= address {
+                        k += 1;
+                        continue;
+                    }
+                    // Pages between two areas (crust's scratch area, not saved) are passed over.
+                    let piece_end = run_end.min(area.end);
+                    let from = address.max(area.start);
+                    if piece_end > from {
+                        area.pages.push(PageRun { address: from, pages: (piece_end - from) / PAGE_SIZE, file_offset: 0 });
+                    }
+                    address = piece_end;
                 }
-                // Pages between two areas (crust's scratch area, not saved) are passed over.
-                let piece_end = run_end.min(area.end);
-                let from = address.max(area.start);
-                if piece_end > from {
-                    area.pages.push(PageRun { address: from, pages: (piece_end - from) / PAGE_SIZE, file_offset: 0 });
-                }
-                address = piece_end;
-            }
-        })?;
+            },
+            |stretch| huge.push(stretch),
+        )?;
+        huge_stretches_to_areas(group, &which[i..j], huge_by_walk, &huge);
         i = j;
     }
     Ok(())
+}
+
+/// The huge stretches one walk found over `group` (areas in address order, `indexes` their
+/// places in the process's list), each given to the area holding it whole if that area's
+/// huge pages are told by this walk (`huge_by_walk`: read without smaps, which counts them).
+fn huge_stretches_to_areas(group: &mut [Vma], indexes: &[usize], huge_by_walk: &std::collections::HashSet<usize>, stretches: &[u64]) {
+    for &s in stretches {
+        let k = group.partition_point(|v| v.end <= s);
+        let whole = group.get(k).is_some_and(|v| v.start <= s && s + HUGE_STRETCH <= v.end);
+        if whole && huge_by_walk.contains(&indexes[k]) {
+            group[k].huge_stretches.push(s);
+            group[k].had_huge_pages = true;
+        }
+    }
 }
 
 /// Areas whose kernel state crust cannot give back are refused by name, never dropped.
@@ -333,7 +363,7 @@ fn describe_vma(pid: i32, map: &super::smaps::Area) -> Result<Vma> {
         may_write: flags.contains(VmFlags::MW),
         no_reserve: flags.contains(VmFlags::NR),
         unaccounted: !shared && !map.perms.contains(MMPermissions::WRITE) && !flags.contains(VmFlags::AC),
-        had_huge_pages: map.anon_huge_pages > 0,
+        had_huge_pages: map.anon_huge_pages.is_some_and(|bytes| bytes > 0),
         ..Default::default()
     };
     let anonymous = if shared { VmaKind::SharedAnonymous } else { VmaKind::PrivateAnonymous };

@@ -23,8 +23,9 @@ pub struct Area {
     pub vm_flags: VmFlags,
     /// The words procfs does not know that decide what crust can restore.
     pub extra: ExtraFlags,
-    /// AnonHugePages, in bytes.
-    pub anon_huge_pages: u64,
+    /// AnonHugePages, in bytes; None where the text has no such line (the BPF path leaves the
+    /// count to the walk that finds the area's pages, see memory.rs `resident_runs`).
+    pub anon_huge_pages: Option<u64>,
     /// Rss, in bytes: the area's present pages, other than the zero page (the kernel counts
     /// them page by page for smaps).
     pub rss: u64,
@@ -110,7 +111,7 @@ fn parse_line(areas: &mut Vec<Area>, line: &str) -> Result<()> {
     let Some(area) = areas.last_mut() else { bail!("a field before the first area") };
     match field {
         Field::VmFlags => (area.vm_flags, area.extra) = vm_flags(&line["VmFlags:".len()..]),
-        Field::AnonHugePages => area.anon_huge_pages = size(line)?,
+        Field::AnonHugePages => area.anon_huge_pages = Some(size(line)?),
         Field::Rss => area.rss = size(line)?,
         Field::Other => {}
     }
@@ -150,7 +151,7 @@ fn parse_header(line: &str) -> Result<Area> {
         pathname: MMapPath::from(rest).context("name")?,
         vm_flags: VmFlags::NONE,
         extra: ExtraFlags::default(),
-        anon_huge_pages: 0,
+        anon_huge_pages: None,
         rss: 0,
     })
 }
@@ -281,7 +282,7 @@ mod tests {
             assert_eq!((o.address, o.perms, o.offset, o.dev, o.inode), (t.address, t.perms, t.offset, t.dev, t.inode), "{t:?}");
             assert_eq!(o.pathname, t.pathname, "{t:?}");
             assert_eq!(o.vm_flags, t.extension.vm_flags, "{t:?}");
-            assert_eq!(o.anon_huge_pages, t.extension.map.get("AnonHugePages").copied().unwrap_or(0), "{t:?}");
+            assert_eq!(o.anon_huge_pages, t.extension.map.get("AnonHugePages").copied(), "{t:?}");
             assert_eq!(o.rss, t.extension.map.get("Rss").copied().unwrap_or(0), "{t:?}");
         }
         ours
@@ -339,7 +340,7 @@ mod tests {
         assert_eq!(got[0].address, (0x40_0000, 0x40_1000));
         assert_eq!(got[8].address, (0x7ffc_0000_0000, 0x7ffc_0002_1000));
         assert_eq!((got[1].offset, got[1].dev, got[1].inode), (0x1000, (0xfe, 0), 1234));
-        assert_eq!(got[2].anon_huge_pages, 2048 * 1024);
+        assert_eq!(got[2].anon_huge_pages, Some(2048 * 1024));
         assert!(got.iter().all(|a| a.rss == 60 * 1024));
         assert_eq!(got[2].extra, ExtraFlags { droppable: true, ..Default::default() });
         assert_eq!(got[4].extra, ExtraFlags { sealed: true, ..Default::default() });
@@ -390,7 +391,7 @@ mod tests {
         let text = "00400000-00401000 r-xp 00000000 fe:00 1234                       /bin/x\n00402000-00403000 rw-p 00000000 00:00 0 \n";
         let got = assert_as_procfs(text);
         assert_eq!(got.len(), 2);
-        assert_eq!((got[1].pathname.clone(), got[1].vm_flags, got[1].anon_huge_pages), (MMapPath::Anonymous, VmFlags::NONE, 0));
+        assert_eq!((got[1].pathname.clone(), got[1].vm_flags, got[1].anon_huge_pages), (MMapPath::Anonymous, VmFlags::NONE, None));
     }
 
     /// A malformed line is refused with its number, never skipped.

@@ -1,9 +1,10 @@
-//! The lines of /proc/PID/smaps the memory dump reads (each area's first line, AnonHugePages,
-//! VmFlags), made without smaps's page walk: the areas' flags words come from a BPF iterator
-//! (sys::bpf), their first lines from /proc/PID/maps, and AnonHugePages from one PAGEMAP_SCAN
-//! for huge pages. smaps counts every resident page of every area to print its sizes, about
+//! The lines of /proc/PID/smaps the memory dump reads (each area's first line and VmFlags),
+//! made without smaps's page walk: the areas' flags words come from a BPF iterator (sys::bpf),
+//! their first lines from /proc/PID/maps. Without an AnonHugePages line, the memory dump learns
+//! which stretches huge pages map from the walk that finds each area's pages (memory.rs
+//! `resident_runs`). smaps counts every resident page of every area to print its sizes, about
 //! 11 ms per GiB of 4 KiB pages and 2 us per area, all of it while the tree is frozen; this
-//! costs about 0.5 us per area and 1.6 ms per GiB.
+//! costs about 0.5 us per area and no page walk.
 //!
 //! The kernel's flag bits are its own business, so crust learns whether it reads them right
 //! before it relies on them: once per crust, it maps probe areas of its own with each advice
@@ -13,14 +14,11 @@
 //! read that process's smaps instead, so its refusal or its words are the kernel's own.
 //! Without CAP_BPF and CAP_PERFMON (an unprivileged crust) the dump reads smaps as before.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
-use crate::sys::bpf::{VmaIterator, VmaWord};
-use crate::sys::pagemap::{HUGE_STRETCH, PageMap};
+use crate::sys::bpf::VmaIterator;
 
 /// The flag bits of struct vm_area_struct that smaps names, and their names (x86-64; the bits
 /// have kept these values since Linux 4.x; the probe checks them on the running kernel).
@@ -182,7 +180,6 @@ fn lines_with(iterator: &VmaIterator, pid: i32) -> Result<Option<String>> {
     }
     let maps = crate::timing::step("dump: areas: maps", || std::fs::read_to_string(format!("/proc/{pid}/maps")))
         .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let huge = crate::timing::step("dump: areas: huge pages", || huge_kib_by_area(pid, &maps, &words))?;
     // Both lists are in address order: walked side by side. Most areas share a few flags
     // words: each one's text is made once.
     let mut texts: Vec<(u64, String)> = Vec::new();
@@ -208,9 +205,7 @@ fn lines_with(iterator: &VmaIterator, pid: i32) -> Result<Option<String>> {
             }
         };
         out.push_str(line);
-        out.push_str("\nAnonHugePages: ");
-        let _ = write!(out, "{}", huge.get(&start).copied().unwrap_or(0));
-        out.push_str(" kB\nVmFlags: ");
+        out.push_str("\nVmFlags: ");
         out.push_str(&texts[i].1);
         out.push('\n');
     }
@@ -236,29 +231,6 @@ fn gate_words(line: &str) -> String {
         }
     }
     out
-}
-
-/// AnonHugePages of each anonymous area (no file behind it), by start: its stretches mapped
-/// by a huge page, from one PAGEMAP_SCAN over all those that can hold one.
-fn huge_kib_by_area(pid: i32, maps: &str, words: &[VmaWord]) -> Result<HashMap<u64, u64>> {
-    let areas: std::collections::HashSet<u64> = words.iter().map(|w| w.start).collect();
-    // Areas of the process only (not the vsyscall page, above the user address space), and
-    // only those a huge page can map: one holding a whole aligned 2 MiB (AnonHugePages counts
-    // pages mapped by a PMD).
-    let can_hold = |&(s, e): &(u64, u64)| s.next_multiple_of(HUGE_STRETCH) + HUGE_STRETCH <= e && areas.contains(&s);
-    let anonymous: Vec<(u64, u64)> =
-        maps.lines().filter(|l| l.split_whitespace().nth(4) == Some("0")).filter_map(range_of).filter(can_hold).collect();
-    let mut out = HashMap::new();
-    let (Some(first), Some(last)) = (anonymous.first(), anonymous.last()) else { return Ok(out) };
-    let stretches = PageMap::open(pid)?.huge_stretches(first.0, last.1)?;
-    for (start, end) in anonymous {
-        let from = stretches.partition_point(|s| *s < start);
-        let n = stretches[from..].iter().take_while(|s| **s + HUGE_STRETCH <= end).count() as u64;
-        if n > 0 {
-            out.insert(start, n * HUGE_STRETCH / 1024);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -110,6 +110,38 @@ impl PageMap {
         Ok(())
     }
 
+    /// [`Self::for_each_run`] of resident pages, and in the same walk `huge(s)` for each
+    /// 2 MiB-aligned stretch `s` a transparent huge page maps whole (as [`Self::huge_stretches`]):
+    /// one page-table walk where two were made. Without PAGEMAP_SCAN, runs only.
+    pub fn resident_runs_and_huge(
+        &self,
+        start: u64,
+        end: u64,
+        mut run: impl FnMut(u64, u64),
+        mut huge: impl FnMut(u64),
+    ) -> Result<(), SysError> {
+        let masks = PmScanArg {
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_HUGE | PAGE_IS_PFNZERO,
+            ..Default::default()
+        };
+        let mut runs = Merged::default();
+        let scanned = self.scan(start, end, masks, &mut |r| {
+            if r.categories & (PAGE_IS_HUGE | PAGE_IS_PRESENT | PAGE_IS_PFNZERO) == PAGE_IS_HUGE | PAGE_IS_PRESENT {
+                whole_stretches(r.start, r.end).for_each(&mut huge);
+            }
+            runs.add(r.start, r.end, &mut run);
+        });
+        match scanned {
+            Ok(()) => {
+                runs.finish(&mut run);
+                Ok(())
+            }
+            Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => self.for_each_run_by_entries(start, end, Wanted::Resident, run),
+            Err(e) => Err(SysError::new(format!("ioctl(/proc/{}/pagemap, PAGEMAP_SCAN)", self.pid), e)),
+        }
+    }
+
     /// The 2 MiB-aligned stretches of [start, end) that a transparent huge page maps whole
     /// (PAGEMAP_SCAN's PAGE_IS_HUGE); empty where the kernel has no PAGEMAP_SCAN.
     pub fn huge_stretches(&self, start: u64, end: u64) -> Result<Vec<u64>, SysError> {
@@ -121,14 +153,7 @@ impl PageMap {
             ..Default::default()
         };
         let mut out = Vec::new();
-        let scanned = self.scan(start, end, masks, &mut |r| {
-            // Only whole stretches: a huge page mapped by PTEs (partly unmapped) is not one.
-            let mut s = r.start.next_multiple_of(HUGE_STRETCH);
-            while s + HUGE_STRETCH <= r.end {
-                out.push(s);
-                s += HUGE_STRETCH;
-            }
-        });
+        let scanned = self.scan(start, end, masks, &mut |r| out.extend(whole_stretches(r.start, r.end)));
         match scanned {
             Ok(()) => Ok(out),
             Err(nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL) => Ok(Vec::new()),
@@ -196,6 +221,36 @@ struct PageRegion {
     start: u64,
     end: u64,
     categories: u64,
+}
+
+/// The whole 2 MiB-aligned stretches of a huge region [start, end): a huge page mapped by
+/// PTEs (partly unmapped) is not one.
+fn whole_stretches(start: u64, end: u64) -> impl Iterator<Item = u64> {
+    let first = start.next_multiple_of(HUGE_STRETCH);
+    (0..).map(move |i| first + i * HUGE_STRETCH).take_while(move |s| s + HUGE_STRETCH <= end)
+}
+
+/// Adjacent regions joined into runs, each run handed over as (address, pages) once it ends.
+#[derive(Default)]
+struct Merged(Option<(u64, u64)>);
+
+impl Merged {
+    fn add(&mut self, start: u64, end: u64, run: &mut impl FnMut(u64, u64)) {
+        self.0 = match self.0 {
+            Some((s, e)) if e == start => Some((s, end)),
+            Some((s, e)) => {
+                run(s, (e - s) / PAGE_SIZE);
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+
+    fn finish(self, run: &mut impl FnMut(u64, u64)) {
+        if let Some((s, e)) = self.0 {
+            run(s, (e - s) / PAGE_SIZE);
+        }
+    }
 }
 
 /// Not write-protected by a userfaultfd (present or swapped pages).
