@@ -201,3 +201,53 @@ fn anon_huge_kib(pid: i32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// Areas side by side are registered for write-protection by one call; where the kernel
+/// refuses one of them (a droppable area: EINVAL), each is registered on its own: the
+/// droppable one is copied while frozen, its neighbours while the program runs, and all three
+/// come back with their contents (checked by the restored program itself).
+#[test]
+fn dump_leaving_running_copies_a_droppable_area_between_two_others_while_frozen() {
+    const PY_BODY: &str = r#"
+mib = 1 << 20
+base = libc.mmap(None, 3 * mib, 3, 0x22, -1, 0)   # PROT_READ|WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+assert base not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+mid = libc.mmap(base + mib, mib, 3, 0x08 | 0x20 | 0x10, -1, 0)   # MAP_DROPPABLE|MAP_ANONYMOUS|MAP_FIXED
+assert mid == base + mib, ctypes.get_errno()
+def pattern(i):
+    return bytes((i * 7 + k) % 256 for k in range(256)) * 4096
+for i in range(3):
+    ctypes.memmove(base + i * mib, pattern(i), mib)
+open('ready', 'w').write('%x\n' % base)
+while not os.path.exists('go'):
+    time.sleep(0.05)
+ok = all(ctypes.string_at(base + i * mib, mib) == pattern(i) for i in range(3))
+open('result', 'w').write('contents %s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    for mode in ["always", "never"] {
+        let mut w = Workload::spawn_program("py-sandwich", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
+        protect_ahead(&mut w, mode);
+        let ready = w.dir.path.join("ready");
+        wait_until("python3 to map its areas", Duration::from_secs(15), || file_written(&ready));
+        let base = u64::from_str_radix(std::fs::read_to_string(&ready).unwrap().trim(), 16).unwrap();
+        let out = w.dump_with(&["-R", "-v3"]);
+        assert!(out.success(), "{mode}: dump -R failed:\n{out}");
+        assert_protected_ahead(&out, mode);
+        let text = out.text();
+        let refused: Vec<&str> = text.lines().filter(|l| l.contains("copied while frozen: ioctl(UFFDIO_REGISTER)")).collect();
+        let droppable = format!("start={}", base + (1 << 20));
+        assert!(
+            !refused.is_empty() && refused.iter().all(|l| l.contains(&droppable)),
+            "{mode}: refused registrations {refused:?}, the droppable area is at {droppable}:\n{out}"
+        );
+        w.signal(libc::SIGKILL);
+        w.reap(Duration::from_secs(10)).expect("the original did not end");
+        w.restore_detached();
+        std::fs::write(w.dir.path.join("go"), "").unwrap();
+        let result = w.dir.path.join("result");
+        wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&result));
+        assert_eq!(std::fs::read_to_string(&result).unwrap(), "contents True", "{mode}");
+    }
+}

@@ -365,28 +365,53 @@ fn armed_early(pid: i32) -> Option<Arc<Armed>> {
 /// unlike smaps): those the memory dump sees as such, crust's scratch area being shared.
 fn private_anonymous_areas(pid: i32) -> Result<Vec<(u64, u64)>> {
     use procfs::process::{MMPermissions, MMapPath};
-    let maps = procfs::process::Process::new(pid).and_then(|p| p.maps()).with_context(|| format!("pid {pid}: reading /proc/{pid}/maps"))?;
-    Ok(maps
-        .iter()
-        .filter(|m| !m.perms.contains(MMPermissions::SHARED))
-        .filter(|m| matches!(m.pathname, MMapPath::Anonymous | MMapPath::Heap | MMapPath::Stack))
-        .map(|m| m.address)
-        .collect())
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("pid {pid}: reading /proc/{pid}/maps"))?;
+    let maps = super::smaps::parse(&text).with_context(|| format!("pid {pid}: /proc/{pid}/maps"))?;
+    let anonymous = |name: &MMapPath| match name {
+        MMapPath::Anonymous | MMapPath::Heap | MMapPath::Stack => true,
+        // Named by the program (PR_SET_VMA_ANON_NAME): private anonymous memory all the same.
+        MMapPath::Other(name) => name.starts_with("anon:"),
+        _ => false,
+    };
+    Ok(maps.iter().filter(|m| !m.perms.contains(MMPermissions::SHARED) && anonymous(&m.pathname)).map(|m| m.address).collect())
 }
 
-/// Registers each area for write-protection: the registered ones. An area the kernel refuses
-/// (EBUSY: the program's own userfaultfd has it; EINVAL: droppable memory) is copied while
-/// frozen. An area without pages costs only the call: a page the program touches there later
-/// is an ordinary fault.
+/// Registers each area for write-protection: the registered ranges (areas side by side are
+/// registered by one call, and kept as one range). An area the kernel refuses (EBUSY: the
+/// program's own userfaultfd has it; EINVAL: droppable memory) is copied while frozen: when
+/// a call over several areas fails, each is registered on its own. An area without pages
+/// costs only the call: a page the program touches there later is an ordinary fault.
 fn register_areas(uffd: &OwnedFd, pid: i32, areas: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut registered = Vec::new();
-    for &(start, end) in areas {
-        match uffd::register_wp(uffd.as_fd(), start, end - start) {
-            Ok(()) => registered.push((start, end)),
-            Err(e) => tracing::info!(pid, start, end, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e}"),
+    let mut registered: Vec<(u64, u64)> = Vec::new();
+    let mut add = |(start, end): (u64, u64)| match registered.last_mut() {
+        Some(last) if last.1 == start => last.1 = end,
+        _ => registered.push((start, end)),
+    };
+    for (start, end) in side_by_side(areas) {
+        if uffd::register_wp(uffd.as_fd(), start, end - start).is_ok() {
+            add((start, end));
+            continue;
+        }
+        for &(s, e) in areas.iter().filter(|&&(s, e)| s >= start && e <= end) {
+            match uffd::register_wp(uffd.as_fd(), s, e - s) {
+                Ok(()) => add((s, e)),
+                Err(e2) => tracing::info!(pid, start = s, end = e, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e2}"),
+            }
         }
     }
     registered
+}
+
+/// `areas` (in address order) with those side by side joined.
+fn side_by_side(areas: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(start, end) in areas {
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => out.push((start, end)),
+        }
+    }
+    out
 }
 
 /// Makes a userfaultfd inside the process (injected userfaultfd(2): it belongs to the
