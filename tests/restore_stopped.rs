@@ -35,14 +35,21 @@ fn assert_stays_stopped(w: &Workload, what: &str) {
 /// resumes it.
 #[test]
 fn dump_leave_running_of_a_stopped_process_leaves_it_stopped() {
-    let w = Workload::spawn("counter", &[]);
-    stop_with(&w, libc::SIGTSTP);
-    w.dump_with(&["-R"]).assert_success();
-    assert_stays_stopped(&w, "after dump -R");
-    assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "still traced after the dump");
-    cont(&w);
-    let c = counter(&w);
-    wait_until("the counter to move after SIGCONT", Duration::from_secs(5), || counter(&w) > c);
+    // Also with its memory write-protected ahead of the freeze: held once more before it.
+    for ahead in ["always", "never"] {
+        let mut w = Workload::spawn("counter", &[]);
+        w.crust_env = vec![("CRUST_PROTECT_AHEAD".into(), ahead.into())];
+        stop_with(&w, libc::SIGTSTP);
+        let out = w.dump_with(&["-R", "-v3"]);
+        out.assert_success();
+        let said = out.text().contains("write-protecting its memory ahead of the freeze");
+        assert_eq!(said, ahead == "always", "CRUST_PROTECT_AHEAD={ahead}:\n{out}");
+        assert_stays_stopped(&w, &format!("after dump -R (CRUST_PROTECT_AHEAD={ahead})"));
+        assert_eq!(proc_status_field(w.pid, "TracerPid").as_deref(), Some("0"), "still traced after the dump");
+        cont(&w);
+        let c = counter(&w);
+        wait_until("the counter to move after SIGCONT", Duration::from_secs(5), || counter(&w) > c);
+    }
 }
 
 /// Stopped by SIGTSTP and by SIGSTOP: restored, it is stopped (by the same signal, as its
