@@ -37,8 +37,10 @@ pub mod tasks;
 const MIB: usize = 1 << 20;
 const PATTERN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The longest time, in nanoseconds, between two wake-ups of the workload's ticker.
-static MAX_GAP_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The longest time, in nanoseconds, between two wake-ups of the workload's ticker, and when
+/// it ended (CLOCK_REALTIME, nanoseconds): a longest gap is told apart from the freeze by when
+/// it happened.
+static MAX_GAP_NS: [std::sync::atomic::AtomicU64; 2] = [const { std::sync::atomic::AtomicU64::new(0) }; 2];
 
 /// The workload's ticker: wakes every millisecond and writes a word to its own memory (a new
 /// page each time, so that a dump that write-protects memory makes it wait), keeping the
@@ -52,9 +54,16 @@ fn ticker() {
         std::thread::sleep(Duration::from_millis(1));
         words[(i % PAGES) * 512].fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        MAX_GAP_NS.fetch_max((now - previous).as_nanos() as u64, Ordering::Relaxed);
+        let gap = (now - previous).as_nanos() as u64;
+        if MAX_GAP_NS[0].fetch_max(gap, Ordering::Relaxed) < gap {
+            MAX_GAP_NS[1].store(realtime_ns(), Ordering::Relaxed);
+        }
         previous = now;
     }
+}
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs as the benchmarked process: maps `mib` MiB of huge or ordinary pages, writes a pattern
@@ -87,24 +96,31 @@ struct Workload {
 }
 
 impl Workload {
-    /// The ticker's longest gap since the last call (reset then).
-    fn take_max_gap(&self) -> Result<Duration> {
+    /// The ticker's longest gap since the last call (reset then), and when it ended
+    /// (CLOCK_REALTIME, nanoseconds).
+    fn take_max_gap(&self) -> Result<(Duration, u64)> {
         use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
         let pid = Pid::from_raw(self.child.id() as i32);
-        let mut word = [0u8; 8];
-        let remote = [RemoteIoVec { base: self.gap as usize, len: 8 }];
-        process_vm_readv(pid, &mut [std::io::IoSliceMut::new(&mut word)], &remote)?;
-        process_vm_writev(pid, &[std::io::IoSlice::new(&[0u8; 8])], &remote)?;
-        Ok(Duration::from_nanos(u64::from_ne_bytes(word)))
+        let mut words = [0u8; 16];
+        let remote = [RemoteIoVec { base: self.gap as usize, len: 16 }];
+        process_vm_readv(pid, &mut [std::io::IoSliceMut::new(&mut words)], &remote)?;
+        process_vm_writev(pid, &[std::io::IoSlice::new(&[0u8; 16])], &remote)?;
+        let word = |i: usize| u64::from_ne_bytes(words[i * 8..i * 8 + 8].try_into().unwrap());
+        Ok((Duration::from_nanos(word(0)), word(1)))
     }
 
-    /// The longest gap the ticker saw during `dump -R` by `run`.
+    /// The longest gap the ticker saw during `dump -R` by `run`; said with when it ended,
+    /// counted from the start of the dump (crust's log says when its steps were).
     fn stall_of(&self, run: impl FnOnce() -> Result<()>) -> Result<Duration> {
         std::thread::sleep(Duration::from_millis(50));
         self.take_max_gap()?;
+        let started = realtime_ns();
         run()?;
         std::thread::sleep(Duration::from_millis(50));
-        self.take_max_gap()
+        let (gap, ended) = self.take_max_gap()?;
+        let after = ended.saturating_sub(started) as f64 / 1e6;
+        println!("    (the longest gap, {:.1} ms, ended {after:.1} ms after the dump began)", gap.as_secs_f64() * 1e3);
+        Ok(gap)
     }
 }
 
