@@ -1265,24 +1265,12 @@ impl Tree {
                     .with_context(|| format!("restoring the scheduling of pid {pid} thread {}", thread.tid))?;
             }
         }
-        // A process with huge stretches to fill lazily gets its mover (kinds/lazy_move.rs): the
-        // userfaultfd copy is fetched while the process is root, the thread made once its
-        // credentials are final.
-        let registrar = ctx.lazy.clone();
-        let mover_uffd = registrar.as_ref().and_then(|r| r.mover_uffd(pid));
-        let wanted = lazy_move::wanted(pid as i32, p.core.seccomp.is_some());
-        let fetched = match mover_uffd.filter(|_| wanted) {
-            Some(fd) => lazy_move::fetch_uffd(ctx.remote, std::os::fd::AsFd::as_fd(&fd))
-                .map_err(|e| tracing::debug!(pid, "no lazy page mover: {e:#}"))
-                .ok(),
-            None => None,
-        };
+        // A process with huge stretches to fill lazily gets its mover (kinds/lazy_move.rs), made
+        // once its credentials are final.
+        let mover_uffd = lazy_move::before_credentials(&mut ctx, p.core.seccomp.is_some());
         Credentials::restore(&mut ctx, &creds)?;
-        if let (Some(uffd), Some(registrar)) = (fetched, &registrar) {
-            let vdso = memory::syscall_instruction_in_vdso(pid as i32)?;
-            if let Some(mover) = lazy_move::spawn(ctx.remote, uffd, helper, vdso)? {
-                registrar.hand_mover(mover)?;
-            }
+        if let Some(uffd) = mover_uffd {
+            lazy_move::after_credentials(&mut ctx, uffd, helper)?;
         }
         // The descriptions this process is the first holder of (in pid, then fd order).
         let first_holder =

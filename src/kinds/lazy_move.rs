@@ -26,14 +26,15 @@
 //! goes with it.
 
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv, process_vm_writev};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::RestoreCtx;
 use crate::sys::PAGE_SIZE;
 use crate::sys::pagemap::HUGE_STRETCH;
 use crate::sys::ptrace;
@@ -85,6 +86,31 @@ pub fn wanted(pid: i32, has_seccomp: bool) -> bool {
 fn sees_crust(pid: i32) -> bool {
     let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
     ns("self").is_some_and(|own| Some(own) == ns(&pid.to_string()))
+}
+
+/// The restore's first half, while the process is still root: if it is to have a mover (it
+/// has huge stretches to fill, the kernel moves pages, and [`wanted`]), it takes a copy of its
+/// userfaultfd from crust ([`fetch_uffd`]); returns that copy's fd number in the process.
+pub fn before_credentials(ctx: &mut RestoreCtx, has_seccomp: bool) -> Option<u64> {
+    let pid = ctx.pid.as_raw();
+    let crust_copy = ctx.lazy.as_ref()?.mover_uffd(pid as u32)?;
+    if !wanted(pid, has_seccomp) {
+        return None;
+    }
+    fetch_uffd(ctx.remote, crust_copy.as_fd()).map_err(|e| tracing::debug!(pid, "no lazy page mover: {e:#}")).ok()
+}
+
+/// The second half, once the process's credentials are final: the mover is made (the process
+/// closes its copy `uffd` of the userfaultfd) and handed to the server.
+pub fn after_credentials(ctx: &mut RestoreCtx, uffd: u64, helper: u64) -> Result<()> {
+    let pid = ctx.pid.as_raw();
+    // (The copy came from the registrar: it is there.)
+    let registrar = ctx.lazy.clone().context("a lazy page mover without a lazy restore")?;
+    let vdso = super::memory::syscall_instruction_in_vdso(pid)?;
+    if let Some(mover) = spawn(ctx.remote, uffd, helper, vdso)? {
+        registrar.hand_mover(mover)?;
+    }
+    Ok(())
 }
 
 /// While the process is still root: it takes a copy of crust's `uffd` (pidfd_getfd, which needs
