@@ -413,6 +413,42 @@ fn lazy_fill_of_huge_pages_follows_a_fork_and_pages_the_program_drops() {
     assert_eq!(tasks_and_tracers(w.pid), vec![(w.pid, "0".to_string())], "threads and their tracers once the fill is over");
 }
 
+/// Python: 256 MiB of huge pages (advised MADV_HUGEPAGE) patterned by page; after `status.go`
+/// it reads one page and exits with status 7 at once, while the lazy fill is still running.
+const EXIT_DURING_FILL: &str = r#"
+import mmap, os, time
+PAGES = 65536
+m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.madvise(mmap.MADV_HUGEPAGE)
+for i in range(PAGES):
+    m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
+open('status', 'w').write('READY\n')
+for _ in range(60000):
+    if os.path.exists('status.go'):
+        break
+    time.sleep(0.005)
+os._exit(7 if m[PAGES // 2 * 4096:PAGES // 2 * 4096 + 8] == (PAGES // 2).to_bytes(8, 'little') else 1)
+"#;
+
+/// A process that exits while its mover thread is placing its huge pages (restored -d: the
+/// detached helper traces the mover): the helper reaps the mover (its tracer must, or the
+/// process's exit would never be reported), and the process's own exit status comes back.
+#[test]
+fn a_process_exiting_during_the_fill_of_its_huge_pages_is_reported_with_its_status() {
+    let mut w = Workload::spawn_program("lazy_exit_huge", "python3", &["-c", EXIT_DURING_FILL]);
+    let deadline = Instant::now() + READY_TIMEOUT * 3;
+    while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
+        assert!(Instant::now() < deadline, "the python workload did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    let done = w.go();
+    assert_eq!(done.exit, Exit::Code(7), "the restored process's exit:\n{}", done.log);
+    assert!(wait_no_helper(w.pid), "crust-lazypages outlived the process");
+}
+
 /// A python3 program (which writes READY to `status`, then waits for `status.go`), dumped,
 /// restored with --lazy-pages -d and told to go on.
 fn python_restored_lazily(name: &str, program: &str) -> Workload {
