@@ -36,7 +36,7 @@ use nix::unistd::Pid;
 
 use super::RestoreCtx;
 use crate::sys::PAGE_SIZE;
-use crate::sys::pagemap::HUGE_STRETCH;
+use crate::sys::pagemap::{HUGE_STRETCH, PageMap};
 use crate::sys::ptrace;
 use crate::sys::remote::RemoteTask;
 use crate::sys::{SysError, uffd};
@@ -66,6 +66,15 @@ pub struct ParkedMover {
 pub struct Mover {
     parked: ParkedMover,
     remote: RemoteTask,
+    /// The process's page map, to see which staged stretches the kernel gave a huge page.
+    pagemap: Option<PageMap>,
+}
+
+/// What a move placed: `len` bytes, and the stretches among them that arrived in 4 KiB pages
+/// (the kernel had no huge page for the staging area: fragmented memory), to collapse.
+pub struct Moved {
+    pub len: u64,
+    pub small: Vec<u64>,
 }
 
 /// Whether the kernel would give the staging area huge pages (THP not disabled): without them
@@ -153,7 +162,7 @@ pub fn spawn(leader: &mut RemoteTask, uffd: u64, helper: u64, syscall_ip: u64) -
             return Ok(None);
         }
     };
-    let mut mover = Mover { parked: ParkedMover { pid, tid: tid.as_raw(), uffd, staging, syscall_ip }, remote };
+    let mut mover = Mover { parked: ParkedMover { pid, tid: tid.as_raw(), uffd, staging, syscall_ip }, remote, pagemap: None };
     mover.remote.set_syscall_ip(syscall_ip);
     tracing::debug!(pid, tid = tid.as_raw(), staging = format!("{staging:#x}"), "lazy page mover made");
     mover.park().map(Some)
@@ -198,7 +207,7 @@ impl ParkedMover {
         match RemoteTask::new(tid, self.syscall_ip) {
             Ok(mut remote) => {
                 remote.set_stack_pointer(0);
-                Ok(Mover { parked: self, remote })
+                Ok(Mover { parked: self, remote, pagemap: None })
             }
             Err(e) => {
                 let _ = ptrace::detach(tid);
@@ -232,14 +241,15 @@ impl Mover {
     }
 
     /// Places `pieces` (whole stretches' worth, in order, verified bytes) at `dst`, 2 MiB
-    /// aligned: written into the staging area, then moved. Returns the bytes moved.
-    pub fn place(&mut self, dst: u64, pieces: &[&[u8]]) -> Result<u64, MoveFailed> {
+    /// aligned: written into the staging area, then moved.
+    pub fn place(&mut self, dst: u64, pieces: &[&[u8]]) -> Result<Moved, MoveFailed> {
         let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
         if len == 0 || !len.is_multiple_of(HUGE_STRETCH) || len > STRETCHES_PER_MOVE * HUGE_STRETCH || !dst.is_multiple_of(HUGE_STRETCH) {
             return Err(MoveFailed::Lost(format!("a move of {len} bytes to {dst:#x}: not whole stretches")));
         }
         let staging = self.parked.staging;
         self.write(staging, pieces)?;
+        let small = self.not_huge(staging, len).into_iter().map(|s| dst + (s - staging)).collect();
         let arg_at = staging + STRETCHES_PER_MOVE * HUGE_STRETCH;
         self.write(arg_at, &[&uffd::move_arg(dst, staging, len)])?;
         let ret = self
@@ -247,7 +257,7 @@ impl Mover {
             .syscall_raw(libc::SYS_ioctl, &[self.parked.uffd, uffd::UFFDIO_MOVE, arg_at])
             .map_err(|e| MoveFailed::Lost(format!("remote ioctl(UFFDIO_MOVE): {e}")))?;
         if ret == 0 {
-            return Ok(len);
+            return Ok(Moved { len, small });
         }
         let mut result = [0u8; 8];
         let moved = match self.read(arg_at + uffd::MOVE_ARG_RESULT as u64, &mut result) {
@@ -255,6 +265,21 @@ impl Mover {
             Err(_) => 0,
         };
         Err(MoveFailed::Refused { errno: Errno::from_raw(-ret as i32), moved: moved.min(len) })
+    }
+
+    /// The stretches of the staging area's first `len` bytes that no huge page maps whole.
+    fn not_huge(&mut self, staging: u64, len: u64) -> Vec<u64> {
+        let pid = self.parked.pid;
+        if self.pagemap.is_none() {
+            self.pagemap = PageMap::open(pid).map_err(|e| tracing::debug!(pid, "lazy page mover: {e}")).ok();
+        }
+        let huge = self.pagemap.as_ref().and_then(|m| m.huge_stretches(staging, staging + len).ok()).unwrap_or_default();
+        // Test only: CRUST_FAULT=lazy-move-small:N:fail takes the Nth stretch for one the kernel
+        // staged in 4 KiB pages.
+        (staging..staging + len)
+            .step_by(HUGE_STRETCH as usize)
+            .filter(|s| !huge.contains(s) || crate::fault::point("lazy-move-small").is_err())
+            .collect()
     }
 
     fn write(&self, at: u64, pieces: &[&[u8]]) -> Result<(), MoveFailed> {

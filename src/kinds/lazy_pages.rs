@@ -33,7 +33,7 @@ use nix::errno::Errno;
 
 use super::RestoreCtx;
 use super::lazy_huge::HugeStretches;
-use super::lazy_move::{MoveFailed, Mover, ParkedMover};
+use super::lazy_move::{MoveFailed, Moved, Mover, ParkedMover};
 use crate::image::chunks;
 use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
@@ -356,12 +356,21 @@ impl Target {
         self.huge.pending_in(from + 1, to).find(|&s| self.movable(s))
     }
 
-    /// Books a move of `start..end`: all of it in, or what `failed` says.
-    fn moved(&mut self, start: u64, end: u64, failed: Option<MoveFailed>) {
-        let (moved, why) = match failed {
-            None => (end - start, None),
-            Some(MoveFailed::Refused { errno, moved }) => (moved, Some(errno)),
-            Some(MoveFailed::Lost(why)) => {
+    /// Books a move of `start..end`: all of it in (some stretches maybe in 4 KiB pages, to
+    /// collapse), or what the failure says.
+    fn moved(&mut self, start: u64, end: u64, placed: Result<Moved, MoveFailed>) {
+        let (moved, errno) = match placed {
+            Ok(Moved { len, small }) => {
+                self.owed.take(start, start + len);
+                // Every page of these is in: ready for the collapse.
+                for s in small {
+                    self.huge.placed(s, s + HUGE_STRETCH, |_, _| false);
+                }
+                self.huge.moved(start, start + len);
+                return;
+            }
+            Err(MoveFailed::Refused { errno, moved }) => (moved, errno),
+            Err(MoveFailed::Lost(why)) => {
                 tracing::warn!(pid = self.pid, "lazy page mover lost ({why}): the collapse path serves the rest");
                 if let Slot::Active(m) = std::mem::replace(&mut self.mover, Slot::None) {
                     m.end();
@@ -372,14 +381,11 @@ impl Target {
         self.owed.take(start, start + moved);
         let whole = moved - moved % HUGE_STRETCH;
         self.huge.moved(start, start + whole);
-        match why {
-            // An event waits to be read: the stretches stay movable once it is.
-            Some(Errno::EAGAIN) if moved == 0 => {}
-            Some(errno) => {
-                tracing::debug!(pid = self.pid, "UFFDIO_MOVE at {:#x}: {errno} after {moved} bytes: the rest the collapse path", start);
-                self.unmovable.extend((start + whole..end).step_by(HUGE_STRETCH as usize));
-            }
-            None => {}
+        // EAGAIN before anything moved: an event waits to be read, and the stretches stay
+        // movable once it is. Anything else: the rest goes the collapse way.
+        if errno != Errno::EAGAIN || moved > 0 {
+            tracing::debug!(pid = self.pid, "UFFDIO_MOVE at {start:#x}: {errno} after {moved} bytes: the rest the collapse way");
+            self.unmovable.extend((start + whole..end).step_by(HUGE_STRETCH as usize));
         }
     }
 }
@@ -691,8 +697,8 @@ impl Server {
         let pieces = pieces.context("a saved run past the end of its page file")?;
         let t = &mut self.targets[i];
         let Slot::Active(mover) = &mut t.mover else { return Ok(()) };
-        let failed = mover.place(start, &pieces).err();
-        t.moved(start, end, failed);
+        let placed = mover.place(start, &pieces);
+        t.moved(start, end, placed);
         Ok(())
     }
 
