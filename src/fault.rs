@@ -23,7 +23,9 @@
 //! stands for a kernel built without CONFIG_ANON_VMA_NAME), `restore-before-resume` (everything
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
 //! changed to start a lease break again); lazy restore: `lazy-collapse` (before each huge page
-//! stretch is collapsed; `fail` leaves it in 4 KiB pages, as if no huge page were free).
+//! stretch is collapsed; `fail` leaves it in 4 KiB pages, as if no huge page were free),
+//! `lazy-move-small` (for each staged stretch the kernel gave a huge page, before a mover's
+//! move; `fail` takes it for one staged in 4 KiB pages: it is collapsed after the move).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -53,6 +55,7 @@ pub const POINTS: &[&str] = &[
     "restore-before-resume",
     "lease-break-time-set",
     "lazy-collapse",
+    "lazy-move-small",
 ];
 
 /// Misbehaves here if CRUST_FAULT names this point (and this is its Nth visit).

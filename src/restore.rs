@@ -35,6 +35,7 @@ use crate::image::{self, ImageDir};
 use crate::kinds::credentials::Credentials;
 use crate::kinds::files;
 use crate::kinds::identity::{self, Identity, IdentityRecord};
+use crate::kinds::lazy_move;
 use crate::kinds::memory::{self, Memory};
 use crate::kinds::registers::{self, ThreadState};
 use crate::kinds::signals::SignalsRecord;
@@ -1265,7 +1266,13 @@ impl Tree {
                     .with_context(|| format!("restoring the scheduling of pid {pid} thread {}", thread.tid))?;
             }
         }
+        // A process with huge stretches to fill lazily gets its mover (kinds/lazy_move.rs), made
+        // once its credentials are final.
+        let mover_uffd = lazy_move::before_credentials(&mut ctx, p.core.seccomp.is_some());
         Credentials::restore(&mut ctx, &creds)?;
+        if let Some(uffd) = mover_uffd {
+            lazy_move::after_credentials(&mut ctx, uffd, helper)?;
+        }
         // The descriptions this process is the first holder of (in pid, then fd order).
         let first_holder =
             |id: u32| img.processes.iter().find_map(|(q, qp)| qp.files.fds.iter().find(|f| f.open_file_id == id).map(|f| (*q, f.fd)));

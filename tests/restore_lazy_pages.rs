@@ -192,6 +192,107 @@ fn lazy_restore_of_huge_pages_advised_makes_every_one_huge_again() {
     lazy_restore_makes_the_huge_pages_huge_again("huge");
 }
 
+/// The threads of `pid` and, for each, its TracerPid.
+fn tasks_and_tracers(pid: i32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .map(|tid| {
+            let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+            let tracer = status.lines().find_map(|l| l.strip_prefix("TracerPid:")).unwrap_or("?").trim().to_string();
+            (tid, tracer)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The POSIX locks `pid` holds, as /proc/locks shows them (type, file, range).
+fn posix_locks_of(pid: i32) -> Vec<String> {
+    let text = fs::read_to_string("/proc/locks").unwrap();
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+        .filter(|f| f.first() == Some(&"POSIX") && f.get(3) == Some(&pid.to_string().as_str()))
+        .map(|f| f.join(" "))
+        .collect();
+    out.sort();
+    out
+}
+
+/// 64 MiB of huge pages (lazy_pattern `mode`: `huge`, or `huge-seccomp`, the same under a
+/// seccomp filter) restored --lazy-pages by an attached crust, which serves the whole fill before
+/// the program is let touch its memory; its log says how the 32 huge pages came back
+/// (`moved=N collapsed=M`). Once the fill is over: as many huge pages as before, one thread with
+/// no tracer, the areas exactly as before the dump (no staging area left), and every word right
+/// from inside.
+fn lazy_fill_of_huge_pages(mode: &str, moved: u32, collapsed: u32) {
+    lazy_fill_of_huge_pages_with(mode, &[], moved, collapsed);
+}
+
+/// [`lazy_fill_of_huge_pages`] with more of crust's environment.
+fn lazy_fill_of_huge_pages_with(mode: &str, env: &[(&str, &str)], moved: u32, collapsed: u32) {
+    let mut w = Workload::spawn("lazy_pattern", &["64", mode]);
+    let (pid, area) = (w.pid, hex(&w, "area"));
+    let huge_before = area_huge_kib(pid, area);
+    assert_eq!(huge_before, 64 * 1024, "test setup: the area is all huge pages");
+    let maps_before = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let tasks_before = tasks_and_tracers(pid);
+    let locks_before = posix_locks_of(pid);
+    if mode == "huge-locked" {
+        assert_eq!(locks_before.len(), 1, "test setup: the program's POSIX lock in /proc/locks");
+    }
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.crust_env = vec![("CRUST_LOG".into(), "crust=debug".into())];
+    w.crust_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    w.restore_attached();
+    let said = "every huge page of the image is huge again";
+    wait_until("crust's server to say the huge pages are in", FILL_TIMEOUT, || w.attached_output().contains(said));
+    let log = w.attached_output();
+    let line = log.lines().find(|l| l.contains(said)).unwrap();
+    assert!(line.contains(&format!("moved={moved} collapsed={collapsed}")), "not moved={moved} collapsed={collapsed}: {line}");
+    // The mover exits right after the fill (the thread is reaped by then: bounded wait).
+    wait_until("the process to have its one thread again", Duration::from_secs(10), || tasks_and_tracers(pid) == tasks_before);
+    assert_eq!(area_huge_kib(pid, area), huge_before, "AnonHugePages of the area after the lazy fill (kB)");
+    assert_eq!(fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), maps_before, "the areas differ from the original's");
+    assert_eq!(tasks_and_tracers(pid), vec![(pid, "0".to_string())], "threads and their tracers");
+    assert_eq!(posix_locks_of(pid), locks_before, "the process's POSIX locks (/proc/locks)");
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+    assert!(w.status_text().lines().any(|l| l.starts_with("VERIFIED")), "{}", w.status_text());
+}
+
+/// The process's own mover thread places each huge stretch whole (UFFDIO_MOVE, one copy):
+/// nothing is collapsed, and it leaves no trace.
+#[test]
+fn lazy_restore_moves_huge_pages_in_whole_and_the_mover_leaves_no_trace() {
+    lazy_fill_of_huge_pages("huge", 32, 0);
+}
+
+/// A stretch the kernel staged in 4 KiB pages (no free huge page; injected for the third):
+/// moved like the others, then collapsed, so every stretch is huge again.
+#[test]
+fn lazy_restore_collapses_a_stretch_the_mover_placed_in_small_pages() {
+    lazy_fill_of_huge_pages_with("huge", &[("CRUST_FAULT", "lazy-move-small:3:fail")], 31, 1);
+}
+
+/// The mover's own fd table is a copy (no CLONE_FILES): the fds it closes release nothing of the
+/// process's, whose POSIX lock (owned by its fd table) is still there after the fill.
+#[test]
+fn lazy_restore_mover_leaves_the_process_posix_locks_alone() {
+    lazy_fill_of_huge_pages("huge-locked", 32, 0);
+}
+
+/// Under a seccomp filter no mover is made (its calls would go through the filter, which here
+/// kills the process on close_range): the stretches are placed in 4 KiB pages and collapsed,
+/// and the process comes back exact.
+#[test]
+fn lazy_restore_under_seccomp_makes_no_mover_and_collapses_instead() {
+    lazy_fill_of_huge_pages("huge-seccomp", 0, 32);
+}
+
 /// The area is not advised: only the stretches the dump saw huge (the half the program
 /// collapsed) are made huge, the others stay 4 KiB pages as they were.
 #[test]
@@ -203,7 +304,8 @@ fn lazy_restore_makes_exactly_the_stretches_that_were_huge_huge_again() {
 /// in 4 KiB pages with the right contents (the process checks every word), every other one is
 /// huge again, and the restore says so in the kernel log (the fill may end in the detached
 /// helper), naming the pid and the errno. The area is not advised, so khugepaged leaves it as
-/// it is.
+/// it is. The stretches take the collapse path (no mover: CRUST_LAZY_NO_MOVE), as those of a
+/// process under seccomp, or on a kernel without UFFDIO_MOVE, do.
 #[test]
 fn lazy_restore_keeps_right_contents_where_a_huge_page_cannot_be_had_and_says_so() {
     let mut w = Workload::spawn("lazy_pattern", &["64", "collapse"]);
@@ -212,7 +314,7 @@ fn lazy_restore_keeps_right_contents_where_a_huge_page_cannot_be_had_and_says_so
     assert_eq!(huge_before, 32 * 1024, "test setup: the program collapsed half of its area");
     w.dump();
     w.restore_extra = vec!["--lazy-pages".into()];
-    w.crust_env = vec![("CRUST_FAULT".into(), "lazy-collapse:3:fail".into())];
+    w.crust_env = vec![("CRUST_FAULT".into(), "lazy-collapse:3:fail".into()), ("CRUST_LAZY_NO_MOVE".into(), "1".into())];
     w.restore_detached();
     fs::write(w.go_path(), b"go\n").unwrap();
     wait_verified(&w);
@@ -277,6 +379,8 @@ const FORK_AND_DROP: &str = r#"
 import mmap, os, sys, time
 PAGES = 65536
 m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+if len(sys.argv) > 1 and sys.argv[1] == 'huge':
+    m.madvise(mmap.MADV_HUGEPAGE)
 for i in range(PAGES):
     m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
 open('status', 'w').write('READY\n')
@@ -309,10 +413,66 @@ fn lazy_fill_follows_a_fork_and_pages_the_program_drops() {
     assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
 }
 
+/// The same in huge pages (advised MADV_HUGEPAGE: the whole stretches inside the area are huge
+/// pages), which the process's mover places whole during the fill while the program drops some
+/// and forks (the staging area is not the child's: MADV_DONTFORK).
+#[test]
+fn lazy_fill_of_huge_pages_follows_a_fork_and_pages_the_program_drops() {
+    let w = python_restored_lazily_with("lazy_fork_huge", FORK_AND_DROP, &["huge"]);
+    for who in ["parent", "child"] {
+        assert_result_passes(&w, &format!("status.{who}"));
+    }
+    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+    assert_eq!(tasks_and_tracers(w.pid), vec![(w.pid, "0".to_string())], "threads and their tracers once the fill is over");
+}
+
+/// Python: 256 MiB of huge pages (advised MADV_HUGEPAGE) patterned by page; after `status.go`
+/// it reads one page and exits with status 7 at once, while the lazy fill is still running.
+const EXIT_DURING_FILL: &str = r#"
+import mmap, os, time
+PAGES = 65536
+m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.madvise(mmap.MADV_HUGEPAGE)
+for i in range(PAGES):
+    m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
+open('status', 'w').write('READY\n')
+for _ in range(60000):
+    if os.path.exists('status.go'):
+        break
+    time.sleep(0.005)
+os._exit(7 if m[PAGES // 2 * 4096:PAGES // 2 * 4096 + 8] == (PAGES // 2).to_bytes(8, 'little') else 1)
+"#;
+
+/// A process that exits while its mover thread is placing its huge pages (restored -d: the
+/// detached helper traces the mover): the helper reaps the mover (its tracer must, or the
+/// process's exit would never be reported), and the process's own exit status comes back.
+#[test]
+fn a_process_exiting_during_the_fill_of_its_huge_pages_is_reported_with_its_status() {
+    let mut w = Workload::spawn_program("lazy_exit_huge", "python3", &["-c", EXIT_DURING_FILL]);
+    let deadline = Instant::now() + READY_TIMEOUT * 3;
+    while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
+        assert!(Instant::now() < deadline, "the python workload did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.restore_detached();
+    let done = w.go();
+    assert_eq!(done.exit, Exit::Code(7), "the restored process's exit:\n{}", done.log);
+    assert!(wait_no_helper(w.pid), "crust-lazypages outlived the process");
+}
+
 /// A python3 program (which writes READY to `status`, then waits for `status.go`), dumped,
 /// restored with --lazy-pages -d and told to go on.
 fn python_restored_lazily(name: &str, program: &str) -> Workload {
-    let mut w = Workload::spawn_program(name, "python3", &["-c", program]);
+    python_restored_lazily_with(name, program, &[])
+}
+
+/// [`python_restored_lazily`] with arguments for the program.
+fn python_restored_lazily_with(name: &str, program: &str, args: &[&str]) -> Workload {
+    let mut argv = vec!["-c", program];
+    argv.extend_from_slice(args);
+    let mut w = Workload::spawn_program(name, "python3", &argv);
     let deadline = Instant::now() + READY_TIMEOUT * 3;
     while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
         assert!(Instant::now() < deadline, "the python workload did not start");
@@ -343,7 +503,20 @@ fn assert_result_passes(w: &Workload, name: &str) {
 /// never gets to read its memory (it never reports its checks), and nothing is left behind.
 #[test]
 fn killing_the_page_server_kills_the_restored_process_never_zeros() {
-    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    killing_the_page_server_kills_the_restored_process(&[]);
+}
+
+/// The same with huge pages: the process has a mover thread, traced by the server (which it
+/// dies with), parked while it changes hands.
+#[test]
+fn killing_the_page_server_of_huge_pages_kills_the_process_and_its_mover() {
+    killing_the_page_server_kills_the_restored_process(&["huge"]);
+}
+
+fn killing_the_page_server_kills_the_restored_process(mode: &[&str]) {
+    let mut args = vec!["64"];
+    args.extend_from_slice(mode);
+    let mut w = Workload::spawn("lazy_pattern", &args);
     w.dump();
     let img = w.image_dir.to_string_lossy().into_owned();
     w.restore_extra = vec!["--lazy-pages".into()];
@@ -527,11 +700,14 @@ fn failed_lazy_restore_leaves_nothing_and_the_image_restores_again() {
 
 /// Python: 64 MiB of private anonymous memory patterned by page; after `status.go` (right
 /// after the restore) it grows the mapping to 128 MiB with mremap (the kernel moves it when it
-/// cannot grow in place), then checks the old pages at their new place and zeros beyond.
+/// cannot grow in place), then checks the old pages at their new place and zeros beyond. With
+/// `huge`, the mapping is advised MADV_HUGEPAGE (its whole stretches are huge pages).
 const REMAP: &str = r#"
-import mmap, os, time
+import mmap, os, sys, time
 PAGES = 16384
 m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+if len(sys.argv) > 1 and sys.argv[1] == 'huge':
+    m.madvise(mmap.MADV_HUGEPAGE)
 for i in range(PAGES):
     m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
 open('status', 'w').write('READY\n')
@@ -553,6 +729,16 @@ fn lazy_fill_follows_a_mapping_that_mremap_moves() {
     let w = python_restored_lazily("lazy_remap", REMAP);
     assert_result_passes(&w, "status.result");
     assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+}
+
+/// The same in huge pages, which the process's mover places whole while the program moves them:
+/// the stretches still owed follow the mapping (placed the collapse way at the new address).
+#[test]
+fn lazy_fill_of_huge_pages_follows_a_mapping_that_mremap_moves() {
+    let w = python_restored_lazily_with("lazy_remap_huge", REMAP, &["huge"]);
+    assert_result_passes(&w, "status.result");
+    assert!(wait_no_helper(w.pid), "crust-lazypages still serves pid {}", w.pid);
+    assert_eq!(tasks_and_tracers(w.pid), vec![(w.pid, "0".to_string())], "threads and their tracers once the fill is over");
 }
 
 /// After an eager restore: the program checks every word (VERIFIED), nothing of crust is left

@@ -399,6 +399,7 @@ fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<((Duration, Duration), u6
     let mut w = start_workload(opts.mib, &opts.dir, huge)?;
     let pid = w.child.id();
     let huge_before = anon_huge_kib(pid);
+    let threads = task_count(pid as i32);
     let image = opts.dir.join("image-lazy");
     let _ = std::fs::remove_dir_all(&image);
     crate::dump::dump(pid as i32, &image, &crate::dump::DumpOptions::default())?;
@@ -409,7 +410,7 @@ fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<((Duration, Duration), u6
     let restored = crate::restore::restore(&image, &options)?;
     let running = started.elapsed();
     let crate::restore::Restored::Running { pid: new_pid, .. } = restored else { bail!("restore did not detach") };
-    let resident = wait_resident(new_pid, w.len, huge_before);
+    let resident = wait_resident(new_pid, w.len, huge_before, threads);
     let all_in = started.elapsed();
     let huge_after = anon_huge_kib(new_pid as u32);
     let checked = resident.and_then(|()| finish_restored(new_pid, &w));
@@ -419,16 +420,18 @@ fn lazy_run(opts: &BenchOptions, huge: bool) -> Result<((Duration, Duration), u6
 }
 
 /// Waits (at most two minutes) until `len` bytes of the process's anonymous memory are
-/// resident and `huge_kib` of it in huge pages: the lazy fill is over, and so is the collapse
-/// of its huge pages (a workload's huge pages, all touched, are all in the image).
-fn wait_resident(pid: i32, len: u64, huge_kib: u64) -> Result<()> {
+/// resident and `huge_kib` of it in huge pages, with its `threads` threads: the lazy fill is
+/// over, and so is the collapse of its huge pages (a workload's huge pages, all touched, are all
+/// in the image); the mover thread of a lazy restore has ended, its staging area gone (it would
+/// count in both figures).
+fn wait_resident(pid: i32, len: u64, huge_kib: u64, threads: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = format!("/proc/{pid}/status");
     loop {
         let text = std::fs::read_to_string(&status)?;
         let kib: u64 =
             text.lines().find_map(|l| l.strip_prefix("RssAnon:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-        if kib * 1024 >= len && (huge_kib == 0 || anon_huge_kib(pid as u32) >= huge_kib) {
+        if kib * 1024 >= len && (huge_kib == 0 || anon_huge_kib(pid as u32) >= huge_kib) && task_count(pid) == threads {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -436,6 +439,10 @@ fn wait_resident(pid: i32, len: u64, huge_kib: u64) -> Result<()> {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
+}
+
+fn task_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Checks the restored process's memory, then ends it.

@@ -1,7 +1,8 @@
-//! Huge pages in a lazy restore: UFFDIO_COPY places 4 KiB pages only, so a stretch of 2 MiB
-//! that a transparent huge page mapped at dump time (the image's `huge_stretches`) is made huge
-//! again once all its pages are in: crust asks the kernel to collapse it, with
-//! process_madvise(pidfd, MADV_COLLAPSE). See docs/lazy-restore.md, "Huge pages".
+//! Huge pages in a lazy restore: a stretch of 2 MiB that a transparent huge page mapped at dump
+//! time (the image's `huge_stretches`) is moved in whole by the process's mover where it can be
+//! (kinds/lazy_move.rs). Else UFFDIO_COPY places its 4 KiB pages, and it is made huge again once
+//! all its pages are in: crust asks the kernel to collapse it, with process_madvise(pidfd,
+//! MADV_COLLAPSE). See docs/lazy-restore.md, "Huge pages".
 //!
 //! Only stretches whose every page is present can collapse while the area is registered with
 //! the userfaultfd (the kernel refuses a missing or zero page there, EBUSY), which is what keeps
@@ -63,6 +64,8 @@ pub struct HugeStretches {
     /// Every page is in: to collapse.
     ready: BTreeSet<u64>,
     tries: HashMap<u64, u32>,
+    /// Placed whole by the process's mover (UFFDIO_MOVE, kinds/lazy_move.rs): huge already.
+    moved: u64,
     collapsed: u64,
     /// Time spent in the collapse calls.
     spent: std::time::Duration,
@@ -85,6 +88,25 @@ impl HugeStretches {
                 self.pending.remove(&s);
                 self.ready.insert(s);
             }
+        }
+    }
+
+    /// Whether `stretch` still waits for its pages (none of it collapsed, moved or forgotten).
+    pub fn is_pending(&self, stretch: u64) -> bool {
+        self.pending.contains(&stretch)
+    }
+
+    /// The pending stretches from `start` (inclusive) to `end` (exclusive).
+    pub fn pending_in(&self, start: u64, end: u64) -> impl Iterator<Item = u64> + '_ {
+        self.pending.range(start..end).copied()
+    }
+
+    /// The stretches of `start..end` were moved in whole, a huge page each.
+    pub fn moved(&mut self, start: u64, end: u64) {
+        let hit: Vec<u64> = self.pending.range(start..end).copied().collect();
+        for s in hit {
+            self.pending.remove(&s);
+            self.moved += 1;
         }
     }
 
@@ -166,18 +188,24 @@ impl HugeStretches {
     /// log, and in the kernel log when some stayed small (the detached helper has no other).
     pub fn report(&self, pid: u32) {
         let small: u64 = self.stayed_small.values().sum();
-        if self.collapsed + small == 0 {
+        if self.collapsed + self.moved + small == 0 {
             return;
         }
         if small == 0 {
             let ms = self.spent.as_millis() as u64;
-            tracing::info!(pid, huge_pages = self.collapsed, collapse_ms = ms, "lazy restore: every huge page of the image is huge again");
+            tracing::info!(
+                pid,
+                moved = self.moved,
+                collapsed = self.collapsed,
+                collapse_ms = ms,
+                "lazy restore: every huge page of the image is huge again"
+            );
             return;
         }
         let why: Vec<String> = self.stayed_small.iter().map(|(e, n)| format!("{:?} x{n}", Errno::from_raw(*e))).collect();
         let message = format!(
             "lazy restore: pid {pid}: {small} of {} huge pages stayed in 4 KiB pages (MADV_COLLAPSE: {}); their contents are right",
-            self.collapsed + small,
+            self.collapsed + self.moved + small,
             why.join(", ")
         );
         tracing::warn!("{message}");

@@ -14,8 +14,12 @@
 //! the sealed inventory before any of its bytes is placed; a chunk that does not verify kills
 //! the restored processes (they never see wrong contents). When a process has every page, its
 //! userfaultfd is closed: the registration ends and nothing of crust stays with it.
+//!
+//! Huge page stretches are placed whole by a thread of the process itself, its mover
+//! ([`super::lazy_move`]: UFFDIO_MOVE, one copy); those it cannot place are filled in 4 KiB pages
+//! and collapsed ([`super::lazy_huge`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -29,9 +33,11 @@ use nix::errno::Errno;
 
 use super::RestoreCtx;
 use super::lazy_huge::HugeStretches;
+use super::lazy_move::{MoveFailed, Moved, Mover, ParkedMover};
 use crate::image::chunks;
 use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
+use crate::sys::pagemap::HUGE_STRETCH;
 use crate::sys::uffd::{self, Event};
 
 /// Features every lazy userfaultfd asks for: a fork, mremap, madvise or munmap by the program
@@ -72,14 +78,28 @@ pub struct NewTarget {
     runs: Vec<(u64, u64, u64)>,
     /// The 2 MiB stretches to make huge once their pages are in.
     huge: Vec<u64>,
+    /// A mover may come for it (see [`Slot::Expected`]).
+    mover_expected: bool,
 }
+
+/// What the restore sends the server.
+enum Msg {
+    Target(NewTarget),
+    /// A process's mover (kinds/lazy_move.rs), parked, for the server to seize.
+    Mover(ParkedMover),
+}
+
+/// Copies of the userfaultfds of processes that may get a mover, by pid, until their restore
+/// takes them (see [`Registrar::mover_uffd`]).
+type MoverFds = Arc<Mutex<HashMap<u32, OwnedFd>>>;
 
 /// Given to each process's restore: registers its lazy areas with the server.
 #[derive(Clone)]
 pub struct Registrar {
-    tx: mpsc::Sender<NewTarget>,
+    tx: mpsc::Sender<Msg>,
     records: Arc<HashMap<String, DataFile>>,
     guard: Arc<UnixStream>,
+    movers: MoverFds,
 }
 
 impl Registrar {
@@ -96,14 +116,21 @@ impl Registrar {
         let taken = crate::sys::pidfd::pidfd_getfd(&ctx.pidfd, pid, fd as i32);
         ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd])?;
         let fd = taken?;
-        let granted = uffd::api(fd.as_fd(), FEATURES).map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
+        let huge: Vec<u64> = lazy.iter().flat_map(|v| super::lazy_huge::stretches_to_collapse(v)).collect();
+        let granted = handshake(fd.as_fd(), !huge.is_empty()).map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
         if granted & FEATURES != FEATURES {
             bail!("pid {pid}: userfaultfd lacks features {:#x} that lazy restore needs", FEATURES & !granted);
         }
+        let mut mover_expected = false;
+        if granted & uffd::FEATURE_MOVE != 0
+            && let Ok(copy) = fd.try_clone()
+            && let Ok(mut movers) = self.movers.lock()
+        {
+            movers.insert(pid as u32, copy);
+            mover_expected = true;
+        }
         let mut runs = Vec::new();
-        let mut huge = Vec::new();
         for vma in lazy {
-            huge.extend(super::lazy_huge::stretches_to_collapse(vma));
             uffd::register_missing(fd.as_fd(), vma.start, vma.end - vma.start)
                 .map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_REGISTER of {:#x}-{:#x}: {e}", vma.start, vma.end))?;
             runs.extend(vma.pages.iter().map(|r| (r.address, r.pages * PAGE_SIZE, r.file_offset)));
@@ -115,9 +142,34 @@ impl Registrar {
             .with_context(|| format!("pid {pid}: handing its userfaultfd to crust-lazyguard"))?;
         tracing::debug!(pid, runs = runs.len(), huge_stretches = huge.len(), "lazy areas registered");
         self.tx
-            .send(NewTarget { pid: pid as u32, pidfd, uffd: fd, pages, record, runs, huge })
+            .send(Msg::Target(NewTarget { pid: pid as u32, pidfd, uffd: fd, pages, record, runs, huge, mover_expected }))
             .map_err(|_| anyhow::anyhow!("pid {pid}: the lazy page server has stopped"))
     }
+
+    /// A copy of `pid`'s userfaultfd for its mover, if it has huge stretches to fill and the
+    /// kernel moves pages (UFFD_FEATURE_MOVE); taken once (crust keeps no copy after).
+    pub fn mover_uffd(&self, pid: u32) -> Option<OwnedFd> {
+        self.movers.lock().ok()?.remove(&pid)
+    }
+
+    /// Hands a process's mover to the server.
+    pub fn hand_mover(&self, mover: ParkedMover) -> Result<()> {
+        let pid = mover.pid;
+        self.tx.send(Msg::Mover(mover)).map_err(|_| anyhow::anyhow!("pid {pid}: the lazy page server has stopped"))
+    }
+}
+
+/// The UFFDIO_API handshake, with UFFD_FEATURE_MOVE too when `want_move` and the kernel has it
+/// (a kernel without it refuses the unknown feature with EINVAL, and the handshake can be made
+/// again: it only sticks once it succeeds).
+fn handshake(fd: std::os::fd::BorrowedFd, want_move: bool) -> Result<u64, Errno> {
+    if want_move && !no_move() {
+        match uffd::api(fd, FEATURES | uffd::FEATURE_MOVE) {
+            Err(Errno::EINVAL) => {}
+            other => return other,
+        }
+    }
+    uffd::api(fd, FEATURES)
 }
 
 /// The saved pages a process has not received yet: address -> (bytes, page file offset),
@@ -158,6 +210,11 @@ impl Owed {
     }
 
     /// mremap moved `from..from+len` to `to`.
+    /// Bytes of `start..end` still owed.
+    fn bytes_in(&self, start: u64, end: u64) -> u64 {
+        self.overlapping(start, end).iter().map(|(a, (len, _))| (a + len).min(end).saturating_sub((*a).max(start))).sum()
+    }
+
     fn remap(&mut self, from: u64, to: u64, len: u64) {
         let moved: Vec<(u64, (u64, u64))> = self.overlapping(from, from + len);
         self.take(from, from + len);
@@ -245,15 +302,91 @@ struct Target {
     awaiting_event: Option<std::time::Instant>,
     /// Its huge page stretches, from owed to collapsed.
     huge: HugeStretches,
+    /// The process's mover, which places whole stretches with UFFDIO_MOVE.
+    mover: Slot,
+    /// Stretches the mover could not place: they take the COPY-then-collapse path.
+    unmovable: BTreeSet<u64>,
+}
+
+/// Where a target's mover is.
+enum Slot {
+    None,
+    /// The restore may still make one (since then): the fill leaves the process alone meanwhile
+    /// (a stretch it filled with 4 KiB pages would have to be collapsed), for at most
+    /// [`MOVER_WAIT`]; faults are answered as always.
+    Expected(std::time::Instant),
+    /// Traced by this thread.
+    Active(Box<Mover>),
+    /// Waiting for this thread (or the helper) to seize it.
+    Parked(ParkedMover),
 }
 
 /// How long an area that vanished without an event keeps its pages owed (an event always
 /// follows within microseconds: this only bounds a kernel that would not send one).
 const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the fill waits for a process's mover (the rest of its restore: tens of ms).
+const MOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Target {
     fn awaits_event(&self) -> bool {
         self.awaiting_event.is_some_and(|since| since.elapsed() < EVENT_WAIT)
+    }
+
+    /// Whether the fill has pages to place here now.
+    fn fillable(&self) -> bool {
+        let awaits_mover = matches!(self.mover, Slot::Expected(since) if since.elapsed() < MOVER_WAIT);
+        !self.owed.is_empty() && !self.gone && !self.awaits_event() && !awaits_mover
+    }
+
+    /// Whether the mover can place stretch `s`: it waits for its pages, and none of them is
+    /// placed yet (a fault answered with 4 KiB pages sends the stretch the old way).
+    fn movable(&self, s: u64) -> bool {
+        matches!(self.mover, Slot::Active(_))
+            && s.is_multiple_of(HUGE_STRETCH)
+            && self.huge.is_pending(s)
+            && !self.unmovable.contains(&s)
+            && self.owed.bytes_in(s, s + HUGE_STRETCH) == HUGE_STRETCH
+    }
+
+    /// The first stretch the mover can place after `from`, before `to`.
+    fn next_movable(&self, from: u64, to: u64) -> Option<u64> {
+        if !matches!(self.mover, Slot::Active(_)) {
+            return None;
+        }
+        self.huge.pending_in(from + 1, to).find(|&s| self.movable(s))
+    }
+
+    /// Books a move of `start..end`: all of it in (some stretches maybe in 4 KiB pages, to
+    /// collapse), or what the failure says.
+    fn moved(&mut self, start: u64, end: u64, placed: Result<Moved, MoveFailed>) {
+        let (moved, errno) = match placed {
+            Ok(Moved { len, small }) => {
+                self.owed.take(start, start + len);
+                // Every page of these is in: ready for the collapse.
+                for s in small {
+                    self.huge.placed(s, s + HUGE_STRETCH, |_, _| false);
+                }
+                self.huge.moved(start, start + len);
+                return;
+            }
+            Err(MoveFailed::Refused { errno, moved }) => (moved, errno),
+            Err(MoveFailed::Lost(why)) => {
+                tracing::warn!(pid = self.pid, "lazy page mover lost ({why}): the collapse path serves the rest");
+                if let Slot::Active(m) = std::mem::replace(&mut self.mover, Slot::None) {
+                    m.end();
+                }
+                return;
+            }
+        };
+        self.owed.take(start, start + moved);
+        let whole = moved - moved % HUGE_STRETCH;
+        self.huge.moved(start, start + whole);
+        // EAGAIN before anything moved: an event waits to be read, and the stretches stay
+        // movable once it is. Anything else: the rest goes the collapse way.
+        if errno != Errno::EAGAIN || moved > 0 {
+            tracing::debug!(pid = self.pid, "UFFDIO_MOVE at {start:#x}: {errno} after {moved} bytes: the rest the collapse way");
+            self.unmovable.extend((start + whole..end).step_by(HUGE_STRETCH as usize));
+        }
     }
 }
 
@@ -293,8 +426,85 @@ impl Server {
             owed.insert(address, len, offset);
         }
         let huge = HugeStretches::new(t.huge);
-        self.targets.push(Target { pid: t.pid, pidfd: Some(t.pidfd), uffd: t.uffd, source, owed, gone: false, awaiting_event: None, huge });
+        self.targets.push(Target {
+            pid: t.pid,
+            pidfd: Some(t.pidfd),
+            uffd: t.uffd,
+            source,
+            owed,
+            gone: false,
+            awaiting_event: None,
+            huge,
+            mover: if t.mover_expected { Slot::Expected(std::time::Instant::now()) } else { Slot::None },
+            unmovable: BTreeSet::new(),
+        });
         Ok(())
+    }
+
+    /// A process's mover arrives: seized by this thread, it places that process's stretches.
+    fn adopt_mover(&mut self, m: ParkedMover) {
+        match self.targets.iter_mut().find(|t| t.pid == m.pid as u32 && t.pidfd.is_some()) {
+            Some(t) => t.mover = Slot::Parked(m),
+            None => m.end(),
+        }
+        self.seize_movers();
+    }
+
+    /// Takes over the parked movers (the server thread, or the helper once it starts). A mover
+    /// that cannot be seized still holds a copy of the userfaultfd, which would keep the areas
+    /// registered after the server ends: its process is killed (as when the server dies).
+    fn seize_movers(&mut self) {
+        for t in self.targets.iter_mut() {
+            let Slot::Parked(_) = t.mover else { continue };
+            let Slot::Parked(parked) = std::mem::replace(&mut t.mover, Slot::None) else { continue };
+            match parked.seize() {
+                Ok(m) => t.mover = Slot::Active(Box::new(m)),
+                Err((p, e)) if std::path::Path::new(&format!("/proc/{}/task/{}", p.pid, p.tid)).exists() => {
+                    let message = format!("pid {}: its lazy page mover {} cannot be seized ({e}): the process is killed", p.pid, p.tid);
+                    tracing::error!("lazy restore: {message}");
+                    kmsg(&format!("crust-lazypages: {message}"));
+                    if let Some(pidfd) = &t.pidfd {
+                        let _ = uffd::kill_by_pidfd(pidfd.as_fd());
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Every process's restore is over: no mover comes any more.
+    fn no_more_movers(&mut self) {
+        for t in self.targets.iter_mut().filter(|t| matches!(t.mover, Slot::Expected(_))) {
+            t.mover = Slot::None;
+        }
+    }
+
+    /// Lets go of the movers (parked, for another thread or process to seize).
+    fn park_movers(&mut self) {
+        self.no_more_movers();
+        for t in self.targets.iter_mut() {
+            if let Slot::Active(m) = std::mem::replace(&mut t.mover, Slot::None) {
+                let pid = m.pid();
+                match m.park() {
+                    Ok(p) => t.mover = Slot::Parked(p),
+                    Err(e) => tracing::warn!(pid, "parking the lazy page mover: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Ends the movers whose process has every page (or all, `all`), and forgets those that
+    /// exited with their process.
+    fn end_movers(&mut self, all: bool) {
+        for t in self.targets.iter_mut() {
+            let finished = all || t.owed.is_empty() || t.gone;
+            match std::mem::replace(&mut t.mover, Slot::None) {
+                Slot::Active(m) if m.gone() => {}
+                Slot::Active(m) if finished => m.end(),
+                Slot::Parked(p) if finished => p.end(),
+                other => t.mover = other,
+            }
+        }
     }
 
     /// Whether every page of every process is in (or its process is gone); after a failure,
@@ -314,6 +524,8 @@ impl Server {
                 t.huge.report(t.pid);
             }
         }
+        // The movers' copies of the userfaultfds go before the registrations are to end.
+        self.end_movers(true);
         let _ = crate::sys::socket::send(self.guard.as_fd(), b"D", None, None, &[], libc::MSG_NOSIGNAL);
         self.targets.clear();
         self.prefetch = None;
@@ -321,7 +533,7 @@ impl Server {
 
     /// One round: answer what the userfaultfds report, then fill one chunk's worth.
     fn step(&mut self, idle_wait_ms: i32) -> Result<()> {
-        let filling = self.failed.is_none() && !no_fill() && self.targets.iter().any(|t| !t.owed.is_empty() && !t.awaits_event());
+        let filling = self.failed.is_none() && !no_fill() && self.targets.iter().any(Target::fillable);
         let collapsing = self.failed.is_none() && self.targets.iter().any(|t| t.huge.has_ready());
         let ready = {
             let fds: Vec<_> = self.targets.iter().map(|t| t.uffd.as_fd()).collect();
@@ -342,6 +554,7 @@ impl Server {
         if collapsing {
             self.collapse_due(filling);
         }
+        self.end_movers(false);
         self.drop_finished();
         Ok(())
     }
@@ -371,6 +584,8 @@ impl Server {
                         gone: false,
                         awaiting_event: None,
                         huge: HugeStretches::default(),
+                        mover: Slot::None,
+                        unmovable: BTreeSet::new(),
                     };
                     tracing::debug!(pid = t.pid, "a restored process forked during the lazy fill");
                     self.targets.push(child);
@@ -430,11 +645,60 @@ impl Server {
         if no_fill() {
             return Ok(());
         }
-        let Some(i) = self.targets.iter().position(|t| !t.owed.is_empty() && !t.gone && !t.awaits_event()) else { return Ok(()) };
+        let Some(i) = self.targets.iter().position(Target::fillable) else { return Ok(()) };
         let (start, len, offset) = self.targets[i].owed.first().expect("owed");
-        let chunk = self.sources[self.targets[i].source].record.chunk_size;
-        let n = len.min((offset / chunk + 1) * chunk - offset);
+        let t = &self.targets[i];
+        let stretches = (0..super::lazy_move::STRETCHES_PER_MOVE).take_while(|k| t.movable(start + k * HUGE_STRETCH)).count() as u64;
+        if stretches > 0 {
+            return self.move_in(i, start, stretches);
+        }
+        let chunk = self.sources[t.source].record.chunk_size;
+        let mut n = len.min((offset / chunk + 1) * chunk - offset);
+        // Up to the next stretch the mover places whole.
+        if let Some(s) = t.next_movable(start, start + n) {
+            n = s - start;
+        }
         self.place(i, start, n, offset)?;
+        Ok(())
+    }
+
+    /// Places `n` whole stretches from `start` through the process's mover: their verified
+    /// bytes written into its staging area, then moved (one copy, huge pages whole). What it
+    /// refuses takes the COPY-then-collapse path; EAGAIN (an event first) is tried again.
+    fn move_in(&mut self, i: usize, start: u64, n: u64) -> Result<()> {
+        let end = start + n * HUGE_STRETCH;
+        let source = self.targets[i].source;
+        let chunk_size = self.sources[source].record.chunk_size;
+        // (chunk, offset in it, bytes) of each piece, in address order.
+        let mut wanted = Vec::new();
+        for (address, (len, offset)) in self.targets[i].owed.overlapping(start, end) {
+            let from = address.max(start);
+            let mut at = offset + (from - address);
+            let mut left = (address + len).min(end) - from;
+            while left > 0 {
+                let index = at / chunk_size;
+                let take = left.min((index + 1) * chunk_size - at);
+                wanted.push((index as usize, (at - index * chunk_size) as usize, take as usize));
+                at += take;
+                left -= take;
+            }
+        }
+        let mut chunks = Vec::with_capacity(wanted.len());
+        for &(index, _, _) in &wanted {
+            match self.chunk(source, index) {
+                Ok(b) => chunks.push(b),
+                Err(e) => {
+                    self.fail(format!("{e:#}"));
+                    return Ok(());
+                }
+            }
+        }
+        let pieces: Option<Vec<&[u8]>> = wanted.iter().zip(&chunks).map(|(&(_, at, len), b)| b.get(at..at + len)).collect();
+        let pieces = pieces.context("a saved run past the end of its page file")?;
+        let t = &mut self.targets[i];
+        let Slot::Active(mover) = &mut t.mover else { return Ok(()) };
+        let placed = mover.place(start, &pieces);
+        t.moved(start, end, placed);
         Ok(())
     }
 
@@ -595,6 +859,8 @@ impl Server {
     /// Serves until every page is in (the detached helper's whole life).
     pub fn serve_until_done(mut self) -> Option<String> {
         let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        self.seize_movers();
+        self.no_more_movers();
         while !self.done() {
             if let Err(e) = self.step(100) {
                 self.fail(format!("{e:#}"));
@@ -610,6 +876,13 @@ impl Server {
 fn no_fill() -> bool {
     static NO_FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *NO_FILL.get_or_init(|| std::env::var_os("CRUST_LAZY_NO_FILL").is_some_and(|v| v == "1"))
+}
+
+/// Test and measurement switch: `CRUST_LAZY_NO_MOVE=1` keeps every huge stretch on the
+/// COPY-then-collapse path (no mover is made).
+pub fn no_move() -> bool {
+    static NO_MOVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NO_MOVE.get_or_init(|| std::env::var_os("CRUST_LAZY_NO_MOVE").is_some_and(|v| v == "1"))
 }
 
 /// Whether the process behind a pidfd has exited (its pidfd polls readable).
@@ -643,9 +916,10 @@ struct Control {
 
 /// The lazy page server of one restore, running in a thread of crust.
 pub struct LazyPages {
-    tx: Option<mpsc::Sender<NewTarget>>,
+    tx: Option<mpsc::Sender<Msg>>,
     records: Arc<HashMap<String, DataFile>>,
     guard: Arc<UnixStream>,
+    movers: MoverFds,
     control: Arc<Control>,
     thread: Option<std::thread::JoinHandle<Server>>,
 }
@@ -655,16 +929,16 @@ impl LazyPages {
     /// crust must be single-threaded here (it forks the guard).
     pub fn start(records: HashMap<String, DataFile>) -> Result<LazyPages> {
         let guard = Arc::new(guard::start()?);
-        let (tx, rx) = mpsc::channel::<NewTarget>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let control = Arc::new(Control::default());
         let c = control.clone();
         let g = guard.clone();
         let thread = std::thread::Builder::new().name("crust-lazypages".into()).spawn(move || serve_in_thread(rx, &c, g))?;
-        Ok(LazyPages { tx: Some(tx), records: Arc::new(records), guard, control, thread: Some(thread) })
+        Ok(LazyPages { tx: Some(tx), records: Arc::new(records), guard, movers: MoverFds::default(), control, thread: Some(thread) })
     }
 
     pub fn registrar(&self) -> Option<Registrar> {
-        Some(Registrar { tx: self.tx.clone()?, records: self.records.clone(), guard: self.guard.clone() })
+        Some(Registrar { tx: self.tx.clone()?, records: self.records.clone(), guard: self.guard.clone(), movers: self.movers.clone() })
     }
 
     /// The failure that killed the restored processes, if any.
@@ -675,6 +949,10 @@ impl LazyPages {
     /// Every process is registered: the thread ends by itself once all pages are in.
     pub fn all_registered(&mut self) {
         self.tx = None;
+        // No copy of a userfaultfd stays in crust past the server's end.
+        if let Ok(mut movers) = self.movers.lock() {
+            movers.clear();
+        }
         self.control.all_registered.store(true, Ordering::SeqCst);
     }
 
@@ -731,17 +1009,27 @@ impl Drop for LazyPages {
     }
 }
 
-fn serve_in_thread(rx: mpsc::Receiver<NewTarget>, control: &Control, guard: Arc<UnixStream>) -> Server {
+fn serve_in_thread(rx: mpsc::Receiver<Msg>, control: &Control, guard: Arc<UnixStream>) -> Server {
     let mut server =
         Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None, pool: Pool::default() };
     loop {
-        while let Ok(t) = rx.try_recv() {
-            if let Err(e) = server.add(t) {
-                server.fail(format!("{e:#}"));
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Target(t) => {
+                    if let Err(e) = server.add(t) {
+                        server.fail(format!("{e:#}"));
+                    }
+                }
+                Msg::Mover(m) => server.adopt_mover(m),
             }
         }
         if control.stop.load(Ordering::SeqCst) {
+            // ptrace belongs to this thread: the movers wait, untraced, for the next server.
+            server.park_movers();
             return server;
+        }
+        if control.all_registered.load(Ordering::SeqCst) {
+            server.no_more_movers();
         }
         if control.all_registered.load(Ordering::SeqCst) && server.done() {
             server.close();
@@ -773,8 +1061,9 @@ mod prefetch {
 
     use super::{DataFile, File, PathBuf, Pool, pooled, read_verified};
 
-    /// Chunks kept ready (or being read) ahead of the fill.
-    const AHEAD: usize = 6;
+    /// Chunks kept ready (or being read) ahead of the fill: two moves' worth (a move of the
+    /// process's mover takes 8 chunks at once; with 6 the fill waited for each).
+    const AHEAD: usize = 16;
     const WORKERS: usize = 2;
 
     #[derive(Default)]

@@ -23,6 +23,7 @@ pub mod files;
 pub mod ghost;
 pub mod identity;
 pub mod lazy_huge;
+pub mod lazy_move;
 pub mod lazy_pages;
 pub mod leases;
 pub mod locks;

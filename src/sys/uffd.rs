@@ -30,6 +30,12 @@ pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 /// UFFD_FEATURE_THREAD_ID: a fault message carries the faulting thread's id.
 pub const FEATURE_THREAD_ID: u64 = 1 << 8;
+/// UFFD_FEATURE_MOVE (Linux 6.8+): UFFDIO_MOVE moves pages (a PMD-mapped huge page whole) from
+/// elsewhere in the userfaultfd's address space into a registered range, without a copy. The
+/// kernel accepts the call only from a thread of that address space (userfaultfd_move:
+/// `mm != current->mm` is EINVAL), so crust issues it from a thread of the process
+/// (kinds/lazy_move.rs).
+pub const FEATURE_MOVE: u64 = 1 << 16;
 
 const REGISTER_MODE_MISSING: u64 = 1 << 0;
 const REGISTER_MODE_WP: u64 = 1 << 1;
@@ -46,6 +52,22 @@ const UFFDIO_WAKE: u64 = 0x8010_aa02;
 const UFFDIO_COPY: u64 = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: u64 = 0xc020_aa04;
 const UFFDIO_WRITEPROTECT: u64 = 0xc018_aa06;
+/// _IOWR(0xAA, 0x05, struct uffdio_move): issued inside the process, never by crust itself.
+pub const UFFDIO_MOVE: u64 = 0xc028_aa05;
+/// Bytes of struct uffdio_move { dst, src, len, mode, move }; `move` (bytes moved, or a
+/// negative errno) is at [`MOVE_ARG_RESULT`].
+pub const MOVE_ARG_LEN: usize = 40;
+pub const MOVE_ARG_RESULT: usize = 32;
+
+/// The struct uffdio_move asking to move `len` bytes from `src` to `dst` (mode 0: the faults
+/// waiting there are woken; the source must have every page).
+pub fn move_arg(dst: u64, src: u64, len: u64) -> [u8; MOVE_ARG_LEN] {
+    let mut arg = [0u8; MOVE_ARG_LEN];
+    for (i, v) in [dst, src, len, 0, 0].into_iter().enumerate() {
+        arg[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    arg
+}
 
 const EVENT_PAGEFAULT: u8 = 0x12;
 const EVENT_FORK: u8 = 0x13;

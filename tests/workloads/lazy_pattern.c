@@ -3,7 +3,11 @@
  * patterned by its page and place, and 64 MiB next to it that it never touches. With `huge`
  * the area is 2 MiB-aligned and advised MADV_HUGEPAGE (its pages are huge pages); with
  * `collapse` it is 2 MiB-aligned, not advised, and the program collapses its first half into
- * huge pages itself (MADV_COLLAPSE): half of it is huge, half 4 KiB pages.
+ * huge pages itself (MADV_COLLAPSE): half of it is huge, half 4 KiB pages. `huge-seccomp` is
+ * `huge` under a seccomp filter that kills the process on close_range(2), a call it never makes
+ * (a lazy restore must make no helper thread in it: such a thread's calls would go through it).
+ * `huge-locked` is `huge` holding a POSIX write lock on bytes 0-9 of <status>.lock (a lock the
+ * process owns: any close of an fd of that file by the process itself would drop it).
  * READY pages=N area=ADDR untouched=ADDR
  * After <status>.go: the kernel reads a page (write(2) to a pipe); a thread reads every page in a scrambled order while the main thread
  * reads them in order (both at once, right after the restore resumed it); every word must be
@@ -12,7 +16,12 @@
  * CFLAGS: -pthread
  */
 #include "common.h"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -64,6 +73,20 @@ static uint64_t *map_aligned(unsigned long len, unsigned long align)
 	return (uint64_t *)at;
 }
 
+/* A seccomp filter that kills the process on close_range(2) and allows everything else. */
+static void kill_on_close_range(void)
+{
+	struct sock_filter prog[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_close_range, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog fprog = { .len = 4, .filter = prog };
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog))
+		die("seccomp: %s", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
@@ -72,7 +95,18 @@ int main(int argc, char **argv)
 	if (npages & (npages - 1))
 		die("MIB must be a power of two");
 	const char *mode = argc > 3 ? argv[3] : "";
-	int huge = !strcmp(mode, "huge"), collapse = !strcmp(mode, "collapse");
+	int filtered = !strcmp(mode, "huge-seccomp"), locked = !strcmp(mode, "huge-locked");
+	int huge = !strcmp(mode, "huge") || filtered || locked, collapse = !strcmp(mode, "collapse");
+	if (filtered)
+		kill_on_close_range();
+	if (locked) {
+		char path[4200];
+		snprintf(path, sizeof(path), "%s.lock", argv[1]);
+		int fd = open(path, O_RDWR | O_CREAT, 0600);
+		struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10 };
+		if (fd < 0 || fcntl(fd, F_SETLK, &fl))
+			die("POSIX lock on %s: %s", path, strerror(errno));
+	}
 	area = map_aligned(npages * PAGE, huge || collapse ? HUGE : PAGE);
 	unsigned char *untouched = mmap(NULL, UNTOUCHED, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (untouched == MAP_FAILED)
