@@ -371,11 +371,11 @@ fn lazy_restore_of_a_damaged_chunk_kills_the_tree_and_names_the_chunk() {
     assert!(!w.status_text().contains("VERIFIED"), "the process ran its checks on damaged memory");
 }
 
-/// Python: 256 MiB of private anonymous memory, each page patterned by its number. After
-/// `status.go` (right after the restore), it drops 4 MiB with madvise(MADV_DONTNEED) and forks
-/// while the fill is still running; parent and child each check that every page holds its
-/// pattern, and the dropped ones zeros (as without a lazy restore).
-const FORK_AND_DROP: &str = r#"
+/// Python: 256 MiB patterned by page (advised MADV_HUGEPAGE when its argument is `huge`),
+/// READY in `status`, then a wait for `status.go`: the start the lazy fill tests share.
+macro_rules! patterned_until_go {
+    () => {
+        r#"
 import mmap, os, sys, time
 PAGES = 65536
 m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -388,6 +388,17 @@ for _ in range(60000):
     if os.path.exists('status.go'):
         break
     time.sleep(0.005)
+"#
+    };
+}
+
+/// Python: 256 MiB of private anonymous memory, each page patterned by its number. After
+/// `status.go` (right after the restore), it drops 4 MiB with madvise(MADV_DONTNEED) and forks
+/// while the fill is still running; parent and child each check that every page holds its
+/// pattern, and the dropped ones zeros (as without a lazy restore).
+const FORK_AND_DROP: &str = concat!(
+    patterned_until_go!(),
+    r#"
 DROP = range(2048, 3072)
 m.madvise(mmap.MADV_DONTNEED, DROP.start * 4096, len(DROP) * 4096)
 child = os.fork()
@@ -399,7 +410,8 @@ if child == 0:
     os._exit(0)
 os.waitpid(child, 0)
 time.sleep(600)
-"#;
+"#
+);
 
 /// A process that forks, and drops pages with madvise, while its lazy fill is running: the
 /// child gets the parent's pages (the server follows the fork), the dropped pages read as
@@ -428,35 +440,19 @@ fn lazy_fill_of_huge_pages_follows_a_fork_and_pages_the_program_drops() {
 
 /// Python: 256 MiB of huge pages (advised MADV_HUGEPAGE) patterned by page; after `status.go`
 /// it reads one page and exits with status 7 at once, while the lazy fill is still running.
-const EXIT_DURING_FILL: &str = r#"
-import mmap, os, time
-PAGES = 65536
-m = mmap.mmap(-1, PAGES * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-m.madvise(mmap.MADV_HUGEPAGE)
-for i in range(PAGES):
-    m[i * 4096:(i + 1) * 4096] = i.to_bytes(8, 'little') * 512
-open('status', 'w').write('READY\n')
-for _ in range(60000):
-    if os.path.exists('status.go'):
-        break
-    time.sleep(0.005)
+const EXIT_DURING_FILL: &str = concat!(
+    patterned_until_go!(),
+    r#"
 os._exit(7 if m[PAGES // 2 * 4096:PAGES // 2 * 4096 + 8] == (PAGES // 2).to_bytes(8, 'little') else 1)
-"#;
+"#
+);
 
 /// A process that exits while its mover thread is placing its huge pages (restored -d: the
 /// detached helper traces the mover): the helper reaps the mover (its tracer must, or the
 /// process's exit would never be reported), and the process's own exit status comes back.
 #[test]
 fn a_process_exiting_during_the_fill_of_its_huge_pages_is_reported_with_its_status() {
-    let mut w = Workload::spawn_program("lazy_exit_huge", "python3", &["-c", EXIT_DURING_FILL]);
-    let deadline = Instant::now() + READY_TIMEOUT * 3;
-    while !(file_written(&w.status_path) && w.status_text().starts_with("READY")) {
-        assert!(Instant::now() < deadline, "the python workload did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    w.dump();
-    w.restore_extra = vec!["--lazy-pages".into()];
-    w.restore_detached();
+    let mut w = python_restored_lazily_waiting("lazy_exit_huge", EXIT_DURING_FILL, &["huge"]);
     let done = w.go();
     assert_eq!(done.exit, Exit::Code(7), "the restored process's exit:\n{}", done.log);
     assert!(wait_no_helper(w.pid), "crust-lazypages outlived the process");
@@ -470,6 +466,13 @@ fn python_restored_lazily(name: &str, program: &str) -> Workload {
 
 /// [`python_restored_lazily`] with arguments for the program.
 fn python_restored_lazily_with(name: &str, program: &str, args: &[&str]) -> Workload {
+    let w = python_restored_lazily_waiting(name, program, args);
+    fs::write(w.go_path(), b"go\n").unwrap();
+    w
+}
+
+/// The program, dumped and restored with --lazy-pages -d, still waiting for `status.go`.
+fn python_restored_lazily_waiting(name: &str, program: &str, args: &[&str]) -> Workload {
     let mut argv = vec!["-c", program];
     argv.extend_from_slice(args);
     let mut w = Workload::spawn_program(name, "python3", &argv);
@@ -481,7 +484,6 @@ fn python_restored_lazily_with(name: &str, program: &str, args: &[&str]) -> Work
     w.dump();
     w.restore_extra = vec!["--lazy-pages".into()];
     w.restore_detached();
-    fs::write(w.go_path(), b"go\n").unwrap();
     w
 }
 
