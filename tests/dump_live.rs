@@ -227,11 +227,9 @@ while True:
     time.sleep(0.1)
 "#;
     for mode in ["always", "never"] {
-        let mut w = Workload::spawn_program("py-sandwich", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
+        let (mut w, ready) = spawn_python_memory("py-sandwich", PY_BODY);
         protect_ahead(&mut w, mode);
-        let ready = w.dir.path.join("ready");
-        wait_until("python3 to map its areas", Duration::from_secs(15), || file_written(&ready));
-        let base = u64::from_str_radix(std::fs::read_to_string(&ready).unwrap().trim(), 16).unwrap();
+        let base = u64::from_str_radix(&ready, 16).unwrap();
         let out = w.dump_with(&["-R", "-v3"]);
         assert!(out.success(), "{mode}: dump -R failed:\n{out}");
         assert_protected_ahead(&out, mode);
@@ -245,9 +243,6 @@ while True:
         w.signal(libc::SIGKILL);
         w.reap(Duration::from_secs(10)).expect("the original did not end");
         w.restore_detached();
-        std::fs::write(w.dir.path.join("go"), "").unwrap();
-        let result = w.dir.path.join("result");
-        wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&result));
-        assert_eq!(std::fs::read_to_string(&result).unwrap(), "contents True", "{mode}");
+        assert_python_memory_intact(&w, mode);
     }
 }

@@ -153,9 +153,7 @@ open('result', 'w').write('contents %s' % ok)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-droppable", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
-    wait_until("python3 to map its droppable area", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
-    let addr = std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim().to_string();
+    let (mut w, addr) = spawn_python_memory("py-droppable", PY_BODY);
     let flags = |pid: i32| {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
         let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
@@ -166,9 +164,7 @@ while True:
     w.dump();
     w.restore_detached();
     assert_eq!(flags(w.pid), before, "VmFlags of the droppable area after restore");
-    std::fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
-    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+    assert_python_memory_intact(&w, "the droppable area");
 }
 
 /// Read-only private areas holding pages the process wrote through /proc/self/mem (as a
@@ -197,9 +193,7 @@ open('result', 'w').write('contents %s' % ok)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-unaccounted", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
-    wait_until("python3 to write its read-only areas", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
-    let ready = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    let (mut w, ready) = spawn_python_memory("py-unaccounted", PY_BODY);
     let addrs: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
     let area = |pid: i32, addr: &str| {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
@@ -222,9 +216,7 @@ while True:
     assert_same_proc(&snapshot, &w.snapshot(), &[]);
     let after: Vec<_> = addrs.iter().map(|a| area(w.pid, a)).collect();
     assert_eq!(after, before, "protection, dirty pages and VmFlags of the read-only areas after restore");
-    std::fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to check its memory", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
-    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+    assert_python_memory_intact(&w, "the read-only areas");
 }
 
 /// lazy_pattern.c `huge`: 64 MiB advised MADV_HUGEPAGE, all in huge pages, right after another
@@ -289,9 +281,8 @@ open('result', 'w').write('contents %s' % ok)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-apart", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
-    wait_until("python3 to fill its areas", Duration::from_secs(30), || file_written(&w.dir.path.join("ready")));
-    let base = u64::from_str_radix(std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim(), 16).unwrap();
+    let (mut w, ready) = spawn_python_memory("py-apart", PY_BODY);
+    let base = u64::from_str_radix(&ready, 16).unwrap();
     let areas = |pid: i32| -> Vec<String> {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
         let mut out = Vec::new();
@@ -311,9 +302,7 @@ while True:
     w.restore_detached();
     assert_same_proc(&snapshot, &w.snapshot(), &[]);
     assert_eq!(areas(w.pid), before, "the three areas and their flags after restore");
-    std::fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to check its memory", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
-    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+    assert_python_memory_intact(&w, "the three areas");
 }
 
 /// The areas of a process read two ways give the same memory record: through crust's BPF
@@ -395,9 +384,8 @@ open('result', 'w').write('contents %s' % ok)
 while True:
     time.sleep(0.1)
 "#;
-    let mut w = Workload::spawn_program("py-small-areas", "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{PY_BODY}")]);
-    wait_until("python3 to make its areas", Duration::from_secs(30), || file_written(&w.dir.path.join("ready")));
-    let base = u64::from_str_radix(std::fs::read_to_string(w.dir.path.join("ready")).unwrap().trim(), 16).unwrap();
+    let (mut w, ready) = spawn_python_memory("py-small-areas", PY_BODY);
+    let base = u64::from_str_radix(&ready, 16).unwrap();
     // Each area's first line and the fields that tell its pages and its charge (VmFlags).
     let areas = |pid: i32| -> Vec<String> {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
@@ -432,9 +420,7 @@ while True:
     assert!(out.text().contains(said), "the restore did not say \"{said}\":\n{out}");
     assert_same_proc(&snapshot, &w.snapshot(), &[]);
     assert_eq!(areas(w.pid), before, "the 256 areas (range, protection, Rss, Private_Dirty) after restore");
-    std::fs::write(w.dir.path.join("go"), "").unwrap();
-    wait_until("python3 to check its memory", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
-    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "contents True");
+    assert_python_memory_intact(&w, "the 256 areas");
 }
 
 #[test]

@@ -1508,6 +1508,26 @@ libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 ";
 
+/// python3 running [`PY_MMAP_PRELUDE`] then `body`, which writes the addresses of the memory it
+/// set up (hex) to `ready` in its directory: the workload, and what `ready` says (trimmed).
+pub fn spawn_python_memory(label: &str, body: &str) -> (Workload, String) {
+    let w = Workload::spawn_program(label, "python3", &["-c", &format!("{PY_MMAP_PRELUDE}{body}")]);
+    let ready = w.dir.path.join("ready");
+    wait_until(&format!("{label}: python3 to set up its memory"), Duration::from_secs(30), || file_written(&ready));
+    let said = std::fs::read_to_string(&ready).unwrap().trim().to_string();
+    (w, said)
+}
+
+/// Lets the program of [`spawn_python_memory`] check its memory (`go`), and asserts it found
+/// every byte as it was (`result`: "contents True").
+#[track_caller]
+pub fn assert_python_memory_intact(w: &Workload, what: &str) {
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    let result = w.dir.path.join("result");
+    wait_until("python3 to check its memory", Duration::from_secs(30), || file_written(&result));
+    assert_eq!(std::fs::read_to_string(&result).unwrap(), "contents True", "{what}");
+}
+
 /// AnonHugePages of the area starting at `start`, in kB.
 pub fn area_huge_kib(pid: i32, start: u64) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
