@@ -382,24 +382,20 @@ fn private_anonymous_areas(pid: i32) -> Result<Vec<(u64, u64)>> {
 /// a call over several areas fails, each is registered on its own. An area without pages
 /// costs only the call: a page the program touches there later is an ordinary fault.
 fn register_areas(uffd: &OwnedFd, pid: i32, areas: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut registered: Vec<(u64, u64)> = Vec::new();
-    let mut add = |(start, end): (u64, u64)| match registered.last_mut() {
-        Some(last) if last.1 == start => last.1 = end,
-        _ => registered.push((start, end)),
-    };
+    let mut registered = Vec::new();
     for (start, end) in side_by_side(areas) {
         if uffd::register_wp(uffd.as_fd(), start, end - start).is_ok() {
-            add((start, end));
+            registered.push((start, end));
             continue;
         }
         for &(s, e) in areas.iter().filter(|&&(s, e)| s >= start && e <= end) {
             match uffd::register_wp(uffd.as_fd(), s, e - s) {
-                Ok(()) => add((s, e)),
+                Ok(()) => registered.push((s, e)),
                 Err(e2) => tracing::info!(pid, start = s, end = e, "this area is copied while frozen: ioctl(UFFDIO_REGISTER): {e2}"),
             }
         }
     }
-    registered
+    side_by_side(&registered)
 }
 
 /// `areas` (in address order) with those side by side joined.
