@@ -45,8 +45,12 @@ use crate::sys::{SysError, uffd};
 /// context switches, a few ptrace calls), measured 0.3-0.7 ms each on this loaded VM, so a call
 /// per 8 MiB (staging area of 8 MiB and a page).
 pub const STRETCHES_PER_MOVE: u64 = 4;
-/// The staging area: the stretches, then a page for the uffdio_move argument.
-const STAGING_LEN: u64 = STRETCHES_PER_MOVE * HUGE_STRETCH + PAGE_SIZE;
+/// Groups of the staging area, each a move's stretches: workers write the next ones while the
+/// mover moves one (kinds/lazy_stage.rs).
+pub const GROUPS: u64 = 4;
+const GROUP_LEN: u64 = STRETCHES_PER_MOVE * HUGE_STRETCH;
+/// The staging area: the groups, then a page for the uffdio_move argument.
+const STAGING_LEN: u64 = GROUPS * GROUP_LEN + PAGE_SIZE;
 const CLONE_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_SYSVSEM) as u64;
 
 /// A mover nobody traces, waiting in pause() with every signal blocked, and what it needs.
@@ -240,18 +244,21 @@ impl Mover {
         self.parked.pid
     }
 
-    /// Places `pieces` (whole stretches' worth, in order, verified bytes) at `dst`, 2 MiB
-    /// aligned: written into the staging area, then moved.
-    pub fn place(&mut self, dst: u64, pieces: &[&[u8]]) -> Result<Moved, MoveFailed> {
-        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        if len == 0 || !len.is_multiple_of(HUGE_STRETCH) || len > STRETCHES_PER_MOVE * HUGE_STRETCH || !dst.is_multiple_of(HUGE_STRETCH) {
-            return Err(MoveFailed::Lost(format!("a move of {len} bytes to {dst:#x}: not whole stretches")));
+    /// Where group `g` of the staging area is (workers write it: kinds/lazy_stage.rs).
+    pub fn group_address(&self, g: u64) -> u64 {
+        self.parked.staging + g.min(GROUPS - 1) * GROUP_LEN
+    }
+
+    /// Moves the first `len` bytes of group `g` (whole stretches, written with verified bytes)
+    /// to `dst`, 2 MiB aligned.
+    pub fn move_group(&mut self, g: u64, dst: u64, len: u64) -> Result<Moved, MoveFailed> {
+        if len == 0 || !len.is_multiple_of(HUGE_STRETCH) || len > GROUP_LEN || !dst.is_multiple_of(HUGE_STRETCH) || g >= GROUPS {
+            return Err(MoveFailed::Lost(format!("a move of {len} bytes to {dst:#x}: not whole stretches of a group")));
         }
-        let staging = self.parked.staging;
-        self.write(staging, pieces)?;
-        let small = self.not_huge(staging, len).into_iter().map(|s| dst + (s - staging)).collect();
-        let arg_at = staging + STRETCHES_PER_MOVE * HUGE_STRETCH;
-        self.write(arg_at, &[&uffd::move_arg(dst, staging, len)])?;
+        let from = self.group_address(g);
+        let small = self.not_huge(from, len).into_iter().map(|s| dst + (s - from)).collect();
+        let arg_at = self.parked.staging + GROUPS * GROUP_LEN;
+        self.write(arg_at, &[&uffd::move_arg(dst, from, len)])?;
         let ret = self
             .remote
             .syscall_raw(libc::SYS_ioctl, &[self.parked.uffd, uffd::UFFDIO_MOVE, arg_at])

@@ -34,6 +34,7 @@ use nix::errno::Errno;
 use super::RestoreCtx;
 use super::lazy_huge::HugeStretches;
 use super::lazy_move::{MoveFailed, Moved, Mover, ParkedMover};
+use super::lazy_stage::{Outcome, Piece, StageSource, Stager};
 use crate::image::chunks;
 use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
@@ -239,13 +240,16 @@ struct Source {
     file: File,
     record: DataFile,
     cache: VecDeque<(usize, Arc<Vec<u8>>)>,
+    /// The file as the staging workers read it.
+    stage: Arc<StageSource>,
 }
 
 impl Source {
     fn open(path: PathBuf, record: DataFile) -> Result<Source> {
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         chunks::check_layout(&path, &record, record.size)?;
-        Ok(Source { path, file, record, cache: VecDeque::new() })
+        let stage = Arc::new(StageSource::new(path.clone(), &file, record.clone())?);
+        Ok(Source { path, file, record, cache: VecDeque::new(), stage })
     }
 
     fn cached(&self, index: usize) -> Option<Arc<Vec<u8>>> {
@@ -306,6 +310,18 @@ struct Target {
     mover: Slot,
     /// Stretches the mover could not place: they take the COPY-then-collapse path.
     unmovable: BTreeSet<u64>,
+    /// Groups of the mover's staging area being written or written, in address order.
+    staged: VecDeque<Staged>,
+}
+
+/// A group of the mover's staging area given to the staging workers: `stretches` whole
+/// stretches for `start`, from the page file's `pieces`.
+struct Staged {
+    id: u64,
+    group: u64,
+    start: u64,
+    stretches: u64,
+    pieces: Vec<Piece>,
 }
 
 /// Where a target's mover is.
@@ -324,6 +340,8 @@ enum Slot {
 /// How long an area that vanished without an event keeps its pages owed (an event always
 /// follows within microseconds: this only bounds a kernel that would not send one).
 const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the server waits for a staged group before it looks at the userfaultfds again.
+const STAGE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long the fill waits for a process's mover (the rest of its restore: tens of ms).
 const MOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -402,6 +420,8 @@ pub struct Server {
     guard: Arc<UnixStream>,
     /// Reads and verifies the chunks the fill needs next, on another core.
     prefetch: Option<prefetch::Prefetch>,
+    /// Writes the stretches the movers move next, on both cores.
+    stager: Option<Stager>,
     pool: Pool,
 }
 
@@ -437,6 +457,7 @@ impl Server {
             huge,
             mover: if t.mover_expected { Slot::Expected(std::time::Instant::now()) } else { Slot::None },
             unmovable: BTreeSet::new(),
+            staged: VecDeque::new(),
         });
         Ok(())
     }
@@ -482,6 +503,11 @@ impl Server {
     /// Lets go of the movers (parked, for another thread or process to seize).
     fn park_movers(&mut self) {
         self.no_more_movers();
+        // Nothing is written into a staging area by a thread that does not survive the fork.
+        for i in 0..self.targets.len() {
+            self.drop_staged(i);
+        }
+        self.stager = None;
         for t in self.targets.iter_mut() {
             if let Slot::Active(m) = std::mem::replace(&mut t.mover, Slot::None) {
                 let pid = m.pid();
@@ -496,6 +522,13 @@ impl Server {
     /// Ends the movers whose process has every page (or all, `all`), and forgets those that
     /// exited with their process.
     fn end_movers(&mut self, all: bool) {
+        for i in 0..self.targets.len() {
+            let t = &self.targets[i];
+            if (all || t.owed.is_empty() || t.gone) && !t.staged.is_empty() {
+                // (Its staging area goes with it: nothing may still be written there.)
+                self.drop_staged(i);
+            }
+        }
         for t in self.targets.iter_mut() {
             let finished = all || t.owed.is_empty() || t.gone;
             match std::mem::replace(&mut t.mover, Slot::None) {
@@ -529,6 +562,10 @@ impl Server {
         let _ = crate::sys::socket::send(self.guard.as_fd(), b"D", None, None, &[], libc::MSG_NOSIGNAL);
         self.targets.clear();
         self.prefetch = None;
+        self.stager = None;
+        for s in &self.sources {
+            s.stage.let_go();
+        }
     }
 
     /// One round: answer what the userfaultfds report, then fill one chunk's worth.
@@ -586,6 +623,7 @@ impl Server {
                         huge: HugeStretches::default(),
                         mover: Slot::None,
                         unmovable: BTreeSet::new(),
+                        staged: VecDeque::new(),
                     };
                     tracing::debug!(pid = t.pid, "a restored process forked during the lazy fill");
                     self.targets.push(child);
@@ -663,43 +701,121 @@ impl Server {
     }
 
     /// Places `n` whole stretches from `start` through the process's mover: their verified
-    /// bytes written into its staging area, then moved (one copy, huge pages whole). What it
-    /// refuses takes the COPY-then-collapse path; EAGAIN (an event first) is tried again.
+    /// bytes written into a group of its staging area by the staging workers (the next groups
+    /// are written meanwhile), then moved (one copy, huge pages whole). What it refuses takes
+    /// the COPY-then-collapse path; EAGAIN (an event first) is tried again.
     fn move_in(&mut self, i: usize, start: u64, n: u64) -> Result<()> {
-        let end = start + n * HUGE_STRETCH;
-        let source = self.targets[i].source;
-        let chunk_size = self.sources[source].record.chunk_size;
-        // (chunk, offset in it, bytes) of each piece, in address order.
-        let mut wanted = Vec::new();
-        for (address, (len, offset)) in self.targets[i].owed.overlapping(start, end) {
+        // Groups staged for other places (events and faults changed what comes first) go.
+        if self.targets[i].staged.front().is_some_and(|s| s.start != start) {
+            self.drop_staged(i);
+        }
+        self.stage_ahead(i, start, n)?;
+        let Some(id) = self.targets[i].staged.front().map(|s| s.id) else { return Ok(()) };
+        // Not written yet: faults are answered meanwhile, and the server comes back.
+        let Some(outcome) = self.stager.as_ref().and_then(|s| s.wait(id, STAGE_WAIT)) else { return Ok(()) };
+        let Some(head) = self.targets[i].staged.pop_front() else { return Ok(()) };
+        match outcome {
+            Outcome::Staged => {}
+            // Staged again next time, from chunks read in (the page file's lease is gone).
+            Outcome::Again => return Ok(()),
+            Outcome::Damaged(message) => {
+                self.fail(message);
+                return Ok(());
+            }
+            Outcome::Failed(why) => {
+                let end = head.start + head.stretches * HUGE_STRETCH;
+                self.targets[i].moved(head.start, end, Err(MoveFailed::Lost(why)));
+                self.drop_staged(i);
+                return Ok(());
+            }
+        }
+        let end = head.start + head.stretches * HUGE_STRETCH;
+        // The program may have dropped, moved or touched them since they were planned: moved
+        // only if they are still owed whole, from the same bytes of the page file.
+        let t = &self.targets[i];
+        let same = (0..head.stretches).all(|k| t.movable(head.start + k * HUGE_STRETCH)) && self.pieces_for(i, head.start, end) == head.pieces;
+        if !same {
+            return Ok(());
+        }
+        let t = &mut self.targets[i];
+        let Slot::Active(mover) = &mut t.mover else { return Ok(()) };
+        let placed = mover.move_group(head.group, head.start, end - head.start);
+        t.moved(head.start, end, placed);
+        if !matches!(t.mover, Slot::Active(_)) {
+            self.drop_staged(i);
+        }
+        Ok(())
+    }
+
+    /// Keeps the staging workers busy on process `i`: the group for `start` (`n` stretches),
+    /// then the next movable stretches, until every group of its staging area is taken.
+    fn stage_ahead(&mut self, i: usize, start: u64, n: u64) -> Result<()> {
+        if self.stager.is_none() {
+            self.stager = Some(Stager::start()?);
+        }
+        let mut next = match self.targets[i].staged.back() {
+            Some(last) => last.start + last.stretches * HUGE_STRETCH,
+            None => {
+                self.submit_stage(i, start, n);
+                start + n * HUGE_STRETCH
+            }
+        };
+        while (self.targets[i].staged.len() as u64) < super::lazy_move::GROUPS {
+            let t = &self.targets[i];
+            let Some(s) = t.next_movable(next - 1, u64::MAX) else { break };
+            let count = (0..super::lazy_move::STRETCHES_PER_MOVE).take_while(|k| t.movable(s + k * HUGE_STRETCH)).count() as u64;
+            self.submit_stage(i, s, count);
+            next = s + count * HUGE_STRETCH;
+        }
+        Ok(())
+    }
+
+    /// Gives `n` stretches from `start` of process `i` to the staging workers, in a free group.
+    fn submit_stage(&mut self, i: usize, start: u64, n: u64) {
+        let pieces = self.pieces_for(i, start, start + n * HUGE_STRETCH);
+        let t = &self.targets[i];
+        let Slot::Active(mover) = &t.mover else { return };
+        let Some(group) = (0..super::lazy_move::GROUPS).find(|g| !t.staged.iter().any(|s| s.group == *g)) else { return };
+        let job = super::lazy_stage::Job {
+            pid: mover.pid(),
+            at: mover.group_address(group),
+            source: self.sources[t.source].stage.clone(),
+            pieces: pieces.clone(),
+        };
+        let Some(stager) = self.stager.as_mut() else { return };
+        let id = stager.submit(job);
+        self.targets[i].staged.push_back(Staged { id, group, start, stretches: n, pieces });
+    }
+
+    /// Lets go of process `i`'s staged groups (waiting for those being written).
+    fn drop_staged(&mut self, i: usize) {
+        let staged = std::mem::take(&mut self.targets[i].staged);
+        if let Some(stager) = &self.stager {
+            for s in staged {
+                stager.cancel(s.id);
+            }
+        }
+    }
+
+    /// Where the saved bytes of `start..end` of process `i` are in its page file, in address
+    /// order: (chunk, offset in it, length) pieces.
+    fn pieces_for(&self, i: usize, start: u64, end: u64) -> Vec<Piece> {
+        let t = &self.targets[i];
+        let chunk_size = self.sources[t.source].record.chunk_size;
+        let mut pieces = Vec::new();
+        for (address, (len, offset)) in t.owed.overlapping(start, end) {
             let from = address.max(start);
             let mut at = offset + (from - address);
             let mut left = (address + len).min(end) - from;
             while left > 0 {
                 let index = at / chunk_size;
                 let take = left.min((index + 1) * chunk_size - at);
-                wanted.push((index as usize, (at - index * chunk_size) as usize, take as usize));
+                pieces.push((index as usize, (at - index * chunk_size) as usize, take as usize));
                 at += take;
                 left -= take;
             }
         }
-        let mut chunks = Vec::with_capacity(wanted.len());
-        for &(index, _, _) in &wanted {
-            match self.chunk(source, index) {
-                Ok(b) => chunks.push(b),
-                Err(e) => {
-                    self.fail(format!("{e:#}"));
-                    return Ok(());
-                }
-            }
-        }
-        let pieces: Option<Vec<&[u8]>> = wanted.iter().zip(&chunks).map(|(&(_, at, len), b)| b.get(at..at + len)).collect();
-        let pieces = pieces.context("a saved run past the end of its page file")?;
-        let t = &mut self.targets[i];
-        let Slot::Active(mover) = &mut t.mover else { return Ok(()) };
-        let placed = mover.place(start, &pieces);
-        t.moved(start, end, placed);
-        Ok(())
+        pieces
     }
 
     /// Copies `len` bytes of saved pages (all in one chunk) from `offset` of the page file to
@@ -803,10 +919,14 @@ impl Server {
         let mut plan: Vec<(usize, usize)> = Vec::new();
         for t in self.targets.iter().filter(|t| !t.gone) {
             let size = self.sources[t.source].record.chunk_size;
-            for (_, (len, offset)) in t.owed.0.iter() {
-                for c in offset / size..=(offset + len - 1) / size {
-                    if plan.last() != Some(&(t.source, c as usize)) {
-                        plan.push((t.source, c as usize));
+            for (&address, &(len, offset)) in t.owed.0.iter() {
+                // Stretches the mover places are the staging workers' to read.
+                for (from, to) in not_movable(t, address, address + len) {
+                    let (first, last) = (offset + (from - address), offset + (to - address) - 1);
+                    for c in first / size..=last / size {
+                        if plan.last() != Some(&(t.source, c as usize)) {
+                            plan.push((t.source, c as usize));
+                        }
                     }
                 }
             }
@@ -837,6 +957,11 @@ impl Server {
         if alive.iter().all(|a| *a) {
             return;
         }
+        for (i, a) in alive.iter().enumerate() {
+            if !a {
+                self.drop_staged(i);
+            }
+        }
         // Faults waiting for a retry follow their target to its new index.
         let mut new_index = Vec::with_capacity(alive.len());
         let mut next = 0;
@@ -859,6 +984,10 @@ impl Server {
     /// Serves until every page is in (the detached helper's whole life).
     pub fn serve_until_done(mut self) -> Option<String> {
         let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+        // The page files' leases are this process's to let go of now.
+        for s in &self.sources {
+            s.stage.adopt_lease();
+        }
         self.seize_movers();
         self.no_more_movers();
         while !self.done() {
@@ -869,6 +998,25 @@ impl Server {
         self.close();
         self.failed
     }
+}
+
+/// The parts of `start..end` (owed by `t`) outside the stretches its mover can place.
+fn not_movable(t: &Target, start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    let first = start.next_multiple_of(HUGE_STRETCH);
+    let mut movable: Vec<u64> = match t.mover {
+        Slot::Active(_) if first < end => t.huge.pending_in(first, end).filter(|&s| s + HUGE_STRETCH <= end && t.movable(s)).collect(),
+        _ => Vec::new(),
+    };
+    movable.push(end);
+    for s in movable {
+        if s > at {
+            out.push((at, s.min(end)));
+        }
+        at = at.max(s + HUGE_STRETCH);
+    }
+    out
 }
 
 /// For tests only: `CRUST_LAZY_NO_FILL=1` leaves the background fill out, so that pages come
@@ -969,8 +1117,9 @@ impl LazyPages {
         self.control.stop.store(true, Ordering::SeqCst);
         let server = self.thread.take().context("the lazy page server is gone")?.join();
         let mut server = server.map_err(|_| anyhow::anyhow!("the lazy page server panicked"))?;
-        // Threads do not survive the fork: the helper starts its own prefetcher.
+        // Threads do not survive the fork: the helper starts its own prefetcher and stagers.
         server.prefetch = None;
+        server.stager = None;
         if server.done() {
             server.close();
             if let Some(f) = &server.failed {
@@ -985,9 +1134,11 @@ impl LazyPages {
             keep.extend(t.pidfd.as_ref().map(AsRawFd::as_raw_fd));
         }
         keep.extend(server.sources.iter().map(|s| s.file.as_raw_fd()));
+        keep.extend(server.sources.iter().map(|s| s.stage.raw_fd()));
         crate::sys::spawn_detached("crust-lazypages", &keep, move || {
             // A panic must end the helper here, never unwind into crust's code (the guard then
-            // kills the tree).
+            // kills the tree). Its message goes where the helper's failures go.
+            std::panic::set_hook(Box::new(|info| kmsg(&format!("crust-lazypages: {info}"))));
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.serve_until_done()));
         })
         .map_err(|e| anyhow::anyhow!("starting crust-lazypages: {e}"))?;
@@ -1011,7 +1162,16 @@ impl Drop for LazyPages {
 
 fn serve_in_thread(rx: mpsc::Receiver<Msg>, control: &Control, guard: Arc<UnixStream>) -> Server {
     let mut server =
-        Server { sources: Vec::new(), targets: Vec::new(), retry: Vec::new(), failed: None, guard, prefetch: None, pool: Pool::default() };
+        Server {
+        sources: Vec::new(),
+        targets: Vec::new(),
+        retry: Vec::new(),
+        failed: None,
+        guard,
+        prefetch: None,
+        stager: None,
+        pool: Pool::default(),
+    };
     loop {
         while let Ok(msg) = rx.try_recv() {
             match msg {

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod lazy_huge;
 pub mod lazy_move;
 pub mod lazy_pages;
+pub mod lazy_stage;
 pub mod leases;
 pub mod locks;
 pub mod membarrier;

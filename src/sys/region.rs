@@ -164,6 +164,8 @@ pub struct MappedFile {
 
 // SAFETY: the mapping is read-only and owned; sharing &[u8] views across threads is sound.
 unsafe impl Sync for MappedFile {}
+// SAFETY: the mapping belongs to the process, not a thread: any thread may read or unmap it.
+unsafe impl Send for MappedFile {}
 
 impl MappedFile {
     pub fn open(file: &std::fs::File) -> nix::Result<Self> {

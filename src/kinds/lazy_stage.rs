@@ -1,0 +1,407 @@
+//! The lazy fill's staging, on both cores: worker threads write the verified bytes of whole
+//! huge stretches into the staging groups of a process's mover (kinds/lazy_move.rs) while the
+//! server thread moves the groups staged before. See docs/lazy-restore.md, "Huge pages".
+//!
+//! Where crust holds a read lease on the page file, the bytes come straight from a read-only
+//! mapping of it: each chunk is hashed there once and copied into the process from there,
+//! never into crust's memory first. The lease is what makes that as sure as a private copy:
+//! F_SETLEASE F_RDLCK is refused while anyone holds the file open for writing, and any later
+//! open for writing (or truncate) must break it first, the opener waiting meanwhile (fs/locks.c,
+//! `break_lease`). So while F_GETLEASE still says F_RDLCK after a group is written, the file has
+//! not changed since the lease was taken, and the bytes written are the bytes hashed. Once the
+//! lease is broken (or where it cannot be had: another file system, a writer, leases
+//! disabled), crust lets go of it at once, so the writer waits no longer, and stages from
+//! chunks read into its own memory and checked there, as the rest of the fill does. A group
+//! written while the lease was being broken is staged again that way.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::IoSlice;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Result;
+use nix::errno::Errno;
+use nix::sys::uio::{RemoteIoVec, process_vm_writev};
+
+use crate::image::chunks;
+use crate::image::proto::DataFile;
+use crate::sys::region::MappedFile;
+
+const F_SETLEASE: i32 = 1024;
+const F_GETLEASE: i32 = 1025;
+const WORKERS: usize = 2;
+
+/// A page file as the stagers read it: its path, an open description of it, its record.
+pub struct StageSource {
+    // (Dropped first: the lease is let go through `file`.)
+    leased: OnceLock<Option<LeasedFile>>,
+    pub path: PathBuf,
+    file: File,
+    pub record: DataFile,
+}
+
+impl StageSource {
+    pub fn new(path: PathBuf, file: &File, record: DataFile) -> Result<StageSource> {
+        Ok(StageSource { path, file: file.try_clone()?, record, leased: OnceLock::new() })
+    }
+
+    /// Its descriptor, for the detached helper to keep.
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    /// The leased mapping, taken at the first use; None where crust cannot lease the file.
+    fn leased(&self) -> Option<&LeasedFile> {
+        self.leased.get_or_init(|| LeasedFile::take(&self.file, &self.path, &self.record)).as_ref().filter(|l| !l.lost())
+    }
+
+    /// This process (the detached helper, after its fork) lets go of the lease at the end.
+    pub fn adopt_lease(&self) {
+        if let Some(Some(l)) = self.leased.get() {
+            l.holder.store(std::process::id(), Ordering::SeqCst);
+        }
+    }
+
+    /// The fill is over: the lease goes.
+    pub fn let_go(&self) {
+        if let Some(Some(l)) = self.leased.get() {
+            l.let_go();
+        }
+    }
+
+    /// Whether crust holds a read lease on the file (for the log and tests).
+    pub fn is_leased(&self) -> bool {
+        self.leased.get().is_some_and(|l| l.as_ref().is_some_and(|l| !l.lost()))
+    }
+}
+
+/// A read lease on a page file and a read-only mapping of it, with the chunks hashed there.
+struct LeasedFile {
+    /// The description the lease is on (the lease belongs to it: closing another copy of the
+    /// file does not end it).
+    fd: i32,
+    map: MappedFile,
+    verified: Vec<AtomicBool>,
+    lost: AtomicBool,
+    /// The process that lets go of the lease when this goes: crust's, then the helper's.
+    holder: AtomicU32,
+}
+
+impl LeasedFile {
+    fn take(file: &File, path: &std::path::Path, record: &DataFile) -> Option<LeasedFile> {
+        if no_lease() {
+            return None;
+        }
+        let fd = file.as_raw_fd();
+        if let Err(e) = crate::sys::fcntl_int(fd, F_SETLEASE, libc::F_RDLCK) {
+            tracing::debug!(path = %path.display(), "lazy fill: no read lease on the page file ({e}): staged from chunks read in");
+            return None;
+        }
+        let release = |why: String| {
+            tracing::debug!(path = %path.display(), "lazy fill: {why}: staged from chunks read in");
+            let _ = crate::sys::fcntl_int(fd, F_SETLEASE, libc::F_UNLCK);
+            None
+        };
+        // A break signals nobody (SIGIO would end crust): the stagers see it with F_GETLEASE.
+        if let Err(e) = crate::sys::set_owner_ex(fd, crate::sys::F_OWNER_PID, 0) {
+            return release(format!("F_SETOWN_EX: {e}"));
+        }
+        match file.metadata() {
+            Ok(m) if m.len() == record.size => {}
+            Ok(m) => return release(format!("{} bytes where the inventory says {}", m.len(), record.size)),
+            Err(e) => return release(format!("fstat: {e}")),
+        }
+        let map = match MappedFile::open(file) {
+            Ok(m) => m,
+            Err(e) => return release(format!("mmap: {e}")),
+        };
+        let chunks = record.size.div_ceil(record.chunk_size.max(1)) as usize;
+        let verified = (0..chunks).map(|_| AtomicBool::new(false)).collect();
+        tracing::debug!(path = %path.display(), "lazy fill: read lease on the page file: huge stretches staged from its mapping");
+        Some(LeasedFile { fd, map, verified, lost: AtomicBool::new(false), holder: AtomicU32::new(std::process::id()) })
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether the lease is still held, not being broken: nobody has opened the file for
+    /// writing since it was taken. Else crust lets go of it, for the writer to go on.
+    fn held(&self) -> bool {
+        if self.lost() {
+            return false;
+        }
+        // Being broken, F_GETLEASE says the type it is broken to (F_UNLCK).
+        if crate::sys::fcntl_int(self.fd, F_GETLEASE, 0) == Ok(libc::F_RDLCK) {
+            return true;
+        }
+        self.let_go();
+        false
+    }
+
+    fn let_go(&self) {
+        if !self.lost.swap(true, Ordering::SeqCst) && self.holder.load(Ordering::SeqCst) == std::process::id() {
+            let _ = crate::sys::fcntl_int(self.fd, F_SETLEASE, libc::F_UNLCK);
+        }
+    }
+
+    /// Chunk `index`, hashed in the mapping (once); None if the lease is gone.
+    fn chunk<'a>(&'a self, source: &StageSource, index: usize) -> Result<Option<&'a [u8]>, chunks_error::Damaged> {
+        let record = &source.record;
+        let start = (index as u64 * record.chunk_size) as usize;
+        let end = (start as u64 + record.chunk_size).min(record.size) as usize;
+        let (Some(bytes), Some(done)) = (self.map.as_slice().get(start..end), self.verified.get(index)) else {
+            return Err(chunks_error::Damaged(format!("{}: chunk {index} lies past its end", source.path.display())));
+        };
+        if !self.held() {
+            return Ok(None);
+        }
+        if !done.load(Ordering::SeqCst) {
+            chunks::verify_chunk(&source.path, record, index, bytes).map_err(|e| chunks_error::Damaged(e.to_string()))?;
+            done.store(true, Ordering::SeqCst);
+        }
+        Ok(Some(bytes))
+    }
+}
+
+impl Drop for LeasedFile {
+    fn drop(&mut self) {
+        // (Not in crust once the helper took the fill over: the lease is the helper's then.)
+        self.let_go();
+    }
+}
+
+mod chunks_error {
+    /// A chunk that does not verify: the fill fails.
+    pub struct Damaged(pub String);
+}
+
+/// For tests and measurements: `CRUST_LAZY_NO_LEASE=1` stages from chunks read in.
+fn no_lease() -> bool {
+    static NO_LEASE: OnceLock<bool> = OnceLock::new();
+    *NO_LEASE.get_or_init(|| std::env::var_os("CRUST_LAZY_NO_LEASE").is_some_and(|v| v == "1"))
+}
+
+/// Bytes of a staging: (chunk index, offset in the chunk, length), in the order written.
+pub type Piece = (usize, usize, usize);
+
+/// A group to stage: `pieces` of `source` written from `at` on in the process `pid`.
+pub struct Job {
+    pub pid: i32,
+    pub at: u64,
+    pub source: Arc<StageSource>,
+    pub pieces: Vec<Piece>,
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Outcome {
+    Staged,
+    /// The lease went while it was written: to stage again (from chunks read in).
+    Again,
+    /// A chunk did not verify: the fill fails.
+    Damaged(String),
+    /// The process could not be written (gone, or its staging area): no more moves there.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<(u64, Job)>,
+    running: HashSet<u64>,
+    done: HashMap<u64, Outcome>,
+    stop: bool,
+}
+
+/// The staging workers.
+pub struct Stager {
+    shared: Arc<(Mutex<Queue>, Condvar)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next_id: u64,
+}
+
+impl Stager {
+    pub fn start() -> Result<Stager> {
+        let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
+        let mut threads = Vec::new();
+        for _ in 0..WORKERS {
+            let s = shared.clone();
+            threads.push(std::thread::Builder::new().name("crust-stager".into()).spawn(move || run(&s))?);
+        }
+        Ok(Stager { shared, threads, next_id: 0 })
+    }
+
+    pub fn submit(&mut self, job: Job) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut q) = lock.lock() {
+            q.pending.push_back((id, job));
+        }
+        cv.notify_all();
+        id
+    }
+
+    /// The outcome of job `id`, waiting for it at most `wait`; None if it is not done by then.
+    pub fn wait(&self, id: u64, wait: Duration) -> Option<Outcome> {
+        let (lock, cv) = &*self.shared;
+        let deadline = std::time::Instant::now() + wait;
+        let mut q = lock.lock().ok()?;
+        loop {
+            if let Some(out) = q.done.remove(&id) {
+                return Some(out);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            q = cv.wait_timeout(q, left).ok()?.0;
+        }
+    }
+
+    /// Job `id` is not wanted any more: taken back if no worker has it, else waited for (its
+    /// group must not be written once it is given to another job, or unmapped).
+    pub fn cancel(&self, id: u64) {
+        let (lock, cv) = &*self.shared;
+        let Ok(mut q) = lock.lock() else { return };
+        q.pending.retain(|(i, _)| *i != id);
+        while q.running.contains(&id) {
+            q = match cv.wait(q) {
+                Ok(q) => q,
+                Err(_) => return,
+            };
+        }
+        q.done.remove(&id);
+    }
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.shared.0.lock() {
+            q.stop = true;
+            q.pending.clear();
+        }
+        self.shared.1.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &(Mutex<Queue>, Condvar)) {
+    let (lock, cv) = shared;
+    let mut buffers: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let (id, job) = {
+            let Ok(mut q) = lock.lock() else { return };
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some((id, job)) = q.pending.pop_front() {
+                    q.running.insert(id);
+                    break (id, job);
+                }
+                q = match cv.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+        };
+        let outcome = stage(&job, &mut buffers);
+        let Ok(mut q) = lock.lock() else { return };
+        q.running.remove(&id);
+        q.done.insert(id, outcome);
+        cv.notify_all();
+    }
+}
+
+/// Writes the job's bytes into its group: from the leased mapping, or from chunks read in.
+fn stage(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
+    let source = &job.source;
+    if let Some(leased) = source.leased() {
+        let mut slices = Vec::with_capacity(job.pieces.len());
+        for &(index, at, len) in &job.pieces {
+            match leased.chunk(source, index) {
+                Ok(Some(bytes)) => match bytes.get(at..at + len) {
+                    Some(b) => slices.push(b),
+                    None => return Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display())),
+                },
+                Ok(None) => return stage_read(job, buffers),
+                Err(chunks_error::Damaged(m)) => return Outcome::Damaged(m),
+            }
+        }
+        if let Err(e) = write(job.pid, job.at, &slices) {
+            // A truncate after the lease was lost faults the mapping's reads: EFAULT.
+            return if leased.held() { Outcome::Failed(e) } else { Outcome::Again };
+        }
+        return if leased.held() { Outcome::Staged } else { Outcome::Again };
+    }
+    stage_read(job, buffers)
+}
+
+/// The job staged from its chunks read into crust's memory and verified there.
+fn stage_read(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
+    let source = &job.source;
+    let mut indices: Vec<usize> = job.pieces.iter().map(|p| p.0).collect();
+    indices.dedup();
+    buffers.resize_with(indices.len().max(buffers.len()), Vec::new);
+    for (k, &index) in indices.iter().enumerate() {
+        let record = &source.record;
+        let start = index as u64 * record.chunk_size;
+        let len = record.chunk_size.min(record.size.saturating_sub(start)) as usize;
+        let buf = &mut buffers[k];
+        buf.resize(len, 0);
+        if let Err(e) = source.file.read_exact_at(buf, start) {
+            return Outcome::Damaged(format!("reading {} at {start}: {e}", source.path.display()));
+        }
+        if let Err(e) = chunks::verify_chunk(&source.path, record, index, buf) {
+            return Outcome::Damaged(e.to_string());
+        }
+    }
+    let mut slices = Vec::with_capacity(job.pieces.len());
+    for &(index, at, len) in &job.pieces {
+        let k = indices.iter().position(|i| *i == index).unwrap_or(0);
+        match buffers[k].get(at..at + len) {
+            Some(b) => slices.push(b),
+            None => return Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display())),
+        }
+    }
+    match write(job.pid, job.at, &slices) {
+        Ok(()) => Outcome::Staged,
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// process_vm_writev of `pieces`, one after the other, from `at`, until all are written.
+fn write(pid: i32, at: u64, pieces: &[&[u8]]) -> Result<(), String> {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut done = 0usize;
+    let mut retries = 0;
+    while done < len {
+        // The pieces from `done` on.
+        let mut skip = done;
+        let local: Vec<IoSlice> = pieces
+            .iter()
+            .filter_map(|p| {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    return None;
+                }
+                let s = IoSlice::new(&p[skip..]);
+                skip = 0;
+                Some(s)
+            })
+            .collect();
+        let remote = [RemoteIoVec { base: (at + done as u64) as usize, len: len - done }];
+        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
+            Ok(n) if n > 0 => done += n,
+            Ok(_) => return Err(format!("pid {pid}: process_vm_writev at {:#x} wrote nothing", at + done as u64)),
+            Err(Errno::EINTR) if retries < 100 => retries += 1,
+            Err(e) => return Err(format!("pid {pid}: process_vm_writev of {} bytes at {:#x}: {e}", len - done, at + done as u64)),
+        }
+    }
+    Ok(())
+}
