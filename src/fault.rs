@@ -24,8 +24,10 @@
 //! restored, nothing resumed yet), `lease-break-time-set` (right after lease-break-time was
 //! changed to start a lease break again); lazy restore: `lazy-collapse` (before each huge page
 //! stretch is collapsed; `fail` leaves it in 4 KiB pages, as if no huge page were free),
-//! `lazy-move-small` (for each staged stretch the kernel gave a huge page, before a mover's
-//! move; `fail` takes it for one staged in 4 KiB pages: it is collapsed after the move).
+//! `lazy-move-small` (for each stretch a mover's move placed as a huge page; `fail` takes it
+//! for one placed in 4 KiB pages: it is collapsed),
+//! `lazy-staged` (a staging worker wrote a group for a mover, before it checks the page file's
+//! lease; `fail` stands for a write into the process that failed).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -56,6 +58,7 @@ pub const POINTS: &[&str] = &[
     "lease-break-time-set",
     "lazy-collapse",
     "lazy-move-small",
+    "lazy-staged",
 ];
 
 /// Misbehaves here if CRUST_FAULT names this point (and this is its Nth visit).

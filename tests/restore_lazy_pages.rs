@@ -233,6 +233,19 @@ fn lazy_fill_of_huge_pages(mode: &str, moved: u32, collapsed: u32) {
 
 /// [`lazy_fill_of_huge_pages`] with more of crust's environment.
 fn lazy_fill_of_huge_pages_with(mode: &str, env: &[(&str, &str)], moved: u32, collapsed: u32) {
+    lazy_fill_of_huge_pages_around(mode, env, moved, collapsed, |_, _| ());
+}
+
+/// [`lazy_fill_of_huge_pages_with`], where `around(page file, crust's stderr)` runs between the
+/// dump and the restore, and what it returns is kept until every check is done. Returns crust's
+/// output, and what `around` returned.
+fn lazy_fill_of_huge_pages_around<T>(
+    mode: &str,
+    env: &[(&str, &str)],
+    moved: u32,
+    collapsed: u32,
+    around: impl FnOnce(std::path::PathBuf, std::path::PathBuf) -> T,
+) -> (String, T) {
     let mut w = Workload::spawn("lazy_pattern", &["64", mode]);
     let (pid, area) = (w.pid, hex(&w, "area"));
     let huge_before = area_huge_kib(pid, area);
@@ -247,6 +260,7 @@ fn lazy_fill_of_huge_pages_with(mode: &str, env: &[(&str, &str)], moved: u32, co
     w.restore_extra = vec!["--lazy-pages".into()];
     w.crust_env = vec![("CRUST_LOG".into(), "crust=debug".into())];
     w.crust_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let held = around(w.image_dir.join(format!("pages-{pid}.img")), w.dir.path.join("restore.stderr"));
     w.restore_attached();
     let said = "every huge page of the image is huge again";
     wait_until("crust's server to say the huge pages are in", FILL_TIMEOUT, || w.attached_output().contains(said));
@@ -262,6 +276,7 @@ fn lazy_fill_of_huge_pages_with(mode: &str, env: &[(&str, &str)], moved: u32, co
     fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
     w.go().assert_pass();
     assert!(w.status_text().lines().any(|l| l.starts_with("VERIFIED")), "{}", w.status_text());
+    (log, held)
 }
 
 /// The process's own mover thread places each huge stretch whole (UFFDIO_MOVE, one copy):
@@ -276,6 +291,42 @@ fn lazy_restore_moves_huge_pages_in_whole_and_the_mover_leaves_no_trace() {
 #[test]
 fn lazy_restore_collapses_a_stretch_the_mover_placed_in_small_pages() {
     lazy_fill_of_huge_pages_with("huge", &[("CRUST_FAULT", "lazy-move-small:3:fail")], 31, 1);
+}
+
+/// The page file open for writing elsewhere during the restore: crust cannot hold a read lease
+/// on it (the kernel refuses one while a writer exists), so the staging workers read each chunk
+/// into crust's memory and check it there before writing it; every stretch is still moved.
+#[test]
+fn lazy_restore_stages_from_chunks_read_in_while_the_page_file_is_open_for_writing() {
+    let (log, _writer) = lazy_fill_of_huge_pages_around("huge", &[], 32, 0, |pages, _| fs::OpenOptions::new().write(true).open(pages).unwrap());
+    assert!(log.contains("no read lease on the page file (EAGAIN"), "crust did not say it could not lease the page file:\n{log}");
+}
+
+/// A writer opens the page file while the staging workers copy from their leased mapping of it
+/// (the second group written from it, and held up 3 s before its check of the lease): crust
+/// sees the lease broken and lets go of it, so the
+/// writer's open returns long before the lease break time (45 s) and crust is not ended by the
+/// break's signal; the group written meanwhile is staged again from chunks read in and checked,
+/// and every stretch comes back whole and right.
+#[test]
+fn lazy_restore_lets_a_writer_of_the_page_file_in_and_stages_the_rest_from_chunks_read_in() {
+    let env = [("CRUST_FAULT", "lazy-staged:2:sleep3000")];
+    let (log, opener) = lazy_fill_of_huge_pages_around("huge", &env, 32, 0, |pages, stderr| {
+        std::thread::spawn(move || {
+            // The second group is written from the mapping, and held up before its check.
+            let held_up = "sleep3000 at lazy-staged";
+            wait_until("crust to hold up a staging worker", Duration::from_secs(60), || {
+                fs::read_to_string(&stderr).is_ok_and(|t| t.contains(held_up))
+            });
+            let started = Instant::now();
+            let file = fs::OpenOptions::new().write(true).open(pages).unwrap();
+            drop(file);
+            started.elapsed()
+        })
+    });
+    let waited = opener.join().expect("the writer's thread");
+    assert!(waited < Duration::from_secs(20), "the writer's open waited {waited:?}: crust held on to the lease");
+    assert!(log.contains("read lease is broken"), "crust did not see the lease broken:\n{log}");
 }
 
 /// The mover's own fd table is a copy (no CLONE_FILES): the fds it closes release nothing of the

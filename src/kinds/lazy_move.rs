@@ -256,7 +256,6 @@ impl Mover {
             return Err(MoveFailed::Lost(format!("a move of {len} bytes to {dst:#x}: not whole stretches of a group")));
         }
         let from = self.group_address(g);
-        let small = self.not_huge(from, len).into_iter().map(|s| dst + (s - from)).collect();
         let arg_at = self.parked.staging + GROUPS * GROUP_LEN;
         self.write(arg_at, &[&uffd::move_arg(dst, from, len)])?;
         let ret = self
@@ -264,7 +263,10 @@ impl Mover {
             .syscall_raw(libc::SYS_ioctl, &[self.parked.uffd, uffd::UFFDIO_MOVE, arg_at])
             .map_err(|e| MoveFailed::Lost(format!("remote ioctl(UFFDIO_MOVE): {e}")))?;
         if ret == 0 {
-            return Ok(Moved { len, small });
+            // Looked at where they arrived: the kernel moves a huge page whole only onto an
+            // empty stretch, and splits it where a fault of the program's made a page table
+            // there (mm/userfaultfd.c, move_pages), as it does one staged in 4 KiB pages.
+            return Ok(Moved { len, small: self.not_huge(dst, len) });
         }
         let mut result = [0u8; 8];
         let moved = match self.read(arg_at + uffd::MOVE_ARG_RESULT as u64, &mut result) {
@@ -274,16 +276,16 @@ impl Mover {
         Err(MoveFailed::Refused { errno: Errno::from_raw(-ret as i32), moved: moved.min(len) })
     }
 
-    /// The stretches of the staging area's first `len` bytes that no huge page maps whole.
-    fn not_huge(&mut self, staging: u64, len: u64) -> Vec<u64> {
+    /// The stretches of `start..start + len` that no huge page maps whole.
+    fn not_huge(&mut self, start: u64, len: u64) -> Vec<u64> {
         let pid = self.parked.pid;
         if self.pagemap.is_none() {
             self.pagemap = PageMap::open(pid).map_err(|e| tracing::debug!(pid, "lazy page mover: {e}")).ok();
         }
-        let huge = self.pagemap.as_ref().and_then(|m| m.huge_stretches(staging, staging + len).ok()).unwrap_or_default();
+        let huge = self.pagemap.as_ref().and_then(|m| m.huge_stretches(start, start + len).ok()).unwrap_or_default();
         // Test only: CRUST_FAULT=lazy-move-small:N:fail takes the Nth stretch for one the kernel
-        // staged in 4 KiB pages.
-        (staging..staging + len)
+        // moved in 4 KiB pages.
+        (start..start + len)
             .step_by(HUGE_STRETCH as usize)
             .filter(|s| !huge.contains(s) || crate::fault::point("lazy-move-small").is_err())
             .collect()

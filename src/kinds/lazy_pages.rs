@@ -398,7 +398,9 @@ impl Target {
         };
         self.owed.take(start, start + moved);
         let whole = moved - moved % HUGE_STRETCH;
-        self.huge.moved(start, start + whole);
+        // Whether the kernel moved those whole is not said: they are collapsed (at once where
+        // they are huge already).
+        self.huge.placed(start, start + whole, |_, _| false);
         // EAGAIN before anything moved: an event waits to be read, and the stretches stay
         // movable once it is. Anything else: the rest goes the collapse way.
         if errno != Errno::EAGAIN || moved > 0 {

@@ -137,8 +137,9 @@ impl LeasedFile {
             return false;
         }
         // Being broken, F_GETLEASE says the type it is broken to (F_UNLCK).
-        if crate::sys::fcntl_int(self.fd, F_GETLEASE, 0) == Ok(libc::F_RDLCK) {
-            return true;
+        match crate::sys::fcntl_int(self.fd, F_GETLEASE, 0) {
+            Ok(libc::F_RDLCK) => return true,
+            now => tracing::info!(fd = self.fd, "lazy fill: the page file's read lease is broken (F_GETLEASE: {now:?}): staged from chunks read in from now on"),
         }
         self.let_go();
         false
@@ -333,11 +334,16 @@ fn stage(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
                 Err(chunks_error::Damaged(m)) => return Outcome::Damaged(m),
             }
         }
-        if let Err(e) = write(job.pid, job.at, &slices) {
-            // A truncate after the lease was lost faults the mapping's reads: EFAULT.
-            return if leased.held() { Outcome::Failed(e) } else { Outcome::Again };
+        let written = write(job.pid, job.at, &slices);
+        if let Err(e) = crate::fault::point("lazy-staged") {
+            return Outcome::Failed(format!("{e:#}"));
         }
-        return if leased.held() { Outcome::Staged } else { Outcome::Again };
+        return match (written, leased.held()) {
+            (Ok(()), true) => Outcome::Staged,
+            (Err(e), true) => Outcome::Failed(e),
+            // A truncate after the lease was lost faults the mapping's reads: EFAULT.
+            (_, false) => Outcome::Again,
+        };
     }
     stage_read(job, buffers)
 }
