@@ -4,9 +4,10 @@
 //! UFFDIO_COPY places 4 KiB pages only, and a collapse afterwards copies each huge page a second
 //! time. UFFDIO_MOVE moves a PMD-mapped huge page whole into a registered range, but the kernel
 //! takes the call only from a thread of the userfaultfd's own address space. So a restored
-//! process with huge stretches to fill gets a helper thread, the *mover*: crust writes a
-//! verified 2 MiB stretch into a staging area of the process (process_vm_writev: one copy, the
-//! kernel faults a huge page in there), and the mover moves it onto its place.
+//! process with huge stretches to fill gets a helper thread, the *mover*: crust's staging
+//! workers write verified stretches into a group of the process's staging area
+//! (process_vm_writev: one copy, the kernel faults huge pages in there; kinds/lazy_stage.rs),
+//! and the mover moves the group onto its place.
 //!
 //! The mover never runs code of its own. It is made by an injected clone (CLONE_VM, THREAD,
 //! SIGHAND, SYSVSEM; not CLONE_FILES), after the process's credentials are final, with every
