@@ -298,7 +298,8 @@ fn lazy_restore_collapses_a_stretch_the_mover_placed_in_small_pages() {
 /// into crust's memory and check it there before writing it; every stretch is still moved.
 #[test]
 fn lazy_restore_stages_from_chunks_read_in_while_the_page_file_is_open_for_writing() {
-    let (log, _writer) = lazy_fill_of_huge_pages_around("huge", &[], 32, 0, |pages, _| fs::OpenOptions::new().write(true).open(pages).unwrap());
+    let (log, _writer) =
+        lazy_fill_of_huge_pages_around("huge", &[], 32, 0, |pages, _| fs::OpenOptions::new().write(true).open(pages).unwrap());
     assert!(log.contains("no read lease on the page file (EAGAIN"), "crust did not say it could not lease the page file:\n{log}");
 }
 

@@ -735,7 +735,8 @@ impl Server {
         // The program may have dropped, moved or touched them since they were planned: moved
         // only if they are still owed whole, from the same bytes of the page file.
         let t = &self.targets[i];
-        let same = (0..head.stretches).all(|k| t.movable(head.start + k * HUGE_STRETCH)) && self.pieces_for(i, head.start, end) == head.pieces;
+        let same =
+            (0..head.stretches).all(|k| t.movable(head.start + k * HUGE_STRETCH)) && self.pieces_for(i, head.start, end) == head.pieces;
         if !same {
             return Ok(());
         }
@@ -1163,8 +1164,7 @@ impl Drop for LazyPages {
 }
 
 fn serve_in_thread(rx: mpsc::Receiver<Msg>, control: &Control, guard: Arc<UnixStream>) -> Server {
-    let mut server =
-        Server {
+    let mut server = Server {
         sources: Vec::new(),
         targets: Vec::new(),
         retry: Vec::new(),

@@ -139,7 +139,10 @@ impl LeasedFile {
         // Being broken, F_GETLEASE says the type it is broken to (F_UNLCK).
         match crate::sys::fcntl_int(self.fd, F_GETLEASE, 0) {
             Ok(libc::F_RDLCK) => return true,
-            now => tracing::info!(fd = self.fd, "lazy fill: the page file's read lease is broken (F_GETLEASE: {now:?}): staged from chunks read in from now on"),
+            now => tracing::info!(
+                fd = self.fd,
+                "lazy fill: the page file's read lease is broken (F_GETLEASE: {now:?}): staged from chunks read in from now on"
+            ),
         }
         self.let_go();
         false
@@ -410,4 +413,106 @@ fn write(pid: i32, at: u64, pieces: &[&[u8]]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const MIB: usize = 1 << 20;
+
+    /// A page file of 3 MiB and a bit, every byte patterned, in the temporary directory (ext4
+    /// here, as the tests' images), with its record.
+    fn page_file(name: &str) -> (PathBuf, Vec<u8>, DataFile) {
+        let data: Vec<u8> = (0..3 * MIB + 4096).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let path = std::env::temp_dir().join(format!("crust-stage-{}-{name}.img", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let record = chunks::record("pages-1.img", &data);
+        (path, data, record)
+    }
+
+    fn source(path: &std::path::Path, record: &DataFile) -> StageSource {
+        StageSource::new(path.to_owned(), &File::open(path).unwrap(), record.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_writer_breaks_the_lease_and_gets_in_once_crust_lets_go() {
+        let (path, data, record) = page_file("writer");
+        let s = source(&path, &record);
+        let leased = s.leased().expect("a read lease (root, on ext4)");
+        assert_eq!(leased.chunk(&s, 1).ok().flatten().unwrap(), &data[MIB..2 * MIB]);
+        let p = path.clone();
+        let opener = std::thread::spawn(move || {
+            let started = Instant::now();
+            drop(std::fs::OpenOptions::new().write(true).open(p).unwrap());
+            started.elapsed()
+        });
+        // The open waits on the lease until a check sees the break and lets go.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leased.held() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!leased.held(), "the lease still held 10 s after a writer's open");
+        let waited = opener.join().unwrap();
+        assert!(waited < Duration::from_secs(10), "the writer waited {waited:?}");
+        assert!(s.leased().is_none(), "a broken lease is still offered to the stagers");
+        assert!(matches!(leased.chunk(&s, 1), Ok(None)), "a chunk handed out from the mapping after the break");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn no_lease_while_someone_holds_the_file_open_for_writing() {
+        let (path, _, record) = page_file("open-writer");
+        let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(source(&path, &record).leased().is_none(), "a read lease next to a writer");
+        drop(writer);
+        assert!(source(&path, &record).leased().is_some(), "no read lease once the writer is gone");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_verify_in_the_mapping_is_named() {
+        let (path, mut data, record) = page_file("damaged");
+        data[MIB + 77] ^= 0x40;
+        std::fs::write(&path, &data).unwrap();
+        let s = source(&path, &record);
+        let leased = s.leased().expect("a read lease");
+        assert!(leased.chunk(&s, 0).is_ok());
+        match leased.chunk(&s, 1) {
+            Err(chunks_error::Damaged(m)) => assert!(m.contains(&format!("bytes {MIB}..{}", 2 * MIB)), "{m}"),
+            _ => panic!("a damaged chunk verified"),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A job staged into this very process (process_vm_writev to itself), from the mapping and
+    /// from chunks read in: the pieces land one after the other, byte for byte.
+    fn stage_here(s: StageSource, data: &[u8]) {
+        let pieces: Vec<Piece> = vec![(0, MIB - 8192, 8192), (1, 0, MIB), (3, 0, 4096), (2, 5, 100)];
+        let expected: Vec<u8> = pieces.iter().flat_map(|&(c, at, len)| data[c * MIB + at..c * MIB + at + len].to_vec()).collect();
+        // The kernel writes it through the address the job carries (a pointer that escaped
+        // mutably), and the wait's lock orders that before the read here.
+        let mut into = vec![0u8; expected.len()];
+        let mut stager = Stager::start().unwrap();
+        let job = Job { pid: std::process::id() as i32, at: into.as_mut_ptr() as u64, source: Arc::new(s), pieces };
+        let id = stager.submit(job);
+        let outcome = stager.wait(id, Duration::from_secs(30));
+        assert!(matches!(outcome, Some(Outcome::Staged)), "{outcome:?}");
+        assert!(std::hint::black_box(&into) == &expected, "the staged bytes differ");
+    }
+
+    #[test]
+    fn a_job_is_staged_from_the_mapping_and_from_chunks_read_in_alike() {
+        let (path, data, record) = page_file("job");
+        let leased = source(&path, &record);
+        assert!(leased.leased().is_some());
+        stage_here(leased, &data);
+        let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let read_in = source(&path, &record);
+        assert!(read_in.leased().is_none());
+        stage_here(read_in, &data);
+        drop(writer);
+        let _ = std::fs::remove_file(&path);
+    }
 }
