@@ -526,18 +526,18 @@ impl Server {
     fn end_movers(&mut self, all: bool) {
         for i in 0..self.targets.len() {
             let t = &self.targets[i];
-            if (all || t.owed.is_empty() || t.gone) && !t.staged.is_empty() {
-                // (Its staging area goes with it: nothing may still be written there.)
-                self.drop_staged(i);
-            }
-        }
-        for t in self.targets.iter_mut() {
             let finished = all || t.owed.is_empty() || t.gone;
-            match std::mem::replace(&mut t.mover, Slot::None) {
-                Slot::Active(m) if m.gone() => {}
-                Slot::Active(m) if finished => m.end(),
-                Slot::Parked(p) if finished => p.end(),
-                other => t.mover = other,
+            // (Reaped here if it exited: its process exited or exec'd.)
+            let exited = matches!(&t.mover, Slot::Active(m) if m.gone());
+            if !exited && !(finished && matches!(t.mover, Slot::Active(_) | Slot::Parked(_))) {
+                continue;
+            }
+            // Its staging area goes (or went) with it: nothing is written there any more.
+            self.drop_staged(i);
+            match std::mem::replace(&mut self.targets[i].mover, Slot::None) {
+                Slot::Active(m) if !exited => m.end(),
+                Slot::Parked(p) => p.end(),
+                _ => {}
             }
         }
     }
@@ -725,9 +725,10 @@ impl Server {
                 return Ok(());
             }
             Outcome::Failed(why) => {
+                // (The others first: the mover's staging area goes with it.)
+                self.drop_staged(i);
                 let end = head.start + head.stretches * HUGE_STRETCH;
                 self.targets[i].moved(head.start, end, Err(MoveFailed::Lost(why)));
-                self.drop_staged(i);
                 return Ok(());
             }
         }
@@ -740,13 +741,13 @@ impl Server {
         if !same {
             return Ok(());
         }
-        let t = &mut self.targets[i];
-        let Slot::Active(mover) = &mut t.mover else { return Ok(()) };
+        let Slot::Active(mover) = &mut self.targets[i].mover else { return Ok(()) };
         let placed = mover.move_group(head.group, head.start, end - head.start);
-        t.moved(head.start, end, placed);
-        if !matches!(t.mover, Slot::Active(_)) {
+        if matches!(placed, Err(MoveFailed::Lost(_))) {
+            // The mover ends, and its staging area with it: nothing may be written there.
             self.drop_staged(i);
         }
+        self.targets[i].moved(head.start, end, placed);
         Ok(())
     }
 
