@@ -245,6 +245,10 @@ impl Mover {
         self.parked.pid
     }
 
+    pub fn tid(&self) -> i32 {
+        self.parked.tid
+    }
+
     /// Where group `g` of the staging area is (workers write it: kinds/lazy_stage.rs).
     pub fn group_address(&self, g: u64) -> u64 {
         self.parked.staging + g.min(GROUPS - 1) * GROUP_LEN

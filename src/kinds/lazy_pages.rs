@@ -595,6 +595,9 @@ impl Server {
         }
         self.end_movers(false);
         self.drop_finished();
+        for s in &self.sources {
+            s.stage.check_lease();
+        }
         Ok(())
     }
 
@@ -755,7 +758,14 @@ impl Server {
     /// then the next movable stretches, until every group of its staging area is taken.
     fn stage_ahead(&mut self, i: usize, start: u64, n: u64) -> Result<()> {
         if self.stager.is_none() {
-            self.stager = Some(Stager::start()?);
+            match Stager::start() {
+                Ok(stager) => self.stager = Some(stager),
+                Err(e) => {
+                    let why = format!("no staging workers: {e:#}");
+                    self.targets[i].moved(start, start, Err(MoveFailed::Lost(why)));
+                    return Ok(());
+                }
+            }
         }
         let mut next = match self.targets[i].staged.back() {
             Some(last) => last.start + last.stretches * HUGE_STRETCH,
@@ -781,7 +791,8 @@ impl Server {
         let Slot::Active(mover) = &t.mover else { return };
         let Some(group) = (0..super::lazy_move::GROUPS).find(|g| !t.staged.iter().any(|s| s.group == *g)) else { return };
         let job = super::lazy_stage::Job {
-            pid: mover.pid(),
+            // The mover's own id: once it is gone (its process exec'd), nothing is written.
+            pid: mover.tid(),
             at: mover.group_address(group),
             source: self.sources[t.source].stage.clone(),
             pieces: pieces.clone(),
@@ -795,9 +806,7 @@ impl Server {
     fn drop_staged(&mut self, i: usize) {
         let staged = std::mem::take(&mut self.targets[i].staged);
         if let Some(stager) = &self.stager {
-            for s in staged {
-                stager.cancel(s.id);
-            }
+            stager.cancel(&staged.iter().map(|s| s.id).collect::<Vec<_>>());
         }
     }
 
@@ -1124,6 +1133,10 @@ impl LazyPages {
         // Threads do not survive the fork: the helper starts its own prefetcher and stagers.
         server.prefetch = None;
         server.stager = None;
+        // The page files' leases go on with the helper (crust's copy of this state is dropped).
+        for s in &server.sources {
+            s.stage.hand_on_lease();
+        }
         if server.done() {
             server.close();
             if let Some(f) = &server.failed {

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -34,7 +34,10 @@ use crate::sys::region::MappedFile;
 
 const F_SETLEASE: i32 = 1024;
 const F_GETLEASE: i32 = 1025;
+const F_SETSIG: i32 = 10;
 const WORKERS: usize = 2;
+/// Most iovecs one process_vm_writev takes (UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 /// A page file as the stagers read it: its path, an open description of it, its record.
 pub struct StageSource {
@@ -67,28 +70,57 @@ impl StageSource {
         }
     }
 
+    /// Before the fork into the helper: crust's copy of the state, dropped after the fork,
+    /// leaves the lease (shared with the helper's copy) alone.
+    pub fn hand_on_lease(&self) {
+        if let Some(Some(l)) = self.leased.get() {
+            l.holder.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Lets go of a lease that is being broken (the writer waits for that), even while no
+    /// group is staged: the server calls this at each of its rounds.
+    pub fn check_lease(&self) {
+        if let Some(Some(l)) = self.leased.get()
+            && !l.released.load(Ordering::SeqCst)
+            && !l.held()
+        {
+            l.let_go();
+        }
+    }
+
     /// The fill is over: the lease goes.
     pub fn let_go(&self) {
         if let Some(Some(l)) = self.leased.get() {
             l.let_go();
         }
     }
+}
 
-    /// Whether crust holds a read lease on the file (for the log and tests).
-    pub fn is_leased(&self) -> bool {
-        self.leased.get().is_some_and(|l| l.as_ref().is_some_and(|l| !l.lost()))
+/// File systems whose page cache is the file: a lease there sees every write (not a network
+/// or FUSE file system, whose server may change a file without an open here).
+fn leasable_file_system(file: &File) -> Result<(), String> {
+    use nix::sys::statfs::{BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
+    let kind = nix::sys::statfs::fstatfs(file).map_err(|e| format!("fstatfs: {e}"))?.filesystem_type();
+    match [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, BTRFS_SUPER_MAGIC, TMPFS_MAGIC].contains(&kind) {
+        true => Ok(()),
+        false => Err(format!("file system {:#x}, not one crust leases", kind.0)),
     }
 }
 
-/// A read lease on a page file and a read-only mapping of it, with the chunks hashed there.
+/// A read lease on a page file and a read-only mapping of it.
 struct LeasedFile {
     /// The description the lease is on (the lease belongs to it: closing another copy of the
     /// file does not end it).
     fd: i32,
     map: MappedFile,
-    verified: Vec<AtomicBool>,
-    lost: AtomicBool,
-    /// The process that lets go of the lease when this goes: crust's, then the helper's.
+    /// Held (shared) by each worker while it reads the mapping; taken whole before the lease
+    /// goes, so that a writer let in (who may truncate) never finds a read under way.
+    reading: RwLock<()>,
+    /// F_GETLEASE said the lease is being broken, or it is gone.
+    broken: AtomicBool,
+    released: AtomicBool,
+    /// The process that lets go of the lease: crust's, then the helper's (0: none here).
     holder: AtomicU32,
 }
 
@@ -98,16 +130,26 @@ impl LeasedFile {
             return None;
         }
         let fd = file.as_raw_fd();
-        if let Err(e) = crate::sys::fcntl_int(fd, F_SETLEASE, libc::F_RDLCK) {
-            tracing::debug!(path = %path.display(), "lazy fill: no read lease on the page file ({e}): staged from chunks read in");
-            return None;
-        }
-        let release = |why: String| {
-            tracing::debug!(path = %path.display(), "lazy fill: {why}: staged from chunks read in");
-            let _ = crate::sys::fcntl_int(fd, F_SETLEASE, libc::F_UNLCK);
+        let refuse = |why: String| {
+            tracing::debug!(path = %path.display(), "lazy fill: no read lease on the page file ({why}): staged from chunks read in");
             None
         };
-        // A break signals nobody (SIGIO would end crust): the stagers see it with F_GETLEASE.
+        if let Err(e) = leasable_file_system(file) {
+            return refuse(e);
+        }
+        // A break signals the description's owner, crust itself at first (fs/locks.c,
+        // lease_setup): with SIGURG, ignored unless handled, rather than SIGIO, which would
+        // end crust; the owner is cleared right after, so that nobody is signalled at all.
+        if let Err(e) = crate::sys::fcntl_int(fd, F_SETSIG, libc::SIGURG) {
+            return refuse(format!("F_SETSIG: {e}"));
+        }
+        if let Err(e) = crate::sys::fcntl_int(fd, F_SETLEASE, libc::F_RDLCK) {
+            return refuse(e.to_string());
+        }
+        let release = |why: String| {
+            let _ = crate::sys::fcntl_int(fd, F_SETLEASE, libc::F_UNLCK);
+            refuse(why)
+        };
         if let Err(e) = crate::sys::set_owner_ex(fd, crate::sys::F_OWNER_PID, 0) {
             return release(format!("F_SETOWN_EX: {e}"));
         }
@@ -120,18 +162,23 @@ impl LeasedFile {
             Ok(m) => m,
             Err(e) => return release(format!("mmap: {e}")),
         };
-        let chunks = record.size.div_ceil(record.chunk_size.max(1)) as usize;
-        let verified = (0..chunks).map(|_| AtomicBool::new(false)).collect();
         tracing::debug!(path = %path.display(), "lazy fill: read lease on the page file: huge stretches staged from its mapping");
-        Some(LeasedFile { fd, map, verified, lost: AtomicBool::new(false), holder: AtomicU32::new(std::process::id()) })
+        Some(LeasedFile {
+            fd,
+            map,
+            reading: RwLock::new(()),
+            broken: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            holder: AtomicU32::new(std::process::id()),
+        })
     }
 
     fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.broken.load(Ordering::SeqCst) || self.released.load(Ordering::SeqCst)
     }
 
     /// Whether the lease is still held, not being broken: nobody has opened the file for
-    /// writing since it was taken. Else crust lets go of it, for the writer to go on.
+    /// writing since it was taken. Once it says no, it says no for good.
     fn held(&self) -> bool {
         if self.lost() {
             return false;
@@ -139,37 +186,60 @@ impl LeasedFile {
         // Being broken, F_GETLEASE says the type it is broken to (F_UNLCK).
         match crate::sys::fcntl_int(self.fd, F_GETLEASE, 0) {
             Ok(libc::F_RDLCK) => return true,
-            now => tracing::info!(
-                fd = self.fd,
-                "lazy fill: the page file's read lease is broken (F_GETLEASE: {now:?}): staged from chunks read in from now on"
-            ),
+            now => {
+                if !self.broken.swap(true, Ordering::SeqCst) {
+                    tracing::info!(
+                        fd = self.fd,
+                        "lazy fill: the page file's read lease is broken (F_GETLEASE: {now:?}): staged from chunks read in from now on"
+                    );
+                }
+            }
         }
-        self.let_go();
         false
     }
 
+    /// Lets go of the lease, once no worker reads the mapping (never while holding `reading`).
     fn let_go(&self) {
-        if !self.lost.swap(true, Ordering::SeqCst) && self.holder.load(Ordering::SeqCst) == std::process::id() {
+        self.broken.store(true, Ordering::SeqCst);
+        let _no_reader = self.reading.write().unwrap_or_else(|e| e.into_inner());
+        if !self.released.swap(true, Ordering::SeqCst) && self.holder.load(Ordering::SeqCst) == std::process::id() {
             let _ = crate::sys::fcntl_int(self.fd, F_SETLEASE, libc::F_UNLCK);
         }
     }
 
-    /// Chunk `index`, hashed in the mapping (once); None if the lease is gone.
-    fn chunk<'a>(&'a self, source: &StageSource, index: usize) -> Result<Option<&'a [u8]>, chunks_error::Damaged> {
+    /// The bytes of `chunks` (ascending, distinct) in the mapping, each kept in memory
+    /// (mlock: never evicted and read again before it is copied) and checked against its hash;
+    /// None if the lease is gone or a chunk cannot be locked. The caller holds `reading`, and
+    /// unlocks them with [`LeasedFile::unlock`] once it has copied them.
+    fn checked(&self, source: &StageSource, chunks: &[usize]) -> Result<Option<Vec<&[u8]>>, chunks_error::Damaged> {
         let record = &source.record;
-        let start = (index as u64 * record.chunk_size) as usize;
-        let end = (start as u64 + record.chunk_size).min(record.size) as usize;
-        let (Some(bytes), Some(done)) = (self.map.as_slice().get(start..end), self.verified.get(index)) else {
-            return Err(chunks_error::Damaged(format!("{}: chunk {index} lies past its end", source.path.display())));
-        };
-        if !self.held() {
-            return Ok(None);
-        }
-        if !done.load(Ordering::SeqCst) {
+        let mut out = Vec::with_capacity(chunks.len());
+        for &index in chunks {
+            let start = (index as u64 * record.chunk_size) as usize;
+            let end = (start as u64 + record.chunk_size).min(record.size) as usize;
+            let Some(bytes) = self.map.as_slice().get(start..end) else {
+                return Err(chunks_error::Damaged(format!("{}: chunk {index} lies past its end", source.path.display())));
+            };
+            if !self.held() {
+                return Ok(None);
+            }
+            if let Err(e) = self.map.lock(start..end) {
+                tracing::debug!(path = %source.path.display(), "lazy fill: mlock of the page file's chunk {index}: {e}: staged from chunks read in");
+                return Ok(None);
+            }
             chunks::verify_chunk(&source.path, record, index, bytes).map_err(|e| chunks_error::Damaged(e.to_string()))?;
-            done.store(true, Ordering::SeqCst);
+            out.push(bytes);
         }
-        Ok(Some(bytes))
+        Ok(Some(out))
+    }
+
+    fn unlock(&self, source: &StageSource, chunks: &[usize]) {
+        let record = &source.record;
+        for &index in chunks {
+            let start = (index as u64 * record.chunk_size) as usize;
+            let end = (start as u64 + record.chunk_size).min(record.size) as usize;
+            let _ = self.map.unlock(start..end);
+        }
     }
 }
 
@@ -265,19 +335,19 @@ impl Stager {
         }
     }
 
-    /// Job `id` is not wanted any more: taken back if no worker has it, else waited for (its
-    /// group must not be written once it is given to another job, or unmapped).
-    pub fn cancel(&self, id: u64) {
+    /// Jobs `ids` are not wanted any more: taken back if no worker has them, else waited for
+    /// (a group must not be written once it is given to another job, or unmapped).
+    pub fn cancel(&self, ids: &[u64]) {
         let (lock, cv) = &*self.shared;
         let Ok(mut q) = lock.lock() else { return };
-        q.pending.retain(|(i, _)| *i != id);
-        while q.running.contains(&id) {
+        q.pending.retain(|(i, _)| !ids.contains(i));
+        while ids.iter().any(|i| q.running.contains(i)) {
             q = match cv.wait(q) {
                 Ok(q) => q,
                 Err(_) => return,
             };
         }
-        q.done.remove(&id);
+        q.done.retain(|i, _| !ids.contains(i));
     }
 }
 
@@ -314,7 +384,9 @@ fn run(shared: &(Mutex<Queue>, Condvar)) {
                 };
             }
         };
-        let outcome = stage(&job, &mut buffers);
+        // A panic is the job's failure (the server must not wait for it forever).
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage(&job, &mut buffers)))
+            .unwrap_or_else(|_| Outcome::Failed("a staging worker panicked".into()));
         let Ok(mut q) = lock.lock() else { return };
         q.running.remove(&id);
         q.done.insert(id, outcome);
@@ -326,29 +398,55 @@ fn run(shared: &(Mutex<Queue>, Condvar)) {
 fn stage(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
     let source = &job.source;
     if let Some(leased) = source.leased() {
-        let mut slices = Vec::with_capacity(job.pieces.len());
-        for &(index, at, len) in &job.pieces {
-            match leased.chunk(source, index) {
-                Ok(Some(bytes)) => match bytes.get(at..at + len) {
-                    Some(b) => slices.push(b),
-                    None => return Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display())),
-                },
-                Ok(None) => return stage_read(job, buffers),
-                Err(chunks_error::Damaged(m)) => return Outcome::Damaged(m),
-            }
-        }
-        let written = write(job.pid, job.at, &slices);
-        if let Err(e) = crate::fault::point("lazy-staged") {
-            return Outcome::Failed(format!("{e:#}"));
-        }
-        return match (written, leased.held()) {
-            (Ok(()), true) => Outcome::Staged,
-            (Err(e), true) => Outcome::Failed(e),
-            // A truncate after the lease was lost faults the mapping's reads: EFAULT.
-            (_, false) => Outcome::Again,
+        let staged = {
+            let _reading = leased.reading.read().unwrap_or_else(|e| e.into_inner());
+            stage_mapped(job, leased)
         };
+        // (Let go of outside the read: a writer let in may truncate the file.)
+        if leased.lost() {
+            leased.let_go();
+        }
+        match staged {
+            Some(outcome) => return outcome,
+            None => return stage_read(job, buffers),
+        }
     }
     stage_read(job, buffers)
+}
+
+/// The job staged from the leased mapping: None if the lease went before anything was written.
+fn stage_mapped(job: &Job, leased: &LeasedFile) -> Option<Outcome> {
+    let source = &job.source;
+    let mut chunks: Vec<usize> = job.pieces.iter().map(|p| p.0).collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    let bytes = match leased.checked(source, &chunks) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            leased.unlock(source, &chunks);
+            return None;
+        }
+        Err(chunks_error::Damaged(m)) => return Some(Outcome::Damaged(m)),
+    };
+    let mut slices = Vec::with_capacity(job.pieces.len());
+    for &(index, at, len) in &job.pieces {
+        let k = chunks.binary_search(&index).unwrap_or(0);
+        match bytes.get(k).and_then(|b| b.get(at..at + len)) {
+            Some(b) => slices.push(b),
+            None => return Some(Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display()))),
+        }
+    }
+    let written = write(job.pid, job.at, &slices);
+    leased.unlock(source, &chunks);
+    if let Err(e) = crate::fault::point("lazy-staged") {
+        return Some(Outcome::Failed(format!("{e:#}")));
+    }
+    Some(match (written, leased.held()) {
+        (Ok(()), true) => Outcome::Staged,
+        (Err(e), true) => Outcome::Failed(e),
+        // Written while the lease was being broken: maybe not the bytes checked.
+        (_, false) => Outcome::Again,
+    })
 }
 
 /// The job staged from its chunks read into crust's memory and verified there.
@@ -392,6 +490,7 @@ fn write(pid: i32, at: u64, pieces: &[&[u8]]) -> Result<(), String> {
     while done < len {
         // The pieces from `done` on.
         let mut skip = done;
+        // (At most IOV_MAX of them per call.)
         let local: Vec<IoSlice> = pieces
             .iter()
             .filter_map(|p| {
@@ -403,8 +502,9 @@ fn write(pid: i32, at: u64, pieces: &[&[u8]]) -> Result<(), String> {
                 skip = 0;
                 Some(s)
             })
+            .take(IOV_MAX)
             .collect();
-        let remote = [RemoteIoVec { base: (at + done as u64) as usize, len: len - done }];
+        let remote = [RemoteIoVec { base: (at + done as u64) as usize, len: local.iter().map(|s| s.len()).sum() }];
         match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
             Ok(n) if n > 0 => done += n,
             Ok(_) => return Err(format!("pid {pid}: process_vm_writev at {:#x} wrote nothing", at + done as u64)),
@@ -441,23 +541,25 @@ mod tests {
         let (path, data, record) = page_file("writer");
         let s = source(&path, &record);
         let leased = s.leased().expect("a read lease (root, on ext4)");
-        assert_eq!(leased.chunk(&s, 1).ok().flatten().unwrap(), &data[MIB..2 * MIB]);
+        assert_eq!(leased.checked(&s, &[1]).ok().flatten().unwrap(), vec![&data[MIB..2 * MIB]]);
+        leased.unlock(&s, &[1]);
         let p = path.clone();
         let opener = std::thread::spawn(move || {
             let started = Instant::now();
             drop(std::fs::OpenOptions::new().write(true).open(p).unwrap());
             started.elapsed()
         });
-        // The open waits on the lease until a check sees the break and lets go.
+        // The open waits on the lease until a round of the server sees the break and lets go.
         let deadline = Instant::now() + Duration::from_secs(10);
         while leased.held() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        s.check_lease();
         assert!(!leased.held(), "the lease still held 10 s after a writer's open");
         let waited = opener.join().unwrap();
         assert!(waited < Duration::from_secs(10), "the writer waited {waited:?}");
         assert!(s.leased().is_none(), "a broken lease is still offered to the stagers");
-        assert!(matches!(leased.chunk(&s, 1), Ok(None)), "a chunk handed out from the mapping after the break");
+        assert!(matches!(leased.checked(&s, &[1]), Ok(None)), "a chunk handed out from the mapping after the break");
         let _ = std::fs::remove_file(&path);
     }
 
@@ -478,11 +580,27 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let s = source(&path, &record);
         let leased = s.leased().expect("a read lease");
-        assert!(leased.chunk(&s, 0).is_ok());
-        match leased.chunk(&s, 1) {
+        assert!(matches!(leased.checked(&s, &[0]), Ok(Some(_))));
+        match leased.checked(&s, &[0, 1]) {
             Err(chunks_error::Damaged(m)) => assert!(m.contains(&format!("bytes {MIB}..{}", 2 * MIB)), "{m}"),
             _ => panic!("a damaged chunk verified"),
         }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// crust's copy of the server state, dropped after the fork into the helper, leaves the
+    /// lease it handed on (the same open file description) in place.
+    #[test]
+    fn a_lease_handed_on_stays_when_the_old_copy_goes() {
+        let (path, _, record) = page_file("handed-on");
+        let file = File::open(&path).unwrap();
+        let s = StageSource::new(path.clone(), &file, record).unwrap();
+        let description = s.file.try_clone().unwrap();
+        assert!(s.leased().is_some());
+        s.hand_on_lease();
+        drop(s);
+        assert_eq!(crate::sys::fcntl_int(description.as_raw_fd(), F_GETLEASE, 0), Ok(libc::F_RDLCK), "the lease went with the old copy");
+        let _ = crate::sys::fcntl_int(description.as_raw_fd(), F_SETLEASE, libc::F_UNLCK);
         let _ = std::fs::remove_file(&path);
     }
 
