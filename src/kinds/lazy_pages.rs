@@ -529,7 +529,8 @@ impl Server {
             let finished = all || t.owed.is_empty() || t.gone;
             // (Reaped here if it exited: its process exited or exec'd.)
             let exited = matches!(&t.mover, Slot::Active(m) if m.gone());
-            if !exited && !(finished && matches!(t.mover, Slot::Active(_) | Slot::Parked(_))) {
+            let ending = exited || (finished && matches!(t.mover, Slot::Active(_) | Slot::Parked(_)));
+            if !ending {
                 continue;
             }
             // Its staging area goes (or went) with it: nothing is written there any more.
