@@ -27,7 +27,8 @@
 //! `lazy-move-small` (for each stretch a mover's move placed as a huge page; `fail` takes it
 //! for one placed in 4 KiB pages: it is collapsed),
 //! `lazy-staged` (a staging worker wrote a group for a mover, before it checks the page file's
-//! lease; `fail` stands for a write into the process that failed).
+//! lease; `fail` stands for a write into the process that failed), `lazy-move` (before each
+//! move of a mover; `fail` stands for the kernel refusing it with EINVAL).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -59,6 +60,7 @@ pub const POINTS: &[&str] = &[
     "lazy-collapse",
     "lazy-move-small",
     "lazy-staged",
+    "lazy-move",
 ];
 
 /// Misbehaves here if CRUST_FAULT names this point (and this is its Nth visit).

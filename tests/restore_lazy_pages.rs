@@ -279,6 +279,49 @@ fn lazy_fill_of_huge_pages_around<T>(
     (log, held)
 }
 
+/// 64 MiB of 4 KiB pages restored --lazy-pages by an attached crust: the staging workers place
+/// verified pages in the mover's staging area of 4 KiB pages and the mover moves them in
+/// (crust says how much); once the fill is over the process has its one thread and its areas
+/// exactly as before the dump (no staging area left), and every word is right from inside.
+#[test]
+fn lazy_restore_moves_4k_pages_in_and_the_mover_leaves_no_trace() {
+    let kib = lazy_fill_of_4k_pages(&[]);
+    assert!(kib >= 64 * 1024, "the mover moved {kib} KiB in, not the whole 64 MiB area");
+}
+
+/// The kernel refuses the second move (injected): the first group's pages were moved in, the
+/// server copies the rest in place, and the process comes back just as exact.
+#[test]
+fn lazy_restore_copies_4k_pages_in_place_once_a_move_is_refused() {
+    let kib = lazy_fill_of_4k_pages(&[("CRUST_FAULT", "lazy-move:2:fail")]);
+    assert!(kib > 0 && kib < 64 * 1024, "the mover moved {kib} KiB in: all or nothing after a refusal");
+}
+
+/// [`lazy_restore_moves_4k_pages_in_and_the_mover_leaves_no_trace`] with more of crust's
+/// environment; returns the KiB crust says the mover moved in.
+fn lazy_fill_of_4k_pages(env: &[(&str, &str)]) -> u64 {
+    let mut w = Workload::spawn("lazy_pattern", &["64"]);
+    let pid = w.pid;
+    let maps_before = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let tasks_before = tasks_and_tracers(pid);
+    w.dump();
+    w.restore_extra = vec!["--lazy-pages".into()];
+    w.crust_env = vec![("CRUST_LOG".into(), "crust=debug".into())];
+    w.crust_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    w.restore_attached();
+    let said = "4 KiB pages moved in by the mover";
+    wait_until("crust's server to say it moved 4 KiB pages in", FILL_TIMEOUT, || w.attached_output().contains(said));
+    let log = w.attached_output();
+    let line = log.lines().find(|l| l.contains(said)).unwrap();
+    let kib: u64 = line.split("kib=").nth(1).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    wait_until("the process to have its one thread again", Duration::from_secs(10), || tasks_and_tracers(pid) == tasks_before);
+    assert_eq!(fs::read_to_string(format!("/proc/{pid}/maps")).unwrap(), maps_before, "the areas differ from the original's");
+    fs::write(format!("{}.end", w.status_path.display()), b"end\n").unwrap();
+    w.go().assert_pass();
+    assert!(w.status_text().lines().any(|l| l.starts_with("VERIFIED")), "{}", w.status_text());
+    kib
+}
+
 /// The process's own mover thread places each huge stretch whole (UFFDIO_MOVE, one copy):
 /// nothing is collapsed, and it leaves no trace.
 #[test]

@@ -52,6 +52,10 @@ pub const GROUPS: u64 = 4;
 const GROUP_LEN: u64 = STRETCHES_PER_MOVE * HUGE_STRETCH;
 /// The staging area: the groups, then a page for the uffdio_move argument.
 const STAGING_LEN: u64 = GROUPS * GROUP_LEN + PAGE_SIZE;
+/// The staging area of 4 KiB pages (MADV_NOHUGEPAGE), as many groups: registered with the
+/// userfaultfd by crust, which places verified pages there with UFFDIO_COPY from its workers,
+/// for the mover to move (a move of 4 KiB pages costs a fraction of a copy).
+pub const SMALL_STAGING_LEN: u64 = GROUPS * GROUP_LEN;
 const CLONE_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_SYSVSEM) as u64;
 
 /// A mover nobody traces, waiting in pause() with every signal blocked, and what it needs.
@@ -63,6 +67,8 @@ pub struct ParkedMover {
     uffd: u64,
     /// 2 MiB aligned, [`STAGING_LEN`] bytes.
     staging: u64,
+    /// [`SMALL_STAGING_LEN`] bytes.
+    small: u64,
     /// A `syscall` instruction in the process's vDSO.
     syscall_ip: u64,
 }
@@ -82,17 +88,11 @@ pub struct Moved {
     pub small: Vec<u64>,
 }
 
-/// Whether the kernel would give the staging area huge pages (THP not disabled): without them
-/// a move places 4 KiB pages, and the collapse path is no worse.
-fn huge_pages_available() -> bool {
-    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|s| !s.contains("[never]"))
-}
-
 /// Whether the restore of `pid` makes it a mover (given a copy of its userfaultfd: it has huge
 /// stretches to fill and the kernel moves pages): not with a seccomp filter (the mover's calls
-/// could kill the process), not without huge pages, not in another pid namespace.
+/// could kill the process), not in another pid namespace.
 pub fn wanted(pid: i32, has_seccomp: bool) -> bool {
-    !has_seccomp && !super::lazy_pages::no_move() && huge_pages_available() && sees_crust(pid)
+    !has_seccomp && !super::lazy_pages::no_move() && sees_crust(pid)
 }
 
 /// Whether `pid` sees crust by crust's own pid (the same pid namespace): the process fetches
@@ -159,7 +159,7 @@ pub fn spawn(leader: &mut RemoteTask, uffd: u64, helper: u64, syscall_ip: u64) -
     let mut remote = RemoteTask::new_thread_of(leader, tid, helper)?;
     super::memory::use_helper(&mut remote, helper);
     let set_up = closed.map_err(anyhow::Error::from).and_then(|_| set_up(&mut remote, uffd));
-    let staging = match set_up {
+    let (staging, small) = match set_up {
         Ok(s) => s,
         Err(e) => {
             let _ = remote.exit_with(libc::SYS_exit, &[0]);
@@ -167,15 +167,15 @@ pub fn spawn(leader: &mut RemoteTask, uffd: u64, helper: u64, syscall_ip: u64) -
             return Ok(None);
         }
     };
-    let mut mover = Mover { parked: ParkedMover { pid, tid: tid.as_raw(), uffd, staging, syscall_ip }, remote, pagemap: None };
+    let mut mover = Mover { parked: ParkedMover { pid, tid: tid.as_raw(), uffd, staging, small, syscall_ip }, remote, pagemap: None };
     mover.remote.set_syscall_ip(syscall_ip);
     tracing::debug!(pid, tid = tid.as_raw(), staging = format!("{staging:#x}"), "lazy page mover made");
     mover.park().map(Some)
 }
 
 /// The mover's own state: every fd but the userfaultfd closed, every signal blocked, the
-/// staging area mapped. Returns the staging area's address.
-fn set_up(t: &mut RemoteTask, uffd: u64) -> Result<u64> {
+/// staging areas mapped. Returns their addresses: for huge pages, for 4 KiB pages.
+fn set_up(t: &mut RemoteTask, uffd: u64) -> Result<(u64, u64)> {
     ptrace::set_sigmask(t.pid(), !0)?;
     // The mover's fd table is its own copy (no CLONE_FILES): closing its fds releases nothing
     // of the process's. POSIX locks belong to the files_struct that took them (fcntl_setlk sets
@@ -199,7 +199,10 @@ fn set_up(t: &mut RemoteTask, uffd: u64) -> Result<u64> {
     // Huge pages where crust writes; never copied into a child the program forks.
     t.syscall("madvise(MADV_HUGEPAGE)", libc::SYS_madvise, &[start, STAGING_LEN, libc::MADV_HUGEPAGE as u64])?;
     t.syscall("madvise(MADV_DONTFORK)", libc::SYS_madvise, &[start, STAGING_LEN, libc::MADV_DONTFORK as u64])?;
-    Ok(start)
+    let small = t.syscall("mmap(small staging area)", libc::SYS_mmap, &[0, SMALL_STAGING_LEN, prot, flags, u64::MAX, 0])?;
+    t.syscall("madvise(MADV_NOHUGEPAGE)", libc::SYS_madvise, &[small, SMALL_STAGING_LEN, libc::MADV_NOHUGEPAGE as u64])?;
+    t.syscall("madvise(MADV_DONTFORK)", libc::SYS_madvise, &[small, SMALL_STAGING_LEN, libc::MADV_DONTFORK as u64])?;
+    Ok((start, small))
 }
 
 impl ParkedMover {
@@ -254,13 +257,29 @@ impl Mover {
         self.parked.staging + g.min(GROUPS - 1) * GROUP_LEN
     }
 
-    /// Moves the first `len` bytes of group `g` (whole stretches, written with verified bytes)
-    /// to `dst`, 2 MiB aligned.
-    pub fn move_group(&mut self, g: u64, dst: u64, len: u64) -> Result<Moved, MoveFailed> {
-        if len == 0 || !len.is_multiple_of(HUGE_STRETCH) || len > GROUP_LEN || !dst.is_multiple_of(HUGE_STRETCH) || g >= GROUPS {
-            return Err(MoveFailed::Lost(format!("a move of {len} bytes to {dst:#x}: not whole stretches of a group")));
+    /// Where group `g` of the staging area of 4 KiB pages is.
+    pub fn small_group_address(&self, g: u64) -> u64 {
+        self.parked.small + g.min(GROUPS - 1) * GROUP_LEN
+    }
+
+    /// The staging area of 4 KiB pages: (start, length).
+    pub fn small_staging(&self) -> (u64, u64) {
+        (self.parked.small, SMALL_STAGING_LEN)
+    }
+
+    /// Moves the first `len` bytes of group `g` (written with verified bytes) to `dst`: whole
+    /// stretches, 2 MiB aligned, or (`small`) pages of the staging area of 4 KiB pages.
+    pub fn move_group(&mut self, g: u64, dst: u64, len: u64, small: bool) -> Result<Moved, MoveFailed> {
+        let whole = len.is_multiple_of(HUGE_STRETCH) && dst.is_multiple_of(HUGE_STRETCH);
+        let aligned = len.is_multiple_of(PAGE_SIZE) && dst.is_multiple_of(PAGE_SIZE);
+        if len == 0 || len > GROUP_LEN || g >= GROUPS || !(if small { aligned } else { whole }) {
+            return Err(MoveFailed::Lost(format!("a move of {len} bytes to {dst:#x}: not a group's pages")));
         }
-        let from = self.group_address(g);
+        let from = if small { self.small_group_address(g) } else { self.group_address(g) };
+        // Test only: CRUST_FAULT=lazy-move:N:fail has the kernel refuse the Nth move.
+        if crate::fault::point("lazy-move").is_err() {
+            return Err(MoveFailed::Refused { errno: Errno::EINVAL, moved: 0 });
+        }
         let arg_at = self.parked.staging + GROUPS * GROUP_LEN;
         self.write(arg_at, &[&uffd::move_arg(dst, from, len)])?;
         let ret = self
@@ -271,7 +290,8 @@ impl Mover {
             // Looked at where they arrived: the kernel moves a huge page whole only onto an
             // empty stretch, and splits it where a fault of the program's made a page table
             // there (mm/userfaultfd.c, move_pages), as it does one staged in 4 KiB pages.
-            return Ok(Moved { len, small: self.not_huge(dst, len) });
+            let small = if small { Vec::new() } else { self.not_huge(dst, len) };
+            return Ok(Moved { len, small });
         }
         let mut result = [0u8; 8];
         let moved = match self.read(arg_at + uffd::MOVE_ARG_RESULT as u64, &mut result) {
@@ -339,8 +359,12 @@ impl Mover {
     pub fn end(mut self) {
         let (pid, tid) = (self.parked.pid, self.parked.tid);
         // (Exits even if the unmap fails: its copy of the userfaultfd must go.)
-        if let Err(e) = self.remote.syscall("munmap(staging area)", libc::SYS_munmap, &[self.parked.staging, STAGING_LEN]) {
-            tracing::warn!(pid, tid, "lazy page mover: {e}");
+        // (The small one unregistered first by the server: an unmap of a registered area
+        // would wait for the server to read its event.)
+        for (at, len) in [(self.parked.staging, STAGING_LEN), (self.parked.small, SMALL_STAGING_LEN)] {
+            if let Err(e) = self.remote.syscall("munmap(staging area)", libc::SYS_munmap, &[at, len]) {
+                tracing::warn!(pid, tid, "lazy page mover: {e}");
+            }
         }
         match self.remote.exit_with(libc::SYS_exit, &[0]) {
             Ok(()) => tracing::debug!(pid, tid, "lazy page mover ended"),

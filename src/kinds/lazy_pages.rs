@@ -48,6 +48,9 @@ const FEATURES: u64 =
 /// Pages placed for one fault: the faulting page and those after it (programs touch memory in
 /// runs), within the same chunk and saved run.
 const FAULT_WINDOW: u64 = 16 * PAGE_SIZE;
+/// Lazy bytes from which a process gets a mover for its 4 KiB pages too (a thread made and
+/// ended costs about a millisecond of its restore).
+const MOVER_BYTES: u64 = 32 << 20;
 /// Verified chunks kept in memory (faults in random order often hit a recent one).
 const CACHED_CHUNKS: usize = 8;
 
@@ -118,7 +121,9 @@ impl Registrar {
         ctx.remote.syscall("close(userfaultfd)", libc::SYS_close, &[fd])?;
         let fd = taken?;
         let huge: Vec<u64> = lazy.iter().flat_map(|v| super::lazy_huge::stretches_to_collapse(v)).collect();
-        let granted = handshake(fd.as_fd(), !huge.is_empty()).map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
+        let bytes: u64 = lazy.iter().flat_map(|v| &v.pages).map(|r| r.pages * PAGE_SIZE).sum();
+        let granted = handshake(fd.as_fd(), !huge.is_empty() || bytes >= MOVER_BYTES)
+            .map_err(|e| anyhow::anyhow!("pid {pid}: userfaultfd UFFDIO_API: {e}"))?;
         if granted & FEATURES != FEATURES {
             bail!("pid {pid}: userfaultfd lacks features {:#x} that lazy restore needs", FEATURES & !granted);
         }
@@ -312,15 +317,22 @@ struct Target {
     unmovable: BTreeSet<u64>,
     /// Groups of the mover's staging area being written or written, in address order.
     staged: VecDeque<Staged>,
+    /// The mover's staging area of 4 KiB pages, registered with the userfaultfd: (start,
+    /// length). None: 4 KiB pages are copied into place by the server thread.
+    small_staging: Option<(u64, u64)>,
+    /// Bytes of 4 KiB pages the mover moved in.
+    small_moved: u64,
 }
 
-/// A group of the mover's staging area given to the staging workers: `stretches` whole
-/// stretches for `start`, from the page file's `pieces`.
+/// A group of the mover's staging area given to the staging workers: `len` bytes for `start`
+/// (whole stretches, or 4 KiB pages in the staging area of those: `small`), from the page
+/// file's `pieces`.
 struct Staged {
     id: u64,
     group: u64,
     start: u64,
-    stretches: u64,
+    len: u64,
+    small: bool,
     pieces: Vec<Piece>,
 }
 
@@ -374,6 +386,74 @@ impl Target {
         self.huge.pending_in(from + 1, to).find(|&s| self.movable(s))
     }
 
+    /// Whether the mover places 4 KiB pages too (its staging area of those is registered).
+    fn small_movable(&self) -> bool {
+        matches!(self.mover, Slot::Active(_)) && self.small_staging.is_some()
+    }
+
+    /// The group the mover places from `from` (an owed address): (bytes, 4 KiB pages?) whole
+    /// movable stretches, else owed pages up to a group's length, the next movable stretch or
+    /// the end of their range. None: `from` is placed by the server.
+    fn group_at(&self, from: u64) -> Option<(u64, bool)> {
+        let stretches = (0..super::lazy_move::STRETCHES_PER_MOVE).take_while(|k| self.movable(from + k * HUGE_STRETCH)).count() as u64;
+        if stretches > 0 {
+            return Some((stretches * HUGE_STRETCH, false));
+        }
+        if !self.small_movable() {
+            return None;
+        }
+        let (start, len, _) = self.owed.containing(from)?;
+        let mut end = (start + len).min(from + super::lazy_move::STRETCHES_PER_MOVE * HUGE_STRETCH);
+        if let Some(s) = self.next_movable(from, end) {
+            end = s;
+        }
+        (end > from).then_some((end - from, true))
+    }
+
+    /// The first group the mover places at or after `from`: (start, bytes, 4 KiB pages?).
+    fn next_group(&self, from: u64) -> Option<(u64, u64, bool)> {
+        let at = if !self.small_movable() {
+            self.next_movable(from.saturating_sub(1), u64::MAX)?
+        } else if self.owed.containing(from).is_some() {
+            from
+        } else {
+            *self.owed.0.range(from..).next()?.0
+        };
+        let (len, small) = self.group_at(at)?;
+        Some((at, len, small))
+    }
+
+    /// The mover's staging area of 4 KiB pages is left alone by the userfaultfd (before the
+    /// mover unmaps it: an unmap of a registered area waits for the server to read its event).
+    fn unregister_small(&mut self) {
+        if let Some((start, len)) = self.small_staging.take()
+            && let Err(e) = uffd::unregister(self.uffd.as_fd(), start, len)
+        {
+            tracing::debug!(pid = self.pid, "UFFDIO_UNREGISTER of the small staging area {start:#x}: {e}");
+        }
+    }
+
+    /// Books a move of `start..end` of 4 KiB pages: what the kernel moved is in; after a
+    /// refusal other than EAGAIN the server copies the rest in place.
+    fn moved_small(&mut self, start: u64, end: u64, placed: Result<Moved, MoveFailed>) {
+        let (moved, errno) = match placed {
+            Ok(Moved { len, .. }) => (len, None),
+            Err(MoveFailed::Refused { errno, moved }) => (moved, Some(errno)),
+            Err(lost) => return self.moved(start, end, Err(lost)),
+        };
+        self.owed.take(start, start + moved);
+        self.small_moved += moved;
+        let owed = &self.owed;
+        self.huge.placed(start, start + moved, |s, e| !owed.overlapping(s, e).is_empty());
+        if let Some(errno) = errno.filter(|e| *e != Errno::EAGAIN || moved > 0) {
+            tracing::debug!(
+                pid = self.pid,
+                "UFFDIO_MOVE of 4 KiB pages at {start:#x}: {errno} after {moved} bytes: copied in place from now on"
+            );
+            self.unregister_small();
+        }
+    }
+
     /// Books a move of `start..end`: all of it in (some stretches maybe in 4 KiB pages, to
     /// collapse), or what the failure says.
     fn moved(&mut self, start: u64, end: u64, placed: Result<Moved, MoveFailed>) {
@@ -390,6 +470,7 @@ impl Target {
             Err(MoveFailed::Refused { errno, moved }) => (moved, errno),
             Err(MoveFailed::Lost(why)) => {
                 tracing::warn!(pid = self.pid, "lazy page mover lost ({why}): the collapse path serves the rest");
+                self.unregister_small();
                 if let Slot::Active(m) = std::mem::replace(&mut self.mover, Slot::None) {
                     m.end();
                 }
@@ -460,6 +541,8 @@ impl Server {
             mover: if t.mover_expected { Slot::Expected(std::time::Instant::now()) } else { Slot::None },
             unmovable: BTreeSet::new(),
             staged: VecDeque::new(),
+            small_staging: None,
+            small_moved: 0,
         });
         Ok(())
     }
@@ -471,6 +554,14 @@ impl Server {
             None => m.end(),
         }
         self.seize_movers();
+        for t in self.targets.iter_mut().filter(|t| t.small_staging.is_none()) {
+            let Slot::Active(mover) = &t.mover else { continue };
+            let (start, len) = mover.small_staging();
+            match uffd::register_missing(t.uffd.as_fd(), start, len) {
+                Ok(()) => t.small_staging = Some((start, len)),
+                Err(e) => tracing::debug!(pid = t.pid, "UFFDIO_REGISTER of the small staging area: {e}: 4 KiB pages copied in place"),
+            }
+        }
     }
 
     /// Takes over the parked movers (the server thread, or the helper once it starts). A mover
@@ -535,6 +626,7 @@ impl Server {
             }
             // Its staging area goes (or went) with it: nothing is written there any more.
             self.drop_staged(i);
+            self.targets[i].unregister_small();
             match std::mem::replace(&mut self.targets[i].mover, Slot::None) {
                 Slot::Active(m) if !exited => m.end(),
                 Slot::Parked(p) => p.end(),
@@ -558,6 +650,9 @@ impl Server {
         if self.failed.is_none() {
             for t in self.targets.iter().filter(|t| t.pidfd.is_some()) {
                 t.huge.report(t.pid);
+                if t.small_moved > 0 {
+                    tracing::info!(pid = t.pid, kib = t.small_moved / 1024, "lazy restore: 4 KiB pages moved in by the mover");
+                }
             }
         }
         // The movers' copies of the userfaultfds go before the registrations are to end.
@@ -630,6 +725,8 @@ impl Server {
                         mover: Slot::None,
                         unmovable: BTreeSet::new(),
                         staged: VecDeque::new(),
+                        small_staging: None,
+                        small_moved: 0,
                     };
                     tracing::debug!(pid = t.pid, "a restored process forked during the lazy fill");
                     self.targets.push(child);
@@ -692,9 +789,8 @@ impl Server {
         let Some(i) = self.targets.iter().position(Target::fillable) else { return Ok(()) };
         let (start, len, offset) = self.targets[i].owed.first().expect("owed");
         let t = &self.targets[i];
-        let stretches = (0..super::lazy_move::STRETCHES_PER_MOVE).take_while(|k| t.movable(start + k * HUGE_STRETCH)).count() as u64;
-        if stretches > 0 {
-            return self.move_in(i, start, stretches);
+        if let Some((bytes, small)) = t.group_at(start) {
+            return self.move_in(i, start, bytes, small);
         }
         let chunk = self.sources[t.source].record.chunk_size;
         let mut n = len.min((offset / chunk + 1) * chunk - offset);
@@ -706,23 +802,25 @@ impl Server {
         Ok(())
     }
 
-    /// Places `n` whole stretches from `start` through the process's mover: their verified
-    /// bytes written into a group of its staging area by the staging workers (the next groups
-    /// are written meanwhile), then moved (one copy, huge pages whole). What it refuses takes
-    /// the COPY-then-collapse path; EAGAIN (an event first) is tried again.
-    fn move_in(&mut self, i: usize, start: u64, n: u64) -> Result<()> {
+    /// Places the group of `bytes` from `start` through the process's mover: whole stretches
+    /// or (`small`) 4 KiB pages, their verified bytes written into a group of its staging area
+    /// by the staging workers (the next groups are written meanwhile), then moved (one copy,
+    /// huge pages whole). What it refuses takes the COPY(-then-collapse) path; EAGAIN (an event
+    /// first) is tried again.
+    fn move_in(&mut self, i: usize, start: u64, bytes: u64, small: bool) -> Result<()> {
         // Groups staged for other places (events and faults changed what comes first) go.
         if self.targets[i].staged.front().is_some_and(|s| s.start != start) {
             self.drop_staged(i);
         }
-        self.stage_ahead(i, start, n)?;
+        self.stage_ahead(i, start, bytes, small)?;
         let Some(id) = self.targets[i].staged.front().map(|s| s.id) else { return Ok(()) };
         // Not written yet: faults are answered meanwhile, and the server comes back.
         let Some(outcome) = self.stager.as_ref().and_then(|s| s.wait(id, STAGE_WAIT)) else { return Ok(()) };
         let Some(head) = self.targets[i].staged.pop_front() else { return Ok(()) };
+        let end = head.start + head.len;
         match outcome {
             Outcome::Staged => {}
-            // Staged again next time, from chunks read in (the page file's lease is gone).
+            // Staged again next time (from chunks read in, if the page file's lease is gone).
             Outcome::Again => return Ok(()),
             Outcome::Damaged(message) => {
                 self.fail(message);
@@ -731,33 +829,43 @@ impl Server {
             Outcome::Failed(why) => {
                 // (The others first: the mover's staging area goes with it.)
                 self.drop_staged(i);
-                let end = head.start + head.stretches * HUGE_STRETCH;
                 self.targets[i].moved(head.start, end, Err(MoveFailed::Lost(why)));
                 return Ok(());
             }
         }
-        let end = head.start + head.stretches * HUGE_STRETCH;
         // The program may have dropped, moved or touched them since they were planned: moved
         // only if they are still owed whole, from the same bytes of the page file.
-        let t = &self.targets[i];
-        let same =
-            (0..head.stretches).all(|k| t.movable(head.start + k * HUGE_STRETCH)) && self.pieces_for(i, head.start, end) == head.pieces;
-        if !same {
+        if !self.still_staged(i, &head) {
             return Ok(());
         }
         let Slot::Active(mover) = &mut self.targets[i].mover else { return Ok(()) };
-        let placed = mover.move_group(head.group, head.start, end - head.start);
+        let placed = mover.move_group(head.group, head.start, head.len, head.small);
         if matches!(placed, Err(MoveFailed::Lost(_))) {
             // The mover ends, and its staging area with it: nothing may be written there.
             self.drop_staged(i);
         }
-        self.targets[i].moved(head.start, end, placed);
+        match head.small {
+            true => self.targets[i].moved_small(head.start, end, placed),
+            false => self.targets[i].moved(head.start, end, placed),
+        }
         Ok(())
     }
 
-    /// Keeps the staging workers busy on process `i`: the group for `start` (`n` stretches),
-    /// then the next movable stretches, until every group of its staging area is taken.
-    fn stage_ahead(&mut self, i: usize, start: u64, n: u64) -> Result<()> {
+    /// Whether a staged group is still the group to move: its pages all owed, from the same
+    /// bytes of the page file, and (stretches) still movable whole.
+    fn still_staged(&self, i: usize, head: &Staged) -> bool {
+        let t = &self.targets[i];
+        let end = head.start + head.len;
+        let movable = match head.small {
+            true => t.small_movable() && t.owed.bytes_in(head.start, end) == head.len,
+            false => (head.start..end).step_by(HUGE_STRETCH as usize).all(|s| t.movable(s)),
+        };
+        movable && self.pieces_for(i, head.start, end) == head.pieces
+    }
+
+    /// Keeps the staging workers busy on process `i`: the group for `start`, then the next
+    /// ones, until every group of its staging areas is taken.
+    fn stage_ahead(&mut self, i: usize, start: u64, bytes: u64, small: bool) -> Result<()> {
         if self.stager.is_none() {
             match Stager::start() {
                 Ok(stager) => self.stager = Some(stager),
@@ -769,38 +877,52 @@ impl Server {
             }
         }
         let mut next = match self.targets[i].staged.back() {
-            Some(last) => last.start + last.stretches * HUGE_STRETCH,
+            Some(last) => last.start + last.len,
             None => {
-                self.submit_stage(i, start, n);
-                start + n * HUGE_STRETCH
+                if !self.submit_stage(i, start, bytes, small) {
+                    return Ok(());
+                }
+                start + bytes
             }
         };
         while (self.targets[i].staged.len() as u64) < super::lazy_move::GROUPS {
-            let t = &self.targets[i];
-            let Some(s) = t.next_movable(next - 1, u64::MAX) else { break };
-            let count = (0..super::lazy_move::STRETCHES_PER_MOVE).take_while(|k| t.movable(s + k * HUGE_STRETCH)).count() as u64;
-            self.submit_stage(i, s, count);
-            next = s + count * HUGE_STRETCH;
+            let Some((s, len, small)) = self.targets[i].next_group(next) else { break };
+            if !self.submit_stage(i, s, len, small) {
+                break;
+            }
+            next = s + len;
         }
         Ok(())
     }
 
-    /// Gives `n` stretches from `start` of process `i` to the staging workers, in a free group.
-    fn submit_stage(&mut self, i: usize, start: u64, n: u64) {
-        let pieces = self.pieces_for(i, start, start + n * HUGE_STRETCH);
+    /// Gives `len` bytes from `start` of process `i` to the staging workers, in a free group;
+    /// false if they cannot take it.
+    fn submit_stage(&mut self, i: usize, start: u64, len: u64, small: bool) -> bool {
+        let pieces = self.pieces_for(i, start, start + len);
         let t = &self.targets[i];
-        let Slot::Active(mover) = &t.mover else { return };
-        let Some(group) = (0..super::lazy_move::GROUPS).find(|g| !t.staged.iter().any(|s| s.group == *g)) else { return };
+        let Slot::Active(mover) = &t.mover else { return false };
+        let Some(group) = (0..super::lazy_move::GROUPS).find(|g| !t.staged.iter().any(|s| s.group == *g)) else { return false };
+        // 4 KiB pages are placed in the registered staging area with UFFDIO_COPY (no page to
+        // clear first), through a copy of the userfaultfd the job closes when it ends.
+        let uffd = match small {
+            true => match t.uffd.try_clone() {
+                Ok(fd) => Some(fd),
+                Err(_) => return false,
+            },
+            false => None,
+        };
         let job = super::lazy_stage::Job {
             // The mover's own id: once it is gone (its process exec'd), nothing is written.
             pid: mover.tid(),
-            at: mover.group_address(group),
+            at: if small { mover.small_group_address(group) } else { mover.group_address(group) },
             source: self.sources[t.source].stage.clone(),
             pieces: pieces.clone(),
+            uffd,
         };
-        let Some(stager) = self.stager.as_mut() else { return };
+        let Some(stager) = self.stager.as_mut() else { return false };
         let id = stager.submit(job);
-        self.targets[i].staged.push_back(Staged { id, group, start, stretches: n, pieces });
+        self.targets[i].staged.push_back(Staged { id, group, start, len, small, pieces });
+        true
     }
 
     /// Lets go of process `i`'s staged groups (waiting for those being written).
@@ -1016,6 +1138,9 @@ impl Server {
 
 /// The parts of `start..end` (owed by `t`) outside the stretches its mover can place.
 fn not_movable(t: &Target, start: u64, end: u64) -> Vec<(u64, u64)> {
+    if t.small_movable() {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let mut at = start;
     let first = start.next_multiple_of(HUGE_STRETCH);

@@ -264,12 +264,15 @@ fn no_lease() -> bool {
 /// Bytes of a staging: (chunk index, offset in the chunk, length), in the order written.
 pub type Piece = (usize, usize, usize);
 
-/// A group to stage: `pieces` of `source` written from `at` on in the process `pid`.
+/// A group to stage: `pieces` of `source` written from `at` on in the process `pid` (a
+/// thread id: its address space), with process_vm_writev, or with UFFDIO_COPY through `uffd`
+/// where `at` is in an area registered with it (4 KiB pages).
 pub struct Job {
     pub pid: i32,
     pub at: u64,
     pub source: Arc<StageSource>,
     pub pieces: Vec<Piece>,
+    pub uffd: Option<std::os::fd::OwnedFd>,
 }
 
 /// What became of a job.
@@ -436,13 +439,14 @@ fn stage_mapped(job: &Job, leased: &LeasedFile) -> Option<Outcome> {
             None => return Some(Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display()))),
         }
     }
-    let written = write(job.pid, job.at, &slices);
+    let written = place(job, &slices);
     leased.unlock(source, &chunks);
     if let Err(e) = crate::fault::point("lazy-staged") {
         return Some(Outcome::Failed(format!("{e:#}")));
     }
     Some(match (written, leased.held()) {
-        (Ok(()), true) => Outcome::Staged,
+        (Ok(true), true) => Outcome::Staged,
+        (Ok(false), true) => Outcome::Again,
         (Err(e), true) => Outcome::Failed(e),
         // Written while the lease was being broken: maybe not the bytes checked.
         (_, false) => Outcome::Again,
@@ -476,10 +480,46 @@ fn stage_read(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
             None => return Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display())),
         }
     }
-    match write(job.pid, job.at, &slices) {
-        Ok(()) => Outcome::Staged,
+    match place(job, &slices) {
+        Ok(true) => Outcome::Staged,
+        Ok(false) => Outcome::Again,
         Err(e) => Outcome::Failed(e),
     }
+}
+
+/// The job's bytes into its group, one piece after the other; Ok(false): given up for now
+/// (an event of the process's waits for the server to read it).
+fn place(job: &Job, pieces: &[&[u8]]) -> Result<bool, String> {
+    match &job.uffd {
+        None => write(job.pid, job.at, pieces).map(|()| true),
+        Some(uffd) => copy(uffd, job.pid, job.at, pieces),
+    }
+}
+
+/// UFFDIO_COPY of `pieces` from `at` on into a registered staging area. A page still there
+/// (a group given up, or moved in part) is written over with process_vm_writev (it is
+/// present: no fault). EAGAIN (an event of the process waits for the server) gives up.
+fn copy(uffd: &std::os::fd::OwnedFd, pid: i32, at: u64, pieces: &[&[u8]]) -> Result<bool, String> {
+    use std::os::fd::AsFd;
+    let mut address = at;
+    for piece in pieces {
+        let mut done = 0usize;
+        while done < piece.len() {
+            let to = address + done as u64;
+            match crate::sys::uffd::copy(uffd.as_fd(), to, &piece[done..]) {
+                Ok(n) => done += n as usize,
+                Err(Errno::EEXIST) => {
+                    let page = (crate::sys::PAGE_SIZE as usize).min(piece.len() - done);
+                    write(pid, to, &[&piece[done..done + page]])?;
+                    done += page;
+                }
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(format!("pid {pid}: UFFDIO_COPY of {} bytes at {to:#x}: {e}", piece.len() - done)),
+            }
+        }
+        address += piece.len() as u64;
+    }
+    Ok(true)
 }
 
 /// process_vm_writev of `pieces`, one after the other, from `at`, until all are written.
@@ -613,7 +653,7 @@ mod tests {
         // mutably), and the wait's lock orders that before the read here.
         let mut into = vec![0u8; expected.len()];
         let mut stager = Stager::start().unwrap();
-        let job = Job { pid: std::process::id() as i32, at: into.as_mut_ptr() as u64, source: Arc::new(s), pieces };
+        let job = Job { pid: std::process::id() as i32, at: into.as_mut_ptr() as u64, source: Arc::new(s), pieces, uffd: None };
         let id = stager.submit(job);
         let outcome = stager.wait(id, Duration::from_secs(30));
         assert!(matches!(outcome, Some(Outcome::Staged)), "{outcome:?}");

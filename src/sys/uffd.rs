@@ -48,6 +48,7 @@ pub const PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 // _IOWR/_IOR(0xAA, nr, struct): dir << 30 | size << 16 | 0xAA << 8 | nr.
 const UFFDIO_API: u64 = 0xc018_aa3f;
 const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_UNREGISTER: u64 = 0x8010_aa01;
 const UFFDIO_WAKE: u64 = 0x8010_aa02;
 const UFFDIO_COPY: u64 = 0xc028_aa03;
 const UFFDIO_ZEROPAGE: u64 = 0xc020_aa04;
@@ -165,6 +166,12 @@ fn register(fd: BorrowedFd, start: u64, len: u64, mode: u64) -> Result<u64, Errn
 /// UFFDIO_REGISTER in MISSING mode of `start..start+len` (whole areas of the address space).
 pub fn register_missing(fd: BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
     register(fd, start, len, REGISTER_MODE_MISSING).map(drop)
+}
+
+/// UFFDIO_UNREGISTER of `start..start+len`: its faults are the kernel's own again.
+pub fn unregister(fd: BorrowedFd, start: u64, len: u64) -> Result<(), Errno> {
+    let mut arg = [start, len];
+    ioctl(fd, UFFDIO_UNREGISTER, &mut arg)
 }
 
 /// UFFDIO_REGISTER in write-protect mode of `start..start+len`; EINVAL when the range cannot
