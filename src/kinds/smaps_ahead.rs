@@ -11,8 +11,10 @@
 //! the rest (the worker hands it over in pieces of whole lines): a process of 16384 areas has
 //! its 13 MB parsed on the other core while the kernel writes them, and the worker reads into
 //! the buffers the taker has parsed (memory already touched). A process the worker has
-//! not reached yet is read by the taker itself. With `dump -R`, the worker and the taker also
-//! write-protect the process's memory whenever they have nothing else to do (uffd_dump).
+//! not reached yet is read by the taker itself. Where crust reads the areas without smaps
+//! (kinds/vm_flags.rs), the worker hands over the areas themselves, nothing to parse. With
+//! `dump -R`, the worker and the taker also write-protect the process's memory whenever they
+//! have nothing else to do (uffd_dump).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
