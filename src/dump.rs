@@ -183,13 +183,13 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     progress.step(format!("checking the tree of pid {root}"));
     crate::timing::step("dump: refuse before freezing", || refuse_before_freezing(root, image, opts))?;
     image.begin()?;
-    crate::kinds::uffd_dump::protect_ahead(root.as_raw());
+    crate::timing::step("dump: protect ahead", || crate::kinds::uffd_dump::protect_ahead(root.as_raw()));
     crate::fault::point("dump-protected-ahead").map_err(|e| e.context(format!("dumping the tree of pid {root} (it was left running)")))?;
     progress.step(format!("freezing the tree of pid {root}"));
     // Timed waits and lease breakers are sampled while they still wait; remaining times
     // count from here.
-    crate::kinds::syscall_timeouts::before_freeze(root.as_raw());
-    crate::kinds::leases::before_freeze(root.as_raw());
+    crate::timing::step("dump: timed waits before freezing", || crate::kinds::syscall_timeouts::before_freeze(root.as_raw()));
+    crate::timing::step("dump: leases before freezing", || crate::kinds::leases::before_freeze(root.as_raw()));
     crate::fault::point("dump-sampled").map_err(|e| e.context(format!("dumping the tree of pid {root} (it was left running)")))?;
     let freeze_start = Instant::now();
     let mut members = Vec::new();

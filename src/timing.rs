@@ -26,6 +26,21 @@ pub fn add(name: &'static str, took: Duration) {
     entry.1 += 1;
 }
 
+/// A step timed from its making to its drop (a step of many exits).
+pub struct Timed(&'static str, Instant);
+
+impl Timed {
+    pub fn new(name: &'static str) -> Timed {
+        Timed(name, Instant::now())
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        add(self.0, self.1.elapsed());
+    }
+}
+
 /// Logs the totals of every step (at debug level), longest first, and starts again.
 pub fn report(what: &str) {
     let totals = std::mem::take(&mut *TOTALS.lock().unwrap_or_else(|p| p.into_inner()));

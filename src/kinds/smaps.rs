@@ -98,7 +98,7 @@ impl Parser {
 fn parse_line(areas: &mut Vec<Area>, line: &str) -> Result<()> {
     let field = match line.as_bytes().first() {
         Some(c) if !c.is_ascii_uppercase() => {
-            areas.push(parse_header(line)?);
+            areas.push(header(line)?);
             return Ok(());
         }
         // Most lines are fields crust does not read: one byte looked at.
@@ -130,9 +130,10 @@ enum Field {
     Other,
 }
 
-/// `start-end perms offset major:minor inode name`: five fields each ended by one space, then
-/// the name (trimmed, as procfs does) after the padding.
-fn parse_header(line: &str) -> Result<Area> {
+/// An area's first line (`start-end perms offset major:minor inode name`, as in
+/// /proc/PID/maps): five fields each ended by one space, then the name (trimmed, as procfs
+/// does) after the padding; its fields left empty.
+pub fn header(line: &str) -> Result<Area> {
     let mut rest = line;
     let mut next = |what: &str| -> Result<&str> {
         let space = rest.bytes().position(|b| b == b' ').with_context(|| format!("the line ends at the {what}"))?;
@@ -191,7 +192,7 @@ fn size(line: &str) -> Result<u64> {
 }
 
 /// The words of a VmFlags line: those procfs knows as its flags, the others crust decides on.
-fn vm_flags(words: &str) -> (VmFlags, ExtraFlags) {
+pub fn vm_flags(words: &str) -> (VmFlags, ExtraFlags) {
     let mut flags = VmFlags::NONE;
     let mut extra = ExtraFlags::default();
     for word in words.split_ascii_whitespace() {

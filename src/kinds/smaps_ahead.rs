@@ -11,8 +11,10 @@
 //! the rest (the worker hands it over in pieces of whole lines): a process of 16384 areas has
 //! its 13 MB parsed on the other core while the kernel writes them, and the worker reads into
 //! the buffers the taker has parsed (memory already touched). A process the worker has
-//! not reached yet is read by the taker itself. With `dump -R`, the worker and the taker also
-//! write-protect the process's memory whenever they have nothing else to do (uffd_dump).
+//! not reached yet is read by the taker itself. Where crust reads the areas without smaps
+//! (kinds/vm_flags.rs), the worker hands over the areas themselves, nothing to parse. With
+//! `dump -R`, the worker and the taker also write-protect the process's memory whenever they
+//! have nothing else to do (uffd_dump).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -48,6 +50,8 @@ struct State {
 /// What the worker has read of one process's smaps.
 #[derive(Default)]
 struct Slot {
+    /// The areas made without smaps (kinds/vm_flags.rs), nothing to parse.
+    made: Option<Vec<Area>>,
     /// Whole lines read and not taken yet.
     pieces: Vec<String>,
     /// How the read ended, once it has: every piece is in `pieces` by then.
@@ -79,16 +83,22 @@ impl SmapsAhead {
     /// and parsed here if it was not started.
     pub fn take(&mut self, pid: i32) -> Result<Vec<Area>> {
         let what = || format!("pid {pid}: reading /proc/{pid}/smaps");
-        let Some(shared) = &self.0 else { return parse_all(&read_smaps(pid).with_context(what)?, pid) };
+        let Some(shared) = &self.0 else { return read_areas(pid) };
         let mut state = shared.state.lock().unwrap();
         state.queue.retain(|&p| p != pid);
         if !state.slots.contains_key(&pid) {
             drop(state);
-            return parse_all(&read_smaps(pid).with_context(what)?, pid);
+            return read_areas(pid);
         }
         let mut parser = smaps::Parser::default();
         loop {
             let slot = state.slots.get_mut(&pid).expect("a started slot stays until taken");
+            if slot.end.is_some()
+                && let Some(areas) = slot.made.take()
+            {
+                state.slots.remove(&pid);
+                return Ok(areas);
+            }
             let (pieces, end) = (std::mem::take(&mut slot.pieces), slot.end.take());
             if !pieces.is_empty() || end.is_some() {
                 drop(state);
@@ -147,13 +157,15 @@ impl Drop for SmapsAhead {
     }
 }
 
-/// The lines of smaps the memory dump reads: made from the BPF iterator where it can be used
-/// (kinds/vm_flags.rs: no page walk), else read from /proc/PID/smaps.
-fn read_smaps(pid: i32) -> std::io::Result<String> {
-    if let Some(lines) = crate::timing::step("dump: read areas without smaps", || super::vm_flags::smaps_lines(pid)) {
-        return Ok(lines);
+/// The areas of `pid`: made from the BPF iterator where it can be used (kinds/vm_flags.rs: no
+/// page walk), else read from /proc/PID/smaps and parsed.
+fn read_areas(pid: i32) -> Result<Vec<Area>> {
+    if let Some(areas) = crate::timing::step("dump: read areas without smaps", || super::vm_flags::areas(pid)) {
+        return Ok(areas);
     }
-    crate::timing::step("dump: read smaps", || std::fs::read_to_string(format!("/proc/{pid}/smaps")))
+    let text = crate::timing::step("dump: read smaps", || std::fs::read_to_string(format!("/proc/{pid}/smaps")))
+        .with_context(|| format!("pid {pid}: reading /proc/{pid}/smaps"))?;
+    parse_all(&text, pid)
 }
 
 /// Reads /proc/PID/smaps into buffers of `shared`, handing its text to `hand` in pieces of
@@ -198,15 +210,14 @@ fn read_ahead(shared: &Shared) {
             }
             shared.done.notify_all();
         };
-        // The same lines without smaps's page walk where crust may (kinds/vm_flags.rs).
-        let end = match crate::timing::step("dump: read areas without smaps", || super::vm_flags::smaps_lines(pid)) {
-            Some(lines) => {
-                hand(lines);
-                Ok(())
-            }
+        // The same areas without smaps's page walk where crust may (kinds/vm_flags.rs).
+        let made = crate::timing::step("dump: read areas without smaps", || super::vm_flags::areas(pid));
+        let end = match made {
+            Some(_) => Ok(()),
             None => crate::timing::step("dump: read smaps", || read_in_pieces(shared, pid, &mut hand)),
         };
         if let Some(slot) = shared.state.lock().unwrap().slots.get_mut(&pid) {
+            slot.made = made;
             slot.end = Some(end);
         }
         shared.done.notify_all();

@@ -18,7 +18,10 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
-use crate::sys::bpf::VmaIterator;
+use procfs::process::{MMPermissions, MMapPath, VmFlags};
+
+use super::smaps::{self, Area, ExtraFlags};
+use crate::sys::bpf::{VmaIterator, VmaWord};
 
 /// The flag bits of struct vm_area_struct that smaps names, and their names (x86-64; the bits
 /// have kept these values since Linux 4.x; the probe checks them on the running kernel).
@@ -160,12 +163,13 @@ fn same_areas(ours: &str, kernel: &str) -> Result<()> {
     Ok(())
 }
 
-/// The smaps lines crust reads for process `pid` (frozen), made without smaps; None where
-/// smaps must be read (no iterator, or an area with a flag crust does not know).
-pub fn smaps_lines(pid: i32) -> Option<String> {
+/// The areas of process `pid` (frozen) as smaps's parse would give them (first line and
+/// VmFlags, no Rss or AnonHugePages), made without smaps; None where smaps must be read (no
+/// iterator, or an area with a flag crust does not know).
+pub fn areas(pid: i32) -> Option<Vec<Area>> {
     let iterator = reader()?;
-    match lines_with(iterator, pid) {
-        Ok(lines) => lines,
+    match areas_with(iterator, pid) {
+        Ok(areas) => areas,
         Err(e) => {
             tracing::debug!(pid, "reading /proc/{pid}/smaps instead of the BPF iterator: {e:#}");
             None
@@ -173,46 +177,130 @@ pub fn smaps_lines(pid: i32) -> Option<String> {
     }
 }
 
-fn lines_with(iterator: &VmaIterator, pid: i32) -> Result<Option<String>> {
-    let words = crate::timing::step("dump: areas: BPF iterator", || iterator.areas_of(pid))?;
+/// The areas built from /proc/PID/maps and the iterator's words directly, not through the
+/// text of smaps and its parse (0.2 us an area less), the text parsed while the iterator
+/// runs: what the parse of [`lines_with`]'s text gives (the unit tests compare them).
+fn areas_with(iterator: &VmaIterator, pid: i32) -> Result<Option<Vec<Area>>> {
+    let (words, mut areas) = words_and_maps(iterator, pid, |maps| {
+        let _made = crate::timing::Timed::new("dump: areas: first lines");
+        let mut areas = Vec::with_capacity(maps.len() / 32);
+        for line in maps.lines() {
+            areas.push(smaps::header(line).with_context(|| format!("/proc/{pid}/maps: {line:?}"))?);
+        }
+        Ok(areas)
+    })?;
     if words.iter().any(|w| w.flags & !known_bits() != 0) {
         return Ok(None);
     }
-    let maps = crate::timing::step("dump: areas: maps", || std::fs::read_to_string(format!("/proc/{pid}/maps")))
-        .with_context(|| format!("reading /proc/{pid}/maps"))?;
-    // Both lists are in address order: walked side by side. Most areas share a few flags
-    // words: each one's text is made once.
-    let mut texts: Vec<(u64, String)> = Vec::new();
-    let mut out = String::with_capacity(maps.len() + words.len() * 48);
+    // Most areas share a few flags words: each one's flags are made once, from its smaps
+    // words by the smaps parser's own reading of them.
+    let mut flags_of: Vec<(u64, (VmFlags, ExtraFlags))> = Vec::new();
     let mut matched = 0;
-    for line in maps.lines() {
-        let (start, end) = range_of(line).with_context(|| format!("/proc/{pid}/maps: a line without its range: {line:?}"))?;
-        // The vsyscall page is not an area of the process (the kernel's gate area): smaps
-        // shows it with the words of its permissions (kept under a word no area can have).
+    for area in &mut areas {
+        let (start, end) = area.address;
         let (flags, text) = match words.get(matched) {
             Some(w) if w.start == start && w.end == end => {
                 matched += 1;
                 (w.flags, None)
             }
-            _ if line.ends_with("[vsyscall]") => (u64::MAX, Some(gate_words(line))),
+            // The kernel's gate area, as in `side_by_side`.
+            _ if area.pathname == MMapPath::Vsyscall => (u64::MAX, Some(gate_words(&area.perms))),
             _ => bail!("/proc/{pid}/maps and the BPF iterator disagree at {start:#x}-{end:#x}"),
         };
-        let i = match texts.iter().position(|(f, _)| *f == flags) {
+        let i = match flags_of.iter().position(|(f, _)| *f == flags) {
             Some(i) => i,
             None => {
-                texts.push((flags, text.unwrap_or_else(|| words_of(flags))));
-                texts.len() - 1
+                flags_of.push((flags, smaps::vm_flags(&text.unwrap_or_else(|| words_of(flags)))));
+                flags_of.len() - 1
             }
         };
-        out.push_str(line);
-        out.push_str("\nVmFlags: ");
-        out.push_str(&texts[i].1);
-        out.push('\n');
+        (area.vm_flags, area.extra) = flags_of[i].1;
     }
     if matched != words.len() {
         bail!("the BPF iterator found {} areas in pid {pid}, /proc/{pid}/maps {matched}", words.len());
     }
+    Ok(Some(areas))
+}
+
+/// The smaps lines crust reads (each area's first line and VmFlags) of process `pid`, made
+/// without smaps (the probe compares them with smaps's own); None where an area has a flag
+/// crust does not know.
+fn lines_with(iterator: &VmaIterator, pid: i32) -> Result<Option<String>> {
+    let (words, maps) = words_and_maps(iterator, pid, Ok)?;
+    if words.iter().any(|w| w.flags & !known_bits() != 0) {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(maps.len() + words.len() * 48);
+    side_by_side(pid, &maps, &words, |line, words| {
+        out.push_str(line);
+        out.push_str("\nVmFlags: ");
+        out.push_str(&words);
+        out.push('\n');
+        Ok(())
+    })?;
     Ok(Some(out))
+}
+
+/// /proc/PID/maps text from which a process of this many bytes or more (about 700 areas)
+/// has its two reads made on two cores.
+const BIG_MAPS: u64 = 64 * 1024;
+
+/// The iterator's words and `then` of the text of /proc/PID/maps of process `pid`. Both are
+/// the kernel passing over every area (about 0.25 us each): for a process of many areas,
+/// found by the first 64 KiB of its maps, the iterator runs on a thread of its own while this
+/// one reads the rest of the text and does `then` (a process of few areas is not worth a
+/// thread).
+fn words_and_maps<T: Send>(iterator: &VmaIterator, pid: i32, then: impl FnOnce(String) -> Result<T>) -> Result<(Vec<VmaWord>, T)> {
+    use std::io::Read;
+    let read_words = || crate::timing::step("dump: areas: BPF iterator", || iterator.areas_of(pid));
+    let what = || format!("reading /proc/{pid}/maps");
+    let text = |maps: Vec<u8>| String::from_utf8(maps).with_context(what);
+    let mut file = std::fs::File::open(format!("/proc/{pid}/maps")).with_context(what)?;
+    let mut maps = Vec::new();
+    let started = std::time::Instant::now();
+    let first = (&mut file).take(BIG_MAPS).read_to_end(&mut maps).with_context(what)?;
+    if (first as u64) < BIG_MAPS {
+        crate::timing::add("dump: areas: maps", started.elapsed());
+        let words = read_words()?;
+        return Ok((words, then(text(maps)?)?));
+    }
+    std::thread::scope(|s| {
+        let words = std::thread::Builder::new().name("crust-areas".into()).spawn_scoped(s, read_words);
+        let mine = file.read_to_end(&mut maps).with_context(what).map(|_| crate::timing::add("dump: areas: maps", started.elapsed()));
+        let mine = mine.and_then(|()| then(text(maps)?));
+        // Without a thread, the iterator runs here after the text.
+        let words = match words {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => read_words(),
+        };
+        Ok((words?, mine?))
+    })
+}
+
+/// Walks the lines of /proc/PID/maps and the iterator's words side by side (both in address
+/// order), giving `each` every line with its flags word's smaps words.
+fn side_by_side(pid: i32, maps: &str, words: &[VmaWord], mut each: impl FnMut(&str, String) -> Result<()>) -> Result<()> {
+    let mut matched = 0;
+    for line in maps.lines() {
+        let (start, end) = range_of(line).with_context(|| format!("/proc/{pid}/maps: a line without its range: {line:?}"))?;
+        match words.get(matched) {
+            Some(w) if w.start == start && w.end == end => {
+                matched += 1;
+                each(line, words_of(w.flags))?;
+            }
+            // The vsyscall page is not an area of the process (the kernel's gate area): smaps
+            // shows it with the words of its permissions.
+            _ if line.ends_with("[vsyscall]") => {
+                let perms = line.split_whitespace().nth(1).unwrap_or("").parse().unwrap_or_else(|never| match never {});
+                each(line, gate_words(&perms))?
+            }
+            _ => bail!("/proc/{pid}/maps and the BPF iterator disagree at {start:#x}-{end:#x}"),
+        }
+    }
+    if matched != words.len() {
+        bail!("the BPF iterator found {} areas in pid {pid}, /proc/{pid}/maps {matched}", words.len());
+    }
+    Ok(())
 }
 
 fn range_of(line: &str) -> Option<(u64, u64)> {
@@ -221,11 +309,11 @@ fn range_of(line: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?))
 }
 
-fn gate_words(line: &str) -> String {
-    let perms = line.split_whitespace().nth(1).unwrap_or("");
+/// The smaps words of the gate area: those of its permissions.
+fn gate_words(perms: &MMPermissions) -> String {
     let mut out = String::new();
-    for (c, word) in perms.chars().zip(["rd", "wr", "ex"]) {
-        if c != '-' {
+    for (perm, word) in [(MMPermissions::READ, "rd"), (MMPermissions::WRITE, "wr"), (MMPermissions::EXECUTE, "ex")] {
+        if perms.contains(perm) {
             out.push_str(word);
             out.push(' ');
         }
@@ -242,28 +330,67 @@ mod tests {
         assert_eq!(words_of(0b111), "rd wr ex ");
         assert_eq!(words_of(1 << 17 | 1 << 25 | 1 << 29), "dc wf hg ");
         assert_eq!(known_bits() & 1 << 11, 0);
-        assert_eq!(gate_words("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]"), "ex ");
+        let gate = smaps::header("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]").unwrap();
+        assert_eq!(gate_words(&gate.perms), "ex ");
     }
 
-    /// This test process's own areas (with probe areas of every advice mapped meanwhile) read
-    /// both ways give the same lines: where the iterator can be loaded (root), it is right.
+    /// A child of this test forked with its areas (probe areas of every advice but
+    /// MADV_DONTFORK's, and enough small ones, every other page read-only, that its maps text
+    /// is past [`BIG_MAPS`] and read beside the iterator on another thread): unlike this
+    /// process, it maps nothing while crust reads its areas, as a frozen process. Killed
+    /// when dropped.
+    struct Child(nix::unistd::Pid);
+
+    impl Child {
+        fn with_many_areas() -> Child {
+            let page = crate::sys::PAGE_SIZE as usize;
+            let mut many = crate::sys::region::AnonRegion::new(4000 * page, false).unwrap();
+            for i in (0..4000).step_by(2) {
+                many.make_read_only(i * page..(i + 1) * page).unwrap();
+            }
+            let _probe = probe_areas();
+            // (It only sleeps in pause(2): safe to fork while the test harness has threads.)
+            Child(crate::sys::fork_sleeper().unwrap())
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.0, None);
+        }
+    }
+
+    /// A process's areas read both ways give the same lines: where the iterator can be
+    /// loaded (root), it is right.
     #[test]
     fn the_iterator_gives_smaps_own_words_for_every_area() {
-        if reader().is_none() {
+        let Some(iterator) = reader() else {
             eprintln!("no BPF iterator here: nothing to compare");
             return;
-        }
-        let _probe = probe_areas();
-        let pid = std::process::id() as i32;
-        let mut result = Err(anyhow::anyhow!("not compared"));
-        for _ in 0..3 {
-            let ours = smaps_lines(pid).expect("no unknown flag in the test's own areas");
-            let kernel = std::fs::read_to_string("/proc/self/smaps").unwrap();
-            result = same_areas(&ours, &kernel);
-            if result.is_ok() {
-                break;
-            }
-        }
-        result.unwrap();
+        };
+        let child = Child::with_many_areas();
+        let pid = child.0.as_raw();
+        let ours = lines_with(iterator, pid).unwrap().expect("no unknown flag in the child's areas");
+        let kernel = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        same_areas(&ours, &kernel).unwrap();
+        assert!(ours.lines().count() > 2 * 4000, "{} lines", ours.lines().count());
+    }
+
+    /// The areas built directly are the parse of the lines, field for field (the dump reads
+    /// the former, the probe checks the latter against smaps).
+    #[test]
+    fn built_areas_are_the_parse_of_the_lines() {
+        let Some(iterator) = reader() else {
+            eprintln!("no BPF iterator here: nothing to compare");
+            return;
+        };
+        let child = Child::with_many_areas();
+        let pid = child.0.as_raw();
+        let built = areas(pid).expect("no unknown flag in the child's areas");
+        let parsed = smaps::parse(&lines_with(iterator, pid).unwrap().unwrap()).unwrap();
+        assert!(built.len() > 4000, "{} areas", built.len());
+        assert_eq!(built, parsed);
+        assert!(built.iter().any(|a| a.vm_flags.contains(VmFlags::WF)), "the probe's MADV_WIPEONFORK area");
     }
 }
