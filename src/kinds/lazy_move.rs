@@ -1,13 +1,15 @@
-//! Huge pages of a lazy restore placed whole, at one copy each: UFFDIO_MOVE from a thread of
-//! the restored process itself (see docs/lazy-restore.md, "Huge pages").
+//! Pages of a lazy restore placed by a thread of the restored process itself, with UFFDIO_MOVE:
+//! huge pages whole, at one copy each, and 4 KiB pages copied on both cores (see
+//! docs/lazy-restore.md, "The steps" and "Huge pages").
 //!
 //! UFFDIO_COPY places 4 KiB pages only, and a collapse afterwards copies each huge page a second
 //! time. UFFDIO_MOVE moves a PMD-mapped huge page whole into a registered range, but the kernel
 //! takes the call only from a thread of the userfaultfd's own address space. So a restored
-//! process with huge stretches to fill gets a helper thread, the *mover*: crust's staging
-//! workers write verified stretches into a group of the process's staging area
-//! (process_vm_writev: one copy, the kernel faults huge pages in there; kinds/lazy_stage.rs),
-//! and the mover moves the group onto its place.
+//! process with huge stretches (or many pages) to fill gets a helper thread, the *mover*:
+//! crust's staging workers write verified stretches into a group of the process's staging
+//! area (process_vm_writev: one copy, the kernel faults huge pages in there; kinds/lazy_stage.rs)
+//! or place verified 4 KiB pages in a group of its registered staging area of 4 KiB pages
+//! (UFFDIO_COPY), and the mover moves the group onto its place.
 //!
 //! The mover never runs code of its own. It is made by an injected clone (CLONE_VM, THREAD,
 //! SIGHAND, SYSVSEM; not CLONE_FILES), after the process's credentials are final, with every
