@@ -178,28 +178,6 @@ impl MappedFile {
         Ok(MappedFile { ptr: Some(ptr), len })
     }
 
-    /// Keeps `range` of the mapping in memory (mlock): its pages are read in now and never
-    /// evicted (so never read again from the file system) until [`MappedFile::unlock`].
-    pub fn lock(&self, range: std::ops::Range<usize>) -> nix::Result<()> {
-        let Some(ptr) = self.ptr else { return Ok(()) };
-        if range.start > range.end || range.end > self.len {
-            return Err(nix::errno::Errno::EINVAL);
-        }
-        let at = NonNull::new(ptr.as_ptr().wrapping_byte_add(range.start)).ok_or(nix::errno::Errno::EINVAL)?;
-        // SAFETY: a range inside our own live mapping; mlock changes no contents.
-        unsafe { nix::sys::mman::mlock(at, range.end - range.start) }
-    }
-
-    pub fn unlock(&self, range: std::ops::Range<usize>) -> nix::Result<()> {
-        let Some(ptr) = self.ptr else { return Ok(()) };
-        if range.start > range.end || range.end > self.len {
-            return Err(nix::errno::Errno::EINVAL);
-        }
-        let at = NonNull::new(ptr.as_ptr().wrapping_byte_add(range.start)).ok_or(nix::errno::Errno::EINVAL)?;
-        // SAFETY: as in `lock`: munlock of a range inside our own live mapping.
-        unsafe { nix::sys::mman::munlock(at, range.end - range.start) }
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         match self.ptr {
             // SAFETY: `len` readable bytes mapped by `open`, alive as long as self.
