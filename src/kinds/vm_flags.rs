@@ -361,15 +361,20 @@ mod tests {
         }
     }
 
+    /// The iterator and a child of many areas to read with it, where it can be loaded (root).
+    fn iterator_and_child() -> Option<(&'static VmaIterator, Child)> {
+        let Some(iterator) = reader() else {
+            eprintln!("no BPF iterator here: nothing to compare");
+            return None;
+        };
+        Some((iterator, Child::with_many_areas()))
+    }
+
     /// A process's areas read both ways give the same lines: where the iterator can be
     /// loaded (root), it is right.
     #[test]
     fn the_iterator_gives_smaps_own_words_for_every_area() {
-        let Some(iterator) = reader() else {
-            eprintln!("no BPF iterator here: nothing to compare");
-            return;
-        };
-        let child = Child::with_many_areas();
+        let Some((iterator, child)) = iterator_and_child() else { return };
         let pid = child.0.as_raw();
         let ours = lines_with(iterator, pid).unwrap().expect("no unknown flag in the child's areas");
         let kernel = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
@@ -381,11 +386,7 @@ mod tests {
     /// the former, the probe checks the latter against smaps).
     #[test]
     fn built_areas_are_the_parse_of_the_lines() {
-        let Some(iterator) = reader() else {
-            eprintln!("no BPF iterator here: nothing to compare");
-            return;
-        };
-        let child = Child::with_many_areas();
+        let Some((iterator, child)) = iterator_and_child() else { return };
         let pid = child.0.as_raw();
         let built = areas(pid).expect("no unknown flag in the child's areas");
         let parsed = smaps::parse(&lines_with(iterator, pid).unwrap().unwrap()).unwrap();
