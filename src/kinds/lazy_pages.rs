@@ -285,7 +285,7 @@ fn pooled(pool: &Pool) -> Vec<u8> {
 
 /// Chunk `index` of a page file, read into crust's memory and verified (so the bytes placed
 /// are the bytes checked, whatever happens to the file afterwards).
-fn read_verified(path: &std::path::Path, file: &File, record: &DataFile, index: usize, mut buf: Vec<u8>) -> Result<Vec<u8>> {
+pub(super) fn read_verified(path: &std::path::Path, file: &File, record: &DataFile, index: usize, mut buf: Vec<u8>) -> Result<Vec<u8>> {
     let size = record.chunk_size;
     let start = index as u64 * size;
     let len = size.min(record.size.saturating_sub(start)) as usize;

@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::IoSlice;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
@@ -409,23 +408,16 @@ fn stage(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
 
 /// The job staged from the leased mapping: None if the lease went before anything was written.
 fn stage_mapped(job: &Job, leased: &LeasedFile) -> Option<Outcome> {
-    let source = &job.source;
-    let mut chunks: Vec<usize> = job.pieces.iter().map(|p| p.0).collect();
-    chunks.sort_unstable();
-    chunks.dedup();
-    let bytes = match leased.checked(source, &chunks) {
+    let chunks = chunks_of(job);
+    let bytes = match leased.checked(&job.source, &chunks) {
         Ok(Some(b)) => b,
         Ok(None) => return None,
         Err(chunks_error::Damaged(m)) => return Some(Outcome::Damaged(m)),
     };
-    let mut slices = Vec::with_capacity(job.pieces.len());
-    for &(index, at, len) in &job.pieces {
-        let k = chunks.binary_search(&index).unwrap_or(0);
-        match bytes.get(k).and_then(|b| b.get(at..at + len)) {
-            Some(b) => slices.push(b),
-            None => return Some(Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display()))),
-        }
-    }
+    let slices = match slices_of(job, &chunks, &bytes) {
+        Ok(s) => s,
+        Err(damaged) => return Some(damaged),
+    };
     let written = place(job, &slices);
     if let Err(e) = crate::fault::point("lazy-staged") {
         return Some(Outcome::Failed(format!("{e:#}")));
@@ -442,35 +434,45 @@ fn stage_mapped(job: &Job, leased: &LeasedFile) -> Option<Outcome> {
 /// The job staged from its chunks read into crust's memory and verified there.
 fn stage_read(job: &Job, buffers: &mut Vec<Vec<u8>>) -> Outcome {
     let source = &job.source;
-    let mut indices: Vec<usize> = job.pieces.iter().map(|p| p.0).collect();
-    indices.dedup();
-    buffers.resize_with(indices.len().max(buffers.len()), Vec::new);
-    for (k, &index) in indices.iter().enumerate() {
-        let record = &source.record;
-        let start = index as u64 * record.chunk_size;
-        let len = record.chunk_size.min(record.size.saturating_sub(start)) as usize;
-        let buf = &mut buffers[k];
-        buf.resize(len, 0);
-        if let Err(e) = source.file.read_exact_at(buf, start) {
-            return Outcome::Damaged(format!("reading {} at {start}: {e}", source.path.display()));
-        }
-        if let Err(e) = chunks::verify_chunk(&source.path, record, index, buf) {
-            return Outcome::Damaged(e.to_string());
+    let chunks = chunks_of(job);
+    buffers.resize_with(chunks.len().max(buffers.len()), Vec::new);
+    for (buf, &index) in buffers.iter_mut().zip(&chunks) {
+        match super::lazy_pages::read_verified(&source.path, &source.file, &source.record, index, std::mem::take(buf)) {
+            Ok(read) => *buf = read,
+            Err(e) => return Outcome::Damaged(format!("{e:#}")),
         }
     }
-    let mut slices = Vec::with_capacity(job.pieces.len());
-    for &(index, at, len) in &job.pieces {
-        let k = indices.iter().position(|i| *i == index).unwrap_or(0);
-        match buffers[k].get(at..at + len) {
-            Some(b) => slices.push(b),
-            None => return Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", source.path.display())),
-        }
-    }
+    let bytes: Vec<&[u8]> = buffers.iter().take(chunks.len()).map(Vec::as_slice).collect();
+    let slices = match slices_of(job, &chunks, &bytes) {
+        Ok(s) => s,
+        Err(damaged) => return damaged,
+    };
     match place(job, &slices) {
         Ok(true) => Outcome::Staged,
         Ok(false) => Outcome::Again,
         Err(e) => Outcome::Failed(e),
     }
+}
+
+/// The chunks the job's pieces come from, ascending, each once.
+fn chunks_of(job: &Job) -> Vec<usize> {
+    let mut chunks: Vec<usize> = job.pieces.iter().map(|p| p.0).collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    chunks
+}
+
+/// The job's pieces in `bytes`, the contents of `chunks` (from [`chunks_of`]).
+fn slices_of<'a>(job: &Job, chunks: &[usize], bytes: &[&'a [u8]]) -> Result<Vec<&'a [u8]>, Outcome> {
+    let mut slices = Vec::with_capacity(job.pieces.len());
+    for &(index, at, len) in &job.pieces {
+        let chunk: Option<&'a [u8]> = chunks.binary_search(&index).ok().and_then(|k| bytes.get(k).copied());
+        match chunk.and_then(|b| b.get(at..at + len)) {
+            Some(b) => slices.push(b),
+            None => return Err(Outcome::Damaged(format!("{}: a saved run past the end of chunk {index}", job.source.path.display()))),
+        }
+    }
+    Ok(slices)
 }
 
 /// The job's bytes into its group, one piece after the other; Ok(false): given up for now
