@@ -139,7 +139,7 @@ fn load_deferring_pages(dir: &Path, trust_image: bool, defer_pages: bool) -> Res
     if trust_image {
         tracing::warn!("--trust-image: the image's seal and record hashes are not checked");
     } else {
-        image::seal::verify(&dir, &inventory)?;
+        crate::timing::step("restore: load: seal", || image::seal::verify(&dir, &inventory))?;
         crate::fault::point("restore-sealed")?;
     }
     // Trusted or sealed, data files are checked against their chunk hashes (sealed through
@@ -153,7 +153,7 @@ fn load_deferring_pages(dir: &Path, trust_image: bool, defer_pages: bool) -> Res
     for entry in inventory.processes.iter().filter(|e| !e.zombie) {
         let pid = entry.pid;
         let core: Core = dir.read_record(&image::core_name(pid))?;
-        let mm: Mm = dir.read_record(&image::mm_name(pid))?;
+        let mm: Mm = crate::timing::step("restore: load: mm", || dir.read_record(&image::mm_name(pid)))?;
         let files: FilesRecord = dir.read_record(&image::files_name(pid))?;
         for data in &entry.data_files {
             if defer_pages && data.name == mm.pages_file && !data.chunk_blake3.is_empty() {
@@ -171,7 +171,7 @@ fn load_deferring_pages(dir: &Path, trust_image: bool, defer_pages: bool) -> Res
         verify_data(data)?;
     }
     let img = LoadedImage { dir, inventory, processes, open_files, deferred_pages: deferred };
-    check_structure(&img)?;
+    crate::timing::step("restore: load: structure", || check_structure(&img))?;
     check_data_file_names(&img)?;
     Ok(img)
 }
@@ -833,6 +833,10 @@ impl Tree {
 
     fn build(&mut self, img: &LoadedImage, progress: &Progress, job_terminal: Option<&JobTerminal>) -> Result<()> {
         let root = img.inventory.root_pid;
+        // crust and the processes it makes share one CPU until they have their own affinity
+        // back (finish_process): each injected call then costs a switch, not a wakeup of an
+        // idle CPU (sys::sched::OneCpu).
+        let _one_cpu = crate::sys::sched::OneCpu::here();
         // Deleted files are made again first (journaled): descriptions and mappings open them.
         self.ghosts = crate::kinds::ghost::prepare(&img.dir, &img.open_files.ghosts, &mut self.created_files, self.image_sealed)?;
         progress.step(format!("creating pid {root} and its tree"));
@@ -1261,6 +1265,8 @@ impl Tree {
             crate::kinds::scheduling::restore_loginuid(&mut ctx, l)?;
         }
         for thread in &p.core.threads {
+            crate::sys::sched::spread_thread(thread.tid as i32)
+                .with_context(|| format!("pid {pid} thread {}: its CPU mask from before crust's pin", thread.tid))?;
             if let Some(s) = &thread.scheduling {
                 crate::kinds::scheduling::restore_thread(thread.tid as i32, s)
                     .with_context(|| format!("restoring the scheduling of pid {pid} thread {}", thread.tid))?;

@@ -26,11 +26,12 @@ pub fn hash(bytes: &[u8]) -> Vec<u8> {
 pub fn hash_all(data: &[u8]) -> Vec<Vec<u8>> {
     let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
     let mut out = vec![Vec::new(); chunks.len()];
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, chunks.len().max(1));
+    let workers = crate::sys::sched::cpus_for_work().clamp(1, chunks.len().max(1));
     let per = chunks.len().div_ceil(workers).max(1);
     std::thread::scope(|scope| {
         for (slots, work) in out.chunks_mut(per).zip(chunks.chunks(per)) {
             scope.spawn(move || {
+                crate::sys::sched::spread_this_thread();
                 for (slot, chunk) in slots.iter_mut().zip(work) {
                     *slot = hash(chunk);
                 }

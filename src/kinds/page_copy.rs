@@ -39,7 +39,7 @@ pub struct Piece {
 pub fn workers() -> usize {
     // Asked once: the answer reads cgroup files, and a tree copies a page file per process.
     static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *WORKERS.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4))
+    *WORKERS.get_or_init(|| crate::sys::sched::cpus_for_work().clamp(1, 4))
 }
 
 /// Runs `work(i)` for i in 0..count at once, 0 on the calling thread: the first error, once
@@ -47,7 +47,14 @@ pub fn workers() -> usize {
 pub fn on_workers(count: usize, what: &str, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
     std::thread::scope(|scope| {
         let work = &work;
-        let helpers: Vec<_> = (1..count.max(1)).map(|i| scope.spawn(move || work(i))).collect();
+        let helpers: Vec<_> = (1..count.max(1))
+            .map(|i| {
+                scope.spawn(move || {
+                    crate::sys::sched::spread_this_thread();
+                    work(i)
+                })
+            })
+            .collect();
         let mut result = work(0);
         for h in helpers {
             let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a {what} worker panicked")));
