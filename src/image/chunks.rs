@@ -31,7 +31,7 @@ pub fn hash_all(data: &[u8]) -> Vec<Vec<u8>> {
     std::thread::scope(|scope| {
         for (slots, work) in out.chunks_mut(per).zip(chunks.chunks(per)) {
             scope.spawn(move || {
-                crate::sys::sched::spread_this_thread();
+                crate::sys::sched::spread_this_thread(false);
                 for (slot, chunk) in slots.iter_mut().zip(work) {
                     *slot = hash(chunk);
                 }

@@ -180,8 +180,8 @@ impl Kind for Memory {
         };
         let copied: Vec<bool> = members(&mm.vmas, &by_crust).zip(&mm.vmas).map(|(m, v)| m && super::page_fill::copies_into(v)).collect();
         let mut file_fds: HashMap<(String, bool), i32> = HashMap::new();
-        let mut at_final = map_areas(ctx, mm, &copied, &mut file_fds)?;
-        crate::timing::step("restore: fill pages", || place_pages(ctx, pages_fd, mm, (&by_crust, by_process), &mut at_final))?;
+        let (mut at_final, shaping) = map_areas(ctx, mm, &copied, &mut file_fds)?;
+        crate::timing::step("restore: fill pages", || place_pages(ctx, pages_fd, mm, (&by_crust, by_process), &mut at_final, &shaping))?;
         collapse_huge_stretches(ctx.remote, &eager);
         let unaccounted: Vec<&Vma> = mm.vmas.iter().filter(|v| v.unaccounted && !v.pages.is_empty()).collect();
         write_unaccounted_pages(ctx, &mm.pages_file, &unaccounted)?;
@@ -904,18 +904,22 @@ fn members<'a>(all: &'a [Vma], some: &'a [&Vma]) -> impl Iterator<Item = bool> +
 
 /// Maps every area of `mm` at its address: runs of plain anonymous areas side by side with one
 /// mmap each ([`plain_run`]), the others one by one. `copied`: for each area, whether crust
-/// places its pages with UFFDIO_COPY. Returns which were mapped with their final protection.
-fn map_areas(ctx: &mut RestoreCtx, mm: &Mm, copied: &[bool], file_fds: &mut HashMap<(String, bool), i32>) -> Result<AtFinal> {
+/// places its pages with UFFDIO_COPY. Returns which get their final protection before their
+/// pages are placed, and the mprotects that give it to them, left to run while crust places
+/// pages (see [`Shaping`]).
+fn map_areas(ctx: &mut RestoreCtx, mm: &Mm, copied: &[bool], file_fds: &mut HashMap<(String, bool), i32>) -> Result<(AtFinal, Shaping)> {
     let mut at_final = vec![false; mm.vmas.len()];
+    let mut shaping = Vec::new();
     let mut i = 0;
     while i < mm.vmas.len() {
         let previous = i.checked_sub(1).map(|p| &mm.vmas[p]);
         let run = plain_run(&mm.vmas[i..], previous);
         if run.len() > 1 {
             let which = i..i + run.len();
-            let made = crate::timing::step("restore: map a run of areas", || map_run(ctx.remote, run, &copied[which.clone()]))
+            let (made, calls) = crate::timing::step("restore: map a run of areas", || map_run(ctx.remote, run, &copied[which.clone()]))
                 .with_context(|| format!("restoring mappings {:#x}-{:#x} ({} areas)", run[0].start, run[run.len() - 1].end, run.len()))?;
             at_final[which].copy_from_slice(&made);
+            shaping.extend(calls);
             i += run.len();
             continue;
         }
@@ -925,7 +929,27 @@ fn map_areas(ctx: &mut RestoreCtx, mm: &Mm, copied: &[bool], file_fds: &mut Hash
             .with_context(|| format!("restoring mapping {:#x}-{:#x} ({})", vma.start, vma.end, describe(vma)))?;
         i += 1;
     }
-    Ok(at_final)
+    Ok((at_final, from_both_ends(shaping)))
+}
+
+/// The mprotects that give areas crust copies pages into their final protection (those
+/// [`AtFinal`] marks), run in the process while crust's workers place pages
+/// (page_fill::fill): UFFDIO_COPY places pages whatever the protection, and the kernel's
+/// splitting of 8192 areas off one mapping (16 ms here) then takes no time of its own.
+pub type Shaping = Vec<Call>;
+
+/// `calls` (on areas apart from one another, so in any order) reordered first, last, second,
+/// next to last...: crust's fill workers start at both ends of the memory (page_fill,
+/// Claims), and an area is cheaper to split off before its pages are in (and a worker placing
+/// pages in an area being split waits for the split).
+fn from_both_ends(calls: Vec<Call>) -> Vec<Call> {
+    let mut ends = std::collections::VecDeque::from(calls);
+    let mut out = Vec::with_capacity(ends.len());
+    while let Some(first) = ends.pop_front() {
+        out.push(first);
+        out.extend(ends.pop_back());
+    }
+    out
 }
 
 /// Whether `vma` could end up merged with `prev` if both were mapped plainly: adjacent private
@@ -1016,8 +1040,9 @@ fn plain_run<'a>(vmas: &'a [Vma], previous: Option<&Vma>) -> &'a [Vma] {
 /// threads' stacks and guard pages: 1001 calls instead of 2000; 16384 areas of 64 KiB, every
 /// other one read-only: one mmap, 8192 mprotects of untouched memory, one madvise.) In a run
 /// without a guard, the areas crust copies pages into (`copied`, one for each area) get their
-/// final protection now; returns which did (see [`AtFinal`]).
-fn map_run(remote: &mut RemoteTask, run: &[Vma], copied: &[bool]) -> Result<Vec<bool>> {
+/// final protection, and the mprotects that give it are returned to run while their pages are
+/// placed (see [`Shaping`]); returns which did (see [`AtFinal`]).
+fn map_run(remote: &mut RemoteTask, run: &[Vma], copied: &[bool]) -> Result<(Vec<bool>, Vec<Call>)> {
     let guarded = run.iter().any(|v| v.unaccounted);
     let at_final: Vec<bool> = copied.iter().map(|&c| c && !guarded).collect();
     let prots: Vec<u32> = run.iter().zip(&at_final).map(|(v, &f)| prot_while_filled(v, f)).collect();
@@ -1029,24 +1054,24 @@ fn map_run(remote: &mut RemoteTask, run: &[Vma], copied: &[bool]) -> Result<Vec<
     if got != start {
         bail!("mmap returned {got:#x}");
     }
-    let mut calls = Vec::new();
     if !guarded && prots.iter().any(|&p| !is_writable(p)) {
         // An anonymous area never written to loses its charge to the commit limit when it is
         // made read-only (the kernel drops VM_ACCOUNT while it has no anon_vma); the original
         // areas kept theirs. One page written gives the run its anon_vma, which every area
-        // split off it shares, as the original areas did; the page is dropped again at once.
+        // split off it shares, as the original areas did; the page is dropped again at once
+        // (before crust's fill registers the run with a userfaultfd).
         remote.write_memory(start, &[0])?;
-        calls.push((libc::SYS_madvise, [start, PAGE_SIZE, libc::MADV_DONTNEED as u64, 0, 0, 0]));
+        remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[start, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
     }
-    calls.extend(protection_calls(run, &prots, common));
-    remote.syscalls("mprotect", &calls)?;
+    let (now, later): (Vec<_>, Vec<_>) = protection_calls(run, &prots, common, &at_final).into_iter().partition(|(_, later)| !later);
+    remote.syscalls("mprotect", &now.into_iter().map(|(call, _)| call).collect::<Vec<_>>())?;
     // The same advice on adjacent areas is one call over all of them.
     for (advice, ranges) in advice_ranges(run, &before_fill_advice) {
         for (start, end) in ranges {
             remote.syscall("madvise", libc::SYS_madvise, &[start, end - start, advice as u64])?;
         }
     }
-    Ok(at_final)
+    Ok((at_final, later.into_iter().map(|(call, _)| call).collect()))
 }
 
 /// The protection a run's mmap gives it, `prots` being its areas' while they are filled. A
@@ -1067,16 +1092,17 @@ fn run_protection(guarded: bool, prots: &[u32]) -> u32 {
 }
 
 /// The mprotects that give the areas of a run mapped with `common` their protections `prots`:
-/// adjacent areas of the same other protection take one call.
-fn protection_calls(run: &[Vma], prots: &[u32], common: u32) -> Vec<Call> {
-    let mut others: Vec<(u64, u64, u32)> = Vec::new();
-    for (v, &prot) in run.iter().zip(prots).filter(|(_, p)| **p != common) {
+/// adjacent areas of the same other protection take one call. Each call says whether it may
+/// wait for the fill: it sets only areas `at_final` (see [`Shaping`]).
+fn protection_calls(run: &[Vma], prots: &[u32], common: u32, at_final: &[bool]) -> Vec<(Call, bool)> {
+    let mut others: Vec<(u64, u64, u32, bool)> = Vec::new();
+    for ((v, &prot), &later) in run.iter().zip(prots).zip(at_final).filter(|((_, p), _)| **p != common) {
         match others.last_mut() {
-            Some(last) if last.1 == v.start && last.2 == prot => last.1 = v.end,
-            _ => others.push((v.start, v.end, prot)),
+            Some(last) if last.1 == v.start && last.2 == prot && last.3 == later => last.1 = v.end,
+            _ => others.push((v.start, v.end, prot, later)),
         }
     }
-    others.into_iter().map(|(start, end, prot)| (libc::SYS_mprotect, [start, end - start, prot as u64, 0, 0, 0])).collect()
+    others.into_iter().map(|(start, end, prot, later)| ((libc::SYS_mprotect, [start, end - start, prot as u64, 0, 0, 0]), later)).collect()
 }
 
 /// The advice that changes how an area's pages are backed, given before they are filled.
@@ -1268,11 +1294,19 @@ fn madvise(remote: &mut RemoteTask, vma: &Vma, advice: i32) -> Result<()> {
 /// `by_process`. A kernel that refuses crust a userfaultfd leaves all to the process: the
 /// areas mapped with their final protection are then made writable for it (and taken out of
 /// `at_final`, so that finish_calls set it again).
-fn place_pages(ctx: &mut RestoreCtx, pages_fd: i32, mm: &Mm, areas: (&[&Vma], Vec<&Vma>), at_final: &mut AtFinal) -> Result<()> {
+/// Places the pages of `mm`: `areas` by crust, then by the process. `shaping` runs meanwhile.
+fn place_pages(
+    ctx: &mut RestoreCtx,
+    pages_fd: i32,
+    mm: &Mm,
+    areas: (&[&Vma], Vec<&Vma>),
+    at_final: &mut AtFinal,
+    shaping: &[Call],
+) -> Result<()> {
     let (by_crust, mut by_process) = areas;
     if let (Some(record), false) = (ctx.pages_record, by_crust.is_empty()) {
         let path = ctx.image.path(&mm.pages_file);
-        if !super::page_fill::fill(ctx, by_crust, &path, record)? {
+        if !super::page_fill::fill(ctx, by_crust, &path, record, shaping)? {
             // The restore's check of the page file left these chunks to crust's fill.
             let chunks = super::page_fill::chunks_of(by_crust, record.chunk_size);
             image::chunks::verify_some(&ctx.image.data_file(&mm.pages_file)?, &path, record, &chunks)?;
@@ -1287,6 +1321,8 @@ fn place_pages(ctx: &mut RestoreCtx, pages_fd: i32, mm: &Mm, areas: (&[&Vma], Ve
             ctx.remote.syscalls("mprotect", &writable)?;
             by_process.extend(by_crust);
         }
+    } else {
+        ctx.remote.syscalls("mprotect", shaping)?;
     }
     fill_pages(ctx.remote, pages_fd, &by_process)
 }
@@ -1654,7 +1690,17 @@ mod tests {
         let run: Vec<Vma> = [rw, r, r, rw].iter().enumerate().map(|(i, &p)| anonymous(i as u64 * 0x10000, p as i32, true)).collect();
         let prots: Vec<u32> = run.iter().map(|v| v.prot).collect();
         // The two read-only areas side by side take one call.
-        assert_eq!(protection_calls(&run, &prots, rw), vec![(libc::SYS_mprotect, [0x10000, 0x20000, r as u64, 0, 0, 0])]);
+        let call = |start: u64, len: u64| (libc::SYS_mprotect, [start, len, r as u64, 0, 0, 0]);
+        assert_eq!(protection_calls(&run, &prots, rw, &[false; 4]), vec![(call(0x10000, 0x20000), false)]);
+        // Unless one of them waits for the fill and the other does not.
+        assert_eq!(protection_calls(&run, &prots, rw, &[true, true, false, true]), vec![(call(0x10000, 0x10000), true), (call(0x20000, 0x10000), false)]);
+    }
+
+    #[test]
+    fn shaping_calls_alternate_between_the_two_ends() {
+        let calls: Vec<Call> = (0..5).map(|i| (libc::SYS_mprotect, [i, 1, 0, 0, 0, 0])).collect();
+        let order: Vec<u64> = from_both_ends(calls).iter().map(|c| c.1[0]).collect();
+        assert_eq!(order, vec![0, 4, 1, 3, 2]);
     }
 
     #[test]

@@ -45,17 +45,23 @@ pub fn workers() -> usize {
 /// Runs `work(i)` for i in 0..count at once, 0 on the calling thread: the first error, once
 /// every worker is done.
 pub fn on_workers(count: usize, what: &str, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    on_workers_after(count, what, || Ok(()), work)
+}
+
+/// [`on_workers`], the calling thread running `first` before its share of `work` (while the
+/// others work): a job that must run on that thread (it is the tracer).
+pub fn on_workers_after(count: usize, what: &str, first: impl FnOnce() -> Result<()>, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
     std::thread::scope(|scope| {
         let work = &work;
         let helpers: Vec<_> = (1..count.max(1))
             .map(|i| {
                 scope.spawn(move || {
-                    crate::sys::sched::spread_this_thread();
+                    crate::sys::sched::spread_this_thread(true);
                     work(i)
                 })
             })
             .collect();
-        let mut result = work(0);
+        let mut result = first().and_then(|()| work(0));
         for h in helpers {
             let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a {what} worker panicked")));
             if result.is_ok() {

@@ -41,6 +41,7 @@ use super::page_copy::Piece;
 use crate::image::chunks;
 use crate::image::proto::{DataFile, Mm, Vma, vma::Kind as VmaKind};
 use crate::sys::PAGE_SIZE;
+use crate::sys::remote::{Call, RemoteTask};
 use crate::sys::uffd;
 
 /// An area's saved pages must be at least this large to be placed by crust.
@@ -165,24 +166,30 @@ fn registered_userfaultfd(ctx: &mut RestoreCtx, vmas: &[&Vma]) -> Result<OwnedFd
 }
 
 /// Places the pages of `vmas` (those [`partition`] gives crust) from the page file at `path`, whose
-/// inventory record is `record`. Ok(false): the kernel refused a userfaultfd, nothing was
-/// placed, and the caller reads the pages in itself (having checked their chunks).
-pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile) -> Result<bool> {
+/// inventory record is `record`, while the process runs `shaping` (memory.rs, Shaping: the
+/// final protections of areas pages are copied into; run in every case but an error).
+/// Ok(false): the kernel refused a userfaultfd, nothing was placed, and the caller reads the
+/// pages in itself (having checked their chunks).
+pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile, shaping: &[Call]) -> Result<bool> {
     let pid = ctx.pid.as_raw();
     let t0 = std::time::Instant::now();
     let copied: Vec<&Vma> = vmas.iter().copied().filter(|v| placing(v) == Some(Placing::Copy)).collect();
+    let shape = |remote: &mut RemoteTask| remote.syscalls("mprotect", shaping).with_context(|| format!("pid {pid}: the final protection of its areas"));
+    // Registered before the areas are split by `shaping`: one area for the kernel to mark.
     let uffd = match copied.is_empty() {
         true => None,
         false => match registered_userfaultfd(ctx, &copied) {
             Ok(fd) => Some(fd),
             Err(e) => {
                 tracing::info!(pid, "pages read in by the process instead: {e:#}");
+                shape(ctx.remote)?;
                 return Ok(false);
             }
         },
     };
     // The very file the restore checked (see ImageDir::data_file).
-    let file = ctx.image.data_file(&record.name)?;
+    let image = ctx.image;
+    let file = image.data_file(&record.name)?;
     chunks::check_layout(path, record, record.size)?;
     let pieces = pieces_of(vmas);
     let plan = by_chunk(&pieces, record.chunk_size)?;
@@ -198,7 +205,16 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile)
         }
         Ok(())
     };
-    super::page_copy::on_workers(super::page_copy::workers(), "page fill", |w| work(w % 2 == 1))?;
+    // The calling thread, crust's tracer of the process, runs `shaping` there first.
+    let remote = &mut *ctx.remote;
+    let first = || {
+        let shaped = crate::timing::step("restore: final protections while filling", || shape(remote));
+        if shaped.is_err() {
+            claims.stop();
+        }
+        shaped
+    };
+    super::page_copy::on_workers_after(super::page_copy::workers(), "page fill", first, |w| work(w % 2 == 1))?;
     let bytes: u64 = pieces.iter().map(|(p, _)| p.len).sum();
     tracing::info!(pid, ms = t0.elapsed().as_secs_f64() * 1e3, bytes, "pages placed by crust");
     // Closing the last copy ends the registration: the process keeps no trace of it.
@@ -233,6 +249,12 @@ struct Claims(Mutex<(usize, usize)>);
 impl Claims {
     fn new(len: usize) -> Claims {
         Claims(Mutex::new((0, len)))
+    }
+
+    /// No chunk is given out any more.
+    fn stop(&self) {
+        let mut range = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        range.0 = range.1;
     }
 
     fn take(&self, from_the_end: bool) -> Option<usize> {

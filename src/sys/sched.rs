@@ -33,9 +33,9 @@ pub fn set_thread_nice(tid: i32, nice: i32) -> Result<(), SysError> {
         .map_err(|e| SysError::new("setpriority", e).pid(tid))
 }
 
-/// The CPU mask threads go back to while a [`OneCpu`] is held: the pinned thread's own mask
-/// from before the pin.
-static SPREAD_MASK: std::sync::Mutex<Option<nix::sched::CpuSet>> = std::sync::Mutex::new(None);
+/// While a [`OneCpu`] is held: the mask threads go back to (the pinned thread's own mask from
+/// before the pin), and the CPU it pinned.
+static SPREAD_MASK: std::sync::Mutex<Option<(nix::sched::CpuSet, usize)>> = std::sync::Mutex::new(None);
 
 /// crust's thread and the processes it makes, kept on the one CPU that thread is on while
 /// it drives them with ptrace. Every injected call is two ptrace stops, and every stop wakes
@@ -73,7 +73,7 @@ impl OneCpu {
             tracing::debug!("sched_setaffinity(CPU {cpu}) of crust's thread: {e}; the restore runs unpinned");
             return None;
         }
-        *spread = Some(original);
+        *spread = Some((original, cpu));
         Some(OneCpu { _not_send: std::marker::PhantomData })
     }
 }
@@ -81,7 +81,7 @@ impl OneCpu {
 impl Drop for OneCpu {
     fn drop(&mut self) {
         let original = SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mask) = original
+        if let Some((mask, _)) = original
             && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &mask)
         {
             tracing::warn!("giving crust's thread its CPU mask back: sched_setaffinity: {e}");
@@ -92,14 +92,21 @@ impl Drop for OneCpu {
 /// Gives thread `tid` (made while a [`OneCpu`] is held) the mask it would have had without
 /// the pin; nothing when no pin is held.
 pub fn spread_thread(tid: i32) -> Result<(), SysError> {
-    let Some(mask) = *SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner()) else { return Ok(()) };
+    let Some((mask, _)) = *SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner()) else { return Ok(()) };
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &mask).map_err(|e| SysError::new("sched_setaffinity", e).pid(tid))
 }
 
 /// The calling thread (a worker of parallel work started while a [`OneCpu`] is held) off the
 /// pinned CPU, so that the work spreads over every core; nothing when no pin is held.
-pub fn spread_this_thread() {
-    if let Err(e) = spread_thread(0) {
+/// `beside`: a worker beside the pinned thread, which works (or drives a process) on the
+/// pinned CPU meanwhile: it keeps off that CPU, if the mask has another.
+pub fn spread_this_thread(beside: bool) {
+    let Some((mut mask, pinned)) = *SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner()) else { return };
+    let others = (0..nix::sched::CpuSet::count()).filter(|&c| c != pinned && mask.is_set(c).unwrap_or(false)).count();
+    if beside && others > 0 {
+        let _ = mask.unset(pinned);
+    }
+    if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &mask) {
         tracing::debug!("a worker thread stays on the pinned CPU: {e}");
     }
 }
@@ -110,7 +117,7 @@ pub fn spread_this_thread() {
 pub fn cpus_for_work() -> usize {
     let spread = *SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner());
     match spread {
-        Some(mask) => (0..nix::sched::CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).count().max(1),
+        Some((mask, _)) => (0..nix::sched::CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).count().max(1),
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }
 }
