@@ -358,7 +358,8 @@ fn areas_read_through_bpf_and_from_smaps_give_the_same_memory_record() {
 /// them readable). crust maps them as one run, each with its final protection before its pages
 /// are placed (memory.rs, AtFinal); `refuse_userfaultfd`: the kernel refusing crust a
 /// userfaultfd (CRUST_FAULT), the process reads its pages in itself, into areas made writable
-/// for that.
+/// for that. Else a restore failing or killed while the process makes the final protections
+/// beside crust's fill (memory.rs, Shaping) leaves no process first.
 fn small_areas_side_by_side_come_back_exactly(refuse_userfaultfd: bool) {
     const PY_BODY: &str = r#"
 AREA, N = 64 * 1024, 256
@@ -411,6 +412,17 @@ while True:
     assert!(before.len() == 256 && before.iter().all(as_made), "test setup: 256 areas apart, all written, all charged: {before:#?}");
     let snapshot = w.snapshot();
     w.dump();
+    if !refuse_userfaultfd {
+        // Failing or killed while the process makes the areas' final protections (with the
+        // fill under way beside it), a restore leaves no process behind.
+        let img = w.image_dir.to_string_lossy().into_owned();
+        for action in ["fail", "kill"] {
+            let fault = [("CRUST_FAULT".to_string(), format!("restore-final-protections:1:{action}"))];
+            let out = crust_env(["restore", "-d", "-D", &img], &fault);
+            assert!(!out.success(), "{action} while making the final protections: the restore succeeded:\n{out}");
+            assert!(wait_gone(w.pid, GONE_TIMEOUT), "{action} while making the final protections: pid {} is left", w.pid);
+        }
+    }
     if refuse_userfaultfd {
         w.crust_env = vec![("CRUST_FAULT".into(), "restore-pages-userfaultfd:1:fail".into())];
     }

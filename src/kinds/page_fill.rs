@@ -208,7 +208,8 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile,
     // The calling thread, crust's tracer of the process, runs `shaping` there first.
     let remote = &mut *ctx.remote;
     let first = || {
-        let shaped = crate::timing::step("restore: final protections while filling", || shape(remote));
+        let shaped = crate::fault::point("restore-final-protections")
+            .and_then(|()| crate::timing::step("restore: final protections while filling", || shape(remote)));
         if shaped.is_err() {
             claims.stop();
         }

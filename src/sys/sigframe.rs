@@ -71,7 +71,7 @@ pub enum FrameError {
 pub fn build(regs: &Registers, sigmask: u64, xstate: &[u8]) -> Result<SelfReturnFrame, FrameError> {
     let xcr0 = xstate.get(SW_BYTES..SW_BYTES + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap()));
     let xcr0 = xcr0.filter(|x| x & 3 == 3 && xstate.len() >= XSAVE_HEADER_END).ok_or(FrameError::NoXstate)?;
-    let (xstate_size, xcr0) = frame_part(xstate, xcr0, &cpu_components());
+    let (xstate_size, xcr0) = frame_part(xstate, xcr0, cpu_components());
     let xstate = &xstate[..xstate_size];
     let fp_len = xstate_size + 4; // + FP_XSTATE_MAGIC2
     // Layout, from high to low addresses: red zone, fpstate (64-byte aligned), frame.
@@ -135,8 +135,15 @@ struct Component {
     dynamic: bool,
 }
 
-/// The state components 2..63 this CPU describes.
-fn cpu_components() -> Vec<Component> {
+/// The state components 2..63 this CPU describes. Asked once: each CPUID is a trap to the
+/// hypervisor in a VM (61 of them cost 0.4-0.5 ms here, once per thread parked: half a second
+/// for 1000 threads).
+fn cpu_components() -> &'static [Component] {
+    static COMPONENTS: std::sync::OnceLock<Vec<Component>> = std::sync::OnceLock::new();
+    COMPONENTS.get_or_init(ask_cpu_components)
+}
+
+fn ask_cpu_components() -> Vec<Component> {
     use std::arch::x86_64::__cpuid_count;
     (2..63)
         .filter_map(|bit| {
