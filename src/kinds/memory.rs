@@ -1293,8 +1293,8 @@ fn madvise(remote: &mut RemoteTask, vma: &Vma, advice: i32) -> Result<()> {
 /// areas: page_fill, on every core, no page zeroed first), the process reads in those of
 /// `by_process`. A kernel that refuses crust a userfaultfd leaves all to the process: the
 /// areas mapped with their final protection are then made writable for it (and taken out of
-/// `at_final`, so that finish_calls set it again).
-/// Places the pages of `mm`: `areas` by crust, then by the process. `shaping` runs meanwhile.
+/// `at_final`, so that finish_calls set it again). `shaping` (see [`Shaping`]) runs in the
+/// process while crust places pages, or before the process reads its own in.
 fn place_pages(
     ctx: &mut RestoreCtx,
     pages_fd: i32,
