@@ -66,8 +66,9 @@ fn get_lease(copy: &OwnedFd) -> Result<i32> {
 /// What the dump saw of the machine's leases just before it froze the tree.
 struct BeforeFreeze {
     /// /proc/locks: freezing a breaker takes it out of its wait (its open() is interrupted, to
-    /// be restarted), so only this copy still shows it below the lease it waits for.
-    locks: String,
+    /// be restarted), so only this copy still shows it below the lease it waits for. None when
+    /// no process of the tree held a lease (see [`tree_may_hold_a_lease`]).
+    locks: Option<String>,
     /// For each blocked breaker of an unlock break, the deadline its wait implies
     /// (CLOCK_MONOTONIC): right if it started the break (see lease_probe::break_deadline_via_sched).
     breaker_deadlines: BTreeMap<u32, Duration>,
@@ -81,9 +82,9 @@ static BEFORE_FREEZE: Mutex<Option<BeforeFreeze>> = Mutex::new(None);
 /// waits of the breakers of the tree's leases while they still wait, then notes the instant of
 /// the freeze.
 pub fn before_freeze(root: i32) {
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let locks = tree_may_hold_a_lease(root).then(|| std::fs::read_to_string("/proc/locks").unwrap_or_default());
     let mut breaker_deadlines = BTreeMap::new();
-    let breaking: Vec<_> = waiting_breakers(&locks)
+    let breaking: Vec<_> = waiting_breakers(locks.as_deref().unwrap_or_default())
         .into_iter()
         // A reader blocked on a downgrade polls: its wait tells nothing.
         .filter(|(lease, waiters)| lease.mode == "BREAKING" && lease.lock_type == "UNLCK" && !waiters.is_empty())
@@ -105,6 +106,35 @@ pub fn before_freeze(root: i32) {
     let freeze = mono_now();
     tracing::info!(freeze_monotonic_s = freeze.as_secs_f64(), "lease breaks are measured at this instant");
     *BEFORE_FREEZE.lock().unwrap() = Some(BeforeFreeze { locks, breaker_deadlines, freeze });
+}
+
+/// Whether a process of the tree of `root` may hold a lease: a "lock:" line of a lease or
+/// delegation in the fdinfo of one of its fds, or more fds than are worth reading one by one
+/// (or a tree that cannot be walked). Reading /proc/locks costs an RCU grace period on this
+/// kernel (15-17 ms, the first reader of a while takes the lock list's percpu rwsem for
+/// writing), one area or a thousand; the waits it shows matter only below the tree's own
+/// leases. A lease taken after this look, and broken before the freeze, is measured as a
+/// lease taken after the copy of /proc/locks always was: its breakers are read after the freeze.
+fn tree_may_hold_a_lease(root: i32) -> bool {
+    const MOST_FDS: usize = 4096;
+    let mut pids = vec![root];
+    let mut fds = 0;
+    while let Some(pid) = pids.pop() {
+        let Ok(names) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return true };
+        for name in names.flatten() {
+            fds += 1;
+            let Ok(text) = std::fs::read_to_string(name.path()) else { continue };
+            if fds > MOST_FDS || super::locks::fdinfo_locks(&text).iter().any(|l| l.kind == "LEASE" || l.kind == "DELEG") {
+                return true;
+            }
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { return true };
+            pids.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+    }
+    false
 }
 
 /// `root` and its descendants, as /proc shows them now (the tree is not frozen yet: a process
@@ -160,7 +190,7 @@ fn waiting_breakers(locks: &str) -> Vec<(super::locks::LockLine, Vec<u32>)> {
 
 /// Pids blocked in open() behind the lease on `dev_ino`, as they were before the freeze.
 fn breakers(dev_ino: &str) -> Result<Vec<u32>> {
-    let before = BEFORE_FREEZE.lock().unwrap().as_ref().map(|b| b.locks.clone());
+    let before = BEFORE_FREEZE.lock().unwrap().as_ref().and_then(|b| b.locks.clone());
     let text = match before {
         Some(text) => text,
         None => std::fs::read_to_string("/proc/locks")?,
@@ -447,6 +477,25 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The look that spares a dump its read of /proc/locks sees a lease of the tree through
+    /// fdinfo, and no lease once it is gone. (nextest runs each test in a process of its own:
+    /// no other test's lease is in this tree.)
+    #[test]
+    fn a_lease_of_the_tree_is_seen_without_proc_locks() {
+        use std::os::fd::AsRawFd;
+        let path = std::path::PathBuf::from(format!("/dev/shm/crust-lease-look-{}", std::process::id()));
+        std::fs::write(&path, b"leased").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let me = std::process::id() as i32;
+        assert!(!tree_may_hold_a_lease(me), "a lease seen before one was taken");
+        crate::sys::fcntl_int(file.as_raw_fd(), F_SETLEASE, libc::F_RDLCK).expect("F_SETLEASE F_RDLCK");
+        let seen = tree_may_hold_a_lease(me);
+        crate::sys::fcntl_int(file.as_raw_fd(), F_SETLEASE, libc::F_UNLCK).expect("F_SETLEASE F_UNLCK");
+        assert!(seen, "the read lease on {} was not seen", path.display());
+        assert!(!tree_may_hold_a_lease(me), "a lease seen after it was released");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn delegations_are_refused_by_name() {
