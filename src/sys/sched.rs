@@ -102,8 +102,7 @@ pub fn spread_thread(tid: i32) -> Result<(), SysError> {
 /// pinned CPU meanwhile: it keeps off that CPU, if the mask has another.
 pub fn spread_this_thread(beside: bool) {
     let Some((mut mask, pinned)) = *SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner()) else { return };
-    let others = (0..nix::sched::CpuSet::count()).filter(|&c| c != pinned && mask.is_set(c).unwrap_or(false)).count();
-    if beside && others > 0 {
+    if beside && cpus_in(&mask) > 1 {
         let _ = mask.unset(pinned);
     }
     if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &mask) {
@@ -117,7 +116,11 @@ pub fn spread_this_thread(beside: bool) {
 pub fn cpus_for_work() -> usize {
     let spread = *SPREAD_MASK.lock().unwrap_or_else(|p| p.into_inner());
     match spread {
-        Some((mask, _)) => (0..nix::sched::CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).count().max(1),
+        Some((mask, _)) => cpus_in(&mask).max(1),
         None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     }
+}
+
+fn cpus_in(mask: &nix::sched::CpuSet) -> usize {
+    (0..nix::sched::CpuSet::count()).filter(|&c| mask.is_set(c).unwrap_or(false)).count()
 }
