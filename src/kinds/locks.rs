@@ -233,6 +233,11 @@ fn ofd_owners(l: &LockLine, except: &[i32]) -> Vec<i32> {
 /// tree frozen: its own blocked requests were interrupted and left the queues, so every
 /// request still waiting there is someone else's.
 pub fn outsiders(locked: &LockedFiles, tree: &[i32]) -> Result<Vec<String>> {
+    // Only lines on files the tree locks count. Reading /proc/locks waits for an RCU grace
+    // period (KERNEL-NOTES), 5-20 ms of a frozen tree's time: not read for a tree without locks.
+    if locked.paths.is_empty() {
+        return Ok(Vec::new());
+    }
     let text = std::fs::read_to_string("/proc/locks").context("reading /proc/locks")?;
     // The tree's own flock and OFD locks, each to be met once in /proc/locks whatever its pid.
     let mut own = locked.description_locks.clone();
