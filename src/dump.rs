@@ -673,7 +673,9 @@ fn collect_tree(frozen: &mut [Frozen], members: &[Member], image: &ImageDir, pro
     let (tasks, groups) = tasks_and_groups(members)?;
     open_files.check_signal_owners(&tasks, &groups)?;
     let tree: Vec<i32> = members.iter().map(|m| m.pid.as_raw()).collect();
-    let outsiders = crate::timing::step("dump: locks outside the tree", || crate::kinds::locks::outsiders(open_files.state.get::<crate::kinds::locks::LockedFiles>(), &tree))?;
+    let outsiders = crate::timing::step("dump: locks outside the tree", || {
+        crate::kinds::locks::outsiders(open_files.state.get::<crate::kinds::locks::LockedFiles>(), &tree)
+    })?;
     if !outsiders.is_empty() && !opts.external_locks {
         bail!(
             "files locked by the dumped processes are also locked by processes outside them ({}); \

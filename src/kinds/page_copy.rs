@@ -50,7 +50,12 @@ pub fn on_workers(count: usize, what: &str, work: impl Fn(usize) -> Result<()> +
 
 /// [`on_workers`], the calling thread running `first` before its share of `work` (while the
 /// others work): a job that must run on that thread (it is the tracer).
-pub fn on_workers_after(count: usize, what: &str, first: impl FnOnce() -> Result<()>, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+pub fn on_workers_after(
+    count: usize,
+    what: &str,
+    first: impl FnOnce() -> Result<()>,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
     std::thread::scope(|scope| {
         let work = &work;
         let helpers: Vec<_> = (1..count.max(1))

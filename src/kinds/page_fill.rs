@@ -174,7 +174,9 @@ pub fn fill(ctx: &mut RestoreCtx, vmas: &[&Vma], path: &Path, record: &DataFile,
     let pid = ctx.pid.as_raw();
     let t0 = std::time::Instant::now();
     let copied: Vec<&Vma> = vmas.iter().copied().filter(|v| placing(v) == Some(Placing::Copy)).collect();
-    let shape = |remote: &mut RemoteTask| remote.syscalls("mprotect", shaping).with_context(|| format!("pid {pid}: the final protection of its areas"));
+    let shape = |remote: &mut RemoteTask| {
+        remote.syscalls("mprotect", shaping).with_context(|| format!("pid {pid}: the final protection of its areas"))
+    };
     // Registered before the areas are split by `shaping`: one area for the kernel to mark.
     let uffd = match copied.is_empty() {
         true => None,
