@@ -281,65 +281,56 @@ fn resident_runs(pagemap: &PageMap, vmas: &mut [Vma], which: &[usize], huge_by_w
     Ok(())
 }
 
-/// A stretch of this many areas or more is walked in two halves on the two cores: the
-/// kernel's walk costs about 0.5 us per area (its setup for each area), 8 ms for 16384 areas,
-/// against some 50 us to start a thread.
-const TWO_WALKS: usize = 2048;
-
-/// [`walk_group`] of `group`, its halves on two threads where it has many areas. The halves
-/// are cut at an area's edge, which no run given to an area crosses and no huge page does (a
-/// huge page lies in one area): the areas get the same runs and stretches as from one walk.
+/// The resident runs and huge stretches of `group` (areas consecutive in memory order,
+/// `indexes` their places in the process's list): one PAGEMAP_SCAN walk over them, or two on
+/// the two cores where the kernel's walk is long (many areas, or much memory), its halves
+/// cut where no huge page is ([`crate::sys::pagemap::halves`]). The areas get the same runs
+/// and stretches either way.
 fn walk_in_halves(pagemap: &PageMap, group: &mut [Vma], indexes: &[usize], huge_by_walk: &[usize]) -> Result<()> {
-    if group.len() < TWO_WALKS {
-        return walk_group(pagemap, group, indexes, huge_by_walk);
-    }
-    let mid = group.len() / 2;
-    let walked = std::thread::scope(|s| {
-        let (first, second) = group.split_at_mut(mid);
-        let other = std::thread::Builder::new()
-            .name("crust-walk".into())
-            .spawn_scoped(s, || walk_group(pagemap, second, &indexes[mid..], huge_by_walk));
-        let mine = walk_group(pagemap, first, &indexes[..mid], huge_by_walk);
-        let theirs = other.ok().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-        mine.map(|()| theirs)
-    })?;
-    match walked {
-        Some(theirs) => theirs,
-        // No thread: the second half here, after the first.
-        None => walk_group(pagemap, &mut group[mid..], &indexes[mid..], huge_by_walk),
-    }
-}
-
-/// One PAGEMAP_SCAN walk over `group` (areas consecutive in memory order, `indexes` their
-/// places in the process's list), its runs cut at the areas' edges.
-fn walk_group(pagemap: &PageMap, group: &mut [Vma], indexes: &[usize], huge_by_walk: &[usize]) -> Result<()> {
-    let (start, end) = (group[0].start, group[group.len() - 1].end);
-    let mut k = 0;
-    let mut huge = Vec::new();
-    pagemap.resident_runs_and_huge(
-        start,
-        end,
-        |mut address, pages| {
-            let run_end = address + pages * PAGE_SIZE;
-            while address < run_end && k < group.len() {
-                let area = &mut group[k];
-                if area.end <= address {
-                    k += 1;
-                    continue;
-                }
-                // Pages between two areas (crust's scratch area, not saved) are passed over.
-                let piece_end = run_end.min(area.end);
-                let from = address.max(area.start);
-                if piece_end > from {
-                    area.pages.push(PageRun { address: from, pages: (piece_end - from) / PAGE_SIZE, file_offset: 0 });
-                }
-                address = piece_end;
+    let areas: Vec<(u64, u64)> = group.iter().map(|v| (v.start, v.end)).collect();
+    let walks = crate::sys::pagemap::walk_in_two(&areas, |part| {
+        let (mut runs, mut huge) = (Vec::new(), Vec::new());
+        let (start, end) = (part[0].0, part[part.len() - 1].1);
+        pagemap.resident_runs_and_huge(start, end, |address, pages| runs.push((address, pages)), |s| huge.push(s)).map(|()| (runs, huge))
+    });
+    let (mut runs, mut huge): (Vec<(u64, u64)>, Vec<u64>) = (Vec::new(), Vec::new());
+    for walk in walks {
+        let (more_runs, more_huge) = walk?;
+        for (address, pages) in more_runs {
+            match runs.last_mut() {
+                // A run the cut between the halves split.
+                Some(last) if last.0 + last.1 * PAGE_SIZE == address => last.1 += pages,
+                _ => runs.push((address, pages)),
             }
-        },
-        |stretch| huge.push(stretch),
-    )?;
+        }
+        huge.extend(more_huge);
+    }
+    give_runs(group, &runs);
     huge_stretches_to_areas(group, indexes, huge_by_walk, &huge);
     Ok(())
+}
+
+/// Gives each of `group`'s areas (in memory order) the parts of `runs` (ascending) inside
+/// it: a run is cut at the areas' edges, and pages between two areas (crust's scratch area,
+/// not saved) are passed over.
+fn give_runs(group: &mut [Vma], runs: &[(u64, u64)]) {
+    let mut k = 0;
+    for &(mut address, pages) in runs {
+        let run_end = address + pages * PAGE_SIZE;
+        while address < run_end && k < group.len() {
+            let area = &mut group[k];
+            if area.end <= address {
+                k += 1;
+                continue;
+            }
+            let piece_end = run_end.min(area.end);
+            let from = address.max(area.start);
+            if piece_end > from {
+                area.pages.push(PageRun { address: from, pages: (piece_end - from) / PAGE_SIZE, file_offset: 0 });
+            }
+            address = piece_end;
+        }
+    }
 }
 
 /// The huge stretches one walk found over `group` (areas in address order, `indexes` their
@@ -1627,8 +1618,9 @@ mod tests {
         areas.sort_by_key(|v| v.start);
         let indexes: Vec<usize> = (0..areas.len()).collect();
         let pagemap = PageMap::open(std::process::id() as i32).unwrap();
+        assert!(crate::sys::pagemap::halves(&spans(&areas)).is_some(), "2561 areas are walked in two");
         let (mut once, mut halves) = (areas.clone(), areas);
-        walk_group(&pagemap, &mut once, &indexes, &indexes).unwrap();
+        walk_once(&pagemap, &mut once, &indexes, &indexes);
         walk_in_halves(&pagemap, &mut halves, &indexes, &indexes).unwrap();
         assert_eq!(once, halves);
         for v in once.iter().filter(|v| v.end - v.start == PAGE_SIZE) {
@@ -1640,6 +1632,52 @@ mod tests {
         assert_eq!(big.pages, vec![PageRun { address: big.start, pages: HUGE_STRETCH / PAGE_SIZE, file_offset: 0 }]);
         // Huge where the kernel had a huge page to give (this test cannot make it).
         assert!(big.huge_stretches.is_empty() || big.huge_stretches == vec![big.start], "{:?}", big.huge_stretches);
+    }
+
+    fn spans(areas: &[Vma]) -> Vec<(u64, u64)> {
+        areas.iter().map(|v| (v.start, v.end)).collect()
+    }
+
+    /// What one walk of the whole group gives its areas.
+    fn walk_once(pagemap: &PageMap, group: &mut [Vma], indexes: &[usize], huge_by_walk: &[usize]) {
+        let (start, end) = (group[0].start, group[group.len() - 1].end);
+        let (mut runs, mut huge) = (Vec::new(), Vec::new());
+        pagemap.resident_runs_and_huge(start, end, |a, n| runs.push((a, n)), |s| huge.push(s)).unwrap();
+        give_runs(group, &runs);
+        huge_stretches_to_areas(group, indexes, huge_by_walk, &huge);
+    }
+
+    /// One large area (1 GiB, sparse) is cut inside, at a 2 MiB boundary, and walked in two:
+    /// a run across the cut comes out whole, as from one walk.
+    #[test]
+    fn a_large_area_walked_in_two_gives_the_runs_of_one_walk() {
+        let page = PAGE_SIZE as usize;
+        let len = 1usize << 30;
+        let mut region = crate::sys::region::AnonRegion::new(len, false).unwrap();
+        let bytes = region.as_mut_slice();
+        // Every 4097th page, and 24 MiB straight across the middle.
+        bytes.iter_mut().step_by(4097 * page).for_each(|b| *b = 1);
+        bytes[500 << 20..524 << 20].iter_mut().step_by(page).for_each(|b| *b = 1);
+        let start = region.address();
+        let area = {
+            let mut v = anonymous(start, libc::PROT_READ | libc::PROT_WRITE, false);
+            v.end = start + len as u64;
+            v
+        };
+        let (first, second) = crate::sys::pagemap::halves(&[(start, area.end)]).expect("1 GiB is walked in two");
+        let cut = first.last().unwrap().1;
+        assert!(cut > start && cut < area.end && cut % HUGE_STRETCH == 0 && second[0].0 == cut, "{first:x?} {second:x?}");
+        assert!(cut > start + (500 << 20) && cut < start + (524 << 20), "the cut at {:#x} is not inside the dense run", cut - start);
+        let pagemap = PageMap::open(std::process::id() as i32).unwrap();
+        let (mut once, mut halves) = (vec![area.clone()], vec![area]);
+        walk_once(&pagemap, &mut once, &[0], &[0]);
+        walk_in_halves(&pagemap, &mut halves, &[0], &[0]).unwrap();
+        assert_eq!(once, halves);
+        assert!(
+            once[0].pages.iter().any(|r| r.address == start + (500 << 20) && r.pages == (24 << 20) / PAGE_SIZE),
+            "{:x?}",
+            once[0].pages
+        );
     }
 
     fn anonymous(start: u64, prot: i32, pages: bool) -> Vma {
@@ -1693,7 +1731,10 @@ mod tests {
         let call = |start: u64, len: u64| (libc::SYS_mprotect, [start, len, r as u64, 0, 0, 0]);
         assert_eq!(protection_calls(&run, &prots, rw, &[false; 4]), vec![(call(0x10000, 0x20000), false)]);
         // Unless one of them waits for the fill and the other does not.
-        assert_eq!(protection_calls(&run, &prots, rw, &[true, true, false, true]), vec![(call(0x10000, 0x10000), true), (call(0x20000, 0x10000), false)]);
+        assert_eq!(
+            protection_calls(&run, &prots, rw, &[true, true, false, true]),
+            vec![(call(0x10000, 0x10000), true), (call(0x20000, 0x10000), false)]
+        );
     }
 
     #[test]

@@ -230,6 +230,67 @@ fn whole_stretches(start: u64, end: u64) -> impl Iterator<Item = u64> {
     (0..).map(move |i| first + i * HUGE_STRETCH).take_while(move |s| s + HUGE_STRETCH <= end)
 }
 
+/// The kernel's walk of page tables, as measured on this machine: about 0.5 us to set up each
+/// area, and 1.4 ms per GiB of memory walked (5.4 ns a page of 4 KiB).
+const WALK_NS_PER_AREA: u64 = 500;
+const WALK_NS_PER_GIB: u64 = 1_400_000;
+/// Below this much walking one thread walks alone: starting a second costs about 50 us.
+const TWO_WALKS_NS: u64 = 1_000_000;
+
+/// Address ranges [start, end), ascending.
+pub type Spans = Vec<(u64, u64)>;
+
+fn walk_ns(start: u64, end: u64) -> u64 {
+    WALK_NS_PER_AREA + (end - start) / (1 << 20) * WALK_NS_PER_GIB / 1024
+}
+
+/// `areas` (ascending, apart) cut in two where half of the walk of their page tables is done,
+/// so that two threads can share it; None when one walk is about as quick. The cut is an
+/// area's edge or a 2 MiB boundary inside one: a huge page, which lies inside one area, is
+/// never cut.
+pub fn halves(areas: &[(u64, u64)]) -> Option<(Spans, Spans)> {
+    let total: u64 = areas.iter().map(|&(s, e)| walk_ns(s, e)).sum();
+    if total < TWO_WALKS_NS {
+        return None;
+    }
+    let mut left = total / 2;
+    for (i, &(start, end)) in areas.iter().enumerate() {
+        let cost = walk_ns(start, end);
+        if cost < left {
+            left -= cost;
+            continue;
+        }
+        let into = (left.saturating_sub(WALK_NS_PER_AREA) * 1024 / WALK_NS_PER_GIB) << 20;
+        let cut = ((start + into) / HUGE_STRETCH * HUGE_STRETCH).clamp(start, end);
+        let mut first = areas[..i].to_vec();
+        let mut second = areas[i + 1..].to_vec();
+        if cut > start {
+            first.push((start, cut));
+        }
+        if cut < end {
+            second.insert(0, (cut, end));
+        }
+        return (!first.is_empty() && !second.is_empty()).then_some((first, second));
+    }
+    None
+}
+
+/// `walk` of each of the two [`halves`] of `areas` on its own thread, or of all of them on
+/// this one: the results in address order.
+pub fn walk_in_two<R: Send>(areas: &[(u64, u64)], walk: impl Fn(&[(u64, u64)]) -> R + Sync) -> Vec<R> {
+    let Some((first, second)) = halves(areas) else { return vec![walk(areas)] };
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new().name("crust-walk".into()).spawn_scoped(s, || walk(&second));
+        let mine = walk(&first);
+        // No thread: the second half here, after the first.
+        let theirs = match other {
+            Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => walk(&second),
+        };
+        vec![mine, theirs]
+    })
+}
+
 /// Adjacent regions joined into runs, each run handed over as (address, pages) once it ends.
 #[derive(Default)]
 struct Merged(Option<(u64, u64)>);
@@ -330,6 +391,36 @@ impl<F: FnMut(u64, u64)> Runs<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two walks share the work: little work stays in one; the halves cover every area exactly
+    /// once, and a cut inside an area is at a 2 MiB boundary.
+    #[test]
+    fn halves_cover_the_areas_and_cut_only_at_edges_or_2_mib() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(halves(&[(0x1000_0000, 0x1000_0000 + 64 * MIB)]), None);
+        assert_eq!(halves(&(0..100u64).map(|i| (i * 0x20000, i * 0x20000 + 0x10000)).collect::<Vec<_>>()), None);
+        let cases: Vec<Vec<(u64, u64)>> = vec![
+            vec![(0x7f00_0000_0000, 0x7f00_0000_0000 + 4096 * MIB)],
+            vec![(0x1000, 0x5000), (0x7f00_0000_1000, 0x7f00_0000_1000 + 3000 * MIB), (0x7fff_0000_0000, 0x7fff_0000_8000)],
+            (0..16384u64).map(|i| (0x7000_0000_0000 + i * 0x20000, 0x7000_0000_0000 + i * 0x20000 + 0x10000)).collect(),
+        ];
+        for areas in cases {
+            let (first, second) = halves(&areas).expect("enough work for two");
+            let mut joined = first.clone();
+            match (joined.last_mut(), second.first()) {
+                (Some(last), Some(next)) if last.1 == next.0 => {
+                    assert_eq!(next.0 % HUGE_STRETCH, 0, "a cut inside an area at {:#x}", next.0);
+                    last.1 = second[0].1;
+                    joined.extend(&second[1..]);
+                }
+                _ => joined.extend(&second),
+            }
+            assert_eq!(joined, areas);
+            let work = |part: &[(u64, u64)]| part.iter().map(|&(s, e)| walk_ns(s, e)).sum::<u64>() as f64;
+            let share = work(&first) / (work(&first) + work(&second));
+            assert!((0.4..0.6).contains(&share), "{share}");
+        }
+    }
 
     /// The kernel's runs (PAGEMAP_SCAN) are the runs of the page-by-page entries.
     #[test]
