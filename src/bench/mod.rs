@@ -109,20 +109,63 @@ impl Workload {
         Ok((Duration::from_nanos(word(0)), word(1)))
     }
 
-    /// The longest gap the ticker saw during `dump -R` by `run`; said with when it ended,
-    /// counted from the start of the dump (crust's log says when its steps were).
-    fn stall_of(&self, run: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    /// The longest gap the ticker saw during `dump -R` by `run`, said with when it ended,
+    /// counted from the start of the dump (crust's log says when its steps were); and the
+    /// longest gap of a ticker outside the process meanwhile ([`outside_gap_during`]).
+    fn stall_of(&self, run: impl FnOnce() -> Result<()>) -> Result<Stall> {
         std::thread::sleep(Duration::from_millis(50));
         self.take_max_gap()?;
         let started = realtime_ns();
-        run()?;
-        std::thread::sleep(Duration::from_millis(50));
-        let (gap, ended) = self.take_max_gap()?;
+        let (ran, outside) = outside_gap_during(|| {
+            let ran = run();
+            std::thread::sleep(Duration::from_millis(50));
+            ran
+        });
+        ran?;
+        let (inside, ended) = self.take_max_gap()?;
         let after = ended.saturating_sub(started) as f64 / 1e6;
-        println!("    (the longest gap, {:.1} ms, ended {after:.1} ms after the dump began)", gap.as_secs_f64() * 1e3);
-        Ok(gap)
+        println!(
+            "    (the longest gap, {:.1} ms, ended {after:.1} ms after the dump began; outside the process: {:.1} ms)",
+            inside.as_secs_f64() * 1e3,
+            outside.as_secs_f64() * 1e3
+        );
+        Ok(Stall { inside, outside })
     }
 }
+
+/// The stall of a `dump -R`: the longest gap of a 1 ms ticker inside the dumped process, and
+/// that of one outside it over the same time.
+#[derive(Default, Clone, Copy)]
+struct Stall {
+    inside: Duration,
+    outside: Duration,
+}
+
+/// Runs `run` while a thread of the bench, outside the dumped process, wakes every
+/// millisecond: its longest gap is this machine's own stall meanwhile. This VM stalls whole
+/// (every vCPU, every process) for 20-40 ms at a time when its host's CPU quota runs out, as
+/// under a dump copying gigabytes on both cores: the ticker inside the process cannot see less.
+fn outside_gap_during<T>(run: impl FnOnce() -> T) -> (T, Duration) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const LONGEST: Duration = Duration::from_secs(600);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let ticker = s.spawn(|| {
+            let (started, mut previous, mut longest) = (Instant::now(), Instant::now(), Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < LONGEST {
+                std::thread::sleep(Duration::from_millis(1));
+                let now = Instant::now();
+                longest = longest.max(now - previous);
+                previous = now;
+            }
+            longest
+        });
+        let out = run();
+        stop.store(true, Ordering::Relaxed);
+        (out, ticker.join().unwrap_or_default())
+    })
+}
+
 
 fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
     let exe = std::env::current_exe()?;
@@ -297,8 +340,8 @@ struct Figures {
     restore: Duration,
     /// The longest gap a 1 ms ticker inside the process saw during `dump -R`: crust's, and
     /// the reference tool's.
-    stall: Duration,
-    criu_stall: Option<Duration>,
+    stall: Stall,
+    criu_stall: Option<Stall>,
     criu: Option<(Duration, Duration)>,
     /// AnonHugePages of the process before the dump and after the restore, in KiB.
     huge_kib: (u64, u64),
@@ -455,7 +498,7 @@ fn finish_restored(pid: i32, w: &Workload) -> Result<()> {
 
 /// The reference tool dumps a fresh workload with --leave-running, then dumps and restores it:
 /// (the stall of the first, dump and restore wall times).
-fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Duration, Duration, Duration)> {
+fn criu_run(criu: &Path, opts: &BenchOptions, huge: bool) -> Result<(Stall, Duration, Duration)> {
     let mut w = start_workload(opts.mib, &opts.dir, huge)?;
     let pid = w.child.id() as i32;
     let image = opts.dir.join("criu-image");
@@ -511,9 +554,13 @@ fn print_run(run: usize, huge: bool, mib: usize, f: &Figures) {
         ms(f.lazy.1).trim(),
         ratio(f.lazy.1, f.floor_restore)
     );
-    println!("  crust dump -R stall {} (longest gap of a 1 ms ticker inside the process)", ms(f.stall));
+    println!(
+        "  crust dump -R stall {} (longest gap of a 1 ms ticker inside the process; outside it {})",
+        ms(f.stall.inside),
+        ms(f.stall.outside).trim()
+    );
     if let Some(stall) = f.criu_stall {
-        println!("  criu dump -R stall  {}", ms(stall));
+        println!("  criu dump -R stall  {} (outside the process {})", ms(stall.inside), ms(stall.outside).trim());
     }
     println!(
         "  huge pages    {} MiB before, {} MiB after restore, {} MiB after lazy restore; memory pattern verified",
@@ -540,16 +587,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn print_medians(huge: bool, runs: &[&Figures]) {
     let m = |f: &dyn Fn(&Figures) -> f64| median(runs.iter().map(|r| f(r)).collect());
     print!(
-        "median of {} runs, {}: dump {:.2}x the floor (frozen {:.2}x), restore {:.2}x the floor, dump -R stall {:.1} ms",
+        "median of {} runs, {}: dump {:.2}x the floor (frozen {:.2}x), restore {:.2}x the floor, dump -R stall {:.1} ms \
+         (outside the process {:.1} ms)",
         runs.len(),
         pages_name(huge),
         m(&|f| ratio(f.dump, f.floor_dump)),
         m(&|f| ratio(f.frozen, f.floor_dump)),
         m(&|f| ratio(f.restore, f.floor_restore)),
-        m(&|f| f.stall.as_secs_f64() * 1e3)
+        m(&|f| f.stall.inside.as_secs_f64() * 1e3),
+        m(&|f| f.stall.outside.as_secs_f64() * 1e3)
     );
     if runs.iter().all(|r| r.criu_stall.is_some()) {
-        print!(" (criu {:.1} ms)", m(&|f| f.criu_stall.unwrap().as_secs_f64() * 1e3));
+        print!(" (criu {:.1} ms)", m(&|f| f.criu_stall.unwrap_or_default().inside.as_secs_f64() * 1e3));
     }
     print!(
         "; lazy: running after {:.1} ms, every page in {:.2}x the floor",
