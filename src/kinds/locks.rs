@@ -234,7 +234,8 @@ fn ofd_owners(l: &LockLine, except: &[i32]) -> Vec<i32> {
 /// request still waiting there is someone else's.
 pub fn outsiders(locked: &LockedFiles, tree: &[i32]) -> Result<Vec<String>> {
     // Only lines on files the tree locks count. Reading /proc/locks waits for an RCU grace
-    // period (KERNEL-NOTES), 5-20 ms of a frozen tree's time: not read for a tree without locks.
+    // period (see leases::tree_may_hold_a_lease), 5-20 ms of a frozen tree's time: not read
+    // for a tree without locks.
     if locked.paths.is_empty() {
         return Ok(Vec::new());
     }
