@@ -5,5 +5,10 @@ fn main() {
     let descriptors = protox::compile(["proto/crust_image.proto"], ["proto"]).expect("proto/crust_image.proto must compile");
     let mut config = prost_build::Config::new();
     config.type_attribute(".", "#[derive(serde::Serialize)]");
+    // A process may have tens of thousands of areas, whose records are decoded into one
+    // vector: their rare parts are boxed, so that each Vma stays small.
+    config.boxed(".crust.image.v1.Vma.file");
+    config.boxed(".crust.image.v1.Vma.sysv_shm");
+    config.boxed(".crust.image.v1.Vma.aio_ring");
     config.compile_fds(descriptors).expect("generating Rust types for the image schema");
 }

@@ -115,7 +115,7 @@ fn trusted_image_mapping_an_unreadable_setuid_binary_is_refused_and_a_readable_o
     let mut mappings = 0;
     for vma in &mut mm.vmas {
         if vma.file.as_ref().is_some_and(|f| f.path == original) {
-            vma.file = Some(id.clone());
+            vma.file = Some(Box::new(id.clone()));
             mappings += 1;
         }
     }

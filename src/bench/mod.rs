@@ -166,7 +166,6 @@ fn outside_gap_during<T>(run: impl FnOnce() -> T) -> (T, Duration) {
     })
 }
 
-
 fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
     let exe = std::env::current_exe()?;
     let ready = dir.join("workload.ready");

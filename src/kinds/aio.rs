@@ -83,7 +83,7 @@ pub fn dump(ctx: &mut DumpCtx, vma: &mut Vma) -> Result<()> {
     if in_flight != 0 {
         bail!("{what} has {in_flight} requests in flight; crust checkpoints AIO contexts only with none");
     }
-    vma.aio_ring = Some(AioRing { nr_events: (ring_events - 2) / 2, ring_events, completed });
+    vma.aio_ring = Some(Box::new(AioRing { nr_events: (ring_events - 2) / 2, ring_events, completed }));
     Ok(())
 }
 

@@ -73,7 +73,7 @@ impl Kind for Memory {
             if vma.kind() == VmaKind::SysvShm {
                 let shmid = map.inode as i32;
                 let saved = ctx.open_files.state.get::<super::sysv_shm::SysvSegments>();
-                vma.sysv_shm = Some(super::sysv_shm::dump(pid, &vma, shmid, ctx.image, saved)?);
+                vma.sysv_shm = Some(Box::new(super::sysv_shm::dump(pid, &vma, shmid, ctx.image, saved)?));
             }
             if vma.kind() == VmaKind::SharedAnonymous {
                 // Saved once for every process mapping it, as a shared object.
@@ -440,13 +440,13 @@ fn describe_vma(pid: i32, map: &super::smaps::Area) -> Result<Vma> {
                     // A deleted file: recorded as a ghost by the caller (see ghost.rs).
                     vma.name = path.clone();
                     let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-                    vma.file = Some(file_identity(original, &link)?);
+                    vma.file = Some(Box::new(file_identity(original, &link)?));
                     if shared { VmaKind::SharedFile } else { VmaKind::PrivateFile }
                 }
             } else {
                 vma.name = path.clone();
                 let link = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-                vma.file = Some(file_identity(&path, &link)?);
+                vma.file = Some(Box::new(file_identity(&path, &link)?));
                 if shared { VmaKind::SharedFile } else { VmaKind::PrivateFile }
             }
         }
