@@ -125,6 +125,9 @@ pub struct ImageDir {
     /// The BLAKE3 hash of every record file, once the seal of the inventory that lists them was
     /// verified (see [`Self::expect_sealed_hashes`]).
     sealed_hashes: std::sync::Arc<std::sync::OnceLock<std::collections::HashMap<String, Vec<u8>>>>,
+    /// Record files the seal's check read and hashed, kept until they are read: each is decoded
+    /// from the very bytes checked, and not read and hashed a second time.
+    checked_bytes: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
     /// A dump began writing here (see [`Self::begin`]).
     begun: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Threads that make the records of [`Self::write_record_deferred`] durable and put them in
@@ -268,6 +271,7 @@ impl ImageDir {
             hashed: Default::default(),
             pinned: Default::default(),
             sealed_hashes: Default::default(),
+            checked_bytes: Default::default(),
             begun: Default::default(),
             syncer: Default::default(),
         }
@@ -439,6 +443,9 @@ impl ImageDir {
     /// are the bytes decoded: a file swapped after the seal's check is caught here.
     pub fn read_record<R: Record>(&self, name: &str) -> Result<R, ImageError> {
         let path = self.path(name);
+        if let Some(checked) = self.checked_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(name) {
+            return decode_record(&path, &checked);
+        }
         let mut file = open_image_file(&path, MAX_RECORD_BYTES)?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(|source| ImageError::Io { path: path.clone(), source })?;
@@ -456,6 +463,12 @@ impl ImageDir {
 
     /// From now on every record read must have the hash `hashes` lists for it (the seal of
     /// the inventory holding them was just verified).
+    /// Keeps the bytes of record file `name` that the seal's check just read and found to
+    /// have the sealed hash: [`Self::read_record`] decodes them.
+    pub fn keep_checked_bytes(&self, name: &str, bytes: Vec<u8>) {
+        self.checked_bytes.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), bytes);
+    }
+
     pub fn expect_sealed_hashes(&self, hashes: std::collections::HashMap<String, Vec<u8>>) {
         let _ = self.sealed_hashes.set(hashes);
     }

@@ -73,14 +73,24 @@ fn data_file_names(inventory: &Inventory) -> Vec<&str> {
     per_process.chain(inventory.data_files.iter()).filter(|d| !d.chunk_blake3.is_empty()).map(|d| d.name.as_str()).collect()
 }
 
-/// BLAKE3 of a file of the image (a plain file, not through a symlink), mapped and hashed on
-/// every core.
-fn hash_file(path: &Path) -> Result<blake3::Hash> {
-    let file = super::open_image_file(path, u64::MAX)?;
-    let map = crate::sys::region::MappedFile::open(&file).with_context(|| format!("reading image file {}", path.display()))?;
+/// Above this size a record file is hashed in place (mapped, on every core) and not kept.
+const KEPT_RECORD_BYTES: u64 = 16 << 20;
+
+/// BLAKE3 of a file of the image (a plain file, not through a symlink), and its bytes if it
+/// is small enough to keep for its decoding.
+fn hash_file(path: &Path) -> Result<(blake3::Hash, Option<Vec<u8>>)> {
+    use std::io::Read;
+    let mut file = super::open_image_file(path, u64::MAX)?;
+    let reading = || format!("reading image file {}", path.display());
+    if file.metadata().with_context(reading)?.len() <= KEPT_RECORD_BYTES {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).with_context(reading)?;
+        return Ok((blake3::hash(&bytes), Some(bytes)));
+    }
+    let map = crate::sys::region::MappedFile::open(&file).with_context(reading)?;
     let mut hasher = blake3::Hasher::new();
     hasher.update_rayon(map.as_slice());
-    Ok(hasher.finalize())
+    Ok((hasher.finalize(), None))
 }
 
 fn mac(key: &[u8; 32], inventory: &Inventory) -> blake3::Hash {
@@ -97,7 +107,7 @@ pub fn seal(dir: &ImageDir, inventory: &mut Inventory) -> Result<()> {
     inventory.file_hashes = image_files(dir)?
         .into_iter()
         .filter(|name| !data_files.contains(name))
-        .map(|name| Ok(FileHash { blake3: hash_file(&dir.path(&name))?.as_bytes().to_vec(), name }))
+        .map(|name| Ok(FileHash { blake3: hash_file(&dir.path(&name))?.0.as_bytes().to_vec(), name }))
         .collect::<Result<_>>()?;
     inventory.seal = mac(&key, inventory).as_bytes().to_vec();
     Ok(())
@@ -144,15 +154,19 @@ pub fn verify(dir: &ImageDir, inventory: &Inventory) -> Result<()> {
         if h.name.contains('/') || !path.exists() {
             bail!("image file {}: listed in the sealed inventory but missing", h.name);
         }
-        if hash_file(&path)?.as_bytes().as_slice() != h.blake3.as_slice() {
+        let (hash, bytes) = hash_file(&path)?;
+        if hash.as_bytes().as_slice() != h.blake3.as_slice() {
             bail!(
                 "image file {}: its BLAKE3 hash does not match the sealed inventory (field file_hashes): it was changed after the dump",
                 h.name
             );
         }
+        if let Some(bytes) = bytes {
+            dir.keep_checked_bytes(&h.name, bytes);
+        }
     }
-    // Checked again on the very bytes each record is decoded from (a file renamed into the
-    // directory after this check would otherwise be read).
+    // A record not kept above is checked again on the very bytes it is decoded from (a file
+    // renamed into the directory after this check would otherwise be read).
     dir.expect_sealed_hashes(inventory.file_hashes.iter().map(|h| (h.name.clone(), h.blake3.clone())).collect());
     Ok(())
 }
