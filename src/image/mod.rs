@@ -440,7 +440,8 @@ impl ImageDir {
 
     /// Reads and verifies a framed record: magic, version, kind, length and checksum, and, once
     /// the seal was verified, its BLAKE3 hash against the sealed inventory. The bytes checked
-    /// are the bytes decoded: a file swapped after the seal's check is caught here.
+    /// are the bytes decoded: those the seal's check kept ([`Self::keep_checked_bytes`]), or
+    /// else bytes read now and hashed again (a file swapped after the check is caught here).
     pub fn read_record<R: Record>(&self, name: &str) -> Result<R, ImageError> {
         let path = self.path(name);
         if let Some(checked) = self.checked_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(name) {
@@ -461,14 +462,14 @@ impl ImageDir {
         decode_record(&path, &buf)
     }
 
-    /// From now on every record read must have the hash `hashes` lists for it (the seal of
-    /// the inventory holding them was just verified).
     /// Keeps the bytes of record file `name` that the seal's check just read and found to
     /// have the sealed hash: [`Self::read_record`] decodes them.
     pub fn keep_checked_bytes(&self, name: &str, bytes: Vec<u8>) {
         self.checked_bytes.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), bytes);
     }
 
+    /// From now on every record read must have the hash `hashes` lists for it (the seal of
+    /// the inventory holding them was just verified).
     pub fn expect_sealed_hashes(&self, hashes: std::collections::HashMap<String, Vec<u8>>) {
         let _ = self.sealed_hashes.set(hashes);
     }
