@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -25,7 +24,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use nix::errno::Errno;
-use nix::sys::uio::{RemoteIoVec, process_vm_writev};
 
 use crate::image::chunks;
 use crate::image::proto::DataFile;
@@ -35,8 +33,6 @@ const F_SETLEASE: i32 = 1024;
 const F_GETLEASE: i32 = 1025;
 const F_SETSIG: i32 = 10;
 const WORKERS: usize = 2;
-/// Most iovecs one process_vm_writev takes (UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
 
 /// A page file as the stagers read it: its path, an open description of it, its record.
 pub struct StageSource {
@@ -512,35 +508,7 @@ fn copy(uffd: &std::os::fd::OwnedFd, pid: i32, at: u64, pieces: &[&[u8]]) -> Res
 
 /// process_vm_writev of `pieces`, one after the other, from `at`, until all are written.
 fn write(pid: i32, at: u64, pieces: &[&[u8]]) -> Result<(), String> {
-    let len: usize = pieces.iter().map(|p| p.len()).sum();
-    let mut done = 0usize;
-    let mut retries = 0;
-    while done < len {
-        // The pieces from `done` on.
-        let mut skip = done;
-        // (At most IOV_MAX of them per call.)
-        let local: Vec<IoSlice> = pieces
-            .iter()
-            .filter_map(|p| {
-                if skip >= p.len() {
-                    skip -= p.len();
-                    return None;
-                }
-                let s = IoSlice::new(&p[skip..]);
-                skip = 0;
-                Some(s)
-            })
-            .take(IOV_MAX)
-            .collect();
-        let remote = [RemoteIoVec { base: (at + done as u64) as usize, len: local.iter().map(|s| s.len()).sum() }];
-        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
-            Ok(n) if n > 0 => done += n,
-            Ok(_) => return Err(format!("pid {pid}: process_vm_writev at {:#x} wrote nothing", at + done as u64)),
-            Err(Errno::EINTR) if retries < 100 => retries += 1,
-            Err(e) => return Err(format!("pid {pid}: process_vm_writev of {} bytes at {:#x}: {e}", len - done, at + done as u64)),
-        }
-    }
-    Ok(())
+    crate::sys::write_process_memory(pid, at, pieces).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ pub fn on_workers_after(
 }
 
 /// process_vm_readv takes at most IOV_MAX remote pieces per call.
-const IOV_MAX: usize = 1024;
+use crate::sys::IOV_MAX;
 
 /// Called by the worker that copied chunk `index` (its bytes in the file mapping), before the
 /// chunk is hashed: may replace pages (a page saved earlier by a write fault) and must be done

@@ -343,20 +343,7 @@ fn place_chunk(
 
 /// process_vm_writev of `bytes` to `address`, until all are written (a write may stop short).
 fn write(pid: i32, address: u64, bytes: &[u8]) -> Result<()> {
-    use nix::sys::uio::{RemoteIoVec, process_vm_writev};
-    let mut done = 0;
-    let mut retries = 0;
-    while done < bytes.len() {
-        let at = address + done as u64;
-        let remote = [RemoteIoVec { base: at as usize, len: bytes.len() - done }];
-        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &[std::io::IoSlice::new(&bytes[done..])], &remote) {
-            Ok(n) if n > 0 => done += n,
-            Ok(_) => bail!("pid {pid}: process_vm_writev of {} bytes at {at:#x} wrote nothing", bytes.len() - done),
-            Err(Errno::EINTR) if retries < 100 => retries += 1,
-            Err(e) => bail!("pid {pid}: process_vm_writev of {} bytes at {at:#x}: {e}", bytes.len() - done),
-        }
-    }
-    Ok(())
+    Ok(crate::sys::write_process_memory(pid, address, &[bytes])?)
 }
 
 /// UFFDIO_COPY of `bytes` to `address`, until all are placed (a copy may stop short).

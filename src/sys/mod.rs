@@ -76,6 +76,43 @@ impl SysError {
 
 pub const PAGE_SIZE: u64 = 4096;
 
+/// Most iovecs one process_vm_writev takes (UIO_MAXIOV).
+pub const IOV_MAX: usize = 1024;
+
+/// process_vm_writev of `pieces`, one after the other, to `at` in process `pid`, until all are
+/// written: a write may stop short, and EINTR (up to 100 times) is tried again.
+pub fn write_process_memory(pid: i32, at: u64, pieces: &[&[u8]]) -> Result<(), SysError> {
+    use nix::sys::uio::{RemoteIoVec, process_vm_writev};
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let (mut done, mut retries) = (0usize, 0);
+    while done < len {
+        // The pieces from `done` on, at most IOV_MAX of them.
+        let mut skip = done;
+        let local: Vec<std::io::IoSlice> = pieces
+            .iter()
+            .filter_map(|p| {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    return None;
+                }
+                let s = std::io::IoSlice::new(&p[skip..]);
+                skip = 0;
+                Some(s)
+            })
+            .take(IOV_MAX)
+            .collect();
+        let to = at + done as u64;
+        let remote = [RemoteIoVec { base: to as usize, len: local.iter().map(|s| s.len()).sum() }];
+        match process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote) {
+            Ok(n) if n > 0 => done += n,
+            Ok(_) => return Err(SysError::unexpected("process_vm_writev", pid, format!("wrote nothing at {to:#x}"))),
+            Err(Errno::EINTR) if retries < 100 => retries += 1,
+            Err(e) => return Err(SysError::new(format!("process_vm_writev of {} bytes at {to:#x}", len - done), e).pid(pid)),
+        }
+    }
+    Ok(())
+}
+
 /// `uname -r`.
 /// openat2(2) in crust itself: opens `path` relative to `dir` with `flags` and the `resolve`
 /// restrictions (RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS...), which the kernel applies to every
