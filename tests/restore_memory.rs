@@ -219,6 +219,72 @@ while True:
     assert_python_memory_intact(&w, "the read-only areas");
 }
 
+/// Private anonymous areas without write permission and without a page, still charged to the
+/// commit limit (`ac` in VmFlags: each was writable and had a page once, so the kernel kept the
+/// charge when it lost write permission): one alone between two gaps, one read-only and one
+/// with no access, and one right after a read-only area with pages that it is apart from (made
+/// elsewhere and moved there). crust maps each on its own; they come back charged, apart, with
+/// their protection (every VmFlags of the process compared), and the other area's contents.
+#[test]
+fn charged_areas_without_write_permission_or_pages_stay_charged() {
+    const PY_BODY: &str = r#"
+PAGE = 4096
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+def alone(prot):
+    # 64 pages; page 31 written, page 32 given `prot`, all but page 32 unmapped.
+    a = libc.mmap(None, 64 * PAGE, 3, 0x02 | 0x20, -1, 0)
+    ctypes.memset(a + 31 * PAGE, 7, 1)
+    assert libc.mprotect(a + 32 * PAGE, PAGE, prot) == 0
+    assert libc.munmap(a, 32 * PAGE) == 0 and libc.munmap(a + 33 * PAGE, 31 * PAGE) == 0
+    return a + 32 * PAGE
+lone_ro, lone_none = alone(1), alone(0)
+# A read-only area with pages, then one made elsewhere, moved right after it, emptied and made
+# read-only: the two stay apart (their page offsets do not follow each other).
+r = libc.mmap(None, 64 * PAGE, 3, 0x02 | 0x20, -1, 0)
+ctypes.memset(r, 0x5a, 64 * PAGE)
+libc.munmap(r + 32 * PAGE, 32 * PAGE)
+elsewhere = libc.mmap(None, 4 * PAGE, 3, 0x02 | 0x20, -1, 0)
+ctypes.memset(elsewhere, 1, 4 * PAGE)
+moved = libc.mremap(elsewhere, 4 * PAGE, 4 * PAGE, 3, r + 32 * PAGE)   # MREMAP_MAYMOVE|MREMAP_FIXED
+assert moved == r + 32 * PAGE
+assert libc.madvise(moved, 4 * PAGE, 4) == 0                        # MADV_DONTNEED
+assert libc.mprotect(r, 32 * PAGE, 1) == 0 and libc.mprotect(moved, 4 * PAGE, 1) == 0
+open('ready', 'w').write('%x %x %x %x\n' % (lone_ro, lone_none, r, moved))
+while not os.path.exists('go'):
+    time.sleep(0.05)
+ok = ctypes.string_at(r, 32 * PAGE) == b'\x5a' * (32 * PAGE) and ctypes.string_at(moved, 4 * PAGE) == bytes(4 * PAGE)
+open('result', 'w').write('contents %s' % ok)
+while True:
+    time.sleep(0.1)
+"#;
+    let (mut w, ready) = spawn_python_memory("py-charged-no-write", PY_BODY);
+    let addrs: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
+    let area = |pid: i32, addr: &str| {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
+        let head = lines.next().unwrap_or("no such area").to_string();
+        let range_and_perms: Vec<&str> = head.split_whitespace().take(2).collect();
+        let flags = lines.find(|l| l.starts_with("VmFlags:")).unwrap_or("no flags").to_string();
+        format!("{} {}", range_and_perms.join(" "), flags)
+    };
+    let before: Vec<String> = addrs.iter().map(|a| area(w.pid, a)).collect();
+    let perms = ["r--p", "---p", "r--p", "r--p"];
+    for (a, p) in before.iter().zip(perms) {
+        assert!(a.contains(&format!(" {p} ")) && a.split_whitespace().any(|f| f == "ac"), "test setup: an area {p}, charged: {before:#?}");
+    }
+    let snapshot = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_same_proc(&snapshot, &w.snapshot(), &[]);
+    let after: Vec<String> = addrs.iter().map(|a| area(w.pid, a)).collect();
+    assert_eq!(after, before, "range, protection and VmFlags of the charged areas after restore");
+    assert_python_memory_intact(&w, "the read-only areas");
+}
+
 /// lazy_pattern.c `huge`: 64 MiB advised MADV_HUGEPAGE, all in huge pages, right after another
 /// anonymous area (so it is made elsewhere and moved into place, see memory.rs
 /// map_anonymous_apart: no page table may be left in it). Restored eagerly (crust writes the

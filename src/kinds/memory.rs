@@ -1219,6 +1219,8 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
         }
     };
     let noreserve = if vma.no_reserve { libc::MAP_NORESERVE } else { 0 };
+    let charged = charged_without_write(vma);
+    let prot = if charged { prot | (libc::PROT_READ | libc::PROT_WRITE) as u64 } else { prot };
     if apart && kind == VmaKind::PrivateAnonymous && !vma.grows_down {
         map_anonymous_apart(ctx.remote, vma, prot, (flags | noreserve) as u64)?;
     } else {
@@ -1228,7 +1230,28 @@ fn map_vma(ctx: &mut RestoreCtx, vma: &Vma, file_fds: &mut HashMap<(String, bool
             bail!("mmap returned {got:#x}");
         }
     }
+    if charged {
+        keep_charged_while_protected(ctx.remote, vma)?;
+    }
     advise_before_fill(ctx.remote, vma)
+}
+
+/// An area without write permission and without saved pages that was charged to the commit
+/// limit (`ac` in VmFlags: it was writable once and had had pages, so the kernel kept its
+/// charge when it lost write permission). A plain mmap of its protection would not charge it,
+/// nor would an mprotect from writable with no page ever in it (see [`keep_charged_while_protected`]).
+fn charged_without_write(v: &Vma) -> bool {
+    is_plain_anonymous(v) && v.pages.is_empty() && !is_writable(v.prot)
+}
+
+/// Gives an area mapped writable (so charged) its own protection without losing the charge:
+/// the kernel drops VM_ACCOUNT from an anonymous area made read-only while it has no anon_vma.
+/// One page written gives it one and is dropped at once, as for a run (see [`map_run`]).
+fn keep_charged_while_protected(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
+    remote.write_memory(vma.start, &[0])?;
+    remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[vma.start, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
+    remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, vma.end - vma.start, vma.prot as u64])?;
+    Ok(())
 }
 
 /// Two adjacent private anonymous areas that the process had as two (one was moved by mremap,
