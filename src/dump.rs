@@ -325,7 +325,10 @@ fn finish_image(
         frozen_at_realtime_ns: frozen_at.tv_sec() * 1_000_000_000 + frozen_at.tv_nsec(),
         hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         data_files,
-        shell_job: opts.shell_job,
+        // -j allows a terminal rather than demands one (as the reference tool): only a job in
+        // the foreground of its terminal, or one holding that terminal (kinds/fd/tty), needs
+        // crust's terminal at restore. A tree of its own session without one restores anywhere.
+        shell_job: opts.shell_job && foreground_pgid != 0,
         foreground_pgid,
         ..Default::default()
     };

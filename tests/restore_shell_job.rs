@@ -88,3 +88,23 @@ fn shell_job_comes_back_in_the_foreground_of_crusts_terminal() {
     assert!(status.success(), "crust restore -j exited with {status}");
     assert!(w.status_text().contains("PASS job"), "{}", w.status_text());
 }
+
+/// `-j` allows a terminal, it does not demand one (as the reference tool, whose users pass it
+/// out of habit): a daemon (its own session, no terminal: `setsid sleep`) dumped with -j is
+/// no shell job. It comes back by a crust with no terminal, with -j or without, in its own
+/// session, as it was.
+#[test]
+fn a_tree_of_its_own_session_dumped_with_shell_job_restores_without_a_terminal() {
+    let mut w = Workload::spawn_program("setsid-sleep", "setsid", &["sleep", "1000"]);
+    common::wait_in_syscall(w.pid, common::SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
+    let sid = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().split_whitespace().nth(3).unwrap().parse::<i32>().unwrap();
+    assert_eq!(sid(w.pid), w.pid, "test setup: sleep leads its own session");
+    for restore_with_j in [false, true] {
+        let before = w.snapshot();
+        w.dump_killing(&["-j"]);
+        w.restore_extra = if restore_with_j { vec!["-j".into()] } else { Vec::new() };
+        w.restore_detached();
+        assert_same_proc(&before, &w.snapshot(), &[]);
+        assert_eq!(sid(w.pid), w.pid, "restored (-j at restore: {restore_with_j}): sleep leads its own session again");
+    }
+}
