@@ -1,6 +1,6 @@
 //! Where the time of a dump or restore goes: named steps are timed and their totals logged at
 //! the end (`CRUST_LOG=crust=debug`), so that the cost per process and per thread can be
-//! measured stage by stage (README "Cost per process and per thread").
+//! measured stage by stage (docs/speed-history.md, "Cost per process and per thread").
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
