@@ -1,4 +1,5 @@
-//! Programs nobody here wrote: coreutils `sleep`, python3 loops, a Java program on the JVM.
+//! Programs nobody here wrote: coreutils `sleep`, python3 loops, a Java program on the JVM,
+//! PostgreSQL, tmux, nginx, memcached.
 
 mod common;
 use common::*;
@@ -405,6 +406,35 @@ fn tmux(sock: &std::path::Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The inodes of the sockets `pid` holds, sorted.
+fn socket_inodes(pid: i32) -> Vec<u64> {
+    let mut out: Vec<u64> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().filter_map(|e| fs::read_link(e.path()).ok()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The inodes of the UNIX sockets listening on `path` (/proc/net/unix; a connection accepted
+/// there shows the path too, without the listening flag), sorted.
+fn listener_inodes(path: &str) -> Vec<u64> {
+    let table = fs::read_to_string("/proc/net/unix").unwrap();
+    // Fields: Num RefCount Protocol Flags Type St Inode Path.
+    let mut out: Vec<u64> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[7] == path && f[3] == "00010000").then(|| f[6].parse().ok()).flatten()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// tmux (nobody here wrote it): a server in the foreground (-D) with a session whose pane runs
 /// a shell on a pseudo-terminal. Dumped and restored: the same server and shell pids and
 /// /proc state; a new client reaches the restored server through its UNIX socket and lists
@@ -426,6 +456,11 @@ fn tmux_server_with_a_shell_in_a_pane_restores_and_takes_keys() {
     tmux(&sock, &["send-keys", "-t", "crust", "echo before > before.txt", "Enter"]).unwrap();
     wait_until("the shell to run the keys sent before the dump", Duration::from_secs(10), || file_written(&w.dir.path.join("before.txt")));
     wait_in_syscall(shell, SYS_READ, Duration::from_secs(5));
+    // The server closes a client's connection some time after the client (each `tmux` run
+    // above) exited: the snapshot is taken once its only socket is its listener.
+    wait_until("the tmux server to close its clients' connections", Duration::from_secs(10), || {
+        socket_inodes(w.pid) == listener_inodes(&sock_s)
+    });
     let before = w.snapshot();
     w.dump();
     assert!(wait_gone(shell, Duration::from_secs(5)), "the shell is left after the dump");
@@ -439,4 +474,155 @@ fn tmux_server_with_a_shell_in_a_pane_restores_and_takes_keys() {
     assert_eq!(fs::read_to_string(w.dir.path.join("after.txt")).unwrap(), "after\n");
     tmux(&sock, &["kill-server"]).unwrap();
     assert!(w.reap(Duration::from_secs(10)).is_some(), "the restored server did not exit on kill-server");
+}
+
+/// An HTTP/1.0 GET of `path` on 127.0.0.1:`port`: the whole answer, or the failure.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// A port free on 127.0.0.1 a moment ago, for a program that cannot pick its own.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// nginx (nobody here wrote it): a master and two workers sharing the listening socket, the
+/// workers' channels to the master (socketpairs), epoll, the logs. The tree is dumped (gone:
+/// nothing answers), restored with the same pids and /proc state, and serves again; the
+/// access log goes on in the same file; a reload (SIGHUP) makes two new workers that serve
+/// (the master's channels and signal handling work after the restore), and a graceful stop
+/// (SIGQUIT) ends the whole tree.
+#[test]
+fn nginx_master_and_workers_restore_serve_and_reload() {
+    let port = free_port();
+    let dir = TempDir::new("nginx-site");
+    fs::write(dir.path.join("index.html"), "hello from nginx\n").unwrap();
+    // The workers run as nginx's unprivileged user: the site must be readable by anyone.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&dir.path, fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = format!(
+        "worker_processes 2;\npid nginx.pid;\nerror_log error.log;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log access.log;\n  client_body_temp_path body;\n  proxy_temp_path proxy;\n  fastcgi_temp_path fcgi;\n\
+         uwsgi_temp_path uwsgi;\n  scgi_temp_path scgi;\n  server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
+        dir.path.display()
+    );
+    let mut w =
+        Workload::spawn_program_with("nginx", "nginx", &["-p", ".", "-e", "error.log", "-c", "nginx.conf", "-g", "daemon off;"], |cmd| {
+            // The configuration is written into the workload's directory (its cwd) before the exec.
+            let cwd = cmd.get_current_dir().unwrap().to_path_buf();
+            fs::write(cwd.join("nginx.conf"), &conf).unwrap();
+        });
+    let workers = |pid: i32| children_of(pid);
+    wait_until("nginx to serve", Duration::from_secs(15), || http_get(port, "/").is_ok_and(|a| a.ends_with("hello from nginx\n")));
+    let before_workers = workers(w.pid);
+    assert_eq!(before_workers.len(), 2, "test setup: two workers");
+    for &pid in &before_workers {
+        w.own(pid);
+    }
+    let before = w.snapshot();
+    w.dump();
+    for &pid in &before_workers {
+        assert!(wait_gone(pid, Duration::from_secs(5)), "worker {pid} left after the dump");
+    }
+    assert!(http_get(port, "/").is_err(), "nginx still answers after the dump");
+    w.restore_detached();
+    assert_same_proc(&before, &w.snapshot(), &[]);
+    assert_eq!(workers(w.pid), before_workers, "the workers after the restore");
+    for _ in 0..4 {
+        let answer = http_get(port, "/").expect("GET after the restore");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from nginx\n"), "after restore: {answer}");
+    }
+    let log = fs::read_to_string(w.dir.path.join("access.log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("\"GET / HTTP/1.0\" 200")).count(), 5, "the access log after the restore:\n{log}");
+
+    w.signal(libc::SIGHUP);
+    let mut reloaded = Vec::new();
+    wait_until("nginx to start two new workers", Duration::from_secs(15), || {
+        reloaded = workers(w.pid).into_iter().filter(|p| !before_workers.contains(p)).collect();
+        reloaded.len() == 2 && before_workers.iter().all(|p| !pid_exists(*p))
+    });
+    for &pid in &reloaded {
+        w.own(pid);
+    }
+    let answer = http_get(port, "/").expect("GET after the reload");
+    assert!(answer.ends_with("hello from nginx\n"), "after the reload: {answer}");
+    w.signal(libc::SIGQUIT);
+    assert!(w.reap(Duration::from_secs(15)).is_some(), "the restored master did not stop on SIGQUIT");
+    for pid in reloaded {
+        assert!(wait_gone(pid, Duration::from_secs(10)), "worker {pid} left after the master stopped");
+    }
+}
+
+/// Runs memcached `command` lines on a fresh connection to 127.0.0.1:`port`, until `until`
+/// ends the answer.
+fn memcached(port: u16, command: &str, until: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting to memcached");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(command.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !String::from_utf8_lossy(&answer).ends_with(until) {
+        let n = s.read(&mut buf).expect("reading memcached's answer");
+        assert!(n > 0, "memcached closed the connection: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+/// memcached (nobody here wrote it): libevent, a listener thread and four workers fed through
+/// pipes, its own slab allocator over 64 MiB. Its items (a small one and one of 300 KB) and its
+/// threads come back; it serves new clients and keeps counting from where it was.
+#[test]
+fn memcached_keeps_its_items_and_threads() {
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut w = Workload::spawn_program(
+        "memcached",
+        "memcached",
+        &["-u", "root", "-l", "127.0.0.1", "-p", &port_s, "-U", "0", "-t", "4", "-m", "64"],
+    );
+    wait_until("memcached to accept a client", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let big: String = (0..300_000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let stored = memcached(
+        port,
+        &format!("set small 5 0 5\r\nhello\r\nset big 0 0 {}\r\n{big}\r\nset n 0 0 1\r\n7\r\n", big.len()),
+        "STORED\r\nSTORED\r\nSTORED\r\n",
+    );
+    assert_eq!(stored, "STORED\r\nSTORED\r\nSTORED\r\n", "test setup");
+    // memcached closes a connection some time after its client did: the snapshot is taken
+    // once it holds no connection on its port but its listener.
+    let connections = || {
+        let tcp = fs::read_to_string("/proc/net/tcp").unwrap();
+        let local = format!(":{port:04X}");
+        // Fields: sl, local, remote, state (0A: listening), ..., inode (the tenth).
+        tcp.lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 9 && f[1].ends_with(&local) && f[3] != "0A" && f[9] != "0"
+            })
+            .count()
+    };
+    wait_until("memcached to close the test's connections", Duration::from_secs(15), || connections() == 0);
+    let threads = |pid: i32| fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    let before_threads = threads(w.pid);
+    assert!(before_threads >= 5, "test setup: memcached has {before_threads} threads");
+    let before = w.snapshot();
+    w.dump();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "memcached still listens after the dump");
+    w.restore_detached();
+    assert_same_proc(&before, &w.snapshot(), &[]);
+    assert_eq!(threads(w.pid), before_threads, "memcached's threads after the restore");
+    assert_eq!(memcached(port, "get small\r\n", "END\r\n"), "VALUE small 5 5\r\nhello\r\nEND\r\n");
+    assert_eq!(memcached(port, "get big\r\n", "END\r\n"), format!("VALUE big 0 {}\r\n{big}\r\nEND\r\n", big.len()));
+    assert_eq!(memcached(port, "incr n 5\r\n", "\r\n"), "12\r\n");
+    let stats = memcached(port, "stats\r\n", "END\r\n");
+    assert!(stats.contains("STAT curr_items 3\r\n") && stats.contains("STAT threads 4\r\n"), "stats after the restore:\n{stats}");
 }

@@ -97,7 +97,18 @@ fn shell_job_comes_back_in_the_foreground_of_crusts_terminal() {
 fn a_tree_of_its_own_session_dumped_with_shell_job_restores_without_a_terminal() {
     let mut w = Workload::spawn_program("setsid-sleep", "setsid", &["sleep", "1000"]);
     common::wait_in_syscall(w.pid, common::SYS_CLOCK_NANOSLEEP, Duration::from_secs(5));
-    let sid = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().rsplit(')').next().unwrap().split_whitespace().nth(3).unwrap().parse::<i32>().unwrap();
+    let sid = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    };
     assert_eq!(sid(w.pid), w.pid, "test setup: sleep leads its own session");
     for restore_with_j in [false, true] {
         let before = w.snapshot();

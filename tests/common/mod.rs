@@ -1310,14 +1310,25 @@ impl ProcSnapshot {
             };
             e.insert(format!("fd:{fd}"), shown);
             if let Some(info) = read_s(&format!("fdinfo/{fd}")) {
+                // An epoll's watches, one "tfd:" line each: all of them, in order of target
+                // fd, without the target's inode (a restored pipe or socket has a new one).
+                let mut watches: Vec<String> = Vec::new();
                 for l in info.lines() {
                     if let Some((k, v)) = l.split_once(':') {
                         let k = k.trim();
                         if k == "ino" && !is_path {
                             continue; // new pipe/anon inode after restore
                         }
+                        if k == "tfd" {
+                            watches.push(v.split_whitespace().filter(|w| !w.starts_with("ino:")).collect::<Vec<_>>().join(" "));
+                            continue;
+                        }
                         e.insert(format!("fdinfo:{fd}:{k}"), v.trim().to_string());
                     }
+                }
+                if !watches.is_empty() {
+                    watches.sort_by_key(|w| w.split_whitespace().next().and_then(|t| t.parse::<i32>().ok()));
+                    e.insert(format!("fdinfo:{fd}:tfd"), watches.join("; "));
                 }
             }
         }
