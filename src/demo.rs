@@ -235,10 +235,10 @@ pub fn run_leases(dir: &Path) -> Result<()> {
     println!("--- the programs' own log:\n{text}---");
     let _ = kill(Pid::from_raw(hpid), Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(Pid::from_raw(hpid), None);
-    if let Some(breaker) = text.lines().find_map(|l| l.strip_prefix("breaker ")).and_then(|l| l.split(':').next()) {
-        if let Ok(p) = breaker.parse::<i32>() {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
+    if let Some(breaker) = text.lines().find_map(|l| l.strip_prefix("breaker ")).and_then(|l| l.split(':').next())
+        && let Ok(p) = breaker.parse::<i32>()
+    {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
     println!("{} stopped both", at());
     Ok(())

@@ -198,7 +198,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     let froze = crate::timing::step("dump: freeze tree", || freeze_tree(root, &mut members, &mut frozen, deadline))
         .and_then(|()| crate::timing::step("dump: map scratch areas", || map_scratch_areas(&mut frozen)))
         .and_then(|()| crate::fault::point("dump-frozen"));
-    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, &image, &progress, opts));
+    let collected = froze.and_then(|_| collect_tree(&mut frozen, &members, image, &progress, opts));
     let frozen_time = freeze_start.elapsed();
     let foreground_pgid = foreground_pgid(root, &members);
     // A failed dump changes nothing: the tree goes on exactly as it was.
@@ -224,7 +224,7 @@ fn dump_into(root: Pid, image: &ImageDir, opts: &DumpOptions) -> Result<DumpRepo
     // interrupted from here on still leaves it running. With -R it already runs on.
     progress.step("checksumming page data".to_string());
     let inventory =
-        crate::timing::step("dump: finish image", || finish_image(&image, root, entries, &shared_data, frozen_at, foreground_pgid, opts));
+        crate::timing::step("dump: finish image", || finish_image(image, root, entries, &shared_data, frozen_at, foreground_pgid, opts));
     if inventory.is_ok() {
         // The image needs them until its restore, which removes them (as the reference tool).
         links.keep_all();
@@ -459,21 +459,14 @@ fn examine(
     queue: &mut std::collections::VecDeque<(Pid, Pid)>,
 ) -> Result<Option<Candidate>> {
     let stat = procfs::process::Process::new(pid.as_raw()).and_then(|p| p.stat());
-    if let Ok(stat) = &stat {
-        if stat.state == 'Z' {
-            // exit_code holds the wait status the parent will reap.
-            let exit_signal = stat.exit_signal.unwrap_or(libc::SIGCHLD);
-            let zombie_groups = (stat.pgrp as u32, stat.session as u32);
-            members.push(Member {
-                pid,
-                ppid,
-                zombie: Some(stat.exit_code.unwrap_or(0)),
-                comm: stat.comm.clone(),
-                exit_signal,
-                zombie_groups,
-            });
-            return Ok(None);
-        }
+    if let Ok(stat) = &stat
+        && stat.state == 'Z'
+    {
+        // exit_code holds the wait status the parent will reap.
+        let exit_signal = stat.exit_signal.unwrap_or(libc::SIGCHLD);
+        let zombie_groups = (stat.pgrp as u32, stat.session as u32);
+        members.push(Member { pid, ppid, zombie: Some(stat.exit_code.unwrap_or(0)), comm: stat.comm.clone(), exit_signal, zombie_groups });
+        return Ok(None);
     }
     crate::interrupt::check()?;
     if pid != root {
@@ -850,10 +843,10 @@ fn own_namespaces() -> &'static [(&'static str, Option<std::path::PathBuf>)] {
 fn refuse_unsupported_state(pid: Pid) -> Result<()> {
     for (ns, ours) in own_namespaces() {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
-        if let (Ok(theirs), Some(ours)) = (theirs, ours) {
-            if &theirs != ours {
-                bail!("pid {pid} lives in another {ns} namespace ({}) than crust; crust cannot restore namespaces yet", theirs.display());
-            }
+        if let (Ok(theirs), Some(ours)) = (theirs, ours)
+            && &theirs != ours
+        {
+            bail!("pid {pid} lives in another {ns} namespace ({}) than crust; crust cannot restore namespaces yet", theirs.display());
         }
     }
     Ok(())

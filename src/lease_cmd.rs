@@ -62,10 +62,10 @@ pub fn run(dir: &Path, policy: Option<Policy>, trust_image: bool) -> Result<Vec<
     let mut files: OpenFiles = dir.read_record(image::OPEN_FILES)?;
     if let Some(policy) = policy {
         for f in &mut files.open_files {
-            if let Some(open_file::Kind::Regular(_)) = &f.kind {
-                if let Some(lease) = f.lease.as_mut() {
-                    policy.apply(lease);
-                }
+            if let Some(open_file::Kind::Regular(_)) = &f.kind
+                && let Some(lease) = f.lease.as_mut()
+            {
+                policy.apply(lease);
             }
         }
         dir.write_record(image::OPEN_FILES, &files)?;

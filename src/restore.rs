@@ -620,11 +620,11 @@ fn wait_exit(child: Pid) -> Result<i32> {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("waiting for the restored process"),
         }
-        if let Some(sig) = crate::interrupt::take().filter(|s| *s != libc::SIGPIPE) {
-            if let Ok(sig) = Signal::try_from(sig) {
-                info!(%child, ?sig, "passing the signal on to the restored process");
-                let _ = kill(child, sig);
-            }
+        if let Some(sig) = crate::interrupt::take().filter(|s| *s != libc::SIGPIPE)
+            && let Ok(sig) = Signal::try_from(sig)
+        {
+            info!(%child, ?sig, "passing the signal on to the restored process");
+            let _ = kill(child, sig);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -1165,7 +1165,7 @@ impl Tree {
             personality: p.core.personality,
             umask: p.core.umask,
             rlimits: p.core.rlimits.clone(),
-            control: p.core.control.clone().unwrap_or_default(),
+            control: p.core.control.unwrap_or_default(),
             sid: p.core.sid,
             pgid: p.core.pgid,
             nice: p.core.nice,
@@ -1285,7 +1285,7 @@ impl Tree {
         let mine: Vec<&crate::image::proto::Fd> =
             p.files.fds.iter().filter(|f| first_holder(f.open_file_id) == Some((pid, f.fd))).collect();
         files::restore_signal_owners(&mut ctx, &mine).with_context(|| format!("pid {pid}: O_ASYNC and signal owners"))?;
-        let control = p.core.control.clone().unwrap_or_default();
+        let control = p.core.control.unwrap_or_default();
         identity::restore_dumpable(&mut ctx, &control)?;
         identity::restore_pdeath_signal(&mut ctx, &control)?;
         // The last mapping crust makes here was made; the helper area (read, write, execute)
@@ -1344,7 +1344,7 @@ fn create_threads(remote: &mut RemoteTask, threads: &[crate::image::proto::Threa
             let tid_addr = c.put(slot + 96, &(t.tid as i32).to_ne_bytes())?;
             let mut args = Vec::new();
             for v in [flags, 0, 0, 0, 0, 0, 0, 0, tid_addr, 1, 0] {
-                args.extend_from_slice(&(v as u64).to_ne_bytes());
+                args.extend_from_slice(&v.to_ne_bytes());
             }
             let args_addr = c.put(slot, &args)?;
             calls.push((libc::SYS_clone3, vec![args_addr, args.len() as u64]));
@@ -1399,7 +1399,7 @@ fn fork_child(remote: &mut RemoteTask, pid: u32, exit_signal: i32, shares: u64) 
     // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
     // tls, set_tid, set_tid_size, cgroup.
     for v in [shares, 0, 0, 0, clone_exit_signal(exit_signal), 0, 0, 0, tid_addr, 1, 0] {
-        args.extend_from_slice(&(v as u64).to_ne_bytes());
+        args.extend_from_slice(&v.to_ne_bytes());
     }
     let args_addr = remote.put(0, &args)?;
     let got = remote.syscall("clone3", libc::SYS_clone3, &[args_addr, args.len() as u64]).map_err(|e| match e.errno() {

@@ -48,7 +48,7 @@ pub fn report(what: &str) {
         return;
     }
     let mut steps: Vec<_> = totals.into_iter().collect();
-    steps.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    steps.sort_by_key(|s| std::cmp::Reverse(s.1.0));
     for (name, (took, count)) in steps {
         tracing::debug!(step = name, count, ms = took.as_secs_f64() * 1e3, "{what}: time spent");
     }

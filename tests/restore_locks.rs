@@ -328,10 +328,10 @@ impl LockTree {
             }
             out.push(pid);
             for c in children_of(pid) {
-                if !self.pidfds.contains_key(&c) {
+                if let std::collections::btree_map::Entry::Vacant(e) = self.pidfds.entry(c) {
                     match pidfd_open(c) {
                         Some(fd) if ppid_of(c) == Some(pid) => {
-                            self.pidfds.insert(c, fd);
+                            e.insert(fd);
                         }
                         _ => continue,
                     }

@@ -75,7 +75,7 @@ fn shell_job_gets_its_raw_mode_and_window_size_back() {
     assert_eq!(seen, "<got 97>", "raw mode: the byte is not echoed");
     let before = terminal_state(master.as_raw_fd());
     assert_eq!((before.1.ws_col, before.1.ws_row), (111, 37));
-    assert_eq!(before.0.c_lflag & (libc::ICANON | libc::ECHO) as u32, 0, "the job set its terminal raw");
+    assert_eq!(before.0.c_lflag & (libc::ICANON | libc::ECHO), 0, "the job set its terminal raw");
 
     let img = w.image_dir.to_string_lossy().into_owned();
     crust(["dump", "-t", &job.to_string(), "-D", &img, "-j"]).assert_success();
@@ -755,7 +755,7 @@ fn less_comes_back_raw_and_takes_single_keys() {
     let mut seen = String::new();
     assert!(read_until(&mut master, &mut seen, "line 29"), "less shows its first page: {seen:?}");
     wait_until("less has made the terminal raw", Duration::from_secs(10), || {
-        terminal_state(master.as_raw_fd()).0.c_lflag & libc::ICANON as u32 == 0
+        terminal_state(master.as_raw_fd()).0.c_lflag & libc::ICANON == 0
     });
     let before = terminal_state(master.as_raw_fd());
 
@@ -942,7 +942,7 @@ fn script_as_a_shell_job_comes_back_with_both_terminals() {
     let job: i32 = ready_field(&w.wait_status_line("READY", READY_TIMEOUT), "job").unwrap().parse().unwrap();
     w.own(job);
     wait_until("script has made the terminal raw and started cat", Duration::from_secs(10), || {
-        terminal_state(master.as_raw_fd()).0.c_lflag & libc::ICANON as u32 == 0
+        terminal_state(master.as_raw_fd()).0.c_lflag & libc::ICANON == 0
             && children_of(job).iter().any(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "cat"))
     });
     let cat = *children_of(job).first().unwrap();

@@ -273,7 +273,7 @@ while True:
     let pid = w.pid;
     let edit_open_files = |dir: &ImageDir, change: &dyn Fn(&mut proto::open_file::Kind) -> bool| {
         let mut files: proto::OpenFiles = dir.read_record(image::OPEN_FILES).unwrap();
-        let edited = files.open_files.iter_mut().filter_map(|f| f.kind.as_mut()).map(|k| change(k)).filter(|c| *c).count();
+        let edited = files.open_files.iter_mut().filter_map(|f| f.kind.as_mut()).map(change).filter(|c| *c).count();
         assert_eq!(edited, 1, "test setup: the record to edit is not in the image");
         dir.write_record(image::OPEN_FILES, &files).unwrap();
     };

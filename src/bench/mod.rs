@@ -178,10 +178,10 @@ fn start_workload(mib: usize, dir: &Path, huge: bool) -> Result<Workload> {
     let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let line = loop {
-        if let Ok(line) = std::fs::read_to_string(&ready) {
-            if line.ends_with('\n') {
-                break line;
-            }
+        if let Ok(line) = std::fs::read_to_string(&ready)
+            && line.ends_with('\n')
+        {
+            break line;
         }
         if let Some(status) = child.try_wait()? {
             bail!("benchmark workload exited early: {status}");

@@ -172,7 +172,7 @@ impl Tool {
 /// drifts).
 pub(super) fn turn_order(run: usize, tools: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..tools).collect();
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         order.reverse();
     }
     order

@@ -338,7 +338,7 @@ fn parse_command_line() -> Result<(Cli, ArgMatches)> {
 fn valued_options(cmd: &clap::Command) -> Vec<String> {
     let args = cmd.get_arguments().chain(cmd.get_subcommands().flat_map(|c| c.get_arguments()));
     // Before the command is built, an option without an explicit count takes one value.
-    let valued = args.filter(|a| a.get_action().takes_values() && !a.get_num_args().is_some_and(|n| n.min_values() == 0));
+    let valued = args.filter(|a| a.get_action().takes_values() && a.get_num_args().is_none_or(|n| n.min_values() != 0));
     valued.flat_map(|a| a.get_long().map(|l| format!("--{l}")).into_iter().chain(a.get_short().map(|c| format!("-{c}")))).collect()
 }
 

@@ -57,7 +57,7 @@ pub fn record(name: &str, data: &[u8]) -> DataFile {
 pub fn check_layout(path: &Path, expected: &DataFile, size: u64) -> Result<(), ImageError> {
     let bad = |detail: String| ImageError::Truncated { path: path.to_owned(), detail };
     let chunk = expected.chunk_size;
-    if chunk == 0 || chunk > MAX_CHUNK || chunk % 4096 != 0 {
+    if chunk == 0 || chunk > MAX_CHUNK || !chunk.is_multiple_of(4096) {
         return Err(bad(format!("the inventory's field chunk_size is {chunk}")));
     }
     if expected.chunk_blake3.len() as u64 != size.div_ceil(chunk) {

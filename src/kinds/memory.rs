@@ -788,7 +788,7 @@ pub fn prepare_address_space(remote: &mut RemoteTask, mm: &Mm, helper: u64) -> R
     let mut staging = helper + HELPER_LEN + PAGE_SIZE;
     // A child forked by a restored parent has the unit in place already.
     let in_place = |vma: &&Vma| current.iter().any(|(s, e, p)| *s == vma.start && *e == vma.end && vdso_piece_matches(p, vma.kind()));
-    let unit_in_place = vdso_unit.iter().all(|v| in_place(&v));
+    let unit_in_place = vdso_unit.iter().all(in_place);
     for vma in vdso_unit.iter().filter(|_| !unit_in_place) {
         let ours = current
             .iter()

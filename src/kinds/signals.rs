@@ -72,7 +72,7 @@ pub fn dump_with(ctx: &mut DumpCtx, actions: Option<Vec<SigAction>>) -> Result<S
             read_actions(ctx.remote)?
         }
     };
-    let shared_pending = peek_pending(ctx.pid, SignalQueue::Process)?.iter().map(|raw| siginfo(raw)).collect();
+    let shared_pending = peek_pending(ctx.pid, SignalQueue::Process)?.iter().map(siginfo).collect();
     Ok(SignalsRecord { handlers: SignalHandlers { actions }, shared_pending })
 }
 

@@ -357,8 +357,7 @@ pub fn arm(ctx: &mut DumpCtx, vmas: &[Vma], name: &str, total: u64, pieces: Vec<
 /// The process's [`Armed`] of this dump, if it was armed.
 fn armed_early(pid: i32) -> Option<Arc<Armed>> {
     let session = SESSION.lock().unwrap();
-    let armed = session.as_ref()?.armed.lock().unwrap().iter().find(|a| a.pid == pid).cloned();
-    armed
+    session.as_ref()?.armed.lock().unwrap().iter().find(|a| a.pid == pid).cloned()
 }
 
 /// The private anonymous areas of the frozen process, from /proc/PID/maps (no page table walk,
@@ -727,9 +726,13 @@ impl Armed {
         match *event {
             uffd::Event::PageFault { address, .. } => self.serve_fault(mem, address),
             uffd::Event::Remove { start, end, unmapped } => {
-                Ok(self.memory_changed(if unmapped { "munmap" } else { "madvise" }, start, end))
+                self.memory_changed(if unmapped { "munmap" } else { "madvise" }, start, end);
+                Ok(())
             }
-            uffd::Event::Remap { from, len, .. } => Ok(self.memory_changed("mremap", from, from + len)),
+            uffd::Event::Remap { from, len, .. } => {
+                self.memory_changed("mremap", from, from + len);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -835,8 +838,8 @@ fn serve_faults(list: &Mutex<Vec<Arc<Armed>>>, stop: &AtomicBool) -> Result<()> 
             if events.is_empty() {
                 continue;
             }
-            if !mems.contains_key(&a.pid) {
-                mems.insert(a.pid, super::page_copy::Source::open(a.pid)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = mems.entry(a.pid) {
+                e.insert(super::page_copy::Source::open(a.pid)?);
             }
             let mem = &mems[&a.pid];
             for event in &events {

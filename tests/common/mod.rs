@@ -1303,8 +1303,8 @@ impl ProcSnapshot {
                 target.clone()
             } else if let Some(i) = target.find(":[") {
                 let n = canon.len();
-                let c = canon.entry(target.clone()).or_insert_with(|| format!("{}:#{}", &target[..i], n)).clone();
-                c
+
+                canon.entry(target.clone()).or_insert_with(|| format!("{}:#{}", &target[..i], n)).clone()
             } else {
                 target.clone()
             };

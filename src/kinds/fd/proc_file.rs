@@ -72,7 +72,7 @@ impl FdKind for ProcFiles {
     fn recognises(src: &FdSource) -> bool {
         src.file_type() == libc::S_IFREG
             && src.link.starts_with("/proc/")
-            && nix::sys::statfs::fstatfs(src.copy).is_ok_and(|s| s.filesystem_type().0 as i64 == PROC_SUPER_MAGIC)
+            && nix::sys::statfs::fstatfs(src.copy).is_ok_and(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC)
     }
 
     fn dump(src: &FdSource, _state: &mut KindState) -> Result<Dumped<ProcFile>> {

@@ -685,7 +685,7 @@ fn finish(files: &mut [OpenFile], holder: &dyn Fn(u32) -> Option<(i32, i32)>) ->
     for (inode, (_, s)) in &socks {
         let name = named(&s.address);
         for client in &s.pending {
-            if !socks.get(client).is_some_and(|(_, c)| c.pending_on == *inode) {
+            if socks.get(client).is_none_or(|(_, c)| c.pending_on != *inode) {
                 bail!(
                     "{}{name} is listening with a connection not yet accepted from socket:[{client}], a socket outside \
                      the dumped tree (no process of the tree holds it); crust cannot connect it again",
