@@ -626,3 +626,57 @@ fn memcached_keeps_its_items_and_threads() {
     let stats = memcached(port, "stats\r\n", "END\r\n");
     assert!(stats.contains("STAT curr_items 3\r\n") && stats.contains("STAT threads 4\r\n"), "stats after the restore:\n{stats}");
 }
+
+/// python3's multiprocessing (nobody here wrote it): a Manager (a server process holding a
+/// dict, a queue and a lock behind UNIX sockets, with the read end of a pipe whose writer is
+/// gone) and two worker processes squaring what the queue gives them.
+const PY_MANAGER: &str = r#"
+import multiprocessing as mp, os, time
+def worker(q, d, lock):
+    while True:
+        item = q.get()
+        if item is None:
+            break
+        with lock:
+            d[item] = item * item
+if __name__ == '__main__':
+    m = mp.Manager(); d = m.dict(); q = m.Queue(); lock = m.Lock()
+    ps = [mp.Process(target=worker, args=(q, d, lock)) for _ in range(2)]
+    for p in ps: p.start()
+    for i in range(10): q.put(i)
+    while len(d) < 10: time.sleep(0.02)
+    open('ready', 'w').write('%d' % len(d))
+    while not os.path.exists('go'): time.sleep(0.05)
+    for i in range(10, 20): q.put(i)
+    for p in ps: q.put(None)
+    for p in ps: p.join()
+    open('result', 'w').write('%d %d' % (len(d), sum(d.values())))
+    while True: time.sleep(0.1)
+"#;
+
+/// The tree of [`PY_MANAGER`], dumped and restored: every process and its /proc state comes
+/// back; the restored workers take the next ten items from the restored manager's queue, the
+/// dict holds all twenty squares, and the workers end when told.
+#[test]
+fn python_multiprocessing_manager_and_workers_go_on_after_restore() {
+    let mut w = Workload::spawn_program("py-manager", "python3", &["-c", PY_MANAGER]);
+    wait_until("the workers to square ten numbers", Duration::from_secs(30), || file_written(&w.dir.path.join("ready")));
+    let children = children_of(w.pid);
+    assert_eq!(children.len(), 3, "test setup: the manager and two workers: {children:?}");
+    for &pid in &children {
+        w.own(pid);
+    }
+    let before: Vec<ProcSnapshot> = std::iter::once(w.pid).chain(children.iter().copied()).map(ProcSnapshot::take).collect();
+    w.dump();
+    for &pid in &children {
+        assert!(wait_gone(pid, Duration::from_secs(5)), "pid {pid} left after the dump");
+    }
+    w.restore_detached();
+    for b in &before {
+        assert_same_proc(b, &ProcSnapshot::take(b.pid), &[]);
+    }
+    fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("the restored workers to square ten more", Duration::from_secs(30), || file_written(&w.dir.path.join("result")));
+    let squares: u64 = (0..20u64).map(|i| i * i).sum();
+    assert_eq!(fs::read_to_string(w.dir.path.join("result")).unwrap(), format!("20 {squares}"));
+}

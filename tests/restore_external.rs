@@ -79,3 +79,37 @@ fn pipe_to_outside_is_refused_unless_declared_external_and_reconnected_with_inhe
     let exit = w.reap(Duration::from_secs(10));
     assert_eq!(exit, Some(Exit::Code(0)), "the restored loop should end at EOF with status 0");
 }
+
+/// Pipes whose other end is closed everywhere cross no border: one whose writers are all gone
+/// (bytes left in it) and one whose readers are all gone. They are dumped without --external
+/// and come back so: the reader finds the bytes, then end of file (POLLHUP before), and a
+/// write into the other fails with EPIPE (POLLERR before); /proc shows the same descriptors.
+#[test]
+fn pipes_whose_other_end_is_closed_come_back_so() {
+    const PROGRAM: &str = r#"
+import os, select, time
+r, w = os.pipe(); os.write(w, b'left in the pipe'); os.close(w)
+r2, w2 = os.pipe(); os.close(r2)
+open('ready', 'w').write('%d %d' % (r, w2))
+while not os.path.exists('go'): time.sleep(0.05)
+p = select.poll(); p.register(r, select.POLLIN); p.register(w2, select.POLLOUT)
+events = sorted(p.poll(0))
+data, eof = os.read(r, 100), os.read(r, 100)
+try:
+    os.write(w2, b'x'); res = 'written'
+except BrokenPipeError:
+    res = 'EPIPE'
+open('result', 'w').write('%s %r %r %s' % ([e for _, e in events], data, eof, res))
+while True: time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("widowed-pipes", "python3", &["-c", PROGRAM]);
+    wait_until("python3 to make its pipes", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let before = w.snapshot();
+    w.dump();
+    w.restore_detached();
+    assert_same_proc(&before, &w.snapshot(), &[]);
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("python3 to use its pipes", Duration::from_secs(15), || file_written(&w.dir.path.join("result")));
+    // POLLIN|POLLHUP on the read end, POLLOUT|POLLERR on the write end.
+    assert_eq!(std::fs::read_to_string(w.dir.path.join("result")).unwrap(), "[17, 12] b'left in the pipe' b'' EPIPE");
+}

@@ -1,6 +1,13 @@
 //! Pipes whose ends are all inside the dumped tree: the buffered bytes (copied with tee(2), so
 //! the process keeps them) and the buffer size. Both ends are created together by pipe2 in the
 //! process that is the nearest common ancestor of every holder of either end.
+//!
+//! A pipe whose other end is closed everywhere (its writers all gone: the reader finds the
+//! bytes left, then end of file; or its readers gone: a write fails with EPIPE) comes back so:
+//! the end nobody holds is created with the other and closed once the holders have theirs
+//! (files.rs closes every group's temporary fds). The kernel tells a closed other end from one
+//! held outside the tree (which is refused): a read end polls POLLHUP once no writer is left,
+//! a write end POLLERR once no reader is (fs/pipe.c, pipe_poll).
 
 use std::collections::BTreeMap;
 
@@ -13,9 +20,18 @@ use crate::kinds::RestoreCtx;
 
 pub struct Pipes;
 
-/// pipe id -> (pid, fd, access mode) of every end seen while the tree is dumped.
+/// pipe id -> every end seen while the tree is dumped.
 #[derive(Default)]
-struct PipeEnds(BTreeMap<u64, Vec<(i32, i32, u32)>>);
+struct PipeEnds(BTreeMap<u64, Vec<End>>);
+
+/// One end of a pipe held by the tree.
+struct End {
+    pid: i32,
+    fd: i32,
+    access: u32,
+    /// No process (in the tree or outside) holds the other end any more.
+    other_end_closed: bool,
+}
 
 impl FdKind for Pipes {
     type Record = Pipe;
@@ -40,7 +56,9 @@ impl FdKind for Pipes {
     /// The pipe's inode is the group: both ends are created together by one pipe2.
     fn dump(src: &FdSource, state: &mut KindState) -> Result<Dumped<Pipe>> {
         let (pipe, access) = dump(src)?;
-        state.get::<PipeEnds>().0.entry(pipe.pipe_id).or_default().push((src.pid, src.fd, access));
+        let other_end_closed = other_end_closed(src, access)?;
+        let end = End { pid: src.pid, fd: src.fd, access, other_end_closed };
+        state.get::<PipeEnds>().0.entry(pipe.pipe_id).or_default().push(end);
         let group = pipe.pipe_id;
         Ok(Dumped { record: pipe, created_with: group, carried: Vec::new() })
     }
@@ -71,18 +89,21 @@ impl FdKind for Pipes {
         Ok(())
     }
 
-    /// Both ends of every pipe must be inside the tree, unless the user declared it external
-    /// (its data then belongs to whoever holds the other end: nothing is saved).
+    /// Both ends of every pipe must be inside the tree, or the other end closed everywhere,
+    /// unless the user declared it external (its data then belongs to whoever holds the other
+    /// end: nothing is saved).
     fn check_tree(files: &mut [OpenFile], tree: &WholeTree, state: &mut KindState) -> Result<()> {
         for (pipe_id, ends) in &state.get::<PipeEnds>().0 {
-            let mode = |m: i32| ends.iter().any(|(_, _, f)| f & libc::O_ACCMODE as u32 == m as u32);
+            let mode = |m: i32| ends.iter().any(|e| e.access & libc::O_ACCMODE as u32 == m as u32);
             if mode(libc::O_RDONLY) && mode(libc::O_WRONLY) {
                 continue;
             }
             let key = format!("pipe:[{pipe_id}]");
             if !tree.externals.contains(&key) {
-                let (pid, fd, _) = ends[0];
-                return Err(outside_end(pid, fd, &key));
+                if ends.iter().all(|e| e.other_end_closed) {
+                    continue;
+                }
+                return Err(outside_end(ends[0].pid, ends[0].fd, &key));
             }
             for file in files.iter_mut() {
                 if let Some(open_file::Kind::Pipe(p)) = &mut file.kind
@@ -131,6 +152,22 @@ fn dump(src: &FdSource) -> Result<(Pipe, u32)> {
     }
     pipe.buffered = peek_buffer(copy, size).with_context(|| format!("pid {pid} fd {fd}: tee of the pipe buffer"))?;
     Ok((pipe, access))
+}
+
+/// Whether the other end of the pipe whose end `src` is (of `access`) is closed everywhere:
+/// pipe_poll gives a read end POLLHUP when the pipe has no writer left, a write end POLLERR
+/// when it has no reader left. (crust holds no copy of the other end: the tree holds none.)
+fn other_end_closed(src: &FdSource, access: u32) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let (events, closed) = match access as i32 {
+        libc::O_RDONLY => (PollFlags::POLLIN, PollFlags::POLLHUP),
+        libc::O_WRONLY => (PollFlags::POLLOUT, PollFlags::POLLERR),
+        _ => return Ok(false),
+    };
+    let mut fds = [PollFd::new(src.copy.as_fd(), events)];
+    poll(&mut fds, PollTimeout::ZERO).with_context(|| format!("pid {} fd {}: poll of the pipe", src.pid, src.fd))?;
+    Ok(fds[0].revents().is_some_and(|r| r.contains(closed)))
 }
 
 /// Opens one end; the first end of a pipe creates both (kept in `together` for the other).
