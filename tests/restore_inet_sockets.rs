@@ -390,3 +390,28 @@ time.sleep(100)
         assert!(std::fs::read_to_string(w.dir.path.join("result")).unwrap().starts_with("alive"));
     }
 }
+
+/// A listener without SO_REUSEADDR whose program closed an accepted connection before the
+/// dump (its client still open): that connection lingers in the kernel (FIN_WAIT2, owned by
+/// no process) and holds the port, and the kernel lets no socket bind it again for up to a
+/// minute (a listener cannot be bound in repair mode either). The restore fails, naming the
+/// connection, its state, the time left and SO_REUSEADDR, and leaves no process.
+#[test]
+fn a_listener_whose_port_is_held_by_a_closed_connection_is_refused_with_the_time_left() {
+    const PROGRAM: &str = r#"
+import os, socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+c = socket.create_connection(l.getsockname()); s, _ = l.accept(); s.close()
+open('ready', 'w').write(str(l.getsockname()[1]))
+while True: time.sleep(0.1)
+"#;
+    let mut w = Workload::spawn_program("lingering-port", "python3", &["-c", PROGRAM]);
+    wait_until("python3 to close its accepted connection", Duration::from_secs(15), || file_written(&w.dir.path.join("ready")));
+    let port = std::fs::read_to_string(w.dir.path.join("ready")).unwrap();
+    w.dump_killing(&["--tcp-established"]);
+    w.restore_extra = vec!["--tcp-established".into()];
+    w.assert_restore_refused(
+        &[&format!("port {port} is still held"), "FIN_WAIT2", "s left", "SO_REUSEADDR", "EADDRINUSE"],
+        "a lingering port",
+    );
+}

@@ -52,6 +52,24 @@ pub struct InetDiag {
     /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
     pub shutdown: Option<u8>,
     pub v6only: Option<bool>,
+    /// The local and remote ports, and the addresses (IPv4 in the first 4 bytes).
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Milliseconds until the socket's timer fires (a TIME_WAIT socket: until it goes).
+    pub expires_ms: u32,
+}
+
+impl InetDiag {
+    /// "ADDR:PORT" of one end, for messages.
+    pub fn end_text(&self, local: bool) -> String {
+        let (addr, port) = if local { (&self.local_addr, self.local_port) } else { (&self.remote_addr, self.remote_port) };
+        match self.family as i32 {
+            libc::AF_INET => format!("{}:{port}", std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+            _ => format!("[{}]:{port}", std::net::Ipv6Addr::from(*addr)),
+        }
+    }
 }
 
 fn request(family: u8, protocol: u8, states: u32) -> Vec<u8> {
@@ -76,9 +94,16 @@ fn parse(body: &[u8]) -> Result<InetDiag, SysError> {
         return Err(SysError::new("sock_diag: short inet_diag_msg", Errno::EPROTO));
     }
     let u32_at = |i: usize| u32::from_ne_bytes(body[i..i + 4].try_into().unwrap());
+    let addr = |i: usize| -> [u8; 16] { body[i..i + 16].try_into().unwrap() };
     let mut d = InetDiag {
         family: body[0],
         state: body[1],
+        // struct inet_diag_sockid at 4: ports in network order, then the two addresses.
+        local_port: u16::from_be_bytes([body[4], body[5]]),
+        remote_port: u16::from_be_bytes([body[6], body[7]]),
+        local_addr: addr(8),
+        remote_addr: addr(24),
+        expires_ms: u32_at(52),
         rqueue: u32_at(56),
         wqueue: u32_at(60),
         uid: u32_at(64),
@@ -93,6 +118,13 @@ fn parse(body: &[u8]) -> Result<InetDiag, SysError> {
         }
     }
     Ok(d)
+}
+
+/// The sockets of this family and protocol whose local port is `port`, in crust's network
+/// namespace (connections in TIME_WAIT and orphans included: they hold the port too).
+pub fn on_port(family: i32, protocol: i32, port: u16) -> Result<Vec<InetDiag>, SysError> {
+    let all = sock_diag::exchange(&request(family as u8, protocol as u8, u32::MAX), true, parse)?;
+    Ok(all.into_iter().filter(|d| d.local_port == port).collect())
 }
 
 /// The socket of this family (AF_INET, AF_INET6) and protocol (IPPROTO_TCP, IPPROTO_UDP)

@@ -475,7 +475,7 @@ fn open(ctx: &mut RestoreCtx, file: &OpenFile, r: &InetSocket) -> Result<i32> {
 fn bind_listen_connect(copy: BorrowedFd, r: &InetSocket, local: Option<&InetAddr>, peer: Option<&InetAddr>) -> Result<()> {
     if let Some(local) = local {
         socket::set_int(copy, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).context("setting SO_REUSEADDR for the bind")?;
-        inet::bind(copy, local)?;
+        inet::bind(copy, local).map_err(|e| explain_bind_failure(e, r, local))?;
         // Before connect(2), which would filter out the datagrams of other senders.
         datagrams::give_back(copy, local, &r.queued)?;
     }
@@ -489,6 +489,41 @@ fn bind_listen_connect(copy: BorrowedFd, r: &InetSocket, local: Option<&InetAddr
         inet::connect(copy, peer)?;
     }
     Ok(())
+}
+
+/// A bind refused with EADDRINUSE, with what holds the port: another socket bound there (a
+/// program of this machine), or connections the program closed itself that are not over yet
+/// (TIME_WAIT, FIN_WAIT...: owned by no process). SO_REUSEADDR passes those only when the
+/// program's own socket had it; a listener cannot be bound in repair mode (listen(2) checks
+/// the port again, and a listening socket cannot leave repair mode), so the restore fails,
+/// saying when the port is free again.
+fn explain_bind_failure(e: crate::sys::SysError, r: &InetSocket, local: &InetAddr) -> anyhow::Error {
+    if e.errno() != Some(nix::errno::Errno::EADDRINUSE) {
+        return e.into();
+    }
+    let holders = inet_diag::on_port(r.family, r.protocol, local.port).unwrap_or_default();
+    let owned: Vec<String> =
+        holders.iter().filter(|d| d.inode != 0).map(|d| format!("socket:[{}] ({}, uid {})", d.inode, state_name(d.state), d.uid)).collect();
+    if !owned.is_empty() {
+        return anyhow::Error::from(e).context(format!("port {} is taken by {} on this machine", local.port, owned.join(", ")));
+    }
+    let left: Vec<String> = holders
+        .iter()
+        .map(|d| {
+            format!("{} -> {} {} ({:.0} s left)", d.end_text(true), d.end_text(false), state_name(d.state), f64::from(d.expires_ms) / 1e3)
+        })
+        .collect();
+    if left.is_empty() {
+        return e.into();
+    }
+    let longest = holders.iter().map(|d| d.expires_ms).max().unwrap_or(0).div_ceil(1000);
+    anyhow::Error::from(e).context(format!(
+        "port {} is still held by connections the program closed before the dump, which the kernel keeps for a while \
+         ({}); the program's socket did not set SO_REUSEADDR, so the port cannot be bound again until they end: \
+         restore again in {longest} s",
+        local.port,
+        left.join("; ")
+    ))
 }
 
 /// A connection restored closed (--tcp-close): bound to its local address (in repair mode,
