@@ -182,3 +182,37 @@ fn assert_refused_by_name(label: &str, program: &str, words: &[&str]) {
     w.signal(libc::SIGKILL);
     w.reap(Duration::from_secs(5));
 }
+
+/// A POSIX message queue (mq_open: a file of the mqueue file system, which crust cannot open
+/// again by path) is refused by pid, fd and what it is, before the dump harms the process
+/// (before, it was taken for a regular file "/NAME": the dump killed the process, and its
+/// image could not be restored).
+const PY_MQUEUE: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+name = b'/crust-test-%d' % os.getpid()
+fd = libc.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None)
+assert fd >= 0, ctypes.get_errno()
+open(sys.argv[1], 'w').write('fd=%d' % fd)
+while not os.path.exists('go'): time.sleep(0.05)
+libc.mq_unlink(name)
+open('unlinked', 'w').write('1')
+while True: time.sleep(1)
+"#;
+
+#[test]
+fn a_posix_message_queue_is_refused_by_name() {
+    let mut w = Workload::spawn_program("mqueue", "python3", &["-c", PY_MQUEUE, "ready"]);
+    let ready = w.dir.path.join("ready");
+    wait_until("the python program to open its queue", Duration::from_secs(15), || file_written(&ready));
+    let fd = std::fs::read_to_string(&ready).unwrap().trim().trim_start_matches("fd=").to_string();
+    let out = w.dump_with(&[]);
+    out.assert_failure();
+    for word in [format!("pid {}", w.pid), format!("fd {fd}"), "POSIX message queue".to_string(), format!("/crust-test-{}", w.pid)] {
+        assert!(out.text().contains(&word), "the refusal does not say {word:?}:\n{out}");
+    }
+    assert_running_untouched(w.pid, "after the refused dump");
+    // The queue lives in the IPC namespace: the program removes it.
+    std::fs::write(w.dir.path.join("go"), "").unwrap();
+    wait_until("the program to remove its queue", Duration::from_secs(15), || file_written(&w.dir.path.join("unlinked")));
+}

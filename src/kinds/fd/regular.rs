@@ -34,6 +34,24 @@ fn check_symlink(f: &crate::image::proto::FileIdentity) -> Result<()> {
     Ok(())
 }
 
+/// Whether the file's path (as /proc shows it, from crust's root) names that very file now: a
+/// restore opens it again by that path. It does not for a file of a file system mounted
+/// nowhere crust can see (a POSIX message queue: mq_open's file system is internal), or one
+/// hidden under a mount made since it was opened.
+fn reached_by_its_path(src: &FdSource) -> bool {
+    std::fs::symlink_metadata(src.link).is_ok_and(|m| (m.dev(), m.ino()) == (src.meta.dev(), src.meta.ino()))
+}
+
+/// What a file its path does not reach is, for the refusal (which names the path).
+fn unreachable_kind(src: &FdSource) -> &'static str {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    let on_mqueue = nix::sys::statfs::fstatfs(src.copy).is_ok_and(|s| s.filesystem_type().0 == MQUEUE_MAGIC);
+    match on_mqueue {
+        true => "a POSIX message queue (from mq_open)",
+        false => "a file its path no longer reaches (hidden by a later mount, or of a file system crust cannot see)",
+    }
+}
+
 impl FdKind for RegularFiles {
     type Record = RegularFile;
     const NAME: &'static str = "regular file";
@@ -64,6 +82,9 @@ impl FdKind for RegularFiles {
         }
         if src.file_type() == libc::S_IFREG && !src.link.starts_with('/') {
             return Err(src.refuse("an anonymous-inode file"));
+        }
+        if ghost::deleted_path(src.link).is_none() && !reached_by_its_path(src) {
+            return Err(src.refuse(unreachable_kind(src)));
         }
         Ok(())
     }
