@@ -167,6 +167,27 @@ while True:
     assert_python_memory_intact(&w, "the droppable area");
 }
 
+/// The area of `pid` starting at `addr` (hex) in /proc/PID/smaps: its first line ("no such
+/// area" if none starts there) and its field lines, up to VmFlags.
+fn smaps_area(pid: i32, addr: &str) -> (String, Vec<String>) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
+    let head = lines.next().unwrap_or("no such area").to_string();
+    let mut fields = Vec::new();
+    for l in lines {
+        fields.push(l.to_string());
+        if l.starts_with("VmFlags:") {
+            break;
+        }
+    }
+    (head, fields)
+}
+
+/// The field line `name` ("VmFlags:", "Rss:"...) of an area of [`smaps_area`], or "no NAME".
+fn smaps_field(fields: &[String], name: &str) -> String {
+    fields.iter().find(|l| l.starts_with(name)).cloned().unwrap_or_else(|| format!("no {name}"))
+}
+
 /// Read-only private areas holding pages the process wrote through /proc/self/mem (as a
 /// debugger plants a breakpoint in code): an anonymous area and a file mapping, neither ever
 /// writable, so never charged to the commit limit (no `ac` in VmFlags). They come back with
@@ -196,13 +217,9 @@ while True:
     let (mut w, ready) = spawn_python_memory("py-unaccounted", PY_BODY);
     let addrs: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
     let area = |pid: i32, addr: &str| {
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
-        let head = lines.next().unwrap_or("no such area").to_string();
+        let (head, fields) = smaps_area(pid, addr);
         let perms = head.split_whitespace().nth(1).unwrap_or("").to_string();
-        let dirty = lines.clone().find(|l| l.starts_with("Private_Dirty:")).unwrap_or("").to_string();
-        let flags = lines.find(|l| l.starts_with("VmFlags:")).unwrap_or("no flags").to_string();
-        (perms, dirty, flags)
+        (perms, smaps_field(&fields, "Private_Dirty:"), smaps_field(&fields, "VmFlags:"))
     };
     for addr in &addrs {
         let (perms, dirty, flags) = area(w.pid, addr);
@@ -264,12 +281,9 @@ while True:
     let (mut w, ready) = spawn_python_memory("py-charged-no-write", PY_BODY);
     let addrs: Vec<String> = ready.split_whitespace().map(str::to_string).collect();
     let area = |pid: i32, addr: &str| {
-        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{addr}-")));
-        let head = lines.next().unwrap_or("no such area").to_string();
+        let (head, fields) = smaps_area(pid, addr);
         let range_and_perms: Vec<&str> = head.split_whitespace().take(2).collect();
-        let flags = lines.find(|l| l.starts_with("VmFlags:")).unwrap_or("no flags").to_string();
-        format!("{} {}", range_and_perms.join(" "), flags)
+        format!("{} {}", range_and_perms.join(" "), smaps_field(&fields, "VmFlags:"))
     };
     let before: Vec<String> = addrs.iter().map(|a| area(w.pid, a)).collect();
     let perms = ["r--p", "---p", "r--p", "r--p"];
