@@ -1051,8 +1051,7 @@ fn map_run(remote: &mut RemoteTask, run: &[Vma], copied: &[bool]) -> Result<(Vec
         // areas kept theirs. One page written gives the run its anon_vma, which every area
         // split off it shares, as the original areas did; the page is dropped again at once
         // (before crust's fill registers the run with a userfaultfd).
-        remote.write_memory(start, &[0])?;
-        remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[start, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
+        give_anon_vma(remote, start)?;
     }
     let (now, later): (Vec<_>, Vec<_>) = protection_calls(run, &prots, common, &at_final).into_iter().partition(|(_, later)| !later);
     remote.syscalls("mprotect", &now.into_iter().map(|(call, _)| call).collect::<Vec<_>>())?;
@@ -1248,9 +1247,16 @@ fn charged_without_write(v: &Vma) -> bool {
 /// the kernel drops VM_ACCOUNT from an anonymous area made read-only while it has no anon_vma.
 /// One page written gives it one and is dropped at once, as for a run (see [`map_run`]).
 fn keep_charged_while_protected(remote: &mut RemoteTask, vma: &Vma) -> Result<()> {
-    remote.write_memory(vma.start, &[0])?;
-    remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[vma.start, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
+    give_anon_vma(remote, vma.start)?;
     remote.syscall("mprotect", libc::SYS_mprotect, &[vma.start, vma.end - vma.start, vma.prot as u64])?;
+    Ok(())
+}
+
+/// Gives the writable anonymous area at `address` an anon_vma (what keeps its charge when it is
+/// made read-only) and no page: one byte written, its page dropped at once.
+fn give_anon_vma(remote: &mut RemoteTask, address: u64) -> Result<()> {
+    remote.write_memory(address, &[0])?;
+    remote.syscall("madvise(MADV_DONTNEED)", libc::SYS_madvise, &[address, PAGE_SIZE, libc::MADV_DONTNEED as u64])?;
     Ok(())
 }
 
