@@ -520,8 +520,25 @@ fn nginx_master_and_workers_restore_serve_and_reload() {
         });
     let workers = |pid: i32| children_of(pid);
     wait_until("nginx to serve", Duration::from_secs(15), || http_get(port, "/").is_ok_and(|a| a.ends_with("hello from nginx\n")));
+    // The master forks its workers one after the other (the first may serve before the second
+    // is there) and sends each worker the others' channels (SCM_RIGHTS): the snapshot is taken
+    // once both are there, every channel message was read, the master waits in sigsuspend and
+    // the workers in epoll_wait, so that nothing moves until the freeze.
+    let in_flight = |pid: i32| -> u64 {
+        let fdinfo = fs::read_dir(format!("/proc/{pid}/fdinfo")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+        let scm_fds = |text: String| text.lines().filter_map(|l| l.strip_prefix("scm_fds:")?.trim().parse::<u64>().ok()).sum::<u64>();
+        fdinfo.iter().map(|e| scm_fds(fs::read_to_string(e.path()).unwrap_or_default())).sum()
+    };
+    wait_until("nginx to have its two workers, their channels read", Duration::from_secs(15), || {
+        let w2 = workers(w.pid);
+        let idle = |pid: &i32, calls: &[i64]| blocked_syscall(*pid).is_some_and(|nr| calls.contains(&nr));
+        let (sigsuspend, epoll) = (libc::SYS_rt_sigsuspend, [libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2]);
+        w2.len() == 2
+            && idle(&w.pid, &[sigsuspend])
+            && w2.iter().all(|p| idle(p, &epoll))
+            && std::iter::once(w.pid).chain(w2).all(|pid| in_flight(pid) == 0)
+    });
     let before_workers = workers(w.pid);
-    assert_eq!(before_workers.len(), 2, "test setup: two workers");
     for &pid in &before_workers {
         w.own(pid);
     }

@@ -1319,6 +1319,9 @@ impl ProcSnapshot {
                         if k == "ino" && !is_path {
                             continue; // new pipe/anon inode after restore
                         }
+                        if k == "eventfd-id" {
+                            continue; // the kernel's lowest free number (an ida of all eventfds) at creation
+                        }
                         if k == "tfd" {
                             watches.push(v.split_whitespace().filter(|w| !w.starts_with("ino:")).collect::<Vec<_>>().join(" "));
                             continue;
