@@ -62,13 +62,14 @@ pub struct InetDiag {
 }
 
 impl InetDiag {
-    /// "ADDR:PORT" of one end, for messages.
-    pub fn end_text(&self, local: bool) -> String {
+    /// The address of one end (local or remote).
+    pub fn end(&self, local: bool) -> std::net::SocketAddr {
         let (addr, port) = if local { (&self.local_addr, self.local_port) } else { (&self.remote_addr, self.remote_port) };
-        match self.family as i32 {
-            libc::AF_INET => format!("{}:{port}", std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-            _ => format!("[{}]:{port}", std::net::Ipv6Addr::from(*addr)),
-        }
+        let ip: std::net::IpAddr = match self.family as i32 {
+            libc::AF_INET => std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into(),
+            _ => std::net::Ipv6Addr::from(*addr).into(),
+        };
+        std::net::SocketAddr::new(ip, port)
     }
 }
 

@@ -509,9 +509,7 @@ fn explain_bind_failure(e: crate::sys::SysError, r: &InetSocket, local: &InetAdd
     }
     let left: Vec<String> = holders
         .iter()
-        .map(|d| {
-            format!("{} -> {} {} ({:.0} s left)", d.end_text(true), d.end_text(false), state_name(d.state), f64::from(d.expires_ms) / 1e3)
-        })
+        .map(|d| format!("{} -> {} {} ({:.0} s left)", d.end(true), d.end(false), state_name(d.state), f64::from(d.expires_ms) / 1e3))
         .collect();
     if left.is_empty() {
         return e.into();
